@@ -1,0 +1,78 @@
+"""Harvester's one error hierarchy.
+
+Errors carry fields, not pre-formatted transport messages. They are translated to a transport
+in exactly two places:
+
+* ``web_server.middleware`` maps :class:`ClientError` subclasses to an HTTP status and a
+  ``{"code", "message"}`` body, and :class:`DependencyUnavailable` to 503;
+* ``shared.bus.consume`` maps processing outcomes to ack / nak / term.
+
+``ConfigError`` is reported by every ``__main__`` as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Base of every error Harvester raises on purpose."""
+
+
+class ConfigError(HarvesterError):
+    """A configuration file or override is unreadable or invalid."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class ClientError(HarvesterError):
+    """The request is wrong; the client must change it. Never retried."""
+
+    status = 400
+    code = "BadRequest"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ClientError):
+    status = 400
+    code = "BadRequest"
+
+
+class InvalidURL(BadRequest):
+    """A job line that is not an absolute http(s) URL with a host."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(f"Invalid URL: {line}")
+        self.line = line
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "NotFound"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "MethodNotAllowed"
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"Method {method} not allowed; use {', '.join(allowed)}")
+        self.allowed = allowed
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class DependencyUnavailable(HarvesterError):
+    """PostgreSQL or NATS cannot be reached right now; the caller may retry later."""
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} unavailable{': ' + detail if detail else ''}")
+        self.dependency = dependency
+        self.detail = detail
