@@ -1,0 +1,178 @@
+"""NATS JetStream: connection with retries, stream and consumer set-up, publishing, pulling,
+and the one place that turns a processing outcome into ack / nak / term.
+
+Both queues are work-queue streams (a message is removed once acked) with one durable pull
+consumer each, shared by every foreman (URL queue) or every worker (work queue). AckWait is the
+lease on a message; a message not acked in time, or nak'ed, is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
+                         StorageType, StreamConfig)
+
+from shared.config import Settings, stream_name
+from shared.messages import VisitMessage
+
+log = logging.getLogger(__name__)
+
+FOREMAN_CONSUMER = "foreman"
+WORKER_CONSUMER = "worker"
+PUBLISH_CHUNK = 512
+
+TRANSIENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+             nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+             nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+             asyncio.TimeoutError, ConnectionError, OSError)
+
+
+@asynccontextmanager
+async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncIterator[NATS]:
+    """Connect (retrying with backoff while the server is unreachable), drain on exit."""
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            nc = await nats.connect(servers=[url], name=name, connect_timeout=2,
+                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                    allow_reconnect=True, error_cb=_log_error,
+                                    disconnected_cb=_disconnected, reconnected_cb=_reconnected)
+            break
+        except (nats.errors.NoServersError, *TRANSIENT) as e:
+            if retry_for is not None and waited >= retry_for:
+                raise
+            log.warning("NATS not reachable at %s (%s); retrying in %.1fs", url, e, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+    try:
+        yield nc
+    finally:
+        try:
+            await asyncio.wait_for(nc.drain(), 10)
+        except Exception as e:  # noqa: BLE001 - closing must not mask the real exit reason
+            log.debug("NATS drain failed: %s", e)
+            await nc.close()
+
+
+async def _log_error(e: Exception) -> None:
+    log.debug("NATS: %s", e)
+
+
+async def _disconnected() -> None:
+    log.warning("NATS disconnected; reconnecting")
+
+
+async def _reconnected() -> None:
+    log.info("NATS reconnected")
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create (or bring up to date) the URL and work streams: file storage, work-queue retention."""
+    for topic in (settings.url_topic, settings.work_topic):
+        cfg = StreamConfig(name=stream_name(topic), subjects=[topic],
+                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                           duplicate_window=120.0)
+        await _retry(lambda cfg=cfg: _add_or_update_stream(js, cfg))
+
+
+async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    try:
+        await js.add_stream(config=cfg)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config=cfg)
+
+
+async def _retry(op, attempts: int = 60):  # type: ignore[no-untyped-def]
+    delay = 0.2
+    for i in range(attempts):
+        try:
+            return await op()
+        except TRANSIENT as e:
+            if i == attempts - 1:
+                raise
+            log.warning("JetStream not ready (%s); retrying in %.1fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return None
+
+
+async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str,
+                            durable: str) -> JetStreamContext.PullSubscription:
+    """Bind to the tier's shared durable pull consumer, creating it if needed."""
+    cfg = ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
+                         deliver_policy=DeliverPolicy.ALL, ack_wait=settings.ack_wait,
+                         max_deliver=settings.max_deliver, max_ack_pending=20_000,
+                         filter_subject=topic)
+    stream = stream_name(topic)
+
+    async def sub() -> JetStreamContext.PullSubscription:
+        try:
+            await js.add_consumer(stream, config=cfg)
+        except nats.js.errors.BadRequestError:
+            pass  # exists with another config (e.g. a different ack_wait): keep it
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    return await _retry(sub)
+
+
+async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    """Up to ``batch`` messages, waiting at most ``timeout``; [] when none came."""
+    try:
+        return await sub.fetch(batch=batch, timeout=timeout)
+    except nats.errors.TimeoutError:
+        return []
+
+
+async def publish_visits(js: JetStreamContext, topic: str, keys: Sequence[tuple[int, int]]) -> None:
+    """Publish visit messages and wait for JetStream to store every one (raises if any fails)."""
+    for i in range(0, len(keys), PUBLISH_CHUNK):
+        chunk = keys[i:i + PUBLISH_CHUNK]
+        await asyncio.gather(*(
+            js.publish(topic, VisitMessage(job=j, url=u).encode(), timeout=10) for j, u in chunk))
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"      # effects committed (or there were none to make): done
+    RETRY = "retry"  # not done; deliver again after a delay
+    TERM = "term"    # can never be processed: drop it, it was logged
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    verdict: Verdict
+    delay: float = 0.0
+
+
+async def settle(msg: Msg, outcome: Settle) -> None:
+    """The one place a processing outcome becomes ack / nak / term. Never raises."""
+    try:
+        if outcome.verdict is Verdict.ACK:
+            await msg.ack()
+        elif outcome.verdict is Verdict.RETRY:
+            await msg.nak(delay=outcome.delay or None)
+        else:
+            await msg.term()
+    except Exception as e:  # noqa: BLE001 - the message comes back after AckWait anyway
+        log.debug("could not settle message (%s): it will be redelivered", e)
+
+
+def retry_delay(msg: Msg, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff from the delivery count."""
+    try:
+        n = msg.metadata.num_delivered or 1
+    except Exception:  # noqa: BLE001
+        n = 1
+    return float(min(cap, base * 2 ** (n - 1)))

@@ -1,0 +1,200 @@
+"""Typed settings: loaded once from the ``-config`` JSON file, then environment, then flags.
+
+The original Harvester's keys are accepted (``storage``, ``urlQueue``, ``workQueue``,
+``httpAddr``, ``httpRootPath``, ``maxLevel``, ``cacheMaxAge``, ``workDelay``); unknown keys are
+ignored, as the original did. One model serves every tier: they share most keys, and
+``harvester up`` hands the same file to all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ConfigError
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+             "m": 60.0, "h": 3600.0}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str | float | int) -> float:
+    """Seconds from a Go duration string ("24h", "1h30m", "25ms", "0"), or a number of seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = text.strip()
+    if s in ("", "0"):
+        return 0.0
+    sign = -1.0 if s.startswith("-") else 1.0
+    body = s.lstrip("+-")
+    total, pos = 0.0, 0
+    for m in _GO_PART.finditer(body):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(body) or pos == 0:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+class Settings(BaseModel):
+    """Everything a tier needs; passed down, never read from globals."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = "postgresql://harvester:harvester@localhost:5432/harvester"
+    nats_url: str = "nats://localhost:4222"
+    url_topic: str = "url_queue"
+    work_topic: str = "work_queue"
+    log_level: str = "INFO"
+
+    # web server
+    http_addr: str = ":8080"
+    root_path: str = "/"
+    max_level: int = Field(2, ge=0)
+    max_depth: int = Field(10, ge=0)
+    max_request_bytes: int = Field(1 << 20, gt=0)
+    max_job_urls: int = Field(10_000, gt=0)
+
+    # foreman
+    cache_max_age: float = Field(24 * 3600.0, ge=0)
+
+    # worker
+    concurrency: int = Field(32, gt=0)
+    work_delay: float = Field(0.0, ge=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(10 << 20, gt=0)
+    max_redirects: int = Field(10, ge=0)
+    user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
+
+    # queue consumers (both foreman and worker)
+    batch_size: int = Field(64, gt=0)
+    batch_wait: float = Field(0.02, ge=0)
+    ack_wait: float = Field(60.0, gt=0)
+    max_deliver: int = Field(20, gt=0)
+    shutdown_timeout: float = Field(20.0, gt=0)
+
+    @field_validator("root_path")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        v = "/" + v.strip("/")
+        return v
+
+    @property
+    def stream_names(self) -> tuple[str, str]:
+        return stream_name(self.url_topic), stream_name(self.work_topic)
+
+
+def stream_name(topic: str) -> str:
+    return "HARVESTER_" + re.sub(r"[^A-Za-z0-9]", "_", topic).upper()
+
+
+# Original keys (and a few new camelCase ones) -> settings fields.
+_SIMPLE_KEYS = {
+    "httpAddr": "http_addr", "httpRootPath": "root_path", "maxLevel": "max_level",
+    "maxDepth": "max_depth", "concurrency": "concurrency", "logLevel": "log_level",
+    "userAgent": "user_agent", "maxBodyBytes": "max_body_bytes",
+    "maxRequestBytes": "max_request_bytes", "maxJobURLs": "max_job_urls",
+    "maxRedirects": "max_redirects", "batchSize": "batch_size", "maxDeliver": "max_deliver",
+    "databaseURL": "database_url", "natsURL": "nats_url",
+}
+_DURATION_KEYS = {
+    "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
+    "readTimeout": "read_timeout", "batchWait": "batch_wait", "ackWait": "ack_wait",
+    "shutdownTimeout": "shutdown_timeout",
+}
+_ENV = {
+    "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
+    "HARVESTER_URL_TOPIC": "url_topic", "HARVESTER_WORK_TOPIC": "work_topic",
+    "HARVESTER_HTTP_ADDR": "http_addr", "HARVESTER_ROOT_PATH": "root_path",
+    "HARVESTER_MAX_LEVEL": "max_level", "HARVESTER_MAX_DEPTH": "max_depth",
+    "HARVESTER_CONCURRENCY": "concurrency", "HARVESTER_LOG_LEVEL": "log_level",
+    "HARVESTER_USER_AGENT": "user_agent", "HARVESTER_ACK_WAIT": "ack_wait",
+}
+_ENV_DURATIONS = {"HARVESTER_CACHE_MAX_AGE": "cache_max_age", "HARVESTER_WORK_DELAY": "work_delay"}
+
+
+def _storage_url(storage: Mapping[str, Any]) -> str:
+    user = quote(str(storage.get("user", "")), safe="")
+    password = quote(str(storage.get("pass", "")), safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = storage.get("host") or "localhost"
+    port = storage.get("port") or 5432
+    db = storage.get("dbname", "")
+    ssl = storage.get("sslmode", False)
+    mode = ssl if isinstance(ssl, str) else ("require" if ssl else "disable")
+    return f"postgresql://{auth}{host}:{port}/{db}?sslmode={mode}"
+
+
+def _from_file(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "storage" in data:
+        if not isinstance(data["storage"], Mapping):
+            raise ConfigError(source, '"storage" must be an object')
+        out["database_url"] = _storage_url(data["storage"])
+    for key, field in (("urlQueue", "url_topic"), ("workQueue", "work_topic")):
+        q = data.get(key)
+        if q is None:
+            continue
+        if not isinstance(q, Mapping):
+            raise ConfigError(source, f'"{key}" must be an object')
+        if q.get("connURL"):
+            out["nats_url"] = q["connURL"]
+        if q.get("topic"):
+            out[field] = q["topic"]
+    for key, field in _SIMPLE_KEYS.items():
+        if key in data:
+            out[field] = data[key]
+    for key, field in _DURATION_KEYS.items():
+        if key in data:
+            try:
+                out[field] = parse_go_duration(data[key])
+            except (ValueError, TypeError):
+                raise ConfigError(source, f'"{key}": invalid duration {data[key]!r}') from None
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: env[var] for var, name in _ENV.items() if env.get(var)}
+    for var, name in _ENV_DURATIONS.items():
+        if env.get(var):
+            try:
+                out[name] = parse_go_duration(env[var])
+            except ValueError:
+                raise ConfigError(var, f"invalid duration {env[var]!r}") from None
+    return out
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """File, then environment, then explicit overrides (flags); ConfigError on anything bad."""
+    values: dict[str, Any] = {}
+    source = str(config_path) if config_path else "settings"
+    if config_path:
+        try:
+            raw = json.loads(Path(config_path).read_text())
+        except OSError as e:
+            raise ConfigError(source, f"cannot read: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(source, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(source, "top level must be a JSON object")
+        values.update(_from_file(raw, source))
+    values.update(_from_env(os.environ if env is None else env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(source, f"{where}: {err['msg']}") from None

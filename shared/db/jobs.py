@@ -1,0 +1,108 @@
+"""Jobs: creation (one transaction), status (counters, not scans) and streamed results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class JobURLState:
+    url: str
+    completed: bool
+    pending: int
+    processed: int
+    fetched: int
+    cached: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: int
+    created_on: datetime
+    max_level: int
+    force_crawl: bool
+    elapsed: float  # seconds, measured on the database's clock
+    urls: list[JobURLState]
+
+
+async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
+                     force_crawl: bool) -> tuple[int, list[int]]:
+    """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
+
+    Run it in a transaction: the job is either wholly there or not at all.
+    """
+    job_id = await conn.fetchval(
+        "INSERT INTO job (max_level, force_crawl) VALUES ($1, $2) RETURNING id",
+        max_level, force_crawl)
+    from shared.db.pages import upsert_urls  # noqa: PLC0415 (keeps module import graph flat)
+    ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
+    ids = [ids_by_url[u] for u in urls]
+    await conn.execute("""
+        INSERT INTO job_url (job_id, url_id, pending) SELECT $1, u, 1 FROM unnest($2::bigint[]) u;
+        """, job_id, ids)
+    await conn.execute(
+        "INSERT INTO job_visit (job_id, url_id, level) SELECT $1, u, 0 FROM unnest($2::bigint[]) u",
+        job_id, ids)
+    await conn.execute("""
+        INSERT INTO job_pending (job_id, url_id, origin_id)
+        SELECT $1, u, u FROM unnest($2::bigint[]) u""", job_id, ids)
+    return job_id, ids
+
+
+async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
+    await conn.execute("DELETE FROM job WHERE id = $1", job_id)
+
+
+async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
+    job = await conn.fetchrow("""
+        SELECT j.id, j.created_on, j.max_level, j.force_crawl,
+               extract(epoch FROM (
+                   SELECT CASE WHEN count(*) = 0 OR bool_or(completed_on IS NULL) THEN now()
+                               ELSE max(completed_on) END
+                   FROM job_url WHERE job_id = j.id) - j.created_on)::float8 AS elapsed
+        FROM job j WHERE j.id = $1""", job_id)
+    if job is None:
+        return None
+    rows = await conn.fetch("""
+        SELECT u.url, ju.completed_on IS NOT NULL AS completed, ju.pending, ju.processed,
+               ju.fetched, ju.cached, ju.failed
+        FROM job_url ju JOIN url u ON u.id = ju.url_id
+        WHERE ju.job_id = $1 ORDER BY u.url""", job_id)
+    return JobStatus(job["id"], job["created_on"], job["max_level"], job["force_crawl"],
+                     max(0.0, job["elapsed"]), [JobURLState(**dict(r)) for r in rows])
+
+
+async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM job WHERE id = $1)", job_id))
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def iter_results(conn: asyncpg.Connection, job_id: int, mime_prefix: str | None,
+                       prefetch: int = 2000) -> AsyncIterator[tuple[str, str]]:
+    """(page, link) pairs sorted by page then link, read through a cursor (constant memory).
+
+    Must be iterated inside a transaction. ``mime_prefix`` is a case-insensitive prefix of the
+    link's stored MIME type, with LIKE wildcards taken literally.
+    """
+    sql = """
+        SELECT r.url AS refer, u.url
+        FROM job_result jr
+        JOIN url r ON r.id = jr.refer_id
+        JOIN url u ON u.id = jr.url_id
+        WHERE jr.job_id = $1 {filter}
+        ORDER BY r.url, u.url"""
+    if mime_prefix:
+        cursor = conn.cursor(sql.format(filter="AND u.mime LIKE $2 ESCAPE '\\'"), job_id,
+                             escape_like(mime_prefix.lower()) + "%", prefetch=prefetch)
+    else:
+        cursor = conn.cursor(sql.format(filter=""), job_id, prefetch=prefetch)
+    async for row in cursor:
+        yield row["refer"], row["url"]

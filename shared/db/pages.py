@@ -1,0 +1,76 @@
+"""What a fetch found: the ``url`` row of each fetched page and its ``url_link`` rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """One fetch's outcome. ``links`` are canonical absolute URLs with their guessed MIME type."""
+    url_id: int
+    status: int | None
+    mime: str | None            # None: no response, keep the stored (guessed) type
+    error: str | None
+    cacheable: bool             # may later jobs answer this URL from the store?
+    final_url: str | None = None
+    redirects: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (self.status is not None and self.status >= 400)
+
+
+async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage]) -> None:
+    """Update the pages' ``url`` rows and replace their links; set-based, a few statements a batch."""
+    if not pages:
+        return
+    by_id = {p.url_id: p for p in pages}  # the same URL fetched for two jobs: keep one answer
+    ids = sorted(by_id)
+    ps = [by_id[i] for i in ids]
+    await conn.execute("""
+        UPDATE url SET mime = coalesce(d.mime, url.mime), status = d.status, error = d.error,
+               fetched_on = now(), crawled_on = CASE WHEN d.cacheable THEN now() END,
+               final_url = d.final_url,
+               redirects = CASE WHEN d.redirects = '' THEN NULL
+                                ELSE string_to_array(d.redirects, E'\\n') END
+        FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[],
+                    $7::text[]) AS d(id, mime, status, error, cacheable, final_url, redirects)
+        WHERE url.id = d.id""",
+        ids, [p.mime for p in ps], [p.status for p in ps], [p.error for p in ps],
+        [p.cacheable for p in ps], [p.final_url for p in ps],
+        ["\n".join(p.redirects) for p in ps])
+    await conn.execute("DELETE FROM url_link WHERE refer_id = ANY($1::bigint[])", ids)
+    link_mime: dict[str, str] = {}
+    for p in ps:
+        for url, mime in p.links:
+            link_mime.setdefault(url, mime)
+    if not link_mime:
+        return
+    ids_by_url = await upsert_urls(conn, link_mime)
+    pairs = sorted({(p.url_id, ids_by_url[u]) for p in ps for u, _ in p.links})
+    await conn.execute("""
+        INSERT INTO url_link (refer_id, url_id)
+        SELECT * FROM unnest($1::bigint[], $2::bigint[])
+        ON CONFLICT DO NOTHING""", [a for a, _ in pairs], [b for _, b in pairs])
+
+
+async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> dict[str, int]:
+    """Ids of these URLs, inserting the missing ones with the given MIME type (race-free)."""
+    urls = sorted(mime_by_url)
+    inserted = await conn.fetch("""
+        INSERT INTO url (url, mime) SELECT * FROM unnest($1::text[], $2::text[])
+        ON CONFLICT (url) DO NOTHING RETURNING id, url""",
+        urls, [mime_by_url[u] for u in urls])
+    ids = {r["url"]: r["id"] for r in inserted}
+    rest = [u for u in urls if u not in ids]
+    if rest:
+        # A separate statement: its snapshot sees rows that concurrent transactions committed
+        # while the INSERT above waited on them.
+        for r in await conn.fetch("SELECT id, url FROM url WHERE url = ANY($1::text[])", rest):
+            ids[r["url"]] = r["id"]
+    return ids

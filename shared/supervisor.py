@@ -1,0 +1,138 @@
+"""``harvester up``: the whole service on one machine, on the embedded PostgreSQL and NATS.
+
+Starts PostgreSQL and nats-server from their pip-installed binaries (data under ``--data-dir``,
+kept across runs), migrates, then runs the web server, the foreman and N workers, each its own
+process, restarting any that dies. SIGINT/SIGTERM stops the tiers (gracefully: SIGTERM, then a
+wait), then NATS and PostgreSQL; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from shared.db import migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres
+
+log = logging.getLogger("harvester.up")
+
+DATABASE = "harvester"
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = field(default=0.0)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(self.args, env=env)
+        self.started = time.monotonic()
+
+
+def _ensure_database(pg: EmbeddedPostgres) -> None:
+    import asyncio  # noqa: PLC0415
+
+    async def create() -> None:
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
+                await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+
+
+class Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop()
+
+
+def up(config: str | None, addr: str, data_dir: Path, workers: int,
+       pg_port: int | None = None, nats_port: int | None = None) -> int:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    pg = EmbeddedPostgres(data_dir / "postgres", pg_port)
+    nats = EmbeddedNats(data_dir / "nats", nats_port)
+    children: list[Child] = []
+    try:
+        log.info("starting PostgreSQL (data in %s)", pg.data_dir)
+        pg.start()
+        _ensure_database(pg)
+        dsn = pg.dsn_for(DATABASE)
+        migrate.upgrade(dsn)
+        log.info("starting nats-server with JetStream (data in %s)", nats.data_dir)
+        nats.start()
+        env = dict(os.environ, HARVESTER_DATABASE_URL=dsn, HARVESTER_NATS_URL=nats.url)
+        cfg = ["-config", config] if config else []
+        py = sys.executable
+        children = [Child("web_server", [py, "-m", "web_server", *cfg, "-addr", addr]),
+                    Child("foreman", [py, "-m", "foreman", *cfg])]
+        children += [Child(f"worker-{i + 1}", [py, "-m", "worker", *cfg]) for i in range(workers)]
+        for c in children:
+            c.start(env)
+        host, _, port = addr.rpartition(":")
+        shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        print(f"Harvester is up: http://{shown}:{port}/  (PostgreSQL {pg.dsn_for(DATABASE)}, "
+              f"NATS {nats.url}, {workers} workers). Ctrl-C stops it.", flush=True)
+        _supervise(children, env)
+    except Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_children(children)
+        nats.stop()
+        pg.stop()
+        print("Harvester stopped.", flush=True)
+    return 0
+
+
+def _supervise(children: list[Child], env: dict[str, str]) -> None:
+    while True:
+        now = time.monotonic()
+        for c in children:
+            if c.proc is not None and c.proc.poll() is not None:
+                code = c.proc.returncode
+                c.proc = None
+                # Back off when a tier dies right after starting (say, a bad config).
+                quick = now - c.started < 10
+                c.restarts = c.restarts + 1 if quick else 0
+                c.next_start = now + min(30.0, 0.5 * 2 ** c.restarts)
+                log.warning("%s exited with %s; restarting in %.1fs", c.name, code,
+                            c.next_start - now)
+            if c.proc is None and now >= c.next_start:
+                c.start(env)
+        time.sleep(0.2)
+
+
+def _stop_children(children: list[Child], timeout: float = 30.0) -> None:
+    live = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
+    for p in live:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in live:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,289 @@
+"""Tests for shared.urls: canonicalisation, job-line validation, link resolution, host keys."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared import urls
+from shared.errors import BadRequest, InvalidURL
+from shared.urls import canonicalize, host_key, resolve, validate_job_url
+
+PROPERTY_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+# --- strategies -----------------------------------------------------------------------------
+
+_URL_TOKENS = st.sampled_from(
+    list("/?#&=%;:.+@ ~-_[]!$'()*,|\\^`{}\"<>\t\n")
+    + ["%2F", "%7e", "%7E", "%20", "%25", "%41", "%zz", "%c3%a9", "..", ".", "%2e", "%2E%2e"]
+    + ["%3F", "%23", "%26", "%3D", "%2B", "é", "ü", "日本", "\u00a0", "a", "Z", "0"]
+)
+_ANY_CHAR = st.characters(codec="utf-8")
+url_tail = st.lists(st.one_of(_URL_TOKENS, _ANY_CHAR), max_size=16).map("".join)
+hosts = st.one_of(
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9\-]{0,8}(\.[A-Za-z0-9\-]{1,8}){0,3}", fullmatch=True),
+    st.sampled_from(["bücher.de", "[::1]", "[2001:DB8::0:1]", "127.0.0.1", "EXAMPLE.com."]),
+)
+ports = st.sampled_from(["", ":80", ":443", ":8080", ":080", ":", ":65535"])
+schemes = st.sampled_from(["http", "https", "HTTP", "HtTpS"])
+
+
+@st.composite
+def http_urls(draw: st.DrawFn) -> str:
+    return f"{draw(schemes)}://{draw(hosts)}{draw(ports)}{draw(url_tail)}"
+
+
+# A narrower alphabet that mostly produces URLs eligible for the no-w3lib fast path.
+_SIMPLE = st.text(alphabet="abcXYZ019._~-!$&'()*+,=:@/;%?#", max_size=24)
+
+
+@st.composite
+def simple_urls(draw: st.DrawFn) -> str:
+    host = draw(st.sampled_from(["h", "example.com", "a-b.c0", "Example.com"]))
+    return f"{draw(st.sampled_from(['http', 'https']))}://{host}{draw(ports)}/{draw(_SIMPLE)}"
+
+
+# --- validate_job_url -----------------------------------------------------------------------
+
+GOOD_LINES = [
+    ("http://example.com/", "http://example.com/"),
+    ("https://example.com/a?b=2&a=1", "https://example.com/a?a=1&b=2"),
+    ("HTTP://Example.COM:80/a/../b#frag", "http://example.com/b"),
+    ("HTTPS://EXAMPLE.com:443", "https://example.com/"),
+    ("http://example.com:8080", "http://example.com:8080/"),
+    ("http://example.com/\r", "http://example.com/"),  # CRLF remnant
+    ("  http://example.com/x \t", "http://example.com/x"),
+    ("example.com", "http://example.com/"),
+    ("example.com/a", "http://example.com/a"),
+    ("example.com:8080/x", "http://example.com:8080/x"),
+    ("localhost:8080", "http://localhost:8080/"),
+    ("localhost", "http://localhost/"),
+    ("127.0.0.1:9000/p?q=1", "http://127.0.0.1:9000/p?q=1"),
+    ("[::1]:8080/a", "http://[::1]:8080/a"),
+    ("//example.com/x", "http://example.com/x"),
+    ("http://bücher.de/straße", "http://xn--bcher-kva.de/stra%C3%9Fe"),
+    ("http://example.com/a b", "http://example.com/a%20b"),
+    ("http://h:/x", "http://h/x"),
+    ("https://example.com:80/", "https://example.com:80/"),
+    ("http://example.com:443/", "http://example.com:443/"),
+]
+
+BAD_LINES = [
+    "",
+    "   ",
+    "\r",
+    "http://",
+    "https://",
+    "http:///x",
+    "/x",
+    "/path/only",
+    "ftp://x",
+    "ftp://example.com/file",
+    "mailto:a@b",
+    "javascript:alert(1)",
+    "data:text/html,hi",
+    "file:///etc/passwd",
+    "http:example.com",
+    "http:80",
+    "http://exa mple.com/",
+    "http://exa\tmple.com/",
+    "http://example.com:abc/",
+    "http://example.com:99999/",
+    "http://example.com:0/",
+    "http://example.com:-1/",
+    "example.com:abc",
+    "http://[::1/",
+    "http://<host>/",
+    "http://%41.com/",
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), GOOD_LINES)
+def test_validate_accepts_and_canonicalises(line: str, expected: str) -> None:
+    assert validate_job_url(line) == expected
+
+
+@pytest.mark.parametrize("line", BAD_LINES)
+def test_validate_rejects(line: str) -> None:
+    with pytest.raises(InvalidURL) as caught:
+        validate_job_url(line)
+    assert caught.value.line == line.strip()
+    assert str(caught.value) == f"Invalid URL: {line.strip()}"
+    assert isinstance(caught.value, BadRequest)
+
+
+def test_validate_reports_the_stripped_line() -> None:
+    with pytest.raises(InvalidURL) as caught:
+        validate_job_url("  ftp://x\r\n")
+    assert caught.value.line == "ftp://x"
+
+
+# --- canonicalize ---------------------------------------------------------------------------
+
+CANONICAL_CASES = [
+    ("http://EXAMPLE.com/Path", "http://example.com/Path"),  # host lower-cased, path kept
+    ("HTTP://example.com/", "http://example.com/"),
+    ("http://example.com:80/a", "http://example.com/a"),
+    ("https://example.com:443/a", "https://example.com/a"),
+    ("http://example.com:8080/a", "http://example.com:8080/a"),
+    ("http://example.com:080/a", "http://example.com/a"),
+    ("http://[::1]:80/a", "http://[::1]/a"),
+    ("http://user:pw@Example.com:80/", "http://user:pw@example.com/"),
+    ("http://example.com", "http://example.com/"),
+    ("http://example.com?a=1", "http://example.com/?a=1"),
+    ("http://example.com/%7e", "http://example.com/~"),
+    ("http://example.com/%7Euser", "http://example.com/~user"),
+    ("http://example.com/~user", "http://example.com/~user"),
+    ("http://example.com/a%2fb", "http://example.com/a%2Fb"),
+    ("http://example.com/%41", "http://example.com/A"),
+    ("http://example.com/?b=2&a=1&a=0", "http://example.com/?a=0&a=1&b=2"),
+    ("http://example.com/p#frag", "http://example.com/p"),
+    ("http://example.com/a/./b/../c", "http://example.com/a/c"),
+    ("http://example.com/é", "http://example.com/%C3%A9"),
+    ("http://bücher.de/", "http://xn--bcher-kva.de/"),
+    ("http://example.com/?", "http://example.com/"),
+]
+
+
+@pytest.mark.parametrize(("url", "expected"), CANONICAL_CASES)
+def test_canonicalize_cases(url: str, expected: str) -> None:
+    assert canonicalize(url) == expected
+    assert canonicalize(expected) == expected
+
+
+def test_w3lib_keeps_default_ports_and_canonicalize_removes_them() -> None:
+    from w3lib.url import canonicalize_url
+
+    assert canonicalize_url("http://example.com:80/") == "http://example.com:80/"
+    assert canonicalize("http://example.com:80/") == "http://example.com/"
+
+
+def test_percent_encoded_and_literal_tilde_are_one_url() -> None:
+    assert canonicalize("http://h/%7e/x") == canonicalize("http://h/~/x")
+
+
+def test_query_order_does_not_matter() -> None:
+    assert canonicalize("http://h/?z=1&a=2&m=3") == canonicalize("http://h/?m=3&a=2&z=1")
+
+
+@PROPERTY_SETTINGS
+@given(http_urls())
+def test_canonicalize_is_idempotent(url: str) -> None:
+    try:
+        once = canonicalize(url)
+    except ValueError:
+        return
+    assert canonicalize(once) == once
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(simple_urls(), http_urls()))
+def test_fast_path_agrees_with_w3lib(url: str) -> None:
+    fast = urls._fast_canonical(url)
+    if fast is None:
+        return
+    assert fast == urls._canonicalize_slow(url)
+
+
+def test_fast_path_is_taken_for_plain_urls() -> None:
+    assert urls._fast_canonical("http://h:80/a/b.html?z=1&a=2#x") == "http://h/a/b.html?a=2&z=1"
+    assert urls._fast_canonical("http://H/a") is None  # upper-case host goes through w3lib
+    assert urls._fast_canonical("http://h/a/../b") is None  # dot segments go through w3lib
+
+
+# --- resolve --------------------------------------------------------------------------------
+
+BASE = "http://h/dir/page1.html"
+
+RESOLUTIONS = [
+    ("deep1.html", "http://h/dir/deep1.html"),  # the original Go crawler's bug
+    ("sub/deep.html", "http://h/dir/sub/deep.html"),
+    ("../x", "http://h/x"),
+    ("../../../x", "http://h/x"),
+    ("./x", "http://h/dir/x"),
+    (".", "http://h/dir/"),
+    ("..", "http://h/"),
+    ("/abs", "http://h/abs"),
+    ("//otherhost/p", "http://otherhost/p"),
+    ("//OtherHost:80/p", "http://otherhost/p"),
+    ("?q=1", "http://h/dir/page1.html?q=1"),
+    ("#frag", "http://h/dir/page1.html"),
+    ("#", "http://h/dir/page1.html"),
+    ("", "http://h/dir/page1.html"),
+    ("x#frag", "http://h/dir/x"),
+    ("https://secure.example/a", "https://secure.example/a"),
+    ("HTTP://H/x", "http://h/x"),
+    ("hTTps://H:443/x", "https://h/x"),
+    ("http:rel", "http://h/dir/rel"),
+    ("  deep1.html\n", "http://h/dir/deep1.html"),
+    ("de\tep\n1.ht\rml", "http://h/dir/deep1.html"),
+    ("a b.html", "http://h/dir/a%20b.html"),
+    ("/p?b=2&a=1#f", "http://h/p?a=1&b=2"),
+]
+
+
+@pytest.mark.parametrize(("href", "expected"), RESOLUTIONS)
+def test_resolve_relative_forms(href: str, expected: str) -> None:
+    assert resolve(BASE, href) == expected
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "mailto:a@b.c",
+        "javascript:void(0)",
+        "JavaScript:alert(1)",
+        "data:text/html,hi",
+        "tel:+123",
+        "ftp://h/file",
+        "file:///etc/passwd",
+        "http://",
+        "http:///x",
+        "http://[::1/",
+        "http://exa mple.com/",
+        "http://h:99999/",
+    ],
+)
+def test_resolve_rejects_unusable(href: str) -> None:
+    assert resolve(BASE, href) is None
+
+
+def test_resolve_against_non_canonical_base() -> None:
+    assert resolve("HTTP://H:80/dir/page.html?x=1#top", "next.html") == "http://h/dir/next.html"
+
+
+@PROPERTY_SETTINGS
+@given(http_urls(), url_tail)
+def test_resolve_returns_canonical_http_or_none(base: str, href: str) -> None:
+    result = resolve(base, href)
+    if result is None:
+        return
+    assert result.startswith(("http://", "https://"))
+    assert "#" not in result
+    assert result.isascii()
+    assert canonicalize(result) == result
+
+
+# --- host_key -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://example.com/a/b?c=1", "http://example.com"),
+        ("https://example.com:8443/", "https://example.com:8443"),
+        ("http://user:pw@example.com:8080/x", "http://example.com:8080"),
+        ("http://[::1]:9000/", "http://[::1]:9000"),
+    ],
+)
+def test_host_key(url: str, expected: str) -> None:
+    assert host_key(url) == expected
+
+
+def test_host_key_of_canonical_urls_merges_default_ports() -> None:
+    assert host_key(canonicalize("HTTP://Example.com:80/a")) == host_key(
+        canonicalize("http://example.com/b")
+    )

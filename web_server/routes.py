@@ -1,0 +1,194 @@
+"""The HTTP API: schedule a job, its status, its results."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.config import Settings
+from shared.db import jobs
+from shared.duration import format_go_duration
+from shared.errors import BadRequest, NotFound, PayloadTooLarge
+from shared.urls import validate_job_url
+from web_server.render import json_response, string
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+JS = web.AppKey("js", JetStreamContext)
+
+_TRUE = {"", "1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_INT64_MAX = 2**63 - 1
+
+
+def parse_job_body(text: str) -> list[str]:
+    """Newline-separated URLs; blank lines skipped, lines trimmed, duplicates removed in order."""
+    urls: dict[str, None] = {}
+    for line in text.split("\n"):
+        line = line.strip()
+        if line:
+            urls.setdefault(validate_job_url(line), None)
+    if not urls:
+        raise BadRequest("No URLs provided")
+    return list(urls)
+
+
+def parse_force(query: web.Request) -> bool:
+    if "forceCrawl" not in query.query:
+        return False
+    value = query.query["forceCrawl"].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(f"Invalid forceCrawl: {query.query['forceCrawl']} (use 1/true or 0/false)")
+
+
+def parse_depth(request: web.Request, settings: Settings) -> int:
+    raw = request.query.get("depth")
+    if raw is None:
+        return settings.max_level
+    try:
+        depth = int(raw)
+    except ValueError:
+        raise BadRequest(f"Invalid depth: {raw}") from None
+    if not 0 <= depth <= settings.max_depth:
+        raise BadRequest(f"Invalid depth: {raw} (allowed 0 to {settings.max_depth})")
+    return depth
+
+
+def parse_job_id(request: web.Request) -> int:
+    raw = request.match_info["job_id"]
+    try:
+        job_id = int(raw, 10)
+    except ValueError:
+        raise BadRequest(f"Invalid jobId: {raw}") from None
+    if not raw.lstrip("-").isdigit() or abs(job_id) > _INT64_MAX:
+        raise BadRequest(f"Invalid jobId: {raw}")
+    return job_id
+
+
+async def schedule(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_request_bytes:
+        raise PayloadTooLarge(f"Request body larger than {settings.max_request_bytes} bytes")
+    force = parse_force(request)
+    depth = parse_depth(request, settings)
+    body = await _read_body(request, settings.max_request_bytes)
+    urls = parse_job_body(body)
+    if len(urls) > settings.max_job_urls:
+        raise PayloadTooLarge(f"Too many URLs: {len(urls)} (at most {settings.max_job_urls})")
+    pool, js = request.app[POOL], request.app[JS]
+    async with pool.acquire() as conn, conn.transaction():
+        job_id, url_ids = await jobs.create_job(conn, urls, depth, force)
+    try:
+        await bus.publish_visits(js, settings.url_topic, [(job_id, u) for u in url_ids])
+    except bus.TRANSIENT:
+        # Not queued, so not accepted: take the job back rather than leave it pending forever.
+        async with pool.acquire() as conn:
+            await jobs.delete_job(conn, job_id)
+        raise
+    log.info("job %d scheduled: %d URLs, depth %d%s", job_id, len(urls), depth,
+             ", forceCrawl" if force else "")
+    return json_response({"jobId": job_id})
+
+
+async def _read_body(request: web.Request, limit: int) -> str:
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not UTF-8 text") from None
+
+
+async def status(request: web.Request) -> web.Response:
+    job_id = parse_job_id(request)
+    async with request.app[POOL].acquire() as conn:
+        st = await jobs.job_status(conn, job_id)
+    if st is None:
+        raise NotFound(f"Failed to get job {job_id} status")
+    completed = sum(1 for u in st.urls if u.completed)
+    return json_response({
+        "completed": completed,
+        "pending": len(st.urls) - completed,
+        "elapsed": format_go_duration(st.elapsed),
+        "urls": {u.url: u.completed for u in st.urls},
+        "pages": {
+            "queued": sum(u.pending for u in st.urls),
+            "processed": sum(u.processed for u in st.urls),
+            "fetched": sum(u.fetched for u in st.urls),
+            "cached": sum(u.cached for u in st.urls),
+            "failed": sum(u.failed for u in st.urls),
+        },
+        "maxLevel": st.max_level,
+        "forceCrawl": st.force_crawl,
+    })
+
+
+async def result(request: web.Request) -> web.StreamResponse:
+    """Stream ``{"<page>": ["<link>", ...], ...}`` from a cursor, in Go's indented layout."""
+    job_id = parse_job_id(request)
+    mime = request.query.get("mime", "").strip()
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        if not await jobs.job_exists(conn, job_id):
+            raise NotFound(f"Failed to get job {job_id} result")
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            rows = jobs.iter_results(conn, job_id, mime or None)
+            first = await anext(rows, None)
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            if first is None:
+                await resp.write(b"{}\n")
+                await resp.write_eof()
+                return resp
+            await _write_groups(resp, first, rows)
+    await resp.write_eof()
+    return resp
+
+
+async def _write_groups(resp: web.StreamResponse, first: tuple[str, str], rows) -> None:  # type: ignore[no-untyped-def]
+    buf: list[str] = ["{\n  ", string(first[0]), ": [\n    ", string(first[1])]
+    page = first[0]
+    async for refer, url in rows:
+        if refer != page:
+            buf += ["\n  ],\n  ", string(refer), ": [\n    ", string(url)]
+            page = refer
+        else:
+            buf += [",\n    ", string(url)]
+        if len(buf) > 4096:
+            await resp.write("".join(buf).encode())
+            buf.clear()
+    buf.append("\n  ]\n}\n")
+    await resp.write("".join(buf).encode())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        await conn.fetchval("SELECT 1")
+    return json_response({"status": "ok"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"No such path: {request.path}")
+
+
+def add_routes(app: web.Application, root: str) -> None:
+    base = root.rstrip("/")
+    app.router.add_post(base + "/", schedule)
+    if base:
+        app.router.add_post(base, schedule)
+    app.router.add_get(base + "/status/{job_id}", status, allow_head=False)
+    app.router.add_get(base + "/result/{job_id}", result, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)

@@ -1,0 +1,9 @@
+"""python -m worker -config FILE"""
+
+import sys
+
+from shared.service import main
+from worker.crawl import run
+
+if __name__ == "__main__":
+    sys.exit(main("worker", run, sys.argv[1:]))

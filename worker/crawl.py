@@ -1,0 +1,229 @@
+"""The worker: pulls visits from the work queue, fetches many at once, and commits their effects
+in batches (one transaction for many pages), publishing children and acking only after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import aiohttp
+import asyncpg
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.bus import Settle, Verdict
+from shared.config import Settings
+from shared.db import pages, visits
+from shared.db.pages import FetchedPage
+from shared.db.pool import RETRYABLE, open_pool
+from shared.messages import BadMessage, VisitMessage
+from worker.fetch import fetch, open_session
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Done:
+    """A visit ready to commit: fetched (``page`` set) or to answer from the store."""
+    key: Key
+    msgs: list[Msg]
+    page: FetchedPage | None = None
+    settled: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Committer:
+    """Gathers finished visits and commits them in batches; then publishes, then settles."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.js = js
+        self.queue: asyncio.Queue[Done] = asyncio.Queue()
+
+    async def submit(self, done: Done) -> None:
+        await self.queue.put(done)
+        await done.settled
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.settings.batch_wait
+            while len(batch) < self.settings.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Done]) -> None:
+        try:
+            children = await self._transaction(batch)
+            await bus.publish_visits(self.js, self.settings.url_topic, children)
+            verdict = Settle(Verdict.ACK)
+        except (*RETRYABLE, *bus.TRANSIENT) as e:
+            log.warning("commit of %d visits failed (%s); they will be redelivered", len(batch), e)
+            verdict = Settle(Verdict.RETRY, 2.0)
+        for d in batch:
+            for m in d.msgs:
+                await bus.settle(m, verdict)
+            if not d.settled.done():
+                d.settled.set_result(None)
+
+    async def _transaction(self, batch: list[Done], attempts: int = 5) -> list[Key]:
+        keys = [d.key for d in batch]
+        fetched = {d.key: d.page for d in batch if d.page is not None}
+        for attempt in range(attempts):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    locked = await visits.lock_pending(conn, keys)
+                    live = {p.key for p in locked}
+                    await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
+                    outcomes: dict[Key, visits.Outcome] = {
+                        k: ("failed" if pg.failed else "fetched") for k, pg in fetched.items()}
+                    children = await visits.complete(conn, locked, outcomes)
+                    stale = [k for k in set(keys) if k not in live]
+                    children += await visits.pending_children(conn, stale)
+                    return children
+            except RETRYABLE:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2 ** attempt)
+        return []
+
+
+class Worker:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
+                 session: aiohttp.ClientSession, committer: Committer) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.js = js
+        self.session = session
+        self.committer = committer
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.slots.acquire()
+            free = 1
+            while free < self.settings.batch_size and not self.slots.locked():
+                await self.slots.acquire()
+                free += 1
+            try:
+                msgs = await bus.pull(sub, free, 1.0)
+            except bus.TRANSIENT as e:
+                log.warning("pull failed (%s); retrying", e)
+                msgs = []
+                await asyncio.sleep(0.5)
+            used = await self._dispatch(msgs) if msgs else 0
+            for _ in range(free - used):
+                self.slots.release()
+
+    async def _dispatch(self, msgs: list[Msg]) -> int:
+        """Start a task per distinct visit; returns how many slots those tasks hold."""
+        by_key: dict[Key, list[Msg]] = defaultdict(list)
+        for m in msgs:
+            try:
+                by_key[VisitMessage.decode(m.data).key].append(m)
+            except BadMessage as e:
+                log.error("%s", e)
+                await bus.settle(m, Settle(Verdict.TERM))
+        if not by_key:
+            return 0
+        try:
+            async with self.pool.acquire() as conn:
+                planned = {(p.job_id, p.url_id): p for p in
+                           await visits.plan(conn, list(by_key), self.settings.cache_max_age)}
+        except RETRYABLE as e:
+            log.warning("cannot plan %d visits (%s); will be redelivered", len(by_key), e)
+            for ms in by_key.values():
+                for m in ms:
+                    await bus.settle(m, Settle(Verdict.RETRY, bus.retry_delay(m)))
+            return 0
+        for key, ms in by_key.items():
+            p = planned.get(key)
+            url = p.url if p is not None and not p.cached else None
+            self._spawn(self._visit(key, ms, url))
+        return len(by_key)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _visit(self, key: Key, msgs: list[Msg], url: str | None) -> None:
+        """Fetch (unless the store answers it or it is stale), then hand it to the committer."""
+        try:
+            page = None
+            if url is not None:
+                async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                    page = await fetch(self.session, self.settings, key[1], url)
+                log.info("fetched %s: %s", url, page.error or page.status)
+                if self.settings.work_delay:
+                    await asyncio.sleep(self.settings.work_delay)
+            await self.committer.submit(Done(key, msgs, page))
+        finally:
+            self.slots.release()
+
+    async def drain(self, timeout: float) -> None:
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for t in pending:
+                t.cancel()  # not acked: redelivered to another worker
+
+
+class _heartbeat:
+    """Tell JetStream a long fetch is still alive, so its lease does not expire."""
+
+    def __init__(self, msgs: list[Msg], interval: float) -> None:
+        self.msgs, self.interval = msgs, interval
+        self.task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for m in self.msgs:
+                try:
+                    await m.in_progress()
+                except Exception:  # noqa: BLE001 - a missed beat only risks a redelivery
+                    pass
+
+    async def __aenter__(self) -> None:
+        self.task = asyncio.create_task(self._beat())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task:
+            self.task.cancel()
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve the work queue until ``stop``; finish in-flight fetches within the shutdown timeout."""
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
+        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
+        session = await stack.enter_async_context(open_session(settings))
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
+        committer = Committer(settings, pool, js)
+        commit_task = asyncio.create_task(committer.run())
+        worker = Worker(settings, pool, js, session, committer)
+        log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
+        serve = asyncio.create_task(worker.serve(sub, stop))
+        await stop.wait()
+        log.info("worker stopping: finishing %d visits in flight", len(worker.tasks))
+        await asyncio.wait([serve], timeout=2)
+        serve.cancel()
+        await worker.drain(settings.shutdown_timeout)
+        commit_task.cancel()
+        await asyncio.gather(serve, commit_task, return_exceptions=True)
