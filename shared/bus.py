@@ -41,7 +41,7 @@ TRANSIENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
 
 @asynccontextmanager
 async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncIterator[NATS]:
-    """Connect (retrying with backoff while the server is unreachable), drain on exit."""
+    """Connect (retrying with backoff while the server is unreachable); flush and close on exit."""
     delay, waited = 0.2, 0.0
     while True:
         try:
@@ -60,11 +60,13 @@ async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncI
     try:
         yield nc
     finally:
+        # Not drain(): nats-py's drain waits on pull subscriptions' internal queues forever.
+        # Every publish was already awaited; flush sends the acks still buffered, then close.
         try:
-            await asyncio.wait_for(nc.drain(), 10)
+            await nc.flush(timeout=5)
         except Exception as e:  # noqa: BLE001 - closing must not mask the real exit reason
-            log.debug("NATS drain failed: %s", e)
-            await nc.close()
+            log.debug("NATS flush on close failed: %s", e)
+        await nc.close()
 
 
 async def _log_error(e: Exception) -> None:

@@ -66,6 +66,6 @@ def _with_fraction(value: int, precision: int) -> str:
 
 
 def _fraction(fraction: int, precision: int) -> str:
-    """".ddd" for fraction / 10**precision without trailing zeros; "" when zero."""
+    """The ".ddd" of fraction / 10**precision without trailing zeros; "" when zero."""
     digits = f"{fraction:0{precision}d}".rstrip("0")
     return "." + digits if digits else ""

@@ -1,4 +1,4 @@
-"""Link extraction from HTML with selectolax: one parse, one CSS query, resolved and de-duplicated."""
+"""Link extraction from HTML with selectolax: one parse, one CSS query, resolved, de-duplicated."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ from shared.urls import resolve
 
 try:
     from selectolax.lexbor import LexborHTMLParser as _Parser
-except ImportError:  # pragma: no cover - older selectolax builds without lexbor
-    from selectolax.parser import HTMLParser as _Parser
+except ImportError:  # pragma: no cover - builds without lexbor (selectolax 1.0 removed Modest too)
+    from selectolax.parser import HTMLParser as _Parser  # type: ignore[attr-defined,no-redef]
 
 # Elements that can carry a link; <img> and <source> may have srcset without src.
-_SELECTOR = (
-    "base[href],a[href],area[href],link[href],img,source,"
-    "script[src],iframe[src],frame[src]"
-)
+_SELECTOR = "base[href],a[href],area[href],link[href],img,source,script[src],iframe[src],frame[src]"
 # Which attributes of each element hold a single URL; srcset is handled separately.
 _URL_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "a": ("href",),
@@ -30,19 +27,22 @@ _URL_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 _SRCSET_TAGS = frozenset({"img", "source"})
 _HTML_WHITESPACE = " \t\n\r\f"
+_CANDIDATE_SEPARATORS = _HTML_WHITESPACE + ","
 
 
 def extract_links(body: bytes | str, base_url: str, encoding: str | None = None) -> list[str]:
     """Return the canonical http(s) links of a page, de-duplicated, in document order."""
     html = decode_body(body, encoding)
     base: str | None = None
+    base_seen = False
     raw: list[str] = []
     for node in _Parser(html).css(_SELECTOR):
         attributes = node.attributes
-        tag = node.tag
+        tag = node.tag or ""
         if tag == "base":
-            if base is None:
-                base = _base_from(attributes, base_url)
+            # Only the first <base href> counts, even when its URL is unusable.
+            if not base_seen:
+                base, base_seen = _base_from(attributes, base_url), True
             continue
         raw.extend(_values(tag, attributes))
     return _resolve_all(base or base_url, raw)
@@ -97,7 +97,7 @@ def parse_srcset(srcset: str) -> list[str]:
     urls: list[str] = []
     position, length = 0, len(srcset)
     while position < length:
-        while position < length and srcset[position] in _HTML_WHITESPACE + ",":
+        while position < length and srcset[position] in _CANDIDATE_SEPARATORS:
             position += 1
         start = position
         while position < length and srcset[position] not in _HTML_WHITESPACE:

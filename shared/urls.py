@@ -101,7 +101,7 @@ def _without_default_port(scheme: str, netloc: str) -> str:
         return netloc
     suffix = f":{default}"
     host = netloc.rpartition("@")[2]
-    if host.endswith(suffix) and not host.endswith("]"):
+    if host.endswith(suffix):
         return netloc[: -len(suffix)]
     return netloc
 

@@ -63,7 +63,9 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                 found = extract_links(body, final, encoding=resp.charset)
                 links = tuple((u, guess_mime(u)) for u in found)
             error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
-            return FetchedPage(url_id, status, mime, error, cacheable=status < 500,
+            # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
+            # without an answer (timeouts, refused connections, oversize bodies) are tried again.
+            return FetchedPage(url_id, status, mime, error, cacheable=True,
                                final_url=final if final != url else None, redirects=chain,
                                links=links)
     except BodyTooLarge as e:

@@ -1,0 +1,85 @@
+"""Fixtures: real PostgreSQL and NATS JetStream (from the pip-installed binaries) on free loopback
+ports for the whole session; each test gets a fresh database cloned from a migrated template and
+its own queue subjects. A server that cannot start fails the run; nothing is skipped."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.config import Settings
+from shared.db import migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres
+
+TEMPLATE = "harvester_template"
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="harvester-test-"))
+    path.chmod(0o755)  # the PostgreSQL system user must reach its data directory
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(workdir: Path) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(workdir / "pg", fsync=False)
+    pg.start()
+    try:
+        import asyncio
+
+        async def make_template() -> None:
+            conn = await asyncpg.connect(pg.dsn)
+            await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+            await conn.close()
+
+        asyncio.run(make_template())
+        migrate.upgrade(pg.dsn_for(TEMPLATE))
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(workdir: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(workdir / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    name = f"t{next(_counter)}"
+    conn = await asyncpg.connect(postgres.dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    finally:
+        await conn.close()
+    yield postgres.dsn_for(name)
+
+
+@pytest.fixture
+def settings(database_url: str, nats_server: EmbeddedNats) -> Settings:
+    n = database_url.rsplit("/", 1)[1]
+    return Settings(database_url=database_url, nats_url=nats_server.url,
+                    url_topic=f"{n}.url", work_topic=f"{n}.work", http_addr="127.0.0.1:0",
+                    batch_wait=0.005, concurrency=16, connect_timeout=2, read_timeout=5,
+                    ack_wait=30, shutdown_timeout=5)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()

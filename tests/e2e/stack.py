@@ -1,0 +1,109 @@
+"""Harvester's three tiers run in-process (real PostgreSQL and NATS), plus an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import nats
+from aiohttp import web
+
+from foreman.schedule import run as run_foreman
+from shared.config import Settings, stream_name
+from web_server.app import create_app
+from worker.crawl import run as run_worker
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+        self.runner: web.AppRunner | None = None
+        self.base = ""
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self, foremen: int = 1, workers: int = 1) -> Stack:
+        self.runner = web.AppRunner(create_app(self.settings), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}"
+        self.http = aiohttp.ClientSession()
+        for _ in range(foremen):
+            self.add(run_foreman)
+        for _ in range(workers):
+            self.add(run_worker)
+        return self
+
+    def add(self, run: Any) -> None:
+        stop = asyncio.Event()
+        self.tasks.append((stop, asyncio.create_task(run(self.settings, stop))))
+
+    async def stop(self) -> None:
+        for stop, _ in self.tasks:
+            stop.set()
+        results = await asyncio.gather(*(t for _, t in self.tasks), return_exceptions=True)
+        if self.http:
+            await self.http.close()
+        if self.runner:
+            await self.runner.cleanup()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"a tier failed: {errors!r}"
+
+    async def request(self, method: str, path: str, data: str | bytes | None = None,
+                      **params: str) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+        assert self.http
+        async with self.http.request(method, self.base + path, data=data, params=params) as r:
+            text = await r.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+            return r.status, body, r.headers
+
+    async def post_job(self, urls: list[str], **params: str) -> int:
+        status, body, _ = await self.request("POST", "/", "\n".join(urls), **params)
+        assert status == 200, body
+        return int(body["jobId"])
+
+    async def status(self, job_id: int) -> dict[str, Any]:
+        status, body, _ = await self.request("GET", f"/status/{job_id}")
+        assert status == 200, body
+        return body
+
+    async def result(self, job_id: int, **params: str) -> dict[str, list[str]]:
+        status, body, _ = await self.request("GET", f"/result/{job_id}", **params)
+        assert status == 200, body
+        return body
+
+    async def wait_complete(self, job_id: int, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await self.status(job_id)
+            if st["pending"] == 0:
+                return st
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"job {job_id} not complete after {timeout}s: {st}")
+
+    async def wait_idle(self, timeout: float = 30) -> None:
+        """Until both streams are empty and no message is unacknowledged (nothing in flight)."""
+        nc = await nats.connect(self.settings.nats_url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                busy = 0
+                for topic, durable in ((self.settings.url_topic, "foreman"),
+                                       (self.settings.work_topic, "worker")):
+                    info = await js.consumer_info(stream_name(topic), durable)
+                    busy += info.num_pending + info.num_ack_pending
+                if busy == 0:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("queues did not drain")
+        finally:
+            await nc.close()

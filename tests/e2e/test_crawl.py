@@ -1,0 +1,152 @@
+"""End to end: the three tiers on real PostgreSQL and NATS JetStream crawl a local site."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from shared.config import Settings
+from tests.e2e.site import TestSite
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[TestSite]:
+    s = await TestSite().start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    st = await Stack(settings).start()
+    yield st
+    await st.stop()
+
+
+async def crawl_and_watch(stack: Stack, site: TestSite, depth: int, **params: str) -> tuple[dict, dict]:
+    """Run a job, polling its status; the result seen at completion must be the final one."""
+    job = await stack.post_job([site.a + "/"], depth=str(depth), **params)
+    st = await stack.wait_complete(job)
+    at_completion = await stack.result(job)
+    await stack.wait_idle()
+    final = await stack.result(job)
+    assert final == at_completion, "results arrived after the job was reported complete"
+    assert (await stack.status(job))["pending"] == 0
+    return st, final
+
+
+async def pending_rows(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM job_pending"))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+async def test_result_is_the_link_graph(stack: Stack, site: TestSite, db: asyncpg.Connection,
+                                        depth: int) -> None:
+    st, result = await crawl_and_watch(stack, site, depth)
+    assert result == site.expected_result(site.a + "/", depth)
+    assert st["completed"] == 1 and st["urls"] == {site.a + "/": True}
+    assert st["pages"]["queued"] == 0
+    assert await pending_rows(db) == 0
+    # Each page at most once per job; images, CSS and JS never; nothing from comments or scripts.
+    assert max(site.hits.values()) == 1, site.hits
+    never = {f"{site.a}/{p}" for p in ("style.css", "app.js", "img/logo.png", "img/s1.png",
+                                       "commented.html", "script-only.html", "data-only.html",
+                                       "never.html")}
+    assert not never & site.fetched()
+
+
+async def test_status_counts_fetches_and_failures(stack: Stack, site: TestSite) -> None:
+    st, _ = await crawl_and_watch(stack, site, 2)
+    # Level 0 and 1 pages that are not skipped: / + 12 linked pages (the self link is the job URL).
+    fetched_urls = site.fetched()
+    assert st["pages"]["fetched"] + st["pages"]["failed"] == len(fetched_urls) - 1  # redirect target
+    assert st["pages"]["failed"] == 2  # /missing.html (404) and /error.html (500)
+    assert st["elapsed"].endswith("s")
+
+
+async def test_shortest_level_wins_whatever_arrives_first(stack: Stack, site: TestSite) -> None:
+    # /c/deep/f.html is 2 links away through the slow page and 3 through fast pages. At depth 4
+    # the fast path reaches it first at level 3; it must still be expanded from level 2, so g.html
+    # (level 3) is fetched and its links listed.
+    _, result = await crawl_and_watch(stack, site, 4)
+    assert f"{site.a}/c/deep/g.html" in result
+    assert result[f"{site.a}/c/deep/g.html"] == sorted([f"{site.a}/", f"{site.a}/c/deep/h.html"])
+    assert site.hits[f"{site.a}/c/deep/f.html"] == 1
+
+
+async def test_cache_and_force_crawl(stack: Stack, site: TestSite) -> None:
+    _, first = await crawl_and_watch(stack, site, 2)
+    hits_after_first = sum(site.hits.values())
+    assert hits_after_first > 10
+    st, second = await crawl_and_watch(stack, site, 2)
+    assert second == first
+    assert sum(site.hits.values()) == hits_after_first, "a cached job fetched pages again"
+    assert st["pages"]["fetched"] == 0 and st["pages"]["cached"] > 0
+    before = site.hits.copy()
+    st, forced = await crawl_and_watch(stack, site, 2, forceCrawl="")
+    assert forced == first
+    refetched = {u for u in site.hits if site.hits[u] > before[u]}
+    assert f"{site.a}/" in refetched and f"{site.a}/a.html" in refetched
+    assert all(site.hits[u] - before[u] == 1 for u in refetched)
+    assert st["forceCrawl"] is True
+
+
+async def test_mime_filter(stack: Stack, site: TestSite) -> None:
+    # Depth 3: /photo (level 2, no extension) is fetched, and its type comes from the response.
+    job = await stack.post_job([site.a + "/"], depth="3")
+    await stack.wait_complete(job)
+    images = await stack.result(job, mime="image")
+    assert images == {site.a + "/": sorted(f"{site.a}/img/{n}.png" for n in ("logo", "s1", "s2")),
+                      site.a + "/a.html": [f"{site.a}/photo"]}  # type learnt from the fetch
+    assert await stack.result(job, mime="IMAGE") == images
+    assert await stack.result(job, mime="text/javascript") == {site.a + "/": [f"{site.a}/app.js"]}
+    assert await stack.result(job, mime="%") == {}  # LIKE wildcards are literal
+    assert await stack.result(job, mime="image/_ng") == {}
+
+
+async def test_results_are_partial_while_running(stack: Stack, site: TestSite) -> None:
+    gate = site.gates[f"{site.a}/slow.html"] = asyncio.Event()
+    job = await stack.post_job([site.a + "/"], depth="2")
+    for _ in range(400):
+        partial = await stack.result(job)
+        if len(partial) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    st = await stack.status(job)
+    assert st["pending"] == 1 and st["urls"] == {site.a + "/": False}
+    assert site.a + "/" in partial and f"{site.a}/slow.html" not in partial
+    gate.set()
+    await stack.wait_complete(job)
+    assert await stack.result(job) == site.expected_result(site.a + "/", 2)
+
+
+async def test_two_job_urls_and_a_shared_page(stack: Stack, site: TestSite) -> None:
+    urls = [site.a + "/a.html", site.b + "/ext.html"]
+    job = await stack.post_job(urls, depth="2")
+    st = await stack.wait_complete(job)
+    assert st["completed"] == 2 and set(st["urls"]) == set(urls)
+    expected = site.expected_result(urls[0], 2)
+    for page, links in site.expected_result(urls[1], 2).items():
+        expected[page] = links  # ext.html links a.html, itself a job URL: same page, same links
+    # a.html is level 0 (job URL) and also linked at level 1 from ext.html: processed once.
+    result = await stack.result(job)
+    assert result == expected
+    assert max(site.hits.values()) == 1
+
+
+async def test_scaled_tiers_give_the_same_result(settings: Settings, site: TestSite,
+                                                 db: asyncpg.Connection) -> None:
+    stack = await Stack(settings).start(foremen=2, workers=3)
+    try:
+        _, result = await crawl_and_watch(stack, site, 3)
+    finally:
+        await stack.stop()
+    assert result == site.expected_result(site.a + "/", 3)
+    assert max(site.hits.values()) == 1, "a page was fetched twice within the job"
+    assert await pending_rows(db) == 0
