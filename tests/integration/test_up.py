@@ -1,0 +1,87 @@
+"""``harvester up`` (what ``make run`` runs): one command starts everything, crawls the demo
+site, keeps its data across restarts, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from shared.demo_site import create_demo_app
+from shared.embedded import free_port
+
+
+async def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def start_up(data: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
+                             "-addr", f"127.0.0.1:{port}", "--workers", "2"],
+                            start_new_session=True)
+
+
+def ctrl_c(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """SIGINT to the foreground process group, as a terminal's Ctrl-C; returns what it ran."""
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 0
+    return tree
+
+
+async def test_up_crawls_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    data = tmp_path / "data"
+    demo = web.AppRunner(create_demo_app())
+    await demo.setup()
+    demo_port = free_port()
+    await web.TCPSite(demo, "127.0.0.1", demo_port).start()
+    port = free_port()
+    proc = start_up(data, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await wait_http(base + "/healthz")
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base + "/", data=f"http://127.0.0.1:{demo_port}/\n") as r:
+                job = (await r.json())["jobId"]
+            for _ in range(600):
+                async with s.get(f"{base}/status/{job}") as r:
+                    st = await r.json()
+                if st["pending"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert st["completed"] == 1 and st["pages"]["fetched"] >= 4
+            async with s.get(f"{base}/result/{job}") as r:
+                result = await r.json()
+        assert f"http://127.0.0.1:{demo_port}/news/" in result[f"http://127.0.0.1:{demo_port}/"]
+        tree = ctrl_c(proc)
+        assert len(tree) >= 5  # postgres, nats-server, web server, foreman, 2 workers
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        proc = start_up(data, port)
+        await wait_http(base + "/healthz")
+        async with aiohttp.ClientSession() as s, s.get(f"{base}/status/{job}") as r:
+            assert r.status == 200 and (await r.json())["completed"] == 1
+        ctrl_c(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        await demo.cleanup()

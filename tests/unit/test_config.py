@@ -1,0 +1,96 @@
+"""Settings: the original Harvester's keys, environment overrides, flags, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.config import load_settings, parse_go_duration
+from shared.errors import ConfigError
+
+ORIGINAL = {
+    "storage": {"user": "docker", "pass": "p@ss", "dbname": "harvest", "host": "db", "port": 24001,
+                "sslmode": False},
+    "urlQueue": {"connURL": "nats://q:4222", "topic": "url_queue"},
+    "workQueue": {"connURL": "nats://q:4222", "topic": "work_queue"},
+    "httpAddr": ":8080", "httpRootPath": "/goapps/harvester", "maxLevel": 3,
+    "cacheMaxAge": "1h30m", "workDelay": "25ms", "unknownKey": "ignored",
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_original_keys(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, ORIGINAL), env={})
+    assert s.database_url == "postgresql://docker:p%40ss@db:24001/harvest?sslmode=disable"
+    assert (s.nats_url, s.url_topic, s.work_topic) == ("nats://q:4222", "url_queue", "work_queue")
+    assert (s.http_addr, s.root_path, s.max_level) == (":8080", "/goapps/harvester", 3)
+    assert (s.cache_max_age, s.work_delay) == (5400.0, 0.025)
+
+
+def test_sslmode_true_means_require(tmp_path: Path) -> None:
+    cfg = dict(ORIGINAL, storage=dict(ORIGINAL["storage"], sslmode=True))
+    assert load_settings(write(tmp_path, cfg), env={}).database_url.endswith("sslmode=require")
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    env = {"HARVESTER_DATABASE_URL": "postgresql://env/db", "HARVESTER_MAX_LEVEL": "4",
+           "HARVESTER_CACHE_MAX_AGE": "10m", "HARVESTER_HTTP_ADDR": ":9000"}
+    s = load_settings(write(tmp_path, ORIGINAL), env=env, http_addr="127.0.0.1:7000")
+    assert s.database_url == "postgresql://env/db"
+    assert (s.max_level, s.cache_max_age) == (4, 600.0)
+    assert s.http_addr == "127.0.0.1:7000"
+
+
+def test_no_file_gives_defaults() -> None:
+    s = load_settings(None, env={})
+    assert (s.max_level, s.cache_max_age, s.root_path, s.max_depth) == (2, 86400.0, "/", 10)
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("{not json", "invalid JSON at line 1"),
+    ("[1, 2]", "top level must be a JSON object"),
+    ({"cacheMaxAge": "soon"}, '"cacheMaxAge": invalid duration'),
+    ({"maxLevel": -1}, "max_level"),
+    ({"storage": "db"}, '"storage" must be an object'),
+])
+def test_bad_config_is_a_clear_error(tmp_path: Path, content: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, content), env={})
+    assert fragment in str(e.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.json", env={})
+
+
+@pytest.mark.parametrize("tier", ["web_server", "foreman", "worker"])
+def test_tier_reports_bad_config_in_one_line(tmp_path: Path, tier: str) -> None:
+    path = write(tmp_path, {"cacheMaxAge": "forever"})
+    r = subprocess.run([sys.executable, "-m", tier, "-config", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config error" in lines[0] and "cacheMaxAge" in lines[0]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("24h", 86400), ("1h30m", 5400), ("25ms", 0.025),
+                                               ("1.5s", 1.5), ("0", 0), ("", 0), ("300us", 0.0003),
+                                               (12, 12)])
+def test_go_durations(text: str | int, seconds: float) -> None:
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["1d", "h", "5", "1h-2m", "abc"])
+def test_bad_go_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_go_duration(text)
