@@ -39,6 +39,17 @@ def start_up(data: Path, port: int) -> subprocess.Popen[bytes]:
                             start_new_session=True)
 
 
+def live_workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "worker" in child.cmdline():
+                found.append(child)
+        except psutil.Error:  # exited (a zombie until the supervisor reaps it)
+            pass
+    return found
+
+
 def ctrl_c(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     """SIGINT to the foreground process group, as a terminal's Ctrl-C; returns what it ran."""
     tree = psutil.Process(proc.pid).children(recursive=True)
@@ -72,6 +83,17 @@ async def test_up_crawls_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
             async with s.get(f"{base}/result/{job}") as r:
                 result = await r.json()
         assert f"http://127.0.0.1:{demo_port}/news/" in result[f"http://127.0.0.1:{demo_port}/"]
+        # A tier that dies is restarted by the supervisor.
+        workers = live_workers(proc)
+        assert len(workers) == 2
+        workers[0].kill()
+        for _ in range(100):
+            now = live_workers(proc)
+            if len(now) == 2 and workers[0].pid not in {p.pid for p in now}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the killed worker was not restarted")
         tree = ctrl_c(proc)
         assert len(tree) >= 5  # postgres, nats-server, web server, foreman, 2 workers
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -73,10 +73,12 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.json", env={})
 
 
-@pytest.mark.parametrize("tier", ["web_server", "foreman", "worker"])
-def test_tier_reports_bad_config_in_one_line(tmp_path: Path, tier: str) -> None:
+@pytest.mark.parametrize("command", [["-m", "web_server"], ["-m", "foreman"], ["-m", "worker"],
+                                     ["-m", "shared.cli", "worker"],
+                                     ["-m", "shared.cli", "web-server"]])
+def test_tier_reports_bad_config_in_one_line(tmp_path: Path, command: list[str]) -> None:
     path = write(tmp_path, {"cacheMaxAge": "forever"})
-    r = subprocess.run([sys.executable, "-m", tier, "-config", str(path)],
+    r = subprocess.run([sys.executable, *command, "-config", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
