@@ -1,10 +1,12 @@
-"""The foreman: decides for each queued visit whether to answer it from the store (cached, or a
-type never fetched, or a page to expand again) or to forward it to the workers."""
+"""The foreman: decides for each queued visit whether to answer it from the store (cached, a type
+never fetched, or a page to expand again) or to forward it to the workers; feeds pending visits
+from PostgreSQL to the URL queue as it has room; and watches for work that never finishes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from contextlib import AsyncExitStack
 
@@ -18,10 +20,13 @@ from shared.config import Settings
 from shared.db import visits
 from shared.db.pool import RETRYABLE, open_pool
 from shared.messages import BadMessage, VisitMessage
+from shared.outbox import feed
 
 log = logging.getLogger(__name__)
 
 LOOPS = 4  # concurrent pull loops: one waits on the database while another publishes
+WATCHDOG_LOCK = 0x4A52_5645  # pg advisory lock: one watchdog in the cluster at a time
+Key = tuple[int, int]
 
 
 class Foreman:
@@ -29,10 +34,21 @@ class Foreman:
         self.settings = settings
         self.pool = pool
         self.js = js
+        self._room_checked = 0.0
+        self._room = 0
+
+    async def work_queue_room(self) -> int:
+        """Free places on the work queue (checked at most every 50 ms)."""
+        now = time.monotonic()
+        if now - self._room_checked > 0.05:
+            depth = await bus.stream_depth(self.js, self.settings.work_topic)
+            self._room = self.settings.work_queue_limit - depth
+            self._room_checked = now
+        return self._room
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Process one batch; every message is settled exactly once before this returns."""
-        by_key: dict[tuple[int, int], list[Msg]] = defaultdict(list)
+        by_key: dict[Key, list[Msg]] = defaultdict(list)
         for m in msgs:
             try:
                 by_key[VisitMessage.decode(m.data).key].append(m)
@@ -45,51 +61,98 @@ class Foreman:
             outcome = await self._process(list(by_key))
         except (*RETRYABLE, *bus.TRANSIENT) as e:
             log.warning("batch of %d visits not processed (%s); will be redelivered", len(by_key), e)
-            outcome = {k: Settle(Verdict.RETRY, bus.retry_delay(by_key[k][0])) for k in by_key}
+            outcome = {k: Settle(Verdict.RETRY, 1.0) for k in by_key}
         for k, ms in by_key.items():
             for m in ms:
                 await bus.settle(m, outcome[k])
 
-    async def _process(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Settle]:
+    async def _process(self, keys: list[Key]) -> dict[Key, Settle]:
         s = self.settings
         async with self.pool.acquire() as conn:
             planned = {(p.job_id, p.url_id): p for p in await visits.plan(conn, keys, s.cache_max_age)}
-        stale = [k for k in keys if k not in planned]
         work = [k for k, p in planned.items() if not p.cached]
         cached = [k for k, p in planned.items() if p.cached]
-        await bus.publish_visits(self.js, s.work_topic, work)
-        children: list[tuple[int, int]] = []
+        unsent = set(await bus.publish_visits(self.js, s.work_topic, work))
         if cached:
-            children += await complete_from_store(self.pool, cached)
-        if stale:
-            async with self.pool.acquire() as conn:
-                children += await visits.pending_children(conn, stale)
-        await bus.publish_visits(self.js, s.url_topic, children)
-        log.debug("batch: %d forwarded, %d from store, %d stale, %d children queued",
-                  len(work), len(cached), len(stale), len(children))
-        return {k: Settle(Verdict.ACK) for k in keys}
+            await complete_from_store(self.pool, cached)
+        log.debug("batch: %d forwarded, %d from store, %d already done", len(work) - len(unsent),
+                  len(cached), len(keys) - len(planned))
+        # A visit the work queue refused (full, or NATS away) comes back to us later.
+        return {k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys}
 
 
-async def complete_from_store(pool: asyncpg.Pool, keys: list[tuple[int, int]],
-                              attempts: int = 5) -> list[tuple[int, int]]:
+async def complete_from_store(pool: asyncpg.Pool, keys: list[Key], attempts: int = 5) -> None:
     """Complete visits whose page is known: results and children from ``url_link``."""
     for attempt in range(attempts):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 locked = await visits.lock_pending(conn, keys)
-                return await visits.complete(conn, locked, {})
+                await visits.complete(conn, locked, {k: "cached" for k in keys})
+                return
         except RETRYABLE:
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.05 * 2 ** attempt)
-    return []
+
+
+async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
+                 stop: asyncio.Event) -> None:
+    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``."""
+    while not stop.is_set():
+        try:
+            room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
+            sent = await feed(pool, js, settings.url_topic, min(room, 1000)) if room > 0 else 0
+        except (*RETRYABLE, *bus.TRANSIENT) as e:
+            log.warning("feeder: %s; retrying", e)
+            sent = 0
+            await asyncio.sleep(0.5)
+        if sent == 0:
+            await _sleep_unless(stop, settings.feed_interval)
+
+
+async def watchdog(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Re-publish visits whose message was lost or gave up (MaxDeliver); after ``max_requeues``
+    such rounds, record the visit as failed so its job still completes."""
+    while not stop.is_set():
+        await _sleep_unless(stop, settings.watchdog_interval)
+        try:
+            await watch_once(settings, pool)
+        except (*RETRYABLE, *bus.TRANSIENT) as e:
+            log.warning("watchdog: %s", e)
+
+
+async def watch_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, int]:
+    """One round; returns (re-queued, failed). Only one foreman's watchdog acts at a time."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WATCHDOG_LOCK):
+            return 0, 0
+        requeued = await visits.requeue_stale(conn, settings.stale_after, settings.max_requeues)
+        gone = await visits.abandoned(conn, settings.stale_after, settings.max_requeues)
+        if gone:
+            keys = [k for k, _ in gone]
+            locked = await visits.lock_pending(conn, keys)
+            reason = (f"abandoned: still pending {settings.stale_after:g}s after each of "
+                      f"{settings.max_requeues + 1} publications")
+            await visits.complete(conn, locked, {k: "abandoned" for k in keys},
+                                  attempts={k: n + 1 for k, n in gone},
+                                  reasons={k: reason for k in keys})
+    if requeued or gone:
+        log.warning("watchdog: re-queued %d stale visits, recorded %d as failed", requeued, len(gone))
+    return requeued, len(gone)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the URL queue until ``stop`` is set; then finish the batches in hand and exit."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 2))
+            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 4))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-foreman"))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
@@ -97,20 +160,27 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
         log.info("foreman ready: %s -> %s", settings.url_topic, settings.work_topic)
-        loops = [asyncio.create_task(_loop(foreman, sub, stop)) for sub in subs]
+        tasks = [asyncio.create_task(_loop(foreman, sub, stop)) for sub in subs]
+        tasks.append(asyncio.create_task(feeder(settings, pool, js, stop)))
+        tasks.append(asyncio.create_task(watchdog(settings, pool, stop)))
         await stop.wait()
         log.info("foreman stopping: finishing batches in hand")
-        done, pending = await asyncio.wait(loops, timeout=settings.shutdown_timeout)
+        _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout)
         for t in pending:
             t.cancel()  # their messages are not acked: they come back
-        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    batch = foreman.settings.batch_size
     while not stop.is_set():
         try:
-            msgs = await bus.pull(sub, foreman.settings.batch_size, 1.0)
-        except bus.TRANSIENT as e:
+            room = await foreman.work_queue_room()
+            if room < batch:
+                await _sleep_unless(stop, 0.05)  # backpressure: the workers are behind
+                continue
+            msgs = await bus.pull(sub, batch, 1.0)
+        except (*bus.TRANSIENT, *RETRYABLE) as e:
             log.warning("pull failed (%s); retrying", e)
             await asyncio.sleep(0.5)
             continue

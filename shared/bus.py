@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
-                         StorageType, StreamConfig)
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
+                         RetentionPolicy, StorageType, StreamConfig)
 
 from shared.config import Settings, stream_name
 from shared.messages import VisitMessage
@@ -83,9 +84,13 @@ async def _reconnected() -> None:
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     """Create (or bring up to date) the URL and work streams: file storage, work-queue retention."""
-    for topic in (settings.url_topic, settings.work_topic):
+    # Hard caps a little above the limits the feeder and the foremen keep to: a publish beyond
+    # them is refused (discard new) and retried by its publisher, never silently dropped.
+    for topic, limit in ((settings.url_topic, settings.url_queue_limit),
+                         (settings.work_topic, settings.work_queue_limit)):
         cfg = StreamConfig(name=stream_name(topic), subjects=[topic],
                            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                           max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
                            duplicate_window=120.0)
         await _retry(lambda cfg=cfg: _add_or_update_stream(js, cfg))
 
@@ -138,12 +143,33 @@ async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: floa
         return []
 
 
-async def publish_visits(js: JetStreamContext, topic: str, keys: Sequence[tuple[int, int]]) -> None:
-    """Publish visit messages and wait for JetStream to store every one (raises if any fails)."""
+async def publish_visits(js: JetStreamContext, topic: str,
+                         keys: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Publish visit messages, each stored by JetStream before this returns.
+
+    Returns the keys that were NOT stored (stream full, NATS unreachable), for the caller to
+    keep and try again; never raises for a publish failure.
+    """
+    failed: list[tuple[int, int]] = []
     for i in range(0, len(keys), PUBLISH_CHUNK):
         chunk = keys[i:i + PUBLISH_CHUNK]
-        await asyncio.gather(*(
-            js.publish(topic, VisitMessage(job=j, url=u).encode(), timeout=10) for j, u in chunk))
+        acks = await asyncio.gather(*(
+            js.publish(topic, VisitMessage(job=j, url=u).encode(), timeout=5) for j, u in chunk),
+            return_exceptions=True)
+        for key, ack in zip(chunk, acks):
+            if isinstance(ack, BaseException):
+                if not isinstance(ack, (*TRANSIENT, nats.js.errors.Error, nats.errors.Error)):
+                    raise ack
+                failed.append(key)
+    if failed:
+        log.debug("%d of %d messages not stored on %s", len(failed), len(keys), topic)
+    return failed
+
+
+async def stream_depth(js: JetStreamContext, topic: str) -> int:
+    """Messages in a work-queue stream: published and not yet acked."""
+    info = await js.stream_info(stream_name(topic))
+    return int(info.state.messages)
 
 
 class Verdict(enum.Enum):
@@ -171,10 +197,13 @@ async def settle(msg: Msg, outcome: Settle) -> None:
         log.debug("could not settle message (%s): it will be redelivered", e)
 
 
-def retry_delay(msg: Msg, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential backoff from the delivery count."""
+def delivery_count(msg: Msg) -> int:
     try:
-        n = msg.metadata.num_delivered or 1
-    except Exception:  # noqa: BLE001
-        n = 1
-    return float(min(cap, base * 2 ** (n - 1)))
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:  # noqa: BLE001 - a message without metadata was delivered once
+        return 1
+
+
+def retry_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with jitter: about base, 2*base, 4*base ... capped."""
+    return min(cap, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)

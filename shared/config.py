@@ -77,6 +77,16 @@ class Settings(BaseModel):
     user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
 
     # queue consumers (both foreman and worker)
+    url_queue_limit: int = Field(10_000, gt=0)   # messages on the URL queue; the rest wait in PG
+    work_queue_limit: int = Field(10_000, gt=0)  # messages on the work queue
+    feed_interval: float = Field(0.01, gt=0)     # how often an idle feeder looks for new visits
+    stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost
+    max_requeues: int = Field(3, ge=0)           # watchdog re-publishes before recording failure
+    watchdog_interval: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0)                # fetch retries after the first attempt
+    retry_base: float = Field(1.0, ge=0)         # backoff: base, 2*base, 4*base ... (+-50% jitter)
+    retry_cap: float = Field(60.0, ge=0)
+    max_retry_after: float = Field(120.0, ge=0)  # cap on a server's Retry-After
     batch_size: int = Field(64, gt=0)
     batch_wait: float = Field(0.02, ge=0)
     ack_wait: float = Field(60.0, gt=0)
@@ -105,12 +115,16 @@ _SIMPLE_KEYS = {
     "userAgent": "user_agent", "maxBodyBytes": "max_body_bytes",
     "maxRequestBytes": "max_request_bytes", "maxJobURLs": "max_job_urls",
     "maxRedirects": "max_redirects", "batchSize": "batch_size", "maxDeliver": "max_deliver",
+    "urlQueueLimit": "url_queue_limit", "workQueueLimit": "work_queue_limit",
+    "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
     "readTimeout": "read_timeout", "batchWait": "batch_wait", "ackWait": "ack_wait",
-    "shutdownTimeout": "shutdown_timeout",
+    "shutdownTimeout": "shutdown_timeout", "staleAfter": "stale_after",
+    "retryBase": "retry_base", "retryCap": "retry_cap", "maxRetryAfter": "max_retry_after",
+    "feedInterval": "feed_interval", "watchdogInterval": "watchdog_interval",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -119,6 +133,11 @@ _ENV = {
     "HARVESTER_MAX_LEVEL": "max_level", "HARVESTER_MAX_DEPTH": "max_depth",
     "HARVESTER_CONCURRENCY": "concurrency", "HARVESTER_LOG_LEVEL": "log_level",
     "HARVESTER_USER_AGENT": "user_agent", "HARVESTER_ACK_WAIT": "ack_wait",
+    "HARVESTER_STALE_AFTER": "stale_after", "HARVESTER_RETRIES": "retries",
+    "HARVESTER_RETRY_BASE": "retry_base", "HARVESTER_URL_QUEUE_LIMIT": "url_queue_limit",
+    "HARVESTER_WORK_QUEUE_LIMIT": "work_queue_limit",
+    "HARVESTER_WATCHDOG_INTERVAL": "watchdog_interval",
+    "HARVESTER_SHUTDOWN_TIMEOUT": "shutdown_timeout",
 }
 _ENV_DURATIONS = {"HARVESTER_CACHE_MAX_AGE": "cache_max_age", "HARVESTER_WORK_DELAY": "work_delay"}
 

@@ -1,20 +1,46 @@
-"""``create_app(settings)``: the aiohttp application with its pool and NATS connection."""
+"""``create_app(settings)``: the aiohttp application and its dependencies.
+
+The web server starts whether or not PostgreSQL and NATS are up: the pool opens connections on
+demand, and NATS is connected in the background. While either is down, requests that need it
+get 503 ``{"code": "Unavailable"}`` at once instead of hanging, and no job is accepted that
+could not be queued.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from shared import bus
 from shared.config import Settings
-from shared.db.pool import open_pool
+from shared.db.pool import init_connection
+from shared.errors import DependencyUnavailable
 from web_server.middleware import errors
-from web_server.routes import JS, POOL, SETTINGS, add_routes
+from web_server.routes import DEPS, SETTINGS, add_routes
 
 log = logging.getLogger(__name__)
+
+
+class Deps:
+    """PostgreSQL pool and JetStream context, as available right now."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None or self.nc is None or not self.nc.is_connected:
+            raise DependencyUnavailable("NATS")
+        return self._js
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -27,13 +53,36 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with open_pool(settings.database_url, min_size=1, max_size=10) as pool, \
-            bus.connect(settings.nats_url, "harvester-web-server") as nc:
-        js = nc.jetstream(timeout=10)
-        await bus.ensure_streams(js, settings)
-        app[POOL] = pool
-        app[JS] = js
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=10, timeout=5,
+                                     command_timeout=30, init=init_connection,
+                                     max_inactive_connection_lifetime=60)
+    deps = app[DEPS] = Deps(pool)
+    connecting = asyncio.create_task(_connect_nats(settings, deps))
+    try:
         yield
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        if deps.nc is not None:
+            with contextlib.suppress(Exception):
+                await deps.nc.flush(timeout=2)
+            await deps.nc.close()
+        try:
+            await asyncio.wait_for(pool.close(), 5)
+        except (asyncio.TimeoutError, OSError):
+            pool.terminate()
+
+
+async def _connect_nats(settings: Settings, deps: Deps) -> None:
+    """Connect (retrying forever) and set up the streams; nats-py reconnects after that."""
+    async with bus.connect(settings.nats_url, "harvester-web-server") as nc:
+        deps.nc = nc
+        js = nc.jetstream(timeout=5)
+        await bus.ensure_streams(js, settings)
+        deps._js = js
+        log.info("connected to NATS at %s", settings.nats_url)
+        await asyncio.Event().wait()  # hold the connection until cleanup cancels us
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

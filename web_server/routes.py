@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
-from aiohttp import web
-from nats.js import JetStreamContext
+from typing import Any
 
-from shared import bus
+from aiohttp import web
+
 from shared.config import Settings
 from shared.db import jobs
+from shared.outbox import feed
 from shared.duration import format_go_duration
-from shared.errors import BadRequest, NotFound, PayloadTooLarge
+from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.urls import validate_job_url
 from web_server.render import json_response, string
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-JS = web.AppKey("js", JetStreamContext)
+DEPS = web.AppKey("deps", Any)  # web_server.app.Deps: the pool and the JetStream context
 
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -84,19 +83,28 @@ async def schedule(request: web.Request) -> web.Response:
     urls = parse_job_body(body)
     if len(urls) > settings.max_job_urls:
         raise PayloadTooLarge(f"Too many URLs: {len(urls)} (at most {settings.max_job_urls})")
-    pool, js = request.app[POOL], request.app[JS]
-    async with pool.acquire() as conn, conn.transaction():
+    deps = request.app[DEPS]
+    js = deps.js  # 503 now, before creating anything, if NATS is away
+    async with deps.pool.acquire() as conn, conn.transaction():
         job_id, url_ids = await jobs.create_job(conn, urls, depth, force)
-    try:
-        await bus.publish_visits(js, settings.url_topic, [(job_id, u) for u in url_ids])
-    except bus.TRANSIENT:
-        # Not queued, so not accepted: take the job back rather than leave it pending forever.
-        async with pool.acquire() as conn:
+    # The job's URLs are committed as pending visits (the outbox). Publish them now, so the reply
+    # means "queued"; if NATS refuses, take the job back instead of accepting what cannot run.
+    published = await feed(deps.pool, js, settings.url_topic, len(url_ids), job_id)
+    if published < len(url_ids) and not await _picked_up_elsewhere(deps.pool, job_id):
+        async with deps.pool.acquire() as conn:
             await jobs.delete_job(conn, job_id)
-        raise
+        raise DependencyUnavailable("NATS", "the job could not be queued")
     log.info("job %d scheduled: %d URLs, depth %d%s", job_id, len(urls), depth,
              ", forceCrawl" if force else "")
     return json_response({"jobId": job_id})
+
+
+async def _picked_up_elsewhere(pool: Any, job_id: int) -> bool:
+    """A foreman's feeder may have published some of the job's URLs (they were committed)."""
+    async with pool.acquire() as conn:
+        unpublished = await conn.fetchval(
+            "SELECT count(*) FROM job_pending WHERE job_id = $1 AND published_on IS NULL", job_id)
+    return unpublished == 0
 
 
 async def _read_body(request: web.Request, limit: int) -> str:
@@ -114,7 +122,7 @@ async def _read_body(request: web.Request, limit: int) -> str:
 
 async def status(request: web.Request) -> web.Response:
     job_id = parse_job_id(request)
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[DEPS].pool.acquire() as conn:
         st = await jobs.job_status(conn, job_id)
     if st is None:
         raise NotFound(f"Failed to get job {job_id} status")
@@ -139,8 +147,10 @@ async def status(request: web.Request) -> web.Response:
 async def result(request: web.Request) -> web.StreamResponse:
     """Stream ``{"<page>": ["<link>", ...], ...}`` from a cursor, in Go's indented layout."""
     job_id = parse_job_id(request)
+    if "status" in request.query:
+        return await _failures(request, job_id)
     mime = request.query.get("mime", "").strip()
-    pool = request.app[POOL]
+    pool = request.app[DEPS].pool
     async with pool.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
@@ -156,6 +166,18 @@ async def result(request: web.Request) -> web.StreamResponse:
             await _write_groups(resp, first, rows)
     await resp.write_eof()
     return resp
+
+
+async def _failures(request: web.Request, job_id: int) -> web.Response:
+    """``?status=failed``: each failed URL with its HTTP status, reason and attempt count."""
+    if request.query["status"] != "failed":
+        raise BadRequest(f"Invalid status: {request.query['status']} (only 'failed' is supported)")
+    async with request.app[DEPS].pool.acquire() as conn:
+        if not await jobs.job_exists(conn, job_id):
+            raise NotFound(f"Failed to get job {job_id} result")
+        rows = await jobs.job_failures(conn, job_id)
+    return json_response({r["url"]: {"status": r["status"], "reason": r["reason"],
+                                     "attempts": r["attempts"]} for r in rows})
 
 
 async def _write_groups(resp: web.StreamResponse, first: tuple[str, str], rows) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +197,10 @@ async def _write_groups(resp: web.StreamResponse, first: tuple[str, str], rows) 
 
 
 async def healthz(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn:
+    """Ready when PostgreSQL answers and NATS is connected (503 otherwise)."""
+    deps = request.app[DEPS]
+    deps.js  # noqa: B018 - raises DependencyUnavailable while NATS is away
+    async with deps.pool.acquire() as conn:
         await conn.fetchval("SELECT 1")
     return json_response({"status": "ok"})
 

@@ -1,5 +1,6 @@
-"""The worker: pulls visits from the work queue, fetches many at once, and commits their effects
-in batches (one transaction for many pages), publishing children and acking only after commit."""
+"""The worker: pulls visits from the work queue, fetches many at once, retries what may succeed
+later (nak with backoff), and commits the effects of finished visits in batches: one transaction
+for many pages, acked only after it commits."""
 
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ class Done:
     key: Key
     msgs: list[Msg]
     page: FetchedPage | None = None
-    settled: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    attempts: int = 0
+    settled: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Committer:
-    """Gathers finished visits and commits them in batches; then publishes, then settles."""
+    """Gathers finished visits and commits them in batches, then settles their messages."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.pool = pool
-        self.js = js
         self.queue: asyncio.Queue[Done] = asyncio.Queue()
 
     async def submit(self, done: Done) -> None:
@@ -67,10 +69,9 @@ class Committer:
 
     async def _commit(self, batch: list[Done]) -> None:
         try:
-            children = await self._transaction(batch)
-            await bus.publish_visits(self.js, self.settings.url_topic, children)
+            await self._transaction(batch)
             verdict = Settle(Verdict.ACK)
-        except (*RETRYABLE, *bus.TRANSIENT) as e:
+        except RETRYABLE as e:
             log.warning("commit of %d visits failed (%s); they will be redelivered", len(batch), e)
             verdict = Settle(Verdict.RETRY, 2.0)
         for d in batch:
@@ -79,9 +80,10 @@ class Committer:
             if not d.settled.done():
                 d.settled.set_result(None)
 
-    async def _transaction(self, batch: list[Done], attempts: int = 5) -> list[Key]:
+    async def _transaction(self, batch: list[Done], attempts: int = 5) -> None:
         keys = [d.key for d in batch]
         fetched = {d.key: d.page for d in batch if d.page is not None}
+        tries = {d.key: d.attempts for d in batch}
         for attempt in range(attempts):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -89,24 +91,20 @@ class Committer:
                     live = {p.key for p in locked}
                     await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
                     outcomes: dict[Key, visits.Outcome] = {
-                        k: ("failed" if pg.failed else "fetched") for k, pg in fetched.items()}
-                    children = await visits.complete(conn, locked, outcomes)
-                    stale = [k for k in set(keys) if k not in live]
-                    children += await visits.pending_children(conn, stale)
-                    return children
+                        k: ("fetched" if k in fetched else "cached") for k in keys}
+                    await visits.complete(conn, locked, outcomes, attempts=tries)
+                    return
             except RETRYABLE:
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.05 * 2 ** attempt)
-        return []
 
 
 class Worker:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
-                 session: aiohttp.ClientSession, committer: Committer) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession,
+                 committer: Committer) -> None:
         self.settings = settings
         self.pool = pool
-        self.js = js
         self.session = session
         self.committer = committer
         self.slots = asyncio.Semaphore(settings.concurrency)
@@ -130,7 +128,7 @@ class Worker:
                 self.slots.release()
 
     async def _dispatch(self, msgs: list[Msg]) -> int:
-        """Start a task per distinct visit; returns how many slots those tasks hold."""
+        """Start a task per distinct visit still pending; returns how many slots they hold."""
         by_key: dict[Key, list[Msg]] = defaultdict(list)
         for m in msgs:
             try:
@@ -148,13 +146,18 @@ class Worker:
             log.warning("cannot plan %d visits (%s); will be redelivered", len(by_key), e)
             for ms in by_key.values():
                 for m in ms:
-                    await bus.settle(m, Settle(Verdict.RETRY, bus.retry_delay(m)))
+                    await bus.settle(m, Settle(Verdict.RETRY, 1.0))
             return 0
+        used = 0
         for key, ms in by_key.items():
             p = planned.get(key)
-            url = p.url if p is not None and not p.cached else None
-            self._spawn(self._visit(key, ms, url))
-        return len(by_key)
+            if p is None:  # done already: a duplicate or a redelivery after a crash
+                for m in ms:
+                    await bus.settle(m, Settle(Verdict.ACK))
+                continue
+            self._spawn(self._visit(key, ms, None if p.cached else p.url))
+            used += 1
+        return used
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.create_task(coro)
@@ -162,18 +165,31 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
 
     async def _visit(self, key: Key, msgs: list[Msg], url: str | None) -> None:
-        """Fetch (unless the store answers it or it is stale), then hand it to the committer."""
+        """Fetch (unless the store can answer it), then retry later or hand it to the committer."""
         try:
-            page = None
+            page, attempt = None, max(bus.delivery_count(m) for m in msgs)
             if url is not None:
                 async with _heartbeat(msgs, self.settings.ack_wait / 3):
                     page = await fetch(self.session, self.settings, key[1], url)
+                if page.retryable and attempt <= self.settings.retries:
+                    delay = self._backoff(page, attempt)
+                    log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
+                             url, page.error or page.status, attempt, delay)
+                    for m in msgs:
+                        await bus.settle(m, Settle(Verdict.RETRY, delay))
+                    return
                 log.info("fetched %s: %s", url, page.error or page.status)
                 if self.settings.work_delay:
                     await asyncio.sleep(self.settings.work_delay)
-            await self.committer.submit(Done(key, msgs, page))
+            await self.committer.submit(Done(key, msgs, page, attempt if page else 0))
         finally:
             self.slots.release()
+
+    def _backoff(self, page: FetchedPage, attempt: int) -> float:
+        s = self.settings
+        if page.retry_after is not None:
+            return min(page.retry_after, s.max_retry_after)
+        return bus.retry_delay(attempt, s.retry_base, s.retry_cap)
 
     async def drain(self, timeout: float) -> None:
         if self.tasks:
@@ -207,7 +223,8 @@ class _heartbeat:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the work queue until ``stop``; finish in-flight fetches within the shutdown timeout."""
+    """Serve the work queue until ``stop``; finish in-flight visits within the shutdown timeout,
+    leave the rest unacked (they are redelivered), and return."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
@@ -215,9 +232,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
-        committer = Committer(settings, pool, js)
+        committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run())
-        worker = Worker(settings, pool, js, session, committer)
+        worker = Worker(settings, pool, session, committer)
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
         serve = asyncio.create_task(worker.serve(sub, stop))
         await stop.wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +50,22 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
 async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str) -> FetchedPage:
     """Fetch and parse one page; every failure becomes a recorded outcome, never an exception."""
     try:
@@ -63,11 +81,12 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                 found = extract_links(body, final, encoding=resp.charset)
                 links = tuple((u, guess_mime(u)) for u in found)
             error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
+            retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
             # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
             # without an answer (timeouts, refused connections, oversize bodies) are tried again.
             return FetchedPage(url_id, status, mime, error, cacheable=True,
                                final_url=final if final != url else None, redirects=chain,
-                               links=links)
+                               links=links, retry_after=retry_after)
     except BodyTooLarge as e:
         return FetchedPage(url_id, None, None, str(e), cacheable=False)
     except aiohttp.TooManyRedirects:
@@ -77,6 +96,10 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
         return FetchedPage(url_id, None, None, "timeout", cacheable=False)
     except aiohttp.ClientConnectorError as e:
         return FetchedPage(url_id, None, None, f"connection failed: {e.os_error}", cacheable=False)
-    except (aiohttp.ClientError, ValueError, UnicodeError) as e:
+    except aiohttp.InvalidURL as e:
+        return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)
+    except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
         return FetchedPage(url_id, None, None, f"{type(e).__name__}: {e}".rstrip(": "),
                            cacheable=False)
+    except (ValueError, UnicodeError) as e:  # e.g. a redirect to a malformed URL
+        return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)

@@ -1,4 +1,4 @@
-"""Initial schema: url, url_link, job, job_url, job_visit, job_pending, job_result.
+"""Initial schema: url, url_link, job, job_url, job_visit, job_pending, job_result, job_failure.
 
 Revision ID: 0001
 Revises:
@@ -62,18 +62,32 @@ CREATE TABLE job_visit (
     PRIMARY KEY (job_id, url_id)
 );
 
--- Visits queued or in flight. Inserted with the parent's completion, deleted with its own.
+-- Visits queued or in flight: the frontier, and the outbox the foremen feed to the URL queue.
+-- Inserted with the parent's completion, deleted with its own.
 CREATE TABLE job_pending (
-    job_id    bigint NOT NULL REFERENCES job(id) ON DELETE CASCADE,
-    url_id    bigint NOT NULL,
-    origin_id bigint NOT NULL,          -- the job URL whose completion waits for this visit
-    refer_id  bigint,                   -- the page that queued it (NULL for job URLs)
-    reexpand  boolean NOT NULL DEFAULT false,  -- processed already; expand again from a lower level
-    queued_on timestamptz NOT NULL DEFAULT now(),
+    job_id       bigint NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+    url_id       bigint NOT NULL,
+    origin_id    bigint NOT NULL,          -- the job URL whose completion waits for this visit
+    refer_id     bigint,                   -- the page that queued it (NULL for job URLs)
+    reexpand     boolean NOT NULL DEFAULT false,  -- processed already; expand again from a lower level
+    queued_on    timestamptz NOT NULL DEFAULT now(),
+    published_on timestamptz,              -- put on the URL queue (NULL: not yet)
+    requeues     integer NOT NULL DEFAULT 0,  -- times the watchdog published it again
     PRIMARY KEY (job_id, url_id)
 );
-CREATE INDEX job_pending_refer ON job_pending (job_id, refer_id);
-CREATE INDEX job_pending_queued_on ON job_pending (queued_on);
+CREATE INDEX job_pending_unpublished ON job_pending (queued_on) WHERE published_on IS NULL;
+CREATE INDEX job_pending_published ON job_pending (published_on) WHERE published_on IS NOT NULL;
+
+-- Visits of a job that failed: fetch errors, HTTP errors, and work abandoned by the watchdog.
+CREATE TABLE job_failure (
+    job_id    bigint NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+    url_id    bigint NOT NULL,
+    status    integer,                   -- HTTP status, when there was a response
+    reason    text NOT NULL,
+    attempts  integer NOT NULL,          -- fetch attempts in this job (0: answered from the store)
+    failed_on timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, url_id)
+);
 
 -- What a job found: every link on every page processed for the job.
 CREATE TABLE job_result (
@@ -85,6 +99,7 @@ CREATE TABLE job_result (
 """
 
 DOWNGRADE = """
+DROP TABLE IF EXISTS job_failure;
 DROP TABLE IF EXISTS job_result;
 DROP TABLE IF EXISTS job_pending;
 DROP TABLE IF EXISTS job_visit;

@@ -106,3 +106,11 @@ async def iter_results(conn: asyncpg.Connection, job_id: int, mime_prefix: str |
         cursor = conn.cursor(sql.format(filter=""), job_id, prefetch=prefetch)
     async for row in cursor:
         yield row["refer"], row["url"]
+
+
+async def job_failures(conn: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:
+    """The job's failed visits: URL, HTTP status (if any), reason, attempts; sorted by URL."""
+    return await conn.fetch("""
+        SELECT u.url, f.status, f.reason, f.attempts
+        FROM job_failure f JOIN url u ON u.id = f.url_id
+        WHERE f.job_id = $1 ORDER BY u.url""", job_id)

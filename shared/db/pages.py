@@ -19,10 +19,21 @@ class FetchedPage:
     final_url: str | None = None
     redirects: tuple[str, ...] = ()
     links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
+    retry_after: float | None = None  # the server's Retry-After, in seconds
 
     @property
     def failed(self) -> bool:
         return self.error is not None or (self.status is not None and self.status >= 400)
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another try later: no answer at all, a server error, or 429 Too Many Requests."""
+        if self.status is None:
+            return self.error is not None and not self.error.startswith(PERMANENT_ERRORS)
+        return self.status >= 500 or self.status == 429
+
+
+PERMANENT_ERRORS = ("body ", "more than ", "InvalidURL", "invalid URL")
 
 
 async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage]) -> None:

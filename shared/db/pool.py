@@ -27,7 +27,7 @@ RETRYABLE = (
 )
 
 
-async def _init(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     # Short OLTP statements: JIT compilation only costs time here.
     await conn.execute("SET jit = off")
 
@@ -40,7 +40,7 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     while True:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=_init, command_timeout=60,
+                                             init=init_connection, timeout=10, command_timeout=60,
                                              max_inactive_connection_lifetime=60)
             break
         except RETRYABLE as e:

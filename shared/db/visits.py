@@ -4,9 +4,14 @@ and completion counters (``job_result``, ``job_url``).
 Processing a batch of pending visits is one transaction (see ``complete``): lock the pending rows,
 record the pages' results from ``url_link``, delete their pending rows, add their children as new
 visits (or lower an already-visited page to a shorter distance and queue it to be expanded again),
-and move the origins' counters. The caller publishes the returned children and acks only after
-that transaction has committed, so a crash anywhere leaves either nothing or everything done, and
-a redelivered message finds its visit no longer pending.
+record failures, and move the origins' counters. The caller acks only after that transaction has
+committed, so a crash anywhere leaves either nothing or everything done, and a redelivered message
+finds its visit no longer pending.
+
+Children are not published by the processor: the committed ``job_pending`` rows are an outbox that
+the foremen's feeder (``claim_unpublished``) puts on the URL queue as its capacity frees. So no
+child is lost between a commit and a publish, and the frontier lives in PostgreSQL, not in memory
+or in an unbounded queue.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Literal
 import asyncpg
 
 Key = tuple[int, int]  # (job_id, url_id)
-Outcome = Literal["fetched", "failed", "cached"]
+Outcome = Literal["fetched", "cached", "abandoned"]
 
 SKIP_MIME_SQL = ("(u.mime LIKE 'image/%%' OR u.mime IN ('text/css', 'text/javascript', "
                  "'application/javascript', 'application/x-javascript'))").replace("%%", "%")
@@ -91,15 +96,20 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
 
 
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
-                   outcomes: dict[Key, Outcome]) -> list[Key]:
-    """Record locked visits as processed; return the visits newly queued (to publish after commit).
+                   outcomes: dict[Key, Outcome], attempts: dict[Key, int] | None = None,
+                   reasons: dict[Key, str] | None = None) -> list[Key]:
+    """Record locked visits as processed; return the visits newly queued.
 
     Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
-    their ``url_link`` rows), so links, results, children and counters commit together.
+    their ``url`` and ``url_link`` rows), so links, results, failures, children and counters
+    commit together. A page fails if its URL's last fetch failed (``url.error``) or if
+    ``reasons`` gives a reason (work abandoned); ``attempts`` counts its fetches in this job.
     """
     if not pages:
         return []
     jobs, urls = _cols(p.key for p in pages)
+    failed = await _record_failures(conn, [p for p in pages if not p.reexpand],
+                                    attempts or {}, reasons or {})
     await conn.execute("""
         INSERT INTO job_result (job_id, refer_id, url_id)
         SELECT p.job_id, l.refer_id, l.url_id
@@ -111,8 +121,27 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
         DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", jobs, urls)
     queued = await _queue_children(conn, [p for p in pages if p.level + 1 < p.max_level])
-    await _count(conn, pages, outcomes, queued)
+    await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
+
+
+async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
+                           attempts: dict[Key, int], reasons: dict[Key, str]) -> set[Key]:
+    if not pages:
+        return set()
+    rows = await conn.fetch("""
+        INSERT INTO job_failure (job_id, url_id, status, reason, attempts)
+        SELECT p.job_id, p.url_id, CASE WHEN p.reason IS NULL THEN u.status END,
+               coalesce(p.reason, u.error), p.attempts
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[])
+             AS p(job_id, url_id, attempts, reason)
+        JOIN url u ON u.id = p.url_id
+        WHERE coalesce(p.reason, u.error) IS NOT NULL
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING RETURNING job_id, url_id""",
+        [p.job_id for p in pages], [p.url_id for p in pages],
+        [attempts.get(p.key, 0) for p in pages], [reasons.get(p.key) for p in pages])
+    return {(r["job_id"], r["url_id"]) for r in rows}
 
 
 async def _queue_children(conn: asyncpg.Connection,
@@ -165,8 +194,8 @@ async def _queue_children(conn: asyncpg.Connection,
     return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
 
 
-async def _count(conn: asyncpg.Connection, pages: Sequence[Pending],
-                 outcomes: dict[Key, Outcome], queued: Sequence[tuple[int, int, int]]) -> None:
+async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: dict[Key, Outcome],
+                 failed: set[Key], queued: Sequence[tuple[int, int, int]]) -> None:
     """Move each origin's counters; the one that reaches zero pending is complete, now."""
     delta: dict[tuple[int, int], Counter[str]] = {}
     for p in pages:
@@ -175,6 +204,8 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending],
         c["processed"] += 1
         if not p.reexpand:
             c[outcomes.get(p.key, "cached")] += 1
+        if p.key in failed:
+            c["failed"] += 1
     for job_id, _url, origin in queued:
         delta.setdefault((job_id, origin), Counter())["pending"] += 1
     keys = sorted(delta)
@@ -193,17 +224,43 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending],
         [delta[k]["failed"] for k in keys])
 
 
-async def pending_children(conn: asyncpg.Connection, parents: Sequence[Key]) -> list[Key]:
-    """Visits still pending that these (already processed) pages queued.
+async def claim_unpublished(conn: asyncpg.Connection, limit: int,
+                            job_id: int | None = None) -> list[Key]:
+    """Mark up to ``limit`` unpublished visits as published and return them, oldest first.
 
-    A redelivered message whose visit is no longer pending may mean its processor committed and
-    then died before publishing the children: publishing them again is what recovers that.
+    Run it in a transaction and publish the rows before committing: a crash in between rolls the
+    marks back, so the rows are published again (a duplicate, which processing ignores), never
+    lost. SKIP LOCKED lets several foremen feed at once without publishing a row twice.
     """
-    if not parents:
-        return []
-    jobs, urls = _cols(parents)
     rows = await conn.fetch("""
-        SELECT p.job_id, p.url_id
-        FROM unnest($1::bigint[], $2::bigint[]) AS s(job_id, url_id)
-        JOIN job_pending p ON p.job_id = s.job_id AND p.refer_id = s.url_id""", jobs, urls)
+        WITH c AS (
+            SELECT job_id, url_id FROM job_pending
+            WHERE published_on IS NULL AND ($2::bigint IS NULL OR job_id = $2)
+            ORDER BY queued_on
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED)
+        UPDATE job_pending p SET published_on = now()
+        FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
+        RETURNING p.job_id, p.url_id""", limit, job_id)
     return [(r["job_id"], r["url_id"]) for r in rows]
+
+
+async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int) -> int:
+    """Publish again visits that were published long ago and are still pending (a lost or
+    undeliverable message); returns how many."""
+    return int((await conn.fetchval("""
+        WITH r AS (
+            UPDATE job_pending SET published_on = NULL, requeues = requeues + 1
+            WHERE published_on < now() - make_interval(secs => $1) AND requeues < $2
+            RETURNING 1)
+        SELECT count(*) FROM r""", float(stale_after), max_requeues)) or 0)
+
+
+async def abandoned(conn: asyncpg.Connection, stale_after: float, max_requeues: int,
+                    limit: int = 500) -> list[tuple[Key, int]]:
+    """Visits still pending after every requeue: (key, requeues), to be recorded as failed."""
+    rows = await conn.fetch("""
+        SELECT job_id, url_id, requeues FROM job_pending
+        WHERE published_on < now() - make_interval(secs => $1) AND requeues >= $2
+        ORDER BY job_id, url_id LIMIT $3""", float(stale_after), max_requeues, limit)
+    return [((r["job_id"], r["url_id"]), r["requeues"]) for r in rows]

@@ -24,6 +24,7 @@ class Stack:
         self.runner: web.AppRunner | None = None
         self.base = ""
         self.http: aiohttp.ClientSession | None = None
+        self.last_job = 0
 
     async def start(self, foremen: int = 1, workers: int = 1) -> Stack:
         self.runner = web.AppRunner(create_app(self.settings), access_log=None)
@@ -33,11 +34,21 @@ class Stack:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{port}"
         self.http = aiohttp.ClientSession()
+        await self.wait_ready()
         for _ in range(foremen):
             self.add(run_foreman)
         for _ in range(workers):
             self.add(run_worker)
         return self
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, _, _ = await self.request("GET", "/healthz")
+            if status == 200:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("web server not ready")
 
     def add(self, run: Any) -> None:
         stop = asyncio.Event()
@@ -68,7 +79,8 @@ class Stack:
     async def post_job(self, urls: list[str], **params: str) -> int:
         status, body, _ = await self.request("POST", "/", "\n".join(urls), **params)
         assert status == 200, body
-        return int(body["jobId"])
+        self.last_job = int(body["jobId"])
+        return self.last_job
 
     async def status(self, job_id: int) -> dict[str, Any]:
         status, body, _ = await self.request("GET", f"/status/{job_id}")

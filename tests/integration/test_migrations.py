@@ -7,7 +7,8 @@ import asyncpg
 from shared.db import migrate
 from shared.embedded import EmbeddedPostgres
 
-TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result"}
+TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result",
+          "job_failure"}
 
 
 async def tables(dsn: str) -> set[str]:
