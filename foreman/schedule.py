@@ -59,7 +59,7 @@ class Foreman:
             return
         try:
             outcome = await self._process(list(by_key))
-        except (*RETRYABLE, *bus.TRANSIENT) as e:
+        except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("batch of %d visits not processed (%s); will be redelivered", len(by_key), e)
             outcome = {k: Settle(Verdict.RETRY, 1.0) for k in by_key}
         for k, ms in by_key.items():
@@ -102,7 +102,7 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
         try:
             room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
             sent = await feed(pool, js, settings.url_topic, min(room, 1000)) if room > 0 else 0
-        except (*RETRYABLE, *bus.TRANSIENT) as e:
+        except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             sent = 0
             await asyncio.sleep(0.5)
@@ -117,7 +117,7 @@ async def watchdog(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) 
         await _sleep_unless(stop, settings.watchdog_interval)
         try:
             await watch_once(settings, pool)
-        except (*RETRYABLE, *bus.TRANSIENT) as e:
+        except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("watchdog: %s", e)
 
 
@@ -160,15 +160,18 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
         log.info("foreman ready: %s -> %s", settings.url_topic, settings.work_topic)
-        tasks = [asyncio.create_task(_loop(foreman, sub, stop)) for sub in subs]
-        tasks.append(asyncio.create_task(feeder(settings, pool, js, stop)))
-        tasks.append(asyncio.create_task(watchdog(settings, pool, stop)))
-        await stop.wait()
-        log.info("foreman stopping: finishing batches in hand")
-        _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout)
-        for t in pending:
-            t.cancel()  # their messages are not acked: they come back
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.create_task(_loop(foreman, sub, stop), name=f"pull-{i}")
+                 for i, sub in enumerate(subs)]
+        tasks.append(asyncio.create_task(feeder(settings, pool, js, stop), name="feeder"))
+        tasks.append(asyncio.create_task(watchdog(settings, pool, stop), name="watchdog"))
+        try:
+            await bus.supervise(tasks, stop)
+        finally:
+            log.info("foreman stopping: finishing batches in hand")
+            _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout)
+            for t in pending:
+                t.cancel()  # their messages are not acked: they come back
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
@@ -176,13 +179,13 @@ async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: 
     while not stop.is_set():
         try:
             room = await foreman.work_queue_room()
-            if room < batch:
-                await _sleep_unless(stop, 0.05)  # backpressure: the workers are behind
-                continue
-            msgs = await bus.pull(sub, batch, 1.0)
-        except (*bus.TRANSIENT, *RETRYABLE) as e:
-            log.warning("pull failed (%s); retrying", e)
-            await asyncio.sleep(0.5)
+        except bus.TRANSIENT as e:
+            log.warning("work queue unreachable (%s); retrying", e)
+            await _sleep_unless(stop, 0.5)
             continue
+        if room < batch:
+            await _sleep_unless(stop, 0.05)  # backpressure: the workers are behind
+            continue
+        msgs = await bus.pull(sub, batch, 1.0)
         if msgs:
             await foreman.handle(msgs)

@@ -34,10 +34,9 @@ FOREMAN_CONSUMER = "foreman"
 WORKER_CONSUMER = "worker"
 PUBLISH_CHUNK = 512
 
-TRANSIENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
-             nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
-             nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
-             asyncio.TimeoutError, ConnectionError, OSError)
+# Errors of a NATS server that is restarting, unreachable or not ready (JetStream answers 503
+# for a while after a restart): wait and try again.
+TRANSIENT = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ConnectionError, OSError)
 
 
 @asynccontextmanager
@@ -75,7 +74,7 @@ async def _log_error(e: Exception) -> None:
 
 
 async def _disconnected() -> None:
-    log.warning("NATS disconnected; reconnecting")
+    log.info("NATS disconnected")
 
 
 async def _reconnected() -> None:
@@ -136,10 +135,15 @@ async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str
 
 
 async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
-    """Up to ``batch`` messages, waiting at most ``timeout``; [] when none came."""
+    """Up to ``batch`` messages, waiting at most ``timeout``; [] when none came or NATS is away
+    (then after a pause, so a caller's loop does not spin)."""
     try:
         return await sub.fetch(batch=batch, timeout=timeout)
-    except nats.errors.TimeoutError:
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either when idle
+        return []
+    except TRANSIENT as e:
+        log.warning("pull failed (%s: %s); retrying", type(e).__name__, e)
+        await asyncio.sleep(0.5)
         return []
 
 
@@ -170,6 +174,21 @@ async def stream_depth(js: JetStreamContext, topic: str) -> int:
     """Messages in a work-queue stream: published and not yet acked."""
     info = await js.stream_info(stream_name(topic))
     return int(info.state.messages)
+
+
+async def supervise(tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Wait for ``stop``; if a long-running task of the tier ends first, that is a bug or a
+    dead dependency: stop the others and raise, so the process exits non-zero and its
+    supervisor (systemd, k8s, harvester up) starts a fresh one instead of a silent zombie."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if stopping in done:
+        return
+    stopping.cancel()
+    stop.set()
+    failed = next(iter(done))
+    exc = failed.exception() if not failed.cancelled() else None
+    raise RuntimeError(f"task {failed.get_name()} ended unexpectedly") from exc
 
 
 class Verdict(enum.Enum):

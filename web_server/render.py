@@ -21,5 +21,6 @@ def string(s: str) -> str:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=dumps(data), status=status, headers=headers,
+    # As the original: "application/json" with no charset parameter (the body is UTF-8).
+    return web.Response(body=dumps(data).encode(), status=status, headers=headers,
                         content_type="application/json")

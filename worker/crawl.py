@@ -71,7 +71,7 @@ class Committer:
         try:
             await self._transaction(batch)
             verdict = Settle(Verdict.ACK)
-        except RETRYABLE as e:
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("commit of %d visits failed (%s); they will be redelivered", len(batch), e)
             verdict = Settle(Verdict.RETRY, 2.0)
         for d in batch:
@@ -117,15 +117,13 @@ class Worker:
             while free < self.settings.batch_size and not self.slots.locked():
                 await self.slots.acquire()
                 free += 1
+            used = 0
             try:
                 msgs = await bus.pull(sub, free, 1.0)
-            except bus.TRANSIENT as e:
-                log.warning("pull failed (%s); retrying", e)
-                msgs = []
-                await asyncio.sleep(0.5)
-            used = await self._dispatch(msgs) if msgs else 0
-            for _ in range(free - used):
-                self.slots.release()
+                used = await self._dispatch(msgs) if msgs else 0
+            finally:
+                for _ in range(free - used):
+                    self.slots.release()
 
     async def _dispatch(self, msgs: list[Msg]) -> int:
         """Start a task per distinct visit still pending; returns how many slots they hold."""
@@ -142,7 +140,7 @@ class Worker:
             async with self.pool.acquire() as conn:
                 planned = {(p.job_id, p.url_id): p for p in
                            await visits.plan(conn, list(by_key), self.settings.cache_max_age)}
-        except RETRYABLE as e:
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot plan %d visits (%s); will be redelivered", len(by_key), e)
             for ms in by_key.values():
                 for m in ms:
@@ -236,11 +234,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         commit_task = asyncio.create_task(committer.run())
         worker = Worker(settings, pool, session, committer)
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
-        serve = asyncio.create_task(worker.serve(sub, stop))
-        await stop.wait()
-        log.info("worker stopping: finishing %d visits in flight", len(worker.tasks))
-        await asyncio.wait([serve], timeout=2)
-        serve.cancel()
-        await worker.drain(settings.shutdown_timeout)
-        commit_task.cancel()
-        await asyncio.gather(serve, commit_task, return_exceptions=True)
+        serve = asyncio.create_task(worker.serve(sub, stop), name="serve")
+        commit_task.set_name("committer")
+        try:
+            await bus.supervise([serve, commit_task], stop)
+        finally:
+            log.info("worker stopping: finishing %d visits in flight", len(worker.tasks))
+            await asyncio.wait([serve], timeout=2)
+            serve.cancel()
+            await worker.drain(settings.shutdown_timeout)
+            commit_task.cancel()
+            await asyncio.gather(serve, commit_task, return_exceptions=True)

@@ -201,8 +201,8 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
     for p in pages:
         c = delta.setdefault((p.job_id, p.origin_id), Counter())
         c["pending"] -= 1
-        c["processed"] += 1
-        if not p.reexpand:
+        if not p.reexpand:  # expanding a page again from a shorter path is not a new page
+            c["processed"] += 1
             c[outcomes.get(p.key, "cached")] += 1
         if p.key in failed:
             c["failed"] += 1

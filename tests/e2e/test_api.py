@@ -45,7 +45,7 @@ async def test_bad_job_requests(web: Stack, db: asyncpg.Connection, body: str, p
                                 status: int, code: str, message: str) -> None:
     got, payload, headers = await web.request("POST", "/", body, **params)
     assert (got, payload) == (status, {"code": code, "message": message})
-    assert headers["Content-Type"].startswith("application/json")
+    assert headers["Content-Type"] == "application/json"
     assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
 
 
