@@ -34,20 +34,29 @@ class Foreman:
         self.settings = settings
         self.pool = pool
         self.js = js
-        self._room_checked = 0.0
-        self._room = 0
+        self._depth_checked = 0.0
+        self._depth = 0
+        self._reserved = 0  # pulled by a loop of ours and not yet forwarded
+        self._lock = asyncio.Lock()
 
-    async def work_queue_room(self) -> int:
-        """Free places on the work queue (checked at most every 50 ms)."""
-        now = time.monotonic()
-        if now - self._room_checked > 0.05:
-            depth = await bus.stream_depth(self.js, self.settings.work_topic)
-            self._room = self.settings.work_queue_limit - depth
-            self._room_checked = now
-        return self._room
+    async def reserve(self, batch: int) -> int:
+        """How many visits a loop may pull now so the work queue stays within its limit."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._depth_checked > 0.05:
+                self._depth = await bus.stream_depth(self.js, self.settings.work_topic)
+                self._depth_checked = now
+            n = max(0, min(batch, self.settings.work_queue_limit - self._depth - self._reserved))
+            self._reserved += n
+            return n
 
-    async def handle(self, msgs: list[Msg]) -> None:
-        """Process one batch; every message is settled exactly once before this returns."""
+    def release(self, reserved: int, forwarded: int) -> None:
+        self._reserved -= reserved
+        self._depth += forwarded  # until the next check reads the real depth
+
+    async def handle(self, msgs: list[Msg]) -> int:
+        """Process one batch; every message is settled exactly once before this returns.
+        Returns how many visits were forwarded to the work queue."""
         by_key: dict[Key, list[Msg]] = defaultdict(list)
         for m in msgs:
             try:
@@ -56,17 +65,22 @@ class Foreman:
                 log.error("%s", e)
                 await bus.settle(m, Settle(Verdict.TERM))
         if not by_key:
-            return
+            return 0
+        forwarded = 0
         try:
-            outcome = await self._process(list(by_key))
+            outcome, forwarded = await self._process(list(by_key))
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("batch of %d visits not processed (%s); will be redelivered", len(by_key), e)
             outcome = {k: Settle(Verdict.RETRY, 1.0) for k in by_key}
+        except Exception:  # a bug must not stop the loop: log it, let the visits come back
+            log.exception("batch of %d visits not processed; will be redelivered", len(by_key))
+            outcome = {k: Settle(Verdict.RETRY, 5.0) for k in by_key}
         for k, ms in by_key.items():
             for m in ms:
                 await bus.settle(m, outcome[k])
+        return forwarded
 
-    async def _process(self, keys: list[Key]) -> dict[Key, Settle]:
+    async def _process(self, keys: list[Key]) -> tuple[dict[Key, Settle], int]:
         s = self.settings
         async with self.pool.acquire() as conn:
             planned = {(p.job_id, p.url_id): p for p in await visits.plan(conn, keys, s.cache_max_age)}
@@ -78,7 +92,8 @@ class Foreman:
         log.debug("batch: %d forwarded, %d from store, %d already done", len(work) - len(unsent),
                   len(cached), len(keys) - len(planned))
         # A visit the work queue refused (full, or NATS away) comes back to us later.
-        return {k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys}
+        return ({k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys},
+                len(work) - len(unsent))
 
 
 async def complete_from_store(pool: asyncpg.Pool, keys: list[Key], attempts: int = 5) -> None:
@@ -178,14 +193,18 @@ async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: 
     batch = foreman.settings.batch_size
     while not stop.is_set():
         try:
-            room = await foreman.work_queue_room()
+            room = await foreman.reserve(batch)
         except bus.TRANSIENT as e:
             log.warning("work queue unreachable (%s); retrying", e)
             await _sleep_unless(stop, 0.5)
             continue
-        if room < batch:
-            await _sleep_unless(stop, 0.05)  # backpressure: the workers are behind
+        if room == 0:
+            await _sleep_unless(stop, 0.02)  # backpressure: the workers are behind
             continue
-        msgs = await bus.pull(sub, batch, 1.0)
-        if msgs:
-            await foreman.handle(msgs)
+        forwarded = 0
+        try:
+            msgs = await bus.pull(sub, room, 1.0)
+            if msgs:
+                forwarded = await foreman.handle(msgs)
+        finally:
+            foreman.release(room, forwarded)

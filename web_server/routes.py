@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import bus
 from shared.config import Settings
 from shared.db import jobs
 from shared.outbox import feed
@@ -199,7 +200,10 @@ async def _write_groups(resp: web.StreamResponse, first: tuple[str, str], rows) 
 async def healthz(request: web.Request) -> web.Response:
     """Ready when PostgreSQL answers and NATS is connected (503 otherwise)."""
     deps = request.app[DEPS]
-    deps.js  # noqa: B018 - raises DependencyUnavailable while NATS is away
+    try:
+        await deps.js.account_info()  # JetStream itself answers, not just the NATS connection
+    except bus.TRANSIENT as e:
+        raise DependencyUnavailable("NATS", str(e)) from None
     async with deps.pool.acquire() as conn:
         await conn.fetchval("SELECT 1")
     return json_response({"status": "ok"})

@@ -74,6 +74,9 @@ class Committer:
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("commit of %d visits failed (%s); they will be redelivered", len(batch), e)
             verdict = Settle(Verdict.RETRY, 2.0)
+        except Exception:  # a bug must not stop the committer: log it, let the visits come back
+            log.exception("commit of %d visits failed; they will be redelivered", len(batch))
+            verdict = Settle(Verdict.RETRY, 5.0)
         for d in batch:
             for m in d.msgs:
                 await bus.settle(m, verdict)

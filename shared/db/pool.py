@@ -19,6 +19,7 @@ RETRYABLE = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection broken in the middle of an operation
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.PostgresConnectionError,
     ConnectionError,

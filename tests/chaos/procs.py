@@ -89,17 +89,21 @@ class Tiers:
             out.append(f"--- {f.name}\n" + f.read_text(errors="replace")[-3000:])
         return "\n".join(out)
 
-    async def down(self) -> None:
+    async def down(self) -> dict[str, int | None]:
+        """SIGTERM every tier; returns their exit codes (None: had to be killed)."""
+        codes: dict[str, int | None] = {}
         for name in list(self.procs):
             proc = self.procs.pop(name)
             if proc.poll() is None:
                 proc.terminate()
-                try:
-                    await asyncio.to_thread(proc.wait, 30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            try:
+                codes[name] = await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                codes[name] = None
         await self.http.close()
+        return codes
 
 
 @dataclass

@@ -35,7 +35,9 @@ async def site() -> AsyncIterator[GraphSite]:
 async def tiers(settings: Settings, tmp_path: Path) -> AsyncIterator[Tiers]:
     t = Tiers(settings, tmp_path)
     yield t
-    await t.down()
+    codes = await t.down()
+    # Graceful shutdown on SIGTERM in every tier: finish in flight, exit 0.
+    assert all(code == 0 for code in codes.values()), f"exit codes on SIGTERM: {codes}\n{t.tail()}"
 
 
 class Watch:
