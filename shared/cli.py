@@ -45,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shared.supervisor import up  # noqa: PLC0415 (imports the embedded servers)
         if args.workers < 1:
             p.error("--workers must be at least 1")
+        try:
+            load_settings(args.config)  # fail now, not in every tier after the servers start
+        except ConfigError as e:
+            print(f"harvester up: config error: {e}", file=sys.stderr)
+            return 2
         return up(args.config, args.addr, args.data_dir, args.workers)
     if args.command == "migrate":
         try:

@@ -223,4 +223,5 @@ def load_settings(config_path: str | os.PathLike[str] | None = None,
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(source, f"{where}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(source, f"{where}: {msg}" if where else msg) from None

@@ -75,14 +75,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _connect_nats(settings: Settings, deps: Deps) -> None:
-    """Connect (retrying forever) and set up the streams; nats-py reconnects after that."""
-    async with bus.connect(settings.nats_url, "harvester-web-server") as nc:
-        deps.nc = nc
-        js = nc.jetstream(timeout=5)
-        await bus.ensure_streams(js, settings)
-        deps._js = js
-        log.info("connected to NATS at %s", settings.nats_url)
-        await asyncio.Event().wait()  # hold the connection until cleanup cancels us
+    """Connect and set up the streams, retrying forever; nats-py reconnects after that."""
+    while True:
+        try:
+            async with bus.connect(settings.nats_url, "harvester-web-server") as nc:
+                deps.nc = nc
+                js = nc.jetstream(timeout=5)
+                await bus.ensure_streams(js, settings)
+                deps._js = js
+                log.info("connected to NATS at %s", settings.nats_url)
+                await asyncio.Event().wait()  # hold the connection until cleanup cancels us
+        except bus.TRANSIENT as e:
+            log.warning("NATS set-up failed (%s); retrying", e)
+            deps._js = None
+            await asyncio.sleep(2)
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

@@ -107,9 +107,12 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     """
     if not pages:
         return []
-    jobs, urls = _cols(p.key for p in pages)
+    reasons = reasons or {}
     failed = await _record_failures(conn, [p for p in pages if not p.reexpand],
-                                    attempts or {}, reasons or {})
+                                    attempts or {}, reasons)
+    # An abandoned visit was never processed in this job: it has no links to list or follow.
+    expanding = [p for p in pages if p.key not in reasons]
+    jobs, urls = _cols(p.key for p in expanding)
     await conn.execute("""
         INSERT INTO job_result (job_id, refer_id, url_id)
         SELECT p.job_id, l.refer_id, l.url_id
@@ -117,10 +120,11 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
         JOIN url_link l ON l.refer_id = p.url_id
         ORDER BY 1, 2, 3
         ON CONFLICT DO NOTHING""", jobs, urls)
+    jobs, urls = _cols(p.key for p in pages)
     await conn.execute("""
         DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", jobs, urls)
-    queued = await _queue_children(conn, [p for p in pages if p.level + 1 < p.max_level])
+    queued = await _queue_children(conn, [p for p in expanding if p.level + 1 < p.max_level])
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
 
@@ -230,15 +234,18 @@ async def claim_unpublished(conn: asyncpg.Connection, limit: int,
 
     Run it in a transaction and publish the rows before committing: a crash in between rolls the
     marks back, so the rows are published again (a duplicate, which processing ignores), never
-    lost. SKIP LOCKED lets several foremen feed at once without publishing a row twice.
+    lost. SKIP LOCKED lets several foremen feed at once without publishing a row twice. For one
+    job's rows (the web server, right after creating it) it waits for a feeder holding some of
+    them instead, so that afterwards every row is either published or truly unpublished.
     """
-    rows = await conn.fetch("""
+    lock = "FOR UPDATE SKIP LOCKED" if job_id is None else "FOR UPDATE"
+    rows = await conn.fetch(f"""
         WITH c AS (
             SELECT job_id, url_id FROM job_pending
             WHERE published_on IS NULL AND ($2::bigint IS NULL OR job_id = $2)
             ORDER BY queued_on
             LIMIT $1
-            FOR UPDATE SKIP LOCKED)
+            {lock})
         UPDATE job_pending p SET published_on = now()
         FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
         RETURNING p.job_id, p.url_id""", limit, job_id)

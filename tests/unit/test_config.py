@@ -96,3 +96,14 @@ def test_go_durations(text: str | int, seconds: float) -> None:
 def test_bad_go_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_go_duration(text)
+
+
+def test_up_reports_bad_config_before_starting_anything(tmp_path: Path) -> None:
+    path = write(tmp_path, {"maxLevel": "deep"})
+    r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-config", str(path),
+                        "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "maxLevel" not in r.stdout
+    assert "config error" in r.stderr and "max_level" in r.stderr
+    assert not (tmp_path / "data").exists()
