@@ -45,6 +45,20 @@ def parse_go_duration(text: str | float | int) -> float:
     return sign * total
 
 
+class HostLimit(BaseModel):
+    """Politeness for one host, overriding the defaults (config key ``hostLimits``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrency: int = Field(2, gt=0)
+    delay: float = Field(0.5, ge=0)
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_go_duration(v)
+
+
 class Settings(BaseModel):
     """Everything a tier needs; passed down, never read from globals."""
 
@@ -76,6 +90,18 @@ class Settings(BaseModel):
     max_redirects: int = Field(10, ge=0)
     user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
 
+    # politeness, enforced for all workers together
+    host_concurrency: int = Field(2, gt=0)        # requests in flight per host
+    host_delay: float = Field(0.5, ge=0)          # seconds between request starts per host
+    host_limits: dict[str, HostLimit] = Field(default_factory=dict)  # by host or host:port
+    host_backoff_base: float = Field(1.0, ge=0)   # a host answering 429/503/nothing slows down
+    host_backoff_cap: float = Field(60.0, ge=0)
+    politeness_horizon: float = Field(2.0, ge=0)  # wait this long for a slot, else defer
+    robots: bool = True                           # obey robots.txt (turn off for private crawls)
+    robots_max_age: float = Field(24 * 3600.0, gt=0)
+    robots_max_failures: int = Field(3, ge=1)     # unreachable robots.txt: then disallow
+    max_crawl_delay: float = Field(30.0, ge=0)    # cap on a host's Crawl-delay
+
     # queue consumers (both foreman and worker)
     url_queue_limit: int = Field(10_000, gt=0)   # messages on the URL queue; the rest wait in PG
     work_queue_limit: int = Field(10_000, gt=0)  # messages on the work queue
@@ -106,6 +132,18 @@ class Settings(BaseModel):
                              f"({self.retries + 1}), or failed fetches could not be recorded")
         return self
 
+    def host_limit(self, host: str) -> HostLimit:
+        """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
+        netloc = host.split("://", 1)[-1]
+        name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+        return (self.host_limits.get(netloc) or self.host_limits.get(name)
+                or HostLimit(concurrency=self.host_concurrency, delay=self.host_delay))
+
+    @property
+    def fetch_lease(self) -> float:
+        """Longest a request can take: a host slot is leased for that long at most."""
+        return self.connect_timeout + 2 * self.read_timeout + 5
+
     @property
     def stream_names(self) -> tuple[str, str]:
         return stream_name(self.url_topic), stream_name(self.work_topic)
@@ -123,6 +161,8 @@ _SIMPLE_KEYS = {
     "maxRequestBytes": "max_request_bytes", "maxJobURLs": "max_job_urls",
     "maxRedirects": "max_redirects", "batchSize": "batch_size", "maxDeliver": "max_deliver",
     "urlQueueLimit": "url_queue_limit", "workQueueLimit": "work_queue_limit",
+    "hostConcurrency": "host_concurrency", "hostLimits": "host_limits", "robots": "robots",
+    "robotsMaxFailures": "robots_max_failures",
     "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",
 }
@@ -132,6 +172,9 @@ _DURATION_KEYS = {
     "shutdownTimeout": "shutdown_timeout", "staleAfter": "stale_after",
     "retryBase": "retry_base", "retryCap": "retry_cap", "maxRetryAfter": "max_retry_after",
     "feedInterval": "feed_interval", "watchdogInterval": "watchdog_interval",
+    "hostDelay": "host_delay", "hostBackoffBase": "host_backoff_base",
+    "hostBackoffCap": "host_backoff_cap", "robotsMaxAge": "robots_max_age",
+    "maxCrawlDelay": "max_crawl_delay", "politenessHorizon": "politeness_horizon",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -145,6 +188,8 @@ _ENV = {
     "HARVESTER_WORK_QUEUE_LIMIT": "work_queue_limit",
     "HARVESTER_WATCHDOG_INTERVAL": "watchdog_interval",
     "HARVESTER_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "HARVESTER_HOST_CONCURRENCY": "host_concurrency", "HARVESTER_HOST_DELAY": "host_delay",
+    "HARVESTER_ROBOTS": "robots",
 }
 _ENV_DURATIONS = {"HARVESTER_CACHE_MAX_AGE": "cache_max_age", "HARVESTER_WORK_DELAY": "work_delay"}
 

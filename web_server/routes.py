@@ -139,6 +139,7 @@ async def status(request: web.Request) -> web.Response:
             "fetched": sum(u.fetched for u in st.urls),
             "cached": sum(u.cached for u in st.urls),
             "failed": sum(u.failed for u in st.urls),
+            "blocked": sum(u.blocked for u in st.urls),
         },
         "maxLevel": st.max_level,
         "forceCrawl": st.force_crawl,
@@ -170,13 +171,14 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 
 async def _failures(request: web.Request, job_id: int) -> web.Response:
-    """``?status=failed``: each failed URL with its HTTP status, reason and attempt count."""
-    if request.query["status"] != "failed":
-        raise BadRequest(f"Invalid status: {request.query['status']} (only 'failed' is supported)")
+    """``?status=failed`` (or ``blocked``): each URL with its HTTP status, reason, attempts."""
+    kind = request.query["status"]
+    if kind not in ("failed", "blocked"):
+        raise BadRequest(f"Invalid status: {kind} (use 'failed' or 'blocked')")
     async with request.app[DEPS].pool.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
-        rows = await jobs.job_failures(conn, job_id)
+        rows = await jobs.job_failures(conn, job_id, blocked=kind == "blocked")
     return json_response({r["url"]: {"status": r["status"], "reason": r["reason"],
                                      "attempts": r["attempts"]} for r in rows})
 

@@ -24,6 +24,7 @@ from shared.db.pages import FetchedPage
 from shared.db.pool import RETRYABLE, open_pool
 from shared.messages import BadMessage, VisitMessage
 from worker.fetch import fetch, open_session
+from worker.gate import HostGate, Slot
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Done:
     msgs: list[Msg]
     page: FetchedPage | None = None
     attempts: int = 0
+    reason: str | None = None  # not fetched, and why (robots.txt)
     settled: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -87,6 +89,7 @@ class Committer:
         keys = [d.key for d in batch]
         fetched = {d.key: d.page for d in batch if d.page is not None}
         tries = {d.key: d.attempts for d in batch}
+        reasons = {d.key: d.reason for d in batch if d.reason}
         for attempt in range(attempts):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -94,8 +97,9 @@ class Committer:
                     live = {p.key for p in locked}
                     await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
                     outcomes: dict[Key, visits.Outcome] = {
-                        k: ("fetched" if k in fetched else "cached") for k in keys}
-                    await visits.complete(conn, locked, outcomes, attempts=tries)
+                        k: ("fetched" if k in fetched else "blocked" if k in reasons else "cached")
+                        for k in keys}
+                    await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons)
                     return
             except RETRYABLE:
                 if attempt == attempts - 1:
@@ -105,11 +109,12 @@ class Committer:
 
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession,
-                 committer: Committer) -> None:
+                 committer: Committer, gate: HostGate) -> None:
         self.settings = settings
         self.pool = pool
         self.session = session
         self.committer = committer
+        self.gate = gate
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -149,40 +154,71 @@ class Worker:
                 for m in ms:
                     await bus.settle(m, Settle(Verdict.RETRY, 1.0))
             return 0
+        for key in [k for k in by_key if k not in planned]:
+            for m in by_key.pop(key):  # done already: a duplicate or a redelivery after a crash
+                await bus.settle(m, Settle(Verdict.ACK))
+        try:
+            admission = await self.gate.admit(
+                {k: p.url for k, p in planned.items() if not p.cached and k in by_key})
+            if admission.deferred:
+                async with self.pool.acquire() as conn:
+                    await visits.defer(conn, admission.deferred)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot admit %d visits (%s); will be redelivered", len(by_key), e)
+            for ms in by_key.values():
+                for m in ms:
+                    await bus.settle(m, Settle(Verdict.RETRY, 1.0))
+            return 0
         used = 0
         for key, ms in by_key.items():
-            p = planned.get(key)
-            if p is None:  # done already: a duplicate or a redelivery after a crash
+            if key in admission.deferred:  # back in the frontier until its host is free
                 for m in ms:
                     await bus.settle(m, Settle(Verdict.ACK))
                 continue
-            self._spawn(self._visit(key, ms, None if p.cached else p.url))
+            p = planned[key]
+            if key in admission.blocked:
+                self._spawn(self._commit_only(Done(key, ms, reason=admission.blocked[key])))
+            elif p.cached:
+                self._spawn(self._commit_only(Done(key, ms)))
+            else:
+                self._spawn(self._visit(key, ms, p.url, admission.granted[key]))
             used += 1
         return used
+
+    async def _commit_only(self, done: Done) -> None:
+        try:
+            await self.committer.submit(done)
+        finally:
+            self.slots.release()
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _visit(self, key: Key, msgs: list[Msg], url: str | None) -> None:
-        """Fetch (unless the store can answer it), then retry later or hand it to the committer."""
+    async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot) -> None:
+        """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
         try:
-            page, attempt = None, max(bus.delivery_count(m) for m in msgs)
-            if url is not None:
-                async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                    page = await fetch(self.session, self.settings, key[1], url)
-                if page.retryable and attempt <= self.settings.retries:
-                    delay = self._backoff(page, attempt)
-                    log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
-                             url, page.error or page.status, attempt, delay)
-                    for m in msgs:
-                        await bus.settle(m, Settle(Verdict.RETRY, delay))
-                    return
-                log.info("fetched %s: %s", url, page.error or page.status)
-                if self.settings.work_delay:
-                    await asyncio.sleep(self.settings.work_delay)
-            await self.committer.submit(Done(key, msgs, page, attempt if page else 0))
+            attempt = max(bus.delivery_count(m) for m in msgs)
+            async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                try:
+                    await asyncio.sleep(slot.wait)
+                    page = await fetch(self.session, self.settings, key[1], url)  # never raises
+                except asyncio.CancelledError:  # shutting down: free the slot for others now
+                    self.gate.release(slot, trouble=False, retry_after=None)
+                    raise
+            self.gate.release(slot, page.retryable, page.retry_after)
+            if page.retryable and attempt <= self.settings.retries:
+                delay = self._backoff(page, attempt)
+                log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
+                         url, page.error or page.status, attempt, delay)
+                for m in msgs:
+                    await bus.settle(m, Settle(Verdict.RETRY, delay))
+                return
+            log.info("fetched %s: %s", url, page.error or page.status)
+            if self.settings.work_delay:
+                await asyncio.sleep(self.settings.work_delay)
+            await self.committer.submit(Done(key, msgs, page, attempt))
         finally:
             self.slots.release()
 
@@ -235,16 +271,20 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
         committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run())
-        worker = Worker(settings, pool, session, committer)
+        gate = HostGate(settings, pool, session)
+        release_task = asyncio.create_task(gate.run_releases(), name="host releases")
+        worker = Worker(settings, pool, session, committer, gate)
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
         serve = asyncio.create_task(worker.serve(sub, stop), name="serve")
         commit_task.set_name("committer")
         try:
-            await bus.supervise([serve, commit_task], stop)
+            await bus.supervise([serve, commit_task, release_task], stop)
         finally:
             log.info("worker stopping: finishing %d visits in flight", len(worker.tasks))
             await asyncio.wait([serve], timeout=2)
             serve.cancel()
             await worker.drain(settings.shutdown_timeout)
             commit_task.cancel()
-            await asyncio.gather(serve, commit_task, return_exceptions=True)
+            await asyncio.sleep(0.05)  # let the last host leases go back
+            release_task.cancel()
+            await asyncio.gather(serve, commit_task, release_task, return_exceptions=True)

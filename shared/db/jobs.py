@@ -18,6 +18,7 @@ class JobURLState:
     fetched: int
     cached: int
     failed: int
+    blocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
         return None
     rows = await conn.fetch("""
         SELECT u.url, ju.completed_on IS NOT NULL AS completed, ju.pending, ju.processed,
-               ju.fetched, ju.cached, ju.failed
+               ju.fetched, ju.cached, ju.failed, ju.blocked
         FROM job_url ju JOIN url u ON u.id = ju.url_id
         WHERE ju.job_id = $1 ORDER BY u.url""", job_id)
     return JobStatus(job["id"], job["created_on"], job["max_level"], job["force_crawl"],
@@ -108,9 +109,15 @@ async def iter_results(conn: asyncpg.Connection, job_id: int, mime_prefix: str |
         yield row["refer"], row["url"]
 
 
-async def job_failures(conn: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:
-    """The job's failed visits: URL, HTTP status (if any), reason, attempts; sorted by URL."""
+BLOCKED_REASONS = ("blocked by robots.txt", "robots.txt unreachable")
+
+
+async def job_failures(conn: asyncpg.Connection, job_id: int,
+                       blocked: bool = False) -> list[asyncpg.Record]:
+    """The job's failed visits (or, with ``blocked``, those robots.txt kept us from): URL,
+    HTTP status (if any), reason, attempts; sorted by URL."""
     return await conn.fetch("""
         SELECT u.url, f.status, f.reason, f.attempts
         FROM job_failure f JOIN url u ON u.id = f.url_id
-        WHERE f.job_id = $1 ORDER BY u.url""", job_id)
+        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])) = $3 ORDER BY u.url""",
+        job_id, list(BLOCKED_REASONS), blocked)

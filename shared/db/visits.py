@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
 
 Key = tuple[int, int]  # (job_id, url_id)
-Outcome = Literal["fetched", "cached", "abandoned"]
+Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
 
 SKIP_MIME_SQL = ("(u.mime LIKE 'image/%%' OR u.mime IN ('text/css', 'text/javascript', "
                  "'application/javascript', 'application/x-javascript'))").replace("%%", "%")
@@ -208,7 +209,7 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
         if not p.reexpand:  # expanding a page again from a shorter path is not a new page
             c["processed"] += 1
             c[outcomes.get(p.key, "cached")] += 1
-        if p.key in failed:
+        if p.key in failed and outcomes.get(p.key) != "blocked":
             c["failed"] += 1
     for job_id, _url, origin in queued:
         delta.setdefault((job_id, origin), Counter())["pending"] += 1
@@ -217,15 +218,16 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
         UPDATE job_url ju SET
             pending = ju.pending + d.dp, processed = ju.processed + d.dproc,
             fetched = ju.fetched + d.dfetch, cached = ju.cached + d.dcache,
-            failed = ju.failed + d.dfail,
+            failed = ju.failed + d.dfail, blocked = ju.blocked + d.dblock,
             completed_on = CASE WHEN ju.pending + d.dp = 0 THEN coalesce(ju.completed_on, now()) END
-        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[])
-             AS d(job_id, origin_id, dp, dproc, dfetch, dcache, dfail)
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[],
+                    $8::int[])
+             AS d(job_id, origin_id, dp, dproc, dfetch, dcache, dfail, dblock)
         WHERE ju.job_id = d.job_id AND ju.url_id = d.origin_id""",
         [k[0] for k in keys], [k[1] for k in keys],
         [delta[k]["pending"] for k in keys], [delta[k]["processed"] for k in keys],
         [delta[k]["fetched"] for k in keys], [delta[k]["cached"] for k in keys],
-        [delta[k]["failed"] for k in keys])
+        [delta[k]["failed"] for k in keys], [delta[k]["blocked"] for k in keys])
 
 
 async def claim_unpublished(conn: asyncpg.Connection, limit: int,
@@ -242,8 +244,8 @@ async def claim_unpublished(conn: asyncpg.Connection, limit: int,
     rows = await conn.fetch(f"""
         WITH c AS (
             SELECT job_id, url_id FROM job_pending
-            WHERE published_on IS NULL AND ($2::bigint IS NULL OR job_id = $2)
-            ORDER BY queued_on
+            WHERE published_on IS NULL AND due <= now() AND ($2::bigint IS NULL OR job_id = $2)
+            ORDER BY due
             LIMIT $1
             {lock})
         UPDATE job_pending p SET published_on = now()
@@ -252,12 +254,22 @@ async def claim_unpublished(conn: asyncpg.Connection, limit: int,
     return [(r["job_id"], r["url_id"]) for r in rows]
 
 
+async def defer(conn: asyncpg.Connection, due: dict[Key, datetime]) -> None:
+    """Put visits back in the frontier until ``due`` (the feeder publishes them then)."""
+    keys = sorted(due)
+    await conn.execute("""
+        UPDATE job_pending p SET published_on = NULL, due = d.due
+        FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
+        WHERE p.job_id = d.job_id AND p.url_id = d.url_id""",
+        [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
+
+
 async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int) -> int:
     """Publish again visits that were published long ago and are still pending (a lost or
     undeliverable message); returns how many."""
     return int((await conn.fetchval("""
         WITH r AS (
-            UPDATE job_pending SET published_on = NULL, requeues = requeues + 1
+            UPDATE job_pending SET published_on = NULL, requeues = requeues + 1, due = now()
             WHERE published_on < now() - make_interval(secs => $1) AND requeues < $2
             RETURNING 1)
         SELECT count(*) FROM r""", float(stale_after), max_requeues)) or 0)

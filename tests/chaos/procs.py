@@ -35,7 +35,8 @@ class Tiers:
                         HARVESTER_ACK_WAIT="3", HARVESTER_STALE_AFTER="30",
                         HARVESTER_WATCHDOG_INTERVAL="1", HARVESTER_RETRY_BASE="0.05",
                         HARVESTER_SHUTDOWN_TIMEOUT="10", HARVESTER_CONCURRENCY="16",
-                        HARVESTER_LOG_LEVEL="WARNING", **env)
+                        HARVESTER_LOG_LEVEL="WARNING", HARVESTER_HOST_CONCURRENCY="32",
+                        HARVESTER_HOST_DELAY="0", HARVESTER_ROBOTS="0", **env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = aiohttp.ClientSession()
         self.base = f"http://127.0.0.1:{self.port}"

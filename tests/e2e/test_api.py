@@ -111,7 +111,8 @@ async def test_status_and_result_of_a_new_job(web: Stack) -> None:
     st = await web.status(job)
     assert st["completed"] == 0 and st["pending"] == 1
     assert st["urls"] == {"http://x.example/": False}
-    assert st["pages"] == {"queued": 1, "processed": 0, "fetched": 0, "cached": 0, "failed": 0}
+    assert st["pages"] == {"queued": 1, "processed": 0, "fetched": 0, "cached": 0, "failed": 0,
+                           "blocked": 0}
     assert await web.result(job) == {}
     _, _, headers = await web.request("GET", f"/result/{job}")
     assert headers["Content-Type"] == "application/json"

@@ -7,7 +7,7 @@ import asyncpg
 from shared.db import migrate
 from shared.embedded import EmbeddedPostgres
 
-TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result",
+TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
           "job_failure"}
 
 

@@ -1,0 +1,107 @@
+"""Hosts: request slots leased across the cluster, backoff, and the shared robots.txt cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    host: str
+    starts: list[datetime]   # when each granted request may start
+    tokens: list[datetime]   # one lease per start, released after the request
+    next_free: datetime      # when the host may take another request
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    host: str
+    token: datetime
+    trouble: bool = False              # 429, 503 or no answer: slow the host down
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Robots:
+    host: str
+    status: int | None
+    body: str | None
+    fetched_on: datetime | None
+    failures: int
+
+
+async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[str, int],
+                  delays: dict[str, float], lease: float, horizon: float) -> list[Grant]:
+    hosts = sorted(wants)
+    rows = await conn.fetch("SELECT * FROM harvester_acquire($1, $2, $3, $4, $5, $6)",
+                            hosts, [wants[h] for h in hosts], [caps[h] for h in hosts],
+                            [delays[h] for h in hosts], lease, horizon)
+    return [Grant(r["host"], list(r["starts"]), list(r["tokens"]), r["next_free"]) for r in rows]
+
+
+async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
+                  backoff_cap: float) -> None:
+    """Free the leases; a host in trouble backs off (Retry-After, else exponentially), a host
+    that answered well recovers at once."""
+    if not releases:
+        return
+    await conn.execute("""
+        WITH r AS (
+            SELECT host, array_agg(token) AS tokens, bool_or(trouble) AS trouble,
+                   max(retry_after) AS retry_after, bool_and(NOT trouble) AS fine
+            FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::float8[])
+                 AS x(host, token, trouble, retry_after)
+            GROUP BY host ORDER BY host)
+        UPDATE host h SET
+            leases = ARRAY(SELECT l FROM unnest(h.leases) AS l
+                           WHERE l > clock_timestamp() AND NOT l = ANY(r.tokens)),
+            failures = CASE WHEN r.trouble THEN h.failures + 1 WHEN r.fine THEN 0
+                            ELSE h.failures END,
+            backoff_until = CASE
+                WHEN r.trouble THEN clock_timestamp() + make_interval(secs => coalesce(
+                    r.retry_after, least($6::float8, $5::float8 * 2 ^ h.failures)))
+                WHEN r.fine THEN NULL ELSE h.backoff_until END
+        FROM r WHERE h.host = r.host""",
+        [x.host for x in releases], [x.token for x in releases],
+        [x.trouble for x in releases], [x.retry_after for x in releases],
+        backoff_base, backoff_cap)
+
+
+async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Robots]:
+    rows = await conn.fetch("""
+        SELECT host, robots_status, robots_body, robots_fetched_on, robots_failures
+        FROM host WHERE host = ANY($1::text[])""", list(hosts))
+    return {r["host"]: Robots(r["host"], r["robots_status"], r["robots_body"],
+                              r["robots_fetched_on"], r["robots_failures"]) for r in rows}
+
+
+async def claim_robots_fetch(conn: asyncpg.Connection, host: str, max_age: float,
+                             lease: float) -> bool:
+    """Take the right to fetch a host's robots.txt (one worker in the cluster at a time)."""
+    return bool(await conn.fetchval("""
+        INSERT INTO host AS h (host, robots_fetching_until)
+        VALUES ($1, clock_timestamp() + make_interval(secs => $3))
+        ON CONFLICT (host) DO UPDATE SET robots_fetching_until = excluded.robots_fetching_until
+        WHERE (h.robots_fetched_on IS NULL
+               OR h.robots_fetched_on < clock_timestamp() - make_interval(secs => $2))
+          AND (h.robots_fetching_until IS NULL OR h.robots_fetching_until < clock_timestamp())
+        RETURNING true""", host, max_age, lease))
+
+
+async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
+                       body: str | None) -> None:
+    """Keep an answer (2xx or 4xx); count a failure (5xx, no answer) without losing the last
+    good copy, so a host that stops answering is retried and, in the end, treated as disallow."""
+    if status is not None and status < 500:
+        await conn.execute("""
+            UPDATE host SET robots_status = $2, robots_body = $3, robots_fetched_on = now(),
+                   robots_failures = 0, robots_fetching_until = NULL WHERE host = $1""",
+            host, status, body)
+    else:
+        await conn.execute("""
+            UPDATE host SET robots_failures = robots_failures + 1, robots_fetching_until = NULL
+            WHERE host = $1""", host)

@@ -1,0 +1,57 @@
+"""robots.txt decisions (RFC 9309), parsed with protego; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from protego import Protego
+
+ALLOW_ALL = "allow"
+DISALLOW_ALL = "disallow"
+
+
+@dataclass(frozen=True, slots=True)
+class RobotsRules:
+    """What a host's robots.txt says for our user agent."""
+    policy: str          # "parsed", ALLOW_ALL or DISALLOW_ALL
+    body: str = ""
+
+    def allowed(self, url: str, agent: str) -> bool:
+        if self.policy == ALLOW_ALL:
+            return True
+        if self.policy == DISALLOW_ALL:
+            return False
+        return bool(_parse(self.body).can_fetch(url, agent))
+
+    def crawl_delay(self, agent: str) -> float | None:
+        if self.policy != "parsed":
+            return None
+        delay = _parse(self.body).crawl_delay(agent)
+        return float(delay) if delay is not None else None
+
+    def sitemaps(self) -> list[str]:
+        return list(_parse(self.body).sitemaps) if self.policy == "parsed" else []
+
+
+@lru_cache(maxsize=4096)
+def _parse(body: str) -> Protego:
+    return Protego.parse(body)
+
+
+def rules_for(status: int | None, body: str | None) -> RobotsRules:
+    """RFC 9309 2.3.1: 2xx is parsed; 4xx ("unavailable") allows everything; 5xx and no
+    answer ("unreachable") disallow everything until it can be read."""
+    if status is None or status >= 500:
+        return RobotsRules(DISALLOW_ALL)
+    if status >= 400:
+        return RobotsRules(ALLOW_ALL)
+    if 200 <= status < 300:
+        return RobotsRules("parsed", body or "")
+    return RobotsRules(ALLOW_ALL)  # a 3xx left after following redirects: treat as unavailable
+
+
+def agent_token(user_agent: str) -> str:
+    """The product token robots.txt groups are matched against ("Harvester/0.1 (+url)" ->
+    "Harvester")."""
+    return user_agent.split("/", 1)[0].split()[0] if user_agent.strip() else "*"

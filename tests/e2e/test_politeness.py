@@ -1,0 +1,224 @@
+"""Politeness across the cluster, checked against each server's own request log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from shared.config import Settings
+from shared.embedded import free_port
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+JITTER = 0.02  # event-loop scheduling between a granted start and the request leaving
+
+
+@dataclass(frozen=True)
+class Answer:
+    links: tuple[str, ...] = ()
+    delay: float = 0.0
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    text: str | None = None  # a body other than the links (robots.txt)
+
+
+@dataclass
+class LoggedSite:
+    """One host; ``pages`` maps a path to a function of the request count giving the Answer."""
+    host: str
+    pages: dict[str, Callable[[int], Answer]]
+    log: list[tuple[str, float, float]] = field(default_factory=list)  # path, start, end
+    base: str = ""
+
+    async def start(self) -> LoggedSite:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        port = free_port(self.host)
+        await web.TCPSite(self.runner, self.host, port).start()
+        self.base = f"http://{self.host}:{port}"
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        start = time.monotonic()
+        make = self.pages.get(request.path)
+        a = make(self.hits(request.path) + 1) if make else Answer(status=404)
+        await asyncio.sleep(a.delay)
+        self.log.append((request.path, start, time.monotonic()))
+        if a.text is not None:
+            return web.Response(text=a.text, status=a.status, headers=dict(a.headers),
+                                content_type="text/plain")
+        body = "".join(f'<a href="{u}">x</a>' for u in a.links)
+        return web.Response(text=body, status=a.status, headers=dict(a.headers),
+                            content_type="text/html")
+
+    def starts(self, exclude: tuple[str, ...] = ("/robots.txt",)) -> list[float]:
+        return sorted(s for p, s, _ in self.log if p not in exclude)
+
+    def max_in_flight(self) -> int:
+        events = sorted([(s, 1) for _, s, _ in self.log] + [(e, -1) for _, _, e in self.log])
+        level = peak = 0
+        for _, d in events:
+            level += d
+            peak = max(peak, level)
+        return peak
+
+    def hits(self, path: str) -> int:
+        return sum(1 for p, _, _ in self.log if p == path)
+
+
+def page(links: list[str] | None = None, delay: float = 0.0, status: int = 200,
+         headers: dict[str, str] | None = None, text: str | None = None) -> Callable[[int], Answer]:
+    answer = Answer(tuple(links or ()), delay, status, tuple((headers or {}).items()), text)
+    return lambda n: answer
+
+
+async def crawl(settings: Settings, urls: list[str], workers: int = 1, **params: str) -> tuple[Stack, int]:
+    stack = await Stack(settings).start(foremen=1, workers=workers)
+    job = await stack.post_job(urls, **params)
+    await stack.wait_complete(job, timeout=90)
+    return stack, job
+
+
+async def test_limits_hold_across_three_workers(settings: Settings) -> None:
+    pages = {"/": page([f"/p{i}" for i in range(24)])}
+    pages |= {f"/p{i}": page(["/"], delay=0.05 + (i % 3) * 0.05) for i in range(24)}
+    site = await LoggedSite("127.0.0.1", pages).start()
+    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.15})
+    stack, job = await crawl(polite, [site.base + "/"], workers=3)
+    try:
+        assert len(await stack.result(job)) == 25
+        starts = site.starts()
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert len(starts) == 25
+        assert min(gaps) >= 0.15 - JITTER, f"request starts {min(gaps):.3f}s apart"
+        assert site.max_in_flight() <= 2
+    finally:
+        await stack.stop()
+        await site.stop()
+
+
+async def test_a_slow_host_does_not_stall_a_fast_one(settings: Settings) -> None:
+    slow = await LoggedSite("127.0.0.2", {f"/s{i}": page(delay=3.0) for i in range(6)}).start()
+    fast_pages = {"/": page([f"/f{i}" for i in range(40)] + [f"{slow.base}/s{i}" for i in range(6)])}
+    fast_pages |= {f"/f{i}": page() for i in range(40)}
+    fast = await LoggedSite("127.0.0.1", fast_pages).start()
+    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.0,
+                                         "concurrency": 8})
+    stack = await Stack(polite).start(foremen=1, workers=1)
+    try:
+        t0 = time.monotonic()
+        job = await stack.post_job([fast.base + "/"])
+        await stack.wait_complete(job, timeout=60)
+        fast_done = max(e for _, _, e in fast.log) - t0
+        slow_done = max(e for _, _, e in slow.log) - t0
+        assert fast.hits("/f39") == 1 and slow.hits("/s5") == 1
+        assert fast_done < 2.5, f"the fast host took {fast_done:.1f}s behind the slow one"
+        assert slow_done >= 9.0  # 6 pages, 2 at a time, 3 s each: the slow host was not rushed
+        assert slow.max_in_flight() <= 2
+    finally:
+        await stack.stop()
+        await fast.stop()
+        await slow.stop()
+
+
+ROBOTS = "User-agent: *\nDisallow: /private/\nCrawl-delay: 0.3\n\nUser-agent: OtherBot\nDisallow: /\n"
+
+
+async def test_robots_txt_blocks_and_slows_and_is_fetched_once(settings: Settings) -> None:
+    site = await LoggedSite("127.0.0.1", {
+        "/robots.txt": page(text=ROBOTS),
+        "/": page(["/private/a", "/public/b", "/public/c"]),
+        "/public/b": page(), "/public/c": page(), "/private/a": page()}).start()
+    polite = settings.model_copy(update={"robots": True, "host_concurrency": 4, "host_delay": 0.0})
+    stack, job = await crawl(polite, [site.base + "/"], workers=2)
+    try:
+        st = await stack.status(job)
+        assert st["pages"]["blocked"] == 1 and st["pages"]["failed"] == 0
+        assert site.hits("/private/a") == 0
+        assert await stack.result(job, status="blocked") == {
+            site.base + "/private/a": {"status": None, "reason": "blocked by robots.txt",
+                                       "attempts": 0}}
+        assert site.base + "/private/a" in (await stack.result(job))[site.base + "/"]
+        starts = site.starts()
+        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3 - JITTER  # Crawl-delay
+        again = await stack.post_job([site.base + "/"], forceCrawl="1")
+        await stack.wait_complete(again)
+        assert site.hits("/public/b") == 2
+        assert site.hits("/robots.txt") == 1, "robots.txt is shared by all workers and jobs"
+    finally:
+        await stack.stop()
+        await site.stop()
+
+
+@pytest.mark.parametrize(("robots", "fetched"), [(page(status=404), True),
+                                                 (page(status=403), True)])
+async def test_robots_txt_4xx_allows_everything(settings: Settings, robots: Callable[[int], Answer],
+                                                fetched: bool) -> None:
+    site = await LoggedSite("127.0.0.1", {"/robots.txt": robots, "/": page(["/a"]),
+                                          "/a": page()}).start()
+    stack, job = await crawl(settings.model_copy(update={"robots": True}), [site.base + "/"])
+    try:
+        assert (site.hits("/a") == 1) is fetched
+        assert (await stack.status(job))["pages"]["blocked"] == 0
+    finally:
+        await stack.stop()
+        await site.stop()
+
+
+async def test_unreachable_robots_txt_defers_then_disallows(settings: Settings) -> None:
+    site = await LoggedSite("127.0.0.1", {"/robots.txt": page(status=503),
+                                          "/": page(["/a"]), "/a": page()}).start()
+    polite = settings.model_copy(update={"robots": True, "robots_max_failures": 2})
+    stack, job = await crawl(polite, [site.base + "/"])
+    try:
+        assert site.hits("/robots.txt") == 2  # tried again after a pause, then given up
+        assert site.hits("/") == 0
+        blocked = await stack.result(job, status="blocked")
+        assert blocked == {site.base + "/": {"status": None, "reason": "robots.txt unreachable",
+                                             "attempts": 0}}
+    finally:
+        await stack.stop()
+        await site.stop()
+
+
+async def test_robots_txt_can_be_turned_off(settings: Settings) -> None:
+    site = await LoggedSite("127.0.0.1", {"/robots.txt": page(text="User-agent: *\nDisallow: /\n"),
+                                          "/": page(["/a"]), "/a": page()}).start()
+    stack, job = await crawl(settings.model_copy(update={"robots": False}), [site.base + "/"])
+    try:
+        assert site.hits("/a") == 1 and site.hits("/robots.txt") == 0
+    finally:
+        await stack.stop()
+        await site.stop()
+
+
+async def test_a_host_answering_429_is_slowed_down_then_recovers(settings: Settings) -> None:
+    def limited(n: int) -> Answer:
+        return Answer(status=429) if n <= 2 else Answer()
+
+    pages = {"/": page([f"/p{i}" for i in range(6)])} | {f"/p{i}": page() for i in range(6)}
+    pages["/p0"] = limited
+    site = await LoggedSite("127.0.0.1", pages).start()
+    polite = settings.model_copy(update={"host_concurrency": 1, "host_delay": 0.0,
+                                         "host_backoff_base": 0.4, "retry_base": 0.01})
+    stack, job = await crawl(polite, [site.base + "/"])
+    try:
+        assert site.hits("/p0") == 3
+        first_429 = [e for p, _, e in site.log if p == "/p0"][0]
+        after = [s for _, s, _ in site.log if s > first_429]
+        assert after and min(after) - first_429 >= 0.4 - JITTER, "no backoff after a 429"
+        assert (await stack.status(job))["pages"]["failed"] == 0
+    finally:
+        await stack.stop()
+        await site.stop()

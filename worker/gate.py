@@ -1,0 +1,152 @@
+"""The host gate: before a worker fetches, robots.txt must allow the URL and the host must have a
+free request slot, for the whole cluster (leases in PostgreSQL). Visits that cannot start within
+``politeness_horizon`` are deferred in the frontier until the host is free, not held here, so a
+slow or rate-limited host never ties up the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import aiohttp
+import asyncpg
+
+from shared.config import Settings
+from shared.db import hosts
+from shared.db.hosts import Release
+from shared.db.pool import RETRYABLE
+from shared.robots import RobotsRules, agent_token, rules_for
+from shared.urls import host_key
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]
+ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
+MIN_GAP = timedelta(seconds=0.25)  # spacing of deferred visits on a host that is at capacity
+BLOCKED = "blocked by robots.txt"
+UNREACHABLE = "robots.txt unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    host: str
+    token: datetime
+    wait: float  # seconds to wait before starting the request
+
+
+@dataclass
+class Admission:
+    granted: dict[Key, Slot] = field(default_factory=dict)
+    deferred: dict[Key, datetime] = field(default_factory=dict)  # due, on the database clock
+    blocked: dict[Key, str] = field(default_factory=dict)        # reason
+
+
+class HostGate:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool,
+                 session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.session = session
+        self.agent = agent_token(settings.user_agent)
+        self.releases: asyncio.Queue[Release] = asyncio.Queue()
+
+    async def admit(self, visits: dict[Key, str]) -> Admission:
+        """Decide for each (visit -> url): start (after a wait), defer, or block."""
+        out = Admission()
+        by_host: dict[str, list[Key]] = defaultdict(list)
+        for key, url in visits.items():
+            by_host[host_key(url)].append(key)
+        delays = {h: self.settings.host_limit(h).delay for h in by_host}
+        if self.settings.robots:
+            for host, rules in (await self._robots(list(by_host), out, by_host)).items():
+                for key in list(by_host[host]):
+                    if not rules.allowed(visits[key], self.agent):
+                        out.blocked[key] = BLOCKED
+                        by_host[host].remove(key)
+                crawl_delay = rules.crawl_delay(self.agent)
+                if crawl_delay is not None:
+                    delays[host] = max(delays[host], min(crawl_delay, self.settings.max_crawl_delay))
+        wants = {h: len(ks) for h, ks in by_host.items() if ks}
+        if not wants:
+            return out
+        async with self.pool.acquire() as conn:
+            db_now = await conn.fetchval("SELECT clock_timestamp()")
+            grants = await hosts.acquire(
+                conn, wants, {h: self.settings.host_limit(h).concurrency for h in wants},
+                {h: delays[h] for h in wants}, self.settings.fetch_lease,
+                self.settings.politeness_horizon)
+        for g in grants:
+            keys = by_host[g.host]
+            for key, start, token in zip(keys, g.starts, g.tokens):
+                out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()))
+            gap = max(timedelta(seconds=delays[g.host]), MIN_GAP)
+            for i, key in enumerate(keys[len(g.starts):]):
+                out.deferred[key] = g.next_free + i * gap
+        return out
+
+    async def _robots(self, names: list[str], out: Admission,
+                      by_host: dict[str, list[Key]]) -> dict[str, RobotsRules]:
+        """Rules for each host whose robots.txt is known; visits of the others are deferred
+        (being fetched, or unreachable for now) or blocked (unreachable too many times)."""
+        s = self.settings
+        async with self.pool.acquire() as conn:
+            known = await hosts.robots(conn, names)
+        now = datetime.now().astimezone()
+        rules: dict[str, RobotsRules] = {}
+        for host in names:
+            r = known.get(host)
+            fresh = r is not None and r.fetched_on is not None and \
+                (now - r.fetched_on).total_seconds() < s.robots_max_age
+            if not fresh:
+                async with self.pool.acquire() as conn:
+                    mine = await hosts.claim_robots_fetch(conn, host, s.robots_max_age, 30.0)
+                if mine:
+                    status, body = await self._fetch_robots(host)
+                    async with self.pool.acquire() as conn:
+                        await hosts.store_robots(conn, host, status, body)
+                        r = (await hosts.robots(conn, [host])).get(host)
+            if r is not None and r.fetched_on is not None:
+                rules[host] = rules_for(r.status, r.body)  # fresh, or the last good copy
+            elif r is not None and r.failures >= s.robots_max_failures:
+                for key in by_host[host]:
+                    out.blocked[key] = UNREACHABLE  # RFC 9309: unreachable means disallow
+                by_host[host] = []
+            else:
+                failures = r.failures if r is not None else 0
+                due = now + timedelta(seconds=min(60.0, 2.0 ** failures))
+                for key in by_host[host]:
+                    out.deferred[key] = due
+                by_host[host] = []
+        return rules
+
+    async def _fetch_robots(self, host: str) -> tuple[int | None, str | None]:
+        try:
+            async with self.session.get(host + "/robots.txt", allow_redirects=True,
+                                        max_redirects=5) as resp:
+                body = await resp.content.read(ROBOTS_MAX_BYTES)
+                text = body.decode(resp.charset or "utf-8", errors="replace")
+                log.info("robots.txt of %s: %d", host, resp.status)
+                return resp.status, text if resp.status < 300 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            log.info("robots.txt of %s unreachable: %s", host, e)
+            return None, None
+
+    def release(self, slot: Slot, trouble: bool, retry_after: float | None) -> None:
+        self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
+
+    async def run_releases(self) -> None:
+        """Return leases in batches; if PostgreSQL is away they simply expire."""
+        while True:
+            batch = [await self.releases.get()]
+            await asyncio.sleep(0.01)
+            while not self.releases.empty():
+                batch.append(self.releases.get_nowait())
+            try:
+                async with self.pool.acquire() as conn:
+                    await hosts.release(conn, batch, self.settings.host_backoff_base,
+                                        self.settings.host_backoff_cap)
+            except (*RETRYABLE, asyncpg.PostgresError) as e:
+                log.warning("could not release %d host leases (%s); they will expire", len(batch), e)
