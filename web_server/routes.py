@@ -14,6 +14,7 @@ from shared.db import jobs
 from shared.outbox import feed
 from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
+from shared.scope import SCOPES, Scope, check_pattern
 from shared.urls import validate_job_url
 from web_server.render import json_response, string
 
@@ -63,6 +64,27 @@ def parse_depth(request: web.Request, settings: Settings) -> int:
     return depth
 
 
+def parse_scope(request: web.Request) -> tuple[Scope, int | None]:
+    """``scope=any|host|domain``, ``allow=<regex>`` and ``deny=<regex>`` (each repeatable),
+    ``maxPages=N``."""
+    kind = request.query.get("scope", "any")
+    if kind not in SCOPES:
+        raise BadRequest(f"Invalid scope: {kind} (use any, host or domain)")
+    patterns: dict[str, tuple[str, ...]] = {}
+    for name in ("allow", "deny"):
+        patterns[name] = tuple(request.query.getall(name, []))
+        for p in patterns[name]:
+            if (problem := check_pattern(p)) is not None:
+                raise BadRequest(f"Invalid {name} pattern: {p} ({problem})")
+    raw = request.query.get("maxPages")
+    max_pages = None
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise BadRequest(f"Invalid maxPages: {raw}")
+        max_pages = int(raw)
+    return Scope(kind, patterns["allow"], patterns["deny"]), max_pages
+
+
 def parse_job_id(request: web.Request) -> int:
     raw = request.match_info["job_id"]
     try:
@@ -80,6 +102,7 @@ async def schedule(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"Request body larger than {settings.max_request_bytes} bytes")
     force = parse_force(request)
     depth = parse_depth(request, settings)
+    scope, max_pages = parse_scope(request)
     body = await _read_body(request, settings.max_request_bytes)
     urls = parse_job_body(body)
     if len(urls) > settings.max_job_urls:
@@ -87,7 +110,7 @@ async def schedule(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     js = deps.js  # 503 now, before creating anything, if NATS is away
     async with deps.pool.acquire() as conn, conn.transaction():
-        job_id, url_ids = await jobs.create_job(conn, urls, depth, force)
+        job_id, url_ids = await jobs.create_job(conn, urls, depth, force, scope, max_pages)
     # The job's URLs are committed as pending visits (the outbox). Publish them now, so the reply
     # means "queued"; if NATS refuses, take the job back instead of accepting what cannot run.
     published = await feed(deps.pool, js, settings.url_topic, len(url_ids), job_id)
@@ -143,6 +166,8 @@ async def status(request: web.Request) -> web.Response:
         },
         "maxLevel": st.max_level,
         "forceCrawl": st.force_crawl,
+        "scope": {"scope": st.scope.kind, "allow": list(st.scope.allow),
+                  "deny": list(st.scope.deny), "maxPages": st.max_pages},
     })
 
 

@@ -32,7 +32,8 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
                                     sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
     headers = {"User-Agent": settings.user_agent,
-               "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"}
+               "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
+               "Accept-Encoding": "gzip, deflate, br"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session

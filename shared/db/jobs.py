@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.scope import Scope
+
 
 @dataclass(frozen=True, slots=True)
 class JobURLState:
@@ -29,17 +31,21 @@ class JobStatus:
     force_crawl: bool
     elapsed: float  # seconds, measured on the database's clock
     urls: list[JobURLState]
+    scope: Scope
+    max_pages: int | None
 
 
 async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
-                     force_crawl: bool) -> tuple[int, list[int]]:
+                     force_crawl: bool, scope: Scope = Scope(),
+                     max_pages: int | None = None) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
     Run it in a transaction: the job is either wholly there or not at all.
     """
-    job_id = await conn.fetchval(
-        "INSERT INTO job (max_level, force_crawl) VALUES ($1, $2) RETURNING id",
-        max_level, force_crawl)
+    job_id = await conn.fetchval("""
+        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages)
     from shared.db.pages import upsert_urls  # noqa: PLC0415 (keeps module import graph flat)
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
@@ -61,7 +67,8 @@ async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
 
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
     job = await conn.fetchrow("""
-        SELECT j.id, j.created_on, j.max_level, j.force_crawl,
+        SELECT j.id, j.created_on, j.max_level, j.force_crawl, j.scope, j.allow, j.deny,
+               j.max_pages,
                extract(epoch FROM (
                    SELECT CASE WHEN count(*) = 0 OR bool_or(completed_on IS NULL) THEN now()
                                ELSE max(completed_on) END
@@ -75,7 +82,9 @@ async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
         FROM job_url ju JOIN url u ON u.id = ju.url_id
         WHERE ju.job_id = $1 ORDER BY u.url""", job_id)
     return JobStatus(job["id"], job["created_on"], job["max_level"], job["force_crawl"],
-                     max(0.0, job["elapsed"]), [JobURLState(**dict(r)) for r in rows])
+                     max(0.0, job["elapsed"]), [JobURLState(**dict(r)) for r in rows],
+                     Scope(job["scope"], tuple(job["allow"]), tuple(job["deny"])),
+                     job["max_pages"])
 
 
 async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:

@@ -24,6 +24,8 @@ from typing import Literal
 
 import asyncpg
 
+from shared.scope import Scope
+
 Key = tuple[int, int]  # (job_id, url_id)
 Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
 
@@ -39,6 +41,9 @@ class Pending:
     level: int
     max_level: int
     reexpand: bool
+    origin_url: str = ""
+    scope: Scope = Scope()
+    max_pages: int | None = None
 
     @property
     def key(self) -> Key:
@@ -85,15 +90,19 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
     """Lock the visits that are still pending (others were processed already: duplicates)."""
     jobs, urls = _cols(sorted(set(keys)))
     rows = await conn.fetch("""
-        SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level
+        SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
+               o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages
         FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
         JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
         JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
         JOIN job j ON j.id = p.job_id
+        JOIN url o ON o.id = p.origin_id
         ORDER BY p.job_id, p.url_id
         FOR UPDATE OF p FOR SHARE OF v""", jobs, urls)
     return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
-                    r["reexpand"]) for r in rows]
+                    r["reexpand"], r["origin_url"],
+                    Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"])
+            for r in rows]
 
 
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
@@ -156,15 +165,20 @@ async def _queue_children(conn: asyncpg.Connection,
         return []
     children = await conn.fetch(f"""
         SELECT DISTINCT ON (p.job_id, l.url_id)
-               p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id
-        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[])
-             AS p(job_id, url_id, level, origin_id)
+               p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id,
+               u.url, p.i
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[])
+             AS p(job_id, url_id, level, origin_id, i)
         JOIN url_link l ON l.refer_id = p.url_id
         JOIN url u ON u.id = l.url_id
         WHERE NOT {SKIP_MIME_SQL}
         ORDER BY p.job_id, l.url_id, p.level, p.origin_id""",
         [p.job_id for p in parents], [p.url_id for p in parents],
-        [p.level for p in parents], [p.origin_id for p in parents])
+        [p.level for p in parents], [p.origin_id for p in parents], list(range(len(parents))))
+    children = [c for c in children
+                if parents[c["i"]].scope.unlimited
+                or parents[c["i"]].scope.follows(c["url"], parents[c["i"]].origin_url)]
+    children = await _cap_pages(conn, parents, children)
     if not children:
         return []
     cj = [r["job_id"] for r in children]
@@ -197,6 +211,37 @@ async def _queue_children(conn: asyncpg.Connection,
         [r["origin_id"] for r in todo], [r["refer_id"] for r in todo],
         [(r["job_id"], r["url_id"]) in lowered for r in todo])
     return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
+
+
+async def _cap_pages(conn: asyncpg.Connection, parents: Sequence[Pending],
+                     children: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Keep a job with ``max_pages`` to that many visits: drop new children beyond it (links
+    already visited are kept: lowering their level adds no page)."""
+    caps = {p.job_id: p.max_pages for p in parents if p.max_pages}
+    if not caps or not children:
+        return children
+    jobs = sorted(caps)
+    # Lock the capped jobs' rows so concurrent transactions count one after another.
+    await conn.execute("SELECT 1 FROM job WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                       jobs)
+    rows = await conn.fetch("""
+        SELECT c.job_id, c.url_id, v.url_id IS NOT NULL AS visited
+        FROM unnest($1::bigint[], $2::bigint[]) AS c(job_id, url_id)
+        LEFT JOIN job_visit v ON v.job_id = c.job_id AND v.url_id = c.url_id""",
+        [c["job_id"] for c in children], [c["url_id"] for c in children])
+    visited = {(r["job_id"], r["url_id"]) for r in rows if r["visited"]}
+    room = {r["job_id"]: caps[r["job_id"]] - r["n"] for r in await conn.fetch(
+        "SELECT job_id, count(*) AS n FROM job_visit WHERE job_id = ANY($1::bigint[]) "
+        "GROUP BY job_id", jobs)}
+    kept = []
+    for c in sorted(children, key=lambda c: (c["level"], c["url_id"])):
+        key = (c["job_id"], c["url_id"])
+        if c["job_id"] not in caps or key in visited:
+            kept.append(c)
+        elif room.get(c["job_id"], caps[c["job_id"]]) > 0:
+            room[c["job_id"]] = room.get(c["job_id"], caps[c["job_id"]]) - 1
+            kept.append(c)
+    return kept
 
 
 async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: dict[Key, Outcome],

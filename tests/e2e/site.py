@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -77,9 +78,11 @@ class TestSite:
             return web.Response(status=page.status, body=page.body, content_type=page.content_type)
         return web.Response(status=page.status, text=page.html, content_type=page.content_type)
 
-    def expected_result(self, start: str, depth: int) -> dict[str, list[str]]:
+    def expected_result(self, start: str, depth: int,
+                        follows: Callable[[str], bool] = lambda url: True) -> dict[str, list[str]]:
         """Breadth-first: pages at levels < depth are processed; a processed 2xx HTML page maps
-        to every link on it; links of skipped types (images, CSS, JS) are listed, never followed."""
+        to every link on it; links of skipped types (images, CSS, JS) or out of scope
+        (``follows``) are listed, never followed."""
         level = {start: 0}
         queue = [start]
         result: dict[str, list[str]] = {}
@@ -92,7 +95,8 @@ class TestSite:
             if page.links:
                 result[url] = sorted(page.links)
             for link in page.links:
-                if link not in level and level[url] + 1 < depth and not is_skip_mime(guess_mime(link)):
+                if (link not in level and level[url] + 1 < depth and follows(link)
+                        and not is_skip_mime(guess_mime(link))):
                     level[link] = level[url] + 1
                     queue.append(link)
         return result
