@@ -89,6 +89,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(10 << 20, gt=0)
     max_redirects: int = Field(10, ge=0)
     user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
+    user_agents: tuple[str, ...] = ()             # a pool to rotate through, request by request
+    host_headers: dict[str, dict[str, str]] = Field(default_factory=dict)  # by host or host:port
 
     # politeness, enforced for all workers together
     host_concurrency: int = Field(2, gt=0)        # requests in flight per host
@@ -139,6 +141,12 @@ class Settings(BaseModel):
         return (self.host_limits.get(netloc) or self.host_limits.get(name)
                 or HostLimit(concurrency=self.host_concurrency, delay=self.host_delay))
 
+    def headers_for(self, host: str) -> dict[str, str]:
+        """Extra headers for ``scheme://host[:port]`` only (by host:port or host)."""
+        netloc = host.split("://", 1)[-1]
+        name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+        return self.host_headers.get(netloc) or self.host_headers.get(name) or {}
+
     @property
     def fetch_lease(self) -> float:
         """Longest a request can take: a host slot is leased for that long at most."""
@@ -162,6 +170,7 @@ _SIMPLE_KEYS = {
     "maxRedirects": "max_redirects", "batchSize": "batch_size", "maxDeliver": "max_deliver",
     "urlQueueLimit": "url_queue_limit", "workQueueLimit": "work_queue_limit",
     "hostConcurrency": "host_concurrency", "hostLimits": "host_limits", "robots": "robots",
+    "userAgents": "user_agents", "hostHeaders": "host_headers",
     "robotsMaxFailures": "robots_max_failures",
     "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",

@@ -23,7 +23,7 @@ from shared.db import pages, visits
 from shared.db.pages import FetchedPage
 from shared.db.pool import RETRYABLE, open_pool
 from shared.messages import BadMessage, VisitMessage
-from worker.fetch import fetch, open_session
+from worker.fetch import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,9 @@ class Worker:
             elif p.cached:
                 self._spawn(self._commit_only(Done(key, ms)))
             else:
-                self._spawn(self._visit(key, ms, p.url, admission.granted[key]))
+                validators = (Validators(p.etag, p.last_modified)
+                              if p.etag or p.last_modified else None)
+                self._spawn(self._visit(key, ms, p.url, admission.granted[key], validators))
             used += 1
         return used
 
@@ -196,14 +198,16 @@ class Worker:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot) -> None:
+    async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot,
+                     validators: Validators | None = None) -> None:
         """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
         try:
             attempt = max(bus.delivery_count(m) for m in msgs)
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
                 try:
                     await asyncio.sleep(slot.wait)
-                    page = await fetch(self.session, self.settings, key[1], url)  # never raises
+                    page = await fetch(self.session, self.settings, key[1], url,  # never raises
+                                       validators)
                 except asyncio.CancelledError:  # shutting down: free the slot for others now
                     self.gate.release(slot, trouble=False, retry_after=None)
                     raise

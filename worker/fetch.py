@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import email.utils
 import logging
+import random
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +17,7 @@ from shared.config import Settings
 from shared.db.pages import FetchedPage
 from shared.links import extract_links
 from shared.mime import guess_mime, is_html, normalize_mime
-from shared.urls import canonicalize
+from shared.urls import host_key, resolve
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +69,55 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
-async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str) -> FetchedPage:
-    """Fetch and parse one page; every failure becomes a recorded outcome, never an exception."""
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What the last answer said about its version, for a conditional re-fetch."""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def request_headers(settings: Settings, url: str, validators: Validators | None) -> dict[str, str]:
+    """Headers for one request: a User-Agent (from the pool, if any), the host's own extra
+    headers (never sent to any other host, redirects included) and conditional headers."""
+    headers = dict(settings.headers_for(host_key(url)))
+    if settings.user_agents:
+        headers["User-Agent"] = random.choice(settings.user_agents)
+    if validators is not None:
+        if validators.etag:
+            headers["If-None-Match"] = validators.etag
+        if validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
+    return headers
+
+
+async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str,
+                validators: Validators | None = None) -> FetchedPage:
+    """Fetch and parse one page, following redirects one hop at a time (so each hop gets its
+    own host's headers); every failure becomes a recorded outcome, never an exception."""
     try:
-        async with session.get(url, allow_redirects=True,
-                               max_redirects=settings.max_redirects) as resp:
-            mime = normalize_mime(resp.headers.get("Content-Type"))
-            final = canonicalize(str(resp.url))
-            chain = tuple(canonicalize(str(h.url)) for h in resp.history)
-            status = resp.status
-            links: tuple[tuple[str, str], ...] = ()
-            if 200 <= status < 300 and is_html(mime):
-                body = await _read_capped(resp, settings.max_body_bytes)
-                found = extract_links(body, final, encoding=resp.charset)
-                links = tuple((u, guess_mime(u)) for u in found)
-            error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
-            retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-            # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
-            # without an answer (timeouts, refused connections, oversize bodies) are tried again.
-            return FetchedPage(url_id, status, mime, error, cacheable=True,
-                               final_url=final if final != url else None, redirects=chain,
-                               links=links, retry_after=retry_after)
+        chain: list[str] = []
+        current = url
+        for _ in range(settings.max_redirects + 1):
+            headers = request_headers(settings, current, validators if not chain else None)
+            async with session.get(current, allow_redirects=False, headers=headers) as resp:
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECTS and location:
+                    nxt = resolve(current, location)
+                    if nxt is None:
+                        return FetchedPage(url_id, resp.status, None,
+                                           f"redirect to an unsupported URL: {location}",
+                                           cacheable=True, redirects=tuple(chain))
+                    chain.append(current)
+                    current = nxt
+                    continue
+                return await _answer(resp, settings, url_id, url, current, tuple(chain))
+        return FetchedPage(url_id, None, None, f"more than {settings.max_redirects} redirects",
+                           cacheable=False, redirects=tuple(chain))
     except BodyTooLarge as e:
         return FetchedPage(url_id, None, None, str(e), cacheable=False)
-    except aiohttp.TooManyRedirects:
-        return FetchedPage(url_id, None, None,
-                           f"more than {settings.max_redirects} redirects", cacheable=False)
     except asyncio.TimeoutError:
         return FetchedPage(url_id, None, None, "timeout", cacheable=False)
     except aiohttp.ClientConnectorError as e:
@@ -102,5 +127,28 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
         return FetchedPage(url_id, None, None, f"{type(e).__name__}: {e}".rstrip(": "),
                            cacheable=False)
-    except (ValueError, UnicodeError) as e:  # e.g. a redirect to a malformed URL
+    except (ValueError, UnicodeError) as e:  # e.g. a malformed URL
         return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)
+
+
+async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int, url: str,
+                  final: str, chain: tuple[str, ...]) -> FetchedPage:
+    status = resp.status
+    if status == 304:  # unchanged since the stored copy: keep its type, links and validators
+        return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True)
+    mime = normalize_mime(resp.headers.get("Content-Type"))
+    links: tuple[tuple[str, str], ...] = ()
+    if 200 <= status < 300 and is_html(mime):
+        body = await _read_capped(resp, settings.max_body_bytes)
+        found = extract_links(body, final, encoding=resp.charset)
+        links = tuple((u, guess_mime(u)) for u in found)
+    error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
+    retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+    ok = 200 <= status < 300
+    # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
+    # without an answer (timeouts, refused connections, oversize bodies) are tried again.
+    return FetchedPage(url_id, status, mime, error, cacheable=True,
+                       final_url=final if final != url else None, redirects=chain,
+                       links=links, retry_after=retry_after,
+                       etag=resp.headers.get("ETag") if ok else None,
+                       last_modified=resp.headers.get("Last-Modified") if ok else None)

@@ -20,6 +20,9 @@ class FetchedPage:
     redirects: tuple[str, ...] = ()
     links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
     retry_after: float | None = None  # the server's Retry-After, in seconds
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False        # 304: the stored copy (type, links) is still current
 
     @property
     def failed(self) -> bool:
@@ -41,20 +44,30 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
     if not pages:
         return
     by_id = {p.url_id: p for p in pages}  # the same URL fetched for two jobs: keep one answer
-    ids = sorted(by_id)
+    fresh = sorted(i for i, p in by_id.items() if p.not_modified)
+    if fresh:
+        await conn.execute("""
+            UPDATE url SET crawled_on = now(), fetched_on = now(), error = NULL
+            WHERE id = ANY($1::bigint[])""", fresh)
+    ids = sorted(i for i, p in by_id.items() if not p.not_modified)
+    if not ids:
+        return
     ps = [by_id[i] for i in ids]
     await conn.execute("""
         UPDATE url SET mime = coalesce(d.mime, url.mime), status = d.status, error = d.error,
                fetched_on = now(), crawled_on = CASE WHEN d.cacheable THEN now() END,
                final_url = d.final_url,
                redirects = CASE WHEN d.redirects = '' THEN NULL
-                                ELSE string_to_array(d.redirects, E'\\n') END
+                                ELSE string_to_array(d.redirects, E'\\n') END,
+               etag = d.etag, last_modified = d.last_modified
         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[],
-                    $7::text[]) AS d(id, mime, status, error, cacheable, final_url, redirects)
+                    $7::text[], $8::text[], $9::text[])
+             AS d(id, mime, status, error, cacheable, final_url, redirects, etag, last_modified)
         WHERE url.id = d.id""",
         ids, [p.mime for p in ps], [p.status for p in ps], [p.error for p in ps],
         [p.cacheable for p in ps], [p.final_url for p in ps],
-        ["\n".join(p.redirects) for p in ps])
+        ["\n".join(p.redirects) for p in ps], [p.etag for p in ps],
+        [p.last_modified for p in ps])
     await conn.execute("DELETE FROM url_link WHERE refer_id = ANY($1::bigint[])", ids)
     link_mime: dict[str, str] = {}
     for p in ps:

@@ -58,6 +58,8 @@ class Planned:
     url: str
     reexpand: bool
     cached: bool
+    etag: str | None = None           # validators of an expired copy, for a conditional fetch
+    last_modified: str | None = None
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -78,12 +80,16 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                (p.reexpand OR {SKIP_MIME_SQL} OR
                 (u.crawled_on IS NOT NULL AND u.crawled_on >
                    CASE WHEN j.force_crawl THEN j.created_on
-                        ELSE now() - make_interval(secs => $3) END)) AS cached
+                        ELSE now() - make_interval(secs => $3) END)) AS cached,
+               CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
+               CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
+                    THEN u.last_modified END AS last_modified
         FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
         JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
         JOIN job j ON j.id = i.job_id
         JOIN url u ON u.id = i.url_id""", jobs, urls, float(cache_max_age))
-    return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"]) for r in rows]
+    return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
+                    r["last_modified"]) for r in rows]
 
 
 async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:

@@ -1,0 +1,129 @@
+"""What a request carries: User-Agent pool, per-host headers (never leaked by a redirect), and
+conditional re-fetches of expired pages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from shared.config import Settings
+from shared.embedded import free_port
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(host: str, handler: Handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port(host)
+    await web.TCPSite(runner, host, port).start()
+    return runner, f"http://{host}:{port}"
+
+
+def html(*links: str, **headers: str) -> web.Response:
+    return web.Response(text="".join(f'<a href="{u}">x</a>' for u in links),
+                        content_type="text/html", headers=headers)
+
+
+async def test_user_agent_pool(settings: Settings) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers["User-Agent"])
+        return html(*(f"/p{i}" for i in range(30))) if request.path == "/" else html()
+
+    runner, base = await serve("127.0.0.1", handle)
+    pool = ("HarvesterA/1.0 (+https://example.org/bot)", "HarvesterB/1.0 (+https://example.org/bot)")
+    stack = await Stack(settings.model_copy(update={"user_agents": pool})).start()
+    try:
+        await stack.wait_complete(await stack.post_job([base + "/"]))
+        assert len(seen) == 31 and set(seen) == set(pool)
+    finally:
+        await stack.stop()
+        await runner.cleanup()
+
+
+async def test_host_headers_never_follow_a_redirect_elsewhere(settings: Settings) -> None:
+    auth: dict[str, list[str | None]] = {"a": [], "b": []}
+
+    async def host_b(request: web.Request) -> web.Response:
+        auth["b"].append(request.headers.get("Authorization"))
+        return html()
+
+    runner_b, b = await serve("127.0.0.2", host_b)
+
+    async def host_a(request: web.Request) -> web.StreamResponse:
+        auth["a"].append(request.headers.get("Authorization"))
+        if request.path == "/":
+            return html("/away", "/here", f"{b}/direct")
+        if request.path == "/away":
+            raise web.HTTPFound(f"{b}/landing")
+        return html()
+
+    runner_a, a = await serve("127.0.0.1", host_a)
+    host_a_name = a.split("://", 1)[1]
+    configured = settings.model_copy(update={
+        "host_headers": {host_a_name: {"Authorization": "Bearer s3cret"}}})
+    stack = await Stack(configured).start()
+    try:
+        job = await stack.post_job([a + "/"])
+        await stack.wait_complete(job)
+        assert auth["a"] == ["Bearer s3cret"] * 3  # /, /away, /here
+        assert auth["b"] == [None, None]  # /landing (through the redirect) and /direct
+        assert (await stack.result(job))[a + "/"] == sorted([a + "/away", a + "/here", b + "/direct"])
+    finally:
+        await stack.stop()
+        await runner_a.cleanup()
+        await runner_b.cleanup()
+
+
+async def test_expired_pages_are_revalidated(settings: Settings) -> None:
+    requests: list[tuple[str, str | None, str | None, int]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
+        if request.path == "/" and inm == '"v1"':
+            status = 304
+        elif request.path != "/" and ims == "Wed, 21 Oct 2015 07:28:00 GMT":
+            status = 304
+        else:
+            status = 200
+        requests.append((request.path, inm, ims, status))
+        if status == 304:
+            return web.Response(status=304)
+        if request.path == "/":
+            return html("/old", "/other", ETag='"v1"')
+        return html("/", **{"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"})
+
+    runner, base = await serve("127.0.0.1", handle)
+    stack = await Stack(settings.model_copy(update={"cache_max_age": 1.0})).start()
+    try:
+        first = await stack.post_job([base + "/"])
+        await stack.wait_complete(first)
+        assert [r[3] for r in requests] == [200, 200, 200]
+        await asyncio.sleep(1.2)  # the cached copies expire
+        second = await stack.post_job([base + "/"])
+        st = await stack.wait_complete(second)
+        revalidated = sorted(r for r in requests[3:])
+        assert revalidated == sorted([("/", '"v1"', None, 304),
+                                      ("/old", None, "Wed, 21 Oct 2015 07:28:00 GMT", 304),
+                                      ("/other", None, "Wed, 21 Oct 2015 07:28:00 GMT", 304)])
+        assert await stack.result(second) == await stack.result(first)  # links reused, not parsed
+        assert st["pages"]["fetched"] == 3 and st["pages"]["failed"] == 0
+        third = await stack.post_job([base + "/"])
+        await stack.wait_complete(third)
+        assert len(requests) == 6, "a 304 must refresh the cache time"
+        forced = await stack.post_job([base + "/"], forceCrawl="1")
+        await stack.wait_complete(forced)
+        assert [r[1:] for r in requests[6:]] == [(None, None, 200)] * 3  # forceCrawl: full fetch
+    finally:
+        await stack.stop()
+        await runner.cleanup()
