@@ -40,15 +40,16 @@ def parse_job_body(text: str) -> list[str]:
     return list(urls)
 
 
-def parse_force(query: web.Request) -> bool:
-    if "forceCrawl" not in query.query:
+def parse_flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: present (or 1/true/yes/on) is on; 0/false/no/off is off."""
+    if name not in request.query:
         return False
-    value = query.query["forceCrawl"].strip().lower()
+    value = request.query[name].strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise BadRequest(f"Invalid forceCrawl: {query.query['forceCrawl']} (use 1/true or 0/false)")
+    raise BadRequest(f"Invalid {name}: {request.query[name]} (use 1/true or 0/false)")
 
 
 def parse_depth(request: web.Request, settings: Settings) -> int:
@@ -100,7 +101,8 @@ async def schedule(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_request_bytes:
         raise PayloadTooLarge(f"Request body larger than {settings.max_request_bytes} bytes")
-    force = parse_force(request)
+    force = parse_flag(request, "forceCrawl")
+    sitemaps = parse_flag(request, "sitemaps")
     depth = parse_depth(request, settings)
     scope, max_pages = parse_scope(request)
     body = await _read_body(request, settings.max_request_bytes)
@@ -110,7 +112,8 @@ async def schedule(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     js = deps.js  # 503 now, before creating anything, if NATS is away
     async with deps.pool.acquire() as conn, conn.transaction():
-        job_id, url_ids = await jobs.create_job(conn, urls, depth, force, scope, max_pages)
+        job_id, url_ids = await jobs.create_job(conn, urls, depth, force, scope, max_pages,
+                                                sitemaps)
     # The job's URLs are committed as pending visits (the outbox). Publish them now, so the reply
     # means "queued"; if NATS refuses, take the job back instead of accepting what cannot run.
     published = await feed(deps.pool, js, settings.url_topic, len(url_ids), job_id)

@@ -23,6 +23,8 @@ from shared.db import pages, visits
 from shared.db.pages import FetchedPage
 from shared.db.pool import RETRYABLE, open_pool
 from shared.messages import BadMessage, VisitMessage
+from shared.mime import guess_mime
+from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
 
@@ -39,6 +41,7 @@ class Done:
     page: FetchedPage | None = None
     attempts: int = 0
     reason: str | None = None  # not fetched, and why (robots.txt)
+    extra: tuple[str, ...] = ()  # URLs to follow that are not links on the page (sitemaps)
     settled: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -90,6 +93,7 @@ class Committer:
         fetched = {d.key: d.page for d in batch if d.page is not None}
         tries = {d.key: d.attempts for d in batch}
         reasons = {d.key: d.reason for d in batch if d.reason}
+        extra_urls = {d.key: d.extra for d in batch if d.extra}
         for attempt in range(attempts):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -99,7 +103,13 @@ class Committer:
                     outcomes: dict[Key, visits.Outcome] = {
                         k: ("fetched" if k in fetched else "blocked" if k in reasons else "cached")
                         for k in keys}
-                    await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons)
+                    extra: dict[Key, list[int]] = {}
+                    if extra_urls:
+                        ids = await pages.upsert_urls(
+                            conn, {u: guess_mime(u) for us in extra_urls.values() for u in us})
+                        extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
+                    await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
+                                          extra=extra)
                     return
             except RETRYABLE:
                 if attempt == attempts - 1:
@@ -183,7 +193,9 @@ class Worker:
             else:
                 validators = (Validators(p.etag, p.last_modified)
                               if p.etag or p.last_modified else None)
-                self._spawn(self._visit(key, ms, p.url, admission.granted[key], validators))
+                sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
+                self._spawn(self._visit(key, ms, p.url, admission.granted[key], validators,
+                                        sitemaps))
             used += 1
         return used
 
@@ -199,7 +211,7 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
 
     async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot,
-                     validators: Validators | None = None) -> None:
+                     validators: Validators | None = None, sitemaps: bool = False) -> None:
         """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
         try:
             attempt = max(bus.delivery_count(m) for m in msgs)
@@ -222,7 +234,11 @@ class Worker:
             log.info("fetched %s: %s", url, page.error or page.status)
             if self.settings.work_delay:
                 await asyncio.sleep(self.settings.work_delay)
-            await self.committer.submit(Done(key, msgs, page, attempt))
+            extra: tuple[str, ...] = ()
+            if sitemaps and self.settings.robots and not page.failed:
+                async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                    extra = tuple(await self.gate.sitemap_urls(host_key(url)))
+            await self.committer.submit(Done(key, msgs, page, attempt, extra=extra))
         finally:
             self.slots.release()
 

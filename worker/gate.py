@@ -19,6 +19,7 @@ from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
 from shared.robots import RobotsRules, agent_token, rules_for
+from shared.sitemaps import parse_sitemap
 from shared.urls import host_key
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,32 @@ class HostGate:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             log.info("robots.txt of %s unreachable: %s", host, e)
             return None, None
+
+    async def sitemap_urls(self, host: str, limit: int = 50_000, max_sitemaps: int = 10) -> list[str]:
+        """Pages listed by the sitemaps that the host's robots.txt names (indexes followed one
+        level down); at most ``max_sitemaps`` sitemap requests."""
+        async with self.pool.acquire() as conn:
+            known = (await hosts.robots(conn, [host])).get(host)
+        if known is None or known.fetched_on is None:
+            return []
+        todo = rules_for(known.status, known.body).sitemaps()
+        urls: list[str] = []
+        for n, where in enumerate(todo):
+            if n >= max_sitemaps or len(urls) >= limit:
+                break
+            try:
+                async with self.session.get(where, allow_redirects=True, max_redirects=5) as resp:
+                    if resp.status != 200:
+                        continue
+                    body = await resp.content.read(self.settings.max_body_bytes)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                log.info("sitemap %s unreachable: %s", where, e)
+                continue
+            found = parse_sitemap(body, where)
+            urls += found.urls
+            if n < 1:  # an index at the top level: read its sitemaps too
+                todo += found.sitemaps
+        return urls[:limit]
 
     def release(self, slot: Slot, trouble: bool, retry_after: float | None) -> None:
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))

@@ -37,15 +37,16 @@ class JobStatus:
 
 async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
                      force_crawl: bool, scope: Scope = Scope(),
-                     max_pages: int | None = None) -> tuple[int, list[int]]:
+                     max_pages: int | None = None, sitemaps: bool = False) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
     Run it in a transaction: the job is either wholly there or not at all.
     """
     job_id = await conn.fetchval("""
-        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages)
-        VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-        max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages)
+        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+        max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
+        sitemaps)
     from shared.db.pages import upsert_urls  # noqa: PLC0415 (keeps module import graph flat)
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]

@@ -60,6 +60,9 @@ class Planned:
     cached: bool
     etag: str | None = None           # validators of an expired copy, for a conditional fetch
     last_modified: str | None = None
+    level: int = 0
+    max_level: int = 0
+    sitemaps: bool = False            # the job reads its job URLs' sitemaps
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -83,13 +86,15 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                         ELSE now() - make_interval(secs => $3) END)) AS cached,
                CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
                CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
-                    THEN u.last_modified END AS last_modified
+                    THEN u.last_modified END AS last_modified,
+               v.level, j.max_level, j.sitemaps
         FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
         JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
+        JOIN job_visit v ON v.job_id = i.job_id AND v.url_id = i.url_id
         JOIN job j ON j.id = i.job_id
         JOIN url u ON u.id = i.url_id""", jobs, urls, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
-                    r["last_modified"]) for r in rows]
+                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"]) for r in rows]
 
 
 async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:
@@ -113,13 +118,15 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
 
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                    outcomes: dict[Key, Outcome], attempts: dict[Key, int] | None = None,
-                   reasons: dict[Key, str] | None = None) -> list[Key]:
+                   reasons: dict[Key, str] | None = None,
+                   extra: dict[Key, list[int]] | None = None) -> list[Key]:
     """Record locked visits as processed; return the visits newly queued.
 
     Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
     their ``url`` and ``url_link`` rows), so links, results, failures, children and counters
     commit together. A page fails if its URL's last fetch failed (``url.error``) or if
     ``reasons`` gives a reason (work abandoned); ``attempts`` counts its fetches in this job.
+    ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps).
     """
     if not pages:
         return []
@@ -140,7 +147,8 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     await conn.execute("""
         DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", jobs, urls)
-    queued = await _queue_children(conn, [p for p in expanding if p.level + 1 < p.max_level])
+    queued = await _queue_children(conn, [p for p in expanding if p.level + 1 < p.max_level],
+                                   extra or {})
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
 
@@ -164,9 +172,10 @@ async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
     return {(r["job_id"], r["url_id"]) for r in rows}
 
 
-async def _queue_children(conn: asyncpg.Connection,
-                          parents: Sequence[Pending]) -> list[tuple[int, int, int]]:
-    """Add the parents' links as visits at level+1; returns (job, url, origin) newly pending."""
+async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
+                          extra: dict[Key, list[int]]) -> list[tuple[int, int, int]]:
+    """Add the parents' links (and ``extra`` URLs) as visits at level+1; returns
+    (job, url, origin) newly pending."""
     if not parents:
         return []
     children = await conn.fetch(f"""
@@ -181,6 +190,8 @@ async def _queue_children(conn: asyncpg.Connection,
         ORDER BY p.job_id, l.url_id, p.level, p.origin_id""",
         [p.job_id for p in parents], [p.url_id for p in parents],
         [p.level for p in parents], [p.origin_id for p in parents], list(range(len(parents))))
+    if extra:
+        children = _nearest(list(children) + await _extra_children(conn, parents, extra))
     children = [c for c in children
                 if parents[c["i"]].scope.unlimited
                 or parents[c["i"]].scope.follows(c["url"], parents[c["i"]].origin_url)]
@@ -217,6 +228,35 @@ async def _queue_children(conn: asyncpg.Connection,
         [r["origin_id"] for r in todo], [r["refer_id"] for r in todo],
         [(r["job_id"], r["url_id"]) in lowered for r in todo])
     return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
+
+
+async def _extra_children(conn: asyncpg.Connection, parents: Sequence[Pending],
+                          extra: dict[Key, list[int]]) -> list[asyncpg.Record]:
+    index = {p.key: i for i, p in enumerate(parents)}
+    pairs = [(index[k], u) for k, us in extra.items() if k in index for u in us]
+    if not pairs:
+        return []
+    return list(await conn.fetch(f"""
+        SELECT p.job_id, u.id AS url_id, p.level + 1 AS level, p.origin_id,
+               p.url_id AS refer_id, u.url, x.i
+        FROM unnest($1::int[], $2::bigint[]) AS x(i, url_id)
+        JOIN unnest($3::bigint[], $4::bigint[], $5::int[], $6::bigint[], $7::int[])
+             AS p(job_id, url_id, level, origin_id, i) ON p.i = x.i
+        JOIN url u ON u.id = x.url_id
+        WHERE NOT {SKIP_MIME_SQL}""",
+        [i for i, _ in pairs], [u for _, u in pairs],
+        [p.job_id for p in parents], [p.url_id for p in parents], [p.level for p in parents],
+        [p.origin_id for p in parents], list(range(len(parents)))))
+
+
+def _nearest(rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """One candidate per (job, url): the one at the lowest level."""
+    best: dict[Key, asyncpg.Record] = {}
+    for r in rows:
+        k = (r["job_id"], r["url_id"])
+        if k not in best or (r["level"], r["origin_id"]) < (best[k]["level"], best[k]["origin_id"]):
+            best[k] = r
+    return [best[k] for k in sorted(best)]
 
 
 async def _cap_pages(conn: asyncpg.Connection, parents: Sequence[Pending],

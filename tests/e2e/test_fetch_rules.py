@@ -127,3 +127,43 @@ async def test_expired_pages_are_revalidated(settings: Settings) -> None:
     finally:
         await stack.stop()
         await runner.cleanup()
+
+
+async def test_sitemaps_from_robots_txt(settings: Settings) -> None:
+    hits: list[str] = []
+    holder: dict[str, str] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        b = holder["base"]
+        if request.path == "/robots.txt":
+            return web.Response(text=f"User-agent: *\nAllow: /\nSitemap: {b}/index.xml\n")
+        if request.path == "/index.xml":
+            return web.Response(text=f'<sitemapindex xmlns="http://www.sitemaps.org/schemas/'
+                                f'sitemap/0.9"><sitemap><loc>{b}/pages.xml</loc></sitemap>'
+                                f'</sitemapindex>', content_type="application/xml")
+        if request.path == "/pages.xml":
+            return web.Response(text=f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+                                f'<url><loc>{b}/hidden</loc></url><url><loc>{b}/a</loc></url>'
+                                f'<url><loc>http://elsewhere.example/x</loc></url></urlset>',
+                                content_type="application/xml")
+        if request.path == "/hidden":
+            return html("/deep")
+        return html("/a") if request.path == "/" else html()
+
+    runner, base = await serve("127.0.0.1", handle)
+    holder["base"] = base
+    stack = await Stack(settings.model_copy(update={"robots": True})).start()
+    try:
+        plain = await stack.post_job([base + "/"])
+        await stack.wait_complete(plain)
+        assert "/hidden" not in hits and "/index.xml" not in hits
+        job = await stack.post_job([base + "/"], sitemaps="1", forceCrawl="1")
+        st = await stack.wait_complete(job)
+        assert hits.count("/hidden") == 1 and hits.count("/pages.xml") == 1
+        assert await stack.result(job) == {base + "/": [base + "/a"],  # only real links
+                                           base + "/hidden": [base + "/deep"]}
+        assert st["pages"]["processed"] == 3  # /, /a (linked and in the sitemap), /hidden
+    finally:
+        await stack.stop()
+        await runner.cleanup()

@@ -1,0 +1,29 @@
+"""Sitemap parsing: urlsets, indexes, gzip, other hosts, relative and malformed entries."""
+
+from __future__ import annotations
+
+import gzip
+
+from shared.sitemaps import parse_sitemap
+
+NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
+
+
+def test_urlset_keeps_own_host_pages_canonical() -> None:
+    body = (f'<urlset {NS}><url><loc> HTTP://H.example/a#x </loc></url><url><loc>/b</loc></url>'
+            '<url><loc>http://other.example/c</loc></url><url><loc>mailto:x@y</loc></url>'
+            '</urlset>').encode()
+    found = parse_sitemap(body, "http://h.example/sitemap.xml")
+    assert found.urls == ["http://h.example/a", "http://h.example/b"] and found.sitemaps == []
+
+
+def test_index_and_gzip() -> None:
+    body = gzip.compress(f'<sitemapindex {NS}><sitemap><loc>http://h.example/s1.xml.gz</loc>'
+                         '</sitemap></sitemapindex>'.encode())
+    found = parse_sitemap(body, "http://h.example/index.xml")
+    assert found.sitemaps == ["http://h.example/s1.xml.gz"] and found.urls == []
+
+
+def test_malformed_xml_gives_what_was_read() -> None:
+    body = f'<urlset {NS}><url><loc>http://h.example/a</loc></url><url><loc>'.encode()
+    assert parse_sitemap(body, "http://h.example/s.xml").urls == ["http://h.example/a"]
