@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -19,7 +18,6 @@ from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
 from shared.db.pool import RETRYABLE, open_pool
-from shared.messages import BadMessage, VisitMessage
 from shared.outbox import feed
 
 log = logging.getLogger(__name__)
@@ -57,13 +55,7 @@ class Foreman:
     async def handle(self, msgs: list[Msg]) -> int:
         """Process one batch; every message is settled exactly once before this returns.
         Returns how many visits were forwarded to the work queue."""
-        by_key: dict[Key, list[Msg]] = defaultdict(list)
-        for m in msgs:
-            try:
-                by_key[VisitMessage.decode(m.data).key].append(m)
-            except BadMessage as e:
-                log.error("%s", e)
-                await bus.settle(m, Settle(Verdict.TERM))
+        by_key = await bus.group_visits(msgs)
         if not by_key:
             return 0
         forwarded = 0

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import random
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
                          RetentionPolicy, StorageType, StreamConfig)
 
 from shared.config import Settings, stream_name
-from shared.messages import VisitMessage
+from shared.messages import BadMessage, VisitMessage
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,19 @@ async def supervise(tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event) ->
     failed = next(iter(done))
     exc = failed.exception() if not failed.cancelled() else None
     raise RuntimeError(f"task {failed.get_name()} ended unexpectedly") from exc
+
+
+async def group_visits(msgs: Sequence[Msg]) -> dict[tuple[int, int], list[Msg]]:
+    """Messages by the visit they name (a batch may hold duplicates); an undecodable message is
+    terminated here, logged once."""
+    by_key: dict[tuple[int, int], list[Msg]] = defaultdict(list)
+    for m in msgs:
+        try:
+            by_key[VisitMessage.decode(m.data).key].append(m)
+        except BadMessage as e:
+            log.error("%s", e)
+            await settle(m, Settle(Verdict.TERM))
+    return by_key
 
 
 class Verdict(enum.Enum):

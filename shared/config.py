@@ -136,16 +136,12 @@ class Settings(BaseModel):
 
     def host_limit(self, host: str) -> HostLimit:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
-        netloc = host.split("://", 1)[-1]
-        name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-        return (self.host_limits.get(netloc) or self.host_limits.get(name)
+        return (_per_host(self.host_limits, host)
                 or HostLimit(concurrency=self.host_concurrency, delay=self.host_delay))
 
     def headers_for(self, host: str) -> dict[str, str]:
         """Extra headers for ``scheme://host[:port]`` only (by host:port or host)."""
-        netloc = host.split("://", 1)[-1]
-        name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-        return self.host_headers.get(netloc) or self.host_headers.get(name) or {}
+        return _per_host(self.host_headers, host) or {}
 
     @property
     def fetch_lease(self) -> float:
@@ -155,6 +151,13 @@ class Settings(BaseModel):
     @property
     def stream_names(self) -> tuple[str, str]:
         return stream_name(self.url_topic), stream_name(self.work_topic)
+
+
+def _per_host(table: Mapping[str, Any], host: str) -> Any:
+    """The entry for ``scheme://host[:port]`` keyed by "host:port", else by "host"."""
+    netloc = host.split("://", 1)[-1]
+    name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+    return table.get(netloc) or table.get(name)
 
 
 def stream_name(topic: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -22,7 +21,6 @@ from shared.config import Settings
 from shared.db import pages, visits
 from shared.db.pages import FetchedPage
 from shared.db.pool import RETRYABLE, open_pool
-from shared.messages import BadMessage, VisitMessage
 from shared.mime import guess_mime
 from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
@@ -145,13 +143,7 @@ class Worker:
 
     async def _dispatch(self, msgs: list[Msg]) -> int:
         """Start a task per distinct visit still pending; returns how many slots they hold."""
-        by_key: dict[Key, list[Msg]] = defaultdict(list)
-        for m in msgs:
-            try:
-                by_key[VisitMessage.decode(m.data).key].append(m)
-            except BadMessage as e:
-                log.error("%s", e)
-                await bus.settle(m, Settle(Verdict.TERM))
+        by_key = await bus.group_visits(msgs)
         if not by_key:
             return 0
         try:

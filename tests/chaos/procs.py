@@ -19,6 +19,7 @@ from aiohttp import web
 
 from shared.config import Settings
 from shared.embedded import free_port
+from tests.servers import serve
 
 
 class Tiers:
@@ -134,13 +135,7 @@ class GraphSite:
         return sorted(urls)
 
     async def start(self) -> GraphSite:
-        app = web.Application()
-        app.router.add_get("/p/{i}.html", self._page)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.base = f"http://127.0.0.1:{port}"
+        self.runner, self.base = await serve(self._page, route="/p/{i}.html")
         return self
 
     async def _page(self, request: web.Request) -> web.Response:

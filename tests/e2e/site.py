@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from shared.mime import guess_mime, is_skip_mime
+from tests.servers import serve
 
 
 @dataclass
@@ -47,15 +48,9 @@ class TestSite:
         return self
 
     async def _serve(self, host: str) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
+        runner, base = await serve(self._handle, host)
         self.runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://{host}:{port}"
+        return base
 
     async def stop(self) -> None:
         for r in self.runners:

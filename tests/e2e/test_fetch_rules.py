@@ -4,29 +4,14 @@ conditional re-fetches of expired pages."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-
 import pytest
 from aiohttp import web
 
 from shared.config import Settings
-from shared.embedded import free_port
 from tests.e2e.stack import Stack
+from tests.servers import serve
 
 pytestmark = pytest.mark.e2e
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def serve(host: str, handler: Handler) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port(host)
-    await web.TCPSite(runner, host, port).start()
-    return runner, f"http://{host}:{port}"
-
 
 def html(*links: str, **headers: str) -> web.Response:
     return web.Response(text="".join(f'<a href="{u}">x</a>' for u in links),
@@ -40,7 +25,7 @@ async def test_user_agent_pool(settings: Settings) -> None:
         seen.append(request.headers["User-Agent"])
         return html(*(f"/p{i}" for i in range(30))) if request.path == "/" else html()
 
-    runner, base = await serve("127.0.0.1", handle)
+    runner, base = await serve(handle, "127.0.0.1")
     pool = ("HarvesterA/1.0 (+https://example.org/bot)", "HarvesterB/1.0 (+https://example.org/bot)")
     stack = await Stack(settings.model_copy(update={"user_agents": pool})).start()
     try:
@@ -58,7 +43,7 @@ async def test_host_headers_never_follow_a_redirect_elsewhere(settings: Settings
         auth["b"].append(request.headers.get("Authorization"))
         return html()
 
-    runner_b, b = await serve("127.0.0.2", host_b)
+    runner_b, b = await serve(host_b, "127.0.0.2")
 
     async def host_a(request: web.Request) -> web.StreamResponse:
         auth["a"].append(request.headers.get("Authorization"))
@@ -68,7 +53,7 @@ async def test_host_headers_never_follow_a_redirect_elsewhere(settings: Settings
             raise web.HTTPFound(f"{b}/landing")
         return html()
 
-    runner_a, a = await serve("127.0.0.1", host_a)
+    runner_a, a = await serve(host_a, "127.0.0.1")
     host_a_name = a.split("://", 1)[1]
     configured = settings.model_copy(update={
         "host_headers": {host_a_name: {"Authorization": "Bearer s3cret"}}})
@@ -103,7 +88,7 @@ async def test_expired_pages_are_revalidated(settings: Settings) -> None:
             return html("/old", "/other", ETag='"v1"')
         return html("/", **{"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"})
 
-    runner, base = await serve("127.0.0.1", handle)
+    runner, base = await serve(handle, "127.0.0.1")
     stack = await Stack(settings.model_copy(update={"cache_max_age": 1.0})).start()
     try:
         first = await stack.post_job([base + "/"])
@@ -151,7 +136,7 @@ async def test_sitemaps_from_robots_txt(settings: Settings) -> None:
             return html("/deep")
         return html("/a") if request.path == "/" else html()
 
-    runner, base = await serve("127.0.0.1", handle)
+    runner, base = await serve(handle, "127.0.0.1")
     holder["base"] = base
     stack = await Stack(settings.model_copy(update={"robots": True})).start()
     try:

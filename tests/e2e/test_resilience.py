@@ -19,6 +19,7 @@ from shared.config import Settings, stream_name
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
+from tests.servers import serve
 from worker.crawl import run as run_worker
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +37,7 @@ class Scripted:
         self.base = ""
 
     async def __aenter__(self) -> Scripted:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.base = f"http://127.0.0.1:{port}"
+        self.runner, self.base = await serve(self._handle)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
