@@ -230,13 +230,6 @@ async def settle(msg: Msg, outcome: Settle) -> None:
         log.debug("could not settle message (%s): it will be redelivered", e)
 
 
-def delivery_count(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered or 1)
-    except Exception:  # noqa: BLE001 - a message without metadata was delivered once
-        return 1
-
-
 def retry_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with jitter: about base, 2*base, 4*base ... capped."""
     return min(cap, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)

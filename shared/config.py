@@ -50,13 +50,13 @@ class HostLimit(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    concurrency: int = Field(2, gt=0)
-    delay: float = Field(0.5, ge=0)
+    concurrency: int | None = Field(None, gt=0)  # None: hostConcurrency
+    delay: float | None = Field(None, ge=0)      # None: hostDelay
 
     @field_validator("delay", mode="before")
     @classmethod
-    def _duration(cls, v: Any) -> float:
-        return parse_go_duration(v)
+    def _duration(cls, v: Any) -> float | None:
+        return None if v is None else parse_go_duration(v)
 
 
 class Settings(BaseModel):
@@ -136,8 +136,9 @@ class Settings(BaseModel):
 
     def host_limit(self, host: str) -> HostLimit:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
-        return (_per_host(self.host_limits, host)
-                or HostLimit(concurrency=self.host_concurrency, delay=self.host_delay))
+        own = _per_host(self.host_limits, host) or HostLimit()
+        return HostLimit(concurrency=own.concurrency or self.host_concurrency,
+                         delay=self.host_delay if own.delay is None else own.delay)
 
     def headers_for(self, host: str) -> dict[str, str]:
         """Extra headers for ``scheme://host[:port]`` only (by host:port or host)."""

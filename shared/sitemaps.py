@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -17,11 +18,16 @@ class Sitemap:
     sitemaps: list[str] = field(default_factory=list)  # nested sitemaps (from an index)
 
 
-def parse_sitemap(body: bytes, where: str) -> Sitemap:
-    """Pages and nested sitemaps listed in ``body`` (gzipped or not), canonical, on the
-    sitemap's own host (the protocol forbids others); malformed XML gives what was read."""
+def parse_sitemap(body: bytes, where: str, max_bytes: int = 50 << 20) -> Sitemap:
+    """Pages and nested sitemaps listed in ``body`` (gzipped or not, read up to ``max_bytes``
+    once expanded), canonical, on the sitemap's own host (the protocol forbids others);
+    malformed or truncated XML gives what was read."""
     if body[:2] == b"\x1f\x8b":
-        body = gzip.decompress(body)
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+                body = f.read(max_bytes)
+        except (OSError, EOFError):
+            return Sitemap()
     out = Sitemap()
     home = host_key(where)
     parser = ET.XMLPullParser(events=("end",))

@@ -187,7 +187,7 @@ class Worker:
                               if p.etag or p.last_modified else None)
                 sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
                 self._spawn(self._visit(key, ms, p.url, admission.granted[key], validators,
-                                        sitemaps))
+                                        sitemaps, p.attempts + 1))
             used += 1
         return used
 
@@ -203,10 +203,10 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
 
     async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot,
-                     validators: Validators | None = None, sitemaps: bool = False) -> None:
+                     validators: Validators | None = None, sitemaps: bool = False,
+                     attempt: int = 1) -> None:
         """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
         try:
-            attempt = max(bus.delivery_count(m) for m in msgs)
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
                 try:
                     await asyncio.sleep(slot.wait)
@@ -215,13 +215,15 @@ class Worker:
                 except asyncio.CancelledError:  # shutting down: free the slot for others now
                     self.gate.release(slot, trouble=False, retry_after=None)
                     raise
-            self.gate.release(slot, page.retryable, page.retry_after)
+            trouble = page.status in (429, 503) or (page.status is None and page.retryable)
+            retry_after = (min(page.retry_after, self.settings.max_retry_after)
+                           if page.retry_after is not None else None)
+            self.gate.release(slot, trouble, retry_after)
             if page.retryable and attempt <= self.settings.retries:
                 delay = self._backoff(page, attempt)
                 log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
                          url, page.error or page.status, attempt, delay)
-                for m in msgs:
-                    await bus.settle(m, Settle(Verdict.RETRY, delay))
+                await self._retry_later(key, msgs, delay)
                 return
             log.info("fetched %s: %s", url, page.error or page.status)
             if self.settings.work_delay:
@@ -233,6 +235,18 @@ class Worker:
             await self.committer.submit(Done(key, msgs, page, attempt, extra=extra))
         finally:
             self.slots.release()
+
+    async def _retry_later(self, key: Key, msgs: list[Msg], delay: float) -> None:
+        """Back to the frontier with the attempt counted; the message is done with."""
+        try:
+            async with self.pool.acquire() as conn:
+                await visits.retry_later(conn, key, delay)
+            verdict = Settle(Verdict.ACK)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot put %s back (%s); it will be redelivered", key, e)
+            verdict = Settle(Verdict.RETRY, delay)
+        for m in msgs:
+            await bus.settle(m, verdict)
 
     def _backoff(self, page: FetchedPage, attempt: int) -> float:
         s = self.settings

@@ -155,7 +155,7 @@ class HostGate:
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 log.info("sitemap %s unreachable: %s", where, e)
                 continue
-            found = parse_sitemap(body, where)
+            found = parse_sitemap(body, where, self.settings.max_body_bytes)
             urls += found.urls
             if n < 1:  # an index at the top level: read its sitemaps too
                 todo += found.sitemaps

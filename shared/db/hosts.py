@@ -102,6 +102,9 @@ async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
                    robots_failures = 0, robots_fetching_until = NULL WHERE host = $1""",
             host, status, body)
     else:
+        # Nobody tries again before a pause that doubles with each failure (at most a minute).
         await conn.execute("""
-            UPDATE host SET robots_failures = robots_failures + 1, robots_fetching_until = NULL
+            UPDATE host SET robots_failures = robots_failures + 1,
+                   robots_fetching_until = clock_timestamp()
+                       + make_interval(secs => least(60, 2 ^ robots_failures))
             WHERE host = $1""", host)

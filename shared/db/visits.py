@@ -63,6 +63,7 @@ class Planned:
     level: int = 0
     max_level: int = 0
     sitemaps: bool = False            # the job reads its job URLs' sitemaps
+    attempts: int = 0                 # failed fetch attempts so far in this job
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -87,14 +88,15 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
                CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
                     THEN u.last_modified END AS last_modified,
-               v.level, j.max_level, j.sitemaps
+               v.level, j.max_level, j.sitemaps, p.attempts
         FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
         JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
         JOIN job_visit v ON v.job_id = i.job_id AND v.url_id = i.url_id
         JOIN job j ON j.id = i.job_id
         JOIN url u ON u.id = i.url_id""", jobs, urls, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
-                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"]) for r in rows]
+                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"])
+            for r in rows]
 
 
 async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:
@@ -353,6 +355,16 @@ async def defer(conn: asyncpg.Connection, due: dict[Key, datetime]) -> None:
         FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""",
         [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
+
+
+async def retry_later(conn: asyncpg.Connection, key: Key, delay: float) -> None:
+    """Count a failed attempt on the visit and put it back in the frontier for ``delay``
+    seconds. Counting here, not in JetStream's delivery count, keeps the count across the
+    re-publications that deferral and retries cause."""
+    await conn.execute("""
+        UPDATE job_pending SET attempts = attempts + 1, published_on = NULL,
+               due = now() + make_interval(secs => $3)
+        WHERE job_id = $1 AND url_id = $2""", key[0], key[1], delay)
 
 
 async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int) -> int:

@@ -105,6 +105,27 @@ async def test_server_errors_are_retried_then_recorded(stack: Stack, settings: S
         assert site.base + "/broken" in (await stack.result(job))[site.base + "/"]
 
 
+async def test_a_failing_host_still_lets_the_job_finish(settings: Settings) -> None:
+    # Every page of the host answers 503: the host backs off, visits are deferred and retried,
+    # yet each visit gets exactly 1 + retries attempts, counted across re-publications.
+    async def down(_: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    pages: dict[str, Handler] = {"/": lambda r, n: html(*(f"/e{i}" for i in range(4)))}
+    pages |= {f"/e{i}": down for i in range(4)}
+    polite = settings.model_copy(update={"host_concurrency": 1, "host_backoff_base": 0.05,
+                                         "host_backoff_cap": 0.4, "retry_base": 0.05})
+    async with Scripted(pages) as site:
+        stack = await Stack(polite).start()
+        try:
+            job = await stack.post_job([site.base + "/"])
+            st = await stack.wait_complete(job, timeout=60)
+            assert st["pages"]["failed"] == 4
+            assert all(site.hits[f"/e{i}"] == settings.retries + 1 for i in range(4)), site.hits
+        finally:
+            await stack.stop()
+
+
 async def test_timeouts_are_retried_then_recorded(stack: Stack, settings: Settings) -> None:
     closed = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
 

@@ -107,3 +107,12 @@ def test_up_reports_bad_config_before_starting_anything(tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "maxLevel" not in r.stdout
     assert "config error" in r.stderr and "max_level" in r.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_host_limits_inherit_the_defaults() -> None:
+    s = load_settings(None, env={}, host_concurrency=3, host_delay=0.25,
+                      host_limits={"a.example": {"delay": "1s"}, "b.example:8080": {"concurrency": 9}})
+    assert (s.host_limit("http://a.example").concurrency, s.host_limit("http://a.example").delay) == (3, 1.0)
+    assert (s.host_limit("http://b.example:8080").concurrency,
+            s.host_limit("http://b.example:8080").delay) == (9, 0.25)
+    assert s.host_limit("http://b.example").concurrency == 3  # another port: not that entry
