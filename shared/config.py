@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import ConfigError
 
@@ -126,13 +126,6 @@ class Settings(BaseModel):
     def _root(cls, v: str) -> str:
         v = "/" + v.strip("/")
         return v
-
-    @model_validator(mode="after")
-    def _deliveries_cover_retries(self) -> Settings:
-        if self.max_deliver <= self.retries + 1:
-            raise ValueError(f"maxDeliver ({self.max_deliver}) must exceed retries + 1 "
-                             f"({self.retries + 1}), or failed fetches could not be recorded")
-        return self
 
     def host_limit(self, host: str) -> HostLimit:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
