@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -150,46 +151,27 @@ class Worker:
             async with self.pool.acquire() as conn:
                 planned = {(p.job_id, p.url_id): p for p in
                            await visits.plan(conn, list(by_key), self.settings.cache_max_age)}
-        except (*RETRYABLE, asyncpg.PostgresError) as e:
-            log.warning("cannot plan %d visits (%s); will be redelivered", len(by_key), e)
-            for ms in by_key.values():
-                for m in ms:
-                    await bus.settle(m, Settle(Verdict.RETRY, 1.0))
-            return 0
-        for key in [k for k in by_key if k not in planned]:
-            for m in by_key.pop(key):  # done already: a duplicate or a redelivery after a crash
-                await bus.settle(m, Settle(Verdict.ACK))
-        try:
+            done = [k for k in by_key if k not in planned]  # a duplicate, or redelivered after a crash
+            await _settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
             admission = await self.gate.admit(
                 {k: p.url for k, p in planned.items() if not p.cached and k in by_key})
-            if admission.deferred:
+            if admission.deferred:  # back in the frontier until the host is free
                 async with self.pool.acquire() as conn:
                     await visits.defer(conn, admission.deferred)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
-            log.warning("cannot admit %d visits (%s); will be redelivered", len(by_key), e)
-            for ms in by_key.values():
-                for m in ms:
-                    await bus.settle(m, Settle(Verdict.RETRY, 1.0))
+            log.warning("cannot dispatch %d visits (%s); they will be redelivered", len(by_key), e)
+            await _settle_all(by_key.values(), Settle(Verdict.RETRY, 1.0))
             return 0
-        used = 0
+        await _settle_all([by_key.pop(k) for k in admission.deferred], Settle(Verdict.ACK))
         for key, ms in by_key.items():
-            if key in admission.deferred:  # back in the frontier until its host is free
-                for m in ms:
-                    await bus.settle(m, Settle(Verdict.ACK))
-                continue
             p = planned[key]
             if key in admission.blocked:
                 self._spawn(self._commit_only(Done(key, ms, reason=admission.blocked[key])))
             elif p.cached:
                 self._spawn(self._commit_only(Done(key, ms)))
             else:
-                validators = (Validators(p.etag, p.last_modified)
-                              if p.etag or p.last_modified else None)
-                sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
-                self._spawn(self._visit(key, ms, p.url, admission.granted[key], validators,
-                                        sitemaps, p.attempts + 1))
-            used += 1
-        return used
+                self._spawn(self._visit(p, ms, admission.granted[key]))
+        return len(by_key)
 
     async def _commit_only(self, done: Done) -> None:
         try:
@@ -202,10 +184,11 @@ class Worker:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _visit(self, key: Key, msgs: list[Msg], url: str, slot: Slot,
-                     validators: Validators | None = None, sitemaps: bool = False,
-                     attempt: int = 1) -> None:
+    async def _visit(self, p: visits.Planned, msgs: list[Msg], slot: Slot) -> None:
         """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
+        key, url, attempt = (p.job_id, p.url_id), p.url, p.attempts + 1
+        validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
+        sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
         try:
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
                 try:
@@ -259,6 +242,12 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
             for t in pending:
                 t.cancel()  # not acked: redelivered to another worker
+
+
+async def _settle_all(groups: Iterable[list[Msg]], outcome: Settle) -> None:
+    for msgs in groups:
+        for m in msgs:
+            await bus.settle(m, outcome)
 
 
 class _heartbeat:
