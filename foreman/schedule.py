@@ -151,7 +151,7 @@ async def watch_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, int]:
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 

@@ -23,8 +23,15 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
-                         RetentionPolicy, StorageType, StreamConfig)
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from shared.config import Settings, stream_name
 from shared.messages import BadMessage, VisitMessage
@@ -140,7 +147,7 @@ async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: floa
     (then after a pause, so a caller's loop does not spin)."""
     try:
         return await sub.fetch(batch=batch, timeout=timeout)
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either when idle
+    except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either when idle
         return []
     except TRANSIENT as e:
         log.warning("pull failed (%s: %s); retrying", type(e).__name__, e)

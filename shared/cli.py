@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "up":
-        from shared.supervisor import up  # noqa: PLC0415 (imports the embedded servers)
+        from shared.supervisor import up
         if args.workers < 1:
             p.error("--workers must be at least 1")
         try:
@@ -57,11 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as e:
             print(f"harvester migrate: config error: {e}", file=sys.stderr)
             return 2
-        from shared.db import migrate  # noqa: PLC0415
+        from shared.db import migrate
         migrate.upgrade(settings.database_url, args.revision)
         return 0
     if args.command == "demo-site":
-        from shared.demo_site import serve  # noqa: PLC0415
+        from shared.demo_site import serve
         serve(args.host, args.port)
         return 0
     return 2

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +26,7 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
-def parse_go_duration(text: str | float | int) -> float:
+def parse_go_duration(text: str | float) -> float:
     """Seconds from a Go duration string ("24h", "1h30m", "25ms", "0"), or a number of seconds."""
     if isinstance(text, (int, float)):
         return float(text)
@@ -57,6 +58,13 @@ class HostLimit(BaseModel):
     @classmethod
     def _duration(cls, v: Any) -> float | None:
         return None if v is None else parse_go_duration(v)
+
+
+@dataclass(frozen=True, slots=True)
+class HostPace:
+    """The limits in force for one host."""
+    concurrency: int
+    delay: float
 
 
 class Settings(BaseModel):
@@ -127,11 +135,11 @@ class Settings(BaseModel):
         v = "/" + v.strip("/")
         return v
 
-    def host_limit(self, host: str) -> HostLimit:
+    def host_limit(self, host: str) -> HostPace:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
         own = _per_host(self.host_limits, host) or HostLimit()
-        return HostLimit(concurrency=own.concurrency or self.host_concurrency,
-                         delay=self.host_delay if own.delay is None else own.delay)
+        return HostPace(concurrency=own.concurrency or self.host_concurrency,
+                        delay=self.host_delay if own.delay is None else own.delay)
 
     def headers_for(self, host: str) -> dict[str, str]:
         """Extra headers for ``scheme://host[:port]`` only (by host:port or host)."""

@@ -33,15 +33,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {log}:\n"
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}:\n"
                                + log.read_text(errors="replace")[-2000:])
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"{proc.args[0]} did not listen on {host}:{port} within {timeout}s")
+    raise TimeoutError(f"{name} did not listen on {host}:{port} within {timeout}s")
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:

@@ -32,7 +32,7 @@ def configure_logging(level: str) -> None:
 
 def install_uvloop() -> None:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

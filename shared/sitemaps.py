@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from shared.urls import host_key, resolve
 
@@ -30,15 +32,16 @@ def parse_sitemap(body: bytes, where: str, max_bytes: int = 50 << 20) -> Sitemap
             return Sitemap()
     out = Sitemap()
     home = host_key(where)
-    parser = ET.XMLPullParser(events=("end",))
+    parser: ET.XMLPullParser = ET.XMLPullParser(events=("end",))
     try:
         parser.feed(body)
         parser.close()
     except ET.ParseError:
         pass
     found = out.sitemaps if b"<sitemapindex" in body[:2048] else out.urls
-    for _, el in parser.read_events():
-        if el.tag.rsplit("}", 1)[-1] != "loc" or not el.text:
+    events = cast(Iterator[tuple[str, object]], parser.read_events())  # typeshed is too narrow
+    for _, el in events:
+        if not isinstance(el, ET.Element) or el.tag.rsplit("}", 1)[-1] != "loc" or not el.text:
             continue
         url = resolve(where, el.text.strip())
         if url is not None and host_key(url) == home:

@@ -43,7 +43,7 @@ class Child:
 
 
 def _ensure_database(pg: EmbeddedPostgres) -> None:
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
     async def create() -> None:
         conn = await asyncpg.connect(pg.dsn)

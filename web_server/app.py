@@ -15,32 +15,15 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 from shared import bus
 from shared.config import Settings
 from shared.db.pool import init_connection
-from shared.errors import DependencyUnavailable
+from web_server.deps import Deps
 from web_server.middleware import errors
 from web_server.routes import DEPS, SETTINGS, add_routes
 
 log = logging.getLogger(__name__)
-
-
-class Deps:
-    """PostgreSQL pool and JetStream context, as available right now."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.nc: NATS | None = None
-        self._js: JetStreamContext | None = None
-
-    @property
-    def js(self) -> JetStreamContext:
-        if self._js is None or self.nc is None or not self.nc.is_connected:
-            raise DependencyUnavailable("NATS")
-        return self._js
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -70,7 +53,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await deps.nc.close()
         try:
             await asyncio.wait_for(pool.close(), 5)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             pool.terminate()
 
 

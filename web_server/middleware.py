@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shared import bus
 from shared.db.pool import RETRYABLE
 from shared.errors import ClientError, DependencyUnavailable
-from shared import bus
 from web_server.render import json_response
 
 log = logging.getLogger(__name__)

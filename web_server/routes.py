@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import logging
 
-from typing import Any
-
+import asyncpg
 from aiohttp import web
 
 from shared import bus
 from shared.config import Settings
 from shared.db import jobs
-from shared.outbox import feed
 from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
+from shared.outbox import feed
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.urls import validate_job_url
+from web_server.deps import Deps
 from web_server.render import json_response, string
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-DEPS = web.AppKey("deps", Any)  # web_server.app.Deps: the pool and the JetStream context
+DEPS = web.AppKey("deps", Deps)
 
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -126,7 +126,7 @@ async def schedule(request: web.Request) -> web.Response:
     return json_response({"jobId": job_id})
 
 
-async def _picked_up_elsewhere(pool: Any, job_id: int) -> bool:
+async def _picked_up_elsewhere(pool: asyncpg.Pool, job_id: int) -> bool:
     """A foreman's feeder may have published some of the job's URLs (they were committed)."""
     async with pool.acquire() as conn:
         unpublished = await conn.fetchval(

@@ -67,7 +67,7 @@ class Committer:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             await self._commit(batch)
 

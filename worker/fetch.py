@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email.utils
 import logging
 import random
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -65,8 +64,8 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -118,7 +117,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                            cacheable=False, redirects=tuple(chain))
     except BodyTooLarge as e:
         return FetchedPage(url_id, None, None, str(e), cacheable=False)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return FetchedPage(url_id, None, None, "timeout", cacheable=False)
     except aiohttp.ClientConnectorError as e:
         return FetchedPage(url_id, None, None, f"connection failed: {e.os_error}", cacheable=False)

@@ -131,7 +131,7 @@ class HostGate:
                 text = body.decode(resp.charset or "utf-8", errors="replace")
                 log.info("robots.txt of %s: %d", host, resp.status)
                 return resp.status, text if resp.status < 300 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             log.info("robots.txt of %s unreachable: %s", host, e)
             return None, None
 
@@ -152,7 +152,7 @@ class HostGate:
                     if resp.status != 200:
                         continue
                     body = await resp.content.read(self.settings.max_body_bytes)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                 log.info("sitemap %s unreachable: %s", where, e)
                 continue
             found = parse_sitemap(body, where, self.settings.max_body_bytes)

@@ -47,7 +47,7 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
         sitemaps)
-    from shared.db.pages import upsert_urls  # noqa: PLC0415 (keeps module import graph flat)
+    from shared.db.pages import upsert_urls
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
     await conn.execute("""

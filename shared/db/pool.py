@@ -56,5 +56,5 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     finally:
         try:
             await asyncio.wait_for(pool.close(), 10)
-        except (asyncio.TimeoutError, *RETRYABLE):
+        except (TimeoutError, *RETRYABLE):
             pool.terminate()

@@ -122,9 +122,9 @@ async def run_with_fault(tiers: Tiers, site: GraphSite, settings: Settings,
 
 async def queue_state(settings: Settings) -> str:
     """JetStream's view of both queues, for failure messages."""
-    import nats  # noqa: PLC0415
+    import nats
 
-    from shared.config import stream_name  # noqa: PLC0415
+    from shared.config import stream_name
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()

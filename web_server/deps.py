@@ -1,0 +1,24 @@
+"""The web server's dependencies as they are right now: the pool, and JetStream once connected."""
+
+from __future__ import annotations
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from shared.errors import DependencyUnavailable
+
+
+class Deps:
+    """PostgreSQL pool and JetStream context, as available right now."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None or self.nc is None or not self.nc.is_connected:
+            raise DependencyUnavailable("NATS")
+        return self._js
