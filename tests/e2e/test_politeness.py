@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from tests.servers import serve
 
 pytestmark = pytest.mark.e2e
 
-JITTER = 0.02  # event-loop scheduling between a granted start and the request leaving
+JITTER = 0.02  # clock reads on two sides (database and test) for the backoff check
 
 
 @dataclass(frozen=True)
@@ -85,18 +86,19 @@ async def crawl(settings: Settings, urls: list[str], workers: int = 1, **params:
 
 
 async def test_limits_hold_across_three_workers(settings: Settings) -> None:
-    pages = {"/": page([f"/p{i}" for i in range(24)])}
-    pages |= {f"/p{i}": page(["/"], delay=0.05 + (i % 3) * 0.05) for i in range(24)}
+    pages = {"/": page([f"/p{i}" for i in range(16)])}
+    pages |= {f"/p{i}": page(["/"], delay=0.15 + (i % 3) * 0.1) for i in range(16)}
     site = await LoggedSite("127.0.0.1", pages).start()
-    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.15})
+    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.2})
     stack, job = await crawl(polite, [site.base + "/"], workers=3)
     try:
-        assert len(await stack.result(job)) == 25
+        assert len(await stack.result(job)) == 17
         starts = site.starts()
-        gaps = [b - a for a, b in zip(starts, starts[1:])]
-        assert len(starts) == 25
-        assert min(gaps) >= 0.15 - JITTER, f"request starts {min(gaps):.3f}s apart"
-        assert site.max_in_flight() <= 2
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert len(starts) == 17
+        print(f"\nmin gap between request starts: {min(gaps):.4f}s (limit 0.2s)")
+        assert min(gaps) >= 0.2, f"request starts {min(gaps):.3f}s apart"
+        assert site.max_in_flight() == 2  # the limit, and reached: the slots were used
     finally:
         await stack.stop()
         await site.stop()
@@ -147,7 +149,7 @@ async def test_robots_txt_blocks_and_slows_and_is_fetched_once(settings: Setting
                                        "attempts": 0}}
         assert site.base + "/private/a" in (await stack.result(job))[site.base + "/"]
         starts = site.starts()
-        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3 - JITTER  # Crawl-delay
+        assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.3  # Crawl-delay
         again = await stack.post_job([site.base + "/"], forceCrawl="1")
         await stack.wait_complete(again)
         assert site.hits("/public/b") == 2
