@@ -138,7 +138,10 @@ class EmbeddedPostgres:
         args = [str(pg_bin_dir() / "postgres"), "-D", str(self.data_dir),
                 "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.data_dir),
                 "-c", "max_connections=300", "-c", "shared_buffers=128MB",
-                "-c", "synchronous_commit=off", "-c", "log_min_messages=warning"]
+                "-c", "synchronous_commit=off", "-c", "log_min_messages=warning",
+                # Concurrent batches can deadlock on rare lock cycles (both retried at once);
+                # find them in 100 ms instead of the default second.
+                "-c", "deadlock_timeout=100ms"]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[int, int]
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
-MIN_GAP = timedelta(seconds=0.25)  # spacing of deferred visits on a host that is at capacity
+SOON = timedelta(seconds=0.05)  # a host at its request cap: ask again shortly
 BLOCKED = "blocked by robots.txt"
 UNREACHABLE = "robots.txt unreachable"
 
@@ -89,9 +89,11 @@ class HostGate:
             keys = by_host[g.host]
             for key, start, token in zip(keys, g.starts, g.tokens):
                 out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()))
-            gap = max(timedelta(seconds=delays[g.host]), MIN_GAP)
+            # Delay-bound: the i-th waiting visit gets the i-th next start. Cap-bound (no delay):
+            # a slot frees when any request ends, so all of them ask again soon.
+            gap = timedelta(seconds=delays[g.host] + guard_band(delays[g.host]))
             for i, key in enumerate(keys[len(g.starts):]):
-                out.deferred[key] = g.next_free + i * gap
+                out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
         return out
 
     async def _robots(self, names: list[str], out: Admission,
