@@ -80,8 +80,7 @@ class HostGate:
         if not wants:
             return out
         async with self.pool.acquire() as conn:
-            db_now = await conn.fetchval("SELECT clock_timestamp()")
-            grants = await hosts.acquire(
+            db_now, grants = await hosts.acquire(
                 conn, wants, {h: self.settings.host_limit(h).concurrency for h in wants},
                 {h: delays[h] + guard_band(delays[h]) for h in wants}, self.settings.fetch_lease,
                 self.settings.politeness_horizon)

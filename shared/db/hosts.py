@@ -35,12 +35,19 @@ class Robots:
 
 
 async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[str, int],
-                  delays: dict[str, float], lease: float, horizon: float) -> list[Grant]:
+                  delays: dict[str, float], lease: float,
+                  horizon: float) -> tuple[datetime, list[Grant]]:
+    """Lease slots; returns the database's clock at the call (starts are on that clock) and
+    the grants, in one round trip."""
     hosts = sorted(wants)
-    rows = await conn.fetch("SELECT * FROM harvester_acquire($1, $2, $3, $4, $5, $6)",
-                            hosts, [wants[h] for h in hosts], [caps[h] for h in hosts],
-                            [delays[h] for h in hosts], lease, horizon)
-    return [Grant(r["host"], list(r["starts"]), list(r["tokens"]), r["next_free"]) for r in rows]
+    rows = await conn.fetch("""
+        SELECT clock_timestamp() AS db_now, a.*
+        FROM harvester_acquire($1, $2, $3, $4, $5, $6) AS a""",
+        hosts, [wants[h] for h in hosts], [caps[h] for h in hosts],
+        [delays[h] for h in hosts], lease, horizon)
+    db_now = min((r["db_now"] for r in rows), default=datetime.now().astimezone())
+    return db_now, [Grant(r["host"], list(r["starts"]), list(r["tokens"]), r["next_free"])
+                    for r in rows]
 
 
 async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
