@@ -141,7 +141,9 @@ class EmbeddedPostgres:
                 "-c", "synchronous_commit=off", "-c", "log_min_messages=warning",
                 # Concurrent batches can deadlock on rare lock cycles (both retried at once);
                 # find them in 100 ms instead of the default second.
-                "-c", "deadlock_timeout=100ms"]
+                "-c", "deadlock_timeout=100ms",
+                # Statistics soon after a crawl starts (see migration 0006).
+                "-c", "autovacuum_naptime=5s"]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
