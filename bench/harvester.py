@@ -1,0 +1,301 @@
+"""Run one Harvester crawl of the bench site under ``harvester up`` and measure it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.procs import TreeMonitor
+from bench.site import Site
+
+REPO = Path(__file__).resolve().parent.parent
+_UP_LINE = re.compile(r"Harvester is up: (?P<api>\S+)\s+\(PostgreSQL (?P<dsn>\S+), NATS (?P<nats>\S+),")
+
+
+@dataclass
+class HarvesterOptions:
+    workers: int = 2
+    foremen: int = 1
+    concurrency: int = 64        # hostLimits concurrency of each bench host (cluster-wide)
+    worker_concurrency: int = 64  # "concurrency": visits in hand per worker
+    timeout: float = 600.0
+    keep_data: bool = False
+    profile: float = 0.0          # seconds of py-spy on one worker (0: none)
+    profile_out: Path | None = None
+
+
+def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: int) -> Path:
+    port = site.spec.port
+    limits = {"concurrency": concurrency, "delay": "0s"}
+    cfg = {"hostLimits": {f"{site.spec.host_a}:{port}": limits, f"{site.spec.host_b}:{port}": limits},
+           "robots": False, "concurrency": worker_concurrency, "maxDepth": 20,
+           "logLevel": "WARNING"}
+    path.write_text(json.dumps(cfg, indent=1) + "\n")
+    return path
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str, timeout: float = 30.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.load(r)
+
+
+def _post(url: str, body: bytes, timeout: float = 30.0) -> object:
+    req = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+class _Drain(threading.Thread):
+    """Copies the up process's stdout to a log, handing the first line over."""
+
+    def __init__(self, stream, log_path: Path) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.stream, self.log_path = stream, log_path
+        self.first = ""
+        self.got_first = threading.Event()
+
+    def run(self) -> None:
+        with open(self.log_path, "ab") as log:
+            for raw in self.stream:
+                log.write(raw)
+                log.flush()
+                if not self.got_first.is_set():
+                    self.first = raw.decode(errors="replace").strip()
+                    self.got_first.set()
+        self.got_first.set()
+
+
+def _tree_cpu(pids: list[int]) -> tuple[int, float]:
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return len(procs), total
+
+
+def _wait_idle(pids: list[int], min_procs: int, timeout: float = 30.0) -> float | None:
+    """Wait until the tiers have started: all processes there, and the tree's CPU use low
+    (below 15% of a core) or steady (an idle Harvester polls: its use does not drop to 0).
+    Returns that idle CPU use in CPU seconds per second."""
+    deadline = time.monotonic() + timeout
+    prev: float | None = None
+    while time.monotonic() < deadline:
+        n, before = _tree_cpu(pids)
+        if n < min_procs:
+            time.sleep(0.5)
+            continue
+        time.sleep(1.0)
+        _, after = _tree_cpu(pids)
+        rate = after - before
+        if rate < 0.15 or (prev is not None and abs(rate - prev) < 0.03):
+            return rate
+        prev = rate
+    print("bench: harvester did not settle; starting anyway", flush=True)
+    return prev
+
+
+def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> dict[str, object]:
+    """Start ``harvester up``, crawl the site, check the result, stop; the measurements."""
+    data_dir = out / f"harvester-{label}"
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    config = write_config(site, out / f"harvester-{label}.json", opts.concurrency,
+                          opts.worker_concurrency)
+    api_port = _free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    up_args = [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir),
+               "-addr", f"127.0.0.1:{api_port}", "--workers", str(opts.workers),
+               "-config", str(config)]
+    errlog = open(data_dir / "up.stderr", "ab")  # noqa: SIM115 - the child's stderr
+    up = subprocess.Popen(up_args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errlog,
+                          start_new_session=True)
+    drain = _Drain(up.stdout, data_dir / "up.stdout")
+    drain.start()
+    extra: list[subprocess.Popen[bytes]] = []
+    result: dict[str, object] = {"system": "harvester", "label": label, "workers": opts.workers,
+                                 "foremen": opts.foremen, "valid": False,
+                                 "worker_concurrency": opts.worker_concurrency}
+    try:
+        if not drain.got_first.wait(180) or "Harvester is up" not in drain.first:
+            raise RuntimeError(f"harvester up did not start: {drain.first!r}; see {data_dir}")
+        m = _UP_LINE.search(drain.first)
+        if m is None:
+            raise RuntimeError(f"cannot parse {drain.first!r}")
+        for i in range(opts.foremen - 1):
+            fenv = dict(os.environ, HARVESTER_DATABASE_URL=m["dsn"], HARVESTER_NATS_URL=m["nats"])
+            flog = open(data_dir / f"foreman-extra-{i + 1}.log", "ab")  # noqa: SIM115
+            extra.append(subprocess.Popen([sys.executable, "-m", "foreman", "-config", str(config)],
+                                          cwd=REPO, env=fenv, stdout=flog, stderr=flog,
+                                          start_new_session=True))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get_json(api + "/healthz", 2).get("status") == "ok":  # type: ignore[union-attr]
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("harvester /healthz never answered ok")
+            time.sleep(0.2)
+        # up + web_server + foreman + workers + postgres (>= 5 processes) + nats-server
+        idle = _wait_idle([up.pid] + [p.pid for p in extra], min_procs=4 + opts.workers + 5)
+        result["idle_cpu_per_s"] = None if idle is None else round(idle, 3)
+
+        monitor = TreeMonitor([up.pid] + [p.pid for p in extra])
+        monitor.start()
+        t0 = time.monotonic()
+        job = _post(f"{api}/?depth={site.harvester_depth}", site.start_url.encode())
+        job_id = job["jobId"]  # type: ignore[index]
+        profiler = _start_profile(up.pid, opts) if opts.profile else None
+        pg = None
+        if opts.profile:
+            from bench.pgsample import PgSampler
+            pg = PgSampler(m["dsn"], interval=0.02)
+            pg.start()
+        status: dict = {}
+        timed_out = False
+        while True:
+            status = _get_json(f"{api}/status/{job_id}")  # type: ignore[assignment]
+            if status.get("pending") == 0:
+                break
+            if time.monotonic() - t0 > opts.timeout:
+                timed_out = True
+                break
+            time.sleep(0.25)
+        wall = time.monotonic() - t0
+        monitor.stop()
+        if pg is not None:
+            pg.stop()
+            assert opts.profile_out is not None
+            opts.profile_out.with_name("pg_activity.md").write_text(pg.render() + "\n")
+        for spy in profiler or ():
+            if spy.poll() is None:  # the crawl ended first: py-spy writes its output on SIGINT
+                spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(opts.profile + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
+        result.update({"wall": wall, "cpu": monitor.cpu(), "cpu_sampled": monitor.cpu_sampled(),
+                       "cpu_by_kind": monitor.cpu_by_kind(), **monitor.memory(),
+                       "status": status.get("pages"), "elapsed_reported": status.get("elapsed"),
+                       "timed_out": timed_out, "depth": site.harvester_depth})
+        if timed_out:
+            result["error"] = f"not complete after {opts.timeout:.0f} s"
+            result["found"] = (status.get("pages") or {}).get("processed", 0)
+            return result
+        t_res = time.monotonic()
+        pages = _get_json(f"{api}/result/{job_id}", 600)
+        failed = _get_json(f"{api}/result/{job_id}?status=failed", 120)
+        result["result_fetch_s"] = round(time.monotonic() - t_res, 2)
+        keys = set(pages)  # type: ignore[arg-type]
+        missing = [u for u in site.expected if u not in keys]
+        result["found"] = len(site.expected) - len(missing)
+        result["links"] = sum(len(v) for v in pages.values())  # type: ignore[union-attr]
+        result["failed"] = len(failed)  # type: ignore[arg-type]
+        result["missing_sample"] = missing[:5]
+        unexpected_failures = [u for u in failed if u not in set(site.missing)]  # type: ignore[union-attr]
+        result["unexpected_failures"] = unexpected_failures[:5]
+        result["valid"] = not missing
+        if missing:
+            result["error"] = f"{len(missing)} expected pages missing from the result"
+        return result
+    finally:
+        _stop(up, extra)
+        result.update(_log_counts(data_dir))
+        if not opts.keep_data:
+            for sub in ("postgres", "nats"):
+                shutil.rmtree(data_dir / sub, ignore_errors=True)
+
+
+def _log_counts(data_dir: Path) -> dict[str, int]:
+    """PostgreSQL deadlocks and the tiers' warnings during the run (from the logs)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        out["pg_deadlocks"] = (data_dir / "postgres.log").read_text(errors="replace").count(
+            "deadlock detected")
+    with contextlib.suppress(OSError):
+        text = (data_dir / "up.stderr").read_text(errors="replace")
+        out["tier_warnings"] = sum(1 for line in text.splitlines() if " WARNING " in line)
+    return out
+
+
+def _start_profile(up_pid: int, opts: HarvesterOptions) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the first worker, for ``opts.profile`` seconds (if py-spy is installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("bench: py-spy not installed; no profile", flush=True)
+        return []
+    workers = [p for p in psutil.Process(up_pid).children() if "-m worker" in " ".join(p.cmdline())]
+    if not workers:
+        return []
+    assert opts.profile_out is not None
+    opts.profile_out.parent.mkdir(parents=True, exist_ok=True)
+    base = [spy, "record", "-d", str(int(opts.profile)), "-r", "250", "--nonblocking",
+            "--pid", str(workers[0].pid)]
+    log = open(opts.profile_out.with_suffix(".log"), "ab")  # noqa: SIM115 - py-spy's output
+    # Two recorders (non-blocking: they read the worker's memory without stopping it): a flame
+    # graph to look at, collapsed stacks to rank functions.
+    svg = subprocess.Popen(base + ["-o", str(opts.profile_out.with_suffix(".svg"))],
+                           stdout=log, stderr=log)
+    raw = subprocess.Popen(base + ["-f", "raw", "-o", str(opts.profile_out.with_suffix(".txt"))],
+                           stdout=log, stderr=log)
+    return [svg, raw]
+
+
+def _stop(up: subprocess.Popen[bytes], extra: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT to up's process group (up stops its tiers, then NATS and PostgreSQL); if it does
+    not stop in time, SIGKILL to the group and to each process of its tree seen before."""
+    tree: list[psutil.Process] = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = psutil.Process(up.pid).children(recursive=True)
+    for p in extra:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGINT)
+    if up.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGINT)
+    try:
+        up.wait(90)
+    except subprocess.TimeoutExpired:
+        print("bench: harvester up did not stop in 90 s; killing its process group", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+        up.wait(10)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    for p in extra:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)

@@ -1,0 +1,110 @@
+"""Aggregate runs (medians over --repeat) and render the markdown report."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+Run = dict[str, Any]
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
+    """Medians of one configuration's repeated runs (valid runs only, if there are any)."""
+    valid = [r for r in runs if r.get("valid")]
+    use = valid or runs
+    first = use[0]
+    wall = _median([r.get("wall") for r in use])
+    cpu = _median([r.get("cpu") for r in use])
+    s: dict[str, Any] = {
+        "system": first["system"], "label": first.get("label", ""), "runs": len(runs),
+        "valid_runs": len(valid), "found": min(r.get("found", 0) for r in use),
+        "expected": expected, "wall": wall, "cpu": cpu,
+        "pages_per_s": expected / wall if wall and valid else None,
+        "cpu_per_1000": cpu / expected * 1000 if cpu is not None and valid else None,
+        "errors": sorted({r["error"] for r in runs if r.get("error")}),
+        "workers": first.get("workers"), "foremen": first.get("foremen"),
+    }
+    kinds = sorted({k for r in use for k in (r.get("peak_rss_mb") or {})})
+    s["peak_rss_mb"] = {k: _median([(r.get("peak_rss_mb") or {}).get(k) for r in use])
+                        for k in kinds}
+    s["peak_kind_total_mb"] = {k: _median([(r.get("peak_kind_total_mb") or {}).get(k)
+                                           for r in use]) for k in kinds}
+    s["postgres_pss_total_mb"] = _median([r.get("postgres_pss_total_mb") for r in use])
+    s["peak_total_rss_mb"] = _median([r.get("peak_total_rss_mb") for r in use])
+    s["maxrss_mb"] = _median([r.get("maxrss_mb") for r in use])
+    s["server_cpu"] = _median([r.get("server_cpu") for r in use])
+    return s
+
+
+def rss_text(s: dict[str, Any]) -> str:
+    """Peak RSS per process, in MB."""
+    rss, totals = s["peak_rss_mb"], s["peak_kind_total_mb"]
+    if s["system"] == "harvester":
+        parts = []
+        for kind, name in (("web_server", "web"), ("foreman", "foreman"), ("worker", "worker")):
+            if kind in rss:
+                parts.append(f"{name} {rss[kind]:.0f}")
+        if "postgres" in totals:
+            pss = s.get("postgres_pss_total_mb")
+            parts.append(f"postgres {totals['postgres']:.0f} total"
+                         + (f" (PSS {pss:.0f})" if pss else ""))
+        if "nats-server" in rss:
+            parts.append(f"nats {rss['nats-server']:.0f}")
+        if "up" in rss:
+            parts.append(f"up {rss['up']:.0f}")
+        if s.get("peak_total_rss_mb"):
+            parts.append(f"all {s['peak_total_rss_mb']:.0f}")
+        return ", ".join(parts)
+    peak = s.get("maxrss_mb") or max(rss.values(), default=0)
+    return f"{peak:.0f}"
+
+
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    lines = [("| system | pages found / expected | wall s | pages/s | CPU s | CPU s / 1,000 pages "
+              "| peak RSS MB (per process) |"),
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for s in summaries:
+        name = s["system"]
+        if s["system"] == "harvester":
+            name += f" ({s['workers']} worker{'s' if s['workers'] != 1 else ''}"
+            name += f", {s['foremen']} foremen)" if s["foremen"] != 1 else ")"
+        if not s["valid_runs"]:
+            name += " **INVALID**"
+        found = f"{s['found']:,} / {s['expected']:,}"
+        lines.append(f"| {name} | {found} | {_f(s['wall'])} | {_f(s['pages_per_s'], '{:.0f}')} "
+                     f"| {_f(s['cpu'])} | {_f(s['cpu_per_1000'], '{:.2f}')} | {rss_text(s)} |")
+    return "\n".join(lines)
+
+
+def ratios(by: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    h = by.get("harvester")
+    if not h or not h["pages_per_s"]:
+        return out
+    for other in ("scrapy", "ceiling"):
+        o = by.get(other)
+        if not o or not o["pages_per_s"]:
+            continue
+        speed = h["pages_per_s"] / o["pages_per_s"]
+        cpu = h["cpu_per_1000"] / o["cpu_per_1000"]
+        out.append(f"* Harvester / {other}: pages/s × **{speed:.3g}**, CPU per page × **{cpu:.3g}**")
+    return out
+
+
+def scaling_table(summaries: list[dict[str, Any]]) -> str:
+    lines = ["| workers | foremen | valid | wall s | pages/s | CPU s / 1,000 pages | peak RSS MB |",
+             "|---:|---:|---|---:|---:|---:|---|"]
+    for s in summaries:
+        lines.append(f"| {s['workers']} | {s['foremen']} | {s['valid_runs']}/{s['runs']} "
+                     f"| {_f(s['wall'])} | {_f(s['pages_per_s'], '{:.0f}')} "
+                     f"| {_f(s['cpu_per_1000'], '{:.2f}')} | {rss_text(s)} |")
+    return "\n".join(lines)
