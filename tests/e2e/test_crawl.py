@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -13,20 +12,6 @@ from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[TestSite]:
-    s = await TestSite().start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def stack(settings: Settings) -> AsyncIterator[Stack]:
-    st = await Stack(settings).start()
-    yield st
-    await st.stop()
 
 
 def st_job(stack: Stack) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
 
 import brotli
 import pytest
@@ -16,20 +15,6 @@ from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[TestSite]:
-    s = await TestSite().start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def stack(settings: Settings) -> AsyncIterator[Stack]:
-    st = await Stack(settings).start()
-    yield st
-    await st.stop()
 
 
 async def run(stack: Stack, urls: list[str], **params: str) -> tuple[int, dict, dict]:
