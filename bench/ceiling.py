@@ -11,26 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import time
 from collections import Counter
 
-
-def _vmhwm_mb() -> float | None:
-    """Peak RSS of this process image (VmHWM; ru_maxrss would include the parent's RSS at fork)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from bench.selfstats import cpu_seconds, peak_rss_mb
 
 
 async def crawl(urls: list[str], concurrency: int, parse: bool) -> dict[str, object]:
@@ -56,13 +40,13 @@ async def crawl(urls: list[str], concurrency: int, parse: bool) -> dict[str, obj
                     if extract is not None and resp.status == 200:
                         links += len(extract(body, url, resp.charset))
 
-        t0, c0 = time.monotonic(), _cpu()
+        t0, c0 = time.monotonic(), cpu_seconds()
         await asyncio.gather(*(one_loop() for _ in range(concurrency)))
-        t1, c1 = time.monotonic(), _cpu()
-    return {"wall": t1 - t0, "cpu": c1 - c0, "cpu_process": _cpu(),
+        t1, c1 = time.monotonic(), cpu_seconds()
+    return {"wall": t1 - t0, "cpu": c1 - c0, "cpu_process": cpu_seconds(),
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
             "bytes": nbytes, "links": links,
-            "vmhwm_mb": _vmhwm_mb()}
+            "vmhwm_mb": peak_rss_mb()}
 
 
 def main() -> None:

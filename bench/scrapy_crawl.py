@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import scrapy
@@ -21,22 +20,7 @@ from scrapy import signals
 from scrapy.crawler import CrawlerProcess
 from scrapy.linkextractors import LinkExtractor
 
-
-def _vmhwm_mb() -> float | None:
-    """Peak RSS of this process image (VmHWM; ru_maxrss would include the parent's RSS at fork)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from bench.selfstats import cpu_seconds, peak_rss_mb
 
 
 class BenchSpider(scrapy.Spider):
@@ -58,10 +42,10 @@ class BenchSpider(scrapy.Spider):
         return spider
 
     def _opened(self, spider: scrapy.Spider) -> None:
-        self.timing["t0"], self.timing["cpu0"] = time.monotonic(), _cpu()
+        self.timing["t0"], self.timing["cpu0"] = time.monotonic(), cpu_seconds()
 
     def _closed(self, spider: scrapy.Spider, reason: str) -> None:
-        self.timing["t1"], self.timing["cpu1"] = time.monotonic(), _cpu()
+        self.timing["t1"], self.timing["cpu1"] = time.monotonic(), cpu_seconds()
         self.timing["reason"] = reason  # type: ignore[assignment]
 
     # The start request is filtered like any other (Scrapy's default start requests are not,
@@ -128,7 +112,7 @@ def main() -> None:
     t = spider.timing
     stats = crawler.stats.get_stats() if crawler.stats else {}
     print(json.dumps({
-        "wall": t["t1"] - t["t0"], "cpu": t["cpu1"] - t["cpu0"], "cpu_process": _cpu(),
+        "wall": t["t1"] - t["t0"], "cpu": t["cpu1"] - t["cpu0"], "cpu_process": cpu_seconds(),
         "last_response_after": spider.last_response - t["t0"], "responses": spider.responses,
         "reason": t.get("reason"),
         "requests": stats.get("downloader/request_count"),
@@ -136,7 +120,7 @@ def main() -> None:
         "status_404": stats.get("downloader/response_status_count/404"),
         "items": stats.get("item_scraped_count"),
         "depth_max": stats.get("request_depth_max"),
-        "vmhwm_mb": _vmhwm_mb(),
+        "vmhwm_mb": peak_rss_mb(),
     }), flush=True)
 
 

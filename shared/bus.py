@@ -33,6 +33,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from shared.backoff import retrying
 from shared.config import Settings, stream_name
 from shared.messages import BadMessage, VisitMessage
 
@@ -50,21 +51,12 @@ TRANSIENT = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, Conn
 @asynccontextmanager
 async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncIterator[NATS]:
     """Connect (retrying with backoff while the server is unreachable); flush and close on exit."""
-    delay, waited = 0.2, 0.0
-    while True:
-        try:
-            nc = await nats.connect(servers=[url], name=name, connect_timeout=2,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                    allow_reconnect=True, error_cb=_log_error,
-                                    disconnected_cb=_disconnected, reconnected_cb=_reconnected)
-            break
-        except (nats.errors.NoServersError, *TRANSIENT) as e:
-            if retry_for is not None and waited >= retry_for:
-                raise
-            log.warning("NATS not reachable at %s (%s); retrying in %.1fs", url, e, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
+    nc = await retrying(
+        lambda: nats.connect(servers=[url], name=name, connect_timeout=2,
+                             max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                             allow_reconnect=True, error_cb=_log_error,
+                             disconnected_cb=_disconnected, reconnected_cb=_reconnected),
+        f"NATS at {url}", (nats.errors.NoServersError, *TRANSIENT), retry_for)
     try:
         yield nc
     finally:

@@ -14,6 +14,7 @@ from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.outbox import feed
 from shared.scope import SCOPES, Scope, check_pattern
+from shared.streams import read_capped
 from shared.urls import validate_job_url
 from web_server.deps import Deps
 from web_server.render import json_response, string
@@ -135,14 +136,11 @@ async def _picked_up_elsewhere(pool: asyncpg.Pool, job_id: int) -> bool:
 
 
 async def _read_body(request: web.Request, limit: int) -> str:
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-        chunks.append(chunk)
+    body = await read_capped(request.content, limit)
+    if body is None:
+        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
     try:
-        return b"".join(chunks).decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("Request body is not UTF-8 text") from None
 

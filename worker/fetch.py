@@ -16,6 +16,7 @@ from shared.config import Settings
 from shared.db.pages import FetchedPage
 from shared.links import extract_links
 from shared.mime import guess_mime, is_html, normalize_mime
+from shared.streams import read_capped
 from shared.urls import host_key, resolve
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,10 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     if resp.content_length is not None and resp.content_length > cap:
         raise BodyTooLarge(f"body of {resp.content_length} bytes exceeds the {cap}-byte limit")
-    chunks, size = [], 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge(f"body exceeds the {cap}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_capped(resp.content, cap)
+    if body is None:
+        raise BodyTooLarge(f"body exceeds the {cap}-byte limit")
+    return body
 
 
 def _retry_after(value: str | None) -> float | None:

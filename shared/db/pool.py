@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from shared.backoff import retrying
+
 log = logging.getLogger(__name__)
 
 # Errors after which the same transaction, tried again, can succeed.
@@ -37,20 +39,11 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                     retry_for: float | None = None) -> AsyncIterator[asyncpg.Pool]:
     """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default)."""
-    delay, waited = 0.2, 0.0
-    while True:
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=init_connection, timeout=10, command_timeout=60,
-                                             max_inactive_connection_lifetime=60)
-            break
-        except RETRYABLE as e:
-            if retry_for is not None and waited >= retry_for:
-                raise
-            log.warning("PostgreSQL not reachable (%s); retrying in %.1fs", e, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
+    pool = await retrying(
+        lambda: asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                    init=init_connection, timeout=10, command_timeout=60,
+                                    max_inactive_connection_lifetime=60),
+        "PostgreSQL", RETRYABLE, retry_for)
     try:
         yield pool
     finally:
