@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from shared.urls import resolve
+from shared.urls import Resolver, resolve
 
 try:
     from selectolax.lexbor import LexborHTMLParser as _Parser
@@ -82,10 +82,11 @@ def _resolve_all(base: str, raw: list[str]) -> list[str]:
     """Resolve every raw value against ``base``; drop failures and duplicates."""
     seen: dict[str, None] = {}
     resolved_raw: dict[str, str | None] = {}
+    resolver = Resolver(base)
     for value in raw:
         if value in resolved_raw:
             continue
-        url = resolve(base, value)
+        url = resolver(value)
         resolved_raw[value] = url
         if url is not None:
             seen.setdefault(url, None)

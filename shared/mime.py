@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
 
 OCTET_STREAM = "application/octet-stream"
@@ -21,16 +22,38 @@ _SKIP_EXACT = frozenset(
 _HTML = frozenset({"text/html", "application/xhtml+xml"})
 
 
+# The last path segment of a plain absolute URL (printable ASCII, no IPv6 brackets): the
+# part of urlsplit() that guess_mime needs, several times faster. Anything else: urlsplit.
+_NOT_PLAIN = r"\x00-\x20\x7f-\U0010ffff"
+_LAST_SEGMENT_RE = re.compile(
+    rf"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\[\]{_NOT_PLAIN}]*"
+    rf"(?:/(?:[^?#{_NOT_PLAIN}]*/)?([^/?#{_NOT_PLAIN}]*))?(?:[?#].*)?",
+    re.DOTALL,
+)
+
+
 def guess_mime(url: str) -> str:
     """Guess a MIME type from the extension of the URL path's last segment.
 
     No extension means "text/html"; an extension outside the table means "" (unknown).
     """
+    match = _LAST_SEGMENT_RE.fullmatch(url)
+    if match is None:
+        return _guess_from_path(unquote(_path(url)))
+    segment = match[1] or ""
+    return _guess_from_path(unquote(segment) if "%" in segment else segment)
+
+
+def _path(url: str) -> str:
     try:
-        path = urlsplit(url).path
+        return urlsplit(url).path
     except ValueError:
-        path = ""
-    extension = _extension(unquote(path))
+        return ""
+
+
+def _guess_from_path(path: str) -> str:
+    """The guess for a decoded path, or its decoded last segment."""
+    extension = _extension(path)
     if not extension:
         return "text/html"
     return _BY_EXTENSION.get(extension.lower(), UNKNOWN)

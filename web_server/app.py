@@ -18,7 +18,7 @@ from aiohttp import web
 
 from shared import bus
 from shared.config import Settings
-from shared.db.pool import init_connection
+from shared.db.pool import SERVER_SETTINGS, keep_session
 from web_server.deps import Deps
 from web_server.middleware import errors
 from web_server.routes import DEPS, SETTINGS, add_routes
@@ -37,7 +37,8 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=10, timeout=5,
-                                     command_timeout=30, init=init_connection,
+                                     command_timeout=30, server_settings=SERVER_SETTINGS,
+                                     reset=keep_session,
                                      max_inactive_connection_lifetime=60)
     deps = app[DEPS] = Deps(pool)
     connecting = asyncio.create_task(_connect_nats(settings, deps))

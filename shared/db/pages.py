@@ -84,17 +84,35 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
 
 
 async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> dict[str, int]:
-    """Ids of these URLs, inserting the missing ones with the given MIME type (race-free)."""
+    """Ids of these URLs, inserting the missing ones with the given MIME type (race-free).
+
+    Existing URLs are found by a plain read and only the rest go through ``INSERT ... ON
+    CONFLICT``. Most links of a page are known already, and a read takes no lock: an insert
+    of a URL whose row another transaction has just updated (the page it fetched) would wait
+    for that transaction, and two such waits in opposite directions are a deadlock. New URLs
+    are inserted in one order (sorted), so two transactions adding the same ones cannot
+    deadlock either.
+    """
     urls = sorted(mime_by_url)
-    inserted = await conn.fetch("""
-        INSERT INTO url (url, mime) SELECT * FROM unnest($1::text[], $2::text[])
-        ON CONFLICT (url) DO NOTHING RETURNING id, url""",
+    rows = await conn.fetch("""
+        WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i(url, mime, n)
+        ), existing AS (
+            SELECT u.id, u.url FROM url u WHERE u.url = ANY($1::text[])
+        ), inserted AS (
+            INSERT INTO url (url, mime)
+            SELECT i.url, i.mime FROM input i
+            WHERE NOT EXISTS (SELECT FROM existing e WHERE e.url = i.url)
+            ORDER BY i.n
+            ON CONFLICT (url) DO NOTHING RETURNING id, url
+        )
+        SELECT id, url FROM existing UNION ALL SELECT id, url FROM inserted""",
         urls, [mime_by_url[u] for u in urls])
-    ids = {r["url"]: r["id"] for r in inserted}
+    ids = {r["url"]: r["id"] for r in rows}
     rest = [u for u in urls if u not in ids]
     if rest:
-        # A separate statement: its snapshot sees rows that concurrent transactions committed
-        # while the INSERT above waited on them.
+        # Inserted by a transaction that committed after this statement's snapshot was taken
+        # (the INSERT waited for it): a new statement sees it.
         for r in await conn.fetch("SELECT id, url FROM url WHERE url = ANY($1::text[])", rest):
             ids[r["url"]] = r["id"]
     return ids

@@ -30,9 +30,19 @@ RETRYABLE = (
 )
 
 
-async def init_connection(conn: asyncpg.Connection) -> None:
-    # Short OLTP statements: JIT compilation only costs time here.
-    await conn.execute("SET jit = off")
+# Short OLTP statements: JIT compilation only costs time here. Set at connection start-up, so
+# it is the session's default and survives any RESET ALL.
+SERVER_SETTINGS = {"jit": "off"}
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of an open transaction.
+
+    asyncpg's default reset runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
+    on every release, one more round trip per acquire (1-2% of PostgreSQL's time in the bench).
+    Harvester keeps no session state on pooled connections: its advisory lock is transaction-
+    scoped, its cursors live inside transactions, it never LISTENs or SETs a session variable.
+    """
 
 
 @asynccontextmanager
@@ -41,7 +51,8 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default)."""
     pool = await retrying(
         lambda: asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                    init=init_connection, timeout=10, command_timeout=60,
+                                    server_settings=SERVER_SETTINGS, reset=keep_session,
+                                    timeout=10, command_timeout=60,
                                     max_inactive_connection_lifetime=60),
         "PostgreSQL", RETRYABLE, retry_for)
     try:

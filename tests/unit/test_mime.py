@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from urllib.parse import unquote
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared import mime
 from shared.mime import guess_mime, is_html, is_skip_mime, normalize_mime
 
 
@@ -36,6 +41,19 @@ from shared.mime import guess_mime, is_html, is_skip_mime, normalize_mime
 )
 def test_guess_mime(url: str, expected: str) -> None:
     assert guess_mime(url) == expected
+
+
+_MIME_URL_TOKENS = st.sampled_from(
+    ["http://", "https://", "HTTP://", "h", "[::1]", "[", ":8080", "/", "//", ".", ".png",
+     ".JS", ".css", "%2E", "%2F", "%2", "%zz", "?", "#", "x.gif", "a", " ", "\t", "é", "\\"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_MIME_URL_TOKENS, max_size=10).map("".join))
+def test_guess_mime_fast_path_agrees_with_urlsplit(url: str) -> None:
+    """The regex path gives what decoding urlsplit(url).path gives (the reference)."""
+    assert guess_mime(url) == mime._guess_from_path(unquote(mime._path(url)))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shared import urls
 from shared.errors import BadRequest, InvalidURL
-from shared.urls import canonicalize, host_key, resolve, validate_job_url
+from shared.urls import Resolver, canonicalize, host_key, resolve, validate_job_url
 
 PROPERTY_SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -265,6 +265,39 @@ def test_resolve_returns_canonical_http_or_none(base: str, href: str) -> None:
     assert "#" not in result
     assert result.isascii()
     assert canonicalize(result) == result
+
+
+# Hrefs mostly eligible for the Resolver's own join: path characters, dot segments, queries.
+_REF_TOKENS = st.sampled_from(
+    ["a", "b0", "/", "//", ".", "..", "./", "../", "?", "#", "&", "=", "%2e", "%2F", "~", ":",
+     ";", "@", "x=1", "é", " ", "\\", "http:", "mailto:", "-", "_", "!", "$", "'", "(", "*"]
+)
+simple_refs = st.lists(_REF_TOKENS, max_size=10).map("".join)
+resolver_bases = st.one_of(
+    simple_urls(),
+    http_urls(),
+    st.sampled_from([BASE, "http://h/", "http://h/a/", "https://h:8443/a/b?x=1&y=2",
+                     "http://h/a?q=1"]),
+)
+
+
+@PROPERTY_SETTINGS
+@given(resolver_bases, st.one_of(simple_refs, url_tail))
+def test_resolver_agrees_with_resolve(base: str, href: str) -> None:
+    assert Resolver(base)(href) == resolve(base, href)
+
+
+@pytest.mark.parametrize(("href", "expected"), RESOLUTIONS)
+def test_resolver_relative_forms(href: str, expected: str) -> None:
+    assert Resolver(BASE)(href) == expected
+
+
+def test_resolver_joins_plain_hrefs_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver = Resolver("http://h/a/b/page?x=1")
+    monkeypatch.setattr(urls, "urljoin", None)  # the fast join must not need it
+    assert resolver("../c/d.html?b=2&a=1#top") == "http://h/a/c/d.html?a=1&b=2"
+    assert resolver("/root") == "http://h/root"
+    assert resolver("e/./f/../g") == "http://h/a/b/e/g"
 
 
 # --- host_key -------------------------------------------------------------------------------

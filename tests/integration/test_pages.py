@@ -1,0 +1,42 @@
+"""shared.db.pages.upsert_urls against PostgreSQL: ids for known and new URLs, concurrent inserts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from shared.db.pages import upsert_urls
+
+
+async def test_upsert_returns_existing_ids_and_inserts_the_rest(db: asyncpg.Connection) -> None:
+    known = await db.fetchval(
+        "INSERT INTO url (url, mime) VALUES ('http://h/known', 'text/html') RETURNING id")
+    ids = await upsert_urls(db, {"http://h/known": "image/png", "http://h/new.css": "text/css"})
+    assert ids["http://h/known"] == known
+    rows = dict(await db.fetch("SELECT url, mime FROM url ORDER BY url"))
+    # the known row keeps its type; the new one gets the guessed type
+    assert rows == {"http://h/known": "text/html", "http://h/new.css": "text/css"}
+    assert ids["http://h/new.css"] == await db.fetchval(
+        "SELECT id FROM url WHERE url = 'http://h/new.css'")
+    assert await upsert_urls(db, {"http://h/known": "", "http://h/new.css": ""}) == ids
+
+
+async def test_upsert_waits_for_a_concurrent_insert_of_the_same_url(database_url: str) -> None:
+    first = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    try:
+        tx = first.transaction()
+        await tx.start()
+        theirs = await upsert_urls(first, {"http://h/a": "text/html", "http://h/b": "text/html"})
+        waiting = asyncio.ensure_future(
+            upsert_urls(second, {"http://h/b": "text/html", "http://h/c": "text/html"}))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # it waits on the uncommitted http://h/b
+        await tx.commit()
+        ours = await asyncio.wait_for(waiting, 10)
+        assert ours["http://h/b"] == theirs["http://h/b"]
+        assert await second.fetchval("SELECT count(*) FROM url") == 3
+    finally:
+        await first.close()
+        await second.close()
