@@ -131,6 +131,9 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     api_port = _free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if opts.profile:
+        env["HARVESTER_PG_SETTINGS"] = ("shared_preload_libraries=pg_stat_statements "
+                                        "pg_stat_statements.track=all")
     up_args = [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir),
                "-addr", f"127.0.0.1:{api_port}", "--workers", str(opts.workers),
                "-config", str(config)]

@@ -55,6 +55,25 @@ class PgSampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(5)
+        self.statements = self._statements()
+
+    def _statements(self, top: int = 14) -> list[tuple[str, int, float, float]]:
+        """(statement, calls, total ms, rows) from pg_stat_statements, if the server loaded it."""
+        try:
+            import psycopg2
+            conn = psycopg2.connect(self.dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                cur.execute("""
+                    SELECT query, calls, total_exec_time, rows FROM pg_stat_statements
+                    WHERE query NOT ILIKE '%%pg_stat_%%' ORDER BY total_exec_time DESC LIMIT %s""",
+                    (top,))
+                rows = cur.fetchall()
+            conn.close()
+        except Exception:  # noqa: BLE001 - not loaded: no table
+            return []
+        return [(_SPACE.sub(" ", q).strip()[:110], c, t, r) for q, c, t, r in rows]
 
     def render(self, top: int = 12) -> str:
         if self.error:
@@ -72,4 +91,12 @@ class PgSampler(threading.Thread):
             out.append(f"| `{q.replace('|', '/')}` | {n * 100 / total:.1f} | {wtxt} |")
         out += ["", "By wait event: " + ", ".join(
             f"{w} {c * 100 / total:.0f}%" for w, c in self.by_wait.most_common(6))]
+        statements = getattr(self, "statements", [])
+        if statements:
+            spent = sum(t for _, _, t, _ in statements)
+            out += ["", "pg_stat_statements (execution time of the top statements, whole run):",
+                    "", "| statement | calls | total ms | ms / call | rows / call | share % |",
+                    "|---|---:|---:|---:|---:|---:|"]
+            out += [f"| `{q.replace('|', '/')}` | {c} | {t:.0f} | {t / c:.2f} | {r / c:.1f} | "
+                    f"{t * 100 / spent:.1f} |" for q, c, t, r in statements]
         return "\n".join(out)

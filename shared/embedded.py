@@ -146,6 +146,10 @@ class EmbeddedPostgres:
                 "-c", "autovacuum_naptime=5s"]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        # Extra server settings for diagnosis, e.g. the bench's profile loads
+        # pg_stat_statements: HARVESTER_PG_SETTINGS="name=value name=value".
+        for setting in os.environ.get("HARVESTER_PG_SETTINGS", "").split():
+            args += ["-c", setting]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      user=self.uid, group=self.gid, start_new_session=True)
         _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)

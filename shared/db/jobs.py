@@ -63,7 +63,10 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
 
 
 async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
-    await conn.execute("DELETE FROM job WHERE id = $1", job_id)
+    """Delete a job and all its rows (job_result has no foreign key to cascade from)."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM job_result WHERE job_id = $1", job_id)
+        await conn.execute("DELETE FROM job WHERE id = $1", job_id)
 
 
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:

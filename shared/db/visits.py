@@ -71,6 +71,21 @@ def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
     return [k[0] for k in ks], [k[1] for k in ks]
 
 
+def _by_job(keys: Iterable[Key]) -> dict[int, list[int]]:
+    """The distinct keys as sorted url ids per job, jobs in order (a batch has one or a few)."""
+    out: dict[int, list[int]] = {}
+    for job_id, url_id in sorted(set(keys)):
+        out.setdefault(job_id, []).append(url_id)
+    return out
+
+
+# The look-ups by key below are written per job, as "job_id = $1 AND url_id = ANY($2)" on each
+# keyed table, rather than as a join with unnest(jobs, urls): then every table has its whole key
+# as its own index condition, whatever join order the planner picks. With the join, a planner
+# without fresh statistics (a new database, or a new job's id) started from ``job`` and read
+# ``job_visit``/``job_pending`` by job_id alone: every pending row of the job for each key.
+
+
 async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float) -> list[Planned]:
     """Which of these visits are still pending, and which can be answered from the store.
 
@@ -78,22 +93,25 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh:
     younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was created.
     """
-    jobs, urls = _cols(keys)
-    rows = await conn.fetch(f"""
-        SELECT i.job_id, i.url_id, u.url, p.reexpand,
-               (p.reexpand OR {SKIP_MIME_SQL} OR
-                (u.crawled_on IS NOT NULL AND u.crawled_on >
-                   CASE WHEN j.force_crawl THEN j.created_on
-                        ELSE now() - make_interval(secs => $3) END)) AS cached,
-               CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
-               CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
-                    THEN u.last_modified END AS last_modified,
-               v.level, j.max_level, j.sitemaps, p.attempts
-        FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
-        JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
-        JOIN job_visit v ON v.job_id = i.job_id AND v.url_id = i.url_id
-        JOIN job j ON j.id = i.job_id
-        JOIN url u ON u.id = i.url_id""", jobs, urls, float(cache_max_age))
+    rows: list[asyncpg.Record] = []
+    for job_id, url_ids in _by_job(keys).items():
+        rows += await conn.fetch(f"""
+            SELECT p.job_id, p.url_id, u.url, p.reexpand,
+                   (p.reexpand OR {SKIP_MIME_SQL} OR
+                    (u.crawled_on IS NOT NULL AND u.crawled_on >
+                       CASE WHEN j.force_crawl THEN j.created_on
+                            ELSE now() - make_interval(secs => $3) END)) AS cached,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
+                        THEN u.last_modified END AS last_modified,
+                   v.level, j.max_level, j.sitemaps, p.attempts
+            FROM job_pending p
+            JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
+            JOIN job j ON j.id = p.job_id
+            JOIN url u ON u.id = p.url_id
+            WHERE p.job_id = $1 AND p.url_id = ANY($2::bigint[])
+              AND v.job_id = $1 AND v.url_id = ANY($2::bigint[]) AND u.id = ANY($2::bigint[])""",
+            job_id, url_ids, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
                     r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"])
             for r in rows]
@@ -101,17 +119,19 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
 
 async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:
     """Lock the visits that are still pending (others were processed already: duplicates)."""
-    jobs, urls = _cols(sorted(set(keys)))
-    rows = await conn.fetch("""
-        SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
-               o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages
-        FROM unnest($1::bigint[], $2::bigint[]) AS i(job_id, url_id)
-        JOIN job_pending p ON p.job_id = i.job_id AND p.url_id = i.url_id
-        JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
-        JOIN job j ON j.id = p.job_id
-        JOIN url o ON o.id = p.origin_id
-        ORDER BY p.job_id, p.url_id
-        FOR UPDATE OF p FOR SHARE OF v""", jobs, urls)
+    rows: list[asyncpg.Record] = []
+    for job_id, url_ids in _by_job(keys).items():  # jobs, then urls, in order: no lock cycles
+        rows += await conn.fetch("""
+            SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
+                   o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages
+            FROM job_pending p
+            JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
+            JOIN job j ON j.id = p.job_id
+            JOIN url o ON o.id = p.origin_id
+            WHERE p.job_id = $1 AND p.url_id = ANY($2::bigint[])
+              AND v.job_id = $1 AND v.url_id = ANY($2::bigint[])
+            ORDER BY p.url_id
+            FOR UPDATE OF p FOR SHARE OF v""", job_id, url_ids)
     return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
                     r["reexpand"], r["origin_url"],
                     Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"])

@@ -1,4 +1,4 @@
-"""shared.db.pages.upsert_urls against PostgreSQL: ids for known and new URLs, concurrent inserts."""
+"""The store against PostgreSQL: upsert_urls (known, new and concurrently inserted URLs), delete_job."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 
+from shared.db import jobs
 from shared.db.pages import upsert_urls
 
 
@@ -40,3 +41,17 @@ async def test_upsert_waits_for_a_concurrent_insert_of_the_same_url(database_url
     finally:
         await first.close()
         await second.close()
+
+
+async def test_delete_job_removes_its_results_and_no_other(db: asyncpg.Connection) -> None:
+    async with db.transaction():
+        gone, (page,) = await jobs.create_job(db, ["http://h/"], 2, False)
+        kept, _ = await jobs.create_job(db, ["http://h/"], 2, False)
+    link = (await upsert_urls(db, {"http://h/x": "text/html"}))["http://h/x"]
+    for job_id in (gone, kept):
+        await db.execute("INSERT INTO job_result (job_id, refer_id, url_id) VALUES ($1, $2, $3)",
+                         job_id, page, link)
+    await jobs.delete_job(db, gone)
+    assert await db.fetch("SELECT job_id FROM job_result") == [(kept,)]
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", gone) == 0
+    assert await db.fetchval("SELECT count(*) FROM job WHERE id = $1", kept) == 1
