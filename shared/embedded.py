@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 PG_SYSTEM_USER = "harvester-pg"
 
@@ -113,6 +114,16 @@ class EmbeddedPostgres:
 
     def dsn_for(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def local_dsn_for(self, database: str) -> str:
+        """The DSN over the server's Unix socket (in the data directory), for clients on this
+        machine: cheaper per statement than loopback TCP (the bench measured the socket writes
+        at about 15% of a worker's CPU over TCP). TCP if the socket path is too long for
+        the kernel (108 bytes)."""
+        if len(str(self.data_dir / f".s.PGSQL.{self.port}")) > 100:
+            return self.dsn_for(database)
+        return (f"postgresql://postgres@/{database}"
+                f"?host={quote(str(self.data_dir), safe='/')}&port={self.port}")
 
     def _run(self, args: list[str]) -> None:
         subprocess.run(args, check=True, capture_output=True, user=self.uid, group=self.gid)

@@ -81,7 +81,8 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
         migrate.upgrade(dsn)
         log.info("starting nats-server with JetStream (data in %s)", nats.data_dir)
         nats.start()
-        env = dict(os.environ, HARVESTER_DATABASE_URL=dsn, HARVESTER_NATS_URL=nats.url)
+        env = dict(os.environ, HARVESTER_DATABASE_URL=pg.local_dsn_for(DATABASE),
+                   HARVESTER_NATS_URL=nats.url)
         cfg = ["-config", config] if config else []
         py = sys.executable
         children = [Child("web_server", [py, "-m", "web_server", *cfg, "-addr", addr]),

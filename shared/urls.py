@@ -189,8 +189,11 @@ class Resolver:
         joined = "/".join(resolved)
         if not joined.startswith("/"):
             joined = "/" + joined
-        url = f"{self._origin}{joined}?{query}" if query else f"{self._origin}{joined}"
-        return _checked_canonical(url)
+        if not query:
+            if "%" not in path:  # canonical already: the base is, and dot segments are gone
+                return f"{self._origin}{joined}"
+            return _checked_canonical(f"{self._origin}{joined}")
+        return _checked_canonical(f"{self._origin}{joined}?{query}")
 
 
 # A relative href the Resolver joins itself: a non-empty path that neither starts with a
