@@ -239,6 +239,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
               "loops: the process's VmHWM); PostgreSQL: the sum over its processes (and the "
               "sum of PSS, which counts shared buffers once). A crawl that misses an expected "
               "page is INVALID.")]
+    lines += _api_lines(runs)
     scaling = [s for s in summaries if s["system"] == "harvester"]
     if a.scaling:
         scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
@@ -257,7 +258,8 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                                       "last_response_after", "wall_process", "cpu_process",
                                       "statuses", "result_fetch_s", "error", "missing_sample",
                                       "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
-                                      "idle_cpu_per_s", "pg_deadlocks", "tier_warnings")
+                                      "idle_cpu_per_s", "pg_deadlocks", "tier_warnings",
+                                      "result_http", "status_ms")
                 if r.get(k) not in (None, [], {})}
         for k in ("wall", "cpu", "cpu_sampled", "wall_process", "cpu_process",
                   "last_response_after"):
@@ -272,6 +274,23 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
         lines += ["", "## PostgreSQL: statements running (pg_stat_activity samples)", "",
                   (a.out.resolve() / "pg_activity.md").read_text()]
     return "\n".join(lines) + "\n"
+
+
+def _api_lines(runs: list[dict]) -> list[str]:
+    """GET /result and GET /status of each Harvester run's job, as measured after the crawl."""
+    out = []
+    for r in runs:
+        http, status = r.get("result_http"), r.get("status_ms")
+        if r.get("system") != "harvester" or not http or not status:
+            continue
+        out.append(
+            f"* API after harvester {r['label']}: `GET /result` of the job ({r.get('links', 0):,} "
+            f"links, {http['mb']} MB): first byte after **{http['ttfb_s']} s**, whole body "
+            f"{http['total_s']} s; web server RSS {http.get('web_rss_before_mb')} MB before, "
+            f"{http.get('web_rss_peak_mb')} MB at most while streaming. `GET /status`: "
+            f"**{status['job']} ms** for this job, {status['small_job']} ms for a job of "
+            f"{status['small_job_pages']} pages (medians of 20).")
+    return [""] + out if out else []
 
 
 if __name__ == "__main__":

@@ -65,6 +65,80 @@ def _post(url: str, body: bytes, timeout: float = 30.0) -> object:
         return json.load(r)
 
 
+class _RssPeak(threading.Thread):
+    """The largest RSS of one process while it runs (sampled every 20 ms), in MB."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.start_mb = self.peak_mb = self.proc.memory_info().rss / 2**20
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                self.peak_mb = max(self.peak_mb, self.proc.memory_info().rss / 2**20)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)
+
+
+def _timed_download(url: str, web_pid: int | None, timeout: float = 600.0) -> dict[str, object]:
+    """GET ``url`` streaming: time to the first body byte, total time, size, the body, and the
+    web server's RSS before and at its peak during the download."""
+    peak = _RssPeak(web_pid) if web_pid else None
+    if peak:
+        peak.start()
+    t0 = time.monotonic()
+    chunks: list[bytes] = []
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        first = r.read(1)
+        ttfb = time.monotonic() - t0
+        chunks.append(first)
+        while block := r.read(1 << 20):
+            chunks.append(block)
+    total = time.monotonic() - t0
+    if peak:
+        peak.stop()
+    body = b"".join(chunks)
+    out: dict[str, object] = {"ttfb_s": round(ttfb, 3), "total_s": round(total, 2),
+                              "mb": round(len(body) / 2**20, 1), "body": body}
+    if peak:
+        out["web_rss_before_mb"] = round(peak.start_mb, 1)
+        out["web_rss_peak_mb"] = round(peak.peak_mb, 1)
+    return out
+
+
+def _status_latency(api: str, job_id: int, n: int = 20) -> float:
+    """Median time of ``n`` GET /status/<job> calls, in milliseconds."""
+    times = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        _get_json(f"{api}/status/{job_id}")
+        times.append(time.monotonic() - t0)
+    times.sort()
+    return round(times[len(times) // 2] * 1000, 2)
+
+
+def _small_job(api: str, site: Site) -> int:
+    """A job of a few pages (the second host's), run to completion; its id."""
+    start = f"http://{site.spec.host_b}:{site.spec.port}/"
+    job_id = int(_post(f"{api}/?depth=2&forceCrawl", start.encode())["jobId"])  # type: ignore[index]
+    deadline = time.monotonic() + 60
+    while _get_json(f"{api}/status/{job_id}").get("pending") and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.1)
+    return job_id
+
+
+def _web_server_pid(up_pid: int) -> int | None:
+    for p in psutil.Process(up_pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "-m web_server" in " ".join(p.cmdline()):
+                return p.pid
+    return None
+
+
 class _Drain(threading.Thread):
     """Copies the up process's stdout to a log, handing the first line over."""
 
@@ -215,10 +289,18 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
             result["error"] = f"not complete after {opts.timeout:.0f} s"
             result["found"] = (status.get("pages") or {}).get("processed", 0)
             return result
-        t_res = time.monotonic()
-        pages = _get_json(f"{api}/result/{job_id}", 600)
+        # GET /result of the whole job, streamed: first byte, total, the web server's memory.
+        download = _timed_download(f"{api}/result/{job_id}", _web_server_pid(up.pid))
+        pages = json.loads(download.pop("body"))  # type: ignore[arg-type]
+        result["result_fetch_s"] = download["total_s"]
+        result["result_http"] = download
         failed = _get_json(f"{api}/result/{job_id}?status=failed", 120)
-        result["result_fetch_s"] = round(time.monotonic() - t_res, 2)
+        # GET /status: the big job against a job of a few pages.
+        small = _small_job(api, site)
+        result["status_ms"] = {"job": _status_latency(api, job_id),
+                               "small_job": _status_latency(api, small),
+                               "small_job_pages": (_get_json(f"{api}/status/{small}")  # type: ignore[union-attr]
+                                                   .get("pages") or {}).get("processed")}
         keys = set(pages)  # type: ignore[arg-type]
         missing = [u for u in site.expected if u not in keys]
         result["found"] = len(site.expected) - len(missing)
