@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
                 print(f"bench: {system} {label} ...", flush=True)
                 server_cpu0 = _cpu_tree(server.pid)
+                server_errors0 = server.error_count()
                 if system == "harvester":
                     opts = HarvesterOptions(workers=w, foremen=f, concurrency=a.concurrency,
                                             worker_concurrency=a.worker_concurrency
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_ceiling(site, out, label, a.concurrency, a.timeout,
                                     parse=system == "ceiling+parse")
                 r["server_cpu"] = round(_cpu_tree(server.pid) - server_cpu0, 2)
+                r["server_errors"] = server.error_count() - server_errors0
+                if r["server_errors"]:  # the static server failed: the crawl measured nothing
+                    r["valid"] = False
+                    r["error"] = (f"the static server logged {r['server_errors']} errors "
+                                  f"(see {out / 'server' / 'error.log'})")
                 r["repeat"] = rep
                 runs.append(r)
                 _print_run(r, len(site.expected))

@@ -23,6 +23,7 @@ NGINX = "/usr/sbin/nginx"
 
 _NGINX_CONF = """\
 {user}worker_processes {workers};
+worker_rlimit_nofile {nofile};
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -33,7 +34,9 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65;
     keepalive_requests 100000;
-    open_file_cache max=60000 inactive=120s;
+    # Each cached entry holds a descriptor: keep well under worker_rlimit_nofile, or a site
+    # larger than the cache limit gets "Too many open files" (served as 404) once it fills.
+    open_file_cache max={file_cache} inactive=120s;
     types {{ text/html html; text/css css; application/javascript js; image/png png;
              image/jpeg jpg; }}
     default_type text/html;
@@ -54,6 +57,13 @@ http {{
     }}
 }}
 """
+
+
+def _nofile() -> int:
+    """The descriptors nginx's worker may open: this process's hard limit."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65536 if hard == resource.RLIM_INFINITY else int(hard)
 
 
 def port_free(port: int, hosts: tuple[str, ...] = ("127.0.0.1", "127.0.0.2")) -> bool:
@@ -120,6 +130,7 @@ class StaticServer:
             conf.write_text(_NGINX_CONF.format(
                 user="user root;\n" if os.geteuid() == 0 else "", workers=self.workers,
                 run=self.run_dir, site=self.site_root, port=self.port,
+                nofile=_nofile(), file_cache=max(100, min(10_000, _nofile() // 2)),
                 host_a=self.host_a, host_b=self.host_b))
             args = [NGINX, "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"]
         else:
@@ -161,6 +172,15 @@ class StaticServer:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def error_count(self) -> int:
+        """Lines at level error or worse in nginx's error log so far (0 for the fallback)."""
+        try:
+            text = (self.run_dir / "error.log").read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(1 for line in text.splitlines()
+                   if any(f"[{lvl}]" in line for lvl in ("error", "crit", "alert", "emerg")))
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
