@@ -10,6 +10,7 @@ system user (created on first use).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
@@ -96,13 +98,40 @@ def _make_traversable(path: Path) -> None:
                 parent.chmod(mode | 0o001)
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL server on 127.0.0.1 with its data directory under ``data_dir``."""
+def die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the child gets ``sig`` when its parent dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``; None elsewhere). The parent is the *thread* that started the
+    child, so only a process's main thread should use it. Set after Popen's ``user=``/``group=``
+    switch, which would clear it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, fsync: bool = True) -> None:
+    def set_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before the call: too late to be told
+            os.kill(os.getpid(), sig)
+
+    return set_signal
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1 with its data directory under ``data_dir``.
+
+    ``die_with_parent``: the server shuts down (fast: SIGINT) if the process that started it
+    dies, even by SIGKILL, rather than living on without an owner (``harvester up`` sets it).
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, fsync: bool = True,
+                 die_with_parent: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.fsync = fsync
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self.user, self.uid, self.gid = _pg_user()
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -161,8 +190,11 @@ class EmbeddedPostgres:
         # pg_stat_statements: HARVESTER_PG_SETTINGS="name=value name=value".
         for setting in os.environ.get("HARVESTER_PG_SETTINGS", "").split():
             args += ["-c", setting]
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     user=self.uid, group=self.gid, start_new_session=True)
+        # Only harvester up asks for it, from its main thread with no other thread running.
+        on_parent_death = die_with_parent(signal.SIGINT) if self.die_with_parent else None
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, user=self.uid, group=self.gid,
+            start_new_session=True, preexec_fn=on_parent_death)  # noqa: PLW1509
         _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)
         self._wait_ready(timeout)
 
@@ -212,10 +244,13 @@ class EmbeddedPostgres:
 
 
 class EmbeddedNats:
-    """A nats-server with JetStream on 127.0.0.1, storing streams under ``data_dir``."""
+    """A nats-server with JetStream on 127.0.0.1, storing streams under ``data_dir``
+    (``die_with_parent``: as for EmbeddedPostgres, with SIGTERM)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *,
+                 die_with_parent: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.die_with_parent = die_with_parent
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -228,10 +263,12 @@ class EmbeddedNats:
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        on_parent_death = die_with_parent(signal.SIGTERM) if self.die_with_parent else None
         self.proc = subprocess.Popen(
             [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
              "-sd", str(self.data_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=on_parent_death)  # noqa: PLW1509
         _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)
 
     def stop(self, timeout: float = 15.0) -> None:

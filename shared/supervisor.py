@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from shared.db import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 
 log = logging.getLogger("harvester.up")
 
@@ -38,7 +38,10 @@ class Child:
     started: float = field(default=0.0)
 
     def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(self.args, env=env)
+        # SIGTERM (a graceful stop) if the supervisor is killed: no tier outlives it.
+        # The supervisor is single-threaded, so a preexec_fn is safe here.
+        on_parent_death = die_with_parent(signal.SIGTERM)
+        self.proc = subprocess.Popen(self.args, env=env, preexec_fn=on_parent_death)  # noqa: PLW1509
         self.started = time.monotonic()
 
 
@@ -70,8 +73,10 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
-    pg = EmbeddedPostgres(data_dir / "postgres", pg_port)
-    nats = EmbeddedNats(data_dir / "nats", nats_port)
+    # Started from this (the main) thread: if the supervisor is killed, even by SIGKILL, the
+    # servers and the tiers are told and stop, instead of living on without an owner.
+    pg = EmbeddedPostgres(data_dir / "postgres", pg_port, die_with_parent=True)
+    nats = EmbeddedNats(data_dir / "nats", nats_port, die_with_parent=True)
     children: list[Child] = []
     try:
         log.info("starting PostgreSQL (data in %s)", pg.data_dir)

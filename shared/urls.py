@@ -156,7 +156,7 @@ class Resolver:
     through :func:`resolve`. A property test checks both give the same answer.
     """
 
-    __slots__ = ("base", "_origin", "_dir")
+    __slots__ = ("_dir", "_origin", "base")
 
     def __init__(self, base: str) -> None:
         self.base = base

@@ -107,3 +107,28 @@ async def test_up_crawls_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         await demo.cleanup()
+
+
+async def test_nothing_outlives_a_killed_supervisor(tmp_path: Path) -> None:
+    """SIGKILL to ``harvester up`` alone: PostgreSQL, nats-server and every tier stop too, and
+    the next ``harvester up`` starts on the same data."""
+    tmp_path.chmod(0o755)
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start_up(data, port)
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        names = [" ".join(p.cmdline()) for p in tree]
+        assert any("postgres" in n for n in names) and any("nats-server" in n for n in names)
+        assert sum("-m worker" in n for n in names) == 2
+        proc.kill()  # the supervisor only, not its process group
+        proc.wait(10)
+        _, alive = psutil.wait_procs(tree, timeout=60)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        proc = start_up(data, port)
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        ctrl_c(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
