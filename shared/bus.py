@@ -129,9 +129,16 @@ async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str
             await js.add_consumer(stream, config=cfg)
         except nats.js.errors.BadRequestError:
             pass  # exists with another config (e.g. a different ack_wait): keep it
+        info = await js.consumer_info(stream, durable)
+        if info.config.max_deliver and info.config.max_deliver > 0:
+            _MAX_DELIVER[durable] = info.config.max_deliver
         return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
     return await _retry(sub)
+
+
+# Deliveries allowed per message, by durable consumer (as the server has it), for ``settle``.
+_MAX_DELIVER: dict[str, int] = {}
 
 
 async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
@@ -217,16 +224,35 @@ class Settle:
 
 
 async def settle(msg: Msg, outcome: Settle) -> None:
-    """The one place a processing outcome becomes ack / nak / term. Never raises."""
+    """The one place a processing outcome becomes ack / nak / term. Never raises.
+
+    A retry on a message's last allowed delivery terminates it instead: JetStream would never
+    deliver it again, yet keep it in the work-queue stream, where it would count against the
+    queue's limit for good. Its visit is still pending in PostgreSQL, and the watchdog
+    publishes it again (as a new message) after ``staleAfter``.
+    """
     try:
         if outcome.verdict is Verdict.ACK:
             await msg.ack()
+        elif outcome.verdict is Verdict.RETRY and _last_delivery(msg):
+            log.warning("message %s: last delivery not processed; the watchdog will publish "
+                        "its visit again", msg.data[:80])
+            await msg.term()
         elif outcome.verdict is Verdict.RETRY:
             await msg.nak(delay=outcome.delay or None)
         else:
             await msg.term()
     except Exception as e:  # noqa: BLE001 - the message comes back after AckWait anyway
         log.debug("could not settle message (%s): it will be redelivered", e)
+
+
+def _last_delivery(msg: Msg) -> bool:
+    try:
+        meta = msg.metadata
+    except (nats.errors.Error, ValueError, AttributeError):  # not a JetStream message
+        return False
+    limit = _MAX_DELIVER.get(meta.consumer or "")
+    return limit is not None and meta.num_delivered is not None and meta.num_delivered >= limit
 
 
 def retry_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
