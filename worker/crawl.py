@@ -194,7 +194,7 @@ class Worker:
                 try:
                     await asyncio.sleep(slot.wait)
                     page = await fetch(self.session, self.settings, key[1], url,  # never raises
-                                       validators)
+                                       validators, hops=self.gate)
                 except asyncio.CancelledError:  # shutting down: free the slot for others now
                     self.gate.release(slot, trouble=False, retry_after=None)
                     raise

@@ -9,6 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -67,6 +68,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
+FINAL_HOP_REFUSALS = ("blocked by robots.txt", "robots.txt unreachable")
+
+
+class HopGate(Protocol):
+    """What ``fetch`` needs to follow a redirect to another host politely (worker.gate.HostGate)."""
+
+    async def admit_hop(self, url: str, slot: bool) -> Any: ...  # a slot, True, or why not
+
+    def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +101,52 @@ def request_headers(settings: Settings, url: str, validators: Validators | None)
 
 
 async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str,
-                validators: Validators | None = None) -> FetchedPage:
+                validators: Validators | None = None, hops: HopGate | None = None) -> FetchedPage:
     """Fetch and parse one page, following redirects one hop at a time (so each hop gets its
-    own host's headers); every failure becomes a recorded outcome, never an exception."""
+    own host's headers); every failure becomes a recorded outcome, never an exception.
+
+    With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
+    on a host other than the page's own (whose slot the caller holds), a request slot must be
+    free; that slot is released as soon as its request is answered."""
+    chain: list[str] = []
+    slot: Any = None  # the slot of the current hop, when it is on another host
+    trouble = True
     try:
-        chain: list[str] = []
         current = url
         for _ in range(settings.max_redirects + 1):
             headers = request_headers(settings, current, validators if not chain else None)
             async with session.get(current, allow_redirects=False, headers=headers) as resp:
                 location = resp.headers.get("Location")
-                if resp.status in REDIRECTS and location:
-                    nxt = resolve(current, location)
-                    if nxt is None:
-                        return FetchedPage(url_id, resp.status, None,
-                                           f"redirect to an unsupported URL: {location}",
-                                           cacheable=True, redirects=tuple(chain))
-                    chain.append(current)
-                    current = nxt
-                    continue
-                return await _answer(resp, settings, url_id, url, current, tuple(chain))
+                if not (resp.status in REDIRECTS and location):
+                    page = await _answer(resp, settings, url_id, url, current, tuple(chain))
+                    _release(hops, slot, page.status in (429, 503), page.retry_after)
+                    slot = None
+                    return page
+                status = resp.status
+            _release(hops, slot, False, None)
+            slot = None
+            nxt = resolve(current, location)
+            if nxt is None:
+                return FetchedPage(url_id, status, None,
+                                   f"redirect to an unsupported URL: {location}",
+                                   cacheable=True, redirects=tuple(chain))
+            chain.append(current)
+            if hops is not None:
+                admitted = await hops.admit_hop(nxt, slot=host_key(nxt) != host_key(url))
+                if isinstance(admitted, str):
+                    # A final refusal keeps the redirect's status (not retryable); the others
+                    # have none, so the visit is tried again later.
+                    final = admitted in FINAL_HOP_REFUSALS
+                    return FetchedPage(url_id, status if final else None, None,
+                                       f"redirect to {nxt}: {admitted}", cacheable=final,
+                                       redirects=tuple(chain))
+                slot = admitted
+            current = nxt
+        trouble = False  # the slot of a hop that was never requested
         return FetchedPage(url_id, None, None, f"more than {settings.max_redirects} redirects",
                            cacheable=False, redirects=tuple(chain))
     except BodyTooLarge as e:
+        trouble = False
         return FetchedPage(url_id, None, None, str(e), cacheable=False)
     except TimeoutError:
         return FetchedPage(url_id, None, None, "timeout", cacheable=False)
@@ -126,6 +159,14 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                            cacheable=False)
     except (ValueError, UnicodeError) as e:  # e.g. a malformed URL
         return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)
+    finally:
+        _release(hops, slot, trouble, None)  # by default: a hop's request got no answer
+
+
+def _release(hops: HopGate | None, slot: Any, trouble: bool, retry_after: float | None) -> None:
+    """Give a hop's slot back (None: there is none)."""
+    if hops is not None and slot is not None:
+        hops.release(slot, trouble, retry_after)
 
 
 async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int, url: str,

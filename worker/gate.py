@@ -29,6 +29,8 @@ ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
 SOON = timedelta(seconds=0.05)  # a host at its request cap: ask again shortly
 BLOCKED = "blocked by robots.txt"
 UNREACHABLE = "robots.txt unreachable"
+NOT_YET = "robots.txt not fetched yet"
+BUSY = "no free slot on the host"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,43 @@ class HostGate:
             for i, key in enumerate(keys[len(g.starts):]):
                 out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
         return out
+
+    async def admit_hop(self, url: str, slot: bool) -> Slot | str | None:
+        """A redirect hop goes through the same gate as a visit: robots.txt must allow ``url``
+        and, if ``slot`` (another host than the page's own), its host must give a request slot,
+        waited for here (at most ``read_timeout``) since the fetch is under way. Returns the
+        slot (its wait spent; release it after the request), None when no slot was asked for,
+        or why not: ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY`` (try later)."""
+        host = host_key(url)
+        delay = self.settings.host_limit(host).delay
+        if self.settings.robots:
+            out, key = Admission(), (0, 0)
+            rules = (await self._robots([host], out, {host: [key]})).get(host)
+            if rules is None:
+                return out.blocked.get(key, NOT_YET)
+            if not rules.allowed(url, self.agent):
+                return BLOCKED
+            crawl_delay = rules.crawl_delay(self.agent)
+            if crawl_delay is not None:
+                delay = max(delay, min(crawl_delay, self.settings.max_crawl_delay))
+        if not slot:
+            return None
+        gap = delay + guard_band(delay)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.read_timeout
+        while True:
+            async with self.pool.acquire() as conn:
+                db_now, grants = await hosts.acquire(
+                    conn, {host: 1}, {host: self.settings.host_limit(host).concurrency},
+                    {host: gap}, self.settings.fetch_lease, self.settings.politeness_horizon)
+            grant = next((g for g in grants if g.host == host), None)
+            if grant is not None and grant.starts:
+                await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
+                return Slot(host, grant.tokens[0], 0.0)
+            if loop.time() >= deadline:
+                return BUSY
+            free_in = (grant.next_free - db_now).total_seconds() if grant is not None else 0.0
+            await asyncio.sleep(min(max(free_in, SOON.total_seconds()), 1.0))
 
     async def _robots(self, names: list[str], out: Admission,
                       by_host: dict[str, list[Key]]) -> dict[str, RobotsRules]:

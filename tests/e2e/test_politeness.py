@@ -222,3 +222,63 @@ async def test_a_host_answering_429_is_slowed_down_then_recovers(settings: Setti
     finally:
         await stack.stop()
         await site.stop()
+
+
+async def test_a_redirect_hop_obeys_the_target_hosts_robots_txt(settings: Settings) -> None:
+    """Each hop is admitted like a visit: a redirect into a path the target host's robots.txt
+    disallows is never requested, and the page fails with that reason (as Scrapy's robots
+    middleware drops the redirected request)."""
+    other = await LoggedSite("127.0.0.2", {
+        "/robots.txt": page(text="User-agent: *\nDisallow: /private/\n"),
+        "/private/x": page(), "/open": page(["/private/x"])}).start()
+    site = await LoggedSite("127.0.0.1", {
+        "/robots.txt": page(text="User-agent: *\nDisallow: /own-private\n"),
+        "/": page(["/away", "/moved", "/home"]),
+        "/away": page(status=302, headers={"Location": other.base + "/private/x"}),
+        "/moved": page(status=301, headers={"Location": other.base + "/open"}),
+        "/home": page(status=302, headers={"Location": "/own-private"}),
+        "/own-private": page()}).start()
+    stack, job = await crawl(settings.model_copy(update={"robots": True}), [site.base + "/"],
+                             depth="2")
+    try:
+        assert other.hits("/private/x") == 0 and site.hits("/own-private") == 0
+        assert other.hits("/open") == 1 and other.hits("/robots.txt") == 1
+        failed = await stack.result(job, status="failed")
+        assert failed[site.base + "/away"]["reason"] == \
+            f"redirect to {other.base}/private/x: blocked by robots.txt"
+        assert failed[site.base + "/away"]["status"] == 302
+        assert failed[site.base + "/home"]["reason"] == \
+            f"redirect to {site.base}/own-private: blocked by robots.txt"
+        assert site.base + "/moved" not in failed
+        # the links of a redirected page are those of where it landed
+        assert (await stack.result(job))[site.base + "/moved"] == [other.base + "/private/x"]
+    finally:
+        await stack.stop()
+        await site.stop()
+        await other.stop()
+
+
+async def test_redirect_hops_keep_to_the_target_hosts_limits(settings: Settings) -> None:
+    """Pages on one host that all redirect to another: the other host's requests keep its
+    concurrency and delay, for the whole cluster, as if they were its own visits."""
+    target = await LoggedSite("127.0.0.2", {f"/t{i}": page(delay=0.05) for i in range(8)}).start()
+    pages = {"/": page([f"/r{i}" for i in range(8)])}
+    pages |= {f"/r{i}": page(status=302, headers={"Location": f"{target.base}/t{i}"})
+              for i in range(8)}
+    site = await LoggedSite("127.0.0.1", pages).start()
+    polite = settings.model_copy(update={
+        "host_concurrency": 8, "host_delay": 0.0,
+        "host_limits": {target.base.split("://")[1]: HostLimit(concurrency=1, delay=0.2)}})
+    stack, job = await crawl(polite, [site.base + "/"], workers=2)
+    try:
+        assert all(target.hits(f"/t{i}") == 1 for i in range(8))
+        starts = target.starts()
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        print(f"\nmin gap between the target's request starts: {min(gaps):.4f}s (limit 0.2s)")
+        assert min(gaps) >= 0.2
+        assert target.max_in_flight() == 1
+        assert (await stack.status(job))["pages"]["failed"] == 0
+    finally:
+        await stack.stop()
+        await site.stop()
+        await target.stop()
