@@ -61,6 +61,7 @@ class HostGate:
         self.session = session
         self.agent = agent_token(settings.user_agent)
         self.releases: asyncio.Queue[Release] = asyncio.Queue()
+        self._robots_fetches: set[asyncio.Task[None]] = set()
 
     async def admit(self, visits: dict[Key, str]) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, or block."""
@@ -99,17 +100,24 @@ class HostGate:
 
     async def admit_hop(self, url: str, slot: bool) -> Slot | str | None:
         """A redirect hop goes through the same gate as a visit: robots.txt must allow ``url``
-        and, if ``slot`` (another host than the page's own), its host must give a request slot,
-        waited for here (at most ``read_timeout``) since the fetch is under way. Returns the
-        slot (its wait spent; release it after the request), None when no slot was asked for,
-        or why not: ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY`` (try later)."""
+        and, if ``slot`` (another host than the page's own), its host must give a request slot.
+        Both are waited for here (at most ``read_timeout``), since the fetch is under way.
+        Returns the slot (its wait spent; release it after the request), None when no slot was
+        asked for, or why not: ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY``."""
         host = host_key(url)
         delay = self.settings.host_limit(host).delay
+        deadline = asyncio.get_running_loop().time() + self.settings.read_timeout
         if self.settings.robots:
-            out, key = Admission(), (0, 0)
-            rules = (await self._robots([host], out, {host: [key]})).get(host)
+            while True:
+                out, key = Admission(), (0, 0)
+                rules = (await self._robots([host], out, {host: [key]})).get(host)
+                if rules is not None or key in out.blocked:
+                    break
+                if asyncio.get_running_loop().time() >= deadline:
+                    return NOT_YET
+                await asyncio.sleep(0.1)  # being fetched (perhaps by us, in the background)
             if rules is None:
-                return out.blocked.get(key, NOT_YET)
+                return out.blocked[key]
             if not rules.allowed(url, self.agent):
                 return BLOCKED
             crawl_delay = rules.crawl_delay(self.agent)
@@ -117,9 +125,13 @@ class HostGate:
                 delay = max(delay, min(crawl_delay, self.settings.max_crawl_delay))
         if not slot:
             return None
-        gap = delay + guard_band(delay)
+        return await self._wait_for_slot(host, delay, deadline) or BUSY
+
+    async def _wait_for_slot(self, host: str, delay: float, deadline: float) -> Slot | None:
+        """Lease one request slot on ``host`` and wait until it starts; None at ``deadline``
+        (on the event loop's clock)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.read_timeout
+        gap = delay + guard_band(delay)
         while True:
             async with self.pool.acquire() as conn:
                 db_now, grants = await hosts.acquire(
@@ -130,7 +142,7 @@ class HostGate:
                 await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
                 return Slot(host, grant.tokens[0], 0.0)
             if loop.time() >= deadline:
-                return BUSY
+                return None
             free_in = (grant.next_free - db_now).total_seconds() if grant is not None else 0.0
             await asyncio.sleep(min(max(free_in, SOON.total_seconds()), 1.0))
 
@@ -149,25 +161,44 @@ class HostGate:
                 (now - r.fetched_on).total_seconds() < s.robots_max_age
             if not fresh:
                 async with self.pool.acquire() as conn:
-                    mine = await hosts.claim_robots_fetch(conn, host, s.robots_max_age, 30.0)
-                if mine:
-                    status, body = await self._fetch_robots(host)
-                    async with self.pool.acquire() as conn:
-                        await hosts.store_robots(conn, host, status, body)
-                        r = (await hosts.robots(conn, [host])).get(host)
+                    mine = await hosts.claim_robots_fetch(
+                        conn, host, s.robots_max_age, s.fetch_lease + s.read_timeout)
+                if mine:  # fetched in the background: this dispatch does not wait for it
+                    task = asyncio.create_task(self._refresh_robots(host),
+                                               name=f"robots.txt of {host}")
+                    self._robots_fetches.add(task)
+                    task.add_done_callback(self._robots_fetches.discard)
             if r is not None and r.fetched_on is not None:
                 rules[host] = rules_for(r.status, r.body)  # fresh, or the last good copy
             elif r is not None and r.failures >= s.robots_max_failures:
                 for key in by_host[host]:
                     out.blocked[key] = UNREACHABLE  # RFC 9309: unreachable means disallow
                 by_host[host] = []
-            else:
+            else:  # being fetched for the first time, or failing for now
                 failures = r.failures if r is not None else 0
-                due = now + timedelta(seconds=min(60.0, 2.0 ** failures))
+                due = now + timedelta(seconds=min(60.0, 2.0 ** failures) if failures else 0.25)
                 for key in by_host[host]:
                     out.deferred[key] = due
                 by_host[host] = []
         return rules
+
+    async def _refresh_robots(self, host: str) -> None:
+        """Fetch and store a host's robots.txt (this worker holds the claim), in one of the
+        host's request slots like any request to it; on failure the claim simply expires."""
+        s = self.settings
+        deadline = asyncio.get_running_loop().time() + s.read_timeout
+        slot: Slot | None = None
+        status: int | None = None
+        try:
+            slot = await self._wait_for_slot(host, s.host_limit(host).delay, deadline)
+            status, body = await self._fetch_robots(host)
+            async with self.pool.acquire() as conn:
+                await hosts.store_robots(conn, host, status, body, s.robots_max_failures)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("robots.txt of %s not stored (%s); it will be fetched again", host, e)
+        finally:
+            if slot is not None:
+                self.release(slot, trouble=status is None or status >= 500, retry_after=None)
 
     async def _fetch_robots(self, host: str) -> tuple[int | None, str | None]:
         try:
@@ -193,19 +224,36 @@ class HostGate:
         for n, where in enumerate(todo):
             if n >= max_sitemaps or len(urls) >= limit:
                 break
-            try:
-                async with self.session.get(where, allow_redirects=True, max_redirects=5) as resp:
-                    if resp.status != 200:
-                        continue
-                    body = await resp.content.read(self.settings.max_body_bytes)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-                log.info("sitemap %s unreachable: %s", where, e)
+            body = await self._fetch_sitemap(where)
+            if body is None:
                 continue
             found = parse_sitemap(body, where, self.settings.max_body_bytes)
             urls += found.urls
             if n < 1:  # an index at the top level: read its sitemaps too
                 todo += found.sitemaps
         return urls[:limit]
+
+    async def _fetch_sitemap(self, where: str) -> bytes | None:
+        """One sitemap, in a request slot of its host (None: not there, or no slot in time)."""
+        s = self.settings
+        host = host_key(where)
+        slot = await self._wait_for_slot(host, s.host_limit(host).delay,
+                                         asyncio.get_running_loop().time() + s.read_timeout)
+        if slot is None:
+            log.info("sitemap %s skipped: no free slot on its host", where)
+            return None
+        trouble = True
+        try:
+            async with self.session.get(where, allow_redirects=True, max_redirects=5) as resp:
+                trouble = resp.status in (429, 503) or resp.status >= 500
+                if resp.status != 200:
+                    return None
+                return await resp.content.read(s.max_body_bytes)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            log.info("sitemap %s unreachable: %s", where, e)
+            return None
+        finally:
+            self.release(slot, trouble, retry_after=None)
 
     def release(self, slot: Slot, trouble: bool, retry_after: float | None) -> None:
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))

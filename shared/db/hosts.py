@@ -100,18 +100,23 @@ async def claim_robots_fetch(conn: asyncpg.Connection, host: str, max_age: float
 
 
 async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
-                       body: str | None) -> None:
+                       body: str | None, give_up_after: int = 3,
+                       retry_given_up: float = 300.0) -> None:
     """Keep an answer (2xx or 4xx); count a failure (5xx, no answer) without losing the last
-    good copy, so a host that stops answering is retried and, in the end, treated as disallow."""
+    good copy, so a host that stops answering is retried and, in the end, treated as disallow.
+    Once ``give_up_after`` failures are counted, it is asked again only every
+    ``retry_given_up`` seconds."""
     if status is not None and status < 500:
         await conn.execute("""
             UPDATE host SET robots_status = $2, robots_body = $3, robots_fetched_on = now(),
                    robots_failures = 0, robots_fetching_until = NULL WHERE host = $1""",
             host, status, body)
     else:
-        # Nobody tries again before a pause that doubles with each failure (at most a minute).
+        # Nobody tries again before a pause that doubles with each failure (at most a minute),
+        # or, once given up, before a long one.
         await conn.execute("""
             UPDATE host SET robots_failures = robots_failures + 1,
-                   robots_fetching_until = clock_timestamp()
-                       + make_interval(secs => least(60, 2 ^ robots_failures))
-            WHERE host = $1""", host)
+                   robots_fetching_until = clock_timestamp() + make_interval(secs =>
+                       CASE WHEN robots_failures + 1 >= $2 THEN $3
+                            ELSE least(60, 2 ^ robots_failures) END)
+            WHERE host = $1""", host, give_up_after, float(retry_given_up))

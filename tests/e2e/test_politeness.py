@@ -282,3 +282,28 @@ async def test_redirect_hops_keep_to_the_target_hosts_limits(settings: Settings)
         await stack.stop()
         await site.stop()
         await target.stop()
+
+
+async def test_robots_txt_and_sitemap_requests_take_host_slots(settings: Settings) -> None:
+    """robots.txt and sitemap requests go through the host's slots like pages: with C = 1 and
+    D = 0.3 s, every request the host sees, those included, starts 0.3 s after the last."""
+    site = await LoggedSite("127.0.0.1", {"/": page(["/a"]), "/a": page(), "/s1": page(),
+                                          "/s2": page()}).start()
+    site.pages["/robots.txt"] = page(text=f"User-agent: *\nAllow: /\nSitemap: {site.base}/map.xml\n")
+    site.pages["/map.xml"] = page(text=(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        f"<url><loc>{site.base}/s1</loc></url><url><loc>{site.base}/s2</loc></url></urlset>"))
+    polite = settings.model_copy(update={"robots": True, "host_concurrency": 1, "host_delay": 0.3})
+    stack, job = await crawl(polite, [site.base + "/"], workers=2, sitemaps="1")
+    try:
+        assert site.hits("/robots.txt") == 1 and site.hits("/map.xml") == 1
+        assert all(site.hits(p) == 1 for p in ("/", "/a", "/s1", "/s2"))
+        starts = site.starts(exclude=())
+        assert len(starts) == 6
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        print(f"\nmin gap between request starts, robots.txt and sitemap included: {min(gaps):.4f}s")
+        assert min(gaps) >= 0.3
+        assert site.max_in_flight() == 1
+    finally:
+        await stack.stop()
+        await site.stop()
