@@ -198,6 +198,7 @@ async def test_robots_txt_can_be_turned_off(settings: Settings) -> None:
     stack, job = await crawl(settings.model_copy(update={"robots": False}), [site.base + "/"])
     try:
         assert site.hits("/a") == 1 and site.hits("/robots.txt") == 0
+        assert (await stack.status(job))["pages"]["blocked"] == 0
     finally:
         await stack.stop()
         await site.stop()
@@ -304,6 +305,7 @@ async def test_robots_txt_and_sitemap_requests_take_host_slots(settings: Setting
         print(f"\nmin gap between request starts, robots.txt and sitemap included: {min(gaps):.4f}s")
         assert min(gaps) >= 0.3
         assert site.max_in_flight() == 1
+        assert (await stack.status(job))["pages"]["processed"] == 4
     finally:
         await stack.stop()
         await site.stop()
