@@ -168,7 +168,8 @@ class Resolver:
             self._dir = base[path_start:].partition("?")[0].split("/")[:-1]
 
     def __call__(self, href: str) -> str | None:
-        match = None if self._origin is None else _SIMPLE_REF_RE.fullmatch(href)
+        match = (None if self._origin is None or not href.isascii()
+                 else _SIMPLE_REF_RE.fullmatch(href))
         if match is None:
             return resolve(self.base, href)
         path, query = match["path"], match["query"]

@@ -198,9 +198,13 @@ class Worker:
                 except asyncio.CancelledError:  # shutting down: free the slot for others now
                     self.gate.release(slot, trouble=False, retry_after=None)
                     raise
-            trouble = page.status in (429, 503) or (page.status is None and page.retryable)
+            # Back the page's host off only for its own answer: after a redirect elsewhere, the
+            # other host's trouble was already reported with that hop's slot.
+            own = host_key(page.final_url or url) == host_key(url)
+            trouble = own and (page.status in (429, 503) or
+                               (page.status is None and page.retryable))
             retry_after = (min(page.retry_after, self.settings.max_retry_after)
-                           if page.retry_after is not None else None)
+                           if page.retry_after is not None and own else None)
             self.gate.release(slot, trouble, retry_after)
             if page.retryable and attempt <= self.settings.retries:
                 delay = self._backoff(page, attempt)
@@ -299,6 +303,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.wait([serve], timeout=2)
             serve.cancel()
             await worker.drain(settings.shutdown_timeout)
+            await gate.close()  # robots.txt fetches in flight: their claims simply expire
             commit_task.cancel()
             await asyncio.sleep(0.05)  # let the last host leases go back
             release_task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
 import logging
@@ -111,8 +112,15 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     chain: list[str] = []
     slot: Any = None  # the slot of the current hop, when it is on another host
     trouble = True
+    current = url
+
+    def failed(error: str) -> FetchedPage:
+        """No answer (or an unusable one): where it happened, if a redirect led elsewhere."""
+        return FetchedPage(url_id, None, None, error, cacheable=False,
+                           final_url=current if current != url else None,
+                           redirects=tuple(chain))
+
     try:
-        current = url
         for _ in range(settings.max_redirects + 1):
             headers = request_headers(settings, current, validators if not chain else None)
             async with session.get(current, allow_redirects=False, headers=headers) as resp:
@@ -139,26 +147,29 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                     final = admitted in FINAL_HOP_REFUSALS
                     return FetchedPage(url_id, status if final else None, None,
                                        f"redirect to {nxt}: {admitted}", cacheable=final,
-                                       redirects=tuple(chain))
+                                       final_url=nxt, redirects=tuple(chain))
                 slot = admitted
             current = nxt
         trouble = False  # the slot of a hop that was never requested
-        return FetchedPage(url_id, None, None, f"more than {settings.max_redirects} redirects",
-                           cacheable=False, redirects=tuple(chain))
+        return failed(f"more than {settings.max_redirects} redirects")
+    except asyncio.CancelledError:
+        trouble = False  # shutting down: not the host's fault
+        raise
     except BodyTooLarge as e:
         trouble = False
-        return FetchedPage(url_id, None, None, str(e), cacheable=False)
+        return failed(str(e))
     except TimeoutError:
-        return FetchedPage(url_id, None, None, "timeout", cacheable=False)
+        return failed("timeout")
     except aiohttp.ClientConnectorError as e:
-        return FetchedPage(url_id, None, None, f"connection failed: {e.os_error}", cacheable=False)
+        return failed(f"connection failed: {e.os_error}")
     except aiohttp.InvalidURL as e:
-        return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)
+        trouble = False
+        return failed(f"invalid URL: {e}")
     except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
-        return FetchedPage(url_id, None, None, f"{type(e).__name__}: {e}".rstrip(": "),
-                           cacheable=False)
+        return failed(f"{type(e).__name__}: {e}".rstrip(": "))
     except (ValueError, UnicodeError) as e:  # e.g. a malformed URL
-        return FetchedPage(url_id, None, None, f"invalid URL: {e}", cacheable=False)
+        trouble = False
+        return failed(f"invalid URL: {e}")
     finally:
         _release(hops, slot, trouble, None)  # by default: a hop's request got no answer
 

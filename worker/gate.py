@@ -31,6 +31,8 @@ BLOCKED = "blocked by robots.txt"
 UNREACHABLE = "robots.txt unreachable"
 NOT_YET = "robots.txt not fetched yet"
 BUSY = "no free slot on the host"
+NO_GATE = "host gate unavailable (PostgreSQL)"
+FIRST_ROBOTS_WAIT = timedelta(seconds=0.5)  # a host's first robots.txt is being fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,13 @@ class HostGate:
         Both are waited for here (at most ``read_timeout``), since the fetch is under way.
         Returns the slot (its wait spent; release it after the request), None when no slot was
         asked for, or why not: ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY``."""
+        try:
+            return await self._admit_hop(url, slot)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:  # fetch() never raises: try later
+            log.warning("redirect to %s not admitted (%s)", url, e)
+            return NO_GATE
+
+    async def _admit_hop(self, url: str, slot: bool) -> Slot | str | None:
         host = host_key(url)
         delay = self.settings.host_limit(host).delay
         deadline = asyncio.get_running_loop().time() + self.settings.read_timeout
@@ -139,8 +148,13 @@ class HostGate:
                     {host: gap}, self.settings.fetch_lease, self.settings.politeness_horizon)
             grant = next((g for g in grants if g.host == host), None)
             if grant is not None and grant.starts:
-                await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
-                return Slot(host, grant.tokens[0], 0.0)
+                slot = Slot(host, grant.tokens[0], 0.0)
+                try:
+                    await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
+                except asyncio.CancelledError:
+                    self.release(slot, trouble=False, retry_after=None)
+                    raise
+                return slot
             if loop.time() >= deadline:
                 return None
             free_in = (grant.next_free - db_now).total_seconds() if grant is not None else 0.0
@@ -176,7 +190,8 @@ class HostGate:
                 by_host[host] = []
             else:  # being fetched for the first time, or failing for now
                 failures = r.failures if r is not None else 0
-                due = now + timedelta(seconds=min(60.0, 2.0 ** failures) if failures else 0.25)
+                due = now + (timedelta(seconds=min(60.0, 2.0 ** failures)) if failures
+                             else FIRST_ROBOTS_WAIT)
                 for key in by_host[host]:
                     out.deferred[key] = due
                 by_host[host] = []
@@ -184,14 +199,23 @@ class HostGate:
 
     async def _refresh_robots(self, host: str) -> None:
         """Fetch and store a host's robots.txt (this worker holds the claim), in one of the
-        host's request slots like any request to it; on failure the claim simply expires."""
+        host's request slots like any request to it. Without a slot in time, the claim is
+        given back; a fetch that fails in any way counts as a failure of the host's robots.txt."""
         s = self.settings
         deadline = asyncio.get_running_loop().time() + s.read_timeout
         slot: Slot | None = None
         status: int | None = None
+        body: str | None = None
         try:
             slot = await self._wait_for_slot(host, s.host_limit(host).delay, deadline)
-            status, body = await self._fetch_robots(host)
+            if slot is None:
+                async with self.pool.acquire() as conn:
+                    await hosts.unclaim_robots_fetch(conn, host)
+                return
+            try:
+                status, body = await self._fetch_robots(host)
+            except Exception:  # a bug must not leave the host waiting on a claim forever
+                log.exception("robots.txt of %s: fetch failed", host)
             async with self.pool.acquire() as conn:
                 await hosts.store_robots(conn, host, status, body, s.robots_max_failures)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
@@ -200,12 +224,21 @@ class HostGate:
             if slot is not None:
                 self.release(slot, trouble=status is None or status >= 500, retry_after=None)
 
+    async def close(self) -> None:
+        """Stop the robots.txt fetches in flight (their claims expire; others fetch again)."""
+        for task in list(self._robots_fetches):
+            task.cancel()
+        await asyncio.gather(*self._robots_fetches, return_exceptions=True)
+
     async def _fetch_robots(self, host: str) -> tuple[int | None, str | None]:
         try:
             async with self.session.get(host + "/robots.txt", allow_redirects=True,
                                         max_redirects=5) as resp:
                 body = await resp.content.read(ROBOTS_MAX_BYTES)
-                text = body.decode(resp.charset or "utf-8", errors="replace")
+                try:
+                    text = body.decode(resp.charset or "utf-8", errors="replace")
+                except LookupError:  # a charset Python does not know
+                    text = body.decode("utf-8", errors="replace")
                 log.info("robots.txt of %s: %d", host, resp.status)
                 return resp.status, text if resp.status < 300 else None
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
@@ -214,30 +247,41 @@ class HostGate:
 
     async def sitemap_urls(self, host: str, limit: int = 50_000, max_sitemaps: int = 10) -> list[str]:
         """Pages listed by the sitemaps that the host's robots.txt names (indexes followed one
-        level down); at most ``max_sitemaps`` sitemap requests."""
-        async with self.pool.acquire() as conn:
-            known = (await hosts.robots(conn, [host])).get(host)
-        if known is None or known.fetched_on is None:
-            return []
-        todo = rules_for(known.status, known.body).sitemaps()
+        level down); at most ``max_sitemaps`` sitemap requests. Never raises: without
+        PostgreSQL, what was read so far."""
         urls: list[str] = []
-        for n, where in enumerate(todo):
-            if n >= max_sitemaps or len(urls) >= limit:
-                break
-            body = await self._fetch_sitemap(where)
-            if body is None:
-                continue
-            found = parse_sitemap(body, where, self.settings.max_body_bytes)
-            urls += found.urls
-            if n < 1:  # an index at the top level: read its sitemaps too
-                todo += found.sitemaps
+        try:
+            async with self.pool.acquire() as conn:
+                known = (await hosts.robots(conn, [host])).get(host)
+            if known is None or known.fetched_on is None:
+                return []
+            rules = rules_for(known.status, known.body)
+            todo = rules.sitemaps()
+            crawl_delay = rules.crawl_delay(self.agent)
+            for n, where in enumerate(todo):
+                if n >= max_sitemaps or len(urls) >= limit:
+                    break
+                # a sitemap on the page's own host keeps to its Crawl-delay too
+                body = await self._fetch_sitemap(
+                    where, crawl_delay if host_key(where) == host else None)
+                if body is None:
+                    continue
+                found = parse_sitemap(body, where, self.settings.max_body_bytes)
+                urls += found.urls
+                if n < 1:  # an index at the top level: read its sitemaps too
+                    todo += found.sitemaps
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("sitemaps of %s: %s; %d pages read", host, e, len(urls))
         return urls[:limit]
 
-    async def _fetch_sitemap(self, where: str) -> bytes | None:
+    async def _fetch_sitemap(self, where: str, crawl_delay: float | None) -> bytes | None:
         """One sitemap, in a request slot of its host (None: not there, or no slot in time)."""
         s = self.settings
         host = host_key(where)
-        slot = await self._wait_for_slot(host, s.host_limit(host).delay,
+        delay = s.host_limit(host).delay
+        if crawl_delay is not None:
+            delay = max(delay, min(crawl_delay, s.max_crawl_delay))
+        slot = await self._wait_for_slot(host, delay,
                                          asyncio.get_running_loop().time() + s.read_timeout)
         if slot is None:
             log.info("sitemap %s skipped: no free slot on its host", where)

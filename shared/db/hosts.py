@@ -99,6 +99,11 @@ async def claim_robots_fetch(conn: asyncpg.Connection, host: str, max_age: float
         RETURNING true""", host, max_age, lease))
 
 
+async def unclaim_robots_fetch(conn: asyncpg.Connection, host: str) -> None:
+    """Give back the right to fetch a host's robots.txt without having fetched it."""
+    await conn.execute("UPDATE host SET robots_fetching_until = NULL WHERE host = $1", host)
+
+
 async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
                        body: str | None, give_up_after: int = 3,
                        retry_given_up: float = 300.0) -> None:

@@ -63,10 +63,13 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
 
 
 async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
-    """Delete a job and all its rows (job_result has no foreign key to cascade from)."""
+    """Delete a job and all its rows (job_result has no foreign key to cascade from).
+
+    The job row goes first: its cascade waits for any transaction still processing the job's
+    pending visits, and the next statement (a new snapshot) then sees the results they wrote."""
     async with conn.transaction():
-        await conn.execute("DELETE FROM job_result WHERE job_id = $1", job_id)
         await conn.execute("DELETE FROM job WHERE id = $1", job_id)
+        await conn.execute("DELETE FROM job_result WHERE job_id = $1", job_id)
 
 
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -309,3 +310,29 @@ async def test_robots_txt_and_sitemap_requests_take_host_slots(settings: Setting
     finally:
         await stack.stop()
         await site.stop()
+
+
+async def test_a_redirect_targets_trouble_does_not_back_off_the_pages_host(
+        settings: Settings) -> None:
+    """A page whose redirect lands on a host answering 429: that host backs off, the page's
+    own host (which answered its 302s well) does not."""
+    busy = await LoggedSite("127.0.0.2", {"/busy": page(status=429)}).start()
+    site = await LoggedSite("127.0.0.1", {
+        "/r": page(status=302, headers={"Location": busy.base + "/busy"})}).start()
+    polite = settings.model_copy(update={"retry_base": 0.01, "host_backoff_base": 0.05})
+    stack, job = await crawl(polite, [site.base + "/r"])
+    try:
+        assert site.hits("/r") == busy.hits("/busy") == polite.retries + 1
+        failed = await stack.result(job, status="failed")
+        assert failed[site.base + "/r"]["status"] == 429
+        conn = await asyncpg.connect(polite.database_url)
+        try:
+            failures = dict(await conn.fetch("SELECT host, failures FROM host"))
+        finally:
+            await conn.close()
+        assert failures[busy.base] == polite.retries + 1
+        assert failures[site.base] == 0
+    finally:
+        await stack.stop()
+        await site.stop()
+        await busy.stop()
