@@ -336,3 +336,26 @@ async def test_a_redirect_targets_trouble_does_not_back_off_the_pages_host(
         await stack.stop()
         await site.stop()
         await busy.stop()
+
+
+async def test_robots_txt_in_an_unknown_charset_is_read_as_utf8(settings: Settings) -> None:
+    """A robots.txt whose charset Python does not know is still read (as UTF-8), rather than
+    leaving its host's visits waiting for a fetch that keeps failing."""
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        if request.path == "/robots.txt":
+            return web.Response(body=b"User-agent: *\nDisallow: /private\n",
+                                headers={"Content-Type": "text/plain; charset=x-no-such-charset"})
+        links = '<a href="/private">p</a><a href="/open">o</a>' if request.path == "/" else ""
+        return web.Response(text=links, content_type="text/html")
+
+    runner, base = await serve(handle, "127.0.0.1")
+    stack, job = await crawl(settings.model_copy(update={"robots": True}), [base + "/"])
+    try:
+        assert hits.count("/robots.txt") == 1 and "/private" not in hits and "/open" in hits
+        assert (await stack.status(job))["pages"]["blocked"] == 1
+    finally:
+        await stack.stop()
+        await runner.cleanup()
