@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 from urllib.parse import quote
 
 PG_SYSTEM_USER = "harvester-pg"
@@ -202,7 +202,8 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = subprocess.run([str(pg_bin_dir() / "pg_isready"), "-h", "127.0.0.1",
-                                "-p", str(self.port), "-U", "postgres"], capture_output=True)
+                                "-p", str(self.port), "-U", "postgres"], capture_output=True,
+                               check=False)
             if r.returncode == 0:
                 return
             time.sleep(0.1)
@@ -235,7 +236,7 @@ class EmbeddedPostgres:
             self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> EmbeddedPostgres:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -284,7 +285,7 @@ class EmbeddedNats:
             self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> EmbeddedNats:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

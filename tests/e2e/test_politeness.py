@@ -217,7 +217,7 @@ async def test_a_host_answering_429_is_slowed_down_then_recovers(settings: Setti
     stack, job = await crawl(polite, [site.base + "/"])
     try:
         assert site.hits("/p0") == 3
-        first_429 = [e for p, _, e in site.log if p == "/p0"][0]
+        first_429 = next(e for p, _, e in site.log if p == "/p0")
         after = [s for _, s, _ in site.log if s > first_429]
         assert after and min(after) - first_429 >= 0.4 - JITTER, "no backoff after a 429"
         assert (await stack.status(job))["pages"]["failed"] == 0

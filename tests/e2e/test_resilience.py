@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Self
 
 import asyncpg
 import nats
@@ -36,7 +37,7 @@ class Scripted:
         self.times: dict[str, list[float]] = defaultdict(list)
         self.base = ""
 
-    async def __aenter__(self) -> Scripted:
+    async def __aenter__(self) -> Self:
         self.runner, self.base = await serve(self._handle)
         return self
 

@@ -42,7 +42,7 @@ async def test_allow_and_deny_patterns(stack: Stack, site: TestSite) -> None:
 
 
 async def test_max_pages(stack: Stack, site: TestSite) -> None:
-    _, st, result = await run(stack, [site.a + "/"], depth="4", maxPages="5")
+    _, st, _result = await run(stack, [site.a + "/"], depth="4", maxPages="5")
     assert st["pages"]["processed"] == 5 and st["completed"] == 1
     assert len(site.fetched()) <= 6  # five pages, plus the redirect's target if one of them
 

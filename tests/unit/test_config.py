@@ -79,7 +79,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_tier_reports_bad_config_in_one_line(tmp_path: Path, command: list[str]) -> None:
     path = write(tmp_path, {"cacheMaxAge": "forever"})
     r = subprocess.run([sys.executable, *command, "-config", str(path)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "config error" in lines[0] and "cacheMaxAge" in lines[0]
@@ -102,7 +102,7 @@ def test_up_reports_bad_config_before_starting_anything(tmp_path: Path) -> None:
     path = write(tmp_path, {"maxLevel": "deep"})
     r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-config", str(path),
                         "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "maxLevel" not in r.stdout
     assert "config error" in r.stderr and "max_level" in r.stderr
