@@ -16,3 +16,16 @@ async def read_capped(content: aiohttp.StreamReader, cap: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_head(content: aiohttp.StreamReader, cap: int) -> bytes:
+    """The body's first ``cap`` bytes (all of it if shorter). Not ``content.read(cap)``: that
+    returns what has arrived so far, which may be one chunk of a longer body."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(65536):
+        chunks.append(chunk[:cap - size])
+        size += len(chunks[-1])
+        if size >= cap:
+            break
+    return b"".join(chunks)

@@ -20,6 +20,7 @@ from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
 from shared.robots import RobotsRules, agent_token, rules_for
 from shared.sitemaps import parse_sitemap
+from shared.streams import read_head
 from shared.urls import host_key
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class HostGate:
         try:
             async with self.session.get(host + "/robots.txt", allow_redirects=True,
                                         max_redirects=5) as resp:
-                body = await resp.content.read(ROBOTS_MAX_BYTES)
+                body = await read_head(resp.content, ROBOTS_MAX_BYTES)
                 try:
                     text = body.decode(resp.charset or "utf-8", errors="replace")
                 except LookupError:  # a charset Python does not know
@@ -292,7 +293,7 @@ class HostGate:
                 trouble = resp.status in (429, 503) or resp.status >= 500
                 if resp.status != 200:
                     return None
-                return await resp.content.read(s.max_body_bytes)
+                return await read_head(resp.content, s.max_body_bytes)
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             log.info("sitemap %s unreachable: %s", where, e)
             return None

@@ -359,3 +359,31 @@ async def test_robots_txt_in_an_unknown_charset_is_read_as_utf8(settings: Settin
     finally:
         await stack.stop()
         await runner.cleanup()
+
+
+async def test_a_robots_txt_arriving_in_pieces_is_read_whole(settings: Settings) -> None:
+    """robots.txt is read to its end (up to 512 KiB), not just the part that had arrived:
+    here its Disallow line comes in a second chunk, 0.2 s after the first."""
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path)
+        if request.path == "/robots.txt":
+            resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            await resp.prepare(request)
+            await resp.write(b"User-agent: *\n" + b"# padding\n" * 400)
+            await asyncio.sleep(0.2)
+            await resp.write(b"Disallow: /private\n")
+            await resp.write_eof()
+            return resp
+        links = '<a href="/private">p</a><a href="/open">o</a>' if request.path == "/" else ""
+        return web.Response(text=links, content_type="text/html")
+
+    runner, base = await serve(handle, "127.0.0.1")
+    stack, job = await crawl(settings.model_copy(update={"robots": True}), [base + "/"])
+    try:
+        assert "/private" not in hits and "/open" in hits
+        assert (await stack.status(job))["pages"]["blocked"] == 1
+    finally:
+        await stack.stop()
+        await runner.cleanup()
