@@ -150,10 +150,6 @@ class Settings(BaseModel):
         """Longest a request can take: a host slot is leased for that long at most."""
         return self.connect_timeout + 2 * self.read_timeout + 5
 
-    @property
-    def stream_names(self) -> tuple[str, str]:
-        return stream_name(self.url_topic), stream_name(self.work_topic)
-
 
 def _per_host(table: Mapping[str, Any], host: str) -> Any:
     """The entry for ``scheme://host[:port]`` keyed by "host:port", else by "host"."""
@@ -203,9 +199,11 @@ _ENV = {
     "HARVESTER_WATCHDOG_INTERVAL": "watchdog_interval",
     "HARVESTER_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "HARVESTER_HOST_CONCURRENCY": "host_concurrency", "HARVESTER_HOST_DELAY": "host_delay",
-    "HARVESTER_ROBOTS": "robots",
+    "HARVESTER_ROBOTS": "robots", "HARVESTER_CACHE_MAX_AGE": "cache_max_age",
+    "HARVESTER_WORK_DELAY": "work_delay",
 }
-_ENV_DURATIONS = {"HARVESTER_CACHE_MAX_AGE": "cache_max_age", "HARVESTER_WORK_DELAY": "work_delay"}
+# Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
+_DURATION_FIELDS = frozenset(_DURATION_KEYS.values())
 
 
 def _storage_url(storage: Mapping[str, Any]) -> str:
@@ -249,14 +247,27 @@ def _from_file(data: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {name: env[var] for var, name in _ENV.items() if env.get(var)}
-    for var, name in _ENV_DURATIONS.items():
-        if env.get(var):
-            try:
-                out[name] = parse_go_duration(env[var])
+    out: dict[str, Any] = {}
+    for var, name in _ENV.items():
+        value = env.get(var)
+        if not value:
+            continue
+        if name in _DURATION_FIELDS:
+            try:  # a number of seconds, or a Go duration
+                out[name] = float(value) if _is_number(value) else parse_go_duration(value)
             except ValueError:
-                raise ConfigError(var, f"invalid duration {env[var]!r}") from None
+                raise ConfigError(var, f"invalid duration {value!r}") from None
+        else:
+            out[name] = value
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_settings(config_path: str | os.PathLike[str] | None = None,

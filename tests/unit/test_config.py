@@ -50,6 +50,16 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     assert s.http_addr == "127.0.0.1:7000"
 
 
+def test_duration_variables_take_seconds_or_go_durations() -> None:
+    s = load_settings(None, env={"HARVESTER_HOST_DELAY": "500ms", "HARVESTER_ACK_WAIT": "2m",
+                                 "HARVESTER_STALE_AFTER": "45", "HARVESTER_RETRY_BASE": "0.05",
+                                 "HARVESTER_CACHE_MAX_AGE": "3600"})
+    assert (s.host_delay, s.ack_wait, s.stale_after, s.retry_base, s.cache_max_age) == \
+        (0.5, 120.0, 45.0, 0.05, 3600.0)
+    with pytest.raises(ConfigError, match="HARVESTER_STALE_AFTER: invalid duration 'soon'"):
+        load_settings(None, env={"HARVESTER_STALE_AFTER": "soon"})
+
+
 def test_no_file_gives_defaults() -> None:
     s = load_settings(None, env={})
     assert (s.max_level, s.cache_max_age, s.root_path, s.max_depth) == (2, 86400.0, "/", 10)
