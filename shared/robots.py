@@ -10,6 +10,11 @@ from protego import Protego
 ALLOW_ALL = "allow"
 DISALLOW_ALL = "disallow"
 
+# Why a visit was not fetched (the reasons recorded for blocked visits).
+BLOCKED = "blocked by robots.txt"
+UNREACHABLE = "robots.txt unreachable"  # RFC 9309: unreachable means disallow
+REFUSALS = (BLOCKED, UNREACHABLE)
+
 
 @dataclass(frozen=True, slots=True)
 class RobotsRules:

@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.db.pages import FetchedPage
 from shared.links import extract_links
 from shared.mime import guess_mime, is_html, normalize_mime
+from shared.robots import REFUSALS
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
 
@@ -69,13 +70,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
-FINAL_HOP_REFUSALS = ("blocked by robots.txt", "robots.txt unreachable")
 
 
 class HopGate(Protocol):
     """What ``fetch`` needs to follow a redirect to another host politely (worker.gate.HostGate)."""
 
-    async def admit_hop(self, url: str, slot: bool) -> Any: ...  # a slot, True, or why not
+    async def admit_hop(self, url: str, slot: bool) -> Any: ...  # a slot, None, or why not
 
     def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
 
@@ -111,14 +111,13 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     free; that slot is released as soon as its request is answered."""
     chain: list[str] = []
     slot: Any = None  # the slot of the current hop, when it is on another host
-    trouble = True
     current = url
 
-    def failed(error: str) -> FetchedPage:
+    def failed(error: str, permanent: bool = False) -> FetchedPage:
         """No answer (or an unusable one): where it happened, if a redirect led elsewhere."""
         return FetchedPage(url_id, None, None, error, cacheable=False,
                            final_url=current if current != url else None,
-                           redirects=tuple(chain))
+                           redirects=tuple(chain), permanent=permanent)
 
     try:
         for _ in range(settings.max_redirects + 1):
@@ -128,7 +127,6 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                 if not (resp.status in REDIRECTS and location):
                     page = await _answer(resp, settings, url_id, url, current, tuple(chain))
                     _release(hops, slot, page.status in (429, 503), page.retry_after)
-                    slot = None
                     return page
                 status = resp.status
             _release(hops, slot, False, None)
@@ -144,34 +142,31 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                 if isinstance(admitted, str):
                     # A final refusal keeps the redirect's status (not retryable); the others
                     # have none, so the visit is tried again later.
-                    final = admitted in FINAL_HOP_REFUSALS
+                    final = admitted in REFUSALS
                     return FetchedPage(url_id, status if final else None, None,
                                        f"redirect to {nxt}: {admitted}", cacheable=final,
                                        final_url=nxt, redirects=tuple(chain))
                 slot = admitted
             current = nxt
-        trouble = False  # the slot of a hop that was never requested
-        return failed(f"more than {settings.max_redirects} redirects")
+        page = failed(f"more than {settings.max_redirects} redirects", permanent=True)
     except asyncio.CancelledError:
-        trouble = False  # shutting down: not the host's fault
+        _release(hops, slot, False, None)  # shutting down: not the host's fault
         raise
     except BodyTooLarge as e:
-        trouble = False
-        return failed(str(e))
+        page = failed(str(e), permanent=True)
     except TimeoutError:
-        return failed("timeout")
+        page = failed("timeout")
     except aiohttp.ClientConnectorError as e:
-        return failed(f"connection failed: {e.os_error}")
+        page = failed(f"connection failed: {e.os_error}")
     except aiohttp.InvalidURL as e:
-        trouble = False
-        return failed(f"invalid URL: {e}")
+        page = failed(f"invalid URL: {e}", permanent=True)
     except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
-        return failed(f"{type(e).__name__}: {e}".rstrip(": "))
+        page = failed(f"{type(e).__name__}: {e}".rstrip(": "))
     except (ValueError, UnicodeError) as e:  # e.g. a malformed URL
-        trouble = False
-        return failed(f"invalid URL: {e}")
-    finally:
-        _release(hops, slot, trouble, None)  # by default: a hop's request got no answer
+        page = failed(f"invalid URL: {e}", permanent=True)
+    # A hop's slot still held: its request got no answer (trouble), or was never made.
+    _release(hops, slot, not page.permanent, None)
+    return page
 
 
 def _release(hops: HopGate | None, slot: Any, trouble: bool, retry_after: float | None) -> None:

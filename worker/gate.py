@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
-from shared.robots import RobotsRules, agent_token, rules_for
+from shared.robots import BLOCKED, UNREACHABLE, RobotsRules, agent_token, rules_for
 from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 Key = tuple[int, int]
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
 SOON = timedelta(seconds=0.05)  # a host at its request cap: ask again shortly
-BLOCKED = "blocked by robots.txt"
-UNREACHABLE = "robots.txt unreachable"
 NOT_YET = "robots.txt not fetched yet"
 BUSY = "no free slot on the host"
 NO_GATE = "host gate unavailable (PostgreSQL)"
@@ -72,34 +70,47 @@ class HostGate:
         by_host: dict[str, list[Key]] = defaultdict(list)
         for key, url in visits.items():
             by_host[host_key(url)].append(key)
-        delays = {h: self.settings.host_limit(h).delay for h in by_host}
+        rules: dict[str, RobotsRules] = {}
         if self.settings.robots:
-            for host, rules in (await self._robots(list(by_host), out, by_host)).items():
+            rules = await self._robots(list(by_host), out, by_host)
+            for host, host_rules in rules.items():
                 for key in list(by_host[host]):
-                    if not rules.allowed(visits[key], self.agent):
+                    if not host_rules.allowed(visits[key], self.agent):
                         out.blocked[key] = BLOCKED
                         by_host[host].remove(key)
-                crawl_delay = rules.crawl_delay(self.agent)
-                if crawl_delay is not None:
-                    delays[host] = max(delays[host], min(crawl_delay, self.settings.max_crawl_delay))
         wants = {h: len(ks) for h, ks in by_host.items() if ks}
         if not wants:
             return out
-        async with self.pool.acquire() as conn:
-            db_now, grants = await hosts.acquire(
-                conn, wants, {h: self.settings.host_limit(h).concurrency for h in wants},
-                {h: delays[h] + guard_band(delays[h]) for h in wants}, self.settings.fetch_lease,
-                self.settings.politeness_horizon)
+        spacing = {h: self._spacing(h, rules.get(h)) for h in wants}
+        db_now, grants = await self._lease(wants, spacing)
         for g in grants:
             keys = by_host[g.host]
             for key, start, token in zip(keys, g.starts, g.tokens):
                 out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()))
             # Delay-bound: the i-th waiting visit gets the i-th next start. Cap-bound (no delay):
             # a slot frees when any request ends, so all of them ask again soon.
-            gap = timedelta(seconds=delays[g.host] + guard_band(delays[g.host]))
+            gap = timedelta(seconds=spacing[g.host])
             for i, key in enumerate(keys[len(g.starts):]):
                 out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
         return out
+
+    def _spacing(self, host: str, rules: RobotsRules | None) -> float:
+        """Seconds between request starts on ``host``, for every kind of request to it: its
+        delay, raised by its robots.txt's Crawl-delay (capped), plus the guard band."""
+        delay = self.settings.host_limit(host).delay
+        crawl_delay = rules.crawl_delay(self.agent) if rules is not None else None
+        if crawl_delay is not None:
+            delay = max(delay, min(crawl_delay, self.settings.max_crawl_delay))
+        return delay + guard_band(delay)
+
+    async def _lease(self, wants: dict[str, int],
+                     spacing: dict[str, float]) -> tuple[datetime, list[hosts.Grant]]:
+        """Lease up to ``wants[host]`` request slots per host (one round trip)."""
+        s = self.settings
+        async with self.pool.acquire() as conn:
+            return await hosts.acquire(
+                conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
+                s.fetch_lease, s.politeness_horizon)
 
     async def admit_hop(self, url: str, slot: bool) -> Slot | str | None:
         """A redirect hop goes through the same gate as a visit: robots.txt must allow ``url``
@@ -115,8 +126,8 @@ class HostGate:
 
     async def _admit_hop(self, url: str, slot: bool) -> Slot | str | None:
         host = host_key(url)
-        delay = self.settings.host_limit(host).delay
         deadline = asyncio.get_running_loop().time() + self.settings.read_timeout
+        rules = None
         if self.settings.robots:
             while True:
                 out, key = Admission(), (0, 0)
@@ -130,23 +141,18 @@ class HostGate:
                 return out.blocked[key]
             if not rules.allowed(url, self.agent):
                 return BLOCKED
-            crawl_delay = rules.crawl_delay(self.agent)
-            if crawl_delay is not None:
-                delay = max(delay, min(crawl_delay, self.settings.max_crawl_delay))
         if not slot:
             return None
-        return await self._wait_for_slot(host, delay, deadline) or BUSY
+        return await self._wait_for_slot(host, rules, deadline) or BUSY
 
-    async def _wait_for_slot(self, host: str, delay: float, deadline: float) -> Slot | None:
+    async def _wait_for_slot(self, host: str, rules: RobotsRules | None,
+                             deadline: float) -> Slot | None:
         """Lease one request slot on ``host`` and wait until it starts; None at ``deadline``
         (on the event loop's clock)."""
         loop = asyncio.get_running_loop()
-        gap = delay + guard_band(delay)
+        spacing = {host: self._spacing(host, rules)}
         while True:
-            async with self.pool.acquire() as conn:
-                db_now, grants = await hosts.acquire(
-                    conn, {host: 1}, {host: self.settings.host_limit(host).concurrency},
-                    {host: gap}, self.settings.fetch_lease, self.settings.politeness_horizon)
+            db_now, grants = await self._lease({host: 1}, spacing)
             grant = next((g for g in grants if g.host == host), None)
             if grant is not None and grant.starts:
                 slot = Slot(host, grant.tokens[0], 0.0)
@@ -166,28 +172,25 @@ class HostGate:
         """Rules for each host whose robots.txt is known; visits of the others are deferred
         (being fetched, or unreachable for now) or blocked (unreachable too many times)."""
         s = self.settings
+        now = datetime.now().astimezone()
         async with self.pool.acquire() as conn:
             known = await hosts.robots(conn, names)
-        now = datetime.now().astimezone()
+            stale = [h for h in names if (r := known.get(h)) is None or r.fetched_on is None
+                     or (now - r.fetched_on).total_seconds() >= s.robots_max_age]
+            mine = await hosts.claim_robots_fetches(
+                conn, stale, s.robots_max_age, s.fetch_lease + s.read_timeout) if stale else set()
+        for host in sorted(mine):  # fetched in the background: this dispatch does not wait
+            task = asyncio.create_task(self._refresh_robots(host), name=f"robots.txt of {host}")
+            self._robots_fetches.add(task)
+            task.add_done_callback(self._robots_fetches.discard)
         rules: dict[str, RobotsRules] = {}
         for host in names:
             r = known.get(host)
-            fresh = r is not None and r.fetched_on is not None and \
-                (now - r.fetched_on).total_seconds() < s.robots_max_age
-            if not fresh:
-                async with self.pool.acquire() as conn:
-                    mine = await hosts.claim_robots_fetch(
-                        conn, host, s.robots_max_age, s.fetch_lease + s.read_timeout)
-                if mine:  # fetched in the background: this dispatch does not wait for it
-                    task = asyncio.create_task(self._refresh_robots(host),
-                                               name=f"robots.txt of {host}")
-                    self._robots_fetches.add(task)
-                    task.add_done_callback(self._robots_fetches.discard)
             if r is not None and r.fetched_on is not None:
                 rules[host] = rules_for(r.status, r.body)  # fresh, or the last good copy
             elif r is not None and r.failures >= s.robots_max_failures:
                 for key in by_host[host]:
-                    out.blocked[key] = UNREACHABLE  # RFC 9309: unreachable means disallow
+                    out.blocked[key] = UNREACHABLE
                 by_host[host] = []
             else:  # being fetched for the first time, or failing for now
                 failures = r.failures if r is not None else 0
@@ -208,7 +211,7 @@ class HostGate:
         status: int | None = None
         body: str | None = None
         try:
-            slot = await self._wait_for_slot(host, s.host_limit(host).delay, deadline)
+            slot = await self._wait_for_slot(host, None, deadline)  # no Crawl-delay known yet
             if slot is None:
                 async with self.pool.acquire() as conn:
                     await hosts.unclaim_robots_fetch(conn, host)
@@ -258,13 +261,11 @@ class HostGate:
                 return []
             rules = rules_for(known.status, known.body)
             todo = rules.sitemaps()
-            crawl_delay = rules.crawl_delay(self.agent)
             for n, where in enumerate(todo):
                 if n >= max_sitemaps or len(urls) >= limit:
                     break
                 # a sitemap on the page's own host keeps to its Crawl-delay too
-                body = await self._fetch_sitemap(
-                    where, crawl_delay if host_key(where) == host else None)
+                body = await self._fetch_sitemap(where, rules if host_key(where) == host else None)
                 if body is None:
                     continue
                 found = parse_sitemap(body, where, self.settings.max_body_bytes)
@@ -275,14 +276,10 @@ class HostGate:
             log.warning("sitemaps of %s: %s; %d pages read", host, e, len(urls))
         return urls[:limit]
 
-    async def _fetch_sitemap(self, where: str, crawl_delay: float | None) -> bytes | None:
+    async def _fetch_sitemap(self, where: str, rules: RobotsRules | None) -> bytes | None:
         """One sitemap, in a request slot of its host (None: not there, or no slot in time)."""
         s = self.settings
-        host = host_key(where)
-        delay = s.host_limit(host).delay
-        if crawl_delay is not None:
-            delay = max(delay, min(crawl_delay, s.max_crawl_delay))
-        slot = await self._wait_for_slot(host, delay,
+        slot = await self._wait_for_slot(host_key(where), rules,
                                          asyncio.get_running_loop().time() + s.read_timeout)
         if slot is None:
             log.info("sitemap %s skipped: no free slot on its host", where)

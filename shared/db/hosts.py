@@ -86,17 +86,20 @@ async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Ro
                               r["robots_fetched_on"], r["robots_failures"]) for r in rows}
 
 
-async def claim_robots_fetch(conn: asyncpg.Connection, host: str, max_age: float,
-                             lease: float) -> bool:
-    """Take the right to fetch a host's robots.txt (one worker in the cluster at a time)."""
-    return bool(await conn.fetchval("""
+async def claim_robots_fetches(conn: asyncpg.Connection, hosts: Sequence[str], max_age: float,
+                               lease: float) -> set[str]:
+    """Take the right to fetch these hosts' robots.txt (one worker in the cluster at a time
+    per host); returns the hosts this caller got. One statement for the whole batch."""
+    rows = await conn.fetch("""
         INSERT INTO host AS h (host, robots_fetching_until)
-        VALUES ($1, clock_timestamp() + make_interval(secs => $3))
+        SELECT x, clock_timestamp() + make_interval(secs => $3)
+        FROM unnest($1::text[]) AS x ORDER BY x
         ON CONFLICT (host) DO UPDATE SET robots_fetching_until = excluded.robots_fetching_until
         WHERE (h.robots_fetched_on IS NULL
                OR h.robots_fetched_on < clock_timestamp() - make_interval(secs => $2))
           AND (h.robots_fetching_until IS NULL OR h.robots_fetching_until < clock_timestamp())
-        RETURNING true""", host, max_age, lease))
+        RETURNING h.host""", sorted(set(hosts)), max_age, lease)
+    return {r["host"] for r in rows}
 
 
 async def unclaim_robots_fetch(conn: asyncpg.Connection, host: str) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.robots import REFUSALS
 from shared.scope import Scope
 
 
@@ -125,7 +126,6 @@ async def iter_results(conn: asyncpg.Connection, job_id: int, mime_prefix: str |
         yield row["refer"], row["url"]
 
 
-BLOCKED_REASONS = ("blocked by robots.txt", "robots.txt unreachable")
 
 
 async def job_failures(conn: asyncpg.Connection, job_id: int,
@@ -136,4 +136,4 @@ async def job_failures(conn: asyncpg.Connection, job_id: int,
         SELECT u.url, f.status, f.reason, f.attempts
         FROM job_failure f JOIN url u ON u.id = f.url_id
         WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])) = $3 ORDER BY u.url""",
-        job_id, list(BLOCKED_REASONS), blocked)
+        job_id, list(REFUSALS), blocked)

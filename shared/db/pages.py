@@ -23,6 +23,7 @@ class FetchedPage:
     etag: str | None = None
     last_modified: str | None = None
     not_modified: bool = False        # 304: the stored copy (type, links) is still current
+    permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
 
     @property
     def failed(self) -> bool:
@@ -31,12 +32,11 @@ class FetchedPage:
     @property
     def retryable(self) -> bool:
         """Worth another try later: no answer at all, a server error, or 429 Too Many Requests."""
+        if self.permanent:
+            return False
         if self.status is None:
-            return self.error is not None and not self.error.startswith(PERMANENT_ERRORS)
+            return self.error is not None
         return self.status >= 500 or self.status == 429
-
-
-PERMANENT_ERRORS = ("body ", "more than ", "InvalidURL", "invalid URL")
 
 
 async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage]) -> None:
