@@ -21,7 +21,7 @@ import psutil
 from bench import report
 from bench.harvester import HarvesterOptions, run_harvester
 from bench.others import run_ceiling, run_scrapy
-from bench.procs import processes_running
+from bench.procs import processes_running, tree_cpu
 from bench.server import StaticServer, free_port_pair, port_free
 from bench.site import SiteSpec, generate
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             for system, w, f in configs:
                 label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
                 print(f"bench: {system} {label} ...", flush=True)
-                server_cpu0 = _cpu_tree(server.pid)
+                server_cpu0 = tree_cpu([server.pid])[1]
                 server_errors0 = server.error_count()
                 if system == "harvester":
                     opts = HarvesterOptions(workers=w, foremen=f, concurrency=a.concurrency,
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     r = run_ceiling(site, out, label, a.concurrency, a.timeout,
                                     parse=system == "ceiling+parse")
-                r["server_cpu"] = round(_cpu_tree(server.pid) - server_cpu0, 2)
+                r["server_cpu"] = round(tree_cpu([server.pid])[1] - server_cpu0, 2)
                 r["server_errors"] = server.error_count() - server_errors0
                 if r["server_errors"]:  # the static server failed: the crawl measured nothing
                     r["valid"] = False
@@ -177,20 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\nbench: report written to {out / 'last.md'} (raw figures: {out / 'last.json'})")
     return 0 if all(r.get("valid") for r in runs) else 1
-
-
-def _cpu_tree(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        for p in [root, *root.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    except psutil.NoSuchProcess:
-        pass
-    return total
 
 
 def _print_run(r: dict[str, Any], expected: int) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.procs import TreeMonitor
+from bench.procs import TreeMonitor, tree_cpu
 from bench.site import Site
+from shared.embedded import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 _UP_LINE = re.compile(r"Harvester is up: (?P<api>\S+)\s+\(PostgreSQL (?P<dsn>\S+), NATS (?P<nats>\S+),")
@@ -45,13 +46,6 @@ def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: i
            "logLevel": "WARNING"}
     path.write_text(json.dumps(cfg, indent=1) + "\n")
     return path
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get_json(url: str, timeout: float = 30.0) -> object:
@@ -159,20 +153,6 @@ class _Drain(threading.Thread):
         self.got_first.set()
 
 
-def _tree_cpu(pids: list[int]) -> tuple[int, float]:
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(pid)
-            procs += [root, *root.children(recursive=True)]
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return len(procs), total
-
-
 def _wait_idle(pids: list[int], min_procs: int, timeout: float = 30.0) -> float | None:
     """Wait until the tiers have started: all processes there, and the tree's CPU use low
     (below 15% of a core) or steady (an idle Harvester polls: its use does not drop to 0).
@@ -180,12 +160,12 @@ def _wait_idle(pids: list[int], min_procs: int, timeout: float = 30.0) -> float 
     deadline = time.monotonic() + timeout
     prev: float | None = None
     while time.monotonic() < deadline:
-        n, before = _tree_cpu(pids)
+        n, before = tree_cpu(pids)
         if n < min_procs:
             time.sleep(0.5)
             continue
         time.sleep(1.0)
-        _, after = _tree_cpu(pids)
+        _, after = tree_cpu(pids)
         rate = after - before
         if rate < 0.15 or (prev is not None and abs(rate - prev) < 0.03):
             return rate
@@ -202,7 +182,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     data_dir.mkdir(parents=True)
     config = write_config(site, out / f"harvester-{label}.json", opts.concurrency,
                           opts.worker_concurrency)
-    api_port = _free_port()
+    api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if opts.profile:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -79,9 +80,6 @@ class TreeMonitor:
         self._procs: dict[Key, psutil.Process] = {}
         self.start_snap: Snapshot | None = None
         self.end_snap: Snapshot | None = None
-
-    def add_root(self, pid: int) -> None:
-        self.roots.append(pid)
 
     def _tree(self) -> list[psutil.Process]:
         out: list[psutil.Process] = []
@@ -204,3 +202,21 @@ def processes_running(word: str) -> list[str]:
         if p.info["pid"] != me and word in cmd:
             out.append(f"{p.info['pid']} {cmd[:120]}")
     return out
+
+
+def tree_cpu(pids: Sequence[int | None]) -> tuple[int, float]:
+    """Processes in the trees under ``pids`` and their CPU seconds so far, reaped children's
+    included (so a process that ended is still counted through its parent)."""
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return len(procs), total

@@ -79,11 +79,6 @@ class Site:
         """Scrapy drops requests deeper than DEPTH_LIMIT (the root is depth 0)."""
         return self.max_level
 
-    @property
-    def fetch_list(self) -> list[str]:
-        """Every URL a crawler of this site fetches: the pages and the 404 links."""
-        return self.expected + self.missing
-
 
 # ---------------------------------------------------------------------------------------------
 # Layout of host A: node number -> path.
@@ -194,7 +189,7 @@ def _paragraphs(rng: random.Random, count: int = 400) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 
-def generate(spec: SiteSpec, root: Path, *, force: bool = False, verbose: bool = True) -> Site:
+def generate(spec: SiteSpec, root: Path, *, force: bool = False) -> Site:
     """Write the site under ``root`` (``root/a`` and ``root/b``) unless an identical one is there."""
     meta_path = root / "meta.json"
     if not force and meta_path.exists():
@@ -414,10 +409,8 @@ def generate(spec: SiteSpec, root: Path, *, force: bool = False, verbose: bool =
     (root / "missing.txt").write_text("\n".join(missing) + "\n")
     (root / "fetch.txt").write_text("\n".join(expected + missing) + "\n")
     meta_path.write_text(json.dumps(meta, indent=1))
-    if verbose:
-        print(f"site: generated {len(expected)} pages ({total_bytes / 2**20:.0f} MiB, "
-              f"{total_links} links, max level {max_level}) in {meta['generated_in_s']} s",
-              flush=True)
+    print(f"site: generated {len(expected)} pages ({total_bytes / 2**20:.0f} MiB, "
+          f"{total_links} links, max level {max_level}) in {meta['generated_in_s']} s", flush=True)
     return Site(root, spec, expected, missing, max_level, meta)
 
 

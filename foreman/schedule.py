@@ -17,7 +17,7 @@ from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
-from shared.db.pool import RETRYABLE, open_pool
+from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.outbox import feed
 
 log = logging.getLogger(__name__)
@@ -88,18 +88,13 @@ class Foreman:
                 len(work) - len(unsent))
 
 
-async def complete_from_store(pool: asyncpg.Pool, keys: list[Key], attempts: int = 5) -> None:
+async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
     """Complete visits whose page is known: results and children from ``url_link``."""
-    for attempt in range(attempts):
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                locked = await visits.lock_pending(conn, keys)
-                await visits.complete(conn, locked, {k: "cached" for k in keys})
-                return
-        except RETRYABLE:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.05 * 2 ** attempt)
+    async def work(conn: asyncpg.Connection) -> None:
+        await visits.complete(conn, await visits.lock_pending(conn, keys),
+                              {k: "cached" for k in keys})
+
+    await in_transaction(pool, work)
 
 
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,

@@ -13,7 +13,7 @@ import enum
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -101,18 +101,9 @@ async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None
         await js.update_stream(config=cfg)
 
 
-async def _retry(op, attempts: int = 60):  # type: ignore[no-untyped-def]
-    delay = 0.2
-    for i in range(attempts):
-        try:
-            return await op()
-        except TRANSIENT as e:
-            if i == attempts - 1:
-                raise
-            log.warning("JetStream not ready (%s); retrying in %.1fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    return None
+async def _retry(op):  # type: ignore[no-untyped-def]
+    """JetStream set-up calls, retried while the server comes up (about 5 minutes at most)."""
+    return await retrying(op, "JetStream", TRANSIENT, retry_for=280.0)
 
 
 async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str,
@@ -221,6 +212,13 @@ class Verdict(enum.Enum):
 class Settle:
     verdict: Verdict
     delay: float = 0.0
+
+
+async def settle_all(groups: Iterable[Sequence[Msg]], outcome: Settle) -> None:
+    """``settle`` every message of these groups (each the messages of one visit) alike."""
+    for msgs in groups:
+        for m in msgs:
+            await settle(m, outcome)
 
 
 async def settle(msg: Msg, outcome: Settle) -> None:

@@ -55,15 +55,6 @@ class NotFound(ClientError):
     code = "NotFound"
 
 
-class MethodNotAllowed(ClientError):
-    status = 405
-    code = "MethodNotAllowed"
-
-    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
-        super().__init__(f"Method {method} not allowed; use {', '.join(allowed)}")
-        self.allowed = allowed
-
-
 class PayloadTooLarge(ClientError):
     status = 413
     code = "PayloadTooLarge"

@@ -67,16 +67,15 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise Stop()
 
 
-def up(config: str | None, addr: str, data_dir: Path, workers: int,
-       pg_port: int | None = None, nats_port: int | None = None) -> int:
+def up(config: str | None, addr: str, data_dir: Path, workers: int) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     # Started from this (the main) thread: if the supervisor is killed, even by SIGKILL, the
     # servers and the tiers are told and stop, instead of living on without an owner.
-    pg = EmbeddedPostgres(data_dir / "postgres", pg_port, die_with_parent=True)
-    nats = EmbeddedNats(data_dir / "nats", nats_port, die_with_parent=True)
+    pg = EmbeddedPostgres(data_dir / "postgres", die_with_parent=True)
+    nats = EmbeddedNats(data_dir / "nats", die_with_parent=True)
     children: list[Child] = []
     try:
         log.info("starting PostgreSQL (data in %s)", pg.data_dir)

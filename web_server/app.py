@@ -13,12 +13,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from aiohttp import web
 
 from shared import bus
 from shared.config import Settings
-from shared.db.pool import SERVER_SETTINGS, keep_session
+from shared.db.pool import open_pool
 from web_server.deps import Deps
 from web_server.middleware import errors
 from web_server.routes import DEPS, SETTINGS, add_routes
@@ -27,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=settings.max_request_bytes)
+    # Bodies are read with read_capped (maxRequestBytes -> 413), never request.read().
+    app = web.Application(middlewares=[errors])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     add_routes(app, settings.root_path)
@@ -36,26 +36,17 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=10, timeout=5,
-                                     command_timeout=30, server_settings=SERVER_SETTINGS,
-                                     reset=keep_session,
-                                     max_inactive_connection_lifetime=60)
-    deps = app[DEPS] = Deps(pool)
-    connecting = asyncio.create_task(_connect_nats(settings, deps))
-    try:
-        yield
-    finally:
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
-        if deps.nc is not None:
-            with contextlib.suppress(Exception):
-                await deps.nc.flush(timeout=2)
-            await deps.nc.close()
+    # Short timeouts: a request must not hang on a slow database.
+    async with open_pool(settings.database_url, min_size=0, max_size=10, timeout=5,
+                         command_timeout=30) as pool:
+        deps = app[DEPS] = Deps(pool)
+        connecting = asyncio.create_task(_connect_nats(settings, deps))
         try:
-            await asyncio.wait_for(pool.close(), 5)
-        except (TimeoutError, OSError):
-            pool.terminate()
+            yield
+        finally:
+            connecting.cancel()  # bus.connect flushes and closes the connection on its way out
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
 
 
 async def _connect_nats(settings: Settings, deps: Deps) -> None:
@@ -66,12 +57,12 @@ async def _connect_nats(settings: Settings, deps: Deps) -> None:
                 deps.nc = nc
                 js = nc.jetstream(timeout=5)
                 await bus.ensure_streams(js, settings)
-                deps._js = js
+                deps.jetstream = js
                 log.info("connected to NATS at %s", settings.nats_url)
                 await asyncio.Event().wait()  # hold the connection until cleanup cancels us
         except bus.TRANSIENT as e:
             log.warning("NATS set-up failed (%s); retrying", e)
-            deps._js = None
+            deps.jetstream = None
             await asyncio.sleep(2)
 
 

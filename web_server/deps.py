@@ -15,10 +15,10 @@ class Deps:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.nc: NATS | None = None
-        self._js: JetStreamContext | None = None
+        self.jetstream: JetStreamContext | None = None  # set once the streams are there
 
     @property
     def js(self) -> JetStreamContext:
-        if self._js is None or self.nc is None or not self.nc.is_connected:
+        if self.jetstream is None or self.nc is None or not self.nc.is_connected:
             raise DependencyUnavailable("NATS")
-        return self._js
+        return self.jetstream

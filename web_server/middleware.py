@@ -27,8 +27,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ClientError as e:
-        headers = {"Allow": ", ".join(e.allowed)} if hasattr(e, "allowed") else None
-        return error_body(e.code, e.message, e.status, headers)
+        return error_body(e.code, e.message, e.status)
     except web.HTTPMethodNotAllowed as e:
         allowed = sorted(e.allowed_methods)
         return error_body("MethodNotAllowed",
@@ -36,8 +35,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                           {"Allow": ", ".join(allowed)})
     except web.HTTPNotFound:
         return error_body("NotFound", f"No such path: {request.path}", 404)
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_body("PayloadTooLarge", e.text or "Request body too large", 413)
     except web.HTTPException as e:
         if e.status < 400:
             raise

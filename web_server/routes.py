@@ -237,10 +237,6 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    raise NotFound(f"No such path: {request.path}")
-
-
 def add_routes(app: web.Application, root: str) -> None:
     base = root.rstrip("/")
     app.router.add_post(base + "/", schedule)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import pages, visits
 from shared.db.pages import FetchedPage
-from shared.db.pool import RETRYABLE, open_pool
+from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.mime import guess_mime
 from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
@@ -81,39 +80,34 @@ class Committer:
         except Exception:  # a bug must not stop the committer: log it, let the visits come back
             log.exception("commit of %d visits failed; they will be redelivered", len(batch))
             verdict = Settle(Verdict.RETRY, 5.0)
+        await bus.settle_all((d.msgs for d in batch), verdict)
         for d in batch:
-            for m in d.msgs:
-                await bus.settle(m, verdict)
             if not d.settled.done():
                 d.settled.set_result(None)
 
-    async def _transaction(self, batch: list[Done], attempts: int = 5) -> None:
+    async def _transaction(self, batch: list[Done]) -> None:
         keys = [d.key for d in batch]
         fetched = {d.key: d.page for d in batch if d.page is not None}
         tries = {d.key: d.attempts for d in batch}
         reasons = {d.key: d.reason for d in batch if d.reason}
         extra_urls = {d.key: d.extra for d in batch if d.extra}
-        for attempt in range(attempts):
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    locked = await visits.lock_pending(conn, keys)
-                    live = {p.key for p in locked}
-                    await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
-                    outcomes: dict[Key, visits.Outcome] = {
-                        k: ("fetched" if k in fetched else "blocked" if k in reasons else "cached")
-                        for k in keys}
-                    extra: dict[Key, list[int]] = {}
-                    if extra_urls:
-                        ids = await pages.upsert_urls(
-                            conn, {u: guess_mime(u) for us in extra_urls.values() for u in us})
-                        extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
-                    await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
-                                          extra=extra)
-                    return
-            except RETRYABLE:
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(0.05 * 2 ** attempt)
+        outcomes: dict[Key, visits.Outcome] = {
+            k: ("fetched" if k in fetched else "blocked" if k in reasons else "cached")
+            for k in keys}
+
+        async def work(conn: asyncpg.Connection) -> None:
+            locked = await visits.lock_pending(conn, keys)
+            live = {p.key for p in locked}
+            await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
+            extra: dict[Key, list[int]] = {}
+            if extra_urls:
+                ids = await pages.upsert_urls(
+                    conn, {u: guess_mime(u) for us in extra_urls.values() for u in us})
+                extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
+            await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
+                                  extra=extra)
+
+        await in_transaction(self.pool, work)
 
 
 class Worker:
@@ -152,7 +146,7 @@ class Worker:
                 planned = {(p.job_id, p.url_id): p for p in
                            await visits.plan(conn, list(by_key), self.settings.cache_max_age)}
             done = [k for k in by_key if k not in planned]  # a duplicate, or redelivered after a crash
-            await _settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
+            await bus.settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
             admission = await self.gate.admit(
                 {k: p.url for k, p in planned.items() if not p.cached and k in by_key})
             if admission.deferred:  # back in the frontier until the host is free
@@ -160,9 +154,9 @@ class Worker:
                     await visits.defer(conn, admission.deferred)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot dispatch %d visits (%s); they will be redelivered", len(by_key), e)
-            await _settle_all(by_key.values(), Settle(Verdict.RETRY, 1.0))
+            await bus.settle_all(by_key.values(), Settle(Verdict.RETRY, 1.0))
             return 0
-        await _settle_all([by_key.pop(k) for k in admission.deferred], Settle(Verdict.ACK))
+        await bus.settle_all([by_key.pop(k) for k in admission.deferred], Settle(Verdict.ACK))
         for key, ms in by_key.items():
             p = planned[key]
             if key in admission.blocked:
@@ -246,12 +240,6 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
             for t in pending:
                 t.cancel()  # not acked: redelivered to another worker
-
-
-async def _settle_all(groups: Iterable[list[Msg]], outcome: Settle) -> None:
-    for msgs in groups:
-        for m in msgs:
-            await bus.settle(m, outcome)
 
 
 class _heartbeat:

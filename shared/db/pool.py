@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import asyncpg
 
 from shared.backoff import retrying
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Errors after which the same transaction, tried again, can succeed.
 RETRYABLE = (
@@ -47,12 +50,14 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 @asynccontextmanager
 async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-                    retry_for: float | None = None) -> AsyncIterator[asyncpg.Pool]:
-    """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default)."""
+                    retry_for: float | None = None, timeout: float = 10,
+                    command_timeout: float = 60) -> AsyncIterator[asyncpg.Pool]:
+    """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default;
+    with ``min_size`` 0 nothing connects until the first use)."""
     pool = await retrying(
         lambda: asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                     server_settings=SERVER_SETTINGS, reset=keep_session,
-                                    timeout=10, command_timeout=60,
+                                    timeout=timeout, command_timeout=command_timeout,
                                     max_inactive_connection_lifetime=60),
         "PostgreSQL", RETRYABLE, retry_for)
     try:
@@ -62,3 +67,17 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
             await asyncio.wait_for(pool.close(), 10)
         except (TimeoutError, *RETRYABLE):
             pool.terminate()
+
+
+async def in_transaction(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]],
+                         attempts: int = 5) -> T:
+    """``work(conn)`` in one transaction, run again (after 50 ms, 100 ms ...) when it fails in a
+    way another try can mend: a deadlock, a serialization failure, a lost connection."""
+    for attempt in range(attempts - 1):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except RETRYABLE:
+            await asyncio.sleep(0.05 * 2 ** attempt)
+    async with pool.acquire() as conn, conn.transaction():  # the last try: its error is raised
+        return await work(conn)
