@@ -80,14 +80,10 @@ def _values(tag: str, attributes: dict[str, Any]) -> Iterator[str]:
 
 def _resolve_all(base: str, raw: list[str]) -> list[str]:
     """Resolve every raw value against ``base``; drop failures and duplicates."""
-    seen: dict[str, None] = {}
-    resolved_raw: dict[str, str | None] = {}
+    seen: dict[str, None] = {}  # insertion-ordered: document order
     resolver = Resolver(base)
-    for value in raw:
-        if value in resolved_raw:
-            continue
+    for value in dict.fromkeys(raw):  # each distinct raw value once
         url = resolver(value)
-        resolved_raw[value] = url
         if url is not None:
             seen.setdefault(url, None)
     return list(seen)

@@ -16,7 +16,9 @@ _BY_EXTENSION = {
     ".css": "text/css",
     ".js": "text/javascript",
 }
-_SKIP_EXACT = frozenset(
+# Types recorded as results but never fetched (with image/*); the SQL form is SKIP_MIME_SQL.
+SKIP_PREFIX = "image/"
+SKIP_EXACT = frozenset(
     {"text/css", "text/javascript", "application/javascript", "application/x-javascript"}
 )
 _HTML = frozenset({"text/html", "application/xhtml+xml"})
@@ -74,7 +76,7 @@ def _essence(mime: str) -> str:
 def is_skip_mime(mime: str) -> bool:
     """True for images, CSS and JavaScript: recorded as results, never fetched."""
     essence = _essence(mime)
-    return essence.startswith("image/") or essence in _SKIP_EXACT
+    return essence.startswith(SKIP_PREFIX) or essence in SKIP_EXACT
 
 
 def normalize_mime(content_type: str | None) -> str:

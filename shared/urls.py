@@ -214,7 +214,7 @@ def _checked_canonical(url: str) -> str | None:
     if not _is_fetchable(url):
         return None
     try:
-        canonical = canonicalize(url)
+        canonical = _canonicalize_slow(url)  # the fast path already said no
     except ValueError:
         return None
     if not canonical.isascii() or not _is_fetchable(canonical):

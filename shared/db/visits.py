@@ -24,13 +24,15 @@ from typing import Literal
 
 import asyncpg
 
+from shared.mime import SKIP_EXACT, SKIP_PREFIX
 from shared.scope import Scope
 
 Key = tuple[int, int]  # (job_id, url_id)
 Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
 
-SKIP_MIME_SQL = ("(u.mime LIKE 'image/%%' OR u.mime IN ('text/css', 'text/javascript', "
-                 "'application/javascript', 'application/x-javascript'))").replace("%%", "%")
+# is_skip_mime() on u.mime (stored lower-case, without parameters), from the same constants.
+SKIP_MIME_SQL = (f"(u.mime LIKE '{SKIP_PREFIX}%' OR u.mime IN "
+                 f"({', '.join(repr(m) for m in sorted(SKIP_EXACT))}))")
 
 
 @dataclass(frozen=True, slots=True)

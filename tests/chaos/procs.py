@@ -25,7 +25,7 @@ from tests.servers import serve
 class Tiers:
     """web_server, foreman and workers as subprocesses sharing one configuration."""
 
-    def __init__(self, settings: Settings, logs: Path, **env: str) -> None:
+    def __init__(self, settings: Settings, logs: Path) -> None:
         self.port = free_port()
         self.logs = logs
         self.env = dict(os.environ,
@@ -37,7 +37,7 @@ class Tiers:
                         HARVESTER_WATCHDOG_INTERVAL="1", HARVESTER_RETRY_BASE="0.05",
                         HARVESTER_SHUTDOWN_TIMEOUT="10", HARVESTER_CONCURRENCY="16",
                         HARVESTER_LOG_LEVEL="WARNING", HARVESTER_HOST_CONCURRENCY="32",
-                        HARVESTER_HOST_DELAY="0", HARVESTER_ROBOTS="0", **env)
+                        HARVESTER_HOST_DELAY="0", HARVESTER_ROBOTS="0")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = aiohttp.ClientSession()
         self.base = f"http://127.0.0.1:{self.port}"

@@ -92,13 +92,14 @@ class Watch:
 
 
 async def run_with_fault(tiers: Tiers, site: GraphSite, settings: Settings,
-                         fault: Callable[[Watch], Awaitable[None]], faults: int = 1,
+                         fault: Callable[[Watch], Awaitable[None]] | None, faults: int = 1,
                          post: Callable[[], Awaitable[int]] | None = None) -> None:
+    """Crawl the graph site while ``fault`` (None: none) runs; the result must be exact."""
     await tiers.up()
     job = await (post() if post else tiers.post([site.base + "/p/0.html"], depth=str(DEPTH)))
     watch = Watch(tiers, settings.database_url, job)
     expected = site.expected(DEPTH)
-    faulting = asyncio.create_task(fault(watch))
+    faulting = asyncio.create_task(fault(watch) if fault else asyncio.sleep(0))
     st = await watch.until_complete(site)
     await faulting
     assert not watch.errors, watch.errors
@@ -143,10 +144,7 @@ async def queue_state(settings: Settings) -> str:
 
 async def test_undisturbed_run_fetches_each_page_once(tiers: Tiers, site: GraphSite,
                                                       settings: Settings) -> None:
-    async def nothing(watch: Watch) -> None:
-        return None
-
-    await run_with_fault(tiers, site, settings, nothing)
+    await run_with_fault(tiers, site, settings, None)
     assert site.refetches() == 0
     assert len(site.hits) >= 2000
 
@@ -180,32 +178,28 @@ async def test_sigkill_the_web_server_after_it_answers(tiers: Tiers, site: Graph
         await tiers.wait_ready()
         return job
 
-    async def nothing(watch: Watch) -> None:
-        return None
+    await run_with_fault(tiers, site, settings, None, post=post_then_kill)
 
-    await run_with_fault(tiers, site, settings, nothing, post=post_then_kill)
+
+def restart(server: EmbeddedNats | EmbeddedPostgres) -> Callable[[Watch], Awaitable[None]]:
+    """The fault: at 600 pages, stop ``server``, wait a second, start it on the same data."""
+    async def fault(watch: Watch) -> None:
+        await watch.reach(600)
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.start)
+
+    return fault
 
 
 async def test_restart_nats(tiers: Tiers, site: GraphSite, settings: Settings,
                             nats_server: EmbeddedNats) -> None:
-    async def restart(watch: Watch) -> None:
-        await watch.reach(600)
-        await asyncio.to_thread(nats_server.stop)
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(nats_server.start)
-
-    await run_with_fault(tiers, site, settings, restart)
+    await run_with_fault(tiers, site, settings, restart(nats_server))
 
 
 async def test_restart_postgres(tiers: Tiers, site: GraphSite, settings: Settings,
                                 postgres: EmbeddedPostgres) -> None:
-    async def restart(watch: Watch) -> None:
-        await watch.reach(600)
-        await asyncio.to_thread(postgres.stop)
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(postgres.start)
-
-    await run_with_fault(tiers, site, settings, restart)
+    await run_with_fault(tiers, site, settings, restart(postgres))
 
 
 async def test_rolling_restart_with_sigterm(tiers: Tiers, site: GraphSite, settings: Settings) -> None:

@@ -55,3 +55,13 @@ async def test_delete_job_removes_its_results_and_no_other(db: asyncpg.Connectio
     assert await db.fetch("SELECT job_id FROM job_result") == [(kept,)]
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", gone) == 0
     assert await db.fetchval("SELECT count(*) FROM job WHERE id = $1", kept) == 1
+
+
+async def test_skip_mime_sql_agrees_with_is_skip_mime(db: asyncpg.Connection) -> None:
+    from shared.db.visits import SKIP_MIME_SQL
+    from shared.mime import is_skip_mime
+    mimes = ["image/png", "image/svg+xml", "text/css", "text/javascript", "application/javascript",
+             "application/x-javascript", "text/html", "application/pdf", "", "imagex/png"]
+    rows = await db.fetch(f"SELECT u.mime, {SKIP_MIME_SQL} AS skip "
+                          "FROM unnest($1::text[]) AS u(mime)", mimes)
+    assert {r["mime"]: r["skip"] for r in rows} == {m: is_skip_mime(m) for m in mimes}
