@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,6 +55,28 @@ def rules_for(status: int | None, body: str | None) -> RobotsRules:
     if 200 <= status < 300:
         return RobotsRules("parsed", body or "")
     return RobotsRules(ALLOW_ALL)  # a 3xx left after following redirects: treat as unavailable
+
+
+# Byte order marks, longest first (UTF-32's LE mark starts with UTF-16's).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def decode(body: bytes, charset: str | None) -> str:
+    """A robots.txt as text: a byte order mark decides its encoding, else the declared charset,
+    else (RFC 9309) UTF-8; undecodable bytes become U+FFFD and NULs are dropped (what is left
+    of a UTF-16 file without a mark is its ASCII text)."""
+    encoding = charset or "utf-8"
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            body, encoding = body[len(bom):], name
+            break
+    try:
+        text = body.decode(encoding, errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = body.decode("utf-8", errors="replace")
+    return text.replace("\x00", "")
 
 
 def agent_token(user_agent: str) -> str:

@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
-from shared.robots import BLOCKED, UNREACHABLE, RobotsRules, agent_token, rules_for
+from shared.robots import BLOCKED, UNREACHABLE, RobotsRules, agent_token, decode, rules_for
 from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
@@ -220,13 +220,30 @@ class HostGate:
                 status, body = await self._fetch_robots(host)
             except Exception:  # a bug must not leave the host waiting on a claim forever
                 log.exception("robots.txt of %s: fetch failed", host)
-            async with self.pool.acquire() as conn:
-                await hosts.store_robots(conn, host, status, body, s.robots_max_failures)
+            status = await self._store_robots(host, status, body)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("robots.txt of %s not stored (%s); it will be fetched again", host, e)
         finally:
             if slot is not None:
                 self.release(slot, trouble=status is None or status >= 500, retry_after=None)
+
+    async def _store_robots(self, host: str, status: int | None, body: str | None) -> int | None:
+        """Store a robots.txt answer; one that cannot be stored is counted as a failure instead
+        (so a host with no good copy is in the end given up on, not waited for forever).
+        Returns the status that was stored (None: a failure)."""
+        s = self.settings
+        try:
+            async with self.pool.acquire() as conn:
+                await hosts.store_robots(conn, host, status, body, s.robots_max_failures)
+            return status
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            if status is None or status >= 500:
+                raise  # a failure already: nothing else to count it as
+            log.warning("robots.txt of %s (HTTP %d) not stored (%s): counted as a failure",
+                        host, status, e)
+        async with self.pool.acquire() as conn:
+            await hosts.store_robots(conn, host, None, None, s.robots_max_failures)
+        return None
 
     async def close(self) -> None:
         """Stop the robots.txt fetches in flight (their claims expire; others fetch again)."""
@@ -238,11 +255,7 @@ class HostGate:
         try:
             async with self.session.get(host + "/robots.txt", allow_redirects=True,
                                         max_redirects=5) as resp:
-                body = await read_head(resp.content, ROBOTS_MAX_BYTES)
-                try:
-                    text = body.decode(resp.charset or "utf-8", errors="replace")
-                except LookupError:  # a charset Python does not know
-                    text = body.decode("utf-8", errors="replace")
+                text = decode(await read_head(resp.content, ROBOTS_MAX_BYTES), resp.charset)
                 log.info("robots.txt of %s: %d", host, resp.status)
                 return resp.status, text if resp.status < 300 else None
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:

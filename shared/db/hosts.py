@@ -113,12 +113,13 @@ async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
     """Keep an answer (2xx or 4xx); count a failure (5xx, no answer) without losing the last
     good copy, so a host that stops answering is retried and, in the end, treated as disallow.
     Once ``give_up_after`` failures are counted, it is asked again only every
-    ``retry_given_up`` seconds."""
+    ``retry_given_up`` seconds. Any body is kept: NULs, which PostgreSQL text cannot hold, are
+    dropped."""
     if status is not None and status < 500:
         await conn.execute("""
             UPDATE host SET robots_status = $2, robots_body = $3, robots_fetched_on = now(),
                    robots_failures = 0, robots_fetching_until = NULL WHERE host = $1""",
-            host, status, body)
+            host, status, body.replace("\x00", "") if body is not None else None)
     else:
         # Nobody tries again before a pause that doubles with each failure (at most a minute),
         # or, once given up, before a long one.

@@ -96,11 +96,11 @@ async def cleanup() -> AsyncIterator[AsyncExitStack]:
 
 
 async def crawl(cleanup: AsyncExitStack, settings: Settings, urls: list[str], workers: int = 1,
-                **params: str) -> tuple[Stack, int]:
+                timeout: float = 90, **params: str) -> tuple[Stack, int]:
     stack = await Stack(settings).start(foremen=1, workers=workers)
     cleanup.push_async_callback(stack.stop)
     job = await stack.post_job(urls, **params)
-    await stack.wait_complete(job, timeout=90)
+    await stack.wait_complete(job, timeout=timeout)
     return stack, job
 
 
@@ -354,4 +354,27 @@ async def test_a_robots_txt_arriving_in_pieces_is_read_whole(
     cleanup.push_async_callback(runner.cleanup)
     stack, job = await crawl(cleanup, settings.model_copy(update={"robots": True}), [base + "/"])
     assert "/private" not in hits and "/open" in hits
+    assert (await stack.status(job))["pages"]["blocked"] == 1
+
+
+async def test_a_binary_robots_txt_does_not_hold_up_the_job(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """A robots.txt holding NUL bytes (binary, or UTF-16) is stored like any answer: the job
+    completes, obeying what could be read of it."""
+    robots = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\n" + "User-agent: *\nDisallow: /private\n".encode(
+        "utf-16-le")
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        if request.path == "/robots.txt":
+            return web.Response(body=robots, content_type="text/plain")
+        links = '<a href="/private">p</a><a href="/open">o</a>' if request.path == "/" else ""
+        return web.Response(text=links, content_type="text/html")
+
+    runner, base = await serve(handle, "127.0.0.1")
+    cleanup.push_async_callback(runner.cleanup)
+    stack, job = await crawl(cleanup, settings.model_copy(update={"robots": True}), [base + "/"],
+                             timeout=20)
+    assert hits.count("/robots.txt") == 1 and "/private" not in hits and "/open" in hits
     assert (await stack.status(job))["pages"]["blocked"] == 1

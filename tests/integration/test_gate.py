@@ -1,0 +1,166 @@
+"""The host gate (worker/gate.py HostGate) and its SQL (shared/db/hosts.py) against real
+PostgreSQL and local sites on 127.0.0.1: grants, deferral at the cap, spacing, robots.txt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from shared.config import Settings
+from shared.db import hosts
+from shared.db.pool import open_pool
+from worker.fetch import open_session
+from worker.gate import NOT_YET, HostGate, guard_band
+from tests.servers import serve
+
+
+@dataclass
+class Site:
+    """A local host answering ``pages[path] -> (status, body, headers)``, logging every request."""
+    pages: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
+    log: list[tuple[str, float]] = field(default_factory=list)
+    base: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.log.append((request.path, time.monotonic()))
+        status, body, headers = self.pages.get(request.path, (404, b"", {}))
+        return web.Response(status=status, body=body, headers=headers)
+
+    def hits(self, path: str) -> int:
+        return sum(1 for p, _ in self.log if p == path)
+
+
+Start = Callable[[Site], Awaitable[Site]]
+
+
+@pytest.fixture
+async def start_site() -> AsyncIterator[Start]:
+    runners: list[web.AppRunner] = []
+
+    async def start(site: Site) -> Site:
+        runner, site.base = await serve(site.handle)
+        runners.append(runner)
+        return site
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+
+
+@pytest.fixture
+def polite(settings: Settings) -> Settings:
+    return settings.model_copy(update={"robots": True, "host_concurrency": 1, "host_delay": 0.0,
+                                       "robots_max_failures": 2})
+
+
+GateFor = Callable[[Settings], Awaitable[HostGate]]
+
+
+@pytest.fixture
+async def gate_for() -> AsyncIterator[GateFor]:
+    """A HostGate on its own pool and HTTP session, with its release loop running."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def make(s: Settings) -> HostGate:
+        pool_cm, session_cm = open_pool(s.database_url, max_size=4), open_session(s)
+        pool, session = await pool_cm.__aenter__(), await session_cm.__aenter__()
+        gate = HostGate(s, pool, session)
+        releases = asyncio.create_task(gate.run_releases())
+
+        async def close() -> None:
+            await gate.close()
+            releases.cancel()
+            await asyncio.gather(releases, return_exceptions=True)
+            await session_cm.__aexit__(None, None, None)
+            await pool_cm.__aexit__(None, None, None)
+
+        closers.append(close)
+        return gate
+
+    yield make
+    for close in reversed(closers):
+        await close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def robots_fetched(db: asyncpg.Connection, host: str) -> bool:
+    """robots.txt stored, and the slot its request took given back."""
+    return bool(await db.fetchval("""
+        SELECT robots_fetched_on IS NOT NULL AND leases = '{}' FROM host WHERE host = $1""", host))
+
+
+async def robots_row(db: asyncpg.Connection, host: str) -> asyncpg.Record:
+    row = await db.fetchrow("SELECT * FROM host WHERE host = $1", host)
+    assert row is not None
+    return row
+
+
+# -- robots.txt -------------------------------------------------------------------------------
+
+async def test_a_robots_txt_with_nul_bytes_is_stored(db: asyncpg.Connection) -> None:
+    """PostgreSQL text cannot hold NUL: the body is stored without them, not refused."""
+    host = "http://127.0.0.1:9"
+    assert await hosts.claim_robots_fetches(db, [host], 60, 10) == {host}
+    await hosts.store_robots(db, host, 200, "User-agent: *\x00\nDisallow: /x\x00\n")
+    r = (await hosts.robots(db, [host]))[host]
+    assert (r.status, r.body, r.failures) == (200, "User-agent: *\nDisallow: /x\n", 0)
+    assert r.fetched_on is not None
+
+
+@pytest.mark.parametrize("body", [
+    "User-agent: *\nDisallow: /private\n".encode("utf-16"),     # a BOM, then UTF-16
+    "User-agent: *\nDisallow: /private\n".encode("utf-16-le"),  # no BOM: NULs in UTF-8
+], ids=["bom", "no-bom"])
+async def test_a_utf16_robots_txt_is_read_and_obeyed(
+        polite: Settings, gate_for: GateFor, start_site: Start, db: asyncpg.Connection,
+        body: bytes) -> None:
+    site = await start_site(Site({"/robots.txt": (200, body, {"Content-Type": "text/plain"})}))
+    gate = await gate_for(polite)
+    visits = {(1, 1): site.base + "/private/a", (1, 2): site.base + "/open"}
+    assert set((await gate.admit(visits)).deferred) == set(visits)  # robots.txt first
+    await until(lambda: robots_fetched(db, site.base))
+    out = await gate.admit(visits)
+    assert out.blocked == {(1, 1): "blocked by robots.txt"}
+    assert list(out.granted) == [(1, 2)]
+    assert site.hits("/robots.txt") == 1
+
+
+async def test_a_robots_txt_that_cannot_be_stored_counts_as_a_failure(
+        polite: Settings, gate_for: GateFor, start_site: Start, db: asyncpg.Connection) -> None:
+    """Whatever keeps an answer from being stored, the host's robots.txt failure is counted,
+    so its visits are in the end blocked rather than deferred forever."""
+    await db.execute("""
+        CREATE FUNCTION refuse_body() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.robots_body IS DISTINCT FROM OLD.robots_body THEN
+                RAISE EXCEPTION 'refused';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_body BEFORE UPDATE ON host FOR EACH ROW EXECUTE FUNCTION refuse_body();
+    """)
+    site = await start_site(Site({"/robots.txt": (200, b"User-agent: *\nDisallow:\n", {})}))
+    gate = await gate_for(polite.model_copy(update={"robots_max_failures": 1}))
+    visits = {(1, 1): site.base + "/a"}
+    assert (await gate.admit(visits)).deferred  # robots.txt being fetched
+
+    async def blocked() -> bool:
+        return (await gate.admit(visits)).blocked == {(1, 1): "robots.txt unreachable"}
+
+    await until(blocked)
+    row = await robots_row(db, site.base)
+    assert row["robots_failures"] == 1 and row["robots_fetched_on"] is None
+    assert site.hits("/robots.txt") == 1
