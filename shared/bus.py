@@ -3,19 +3,31 @@ and the one place that turns a processing outcome into ack / nak / term.
 
 Both queues are work-queue streams (a message is removed once acked) with one durable pull
 consumer each, shared by every foreman (URL queue) or every worker (work queue). AckWait is the
-lease on a message; a message not acked in time, or nak'ed, is delivered again.
+lease on a message; a message not acked in time, or nak'ed, is delivered again, up to the
+consumer's MaxDeliver deliveries in all (see ``settle``).
+
+The streams and consumers a process set up are remembered (``_Topology``): when the server answers
+that one is missing, as a NATS server restarted on an empty store does, the publish, pull or depth
+query that found out creates it again (``restore``). Trouble that lasts (refused publishes, failed
+acks, pulls, connection errors) is logged at WARNING, one line per ``WARN_INTERVAL`` and kind
+with a count of the lines held back, so an outage does not flood the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+import math
 import random
+import time
+import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -38,6 +50,7 @@ from shared.config import Settings, stream_name
 from shared.messages import BadMessage, VisitMessage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FOREMAN_CONSUMER = "foreman"
 WORKER_CONSUMER = "worker"
@@ -45,7 +58,69 @@ PUBLISH_CHUNK = 512
 
 # Errors of a NATS server that is restarting, unreachable or not ready (JetStream answers 503
 # for a while after a restart): wait and try again.
-TRANSIENT = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ConnectionError, OSError)
+TRANSIENT = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ConnectionError,
+             OSError)
+
+# What a pull from a consumer the server does not have gets: a 503 "no responders" status
+# (nats-py raises ServiceUnavailableError; the others for safety). A publish no stream listens
+# to raises NoStreamResponseError; a stream query, NotFoundError.
+NO_CONSUMER = (nats.js.errors.ServiceUnavailableError, nats.js.errors.NotFoundError,
+               nats.errors.NoRespondersError)
+
+WARN_INTERVAL = 10.0  # seconds between two warnings of one kind (the others are counted)
+RESTORE_INTERVAL = 1.0  # seconds between two checks of one stream for what the server lost
+
+
+class _Throttle:
+    """One kind of warning, logged at most once per ``WARN_INTERVAL`` with how many were held
+    back since the last one."""
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+        self.held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < WARN_INTERVAL:
+            self.held += 1
+            return
+        if self.held:
+            msg, args = msg + " (%d more like it since the last)", (*args, self.held)
+        log.warning(msg, *args)
+        self.last, self.held = now, 0
+
+
+_WARNINGS: defaultdict[str, _Throttle] = defaultdict(_Throttle)
+
+
+def _warn(kind: str, msg: str, *args: object) -> None:
+    _WARNINGS[kind].warning(msg, *args)
+
+
+@dataclass
+class _Topology:
+    """The streams and durable consumers this process set up, with the config it set them up
+    with (tiers that run in one process, as in tests, share it: a stream's config is the same
+    for all), the delivery limit each consumer has on the server, and the stream each pull
+    subscription reads."""
+
+    streams: dict[str, StreamConfig] = field(default_factory=dict)
+    consumers: defaultdict[str, dict[str, ConsumerConfig]] = field(
+        default_factory=lambda: defaultdict(dict))
+    max_deliver: dict[tuple[str, str], int] = field(default_factory=dict)  # (stream, durable)
+    bound: weakref.WeakKeyDictionary[JetStreamContext.PullSubscription,
+                                     tuple[JetStreamContext, str]] = field(
+        default_factory=weakref.WeakKeyDictionary)
+    checked: dict[str, float] = field(default_factory=dict)  # stream -> last restore check
+
+    def note_max_deliver(self, stream: str, durable: str, limit: int | None) -> None:
+        if limit and limit > 0:
+            self.max_deliver[(stream, durable)] = limit
+        else:  # unlimited
+            self.max_deliver.pop((stream, durable), None)
+
+
+_topology = _Topology()
 
 
 @asynccontextmanager
@@ -70,7 +145,7 @@ async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncI
 
 
 async def _log_error(e: Exception) -> None:
-    log.debug("NATS: %s", e)
+    _warn("nats", "NATS: %s", e)
 
 
 async def _disconnected() -> None:
@@ -87,11 +162,13 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     # them is refused (discard new) and retried by its publisher, never silently dropped.
     for topic, limit in ((settings.url_topic, settings.url_queue_limit),
                          (settings.work_topic, settings.work_queue_limit)):
-        cfg = StreamConfig(name=stream_name(topic), subjects=[topic],
+        name = stream_name(topic)
+        cfg = StreamConfig(name=name, subjects=[topic],
                            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                            max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
                            duplicate_window=120.0)
-        await _retry(lambda cfg=cfg: _add_or_update_stream(js, cfg))
+        _topology.streams[name] = cfg
+        await _retry(functools.partial(_add_or_update_stream, js, cfg))
 
 
 async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
@@ -101,7 +178,7 @@ async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None
         await js.update_stream(config=cfg)
 
 
-async def _retry(op):  # type: ignore[no-untyped-def]
+async def _retry(op: Callable[[], Awaitable[T]]) -> T:
     """JetStream set-up calls, retried while the server comes up (about 5 minutes at most)."""
     return await retrying(op, "JetStream", TRANSIENT, retry_for=280.0)
 
@@ -114,6 +191,7 @@ async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str
                          max_deliver=settings.max_deliver, max_ack_pending=20_000,
                          filter_subject=topic)
     stream = stream_name(topic)
+    _topology.consumers[stream][durable] = cfg
 
     async def sub() -> JetStreamContext.PullSubscription:
         try:
@@ -121,15 +199,53 @@ async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str
         except nats.js.errors.BadRequestError:
             pass  # exists with another config (e.g. a different ack_wait): keep it
         info = await js.consumer_info(stream, durable)
-        if info.config.max_deliver and info.config.max_deliver > 0:
-            _MAX_DELIVER[durable] = info.config.max_deliver
+        _topology.note_max_deliver(stream, durable, info.config.max_deliver)
         return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
-    return await _retry(sub)
+    bound = await _retry(sub)
+    _topology.bound[bound] = (js, stream)
+    return bound
 
 
-# Deliveries allowed per message, by durable consumer (as the server has it), for ``settle``.
-_MAX_DELIVER: dict[str, int] = {}
+async def restore(js: JetStreamContext, stream: str) -> bool:
+    """Create ``stream`` and this process's consumers on it again if the server no longer has
+    them (a NATS server restarted on an empty store); True if anything was created.
+
+    The one place that recovers from a lost store: a publish with no stream to answer it, a pull
+    from a missing consumer and a depth query of a missing stream all come here. Checks one
+    stream at most once per ``RESTORE_INTERVAL``; never raises (a server not ready yet is
+    checked again by the next failure). The messages the store held are lost with it: their
+    visits are still pending in PostgreSQL, and the watchdog publishes them again.
+    """
+    cfg = _topology.streams.get(stream)
+    now = time.monotonic()
+    if cfg is None or now - _topology.checked.get(stream, -math.inf) < RESTORE_INTERVAL:
+        return False
+    _topology.checked[stream] = now
+    created: list[str] = []
+    try:
+        if not await _exists(js.stream_info(stream)):
+            await _add_or_update_stream(js, cfg)
+            created.append(f"stream {stream}")
+        for durable, consumer in _topology.consumers.get(stream, {}).items():
+            if not await _exists(js.consumer_info(stream, durable)):
+                await js.add_consumer(stream, config=consumer)
+                _topology.note_max_deliver(stream, durable, consumer.max_deliver)
+                created.append(f"consumer {durable} of {stream}")
+    except TRANSIENT as e:
+        _warn("restore", "cannot check JetStream stream %s (%s: %s)", stream, type(e).__name__, e)
+    if created:
+        log.warning("JetStream had lost %s (NATS restarted without its store?): created again",
+                    " and ".join(created))
+    return bool(created)
+
+
+async def _exists(info: Awaitable[object]) -> bool:
+    try:
+        await info
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
 
 
 async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
@@ -140,7 +256,10 @@ async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: floa
     except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either when idle
         return []
     except TRANSIENT as e:
-        log.warning("pull failed (%s: %s); retrying", type(e).__name__, e)
+        _warn("pull", "pull failed (%s: %s); retrying", type(e).__name__, e)
+        bound = _topology.bound.get(sub)
+        if isinstance(e, NO_CONSUMER) and bound:
+            await restore(*bound)
         await asyncio.sleep(0.5)
         return []
 
@@ -150,9 +269,24 @@ async def publish_visits(js: JetStreamContext, topic: str,
     """Publish visit messages, each stored by JetStream before this returns.
 
     Returns the keys that were NOT stored (stream full, NATS unreachable), for the caller to
-    keep and try again; never raises for a publish failure.
+    keep and try again; never raises for a publish failure. A stream the server lost is created
+    again (``restore``) and the refused keys published once more.
     """
+    failed, error = await _publish(js, topic, keys)
+    no_stream = isinstance(error, nats.js.errors.NoStreamResponseError)
+    if no_stream and await restore(js, stream_name(topic)):
+        failed, error = await _publish(js, topic, failed)
+    if failed:
+        _warn(f"publish {topic}", "%d of %d messages not stored on %s (%s: %s); they will be "
+              "published again", len(failed), len(keys), topic, type(error).__name__, error)
+    return failed
+
+
+async def _publish(js: JetStreamContext, topic: str, keys: Sequence[tuple[int, int]]
+                   ) -> tuple[list[tuple[int, int]], BaseException | None]:
+    """The keys not stored, and the first error."""
     failed: list[tuple[int, int]] = []
+    error: BaseException | None = None
     for i in range(0, len(keys), PUBLISH_CHUNK):
         chunk = keys[i:i + PUBLISH_CHUNK]
         acks = await asyncio.gather(*(
@@ -160,17 +294,22 @@ async def publish_visits(js: JetStreamContext, topic: str,
             return_exceptions=True)
         for key, ack in zip(chunk, acks):
             if isinstance(ack, BaseException):
-                if not isinstance(ack, (*TRANSIENT, nats.js.errors.Error, nats.errors.Error)):
+                if not isinstance(ack, TRANSIENT):
                     raise ack
                 failed.append(key)
-    if failed:
-        log.debug("%d of %d messages not stored on %s", len(failed), len(keys), topic)
-    return failed
+                error = error or ack
+    return failed, error
 
 
 async def stream_depth(js: JetStreamContext, topic: str) -> int:
     """Messages in a work-queue stream: published and not yet acked."""
-    info = await js.stream_info(stream_name(topic))
+    stream = stream_name(topic)
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        if not await restore(js, stream):
+            raise
+        info = await js.stream_info(stream)
     return int(info.state.messages)
 
 
@@ -222,12 +361,14 @@ async def settle_all(groups: Iterable[Sequence[Msg]], outcome: Settle) -> None:
 
 
 async def settle(msg: Msg, outcome: Settle) -> None:
-    """The one place a processing outcome becomes ack / nak / term. Never raises.
+    """The one place a processing outcome becomes ack / nak / term. Never raises: a message
+    that could not be settled is delivered again after AckWait (logged as a warning).
 
-    A retry on a message's last allowed delivery terminates it instead: JetStream would never
-    deliver it again, yet keep it in the work-queue stream, where it would count against the
-    queue's limit for good. Its visit is still pending in PostgreSQL, and the watchdog
-    publishes it again (as a new message) after ``staleAfter``.
+    A retry on a message's last allowed delivery (the MaxDeliver of the message's own consumer,
+    as the server has it, read when this process bound to the consumer) terminates it instead:
+    JetStream would never deliver it again, yet keep it in the work-queue stream, where it would
+    count against the queue's limit for good. Its visit is still pending in PostgreSQL, and the
+    watchdog publishes it again (as a new message) after ``staleAfter``.
     """
     try:
         if outcome.verdict is Verdict.ACK:
@@ -241,7 +382,9 @@ async def settle(msg: Msg, outcome: Settle) -> None:
         else:
             await msg.term()
     except Exception as e:  # noqa: BLE001 - the message comes back after AckWait anyway
-        log.debug("could not settle message (%s): it will be redelivered", e)
+        _warn("settle", "could not %s a message (%s: %s); it will be redelivered",
+              "nak" if outcome.verdict is Verdict.RETRY else outcome.verdict.value,
+              type(e).__name__, e)
 
 
 def _last_delivery(msg: Msg) -> bool:
@@ -249,10 +392,10 @@ def _last_delivery(msg: Msg) -> bool:
         meta = msg.metadata
     except (nats.errors.Error, ValueError, AttributeError):  # not a JetStream message
         return False
-    limit = _MAX_DELIVER.get(meta.consumer or "")
+    limit = _topology.max_deliver.get((meta.stream or "", meta.consumer or ""))
     return limit is not None and meta.num_delivered is not None and meta.num_delivered >= limit
 
 
 def retry_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with jitter: about base, 2*base, 4*base ... capped."""
-    return min(cap, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+    return min(cap, base * 2.0 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)

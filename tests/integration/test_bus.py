@@ -1,16 +1,33 @@
-"""shared.bus against a real nats-server with JetStream: settling messages."""
+"""shared.bus against a real nats-server with JetStream: settling messages, the limit on
+deliveries, warnings during outages, and streams and consumers created again when the server
+comes back without its store."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy
 
 from shared import bus
 from shared.bus import Settle, Verdict
-from shared.config import Settings
+from shared.config import Settings, stream_name
 from shared.embedded import EmbeddedNats
+from shared.messages import VisitMessage
+
+T = TypeVar("T")
 
 
-async def _depth(js, topic: str, expected: int) -> int:  # type: ignore[no-untyped-def]
+async def _depth(js: JetStreamContext, topic: str, expected: int) -> int:
     """The stream's depth once it reaches ``expected`` (acks are asynchronous), or after 5 s."""
     for _ in range(50):
         depth = await bus.stream_depth(js, topic)
@@ -18,6 +35,23 @@ async def _depth(js, topic: str, expected: int) -> int:  # type: ignore[no-untyp
             break
         await asyncio.sleep(0.1)
     return depth
+
+
+async def _eventually(op: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
+                      timeout: float = 30.0) -> T:
+    """``op()``'s first answer that is ``ok``; fails with the last answer after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await op()
+        if ok(answer) or time.monotonic() > deadline:
+            assert ok(answer), f"still {answer!r} after {timeout}s"
+            return answer
+        await asyncio.sleep(0.05)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "shared.bus" and r.levelno == logging.WARNING and text in r.getMessage()]
 
 
 async def test_a_retry_on_the_last_delivery_terminates_the_message(
@@ -39,3 +73,156 @@ async def test_a_retry_on_the_last_delivery_terminates_the_message(
         await bus.settle(second, Settle(Verdict.RETRY))  # the last delivery: terminated
         assert await _depth(js, topic, 0) == 0
         assert await bus.pull(sub, 1, 0.5) == []
+
+
+async def test_the_delivery_limit_is_the_one_of_the_messages_own_consumer(
+        nats_server: EmbeddedNats) -> None:
+    """Two streams with a consumer of the same name but different limits in one process (as
+    when a test runs several stacks): each message is judged by its own consumer's limit."""
+    strict = Settings(nats_url=nats_server.url, url_topic="strict.url", work_topic="strict.work",
+                      max_deliver=2, retries=0)
+    lax = Settings(nats_url=nats_server.url, url_topic="lax.url", work_topic="lax.work",
+                   max_deliver=5, retries=0)
+    async with bus.connect(nats_server.url, "test-bus") as nc:
+        js = nc.jetstream()
+        for s in (strict, lax):
+            await bus.ensure_streams(js, s)
+        sub = await bus.pull_subscription(js, strict, strict.work_topic, bus.WORKER_CONSUMER)
+        await bus.pull_subscription(js, lax, lax.work_topic, bus.WORKER_CONSUMER)
+        assert await bus.publish_visits(js, strict.work_topic, [(1, 2)]) == []
+        for delivery in (1, 2):
+            (msg,) = await bus.pull(sub, 1, 5)
+            assert msg.metadata.num_delivered == delivery
+            await bus.settle(msg, Settle(Verdict.RETRY))
+        assert await _depth(js, strict.work_topic, 0) == 0, "nak'ed past its consumer's limit"
+
+
+async def test_refused_publishes_are_warned_about_once_per_interval(
+        nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus, "_WARNINGS", defaultdict(bus._Throttle))  # none held back yet
+    caplog.set_level(logging.WARNING, logger="shared.bus")
+    topic = "nostream.work"  # no stream listens: every publish is refused
+    async with bus.connect(nats_server.url, "test-bus") as nc:
+        js = nc.jetstream()
+        for _ in range(5):
+            assert await bus.publish_visits(js, topic, [(1, 2)]) == [(1, 2)]
+        (first,) = _warnings(caplog, "not stored")
+        assert f"1 of 1 messages not stored on {topic}" in first
+        monkeypatch.setattr(bus, "WARN_INTERVAL", 0.0)  # the interval has passed
+        assert await bus.publish_visits(js, topic, [(1, 2)]) == [(1, 2)]
+        (_, second) = _warnings(caplog, "not stored")
+        assert "4 more like it" in second
+
+
+async def test_a_failed_ack_is_a_warning(nats_server: EmbeddedNats,
+                                         caplog: pytest.LogCaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus, "_WARNINGS", defaultdict(bus._Throttle))
+    caplog.set_level(logging.WARNING, logger="shared.bus")
+    settings = Settings(nats_url=nats_server.url, url_topic="failedack.url",
+                        work_topic="failedack.work")
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await bus.ensure_streams(js, settings)
+    sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
+    assert await bus.publish_visits(js, settings.work_topic, [(1, 2)]) == []
+    (msg,) = await bus.pull(sub, 1, 5)
+    await nc.close()
+    await bus.settle(msg, Settle(Verdict.ACK))  # never raises
+    assert _warnings(caplog, "could not ack")
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "store")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def lose_store(server: EmbeddedNats) -> None:
+    """Stop the server and start it again at the same port on an empty store directory."""
+    server.stop()
+    shutil.rmtree(server.data_dir)
+    server.start()
+
+
+async def test_publishing_recreates_the_streams_nats_lost(
+        own_nats: EmbeddedNats, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.bus")
+    settings = Settings(nats_url=own_nats.url, url_topic="lost.url", work_topic="lost.work",
+                        work_queue_limit=100, max_deliver=7)
+    topic = settings.work_topic
+    async with bus.connect(own_nats.url, "test-bus") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, topic, bus.WORKER_CONSUMER)
+        assert await bus.publish_visits(js, topic, [(1, 1)]) == []
+        await asyncio.to_thread(lose_store, own_nats)
+        await _eventually(lambda: bus.publish_visits(js, topic, [(1, 2)]), lambda r: r == [])
+        # The stream and the consumer as ensure_streams and pull_subscription made them.
+        stream = await js.stream_info(stream_name(topic))
+        assert stream.config.retention == RetentionPolicy.WORK_QUEUE
+        assert stream.config.max_msgs == 100 + 50 + 1000
+        consumer = await js.consumer_info(stream_name(topic), bus.WORKER_CONSUMER)
+        assert consumer.config.max_deliver == 7
+        msgs = await _eventually(lambda: bus.pull(sub, 10, 1.0), bool)
+        assert [VisitMessage.decode(m.data).key for m in msgs] == [(1, 2)]
+        await bus.settle(msgs[0], Settle(Verdict.ACK))
+        assert await _depth(js, topic, 0) == 0
+    assert _warnings(caplog, "created again")
+
+
+async def test_pulling_and_depth_recreate_what_nats_lost(own_nats: EmbeddedNats) -> None:
+    settings = Settings(nats_url=own_nats.url, url_topic="lostpull.url",
+                        work_topic="lostpull.work")
+    async with bus.connect(own_nats.url, "test-bus") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
+        await asyncio.to_thread(lose_store, own_nats)
+        # The foreman's depth check and pull loop, before anything is published again.
+        assert await _eventually(lambda: _or_error(bus.stream_depth(js, settings.url_topic)),
+                                 lambda d: d == 0) == 0
+        await _eventually(lambda: _consumer_exists(js, settings.url_topic), bool)
+        assert await bus.pull(sub, 10, 0.2) == []
+        assert await bus.publish_visits(js, settings.url_topic, [(3, 4)]) == []
+        msgs = await _eventually(lambda: bus.pull(sub, 10, 1.0), bool)
+        assert [VisitMessage.decode(m.data).key for m in msgs] == [(3, 4)]
+
+
+async def test_a_pull_alone_recreates_its_consumer(own_nats: EmbeddedNats) -> None:
+    """Another process (the web server) created the stream again, without our consumer."""
+    settings = Settings(nats_url=own_nats.url, url_topic="lostcons.url",
+                        work_topic="lostcons.work")
+    async with bus.connect(own_nats.url, "test-bus") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
+        await asyncio.to_thread(lose_store, own_nats)
+        other = await nats.connect(own_nats.url)
+        try:
+            await bus.ensure_streams(other.jetstream(), settings)
+            assert await bus.publish_visits(other.jetstream(), settings.url_topic, [(5, 6)]) == []
+        finally:
+            await other.close()
+        msgs = await _eventually(lambda: bus.pull(sub, 10, 1.0), bool)
+        assert [VisitMessage.decode(m.data).key for m in msgs] == [(5, 6)]
+
+
+async def _or_error(op: Awaitable[T]) -> T | Exception:
+    try:
+        return await op
+    except bus.TRANSIENT as e:
+        return e
+
+
+async def _consumer_exists(js: JetStreamContext, topic: str) -> bool:
+    try:
+        await js.consumer_info(stream_name(topic), bus.FOREMAN_CONSUMER)
+    except bus.TRANSIENT:
+        return False
+    return True
