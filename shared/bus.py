@@ -228,10 +228,12 @@ async def restore(js: JetStreamContext, stream: str) -> bool:
             await _add_or_update_stream(js, cfg)
             created.append(f"stream {stream}")
         for durable, consumer in _topology.consumers.get(stream, {}).items():
-            if not await _exists(js.consumer_info(stream, durable)):
-                await js.add_consumer(stream, config=consumer)
-                _topology.note_max_deliver(stream, durable, consumer.max_deliver)
+            try:  # another process may have created it again, with its own limit
+                info = await js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                info = await js.add_consumer(stream, config=consumer)
                 created.append(f"consumer {durable} of {stream}")
+            _topology.note_max_deliver(stream, durable, info.config.max_deliver)
     except TRANSIENT as e:
         _warn("restore", "cannot check JetStream stream %s (%s: %s)", stream, type(e).__name__, e)
     if created:
