@@ -44,6 +44,13 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
         yield session
 
 
+def fetch_budget(settings: Settings) -> float:
+    """Longest a whole fetch may take, redirect hops and the waits for their slots included:
+    ``connectTimeout + 2 × readTimeout``. A host slot's lease (``Settings.fetch_lease``) is
+    5 s longer, so a fetch never outlives its slot."""
+    return settings.connect_timeout + 2 * settings.read_timeout
+
+
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     if resp.content_length is not None and resp.content_length > cap:
         raise BodyTooLarge(f"body of {resp.content_length} bytes exceeds the {cap}-byte limit")
@@ -75,7 +82,8 @@ REDIRECTS = (301, 302, 303, 307, 308)
 class HopGate(Protocol):
     """What ``fetch`` needs to follow a redirect to another host politely (worker.gate.HostGate)."""
 
-    async def admit_hop(self, url: str, slot: bool) -> Any: ...  # a slot, None, or why not
+    async def admit_hop(self, url: str, slot: bool,
+                        deadline: float) -> Any: ...  # a slot, None, or why not
 
     def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
 
@@ -108,10 +116,15 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
     on a host other than the page's own (whose slot the caller holds), a request slot must be
-    free; that slot is released as soon as its request is answered."""
+    free; that slot is released as soon as its request is answered.
+
+    The whole fetch, every hop and every wait for a hop's slot, has one deadline
+    (``fetch_budget``): past it, the fetch fails with "timeout"."""
     chain: list[str] = []
     slot: Any = None  # the slot of the current hop, when it is on another host
     current = url
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + fetch_budget(settings)
 
     def failed(error: str, permanent: bool = False) -> FetchedPage:
         """No answer (or an unusable one): where it happened, if a redirect led elsewhere."""
@@ -122,7 +135,13 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     try:
         for _ in range(settings.max_redirects + 1):
             headers = request_headers(settings, current, validators if not chain else None)
-            async with session.get(current, allow_redirects=False, headers=headers) as resp:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            timeout = aiohttp.ClientTimeout(total=left, sock_read=settings.read_timeout,
+                                            sock_connect=min(settings.connect_timeout, left))
+            async with session.get(current, allow_redirects=False, headers=headers,
+                                   timeout=timeout) as resp:
                 location = resp.headers.get("Location")
                 if not (resp.status in REDIRECTS and location):
                     page = await _answer(resp, settings, url_id, url, current, tuple(chain))
@@ -138,7 +157,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                                    cacheable=True, redirects=tuple(chain))
             chain.append(current)
             if hops is not None:
-                admitted = await hops.admit_hop(nxt, slot=host_key(nxt) != host_key(url))
+                admitted = await hops.admit_hop(nxt, host_key(nxt) != host_key(url), deadline)
                 if isinstance(admitted, str):
                     # A final refusal keeps the redirect's status (not retryable); the others
                     # have none, so the visit is tried again later.

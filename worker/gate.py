@@ -112,21 +112,21 @@ class HostGate:
                 conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
                 s.fetch_lease, s.politeness_horizon)
 
-    async def admit_hop(self, url: str, slot: bool) -> Slot | str | None:
+    async def admit_hop(self, url: str, slot: bool, deadline: float) -> Slot | str | None:
         """A redirect hop goes through the same gate as a visit: robots.txt must allow ``url``
         and, if ``slot`` (another host than the page's own), its host must give a request slot.
-        Both are waited for here (at most ``read_timeout``), since the fetch is under way.
-        Returns the slot (its wait spent; release it after the request), None when no slot was
-        asked for, or why not: ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY``."""
+        Both are waited for here, since the fetch is under way, until the fetch's ``deadline``
+        (on the event loop's clock). Returns the slot (its wait spent; release it after the
+        request), None when no slot was asked for, or why not: ``BLOCKED``/``UNREACHABLE``
+        (final), ``NOT_YET``/``BUSY``."""
         try:
-            return await self._admit_hop(url, slot)
+            return await self._admit_hop(url, slot, deadline)
         except (*RETRYABLE, asyncpg.PostgresError) as e:  # fetch() never raises: try later
             log.warning("redirect to %s not admitted (%s)", url, e)
             return NO_GATE
 
-    async def _admit_hop(self, url: str, slot: bool) -> Slot | str | None:
+    async def _admit_hop(self, url: str, slot: bool, deadline: float) -> Slot | str | None:
         host = host_key(url)
-        deadline = asyncio.get_running_loop().time() + self.settings.read_timeout
         rules = None
         if self.settings.robots:
             while True:

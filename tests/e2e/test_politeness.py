@@ -378,3 +378,30 @@ async def test_a_binary_robots_txt_does_not_hold_up_the_job(
                              timeout=20)
     assert hits.count("/robots.txt") == 1 and "/private" not in hits and "/open" in hits
     assert (await stack.status(job))["pages"]["blocked"] == 1
+
+
+async def test_a_slow_redirect_chain_keeps_to_the_hosts_cap(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """A fetch has one deadline, connectTimeout + 2 × readTimeout, redirect hops included, so
+    it never outlives its host slot's lease (that deadline + 5 s): with C = 1, two chains of
+    slow hops (each hop well within readTimeout, the chain far beyond the lease) are each cut
+    at the deadline, and the host never sees two requests at once."""
+    hop, hops = 1.2, 9  # 10.8 s of hops; the lease is 0.5 + 2 × 2 + 5 = 9.5 s
+    pages = {f"/{c}{i}": page(delay=hop, status=302, headers={"Location": f"/{c}{i + 1}"})
+             for c in "ab" for i in range(hops)}
+    pages |= {f"/{c}{hops}": page() for c in "ab"}
+    site = await LoggedSite("127.0.0.1", pages).start(cleanup)
+    polite = settings.model_copy(update={
+        "host_concurrency": 1, "host_delay": 0.0, "connect_timeout": 0.5, "read_timeout": 2.0,
+        "retries": 0, "host_backoff_base": 2.0})  # after a timeout, a pause > one hop
+    budget = polite.connect_timeout + 2 * polite.read_timeout
+    assert hop * hops > polite.fetch_lease > budget
+    stack, job = await crawl(cleanup, polite, [site.base + "/a0", site.base + "/b0"], depth="1")
+    assert site.max_in_flight() == 1
+    failed = await stack.result(job, status="failed")
+    assert {u: f["reason"] for u, f in failed.items()} == {
+        site.base + "/a0": "timeout", site.base + "/b0": "timeout"}
+    for c in "ab":
+        starts = [s for p, s, _ in site.log if p.startswith(f"/{c}")]
+        assert max(starts) - min(starts) < budget  # no hop started after the deadline
+    assert site.hits(f"/a{hops}") == site.hits(f"/b{hops}") == 0
