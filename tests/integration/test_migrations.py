@@ -1,33 +1,185 @@
-"""Alembic revisions apply, roll back and apply again on a real PostgreSQL."""
+"""Alembic revisions on a real PostgreSQL: each revision's downgrade restores exactly the schema
+before it and its upgrade applies again exactly; a full downgrade leaves nothing behind but
+Alembic's own table. Works for whatever revisions ``migrations/versions`` holds (linear)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
 import asyncpg
+import pytest
+from alembic.script import ScriptDirectory
 
 from shared.db import migrate
 from shared.embedded import EmbeddedPostgres
 
+# The tables the code relies on (later revisions may add more).
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
           "job_failure"}
+ALEMBIC = "alembic_version"
+_names = itertools.count(1)
+
+USER_SCHEMA = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+               "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'")
+
+# Every kind of schema object a migration can create, with what defines it. Keys name the
+# object (the table it belongs to second, where it has one); values are its definition.
+SNAPSHOT_QUERIES = {
+    "schema": f"""
+        SELECT n.nspname, '', '' FROM pg_namespace n WHERE {USER_SCHEMA} AND n.nspname <> 'public'""",
+    "extension": """
+        SELECT extname, '', extversion FROM pg_extension WHERE extname <> 'plpgsql'""",
+    "relation": f"""
+        SELECT n.nspname || '.' || c.relname, c.relname,
+               concat_ws(' | ', c.relkind, c.relpersistence, c.reloptions::text,
+                         c.relrowsecurity, obj_description(c.oid, 'pg_class'),
+                         CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')""",
+    "column": f"""
+        SELECT n.nspname || '.' || c.relname || '.' || a.attname, c.relname,
+               concat_ws(' | ', format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                         pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
+                         a.attstattarget, a.attcollation::regcollation,
+                         col_description(c.oid, a.attnum))
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+          AND a.attnum > 0 AND NOT a.attisdropped""",
+    "index": f"""
+        SELECT n.nspname || '.' || i.relname, t.relname, pg_get_indexdef(i.oid)
+        FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+        JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = i.relnamespace
+        WHERE {USER_SCHEMA}""",
+    "constraint": f"""
+        SELECT n.nspname || '.' || coalesce(c.relname, t.typname) || '.' || k.conname,
+               coalesce(c.relname, ''), pg_get_constraintdef(k.oid)
+        FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+        LEFT JOIN pg_class c ON c.oid = k.conrelid LEFT JOIN pg_type t ON t.oid = k.contypid
+        WHERE {USER_SCHEMA}""",
+    "sequence": f"""
+        SELECT n.nspname || '.' || c.relname, c.relname,
+               concat_ws(' | ', format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
+                         s.seqmin, s.seqmax, s.seqcache, s.seqcycle)
+        FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMA}""",
+    "function": f"""
+        SELECT p.oid::regprocedure::text, '',
+               CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid)
+                    ELSE p.prokind::text END
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMA}""",
+    # Standalone types (enums, domains, ranges, composites): not tables' row types or arrays.
+    "type": f"""
+        SELECT n.nspname || '.' || t.typname, '',
+               concat_ws(' | ', t.typtype, format_type(t.typbasetype, t.typtypmod),
+                         (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                          FROM pg_enum e WHERE e.enumtypid = t.oid))
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        LEFT JOIN pg_class c ON c.oid = t.typrelid
+        WHERE {USER_SCHEMA} AND (t.typrelid = 0 OR c.relkind = 'c')
+          AND NOT (t.typcategory = 'A' AND t.typelem <> 0)""",
+    "trigger": f"""
+        SELECT n.nspname || '.' || c.relname || '.' || g.tgname, c.relname,
+               pg_get_triggerdef(g.oid)
+        FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMA} AND NOT g.tgisinternal""",
+    "policy": f"""
+        SELECT n.nspname || '.' || c.relname || '.' || p.polname, c.relname,
+               concat_ws(' | ', p.polcmd, p.polpermissive, pg_get_expr(p.polqual, p.polrelid),
+                         pg_get_expr(p.polwithcheck, p.polrelid))
+        FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMA}""",
+    "statistics": f"""
+        SELECT n.nspname || '.' || s.stxname, c.relname, pg_get_statisticsobjdef(s.oid)
+        FROM pg_statistic_ext s JOIN pg_class c ON c.oid = s.stxrelid
+        JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE {USER_SCHEMA}""",
+}
+
+Snapshot = dict[tuple[str, str], tuple[str, str]]  # (kind, name) -> (table, definition)
 
 
-async def tables(dsn: str) -> set[str]:
+async def snapshot(dsn: str) -> Snapshot:
+    """Every schema object of the database, Alembic's own table and what belongs to it aside."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {r["tablename"] for r in rows} - {"alembic_version"}
+        snap: Snapshot = {}
+        for kind, sql in SNAPSHOT_QUERIES.items():
+            for name, table, definition in await conn.fetch(sql):
+                if table != ALEMBIC:
+                    snap[(kind, name)] = (table, str(definition))
+        return snap
     finally:
         await conn.close()
 
 
-async def test_upgrade_downgrade_upgrade(postgres: EmbeddedPostgres) -> None:
+def differences(before: Snapshot, after: Snapshot) -> dict[str, Any]:
+    return {k: v for k, v in {
+        "missing": sorted(before.keys() - after.keys()),
+        "left behind": sorted(after.keys() - before.keys()),
+        "changed": {k: (before[k], after[k]) for k in before.keys() & after.keys()
+                    if before[k] != after[k]},
+    }.items() if v}
+
+
+@pytest.fixture
+async def scratch_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """An empty database of its own (not cloned from the migrated template)."""
+    name = f"migrations_{next(_names)}"
     conn = await asyncpg.connect(postgres.dsn)
-    await conn.execute('CREATE DATABASE "migrations_check"')
-    await conn.close()
-    dsn = postgres.dsn_for("migrations_check")
-    migrate.upgrade(dsn)
-    assert await tables(dsn) == TABLES
-    migrate.downgrade(dsn, "base")
-    assert await tables(dsn) == set()
-    migrate.upgrade(dsn)
-    assert await tables(dsn) == TABLES
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield postgres.dsn_for(name)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+def revisions(dsn: str) -> list[tuple[str, str]]:
+    """(revision, the revision below it or "base"), from the first to the head."""
+    script = ScriptDirectory.from_config(migrate.alembic_config(dsn))
+    assert len(script.get_heads()) == 1, f"more than one head: {script.get_heads()}"
+    out = []
+    for rev in script.walk_revisions():  # head first
+        assert not isinstance(rev.down_revision, tuple), f"{rev.revision} merges branches"
+        out.append((rev.revision, rev.down_revision or "base"))
+    return out[::-1]
+
+
+async def run(op: Any, dsn: str, target: str) -> None:
+    await asyncio.to_thread(op, dsn, target)
+
+
+async def test_every_revision_downgrades_and_upgrades_cleanly(scratch_dsn: str) -> None:
+    steps = revisions(scratch_dsn)
+    assert steps, "no revisions found"
+    empty = before = await snapshot(scratch_dsn)
+    assert before == {}, "the scratch database is not empty"
+    for revision, down in steps:
+        await run(migrate.upgrade, scratch_dsn, revision)
+        applied = await snapshot(scratch_dsn)
+        await run(migrate.downgrade, scratch_dsn, down)
+        diff = differences(before, await snapshot(scratch_dsn))
+        assert not diff, f"downgrade of {revision} to {down}: {diff}"
+        await run(migrate.upgrade, scratch_dsn, revision)
+        diff = differences(applied, await snapshot(scratch_dsn))
+        assert not diff, f"{revision} applied again: {diff}"
+        before = applied
+    head = before
+    assert TABLES <= {name.split(".", 1)[1] for kind, name in head if kind == "relation"}
+
+    await run(migrate.downgrade, scratch_dsn, "base")
+    left = await snapshot(scratch_dsn)
+    assert left == empty, f"a full downgrade left behind: {differences(empty, left)}"
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {ALEMBIC}") == 0
+    finally:
+        await conn.close()
+
+    await run(migrate.upgrade, scratch_dsn, "head")
+    diff = differences(head, await snapshot(scratch_dsn))
+    assert not diff, f"head applied again after a full downgrade: {diff}"
