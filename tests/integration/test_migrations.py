@@ -144,8 +144,9 @@ def revisions(dsn: str) -> list[tuple[str, str]]:
     assert len(script.get_heads()) == 1, f"more than one head: {script.get_heads()}"
     out = []
     for rev in script.walk_revisions():  # head first
-        assert not isinstance(rev.down_revision, tuple), f"{rev.revision} merges branches"
-        out.append((rev.revision, rev.down_revision or "base"))
+        down = rev.down_revision
+        assert down is None or isinstance(down, str), f"{rev.revision} merges branches"
+        out.append((rev.revision, down or "base"))
     return out[::-1]
 
 
