@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import asyncpg
 
@@ -32,8 +34,14 @@ async def test_upsert_waits_for_a_concurrent_insert_of_the_same_url(database_url
         theirs = await upsert_urls(first, {"http://h/a": "text/html", "http://h/b": "text/html"})
         waiting = asyncio.ensure_future(
             upsert_urls(second, {"http://h/b": "text/html", "http://h/c": "text/html"}))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # it waits on the uncommitted http://h/b
+        # It waits on the uncommitted http://h/b: a lock wait PostgreSQL reports (to a third
+        # session: pg_stat_activity is a snapshot within a transaction).
+        observer = await asyncpg.connect(database_url)
+        try:
+            assert await waits_on_a_lock(observer, second.get_server_pid(), waiting)
+        finally:
+            await observer.close()
+        assert not waiting.done()
         await tx.commit()
         ours = await asyncio.wait_for(waiting, 10)
         assert ours["http://h/b"] == theirs["http://h/b"]
@@ -41,6 +49,19 @@ async def test_upsert_waits_for_a_concurrent_insert_of_the_same_url(database_url
     finally:
         await first.close()
         await second.close()
+
+
+async def waits_on_a_lock(observer: asyncpg.Connection, pid: int,
+                         statement: asyncio.Future[Any], timeout: float = 10.0) -> bool:
+    """True once PostgreSQL reports backend ``pid`` waiting on a lock (a row or transaction
+    lock); False if its statement finished first, without waiting, or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not statement.done() and time.monotonic() < deadline:
+        if await observer.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid):
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 async def test_delete_job_removes_its_results_and_no_other(db: asyncpg.Connection) -> None:
