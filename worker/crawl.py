@@ -150,8 +150,13 @@ class Worker:
             admission = await self.gate.admit(
                 {k: p.url for k, p in planned.items() if not p.cached and k in by_key})
             if admission.deferred:  # back in the frontier until the host is free
-                async with self.pool.acquire() as conn:
-                    await visits.defer(conn, admission.deferred)
+                try:
+                    async with self.pool.acquire() as conn:
+                        await visits.defer(conn, admission.deferred)
+                except BaseException:  # the batch comes back: its slots are not used
+                    for slot in admission.granted.values():
+                        self.gate.give_back(slot)
+                    raise
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot dispatch %d visits (%s); they will be redelivered", len(by_key), e)
             await bus.settle_all(by_key.values(), Settle(Verdict.RETRY, 1.0))

@@ -159,7 +159,7 @@ class HostGate:
                 try:
                     await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
                 except asyncio.CancelledError:
-                    self.release(slot, trouble=False, retry_after=None)
+                    self.give_back(slot)
                     raise
                 return slot
             if loop.time() >= deadline:
@@ -311,18 +311,41 @@ class HostGate:
             self.release(slot, trouble, retry_after=None)
 
     def release(self, slot: Slot, trouble: bool, retry_after: float | None) -> None:
+        """Give a slot back after its request: ``trouble`` (a 429, a 503, no answer) backs the
+        host off, for ``retry_after`` seconds if the host said so; a good answer does not."""
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
 
+    def give_back(self, slot: Slot) -> None:
+        """Give back a slot whose request was never made (it says nothing about the host)."""
+        self.releases.put_nowait(Release(slot.host, slot.token, used=False))
+
     async def run_releases(self) -> None:
-        """Return leases in batches; if PostgreSQL is away they simply expire."""
+        """Return leases in batches. A batch that cannot be returned is tried again, with what
+        arrived meanwhile, after 0.05 s, 0.1 s ... at most 2 s apart, for as long as a lease
+        lasts (``fetch_lease``); by then its leases have expired by themselves."""
+        loop = asyncio.get_running_loop()
+        held: list[Release] = []
+        delay = 0.05
+        give_up: float | None = None
         while True:
-            batch = [await self.releases.get()]
-            await asyncio.sleep(0.01)
+            if not held:
+                held.append(await self.releases.get())
+                await asyncio.sleep(0.01)
             while not self.releases.empty():
-                batch.append(self.releases.get_nowait())
+                held.append(self.releases.get_nowait())
             try:
                 async with self.pool.acquire() as conn:
-                    await hosts.release(conn, batch, self.settings.host_backoff_base,
+                    await hosts.release(conn, held, self.settings.host_backoff_base,
                                         self.settings.host_backoff_cap)
             except (*RETRYABLE, asyncpg.PostgresError) as e:
-                log.warning("could not release %d host leases (%s); they will expire", len(batch), e)
+                if give_up is None:
+                    give_up = loop.time() + self.settings.fetch_lease
+                    log.warning("could not release %d host leases (%s); trying again",
+                                len(held), e)
+                if loop.time() < give_up:
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                log.warning("gave up releasing %d host leases (%s); they have expired",
+                            len(held), e)
+            held, delay, give_up = [], 0.05, None

@@ -23,6 +23,7 @@ class Release:
     token: datetime
     trouble: bool = False              # 429, 503 or no answer: slow the host down
     retry_after: float | None = None
+    used: bool = True                  # False: given back unused, says nothing of the host
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +54,19 @@ async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[st
 async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
                   backoff_cap: float) -> None:
     """Free the leases; a host in trouble backs off (Retry-After, else exponentially), a host
-    that answered well recovers at once."""
+    that answered well recovers at once. The host rows are locked in name order, as
+    ``harvester_acquire`` locks them, so the two never deadlock."""
     if not releases:
         return
     await conn.execute("""
         WITH r AS (
             SELECT host, array_agg(token) AS tokens, bool_or(trouble) AS trouble,
-                   max(retry_after) AS retry_after, bool_and(NOT trouble) AS fine
-            FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::float8[])
-                 AS x(host, token, trouble, retry_after)
-            GROUP BY host ORDER BY host)
+                   max(retry_after) AS retry_after, bool_and(NOT trouble) AND bool_or(used) AS fine
+            FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::float8[], $7::bool[])
+                 AS x(host, token, trouble, retry_after, used)
+            GROUP BY host),
+        locked AS (  -- ORDER BY comes before the locking: rows are locked in name order
+            SELECT host FROM host WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE)
         UPDATE host h SET
             leases = ARRAY(SELECT l FROM unnest(h.leases) AS l
                            WHERE l > clock_timestamp() AND NOT l = ANY(r.tokens)),
@@ -70,12 +74,12 @@ async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff
                             ELSE h.failures END,
             backoff_until = CASE
                 WHEN r.trouble THEN clock_timestamp() + make_interval(secs => coalesce(
-                    r.retry_after, least($6::float8, $5::float8 * 2 ^ h.failures)))
+                    r.retry_after, least($6::float8, $5::float8 * 2 ^ least(h.failures, 60))))
                 WHEN r.fine THEN NULL ELSE h.backoff_until END
-        FROM r WHERE h.host = r.host""",
+        FROM r JOIN locked USING (host) WHERE h.host = r.host""",
         [x.host for x in releases], [x.token for x in releases],
         [x.trouble for x in releases], [x.retry_after for x in releases],
-        backoff_base, backoff_cap)
+        backoff_base, backoff_cap, [x.used for x in releases])
 
 
 async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Robots]:
@@ -127,5 +131,5 @@ async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
             UPDATE host SET robots_failures = robots_failures + 1,
                    robots_fetching_until = clock_timestamp() + make_interval(secs =>
                        CASE WHEN robots_failures + 1 >= $2 THEN $3
-                            ELSE least(60, 2 ^ robots_failures) END)
+                            ELSE least(60, 2 ^ least(robots_failures, 6)) END)
             WHERE host = $1""", host, give_up_after, float(retry_given_up))

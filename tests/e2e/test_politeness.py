@@ -405,3 +405,49 @@ async def test_a_slow_redirect_chain_keeps_to_the_hosts_cap(
         starts = [s for p, s, _ in site.log if p.startswith(f"/{c}")]
         assert max(starts) - min(starts) < budget  # no hop started after the deadline
     assert site.hits(f"/a{hops}") == site.hits(f"/b{hops}") == 0
+
+
+async def test_slots_granted_to_a_batch_come_back_when_its_deferral_fails(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """A batch whose deferred visits cannot be put back (here a trigger refuses, as a lost
+    connection would) is redelivered; the slots granted to its other visits are released at
+    once, not held until their leases expire."""
+    site = await LoggedSite("127.0.0.1", {f"/p{i}": page() for i in range(3)}).start(cleanup)
+    polite = settings.model_copy(update={"host_concurrency": 1, "host_delay": 0.0})
+    assert polite.fetch_lease > 15
+    conn = await asyncpg.connect(polite.database_url)
+    cleanup.push_async_callback(conn.close)
+    await conn.execute("""
+        CREATE SEQUENCE refused_deferrals;
+        CREATE FUNCTION refuse_deferral() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.published_on IS NOT NULL AND NEW.published_on IS NULL
+               AND NEW.attempts = OLD.attempts THEN  -- visits.defer, not retry_later
+                PERFORM nextval('refused_deferrals');
+                RAISE EXCEPTION 'refused';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_deferral BEFORE UPDATE ON job_pending FOR EACH ROW
+            EXECUTE FUNCTION refuse_deferral();
+    """)
+    stack = await Stack(polite).start(foremen=1, workers=1)
+    cleanup.push_async_callback(stack.stop)
+    job = await stack.post_job([f"{site.base}/p{i}" for i in range(3)], depth="1")
+
+    async def live_leases() -> int:
+        return int(await conn.fetchval("""
+            SELECT count(*) FROM host, unnest(leases) AS l
+            WHERE host = $1 AND l > clock_timestamp()""", site.base))
+
+    deadline = time.monotonic() + 15
+    while await conn.fetchval("SELECT last_value FROM refused_deferrals") < 3:  # a few rounds
+        assert time.monotonic() < deadline, "deferrals were not refused"
+        await asyncio.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while await live_leases():  # before the fix: held for fetch_lease (17 s)
+        assert time.monotonic() < deadline, "a granted slot was not released"
+        await asyncio.sleep(0.01)
+    await conn.execute("DROP TRIGGER refuse_deferral ON job_pending")
+    await stack.wait_complete(job, timeout=30)
+    assert all(site.hits(f"/p{i}") == 1 for i in range(3))

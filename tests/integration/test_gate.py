@@ -164,3 +164,62 @@ async def test_a_robots_txt_that_cannot_be_stored_counts_as_a_failure(
     row = await robots_row(db, site.base)
     assert row["robots_failures"] == 1 and row["robots_fetched_on"] is None
     assert site.hits("/robots.txt") == 1
+
+
+# -- releases ---------------------------------------------------------------------------------
+
+async def test_a_failed_release_is_tried_again(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """A release that fails (here: the first two tries, refused by a trigger) is tried again
+    with backoff, so the slot comes back long before its lease would expire."""
+    gate = await gate_for(polite.model_copy(update={"robots": False}))
+    host = "http://127.0.0.1:9"
+    slot = (await gate.admit({(1, 1): host + "/a"})).granted[(1, 1)]
+    await db.execute("""
+        CREATE SEQUENCE refusals;
+        CREATE FUNCTION refuse_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('refusals') <= 2 THEN RAISE EXCEPTION 'refused'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_twice BEFORE UPDATE ON host FOR EACH ROW
+            EXECUTE FUNCTION refuse_twice();
+    """)
+    gate.release(slot, trouble=False, retry_after=None)
+
+    async def released() -> bool:
+        return await db.fetchval("SELECT leases = '{}' FROM host WHERE host = $1", host)
+
+    await until(released, timeout=5)
+    assert await db.fetchval("SELECT last_value FROM refusals") == 3
+
+
+async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: str) -> None:
+    """``hosts.release`` locks host rows in name order, as ``harvester_acquire`` does: callers
+    leasing and releasing the same hosts at once never deadlock."""
+    names = [f"http://h{i:02d}.example" for i in range(40)]
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        # rows stored in another order than their names, as updates leave them
+        for name in sorted(names, key=lambda n: n[::-1]):
+            await conns[0].execute("INSERT INTO host (host) VALUES ($1)", name)
+        deadlocks = 0
+
+        async def churn(conn: asyncpg.Connection) -> None:
+            nonlocal deadlocks
+            stop = time.monotonic() + 4
+            while time.monotonic() < stop:
+                try:
+                    _, grants = await hosts.acquire(conn, dict.fromkeys(names, 1),
+                                                    dict.fromkeys(names, 100),
+                                                    dict.fromkeys(names, 0.0), 60, 2)
+                    await hosts.release(conn, [hosts.Release(g.host, t, trouble=True)
+                                               for g in grants for t in g.tokens], 0.0, 0.0)
+                except asyncpg.DeadlockDetectedError:
+                    deadlocks += 1
+
+        await asyncio.gather(*(churn(c) for c in conns))
+        assert deadlocks == 0
+    finally:
+        for c in conns:
+            await c.close()
