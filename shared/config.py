@@ -96,6 +96,7 @@ class Settings(BaseModel):
     read_timeout: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(10 << 20, gt=0)
     max_redirects: int = Field(10, ge=0)
+    parse_timeout: float = Field(10.0, gt=0)      # a page's links must be extracted within this
     user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
     user_agents: tuple[str, ...] = ()             # a pool to rotate through, request by request
     host_headers: dict[str, dict[str, str]] = Field(default_factory=dict)  # by host or host:port
@@ -185,6 +186,7 @@ _DURATION_KEYS = {
     "hostDelay": "host_delay", "hostBackoffBase": "host_backoff_base",
     "hostBackoffCap": "host_backoff_cap", "robotsMaxAge": "robots_max_age",
     "maxCrawlDelay": "max_crawl_delay", "politenessHorizon": "politeness_horizon",
+    "parseTimeout": "parse_timeout",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import asyncpg
@@ -25,6 +25,7 @@ from shared.mime import guess_mime
 from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
+from worker.parse import ParseFailed, Parser
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Done:
     page: FetchedPage | None = None
     attempts: int = 0
     reason: str | None = None  # not fetched, and why (robots.txt)
+    failure: str | None = None  # not processed: failed for good, and why (an exception)
     extra: tuple[str, ...] = ()  # URLs to follow that are not links on the page (sitemaps)
     settled: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -89,11 +91,9 @@ class Committer:
         keys = [d.key for d in batch]
         fetched = {d.key: d.page for d in batch if d.page is not None}
         tries = {d.key: d.attempts for d in batch}
-        reasons = {d.key: d.reason for d in batch if d.reason}
+        reasons = {d.key: r for d in batch if (r := d.reason or d.failure)}
         extra_urls = {d.key: d.extra for d in batch if d.extra}
-        outcomes: dict[Key, visits.Outcome] = {
-            k: ("fetched" if k in fetched else "blocked" if k in reasons else "cached")
-            for k in keys}
+        outcomes: dict[Key, visits.Outcome] = {d.key: _outcome(d) for d in batch}
 
         async def work(conn: asyncpg.Connection) -> None:
             locked = await visits.lock_pending(conn, keys)
@@ -112,12 +112,13 @@ class Committer:
 
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession,
-                 committer: Committer, gate: HostGate) -> None:
+                 committer: Committer, gate: HostGate, parser: Parser) -> None:
         self.settings = settings
         self.pool = pool
         self.session = session
         self.committer = committer
         self.gate = gate
+        self.parser = parser
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -184,43 +185,70 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
 
     async def _visit(self, p: visits.Planned, msgs: list[Msg], slot: Slot) -> None:
-        """Wait for the host slot, fetch, give the slot back; then retry later or commit."""
+        """Fetch and commit one visit (or put it back to retry later). Whatever goes wrong on the
+        way is logged once, and the visit is recorded as failed with it: its messages are always
+        settled, its slots always given back."""
+        key = (p.job_id, p.url_id)
+        try:
+            try:
+                done = await self._fetch(p, msgs, slot)
+            except Exception as e:  # a bug, or the parser on hostile HTML: not retried
+                log.exception("visit of %s failed", p.url)
+                done = Done(key, msgs, attempts=p.attempts + 1, failure=_describe(e))
+            if done is not None:
+                await self.committer.submit(done)
+        finally:
+            self.slots.release()
+
+    async def _fetch(self, p: visits.Planned, msgs: list[Msg], slot: Slot) -> Done | None:
+        """Wait for the host slot, fetch, give the slot back, extract the page's links: the visit
+        to commit, or None when it is put back to be tried again later."""
         key, url, attempt = (p.job_id, p.url_id), p.url, p.attempts + 1
         validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
         sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
         try:
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                try:
-                    await asyncio.sleep(slot.wait)
-                    page = await fetch(self.session, self.settings, key[1], url,  # never raises
-                                       validators, hops=self.gate)
-                except asyncio.CancelledError:  # shutting down: free the slot for others now
-                    self.gate.release(slot, trouble=False, retry_after=None)
-                    raise
-            # Back the page's host off only for its own answer: after a redirect elsewhere, the
-            # other host's trouble was already reported with that hop's slot.
-            own = host_key(page.final_url or url) == host_key(url)
-            trouble = own and (page.status in (429, 503) or
-                               (page.status is None and page.retryable))
-            retry_after = (min(page.retry_after, self.settings.max_retry_after)
-                           if page.retry_after is not None and own else None)
-            self.gate.release(slot, trouble, retry_after)
-            if page.retryable and attempt <= self.settings.retries:
-                delay = self._backoff(page, attempt)
-                log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
-                         url, page.error or page.status, attempt, delay)
-                await self._retry_later(key, msgs, delay)
-                return
-            log.info("fetched %s: %s", url, page.error or page.status)
-            if self.settings.work_delay:
-                await asyncio.sleep(self.settings.work_delay)
-            extra: tuple[str, ...] = ()
-            if sitemaps and self.settings.robots and not page.failed:
-                async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                    extra = tuple(await self.gate.sitemap_urls(host_key(url)))
-            await self.committer.submit(Done(key, msgs, page, attempt, extra=extra))
-        finally:
-            self.slots.release()
+                await asyncio.sleep(slot.wait)
+                page = await fetch(self.session, self.settings, key[1], url,  # never raises
+                                   validators, hops=self.gate)
+        except BaseException:  # shutting down (or a bug): free the slot for others now
+            self.gate.release(slot, trouble=False, retry_after=None)
+            raise
+        # Back the page's host off only for its own answer: after a redirect elsewhere, the
+        # other host's trouble was already reported with that hop's slot.
+        own = host_key(page.final_url or url) == host_key(url)
+        trouble = own and (page.status in (429, 503) or
+                           (page.status is None and page.retryable))
+        retry_after = (min(page.retry_after, self.settings.max_retry_after)
+                       if page.retry_after is not None and own else None)
+        self.gate.release(slot, trouble, retry_after)
+        if page.retryable and attempt <= self.settings.retries:
+            delay = self._backoff(page, attempt)
+            log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
+                     url, page.error or page.status, attempt, delay)
+            await self._retry_later(key, msgs, delay)
+            return None
+        if page.html is not None:
+            async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                page = await self._links(page, url)
+        log.info("fetched %s: %s", url, page.error or page.status)
+        if self.settings.work_delay:
+            await asyncio.sleep(self.settings.work_delay)
+        extra: tuple[str, ...] = ()
+        if sitemaps and self.settings.robots and not page.failed:
+            async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                extra = tuple(await self.gate.sitemap_urls(host_key(url)))
+        return Done(key, msgs, page, attempt, extra=extra)
+
+    async def _links(self, page: FetchedPage, url: str) -> FetchedPage:
+        """The page with its links in place of its HTML, parsed off the event loop within the
+        parse deadline; a page whose links cannot be extracted fails for good."""
+        assert page.html is not None
+        try:
+            links = await self.parser.links(page.html, page.final_url or url, page.charset)
+        except ParseFailed as e:
+            return replace(page, html=None, error=f"links not extracted: {e}", permanent=True)
+        return replace(page, html=None, links=tuple(links))
 
     async def _retry_later(self, key: Key, msgs: list[Msg], delay: float) -> None:
         """Back to the frontier with the attempt counted; the message is done with."""
@@ -245,6 +273,18 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
             for t in pending:
                 t.cancel()  # not acked: redelivered to another worker
+
+
+def _outcome(done: Done) -> visits.Outcome:
+    if done.failure:
+        return "abandoned"
+    return "fetched" if done.page is not None else "blocked" if done.reason else "cached"
+
+
+def _describe(e: BaseException) -> str:
+    """An exception as a failure reason: its type and message, on one bounded line."""
+    text = f"{type(e).__name__}: {e}".rstrip(": ").replace("\x00", "\\x00")
+    return " ".join(text.split())[:500]
 
 
 class _heartbeat:
@@ -278,6 +318,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
         session = await stack.enter_async_context(open_session(settings))
+        parser = await stack.enter_async_context(Parser(settings.parse_timeout))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
@@ -285,7 +326,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         commit_task = asyncio.create_task(committer.run())
         gate = HostGate(settings, pool, session)
         release_task = asyncio.create_task(gate.run_releases(), name="host releases")
-        worker = Worker(settings, pool, session, committer, gate)
+        worker = Worker(settings, pool, session, committer, gate, parser)
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
         serve = asyncio.create_task(worker.serve(sub, stop), name="serve")
         commit_task.set_name("committer")

@@ -1,4 +1,5 @@
-"""Fetching one URL: timeouts, a body cap, redirects recorded, status and type kept, links parsed."""
+"""Fetching one URL: timeouts, a body cap, redirects recorded, status and type kept, HTML kept for
+the caller to extract its links (off the event loop: ``worker.parse``)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import aiohttp
 
 from shared.config import Settings
 from shared.db.pages import FetchedPage
-from shared.links import extract_links
-from shared.mime import guess_mime, is_html, normalize_mime
+from shared.mime import is_html, normalize_mime
 from shared.robots import REFUSALS
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
@@ -111,7 +111,7 @@ def request_headers(settings: Settings, url: str, validators: Validators | None)
 
 async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str,
                 validators: Validators | None = None, hops: HopGate | None = None) -> FetchedPage:
-    """Fetch and parse one page, following redirects one hop at a time (so each hop gets its
+    """Fetch one page, following redirects one hop at a time (so each hop gets its
     own host's headers); every failure becomes a recorded outcome, never an exception.
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
@@ -200,11 +200,9 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     if status == 304:  # unchanged since the stored copy: keep its type, links and validators
         return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True)
     mime = normalize_mime(resp.headers.get("Content-Type"))
-    links: tuple[tuple[str, str], ...] = ()
+    html = None  # its links are extracted by the caller, off the event loop (worker.parse)
     if 200 <= status < 300 and is_html(mime):
-        body = await _read_capped(resp, settings.max_body_bytes)
-        found = extract_links(body, final, encoding=resp.charset)
-        links = tuple((u, guess_mime(u)) for u in found)
+        html = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
     retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
     ok = 200 <= status < 300
@@ -212,6 +210,7 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     # without an answer (timeouts, refused connections, oversize bodies) are tried again.
     return FetchedPage(url_id, status, mime, error, cacheable=True,
                        final_url=final if final != url else None, redirects=chain,
-                       links=links, retry_after=retry_after,
+                       retry_after=retry_after, html=html,
+                       charset=resp.charset if html is not None else None,
                        etag=resp.headers.get("ETag") if ok else None,
                        last_modified=resp.headers.get("Last-Modified") if ok else None)

@@ -24,6 +24,9 @@ class FetchedPage:
     last_modified: str | None = None
     not_modified: bool = False        # 304: the stored copy (type, links) is still current
     permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
+    # A 2xx HTML body whose links are still to be extracted (worker.parse), and its charset.
+    html: bytes | None = field(default=None, repr=False, compare=False)
+    charset: str | None = None
 
     @property
     def failed(self) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
 import nats
@@ -22,6 +23,7 @@ from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
 from worker.crawl import run as run_worker
+from worker.parse import Parser
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +55,24 @@ class Scripted:
 
 def html(*links: str) -> web.Response:
     return web.Response(text="".join(f'<a href="{u}">x</a>' for u in links), content_type="text/html")
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30,
+                what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = condition()
+        if await held if inspect.isawaitable(held) else held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def nested_divs(depth: int) -> bytes:
+    return (b"<html><body>" + b"<div>" * depth + b'<a href="/never">x</a>' + b"</div>" * depth
+            + b"</body></html>")
 
 
 @pytest.fixture
@@ -260,3 +280,74 @@ async def test_web_server_answers_503_while_postgres_is_down(settings: Settings,
         assert (await st.status(job))["pending"] == 1
     finally:
         await st.stop()
+
+
+async def test_pathological_html_fails_alone_within_the_parse_deadline(settings: Settings) -> None:
+    # 100,000 nested <div>s (1.1 MB) take the HTML parser about 30 s. The page fails after the
+    # parse deadline, once, with the reason; meanwhile a small job on the same (only) worker
+    # completes: the event loop was never blocked.
+    deadline = 6.0
+    deep = nested_divs(100_000)
+    pages: dict[str, Handler] = {
+        "/deep": lambda r, n: web.Response(body=deep, content_type="text/html"),
+        "/small": lambda r, n: html("/small/2"), "/small/2": lambda r, n: html()}
+    async with Scripted(pages) as site:
+        stack = await Stack(settings.model_copy(update={"parse_timeout": deadline})).start()
+        try:
+            job = await stack.post_job([site.base + "/deep"])
+            await until(lambda: site.hits["/deep"] == 1, what="the deep page fetched")
+            t0 = site.times["/deep"][0]  # the loop may be blocked right after it was served
+            small = await stack.post_job([site.base + "/small"])
+            await stack.wait_complete(small, timeout=60)
+            took = time.monotonic() - t0
+            assert took < deadline / 2, f"a small job took {took:.1f}s beside a page being parsed"
+            assert (await stack.status(job))["pending"] == 1, "the deep page was not parsed meanwhile"
+            st = await stack.wait_complete(job, timeout=60)
+            assert time.monotonic() - t0 < deadline + 10
+            assert st["pages"]["failed"] == 1
+            assert await stack.result(job, status="failed") == {site.base + "/deep": {
+                "status": 200, "attempts": 1,
+                "reason": f"links not extracted: parsing took longer than {deadline:g}s"}}
+            await stack.wait_idle()
+            assert site.hits["/deep"] == 1 and site.hits["/never"] == 0
+        finally:
+            await stack.stop()
+
+
+async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        db: asyncpg.Connection) -> None:
+    # The link extractor raises on one page (a bug, or the parser on hostile HTML): that visit is
+    # recorded as failed with the exception, once, its messages are settled and its host slot
+    # given back at once, not after the message's or the slot's lease.
+    real = Parser.links
+
+    async def links(self: Parser, body: bytes, base_url: str, encoding: str | None) -> Any:
+        if base_url.endswith("/bad"):
+            raise RuntimeError("the parser exploded")
+        return await real(self, body, base_url, encoding)
+
+    monkeypatch.setattr(Parser, "links", links)
+    async with Scripted({"/": lambda r, n: html("/bad", "/good"), "/bad": lambda r, n: html("/x"),
+                         "/good": lambda r, n: html()}) as site:
+        stack = await Stack(settings).start()
+        try:
+            job = await stack.post_job([site.base + "/"])
+            st = await stack.wait_complete(job, timeout=10)
+            assert st["pages"]["failed"] == 1 and st["pages"]["processed"] == 3
+            assert await stack.result(job, status="failed") == {site.base + "/bad": {
+                "status": None, "reason": "RuntimeError: the parser exploded", "attempts": 1}}
+            assert (await stack.result(job))[site.base + "/"] == [site.base + "/bad",
+                                                                  site.base + "/good"]
+            await stack.wait_idle(timeout=5)  # every message settled
+            await until(lambda: no_leases(db), timeout=2, what="host slots given back")
+            assert site.hits["/bad"] == 1 and site.hits["/x"] == 0
+            logged = [r for r in caplog.records
+                      if r.levelno >= logging.ERROR and "/bad" in r.getMessage()]
+            assert len(logged) == 1, logged
+        finally:
+            await stack.stop()
+
+
+async def no_leases(db: asyncpg.Connection) -> bool:
+    return bool(await db.fetchval("SELECT bool_and(leases = '{}') FROM host"))
