@@ -8,8 +8,8 @@ is killed and replaced: one pathological page costs at most the deadline on one 
 event loop, and it fails with a reason instead of coming back to every worker. (A thread would
 keep the loop responsive, as lexbor releases the GIL while it parses, but could not be stopped.)
 
-Frames on the pipes are a 4-byte length and a pickle: a page (body, base URL, encoding) in; its
-links in chunks, then an end mark, or an error, out.
+Frames on the pipes are a 4-byte length and a pickle: a page's (base URL, encoding, body length)
+followed by the body in; its links in chunks, then an end mark, or an error, out.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class _Lane:
         """Send a page; its links, or what the parser raised."""
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
-        stdin.write(_frame((body, base_url, encoding)))
+        stdin.write(_frame((base_url, encoding, len(body))))
+        stdin.write(body)  # as it is: no pickled copy of up to 10 MiB on the event loop
         await stdin.drain()
         links: Links = []
         while True:
@@ -143,7 +144,8 @@ def _frame(value: Any) -> bytes:
 def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
     """A lane's loop (in the child): a page in, its links out, until the pipe closes."""
     while head := reader.read(_LENGTH.size):
-        body, base_url, encoding = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
+        base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
+        body = reader.read(size)
         try:
             found = [(u, guess_mime(u)) for u in extract_links(body, base_url, encoding)]
         except Exception as e:  # noqa: BLE001 - reported to the worker, which fails the page
