@@ -13,7 +13,7 @@ import pytest
 from shared.links import extract_links
 from shared.mime import guess_mime
 from worker.gate import guard_band
-from worker.parse import Parser, ParseFailed
+from worker.parse import ParseFailed, Parser
 
 PAGE = b'<a href="a.html">a</a> <img src="i.png"> <a href="/b/?y=2&x=1#f">b</a>'
 
