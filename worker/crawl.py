@@ -73,19 +73,47 @@ class Committer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Done]) -> None:
+        """Commit a batch, then settle its messages. A batch that fails for any reason but
+        PostgreSQL being out of reach is committed again in halves, down to the one visit at
+        fault, which is recorded as failed with the error: one visit that cannot be stored never
+        holds back the others, nor comes back forever."""
         try:
             await self._transaction(batch)
             verdict = Settle(Verdict.ACK)
-        except (*RETRYABLE, asyncpg.PostgresError) as e:
-            log.warning("commit of %d visits failed (%s); they will be redelivered", len(batch), e)
-            verdict = Settle(Verdict.RETRY, 2.0)
-        except Exception:  # a bug must not stop the committer: log it, let the visits come back
-            log.exception("commit of %d visits failed; they will be redelivered", len(batch))
-            verdict = Settle(Verdict.RETRY, 5.0)
+        except Exception as e:  # noqa: BLE001 - unless PostgreSQL is away, the batch's fault
+            if _transient(e):
+                log.warning("commit of %d visits failed (%s); they will be redelivered",
+                            len(batch), e)
+                verdict = Settle(Verdict.RETRY, 2.0)
+            elif len(batch) > 1:
+                log.warning("commit of %d visits failed (%s); committing them in halves",
+                            len(batch), _describe(e))
+                half = len(batch) // 2
+                await self._commit(batch[:half])
+                await self._commit(batch[half:])
+                return
+            else:
+                verdict = await self._fail(batch[0], e)
         await bus.settle_all((d.msgs for d in batch), verdict)
         for d in batch:
             if not d.settled.done():
                 d.settled.set_result(None)
+
+    async def _fail(self, done: Done, error: Exception) -> Settle:
+        """Record a visit that cannot be committed as failed, with the error as its reason."""
+        if isinstance(error, asyncpg.PostgresError):
+            log.error("visit %s cannot be stored (%s); recorded as failed", done.key, error)
+        else:  # a bug: keep its traceback
+            log.error("visit %s cannot be stored; recorded as failed", done.key, exc_info=error)
+        failed = replace(done, page=None, extra=(), reason=None,
+                         failure=f"not stored: {_describe(error)}")
+        try:
+            await self._transaction([failed])
+        except Exception as e:  # noqa: BLE001 - PostgreSQL away, or worse: the visit comes back
+            log.warning("visit %s not recorded as failed either (%s); it will be redelivered",
+                        done.key, e)
+            return Settle(Verdict.RETRY, 5.0)
+        return Settle(Verdict.ACK)
 
     async def _transaction(self, batch: list[Done]) -> None:
         keys = [d.key for d in batch]
@@ -273,6 +301,18 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
             for t in pending:
                 t.cancel()  # not acked: redelivered to another worker
+
+
+# Classes of SQLSTATE for PostgreSQL out of reach, overloaded or shutting down, or transaction
+# conflicts: not the fault of the visits in the batch (the rest are blamed on them).
+_TRANSIENT_SQLSTATE = frozenset({"08", "40", "53", "55", "57", "58"})
+
+
+def _transient(e: Exception) -> bool:
+    if isinstance(e, RETRYABLE):
+        return True
+    return (isinstance(e, asyncpg.PostgresError)
+            and (e.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE)
 
 
 def _outcome(done: Done) -> visits.Outcome:

@@ -1,0 +1,169 @@
+"""The worker's Committer (worker/crawl.py) against real PostgreSQL and NATS JetStream: batches
+commit in one transaction and their messages are settled after it; a visit that cannot be stored
+is isolated and recorded as failed; PostgreSQL out of reach costs no visit anything."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.config import Settings, stream_name
+from shared.db import jobs
+from shared.db.pages import FetchedPage
+from shared.db.pool import open_pool
+from shared.embedded import free_port
+from worker.crawl import Committer, Done
+
+Key = tuple[int, int]
+
+
+@dataclass
+class Queue:
+    js: JetStreamContext
+    sub: JetStreamContext.PullSubscription
+    settings: Settings
+
+    async def messages(self, keys: list[Key]) -> dict[Key, list[Msg]]:
+        """Publish a message per visit and pull them, as a worker would."""
+        assert await bus.publish_visits(self.js, self.settings.work_topic, keys) == []
+        msgs: list[Msg] = []
+        while len(msgs) < len(keys):
+            msgs += await bus.pull(self.sub, len(keys) - len(msgs), 5)
+        return await bus.group_visits(msgs)
+
+    async def unsettled(self) -> int:
+        info = await self.js.consumer_info(stream_name(self.settings.work_topic), bus.WORKER_CONSUMER)
+        return int(info.num_ack_pending + info.num_pending)
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[Queue]:
+    async with bus.connect(settings.nats_url, "test-committer") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
+        yield Queue(js, sub, settings)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    async with open_pool(settings.database_url, min_size=1, max_size=4) as p:
+        yield p
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.02)
+
+
+async def new_job(db: asyncpg.Connection, n: int, max_level: int = 2) -> list[Key]:
+    job, ids = await jobs.create_job(db, [f"http://h{i}.example/" for i in range(n)], max_level,
+                                     False)
+    return [(job, u) for u in ids]
+
+
+def page(key: Key, *links: str) -> FetchedPage:
+    return FetchedPage(key[1], 200, "text/html", None, cacheable=True,
+                       links=tuple((u, "text/html") for u in links))
+
+
+async def commit(settings: Settings, pool: asyncpg.Pool, dones: list[Done]) -> None:
+    """Submit visits together (one batch, as the worker's visits finishing at once) and wait
+    until every one is settled."""
+    committer = Committer(settings, pool)
+    runner = asyncio.create_task(committer.run())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in dones)), 30)
+    finally:
+        runner.cancel()
+
+
+async def failures(db: asyncpg.Connection, job: int) -> dict[int, tuple[int | None, str, int]]:
+    return {r["url_id"]: (r["status"], r["reason"], r["attempts"]) for r in await db.fetch(
+        "SELECT url_id, status, reason, attempts FROM job_failure WHERE job_id = $1", job)}
+
+
+async def test_a_batch_commits_its_pages_and_acks_after(settings: Settings, pool: asyncpg.Pool,
+                                                        queue: Queue,
+                                                        db: asyncpg.Connection) -> None:
+    keys = await new_job(db, 3)
+    msgs = await queue.messages(keys)
+    await commit(settings, pool, [Done(k, msgs[k], page(k, f"http://x.example/{i}"), 1)
+                                  for i, k in enumerate(keys)])
+    job = keys[0][0]
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 3
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1 AND "
+                             "url_id = ANY($2::bigint[])", job, [k[1] for k in keys]) == 0
+    assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1", job) == 3
+    await until(lambda: zero(queue.unsettled()), what="messages acked")
+
+
+async def test_one_visit_that_cannot_be_stored_fails_alone(settings: Settings,
+                                                           pool: asyncpg.Pool, queue: Queue,
+                                                           db: asyncpg.Connection) -> None:
+    # A NUL byte cannot be stored in a text column: that visit's page makes every transaction it
+    # is part of fail. The seven others commit; it is recorded as failed, once; all are acked.
+    keys = await new_job(db, 8, max_level=1)
+    msgs = await queue.messages(keys)
+    bad = keys[5]
+    dones = [Done(k, msgs[k], page(k, "http://x.example/\x00" if k == bad else "http://y.example/"),
+                  attempts=1) for k in keys]
+    await commit(settings, pool, dones)
+    job = keys[0][0]
+    failed = await failures(db, job)
+    assert list(failed) == [bad[1]]
+    status, reason, attempts = failed[bad[1]]
+    assert (status, attempts) == (None, 1)
+    assert reason.startswith("not stored: ") and "0x00" in reason, reason
+    st = await jobs.job_status(db, job)
+    assert st is not None and all(u.completed for u in st.urls)
+    assert sum(u.fetched for u in st.urls) == 7 and sum(u.failed for u in st.urls) == 1
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 7
+    await until(lambda: zero(queue.unsettled()), what="messages acked")
+
+
+async def test_postgres_out_of_reach_retries_the_whole_batch_and_fails_nothing(
+        settings: Settings, queue: Queue, db: asyncpg.Connection) -> None:
+    keys = await new_job(db, 4)
+    msgs = await queue.messages(keys)
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"  # nothing listens there
+    async with open_pool(gone, min_size=0, max_size=2, timeout=1) as unreachable:
+        await commit(settings, unreachable, [Done(k, msgs[k], page(k), 1) for k in keys])
+    job = keys[0][0]
+    assert await failures(db, job) == {}
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 4
+    again: dict[Key, list[Msg]] = {}  # nak'ed with a delay: delivered again
+    while len(again) < len(keys):
+        again |= await bus.group_visits(await bus.pull(queue.sub, len(keys), 5))
+    assert set(again) == set(keys)
+
+
+async def test_a_visit_failed_in_the_worker_is_recorded_with_its_reason(
+        settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
+    keys = await new_job(db, 2)
+    msgs = await queue.messages(keys)
+    await commit(settings, pool, [Done(keys[0], msgs[keys[0]], attempts=1,
+                                       failure="RuntimeError: boom"),
+                                  Done(keys[1], msgs[keys[1]], reason="blocked by robots.txt")])
+    job = keys[0][0]
+    assert await failures(db, job) == {keys[0][1]: (None, "RuntimeError: boom", 1),
+                                       keys[1][1]: (None, "blocked by robots.txt", 0)}
+    st = await jobs.job_status(db, job)
+    assert st is not None
+    assert [(u.completed, u.processed, u.failed, u.blocked, u.fetched) for u in st.urls] == [
+        (True, 1, 1, 0, 0), (True, 1, 0, 1, 0)]
+    await until(lambda: zero(queue.unsettled()), what="messages acked")
+
+
+async def zero(count: Awaitable[int]) -> bool:
+    return await count == 0
