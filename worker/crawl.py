@@ -9,6 +9,7 @@ import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import aiohttp
 import asyncpg
@@ -236,12 +237,17 @@ class Worker:
         sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
         try:
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                await asyncio.sleep(slot.wait)
-                page = await fetch(self.session, self.settings, key[1], url,  # never raises
-                                   validators, hops=self.gate)
+                paused = await self.gate.wait_start(slot)
+                if paused is None:
+                    page = await fetch(self.session, self.settings, key[1], url,  # never raises
+                                       validators, hops=self.gate)
         except BaseException:  # shutting down (or a bug): free the slot for others now
             self.gate.release(slot, trouble=False, retry_after=None)
             raise
+        if paused is not None:  # the host was paused while this visit waited (a Retry-After)
+            self.gate.give_back(slot)
+            await self._defer(key, msgs, paused)
+            return None
         # Back the page's host off only for its own answer: after a redirect elsewhere, the
         # other host's trouble was already reported with that hop's slot.
         own = host_key(page.final_url or url) == host_key(url)
@@ -277,6 +283,17 @@ class Worker:
         except ParseFailed as e:
             return replace(page, html=None, error=f"links not extracted: {e}", permanent=True)
         return replace(page, html=None, links=tuple(links))
+
+    async def _defer(self, key: Key, msgs: list[Msg], due: datetime) -> None:
+        """Back to the frontier until ``due``, the attempt not counted; the message is done with."""
+        try:
+            async with self.pool.acquire() as conn:
+                await visits.defer(conn, {key: due})
+            verdict = Settle(Verdict.ACK)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot put %s back (%s); it will be redelivered", key, e)
+            verdict = Settle(Verdict.RETRY, 1.0)
+        await bus.settle_all([msgs], verdict)
 
     async def _retry_later(self, key: Key, msgs: list[Msg], delay: float) -> None:
         """Back to the frontier with the attempt counted; the message is done with."""

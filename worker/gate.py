@@ -32,13 +32,17 @@ NOT_YET = "robots.txt not fetched yet"
 BUSY = "no free slot on the host"
 NO_GATE = "host gate unavailable (PostgreSQL)"
 FIRST_ROBOTS_WAIT = timedelta(seconds=0.5)  # a host's first robots.txt is being fetched
+# A visit waiting this long or longer for its start asks, this long before it, whether its host
+# was paused meanwhile; a shorter wait was decided by the gate just now.
+PAUSE_CHECK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class Slot:
     host: str
     token: datetime
-    wait: float  # seconds to wait before starting the request
+    wait: float      # seconds to wait before starting the request
+    start: datetime  # when it may start, on the database clock
 
 
 @dataclass
@@ -63,6 +67,7 @@ class HostGate:
         self.agent = agent_token(settings.user_agent)
         self.releases: asyncio.Queue[Release] = asyncio.Queue()
         self._robots_fetches: set[asyncio.Task[None]] = set()
+        self._heard: dict[str, datetime] = {}  # Retry-After pauses this worker was told of
 
     async def admit(self, visits: dict[Key, str]) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, or block."""
@@ -86,13 +91,44 @@ class HostGate:
         for g in grants:
             keys = by_host[g.host]
             for key, start, token in zip(keys, g.starts, g.tokens):
-                out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()))
+                out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()),
+                                        start)
             # Delay-bound: the i-th waiting visit gets the i-th next start. Cap-bound (no delay):
             # a slot frees when any request ends, so all of them ask again soon.
             gap = timedelta(seconds=spacing[g.host])
             for i, key in enumerate(keys[len(g.starts):]):
                 out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
         return out
+
+    async def wait_start(self, slot: Slot) -> datetime | None:
+        """Wait until the slot's start. None: make the request now. A time: the host was paused
+        meanwhile (a 429 or 503 told this or another worker to wait, or a host in trouble)
+        until then: do not make the request; ``give_back`` the slot and put the visit back
+        in the frontier until then."""
+        loop = asyncio.get_running_loop()
+        start = loop.time() + slot.wait
+        if slot.wait >= PAUSE_CHECK:
+            await asyncio.sleep(slot.wait - PAUSE_CHECK)
+            paused = self._heard_pause(slot)
+            if paused is None:
+                try:
+                    async with self.pool.acquire() as conn:
+                        paused = await hosts.paused_until(conn, slot.host, slot.start)
+                except (*RETRYABLE, asyncpg.PostgresError) as e:  # cannot tell: the grant stands
+                    log.warning("cannot check %s for a pause (%s)", slot.host, e)
+            if paused is not None:
+                return paused
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        return self._heard_pause(slot)
+
+    def _heard_pause(self, slot: Slot) -> datetime | None:
+        """A pause this worker was told of (perhaps not yet written to the host row), if it
+        began after the slot was granted."""
+        until = self._heard.get(slot.host)
+        if until is None or until <= datetime.now().astimezone():
+            self._heard.pop(slot.host, None)
+            return None
+        return until if until > slot.start else None
 
     def _spacing(self, host: str, rules: RobotsRules | None) -> float:
         """Seconds between request starts on ``host``, for every kind of request to it: its
@@ -155,7 +191,7 @@ class HostGate:
             db_now, grants = await self._lease({host: 1}, spacing)
             grant = next((g for g in grants if g.host == host), None)
             if grant is not None and grant.starts:
-                slot = Slot(host, grant.tokens[0], 0.0)
+                slot = Slot(host, grant.tokens[0], 0.0, grant.starts[0])
                 try:
                     await asyncio.sleep(max(0.0, (grant.starts[0] - db_now).total_seconds()))
                 except asyncio.CancelledError:
@@ -314,6 +350,9 @@ class HostGate:
         """Give a slot back after its request: ``trouble`` (a 429, a 503, no answer) backs the
         host off, for ``retry_after`` seconds if the host said so; a good answer does not."""
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
+        if trouble and retry_after:
+            until = datetime.now().astimezone() + timedelta(seconds=retry_after)
+            self._heard[slot.host] = max(until, self._heard.get(slot.host, until))
 
     def give_back(self, slot: Slot) -> None:
         """Give back a slot whose request was never made (it says nothing about the host)."""

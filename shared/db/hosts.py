@@ -53,9 +53,11 @@ async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[st
 
 async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
                   backoff_cap: float) -> None:
-    """Free the leases; a host in trouble backs off (Retry-After, else exponentially), a host
-    that answered well recovers at once. The host rows are locked in name order, as
-    ``harvester_acquire`` locks them, so the two never deadlock."""
+    """Free the leases. A host in trouble backs off (Retry-After, else exponentially), never
+    for less than a backoff already running; a host that answered well has its failures
+    forgotten, but a pause already running (one it may have asked for) is not cut short. The
+    host rows are locked in name order, as ``harvester_acquire`` locks them, so the two never
+    deadlock."""
     if not releases:
         return
     await conn.execute("""
@@ -73,13 +75,22 @@ async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff
             failures = CASE WHEN r.trouble THEN h.failures + 1 WHEN r.fine THEN 0
                             ELSE h.failures END,
             backoff_until = CASE
-                WHEN r.trouble THEN clock_timestamp() + make_interval(secs => coalesce(
-                    r.retry_after, least($6::float8, $5::float8 * 2 ^ least(h.failures, 60))))
-                WHEN r.fine THEN NULL ELSE h.backoff_until END
+                WHEN r.trouble THEN greatest(h.backoff_until, clock_timestamp() + make_interval(
+                    secs => coalesce(r.retry_after,
+                                     least($6::float8, $5::float8 * 2 ^ least(h.failures, 60)))))
+                ELSE h.backoff_until END
         FROM r JOIN locked USING (host) WHERE h.host = r.host""",
         [x.host for x in releases], [x.token for x in releases],
         [x.trouble for x in releases], [x.retry_after for x in releases],
         backoff_base, backoff_cap, [x.used for x in releases])
+
+
+async def paused_until(conn: asyncpg.Connection, host: str, start: datetime) -> datetime | None:
+    """Until when the host is backed off, if that is later than ``start`` (a start granted
+    before the backoff was set)."""
+    value: datetime | None = await conn.fetchval("""
+        SELECT backoff_until FROM host WHERE host = $1 AND backoff_until > $2""", host, start)
+    return value
 
 
 async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Robots]:

@@ -451,3 +451,29 @@ async def test_slots_granted_to_a_batch_come_back_when_its_deferral_fails(
     await conn.execute("DROP TRIGGER refuse_deferral ON job_pending")
     await stack.wait_complete(job, timeout=30)
     assert all(site.hits(f"/p{i}") == 1 for i in range(3))
+
+
+async def test_retry_after_pauses_the_host_for_every_visit(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """A 429 with Retry-After: 2 pauses the whole host for 2 s, for both workers, visits
+    already granted a start included: with C = 2 and D = 0.3 s, no request reaches the host
+    in the 2 s after the 429 (the visits wait in the frontier), and the job completes."""
+    served = itertools.count(1)
+
+    def first_is_limited(n: int) -> Answer:
+        if next(served) == 1:
+            return Answer(status=429, headers=(("Retry-After", "2"),))
+        return Answer()
+
+    pages = {"/": page([f"/p{i}" for i in range(8)])}
+    pages |= {f"/p{i}": first_is_limited for i in range(8)}
+    site = await LoggedSite("127.0.0.1", pages).start(cleanup)
+    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.3,
+                                         "retry_base": 0.01})
+    stack, job = await crawl(cleanup, polite, [site.base + "/"], workers=2)
+    # the 429 went to the first page request; when it ended, the pause began
+    limited = min((s, e) for p, s, e in site.log if p != "/")[1]
+    early = [round(s - limited, 3) for s in site.starts() if limited < s < limited + 2 - JITTER]
+    assert not early, f"requests {early} s after the 429"
+    assert len(site.starts()) == 10  # "/", the 8 pages, and the limited one again
+    assert (await stack.status(job))["pages"]["failed"] == 0

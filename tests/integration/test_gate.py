@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -15,9 +16,9 @@ from aiohttp import web
 from shared.config import Settings
 from shared.db import hosts
 from shared.db.pool import open_pool
-from worker.fetch import open_session
-from worker.gate import NOT_YET, HostGate, guard_band
 from tests.servers import serve
+from worker.fetch import open_session
+from worker.gate import HostGate
 
 
 @dataclass
@@ -223,3 +224,62 @@ async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: st
     finally:
         for c in conns:
             await c.close()
+
+
+# -- grants, spacing, pauses ------------------------------------------------------------------
+
+@pytest.mark.parametrize("told", ["this worker", "another worker"])
+async def test_a_visit_waiting_for_its_start_is_held_back_by_a_pause(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection, told: str) -> None:
+    """A 429 with Retry-After: 2 answered to one slot pauses the host for the visits already
+    granted a later start, whichever worker heard it; a pause over before the start does not."""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.3})
+    gate = await gate_for(s)
+    other = await gate_for(s) if told == "another worker" else gate
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b", (1, 3): host + "/c"})
+    first, second = out.granted[(1, 1)], out.granted[(1, 2)]
+    assert first.wait == 0 and second.wait >= 0.3 and list(out.deferred) == [(1, 3)]
+    before = await db.fetchval("SELECT clock_timestamp()")
+    other.release(first, trouble=True, retry_after=2.0)
+    paused = await gate.wait_start(second)
+    assert paused is not None and (paused - before).total_seconds() >= 2.0 - 0.05
+    gate.give_back(second)
+
+    later = await gate.admit({(2, 1): host + "/a", (2, 2): host + "/b"})
+    starts = [g.start for g in later.granted.values()] + list(later.deferred.values())
+    assert len(starts) == 2 and min(starts) >= paused - timedelta(milliseconds=10)
+
+
+async def test_a_pause_over_before_the_start_lets_the_visit_go(
+        polite: Settings, gate_for: GateFor) -> None:
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.5})
+    gate = await gate_for(s)
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    gate.release(out.granted[(1, 1)], trouble=True, retry_after=0.1)
+    t0 = time.monotonic()
+    assert await gate.wait_start(out.granted[(1, 2)]) is None
+    assert time.monotonic() - t0 >= out.granted[(1, 2)].wait - 0.01
+
+
+async def test_a_good_answer_does_not_cut_a_pause_short(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """A request in flight when the host asked for a pause, answered well afterwards, forgets
+    the host's failures but leaves the pause running."""
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    gate.release(out.granted[(1, 1)], trouble=True, retry_after=2.0)
+
+    async def leases(n: int) -> bool:
+        return bool(await db.fetchval(
+            "SELECT cardinality(leases) = $2 FROM host WHERE host = $1", host, n))
+
+    await until(lambda: leases(1))  # the trouble is recorded
+    gate.release(out.granted[(1, 2)], trouble=False, retry_after=None)
+    await until(lambda: leases(0))
+    r = await db.fetchrow("""
+        SELECT failures, backoff_until - clock_timestamp() AS left FROM host WHERE host = $1""",
+        host)
+    assert r["failures"] == 0 and r["left"].total_seconds() > 1.5
