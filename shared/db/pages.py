@@ -95,19 +95,23 @@ async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> 
     for that transaction, and two such waits in opposite directions are a deadlock. New URLs
     are inserted in one order (sorted), so two transactions adding the same ones cannot
     deadlock either.
+
+    URLs are unique by ``md5(url)::uuid`` (migration 0009: a URL of any length can be stored),
+    so every look-up by text goes through that index, then compares the text. A URL whose MD5
+    is another stored URL's is not inserted and has no id here.
     """
     urls = sorted(mime_by_url)
-    rows = await conn.fetch("""
+    rows = await conn.fetch(f"""
         WITH input AS (
             SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i(url, mime, n)
         ), existing AS (
-            SELECT u.id, u.url FROM url u WHERE u.url = ANY($1::text[])
+            SELECT u.id, u.url FROM input i JOIN url u ON {_SAME_URL}
         ), inserted AS (
             INSERT INTO url (url, mime)
             SELECT i.url, i.mime FROM input i
             WHERE NOT EXISTS (SELECT FROM existing e WHERE e.url = i.url)
             ORDER BY i.n
-            ON CONFLICT (url) DO NOTHING RETURNING id, url
+            ON CONFLICT ((md5(url)::uuid)) DO NOTHING RETURNING id, url
         )
         SELECT id, url FROM existing UNION ALL SELECT id, url FROM inserted""",
         urls, [mime_by_url[u] for u in urls])
@@ -116,6 +120,12 @@ async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> 
     if rest:
         # Inserted by a transaction that committed after this statement's snapshot was taken
         # (the INSERT waited for it): a new statement sees it.
-        for r in await conn.fetch("SELECT id, url FROM url WHERE url = ANY($1::text[])", rest):
+        for r in await conn.fetch(f"""
+                SELECT u.id, u.url FROM unnest($1::text[]) AS i(url) JOIN url u ON {_SAME_URL}""",
+                rest):
             ids[r["url"]] = r["id"]
     return ids
+
+
+# A url row with the text of input row i, found through the unique index on its hash.
+_SAME_URL = "md5(u.url)::uuid = md5(i.url)::uuid AND u.url = i.url"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from shared.config import Settings
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
+from tests.servers import serve
 
 pytestmark = pytest.mark.e2e
 
@@ -155,3 +159,36 @@ async def test_scaled_tiers_give_the_same_result(settings: Settings, site: TestS
     assert result == site.expected_result(site.a + "/", 3)
     assert_fetched_once(site, settings)
     assert await pending_rows(db) == 0
+
+
+async def test_long_urls_are_stored_as_links_and_as_job_urls(stack: Stack,
+                                                             db: asyncpg.Connection) -> None:
+    # A btree index entry holds at most about 2.7 KB (compressed): URLs are looked up by their
+    # hash instead. Random characters, so that compression does not hide the length.
+    rnd = random.Random(12)
+    letters = string.ascii_letters + string.digits
+    long_link = "/link/" + "".join(rnd.choices(letters, k=8000))  # under aiohttp's 8190-byte line
+    long_job = "/job/" + "".join(rnd.choices(letters, k=4000))
+
+    async def handle(request: web.Request) -> web.Response:
+        links = {"/": [long_link], long_link: ["/"], long_job: [long_link, "/"]}[request.path]
+        return web.Response(text="".join(f'<a href="{u}">x</a>' for u in links),
+                            content_type="text/html")
+
+    runner, base = await serve(handle)
+    try:
+        job = await stack.post_job([base + "/"])
+        st = await stack.wait_complete(job)
+        assert st["pages"] == {"queued": 0, "processed": 2, "fetched": 2, "cached": 0,
+                               "failed": 0, "blocked": 0}
+        assert await stack.result(job) == {base + "/": [base + long_link],
+                                           base + long_link: [base + "/"]}
+        job = await stack.post_job([base + long_job])
+        st = await stack.wait_complete(job)
+        assert st["urls"] == {base + long_job: True} and st["pages"]["failed"] == 0
+        assert await stack.result(job) == {base + long_job: [base + "/", base + long_link],
+                                           base + "/": [base + long_link],  # from the store
+                                           base + long_link: [base + "/"]}
+        assert await db.fetchval("SELECT count(*) FROM url WHERE url = $1", base + long_link) == 1
+    finally:
+        await runner.cleanup()
