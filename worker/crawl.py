@@ -196,6 +196,8 @@ class Worker:
             p = planned[key]
             if key in admission.blocked:
                 self._spawn(self._commit_only(Done(key, ms, reason=admission.blocked[key])))
+            elif key in admission.failed:  # no server to ask: its name does not resolve
+                self._spawn(self._commit_only(Done(key, ms, failure=admission.failed[key])))
             elif p.cached:
                 self._spawn(self._commit_only(Done(key, ms)))
             else:

@@ -176,7 +176,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     except TimeoutError:
         page = failed("timeout")
     except aiohttp.ClientConnectorError as e:
-        page = failed(f"connection failed: {e.os_error}")
+        page = failed(connect_error(e))
     except aiohttp.InvalidURL as e:
         page = failed(f"invalid URL: {e}", permanent=True)
     except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
@@ -186,6 +186,13 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     # A hop's slot still held: its request got no answer (trouble), or was never made.
     _release(hops, slot, not page.permanent, None)
     return page
+
+
+def connect_error(e: aiohttp.ClientConnectorError) -> str:
+    """Why no connection could be made, as a failure reason."""
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        return f"host name not resolved: {e.os_error}"
+    return f"connection failed: {e.os_error}"
 
 
 def _release(hops: HopGate | None, slot: Any, trouble: bool, retry_after: float | None) -> None:

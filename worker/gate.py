@@ -22,6 +22,7 @@ from shared.robots import BLOCKED, UNREACHABLE, RobotsRules, agent_token, decode
 from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
+from worker.fetch import connect_error
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,19 @@ class Admission:
     granted: dict[Key, Slot] = field(default_factory=dict)
     deferred: dict[Key, datetime] = field(default_factory=dict)  # due, on the database clock
     blocked: dict[Key, str] = field(default_factory=dict)        # reason
+    failed: dict[Key, str] = field(default_factory=dict)  # no server to ask (the error)
+
+
+@dataclass(frozen=True, slots=True)
+class RobotsAnswer:
+    """What a robots.txt request got: a status (and the body of a 2xx), or no answer."""
+    status: int | None = None
+    body: str | None = None
+    unresolved: str | None = None  # no answer: the host's name did not resolve (why)
+
+    @property
+    def failed(self) -> bool:
+        return self.status is None or self.status >= 500
 
 
 def guard_band(delay: float) -> float:
@@ -168,13 +182,13 @@ class HostGate:
             while True:
                 out, key = Admission(), (0, 0)
                 rules = (await self._robots([host], out, {host: [key]})).get(host)
-                if rules is not None or key in out.blocked:
+                if rules is not None or key in out.blocked or key in out.failed:
                     break
                 if asyncio.get_running_loop().time() >= deadline:
                     return NOT_YET
                 await asyncio.sleep(0.1)  # being fetched (perhaps by us, in the background)
             if rules is None:
-                return out.blocked[key]
+                return out.blocked.get(key) or out.failed[key]
             if not rules.allowed(url, self.agent):
                 return BLOCKED
         if not slot:
@@ -225,8 +239,10 @@ class HostGate:
             if r is not None and r.fetched_on is not None:
                 rules[host] = rules_for(r.status, r.body)  # fresh, or the last good copy
             elif r is not None and r.failures >= s.robots_max_failures:
+                # no server at all (its name does not resolve): nothing to block, the visits fail
+                verdict = out.failed if r.unresolved else out.blocked
                 for key in by_host[host]:
-                    out.blocked[key] = UNREACHABLE
+                    verdict[key] = r.unresolved or UNREACHABLE
                 by_host[host] = []
             else:  # being fetched for the first time, or failing for now
                 failures = r.failures if r is not None else 0
@@ -244,8 +260,7 @@ class HostGate:
         s = self.settings
         deadline = asyncio.get_running_loop().time() + s.read_timeout
         slot: Slot | None = None
-        status: int | None = None
-        body: str | None = None
+        answer = RobotsAnswer()
         try:
             slot = await self._wait_for_slot(host, None, deadline)  # no Crawl-delay known yet
             if slot is None:
@@ -253,33 +268,34 @@ class HostGate:
                     await hosts.unclaim_robots_fetch(conn, host)
                 return
             try:
-                status, body = await self._fetch_robots(host)
+                answer = await self._fetch_robots(host)
             except Exception:  # a bug must not leave the host waiting on a claim forever
                 log.exception("robots.txt of %s: fetch failed", host)
-            status = await self._store_robots(host, status, body)
+            answer = await self._store_robots(host, answer)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("robots.txt of %s not stored (%s); it will be fetched again", host, e)
         finally:
             if slot is not None:
-                self.release(slot, trouble=status is None or status >= 500, retry_after=None)
+                self.release(slot, trouble=answer.failed, retry_after=None)
 
-    async def _store_robots(self, host: str, status: int | None, body: str | None) -> int | None:
+    async def _store_robots(self, host: str, answer: RobotsAnswer) -> RobotsAnswer:
         """Store a robots.txt answer; one that cannot be stored is counted as a failure instead
         (so a host with no good copy is in the end given up on, not waited for forever).
-        Returns the status that was stored (None: a failure)."""
+        Returns what was stored."""
         s = self.settings
         try:
             async with self.pool.acquire() as conn:
-                await hosts.store_robots(conn, host, status, body, s.robots_max_failures)
-            return status
+                await hosts.store_robots(conn, host, answer.status, answer.body,
+                                         s.robots_max_failures, unresolved=answer.unresolved)
+            return answer
         except (*RETRYABLE, asyncpg.PostgresError) as e:
-            if status is None or status >= 500:
+            if answer.failed:
                 raise  # a failure already: nothing else to count it as
-            log.warning("robots.txt of %s (HTTP %d) not stored (%s): counted as a failure",
-                        host, status, e)
+            log.warning("robots.txt of %s (HTTP %s) not stored (%s): counted as a failure",
+                        host, answer.status, e)
         async with self.pool.acquire() as conn:
             await hosts.store_robots(conn, host, None, None, s.robots_max_failures)
-        return None
+        return RobotsAnswer()
 
     async def close(self) -> None:
         """Stop the robots.txt fetches in flight (their claims expire; others fetch again)."""
@@ -287,16 +303,19 @@ class HostGate:
             task.cancel()
         await asyncio.gather(*self._robots_fetches, return_exceptions=True)
 
-    async def _fetch_robots(self, host: str) -> tuple[int | None, str | None]:
+    async def _fetch_robots(self, host: str) -> RobotsAnswer:
         try:
             async with self.session.get(host + "/robots.txt", allow_redirects=True,
                                         max_redirects=5) as resp:
                 text = decode(await read_head(resp.content, ROBOTS_MAX_BYTES), resp.charset)
                 log.info("robots.txt of %s: %d", host, resp.status)
-                return resp.status, text if resp.status < 300 else None
+                return RobotsAnswer(resp.status, text if resp.status < 300 else None)
+        except aiohttp.ClientConnectorDNSError as e:
+            log.info("robots.txt of %s: %s", host, e)
+            return RobotsAnswer(unresolved=connect_error(e))
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             log.info("robots.txt of %s unreachable: %s", host, e)
-            return None, None
+            return RobotsAnswer()
 
     async def sitemap_urls(self, host: str, limit: int = 50_000, max_sitemaps: int = 10) -> list[str]:
         """Pages listed by the sitemaps that the host's robots.txt names (indexes followed one

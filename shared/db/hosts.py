@@ -33,6 +33,7 @@ class Robots:
     body: str | None
     fetched_on: datetime | None
     failures: int
+    unresolved: str | None = None  # the last fetch failed: the host's name did not resolve
 
 
 async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[str, int],
@@ -95,10 +96,12 @@ async def paused_until(conn: asyncpg.Connection, host: str, start: datetime) -> 
 
 async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Robots]:
     rows = await conn.fetch("""
-        SELECT host, robots_status, robots_body, robots_fetched_on, robots_failures
+        SELECT host, robots_status, robots_body, robots_fetched_on, robots_failures,
+               robots_unresolved
         FROM host WHERE host = ANY($1::text[])""", list(hosts))
     return {r["host"]: Robots(r["host"], r["robots_status"], r["robots_body"],
-                              r["robots_fetched_on"], r["robots_failures"]) for r in rows}
+                              r["robots_fetched_on"], r["robots_failures"],
+                              r["robots_unresolved"]) for r in rows}
 
 
 async def claim_robots_fetches(conn: asyncpg.Connection, hosts: Sequence[str], max_age: float,
@@ -124,23 +127,25 @@ async def unclaim_robots_fetch(conn: asyncpg.Connection, host: str) -> None:
 
 async def store_robots(conn: asyncpg.Connection, host: str, status: int | None,
                        body: str | None, give_up_after: int = 3,
-                       retry_given_up: float = 300.0) -> None:
-    """Keep an answer (2xx or 4xx); count a failure (5xx, no answer) without losing the last
-    good copy, so a host that stops answering is retried and, in the end, treated as disallow.
+                       retry_given_up: float = 300.0, unresolved: str | None = None) -> None:
+    """Keep an answer (2xx or 4xx); count a failure (5xx, no answer; ``unresolved``: the
+    resolver's error, when the host's name did not resolve) without losing the last good
+    copy, so a host that stops answering is retried and, in the end, treated as disallow.
     Once ``give_up_after`` failures are counted, it is asked again only every
     ``retry_given_up`` seconds. Any body is kept: NULs, which PostgreSQL text cannot hold, are
     dropped."""
     if status is not None and status < 500:
         await conn.execute("""
             UPDATE host SET robots_status = $2, robots_body = $3, robots_fetched_on = now(),
-                   robots_failures = 0, robots_fetching_until = NULL WHERE host = $1""",
+                   robots_failures = 0, robots_fetching_until = NULL, robots_unresolved = NULL
+            WHERE host = $1""",
             host, status, body.replace("\x00", "") if body is not None else None)
     else:
         # Nobody tries again before a pause that doubles with each failure (at most a minute),
         # or, once given up, before a long one.
         await conn.execute("""
-            UPDATE host SET robots_failures = robots_failures + 1,
+            UPDATE host SET robots_failures = robots_failures + 1, robots_unresolved = $4,
                    robots_fetching_until = clock_timestamp() + make_interval(secs =>
                        CASE WHEN robots_failures + 1 >= $2 THEN $3
                             ELSE least(60, 2 ^ least(robots_failures, 6)) END)
-            WHERE host = $1""", host, give_up_after, float(retry_given_up))
+            WHERE host = $1""", host, give_up_after, float(retry_given_up), unresolved)

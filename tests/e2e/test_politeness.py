@@ -477,3 +477,16 @@ async def test_retry_after_pauses_the_host_for_every_visit(
     assert not early, f"requests {early} s after the 429"
     assert len(site.starts()) == 10  # "/", the 8 pages, and the limited one again
     assert (await stack.status(job))["pages"]["failed"] == 0
+
+
+async def test_a_host_whose_name_does_not_resolve_fails_not_blocked(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """A job URL on a host whose name does not resolve (``.invalid``, RFC 2606: nothing leaves
+    the machine) fails with the resolver's error, counted as failed, not as blocked."""
+    polite = settings.model_copy(update={"robots": True, "robots_max_failures": 2})
+    stack, job = await crawl(cleanup, polite, ["http://nowhere.invalid/"], timeout=30)
+    pages = (await stack.status(job))["pages"]
+    assert (pages["failed"], pages["blocked"], pages["processed"]) == (1, 0, 1)
+    failed = await stack.result(job, status="failed")
+    assert failed["http://nowhere.invalid/"]["reason"].startswith("host name not resolved: ")
+    assert failed["http://nowhere.invalid/"]["status"] is None

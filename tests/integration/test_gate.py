@@ -283,3 +283,25 @@ async def test_a_good_answer_does_not_cut_a_pause_short(
         SELECT failures, backoff_until - clock_timestamp() AS left FROM host WHERE host = $1""",
         host)
     assert r["failures"] == 0 and r["left"].total_seconds() > 1.5
+
+
+async def test_a_host_whose_name_does_not_resolve_fails_its_visits(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """No server, so nothing to block: once its robots.txt has failed ``robotsMaxFailures``
+    times, the visits of a host whose name does not resolve fail with the resolver's error
+    (``.invalid`` never resolves, RFC 2606)."""
+    gate = await gate_for(polite.model_copy(update={"robots_max_failures": 1}))
+    host = "http://nowhere.invalid"
+    visits = {(1, 1): host + "/a", (1, 2): host + "/b"}
+    assert set((await gate.admit(visits)).deferred) == set(visits)  # robots.txt first
+
+    async def decided() -> bool:
+        out = await gate.admit(visits)
+        return bool(out.failed or out.blocked)
+
+    await until(decided)
+    out = await gate.admit(visits)
+    assert not out.blocked and set(out.failed) == set(visits)
+    assert out.failed[(1, 1)].startswith("host name not resolved: ")
+    row = await robots_row(db, host)
+    assert row["robots_failures"] == 1 and row["robots_unresolved"] == out.failed[(1, 1)]
