@@ -44,10 +44,10 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     Run it in a transaction: the job is either wholly there or not at all.
     """
     job_id = await conn.fetchval("""
-        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps)
-        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
-        sitemaps)
+        sitemaps, None if max_pages is None else len(set(urls)))  # visits.py: the cap's count
     from shared.db.pages import upsert_urls
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]

@@ -199,7 +199,12 @@ async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
 async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
                           extra: dict[Key, list[int]]) -> list[tuple[int, int, int]]:
     """Add the parents' links (and ``extra`` URLs) as visits at level+1; returns
-    (job, url, origin) newly pending."""
+    (job, url, origin) newly pending.
+
+    Locks are taken in one order: first the visits already in the job (their level lowered
+    where this path is shorter, and queued to be expanded again), then, for a job with
+    ``max_pages``, the job row (``_cap_pages``), then only new rows. So a transaction holding
+    a job row never waits for a visit another transaction holds, and no lock cycle forms."""
     if not parents:
         return []
     children = await conn.fetch(f"""
@@ -219,38 +224,78 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
     children = [c for c in children
                 if parents[c["i"]].scope.unlimited
                 or parents[c["i"]].scope.follows(c["url"], parents[c["i"]].origin_url)]
-    children = await _cap_pages(conn, parents, children)
     if not children:
         return []
-    cj = [r["job_id"] for r in children]
-    cu = [r["url_id"] for r in children]
-    cl = [r["level"] for r in children]
-    new = {(r["job_id"], r["url_id"]) for r in await conn.fetch("""
-        INSERT INTO job_visit (job_id, url_id, level)
-        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
-        ON CONFLICT DO NOTHING RETURNING job_id, url_id""", cj, cu, cl)}
-    # Pages already visited but now reached by a shorter path: lower them, and expand them again.
-    old = [i for i, k in enumerate(zip(cj, cu)) if k not in new]
-    lowered: set[Key] = set()
-    if old:
-        lowered = {(r["job_id"], r["url_id"]) for r in await conn.fetch("""
-            UPDATE job_visit v SET level = c.level
-            FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
+    visited, lowered = await _lower(conn, children)
+    queued = await _add_pending(conn, [c for c in children if _key(c) in lowered], set(lowered))
+    fresh = await _cap_pages(conn, parents, [c for c in children if _key(c) not in visited])
+    added = await _add_visits(conn, fresh)
+    # Visited by a transaction that committed since _lower looked: perhaps by a longer path.
+    raced = [c for c in fresh if _key(c) not in added]
+    late = (await _lower(conn, raced))[1] if raced else set()
+    return queued + await _add_pending(
+        conn, [c for c in fresh if _key(c) in added or _key(c) in late], late)
+
+
+def _key(row: asyncpg.Record) -> Key:
+    return (row["job_id"], row["url_id"])
+
+
+async def _lower(conn: asyncpg.Connection,
+                 children: Sequence[asyncpg.Record]) -> tuple[set[Key], set[Key]]:
+    """Of these children, the ones the job has visited already, and those of them whose level
+    was lowered (a shorter path: they are to be expanded again)."""
+    rows = await conn.fetch("""
+        WITH c AS (
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
+        ), lowered AS (
+            UPDATE job_visit v SET level = c.level FROM c
             WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
-            RETURNING v.job_id, v.url_id""",
-            [cj[i] for i in old], [cu[i] for i in old], [cl[i] for i in old])}
-    todo = [r for r in children if (r["job_id"], r["url_id"]) in new
-            or (r["job_id"], r["url_id"]) in lowered]
-    if not todo:
+            RETURNING v.job_id, v.url_id
+        )
+        SELECT v.job_id, v.url_id, l.url_id IS NOT NULL AS lowered
+        FROM c JOIN job_visit v ON v.job_id = c.job_id AND v.url_id = c.url_id
+        LEFT JOIN lowered l ON l.job_id = c.job_id AND l.url_id = c.url_id""",
+        [c["job_id"] for c in children], [c["url_id"] for c in children],
+        [c["level"] for c in children])
+    return {_key(r) for r in rows}, {_key(r) for r in rows if r["lowered"]}
+
+
+async def _add_visits(conn: asyncpg.Connection, children: Sequence[asyncpg.Record]) -> set[Key]:
+    """Insert these children into their jobs' visited sets, counting them in ``job.visits``
+    for jobs with ``max_pages``; returns those inserted (the others were there already)."""
+    if not children:
+        return set()
+    rows = await conn.fetch("""
+        WITH added AS (
+            INSERT INTO job_visit (job_id, url_id, level)
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
+            ON CONFLICT DO NOTHING RETURNING job_id, url_id
+        ), counted AS (
+            UPDATE job j SET visits = j.visits + a.n
+            FROM (SELECT job_id, count(*)::int AS n FROM added GROUP BY job_id) a
+            WHERE j.id = a.job_id AND j.max_pages IS NOT NULL
+        )
+        SELECT job_id, url_id FROM added""",
+        [c["job_id"] for c in children], [c["url_id"] for c in children],
+        [c["level"] for c in children])
+    return {_key(r) for r in rows}
+
+
+async def _add_pending(conn: asyncpg.Connection, children: Sequence[asyncpg.Record],
+                       reexpand: set[Key]) -> list[tuple[int, int, int]]:
+    """Queue these children (those in ``reexpand`` to be expanded again); returns
+    (job, url, origin) newly pending (a visit pending already stays as it is)."""
+    if not children:
         return []
     rows = await conn.fetch("""
         INSERT INTO job_pending (job_id, url_id, origin_id, refer_id, reexpand)
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[])
         ORDER BY 1, 2
         ON CONFLICT DO NOTHING RETURNING job_id, url_id, origin_id""",
-        [r["job_id"] for r in todo], [r["url_id"] for r in todo],
-        [r["origin_id"] for r in todo], [r["refer_id"] for r in todo],
-        [(r["job_id"], r["url_id"]) in lowered for r in todo])
+        [c["job_id"] for c in children], [c["url_id"] for c in children],
+        [c["origin_id"] for c in children], [c["refer_id"] for c in children],
+        [_key(c) in reexpand for c in children])
     return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
 
 
@@ -284,33 +329,26 @@ def _nearest(rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
 
 
 async def _cap_pages(conn: asyncpg.Connection, parents: Sequence[Pending],
-                     children: list[asyncpg.Record]) -> list[asyncpg.Record]:
-    """Keep a job with ``max_pages`` to that many visits: drop new children beyond it (links
-    already visited are kept: lowering their level adds no page)."""
-    caps = {p.job_id: p.max_pages for p in parents if p.max_pages}
-    if not caps or not children:
-        return children
-    jobs = sorted(caps)
-    # Lock the capped jobs' rows so concurrent transactions count one after another.
-    await conn.execute("SELECT 1 FROM job WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                       jobs)
-    rows = await conn.fetch("""
-        SELECT c.job_id, c.url_id, v.url_id IS NOT NULL AS visited
-        FROM unnest($1::bigint[], $2::bigint[]) AS c(job_id, url_id)
-        LEFT JOIN job_visit v ON v.job_id = c.job_id AND v.url_id = c.url_id""",
-        [c["job_id"] for c in children], [c["url_id"] for c in children])
-    visited = {(r["job_id"], r["url_id"]) for r in rows if r["visited"]}
-    room = {r["job_id"]: caps[r["job_id"]] - r["n"] for r in await conn.fetch(
-        "SELECT job_id, count(*) AS n FROM job_visit WHERE job_id = ANY($1::bigint[]) "
-        "GROUP BY job_id", jobs)}
+                     fresh: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Keep a job with ``max_pages`` to that many visits: of the children new to their job,
+    those that fit under the cap (lowest level first), from the job's visit counter.
+
+    The job row stays locked until the commit, so concurrent transactions of the job take the
+    room one after another; the counter moves in ``_add_visits``, in the same transaction."""
+    caps = {p.job_id for p in parents if p.max_pages}
+    capped = sorted({c["job_id"] for c in fresh} & caps)
+    if not capped:
+        return fresh
+    room = {r["id"]: r["room"] for r in await conn.fetch("""
+        SELECT id, max_pages - visits AS room FROM job WHERE id = ANY($1::bigint[])
+        ORDER BY id FOR UPDATE""", capped)}
     kept = []
-    for c in sorted(children, key=lambda c: (c["level"], c["url_id"])):
-        key = (c["job_id"], c["url_id"])
-        if c["job_id"] not in caps or key in visited:
+    for c in sorted(fresh, key=lambda c: (c["level"], c["url_id"])):
+        left = room.get(c["job_id"])
+        if left is None or left > 0:
             kept.append(c)
-        elif room.get(c["job_id"], caps[c["job_id"]]) > 0:
-            room[c["job_id"]] = room.get(c["job_id"], caps[c["job_id"]]) - 1
-            kept.append(c)
+            if left is not None:
+                room[c["job_id"]] = left - 1
     return kept
 
 
