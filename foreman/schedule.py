@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 LOOPS = 4  # concurrent pull loops: one waits on the database while another publishes
 WATCHDOG_LOCK = 0x4A52_5645  # pg advisory lock: one watchdog in the cluster at a time
+WATCH_BATCH = 1000  # visits re-queued (and failed) per watchdog transaction
 Key = tuple[int, int]
 
 
@@ -123,13 +124,32 @@ async def watchdog(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) 
             log.warning("watchdog: %s", e)
 
 
-async def watch_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, int]:
-    """One round; returns (re-queued, failed). Only one foreman's watchdog acts at a time."""
+async def watch_once(settings: Settings, pool: asyncpg.Pool,
+                     batch: int = WATCH_BATCH) -> tuple[int, int]:
+    """One round; returns (re-queued, failed). Works through the backlog in transactions of at
+    most ``batch`` visits of each kind, so none holds many rows for long. Only one foreman's
+    watchdog acts at a time."""
+    requeued = failed = 0
+    while True:
+        done = await _watch_batch(settings, pool, batch)
+        if done is None:  # another foreman's watchdog is at work
+            break
+        requeued, failed = requeued + done[0], failed + done[1]
+        if done[0] < batch and done[1] < batch:
+            break
+    if requeued or failed:
+        log.warning("watchdog: re-queued %d stale visits, recorded %d as failed", requeued, failed)
+    return requeued, failed
+
+
+async def _watch_batch(settings: Settings, pool: asyncpg.Pool,
+                       batch: int) -> tuple[int, int] | None:
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WATCHDOG_LOCK):
-            return 0, 0
-        requeued = await visits.requeue_stale(conn, settings.stale_after, settings.max_requeues)
-        gone = await visits.abandoned(conn, settings.stale_after, settings.max_requeues)
+            return None
+        requeued = await visits.requeue_stale(conn, settings.stale_after, settings.max_requeues,
+                                              batch)
+        gone = await visits.abandoned(conn, settings.stale_after, settings.max_requeues, batch)
         if gone:
             keys = [k for k, _ in gone]
             locked = await visits.lock_pending(conn, keys)
@@ -138,8 +158,6 @@ async def watch_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, int]:
             await visits.complete(conn, locked, {k: "abandoned" for k in keys},
                                   attempts={k: n + 1 for k, n in gone},
                                   reasons={k: reason for k in keys})
-    if requeued or gone:
-        log.warning("watchdog: re-queued %d stale visits, recorded %d as failed", requeued, len(gone))
     return requeued, len(gone)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -44,7 +44,7 @@ class Pending:
     max_level: int
     reexpand: bool
     origin_url: str = ""
-    scope: Scope = Scope()
+    scope: Scope = field(default_factory=Scope)
     max_pages: int | None = None
 
     @property
@@ -427,15 +427,23 @@ async def retry_later(conn: asyncpg.Connection, key: Key, delay: float) -> None:
         WHERE job_id = $1 AND url_id = $2""", key[0], key[1], delay)
 
 
-async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int) -> int:
+async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int,
+                        limit: int = 1000) -> int:
     """Publish again visits that were published long ago and are still pending (a lost or
-    undeliverable message); returns how many."""
+    undeliverable message), at most ``limit`` of them, oldest first; returns how many. Rows
+    a transaction holds (a commit in progress) are skipped, not waited for."""
     return int((await conn.fetchval("""
-        WITH r AS (
-            UPDATE job_pending SET published_on = NULL, requeues = requeues + 1, due = now()
+        WITH s AS (
+            SELECT job_id, url_id FROM job_pending
             WHERE published_on < now() - make_interval(secs => $1) AND requeues < $2
+            ORDER BY published_on
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        ), r AS (
+            UPDATE job_pending p SET published_on = NULL, requeues = p.requeues + 1, due = now()
+            FROM s WHERE p.job_id = s.job_id AND p.url_id = s.url_id
             RETURNING 1)
-        SELECT count(*) FROM r""", float(stale_after), max_requeues)) or 0)
+        SELECT count(*) FROM r""", float(stale_after), max_requeues, limit)) or 0)
 
 
 async def abandoned(conn: asyncpg.Connection, stale_after: float, max_requeues: int,
