@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -18,7 +20,15 @@ from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
-from shared.robots import BLOCKED, UNREACHABLE, RobotsRules, agent_token, decode, rules_for
+from shared.robots import (
+    BLOCKED,
+    UNREACHABLE,
+    RobotsCache,
+    RobotsRules,
+    agent_token,
+    decode,
+    rules_for,
+)
 from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
@@ -36,6 +46,9 @@ FIRST_ROBOTS_WAIT = timedelta(seconds=0.5)  # a host's first robots.txt is being
 # A visit waiting this long or longer for its start asks, this long before it, whether its host
 # was paused meanwhile; a shorter wait was decided by the gate just now.
 PAUSE_CHECK = 0.05
+# robots.txt bodies this long or longer are parsed and matched in a thread: about 13 ms to parse.
+OFF_LOOP_CHARS = 32 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,16 @@ class RobotsAnswer:
         return self.status is None or self.status >= 500
 
 
+def _allowed(rules: RobotsRules, urls: list[str], agent: str) -> list[bool]:
+    return [rules.allowed(u, agent) for u in urls]
+
+
+def _parse_rules(status: int | None, body: str | None, host: str, agent: str) -> RobotsRules:
+    rules = rules_for(status, body)
+    rules.allowed(host + "/", agent)  # protego indexes the agent's rules on first use: now
+    return rules
+
+
 def guard_band(delay: float) -> float:
     """Extra spacing between granted starts, so that a worker sending its request a little late
     (event-loop or CPU scheduling) still leaves at least ``delay`` between arrivals at the host."""
@@ -82,6 +105,7 @@ class HostGate:
         self.releases: asyncio.Queue[Release] = asyncio.Queue()
         self._robots_fetches: set[asyncio.Task[None]] = set()
         self._heard: dict[str, datetime] = {}  # Retry-After pauses this worker was told of
+        self._rules = RobotsCache()  # robots.txt copies parsed, by host
 
     async def admit(self, visits: dict[Key, str]) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, or block."""
@@ -93,10 +117,13 @@ class HostGate:
         if self.settings.robots:
             rules = await self._robots(list(by_host), out, by_host)
             for host, host_rules in rules.items():
-                for key in list(by_host[host]):
-                    if not host_rules.allowed(visits[key], self.agent):
+                keys = by_host[host]
+                allowed = await self._off_loop(host_rules.size, _allowed, host_rules,
+                                               [visits[k] for k in keys], self.agent)
+                for key, ok in zip(list(keys), allowed):
+                    if not ok:
                         out.blocked[key] = BLOCKED
-                        by_host[host].remove(key)
+                        keys.remove(key)
         wants = {h: len(ks) for h, ks in by_host.items() if ks}
         if not wants:
             return out
@@ -223,8 +250,9 @@ class HostGate:
         (being fetched, or unreachable for now) or blocked (unreachable too many times)."""
         s = self.settings
         now = datetime.now().astimezone()
+        parsed = self._rules.known(names)
         async with self.pool.acquire() as conn:
-            known = await hosts.robots(conn, names)
+            known = await hosts.robots(conn, names, {h: f for h, (f, _) in parsed.items()})
             stale = [h for h in names if (r := known.get(h)) is None or r.fetched_on is None
                      or (now - r.fetched_on).total_seconds() >= s.robots_max_age]
             mine = await hosts.claim_robots_fetches(
@@ -236,8 +264,8 @@ class HostGate:
         rules: dict[str, RobotsRules] = {}
         for host in names:
             r = known.get(host)
-            if r is not None and r.fetched_on is not None:
-                rules[host] = rules_for(r.status, r.body)  # fresh, or the last good copy
+            if r is not None and r.fetched_on is not None:  # fresh, or the last good copy
+                rules[host] = await self._parse(r, parsed.get(host))
             elif r is not None and r.failures >= s.robots_max_failures:
                 # no server at all (its name does not resolve): nothing to block, the visits fail
                 verdict = out.failed if r.unresolved else out.blocked
@@ -252,6 +280,26 @@ class HostGate:
                     out.deferred[key] = due
                 by_host[host] = []
         return rules
+
+    async def _parse(self, r: hosts.Robots,
+                     parsed: tuple[datetime, RobotsRules] | None) -> RobotsRules:
+        """The rules of the host's copy ``r``: those parsed already (its body was not read
+        again), else parsed now (a big body off the event loop) and kept."""
+        assert r.fetched_on is not None
+        if parsed is not None and parsed[0] == r.fetched_on:
+            return parsed[1]
+        rules = await self._off_loop(len(r.body or ""), _parse_rules, r.status, r.body,
+                                     r.host, self.agent)
+        self._rules.put(r.host, r.fetched_on, rules)
+        return rules
+
+    @staticmethod
+    async def _off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the event loop if ``size`` (characters of robots.txt) is small,
+        else in a thread, so that a big robots.txt never holds up the loop."""
+        if size < OFF_LOOP_CHARS:
+            return work(*args)
+        return await asyncio.to_thread(work, *args)
 
     async def _refresh_robots(self, host: str) -> None:
         """Fetch and store a host's robots.txt (this worker holds the claim), in one of the
@@ -323,11 +371,13 @@ class HostGate:
         PostgreSQL, what was read so far."""
         urls: list[str] = []
         try:
+            parsed = self._rules.known([host]).get(host)
             async with self.pool.acquire() as conn:
-                known = (await hosts.robots(conn, [host])).get(host)
+                known = (await hosts.robots(conn, [host], {host: parsed[0]} if parsed else {})
+                         ).get(host)
             if known is None or known.fetched_on is None:
                 return []
-            rules = rules_for(known.status, known.body)
+            rules = await self._parse(known, parsed)
             todo = rules.sitemaps()
             for n, where in enumerate(todo):
                 if n >= max_sitemaps or len(urls) >= limit:
@@ -336,7 +386,9 @@ class HostGate:
                 body = await self._fetch_sitemap(where, rules if host_key(where) == host else None)
                 if body is None:
                     continue
-                found = parse_sitemap(body, where, self.settings.max_body_bytes)
+                # up to 10 MiB of XML: parsed in a thread (in chunks, so the loop gets the GIL)
+                found = await asyncio.to_thread(parse_sitemap, body, where,
+                                                self.settings.max_body_bytes)
                 urls += found.urls
                 if n < 1:  # an index at the top level: read its sitemaps too
                     todo += found.sitemaps

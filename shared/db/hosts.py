@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -94,11 +94,20 @@ async def paused_until(conn: asyncpg.Connection, host: str, start: datetime) -> 
     return value
 
 
-async def robots(conn: asyncpg.Connection, hosts: Sequence[str]) -> dict[str, Robots]:
+async def robots(conn: asyncpg.Connection, hosts: Sequence[str],
+                 known: Mapping[str, datetime] | None = None) -> dict[str, Robots]:
+    """The hosts' robots.txt state. ``known`` names copies the caller has parsed already (host
+    -> ``fetched_on``): if still current, their bodies (up to 512 KiB) are left out (None)."""
+    known = known or {}
+    names = sorted(known)
     rows = await conn.fetch("""
-        SELECT host, robots_status, robots_body, robots_fetched_on, robots_failures,
-               robots_unresolved
-        FROM host WHERE host = ANY($1::text[])""", list(hosts))
+        SELECT h.host, h.robots_status, h.robots_fetched_on, h.robots_failures,
+               h.robots_unresolved,
+               CASE WHEN k.fetched_on = h.robots_fetched_on THEN NULL
+                    ELSE h.robots_body END AS robots_body
+        FROM host h
+        LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS k(host, fetched_on) ON k.host = h.host
+        WHERE h.host = ANY($1::text[])""", list(hosts), names, [known[n] for n in names])
     return {r["host"]: Robots(r["host"], r["robots_status"], r["robots_body"],
                               r["robots_fetched_on"], r["robots_failures"],
                               r["robots_unresolved"]) for r in rows}

@@ -27,3 +27,18 @@ def test_index_and_gzip() -> None:
 def test_malformed_xml_gives_what_was_read() -> None:
     body = f'<urlset {NS}><url><loc>http://h.example/a</loc></url><url><loc>'.encode()
     assert parse_sitemap(body, "http://h.example/s.xml").urls == ["http://h.example/a"]
+
+
+def test_a_big_sitemap_is_read_across_chunks_up_to_the_protocols_limit() -> None:
+    entries = "".join(f"<url><loc>http://h.example/{'x' * (i % 97)}/{i}</loc></url>"
+                      for i in range(60_000))
+    body = f'<?xml version="1.0"?><urlset {NS}>{entries}</urlset>'.encode()
+    found = parse_sitemap(body, "http://h.example/s.xml").urls
+    assert len(found) == 50_000 and found[-1] == f"http://h.example/{'x' * (49_999 % 97)}/49999"
+    assert found[1234] == f"http://h.example/{'x' * (1234 % 97)}/1234"
+
+
+def test_entities_and_prefixed_namespaces() -> None:
+    body = (b'<s:urlset xmlns:s="http://www.sitemaps.org/schemas/sitemap/0.9"><s:url>'
+            b'<s:loc>http://h.example/a?b=1&amp;c=2</s:loc></s:url></s:urlset>')
+    assert parse_sitemap(body, "http://h.example/s.xml").urls == ["http://h.example/a?b=1&c=2"]
