@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -230,6 +231,79 @@ async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: st
 
 
 # -- grants, spacing, pauses ------------------------------------------------------------------
+
+async def test_a_free_host_grants_at_once_then_defers_at_its_cap(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """C = 2, no delay: two of three visits start now, each with a lease that expires
+    ``fetch_lease`` after its start; the third is deferred (shortly: a slot frees when a
+    request ends) until a slot is given back."""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2})
+    gate = await gate_for(s)
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, i): f"{host}/{i}" for i in range(3)})
+    assert len(out.granted) == 2 and len(out.deferred) == 1 and not out.blocked
+    assert all(slot.wait == 0 and slot.host == host for slot in out.granted.values())
+    for slot in out.granted.values():
+        assert abs((slot.token - slot.start).total_seconds() - s.fetch_lease) < 0.01
+    db_now = await db.fetchval("SELECT clock_timestamp()")
+    (due,) = out.deferred.values()
+    assert timedelta(0) <= due - db_now < timedelta(seconds=0.1)
+    assert (await gate.admit({(2, 1): host + "/x"})).deferred  # still at the cap
+    gate.release(next(iter(out.granted.values())), trouble=False, retry_after=None)
+
+    async def granted() -> bool:
+        return bool((await gate.admit({(3, 1): host + "/y"})).granted)
+
+    await until(granted)
+
+
+async def test_starts_are_spaced_by_the_delay_and_the_guard_band(
+        polite: Settings, gate_for: GateFor) -> None:
+    delay = 0.2
+    gate = await gate_for(polite.model_copy(update={
+        "robots": False, "host_concurrency": 5, "host_delay": delay}))
+    out = await gate.admit({(1, i): f"http://127.0.0.1:9/{i}" for i in range(5)})
+    waits = sorted(slot.wait for slot in out.granted.values())
+    assert len(waits) == 5 and waits[0] == 0
+    starts = sorted(slot.start for slot in out.granted.values())
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    assert all(abs(g - (delay + guard_band(delay))) < 1e-6 for g in gaps)
+    later = await gate.admit({(2, 1): "http://127.0.0.1:9/x"})  # after the 5th start...
+    assert later.deferred or later.granted[(2, 1)].start >= starts[-1]  # ...never before it
+
+
+async def test_robots_txt_blocks_disallowed_urls_and_its_crawl_delay_spaces_starts(
+        polite: Settings, gate_for: GateFor, start_site: Start, db: asyncpg.Connection) -> None:
+    robots = b"User-agent: *\nDisallow: /private\nCrawl-delay: 0.4\n"
+    site = await start_site(Site({"/robots.txt": (200, robots, {})}))
+    gate = await gate_for(polite.model_copy(update={"host_concurrency": 3}))
+    visits = {(1, 1): site.base + "/private/x", (1, 2): site.base + "/a",
+              (1, 3): site.base + "/b"}
+    out = await gate.admit(visits)
+    assert set(out.deferred) == set(visits) and not out.granted  # robots.txt not known yet
+    await until(lambda: robots_fetched(db, site.base))
+    out = await gate.admit(visits)
+    assert out.blocked == {(1, 1): "blocked by robots.txt"}
+    a, b = sorted(out.granted.values(), key=lambda slot: slot.start)
+    assert (b.start - a.start).total_seconds() == pytest.approx(0.4 + guard_band(0.4))
+    assert site.hits("/robots.txt") == 1
+
+
+async def test_a_redirect_hop_is_admitted_like_a_visit(
+        polite: Settings, gate_for: GateFor, start_site: Start) -> None:
+    site = await start_site(Site({"/robots.txt": (200, b"User-agent: *\nDisallow: /no\n", {})}))
+    gate = await gate_for(polite)
+    deadline = asyncio.get_running_loop().time() + 5
+    assert await gate.admit_hop(site.base + "/no", False, deadline) == "blocked by robots.txt"
+    assert await gate.admit_hop(site.base + "/yes", False, deadline) is None  # the page's slot
+    slot = await gate.admit_hop(site.base + "/yes", True, deadline)
+    assert slot is not None and not isinstance(slot, str) and slot.host == site.base
+    t0 = time.monotonic()  # C = 1, held: no second slot before the deadline
+    soon = asyncio.get_running_loop().time() + 0.3
+    assert await gate.admit_hop(site.base + "/yes", True, soon) == "no free slot on the host"
+    assert 0.3 <= time.monotonic() - t0 < 1.0
+    gate.release(slot, trouble=False, retry_after=None)
+
 
 @pytest.mark.parametrize("told", ["this worker", "another worker"])
 async def test_a_visit_waiting_for_its_start_is_held_back_by_a_pause(
