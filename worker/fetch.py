@@ -87,6 +87,8 @@ class HopGate(Protocol):
 
     def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
 
+    def give_back(self, slot: Any) -> None: ...  # a slot whose answer says nothing of the host
+
 
 @dataclass(frozen=True, slots=True)
 class Validators:
@@ -169,7 +171,8 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
             current = nxt
         page = failed(f"more than {settings.max_redirects} redirects", permanent=True)
     except asyncio.CancelledError:
-        _release(hops, slot, False, None)  # shutting down: not the host's fault
+        if hops is not None and slot is not None:  # shutting down: nothing said of the host
+            hops.give_back(slot)
         raise
     except BodyTooLarge as e:
         page = failed(str(e), permanent=True)
