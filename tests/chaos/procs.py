@@ -47,8 +47,9 @@ class Tiers:
         args = [sys.executable, "-m", module]
         if module == "web_server":
             args += ["-addr", f"127.0.0.1:{self.port}"]
-        log = open(self.logs / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT)
         return self.procs[name]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
@@ -114,7 +115,7 @@ class GraphSite:
 
     n: int = 2200
     delay: float = 0.003
-    hits: Counter[str] = field(default_factory=Counter)
+    hits: Counter[int] = field(default_factory=Counter)  # by page number
     base: str = ""
     runner: web.AppRunner | None = None
 

@@ -5,15 +5,19 @@ confined to the fault (each test prints how many the fault caused)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import nats
 import pytest
 
-from shared.config import Settings
+from shared.config import Settings, stream_name
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.chaos.procs import GraphSite, Tiers
 
@@ -40,14 +44,36 @@ async def tiers(settings: Settings, tmp_path: Path) -> AsyncIterator[Tiers]:
     assert all(code == 0 for code in codes.values()), f"exit codes on SIGTERM: {codes}\n{t.tail()}"
 
 
-class Watch:
-    """Polls a job's status; each time it reads complete, checks that nothing is pending."""
+@dataclass(frozen=True)
+class AtFault:
+    """The job and the queues just before a fault hit."""
 
-    def __init__(self, tiers: Tiers, database_url: str, job: int) -> None:
-        self.tiers, self.database_url, self.job = tiers, database_url, job
+    what: str
+    at: float            # time.monotonic()
+    status: dict[str, Any]
+    queued: int          # messages published and not yet acked, on both queues
+    held: int            # of those, delivered to a tier that has not acked them yet
+    mid_crawl: bool      # tiers were expected to hold work (not just after the POST)
+
+
+class Watch:
+    """Polls a job's status; each time it reads complete, checks that nothing is pending.
+    Faults record the job's state as they hit (``fault``)."""
+
+    def __init__(self, tiers: Tiers, settings: Settings, job: int) -> None:
+        self.tiers, self.settings, self.job = tiers, settings, job
+        self.database_url = settings.database_url
         self.processed = 0
         self.completed_at_hits: int | None = None
+        self.completed_at: float | None = None
+        self.faults: list[AtFault] = []
         self.errors: list[str] = []
+
+    async def fault(self, what: str, mid_crawl: bool = True) -> None:
+        """Call right before a fault hits (while every part still answers)."""
+        status = await self.tiers.get(f"/status/{self.job}")
+        queued, held = await queue_counts(self.settings)
+        self.faults.append(AtFault(what, time.monotonic(), status, queued, held, mid_crawl))
 
     async def until_complete(self, site: GraphSite, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
@@ -60,6 +86,7 @@ class Watch:
             self.processed = st["pages"]["processed"]
             if st["pending"] == 0:
                 self.completed_at_hits = sum(site.hits.values())
+                self.completed_at = time.monotonic()
                 left = await self.pending_rows()
                 if left:
                     self.errors.append(f"status complete with {left} visits pending")
@@ -84,26 +111,34 @@ class Watch:
     async def reach(self, processed: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while self.processed < processed and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(Exception):  # the web server may be the thing being killed
                 self.processed = (await self.tiers.get(f"/status/{self.job}"))["pages"]["processed"]
-            except Exception:  # noqa: BLE001
-                pass
             await asyncio.sleep(0.02)
 
 
 async def run_with_fault(tiers: Tiers, site: GraphSite, settings: Settings,
-                         fault: Callable[[Watch], Awaitable[None]] | None, faults: int = 1,
-                         post: Callable[[], Awaitable[int]] | None = None) -> None:
-    """Crawl the graph site while ``fault`` (None: none) runs; the result must be exact."""
+                         fault: Callable[[Watch], Coroutine[Any, Any, None]] | None,
+                         faults: int = 1) -> None:
+    """Crawl the graph site while ``fault`` (None: none) runs; the result must be exact, and
+    every fault must have hit while the job was under way."""
     await tiers.up()
-    job = await (post() if post else tiers.post([site.base + "/p/0.html"], depth=str(DEPTH)))
-    watch = Watch(tiers, settings.database_url, job)
+    job = await tiers.post([site.base + "/p/0.html"], depth=str(DEPTH))
+    watch = Watch(tiers, settings, job)
     expected = site.expected(DEPTH)
-    faulting = asyncio.create_task(fault(watch) if fault else asyncio.sleep(0))
+    faulting = asyncio.create_task(fault(watch) if fault else asyncio.sleep(0, None))
     st = await watch.until_complete(site)
     await faulting
     assert not watch.errors, watch.errors
-    await asyncio.sleep(1.0)  # anything still running for this job would fetch now
+    assert len(watch.faults) == (faults if fault else 0), watch.faults
+    for hit in watch.faults:
+        assert watch.completed_at is not None and hit.at < watch.completed_at, hit
+        assert hit.status["pending"] > 0 and not hit.status["completed"], \
+            f"the job was complete when {hit.what}: {hit}"
+        assert hit.status["pages"]["processed"] < len(expected), hit
+        assert hit.held > 0 or not hit.mid_crawl, f"no work in flight when {hit.what}: {hit}"
+    # Anything still running for this job would fetch before its message is acked: once no
+    # message is pending or unacked on either queue, nothing is left that could.
+    await wait_idle(settings)
     assert sum(site.hits.values()) == watch.completed_at_hits, "pages fetched after completion"
     result = await tiers.get(f"/result/{job}")
     if result != expected:
@@ -117,23 +152,60 @@ async def run_with_fault(tiers: Tiers, site: GraphSite, settings: Settings,
                              f"{list(failures.items())[:3]}\n{tiers.tail()}")
     assert await watch.pending_rows() == 0
     assert st["pages"]["processed"] == len(expected)
-    print(f"\nfault caused {site.refetches()} re-fetches of {len(expected)} pages")
+    print(f"\nfault caused {site.refetches()} re-fetches of {len(expected)} pages"
+          + "".join(f"; {h.what} at {h.status['pages']['processed']} processed, "
+                    f"{h.held} messages held" for h in watch.faults))
     assert site.refetches() <= REFETCH_BOUND_PER_FAULT * faults, site.refetches()
+
+
+QUEUES = (("url_topic", "foreman"), ("work_topic", "worker"))
+
+
+async def queue_counts(settings: Settings) -> tuple[int, int]:
+    """Messages on both queues not yet acked, and how many of them a tier holds."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        queued = held = 0
+        for topic, durable in QUEUES:
+            name = stream_name(getattr(settings, topic))
+            queued += (await js.stream_info(name)).state.messages
+            held += (await js.consumer_info(name, durable)).num_ack_pending
+        return queued, held
+    finally:
+        await nc.close()
+
+
+async def wait_idle(settings: Settings, timeout: float = 60) -> None:
+    """Until no message is waiting or unacked on either queue (nothing in flight)."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = 0
+            for topic, durable in QUEUES:
+                info = await js.consumer_info(stream_name(getattr(settings, topic)), durable)
+                busy += info.num_pending + info.num_ack_pending
+            if busy == 0:
+                return
+            assert time.monotonic() < deadline, f"queues not idle after {timeout}s"
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 async def queue_state(settings: Settings) -> str:
     """JetStream's view of both queues, for failure messages."""
-    import nats
-
-    from shared.config import stream_name
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
         out = []
-        for topic, durable in ((settings.url_topic, "foreman"), (settings.work_topic, "worker")):
-            ci = await js.consumer_info(stream_name(topic), durable)
-            si = await js.stream_info(stream_name(topic))
-            out.append(f"{topic}: stream msgs={si.state.messages} first={si.state.first_seq} "
+        for topic, durable in QUEUES:
+            name = stream_name(getattr(settings, topic))
+            ci = await js.consumer_info(name, durable)
+            si = await js.stream_info(name)
+            out.append(f"{name}: stream msgs={si.state.messages} first={si.state.first_seq} "
                        f"last={si.state.last_seq}; consumer pending={ci.num_pending} "
                        f"ack_pending={ci.num_ack_pending} redelivered={ci.num_redelivered} "
                        f"waiting={ci.num_waiting} delivered={ci.delivered} ackfloor={ci.ack_floor}")
@@ -153,6 +225,7 @@ async def test_sigkill_a_worker_three_times(tiers: Tiers, site: GraphSite, setti
     async def kill_workers(watch: Watch) -> None:
         for share in (0.15, 0.4, 0.65):
             await watch.reach(int(share * 2000))
+            await watch.fault("SIGKILL worker-1")
             tiers.kill("worker-1")
             tiers.start("worker-1")
 
@@ -162,6 +235,7 @@ async def test_sigkill_a_worker_three_times(tiers: Tiers, site: GraphSite, setti
 async def test_sigkill_the_foreman(tiers: Tiers, site: GraphSite, settings: Settings) -> None:
     async def kill_foreman(watch: Watch) -> None:
         await watch.reach(500)
+        await watch.fault("SIGKILL foreman")
         tiers.kill("foreman")
         await asyncio.sleep(1.0)
         tiers.start("foreman")
@@ -171,20 +245,20 @@ async def test_sigkill_the_foreman(tiers: Tiers, site: GraphSite, settings: Sett
 
 async def test_sigkill_the_web_server_after_it_answers(tiers: Tiers, site: GraphSite,
                                                        settings: Settings) -> None:
-    async def post_then_kill() -> int:
-        job = await tiers.post([site.base + "/p/0.html"], depth=str(DEPTH))
+    async def kill_web_server(watch: Watch) -> None:  # starts as soon as the POST is answered
+        await watch.fault("SIGKILL web_server", mid_crawl=False)
         tiers.kill("web_server")
         tiers.start("web_server")
         await tiers.wait_ready()
-        return job
 
-    await run_with_fault(tiers, site, settings, None, post=post_then_kill)
+    await run_with_fault(tiers, site, settings, kill_web_server)
 
 
-def restart(server: EmbeddedNats | EmbeddedPostgres) -> Callable[[Watch], Awaitable[None]]:
+def restart(server: EmbeddedNats | EmbeddedPostgres) -> Callable[[Watch], Coroutine[Any, Any, None]]:
     """The fault: at 600 pages, stop ``server``, wait a second, start it on the same data."""
     async def fault(watch: Watch) -> None:
         await watch.reach(600)
+        await watch.fault(f"{type(server).__name__} stopped")
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
@@ -206,6 +280,7 @@ async def test_rolling_restart_with_sigterm(tiers: Tiers, site: GraphSite, setti
     async def rolling(watch: Watch) -> None:
         for i, share in ((1, 0.2), (2, 0.5)):
             await watch.reach(int(share * 2000))
+            await watch.fault(f"SIGTERM worker-{i}")
             code = await asyncio.to_thread(tiers.kill, f"worker-{i}", signal.SIGTERM)
             assert code == 0, f"worker-{i} exited with {code} on SIGTERM"
             tiers.start(f"worker-{i}")
