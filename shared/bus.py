@@ -376,8 +376,8 @@ async def settle(msg: Msg, outcome: Settle) -> None:
         if outcome.verdict is Verdict.ACK:
             await msg.ack()
         elif outcome.verdict is Verdict.RETRY and _last_delivery(msg):
-            log.warning("message %s: last delivery not processed; the watchdog will publish "
-                        "its visit again", msg.data[:80])
+            _warn("last delivery", "message %s: last delivery not processed, terminated; the "
+                  "watchdog will publish its visit again", msg.data[:80])
             await msg.term()
         elif outcome.verdict is Verdict.RETRY:
             await msg.nak(delay=outcome.delay or None)
