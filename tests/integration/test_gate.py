@@ -461,3 +461,23 @@ async def test_a_10_mib_sitemap_is_parsed_off_the_event_loop(
     found, worst = await longest_stall(gate.sitemap_urls(site.base))
     assert len(found) == 50_000 and found[-1] == f"{site.base}/page/49999"
     assert worst < guard_band(0.5), f"the event loop was blocked for {worst * 1e3:.0f} ms"
+
+
+async def test_a_redirect_hop_waiting_for_its_start_is_held_back_by_a_pause(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """A hop's slot granted a later start on a host that is paused meanwhile is not used: the
+    hop waits for the pause, here longer than its deadline, so it gets no slot at all."""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.3})
+    gate, other = await gate_for(s), await gate_for(s)
+    host = "http://127.0.0.1:9"
+    first = (await gate.admit({(1, 1): host + "/a"})).granted[(1, 1)]
+    loop = asyncio.get_running_loop()
+    hop = asyncio.ensure_future(gate.admit_hop(host + "/b", True, loop.time() + 1.0))
+
+    async def hop_granted() -> bool:  # a start 0.33 s out
+        return bool(await db.fetchval(
+            "SELECT cardinality(leases) = 2 FROM host WHERE host = $1", host))
+
+    await until(hop_granted, timeout=0.3)
+    other.release(first, trouble=True, retry_after=2.0)  # the host asks for 2 s
+    assert await hop == "no free slot on the host"

@@ -42,3 +42,14 @@ def test_entities_and_prefixed_namespaces() -> None:
     body = (b'<s:urlset xmlns:s="http://www.sitemaps.org/schemas/sitemap/0.9"><s:url>'
             b'<s:loc>http://h.example/a?b=1&amp;c=2</s:loc></s:url></s:urlset>')
     assert parse_sitemap(body, "http://h.example/s.xml").urls == ["http://h.example/a?b=1&c=2"]
+
+
+def test_a_gzipped_sitemap_is_expanded_up_to_the_cap_and_a_truncated_one_read_so_far() -> None:
+    entries = "".join(f"<url><loc>http://h.example/{i}</loc></url>" for i in range(2000))
+    body = gzip.compress(f"<urlset {NS}>{entries}</urlset>".encode())
+    assert len(parse_sitemap(body, "http://h.example/s.xml").urls) == 2000
+    capped = parse_sitemap(body, "http://h.example/s.xml", max_bytes=10_000).urls
+    assert 0 < len(capped) < 2000 and capped == [f"http://h.example/{i}" for i in range(len(capped))]
+    cut = parse_sitemap(body[:len(body) // 2], "http://h.example/s.xml").urls
+    assert 0 < len(cut) < 2000
+    assert parse_sitemap(b"\x1f\x8bnot gzip at all", "http://h.example/s.xml").urls == []
