@@ -157,7 +157,8 @@ async def _reconnected() -> None:
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create (or bring up to date) the URL and work streams: file storage, work-queue retention."""
+    """Create (or bring up to date) the URL and work streams: file storage, work-queue retention.
+    Their configs are kept, so ``restore`` can create them again should the server lose them."""
     # Hard caps a little above the limits the feeder and the foremen keep to: a publish beyond
     # them is refused (discard new) and retried by its publisher, never silently dropped.
     for topic, limit in ((settings.url_topic, settings.url_queue_limit),
@@ -185,7 +186,8 @@ async def _retry(op: Callable[[], Awaitable[T]]) -> T:
 
 async def pull_subscription(js: JetStreamContext, settings: Settings, topic: str,
                             durable: str) -> JetStreamContext.PullSubscription:
-    """Bind to the tier's shared durable pull consumer, creating it if needed."""
+    """Bind to the tier's shared durable pull consumer, creating it if needed (and again should
+    the server lose it: ``restore``)."""
     cfg = ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
                          deliver_policy=DeliverPolicy.ALL, ack_wait=settings.ack_wait,
                          max_deliver=settings.max_deliver, max_ack_pending=20_000,
