@@ -442,7 +442,10 @@ class HostGate:
         host off, for ``retry_after`` seconds if the host said so; a good answer does not."""
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
         if trouble and retry_after:
-            until = datetime.now().astimezone() + timedelta(seconds=retry_after)
+            now = datetime.now().astimezone()
+            if len(self._heard) >= 1024:  # forget the pauses over
+                self._heard = {h: t for h, t in self._heard.items() if t > now}
+            until = now + timedelta(seconds=retry_after)
             self._heard[slot.host] = max(until, self._heard.get(slot.host, until))
 
     def give_back(self, slot: Slot) -> None:
