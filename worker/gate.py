@@ -108,7 +108,8 @@ class HostGate:
         self._rules = RobotsCache()  # robots.txt copies parsed, by host
 
     async def admit(self, visits: dict[Key, str]) -> Admission:
-        """Decide for each (visit -> url): start (after a wait), defer, or block."""
+        """Decide for each (visit -> url): start (after a wait), defer, block (robots.txt), or
+        fail (its host has no server: the name does not resolve)."""
         out = Admission()
         by_host: dict[str, list[Key]] = defaultdict(list)
         for key, url in visits.items():
