@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.config import load_settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DependencyUnavailable
 
 TIERS = {"web-server": "web_server", "foreman": "foreman", "worker": "worker"}
 
@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("-addr", "--addr", dest="addr", default="127.0.0.1:8080")
     u.add_argument("--data-dir", type=Path, default=Path(".harvester"))
     u.add_argument("--workers", type=int, default=2)
+    u.add_argument("-log-level", "--log-level", dest="log_level", default=None,
+                   help="DEBUG, INFO, WARNING or ERROR, for every tier; overrides logLevel")
     m = sub.add_parser("migrate", help="apply the database migrations")
     m.add_argument("-config", "--config", dest="config")
     m.add_argument("--revision", default="head")
@@ -45,26 +47,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shared.supervisor import up
         if args.workers < 1:
             p.error("--workers must be at least 1")
-        try:
-            load_settings(args.config)  # fail now, not in every tier after the servers start
+        try:  # fail now, not in every tier after the servers start
+            settings = load_settings(args.config, http_addr=args.addr, log_level=args.log_level)
         except ConfigError as e:
             print(f"harvester up: config error: {e}", file=sys.stderr)
             return 2
-        return up(args.config, args.addr, args.data_dir, args.workers)
+        logging.getLogger().setLevel(settings.log_level)
+        return up(args.config, args.addr, args.data_dir, args.workers, args.log_level)
     if args.command == "migrate":
-        try:
-            settings = load_settings(args.config)
-        except ConfigError as e:
-            print(f"harvester migrate: config error: {e}", file=sys.stderr)
-            return 2
-        from shared.db import migrate
-        migrate.upgrade(settings.database_url, args.revision)
-        return 0
+        return _migrate(args.config, args.revision)
     if args.command == "demo-site":
         from shared.demo_site import serve
         serve(args.host, args.port)
         return 0
     return 2
+
+
+def _migrate(config: str | None, revision: str) -> int:
+    from alembic.util import CommandError
+
+    from shared.db import migrate
+    try:
+        settings = load_settings(config)
+    except ConfigError as e:
+        print(f"harvester migrate: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        migrate.upgrade(settings.database_url, revision)
+    except (DependencyUnavailable, CommandError) as e:  # unreachable; an unknown revision
+        print(f"harvester migrate: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ ignored, as the original did. One model serves every tier: they share most keys,
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
 
@@ -136,6 +138,38 @@ class Settings(BaseModel):
         v = "/" + v.strip("/")
         return v
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        level = v.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {v!r} (use {', '.join(LOG_LEVELS)})")
+        return level
+
+    @field_validator("http_addr")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        split_addr(v)
+        return v
+
+    @field_validator("host_headers", "host_limits")
+    @classmethod
+    def _host_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in v.items():
+            norm = _host_key(key)
+            if norm in out:
+                raise ValueError(f"{key!r} names the same host as another key")
+            out[norm] = value
+        return out
+
+    @model_validator(mode="after")
+    def _levels(self) -> Settings:
+        if self.max_level > self.max_depth:
+            raise ValueError(f"maxLevel ({self.max_level}) exceeds maxDepth ({self.max_depth}): "
+                             "the default depth must be one a job may ask for")
+        return self
+
     def host_limit(self, host: str) -> HostPace:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
         own = _per_host(self.host_limits, host) or HostLimit()
@@ -143,8 +177,10 @@ class Settings(BaseModel):
                         delay=self.host_delay if own.delay is None else own.delay)
 
     def headers_for(self, host: str) -> dict[str, str]:
-        """Extra headers for ``scheme://host[:port]`` only (by host:port or host)."""
-        return _per_host(self.host_headers, host) or {}
+        """Extra headers for ``scheme://host[:port]`` only (by host:port or host). An entry for
+        host:port wins over one for the host, even an empty one: ``{}`` sends nothing extra."""
+        found = _per_host(self.host_headers, host)
+        return {} if found is None else dict(found)
 
     @property
     def fetch_lease(self) -> float:
@@ -152,11 +188,68 @@ class Settings(BaseModel):
         return self.connect_timeout + 2 * self.read_timeout + 5
 
 
-def _per_host(table: Mapping[str, Any], host: str) -> Any:
-    """The entry for ``scheme://host[:port]`` keyed by "host:port", else by "host"."""
-    netloc = host.split("://", 1)[-1]
-    name = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-    return table.get(netloc) or table.get(name)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port): host may be empty (every interface) or an IPv6 address in
+    brackets (returned without them); the port is 0 to 65535 in ASCII digits. ValueError else."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(f"invalid address {addr!r} (use HOST:PORT, e.g. 127.0.0.1:8080 or :8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"invalid address {addr!r} (put an IPv6 address in brackets: [::1]:8080)")
+    return host, int(port)
+
+
+def _split_host(netloc: str) -> tuple[str, int | None]:
+    """"host", "host:port", "[v6]", "[v6]:port" or a bare v6 address -> (host, port), the host
+    lower-cased and an IP address in its normal form (so "[::1]" and "::1" are the same)."""
+    port: int | None = None
+    if netloc.startswith("["):
+        host, bracket, rest = netloc[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"invalid host {netloc!r}")
+        if rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit():
+            port = int(rest[1:])
+        elif rest:
+            raise ValueError(f"invalid host {netloc!r}")
+    elif netloc.count(":") == 1:
+        host, _, p = netloc.partition(":")
+        if not (p.isascii() and p.isdigit()):
+            raise ValueError(f"invalid port in {netloc!r}")
+        port = int(p)
+    else:
+        host = netloc  # a name, or a bare IPv6 address
+    host = host.lower()
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    return host, port
+
+
+def _join_host(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _host_key(key: str) -> str:
+    return _join_host(*_split_host(key.strip()))
+
+
+def _per_host(table: Mapping[str, Any], origin: str) -> Any:
+    """The entry for ``scheme://host[:port]`` keyed by "host:port" (the scheme's default port
+    if the URL has none), else by "host"; None if neither. Keys are normalised at load."""
+    scheme, _, netloc = origin.rpartition("://")
+    host, port = _split_host(netloc)
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme.lower())
+    for key in (_join_host(host, port), _join_host(host, None)):
+        if key in table:
+            return table[key]
+    return None
 
 
 def stream_name(topic: str) -> str:

@@ -2,8 +2,10 @@
 
 Starts PostgreSQL and nats-server from their pip-installed binaries (data under ``--data-dir``,
 kept across runs), migrates, then runs the web server, the foreman and N workers, each its own
-process, restarting any that dies. SIGINT/SIGTERM stops the tiers (gracefully: SIGTERM, then a
-wait), then NATS and PostgreSQL; nothing is left behind.
+process. It says it is up once the web server answers ``/healthz`` with every tier still
+running; a tier that exits before that (its port taken, say) stops everything, exit status 1.
+After that it restarts any tier that dies. SIGINT/SIGTERM stops the tiers (gracefully: SIGTERM,
+then a wait), then NATS and PostgreSQL; nothing is left behind.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
+from shared.config import split_addr
 from shared.db import migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 
 log = logging.getLogger("harvester.up")
 
 DATABASE = "harvester"
+START_TIMEOUT = 120.0  # for the web server to answer /healthz
 
 
 @dataclass
@@ -63,11 +69,16 @@ class Stop(Exception):
     pass
 
 
+class StartFailed(Exception):
+    """A tier exited, or the web server never became ready, during start-up."""
+
+
 def _raise_stop(signum: int, frame: object) -> None:
     raise Stop()
 
 
-def up(config: str | None, addr: str, data_dir: Path, workers: int) -> int:
+def up(config: str | None, addr: str, data_dir: Path, workers: int,
+       log_level: str | None = None) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -77,6 +88,7 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int) -> int:
     pg = EmbeddedPostgres(data_dir / "postgres", die_with_parent=True)
     nats = EmbeddedNats(data_dir / "nats", die_with_parent=True)
     children: list[Child] = []
+    status = 0
     try:
         log.info("starting PostgreSQL (data in %s)", pg.data_dir)
         pg.start()
@@ -88,19 +100,23 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int) -> int:
         env = dict(os.environ, HARVESTER_DATABASE_URL=pg.local_dsn_for(DATABASE),
                    HARVESTER_NATS_URL=nats.url)
         cfg = ["-config", config] if config else []
+        cfg += ["-log-level", log_level] if log_level else []
         py = sys.executable
         children = [Child("web_server", [py, "-m", "web_server", *cfg, "-addr", addr]),
                     Child("foreman", [py, "-m", "foreman", *cfg])]
         children += [Child(f"worker-{i + 1}", [py, "-m", "worker", *cfg]) for i in range(workers)]
         for c in children:
             c.start(env)
-        host, _, port = addr.rpartition(":")
-        shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        print(f"Harvester is up: http://{shown}:{port}/  (PostgreSQL {pg.dsn_for(DATABASE)}, "
+        base = _local_base(addr)
+        _await_start(children, base + "/healthz")
+        print(f"Harvester is up: {base}/  (PostgreSQL {pg.dsn_for(DATABASE)}, "
               f"NATS {nats.url}, {workers} workers). Ctrl-C stops it.", flush=True)
         _supervise(children, env)
     except Stop:
         pass
+    except StartFailed as e:
+        print(f"harvester up: {e}; stopping", file=sys.stderr, flush=True)
+        status = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -108,7 +124,43 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int) -> int:
         nats.stop()
         pg.stop()
         print("Harvester stopped.", flush=True)
-    return 0
+    return status
+
+
+def _local_base(addr: str) -> str:
+    """The URL to reach a server listening on ``addr`` from this machine."""
+    host, port = split_addr(addr)
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _await_start(children: list[Child], healthz: str, timeout: float = START_TIMEOUT) -> None:
+    """Until ``healthz`` answers 200 with every tier still running; StartFailed if a tier exits
+    first or the web server is not ready within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for c in children:
+            if c.proc is not None and c.proc.poll() is not None:
+                raise StartFailed(f"{c.name} exited with status {c.proc.returncode} during start-up")
+        if _answers(healthz):
+            return
+        if time.monotonic() > deadline:
+            raise StartFailed(f"the web server did not answer {healthz} within {timeout:g}s")
+        time.sleep(0.2)
+
+
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _LOCAL.open(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _supervise(children: list[Child], env: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import load_settings, parse_go_duration
+from shared.embedded import free_port
 from shared.errors import ConfigError
 
 ORIGINAL = {
@@ -126,3 +128,79 @@ def test_host_limits_inherit_the_defaults() -> None:
     assert (s.host_limit("http://b.example:8080").concurrency,
             s.host_limit("http://b.example:8080").delay) == (9, 0.25)
     assert s.host_limit("http://b.example").concurrency == 3  # another port: not that entry
+
+
+def test_an_empty_host_port_entry_wins_over_the_host() -> None:
+    """{} for host:port means "no extra headers there": the bare host's Authorization must not
+    reach that port."""
+    s = load_settings(None, env={}, host_headers={"a.example": {"Authorization": "Bearer x"},
+                                                   "a.example:8080": {}})
+    assert s.headers_for("http://a.example:8080") == {}
+    assert s.headers_for("http://a.example") == {"Authorization": "Bearer x"}
+    assert s.headers_for("http://a.example:9090") == {"Authorization": "Bearer x"}
+    assert s.headers_for("http://b.example") == {}
+
+
+@pytest.mark.parametrize("key", ["[::1]:8080", "[0:0::1]:8080", "[::1]", "::1", "0::1"])
+def test_ipv6_host_keys_match(key: str) -> None:
+    s = load_settings(None, env={}, host_headers={key: {"X-K": "v"}},
+                      host_limits={key: {"concurrency": 7}})
+    assert s.headers_for("http://[::1]:8080") == {"X-K": "v"}
+    assert s.host_limit("http://[::1]:8080").concurrency == 7
+    assert s.headers_for("http://[::2]:8080") == {}
+
+
+def test_host_keys_are_case_insensitive_and_default_ports_count() -> None:
+    s = load_settings(None, env={}, host_headers={"A.Example:443": {"X-K": "tls"}})
+    assert s.headers_for("https://a.example") == {"X-K": "tls"}
+    assert s.headers_for("http://a.example") == {}
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"max_level": 11}, "maxLevel (11) exceeds maxDepth (10)"),
+    ({"max_level": 4, "max_depth": 3}, "maxLevel (4) exceeds maxDepth (3)"),
+    ({"log_level": "NOPE"}, "unknown log level 'NOPE'"),
+    ({"http_addr": "localhost"}, "invalid address 'localhost'"),
+    ({"http_addr": ":99999"}, "invalid address ':99999'"),
+    ({"http_addr": "::1:80"}, "put an IPv6 address in brackets"),
+    ({"host_headers": {"[::1": {}}}, "invalid host"),
+    ({"host_headers": {"a.example:x": {}}}, "invalid port"),
+    ({"host_headers": {"A.example": {}, "a.example": {}}}, "the same host"),
+])
+def test_checked_at_load(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, env={}, **overrides)
+    assert fragment in str(e.value)
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert load_settings(None, env={}, log_level="debug").log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("command", [["-m", "web_server"], ["-m", "worker"],
+                                     ["-m", "shared.cli", "foreman"]])
+def test_bad_log_level_flag_is_one_line(command: list[str]) -> None:
+    r = subprocess.run([sys.executable, *command, "-log-level", "NOPE"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "config error" in r.stderr and "unknown log level 'NOPE'" in r.stderr
+
+
+def test_migrate_without_postgres_is_one_line() -> None:
+    unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    r = subprocess.run([sys.executable, "-m", "shared.cli", "migrate"],
+                       env={**os.environ, "HARVESTER_DATABASE_URL": unreachable},
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("harvester migrate: PostgreSQL unavailable: ")
+    assert "127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_up_accepts_log_level_and_checks_it() -> None:
+    r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-log-level", "NOPE"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert "config error" in r.stderr and "unknown log level 'NOPE'" in r.stderr
+    assert "unrecognized arguments" not in r.stderr
