@@ -7,7 +7,8 @@ in exactly two places:
   ``{"code", "message"}`` body, and :class:`DependencyUnavailable` to 503;
 * ``shared.bus.consume`` maps processing outcomes to ack / nak / term.
 
-``ConfigError`` is reported by every ``__main__`` as one line on stderr and exit status 2.
+``ConfigError`` is reported by every ``__main__`` as one line on stderr and exit status 2;
+``StartupError`` (a resource a tier cannot have, such as its port) as one line and status 1.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ class ConfigError(HarvesterError):
     def __init__(self, source: str, problem: str) -> None:
         super().__init__(f"{source}: {problem}")
         self.source = source
+        self.problem = problem
+
+
+class StartupError(HarvesterError):
+    """A tier cannot start: its port is taken, its address does not resolve."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
         self.problem = problem
 
 

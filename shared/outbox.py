@@ -1,5 +1,6 @@
 """The outbox: pending visits committed in ``job_pending`` are published to the URL queue from
-here, by the foremen's feeder and by the web server for a new job's URLs."""
+here, by the foremen's feeders, as the queue has room. A new job's URLs are published this way
+too: the web server only commits them, so a job is never refused for a full queue."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ from shared import bus
 from shared.db import visits
 
 
-async def feed(pool: asyncpg.Pool, js: JetStreamContext, topic: str, limit: int,
-               job_id: int | None = None) -> int:
+async def feed(pool: asyncpg.Pool, js: JetStreamContext, topic: str, limit: int) -> int:
     """Publish up to ``limit`` pending visits not yet on the URL queue; returns how many.
 
     The rows are marked in a transaction that commits only after JetStream stored the messages;
     rows whose publish failed are unmarked, so they are tried again, never lost.
     """
     async with pool.acquire() as conn, conn.transaction():
-        keys = await visits.claim_unpublished(conn, limit, job_id)
+        keys = await visits.claim_unpublished(conn, limit)
         if not keys:
             return 0
         unsent = await bus.publish_visits(js, topic, keys)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from shared.config import Settings, load_settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, StartupError
 
 
 def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = False) -> argparse.Namespace:
@@ -20,7 +20,8 @@ def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = Fals
     if with_addr:
         p.add_argument("-addr", "--addr", dest="addr", default=None,
                        help="HOST:PORT to listen on; overrides httpAddr")
-    p.add_argument("-log-level", "--log-level", dest="log_level", default=None)
+    p.add_argument("-log-level", "--log-level", dest="log_level", default=None,
+                   help="DEBUG, INFO, WARNING or ERROR; overrides logLevel")
     return p.parse_args(argv)
 
 
@@ -40,7 +41,10 @@ def install_uvloop() -> None:
 
 def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
          argv: Sequence[str] | None = None, *, with_addr: bool = False) -> int:
-    """Parse flags, load settings (one-line error on a bad config), run until SIGTERM/SIGINT."""
+    """Parse flags, load settings (one-line error on a bad config), run until SIGTERM/SIGINT.
+
+    Exit status: 0 after a stop, 2 for a bad config, 1 when the tier cannot start (one line on
+    stderr: its port is taken ...); any other failure is a traceback and status 1."""
     args = parse_flags(prog, argv, with_addr=with_addr)
     overrides = {"log_level": args.log_level}
     if with_addr:
@@ -52,7 +56,11 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
         return 2
     configure_logging(settings.log_level)
     install_uvloop()
-    return asyncio.run(_run(run, settings))
+    try:
+        return asyncio.run(_run(run, settings))
+    except StartupError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
 
 
 async def _run(run: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:

@@ -1,9 +1,9 @@
-"""``create_app(settings)``: the aiohttp application and its dependencies.
+"""``create_app(settings)``: the aiohttp application and its dependencies; ``run``: serve it.
 
 The web server starts whether or not PostgreSQL and NATS are up: the pool opens connections on
 demand, and NATS is connected in the background. While either is down, requests that need it
 get 503 ``{"code": "Unavailable"}`` at once instead of hanging, and no job is accepted that
-could not be queued.
+could not be queued. Its port, though, must be free: taken, the process exits at once.
 """
 
 from __future__ import annotations
@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from shared import bus
-from shared.config import Settings
+from shared.config import Settings, split_addr
 from shared.db.pool import open_pool
+from shared.errors import StartupError
 from web_server.deps import Deps
-from web_server.middleware import errors
+from web_server.middleware import error_body, errors
 from web_server.routes import DEPS, SETTINGS, add_routes
 
 log = logging.getLogger(__name__)
+
+POOL_SIZE = 10
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -37,9 +43,9 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Short timeouts: a request must not hang on a slow database.
-    async with open_pool(settings.database_url, min_size=0, max_size=10, timeout=5,
+    async with open_pool(settings.database_url, min_size=0, max_size=POOL_SIZE, timeout=5,
                          command_timeout=30) as pool:
-        deps = app[DEPS] = Deps(pool)
+        deps = app[DEPS] = Deps(pool, settings.database_url)
         connecting = asyncio.create_task(_connect_nats(settings, deps))
         try:
             yield
@@ -47,6 +53,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             connecting.cancel()  # bus.connect flushes and closes the connection on its way out
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
+            await deps.close()
 
 
 async def _connect_nats(settings: Settings, deps: Deps) -> None:
@@ -66,20 +73,78 @@ async def _connect_nats(settings: Settings, deps: Deps) -> None:
             await asyncio.sleep(2)
 
 
+class _JSONErrorHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering the errors aiohttp raises itself before any
+    handler or middleware runs (a malformed request, a request line or header over its size
+    limits) as ``{"code", "message"}``, logged in one line. An exception escaping the app (a
+    bug) is still logged with its traceback, and answered as JSON too."""
+
+    __slots__ = ()  # the layout of aiohttp's class, so a handler it made can be one of these
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            code, text = "InternalServerError", "Internal server error"
+        else:
+            # aiohttp's messages may run over lines (a caret under the bad byte): keep the first.
+            text = (message or (str(exc) if exc else "")).strip().split("\n", 1)[0]
+            text = text.rstrip(":")[:300] or HTTPStatus(status).phrase
+            log.info("bad request from %s: %s", request.remote, text)
+            code = HTTPStatus(status).phrase.replace(" ", "")
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        resp = error_body(code, text, status)
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JSONErrorHandler  # same slots: only handle_error differs
+        return handler
+
+
+class Runner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer aiohttp's own errors as JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # adds no state, overrides only the handler factory
+        return server
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
+    """``HOST:PORT`` (``:PORT``: every interface; ``[::1]:PORT``: an IPv6 address)."""
+    host, port = split_addr(addr)
+    return host or "0.0.0.0", port
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen now, before anything else starts: StartupError if the port is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     host, port = parse_addr(settings.http_addr)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    log.info("web server listening on http://%s:%d%s", host, port, settings.root_path)
+    sock = listen(host, port)
+    runner = Runner(create_app(settings), access_log=None, handle_signals=False)
     try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        log.info("web server listening on http://%s:%d%s", host, sock.getsockname()[1],
+                 settings.root_path)
         await stop.wait()
     finally:
         await runner.cleanup()
+        sock.close()

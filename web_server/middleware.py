@@ -44,6 +44,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_body("Unavailable", f"{e.dependency} is unavailable; try again later", 503,
                           {"Retry-After": "5"})
     except (*RETRYABLE, *bus.TRANSIENT) as e:
-        log.warning("dependency failure on %s %s: %s", request.method, request.path, e)
+        log.warning("dependency failure on %s %s: %s: %s", request.method, request.path,
+                    type(e).__name__, e)
         return error_body("Unavailable", "Storage or queue is unavailable; try again later", 503,
                           {"Retry-After": "5"})

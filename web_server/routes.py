@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 
 import asyncpg
 from aiohttp import web
@@ -10,9 +12,9 @@ from aiohttp import web
 from shared import bus
 from shared.config import Settings
 from shared.db import jobs
+from shared.db.pool import RETRYABLE
 from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
-from shared.outbox import feed
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
@@ -26,7 +28,12 @@ DEPS = web.AppKey("deps", Deps)
 
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_INT64_MAX = 2**63 - 1
+_INT64 = (-2**63, 2**63 - 1)       # job ids (bigint)
+_INT32_MAX = 2**31 - 1            # maxPages (an integer column)
+_DECIMAL = re.compile(r"-?[0-9]+")  # ASCII digits only: not int()'s Unicode digits, "_", "+"
+# Errors after which creating the job, tried again, can succeed (the transaction rolled back).
+_CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+CREATE_ATTEMPTS = 5
 
 
 def parse_job_body(text: str) -> list[str]:
@@ -53,17 +60,22 @@ def parse_flag(request: web.Request, name: str) -> bool:
     raise BadRequest(f"Invalid {name}: {request.query[name]} (use 1/true or 0/false)")
 
 
+def parse_int(name: str, raw: str, low: int, high: int, *, signed: bool = False) -> int:
+    """A decimal integer of ASCII digits (a leading "-" only if ``signed``) from ``low`` to
+    ``high``; BadRequest ``Invalid <name>: <raw>`` otherwise, with the range when out of it."""
+    if _DECIMAL.fullmatch(raw) is None or (raw.startswith("-") and not signed):
+        raise BadRequest(f"Invalid {name}: {raw}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BadRequest(f"Invalid {name}: {raw} (allowed {low} to {high})")
+    return value
+
+
 def parse_depth(request: web.Request, settings: Settings) -> int:
     raw = request.query.get("depth")
     if raw is None:
         return settings.max_level
-    try:
-        depth = int(raw)
-    except ValueError:
-        raise BadRequest(f"Invalid depth: {raw}") from None
-    if not 0 <= depth <= settings.max_depth:
-        raise BadRequest(f"Invalid depth: {raw} (allowed 0 to {settings.max_depth})")
-    return depth
+    return parse_int("depth", raw, 0, settings.max_depth)
 
 
 def parse_scope(request: web.Request) -> tuple[Scope, int | None]:
@@ -79,23 +91,16 @@ def parse_scope(request: web.Request) -> tuple[Scope, int | None]:
             if (problem := check_pattern(p)) is not None:
                 raise BadRequest(f"Invalid {name} pattern: {p} ({problem})")
     raw = request.query.get("maxPages")
-    max_pages = None
-    if raw is not None:
-        if not raw.isdigit() or int(raw) < 1:
-            raise BadRequest(f"Invalid maxPages: {raw}")
-        max_pages = int(raw)
+    max_pages = None if raw is None else parse_int("maxPages", raw, 1, _INT32_MAX)
     return Scope(kind, patterns["allow"], patterns["deny"]), max_pages
 
 
 def parse_job_id(request: web.Request) -> int:
+    """A job id: any int64 in ASCII decimal (ids are positive; others are simply not found)."""
     raw = request.match_info["job_id"]
-    try:
-        job_id = int(raw, 10)
-    except ValueError:
-        raise BadRequest(f"Invalid jobId: {raw}") from None
-    if not raw.lstrip("-").isdigit() or abs(job_id) > _INT64_MAX:
+    if _DECIMAL.fullmatch(raw) is None or not _INT64[0] <= int(raw) <= _INT64[1]:
         raise BadRequest(f"Invalid jobId: {raw}")
-    return job_id
+    return int(raw)
 
 
 async def schedule(request: web.Request) -> web.Response:
@@ -111,28 +116,33 @@ async def schedule(request: web.Request) -> web.Response:
     if len(urls) > settings.max_job_urls:
         raise PayloadTooLarge(f"Too many URLs: {len(urls)} (at most {settings.max_job_urls})")
     deps = request.app[DEPS]
-    js = deps.js  # 503 now, before creating anything, if NATS is away
-    async with deps.pool.acquire() as conn, conn.transaction():
-        job_id, url_ids = await jobs.create_job(conn, urls, depth, force, scope, max_pages,
-                                                sitemaps)
-    # The job's URLs are committed as pending visits (the outbox). Publish them now, so the reply
-    # means "queued"; if NATS refuses, take the job back instead of accepting what cannot run.
-    published = await feed(deps.pool, js, settings.url_topic, len(url_ids), job_id)
-    if published < len(url_ids) and not await _picked_up_elsewhere(deps.pool, job_id):
-        async with deps.pool.acquire() as conn:
-            await jobs.delete_job(conn, job_id)
-        raise DependencyUnavailable("NATS", "the job could not be queued")
+    deps.check_nats()  # 503 now, before creating anything, if NATS is away
+    job_id = await _create_job(deps, urls, depth, force, scope, max_pages, sitemaps)
+    # Committed: the job is durable. Its URLs are pending visits (the outbox) that the foremen's
+    # feeders publish as the URL queue has room, however large the job and however full the
+    # queue; nothing here can refuse it any more.
     log.info("job %d scheduled: %d URLs, depth %d%s", job_id, len(urls), depth,
              ", forceCrawl" if force else "")
     return json_response({"jobId": job_id})
 
 
-async def _picked_up_elsewhere(pool: asyncpg.Pool, job_id: int) -> bool:
-    """A foreman's feeder may have published some of the job's URLs (they were committed)."""
-    async with pool.acquire() as conn:
-        unpublished = await conn.fetchval(
-            "SELECT count(*) FROM job_pending WHERE job_id = $1 AND published_on IS NULL", job_id)
-    return unpublished == 0
+async def _create_job(deps: Deps, urls: list[str], depth: int, force: bool, scope: Scope,
+                      max_pages: int | None, sitemaps: bool) -> int:
+    """Create the job in one transaction, run again when PostgreSQL aborted it for a deadlock
+    or a serialization failure (it rolled back, so another try creates nothing twice)."""
+    attempt = 0
+    while True:
+        try:
+            async with deps.acquire() as conn, conn.transaction():
+                job_id, _ = await jobs.create_job(conn, urls, depth, force, scope, max_pages,
+                                                  sitemaps)
+            return job_id
+        except _CONFLICTS as e:
+            attempt += 1
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            log.info("creating a job of %d URLs: %s; trying again", len(urls), e)
+            await asyncio.sleep(0.05 * 2 ** attempt)
 
 
 async def _read_body(request: web.Request, limit: int) -> str:
@@ -147,7 +157,7 @@ async def _read_body(request: web.Request, limit: int) -> str:
 
 async def status(request: web.Request) -> web.Response:
     job_id = parse_job_id(request)
-    async with request.app[DEPS].pool.acquire() as conn:
+    async with request.app[DEPS].acquire() as conn:
         st = await jobs.job_status(conn, job_id)
     if st is None:
         raise NotFound(f"Failed to get job {job_id} status")
@@ -173,27 +183,64 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def result(request: web.Request) -> web.StreamResponse:
-    """Stream ``{"<page>": ["<link>", ...], ...}`` from a cursor, in Go's indented layout."""
+    """Stream ``{"<page>": ["<link>", ...], ...}`` in Go's indented layout, chunk by chunk.
+
+    Each chunk is read on a pooled connection that is released before the chunk is written, so
+    a slow client holds no connection and no snapshot, however long it takes to read.
+    """
     job_id = parse_job_id(request)
     if "status" in request.query:
         return await _failures(request, job_id)
-    mime = request.query.get("mime", "").strip()
-    pool = request.app[DEPS].pool
-    async with pool.acquire() as conn:
+    mime = request.query.get("mime", "").strip() or None
+    deps = request.app[DEPS]
+    async with deps.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
-        async with conn.transaction(readonly=True, isolation="repeatable_read"):
-            rows = jobs.iter_results(conn, job_id, mime or None)
-            first = await anext(rows, None)
-            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-            await resp.prepare(request)
-            if first is None:
-                await resp.write(b"{}\n")
-                await resp.write_eof()
+        chunk = await jobs.result_chunk(conn, job_id, 0, mime)
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    out = _ResultWriter(resp)
+    try:
+        while chunk is not None:
+            await out.write(chunk.pages)
+            try:
+                async with deps.acquire() as conn:
+                    chunk = await jobs.result_chunk(conn, job_id, chunk.after, mime)
+            except (*RETRYABLE, DependencyUnavailable, asyncpg.PostgresError) as e:
+                # Too late for a 503: cut the body short, so the client sees it is incomplete.
+                log.warning("GET %s: result cut short: %s", request.path_qs, e)
+                if request.transport is not None:
+                    request.transport.abort()
                 return resp
-            await _write_groups(resp, first, rows)
+        await out.close()
+    except ConnectionError:
+        log.debug("GET %s: the client went away", request.path_qs)
+        return resp
     await resp.write_eof()
     return resp
+
+
+class _ResultWriter:
+    """Pages and their links as Go's MarshalIndent lays out a map of lists."""
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        self._resp = resp
+        self._started = False
+
+    async def write(self, pages: list[tuple[str, list[str]]]) -> None:
+        buf: list[str] = []
+        for page, links in pages:
+            buf += ["{\n  " if not self._started else ",\n  ", string(page), ": [\n    ",
+                    ",\n    ".join(map(string, links)), "\n  ]"]
+            self._started = True
+            if len(buf) > 1024:
+                await self._resp.write("".join(buf).encode())
+                buf.clear()
+        if buf:
+            await self._resp.write("".join(buf).encode())
+
+    async def close(self) -> None:
+        await self._resp.write(b"\n}\n" if self._started else b"{}\n")
 
 
 async def _failures(request: web.Request, job_id: int) -> web.Response:
@@ -201,7 +248,7 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
     kind = request.query["status"]
     if kind not in ("failed", "blocked"):
         raise BadRequest(f"Invalid status: {kind} (use 'failed' or 'blocked')")
-    async with request.app[DEPS].pool.acquire() as conn:
+    async with request.app[DEPS].acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
         rows = await jobs.job_failures(conn, job_id, blocked=kind == "blocked")
@@ -209,31 +256,15 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
                                      "attempts": r["attempts"]} for r in rows})
 
 
-async def _write_groups(resp: web.StreamResponse, first: tuple[str, str], rows) -> None:  # type: ignore[no-untyped-def]
-    buf: list[str] = ["{\n  ", string(first[0]), ": [\n    ", string(first[1])]
-    page = first[0]
-    async for refer, url in rows:
-        if refer != page:
-            buf += ["\n  ],\n  ", string(refer), ": [\n    ", string(url)]
-            page = refer
-        else:
-            buf += [",\n    ", string(url)]
-        if len(buf) > 4096:
-            await resp.write("".join(buf).encode())
-            buf.clear()
-    buf.append("\n  ]\n}\n")
-    await resp.write("".join(buf).encode())
-
-
 async def healthz(request: web.Request) -> web.Response:
-    """Ready when PostgreSQL answers and NATS is connected (503 otherwise)."""
+    """Ready when PostgreSQL answers and NATS is connected (503 otherwise). PostgreSQL is asked
+    on a connection of the probe's own, so a pool busy with slow work does not fail it."""
     deps = request.app[DEPS]
     try:
         await deps.js.account_info()  # JetStream itself answers, not just the NATS connection
     except bus.TRANSIENT as e:
         raise DependencyUnavailable("NATS", str(e)) from None
-    async with deps.pool.acquire() as conn:
-        await conn.fetchval("SELECT 1")
+    await deps.ping_postgres()
     return json_response({"status": "ok"})
 
 

@@ -1,8 +1,8 @@
-"""Jobs: creation (one transaction), status (counters, not scans) and streamed results."""
+"""Jobs: creation (one transaction), status (counters, not scans) and results in chunks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,7 +37,7 @@ class JobStatus:
 
 
 async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
-                     force_crawl: bool, scope: Scope = Scope(),
+                     force_crawl: bool, scope: Scope = Scope(),  # noqa: B008 - frozen
                      max_pages: int | None = None, sitemaps: bool = False) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
@@ -103,29 +103,46 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def iter_results(conn: asyncpg.Connection, job_id: int, mime_prefix: str | None,
-                       prefetch: int = 2000) -> AsyncIterator[tuple[str, str]]:
-    """(page, link) pairs sorted by page then link, read through a cursor (constant memory).
+RESULT_CHUNK_SQL = """
+    WITH pages AS (
+        SELECT DISTINCT refer_id FROM job_result
+        WHERE job_id = $1 AND refer_id > $2
+        ORDER BY refer_id
+        LIMIT $3)
+    SELECT p.refer_id, r.url,
+           ARRAY(SELECT u.url FROM job_result jr JOIN url u ON u.id = jr.url_id
+                 WHERE jr.job_id = $1 AND jr.refer_id = p.refer_id {filter}
+                 ORDER BY u.url) AS links
+    FROM pages p JOIN url r ON r.id = p.refer_id
+    ORDER BY p.refer_id"""
 
-    Must be iterated inside a transaction. ``mime_prefix`` is a case-insensitive prefix of the
-    link's stored MIME type, with LIKE wildcards taken literally.
+
+@dataclass(frozen=True, slots=True)
+class ResultChunk:
+    pages: list[tuple[str, list[str]]]  # (page, its links sorted), pages with no links left out
+    after: int                          # the key to read the next chunk from
+
+
+async def result_chunk(conn: asyncpg.Connection, job_id: int, after: int,
+                       mime_prefix: str | None, pages: int = 100) -> ResultChunk | None:
+    """The next ``pages`` pages of a job's result after page id ``after`` (0 to start), each
+    with its links sorted; None when there are no more.
+
+    Pages come in the order of ``job_result``'s primary key (``job_id, refer_id, url_id``), so
+    a chunk reads its own rows from the index and nothing else: no call sorts the whole job,
+    and each chunk is one short statement, holding no snapshot between chunks. ``mime_prefix``
+    is a case-insensitive prefix of the link's stored MIME type, with LIKE wildcards taken
+    literally; a page none of whose links match is skipped.
     """
-    sql = """
-        SELECT r.url AS refer, u.url
-        FROM job_result jr
-        JOIN url r ON r.id = jr.refer_id
-        JOIN url u ON u.id = jr.url_id
-        WHERE jr.job_id = $1 {filter}
-        ORDER BY r.url, u.url"""
     if mime_prefix:
-        cursor = conn.cursor(sql.format(filter="AND u.mime LIKE $2 ESCAPE '\\'"), job_id,
-                             escape_like(mime_prefix.lower()) + "%", prefetch=prefetch)
+        rows = await conn.fetch(
+            RESULT_CHUNK_SQL.format(filter="AND u.mime LIKE $4 ESCAPE '\\'"),
+            job_id, after, pages, escape_like(mime_prefix.lower()) + "%")
     else:
-        cursor = conn.cursor(sql.format(filter=""), job_id, prefetch=prefetch)
-    async for row in cursor:
-        yield row["refer"], row["url"]
-
-
+        rows = await conn.fetch(RESULT_CHUNK_SQL.format(filter=""), job_id, after, pages)
+    if not rows:
+        return None
+    return ResultChunk([(r["url"], r["links"]) for r in rows if r["links"]], rows[-1]["refer_id"])
 
 
 async def job_failures(conn: asyncpg.Connection, job_id: int,

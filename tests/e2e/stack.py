@@ -13,7 +13,7 @@ from aiohttp import web
 
 from foreman.schedule import run as run_foreman
 from shared.config import Settings, stream_name
-from web_server.app import create_app
+from web_server.app import Runner, create_app
 from worker.crawl import run as run_worker
 
 
@@ -27,7 +27,7 @@ class Stack:
         self.last_job = 0
 
     async def start(self, foremen: int = 1, workers: int = 1) -> Stack:
-        self.runner = web.AppRunner(create_app(self.settings), access_log=None)
+        self.runner = Runner(create_app(self.settings), access_log=None)  # as web_server runs it
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -37,6 +40,21 @@ BAD_POSTS = [
      "Too many URLs: 6 (at most 5)"),
     ("http://x.example/" + "a" * 5000, {}, 413, "PayloadTooLarge",
      "Request body larger than 4096 bytes"),
+    # Only ASCII decimal digits, in range: no Unicode digits, signs, underscores or spaces.
+    ("http://x.example/", {"depth": "1_0"}, 400, "BadRequest", "Invalid depth: 1_0"),
+    ("http://x.example/", {"depth": "+3"}, 400, "BadRequest", "Invalid depth: +3"),
+    ("http://x.example/", {"depth": "-1"}, 400, "BadRequest", "Invalid depth: -1"),
+    ("http://x.example/", {"depth": " 3"}, 400, "BadRequest", "Invalid depth:  3"),
+    ("http://x.example/", {"depth": "\u0663"}, 400, "BadRequest", "Invalid depth: \u0663"),
+    ("http://x.example/", {"depth": "99999999999999999999"}, 400, "BadRequest",
+     "Invalid depth: 99999999999999999999 (allowed 0 to 10)"),
+    ("http://x.example/", {"maxPages": "\u00b2"}, 400, "BadRequest", "Invalid maxPages: \u00b2"),
+    ("http://x.example/", {"maxPages": "0"}, 400, "BadRequest",
+     "Invalid maxPages: 0 (allowed 1 to 2147483647)"),
+    ("http://x.example/", {"maxPages": "2147483648"}, 400, "BadRequest",
+     "Invalid maxPages: 2147483648 (allowed 1 to 2147483647)"),
+    ("http://x.example/", {"maxPages": "1_000"}, 400, "BadRequest", "Invalid maxPages: 1_000"),
+    ("http://x.example/", {"maxPages": "+5"}, 400, "BadRequest", "Invalid maxPages: +5"),
 ]
 
 
@@ -87,6 +105,18 @@ BAD_GETS = [
     ("GET", "/result/424242", 404, "NotFound", "Failed to get job 424242 result"),
     ("GET", "/nowhere", 404, "NotFound", "No such path: /nowhere"),
     ("GET", "/status/", 404, "NotFound", "No such path: /status/"),
+    ("GET", "/status/\u0661\u0662", 400, "BadRequest", "Invalid jobId: \u0661\u0662"),
+    ("GET", "/status/\u00b2", 400, "BadRequest", "Invalid jobId: \u00b2"),
+    ("GET", "/status/1_2", 400, "BadRequest", "Invalid jobId: 1_2"),
+    ("GET", "/status/+12", 400, "BadRequest", "Invalid jobId: +12"),
+    ("GET", "/result/%2012", 400, "BadRequest", "Invalid jobId:  12"),
+    ("GET", "/status/-9223372036854775808", 404, "NotFound",
+     "Failed to get job -9223372036854775808 status"),
+    ("GET", "/status/9223372036854775807", 404, "NotFound",
+     "Failed to get job 9223372036854775807 status"),
+    ("GET", "/status/-9223372036854775809", 400, "BadRequest",
+     "Invalid jobId: -9223372036854775809"),
+    ("GET", "/status/9223372036854775808", 400, "BadRequest", "Invalid jobId: 9223372036854775808"),
 ]
 
 
@@ -104,6 +134,47 @@ async def test_wrong_method(web: Stack, method: str, path: str, allow: str) -> N
     got, payload, headers = await web.request(method, path)
     assert got == 405 and headers["Allow"] == allow
     assert payload["code"] == "MethodNotAllowed"
+
+
+async def test_max_pages_at_the_column_limit(web: Stack, db: asyncpg.Connection) -> None:
+    job = await web.post_job(["http://x.example/"], maxPages="2147483647")
+    assert await db.fetchval("SELECT max_pages FROM job WHERE id = $1", job) == 2**31 - 1
+
+
+async def test_errors_aiohttp_raises_itself_are_json(web: Stack,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Oversized headers, request lines and malformed requests are answered by aiohttp before
+    any handler runs: still JSON, and logged without a traceback."""
+    port = int(web.base.rsplit(":", 1)[1])
+    requests = [
+        b"GET /status/1 HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /status/1 HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
+        b"GET /status/1 HTTP/1.1\r\nBad Header\r\n\r\n",
+    ]
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    for raw in requests:
+        status, headers, body = await raw_request(port, raw)
+        assert 400 <= status < 500, (status, body)
+        assert headers["content-type"] == "application/json"
+        payload = json.loads(body)
+        assert set(payload) == {"code", "message"} and payload["code"], payload
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def raw_request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; the status, headers and body of the answer (the server closes)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
 
 
 async def test_status_and_result_of_a_new_job(web: Stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,3 +133,39 @@ async def test_nothing_outlives_a_killed_supervisor(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_web_server_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
+    """One line on stderr and status 1, whether or not PostgreSQL and NATS are reachable."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**os.environ, "HARVESTER_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x",
+               "HARVESTER_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+        started = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "web_server", "-addr", f"127.0.0.1:{port}"],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"web_server: cannot listen on 127.0.0.1:{port}: Address already in use"], r.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_up_fails_when_a_tier_cannot_start(tmp_path: Path) -> None:
+    """The web server's port is taken: ``harvester up`` does not claim to be up; it stops what it
+    started and exits 1, naming the tier."""
+    tmp_path.chmod(0o755)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir",
+                                 str(tmp_path / "data"), "-addr", f"127.0.0.1:{port}",
+                                 "--workers", "1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err
+    assert "Harvester is up" not in out
+    assert "harvester up: web_server exited with status 1 during start-up; stopping" in err
+    assert f"web_server: cannot listen on 127.0.0.1:{port}: Address already in use" in err

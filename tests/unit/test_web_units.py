@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ from shared.errors import BadRequest, InvalidURL
 from shared.messages import BadMessage, VisitMessage
 from web_server.app import parse_addr
 from web_server.render import dumps
-from web_server.routes import parse_job_body
+from web_server.routes import _ResultWriter, parse_int, parse_job_body
 
 
 def test_json_is_go_marshal_indent() -> None:
@@ -54,3 +55,38 @@ def test_visit_message_round_trip() -> None:
 def test_bad_messages_are_rejected(payload: bytes) -> None:
     with pytest.raises(BadMessage):
         VisitMessage.decode(payload)
+
+
+@pytest.mark.parametrize("raw", ["١٢", "²", "1_0", "+3", " 3", "3 ", "3\n", "", "-", "0x1", "1e3"])
+def test_only_ascii_decimal_integers(raw: str) -> None:
+    with pytest.raises(BadRequest, match=f"^Invalid n: {re.escape(raw)}$"):
+        parse_int("n", raw, -10, 10, signed=True)
+
+
+def test_integer_range() -> None:
+    assert parse_int("n", "-10", -10, 10, signed=True) == -10
+    assert parse_int("n", "007", 0, 10) == 7
+    with pytest.raises(BadRequest, match=r"^Invalid n: -1$"):
+        parse_int("n", "-1", 0, 10)
+    with pytest.raises(BadRequest, match=r"^Invalid n: 11 \(allowed 0 to 10\)$"):
+        parse_int("n", "11", 0, 10)
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.body = b""
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+
+@pytest.mark.parametrize("chunks", [[], [[]], [[("http://a/", ["http://a/x<y>", "http://b/"])]],
+                                    [[("p1", ["l1"]), ("p2", ["l2", "l3"])], [], [("p3", ["l4"])]]])
+async def test_result_is_laid_out_as_go_would(chunks: list[list[tuple[str, list[str]]]]) -> None:
+    """Written chunk by chunk, the result is byte for byte what MarshalIndent gives the map."""
+    sink = _Collect()
+    out = _ResultWriter(sink)  # type: ignore[arg-type]
+    for pages in chunks:
+        await out.write(pages)
+    await out.close()
+    assert sink.body.decode() == dumps({p: links for pages in chunks for p, links in pages})

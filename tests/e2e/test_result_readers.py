@@ -1,0 +1,148 @@
+"""``GET /result`` against slow clients: a reader that stops reading holds neither a pooled
+PostgreSQL connection nor a snapshot, so it cannot starve ``/status`` or ``/healthz``; a full pool
+is a prompt 503, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from shared.config import Settings
+from shared.db import jobs
+from tests.e2e.stack import Stack
+from web_server.app import POOL_SIZE
+
+pytestmark = pytest.mark.e2e
+
+PAGES, LINKS = 400, 400  # 160,000 links, about 9 MB of JSON: more than the socket buffers hold
+
+
+@pytest.fixture
+async def web(settings: Settings) -> AsyncIterator[Stack]:
+    st = await Stack(settings).start(foremen=0, workers=0)
+    yield st
+    await st.stop()
+
+
+async def make_big_result(db: asyncpg.Connection, job: int) -> None:
+    """PAGES pages of LINKS links each, written straight into the store."""
+    await db.execute("""
+        INSERT INTO url (url) SELECT 'http://big.example/page/' || p FROM generate_series(1, $1) p
+        UNION ALL SELECT 'http://big.example/link/' || l || '/padding-to-make-it-longer'
+        FROM generate_series(1, $2) l
+        ON CONFLICT DO NOTHING""", PAGES, LINKS)
+    await db.execute("""
+        INSERT INTO job_result (job_id, refer_id, url_id)
+        SELECT $1, r.id, u.id FROM url r JOIN url u ON u.url LIKE 'http://big.example/link/%'
+        WHERE r.url LIKE 'http://big.example/page/%'""", job)
+
+
+async def stalled_reader(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send the request, read one byte of the answer, then stop reading (the caller holds it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: writes block
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(1), 15) == b"H"
+    return reader, writer
+
+
+async def open_transactions(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("""
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid()
+          AND (state LIKE 'idle in transaction%' OR backend_xmin IS NOT NULL)"""))
+
+
+async def test_stalled_readers_do_not_block_status_or_healthz(web: Stack,
+                                                              db: asyncpg.Connection) -> None:
+    job = await web.post_job(["http://big.example/page/1"])
+    await make_big_result(db, job)
+    port = int(web.base.rsplit(":", 1)[1])
+    readers = [await stalled_reader(port, f"/result/{job}") for _ in range(POOL_SIZE + 2)]
+    try:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            for path in ("/healthz", f"/status/{job}", "/healthz"):
+                async with s.get(web.base + path) as r:
+                    assert r.status == 200, await r.text()
+        # A stalled reader holds no snapshot: nothing keeps vacuum from its work.
+        assert await open_transactions(db) == 0
+    finally:
+        for _, writer in readers:
+            writer.close()
+    # A reader that reads it all gets every link, each page once, links sorted.
+    async with aiohttp.ClientSession() as s, s.get(f"{web.base}/result/{job}") as r:
+        result = json.loads(await r.read())
+    assert len(result) == PAGES
+    links = sorted(f"http://big.example/link/{i}/padding-to-make-it-longer"
+                   for i in range(1, LINKS + 1))
+    assert all(v == links for v in result.values())
+
+
+async def test_a_full_pool_is_a_prompt_503(web: Stack, db: asyncpg.Connection) -> None:
+    """Every pooled connection stuck behind a lock: the next request waits a bounded time for a
+    connection, then answers 503 JSON; /healthz does not need the pool."""
+    job = await web.post_job(["http://x.example/"])
+    async with db.transaction():
+        await db.execute("LOCK TABLE job_url IN ACCESS EXCLUSIVE MODE")
+        stuck = [asyncio.create_task(web.request("GET", f"/status/{job}"))
+                 for _ in range(POOL_SIZE)]
+        deadline = time.monotonic() + 30
+        while await lock_waiters(db) < POOL_SIZE:
+            assert time.monotonic() < deadline, "the requests did not reach the lock"
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        status, body, headers = await asyncio.wait_for(web.request("GET", f"/status/{job}"), 30)
+        assert (status, body["code"]) == (503, "Unavailable")
+        assert headers["Retry-After"] == "5"
+        assert time.monotonic() - started < 15
+        status, _, _ = await asyncio.wait_for(web.request("GET", "/healthz"), 10)
+        assert status == 200
+    for status, _, _ in await asyncio.gather(*stuck):
+        assert status == 200
+
+
+async def lock_waiters(db: asyncpg.Connection) -> int:
+    """Backends of this database waiting for a lock (read afresh: inside a transaction,
+    pg_stat_activity is otherwise a snapshot taken at its first use)."""
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await db.fetchval("""SELECT count(*) FROM pg_stat_activity
+                                     WHERE datname = current_database() AND wait_event_type = 'Lock'
+                                     """))
+
+
+async def test_result_pages_cover_the_job_in_index_order(db: asyncpg.Connection) -> None:
+    """Read in small chunks, the result is every page once, each with its links sorted; no chunk
+    reads more than its own rows (no sort of the whole job)."""
+    job_id, _ = await jobs.create_job(db, ["http://big.example/page/1"], 2, False)
+    await make_big_result(db, job_id)
+    seen: list[str] = []
+    after = 0
+    while True:
+        chunk = await jobs.result_chunk(db, job_id, after, None, pages=7)
+        if chunk is None:
+            break
+        seen += [page for page, _ in chunk.pages]
+        assert all(links == sorted(links) and len(links) == LINKS for _, links in chunk.pages)
+        after = chunk.after
+    assert len(seen) == len(set(seen)) == PAGES
+    plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {jobs.RESULT_CHUNK_SQL.format(filter='')}",
+                             job_id, 0, 7)
+    assert _max_rows(json.loads(plan)[0]["Plan"]) <= 7 * LINKS
+
+
+def _max_rows(node: dict[str, Any]) -> int:
+    """The most rows any node of a plan produced (per loop)."""
+    return max([int(node["Actual Rows"]), *(_max_rows(p) for p in node.get("Plans", []))])
