@@ -204,3 +204,41 @@ def test_up_accepts_log_level_and_checks_it() -> None:
     assert r.returncode == 2
     assert "config error" in r.stderr and "unknown log level 'NOPE'" in r.stderr
     assert "unrecognized arguments" not in r.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    """Command lines of README.md's shell and console blocks (prompts and comments dropped)."""
+    lines, block = [], None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            block = line[3:] if block is None else None
+        elif block in ("sh", "console") and (block == "sh" or line.startswith("$ ")):
+            command = line.removeprefix("$ ").split("#", 1)[0].strip()
+            if command:
+                lines.append(command)
+    return lines
+
+
+def test_readme_commands_run_from_a_fresh_checkout() -> None:
+    """Commands that need the virtualenv name it: a shell without it activated has no
+    `harvester` and a `python` without Harvester's dependencies."""
+    commands = readme_commands()
+    assert any(c.startswith(".venv/bin/harvester migrate") for c in commands)
+    for command in commands:
+        program = command.split()[0]
+        assert program not in ("python", "python3", "harvester"), command
+        if program.startswith(".venv/bin/"):
+            assert (ROOT / program).exists(), command
+
+
+def test_readme_config_error_example(tmp_path: Path) -> None:
+    example = next(c for c in readme_commands() if "-config bad.json" in c)
+    (tmp_path / "bad.json").write_text('{"cacheMaxAge": "1 day"}')
+    argv = example.split(";")[0].split()
+    r = subprocess.run([str(ROOT / argv[0]), *argv[1:]], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, check=False)
+    readme = (ROOT / "README.md").read_text()
+    assert r.returncode == 2 and r.stderr.strip() in readme, r.stderr
