@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,12 +255,16 @@ async def test_sigkill_the_web_server_after_it_answers(tiers: Tiers, site: Graph
     await run_with_fault(tiers, site, settings, kill_web_server)
 
 
-def restart(server: EmbeddedNats | EmbeddedPostgres) -> Callable[[Watch], Coroutine[Any, Any, None]]:
-    """The fault: at 600 pages, stop ``server``, wait a second, start it on the same data."""
+def restart(server: EmbeddedNats | EmbeddedPostgres, *, empty_store: bool = False
+            ) -> Callable[[Watch], Coroutine[Any, Any, None]]:
+    """The fault: at 600 pages, stop ``server``, wait a second, start it on the same data (or,
+    ``empty_store``, on an empty data directory: a NATS server that lost its store)."""
     async def fault(watch: Watch) -> None:
         await watch.reach(600)
-        await watch.fault(f"{type(server).__name__} stopped")
+        await watch.fault(f"{type(server).__name__} stopped" + (", store lost" * empty_store))
         await asyncio.to_thread(server.stop)
+        if empty_store:
+            shutil.rmtree(server.data_dir)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
 
@@ -269,6 +274,24 @@ def restart(server: EmbeddedNats | EmbeddedPostgres) -> Callable[[Watch], Corout
 async def test_restart_nats(tiers: Tiers, site: GraphSite, settings: Settings,
                             nats_server: EmbeddedNats) -> None:
     await run_with_fault(tiers, site, settings, restart(nats_server))
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A NATS server of the test's own (request it before ``tiers``: it stops after them)."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_restart_nats_on_an_empty_store(own_nats: EmbeddedNats, tiers: Tiers,
+                                              site: GraphSite, settings: Settings) -> None:
+    """Streams, consumers and messages are gone: each tier (its own process) creates what it
+    uses again, and the watchdog publishes the lost visits again after ``staleAfter``."""
+    mine = settings.model_copy(update={"nats_url": own_nats.url})
+    tiers.env["HARVESTER_NATS_URL"] = own_nats.url
+    await run_with_fault(tiers, site, mine, restart(own_nats, empty_store=True))
 
 
 async def test_restart_postgres(tiers: Tiers, site: GraphSite, settings: Settings,
