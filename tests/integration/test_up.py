@@ -34,9 +34,9 @@ async def wait_http(url: str, timeout: float = 90) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def start_up(data: Path, port: int) -> subprocess.Popen[bytes]:
+def start_up(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
-                             "-addr", f"127.0.0.1:{port}", "--workers", "2"],
+                             "-addr", f"127.0.0.1:{port}", "--workers", "2", *extra],
                             start_new_session=True)
 
 
@@ -112,17 +112,19 @@ async def test_up_crawls_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
 
 async def test_nothing_outlives_a_killed_supervisor(tmp_path: Path) -> None:
     """SIGKILL to ``harvester up`` alone: PostgreSQL, nats-server and every tier stop too, and
-    the next ``harvester up`` starts on the same data."""
+    the next ``harvester up`` starts on the same data. Its ``-log-level`` reaches every tier."""
     tmp_path.chmod(0o755)
     data = tmp_path / "data"
     port = free_port()
-    proc = start_up(data, port)
+    proc = start_up(data, port, "-log-level", "warning")
     try:
         await wait_http(f"http://127.0.0.1:{port}/healthz")
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = [" ".join(p.cmdline()) for p in tree]
         assert any("postgres" in n for n in names) and any("nats-server" in n for n in names)
         assert sum("-m worker" in n for n in names) == 2
+        tiers = [n for n in names if any(f"-m {t}" in n for t in ("web_server", "foreman", "worker"))]
+        assert len(tiers) == 4 and all("-log-level warning" in n for n in tiers), tiers
         proc.kill()  # the supervisor only, not its process group
         proc.wait(10)
         _, alive = psutil.wait_procs(tree, timeout=60)
