@@ -2,8 +2,8 @@
 
 The web server starts whether or not PostgreSQL and NATS are up: the pool opens connections on
 demand, and NATS is connected in the background. While either is down, requests that need it
-get 503 ``{"code": "Unavailable"}`` at once instead of hanging, and no job is accepted that
-could not be queued. Its port, though, must be free: taken, the process exits at once.
+get 503 ``{"code": "Unavailable"}`` at once instead of hanging, and no job is accepted while
+NATS is away. Its port, though, must be free: taken, the process exits at once.
 """
 
 from __future__ import annotations
