@@ -151,17 +151,25 @@ class HostGate:
         start = loop.time() + slot.wait
         if slot.wait >= PAUSE_CHECK:
             await asyncio.sleep(slot.wait - PAUSE_CHECK)
-            paused = self._heard_pause(slot)
-            if paused is None:
-                try:
-                    async with self.pool.acquire() as conn:
-                        paused = await hosts.paused_until(conn, slot.host, slot.start)
-                except (*RETRYABLE, asyncpg.PostgresError) as e:  # cannot tell: the grant stands
-                    log.warning("cannot check %s for a pause (%s)", slot.host, e)
+            paused = self._heard_pause(slot) or await self._paused_in_db(slot, start)
             if paused is not None:
                 return paused
         await asyncio.sleep(max(0.0, start - loop.time()))
         return self._heard_pause(slot)
+
+    async def _paused_in_db(self, slot: Slot, start: float) -> datetime | None:
+        """The host's pause past the slot's start, as PostgreSQL has it. None too when that
+        cannot be told before ``start`` (on the loop's clock): the grant stands, rather than
+        the request leaving late."""
+        try:
+            left = max(0.001, start - asyncio.get_running_loop().time())
+            async with self.pool.acquire(timeout=left) as conn:
+                return await hosts.paused_until(conn, slot.host, slot.start)
+        except TimeoutError:  # no connection free in time
+            return None
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot check %s for a pause (%s)", slot.host, e)
+            return None
 
     def _heard_pause(self, slot: Slot) -> datetime | None:
         """A pause this worker was told of (perhaps not yet written to the host row), if it
@@ -198,8 +206,9 @@ class HostGate:
         Both are waited for here, since the fetch is under way, until the fetch's ``deadline``
         (on the event loop's clock). Returns the slot (its wait spent; release it after the
         request), None when no slot was asked for, or why not: ``BLOCKED``/``UNREACHABLE``
-        (final), ``NOT_YET``/``BUSY``. With ``horizon``, the slot may be leased that far
-        ahead (a retry books the host's next free start, before visits not yet granted one)."""
+        (final), ``NOT_YET``/``BUSY``. With ``horizon`` (a retry), the slot may be leased that
+        far ahead, and is asked for every 50 ms while the host is at its cap: the retry takes
+        the host's next free start, before visits not yet granted one."""
         try:
             return await self._admit_hop(url, slot, deadline, horizon)
         except (*RETRYABLE, asyncpg.PostgresError) as e:  # fetch() never raises: try later
@@ -255,6 +264,8 @@ class HostGate:
             if loop.time() >= deadline:
                 return None
             free_in = (grant.next_free - db_now).total_seconds() if grant is not None else 0.0
+            if horizon is not None:  # a retry: ask again soon, not at the next visit's turn
+                free_in = 0.0
             await asyncio.sleep(min(max(free_in, SOON.total_seconds()), 1.0))
 
     async def _robots(self, names: list[str], out: Admission,
