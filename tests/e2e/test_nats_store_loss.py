@@ -54,9 +54,11 @@ async def test_a_job_completes_after_nats_loses_its_store(settings: Settings,
         await stack.wait_complete(second, timeout=30)
         assert await stack.result(second) == site.expected_result(site.a + "/b.html", 1)
     finally:
-        await stack.stop()
-        await site.stop()
-        await asyncio.to_thread(own.stop)
+        try:
+            await stack.stop()  # raises if a tier failed
+        finally:
+            await site.stop()
+            await asyncio.to_thread(own.stop)
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -65,8 +65,10 @@ async def test_tiers_wait_for_nats(settings: Settings, tmp_path: Path,
         assert await stack.result(job) == site.expected_result(site.a + "/b.html", 1)
     finally:
         bus_log.removeHandler(failed)
-        if nats.proc is None:  # a tier still connecting can only stop once it has connected
-            await asyncio.to_thread(nats.start)
-        await stack.stop()
-        await site.stop()
-        await asyncio.to_thread(nats.stop)
+        try:
+            if nats.proc is None:  # a tier still connecting can only stop once it has connected
+                await asyncio.to_thread(nats.start)
+            await stack.stop()  # raises if a tier failed
+        finally:
+            await site.stop()
+            await asyncio.to_thread(nats.stop)
