@@ -51,7 +51,7 @@ async def test_max_pages(stack: Stack, site: TestSite) -> None:
     ({"scope": "everything"}, "Invalid scope: everything (use any, host or domain)"),
     ({"allow": "("}, "Invalid allow pattern: ( (missing ), unterminated subpattern at position 0)"),
     ({"deny": "[a"}, "Invalid deny pattern: [a (unterminated character set at position 0)"),
-    ({"maxPages": "0"}, "Invalid maxPages: 0"),
+    ({"maxPages": "0"}, "Invalid maxPages: 0 (allowed 1 to 2147483647)"),
     ({"maxPages": "x"}, "Invalid maxPages: x"),
 ])
 async def test_bad_scope_parameters(stack: Stack, params: dict[str, str], message: str) -> None:
