@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from aiohttp import web as aioweb
 
 from shared.config import Settings
+from shared.embedded import free_port
 from tests.e2e.stack import Stack
+from web_server.app import Runner, create_app
 
 pytestmark = pytest.mark.e2e
 
@@ -200,3 +203,24 @@ async def test_root_path(settings: Settings) -> None:
         assert (status, payload["code"]) == (404, "NotFound")
     finally:
         await st.stop()
+
+
+async def test_a_bug_is_a_json_500(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """An exception no handler expected: logged with its traceback, answered as JSON."""
+    async def boom(request: aioweb.Request) -> aioweb.Response:
+        raise ZeroDivisionError("a bug")
+
+    app = create_app(settings)
+    app.router.add_get("/boom", boom)
+    runner = Runner(app, access_log=None)
+    await runner.setup()
+    try:
+        port = free_port()
+        await aioweb.TCPSite(runner, "127.0.0.1", port).start()
+        status, headers, body = await raw_request(
+            port, b"GET /boom HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    finally:
+        await runner.cleanup()
+    assert (status, headers["content-type"]) == (500, "application/json")
+    assert json.loads(body) == {"code": "InternalServerError", "message": "Internal server error"}
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
