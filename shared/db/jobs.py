@@ -149,8 +149,8 @@ async def job_failures(conn: asyncpg.Connection, job_id: int,
                        blocked: bool = False) -> list[asyncpg.Record]:
     """The job's failed visits (or, with ``blocked``, those robots.txt kept us from): URL,
     HTTP status (if any), reason, attempts; sorted by URL."""
-    return await conn.fetch("""
+    return list(await conn.fetch("""
         SELECT u.url, f.status, f.reason, f.attempts
         FROM job_failure f JOIN url u ON u.id = f.url_id
         WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])) = $3 ORDER BY u.url""",
-        job_id, list(REFUSALS), blocked)
+        job_id, list(REFUSALS), blocked))
