@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -150,6 +151,7 @@ class Worker:
         self.parser = parser
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.retrying: Counter[str] = Counter()  # hosts with a retry waiting for a slot
 
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -177,8 +179,13 @@ class Worker:
                            await visits.plan(conn, list(by_key), self.settings.cache_max_age)}
             done = [k for k in by_key if k not in planned]  # a duplicate, or redelivered after a crash
             await bus.settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
-            admission = await self.gate.admit(
-                {k: p.url for k, p in planned.items() if not p.cached and k in by_key})
+            asking = {k: p.url for k, p in planned.items() if not p.cached and k in by_key}
+            # A retry waiting here for a slot on the host comes first: a batch of the host's
+            # visits, asking the moment a request ends, would otherwise take every freed slot.
+            waiting = {k: self._after_retry(u) for k, u in asking.items()
+                       if host_key(u) in self.retrying}
+            admission = await self.gate.admit({k: u for k, u in asking.items() if k not in waiting})
+            admission.deferred.update(waiting)
             if admission.deferred:  # back in the frontier until the host is free
                 try:
                     async with self.pool.acquire() as conn:
@@ -216,27 +223,59 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
 
     async def _visit(self, p: visits.Planned, msgs: list[Msg], slot: Slot) -> None:
-        """Fetch and commit one visit (or put it back to retry later). Whatever goes wrong on the
-        way is logged once, and the visit is recorded as failed with it: its messages are always
-        settled, its slots always given back."""
+        """Fetch and commit one visit (or put it back in the frontier). Whatever goes wrong on
+        the way is logged once, and the visit is recorded as failed with it: its messages are
+        always settled, its slots always given back."""
         key = (p.job_id, p.url_id)
+        hold = _Hold(self.slots)
         try:
             try:
-                done = await self._fetch(p, msgs, slot)
+                done = await self._fetch(p, msgs, slot, hold)
             except Exception as e:  # a bug, or the parser on hostile HTML: not retried
                 log.exception("visit of %s failed", p.url)
                 done = Done(key, msgs, attempts=p.attempts + 1, failure=_describe(e))
             if done is not None:
                 await self.committer.submit(done)
         finally:
-            self.slots.release()
+            hold.release()
 
-    async def _fetch(self, p: visits.Planned, msgs: list[Msg], slot: Slot) -> Done | None:
-        """Wait for the host slot, fetch, give the slot back, extract the page's links: the visit
-        to commit, or None when it is put back to be tried again later."""
+    async def _fetch(self, p: visits.Planned, msgs: list[Msg], slot: Slot,
+                     hold: _Hold) -> Done | None:
+        """Fetch in the host slot, and again while a failure may mend (each retry when its log
+        line says), then extract the page's links: the visit to commit, or None when it went
+        back to the frontier."""
         key, url, attempt = (p.job_id, p.url_id), p.url, p.attempts + 1
         validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
         sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
+        while True:
+            page = await self._request(key, url, msgs, slot, validators)
+            if page is None:
+                return None
+            if not (page.retryable and attempt <= self.settings.retries):
+                break
+            delay = self._backoff(page, attempt)
+            log.info("fetch %s failed (%s), attempt %d; retrying in %.2fs",
+                     url, page.error or page.status, attempt, delay)
+            again = await self._wait_to_retry(key, url, msgs, delay, hold)
+            if again is None:
+                return None
+            slot, attempt = again, attempt + 1
+        if page.html is not None:
+            async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                page = await self._links(page, url)
+        log.info("fetched %s: %s", url, page.error or page.status)
+        if self.settings.work_delay:
+            await asyncio.sleep(self.settings.work_delay)
+        extra: tuple[str, ...] = ()
+        if sitemaps and self.settings.robots and not page.failed:
+            async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                extra = tuple(await self.gate.sitemap_urls(host_key(url)))
+        return Done(key, msgs, page, attempt, extra=extra)
+
+    async def _request(self, key: Key, url: str, msgs: list[Msg], slot: Slot,
+                       validators: Validators | None) -> FetchedPage | None:
+        """Wait for the slot's start, fetch, give the slot back. None: the host was paused
+        meanwhile, and the visit went back to the frontier until the pause ends."""
         try:
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
                 paused = await self.gate.wait_start(slot)
@@ -258,23 +297,38 @@ class Worker:
         retry_after = (min(page.retry_after, self.settings.max_retry_after)
                        if page.retry_after is not None and own else None)
         self.gate.release(slot, trouble, retry_after)
-        if page.retryable and attempt <= self.settings.retries:
-            delay = self._backoff(page, attempt)
-            log.info("fetch %s failed (%s), attempt %d; retrying in %.1fs",
-                     url, page.error or page.status, attempt, delay)
-            await self._retry_later(key, msgs, delay)
+        return page
+
+    async def _wait_to_retry(self, key: Key, url: str, msgs: list[Msg], delay: float,
+                             hold: _Hold) -> Slot | None:
+        """Count the failed attempt, wait ``delay`` (giving the worker's concurrency slot to
+        others meanwhile), then take the host's next request slot: the retry does not queue
+        again behind the host's other visits, so it is made when logged, give or take the time
+        to the host's next free start. None: the visit went back to the frontier instead (no
+        slot in time, robots.txt now refuses, PostgreSQL away), its message settled."""
+        try:
+            async with self.pool.acquire() as conn:
+                await visits.count_attempt(conn, key)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot count a failed attempt of %s (%s); it will be redelivered",
+                        key, e)
+            await bus.settle_all([msgs], Settle(Verdict.RETRY, delay))
             return None
-        if page.html is not None:
-            async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                page = await self._links(page, url)
-        log.info("fetched %s: %s", url, page.error or page.status)
-        if self.settings.work_delay:
-            await asyncio.sleep(self.settings.work_delay)
-        extra: tuple[str, ...] = ()
-        if sitemaps and self.settings.robots and not page.failed:
-            async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                extra = tuple(await self.gate.sitemap_urls(host_key(url)))
-        return Done(key, msgs, page, attempt, extra=extra)
+        async with _heartbeat(msgs, self.settings.ack_wait / 3):
+            hold.release()
+            await asyncio.sleep(delay)
+            await hold.acquire()
+            host = host_key(url)
+            self.retrying[host] += 1
+            try:
+                admitted = await self._retry_slot(url)
+            finally:
+                self.retrying -= Counter({host: 1})
+        if isinstance(admitted, Slot):
+            return admitted
+        log.info("retry of %s not made now (%s); back in the frontier", url, admitted)
+        await self._defer(key, msgs, datetime.now().astimezone())
+        return None
 
     async def _links(self, page: FetchedPage, url: str) -> FetchedPage:
         """The page with its links in place of its HTML, parsed off the event loop within the
@@ -297,17 +351,21 @@ class Worker:
             verdict = Settle(Verdict.RETRY, 1.0)
         await bus.settle_all([msgs], verdict)
 
-    async def _retry_later(self, key: Key, msgs: list[Msg], delay: float) -> None:
-        """Back to the frontier with the attempt counted; the message is done with."""
-        try:
-            async with self.pool.acquire() as conn:
-                await visits.retry_later(conn, key, delay)
-            verdict = Settle(Verdict.ACK)
-        except (*RETRYABLE, asyncpg.PostgresError) as e:
-            log.warning("cannot put %s back (%s); it will be redelivered", key, e)
-            verdict = Settle(Verdict.RETRY, delay)
-        for m in msgs:
-            await bus.settle(m, verdict)
+    async def _retry_slot(self, url: str) -> Slot | str | None:
+        """A request slot for a retry, ahead of the host's visits not yet granted one: it may
+        book past the starts granted so far (they book at most ``politeness_horizon`` ahead),
+        and while the host is at its request cap it is asked for every 50 ms, not at the next
+        visit's turn. Why not, when there is none within that time (a host paused longer, a
+        Crawl-delay, robots.txt now refusing)."""
+        ahead = 2 * self.settings.politeness_horizon + self.settings.host_limit(
+            host_key(url)).delay
+        return await self.gate.admit_hop(url, True, asyncio.get_running_loop().time() + ahead,
+                                         horizon=ahead)
+
+    def _after_retry(self, url: str) -> datetime:
+        """When a visit held back for a retry on its host asks again: the host's next turn."""
+        delay = max(self.settings.host_limit(host_key(url)).delay, 0.05)
+        return datetime.now().astimezone() + timedelta(seconds=delay)
 
     def _backoff(self, page: FetchedPage, attempt: int) -> float:
         s = self.settings
@@ -344,6 +402,23 @@ def _describe(e: BaseException) -> str:
     """An exception as a failure reason: its type and message, on one bounded line."""
     text = f"{type(e).__name__}: {e}".rstrip(": ").replace("\x00", "\\x00")
     return " ".join(text.split())[:500]
+
+
+class _Hold:
+    """A visit's hold on one of the worker's concurrency slots: given back while it waits
+    without a request to make, taken again after, released once at the end."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots, self.held = slots, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.held = True
 
 
 class _heartbeat:

@@ -417,14 +417,12 @@ async def defer(conn: asyncpg.Connection, due: dict[Key, datetime]) -> None:
         [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
 
 
-async def retry_later(conn: asyncpg.Connection, key: Key, delay: float) -> None:
-    """Count a failed attempt on the visit and put it back in the frontier for ``delay``
-    seconds. Counting here, not in JetStream's delivery count, keeps the count across the
-    re-publications that deferral and retries cause."""
+async def count_attempt(conn: asyncpg.Connection, key: Key) -> None:
+    """Count a failed fetch attempt on the visit. Counting here, not in JetStream's delivery
+    count, keeps the count across re-publications, deferrals and redeliveries."""
     await conn.execute("""
-        UPDATE job_pending SET attempts = attempts + 1, published_on = NULL,
-               due = now() + make_interval(secs => $3)
-        WHERE job_id = $1 AND url_id = $2""", key[0], key[1], delay)
+        UPDATE job_pending SET attempts = attempts + 1 WHERE job_id = $1 AND url_id = $2""",
+        key[0], key[1])
 
 
 async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -351,3 +352,33 @@ async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
 
 async def no_leases(db: asyncpg.Connection) -> bool:
     return bool(await db.fetchval("SELECT bool_and(leases = '{}') FROM host"))
+
+
+async def test_a_retry_comes_when_its_log_says_even_on_a_busy_host(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    # 60 pages at 0.3 s apart keep the host busy for 18 s; /e fails twice among them. Each retry
+    # is made when the log said, give or take the time to win the host's next free slot (at
+    # most twice the politeness horizon and the host's delay): it does not queue again behind
+    # the host's other visits (it did: 5 to 9 s late).
+    caplog.set_level(logging.INFO, logger="worker.crawl")
+    busy = settings.model_copy(update={"host_delay": 0.3, "host_concurrency": 2,
+                                       "politeness_horizon": 1.0, "retry_base": 1.0})
+    slack = 2 * busy.politeness_horizon + busy.host_delay + 0.5
+    pages: dict[str, Handler] = {"/": lambda r, n: html(*(f"/p{i}" for i in range(60)), "/e"),
+                                 "/e": lambda r, n: web.Response(status=500) if n <= 2 else html()}
+    pages |= {f"/p{i}": lambda r, n: html() for i in range(60)}
+    async with Scripted(pages) as site:
+        stack = await Stack(busy).start()
+        try:
+            job = await stack.post_job([site.base + "/"])
+            st = await stack.wait_complete(job, timeout=60)
+            assert st["pages"]["failed"] == 0 and site.hits["/e"] == 3
+        finally:
+            await stack.stop()
+    clock = time.time() - time.monotonic()  # log records carry wall-clock times
+    said = [(r.created - clock, float(m[1])) for r in caplog.records
+            if (m := re.search(r"/e failed .*retrying in ([0-9.]+)s", r.getMessage()))]
+    assert len(said) == 2
+    for (logged_at, delay), made_at in zip(said, site.times["/e"][1:]):
+        assert delay - 0.05 <= made_at - logged_at <= delay + slack, (
+            f"logged 'retrying in {delay:.1f}s', retried after {made_at - logged_at:.1f}s")
