@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Links = list[tuple[str, str]]  # (canonical URL, guessed MIME type), in document order
 LANES = max(2, min(4, os.cpu_count() or 2))
 CHUNK = 10_000  # links per frame: the loop never spends long unpickling one
+READY = b"harvester-parse ready\n"  # a lane's first words, once its imports are done
+START_TIMEOUT = 60.0
 _LENGTH = struct.Struct(">I")
 
 
@@ -49,6 +51,7 @@ class Parser:
         self._lanes = lanes
         self._idle: asyncio.Queue[_Lane] = asyncio.Queue()
         self._all: set[_Lane] = set()
+        self._replacing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -58,6 +61,9 @@ class Parser:
 
     async def __aexit__(self, *exc: object) -> None:
         self._closed = True
+        for task in self._replacing:
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
         await asyncio.gather(*(lane.stop() for lane in self._all), return_exceptions=True)
         self._all.clear()
 
@@ -83,20 +89,29 @@ class Parser:
             if healthy:
                 self._idle.put_nowait(lane)
             else:  # still busy with the page (cancelled too), or dead: replace it
-                await asyncio.shield(self._replace(lane))
+                self._all.discard(lane)
+                lane.process.kill()
+                task = asyncio.create_task(self._replace(lane), name="HTML parser lane")
+                self._replacing.add(task)
+                task.add_done_callback(self._replacing.discard)
         if error is not None:
             raise ParseFailed(f"the HTML parser failed: {error}")
         return links
 
     async def _replace(self, lane: _Lane) -> None:
-        self._all.discard(lane)
+        """Let a killed lane end, then start another; while none can be started (out of
+        memory?), try again after 1 s, doubling up to 30 s: pages wait for the other lanes."""
         await lane.stop()
-        if self._closed:
-            return
-        try:
-            self._idle.put_nowait(await self._start())
-        except OSError as e:  # cannot start a process (out of memory?): run with fewer lanes
-            log.error("cannot start an HTML parser process: %s", e)
+        pause = 1.0
+        while not self._closed:
+            try:
+                self._idle.put_nowait(await self._start())
+                return
+            except OSError as e:
+                log.error("cannot start an HTML parser process (%s); %d running, trying again "
+                          "in %gs", e, len(self._all), pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 30.0)
 
 
 class _Lane:
@@ -107,11 +122,27 @@ class _Lane:
 
     @classmethod
     async def start(cls) -> _Lane:
+        """Start a lane and wait until it is ready (its imports done); OSError if it is not
+        within ``START_TIMEOUT``, rather than failing every page sent to it later."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker.parse", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent(signal.SIGKILL),
             start_new_session=True)  # no terminal signals: the worker decides when it stops
-        return cls(process)
+        lane = cls(process)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                assert process.stdout is not None
+                ready = await process.stdout.readexactly(len(READY))
+        except (TimeoutError, asyncio.IncompleteReadError):
+            ready = b""
+        except BaseException:  # cancelled (the parser is closing): leave no process behind
+            await lane.stop()
+            raise
+        if ready != READY:
+            await lane.stop()
+            raise OSError(f"the HTML parser process did not start (exit status "
+                          f"{process.returncode})")
+        return lane
 
     async def call(self, body: bytes, base_url: str,
                    encoding: str | None) -> tuple[Links, str | None]:
@@ -143,6 +174,8 @@ def _frame(value: Any) -> bytes:
 
 def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
     """A lane's loop (in the child): a page in, its links out, until the pipe closes."""
+    writer.write(READY)
+    writer.flush()
     while head := reader.read(_LENGTH.size):
         base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
         body = reader.read(size)

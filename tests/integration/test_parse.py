@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -40,7 +40,8 @@ async def test_a_page_over_the_deadline_fails_and_its_lane_is_replaced(parser: P
     with pytest.raises(ParseFailed, match="parsing took longer than 2s"):
         await parser.links(nested_divs(100_000), "http://h/", None)  # about 30 s of parsing
     assert time.monotonic() - t0 < 5
-    assert len(lanes(parser)) == 2 and lanes(parser) != pids
+    await until(lambda: len(lanes(parser)) == 2, "a new lane started")
+    assert lanes(parser) != pids
     assert not alive(next(iter(pids - lanes(parser))))
     assert await parser.links(PAGE, "http://h/", None)  # both lanes work
     assert await asyncio.gather(*(parser.links(PAGE, "http://h/", None) for _ in range(4)))
@@ -94,10 +95,14 @@ def busy(parser: Parser) -> list[int]:
     return [lane.process.pid for lane in parser._all if lane not in idle]
 
 
-async def until_busy(parser: Parser, timeout: float = 5) -> None:
+async def until_busy(parser: Parser) -> None:
+    await until(lambda: bool(busy(parser)), "a lane took the page")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while not busy(parser):
-        assert time.monotonic() < deadline, "no lane took the page"
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
         await asyncio.sleep(0.01)
 
 
@@ -111,3 +116,11 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_lane_that_cannot_start_fails_the_start_not_every_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.parse.sys.executable", "/bin/false")
+    with pytest.raises(OSError, match="did not start"):
+        async with Parser(timeout=2.0, lanes=1):
+            pass
