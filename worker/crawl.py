@@ -452,10 +452,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
         session = await stack.enter_async_context(open_session(settings))
-        parser = await stack.enter_async_context(Parser(settings.parse_timeout))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
+        # Last: its processes take a moment to start, and NATS and PostgreSQL come first.
+        parser = await stack.enter_async_context(Parser(settings.parse_timeout))
         committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run())
         gate = HostGate(settings, pool, session)

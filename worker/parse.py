@@ -55,8 +55,13 @@ class Parser:
         self._closed = False
 
     async def __aenter__(self) -> Self:
-        for _ in range(self._lanes):
-            self._idle.put_nowait(await self._start())
+        started = await asyncio.gather(*(self._start() for _ in range(self._lanes)),
+                                       return_exceptions=True)
+        for lane in started:
+            if isinstance(lane, BaseException):
+                await self.__aexit__()
+                raise lane
+            self._idle.put_nowait(lane)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
