@@ -29,7 +29,7 @@ from shared.mime import guess_mime
 
 log = logging.getLogger(__name__)
 
-Links = list[tuple[str, str]]  # (canonical URL, guessed MIME type), in document order
+Links = list[tuple[str, str]]  # (canonical URL, guessed MIME type), sorted by URL
 LANES = max(2, min(4, os.cpu_count() or 2))
 CHUNK = 10_000  # links per frame: the loop never spends long unpickling one
 READY = b"harvester-parse ready\n"  # a lane's first words, once its imports are done
@@ -185,7 +185,8 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
         base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
         body = reader.read(size)
         try:
-            found = [(u, guess_mime(u)) for u in extract_links(body, base_url, encoding)]
+            # sorted here, off the worker's event loop: it stores them in that order
+            found = sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
         except Exception as e:  # noqa: BLE001 - reported to the worker, which fails the page
             writer.write(_frame(("error", f"{type(e).__name__}: {e}")))
         else:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
+
+CHUNK = 5_000  # URLs (or links) a statement, for a page with very many links
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +77,35 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
         ["\n".join(p.redirects) for p in ps], [p.etag for p in ps],
         [p.last_modified for p in ps])
     await conn.execute("DELETE FROM url_link WHERE refer_id = ANY($1::bigint[])", ids)
+    # A page may have hundreds of thousands of links (a 10 MiB body): the work goes in chunks,
+    # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.
     link_mime: dict[str, str] = {}
     for p in ps:
-        for url, mime in p.links:
-            link_mime.setdefault(url, mime)
-    if not link_mime:
-        return
-    ids_by_url = await upsert_urls(conn, link_mime)
-    pairs = sorted({(p.url_id, ids_by_url[u]) for p in ps for u, _ in p.links})
-    await conn.execute("""
-        INSERT INTO url_link (refer_id, url_id)
-        SELECT * FROM unnest($1::bigint[], $2::bigint[])
-        ON CONFLICT DO NOTHING""", [a for a, _ in pairs], [b for _, b in pairs])
+        async for links in _chunks(p.links):
+            link_mime.update(links)  # the type is guessed from the URL: the same for each page
+    urls = sorted(link_mime)  # fast: a page's links come sorted (worker.parse)
+    ids_by_url: dict[str, int] = {}
+    async for chunk in _chunks(urls):
+        ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in chunk}))
+    refer: list[int] = []
+    linked: list[int] = []
+    for p in ps:  # pages in id order, each page's links in URL order: one order for everyone
+        async for links in _chunks(p.links):
+            refer += [p.url_id] * len(links)
+            linked += [ids_by_url[u] for u, _ in links]
+    for i in range(0, len(refer), CHUNK):
+        await conn.execute("""
+            INSERT INTO url_link (refer_id, url_id)
+            SELECT * FROM unnest($1::bigint[], $2::bigint[])
+            ON CONFLICT DO NOTHING""", refer[i:i + CHUNK], linked[i:i + CHUNK])
+
+
+async def _chunks(items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
+    """``items`` in chunks of ``CHUNK``, letting the event loop run between two of them."""
+    for i in range(0, len(items), CHUNK):
+        if i:
+            await asyncio.sleep(0)
+        yield items[i:i + CHUNK]
 
 
 async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> dict[str, int]:

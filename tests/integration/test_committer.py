@@ -5,6 +5,7 @@ is isolated and recorded as failed; PostgreSQL out of reach costs no visit anyth
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -167,3 +168,30 @@ async def test_a_visit_failed_in_the_worker_is_recorded_with_its_reason(
 
 async def zero(count: Awaitable[int]) -> bool:
     return await count == 0
+
+
+async def test_a_page_of_200000_links_commits_without_holding_the_event_loop(
+        settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
+    # A 10 MiB page can hold 400,000 links: storing them went in one piece of the event loop
+    # (0.7 s for 424,000), which delays every request the worker is about to start.
+    (key,) = await new_job(db, 1, max_level=1)
+    msgs = await queue.messages([key])
+    rnd = random.Random(7)
+    links = sorted({f"http://x.example/{rnd.getrandbits(48):x}" for _ in range(200_000)})
+    done = Done(key, msgs[key], page(key, *links), 1)
+    worst = 0.0
+
+    async def watch() -> None:
+        nonlocal worst
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0)
+            worst = max(worst, time.perf_counter() - t)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await commit(settings, pool, [done])
+    finally:
+        watcher.cancel()
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", key[0]) == len(links)
+    assert worst < 0.1, f"the event loop was held for {worst * 1000:.0f} ms"

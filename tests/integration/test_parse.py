@@ -29,9 +29,9 @@ async def parser() -> AsyncIterator[Parser]:
 
 
 async def test_links_are_those_of_extract_links_with_their_types(parser: Parser) -> None:
-    expected = [(u, guess_mime(u)) for u in extract_links(PAGE, "http://h/d/p.html")]
+    expected = sorted((u, guess_mime(u)) for u in extract_links(PAGE, "http://h/d/p.html"))
     assert await parser.links(PAGE, "http://h/d/p.html", None) == expected
-    assert expected[1] == ("http://h/d/i.png", "image/png")
+    assert ("http://h/d/i.png", "image/png") in expected and len(expected) == 3
 
 
 async def test_a_page_over_the_deadline_fails_and_its_lane_is_replaced(parser: Parser) -> None:
