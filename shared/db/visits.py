@@ -17,7 +17,7 @@ or in an unbounded queue.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -28,6 +28,7 @@ from shared.mime import SKIP_EXACT, SKIP_PREFIX
 from shared.scope import Scope
 
 Key = tuple[int, int]  # (job_id, url_id)
+CHUNK = 5_000  # children handled a statement: a page may have hundreds of thousands of links
 Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
 
 # is_skip_mime() on u.mime (stored lower-case, without parameters), from the same constants.
@@ -204,10 +205,37 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
     Locks are taken in one order: first the visits already in the job (their level lowered
     where this path is shorter, and queued to be expanded again), then, for a job with
     ``max_pages``, the job row (``_cap_pages``), then only new rows. So a transaction holding
-    a job row never waits for a visit another transaction holds, and no lock cycle forms."""
+    a job row never waits for a visit another transaction holds, and no lock cycle forms.
+    Candidates are read and handled ``CHUNK`` at a time: a page with hundreds of thousands of
+    links never holds the event loop for long."""
     if not parents:
         return []
-    children = await conn.fetch(f"""
+    queued: list[tuple[int, int, int]] = []
+    fresh: list[asyncpg.Record] = []
+    async for children in _candidates(conn, parents, extra):
+        visited, lowered = await _lower(conn, children)
+        queued += await _add_pending(conn, [c for c in children if _key(c) in lowered], lowered)
+        fresh += [c for c in children if _key(c) not in visited]
+    if extra:  # a page a sitemap lists may be a link too: the nearest once
+        fresh = _nearest(fresh)
+    fresh = await _cap_pages(conn, parents, fresh)
+    for i in range(0, len(fresh), CHUNK):
+        chunk = fresh[i:i + CHUNK]
+        added = await _add_visits(conn, chunk)
+        # Visited by a transaction that committed since _lower looked: perhaps by a longer path.
+        raced = [c for c in chunk if _key(c) not in added]
+        late = (await _lower(conn, raced))[1] if raced else set()
+        queued += await _add_pending(
+            conn, [c for c in chunk if _key(c) in added or _key(c) in late], late)
+    return queued
+
+
+async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
+                      extra: dict[Key, list[int]]) -> AsyncIterator[list[asyncpg.Record]]:
+    """The parents' links, each (job, url) once from its nearest parent, then the ``extra``
+    URLs, all within their job's scope (never followed: images, CSS, JavaScript), in chunks of
+    at most ``CHUNK`` rows (read through a cursor: call it in a transaction)."""
+    cursor = await conn.cursor(f"""
         SELECT DISTINCT ON (p.job_id, l.url_id)
                p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id,
                u.url, p.i
@@ -219,22 +247,23 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
         ORDER BY p.job_id, l.url_id, p.level, p.origin_id""",
         [p.job_id for p in parents], [p.url_id for p in parents],
         [p.level for p in parents], [p.origin_id for p in parents], list(range(len(parents))))
+    while True:
+        rows = await cursor.fetch(CHUNK)
+        if kept := _in_scope(parents, rows):
+            yield kept
+        if len(rows) < CHUNK:
+            break
     if extra:
-        children = _nearest(list(children) + await _extra_children(conn, parents, extra))
-    children = [c for c in children
-                if parents[c["i"]].scope.unlimited
-                or parents[c["i"]].scope.follows(c["url"], parents[c["i"]].origin_url)]
-    if not children:
-        return []
-    visited, lowered = await _lower(conn, children)
-    queued = await _add_pending(conn, [c for c in children if _key(c) in lowered], set(lowered))
-    fresh = await _cap_pages(conn, parents, [c for c in children if _key(c) not in visited])
-    added = await _add_visits(conn, fresh)
-    # Visited by a transaction that committed since _lower looked: perhaps by a longer path.
-    raced = [c for c in fresh if _key(c) not in added]
-    late = (await _lower(conn, raced))[1] if raced else set()
-    return queued + await _add_pending(
-        conn, [c for c in fresh if _key(c) in added or _key(c) in late], late)
+        rows = await _extra_children(conn, parents, extra)
+        for i in range(0, len(rows), CHUNK):
+            if kept := _in_scope(parents, rows[i:i + CHUNK]):
+                yield kept
+
+
+def _in_scope(parents: Sequence[Pending], rows: Sequence[asyncpg.Record]) -> list[asyncpg.Record]:
+    return [c for c in rows
+            if parents[c["i"]].scope.unlimited
+            or parents[c["i"]].scope.follows(c["url"], parents[c["i"]].origin_url)]
 
 
 def _key(row: asyncpg.Record) -> Key:
@@ -343,7 +372,7 @@ async def _cap_pages(conn: asyncpg.Connection, parents: Sequence[Pending],
         SELECT id, max_pages - visits AS room FROM job WHERE id = ANY($1::bigint[])
         ORDER BY id FOR UPDATE""", capped)}
     kept = []
-    for c in sorted(fresh, key=lambda c: (c["level"], c["url_id"])):
+    for c in sorted(fresh, key=lambda c: c["level"]):  # stable: each level in url order
         left = room.get(c["job_id"])
         if left is None or left > 0:
             kept.append(c)
@@ -364,8 +393,8 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
             c[outcomes.get(p.key, "cached")] += 1
         if p.key in failed and outcomes.get(p.key) != "blocked":
             c["failed"] += 1
-    for job_id, _url, origin in queued:
-        delta.setdefault((job_id, origin), Counter())["pending"] += 1
+    for origin, n in Counter((job_id, origin) for job_id, _url, origin in queued).items():
+        delta.setdefault(origin, Counter())["pending"] += n
     keys = sorted(delta)
     await conn.execute("""
         UPDATE job_url ju SET
