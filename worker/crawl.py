@@ -1,6 +1,7 @@
 """The worker: pulls visits from the work queue, fetches many at once, retries what may succeed
-later (nak with backoff), and commits the effects of finished visits in batches: one transaction
-for many pages, acked only after it commits."""
+later (after a backoff, in the host's next free slot), has the pages' links extracted off the
+event loop (``worker.parse``), and commits the effects of finished visits in batches: one
+transaction for many pages, acked only after it commits."""
 
 from __future__ import annotations
 
