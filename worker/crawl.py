@@ -6,6 +6,7 @@ transaction for many pages, acked only after it commits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -433,10 +434,8 @@ class _heartbeat:
         while True:
             await asyncio.sleep(self.interval)
             for m in self.msgs:
-                try:
+                with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
                     await m.in_progress()
-                except Exception:  # noqa: BLE001 - a missed beat only risks a redelivery
-                    pass
 
     async def __aenter__(self) -> None:
         self.task = asyncio.create_task(self._beat())
