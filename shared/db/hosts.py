@@ -55,7 +55,8 @@ async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[st
 async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
                   backoff_cap: float) -> None:
     """Free the leases. A host in trouble backs off (Retry-After, else exponentially), never
-    for less than a backoff already running; a host that answered well has its failures
+    for less than a backoff already running; every answer in trouble counts as a failure, as
+    many in one batch as released one at a time; a host that answered well has its failures
     forgotten, but a pause already running (one it may have asked for) is not cut short. The
     host rows are locked in name order, as ``harvester_acquire`` locks them, so the two never
     deadlock."""
@@ -64,6 +65,7 @@ async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff
     await conn.execute("""
         WITH r AS (
             SELECT host, array_agg(token) AS tokens, bool_or(trouble) AS trouble,
+                   count(*) FILTER (WHERE trouble) AS troubles,
                    max(retry_after) AS retry_after, bool_and(NOT trouble) AND bool_or(used) AS fine
             FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::float8[], $7::bool[])
                  AS x(host, token, trouble, retry_after, used)
@@ -73,12 +75,13 @@ async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff
         UPDATE host h SET
             leases = ARRAY(SELECT l FROM unnest(h.leases) AS l
                            WHERE l > clock_timestamp() AND NOT l = ANY(r.tokens)),
-            failures = CASE WHEN r.trouble THEN h.failures + 1 WHEN r.fine THEN 0
+            failures = CASE WHEN r.trouble THEN h.failures + r.troubles WHEN r.fine THEN 0
                             ELSE h.failures END,
             backoff_until = CASE
                 WHEN r.trouble THEN greatest(h.backoff_until, clock_timestamp() + make_interval(
                     secs => coalesce(r.retry_after,
-                                     least($6::float8, $5::float8 * 2 ^ least(h.failures, 60)))))
+                                     least($6::float8, $5::float8
+                                           * 2 ^ least(h.failures + r.troubles - 1, 60)))))
                 ELSE h.backoff_until END
         FROM r JOIN locked USING (host) WHERE h.host = r.host""",
         [x.host for x in releases], [x.token for x in releases],

@@ -199,6 +199,20 @@ async def test_a_failed_release_is_tried_again(
     assert await db.fetchval("SELECT last_value FROM refusals") == 3
 
 
+async def test_every_answer_in_trouble_counts_though_released_in_one_batch(
+        db: asyncpg.Connection) -> None:
+    """Releases are returned in batches: two requests of one host answered 429 count two
+    failures (as released one at a time), not one because they went in the same batch (a
+    retry granted before its first attempt's release landed, on a loaded machine)."""
+    host = "http://127.0.0.1:9"
+    _, grants = await hosts.acquire(db, {host: 2}, {host: 2}, {host: 0.0}, 60, 2)
+    tokens = grants[0].tokens
+    assert len(tokens) == 2
+    await hosts.release(db, [hosts.Release(host, t, trouble=True) for t in tokens], 0.05, 1.0)
+    r = await db.fetchrow("SELECT failures, leases FROM host WHERE host = $1", host)
+    assert r["failures"] == 2 and r["leases"] == []
+
+
 async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: str) -> None:
     """``hosts.release`` locks host rows in name order, as ``harvester_acquire`` does: callers
     leasing and releasing the same hosts at once never deadlock."""
