@@ -77,27 +77,43 @@ class Committer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Done]) -> None:
-        """Commit a batch, then settle its messages. A batch that fails for any reason but
-        PostgreSQL being out of reach is committed again in halves, down to the one visit at
-        fault, which is recorded as failed with the error: one visit that cannot be stored never
-        holds back the others, nor comes back forever."""
+        """Commit a batch, then settle its messages. A batch that fails with a data error
+        (``_data_error``) is committed again in halves, down to the one visit at fault, which
+        is recorded as failed with the error: one visit that cannot be stored never holds back
+        the others, nor comes back forever. Any other error (PostgreSQL away, a schema older
+        than the code, a bug) is no visit's fault: the whole batch is redelivered later."""
+        await self._resolve(batch, await self._attempt(batch))
+
+    async def _attempt(self, batch: list[Done]) -> Exception | None:
         try:
             await self._transaction(batch)
+        except Exception as e:  # noqa: BLE001 - judged by _resolve
+            return e
+        return None
+
+    async def _resolve(self, batch: list[Done], error: Exception | None) -> None:
+        """Settle a batch whose transaction ended with ``error`` (None: it committed)."""
+        if error is None:
             verdict = Settle(Verdict.ACK)
-        except Exception as e:  # noqa: BLE001 - unless PostgreSQL is away, the batch's fault
-            if _transient(e):
-                log.warning("commit of %d visits failed (%s); they will be redelivered",
-                            len(batch), e)
-                verdict = Settle(Verdict.RETRY, 2.0)
-            elif len(batch) > 1:
-                log.warning("commit of %d visits failed (%s); committing them in halves",
-                            len(batch), _describe(e))
-                half = len(batch) // 2
-                await self._commit(batch[:half])
-                await self._commit(batch[half:])
+        elif not _data_error(error):
+            log.warning("commit of %d visits failed (%s); they will be redelivered",
+                        len(batch), _describe(error), exc_info=not _known(error))
+            verdict = Settle(Verdict.RETRY, 2.0)
+        elif len(batch) == 1:
+            verdict = await self._fail(batch[0], error)
+        else:
+            log.warning("commit of %d visits failed (%s); committing them in halves",
+                        len(batch), _describe(error))
+            halves = (batch[:len(batch) // 2], batch[len(batch) // 2:])
+            errors = [await self._attempt(h) for h in halves]
+            if errors[0] is None or errors[1] is None:
+                for h, e in zip(halves, errors, strict=True):
+                    await self._resolve(h, e)
                 return
-            else:
-                verdict = await self._fail(batch[0], e)
+            # Not one visit's fault (or more than one): splitting further would blame them all.
+            log.warning("both halves of %d visits failed (%s); they will be redelivered",
+                        len(batch), _describe(errors[1]))
+            verdict = Settle(Verdict.RETRY, 2.0)
         await bus.settle_all((d.msgs for d in batch), verdict)
         for d in batch:
             if not d.settled.done():
@@ -382,16 +398,24 @@ class Worker:
                 t.cancel()  # not acked: redelivered to another worker
 
 
-# Classes of SQLSTATE for PostgreSQL out of reach, overloaded or shutting down, or transaction
-# conflicts: not the fault of the visits in the batch (the rest are blamed on them).
-_TRANSIENT_SQLSTATE = frozenset({"08", "40", "53", "55", "57", "58"})
+# Classes of SQLSTATE for errors in the data stored: data exceptions, integrity constraints,
+# program limits exceeded (a value too large for an index, say). Only these are blamed on the
+# visits of a batch; the rest (PostgreSQL out of reach, conflicts, a schema older than the
+# code, ...) are retried with the whole batch.
+_DATA_SQLSTATE = frozenset({"22", "23", "54"})
 
 
-def _transient(e: Exception) -> bool:
-    if isinstance(e, RETRYABLE):
-        return True
-    return (isinstance(e, asyncpg.PostgresError)
-            and (e.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE)
+def _data_error(e: Exception) -> bool:
+    """Whether the batch's data is at fault: a PostgreSQL data error, a value asyncpg cannot
+    send, or a URL whose MD5 is another stored URL's (no id from ``pages.upsert_urls``)."""
+    if isinstance(e, asyncpg.PostgresError):
+        return (e.sqlstate or "")[:2] in _DATA_SQLSTATE
+    return isinstance(e, asyncpg.exceptions._base.DataError | KeyError)
+
+
+def _known(e: Exception) -> bool:
+    """An error that is not a bug: no traceback in the log."""
+    return isinstance(e, (*RETRYABLE, asyncpg.PostgresError))
 
 
 def _outcome(done: Done) -> visits.Outcome:
