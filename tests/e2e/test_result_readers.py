@@ -58,11 +58,35 @@ async def stalled_reader(port: int, path: str) -> tuple[asyncio.StreamReader, as
     return reader, writer
 
 
-async def open_transactions(db: asyncpg.Connection) -> int:
-    return int(await db.fetchval("""
-        SELECT count(*) FROM pg_stat_activity
+CHUNK_STATEMENT_BOUND = 5.0  # seconds: far longer than one chunk's statement takes
+
+
+async def open_transactions(db: asyncpg.Connection) -> tuple[int, float]:
+    """Backends of this database in a transaction or holding a snapshot, and the age in seconds
+    of the oldest such transaction (0 if none)."""
+    row = await db.fetchrow("""
+        SELECT count(*) AS n,
+               coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)::float8 AS age
+        FROM pg_stat_activity
         WHERE datname = current_database() AND pid <> pg_backend_pid()
-          AND (state LIKE 'idle in transaction%' OR backend_xmin IS NOT NULL)"""))
+          AND (state LIKE 'idle in transaction%' OR backend_xmin IS NOT NULL)""")
+    assert row is not None
+    return int(row["n"]), float(row["age"])
+
+
+async def until_no_transaction(db: asyncpg.Connection, timeout: float = 60) -> None:
+    """Poll until no backend holds a transaction or a snapshot. Readers whose writes are not yet
+    blocked may be in a chunk's statement at any one moment (so one look is not enough), but no
+    transaction may ever be older than one chunk's statement: a stalled reader holding a snapshot
+    would keep one open, ageing, for as long as it stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n, age = await open_transactions(db)
+        assert age < CHUNK_STATEMENT_BOUND, f"a transaction open for {age:.1f}s"
+        if n == 0:
+            return
+        assert time.monotonic() < deadline, f"{n} transactions still open"
+        await asyncio.sleep(0.05)
 
 
 async def test_stalled_readers_do_not_block_status_or_healthz(web: Stack,
@@ -78,7 +102,7 @@ async def test_stalled_readers_do_not_block_status_or_healthz(web: Stack,
                 async with s.get(web.base + path) as r:
                     assert r.status == 200, await r.text()
         # A stalled reader holds no snapshot: nothing keeps vacuum from its work.
-        assert await open_transactions(db) == 0
+        await until_no_transaction(db)
     finally:
         for _, writer in readers:
             writer.close()
