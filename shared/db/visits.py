@@ -448,9 +448,12 @@ async def defer(conn: asyncpg.Connection, due: dict[Key, datetime]) -> None:
 
 async def count_attempt(conn: asyncpg.Connection, key: Key) -> None:
     """Count a failed fetch attempt on the visit. Counting here, not in JetStream's delivery
-    count, keeps the count across re-publications, deferrals and redeliveries."""
+    count, keeps the count across re-publications, deferrals and redeliveries. The retry that
+    follows is a fresh claim: ``published_on`` restarts, so the watchdog (``requeue_stale``)
+    does not take a visit in the middle of its retries for a lost one and publish it again."""
     await conn.execute("""
-        UPDATE job_pending SET attempts = attempts + 1 WHERE job_id = $1 AND url_id = $2""",
+        UPDATE job_pending SET attempts = attempts + 1, published_on = now()
+        WHERE job_id = $1 AND url_id = $2""",
         key[0], key[1])
 
 
