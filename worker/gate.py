@@ -6,6 +6,7 @@ slow or rate-limited host never ties up the worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -43,8 +44,9 @@ NOT_YET = "robots.txt not fetched yet"
 BUSY = "no free slot on the host"
 NO_GATE = "host gate unavailable (PostgreSQL)"
 FIRST_ROBOTS_WAIT = timedelta(seconds=0.5)  # a host's first robots.txt is being fetched
-# A visit waiting this long or longer for its start asks, this long before it, whether its host
-# was paused meanwhile; a shorter wait was decided by the gate just now.
+# A visit waiting this long or longer for its start asks, at least this long before it, whether
+# its host was paused meanwhile (a shorter wait was decided by the gate just now). The visits of
+# a worker starting soon ask together: one query per PAUSE_CHECK at most.
 PAUSE_CHECK = 0.05
 # robots.txt bodies this long or longer are parsed and matched in a thread: about 13 ms to parse.
 OFF_LOOP_CHARS = 32 * 1024
@@ -65,6 +67,15 @@ class Admission:
     deferred: dict[Key, datetime] = field(default_factory=dict)  # due, on the database clock
     blocked: dict[Key, str] = field(default_factory=dict)        # reason
     failed: dict[Key, str] = field(default_factory=dict)  # no server to ask (the error)
+
+
+@dataclass
+class _PauseBatch:
+    """Pause checks of slots starting soon, sent together in one query at ``send_at``."""
+    done: asyncio.Future[dict[tuple[str, datetime], datetime]]  # (host, start) -> paused until
+    send_at: float  # on the loop's clock
+    slots: list[tuple[Slot, float]] = field(default_factory=list)  # with its start (loop clock)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)  # send_at moved sooner
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,8 @@ class HostGate:
         self._robots_fetches: set[asyncio.Task[None]] = set()
         self._heard: dict[str, datetime] = {}  # Retry-After pauses this worker was told of
         self._rules = RobotsCache()  # robots.txt copies parsed, by host
+        self._pause_batch: _PauseBatch | None = None  # pause checks being gathered
+        self._pause_checks: set[asyncio.Task[None]] = set()
 
     async def admit(self, visits: dict[Key, str]) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, block (robots.txt), or
@@ -150,7 +163,7 @@ class HostGate:
         loop = asyncio.get_running_loop()
         start = loop.time() + slot.wait
         if slot.wait >= PAUSE_CHECK:
-            await asyncio.sleep(slot.wait - PAUSE_CHECK)
+            await asyncio.sleep(max(0.0, slot.wait - 2 * PAUSE_CHECK))
             paused = self._heard_pause(slot) or await self._paused_in_db(slot, start)
             if paused is not None:
                 return paused
@@ -158,18 +171,56 @@ class HostGate:
         return self._heard_pause(slot)
 
     async def _paused_in_db(self, slot: Slot, start: float) -> datetime | None:
-        """The host's pause past the slot's start, as PostgreSQL has it. None too when that
-        cannot be told before ``start`` (on the loop's clock): the grant stands, rather than
-        the request leaving late."""
+        """The host's pause past the slot's start, as PostgreSQL has it, asked together with
+        the other slots of this worker starting soon. None too when that cannot be told before
+        ``start`` (on the loop's clock): the grant stands, rather than the request leaving
+        late."""
+        loop = asyncio.get_running_loop()
+        batch = self._pause_batch
+        if batch is None:
+            batch = self._pause_batch = _PauseBatch(loop.create_future(),
+                                                    loop.time() + PAUSE_CHECK)
+            task = asyncio.create_task(self._check_pauses(batch))
+            self._pause_checks.add(task)
+            task.add_done_callback(self._pause_checks.discard)
+        batch.slots.append((slot, start))
+        if start - PAUSE_CHECK / 2 < batch.send_at:  # sooner than the batch would go: hurry
+            batch.send_at = start - PAUSE_CHECK / 2
+            batch.hurry.set()
         try:
-            left = max(0.001, start - asyncio.get_running_loop().time())
-            async with self.pool.acquire(timeout=left) as conn:
-                return await hosts.paused_until(conn, slot.host, slot.start)
-        except TimeoutError:  # no connection free in time
+            found = await asyncio.wait_for(asyncio.shield(batch.done),
+                                           max(0.0, start - loop.time()))
+        except TimeoutError:  # not known by the start
             return None
+        return found.get((slot.host, slot.start))
+
+    async def _check_pauses(self, batch: _PauseBatch) -> None:
+        """Send a batch of pause checks at its time, in one statement given up when the last
+        of its slots starts (each slot stops waiting for it at its own start)."""
+        loop = asyncio.get_running_loop()
+        found: dict[tuple[str, datetime], datetime] = {}
+        try:
+            while (early := batch.send_at - loop.time()) > 0:
+                batch.hurry.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batch.hurry.wait(), early)
+            if self._pause_batch is batch:
+                self._pause_batch = None  # later checks gather in the next batch
+            last = max(start for _, start in batch.slots)
+            if (left := last - loop.time()) > 0:
+                async with self.pool.acquire(timeout=left) as conn:
+                    found = await hosts.paused_until(
+                        conn, sorted({(s.host, s.start) for s, _ in batch.slots}),
+                        timeout=max(0.001, last - loop.time()))
+        except TimeoutError:  # no connection, or no answer, before the last start
+            pass
         except (*RETRYABLE, asyncpg.PostgresError) as e:
-            log.warning("cannot check %s for a pause (%s)", slot.host, e)
-            return None
+            log.warning("cannot check %d host slots for a pause (%s)", len(batch.slots), e)
+        finally:
+            if self._pause_batch is batch:
+                self._pause_batch = None
+            if not batch.done.done():
+                batch.done.set_result(found)
 
     def _heard_pause(self, slot: Slot) -> datetime | None:
         """A pause this worker was told of (perhaps not yet written to the host row), if it
@@ -371,9 +422,9 @@ class HostGate:
 
     async def close(self) -> None:
         """Stop the robots.txt fetches in flight (their claims expire; others fetch again)."""
-        for task in list(self._robots_fetches):
+        for task in [*self._robots_fetches, *self._pause_checks]:
             task.cancel()
-        await asyncio.gather(*self._robots_fetches, return_exceptions=True)
+        await asyncio.gather(*self._robots_fetches, *self._pause_checks, return_exceptions=True)
 
     async def _fetch_robots(self, host: str) -> RobotsAnswer:
         try:

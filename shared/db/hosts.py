@@ -89,12 +89,19 @@ async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff
         backoff_base, backoff_cap, [x.used for x in releases])
 
 
-async def paused_until(conn: asyncpg.Connection, host: str, start: datetime) -> datetime | None:
-    """Until when the host is backed off, if that is later than ``start`` (a start granted
-    before the backoff was set)."""
-    value: datetime | None = await conn.fetchval("""
-        SELECT backoff_until FROM host WHERE host = $1 AND backoff_until > $2""", host, start)
-    return value
+async def paused_until(conn: asyncpg.Connection, starts: Sequence[tuple[str, datetime]],
+                       timeout: float | None = None) -> dict[tuple[str, datetime], datetime]:
+    """For each (host, start) whose host is backed off past ``start`` (a start granted before
+    the backoff was set): until when. One statement for all of them, given up (TimeoutError)
+    after ``timeout`` seconds."""
+    if not starts:
+        return {}
+    rows = await conn.fetch("""
+        SELECT x.host, x.start, h.backoff_until
+        FROM unnest($1::text[], $2::timestamptz[]) AS x(host, start)
+        JOIN host h ON h.host = x.host AND h.backoff_until > x.start""",
+        [h for h, _ in starts], [t for _, t in starts], timeout=timeout)
+    return {(r["host"], r["start"]): r["backoff_until"] for r in rows}
 
 
 async def robots(conn: asyncpg.Connection, hosts: Sequence[str],

@@ -193,7 +193,7 @@ async def test_a_failed_release_is_tried_again(
     gate.release(slot, trouble=False, retry_after=None)
 
     async def released() -> bool:
-        return await db.fetchval("SELECT leases = '{}' FROM host WHERE host = $1", host)
+        return bool(await db.fetchval("SELECT leases = '{}' FROM host WHERE host = $1", host))
 
     await until(released, timeout=5)
     assert await db.fetchval("SELECT last_value FROM refusals") == 3
@@ -352,6 +352,58 @@ async def test_a_pause_over_before_the_start_lets_the_visit_go(
     t0 = time.monotonic()
     assert await gate.wait_start(out.granted[(1, 2)]) is None
     assert time.monotonic() - t0 >= out.granted[(1, 2)].wait - 0.01
+
+
+class CountingPool:
+    """The gate's pool, counting the connections taken from it (each a round trip or more)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.taken = pool, 0
+
+    def acquire(self, *args: object, **kwargs: object) -> object:
+        self.taken += 1
+        return self.pool.acquire(*args, **kwargs)
+
+
+async def test_visits_waiting_for_their_starts_check_for_pauses_together(
+        polite: Settings, gate_for: GateFor) -> None:
+    """Twenty visits on twenty hosts granted starts 0.3 s out, at about the same time, ask
+    PostgreSQL whether their hosts were paused in one or two queries, not one each."""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.3})
+    gate = await gate_for(s)
+    names = [f"http://127.0.0.{i}:9" for i in range(1, 21)]
+    out = await gate.admit({(i, j): f"{h}/{j}" for i, h in enumerate(names) for j in (1, 2)})
+    later = [out.granted[(i, 2)] for i in range(len(names))]
+    assert all(slot.wait >= 0.2 for slot in later)
+    counting = CountingPool(gate.pool)
+    gate.pool = counting
+    assert await asyncio.gather(*(gate.wait_start(slot) for slot in later)) == [None] * 20
+    assert counting.taken <= 3, f"{counting.taken} pause checks"
+
+
+async def test_a_slow_pause_check_does_not_hold_the_request_back(
+        polite: Settings, gate_for: GateFor, database_url: str) -> None:
+    """A pause check that cannot be answered (the host table locked by another session) is
+    given up at the slot's start: the grant stands and the request goes, the lock still held,
+    rather than leaving when the query ends."""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.3})
+    gate = await gate_for(s)
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    locker = await asyncpg.connect(database_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE host IN ACCESS EXCLUSIVE MODE")
+        waiting = asyncio.ensure_future(gate.wait_start(out.granted[(1, 2)]))
+        deadline = time.monotonic() + 5
+        while not waiting.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert waiting.done(), "the pause check waited for the lock"
+        assert await waiting is None
+        await tx.rollback()
+    finally:
+        await locker.close()
 
 
 async def test_a_good_answer_does_not_cut_a_pause_short(
