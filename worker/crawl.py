@@ -29,11 +29,12 @@ from shared.mime import guess_mime
 from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
-from worker.parse import ParseFailed, Parser
+from worker.parse import NoLane, ParseFailed, Parser
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int]
+NO_LANE_DELAY = timedelta(seconds=30)  # a page no HTML parser process was free for waits this
 
 
 @dataclass(slots=True)
@@ -279,8 +280,13 @@ class Worker:
                 return None
             slot, attempt = again, attempt + 1
         if page.html is not None:
-            async with _heartbeat(msgs, self.settings.ack_wait / 3):
-                page = await self._links(page, url)
+            try:
+                async with _heartbeat(msgs, self.settings.ack_wait / 3):
+                    page = await self._links(page, url)
+            except NoLane as e:  # not the page's fault: fetched again later, attempt not counted
+                log.warning("links of %s not extracted now (%s); back in the frontier", url, e)
+                await self._defer(key, msgs, datetime.now().astimezone() + NO_LANE_DELAY)
+                return None
         log.info("fetched %s: %s", url, page.error or page.status)
         if self.settings.work_delay:
             await asyncio.sleep(self.settings.work_delay)

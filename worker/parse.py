@@ -15,6 +15,8 @@ followed by the body in; its links in chunks, then an end mark, or an error, out
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import pickle
@@ -23,7 +25,6 @@ import struct
 import sys
 from typing import IO, Any, Self
 
-from shared.embedded import die_with_parent
 from shared.links import extract_links
 from shared.mime import guess_mime
 
@@ -34,6 +35,7 @@ LANES = max(2, min(4, os.cpu_count() or 2))
 CHUNK = 10_000  # links per frame: the loop never spends long unpickling one
 READY = b"harvester-parse ready\n"  # a lane's first words, once its imports are done
 START_TIMEOUT = 60.0
+LANE_WAIT = 120.0  # a page waits at most this long for a free lane, then is tried again later
 _LENGTH = struct.Struct(">I")
 
 
@@ -42,12 +44,19 @@ class ParseFailed(Exception):
     same page would fail the same way again."""
 
 
+class NoLane(Exception):
+    """No lane was free within the lane deadline (all busy, or none could be started): not the
+    page's fault; it may be parsed later."""
+
+
 class Parser:
     """Extracts the links of HTML pages in ``lanes`` child processes, each page within
-    ``timeout`` seconds; an async context manager (the lanes are stopped on exit)."""
+    ``timeout`` seconds, after waiting at most ``lane_wait`` seconds for a free lane; an async
+    context manager (the lanes are stopped on exit)."""
 
-    def __init__(self, timeout: float, lanes: int = LANES) -> None:
+    def __init__(self, timeout: float, lanes: int = LANES, lane_wait: float = LANE_WAIT) -> None:
         self.timeout = timeout
+        self.lane_wait = lane_wait
         self._lanes = lanes
         self._idle: asyncio.Queue[_Lane] = asyncio.Queue()
         self._all: set[_Lane] = set()
@@ -79,8 +88,14 @@ class Parser:
 
     async def links(self, body: bytes, base_url: str, encoding: str | None) -> Links:
         """The page's links with their guessed types (``shared.links.extract_links``); raises
-        ParseFailed when that takes longer than the deadline or the parser fails."""
-        lane = await self._idle.get()
+        ParseFailed when that takes longer than the deadline or the parser fails, NoLane when
+        no lane is free within ``lane_wait``."""
+        try:
+            async with asyncio.timeout(self.lane_wait):
+                lane = await self._idle.get()
+        except TimeoutError:
+            raise NoLane(f"no HTML parser process free within {self.lane_wait:g}s "
+                         f"({len(self._all)} running)") from None
         healthy = False
         try:
             async with asyncio.timeout(self.timeout):
@@ -105,16 +120,18 @@ class Parser:
 
     async def _replace(self, lane: _Lane) -> None:
         """Let a killed lane end, then start another; while none can be started (out of
-        memory?), try again after 1 s, doubling up to 30 s: pages wait for the other lanes."""
-        await lane.stop()
+        memory? a bug?), try again after 1 s, doubling up to 30 s: pages wait for the other
+        lanes (at most ``lane_wait``). Only cancellation (the parser closing) ends it early."""
+        with contextlib.suppress(Exception):  # the lane is killed: a failure to reap it is moot
+            await lane.stop()
         pause = 1.0
         while not self._closed:
             try:
                 self._idle.put_nowait(await self._start())
                 return
-            except OSError as e:
+            except Exception as e:  # whatever it is, the lane must come back
                 log.error("cannot start an HTML parser process (%s); %d running, trying again "
-                          "in %gs", e, len(self._all), pause)
+                          "in %gs", e, len(self._all), pause, exc_info=not isinstance(e, OSError))
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 30.0)
 
@@ -130,8 +147,8 @@ class _Lane:
         """Start a lane and wait until it is ready (its imports done); OSError if it is not
         within ``START_TIMEOUT``, rather than failing every page sent to it later."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.parse", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent(signal.SIGKILL),
+            sys.executable, "-m", "worker.parse", str(os.getpid()), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             start_new_session=True)  # no terminal signals: the worker decides when it stops
         lane = cls(process)
         try:
@@ -196,5 +213,20 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
         writer.flush()
 
 
+def die_with(parent: int) -> None:
+    """In a lane: be killed when the worker dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
+    Set here, in the child's own main thread, not in a ``preexec_fn``: that runs between fork
+    and exec, unsafe once the worker has threads (the resolver's, ``to_thread``'s)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before the call: too late to be told
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        die_with(int(sys.argv[1]))
     serve(sys.stdin.buffer, sys.stdout.buffer)

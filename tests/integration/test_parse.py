@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -13,7 +14,7 @@ import pytest
 from shared.links import extract_links
 from shared.mime import guess_mime
 from worker.gate import guard_band
-from worker.parse import ParseFailed, Parser
+from worker.parse import NoLane, ParseFailed, Parser, _Lane
 
 PAGE = b'<a href="a.html">a</a> <img src="i.png"> <a href="/b/?y=2&x=1#f">b</a>'
 
@@ -124,3 +125,53 @@ async def test_a_lane_that_cannot_start_fails_the_start_not_every_page(
     with pytest.raises(OSError, match="did not start"):
         async with Parser(timeout=2.0, lanes=1):
             pass
+
+
+async def test_a_page_does_not_wait_forever_when_no_lane_can_be_had(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The only lane dies and its replacement fails with something other than OSError (a bug,
+    # say): a page asking for a lane gives up at the lane deadline (to be tried again later,
+    # not failed for good), and the replacement is tried again until a lane starts.
+    real_start = _Lane.start
+    starts = 0
+
+    async def broken() -> _Lane:
+        nonlocal starts
+        starts += 1
+        raise RuntimeError("cannot start")
+
+    async with Parser(timeout=2.0, lanes=1, lane_wait=0.5) as parser:
+        monkeypatch.setattr(_Lane, "start", broken)
+        os.kill(next(iter(lanes(parser))), signal.SIGKILL)
+        with pytest.raises(ParseFailed, match="process died"):
+            await parser.links(PAGE, "http://h/", None)
+        with pytest.raises(NoLane):
+            await asyncio.wait_for(parser.links(PAGE, "http://h/", None), 5)
+        await until(lambda: starts >= 2, "the replacement tried again")
+        monkeypatch.setattr(_Lane, "start", real_start)
+        await until(lambda: len(lanes(parser)) == 1, "a lane started", timeout=15)
+        assert await parser.links(PAGE, "http://h/", None)
+
+
+async def test_lanes_die_with_a_worker_killed_outright() -> None:
+    # No preexec_fn (unsafe once the worker has threads): each lane asks for SIGKILL itself.
+    # Busy lanes: an idle one would end anyway, at the end of its input.
+    script = ("import asyncio, sys\n"
+              "from worker.parse import Parser\n"
+              "async def main():\n"
+              "    async with Parser(timeout=60.0, lanes=2) as p:\n"
+              "        deep = b'<div>' * 100_000 + b'</div>' * 100_000  # 30 s of parsing\n"
+              "        busy = [asyncio.create_task(p.links(deep, 'http://h/', None))\n"
+              "                for _ in range(2)]\n"
+              "        while not p._idle.empty(): await asyncio.sleep(0.01)\n"
+              "        print(*(lane.process.pid for lane in p._all), flush=True)\n"
+              "        await asyncio.gather(*busy)\n"
+              "asyncio.run(main())\n")
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                  stdout=asyncio.subprocess.PIPE)
+    assert worker.stdout is not None
+    pids = [int(p) for p in (await asyncio.wait_for(worker.stdout.readline(), 30)).split()]
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    worker.kill()
+    await worker.wait()
+    await until(lambda: not any(alive(p) for p in pids), "the lanes died with the worker")
