@@ -196,13 +196,13 @@ async def result(request: web.Request) -> web.StreamResponse:
     async with deps.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
-        chunk = await jobs.result_chunk(conn, job_id, 0, mime)
+        chunk = await jobs.result_chunk(conn, job_id, (0, 0), mime)
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
     out = _ResultWriter(resp)
     try:
         while chunk is not None:
-            await out.write(chunk.pages)
+            await out.write(chunk.pages, chunk.continues)
             try:
                 async with deps.acquire() as conn:
                     chunk = await jobs.result_chunk(conn, job_id, chunk.after, mime)
@@ -221,17 +221,21 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 
 class _ResultWriter:
-    """Pages and their links as Go's MarshalIndent lays out a map of lists."""
+    """Pages and their links as Go's MarshalIndent lays out a map of lists; a page's list stays
+    open until the next page starts, so a large page's links can come over several chunks."""
 
     def __init__(self, resp: web.StreamResponse) -> None:
         self._resp = resp
         self._started = False
 
-    async def write(self, pages: list[tuple[str, list[str]]]) -> None:
+    async def write(self, pages: list[tuple[str, list[str]]], continues: bool = False) -> None:
         buf: list[str] = []
-        for page, links in pages:
-            buf += ["{\n  " if not self._started else ",\n  ", string(page), ": [\n    ",
-                    ",\n    ".join(map(string, links)), "\n  ]"]
+        for i, (page, links) in enumerate(pages):
+            if i == 0 and continues and self._started:  # more links of the page still open
+                buf += [",\n    ", ",\n    ".join(map(string, links))]
+                continue
+            buf += ["{\n  " if not self._started else "\n  ],\n  ", string(page), ": [\n    ",
+                    ",\n    ".join(map(string, links))]
             self._started = True
             if len(buf) > 1024:
                 await self._resp.write("".join(buf).encode())
@@ -240,7 +244,7 @@ class _ResultWriter:
             await self._resp.write("".join(buf).encode())
 
     async def close(self) -> None:
-        await self._resp.write(b"\n}\n" if self._started else b"{}\n")
+        await self._resp.write(b"\n  ]\n}\n" if self._started else b"{}\n")
 
 
 async def _failures(request: web.Request, job_id: int) -> web.Response:

@@ -104,45 +104,79 @@ def escape_like(text: str) -> str:
 
 
 RESULT_CHUNK_SQL = """
-    WITH pages AS (
-        SELECT DISTINCT refer_id FROM job_result
-        WHERE job_id = $1 AND refer_id > $2
-        ORDER BY refer_id
-        LIMIT $3)
-    SELECT p.refer_id, r.url,
-           ARRAY(SELECT u.url FROM job_result jr JOIN url u ON u.id = jr.url_id
-                 WHERE jr.job_id = $1 AND jr.refer_id = p.refer_id {filter}
-                 ORDER BY u.url) AS links
-    FROM pages p JOIN url r ON r.id = p.refer_id
-    ORDER BY p.refer_id"""
+    SELECT l.refer_id, l.url_id,
+           (SELECT u.url FROM url u WHERE u.id = l.url_id) AS url,
+           (SELECT r.url FROM url r WHERE r.id = l.refer_id) AS page
+    FROM (SELECT jr.refer_id, jr.url_id FROM job_result jr
+          WHERE jr.job_id = $1 AND (jr.refer_id, jr.url_id) > ($2, $3) {filter}
+          ORDER BY jr.refer_id, jr.url_id
+          LIMIT $4) l
+    ORDER BY l.refer_id, l.url_id"""
+# Subqueries per row, not joins, and these settings for its transaction: the plan then reads
+# job_result's index in key order and stops at the limit, whatever the table's statistics say
+# (stale while a job runs), instead of reading the whole job to sort it.
+RESULT_CHUNK_SETTINGS = ("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; "
+                         "SET LOCAL enable_seqscan = off")
+
+# Links read by one chunk's statement at most (plus one to look ahead): a chunk's memory in the
+# web server and in PostgreSQL is bounded by it, however many links a page has. A page with at
+# most this many links comes whole in one chunk, its links sorted; a larger one is continued
+# across chunks in the store's order (url id).
+RESULT_CHUNK_LINKS = 5000
 
 
 @dataclass(frozen=True, slots=True)
 class ResultChunk:
-    pages: list[tuple[str, list[str]]]  # (page, its links sorted), pages with no links left out
-    after: int                          # the key to read the next chunk from
+    # (page, links): whole pages with their links sorted, or a part of a page of more than
+    # ``RESULT_CHUNK_LINKS`` links, in url id order; pages with no links are left out.
+    pages: list[tuple[str, list[str]]]
+    after: tuple[int, int]  # the key (page id, link id) to read the next chunk from
+    continues: bool         # the first entry continues the last page of the chunk before
 
 
-async def result_chunk(conn: asyncpg.Connection, job_id: int, after: int,
-                       mime_prefix: str | None, pages: int = 100) -> ResultChunk | None:
-    """The next ``pages`` pages of a job's result after page id ``after`` (0 to start), each
-    with its links sorted; None when there are no more.
+async def result_chunk(conn: asyncpg.Connection, job_id: int, after: tuple[int, int],
+                       mime_prefix: str | None,
+                       links: int = RESULT_CHUNK_LINKS) -> ResultChunk | None:
+    """The job's result links after the key ``after`` ((0, 0) to start), at most ``links`` of
+    them; None when there are no more.
 
-    Pages come in the order of ``job_result``'s primary key (``job_id, refer_id, url_id``), so
-    a chunk reads its own rows from the index and nothing else: no call sorts the whole job,
-    and each chunk is one short statement, holding no snapshot between chunks. ``mime_prefix``
-    is a case-insensitive prefix of the link's stored MIME type, with LIKE wildcards taken
-    literally; a page none of whose links match is skipped.
+    Links come in the order of ``job_result``'s primary key (``job_id, refer_id, url_id``), so a
+    chunk reads its own rows from the index and nothing else: no call sorts the whole job, each
+    chunk is one short statement of at most ``links + 1`` rows, and no snapshot is held between
+    chunks. A chunk ends at a page boundary: the page the limit cuts is left for the next chunk,
+    so a page of at most ``links`` links comes whole, sorted by code point (Go's sort order).
+    Only a page with more links than that fills chunks on its own, its links in url id order.
+    ``mime_prefix`` is a case-insensitive prefix of the link's stored MIME type, with LIKE
+    wildcards taken literally; a page none of whose links match is left out.
     """
+    args: list[object] = [job_id, after[0], after[1], links + 1]
+    sql = RESULT_CHUNK_SQL.format(filter="")
     if mime_prefix:
-        rows = await conn.fetch(
-            RESULT_CHUNK_SQL.format(filter="AND u.mime LIKE $4 ESCAPE '\\'"),
-            job_id, after, pages, escape_like(mime_prefix.lower()) + "%")
-    else:
-        rows = await conn.fetch(RESULT_CHUNK_SQL.format(filter=""), job_id, after, pages)
+        sql = RESULT_CHUNK_SQL.format(filter="AND (SELECT u.mime FROM url u WHERE u.id = jr.url_id) LIKE $5 ESCAPE '\\'")
+        args.append(escape_like(mime_prefix.lower()) + "%")
+    async with conn.transaction():  # one statement's snapshot, as without it
+        await conn.execute(RESULT_CHUNK_SETTINGS)
+        rows = await conn.fetch(sql, *args)
     if not rows:
         return None
-    return ResultChunk([(r["url"], r["links"]) for r in rows if r["links"]], rows[-1]["refer_id"])
+    continues = rows[0]["refer_id"] == after[0]  # a page of more than ``links`` links, going on
+    big = False  # the chunk is the first part of a page of more than ``links`` links
+    if len(rows) > links:  # a page goes on past the limit
+        cut = rows[links]["refer_id"]
+        rows = rows[:links]
+        if rows[0]["refer_id"] != cut:  # other pages come first: the cut one goes next time
+            rows = [r for r in rows if r["refer_id"] != cut]
+        else:
+            big = not continues
+    pages: list[tuple[str, list[str]]] = []
+    for i, r in enumerate(rows):
+        if i == 0 or r["refer_id"] != rows[i - 1]["refer_id"]:
+            pages.append((r["page"], []))
+        pages[-1][1].append(r["url"])
+    for i, (_, page_links) in enumerate(pages):
+        if not (i == 0 and (continues or big)):
+            page_links.sort()
+    return ResultChunk(pages, (rows[-1]["refer_id"], rows[-1]["url_id"]), continues)
 
 
 async def job_failures(conn: asyncpg.Connection, job_id: int,

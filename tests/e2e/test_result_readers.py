@@ -153,18 +153,68 @@ async def test_result_pages_cover_the_job_in_index_order(db: asyncpg.Connection)
     job_id, _ = await jobs.create_job(db, ["http://big.example/page/1"], 2, False)
     await make_big_result(db, job_id)
     seen: list[str] = []
-    after = 0
+    after = (0, 0)
     while True:
-        chunk = await jobs.result_chunk(db, job_id, after, None, pages=7)
+        chunk = await jobs.result_chunk(db, job_id, after, None, links=7 * LINKS)
         if chunk is None:
             break
         seen += [page for page, _ in chunk.pages]
+        assert not chunk.continues
         assert all(links == sorted(links) and len(links) == LINKS for _, links in chunk.pages)
         after = chunk.after
     assert len(seen) == len(set(seen)) == PAGES
-    plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {jobs.RESULT_CHUNK_SQL.format(filter='')}",
-                             job_id, 0, 7)
-    assert _max_rows(json.loads(plan)[0]["Plan"]) <= 7 * LINKS
+    assert await chunk_rows_read(db, job_id, (0, 0), 7 * LINKS + 1) <= 7 * LINKS + 1
+
+
+HUGE = 3 * jobs.RESULT_CHUNK_LINKS + 123  # links on one page: more than a chunk holds
+
+
+async def test_a_page_with_many_links_streams_in_bounded_chunks(web: Stack,
+                                                                db: asyncpg.Connection) -> None:
+    """A page of HUGE links between two small pages: no chunk's statement reads more than
+    RESULT_CHUNK_LINKS + 1 rows, and ``/result`` is the whole result: the small pages' links
+    sorted, the huge page's links every one once, in the store's (url id) order."""
+    job = await web.post_job(["http://huge.example/"])
+    pages = ["http://huge.example/a", "http://huge.example/b", "http://huge.example/c"]
+    small = [f"http://huge.example/s/{i}" for i in (3, 10, 2, 1)]  # ids not in text order
+    huge = [f"http://huge.example/l/{i}" for i in range(HUGE)]
+    await db.execute("INSERT INTO url (url) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                     pages + small + huge)
+    for page, links in zip(pages, (small, huge, small), strict=True):
+        await db.execute("""
+            INSERT INTO job_result (job_id, refer_id, url_id)
+            SELECT $1, r.id, u.id FROM url r, url u WHERE r.url = $2 AND u.url = ANY($3::text[])
+            """, job, page, links)
+    huge_ids = await db.fetch("SELECT url FROM url WHERE url = ANY($1::text[]) ORDER BY id", huge)
+    expected = {pages[0]: sorted(small), pages[1]: [r["url"] for r in huge_ids],
+                pages[2]: sorted(small)}
+    # Every chunk's statement reads a bounded number of rows, the huge page's too.
+    after = (0, 0)
+    chunks = 0
+    while (chunk := await jobs.result_chunk(db, job, after, None)) is not None:
+        rows = await chunk_rows_read(db, job, after, jobs.RESULT_CHUNK_LINKS + 1)
+        assert rows <= jobs.RESULT_CHUNK_LINKS + 1
+        assert sum(len(links) for _, links in chunk.pages) <= jobs.RESULT_CHUNK_LINKS
+        after, chunks = chunk.after, chunks + 1
+    assert chunks >= 4
+    async with aiohttp.ClientSession() as s, s.get(f"{web.base}/result/{job}") as r:
+        assert r.status == 200
+        body = await r.read()
+    assert json.loads(body) == expected
+    assert list(json.loads(body)) == pages
+    # Go's MarshalIndent layout, across the chunks the huge page spans.
+    assert body.decode() == json.dumps(expected, indent=2) + "\n"
+
+
+async def chunk_rows_read(db: asyncpg.Connection, job: int, after: tuple[int, int],
+                          limit: int) -> int:
+    """The most rows any node of a chunk's statement produced, run as result_chunk runs it."""
+    async with db.transaction():
+        await db.execute(jobs.RESULT_CHUNK_SETTINGS)
+        plan = await db.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {jobs.RESULT_CHUNK_SQL.format(filter='')}",
+            job, after[0], after[1], limit)
+    return _max_rows(json.loads(plan)[0]["Plan"])
 
 
 def _max_rows(node: dict[str, Any]) -> int:
