@@ -202,10 +202,13 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
     """Add the parents' links (and ``extra`` URLs) as visits at level+1; returns
     (job, url, origin) newly pending.
 
-    Locks are taken in one order: first the visits already in the job (their level lowered
+    Locks are taken in this order: first the visits already in the job (their level lowered
     where this path is shorter, and queued to be expanded again), then, for a job with
-    ``max_pages``, the job row (``_cap_pages``), then only new rows. So a transaction holding
-    a job row never waits for a visit another transaction holds, and no lock cycle forms.
+    ``max_pages``, the job row (``_cap_pages``), then new rows. That avoids the common lock
+    cycle of a capped job, but not every one: a transaction holding the job row that inserts
+    a visit another has just lowered (``ON CONFLICT DO NOTHING`` waits for it) while that one
+    waits for the job row is a deadlock; PostgreSQL detects it after ``deadlock_timeout`` and
+    ``in_transaction`` runs the aborted transaction again (about a second lost, no visit).
     Candidates are read and handled ``CHUNK`` at a time: a page with hundreds of thousands of
     links never holds the event loop for long."""
     if not parents:
