@@ -259,7 +259,9 @@ class HostGate:
         request), None when no slot was asked for, or why not: ``BLOCKED``/``UNREACHABLE``
         (final), ``NOT_YET``/``BUSY``. With ``horizon`` (a retry), the slot may be leased that
         far ahead, and is asked for every 50 ms while the host is at its cap: the retry takes
-        the host's next free start, before visits not yet granted one."""
+        the host's next free start, before visits not yet granted one. A host whose next free
+        start is past the deadline (paused) is not asked again: the answer is ``BUSY`` at
+        once."""
         try:
             return await self._admit_hop(url, slot, deadline, horizon)
         except (*RETRYABLE, asyncpg.PostgresError) as e:  # fetch() never raises: try later
@@ -290,8 +292,10 @@ class HostGate:
     async def _wait_for_slot(self, host: str, rules: RobotsRules | None, deadline: float,
                              horizon: float | None = None) -> Slot | None:
         """Lease one request slot on ``host`` and wait until it starts; None at ``deadline``
-        (on the event loop's clock). A slot whose host is paused before its start is given
-        back, and the wait goes on."""
+        (on the event loop's clock), or at once if the host's next free start is later. While
+        the host is at its request cap the slot is asked for every 50 ms, else again at the
+        next free start. A slot whose host is paused before its start is given back, and the
+        wait goes on."""
         loop = asyncio.get_running_loop()
         spacing = {host: self._spacing(host, rules)}
         while True:
@@ -312,12 +316,15 @@ class HostGate:
                     return replace(slot, wait=0.0)
                 self.give_back(slot)
                 continue
-            if loop.time() >= deadline:
-                return None
+            left = deadline - loop.time()
             free_in = (grant.next_free - db_now).total_seconds() if grant is not None else 0.0
-            if horizon is not None:  # a retry: ask again soon, not at the next visit's turn
-                free_in = 0.0
-            await asyncio.sleep(min(max(free_in, SOON.total_seconds()), 1.0))
+            if left <= 0 or free_in > left:  # no start before the deadline (a paused host):
+                return None                  # the next free start only ever moves later
+            if free_in <= (self.settings.politeness_horizon if horizon is None else horizon):
+                # at its request cap: a slot frees when any request ends, so ask again soon
+                await asyncio.sleep(SOON.total_seconds())
+            else:  # booked or paused until then: nothing to ask for before it
+                await asyncio.sleep(free_in)
 
     async def _robots(self, names: list[str], out: Admission,
                       by_host: dict[str, list[Key]]) -> dict[str, RobotsRules]:

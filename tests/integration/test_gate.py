@@ -406,6 +406,23 @@ async def test_a_slow_pause_check_does_not_hold_the_request_back(
         await locker.close()
 
 
+async def test_a_retry_on_a_host_paused_past_its_deadline_gives_up_at_once(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    """A retry's slot (``admit_hop`` with a horizon) on a host paused beyond the retry's
+    deadline is not asked for again and again until then: one lease request, then no."""
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
+    host = "http://127.0.0.1:9"
+    await db.execute("""
+        INSERT INTO host (host, backoff_until) VALUES ($1, clock_timestamp() + interval '60 s')
+        """, host)
+    counting = CountingPool(gate.pool)
+    gate.pool = counting
+    loop = asyncio.get_running_loop()
+    hop = await gate.admit_hop(host + "/a", True, loop.time() + 1.5, horizon=1.5)
+    assert hop == "no free slot on the host"
+    assert counting.taken == 1, f"asked {counting.taken} times"
+
+
 async def test_a_good_answer_does_not_cut_a_pause_short(
         polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """A request in flight when the host asked for a pause, answered well afterwards, forgets
