@@ -17,6 +17,10 @@ from shared.errors import DependencyUnavailable
 # How long a request waits for a pooled connection before it is answered 503: a pool held by
 # slow work (or a database that stopped answering) must not queue requests without end.
 ACQUIRE_TIMEOUT = 5.0
+# Creating a job waits longer: a burst of large POSTs on a busy service queues for the pool, and
+# a 503 there would refuse work PostgreSQL can do. Only a database that does not answer within
+# this request deadline (or refuses connections, at once) makes it a 503.
+WRITE_ACQUIRE_TIMEOUT = 60.0
 PING_TIMEOUT = 5.0
 
 
@@ -24,12 +28,15 @@ class Deps:
     """PostgreSQL pool and JetStream context, as available right now."""
 
     def __init__(self, pool: asyncpg.Pool, database_url: str = "",
-                 acquire_timeout: float = ACQUIRE_TIMEOUT) -> None:
+                 acquire_timeout: float | None = None,
+                 write_acquire_timeout: float | None = None) -> None:
         self.pool = pool
         self.nc: NATS | None = None
         self.jetstream: JetStreamContext | None = None  # set once the streams are there
         self._database_url = database_url
-        self._acquire_timeout = acquire_timeout
+        self._acquire_timeout = ACQUIRE_TIMEOUT if acquire_timeout is None else acquire_timeout
+        self.write_acquire_timeout = (WRITE_ACQUIRE_TIMEOUT if write_acquire_timeout is None
+                                      else write_acquire_timeout)
         self._ping_conn: asyncpg.Connection | None = None
         self._ping_lock = asyncio.Lock()
 
@@ -44,13 +51,15 @@ class Deps:
         self.js  # noqa: B018 - the property raises when NATS is away
 
     @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection, or DependencyUnavailable after ``acquire_timeout``."""
+    async def acquire(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, or DependencyUnavailable after ``timeout`` (by default
+        ``acquire_timeout``)."""
+        wait = self._acquire_timeout if timeout is None else max(0.0, timeout)
         try:
-            conn = await self.pool.acquire(timeout=self._acquire_timeout)
+            conn = await self.pool.acquire(timeout=wait)
         except TimeoutError:
             raise DependencyUnavailable(
-                "PostgreSQL", f"no free connection within {self._acquire_timeout:g}s") from None
+                "PostgreSQL", f"no free connection within {wait:g}s") from None
         try:
             yield conn
         finally:

@@ -129,11 +129,17 @@ async def schedule(request: web.Request) -> web.Response:
 async def _create_job(deps: Deps, urls: list[str], depth: int, force: bool, scope: Scope,
                       max_pages: int | None, sitemaps: bool) -> int:
     """Create the job in one transaction, run again when PostgreSQL aborted it for a deadlock
-    or a serialization failure (it rolled back, so another try creates nothing twice)."""
+    or a serialization failure (it rolled back, so another try creates nothing twice).
+
+    It waits for a pooled connection until the request's deadline (``write_acquire_timeout``
+    from the start, not the short wait of reads): a burst of large POSTs queues for the pool
+    instead of being refused while PostgreSQL is working through them."""
     attempt = 0
+    deadline = asyncio.get_running_loop().time() + deps.write_acquire_timeout
     while True:
         try:
-            async with deps.acquire() as conn, conn.transaction():
+            left = deadline - asyncio.get_running_loop().time()
+            async with deps.acquire(timeout=left) as conn, conn.transaction():
                 job_id, _ = await jobs.create_job(conn, urls, depth, force, scope, max_pages,
                                                   sitemaps)
             return job_id

@@ -224,3 +224,24 @@ async def test_a_bug_is_a_json_500(settings: Settings, caplog: pytest.LogCapture
     assert (status, headers["content-type"]) == (500, "application/json")
     assert json.loads(body) == {"code": "InternalServerError", "message": "Internal server error"}
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+async def test_a_burst_of_large_posts_on_a_small_pool_all_succeed(
+        settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """12 concurrent POSTs of 10,000 URLs on a pool of 2 connections, reads waiting at most 1 s
+    for one: every job is created (200, each once), none is answered 503."""
+    monkeypatch.setattr("web_server.app.POOL_SIZE", 2)
+    monkeypatch.setattr("web_server.deps.ACQUIRE_TIMEOUT", 1.0)
+    st = await Stack(settings.model_copy(update={"max_job_urls": 10_000})).start(foremen=0,
+                                                                                 workers=0)
+    try:
+        bodies = ["\n".join(f"http://burst{b}.example/{i}" for i in range(10_000))
+                  for b in range(12)]
+        answers = await asyncio.gather(*(st.request("POST", "/", body) for body in bodies))
+    finally:
+        await st.stop()
+    assert [status for status, _, _ in answers] == [200] * 12, [b for _, b, _ in answers]
+    jobs = [int(body["jobId"]) for _, body, _ in answers]
+    counts = await db.fetch("SELECT job_id, count(*) AS n FROM job_url WHERE job_id = ANY($1::bigint[])"
+                            " GROUP BY job_id", jobs)
+    assert sorted(r["n"] for r in counts) == [10_000] * 12
