@@ -213,6 +213,14 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
     links never holds the event loop for long."""
     if not parents:
         return []
+    # The common case, in one read and no probe: no job with ``max_pages``, and few enough
+    # candidates for one statement each (a read of CHUNK + 1 rows tells).
+    if not any(p.max_pages for p in parents) and sum(map(len, extra.values())) < CHUNK:
+        rows = await conn.fetch(_LINKS_SQL + " LIMIT $6", *_links_args(parents), CHUNK + 1)
+        if len(rows) <= CHUNK:
+            if extra:  # a page a sitemap lists may be a link too: the nearest once
+                rows = _nearest(list(rows) + await _extra_children(conn, parents, extra))
+            return await _insert_first(conn, _in_scope(parents, rows))
     queued: list[tuple[int, int, int]] = []
     fresh: list[asyncpg.Record] = []
     async for children in _candidates(conn, parents, extra):
@@ -238,18 +246,7 @@ async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
     """The parents' links, each (job, url) once from its nearest parent, then the ``extra``
     URLs, all within their job's scope (never followed: images, CSS, JavaScript), in chunks of
     at most ``CHUNK`` rows (read through a cursor: call it in a transaction)."""
-    cursor = await conn.cursor(f"""
-        SELECT DISTINCT ON (p.job_id, l.url_id)
-               p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id,
-               u.url, p.i
-        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[])
-             AS p(job_id, url_id, level, origin_id, i)
-        JOIN url_link l ON l.refer_id = p.url_id
-        JOIN url u ON u.id = l.url_id
-        WHERE NOT {SKIP_MIME_SQL}
-        ORDER BY p.job_id, l.url_id, p.level, p.origin_id""",
-        [p.job_id for p in parents], [p.url_id for p in parents],
-        [p.level for p in parents], [p.origin_id for p in parents], list(range(len(parents))))
+    cursor = await conn.cursor(_LINKS_SQL, *_links_args(parents))
     while True:
         rows = await cursor.fetch(CHUNK)
         if kept := _in_scope(parents, rows):
@@ -261,6 +258,52 @@ async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
         for i in range(0, len(rows), CHUNK):
             if kept := _in_scope(parents, rows[i:i + CHUNK]):
                 yield kept
+
+
+# The parents' links, each (job, url) once from its nearest parent (never images, CSS, JS).
+_LINKS_SQL = f"""
+        SELECT DISTINCT ON (p.job_id, l.url_id)
+               p.job_id, l.url_id, p.level + 1 AS level, p.origin_id, p.url_id AS refer_id,
+               u.url, p.i
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[])
+             AS p(job_id, url_id, level, origin_id, i)
+        JOIN url_link l ON l.refer_id = p.url_id
+        JOIN url u ON u.id = l.url_id
+        WHERE NOT {SKIP_MIME_SQL}
+        ORDER BY p.job_id, l.url_id, p.level, p.origin_id"""
+
+
+def _links_args(parents: Sequence[Pending]) -> tuple[list[int], list[int], list[int], list[int],
+                                                     list[int]]:
+    return ([p.job_id for p in parents], [p.url_id for p in parents],
+            [p.level for p in parents], [p.origin_id for p in parents],
+            list(range(len(parents))))
+
+
+async def _insert_first(conn: asyncpg.Connection,
+                        children: Sequence[asyncpg.Record]) -> list[tuple[int, int, int]]:
+    """Queue the children of jobs without ``max_pages`` (no job row to lock, no counter): insert
+    them as visits, lower the level of those the job had visited already where this path is
+    shorter, and queue the new and the lowered ones: three statements, no probe."""
+    if not children:
+        return []
+    new = {_key(r) for r in await conn.fetch("""
+        INSERT INTO job_visit (job_id, url_id, level)
+        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
+        ON CONFLICT DO NOTHING RETURNING job_id, url_id""",
+        [c["job_id"] for c in children], [c["url_id"] for c in children],
+        [c["level"] for c in children])}
+    old = [c for c in children if _key(c) not in new]
+    lowered: set[Key] = set()
+    if old:
+        lowered = {_key(r) for r in await conn.fetch("""
+            UPDATE job_visit v SET level = c.level
+            FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
+            WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
+            RETURNING v.job_id, v.url_id""",
+            [c["job_id"] for c in old], [c["url_id"] for c in old], [c["level"] for c in old])}
+    return await _add_pending(
+        conn, [c for c in children if _key(c) in new or _key(c) in lowered], lowered)
 
 
 def _in_scope(parents: Sequence[Pending], rows: Sequence[asyncpg.Record]) -> list[asyncpg.Record]:

@@ -254,3 +254,28 @@ async def test_a_visit_retrying_is_not_taken_for_a_stale_one(db: asyncpg.Connect
     await visits.count_attempt(db, (job, url_id))
     assert await visits.requeue_stale(db, 60, 3) == 0
     assert await db.fetchval("SELECT attempts FROM job_pending WHERE job_id = $1", job) == 1
+
+
+async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
+        db: asyncpg.Connection) -> None:
+    # The hot path: no job row, no probe of the visited set before inserting into it, no
+    # cursor; one read of the links and three statements, as before chunking.
+    job, _ = await new_job(db, f"{H}/")
+    await fetched(db, f"{H}/", f"{H}/a", f"{H}/b")
+    queries: list[str] = []
+
+    def log(q: asyncpg.connection.LoggedQuery) -> None:
+        queries.append(" ".join(q.query.split()))
+
+    keys = [(job, u) for u in await ids(db, f"{H}/")]
+    async with db.transaction():
+        locked = await visits.lock_pending(db, keys)
+        db.add_query_logger(log)
+        try:
+            assert len(await visits.complete(db, locked, {k: "fetched" for k in keys})) == 2
+        finally:
+            db.remove_query_logger(log)
+    visiting = [q for q in queries if "job_visit" in q and "url_link" not in q]
+    assert visiting and visiting[0].startswith("INSERT INTO job_visit"), visiting
+    assert not any("FOR UPDATE" in q for q in queries if "FROM job " in q)
+    assert await levels(db, job) == {f"{H}/": 0, f"{H}/a": 1, f"{H}/b": 1}
