@@ -24,7 +24,7 @@ from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
 from worker.crawl import run as run_worker
-from worker.parse import Parser
+from worker.fetch import fetch as fetch_page
 
 pytestmark = pytest.mark.e2e
 
@@ -318,17 +318,18 @@ async def test_pathological_html_fails_alone_within_the_parse_deadline(settings:
 async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         db: asyncpg.Connection) -> None:
-    # The link extractor raises on one page (a bug, or the parser on hostile HTML): that visit is
+    # The fetch raises on one page (a bug) while the visit holds its host slot: that visit is
     # recorded as failed with the exception, once, its messages are settled and its host slot
     # given back at once, not after the message's or the slot's lease.
-    real = Parser.links
+    real = fetch_page
 
-    async def links(self: Parser, body: bytes, base_url: str, encoding: str | None) -> Any:
-        if base_url.endswith("/bad"):
-            raise RuntimeError("the parser exploded")
-        return await real(self, body, base_url, encoding)
+    async def fetch(session: Any, settings: Settings, url_id: int, url: str,
+                    *args: Any, **kwargs: Any) -> Any:
+        if url.endswith("/bad"):
+            raise RuntimeError("the fetcher exploded")
+        return await real(session, settings, url_id, url, *args, **kwargs)
 
-    monkeypatch.setattr(Parser, "links", links)
+    monkeypatch.setattr("worker.crawl.fetch", fetch)
     async with Scripted({"/": lambda r, n: html("/bad", "/good"), "/bad": lambda r, n: html("/x"),
                          "/good": lambda r, n: html()}) as site:
         stack = await Stack(settings).start()
@@ -337,12 +338,12 @@ async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
             st = await stack.wait_complete(job, timeout=10)
             assert st["pages"]["failed"] == 1 and st["pages"]["processed"] == 3
             assert await stack.result(job, status="failed") == {site.base + "/bad": {
-                "status": None, "reason": "RuntimeError: the parser exploded", "attempts": 1}}
+                "status": None, "reason": "RuntimeError: the fetcher exploded", "attempts": 1}}
             assert (await stack.result(job))[site.base + "/"] == [site.base + "/bad",
                                                                   site.base + "/good"]
             await stack.wait_idle(timeout=5)  # every message settled
             await until(lambda: no_leases(db), timeout=2, what="host slots given back")
-            assert site.hits["/bad"] == 1 and site.hits["/x"] == 0
+            assert site.hits["/bad"] == 0 and site.hits["/x"] == 0
             logged = [r for r in caplog.records
                       if r.levelno >= logging.ERROR and "/bad" in r.getMessage()]
             assert len(logged) == 1, logged

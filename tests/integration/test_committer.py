@@ -20,6 +20,7 @@ from shared.config import Settings, stream_name
 from shared.db import jobs
 from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
+from shared.db.visits import CHUNK
 from shared.embedded import free_port
 from worker.crawl import Committer, Done
 
@@ -171,33 +172,34 @@ async def zero(count: Awaitable[int]) -> bool:
 
 
 async def test_a_page_of_200000_links_commits_without_holding_the_event_loop(
-        settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
+        settings: Settings, queue: Queue, db: asyncpg.Connection) -> None:
     # A 10 MiB page can hold 400,000 links: storing them and queueing them as visits went in
     # large pieces of the event loop (0.7 s for 424,000), delaying every request the worker is
-    # about to start.
+    # about to start. Each piece of the loop's work is bounded by the values it sends or reads
+    # at a time: no statement of the commit gets more than a chunk's worth (how long a chunk
+    # takes is for the benchmarks, not a timed test on a loaded machine).
     (key,) = await new_job(db, 1, max_level=2)
     msgs = await queue.messages([key])
     rnd = random.Random(7)
     links = sorted({f"http://x.example/{rnd.getrandbits(48):x}" for _ in range(200_000)})
     done = Done(key, msgs[key], page(key, *links), 1)
-    worst = 0.0
+    largest: dict[str, int] = {}
 
-    async def watch() -> None:
-        nonlocal worst
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(0)
-            worst = max(worst, time.perf_counter() - t)
+    def log(q: asyncpg.connection.LoggedQuery) -> None:
+        n = max((len(a) for a in q.args if isinstance(a, list | tuple)), default=0)
+        text = " ".join(q.query.split())[:60]
+        largest[text] = max(largest.get(text, 0), n)
 
-    watcher = asyncio.create_task(watch())
-    try:
-        await commit(settings, pool, [done])
-    finally:
-        watcher.cancel()
+    async def init(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(log)
+
+    async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=2,
+                                   init=init) as logged:
+        await commit(settings, logged, [done])
     for table in ("job_result", "job_pending"):
         assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE job_id = $1",
                                  key[0]) == len(links)
-    assert worst < 0.1, f"the event loop was held for {worst * 1000:.0f} ms"
+    assert len(largest) > 5 and max(largest.values()) <= CHUNK, largest
 
 
 async def test_a_fault_that_is_no_visits_fails_none_and_the_batch_comes_back(
