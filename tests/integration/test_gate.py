@@ -19,9 +19,10 @@ from aiohttp import web
 from shared.config import Settings
 from shared.db import hosts
 from shared.db.pool import open_pool
+from shared.sitemaps import SitemapReader
 from tests.servers import serve
 from worker.fetch import open_session
-from worker.gate import HostGate, guard_band
+from worker.gate import HostGate, _allowed, _parse_rules, guard_band
 
 
 @dataclass
@@ -504,17 +505,23 @@ async def test_a_big_robots_txt_is_parsed_and_matched_off_the_event_loop(
     a thread, once per worker and copy: the event loop's longest stall stays far below the
     0.3 s or more it took on the loop. (Not the guard band: the thread holds the GIL up to
     5 ms at a time, longer on two loaded cores, and the objects it makes bring on full
-    collections; a body this size is very rare, and parsed once.)"""
+    collections; a body this size is very rare, and parsed once.) The bound is half the time
+    the same parse and matching take on the loop, measured here, not a fixed time."""
     assert len(BIG_ROBOTS) < 512 * 1024
     site = await start_site(Site({"/robots.txt": (200, BIG_ROBOTS.encode(), {})}))
     gate = await gate_for(polite.model_copy(update={"host_concurrency": 64}))
     visits = {(1, i): f"{site.base}/p/{i * 180}/x" for i in range(64)}
+    t0 = time.perf_counter()  # the same work on the loop, in one piece, as it was done before
+    assert not any(_allowed(_parse_rules(200, BIG_ROBOTS, site.base, gate.agent),
+                            list(visits.values()), gate.agent))
+    on_loop = time.perf_counter() - t0
     await gate.admit(visits)  # the fetch starts
     await until(lambda: robots_fetched(db, site.base))
     for _ in range(2):  # parsed the first time, from the worker's cache the second
         out, worst = await longest_stall(gate.admit(visits))
         assert set(out.blocked) == set(visits)
-        assert worst < 0.15, f"the event loop was blocked for {worst * 1e3:.0f} ms"
+        assert worst < on_loop / 2, (
+            f"the event loop was blocked for {worst * 1e3:.0f} ms ({on_loop * 1e3:.0f} ms on it)")
 
 
 async def test_known_robots_bodies_are_not_read_again(db: asyncpg.Connection) -> None:
@@ -529,13 +536,21 @@ async def test_known_robots_bodies_are_not_read_again(db: asyncpg.Connection) ->
     assert (await hosts.robots(db, [host], {host: older}))[host].body == r.body
 
 
-async def test_a_10_mib_sitemap_is_parsed_off_the_event_loop(
+async def test_a_10_mib_sitemap_is_parsed_in_pieces_on_the_event_loop(
         polite: Settings, gate_for: GateFor, start_site: Start, db: asyncpg.Connection) -> None:
+    """A 10 MiB sitemap is parsed on the loop a piece at a time: the loop's longest stall while
+    the gate reads it is a small part of the time the same parse takes in one piece (measured
+    here, not a fixed time; speed belongs to the benchmarks)."""
     site = await start_site(Site())
     urls = "".join(f"<url><loc>{site.base}/page/{i}</loc></url>" for i in range(50_000))
     pad = "<!-- padding -->" * ((10 << 20) // 16 - len(urls) // 16 - 10)
     xml = f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}{pad}</urlset>'
     assert len(xml) <= 10 << 20
+    t0 = time.perf_counter()
+    whole = SitemapReader(site.base + "/map.xml")
+    whole.feed(xml.encode())
+    assert len(whole.close().urls) == 50_000
+    one_piece = time.perf_counter() - t0
     site.pages["/robots.txt"] = (200, f"Sitemap: {site.base}/map.xml\n".encode(), {})
     site.pages["/map.xml"] = (200, xml.encode(), {})
     gate = await gate_for(polite.model_copy(update={"max_body_bytes": 10 << 20}))
@@ -543,24 +558,39 @@ async def test_a_10_mib_sitemap_is_parsed_off_the_event_loop(
     await until(lambda: robots_fetched(db, site.base))
     found, worst = await longest_stall(gate.sitemap_urls(site.base))
     assert len(found) == 50_000 and found[-1] == f"{site.base}/page/49999"
-    assert worst < guard_band(0.5), f"the event loop was blocked for {worst * 1e3:.0f} ms"
+    assert worst < one_piece / 4, (
+        f"the event loop was blocked for {worst * 1e3:.0f} ms ({one_piece * 1e3:.0f} ms whole)")
 
 
 async def test_a_redirect_hop_waiting_for_its_start_is_held_back_by_a_pause(
         polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """A hop's slot granted a later start on a host that is paused meanwhile is not used: the
-    hop waits for the pause, here longer than its deadline, so it gets no slot at all."""
-    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 0.3})
+    hop waits for the pause, here longer than its deadline, so it gets no slot at all. (The
+    hop's start is 1.5 s out, its pause check 0.1 s before it: the pause, set by another worker
+    once the hop's lease is in the database, is recorded long before.)"""
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 1.5})
     gate, other = await gate_for(s), await gate_for(s)
     host = "http://127.0.0.1:9"
     first = (await gate.admit({(1, 1): host + "/a"})).granted[(1, 1)]
     loop = asyncio.get_running_loop()
-    hop = asyncio.ensure_future(gate.admit_hop(host + "/b", True, loop.time() + 1.0))
+    hop = asyncio.ensure_future(gate.admit_hop(host + "/b", True, loop.time() + 5.0))
 
-    async def hop_granted() -> bool:  # a start 0.33 s out
+    async def hop_granted() -> bool:  # a start 1.5 s out
         return bool(await db.fetchval(
             "SELECT cardinality(leases) = 2 FROM host WHERE host = $1", host))
 
-    await until(hop_granted, timeout=0.3)
-    other.release(first, trouble=True, retry_after=2.0)  # the host asks for 2 s
+    async def paused() -> bool:
+        return bool(await db.fetchval("""
+            SELECT backoff_until > clock_timestamp() + interval '5 s' FROM host
+            WHERE host = $1""", host))
+
+    await until(hop_granted)
+    other.release(first, trouble=True, retry_after=10.0)  # the host asks for 10 s
+    await until(paused)
+    assert not hop.done()  # still waiting for its start when the pause came
     assert await hop == "no free slot on the host"
+
+    async def given_back() -> bool:  # both slots: the hop's unused
+        return bool(await db.fetchval("SELECT leases = '{}' FROM host WHERE host = $1", host))
+
+    await until(given_back)
