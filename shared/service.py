@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, StartupError
@@ -63,10 +64,63 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
         return 1
 
 
+async def _until(stop: asyncio.Event) -> None:
+    """Until ``stop`` is set, without counting as the tier's look at it."""
+    await asyncio.Event.wait(stop)
+
+
+# How long a tier that serves may take to stop after its shutdown timeout before it is cancelled.
+STOP_MARGIN = 10.0
+
+
+class _StopEvent(asyncio.Event):
+    """The tier's stop event, remembering whether the tier has looked at it yet. Tiers look at it
+    once they serve; before that they are starting (connecting, retrying while PostgreSQL or NATS
+    is unreachable), with nothing in hand to finish, and a stop cancels them at once."""
+
+    watched = False
+
+    def is_set(self) -> bool:
+        self.watched = True
+        return super().is_set()
+
+    async def wait(self) -> Literal[True]:
+        self.watched = True
+        return await super().wait()
+
+
 async def _run(run: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings) -> int:
-    stop = asyncio.Event()
+    """Run the tier until it returns. SIGTERM/SIGINT sets its stop event; a tier still starting is
+    cancelled at once; one serving gets ``shutdownTimeout`` + STOP_MARGIN to finish, then it is
+    cancelled; a second signal cancels it at once."""
+    stop = _StopEvent()
+    task: asyncio.Future[None] = asyncio.ensure_future(run(settings, stop))
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1 or not stop.watched:
+            task.cancel()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run(settings, stop)
+        loop.add_signal_handler(sig, on_signal)
+    stopping: asyncio.Future[None] = asyncio.ensure_future(_until(stop))
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=settings.shutdown_timeout + STOP_MARGIN)
+            if not task.done():
+                logging.getLogger(__name__).warning("still stopping after %.0fs; cancelled",
+                                                    settings.shutdown_timeout + STOP_MARGIN)
+                task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not signals:
+                raise
+    finally:
+        stopping.cancel()
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import pytest
 from aiohttp import web
 
 from shared.demo_site import create_demo_app
@@ -173,3 +174,28 @@ def test_up_fails_when_a_tier_cannot_start(tmp_path: Path) -> None:
     assert "Harvester is up" not in out
     assert "harvester up: web_server exited with status 1 during start-up; stopping" in err
     assert f"web_server: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+
+
+@pytest.mark.parametrize("tier", ["foreman", "worker", "web_server"])
+def test_a_tier_stops_on_sigterm_while_it_retries_at_start(tier: str, tmp_path: Path) -> None:
+    """PostgreSQL and NATS unreachable: the tier retries its connections; SIGTERM then stops it
+    at once (status 0), instead of leaving it retrying for ever."""
+    env = {**os.environ, "HARVESTER_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x",
+           "HARVESTER_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    log = tmp_path / "stderr"
+    args = ["-addr", f"127.0.0.1:{free_port()}"] if tier == "web_server" else []
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", tier, *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while " WARNING " not in log.read_text():  # a connection failed: it is retrying
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
