@@ -30,7 +30,7 @@ from shared.robots import (
     decode,
     rules_for,
 )
-from shared.sitemaps import Sitemap, SitemapReader, xml_chunks
+from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
 from worker.fetch import connect_error
@@ -468,23 +468,13 @@ class HostGate:
                 body = await self._fetch_sitemap(where, rules if host_key(where) == host else None)
                 if body is None:
                     continue
-                found = await self._parse_sitemap(body, where)
+                found = await parse_sitemap(body, where, self.settings.max_body_bytes)
                 urls += found.urls
                 if n < 1:  # an index at the top level: read its sitemaps too
                     todo += found.sitemaps
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("sitemaps of %s: %s; %d pages read", host, e, len(urls))
         return urls[:limit]
-
-    async def _parse_sitemap(self, body: bytes, where: str) -> Sitemap:
-        """Up to ``max_body_bytes`` of XML (a third of a second of CPU for 10 MiB), parsed
-        64 KiB at a time (a few milliseconds each) with the loop's other work in between."""
-        reader = SitemapReader(where)
-        for xml in xml_chunks(body, self.settings.max_body_bytes):
-            if reader.feed(xml):
-                break
-            await asyncio.sleep(0)
-        return reader.close()
 
     async def _fetch_sitemap(self, where: str, rules: RobotsRules | None) -> bytes | None:
         """One sitemap, in a request slot of its host (None: not there, or no slot in time)."""
