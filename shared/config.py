@@ -9,6 +9,7 @@ ignored, as the original did. One model serves every tier: they share most keys,
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -242,14 +243,21 @@ def _host_key(key: str) -> str:
 def _per_host(table: Mapping[str, Any], origin: str) -> Any:
     """The entry for ``scheme://host[:port]`` keyed by "host:port" (the scheme's default port
     if the URL has none), else by "host"; None if neither. Keys are normalised at load."""
+    for key in _origin_keys(origin):
+        if key in table:
+            return table[key]
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin_keys(origin: str) -> tuple[str, str]:
+    """The keys an origin's entry may have, "host:port" then "host": worked out once per
+    origin (this runs for every request and redirect hop), the most recent 4,096 kept."""
     scheme, _, netloc = origin.rpartition("://")
     host, port = _split_host(netloc)
     if port is None:
         port = _DEFAULT_PORTS.get(scheme.lower())
-    for key in (_join_host(host, port), _join_host(host, None)):
-        if key in table:
-            return table[key]
-    return None
+    return _join_host(host, port), _join_host(host, None)
 
 
 def stream_name(topic: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -242,3 +243,23 @@ def test_readme_config_error_example(tmp_path: Path) -> None:
                        text=True, timeout=60, check=False)
     readme = (ROOT / "README.md").read_text()
     assert r.returncode == 2 and r.stderr.strip() in readme, r.stderr
+
+
+def test_host_keys_of_an_origin_are_worked_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """host_limit and headers_for run for every request and hop: the origin's keys (an IP
+    address check that raises for every host name) are worked out once per origin."""
+    calls: list[str] = []
+    real = ipaddress.ip_address
+
+    def counted(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        calls.append(address)
+        return real(address)
+
+    monkeypatch.setattr(ipaddress, "ip_address", counted)
+    s = load_settings(None, env={}, host_limits={"memo.example": {"delay": "1s"}},
+                      host_headers={"memo.example:8080": {"X-A": "1"}})
+    calls.clear()  # the keys, normalised at load
+    for _ in range(100):
+        assert s.host_limit("http://memo.example:8080").delay == 1.0
+        assert s.headers_for("http://memo.example:8080") == {"X-A": "1"}
+    assert calls.count("memo.example") <= 1
