@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench $(ARGS)
 
-# ruff over the whole tree, mypy --strict over the tiers and shared/ (pyproject.toml); any finding fails
+# ruff over the whole tree, mypy --strict over the tiers, shared/ and harvester_ops/ (pyproject.toml); any finding fails
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy

@@ -20,7 +20,7 @@ import psutil
 
 from bench.procs import TreeMonitor, tree_cpu
 from bench.site import Site
-from shared.embedded import free_port
+from harvester_ops.embedded import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 _UP_LINE = re.compile(r"Harvester is up: (?P<api>\S+)\s+\(PostgreSQL (?P<dsn>\S+), NATS (?P<nats>\S+),")
@@ -188,7 +188,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     if opts.profile:
         env["HARVESTER_PG_SETTINGS"] = ("shared_preload_libraries=pg_stat_statements "
                                         "pg_stat_statements.track=all")
-    up_args = [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir),
+    up_args = [sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir", str(data_dir),
                "-addr", f"127.0.0.1:{api_port}", "--workers", str(opts.workers),
                "-config", str(config)]
     errlog = open(data_dir / "up.stderr", "ab")  # noqa: SIM115 - the child's stderr

@@ -40,7 +40,7 @@ def kind_of(p: psutil.Process) -> str:
     for mod in ("web_server", "foreman", "worker"):
         if f"-m {mod}" in joined or f"harvester {mod.replace('_', '-')}" in joined:
             return mod
-    if "shared.cli up" in joined or "harvester up" in joined:
+    if "harvester_ops.cli up" in joined or "harvester up" in joined:
         return "up"
     if "scrapy" in joined:
         return "scrapy"

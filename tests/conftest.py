@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from harvester_ops import migrate
+from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.config import Settings
-from shared.db import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres
 
 TEMPLATE = "harvester_template"
 _counter = itertools.count(1)

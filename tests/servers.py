@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shared.embedded import free_port
+from harvester_ops.embedded import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from harvester_ops.embedded import free_port
 from shared.config import Settings
-from shared.embedded import free_port
 from tests.servers import serve
 
 

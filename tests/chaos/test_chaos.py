@@ -18,8 +18,8 @@ import asyncpg
 import nats
 import pytest
 
+from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.config import Settings, stream_name
-from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.chaos.procs import GraphSite, Tiers
 
 pytestmark = pytest.mark.chaos

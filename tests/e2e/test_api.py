@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aiohttp import web as aioweb
 
+from harvester_ops.embedded import free_port
 from shared.config import Settings
-from shared.embedded import free_port
 from tests.e2e.stack import Stack
 from web_server.app import Runner, create_app
 

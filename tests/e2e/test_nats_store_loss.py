@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from harvester_ops.embedded import EmbeddedNats
 from shared.config import Settings
-from shared.embedded import EmbeddedNats
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from foreman.schedule import run as run_foreman
+from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.config import Settings, stream_name
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
 from tests.servers import serve

@@ -8,8 +8,8 @@ import brotli
 import pytest
 from aiohttp import web
 
+from harvester_ops.embedded import free_port
 from shared.config import Settings
-from shared.embedded import free_port
 from shared.scope import Scope
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from foreman.schedule import run as run_foreman
+from harvester_ops.embedded import EmbeddedNats, free_port
 from shared import bus
 from shared.config import Settings
-from shared.embedded import EmbeddedNats, free_port
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 from worker.crawl import run as run_worker

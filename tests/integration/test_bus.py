@@ -18,10 +18,10 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy
 
+from harvester_ops.embedded import EmbeddedNats
 from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings, stream_name
-from shared.embedded import EmbeddedNats
 from shared.messages import VisitMessage
 
 T = TypeVar("T")

@@ -15,13 +15,13 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from harvester_ops.embedded import free_port
 from shared import bus
 from shared.config import Settings, stream_name
 from shared.db import jobs
 from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
 from shared.db.visits import CHUNK
-from shared.embedded import free_port
 from worker.crawl import Committer, Done
 
 Key = tuple[int, int]

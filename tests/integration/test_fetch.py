@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from harvester_ops.embedded import free_port
 from shared.config import Settings
 from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
-from shared.embedded import free_port
 from tests.servers import serve
 from worker.fetch import Validators, fetch, fetch_budget, open_session
 from worker.gate import HostGate

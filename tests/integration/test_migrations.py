@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
 
-from shared.db import migrate
-from shared.embedded import EmbeddedPostgres
+from harvester_ops import migrate
+from harvester_ops.embedded import EmbeddedPostgres
 
 # The tables the code relies on (later revisions may add more).
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import asyncpg
 
+from harvester_ops.embedded import EmbeddedPostgres
 from shared.db.pool import open_pool
-from shared.embedded import EmbeddedPostgres
 
 
 async def test_jit_stays_off_across_releases(database_url: str) -> None:

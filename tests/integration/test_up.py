@@ -17,8 +17,8 @@ import psutil
 import pytest
 from aiohttp import web
 
-from shared.demo_site import create_demo_app
-from shared.embedded import free_port
+from harvester_ops.demo_site import create_demo_app
+from harvester_ops.embedded import free_port
 
 
 async def wait_http(url: str, timeout: float = 90) -> None:
@@ -36,7 +36,7 @@ async def wait_http(url: str, timeout: float = 90) -> None:
 
 
 def start_up(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
+    return subprocess.Popen([sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir", str(data),
                              "-addr", f"127.0.0.1:{port}", "--workers", "2", *extra],
                             start_new_session=True)
 
@@ -161,7 +161,7 @@ def test_up_fails_when_a_tier_cannot_start(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir",
+        proc = subprocess.Popen([sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir",
                                  str(tmp_path / "data"), "-addr", f"127.0.0.1:{port}",
                                  "--workers", "1"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harvester_ops.embedded import free_port
 from shared.config import load_settings, parse_go_duration
-from shared.embedded import free_port
 from shared.errors import ConfigError
 
 ORIGINAL = {
@@ -87,8 +87,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["-m", "web_server"], ["-m", "foreman"], ["-m", "worker"],
-                                     ["-m", "shared.cli", "worker"],
-                                     ["-m", "shared.cli", "web-server"]])
+                                     ["-m", "harvester_ops.cli", "worker"],
+                                     ["-m", "harvester_ops.cli", "web-server"]])
 def test_tier_reports_bad_config_in_one_line(tmp_path: Path, command: list[str]) -> None:
     path = write(tmp_path, {"cacheMaxAge": "forever"})
     r = subprocess.run([sys.executable, *command, "-config", str(path)],
@@ -113,7 +113,7 @@ def test_bad_go_durations(text: str) -> None:
 
 def test_up_reports_bad_config_before_starting_anything(tmp_path: Path) -> None:
     path = write(tmp_path, {"maxLevel": "deep"})
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-config", str(path),
+    r = subprocess.run([sys.executable, "-m", "harvester_ops.cli", "up", "-config", str(path),
                         "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 2
@@ -179,7 +179,7 @@ def test_log_level_is_case_insensitive() -> None:
 
 
 @pytest.mark.parametrize("command", [["-m", "web_server"], ["-m", "worker"],
-                                     ["-m", "shared.cli", "foreman"]])
+                                     ["-m", "harvester_ops.cli", "foreman"]])
 def test_bad_log_level_flag_is_one_line(command: list[str]) -> None:
     r = subprocess.run([sys.executable, *command, "-log-level", "NOPE"],
                        capture_output=True, text=True, timeout=60, check=False)
@@ -190,7 +190,7 @@ def test_bad_log_level_flag_is_one_line(command: list[str]) -> None:
 
 def test_migrate_without_postgres_is_one_line() -> None:
     unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "migrate"],
+    r = subprocess.run([sys.executable, "-m", "harvester_ops.cli", "migrate"],
                        env={**os.environ, "HARVESTER_DATABASE_URL": unreachable},
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 1
@@ -200,7 +200,7 @@ def test_migrate_without_postgres_is_one_line() -> None:
 
 
 def test_up_accepts_log_level_and_checks_it() -> None:
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-log-level", "NOPE"],
+    r = subprocess.run([sys.executable, "-m", "harvester_ops.cli", "up", "-log-level", "NOPE"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2
     assert "config error" in r.stderr and "unknown log level 'NOPE'" in r.stderr

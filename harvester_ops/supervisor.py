@@ -24,9 +24,9 @@ from pathlib import Path
 
 import asyncpg
 
+from harvester_ops import migrate
+from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from shared.config import split_addr
-from shared.db import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 
 log = logging.getLogger("harvester.up")
 

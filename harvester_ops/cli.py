@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "up":
-        from shared.supervisor import up
+        from harvester_ops.supervisor import up
         if args.workers < 1:
             p.error("--workers must be at least 1")
         try:  # fail now, not in every tier after the servers start
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(args.config, args.revision)
     if args.command == "demo-site":
-        from shared.demo_site import serve
+        from harvester_ops.demo_site import serve
         serve(args.host, args.port)
         return 0
     return 2
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _migrate(config: str | None, revision: str) -> int:
     from alembic.util import CommandError
 
-    from shared.db import migrate
+    from harvester_ops import migrate
     try:
         settings = load_settings(config)
     except ConfigError as e:
