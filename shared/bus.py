@@ -20,7 +20,6 @@ import enum
 import functools
 import logging
 import math
-import random
 import time
 import weakref
 from collections import defaultdict
@@ -398,8 +397,3 @@ def _last_delivery(msg: Msg) -> bool:
         return False
     limit = _topology.max_deliver.get((meta.stream or "", meta.consumer or ""))
     return limit is not None and meta.num_delivered is not None and meta.num_delivered >= limit
-
-
-def retry_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential backoff with jitter: about base, 2*base, 4*base ... capped."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)

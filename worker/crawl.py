@@ -23,13 +23,14 @@ from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import pages, visits
-from shared.db.pages import FetchedPage
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.mime import guess_mime
+from shared.model import FetchedPage
 from shared.urls import host_key
 from worker.fetch import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
 from worker.parse import NoLane, ParseFailed, Parser
+from worker.retry import RetryDecision, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,10 @@ class Committer:
 
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession,
-                 committer: Committer, gate: HostGate, parser: Parser) -> None:
+                 committer: Committer, gate: HostGate, parser: Parser,
+                 policy: RetryPolicy | None = None) -> None:
         self.settings = settings
+        self.policy = policy if policy is not None else RetryPolicy.from_settings(settings)
         self.pool = pool
         self.session = session
         self.committer = committer
@@ -267,15 +270,15 @@ class Worker:
         validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
         sitemaps = p.sitemaps and p.level == 0 and p.max_level > 1
         while True:
-            page = await self._request(key, url, msgs, slot, validators)
-            if page is None:
+            answer = await self._request(key, url, msgs, slot, validators, attempt)
+            if answer is None:
                 return None
-            if not (page.retryable and attempt <= self.settings.retries):
+            page, decision = answer
+            if not decision.retry:
                 break
-            delay = self._backoff(page, attempt)
             log.info("fetch %s failed (%s), attempt %d; retrying in %.2fs",
-                     url, page.error or page.status, attempt, delay)
-            again = await self._wait_to_retry(key, url, msgs, delay, hold)
+                     url, page.error or page.status, attempt, decision.delay)
+            again = await self._wait_to_retry(key, url, msgs, decision.delay, hold)
             if again is None:
                 return None
             slot, attempt = again, attempt + 1
@@ -297,15 +300,17 @@ class Worker:
         return Done(key, msgs, page, attempt, extra=extra)
 
     async def _request(self, key: Key, url: str, msgs: list[Msg], slot: Slot,
-                       validators: Validators | None) -> FetchedPage | None:
-        """Wait for the slot's start, fetch, give the slot back. None: the host was paused
-        meanwhile, and the visit went back to the frontier until the pause ends."""
+                       validators: Validators | None,
+                       attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
+        """Wait for the slot's start, fetch, give the slot back: the page and the retry
+        policy's decision on it. None: the host was paused meanwhile, and the visit went back
+        to the frontier until the pause ends."""
         try:
             async with _heartbeat(msgs, self.settings.ack_wait / 3):
                 paused = await self.gate.wait_start(slot)
                 if paused is None:
                     page = await fetch(self.session, self.settings, key[1], url,  # never raises
-                                       validators, hops=self.gate)
+                                       validators, hops=self.gate, policy=self.policy)
         except BaseException:  # shutting down (or a bug): free the slot for others now
             self.gate.release(slot, trouble=False, retry_after=None)
             raise
@@ -316,12 +321,9 @@ class Worker:
         # Back the page's host off only for its own answer: after a redirect elsewhere, the
         # other host's trouble was already reported with that hop's slot.
         own = host_key(page.final_url or url) == host_key(url)
-        trouble = own and (page.status in (429, 503) or
-                           (page.status is None and page.retryable))
-        retry_after = (min(page.retry_after, self.settings.max_retry_after)
-                       if page.retry_after is not None and own else None)
-        self.gate.release(slot, trouble, retry_after)
-        return page
+        decision = self.policy.decide(page, attempt)
+        self.gate.release(slot, own and decision.trouble, decision.pause if own else None)
+        return page, decision
 
     async def _wait_to_retry(self, key: Key, url: str, msgs: list[Msg], delay: float,
                              hold: _Hold) -> Slot | None:
@@ -390,12 +392,6 @@ class Worker:
         """When a visit held back for a retry on its host asks again: the host's next turn."""
         delay = max(self.settings.host_limit(host_key(url)).delay, 0.05)
         return datetime.now().astimezone() + timedelta(seconds=delay)
-
-    def _backoff(self, page: FetchedPage, attempt: int) -> float:
-        s = self.settings
-        if page.retry_after is not None:
-            return min(page.retry_after, s.max_retry_after)
-        return bus.retry_delay(attempt, s.retry_base, s.retry_cap)
 
     async def drain(self, timeout: float) -> None:
         if self.tasks:
@@ -491,7 +487,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         commit_task = asyncio.create_task(committer.run())
         gate = HostGate(settings, pool, session)
         release_task = asyncio.create_task(gate.run_releases(), name="host releases")
-        worker = Worker(settings, pool, session, committer, gate, parser)
+        worker = Worker(settings, pool, session, committer, gate, parser,
+                        RetryPolicy.from_settings(settings))
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
         serve = asyncio.create_task(worker.serve(sub, stop), name="serve")
         commit_task.set_name("committer")

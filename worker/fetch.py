@@ -16,11 +16,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from shared.config import Settings
-from shared.db.pages import FetchedPage
 from shared.mime import is_html, normalize_mime
+from shared.model import FetchedPage
 from shared.robots import REFUSALS
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
+from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,15 @@ def request_headers(settings: Settings, url: str, validators: Validators | None)
 
 
 async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str,
-                validators: Validators | None = None, hops: HopGate | None = None) -> FetchedPage:
+                validators: Validators | None = None, hops: HopGate | None = None,
+                policy: RetryPolicy | None = None) -> FetchedPage:
     """Fetch one page, following redirects one hop at a time (so each hop gets its
     own host's headers); every failure becomes a recorded outcome, never an exception.
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
     on a host other than the page's own (whose slot the caller holds), a request slot must be
-    free; that slot is released as soon as its request is answered.
+    free; that slot is released as soon as its request is answered, the answer backing that
+    host off as ``policy`` says (default: ``RetryPolicy.from_settings``).
 
     The whole fetch, every hop and every wait for a hop's slot, has one deadline
     (``fetch_budget``): past it, the fetch fails with "timeout"."""
@@ -127,6 +130,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     current = url
     loop = asyncio.get_running_loop()
     deadline = loop.time() + fetch_budget(settings)
+    rules = policy if policy is not None else RetryPolicy.from_settings(settings)
 
     def failed(error: str, permanent: bool = False) -> FetchedPage:
         """No answer (or an unusable one): where it happened, if a redirect led elsewhere."""
@@ -147,10 +151,11 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                 location = resp.headers.get("Location")
                 if not (resp.status in REDIRECTS and location):
                     page = await _answer(resp, settings, url_id, url, current, tuple(chain))
-                    _release(hops, slot, page.status in (429, 503), page.retry_after)
+                    _release(hops, slot, rules, page)
                     return page
                 status = resp.status
-            _release(hops, slot, False, None)
+            if hops is not None and slot is not None:  # a redirect says nothing bad of the host
+                hops.release(slot, False, None)
             slot = None
             nxt = resolve(current, location)
             if nxt is None:
@@ -187,7 +192,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     except (ValueError, UnicodeError) as e:  # e.g. a malformed URL
         page = failed(f"invalid URL: {e}", permanent=True)
     # A hop's slot still held: its request got no answer (trouble), or was never made.
-    _release(hops, slot, not page.permanent, None)
+    _release(hops, slot, rules, page)
     return page
 
 
@@ -198,17 +203,19 @@ def connect_error(e: aiohttp.ClientConnectorError) -> str:
     return f"connection failed: {e.os_error}"
 
 
-def _release(hops: HopGate | None, slot: Any, trouble: bool, retry_after: float | None) -> None:
-    """Give a hop's slot back (None: there is none)."""
+def _release(hops: HopGate | None, slot: Any, policy: RetryPolicy, page: FetchedPage) -> None:
+    """Give a hop's slot back after ``page`` (None: there is none), in trouble as ``policy``
+    says: a 429 or a 503 (paused for its Retry-After, capped), no answer that may mend."""
     if hops is not None and slot is not None:
-        hops.release(slot, trouble, retry_after)
+        hops.release(slot, policy.trouble(page), policy.pause(page))
 
 
 async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int, url: str,
                   final: str, chain: tuple[str, ...]) -> FetchedPage:
     status = resp.status
     if status == 304:  # unchanged since the stored copy: keep its type, links and validators
-        return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True)
+        return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True,
+                           headers=resp.headers)
     mime = normalize_mime(resp.headers.get("Content-Type"))
     html = None  # its links are extracted by the caller, off the event loop (worker.parse)
     if 200 <= status < 300 and is_html(mime):
@@ -223,4 +230,5 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
                        retry_after=retry_after, html=html,
                        charset=resp.charset if html is not None else None,
                        etag=resp.headers.get("ETag") if ok else None,
-                       last_modified=resp.headers.get("Last-Modified") if ok else None)
+                       last_modified=resp.headers.get("Last-Modified") if ok else None,
+                       headers=resp.headers)

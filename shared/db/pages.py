@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import asyncpg
 
+from shared.model import FetchedPage
+
 CHUNK = 5_000  # URLs (or links) a statement, for a page with very many links
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class FetchedPage:
-    """One fetch's outcome. ``links`` are canonical absolute URLs with their guessed MIME type."""
-    url_id: int
-    status: int | None
-    mime: str | None            # None: no response, keep the stored (guessed) type
-    error: str | None
-    cacheable: bool             # may later jobs answer this URL from the store?
-    final_url: str | None = None
-    redirects: tuple[str, ...] = ()
-    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
-    retry_after: float | None = None  # the server's Retry-After, in seconds
-    etag: str | None = None
-    last_modified: str | None = None
-    not_modified: bool = False        # 304: the stored copy (type, links) is still current
-    permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
-    # A 2xx HTML body whose links are still to be extracted (worker.parse), and its charset.
-    html: bytes | None = field(default=None, repr=False, compare=False)
-    charset: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or (self.status is not None and self.status >= 400)
-
-    @property
-    def retryable(self) -> bool:
-        """Worth another try later: no answer at all, a server error, or 429 Too Many Requests."""
-        if self.permanent:
-            return False
-        if self.status is None:
-            return self.error is not None
-        return self.status >= 500 or self.status == 429
 
 
 async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage]) -> None:

@@ -21,9 +21,11 @@ from shared.db.pool import open_pool
 from tests.servers import serve
 from worker.fetch import Validators, fetch, fetch_budget, open_session
 from worker.gate import HostGate
+from worker.retry import RetryPolicy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[[dict[str, Handler]], Awaitable[str]]
+POLICY = RetryPolicy(retries=3, base=1.0, cap=60.0, max_pause=120.0)  # the rule, not the timing
 
 
 def html(text: str = "<a href='/x'>x</a>", status: int = 200,
@@ -82,7 +84,7 @@ async def test_an_html_page_and_its_validators(quick: Settings, site: Serve) -> 
     assert (page.status, page.mime, page.error, page.cacheable) == (200, "text/html", None, True)
     assert page.html == b"<a href='/x'>x</a>" and page.final_url is None and page.redirects == ()
     assert (page.etag, page.last_modified) == ('"v1"', "Mon, 01 Jan 2024 00:00:00 GMT")
-    assert not page.failed and not page.retryable
+    assert not page.failed and not POLICY.retryable(page)
 
 
 async def test_a_conditional_request_answered_304(quick: Settings, site: Serve) -> None:
@@ -107,7 +109,7 @@ async def test_redirects_are_followed_and_recorded(quick: Settings, site: Serve)
 async def test_too_many_redirects_fail_for_good(quick: Settings, site: Serve) -> None:
     base = await site({f"/r{i}": redirect(f"/r{i + 1}") for i in range(10)})
     page = await get(quick, base + "/r0")
-    assert page.error == "more than 3 redirects" and page.permanent and not page.retryable
+    assert page.error == "more than 3 redirects" and page.permanent and not POLICY.retryable(page)
     assert page.final_url == f"{base}/r4" and len(page.redirects) == 4
 
 
@@ -115,7 +117,7 @@ async def test_a_redirect_to_an_unsupported_url_keeps_its_status(
         quick: Settings, site: Serve) -> None:
     base = await site({"/m": redirect("mailto:someone@example.com")})
     page = await get(quick, base + "/m")
-    assert page.status == 302 and page.failed and not page.retryable
+    assert page.status == 302 and page.failed and not POLICY.retryable(page)
     assert page.error == "redirect to an unsupported URL: mailto:someone@example.com"
 
 
@@ -161,7 +163,7 @@ async def test_an_answer_slower_than_the_read_timeout_times_out(
     base = await site({"/slow": slow})
     t0 = time.monotonic()
     page = await get(quick, base + "/slow")
-    assert page.error == "timeout" and page.retryable and page.status is None
+    assert page.error == "timeout" and POLICY.retryable(page) and page.status is None
     assert time.monotonic() - t0 < quick.read_timeout + 0.5
 
 
@@ -182,7 +184,7 @@ async def test_a_fetch_has_one_deadline_for_all_its_hops(quick: Settings, site: 
     t0 = time.monotonic()
     page = await get(s, base + "/r0")
     took = time.monotonic() - t0
-    assert page.error == "timeout" and page.retryable
+    assert page.error == "timeout" and POLICY.retryable(page)
     assert fetch_budget(s) - 0.1 <= took < s.fetch_lease
     assert 2 <= len(asked) < 10  # the chain was cut, not followed to its end
     assert page.redirects == tuple(base + p for p in asked[:-1])  # answered; the last cut
@@ -198,6 +200,7 @@ async def test_retry_after_seconds(quick: Settings, site: Serve, status: int, he
     base = await site({"/": html(status=status, headers={"Retry-After": header})})
     page = await get(quick, base + "/")
     assert page.status == status and page.retry_after == expected
+    assert page.headers is not None and "Retry-After" in page.headers  # for a RetryPolicy
 
 
 async def test_retry_after_as_an_http_date(quick: Settings, site: Serve) -> None:
@@ -208,7 +211,7 @@ async def test_retry_after_as_an_http_date(quick: Settings, site: Serve) -> None
         "/past": html(status=429, headers={"Retry-After": email.utils.format_datetime(past, True)})})
     later = await get(quick, base + "/later")
     assert later.retry_after is not None and 27 <= later.retry_after <= 30
-    assert later.error == "HTTP 503 Service Unavailable" and later.retryable
+    assert later.error == "HTTP 503 Service Unavailable" and POLICY.retryable(later)
     assert (await get(quick, base + "/past")).retry_after == 0.0
 
 
@@ -217,13 +220,13 @@ async def test_retry_after_as_an_http_date(quick: Settings, site: Serve) -> None
 async def test_a_refused_connection_is_a_retryable_failure(quick: Settings) -> None:
     page = await get(quick, f"http://127.0.0.1:{free_port('127.0.0.1')}/")
     assert page.error is not None and page.error.startswith("connection failed: ")
-    assert page.status is None and page.retryable and not page.cacheable
+    assert page.status is None and POLICY.retryable(page) and not page.cacheable
 
 
 async def test_a_host_that_does_not_resolve(quick: Settings) -> None:
     page = await get(quick, "http://nowhere.invalid/")
     assert page.error is not None and page.error.startswith("host name not resolved: ")
-    assert page.status is None and page.retryable
+    assert page.status is None and POLICY.retryable(page)
 
 
 async def test_an_invalid_url_fails_for_good(quick: Settings) -> None:
@@ -239,7 +242,7 @@ async def test_a_dropped_connection_is_a_retryable_failure(quick: Settings, site
 
     base = await site({"/drop": drop})
     page = await get(quick, base + "/drop")
-    assert page.status is None and page.error and page.retryable and not page.permanent
+    assert page.status is None and page.error and POLICY.retryable(page) and not page.permanent
 
 
 # -- redirect hops through the gate -----------------------------------------------------------
@@ -282,7 +285,7 @@ async def test_a_hop_to_another_host_takes_a_slot_there_and_gives_it_back(
         assert time.monotonic() < deadline, "the hop's slot was not given back"
         await asyncio.sleep(0.02)
     page = await get(gate.settings, base + "/sneak", hops=gate)
-    assert page.status == 302 and not page.retryable and "/private/x" not in seen
+    assert page.status == 302 and not POLICY.retryable(page) and "/private/x" not in seen
     assert page.error == f"redirect to {other}/private/x: blocked by robots.txt"
 
 
@@ -298,6 +301,6 @@ async def test_a_hop_waits_for_a_busy_hosts_slot_no_longer_than_the_fetch_deadli
     page = await get(gate.settings, base + "/go", hops=gate)
     took = time.monotonic() - t0
     assert page.error == f"redirect to {other}/land: no free slot on the host"
-    assert page.status is None and page.retryable  # tried again later
+    assert page.status is None and POLICY.retryable(page)  # tried again later
     assert took < fetch_budget(gate.settings) + 0.5
     gate.give_back(taken.granted[(9, 9)])

@@ -1,0 +1,37 @@
+"""Pure types shared by the worker (which makes them) and the store (which records them): no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """One fetch's outcome. ``links`` are canonical absolute URLs with their guessed MIME type.
+    Whether it is worth another try is for ``worker.retry.RetryPolicy`` to say."""
+    url_id: int
+    status: int | None
+    mime: str | None            # None: no response, keep the stored (guessed) type
+    error: str | None
+    cacheable: bool             # may later jobs answer this URL from the store?
+    final_url: str | None = None
+    redirects: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
+    retry_after: float | None = None  # the server's Retry-After (429, 503), in seconds
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False        # 304: the stored copy (type, links) is still current
+    permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
+    # A 2xx HTML body whose links are still to be extracted (worker.parse), and its charset.
+    html: bytes | None = field(default=None, repr=False, compare=False)
+    charset: str | None = None
+    # The final answer's headers (aiohttp's, by reference, not copied); None: no answer.
+    headers: CIMultiDictProxy[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (self.status is not None and self.status >= 400)
