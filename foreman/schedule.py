@@ -17,6 +17,7 @@ from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
+from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.outbox import feed
 
@@ -99,12 +100,13 @@ async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
 
 
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
-                 stop: asyncio.Event) -> None:
+                 frontier: Frontier, stop: asyncio.Event) -> None:
     """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``."""
     while not stop.is_set():
         try:
             room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
-            sent = await feed(pool, js, settings.url_topic, min(room, 1000)) if room > 0 else 0
+            sent = (await feed(pool, js, settings.url_topic, min(room, 1000), frontier)
+                    if room > 0 else 0)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             sent = 0
@@ -113,25 +115,26 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
             await _sleep_unless(stop, settings.feed_interval)
 
 
-async def watchdog(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
+                   stop: asyncio.Event) -> None:
     """Re-publish visits whose message was lost or gave up (MaxDeliver); after ``max_requeues``
     such rounds, record the visit as failed so its job still completes."""
     while not stop.is_set():
         await _sleep_unless(stop, settings.watchdog_interval)
         try:
-            await watch_once(settings, pool)
+            await watch_once(settings, pool, frontier)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("watchdog: %s", e)
 
 
-async def watch_once(settings: Settings, pool: asyncpg.Pool,
+async def watch_once(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
                      batch: int = WATCH_BATCH) -> tuple[int, int]:
     """One round; returns (re-queued, failed). Works through the backlog in transactions of at
     most ``batch`` visits of each kind, so none holds many rows for long. Only one foreman's
     watchdog acts at a time."""
     requeued = failed = 0
     while True:
-        done = await _watch_batch(settings, pool, batch)
+        done = await _watch_batch(settings, pool, frontier, batch)
         if done is None:  # another foreman's watchdog is at work
             break
         requeued, failed = requeued + done[0], failed + done[1]
@@ -142,14 +145,14 @@ async def watch_once(settings: Settings, pool: asyncpg.Pool,
     return requeued, failed
 
 
-async def _watch_batch(settings: Settings, pool: asyncpg.Pool,
+async def _watch_batch(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
                        batch: int) -> tuple[int, int] | None:
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WATCHDOG_LOCK):
             return None
-        requeued = await visits.requeue_stale(conn, settings.stale_after, settings.max_requeues,
-                                              batch)
-        gone = await visits.abandoned(conn, settings.stale_after, settings.max_requeues, batch)
+        requeued = await frontier.requeue_stale(conn, settings.stale_after,
+                                                settings.max_requeues, batch)
+        gone = await frontier.abandoned(conn, settings.stale_after, settings.max_requeues, batch)
         if gone:
             keys = [k for k, _ in gone]
             locked = await visits.lock_pending(conn, keys)
@@ -177,13 +180,16 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         foreman = Foreman(settings, pool, js)
+        frontier = DueFrontier()  # the feeder's and the watchdog's
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
         log.info("foreman ready: %s -> %s", settings.url_topic, settings.work_topic)
         tasks = [asyncio.create_task(_loop(foreman, sub, stop), name=f"pull-{i}")
                  for i, sub in enumerate(subs)]
-        tasks.append(asyncio.create_task(feeder(settings, pool, js, stop), name="feeder"))
-        tasks.append(asyncio.create_task(watchdog(settings, pool, stop), name="watchdog"))
+        tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop),
+                                         name="feeder"))
+        tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop),
+                                         name="watchdog"))
         try:
             await bus.supervise(tasks, stop)
         finally:

@@ -8,24 +8,22 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from shared import bus
-from shared.db import visits
+from shared.db.frontier import Frontier
 
 
-async def feed(pool: asyncpg.Pool, js: JetStreamContext, topic: str, limit: int) -> int:
-    """Publish up to ``limit`` pending visits not yet on the URL queue; returns how many.
+async def feed(pool: asyncpg.Pool, js: JetStreamContext, topic: str, limit: int,
+               frontier: Frontier) -> int:
+    """Publish up to ``limit`` pending visits not yet on the URL queue, as ``frontier`` picks
+    them; returns how many.
 
     The rows are marked in a transaction that commits only after JetStream stored the messages;
     rows whose publish failed are unmarked, so they are tried again, never lost.
     """
     async with pool.acquire() as conn, conn.transaction():
-        keys = await visits.claim_unpublished(conn, limit)
+        keys = await frontier.claim(conn, limit)
         if not keys:
             return 0
         unsent = await bus.publish_visits(js, topic, keys)
         if unsent:
-            await conn.execute("""
-                UPDATE job_pending SET published_on = NULL
-                FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id)
-                WHERE job_pending.job_id = u.job_id AND job_pending.url_id = u.url_id""",
-                [k[0] for k in unsent], [k[1] for k in unsent])
+            await frontier.unclaim(conn, unsent)
         return len(keys) - len(unsent)

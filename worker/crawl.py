@@ -23,6 +23,7 @@ from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import pages, visits
+from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.mime import guess_mime
 from shared.model import FetchedPage
@@ -162,9 +163,10 @@ class Committer:
 
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession,
-                 committer: Committer, gate: HostGate, parser: Parser,
+                 committer: Committer, gate: HostGate, parser: Parser, frontier: Frontier,
                  policy: RetryPolicy | None = None) -> None:
         self.settings = settings
+        self.frontier = frontier
         self.policy = policy if policy is not None else RetryPolicy.from_settings(settings)
         self.pool = pool
         self.session = session
@@ -211,7 +213,7 @@ class Worker:
             if admission.deferred:  # back in the frontier until the host is free
                 try:
                     async with self.pool.acquire() as conn:
-                        await visits.defer(conn, admission.deferred)
+                        await self.frontier.defer(conn, admission.deferred)
                 except BaseException:  # the batch comes back: its slots are not used
                     for slot in admission.granted.values():
                         self.gate.give_back(slot)
@@ -334,7 +336,7 @@ class Worker:
         slot in time, robots.txt now refuses, PostgreSQL away), its message settled."""
         try:
             async with self.pool.acquire() as conn:
-                await visits.count_attempt(conn, key)
+                await self.frontier.count_attempt(conn, key)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot count a failed attempt of %s (%s); it will be redelivered",
                         key, e)
@@ -370,7 +372,7 @@ class Worker:
         """Back to the frontier until ``due``, the attempt not counted; the message is done with."""
         try:
             async with self.pool.acquire() as conn:
-                await visits.defer(conn, {key: due})
+                await self.frontier.defer(conn, {key: due})
             verdict = Settle(Verdict.ACK)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot put %s back (%s); it will be redelivered", key, e)
@@ -487,7 +489,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         commit_task = asyncio.create_task(committer.run())
         gate = HostGate(settings, pool, session)
         release_task = asyncio.create_task(gate.run_releases(), name="host releases")
-        worker = Worker(settings, pool, session, committer, gate, parser,
+        worker = Worker(settings, pool, session, committer, gate, parser, DueFrontier(),
                         RetryPolicy.from_settings(settings))
         log.info("worker ready: %s, concurrency %d", settings.work_topic, settings.concurrency)
         serve = asyncio.create_task(worker.serve(sub, stop), name="serve")

@@ -9,9 +9,9 @@ committed, so a crash anywhere leaves either nothing or everything done, and a r
 finds its visit no longer pending.
 
 Children are not published by the processor: the committed ``job_pending`` rows are an outbox that
-the foremen's feeder (``claim_unpublished``) puts on the URL queue as its capacity frees. So no
-child is lost between a commit and a publish, and the frontier lives in PostgreSQL, not in memory
-or in an unbounded queue.
+the foremen's feeder claims (``shared/db/frontier.py``) and puts on the URL queue as its capacity
+frees. So no child is lost between a commit and a publish, and the frontier lives in PostgreSQL,
+not in memory or in an unbounded queue.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -456,77 +455,3 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
         [delta[k]["pending"] for k in keys], [delta[k]["processed"] for k in keys],
         [delta[k]["fetched"] for k in keys], [delta[k]["cached"] for k in keys],
         [delta[k]["failed"] for k in keys], [delta[k]["blocked"] for k in keys])
-
-
-async def claim_unpublished(conn: asyncpg.Connection, limit: int,
-                            job_id: int | None = None) -> list[Key]:
-    """Mark up to ``limit`` unpublished visits as published and return them, oldest first.
-
-    Run it in a transaction and publish the rows before committing: a crash in between rolls the
-    marks back, so the rows are published again (a duplicate, which processing ignores), never
-    lost. SKIP LOCKED lets several foremen feed at once without publishing a row twice. For one
-    job's rows (the web server, right after creating it) it waits for a feeder holding some of
-    them instead, so that afterwards every row is either published or truly unpublished.
-    """
-    lock = "FOR UPDATE SKIP LOCKED" if job_id is None else "FOR UPDATE"
-    rows = await conn.fetch(f"""
-        WITH c AS (
-            SELECT job_id, url_id FROM job_pending
-            WHERE published_on IS NULL AND due <= now() AND ($2::bigint IS NULL OR job_id = $2)
-            ORDER BY due
-            LIMIT $1
-            {lock})
-        UPDATE job_pending p SET published_on = now()
-        FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
-        RETURNING p.job_id, p.url_id""", limit, job_id)
-    return [(r["job_id"], r["url_id"]) for r in rows]
-
-
-async def defer(conn: asyncpg.Connection, due: dict[Key, datetime]) -> None:
-    """Put visits back in the frontier until ``due`` (the feeder publishes them then)."""
-    keys = sorted(due)
-    await conn.execute("""
-        UPDATE job_pending p SET published_on = NULL, due = d.due
-        FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
-        WHERE p.job_id = d.job_id AND p.url_id = d.url_id""",
-        [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
-
-
-async def count_attempt(conn: asyncpg.Connection, key: Key) -> None:
-    """Count a failed fetch attempt on the visit. Counting here, not in JetStream's delivery
-    count, keeps the count across re-publications, deferrals and redeliveries. The retry that
-    follows is a fresh claim: ``published_on`` restarts, so the watchdog (``requeue_stale``)
-    does not take a visit in the middle of its retries for a lost one and publish it again."""
-    await conn.execute("""
-        UPDATE job_pending SET attempts = attempts + 1, published_on = now()
-        WHERE job_id = $1 AND url_id = $2""",
-        key[0], key[1])
-
-
-async def requeue_stale(conn: asyncpg.Connection, stale_after: float, max_requeues: int,
-                        limit: int = 1000) -> int:
-    """Publish again visits that were published long ago and are still pending (a lost or
-    undeliverable message), at most ``limit`` of them, oldest first; returns how many. Rows
-    a transaction holds (a commit in progress) are skipped, not waited for."""
-    return int((await conn.fetchval("""
-        WITH s AS (
-            SELECT job_id, url_id FROM job_pending
-            WHERE published_on < now() - make_interval(secs => $1) AND requeues < $2
-            ORDER BY published_on
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED
-        ), r AS (
-            UPDATE job_pending p SET published_on = NULL, requeues = p.requeues + 1, due = now()
-            FROM s WHERE p.job_id = s.job_id AND p.url_id = s.url_id
-            RETURNING 1)
-        SELECT count(*) FROM r""", float(stale_after), max_requeues, limit)) or 0)
-
-
-async def abandoned(conn: asyncpg.Connection, stale_after: float, max_requeues: int,
-                    limit: int = 500) -> list[tuple[Key, int]]:
-    """Visits still pending after every requeue: (key, requeues), to be recorded as failed."""
-    rows = await conn.fetch("""
-        SELECT job_id, url_id, requeues FROM job_pending
-        WHERE published_on < now() - make_interval(secs => $1) AND requeues >= $2
-        ORDER BY job_id, url_id LIMIT $3""", float(stale_after), max_requeues, limit)
-    return [((r["job_id"], r["url_id"]), r["requeues"]) for r in rows]

@@ -422,7 +422,7 @@ async def test_slots_granted_to_a_batch_come_back_when_its_deferral_fails(
         CREATE FUNCTION refuse_deferral() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF OLD.published_on IS NOT NULL AND NEW.published_on IS NULL
-               AND NEW.attempts = OLD.attempts THEN  -- visits.defer (attempt not counted)
+               AND NEW.attempts = OLD.attempts THEN  -- Frontier.defer (attempt not counted)
                 PERFORM nextval('refused_deferrals');
                 RAISE EXCEPTION 'refused';
             END IF;

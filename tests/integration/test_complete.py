@@ -243,19 +243,6 @@ async def waiting_on_a_lock(db: asyncpg.Connection, conn: asyncpg.Connection,
         await asyncio.sleep(0.01)
 
 
-async def test_a_visit_retrying_is_not_taken_for_a_stale_one(db: asyncpg.Connection) -> None:
-    # Published long ago (its first delivery waited in the worker), then a failed attempt: the
-    # retry is a fresh claim, so the watchdog does not publish it again for a second worker.
-    job, (url_id,) = await new_job(db, f"{H}/a")
-    async with db.transaction():
-        assert await visits.claim_unpublished(db, 10, job) == [(job, url_id)]
-    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 hour' "
-                     "WHERE job_id = $1", job)
-    await visits.count_attempt(db, (job, url_id))
-    assert await visits.requeue_stale(db, 60, 3) == 0
-    assert await db.fetchval("SELECT attempts FROM job_pending WHERE job_id = $1", job) == 1
-
-
 async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
         db: asyncpg.Connection) -> None:
     # The hot path: no job row, no probe of the visited set before inserting into it, no
