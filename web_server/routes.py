@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -15,6 +16,7 @@ from shared.db import jobs
 from shared.db.pool import RETRYABLE
 from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
+from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
@@ -107,27 +109,56 @@ async def schedule(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_request_bytes:
         raise PayloadTooLarge(f"Request body larger than {settings.max_request_bytes} bytes")
+    if request.content_type == "application/json":
+        spec = await _json_spec(request, settings)
+    else:
+        spec = await _newline_spec(request, settings)
+    if len(spec.urls) > settings.max_job_urls:
+        raise PayloadTooLarge(f"Too many URLs: {len(spec.urls)} (at most {settings.max_job_urls})")
+    deps = request.app[DEPS]
+    deps.check_nats()  # 503 now, before creating anything, if NATS is away
+    job_id = await _create_job(deps, spec)
+    # Committed: the job is durable. Its URLs are pending visits (the outbox) that the foremen's
+    # feeders publish as the URL queue has room, however large the job and however full the
+    # queue; nothing here can refuse it any more.
+    log.info("job %d scheduled: %d URLs, depth %d%s", job_id, len(spec.urls), spec.max_level,
+             ", forceCrawl" if spec.force_crawl else "")
+    return json_response({"jobId": job_id})
+
+
+async def _json_spec(request: web.Request, settings: Settings) -> JobSpec:
+    """A JSON body (``Content-Type: application/json``, any charset): the whole spec is in it."""
+    if request.query:
+        names = ", ".join(dict.fromkeys(request.query.keys()))
+        raise BadRequest(f"Invalid query: {names} (put them in the JSON body)")
+    return validate_spec(await _read_body(request, settings.max_request_bytes), settings)
+
+
+async def _newline_spec(request: web.Request, settings: Settings) -> JobSpec:
+    """The original API: query parameters (all checked first, in a fixed order), then the
+    newline body, with the original messages; the spec they make cannot fail to validate."""
+    params = query_params(request, settings)
+    return newline_spec(params, await _read_body(request, settings.max_request_bytes), settings)
+
+
+def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
+    """The query parameters as the spec's fields (checked in the order forceCrawl, sitemaps,
+    depth, scope, allow, deny, maxPages)."""
     force = parse_flag(request, "forceCrawl")
     sitemaps = parse_flag(request, "sitemaps")
     depth = parse_depth(request, settings)
     scope, max_pages = parse_scope(request)
-    body = await _read_body(request, settings.max_request_bytes)
-    urls = parse_job_body(body)
-    if len(urls) > settings.max_job_urls:
-        raise PayloadTooLarge(f"Too many URLs: {len(urls)} (at most {settings.max_job_urls})")
-    deps = request.app[DEPS]
-    deps.check_nats()  # 503 now, before creating anything, if NATS is away
-    job_id = await _create_job(deps, urls, depth, force, scope, max_pages, sitemaps)
-    # Committed: the job is durable. Its URLs are pending visits (the outbox) that the foremen's
-    # feeders publish as the URL queue has room, however large the job and however full the
-    # queue; nothing here can refuse it any more.
-    log.info("job %d scheduled: %d URLs, depth %d%s", job_id, len(urls), depth,
-             ", forceCrawl" if force else "")
-    return json_response({"jobId": job_id})
+    return {"depth": depth, "forceCrawl": force, "sitemaps": sitemaps,
+            "scope": {"scope": scope.kind, "allow": scope.allow, "deny": scope.deny,
+                      "maxPages": max_pages}}
 
 
-async def _create_job(deps: Deps, urls: list[str], depth: int, force: bool, scope: Scope,
-                      max_pages: int | None, sitemaps: bool) -> int:
+def newline_spec(params: dict[str, Any], body: str, settings: Settings) -> JobSpec:
+    """The spec of a newline body with ``query_params``' fields."""
+    return validate_spec({"urls": tuple(parse_job_body(body)), **params}, settings)
+
+
+async def _create_job(deps: Deps, spec: JobSpec) -> int:
     """Create the job in one transaction, run again when PostgreSQL aborted it for a deadlock
     or a serialization failure (it rolled back, so another try creates nothing twice).
 
@@ -140,14 +171,15 @@ async def _create_job(deps: Deps, urls: list[str], depth: int, force: bool, scop
         try:
             left = deadline - asyncio.get_running_loop().time()
             async with deps.acquire(timeout=left) as conn, conn.transaction():
-                job_id, _ = await jobs.create_job(conn, urls, depth, force, scope, max_pages,
-                                                  sitemaps)
+                job_id, _ = await jobs.create_job(
+                    conn, spec.urls, spec.max_level, spec.force_crawl, spec.scope.as_scope(),
+                    spec.scope.max_pages, spec.sitemaps, spec.stored())
             return job_id
         except _CONFLICTS as e:
             attempt += 1
             if attempt == CREATE_ATTEMPTS:
                 raise
-            log.info("creating a job of %d URLs: %s; trying again", len(urls), e)
+            log.info("creating a job of %d URLs: %s; trying again", len(spec.urls), e)
             await asyncio.sleep(0.05 * 2 ** attempt)
 
 
@@ -185,6 +217,7 @@ async def status(request: web.Request) -> web.Response:
         "forceCrawl": st.force_crawl,
         "scope": {"scope": st.scope.kind, "allow": list(st.scope.allow),
                   "deny": list(st.scope.deny), "maxPages": st.max_pages},
+        "spec": status_view(st.spec, [u.url for u in st.urls]),
     })
 
 

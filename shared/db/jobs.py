@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
+from shared.jobspec import stored_spec
 from shared.robots import REFUSALS
 from shared.scope import Scope
 
@@ -34,20 +37,28 @@ class JobStatus:
     urls: list[JobURLState]
     scope: Scope
     max_pages: int | None
+    spec: dict[str, Any]  # as stored (shared.jobspec.JobSpec.stored): without the URLs
 
 
 async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
                      force_crawl: bool, scope: Scope = Scope(),  # noqa: B008 - frozen
-                     max_pages: int | None = None, sitemaps: bool = False) -> tuple[int, list[int]]:
+                     max_pages: int | None = None, sitemaps: bool = False,
+                     spec: dict[str, Any] | None = None) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
-    Run it in a transaction: the job is either wholly there or not at all.
+    ``spec`` is the stored job spec (``JobSpec.stored()``); by default the one these arguments
+    make. The columns stay what the hot path reads. Run it in a transaction: the job is either
+    wholly there or not at all.
     """
+    if spec is None:
+        spec = stored_spec(max_level, force_crawl, sitemaps, scope, max_pages)
     job_id = await conn.fetchval("""
-        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+        INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
+                         spec)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
-        sitemaps, None if max_pages is None else len(set(urls)))  # visits.py: the cap's count
+        sitemaps, None if max_pages is None else len(set(urls)),  # visits.py: the cap's count
+        json.dumps(spec))
     from shared.db.pages import upsert_urls
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
@@ -76,7 +87,7 @@ async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
     job = await conn.fetchrow("""
         SELECT j.id, j.created_on, j.max_level, j.force_crawl, j.scope, j.allow, j.deny,
-               j.max_pages,
+               j.max_pages, j.spec::text AS spec,
                extract(epoch FROM (
                    SELECT CASE WHEN count(*) = 0 OR bool_or(completed_on IS NULL) THEN now()
                                ELSE max(completed_on) END
@@ -92,7 +103,7 @@ async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
     return JobStatus(job["id"], job["created_on"], job["max_level"], job["force_crawl"],
                      max(0.0, job["elapsed"]), [JobURLState(**dict(r)) for r in rows],
                      Scope(job["scope"], tuple(job["allow"]), tuple(job["deny"])),
-                     job["max_pages"])
+                     job["max_pages"], json.loads(job["spec"]))
 
 
 async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:

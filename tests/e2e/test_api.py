@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +14,7 @@ from aiohttp import web as aioweb
 
 from harvester_ops.embedded import free_port
 from shared.config import Settings
+from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 from web_server.app import Runner, create_app
 
@@ -245,3 +247,107 @@ async def test_a_burst_of_large_posts_on_a_small_pool_all_succeed(
     counts = await db.fetch("SELECT job_id, count(*) AS n FROM job_url WHERE job_id = ANY($1::bigint[])"
                             " GROUP BY job_id", jobs)
     assert sorted(r["n"] for r in counts) == [10_000] * 12
+
+
+async def post_json(st: Stack, data: object, path: str = "/",
+                    content_type: str = "application/json") -> tuple[int, Any]:
+    assert st.http
+    async with st.http.post(st.base + path, data=json.dumps(data),
+                            headers={"Content-Type": content_type}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+SPEC_COLUMNS = "max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits, spec"
+
+
+async def test_a_json_job_is_stored_and_shown_by_status(web: Stack, db: asyncpg.Connection) -> None:
+    spec = {"urls": ["https://b.example/docs", "a.example", "http://A.example:80/#x"],
+            "depth": 3, "forceCrawl": True, "sitemaps": True,
+            "scope": {"scope": "host", "allow": ["/docs/", "^https?:"], "deny": ["\\.pdf$"],
+                      "maxPages": 9}}
+    status, body = await post_json(web, spec, content_type="application/json; charset=utf-8")
+    assert status == 200, body
+    row = await db.fetchrow(f"SELECT {SPEC_COLUMNS} FROM job WHERE id = $1", body["jobId"])
+    assert dict(row) | {"spec": json.loads(row["spec"])} == {
+        "max_level": 3, "force_crawl": True, "scope": "host", "allow": ["/docs/", "^https?:"],
+        "deny": ["\\.pdf$"], "max_pages": 9, "sitemaps": True, "visits": 2,
+        "spec": {k: v for k, v in spec.items() if k != "urls"}}
+    st = await web.status(body["jobId"])
+    assert list(st)[-1] == "spec"
+    assert st["spec"] == spec | {"urls": ["http://a.example/", "https://b.example/docs"]}
+    assert (st["maxLevel"], st["forceCrawl"]) == (3, True)
+    # What /status shows posts back as the same job.
+    status, again = await post_json(web, st["spec"])
+    assert status == 200, again
+    assert (await web.status(again["jobId"]))["spec"] == st["spec"]
+
+
+async def test_a_newline_job_shows_its_spec(web: Stack) -> None:
+    job = await web.post_job(["http://x.example/"], depth="1", scope="domain", allow="x")
+    assert (await web.status(job))["spec"] == {
+        "urls": ["http://x.example/"], "depth": 1, "forceCrawl": False, "sitemaps": False,
+        "scope": {"scope": "domain", "allow": ["x"], "deny": [], "maxPages": None}}
+
+
+BAD_JSON = [
+    ({"urls": ["http://a.example/"], "depth": 11}, "Invalid depth: 11 (allowed 0 to 10)"),
+    ({"urls": ["http://a.example/"], "depth": "3"}, "Invalid depth: Input should be a valid integer"),
+    ({"urls": ["http://a.example/"], "scope": {"maxPages": 0}},
+     "Invalid scope.maxPages: Input should be greater than or equal to 1"),
+    ({"urls": ["http://a.example/"], "scope": {"allow": ["("]}},
+     "Invalid scope.allow[0]: ( (missing ), unterminated subpattern at position 0)"),
+    ({"urls": ["http://a.example/", "mailto:a@b.example"]},
+     "Invalid urls[1]: not an absolute http(s) URL: mailto:a@b.example"),
+    ({"urls": []}, "Invalid urls: Tuple should have at least 1 item after validation, not 0"),
+    ({"urls": ["http://a.example/"], "follow": "all"}, "Invalid follow: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "forceCrawl": "yes"},
+     "Invalid forceCrawl: Input should be a valid boolean"),
+    ("http://a.example/", "Invalid body: expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_JSON)
+async def test_json_errors_are_400_naming_the_field(web: Stack, db: asyncpg.Connection,
+                                                    data: object, message: str) -> None:
+    assert await post_json(web, data) == (400, {"code": "BadRequest", "message": message})
+    assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
+
+
+async def test_json_body_limits_and_bad_json(web: Stack, db: asyncpg.Connection) -> None:
+    assert web.http
+    async with web.http.post(web.base + "/", data="http://a.example/\n",
+                             headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+        assert (await r.json())["message"].startswith("Invalid JSON body: ")
+    too_many = {"urls": [f"http://x{i}.example/" for i in range(6)]}
+    assert await post_json(web, too_many) == (
+        413, {"code": "PayloadTooLarge", "message": "Too many URLs: 6 (at most 5)"})
+    # Duplicates count once, as in the newline body.
+    status, _ = await post_json(web, {"urls": ["http://x.example/"] * 6})
+    assert status == 200
+    assert await db.fetchval("SELECT count(*) FROM job") == 1
+
+
+async def test_json_and_query_together_is_400(web: Stack, db: asyncpg.Connection) -> None:
+    assert await post_json(web, {"urls": ["http://a.example/"]}, "/?depth=3&forceCrawl&depth=4") == (
+        400, {"code": "BadRequest",
+              "message": "Invalid query: depth, forceCrawl (put them in the JSON body)"})
+    assert await db.fetchval("SELECT count(*) FROM job") == 0
+
+
+async def test_newline_and_json_make_identical_jobs(stack: Stack, site: TestSite,
+                                                    db: asyncpg.Connection) -> None:
+    newline = await stack.post_job([site.a + "/"], depth="2", scope="host", deny="/c/",
+                                   forceCrawl="1")
+    by_newline = await stack.wait_complete(newline)
+    status, body = await post_json(stack, {"urls": [site.a + "/"], "depth": 2, "forceCrawl": True,
+                                           "scope": {"scope": "host", "deny": ["/c/"]}})
+    assert status == 200, body
+    by_json = await stack.wait_complete(body["jobId"])
+    rows = [dict(r) for r in await db.fetch(
+        f"SELECT {SPEC_COLUMNS} FROM job WHERE id = ANY($1::bigint[]) ORDER BY id",
+        [newline, body["jobId"]])]
+    assert rows[0] == rows[1]
+    assert {**by_newline, "elapsed": ""} == {**by_json, "elapsed": ""}
+    result = await stack.result(newline)
+    assert result and await stack.result(body["jobId"]) == result

@@ -161,8 +161,11 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    "http://a.example/": false\n  },\n  "pages": {\n    "queued": 1,\n'
       b'    "processed": 0,\n    "fetched": 0,\n    "cached": 0,\n    "failed": 0,\n'
       b'    "blocked": 0\n  },\n  "maxLevel": 2,\n  "forceCrawl": false,\n  "scope": {\n'
-      b'    "scope": "any",\n    "allow": [],\n    "deny": [],\n    "maxPages": null\n  }\n'
-      b'}\n')),
+      b'    "scope": "any",\n    "allow": [],\n    "deny": [],\n    "maxPages": null\n  },\n'
+      b'  "spec": {\n    "urls": [\n      "http://a.example/"\n    ],\n    "depth": 2,\n'
+      b'    "forceCrawl": false,\n    "sitemaps": false,\n    "scope": {\n'
+      b'      "scope": "any",\n      "allow": [],\n      "deny": [],\n      "maxPages": null\n'
+      b'    }\n  }\n}\n')),
     ("forceCrawl and depth", "/?forceCrawl&depth=5", TEXT,
      "https://b.example/docs\nhttp://a.example/\n",
      {"max_level": 5, "force_crawl": True, "scope": "any", "allow": [], "deny": [],
@@ -173,7 +176,11 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "pages": {\n    "queued": 2,\n    "processed": 0,\n    "fetched": 0,\n'
       b'    "cached": 0,\n    "failed": 0,\n    "blocked": 0\n  },\n  "maxLevel": 5,\n'
       b'  "forceCrawl": true,\n  "scope": {\n    "scope": "any",\n    "allow": [],\n'
-      b'    "deny": [],\n    "maxPages": null\n  }\n}\n')),
+      b'    "deny": [],\n    "maxPages": null\n  },\n'
+      b'  "spec": {\n    "urls": [\n      "http://a.example/",\n      "https://b.example/docs"\n'
+      b'    ],\n    "depth": 5,\n    "forceCrawl": true,\n    "sitemaps": false,\n'
+      b'    "scope": {\n      "scope": "any",\n      "allow": [],\n      "deny": [],\n'
+      b'      "maxPages": null\n    }\n  }\n}\n')),
     ("scope=host, allow twice, deny, maxPages, sitemaps",
      "/?scope=host&allow=%2Fdocs%2F&allow=%5Ehttps%3F%3A&deny=%5C.pdf%24&maxPages=50&sitemaps=1",
      FORM, "http://c.example/docs/\r\n",
@@ -185,7 +192,12 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    "processed": 0,\n    "fetched": 0,\n    "cached": 0,\n    "failed": 0,\n'
       b'    "blocked": 0\n  },\n  "maxLevel": 2,\n  "forceCrawl": false,\n  "scope": {\n'
       b'    "scope": "host",\n    "allow": [\n      "/docs/",\n      "^https?:"\n    ],\n'
-      b'    "deny": [\n      "\\\\.pdf$"\n    ],\n    "maxPages": 50\n  }\n}\n')),
+      b'    "deny": [\n      "\\\\.pdf$"\n    ],\n    "maxPages": 50\n  },\n'
+      b'  "spec": {\n    "urls": [\n      "http://c.example/docs/"\n    ],\n    "depth": 2,\n'
+      b'    "forceCrawl": false,\n    "sitemaps": true,\n    "scope": {\n'
+      b'      "scope": "host",\n      "allow": [\n        "/docs/",\n        "^https?:"\n'
+      b'      ],\n      "deny": [\n        "\\\\.pdf$"\n      ],\n      "maxPages": 50\n'
+      b'    }\n  }\n}\n')),
     ("duplicate and blank lines", "/?forceCrawl=0&depth=0&scope=domain", None,
      ("\n  http://d.example/x  \n\n\t\nhttp://d.example/x\r\nHTTP://D.example:80/x#f\n"
       "d.example/y\n\nhttp://a.example/\n"),
@@ -199,7 +211,11 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    "processed": 0,\n    "fetched": 0,\n    "cached": 0,\n    "failed": 0,\n'
       b'    "blocked": 0\n  },\n  "maxLevel": 0,\n  "forceCrawl": false,\n  "scope": {\n'
       b'    "scope": "domain",\n    "allow": [],\n    "deny": [],\n    "maxPages": null\n'
-      b'  }\n}\n')),
+      b'  },\n  "spec": {\n    "urls": [\n      "http://a.example/",\n'
+      b'      "http://d.example/x",\n      "http://d.example/y"\n    ],\n    "depth": 0,\n'
+      b'    "forceCrawl": false,\n    "sitemaps": false,\n    "scope": {\n'
+      b'      "scope": "domain",\n      "allow": [],\n      "deny": [],\n'
+      b'      "maxPages": null\n    }\n  }\n}\n')),
 ]
 
 _ELAPSED = re.compile(rb'\n  "elapsed": "([^"]*)",\n')

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,9 @@ from alembic.script import ScriptDirectory
 
 from harvester_ops import migrate
 from harvester_ops.embedded import EmbeddedPostgres
+from shared.config import Settings
+from shared.jobspec import stored_spec, validate_spec
+from shared.scope import Scope
 
 # The tables the code relies on (later revisions may add more).
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
@@ -184,3 +188,27 @@ async def test_every_revision_downgrades_and_upgrades_cleanly(scratch_dsn: str) 
     await run(migrate.upgrade, scratch_dsn, "head")
     diff = differences(head, await snapshot(scratch_dsn))
     assert not diff, f"head applied again after a full downgrade: {diff}"
+
+
+async def test_0011_gives_old_jobs_the_spec_of_their_columns(scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0010")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("""
+            INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits)
+            VALUES (3, true, 'host', $1, $2, 50, true, 1),
+                   (0, false, 'any', '{}', '{}', NULL, false, NULL)""",
+            ["/docs/", "^https?:"], ["\\.pdf$"])
+        await run(migrate.upgrade, scratch_dsn, "0011")
+        specs = [json.loads(r["spec"])
+                 for r in await conn.fetch("SELECT spec::text AS spec FROM job ORDER BY id")]
+        assert specs == [
+            stored_spec(3, True, True, Scope("host", ("/docs/", "^https?:"), ("\\.pdf$",)), 50),
+            stored_spec(0, False, False, Scope(), None)]
+        # What a job created now stores for the same request.
+        assert specs[0] == validate_spec(json.dumps({
+            "urls": ["http://a.example/"], "depth": 3, "forceCrawl": True, "sitemaps": True,
+            "scope": {"scope": "host", "allow": ["/docs/", "^https?:"], "deny": ["\\.pdf$"],
+                      "maxPages": 50}}), Settings()).stored()
+    finally:
+        await conn.close()
