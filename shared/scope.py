@@ -46,7 +46,10 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 
 def check_pattern(pattern: str) -> str | None:
-    """The error in a user's regex, or None."""
+    """The error in a user's regex, or None. A NUL or another control character is refused
+    too: PostgreSQL stores no NUL in text or jsonb, and the others only serve to break logs."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in pattern):
+        return "control characters are not allowed"
     try:
         re.compile(pattern)
     except re.error as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Any
@@ -112,7 +113,8 @@ async def schedule(request: web.Request) -> web.Response:
     if request.content_type == "application/json":
         spec = await _json_spec(request, settings)
     else:
-        spec = await _newline_spec(request, settings)
+        spec = newline_spec(query_params(request, settings),
+                            await _read_body(request, settings.max_request_bytes), settings)
     if len(spec.urls) > settings.max_job_urls:
         raise PayloadTooLarge(f"Too many URLs: {len(spec.urls)} (at most {settings.max_job_urls})")
     deps = request.app[DEPS]
@@ -127,18 +129,16 @@ async def schedule(request: web.Request) -> web.Response:
 
 
 async def _json_spec(request: web.Request, settings: Settings) -> JobSpec:
-    """A JSON body (``Content-Type: application/json``, any charset): the whole spec is in it."""
+    """A JSON body (``Content-Type: application/json``, any charset): the whole spec is in it.
+    A body that is not JSON at all (a newline list of URLs sent with that type: the original
+    ignored the type) is read as the original body, query parameters and all."""
+    body = await _read_body(request, settings.max_request_bytes)
+    if not _looks_like_json(body):
+        return newline_spec(query_params(request, settings), body, settings)
     if request.query:
         names = ", ".join(dict.fromkeys(request.query.keys()))
         raise BadRequest(f"Invalid query: {names} (put them in the JSON body)")
-    return validate_spec(await _read_body(request, settings.max_request_bytes), settings)
-
-
-async def _newline_spec(request: web.Request, settings: Settings) -> JobSpec:
-    """The original API: query parameters (all checked first, in a fixed order), then the
-    newline body, with the original messages; the spec they make cannot fail to validate."""
-    params = query_params(request, settings)
-    return newline_spec(params, await _read_body(request, settings.max_request_bytes), settings)
+    return validate_spec(body, settings)
 
 
 def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
@@ -156,6 +156,17 @@ def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
 def newline_spec(params: dict[str, Any], body: str, settings: Settings) -> JobSpec:
     """The spec of a newline body with ``query_params``' fields."""
     return validate_spec({"urls": tuple(parse_job_body(body)), **params}, settings)
+
+
+def _looks_like_json(body: str) -> bool:
+    """An object or array (even a broken one, to be refused as bad JSON), or any valid JSON."""
+    if body.lstrip()[:1] in ("{", "["):
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
 
 
 async def _create_job(deps: Deps, spec: JobSpec) -> int:

@@ -315,10 +315,20 @@ async def test_json_errors_are_400_naming_the_field(web: Stack, db: asyncpg.Conn
 
 async def test_json_body_limits_and_bad_json(web: Stack, db: asyncpg.Connection) -> None:
     assert web.http
-    async with web.http.post(web.base + "/", data="http://a.example/\n",
+    async with web.http.post(web.base + "/", data='{"urls": ["http://a.example/"',
                              headers={"Content-Type": "application/json"}) as r:
         assert r.status == 400
         assert (await r.json())["message"].startswith("Invalid JSON body: ")
+    assert await db.fetchval("SELECT count(*) FROM job") == 0
+    # The original ignored the type: a newline body sent as JSON is still a newline body,
+    # with its query parameters.
+    async with web.http.post(web.base + "/?depth=1", data="http://a.example/\nb.example\n",
+                             headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 200, await r.text()
+        job = (await r.json())["jobId"]
+    assert await db.fetchval("SELECT max_level FROM job WHERE id = $1", job) == 1
+    assert await db.fetchval("SELECT count(*) FROM job_url WHERE job_id = $1", job) == 2
+    await db.execute("DELETE FROM job")
     too_many = {"urls": [f"http://x{i}.example/" for i in range(6)]}
     assert await post_json(web, too_many) == (
         413, {"code": "PayloadTooLarge", "message": "Too many URLs: 6 (at most 5)"})
@@ -351,3 +361,16 @@ async def test_newline_and_json_make_identical_jobs(stack: Stack, site: TestSite
     assert {**by_newline, "elapsed": ""} == {**by_json, "elapsed": ""}
     result = await stack.result(newline)
     assert result and await stack.result(body["jobId"]) == result
+
+
+async def test_a_pattern_with_a_nul_is_a_400_in_both_bodies(web: Stack,
+                                                            db: asyncpg.Connection) -> None:
+    """It used to reach PostgreSQL, which stores no NUL in text or jsonb: a 500."""
+    status, body = await post_json(web, {"urls": ["http://a.example/"],
+                                         "scope": {"allow": ["a\x00"]}})
+    assert status == 400 and body["message"].startswith("Invalid scope.allow[0]"), body
+    assert web.http
+    async with web.http.post(web.base + "/?allow=a%00", data="http://a.example/\n") as r:
+        assert r.status == 400, await r.text()
+        assert (await r.json())["message"].startswith("Invalid allow pattern")
+    assert await db.fetchval("SELECT count(*) FROM job") == 0

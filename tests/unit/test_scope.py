@@ -37,3 +37,9 @@ def test_allow_and_deny() -> None:
 def test_bad_patterns_are_reported() -> None:
     assert check_pattern("(") is not None
     assert check_pattern(r"\d+") is None
+
+
+@pytest.mark.parametrize("pattern", ["a\x00", "a\nb", "\x7f"])
+def test_control_characters_in_a_pattern_are_refused(pattern: str) -> None:
+    # PostgreSQL stores no NUL in text or jsonb: accepted, it made a 500 at the job's creation.
+    assert check_pattern(pattern) == "control characters are not allowed"
