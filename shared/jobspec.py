@@ -38,7 +38,9 @@ def _pattern(value: str) -> str:
     return value
 
 
-def _url(value: str) -> str:
+def _url(value: str, info: ValidationInfo) -> str:
+    if (info.context or {}).get("canonical"):  # validated and made canonical already
+        return value
     try:
         return validate_job_url(value)
     except InvalidURL as e:
@@ -121,10 +123,13 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
-def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings) -> JobSpec:
+def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
+                  canonical: bool = False) -> JobSpec:
     """A :class:`JobSpec` from a dict (Python values: tuples for lists) or from JSON text;
-    :class:`SpecError` for the first problem, naming its field."""
-    context = {"max_depth": settings.max_depth, "max_level": settings.max_level}
+    :class:`SpecError` for the first problem, naming its field. ``canonical``: the URLs were
+    validated and made canonical already (the newline body), so they are not parsed again."""
+    context = {"max_depth": settings.max_depth, "max_level": settings.max_level,
+               "canonical": canonical}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)

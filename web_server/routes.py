@@ -155,7 +155,8 @@ def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
 
 def newline_spec(params: dict[str, Any], body: str, settings: Settings) -> JobSpec:
     """The spec of a newline body with ``query_params``' fields."""
-    return validate_spec({"urls": tuple(parse_job_body(body)), **params}, settings)
+    return validate_spec({"urls": tuple(parse_job_body(body)), **params}, settings,
+                         canonical=True)
 
 
 def _looks_like_json(body: str) -> bool:
