@@ -1,7 +1,7 @@
 """The ceiling: a bare aiohttp fetch loop over the known URL list, one process, N concurrent.
 
 ``python -m bench.ceiling --urls FILE [--concurrency 64] [--parse]``. Reads every body; with
-``--parse`` also extracts links with Harvester's own extractor (``shared.links``: selectolax
+``--parse`` also extracts links with Harvester's own extractor (``worker.extractors.links_html``: selectolax
 and canonicalisation), to show what parsing costs on its own. Prints one JSON line: wall and
 CPU seconds of the fetch loop (start-up excluded) and the status counts.
 """
@@ -22,7 +22,7 @@ async def crawl(urls: list[str], concurrency: int, parse: bool) -> dict[str, obj
 
     extract = None
     if parse:
-        from shared.links import extract_links
+        from worker.extractors.links_html import extract_links
         extract = extract_links
     statuses: Counter[int] = Counter()
     links = 0

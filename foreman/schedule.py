@@ -13,13 +13,13 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from foreman.feeder import feed
 from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
-from shared.outbox import feed
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ class FetchedPage:
     last_modified: str | None = None
     not_modified: bool = False        # 304: the stored copy (type, links) is still current
     permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
-    # A 2xx HTML body whose links are still to be extracted (worker.parse), and its charset.
+    # A 2xx HTML body whose links are still to be extracted (worker.extractors.lanes), and its charset.
     html: bytes | None = field(default=None, repr=False, compare=False)
     charset: str | None = None
     # The final answer's headers (aiohttp's, by reference, not copied); None: no answer.

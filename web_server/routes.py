@@ -15,13 +15,13 @@ from shared import bus
 from shared.config import Settings
 from shared.db import jobs
 from shared.db.pool import RETRYABLE
-from shared.duration import format_go_duration
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
 from web_server.deps import Deps
+from web_server.duration import format_go_duration
 from web_server.render import json_response, string
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The worker: pulls visits from the work queue, fetches many at once, retries what may succeed
 later (after a backoff, in the host's next free slot), has the pages' links extracted off the
-event loop (``worker.parse``), and commits the effects of finished visits in batches: one
+event loop (``worker.extractors.lanes``), and commits the effects of finished visits in batches: one
 transaction for many pages, acked only after it commits."""
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.mime import guess_mime
 from shared.model import FetchedPage
 from shared.urls import host_key
-from worker.fetch import Validators, fetch, open_session
+from worker.extractors.lanes import NoLane, ParseFailed, Parser
+from worker.fetchers.http import Validators, fetch, open_session
 from worker.gate import HostGate, Slot
-from worker.parse import NoLane, ParseFailed, Parser
 from worker.retry import RetryDecision, RetryPolicy
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ from shared.robots import (
     decode,
     rules_for,
 )
-from shared.sitemaps import parse_sitemap
 from shared.streams import read_head
 from shared.urls import host_key
-from worker.fetch import connect_error
+from worker.extractors.sitemaps import parse_sitemap
+from worker.fetchers.http import connect_error
 
 log = logging.getLogger(__name__)
 

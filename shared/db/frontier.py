@@ -3,7 +3,7 @@
 A ``job_pending`` row is published (``published_on`` set) when a feeder claims it, and put back
 (``published_on`` NULL) when its publish failed, when a worker defers it to a later ``due``, or
 when the watchdog finds it published long ago and still pending. ``Frontier`` is that interface:
-the feeder (``shared/outbox.py`` ``feed``), the watchdog (``foreman/schedule.py``) and the worker
+the feeder (``foreman/feeder.py`` ``feed``), the watchdog (``foreman/schedule.py``) and the worker
 (deferrals, attempts) each use one instance passed down from their service's ``run()``, so an
 ordering or a priority is decided here, in one place. ``DueFrontier`` is the one implementation:
 oldest ``due`` first.

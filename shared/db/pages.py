@@ -50,7 +50,7 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
     for p in ps:
         async for links in _chunks(p.links):
             link_mime.update(links)  # the type is guessed from the URL: the same for each page
-    urls = sorted(link_mime)  # fast: a page's links come sorted (worker.parse)
+    urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
     ids_by_url: dict[str, int] = {}
     async for chunk in _chunks(urls):
         ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in chunk}))

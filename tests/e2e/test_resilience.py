@@ -24,7 +24,7 @@ from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
 from worker.crawl import run as run_worker
-from worker.fetch import fetch as fetch_page
+from worker.fetchers.http import fetch as fetch_page
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""The fetcher (worker/fetch.py ``fetch``) against local sites on 127.0.0.1: redirects, the body
+"""The fetcher (worker/fetchers/http.py ``fetch``) against local sites on 127.0.0.1: redirects, the body
 cap, timeouts and the one deadline of a fetch, Retry-After, conditional requests, failures as
 outcomes; and redirect hops admitted by a real HostGate on PostgreSQL."""
 
@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
 from tests.servers import serve
-from worker.fetch import Validators, fetch, fetch_budget, open_session
+from worker.fetchers.http import Validators, fetch, fetch_budget, open_session
 from worker.gate import HostGate
 from worker.retry import RetryPolicy
 

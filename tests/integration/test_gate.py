@@ -19,9 +19,9 @@ from aiohttp import web
 from shared.config import Settings
 from shared.db import hosts
 from shared.db.pool import open_pool
-from shared.sitemaps import SitemapReader
 from tests.servers import serve
-from worker.fetch import open_session
+from worker.extractors.sitemaps import SitemapReader
+from worker.fetchers.http import open_session
 from worker.gate import HostGate, _allowed, _parse_rules, guard_band
 
 

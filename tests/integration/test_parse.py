@@ -1,4 +1,4 @@
-"""The worker's HTML parser lanes (worker/parse.py): real child processes, real pathological HTML."""
+"""The worker's HTML parser lanes (worker/extractors/lanes.py): real child processes, real pathological HTML."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from shared.links import extract_links
 from shared.mime import guess_mime
-from worker.parse import CHUNK, NoLane, ParseFailed, Parser, _Lane
+from worker.extractors.lanes import CHUNK, NoLane, ParseFailed, Parser, _Lane
+from worker.extractors.links_html import extract_links
 
 PAGE = b'<a href="a.html">a</a> <img src="i.png"> <a href="/b/?y=2&x=1#f">b</a>'
 
@@ -128,7 +128,7 @@ def alive(pid: int) -> bool:
 
 async def test_a_lane_that_cannot_start_fails_the_start_not_every_page(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.parse.sys.executable", "/bin/false")
+    monkeypatch.setattr("worker.extractors.lanes.sys.executable", "/bin/false")
     with pytest.raises(OSError, match="did not start"):
         async with Parser(timeout=2.0, lanes=1):
             pass
@@ -164,7 +164,7 @@ async def test_lanes_die_with_a_worker_killed_outright() -> None:
     # No preexec_fn (unsafe once the worker has threads): each lane asks for SIGKILL itself.
     # Busy lanes: an idle one would end anyway, at the end of its input.
     script = ("import asyncio, sys\n"
-              "from worker.parse import Parser\n"
+              "from worker.extractors.lanes import Parser\n"
               "async def main():\n"
               "    async with Parser(timeout=60.0, lanes=2) as p:\n"
               "        deep = b'<div>' * 100_000 + b'</div>' * 100_000  # 30 s of parsing\n"

@@ -123,7 +123,7 @@ async def test_nothing_outlives_a_killed_supervisor(tmp_path: Path) -> None:
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = [" ".join(p.cmdline()) for p in tree]
         assert any("postgres" in n for n in names) and any("nats-server" in n for n in names)
-        # (each worker's HTML parser processes run "-m worker.parse")
+        # (each worker's HTML parser processes run "-m worker.extractors.lanes")
         assert sum("-m worker " in n + " " for n in names) == 2
         tiers = [n for n in names
                  if any(f"-m {t} " in n + " " for t in ("web_server", "foreman", "worker"))]

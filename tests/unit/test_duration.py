@@ -1,10 +1,10 @@
-"""Tests for shared.duration: Go's time.Duration.String() format."""
+"""Tests for web_server.duration: Go's time.Duration.String() format."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.duration import format_go_duration, format_go_nanoseconds
+from web_server.duration import format_go_duration, format_go_nanoseconds
 
 HOUR = 3600 * 10**9
 

@@ -1,12 +1,12 @@
-"""Tests for shared.links, cross-checked against an independent BeautifulSoup extractor."""
+"""Tests for worker.extractors.links_html, cross-checked against an independent BeautifulSoup extractor."""
 
 from __future__ import annotations
 
 import pytest
 from bs4 import BeautifulSoup
 
-from shared.links import decode_body, extract_links, parse_srcset
 from shared.urls import resolve
+from worker.extractors.links_html import decode_body, extract_links, parse_srcset
 
 PAGE = "http://h/dir/page.html"
 

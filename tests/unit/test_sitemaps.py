@@ -1,4 +1,4 @@
-"""Sitemap parsing (shared/sitemaps.py ``parse_sitemap``, as the host gate runs it): urlsets,
+"""Sitemap parsing (worker/extractors/sitemaps.py ``parse_sitemap``, as the host gate runs it): urlsets,
 indexes, gzip, other hosts, relative and malformed entries, and a big one parsed in pieces with
 the event loop's other work in between."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 
-from shared.sitemaps import CHUNK, SitemapReader, parse_sitemap
+from worker.extractors.sitemaps import CHUNK, SitemapReader, parse_sitemap
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
 

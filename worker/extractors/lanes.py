@@ -3,7 +3,7 @@
 HTML parsing is super-linear in nesting depth (lexbor: 30,000 nested ``<div>``s take about 2 s,
 300,000 about 4 minutes; 15 KB of ``<b id=n><p>x`` 0.2 s) and even a well-formed 10 MiB page takes
 longer than the host gate's guard band. So a worker parses its pages in a few child processes
-("lanes", ``python -m worker.parse``), one page at a time each. A lane that overruns the deadline
+("lanes", ``python -m worker.extractors.lanes``), one page at a time each. A lane that overruns the deadline
 is killed and replaced: one pathological page costs at most the deadline on one lane, never the
 event loop, and it fails with a reason instead of coming back to every worker. (A thread would
 keep the loop responsive, as lexbor releases the GIL while it parses, but could not be stopped.)
@@ -25,8 +25,8 @@ import struct
 import sys
 from typing import IO, Any, Self
 
-from shared.links import extract_links
 from shared.mime import guess_mime
+from worker.extractors.links_html import extract_links
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Parser:
         return lane
 
     async def links(self, body: bytes, base_url: str, encoding: str | None) -> Links:
-        """The page's links with their guessed types (``shared.links.extract_links``); raises
+        """The page's links with their guessed types (``worker.extractors.links_html.extract_links``); raises
         ParseFailed when that takes longer than the deadline or the parser fails, NoLane when
         no lane is free within ``lane_wait``."""
         try:
@@ -147,7 +147,7 @@ class _Lane:
         """Start a lane and wait until it is ready (its imports done); OSError if it is not
         within ``START_TIMEOUT``, rather than failing every page sent to it later."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.parse", str(os.getpid()), stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "worker.extractors.lanes", str(os.getpid()), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True)  # no terminal signals: the worker decides when it stops
         lane = cls(process)

@@ -1,5 +1,5 @@
 """Fetching one URL: timeouts, a body cap, redirects recorded, status and type kept, HTML kept for
-the caller to extract its links (off the event loop: ``worker.parse``)."""
+the caller to extract its links (off the event loop: ``worker.extractors.lanes``)."""
 
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
         return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True,
                            headers=resp.headers)
     mime = normalize_mime(resp.headers.get("Content-Type"))
-    html = None  # its links are extracted by the caller, off the event loop (worker.parse)
+    html = None  # its links are extracted by the caller, off the event loop (worker.extractors.lanes)
     if 200 <= status < 300 and is_html(mime):
         html = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
