@@ -132,6 +132,15 @@ class Settings(BaseModel):
     ack_wait: float = Field(60.0, gt=0)
     max_deliver: int = Field(20, gt=0)
     shutdown_timeout: float = Field(20.0, gt=0)
+    # Plug-ins (docs/architecture.md#extending-harvester). The fetcher kinds a job may name (each
+    # has its own work stream, work_topic for "http" and work_topic.<kind> for the others), the
+    # extractors a job may add after the HTML links, and the kinds a worker process serves with
+    # their concurrency ({}: {"http": concurrency}; the -kind flag sets it too).
+    fetcher_kinds: tuple[str, ...] = ("http",)
+    extractor_kinds: tuple[str, ...] = ()
+    worker_kinds: dict[str, int] = Field(default_factory=dict)
+    heartbeat_interval: float = Field(5.0, gt=0)  # a worker says it is alive this often
+    worker_timeout: float = Field(15.0, gt=0)     # unseen this long: no longer a live worker
 
     @field_validator("root_path")
     @classmethod
@@ -182,6 +191,11 @@ class Settings(BaseModel):
         host:port wins over one for the host, even an empty one: ``{}`` sends nothing extra."""
         found = _per_host(self.host_headers, host)
         return {} if found is None else dict(found)
+
+    @property
+    def served_kinds(self) -> dict[str, int]:
+        """The fetcher kinds this worker serves, each with its concurrency."""
+        return dict(self.worker_kinds) or {"http": self.concurrency}
 
     @property
     def fetch_lease(self) -> float:

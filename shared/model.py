@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An answer as received, for an output that must be faithful to it (a WARC record):
+    the status line, the headers in their order and case, the body before its
+    Content-Encoding was undone (aiohttp has removed any chunking), and the request headers
+    as sent."""
+    status_line: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes = field(repr=False)
+    request_headers: tuple[tuple[str, str], ...] = ()
+
+
+YieldKind = Literal["item", "id", "link", "body"]
+
+
+@dataclass(frozen=True, slots=True)
+class Yield:
+    """Something a page yields besides its links: an item (named fields), an id, a link a
+    follow rule found, a reference to a saved body. ``value`` is JSON-able."""
+    kind: YieldKind
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """What a page yields under a job's rule set (``ruleset``, 0: links only, see
+    ``shared.jobspec.JobSpec.ruleset``): its links (canonical URL, guessed MIME type; sorted by
+    URL) and the other yields, in document order."""
+    links: tuple[tuple[str, str], ...] = ()
+    yields: tuple[Yield, ...] = ()
+    ruleset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +64,7 @@ class FetchedPage:
     charset: str | None = None
     # The final answer's headers (aiohttp's, by reference, not copied); None: no answer.
     headers: CIMultiDictProxy[str] | None = field(default=None, repr=False, compare=False)
+    raw: RawResponse | None = field(default=None, repr=False, compare=False)  # when asked for
 
     @property
     def failed(self) -> bool:

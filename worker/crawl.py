@@ -26,7 +26,7 @@ from shared.db import pages, visits
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.mime import guess_mime
-from shared.model import FetchedPage
+from shared.model import Extraction, FetchedPage
 from shared.urls import host_key
 from worker.extractors.lanes import NoLane, ParseFailed, Parser
 from worker.fetchers.http import Validators, fetch, open_session
@@ -149,7 +149,8 @@ class Committer:
         async def work(conn: asyncpg.Connection) -> None:
             locked = await visits.lock_pending(conn, keys)
             live = {p.key for p in locked}
-            await pages.record_fetches(conn, [pg for k, pg in fetched.items() if k in live])
+            await pages.record_fetches(
+                conn, [(pg, Extraction(pg.links)) for k, pg in fetched.items() if k in live])
             extra: dict[Key, list[int]] = {}
             if extra_urls:
                 ids = await pages.upsert_urls(

@@ -8,17 +8,20 @@ from typing import TypeVar
 
 import asyncpg
 
-from shared.model import FetchedPage
+from shared.model import Extraction, FetchedPage
 
 CHUNK = 5_000  # URLs (or links) a statement, for a page with very many links
 T = TypeVar("T")
 
 
-async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage]) -> None:
-    """Update the pages' ``url`` rows and replace their links; set-based, a few statements a batch."""
-    if not pages:
+async def record_fetches(conn: asyncpg.Connection,
+                         fetched: Sequence[tuple[FetchedPage, Extraction]]) -> None:
+    """Update the pages' ``url`` rows and replace their links (``Extraction.links``); set-based,
+    a few statements a batch."""
+    if not fetched:
         return
-    by_id = {p.url_id: p for p in pages}  # the same URL fetched for two jobs: keep one answer
+    links = {p.url_id: x.links for p, x in fetched}
+    by_id = {p.url_id: p for p, _ in fetched}  # the same URL fetched for two jobs: keep one answer
     fresh = sorted(i for i, p in by_id.items() if p.not_modified)
     if fresh:
         await conn.execute("""
@@ -48,8 +51,8 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
     # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.
     link_mime: dict[str, str] = {}
     for p in ps:
-        async for links in _chunks(p.links):
-            link_mime.update(links)  # the type is guessed from the URL: the same for each page
+        async for chunk in _chunks(links[p.url_id]):
+            link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
     urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
     ids_by_url: dict[str, int] = {}
     async for chunk in _chunks(urls):
@@ -57,9 +60,9 @@ async def record_fetches(conn: asyncpg.Connection, pages: Sequence[FetchedPage])
     refer: list[int] = []
     linked: list[int] = []
     for p in ps:  # pages in id order, each page's links in URL order: one order for everyone
-        async for links in _chunks(p.links):
-            refer += [p.url_id] * len(links)
-            linked += [ids_by_url[u] for u, _ in links]
+        async for chunk in _chunks(links[p.url_id]):
+            refer += [p.url_id] * len(chunk)
+            linked += [ids_by_url[u] for u, _ in chunk]
     for i in range(0, len(refer), CHUNK):
         await conn.execute("""
             INSERT INTO url_link (refer_id, url_id)

@@ -19,9 +19,9 @@ from harvester_ops.embedded import free_port
 from shared import bus
 from shared.config import Settings, stream_name
 from shared.db import jobs
-from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
 from shared.db.visits import CHUNK
+from shared.model import FetchedPage
 from worker.crawl import Committer, Done
 
 Key = tuple[int, int]

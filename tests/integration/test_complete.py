@@ -11,7 +11,7 @@ import time
 import asyncpg
 
 from shared.db import jobs, pages, visits
-from shared.db.pages import FetchedPage
+from shared.model import Extraction, FetchedPage
 
 Key = tuple[int, int]
 H = "http://h.example"
@@ -32,9 +32,9 @@ async def fetched(db: asyncpg.Connection, url: str, *links: str, status: int = 2
     """Record a fetch of ``url`` that found ``links``; returns its id."""
     (url_id,) = await ids(db, url)
     error = f"HTTP {status}" if status >= 400 else None
-    await pages.record_fetches(db, [FetchedPage(
-        url_id, status, "text/html", error, cacheable=True,
-        links=tuple((u, "image/png" if u.endswith(".png") else "text/html") for u in links))])
+    await pages.record_fetches(db, [(
+        FetchedPage(url_id, status, "text/html", error, cacheable=True),
+        Extraction(tuple((u, "image/png" if u.endswith(".png") else "text/html") for u in links)))])
     return url_id
 
 

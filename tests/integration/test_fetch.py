@@ -16,8 +16,8 @@ from aiohttp import web
 
 from harvester_ops.embedded import free_port
 from shared.config import Settings
-from shared.db.pages import FetchedPage
 from shared.db.pool import open_pool
+from shared.model import FetchedPage
 from tests.servers import serve
 from worker.fetchers.http import Validators, fetch, fetch_budget, open_session
 from worker.gate import HostGate
