@@ -55,8 +55,8 @@ async def record_fetches(conn: asyncpg.Connection,
             link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
     urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
     ids_by_url: dict[str, int] = {}
-    async for chunk in _chunks(urls):
-        ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in chunk}))
+    async for some in _chunks(urls):
+        ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in some}))
     refer: list[int] = []
     linked: list[int] = []
     for p in ps:  # pages in id order, each page's links in URL order: one order for everyone
