@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FOREMAN_CONSUMER = "foreman"
-WORKER_CONSUMER = "worker"
+WORKER_CONSUMER = "worker"  # the http workers' durable; worker-<kind> for the others
+HTTP = "http"  # the fetcher kind of every job that names none
 PUBLISH_CHUNK = 512
 
 # Errors of a NATS server that is restarting, unreachable or not ready (JetStream answers 503
@@ -155,13 +156,31 @@ async def _reconnected() -> None:
     log.info("NATS reconnected")
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create (or bring up to date) the URL and work streams: file storage, work-queue retention.
-    Their configs are kept, so ``restore`` can create them again should the server lose them."""
+def work_subject(settings: Settings, kind: str) -> str:
+    """The subject (and, through ``stream_name``, the stream) of a fetcher kind's work queue:
+    ``work_topic`` for http, as before kinds existed, so a rolling upgrade loses no queued
+    message; ``work_topic.<kind>`` for the others."""
+    return settings.work_topic if kind == HTTP else f"{settings.work_topic}.{kind}"
+
+
+def worker_consumer(kind: str) -> str:
+    """The durable consumer shared by every worker serving ``kind``."""
+    return WORKER_CONSUMER if kind == HTTP else f"{WORKER_CONSUMER}-{kind}"
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings,
+                         kinds: Iterable[str] | None = None) -> None:
+    """Create (or bring up to date) the URL stream and the work stream of each fetcher kind
+    (``kinds``, default ``settings.fetcher_kinds``: a worker passes the kinds it serves), all
+    file storage and work-queue retention. Each kind has its own stream, hence its own cap and
+    depth: a backlog of one kind never refuses another kind's publishes. Their configs are
+    kept, so ``restore`` can create them again should the server lose them."""
     # Hard caps a little above the limits the feeder and the foremen keep to: a publish beyond
     # them is refused (discard new) and retried by its publisher, never silently dropped.
-    for topic, limit in ((settings.url_topic, settings.url_queue_limit),
-                         (settings.work_topic, settings.work_queue_limit)):
+    kinds = settings.fetcher_kinds if kinds is None else kinds
+    topics = [(settings.url_topic, settings.url_queue_limit)]
+    topics += [(work_subject(settings, k), settings.work_queue_limit) for k in dict.fromkeys(kinds)]
+    for topic, limit in topics:
         name = stream_name(topic)
         cfg = StreamConfig(name=name, subjects=[topic],
                            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy
@@ -224,5 +225,60 @@ async def _consumer_exists(js: JetStreamContext, topic: str) -> bool:
     try:
         await js.consumer_info(stream_name(topic), bus.FOREMAN_CONSUMER)
     except bus.TRANSIENT:
+        return False
+    return True
+
+
+def test_http_keeps_todays_subject_and_consumer_other_kinds_get_their_own() -> None:
+    settings = Settings(work_topic="kinds.work")
+    assert bus.work_subject(settings, "http") == "kinds.work"
+    assert bus.work_subject(settings, "browser") == "kinds.work.browser"
+    assert bus.worker_consumer("http") == bus.WORKER_CONSUMER == "worker"
+    assert bus.worker_consumer("browser") == "worker-browser"
+
+
+async def test_each_fetcher_kind_has_its_own_stream(nats_server: EmbeddedNats) -> None:
+    """http keeps today's stream (a rolling upgrade loses no queued message); each other kind
+    has a stream of its own with its own cap, so one kind's backlog never refuses another's."""
+    settings = Settings(nats_url=nats_server.url, url_topic="perkind.url",
+                        work_topic="perkind.work", fetcher_kinds=("http", "static"),
+                        work_queue_limit=10)
+    async with bus.connect(nats_server.url, "test-bus") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        http, static = (bus.work_subject(settings, k) for k in ("http", "static"))
+        assert (await js.stream_info(stream_name(http))).config.subjects == ["perkind.work"]
+        assert stream_name(http) == "HARVESTER_PERKIND_WORK"
+        info = await js.stream_info(stream_name(static))
+        assert info.config.name == "HARVESTER_PERKIND_WORK_STATIC"
+        assert info.config.subjects == ["perkind.work.static"]
+        assert info.config.retention == RetentionPolicy.WORK_QUEUE
+        cap = info.config.max_msgs
+        assert await bus.publish_visits(js, static, [(1, u) for u in range(cap)]) == []
+        assert await bus.publish_visits(js, static, [(1, cap)]) == [(1, cap)], "static is full"
+        assert await bus.publish_visits(js, http, [(2, 1)]) == [], "http is not"
+        assert (await bus.stream_depth(js, http), await bus.stream_depth(js, static)) == (1, cap)
+        sub = await bus.pull_subscription(js, settings, static, bus.worker_consumer("static"))
+        (msg,) = await bus.pull(sub, 1, 5)
+        assert VisitMessage.decode(msg.data).key == (1, 0)
+        assert msg.metadata.consumer == "worker-static"
+
+
+async def test_a_worker_sets_up_only_the_kinds_it_serves(nats_server: EmbeddedNats) -> None:
+    settings = Settings(nats_url=nats_server.url, url_topic="served.url",
+                        work_topic="served.work", fetcher_kinds=("http", "static", "browser"))
+    async with bus.connect(nats_server.url, "test-bus") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings, ["static"])
+        assert await _exists(js, "HARVESTER_SERVED_WORK_STATIC")
+        assert await _exists(js, "HARVESTER_SERVED_URL")
+        assert not await _exists(js, "HARVESTER_SERVED_WORK")
+        assert not await _exists(js, "HARVESTER_SERVED_WORK_BROWSER")
+
+
+async def _exists(js: JetStreamContext, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
         return False
     return True

@@ -1,0 +1,62 @@
+"""The live worker registry (``worker_process``): each worker process beats its row every
+``heartbeatInterval`` with the fetcher kinds it serves; a row seen within ``workerTimeout`` is a
+live worker. The web server counts them for ``/status``. Times are PostgreSQL's ``now()``, so the
+hosts' clocks never matter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+PRUNE_AFTER = "1 day"  # a row unseen this long is deleted by the next beat of any worker
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProcess:
+    id: uuid.UUID
+    kinds: list[str]
+    hostname: str
+    pid: int
+    version: str
+    started_on: datetime
+    seen_on: datetime
+
+
+async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], hostname: str,
+               pid: int, version: str) -> None:
+    """Say that worker ``id`` is alive now (its row is made on the first beat), and delete the
+    rows of other workers unseen for a day (killed without a clean stop), in one statement."""
+    await conn.execute(f"""
+        WITH pruned AS (
+            DELETE FROM worker_process
+            WHERE seen_on < now() - interval '{PRUNE_AFTER}' AND id <> $1)
+        INSERT INTO worker_process (id, kinds, hostname, pid, version)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, seen_on = now()""",
+        id, list(kinds), hostname, pid, version)
+
+
+async def forget(conn: asyncpg.Connection, id: uuid.UUID) -> None:
+    """A worker stopping cleanly: no longer live at once, without waiting out the timeout."""
+    await conn.execute("DELETE FROM worker_process WHERE id = $1", id)
+
+
+async def live(conn: asyncpg.Connection, kind: str, timeout: float) -> int:
+    """How many workers serving ``kind`` were seen within the last ``timeout`` seconds."""
+    return int(await conn.fetchval("""
+        SELECT count(*) FROM worker_process
+        WHERE seen_on > now() - make_interval(secs => $2) AND $1 = ANY (kinds)""",
+        kind, timeout))
+
+
+async def live_workers(conn: asyncpg.Connection, timeout: float) -> list[WorkerProcess]:
+    """The workers seen within the last ``timeout`` seconds, longest running first."""
+    rows = await conn.fetch("""
+        SELECT id, kinds, hostname, pid, version, started_on, seen_on FROM worker_process
+        WHERE seen_on > now() - make_interval(secs => $1)
+        ORDER BY started_on, id""", timeout)
+    return [WorkerProcess(**dict(r)) for r in rows]

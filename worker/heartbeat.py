@@ -1,0 +1,68 @@
+"""A worker process's heartbeat: its row in the live worker registry (``shared/db/workers.py``),
+beaten every ``heartbeatInterval`` with the fetcher kinds it serves, deleted on a clean stop. The
+web server counts live workers per kind, so a job whose kind no worker serves says so in
+``/status`` instead of waiting silently."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from shared.config import Settings
+from shared.db import workers
+from shared.db.pool import RETRYABLE
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = 1.0  # seconds before a failed beat is tried again (at most heartbeatInterval)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("harvester")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "dev"
+
+
+async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str],
+                    stop: asyncio.Event) -> None:
+    """Beat until ``stop`` is set, then forget this process. A PostgreSQL error is logged once
+    (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
+    worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``."""
+    me, host, pid, ver = uuid.uuid4(), socket.gethostname(), os.getpid(), version()
+    failing = False
+    log.info("worker %s (%s pid %d) serves %s", me, host, pid, ", ".join(kinds))
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                await workers.beat(conn, me, kinds, host, pid, ver)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            if not failing:
+                log.warning("heartbeat failed (%s: %s); retrying, the worker may be shown as "
+                            "not live meanwhile", type(e).__name__, e)
+            failing = True
+            await _sleep_unless(stop, min(RETRY_AFTER, settings.heartbeat_interval))
+            continue
+        if failing:
+            log.info("heartbeat beats again")
+            failing = False
+        await _sleep_unless(stop, settings.heartbeat_interval)
+    try:
+        async with pool.acquire() as conn:
+            await workers.forget(conn, me)
+    except (*RETRYABLE, asyncpg.PostgresError) as e:  # it drops out after workerTimeout
+        log.warning("could not remove worker %s from the registry (%s)", me, e)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
