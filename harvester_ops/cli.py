@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--port", type=int, default=8081)
     for tier in TIERS:
         sub.add_parser(tier, help=f"run the {tier} tier (flags: -config FILE"
-                       + (", -addr HOST:PORT)" if tier == "web-server" else ")"))
+                       + {"web-server": ", -addr HOST:PORT)",
+                          "worker": ", -kind KIND[=N],...)"}.get(tier, ")"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)

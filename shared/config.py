@@ -173,6 +173,37 @@ class Settings(BaseModel):
             out[norm] = value
         return out
 
+    @field_validator("fetcher_kinds")
+    @classmethod
+    def _fetcher_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, kind in enumerate(v):  # a kind names a NATS subject token and a stream
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", kind):
+                raise ValueError(f"invalid fetcher kind {kind!r} (use up to 32 lower-case "
+                                 "letters, digits and _, starting with a letter)")
+            if kind in v[:i]:
+                raise ValueError(f"fetcher kind {kind!r} named twice")
+        return v
+
+    @field_validator("worker_kinds")
+    @classmethod
+    def _worker_kinds(cls, v: dict[str, int]) -> dict[str, int]:
+        for kind, n in v.items():
+            if n < 1:
+                raise ValueError(f"concurrency of {kind!r} must be above 0")
+        return v
+
+    @model_validator(mode="after")
+    def _served(self) -> Settings:
+        self.check_kind(*self.worker_kinds)
+        return self
+
+    def check_kind(self, *kinds: str) -> None:
+        """ValueError for a kind not in ``fetcher_kinds``."""
+        for kind in kinds:
+            if kind not in self.fetcher_kinds:
+                raise ValueError(f"unknown fetcher kind {kind!r} "
+                                 f"(fetcherKinds: {', '.join(self.fetcher_kinds)})")
+
     @model_validator(mode="after")
     def _levels(self) -> Settings:
         if self.max_level > self.max_depth:
@@ -291,6 +322,7 @@ _SIMPLE_KEYS = {
     "robotsMaxFailures": "robots_max_failures",
     "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",
+    "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -301,7 +333,8 @@ _DURATION_KEYS = {
     "hostDelay": "host_delay", "hostBackoffBase": "host_backoff_base",
     "hostBackoffCap": "host_backoff_cap", "robotsMaxAge": "robots_max_age",
     "maxCrawlDelay": "max_crawl_delay", "politenessHorizon": "politeness_horizon",
-    "parseTimeout": "parse_timeout",
+    "parseTimeout": "parse_timeout", "heartbeatInterval": "heartbeat_interval",
+    "workerTimeout": "worker_timeout",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",

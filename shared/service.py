@@ -7,23 +7,65 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, StartupError
 
 
-def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = False) -> argparse.Namespace:
+def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = False,
+                with_kind: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, prefix_chars="-")
     p.add_argument("-config", "--config", dest="config", default=None,
                    help="JSON config file (the original Harvester's keys are accepted)")
     if with_addr:
         p.add_argument("-addr", "--addr", dest="addr", default=None,
                        help="HOST:PORT to listen on; overrides httpAddr")
+    if with_kind:
+        p.add_argument("-kind", "--kind", dest="kind", default=None,
+                       help="fetcher kinds to serve, each KIND or KIND=CONCURRENCY, comma "
+                            "separated (http,browser=4); overrides workerKinds")
     p.add_argument("-log-level", "--log-level", dest="log_level", default=None,
                    help="DEBUG, INFO, WARNING or ERROR; overrides logLevel")
     return p.parse_args(argv)
+
+
+def settings_from_flags(args: argparse.Namespace,
+                        env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of a tier: its config file, the environment, then its flags; ConfigError
+    (its source, the file or the flag, named) on anything bad."""
+    overrides: dict[str, Any] = {"log_level": args.log_level,
+                                 "http_addr": getattr(args, "addr", None)}
+    settings = load_settings(args.config, env, **overrides)
+    kind = getattr(args, "kind", None)
+    if kind is None:
+        return settings
+    kinds = parse_kinds(kind)
+    try:
+        settings.check_kind(*kinds)
+    except ValueError as e:
+        raise ConfigError("-kind", str(e)) from None
+    return settings.model_copy(update={"worker_kinds": {
+        k: n or settings.concurrency for k, n in kinds.items()}})
+
+
+def parse_kinds(text: str) -> dict[str, int | None]:
+    """``-kind``'s value: ``http,browser=4`` -> {"http": None, "browser": 4} (None: the
+    ``concurrency`` setting); ConfigError for a bad one."""
+    kinds: dict[str, int | None] = {}
+    for item in text.split(","):
+        kind, eq, n = (part.strip() for part in item.partition("="))
+        if not kind:
+            raise ConfigError("-kind", "empty kind (use KIND or KIND=CONCURRENCY, comma "
+                              "separated, e.g. http,browser=4)")
+        if eq and not (n.isascii() and n.isdigit() and int(n) > 0):
+            raise ConfigError("-kind", f"{item.strip()!r}: concurrency must be a whole number "
+                              "above 0")
+        if kind in kinds:
+            raise ConfigError("-kind", f"{kind!r} named twice")
+        kinds[kind] = int(n) if eq else None
+    return kinds
 
 
 def configure_logging(level: str) -> None:
@@ -41,17 +83,15 @@ def install_uvloop() -> None:
 
 
 def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
-         argv: Sequence[str] | None = None, *, with_addr: bool = False) -> int:
+         argv: Sequence[str] | None = None, *, with_addr: bool = False,
+         with_kind: bool = False) -> int:
     """Parse flags, load settings (one-line error on a bad config), run until SIGTERM/SIGINT.
 
     Exit status: 0 after a stop, 2 for a bad config, 1 when the tier cannot start (one line on
     stderr: its port is taken ...); any other failure is a traceback and status 1."""
-    args = parse_flags(prog, argv, with_addr=with_addr)
-    overrides = {"log_level": args.log_level}
-    if with_addr:
-        overrides["http_addr"] = args.addr
+    args = parse_flags(prog, argv, with_addr=with_addr, with_kind=with_kind)
     try:
-        settings = load_settings(args.config, **overrides)
+        settings = settings_from_flags(args)
     except ConfigError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""python -m worker -config FILE"""
+"""python -m worker -config FILE -kind http,browser=4"""
 
 import sys
 
@@ -6,4 +6,4 @@ from shared.service import main
 from worker.crawl import run
 
 if __name__ == "__main__":
-    sys.exit(main("worker", run, sys.argv[1:]))
+    sys.exit(main("worker", run, sys.argv[1:], with_kind=True))

@@ -14,6 +14,7 @@ import pytest
 from harvester_ops.embedded import free_port
 from shared.config import load_settings, parse_go_duration
 from shared.errors import ConfigError
+from shared.service import parse_flags, settings_from_flags
 
 ORIGINAL = {
     "storage": {"user": "docker", "pass": "p@ss", "dbname": "harvest", "host": "db", "port": 24001,
@@ -263,3 +264,56 @@ def test_host_keys_of_an_origin_are_worked_out_once(monkeypatch: pytest.MonkeyPa
         assert s.host_limit("http://memo.example:8080").delay == 1.0
         assert s.headers_for("http://memo.example:8080") == {"X-A": "1"}
     assert calls.count("memo.example") <= 1
+
+
+def test_kind_flag_sets_the_kinds_a_worker_serves(tmp_path: Path) -> None:
+    path = write(tmp_path, {"fetcherKinds": ["http", "browser", "static"], "concurrency": 8})
+    args = parse_flags("worker", ["-config", str(path), "-kind", "http,browser=4"],
+                       with_kind=True)
+    s = settings_from_flags(args, env={})
+    assert s.served_kinds == {"http": 8, "browser": 4}
+    assert load_settings(path, env={}).served_kinds == {"http": 8}, "no flag: http only"
+
+
+def test_kind_keys_in_the_config_file(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, {"fetcherKinds": ["http", "static"],
+                                       "workerKinds": {"static": 3}, "heartbeatInterval": "2s",
+                                       "workerTimeout": "6s"}), env={})
+    assert (s.fetcher_kinds, s.served_kinds) == (("http", "static"), {"static": 3})
+    assert (s.heartbeat_interval, s.worker_timeout) == (2.0, 6.0)
+
+
+def test_only_the_worker_takes_a_kind_flag() -> None:
+    with pytest.raises(SystemExit):
+        parse_flags("foreman", ["-kind", "http"])
+
+
+@pytest.mark.parametrize(("flag", "fragment"), [
+    ("browser", "-kind: unknown fetcher kind 'browser' (fetcherKinds: http, static)"),
+    ("http,,static", "-kind: empty kind"),
+    ("static=0", "-kind: 'static=0': concurrency must be a whole number above 0"),
+    ("static=many", "-kind: 'static=many': concurrency must be a whole number above 0"),
+    ("http,http=2", "-kind: 'http' named twice"),
+    ("", "-kind: empty kind"),
+])
+def test_a_bad_kind_flag_is_one_line(tmp_path: Path, flag: str, fragment: str) -> None:
+    path = write(tmp_path, {"fetcherKinds": ["http", "static"]})
+    r = subprocess.run([sys.executable, "-m", "worker", "-config", str(path), "-kind", flag],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"worker: config error: {fragment}"), r.stderr
+
+
+@pytest.mark.parametrize(("config", "fragment"), [
+    ({"workerKinds": {"browser": 2}}, "unknown fetcher kind 'browser' (fetcherKinds: http)"),
+    ({"workerKinds": {"http": 0}}, "worker_kinds"),
+    ({"fetcherKinds": ["http", "Static"]}, "invalid fetcher kind 'Static'"),
+    ({"fetcherKinds": ["http", "a.b"]}, "invalid fetcher kind 'a.b'"),
+    ({"fetcherKinds": ["http", "http"]}, "fetcher kind 'http' named twice"),
+])
+def test_bad_kinds_in_the_config_file(tmp_path: Path, config: dict[str, object],
+                                      fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, config), env={})
+    assert fragment in str(e.value)
