@@ -3,12 +3,16 @@ JSON body or as the original newline body and query parameters (both build a :cl
 
 The web server validates it (:func:`validate_spec`, every error a :class:`SpecError` naming its
 field) and stores it with the job (:meth:`JobSpec.stored`: the spec minus its URLs, which are
-the job's ``job_url`` rows); ``/status`` shows it back (:func:`status_view`).
+the job's ``job_url`` rows); ``/status`` shows it back (:func:`status_view`). The keys that
+change what a page yields make the job's rule set (:meth:`JobSpec.ruleset`, :func:`ruleset_of`),
+under which the store keeps and reuses per-page results.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
@@ -48,8 +53,31 @@ def _url(value: str, info: ValidationInfo) -> str:
                                   {"line": e.line}) from None
 
 
+def _kind(value: str, info: ValidationInfo, known: str, what: str) -> str:
+    kinds = tuple((info.context or {}).get(known, ()))
+    if value not in kinds:
+        raise PydanticCustomError(
+            "kind", "unknown {what} kind: {kind} (known: {known})",
+            {"what": what, "kind": value, "known": ", ".join(kinds) or "none"})
+    return value
+
+
+def _fetcher(value: str, info: ValidationInfo) -> str:
+    return _kind(value, info, "fetchers", "fetcher")
+
+
+def _extractor(value: str, info: ValidationInfo) -> str:
+    return _kind(value, info, "extractors", "extractor")
+
+
 Pattern = Annotated[str, AfterValidator(_pattern)]
 JobURL = Annotated[str, AfterValidator(_url)]
+FetcherKind = Annotated[str, AfterValidator(_fetcher)]
+ExtractorKind = Annotated[str, AfterValidator(_extractor)]
+
+# The spec keys that change what a page yields (beyond its links, which every job extracts):
+# they make the job's rule set. Issues 11-13 add follow, ids, save, task and source.
+YIELD_KEYS = ("extract",)
 
 
 class ScopeSpec(BaseModel):
@@ -66,8 +94,35 @@ class ScopeSpec(BaseModel):
         return Scope(self.scope, self.allow, self.deny)
 
 
+class ExtractSpec(BaseModel):
+    """An extractor run after the links (``kind``: one of ``Settings.extractor_kinds``) and its
+    options (any other keys, kept as given until each kind has its own model)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    kind: ExtractorKind
+
+    @model_validator(mode="after")
+    def _storable(self) -> ExtractSpec:
+        # PostgreSQL keeps no NUL in jsonb: a 400 here, not a 500 from the INSERT.
+        if _has_nul(self.model_extra or {}):
+            raise PydanticCustomError("nul", "an option holds a NUL character")
+        return self
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class JobSpec(BaseModel):
-    """A job: its URLs (validated, canonical, deduplicated in order), depth, flags and scope."""
+    """A job: its URLs (validated, canonical, deduplicated in order), depth, flags, scope,
+    fetcher kind and extractors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True,
                               alias_generator=to_camel)
@@ -79,6 +134,8 @@ class JobSpec(BaseModel):
     force_crawl: bool = False
     sitemaps: bool = False
     scope: ScopeSpec = ScopeSpec()
+    fetcher: FetcherKind = "http"
+    extract: tuple[ExtractSpec, ...] = ()
 
     @field_validator("urls")
     @classmethod
@@ -104,8 +161,34 @@ class JobSpec(BaseModel):
         return self.depth
 
     def stored(self) -> dict[str, Any]:
-        """The spec as stored with the job (``job.spec``): JSON by alias, without the URLs."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"urls"})
+        """The spec as stored with the job (``job.spec``): JSON by alias, without the URLs.
+        ``fetcher`` and ``extract`` are left out at their defaults, so a job that does not use
+        them stores (and ``/status`` shows) what it did before they existed."""
+        exclude = {"urls"} | {name for name in _OMITTED_AT_DEFAULT
+                              if getattr(self, name) == JobSpec.model_fields[name].default}
+        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
+
+    def ruleset(self) -> int:
+        """The job's rule set: 0 when nothing changes what a page yields beyond its links,
+        else a digest of the keys that do (:func:`ruleset_of` of the stored spec)."""
+        return ruleset_of(self.stored())
+
+
+_OMITTED_AT_DEFAULT = ("fetcher", "extract")
+
+
+def ruleset_of(stored: Mapping[str, Any]) -> int:
+    """The rule set of a stored spec (``JobSpec.stored``, ``job.spec``): 0 when none of the
+    ``YIELD_KEYS`` is set, else the first 8 bytes of the SHA-256 of their canonical JSON
+    (sorted keys, no spaces) as a signed 64-bit integer, never 0. Jobs with the same rule set
+    get the same yields from a page, so one can be answered from what the other extracted;
+    the order of extractors counts, the order of keys within one does not."""
+    keys = {k: stored[k] for k in YIELD_KEYS if stored.get(k)}
+    if not keys:
+        return 0
+    canonical = json.dumps(keys, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True) or 1
 
 
 class SpecError(BadRequest):
@@ -129,7 +212,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
     :class:`SpecError` for the first problem, naming its field. ``canonical``: the URLs were
     validated and made canonical already (the newline body), so they are not parsed again."""
     context = {"max_depth": settings.max_depth, "max_level": settings.max_level,
-               "canonical": canonical}
+               "canonical": canonical, "fetchers": settings.fetcher_kinds,
+               "extractors": settings.extractor_kinds}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.jobspec import stored_spec
+from shared.jobspec import ruleset_of, stored_spec
 from shared.robots import REFUSALS
 from shared.scope import Scope
 
@@ -47,18 +47,18 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
     ``spec`` is the stored job spec (``JobSpec.stored()``); by default the one these arguments
-    make. The columns stay what the hot path reads. Run it in a transaction: the job is either
-    wholly there or not at all.
+    make. The columns stay what the hot path reads; ``fetcher`` and ``ruleset`` come from the
+    spec. Run it in a transaction: the job is either wholly there or not at all.
     """
     if spec is None:
         spec = stored_spec(max_level, force_crawl, sitemaps, scope, max_pages)
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
-                         spec)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) RETURNING id""",
+                         spec, fetcher, ruleset)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
         sitemaps, None if max_pages is None else len(set(urls)),  # visits.py: the cap's count
-        json.dumps(spec))
+        json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec))
     from shared.db.pages import upsert_urls
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
@@ -75,13 +75,45 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
 
 
 async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
-    """Delete a job and all its rows (job_result has no foreign key to cascade from).
+    """Delete a job and all its rows (job_result and job_yield have no foreign key to cascade
+    from).
 
     The job row goes first: its cascade waits for any transaction still processing the job's
     pending visits, and the next statement (a new snapshot) then sees the results they wrote."""
     async with conn.transaction():
         await conn.execute("DELETE FROM job WHERE id = $1", job_id)
         await conn.execute("DELETE FROM job_result WHERE job_id = $1", job_id)
+        await conn.execute("DELETE FROM job_yield WHERE job_id = $1", job_id)
+
+
+async def load_specs(conn: asyncpg.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The stored specs (``job.spec``, as dicts) of these jobs, by id; a deleted job is left out."""
+    rows = await conn.fetch("SELECT id, spec::text AS spec FROM job WHERE id = ANY($1::bigint[])",
+                            list(job_ids))
+    return {r["id"]: json.loads(r["spec"]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class JobYield:
+    url: str
+    kind: str
+    seq: int
+    value: dict[str, Any]
+
+
+async def job_yields(conn: asyncpg.Connection, job_id: int, after: tuple[int, str, int] = (0, "", -1),
+                     limit: int = 5000) -> list[tuple[tuple[int, str, int], JobYield]]:
+    """The job's yields (besides links) after the key ``after`` ((url id, kind, seq); the
+    default starts at the beginning), at most ``limit``, in key order: each page's in document
+    order per kind. Each comes with its key, to read on from."""
+    rows = await conn.fetch("""
+        SELECT y.url_id, y.kind, y.seq, y.value::text AS value,
+               (SELECT u.url FROM url u WHERE u.id = y.url_id) AS url
+        FROM job_yield y
+        WHERE y.job_id = $1 AND (y.url_id, y.kind, y.seq) > ($2, $3, $4)
+        ORDER BY y.url_id, y.kind, y.seq LIMIT $5""", job_id, *after, limit)
+    return [((r["url_id"], r["kind"], r["seq"]),
+             JobYield(r["url"], r["kind"], r["seq"], json.loads(r["value"]))) for r in rows]
 
 
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:

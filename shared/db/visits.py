@@ -66,6 +66,8 @@ class Planned:
     max_level: int = 0
     sitemaps: bool = False            # the job reads its job URLs' sitemaps
     attempts: int = 0                 # failed fetch attempts so far in this job
+    fetcher: str = "http"             # the job's fetcher kind (its work subject)
+    ruleset: int = 0                  # the job's rule set (shared.jobspec.JobSpec.ruleset)
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -106,7 +108,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                    CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
                    CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
                         THEN u.last_modified END AS last_modified,
-                   v.level, j.max_level, j.sitemaps, p.attempts
+                   v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -115,7 +117,8 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
               AND v.job_id = $1 AND v.url_id = ANY($2::bigint[]) AND u.id = ANY($2::bigint[])""",
             job_id, url_ids, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
-                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"])
+                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
+                    r["fetcher"], r["ruleset"])
             for r in rows]
 
 

@@ -374,3 +374,66 @@ async def test_a_pattern_with_a_nul_is_a_400_in_both_bodies(web: Stack,
         assert r.status == 400, await r.text()
         assert (await r.json())["message"].startswith("Invalid allow pattern")
     assert await db.fetchval("SELECT count(*) FROM job") == 0
+
+
+@pytest.fixture
+async def kinds(settings: Settings) -> AsyncIterator[Stack]:
+    """A web server that knows a second fetcher kind and an extractor (none of them runs)."""
+    st = await Stack(settings.model_copy(update={
+        "fetcher_kinds": ("http", "static"), "extractor_kinds": ("test-title",)})).start(
+        foremen=0, workers=0)
+    yield st
+    await st.stop()
+
+
+async def test_a_json_job_with_fetcher_and_extract_is_stored_and_shown(
+        kinds: Stack, db: asyncpg.Connection) -> None:
+    from shared.jobspec import ruleset_of
+    extract = [{"kind": "test-title", "tag": "h1", "options": {"b": 1, "a": [True, None]}}]
+    spec = {"urls": ["http://a.example/"], "depth": 1, "forceCrawl": False, "sitemaps": False,
+            "scope": {"scope": "any", "allow": [], "deny": [], "maxPages": None},
+            "fetcher": "static", "extract": extract}
+    status, body = await post_json(kinds, spec)
+    assert status == 200, body
+    row = await db.fetchrow("SELECT spec::text AS spec, fetcher, ruleset FROM job WHERE id = $1",
+                            body["jobId"])
+    stored = json.loads(row["spec"])
+    assert (stored["fetcher"], stored["extract"], row["fetcher"]) == ("static", extract, "static")
+    assert row["ruleset"] == ruleset_of(stored) != 0
+    st = await kinds.status(body["jobId"])
+    assert st["spec"] == spec
+    assert list(st["spec"]) == list(spec)  # in the model's order
+    # It posts back as the same job, of the same rule set.
+    status, again = await post_json(kinds, st["spec"])
+    assert status == 200, again
+    assert await db.fetchval("SELECT ruleset FROM job WHERE id = $1", again["jobId"]) == \
+        row["ruleset"]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"urls": ["http://a.example/"], "fetcher": "browser"},
+     "Invalid fetcher: unknown fetcher kind: browser (known: http, static)"),
+    ({"urls": ["http://a.example/"], "extract": [{"kind": "test-title"}, {"kind": "css"}]},
+     "Invalid extract[1].kind: unknown extractor kind: css (known: test-title)"),
+    ({"urls": ["http://a.example/"], "extract": [{"tag": "h1"}]},
+     "Invalid extract[0].kind: Field required"),
+    ({"urls": ["http://a.example/"], "extract": [{"kind": "test-title", "tag": "\u0000"}]},
+     "Invalid extract[0]: an option holds a NUL character"),
+])
+async def test_unknown_fetcher_or_extractor_kind_is_400_naming_the_field(
+        kinds: Stack, db: asyncpg.Connection, data: object, message: str) -> None:
+    assert await post_json(kinds, data) == (400, {"code": "BadRequest", "message": message})
+    assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
+
+
+async def test_by_default_only_http_and_no_extractor_are_known(web: Stack,
+                                                               db: asyncpg.Connection) -> None:
+    assert await post_json(web, {"urls": ["http://a.example/"], "fetcher": "static"}) == (
+        400, {"code": "BadRequest",
+              "message": "Invalid fetcher: unknown fetcher kind: static (known: http)"})
+    assert await post_json(web, {"urls": ["http://a.example/"],
+                                 "extract": [{"kind": "test-title"}]}) == (
+        400, {"code": "BadRequest",
+              "message": "Invalid extract[0].kind: unknown extractor kind: test-title "
+                         "(known: none)"})
+    assert await db.fetchval("SELECT count(*) FROM job") == 0

@@ -212,3 +212,21 @@ async def test_0011_gives_old_jobs_the_spec_of_their_columns(scratch_dsn: str) -
                       "maxPages": 50}}), Settings()).stored()
     finally:
         await conn.close()
+
+
+async def test_0013_gives_old_jobs_and_pages_defaults_without_a_rewrite(scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0012")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("INSERT INTO job (max_level, force_crawl) VALUES (2, false)")
+        await conn.execute("INSERT INTO url (url, mime) VALUES ('http://a.example/', 'text/html')")
+        files = "SELECT relname, relfilenode FROM pg_class WHERE relname IN ('job', 'url')"
+        before = sorted(await conn.fetch(files))
+        await run(migrate.upgrade, scratch_dsn, "0013")
+        assert sorted(await conn.fetch(files)) == before  # constant defaults: no table rewrite
+        assert await conn.fetchrow("SELECT fetcher, ruleset FROM job") == ("http", 0)
+        assert await conn.fetchval("SELECT version FROM url") == 0
+        for table in ("url_extraction", "url_yield", "job_yield"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+    finally:
+        await conn.close()

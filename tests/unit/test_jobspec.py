@@ -3,13 +3,14 @@ parameters and the JSON body map onto equal specs; the stored spec round-trips."
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from shared.config import Settings
-from shared.jobspec import JobSpec, SpecError, status_view, validate_spec
+from shared.jobspec import JobSpec, SpecError, ruleset_of, status_view, validate_spec
 from web_server.routes import newline_spec, query_params
 
 SETTINGS = Settings()  # maxLevel 2, maxDepth 10
@@ -107,3 +108,97 @@ def test_stored_spec_round_trips(data: dict[str, object]) -> None:
     again = validate_spec(json.dumps(shown), SETTINGS)
     assert again.model_copy(update={"urls": spec.urls}) == spec
     assert set(again.urls) == set(spec.urls)
+
+
+EXTRACTING = Settings(extractor_kinds=("test-title", "other"), fetcher_kinds=("http", "static"))
+PAGE = "http://a.example/"
+
+
+def _spec(settings: Settings = EXTRACTING, **keys: object) -> JobSpec:
+    return validate_spec(json.dumps({"urls": [PAGE], **keys}), settings)
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"fetcher": "nope"}, "Invalid fetcher: unknown fetcher kind: nope (known: http, static)"),
+    ({"fetcher": 3}, "Invalid fetcher: Input should be a valid string"),
+    ({"extract": [{"kind": "test-title"}, {"kind": "nope"}]},
+     "Invalid extract[1].kind: unknown extractor kind: nope (known: test-title, other)"),
+    ({"extract": [{"tag": "h1"}]}, "Invalid extract[0].kind: Field required"),
+    ({"extract": {"kind": "test-title"}}, "Invalid extract: Input should be a valid array"),
+    ({"extract": ["test-title"]}, "Invalid extract[0]: expected a JSON object"),
+    ({"extract": [{"kind": "test-title", "tag": "a\x00"}]},
+     "Invalid extract[0]: an option holds a NUL character"),
+])
+def test_fetcher_and_extract_errors_name_their_field(keys: dict[str, object],
+                                                     message: str) -> None:
+    with pytest.raises(SpecError) as e:
+        _spec(**keys)
+    assert e.value.message == message
+    assert e.value.field == message.split(":")[0].removeprefix("Invalid ")
+
+
+def test_no_extractor_kind_is_known_by_default() -> None:
+    with pytest.raises(SpecError, match=r"^Invalid extract\[0\]\.kind: unknown extractor kind: "
+                                        r"test-title \(known: none\)$"):
+        _spec(SETTINGS, extract=[{"kind": "test-title"}])
+
+
+def test_fetcher_and_extract_are_kept_with_their_options() -> None:
+    spec = _spec(fetcher="static", extract=[{"kind": "test-title", "tag": "h1",
+                                             "opts": {"b": [1, 2], "a": None}}])
+    assert spec.fetcher == "static"
+    stored = spec.stored()
+    assert (stored["fetcher"], stored["extract"]) == (
+        "static", [{"kind": "test-title", "tag": "h1", "opts": {"b": [1, 2], "a": None}}])
+    shown = status_view(json.dumps(stored, sort_keys=True), [PAGE])
+    assert list(shown) == ["urls", "depth", "forceCrawl", "sitemaps", "scope", "fetcher",
+                           "extract"]
+    assert validate_spec(json.dumps(shown), EXTRACTING) == spec
+
+
+def test_default_fetcher_and_extract_are_not_stored() -> None:
+    """A job that does not use them stores (and /status shows) what it did before them."""
+    for spec in (_spec(), _spec(fetcher="http", extract=[])):
+        assert spec.fetcher == "http" and spec.extract == ()
+        assert list(spec.stored()) == ["depth", "forceCrawl", "sitemaps", "scope"]
+
+
+def test_links_only_is_ruleset_0() -> None:
+    assert _spec().ruleset() == 0
+    # Keys that change how the crawl goes, not what a page yields, leave it at 0.
+    assert _spec(depth=0, forceCrawl=True, sitemaps=True, fetcher="static",
+                 scope={"scope": "host", "deny": ["x"], "maxPages": 3}).ruleset() == 0
+
+
+def test_the_ruleset_is_a_digest_of_what_changes_a_pages_yield() -> None:
+    title = [{"kind": "test-title", "tag": "title"}]
+    ruleset = _spec(extract=title).ruleset()
+    assert ruleset != 0 and -2**63 <= ruleset < 2**63
+    # Stable: the same for the same extractors, whatever else the job asks, and for the same
+    # options in another key order (pinned: it is stored in job.ruleset and url_extraction).
+    assert _spec(extract=title, depth=0, forceCrawl=True, fetcher="static").ruleset() == ruleset
+    assert _spec(extract=[{"tag": "title", "kind": "test-title"}]).ruleset() == ruleset
+    assert ruleset == int.from_bytes(hashlib.sha256(
+        b'{"extract":[{"kind":"test-title","tag":"title"}]}').digest()[:8], "big", signed=True)
+    # Another option, another extractor, or the same extractors in another order: another.
+    other = [
+        _spec(extract=[{"kind": "test-title", "tag": "h1"}]).ruleset(),
+        _spec(extract=[{"kind": "test-title"}]).ruleset(),
+        _spec(extract=[*title, {"kind": "other"}]).ruleset(),
+        _spec(extract=[{"kind": "other"}, *title]).ruleset(),
+    ]
+    assert len({ruleset, *other}) == 5 and 0 not in other
+
+
+@pytest.mark.parametrize("keys", [
+    {},
+    {"fetcher": "static", "depth": 1},
+    {"extract": [{"kind": "test-title", "tag": "h1", "n": 1.5, "é": ["ü", {"z": 0, "a": 1}]}]},
+    {"extract": [{"kind": "other"}, {"kind": "test-title"}]},
+])
+def test_ruleset_of_the_stored_spec_is_the_specs(keys: dict[str, object]) -> None:
+    spec = _spec(**keys)
+    # As read back from job.spec (jsonb: keys in its own order, text through json).
+    stored = json.loads(json.dumps(spec.stored(), sort_keys=True, ensure_ascii=True))
+    assert ruleset_of(stored) == spec.ruleset()
+    assert ruleset_of({"depth": 2}) == 0  # a spec stored before the key existed
