@@ -43,8 +43,8 @@ class DecodeError(HarvesterError):
 class UnsupportedEncoding(DecodeError):
     """A Content-Encoding this worker cannot undo (raised by ``Decoder()``, before any byte)."""
 
-    def __init__(self, encoding: str) -> None:
-        super().__init__(encoding, "unsupported")
+    def __init__(self, encoding: str, hint: str = "") -> None:
+        super().__init__(encoding, f"unsupported{hint}")
 
 
 def _load_brotli() -> Any:
@@ -156,7 +156,9 @@ def _stages(content_encoding: str | None) -> list[_Stage]:
             continue
         if name in ("gzip", "x-gzip", "deflate"):
             stages.append(_Inflate("deflate" if name == "deflate" else "gzip"))
-        elif name == "br" and _brotli is not None:
+        elif name == "br":
+            if _brotli is None:
+                raise UnsupportedEncoding(name, " (install Brotli >= 1.2)")
             stages.append(_Unbrotli())
         else:
             raise UnsupportedEncoding(name)
@@ -220,7 +222,8 @@ async def read_raw(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bytes
     """The body of a response requested with ``auto_decompress=False``, as received and
     decoded: ``(raw, body)``, the same object twice when there is no encoding. The cap holds on
     both. Raises BodyTooLarge, DecodeError (UnsupportedEncoding before reading), and what
-    aiohttp raises while reading."""
+    aiohttp raises while reading. ``resp.raw_headers`` keeps the header lines' names, case,
+    order and repeats, and their values without surrounding spaces."""
     decoder = Decoder(content_encoding(resp), cap)
     if resp.content_length is not None and resp.content_length > cap:
         raise BodyTooLarge(cap, resp.content_length)
