@@ -1,8 +1,10 @@
-"""What a fetch found: the ``url`` row of each fetched page and its ``url_link`` rows."""
+"""What a fetch found: the ``url`` row of each fetched page (and its version), its ``url_link``
+rows and, under a job's rule set, its other yields (``url_yield``, ``url_extraction``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
@@ -17,7 +19,13 @@ T = TypeVar("T")
 async def record_fetches(conn: asyncpg.Connection,
                          fetched: Sequence[tuple[FetchedPage, Extraction]]) -> None:
     """Update the pages' ``url`` rows and replace their links (``Extraction.links``); set-based,
-    a few statements a batch."""
+    a few statements a batch.
+
+    Each fetch with a body (not a 304) makes a new version of the page (``url.version``). A page
+    extracted under a rule set (``Extraction.ruleset`` != 0) also gets that rule set's yields
+    replaced and recorded as extracted at the new version (``_record_yields``): only batches
+    holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
+    answer and its links once, and its yields per rule set."""
     if not fetched:
         return
     links = {p.url_id: x.links for p, x in fetched}
@@ -37,7 +45,7 @@ async def record_fetches(conn: asyncpg.Connection,
                final_url = d.final_url,
                redirects = CASE WHEN d.redirects = '' THEN NULL
                                 ELSE string_to_array(d.redirects, E'\\n') END,
-               etag = d.etag, last_modified = d.last_modified
+               etag = d.etag, last_modified = d.last_modified, version = url.version + 1
         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[],
                     $7::text[], $8::text[], $9::text[])
              AS d(id, mime, status, error, cacheable, final_url, redirects, etag, last_modified)
@@ -68,6 +76,45 @@ async def record_fetches(conn: asyncpg.Connection,
             INSERT INTO url_link (refer_id, url_id)
             SELECT * FROM unnest($1::bigint[], $2::bigint[])
             ON CONFLICT DO NOTHING""", refer[i:i + CHUNK], linked[i:i + CHUNK])
+    extracted = {(p.url_id, x.ruleset): x for p, x in fetched if x.ruleset and not p.not_modified}
+    if extracted:
+        await _record_yields(conn, extracted)
+
+
+async def _record_yields(conn: asyncpg.Connection,
+                         extracted: dict[tuple[int, int], Extraction]) -> None:
+    """Replace the ``url_yield`` rows of these (page, rule set)s with the extractions' yields
+    (numbered in document order within each kind) and record each page as extracted under its
+    rule set at its current version (bumped by the caller in this transaction). The caller's
+    UPDATE of the ``url`` rows already holds them, so two transactions writing the same page
+    take turns."""
+    keys = sorted(extracted)
+    await conn.execute("""
+        DELETE FROM url_yield y USING unnest($1::bigint[], $2::bigint[]) AS d(url_id, ruleset)
+        WHERE y.url_id = d.url_id AND y.ruleset = d.ruleset""",
+        [k[0] for k in keys], [k[1] for k in keys])
+    rows: list[tuple[int, int, str, int, str]] = []
+    for url_id, ruleset in keys:
+        seq: dict[str, int] = {}
+        for y in extracted[url_id, ruleset].yields:
+            n = seq[y.kind] = seq.get(y.kind, -1) + 1
+            rows.append((url_id, ruleset, y.kind, n, json.dumps(y.value)))
+            if len(rows) % CHUNK == 0:  # a page of very many items: let the loop run
+                await asyncio.sleep(0)
+    for i in range(0, len(rows), CHUNK):
+        chunk = rows[i:i + CHUNK]
+        await conn.execute("""
+            INSERT INTO url_yield (url_id, ruleset, kind, seq, value)
+            SELECT u, r, k, s, v::jsonb
+            FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[])
+                 AS d(u, r, k, s, v)""",
+            *(list(col) for col in zip(*chunk, strict=True)))
+    await conn.execute("""
+        INSERT INTO url_extraction (url_id, ruleset, version)
+        SELECT d.url_id, d.ruleset, u.version
+        FROM unnest($1::bigint[], $2::bigint[]) AS d(url_id, ruleset) JOIN url u ON u.id = d.url_id
+        ON CONFLICT (url_id, ruleset) DO UPDATE SET version = excluded.version""",
+        [k[0] for k in keys], [k[1] for k in keys])
 
 
 async def _chunks(items: Sequence[T]) -> AsyncIterator[Sequence[T]]:

@@ -46,6 +46,7 @@ class Pending:
     origin_url: str = ""
     scope: Scope = field(default_factory=Scope)
     max_pages: int | None = None
+    ruleset: int = 0                  # the job's rule set: its pages' yields go to job_yield
 
     @property
     def key(self) -> Key:
@@ -90,12 +91,23 @@ def _by_job(keys: Iterable[Key]) -> dict[int, list[int]]:
 # ``job_visit``/``job_pending`` by job_id alone: every pending row of the job for each key.
 
 
+# The job's rule set has what the page yields at its current version: always for links only
+# (rule set 0, tested first: PostgreSQL stops an OR at its first true argument), else when the
+# page was extracted under the rule set since its last fetch with a body.
+EXTRACTED_SQL = """(j.ruleset = 0 OR EXISTS (
+        SELECT FROM url_extraction x
+        WHERE x.url_id = u.id AND x.ruleset = j.ruleset AND x.version = u.version))"""
+
+
 async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float) -> list[Planned]:
     """Which of these visits are still pending, and which can be answered from the store.
 
     A visit is answered from the store when it re-expands a page already processed in the job,
-    when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh:
-    younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was created.
+    when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh
+    (younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was
+    created) and the job's rule set extracted that version of the page. The validators of an
+    expired copy (for a conditional fetch) come under the same rule set condition: a 304
+    confirms a version, so it must be one whose yields the rule set has.
     """
     rows: list[asyncpg.Record] = []
     for job_id, url_ids in _by_job(keys).items():
@@ -104,9 +116,11 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                    (p.reexpand OR {SKIP_MIME_SQL} OR
                     (u.crawled_on IS NOT NULL AND u.crawled_on >
                        CASE WHEN j.force_crawl THEN j.created_on
-                            ELSE now() - make_interval(secs => $3) END)) AS cached,
-                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl THEN u.etag END AS etag,
-                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl
+                            ELSE now() - make_interval(secs => $3) END
+                     AND {EXTRACTED_SQL})) AS cached,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
+                        THEN u.etag END AS etag,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
                         THEN u.last_modified END AS last_modified,
                    v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset
             FROM job_pending p
@@ -128,7 +142,7 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
     for job_id, url_ids in _by_job(keys).items():  # jobs, then urls, in order: no lock cycles
         rows += await conn.fetch("""
             SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
-                   o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages
+                   o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages, j.ruleset
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -139,7 +153,8 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
             FOR UPDATE OF p FOR SHARE OF v""", job_id, url_ids)
     return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
                     r["reexpand"], r["origin_url"],
-                    Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"])
+                    Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"],
+                    r["ruleset"])
             for r in rows]
 
 
@@ -153,7 +168,9 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     their ``url`` and ``url_link`` rows), so links, results, failures, children and counters
     commit together. A page fails if its URL's last fetch failed (``url.error``) or if
     ``reasons`` gives a reason (work abandoned); ``attempts`` counts its fetches in this job.
-    ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps).
+    ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps). A job
+    with a rule set also gets the page's yields under it (``job_yield``); for jobs of rule
+    set 0 that costs no statement.
     """
     if not pages:
         return []
@@ -170,6 +187,7 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
         JOIN url_link l ON l.refer_id = p.url_id
         ORDER BY 1, 2, 3
         ON CONFLICT DO NOTHING""", jobs, urls)
+    await _copy_yields(conn, [p for p in expanding if p.ruleset])
     jobs, urls = _cols(p.key for p in pages)
     await conn.execute("""
         DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
@@ -178,6 +196,21 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                                    extra or {})
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
+
+
+async def _copy_yields(conn: asyncpg.Connection, pages: Sequence[Pending]) -> None:
+    """The pages' yields under their job's rule set (``url_yield``) become the job's
+    (``job_yield``), like their links become its results. Jobs of rule set 0 have none."""
+    if not pages:
+        return
+    await conn.execute("""
+        INSERT INTO job_yield (job_id, url_id, kind, seq, value)
+        SELECT p.job_id, y.url_id, y.kind, y.seq, y.value
+        FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS p(job_id, url_id, ruleset)
+        JOIN url_yield y ON y.url_id = p.url_id AND y.ruleset = p.ruleset
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT DO NOTHING""",
+        [p.job_id for p in pages], [p.url_id for p in pages], [p.ruleset for p in pages])
 
 
 async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],

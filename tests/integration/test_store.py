@@ -72,8 +72,11 @@ async def test_delete_job_removes_its_results_and_no_other(db: asyncpg.Connectio
     for job_id in (gone, kept):
         await db.execute("INSERT INTO job_result (job_id, refer_id, url_id) VALUES ($1, $2, $3)",
                          job_id, page, link)
+        await db.execute("INSERT INTO job_yield (job_id, url_id, kind, seq, value) "
+                         "VALUES ($1, $2, 'item', 0, '{}')", job_id, page)
     await jobs.delete_job(db, gone)
     assert await db.fetch("SELECT job_id FROM job_result") == [(kept,)]
+    assert await db.fetch("SELECT job_id FROM job_yield") == [(kept,)]
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", gone) == 0
     assert await db.fetchval("SELECT count(*) FROM job WHERE id = $1", kept) == 1
 
