@@ -1,11 +1,13 @@
 """The foreman: decides for each queued visit whether to answer it from the store (cached, a type
-never fetched, or a page to expand again) or to forward it to the workers; feeds pending visits
+never fetched, or a page to expand again) or to forward it to the workers of its job's fetcher
+kind (each kind its own work queue, ``bus.work_subject``); feeds pending visits
 from PostgreSQL to the URL queue as it has room; and watches for work that never finishes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from contextlib import AsyncExitStack
 
@@ -37,6 +39,7 @@ class Foreman:
         self._depth_checked = 0.0
         self._depth = 0
         self._reserved = 0  # pulled by a loop of ours and not yet forwarded
+        self._depths: dict[str, tuple[float, int]] = {}  # other kinds' queues: (checked, depth)
         self._lock = asyncio.Lock()
 
     async def reserve(self, batch: int) -> int:
@@ -56,7 +59,7 @@ class Foreman:
 
     async def handle(self, msgs: list[Msg]) -> int:
         """Process one batch; every message is settled exactly once before this returns.
-        Returns how many visits were forwarded to the work queue."""
+        Returns how many visits were forwarded to the http work queue."""
         by_key = await bus.group_visits(msgs)
         if not by_key:
             return 0
@@ -75,19 +78,58 @@ class Foreman:
         return forwarded
 
     async def _process(self, keys: list[Key]) -> tuple[dict[Key, Settle], int]:
+        """Returns each visit's outcome and how many went to the http work queue (the one
+        ``reserve`` meters)."""
         s = self.settings
         async with self.pool.acquire() as conn:
             planned = {(p.job_id, p.url_id): p for p in await visits.plan(conn, keys, s.cache_max_age)}
-        work = [k for k, p in planned.items() if not p.cached]
-        cached = [k for k, p in planned.items() if p.cached]
-        unsent = set(await bus.publish_visits(self.js, s.work_topic, work))
+        work: dict[str, list[Key]] = {}  # by fetcher kind, in one pass: usually http alone
+        cached = []
+        for k, p in planned.items():
+            if p.cached:
+                cached.append(k)
+            else:
+                work.setdefault(p.fetcher, []).append(k)
+        unsent: set[Key] = set()
+        http_sent = 0
+        for kind, ks in work.items():
+            if kind == bus.HTTP:  # room reserved already (``reserve``)
+                failed = await bus.publish_visits(self.js, s.work_topic, ks)
+                http_sent = len(ks) - len(failed)
+            else:
+                failed = await self._forward(kind, ks)
+            unsent.update(failed)
         if cached:
             await complete_from_store(self.pool, cached)
-        log.debug("batch: %d forwarded, %d from store, %d already done", len(work) - len(unsent),
-                  len(cached), len(keys) - len(planned))
+        log.debug("batch: %d forwarded, %d from store, %d already done",
+                  sum(map(len, work.values())) - len(unsent), len(cached),
+                  len(keys) - len(planned))
         # A visit the work queue refused (full, or NATS away) comes back to us later.
         return ({k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys},
-                len(work) - len(unsent))
+                http_sent)
+
+    async def _forward(self, kind: str, keys: list[Key]) -> list[Key]:
+        """Publish visits to the work queue of a kind other than http; returns those not
+        published. The queue takes what it has room for; the rest waits like a refused publish,
+        so a full queue of one kind never holds up another."""
+        topic = bus.work_subject(self.settings, kind)
+        room = await self._room(topic, len(keys))
+        return [*await bus.publish_visits(self.js, topic, keys[:room]), *keys[room:]]
+
+    async def _room(self, topic: str, wanted: int) -> int:
+        """How many of ``wanted`` visits the work queue ``topic`` (not http's) takes now: its
+        depth, read at most every 50 ms, against ``work_queue_limit``; 0 while it cannot be read."""
+        now = time.monotonic()
+        checked, depth = self._depths.get(topic, (-math.inf, 0))
+        if now - checked > 0.05:
+            try:
+                depth, checked = await bus.stream_depth(self.js, topic), now
+            except bus.TRANSIENT as e:
+                log.warning("work queue %s unreachable (%s); its visits wait", topic, e)
+                return 0
+        room = max(0, min(wanted, self.settings.work_queue_limit - depth))
+        self._depths[topic] = (checked, depth + room)  # until the next check reads the real depth
+        return room
 
 
 async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
@@ -183,7 +225,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         frontier = DueFrontier()  # the feeder's and the watchdog's
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
-        log.info("foreman ready: %s -> %s", settings.url_topic, settings.work_topic)
+        log.info("foreman ready: %s -> %s", settings.url_topic,
+                 ", ".join(bus.work_subject(settings, k) for k in settings.fetcher_kinds))
         tasks = [asyncio.create_task(_loop(foreman, sub, stop), name=f"pull-{i}")
                  for i, sub in enumerate(subs)]
         tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop),

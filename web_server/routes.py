@@ -13,7 +13,7 @@ from aiohttp import web
 
 from shared import bus
 from shared.config import Settings
-from shared.db import jobs
+from shared.db import jobs, workers
 from shared.db.pool import RETRYABLE
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
@@ -207,14 +207,18 @@ async def _read_body(request: web.Request, limit: int) -> str:
 
 async def status(request: web.Request) -> web.Response:
     job_id = parse_job_id(request)
+    settings = request.app[SETTINGS]
     async with request.app[DEPS].acquire() as conn:
         st = await jobs.job_status(conn, job_id)
-    if st is None:
-        raise NotFound(f"Failed to get job {job_id} status")
+        if st is None:
+            raise NotFound(f"Failed to get job {job_id} status")
+        kind = st.spec.get("fetcher", bus.HTTP)  # left out of the stored spec at its default
+        live = await workers.live(conn, kind, settings.worker_timeout)
     completed = sum(1 for u in st.urls if u.completed)
-    return json_response({
+    pending = len(st.urls) - completed
+    answer = {
         "completed": completed,
-        "pending": len(st.urls) - completed,
+        "pending": pending,
         "elapsed": format_go_duration(st.elapsed),
         "urls": {u.url: u.completed for u in st.urls},
         "pages": {
@@ -230,7 +234,12 @@ async def status(request: web.Request) -> web.Response:
         "scope": {"scope": st.scope.kind, "allow": list(st.scope.allow),
                   "deny": list(st.scope.deny), "maxPages": st.max_pages},
         "spec": status_view(st.spec, [u.url for u in st.urls]),
-    })
+        "fetcher": {"kind": kind, "liveWorkers": live},
+    }
+    if pending and not live:
+        waits = f"no live worker serves fetcher kind '{kind}'; the job waits until one starts"
+        answer["warnings"] = [waits]
+    return json_response(answer)
 
 
 async def result(request: web.Request) -> web.StreamResponse:

@@ -150,6 +150,10 @@ NONE_DONE = {"pending": 1, "processed": 0, "fetched": 0, "cached": 0, "failed": 
              "completed_on": None}
 
 
+# The keys issue 10 appends to /status, on purpose (docs/api.md): "spec", then "fetcher" and, as
+# no worker runs here, "warnings".
+WAITS = b"no live worker serves fetcher kind 'http'; the job waits until one starts"
+
 # (name, path and query as sent, request Content-Type, body,
 #  job row (JOB_COLUMNS), job_url rows by URL, /status bytes with "elapsed": "*")
 VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]], bytes]] = [
@@ -165,7 +169,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "spec": {\n    "urls": [\n      "http://a.example/"\n    ],\n    "depth": 2,\n'
       b'    "forceCrawl": false,\n    "sitemaps": false,\n    "scope": {\n'
       b'      "scope": "any",\n      "allow": [],\n      "deny": [],\n      "maxPages": null\n'
-      b'    }\n  }\n}\n')),
+      b'    }\n  },\n'
+      b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
+      b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("forceCrawl and depth", "/?forceCrawl&depth=5", TEXT,
      "https://b.example/docs\nhttp://a.example/\n",
      {"max_level": 5, "force_crawl": True, "scope": "any", "allow": [], "deny": [],
@@ -180,7 +186,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "spec": {\n    "urls": [\n      "http://a.example/",\n      "https://b.example/docs"\n'
       b'    ],\n    "depth": 5,\n    "forceCrawl": true,\n    "sitemaps": false,\n'
       b'    "scope": {\n      "scope": "any",\n      "allow": [],\n      "deny": [],\n'
-      b'      "maxPages": null\n    }\n  }\n}\n')),
+      b'      "maxPages": null\n    }\n  },\n'
+      b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
+      b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("scope=host, allow twice, deny, maxPages, sitemaps",
      "/?scope=host&allow=%2Fdocs%2F&allow=%5Ehttps%3F%3A&deny=%5C.pdf%24&maxPages=50&sitemaps=1",
      FORM, "http://c.example/docs/\r\n",
@@ -197,7 +205,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    "forceCrawl": false,\n    "sitemaps": true,\n    "scope": {\n'
       b'      "scope": "host",\n      "allow": [\n        "/docs/",\n        "^https?:"\n'
       b'      ],\n      "deny": [\n        "\\\\.pdf$"\n      ],\n      "maxPages": 50\n'
-      b'    }\n  }\n}\n')),
+      b'    }\n  },\n'
+      b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
+      b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("duplicate and blank lines", "/?forceCrawl=0&depth=0&scope=domain", None,
      ("\n  http://d.example/x  \n\n\t\nhttp://d.example/x\r\nHTTP://D.example:80/x#f\n"
       "d.example/y\n\nhttp://a.example/\n"),
@@ -215,7 +225,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'      "http://d.example/x",\n      "http://d.example/y"\n    ],\n    "depth": 0,\n'
       b'    "forceCrawl": false,\n    "sitemaps": false,\n    "scope": {\n'
       b'      "scope": "domain",\n      "allow": [],\n      "deny": [],\n'
-      b'      "maxPages": null\n    }\n  }\n}\n')),
+      b'      "maxPages": null\n    }\n  },\n'
+      b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
+      b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
 ]
 
 _ELAPSED = re.compile(rb'\n  "elapsed": "([^"]*)",\n')

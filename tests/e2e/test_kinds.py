@@ -1,0 +1,107 @@
+"""Routing by fetcher kind, end to end: each kind has its own work queue, a job whose kind no
+live worker serves says so in /status (and waits), and a full queue of one kind does not stop
+another. The stack knows two kinds, http and static; its worker serves http only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.config import Settings, stream_name
+from tests.e2e.site import TestSite
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+T = TypeVar("T")
+
+NO_STATIC_WORKER = "no live worker serves fetcher kind 'static'; the job waits until one starts"
+
+
+@pytest.fixture
+def kinds(settings: Settings) -> Settings:
+    return settings.model_copy(update={"fetcher_kinds": ("http", "static")})
+
+
+@pytest.fixture
+async def js(kinds: Settings) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(kinds.nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def _eventually(op: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
+                      timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await op()
+        if ok(answer) or time.monotonic() > deadline:
+            assert ok(answer), f"still {answer!r} after {timeout}s"
+            return answer
+        await asyncio.sleep(0.05)
+
+
+async def post_spec(stack: Stack, spec: dict[str, Any]) -> int:
+    assert stack.http
+    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
+                               headers={"Content-Type": "application/json"}) as r:
+        body = await r.json(content_type=None)
+        assert r.status == 200, body
+        return int(body["jobId"])
+
+
+async def depth(js: JetStreamContext, settings: Settings, kind: str) -> int:
+    return await bus.stream_depth(js, bus.work_subject(settings, kind))
+
+
+async def test_a_job_of_a_kind_no_worker_serves_says_so(
+        kinds: Settings, site: TestSite, js: JetStreamContext) -> None:
+    stack = await Stack(kinds).start()
+    try:
+        job = await post_spec(stack, {"urls": [site.a + "/"], "fetcher": "static"})
+        # Forwarded by the foreman to the static queue, where it sits: no worker takes it.
+        await _eventually(lambda: depth(js, kinds, "static"), lambda n: n == 1)
+        st = await stack.status(job)
+        assert st["pending"] == 1 and st["pages"]["fetched"] == 0
+        assert st["fetcher"] == {"kind": "static", "liveWorkers": 0}
+        assert st["warnings"] == [NO_STATIC_WORKER]
+        assert list(st)[-3:] == ["spec", "fetcher", "warnings"], "appended after the old keys"
+        assert st["spec"]["fetcher"] == "static"
+        # An http job in the same stack is fetched meanwhile, and its status has no warning.
+        other = await stack.post_job([site.b + "/"], depth="1")
+        done = await stack.wait_complete(other)
+        assert done["fetcher"]["kind"] == "http" and "warnings" not in done
+        assert site.fetched() == {site.b + "/"}, "nothing of the static job was fetched"
+        assert await depth(js, kinds, "http") == 0
+        assert await depth(js, kinds, "static") == 1
+        assert (await stack.status(job))["pending"] == 1
+    finally:
+        await stack.stop()
+
+
+async def test_a_full_queue_of_one_kind_does_not_stop_another(
+        kinds: Settings, site: TestSite, js: JetStreamContext) -> None:
+    limit = 3
+    small = kinds.model_copy(update={"work_queue_limit": limit, "batch_size": 8})
+    stack = await Stack(small).start()
+    try:
+        static = [f"{site.b}/static/{i}" for i in range(20)]
+        job = await post_spec(stack, {"urls": static, "fetcher": "static"})
+        await _eventually(lambda: depth(js, small, "static"), lambda n: n == limit)
+        http = await stack.post_job([site.a + "/"], depth="3")
+        await stack.wait_complete(http)
+        assert await stack.result(http) == site.expected_result(site.a + "/", 3)
+        assert await depth(js, small, "static") == limit, "the static queue kept its limit"
+        st = await stack.status(job)
+        assert st["pending"] == len(static) and st["warnings"] == [NO_STATIC_WORKER]
+        assert not any(url.startswith(f"{site.b}/static/") for url in site.fetched())
+        assert stream_name(bus.work_subject(small, "static")).endswith("_STATIC")
+    finally:
+        await stack.stop()
