@@ -1,8 +1,9 @@
 """NATS JetStream: connection with retries, stream and consumer set-up, publishing, pulling,
 and the one place that turns a processing outcome into ack / nak / term.
 
-Both queues are work-queue streams (a message is removed once acked) with one durable pull
-consumer each, shared by every foreman (URL queue) or every worker (work queue). AckWait is the
+The queues are work-queue streams (a message is removed once acked) with one durable pull
+consumer each, shared by every foreman (URL queue) or every worker serving a fetcher kind (that
+kind's work queue: ``work_subject``, ``worker_consumer``). AckWait is the
 lease on a message; a message not acked in time, or nak'ed, is delivered again, up to the
 consumer's MaxDeliver deliveries in all (see ``settle``).
 
