@@ -124,8 +124,10 @@ class Foreman:
         if now - checked > 0.05:
             try:
                 depth, checked = await bus.stream_depth(self.js, topic), now
-            except bus.TRANSIENT as e:
-                log.warning("work queue %s unreachable (%s); its visits wait", topic, e)
+            except bus.TRANSIENT as e:  # tried again in 50 ms, meanwhile full
+                bus.warn(f"depth {topic}", "work queue %s unreachable (%s: %s); its visits wait",
+                         topic, type(e).__name__, e)
+                self._depths[topic] = (now, self.settings.work_queue_limit)
                 return 0
         room = max(0, min(wanted, self.settings.work_queue_limit - depth))
         self._depths[topic] = (checked, depth + room)  # until the next check reads the real depth

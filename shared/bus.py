@@ -98,6 +98,11 @@ def _warn(kind: str, msg: str, *args: object) -> None:
     _WARNINGS[kind].warning(msg, *args)
 
 
+def warn(kind: str, msg: str, *args: object) -> None:
+    """A warning about queue trouble that may last: one line per ``WARN_INTERVAL`` and kind."""
+    _warn(kind, msg, *args)
+
+
 @dataclass
 class _Topology:
     """The streams and durable consumers this process set up, with the config it set them up

@@ -16,8 +16,10 @@ from nats.js import JetStreamContext
 
 from shared import bus
 from shared.config import Settings, stream_name
+from shared.db.pool import open_pool
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
+from worker.heartbeat import heartbeat
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -82,6 +84,18 @@ async def test_a_job_of_a_kind_no_worker_serves_says_so(
         assert await depth(js, kinds, "http") == 0
         assert await depth(js, kinds, "static") == 1
         assert (await stack.status(job))["pending"] == 1
+        # A process beating for static counts as a live static worker (it takes nothing: the
+        # status only reads the registry), until it stops.
+        async with open_pool(kinds.database_url, max_size=2) as pool:
+            stop = asyncio.Event()
+            beating = asyncio.create_task(heartbeat(kinds, pool, ["static"], stop))
+            st = await _eventually(lambda: stack.status(job),
+                                   lambda st: st["fetcher"]["liveWorkers"] == 1)
+            assert "warnings" not in st and st["pending"] == 1
+            stop.set()
+            await beating
+        st = await stack.status(job)
+        assert st["fetcher"]["liveWorkers"] == 0 and st["warnings"] == [NO_STATIC_WORKER]
     finally:
         await stack.stop()
 
