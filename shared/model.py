@@ -44,8 +44,8 @@ class Extraction:
 
 @dataclass(frozen=True, slots=True)
 class FetchedPage:
-    """One fetch's outcome. ``links`` are canonical absolute URLs with their guessed MIME type.
-    Whether it is worth another try is for ``worker.retry.RetryPolicy`` to say."""
+    """One fetch's outcome (what it yields is an ``Extraction``). Whether it is worth another
+    try is for ``worker.retry.RetryPolicy`` to say."""
     url_id: int
     status: int | None
     mime: str | None            # None: no response, keep the stored (guessed) type
@@ -53,14 +53,14 @@ class FetchedPage:
     cacheable: bool             # may later jobs answer this URL from the store?
     final_url: str | None = None
     redirects: tuple[str, ...] = ()
-    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (url, guessed mime)
     retry_after: float | None = None  # the server's Retry-After (429, 503), in seconds
     etag: str | None = None
     last_modified: str | None = None
     not_modified: bool = False        # 304: the stored copy (type, links) is still current
     permanent: bool = False           # a failure no later try can mend (too big, bad URL ...)
-    # A 2xx HTML body whose links are still to be extracted (worker.extractors.lanes), and its charset.
-    html: bytes | None = field(default=None, repr=False, compare=False)
+    # The body the fetcher kept (decoded; the source said which to keep) for the job's
+    # extractors, and its charset.
+    body: bytes | None = field(default=None, repr=False, compare=False)
     charset: str | None = None
     # The final answer's headers (aiohttp's, by reference, not copied); None: no answer.
     headers: CIMultiDictProxy[str] | None = field(default=None, repr=False, compare=False)

@@ -329,7 +329,7 @@ async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
             raise RuntimeError("the fetcher exploded")
         return await real(session, settings, url_id, url, *args, **kwargs)
 
-    monkeypatch.setattr("worker.crawl.fetch", fetch)
+    monkeypatch.setattr("worker.fetchers.http.fetch", fetch)
     async with Scripted({"/": lambda r, n: html("/bad", "/good"), "/bad": lambda r, n: html("/x"),
                          "/good": lambda r, n: html()}) as site:
         stack = await Stack(settings).start()
@@ -361,7 +361,7 @@ async def test_a_retry_comes_when_its_log_says_even_on_a_busy_host(
     # is made when the log said, give or take the time to win the host's next free slot (at
     # most twice the politeness horizon and the host's delay): it does not queue again behind
     # the host's other visits (it did: 5 to 9 s late).
-    caplog.set_level(logging.INFO, logger="worker.crawl")
+    caplog.set_level(logging.INFO, logger="worker.pipeline")
     busy = settings.model_copy(update={"host_delay": 0.3, "host_concurrency": 2,
                                        "politeness_horizon": 1.0, "retry_base": 1.0})
     slack = 2 * busy.politeness_horizon + busy.host_delay + 0.5

@@ -1,4 +1,4 @@
-"""The worker's Committer (worker/crawl.py) against real PostgreSQL and NATS JetStream: batches
+"""The worker's Committer (worker/commit.py) against real PostgreSQL and NATS JetStream: batches
 commit in one transaction and their messages are settled after it; a visit that cannot be stored
 is isolated and recorded as failed; PostgreSQL out of reach costs no visit anything."""
 
@@ -21,8 +21,8 @@ from shared.config import Settings, stream_name
 from shared.db import jobs
 from shared.db.pool import open_pool
 from shared.db.visits import CHUNK
-from shared.model import FetchedPage
-from worker.crawl import Committer, Done
+from shared.model import Extraction, FetchedPage
+from worker.commit import Committer, Done
 
 Key = tuple[int, int]
 
@@ -74,9 +74,10 @@ async def new_job(db: asyncpg.Connection, n: int, max_level: int = 2) -> list[Ke
     return [(job, u) for u in ids]
 
 
-def page(key: Key, *links: str) -> FetchedPage:
-    return FetchedPage(key[1], 200, "text/html", None, cacheable=True,
-                       links=tuple((u, "text/html") for u in links))
+def fetched(key: Key, msgs: list[Msg], *links: str) -> Done:
+    """A visit fetched at its first attempt, its page linking to ``links``."""
+    return Done(key, msgs, FetchedPage(key[1], 200, "text/html", None, cacheable=True), 1,
+                extraction=Extraction(tuple((u, "text/html") for u in links)))
 
 
 async def commit(settings: Settings, pool: asyncpg.Pool, dones: list[Done]) -> None:
@@ -100,7 +101,7 @@ async def test_a_batch_commits_its_pages_and_acks_after(settings: Settings, pool
                                                         db: asyncpg.Connection) -> None:
     keys = await new_job(db, 3)
     msgs = await queue.messages(keys)
-    await commit(settings, pool, [Done(k, msgs[k], page(k, f"http://x.example/{i}"), 1)
+    await commit(settings, pool, [fetched(k, msgs[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
     job = keys[0][0]
     assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 3
@@ -118,8 +119,8 @@ async def test_one_visit_that_cannot_be_stored_fails_alone(settings: Settings,
     keys = await new_job(db, 8, max_level=1)
     msgs = await queue.messages(keys)
     bad = keys[5]
-    dones = [Done(k, msgs[k], page(k, "http://x.example/\x00" if k == bad else "http://y.example/"),
-                  attempts=1) for k in keys]
+    dones = [fetched(k, msgs[k], "http://x.example/\x00" if k == bad else "http://y.example/")
+             for k in keys]
     await commit(settings, pool, dones)
     job = keys[0][0]
     failed = await failures(db, job)
@@ -140,7 +141,7 @@ async def test_postgres_out_of_reach_retries_the_whole_batch_and_fails_nothing(
     msgs = await queue.messages(keys)
     gone = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"  # nothing listens there
     async with open_pool(gone, min_size=0, max_size=2, timeout=1) as unreachable:
-        await commit(settings, unreachable, [Done(k, msgs[k], page(k), 1) for k in keys])
+        await commit(settings, unreachable, [fetched(k, msgs[k]) for k in keys])
     job = keys[0][0]
     assert await failures(db, job) == {}
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 4
@@ -182,7 +183,7 @@ async def test_a_page_of_200000_links_commits_without_holding_the_event_loop(
     msgs = await queue.messages([key])
     rnd = random.Random(7)
     links = sorted({f"http://x.example/{rnd.getrandbits(48):x}" for _ in range(200_000)})
-    done = Done(key, msgs[key], page(key, *links), 1)
+    done = fetched(key, msgs[key], *links)
     largest: dict[str, int] = {}
 
     def log(q: asyncpg.connection.LoggedQuery) -> None:
@@ -214,7 +215,7 @@ async def test_a_fault_that_is_no_visits_fails_none_and_the_batch_comes_back(
         BEGIN RAISE EXCEPTION 'no unique index matches' USING ERRCODE = '42P10'; END $$;
         CREATE TRIGGER no_index BEFORE INSERT ON job_result
             FOR EACH ROW EXECUTE FUNCTION no_index();""")
-    await commit(settings, pool, [Done(k, msgs[k], page(k, f"http://x.example/{i}"), 1)
+    await commit(settings, pool, [fetched(k, msgs[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
     job = keys[0][0]
     assert await failures(db, job) == {}
@@ -224,7 +225,7 @@ async def test_a_fault_that_is_no_visits_fails_none_and_the_batch_comes_back(
     while len(again) < len(keys):
         again |= await bus.group_visits(await bus.pull(queue.sub, len(keys), 5))
     assert set(again) == set(keys)
-    await commit(settings, pool, [Done(k, again[k], page(k, f"http://x.example/{i}"), 1)
+    await commit(settings, pool, [fetched(k, again[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
     assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 4
     assert await failures(db, job) == {}
@@ -236,7 +237,7 @@ async def test_two_visits_at_fault_in_both_halves_are_not_split_further(
     # error): halving stops when both halves fail, the batch comes back, none is blamed.
     keys = await new_job(db, 4, max_level=1)
     msgs = await queue.messages(keys)
-    await commit(settings, pool, [Done(k, msgs[k], page(k, "http://x.example/\x00"), 1)
+    await commit(settings, pool, [fetched(k, msgs[k], "http://x.example/\x00")
                                   for k in keys])
     job = keys[0][0]
     assert await failures(db, job) == {}

@@ -82,7 +82,7 @@ async def test_an_html_page_and_its_validators(quick: Settings, site: Serve) -> 
                                           "00:00:00 GMT"})})
     page = await get(quick, base + "/")
     assert (page.status, page.mime, page.error, page.cacheable) == (200, "text/html", None, True)
-    assert page.html == b"<a href='/x'>x</a>" and page.final_url is None and page.redirects == ()
+    assert page.body == b"<a href='/x'>x</a>" and page.final_url is None and page.redirects == ()
     assert (page.etag, page.last_modified) == ('"v1"', "Mon, 01 Jan 2024 00:00:00 GMT")
     assert not page.failed and not POLICY.retryable(page)
 
@@ -102,7 +102,7 @@ async def test_redirects_are_followed_and_recorded(quick: Settings, site: Serve)
     other = await site({"/end": html("<p>here</p>")})
     base = await site({"/a": redirect("/b", 301), "/b": redirect(f"{other}/end", 307)})
     page = await get(quick, base + "/a")
-    assert page.status == 200 and page.html == b"<p>here</p>"
+    assert page.status == 200 and page.body == b"<p>here</p>"
     assert page.final_url == f"{other}/end" and page.redirects == (f"{base}/a", f"{base}/b")
 
 
@@ -149,7 +149,7 @@ async def test_a_body_that_is_not_html_is_not_read(quick: Settings, site: Serve)
 
     base = await site({"/i": image})
     page = await get(quick, base + "/i")
-    assert (page.status, page.mime, page.error, page.html) == (200, "image/png", None, None)
+    assert (page.status, page.mime, page.error, page.body) == (200, "image/png", None, None)
 
 
 # -- time -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import sys
 from typing import IO, Any, Self
 
 from shared.mime import guess_mime
+from worker.extractors import ExtractFailed, ExtractLater
 from worker.extractors.links_html import extract_links
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,12 @@ LANE_WAIT = 120.0  # a page waits at most this long for a free lane, then is tri
 _LENGTH = struct.Struct(">I")
 
 
-class ParseFailed(Exception):
+class ParseFailed(ExtractFailed):
     """No links could be extracted from a page (too slow, or the parser failed). Permanent: the
     same page would fail the same way again."""
 
 
-class NoLane(Exception):
+class NoLane(ExtractLater):
     """No lane was free within the lane deadline (all busy, or none could be started): not the
     page's fault; it may be parsed later."""
 

@@ -1,0 +1,88 @@
+"""Fetchers: how a worker gets a page (``FETCHERS``, by kind). The kind is also the routing key:
+the foreman publishes a job's visits to its fetcher kind's work subject, and a worker serves
+the kinds it has fetchers for. Built in: ``http`` (``worker.fetchers.http.HttpFetcher``).
+
+Adding one (a fetcher serving pages from a dict, as ``tests/plugins.py`` does)::
+
+    @FETCHERS.register("static")
+    class StaticFetcher:
+        kind = "static"
+
+        def __init__(self, settings: Settings) -> None:
+            self.pages = PAGES
+
+        async def __aenter__(self) -> Self:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+            body = self.pages.get(req.url)
+            if body is None:
+                return FetchedPage(req.url_id, 404, None, "HTTP 404 Not Found", cacheable=True)
+            return FetchedPage(req.url_id, 200, "text/html", None, cacheable=True, body=body)
+
+A fetch never raises for a failure of the page (no answer, a bad URL): it returns the outcome
+as a ``FetchedPage`` with its ``error``, and ``req.policy`` decides whether it is tried again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, Self, runtime_checkable
+
+from shared.model import FetchedPage
+from worker.registry import Registry
+from worker.retry import RetryPolicy
+
+
+class HopGate(Protocol):
+    """What a fetcher needs to follow a redirect to another host politely
+    (``worker.gate.HostGate``)."""
+
+    async def admit_hop(self, url: str, slot: bool,
+                        deadline: float) -> Any: ...  # a slot, None, or why not
+
+    def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
+
+    def give_back(self, slot: Any) -> None: ...  # a slot whose answer says nothing of the host
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What the last answer said about its version, for a conditional re-fetch."""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """One fetch to make: the URL (and its id), the stored copy's validators, the source's
+    extra headers, which answers to read the body of (``wants_body(status, mime)``), whether
+    to keep the raw answer (an output needs it) and the retry rule of its source."""
+    url_id: int
+    url: str
+    validators: Validators | None
+    headers: Mapping[str, str]
+    wants_body: Callable[[int, str | None], bool]
+    keep_raw: bool
+    policy: RetryPolicy
+
+
+@runtime_checkable
+class Fetcher(Protocol):
+    """An async context manager (its connections, a browser ...) that fetches pages."""
+    kind: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage: ...
+
+
+FETCHERS: Registry[Fetcher] = Registry("fetcher")
+
+from worker.fetchers import http as _http  # noqa: F401 - registers "http"

@@ -1,5 +1,6 @@
-"""Fetching one URL: timeouts, a body cap, redirects recorded, status and type kept, HTML kept for
-the caller to extract its links (off the event loop: ``worker.extractors.lanes``)."""
+"""The ``http`` fetcher: one URL over HTTP(S) with aiohttp. Timeouts, a body cap, redirects
+recorded, status and type kept, the body kept (when the source wants it) for the job's
+extractors, which run after the fetch (the links off the event loop: ``worker.extractors.lanes``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import datetime
 import email.utils
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Self
 
 import aiohttp
 
@@ -21,6 +21,7 @@ from shared.model import FetchedPage
 from shared.robots import REFUSALS
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
+from worker.fetchers import FETCHERS, FetchRequest, HopGate, Validators
 from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -80,24 +81,6 @@ def _retry_after(value: str | None) -> float | None:
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-class HopGate(Protocol):
-    """What ``fetch`` needs to follow a redirect to another host politely (worker.gate.HostGate)."""
-
-    async def admit_hop(self, url: str, slot: bool,
-                        deadline: float) -> Any: ...  # a slot, None, or why not
-
-    def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None: ...
-
-    def give_back(self, slot: Any) -> None: ...  # a slot whose answer says nothing of the host
-
-
-@dataclass(frozen=True, slots=True)
-class Validators:
-    """What the last answer said about its version, for a conditional re-fetch."""
-    etag: str | None = None
-    last_modified: str | None = None
-
-
 def request_headers(settings: Settings, url: str, validators: Validators | None) -> dict[str, str]:
     """Headers for one request: a User-Agent (from the pool, if any), the host's own extra
     headers (never sent to any other host, redirects included) and conditional headers."""
@@ -112,11 +95,52 @@ def request_headers(settings: Settings, url: str, validators: Validators | None)
     return headers
 
 
+def html_2xx(status: int, mime: str | None) -> bool:
+    """Whether to read an answer's body by default: a 2xx HTML page (its links are wanted)."""
+    return 200 <= status < 300 and mime is not None and is_html(mime)
+
+
+NO_HEADERS: Mapping[str, str] = {}
+
+
+@FETCHERS.register("http")
+class HttpFetcher:
+    """The ``http`` fetcher: owns the aiohttp session (``open_session``) its fetches share."""
+    kind = "http"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._stack = AsyncExitStack()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "HttpFetcher used outside its async with"
+        return self._session
+
+    async def __aenter__(self) -> Self:
+        self._session = await self._stack.enter_async_context(open_session(self.settings))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._session = None
+        await self._stack.aclose()
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+        return await fetch(self.session, self.settings, req.url_id, req.url, req.validators,
+                           hops, req.policy, wants_body=req.wants_body, headers=req.headers,
+                           keep_raw=req.keep_raw)
+
+
 async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int, url: str,
                 validators: Validators | None = None, hops: HopGate | None = None,
-                policy: RetryPolicy | None = None) -> FetchedPage:
+                policy: RetryPolicy | None = None, *,
+                wants_body: Callable[[int, str | None], bool] = html_2xx,
+                headers: Mapping[str, str] = NO_HEADERS, keep_raw: bool = False) -> FetchedPage:
     """Fetch one page, following redirects one hop at a time (so each hop gets its
     own host's headers); every failure becomes a recorded outcome, never an exception.
+    The body is read when ``wants_body(status, mime)`` says so (default: a 2xx HTML page);
+    ``headers`` (a source's additions) go with every request to the page's own host.
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
     on a host other than the page's own (whose slot the caller holds), a request slot must be
@@ -140,17 +164,20 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
 
     try:
         for _ in range(settings.max_redirects + 1):
-            headers = request_headers(settings, current, validators if not chain else None)
+            sent = request_headers(settings, current, validators if not chain else None)
+            if headers and host_key(current) == host_key(url):
+                sent.update(headers)
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError
             timeout = aiohttp.ClientTimeout(total=left, sock_read=settings.read_timeout,
                                             sock_connect=min(settings.connect_timeout, left))
-            async with session.get(current, allow_redirects=False, headers=headers,
+            async with session.get(current, allow_redirects=False, headers=sent,
                                    timeout=timeout) as resp:
                 location = resp.headers.get("Location")
                 if not (resp.status in REDIRECTS and location):
-                    page = await _answer(resp, settings, url_id, url, current, tuple(chain))
+                    page = await _answer(resp, settings, url_id, url, current, tuple(chain),
+                                         wants_body)
                     _release(hops, slot, rules, page)
                     return page
                 status = resp.status
@@ -211,15 +238,16 @@ def _release(hops: HopGate | None, slot: Any, policy: RetryPolicy, page: Fetched
 
 
 async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int, url: str,
-                  final: str, chain: tuple[str, ...]) -> FetchedPage:
+                  final: str, chain: tuple[str, ...],
+                  wants_body: Callable[[int, str | None], bool]) -> FetchedPage:
     status = resp.status
     if status == 304:  # unchanged since the stored copy: keep its type, links and validators
         return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True,
                            headers=resp.headers)
     mime = normalize_mime(resp.headers.get("Content-Type"))
-    html = None  # its links are extracted by the caller, off the event loop (worker.extractors.lanes)
-    if 200 <= status < 300 and is_html(mime):
-        html = await _read_capped(resp, settings.max_body_bytes)
+    body = None  # for the job's extractors, which run after the fetch
+    if wants_body(status, mime):
+        body = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
     retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
     ok = 200 <= status < 300
@@ -227,8 +255,8 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     # without an answer (timeouts, refused connections, oversize bodies) are tried again.
     return FetchedPage(url_id, status, mime, error, cacheable=True,
                        final_url=final if final != url else None, redirects=chain,
-                       retry_after=retry_after, html=html,
-                       charset=resp.charset if html is not None else None,
+                       retry_after=retry_after, body=body,
+                       charset=resp.charset if body is not None else None,
                        etag=resp.headers.get("ETag") if ok else None,
                        last_modified=resp.headers.get("Last-Modified") if ok else None,
                        headers=resp.headers)

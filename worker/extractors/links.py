@@ -1,0 +1,33 @@
+"""The ``links`` extractor: an HTML page's links, parsed in the worker's parser processes
+(``worker.extractors.lanes``) within the parse deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared.mime import is_html
+from shared.model import Extraction, FetchedPage
+from worker.extractors import EXTRACTORS
+from worker.extractors.lanes import Parser
+
+if TYPE_CHECKING:  # not imported in the parser processes, which import this package
+    from shared.config import Settings
+
+
+@EXTRACTORS.register("links")
+class HtmlLinks:
+    """Links of HTML pages (canonical URL and guessed type, sorted by URL). Raises
+    ``ParseFailed`` (fails the page for good) or ``NoLane`` (later) as the parser does."""
+    name = "links"
+
+    def __init__(self, settings: Settings | None, options: Mapping[str, Any],
+                 lanes: Parser) -> None:
+        self.lanes = lanes
+
+    def accepts(self, page: FetchedPage) -> bool:
+        return page.body is not None and page.mime is not None and is_html(page.mime)
+
+    async def extract(self, page: FetchedPage, base_url: str) -> Extraction:
+        assert page.body is not None
+        return Extraction(tuple(await self.lanes.links(page.body, base_url, page.charset)))

@@ -1,0 +1,423 @@
+"""One visit, step by step: (admitted by the host gate, in ``worker.crawl``) fetch -> extract ->
+task -> outputs -> commit. The steps are chosen per job (``JobPlan``, resolved once per job per
+process by ``JobPlans``) from the plug-in registries; a step the job has nothing for costs
+nothing. Whatever happens, a visit's messages are settled and its slots given back: it is
+committed (``worker.commit``), or back in the frontier, or redelivered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import asyncpg
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from shared import bus
+from shared.bus import Settle, Verdict
+from shared.config import Settings
+from shared.db import jobs, visits
+from shared.db.frontier import Frontier
+from shared.db.pool import RETRYABLE
+from shared.errors import ConfigError
+from shared.jobspec import ExtractSpec
+from shared.model import Extraction, FetchedPage, Yield
+from shared.urls import host_key
+from worker.commit import Committer, Done, Key, describe
+from worker.extractors import EXTRACTORS, ExtractFailed, ExtractLater, Extractor
+from worker.extractors.lanes import Parser
+from worker.fetchers import Fetcher, FetchRequest, Validators
+from worker.gate import HostGate, Slot
+from worker.outputs import Output
+from worker.retry import RetryDecision, RetryPolicy
+from worker.sources import SOURCES, Source
+from worker.tasks import Context, RetryLater, Task
+
+log = logging.getLogger(__name__)
+
+NO_LANE_DELAY = timedelta(seconds=30)  # a page no parser process was free for waits this
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """A job's steps: its fetcher and source, its extractors (the source's links first), its
+    task and outputs, its retry rule, its rule set, and whether its outputs need raw answers."""
+    job_id: int
+    fetcher: Fetcher
+    source: Source
+    extractors: tuple[Extractor, ...]
+    task: Task | None
+    outputs: tuple[Output, ...]
+    policy: RetryPolicy
+    ruleset: int
+    keep_raw: bool
+
+
+class JobPlans:
+    """Each job's plan, resolved once per job per process and kept (the last ``size`` jobs; a
+    job's spec never changes). A default job (links only: rule set 0) needs no query; the
+    others' specs are read in one query per batch that brings new ones. A job this worker
+    cannot serve (an extractor or fetcher it does not have) gets the reason instead."""
+
+    def __init__(self, settings: Settings, lanes: Parser, fetchers: Mapping[str, Fetcher],
+                 size: int = 1024) -> None:
+        self.settings = settings
+        self.lanes = lanes
+        self.fetchers = fetchers
+        self.size = size
+        self.web = SOURCES.create("web", settings, lanes)
+        self._plans: OrderedDict[int, JobPlan | str] = OrderedDict()
+
+    async def resolve(self, conn: asyncpg.Connection,
+                      planned: Iterable[visits.Planned]) -> dict[int, JobPlan | str]:
+        """The plans of these visits' jobs, by job id: a plan, or why there is none."""
+        out: dict[int, JobPlan | str] = {}
+        missing: dict[int, visits.Planned] = {}
+        for p in planned:
+            if p.job_id in out or p.job_id in missing:
+                continue
+            plan = self._plans.get(p.job_id)
+            if plan is not None:
+                self._plans.move_to_end(p.job_id)
+                out[p.job_id] = plan
+            elif getattr(p, "ruleset", 0) == 0:
+                out[p.job_id] = self._keep(p.job_id, self._build(p, {}))
+            else:
+                missing[p.job_id] = p
+        if missing:
+            specs = await jobs.load_specs(conn, list(missing))
+            for job_id, p in missing.items():
+                out[job_id] = self._keep(job_id, self._build(p, specs.get(job_id, {})))
+        return out
+
+    def put(self, plan: JobPlan) -> None:
+        """Use ``plan`` for its job (tests, and jobs planned by other means)."""
+        self._keep(plan.job_id, plan)
+
+    def _keep(self, job_id: int, plan: JobPlan | str) -> JobPlan | str:
+        self._plans[job_id] = plan
+        if len(self._plans) > self.size:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _build(self, p: visits.Planned, spec: Mapping[str, object]) -> JobPlan | str:
+        kind = getattr(p, "fetcher", "http")
+        ruleset = getattr(p, "ruleset", 0)
+        try:
+            fetcher = self.fetchers.get(kind)
+            if fetcher is None:
+                raise ConfigError("fetcher", f"kind {kind!r} is not served by this worker")
+            source = self.web
+            extractors = [source.link_extractor()]
+            for entry in spec.get("extract", ()) or ():  # type: ignore[attr-defined]
+                rule = ExtractSpec.model_validate(
+                    entry, context={"extractors": EXTRACTORS.names()})
+                extractors.append(EXTRACTORS.create(rule.kind, self.settings,
+                                                    rule.model_extra or {}, self.lanes))
+        except (ConfigError, ValidationError) as e:
+            log.error("job %d cannot be served by this worker: %s", p.job_id, e)
+            return f"not served: {describe(e)}"
+        outputs: tuple[Output, ...] = ()  # issue 11: the spec's "save"
+        return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, outputs,
+                       source.policy, ruleset, any(o.needs_raw for o in outputs))
+
+
+@dataclass(slots=True)
+class Visit:
+    """A visit admitted to its host (``slot``), with its messages and its job's plan."""
+    planned: visits.Planned
+    msgs: list[Msg]
+    slot: Slot
+    plan: JobPlan
+
+    @property
+    def key(self) -> Key:
+        return (self.planned.job_id, self.planned.url_id)
+
+    @property
+    def url(self) -> str:
+        return self.planned.url
+
+
+class Pipeline:
+    """Runs visits through their job's steps, inline in each visit's task, holding one of the
+    worker's concurrency ``slots`` while it has a request to make."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, gate: HostGate,
+                 frontier: Frontier, committer: Committer, slots: asyncio.Semaphore) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.gate = gate
+        self.frontier = frontier
+        self.committer = committer
+        self.slots = slots
+        self.retrying: Counter[str] = Counter()  # hosts with a retry waiting for a slot
+        self.beat = settings.ack_wait / 3
+
+    async def visit(self, v: Visit) -> None:
+        """Fetch, extract, run the task and the outputs, and commit one visit (or put it back
+        in the frontier). Whatever goes wrong on the way is logged once, and the visit is
+        recorded as failed with it: its messages are always settled, its slots always given
+        back."""
+        hold = _Hold(self.slots)
+        try:
+            try:
+                done = await self._steps(v, hold)
+            except Exception as e:  # a bug, a task's error, a parser on hostile HTML: not retried
+                log.exception("visit of %s failed", v.url)
+                done = Done(v.key, v.msgs, attempts=v.planned.attempts + 1, failure=describe(e))
+            if done is not None:
+                await self.committer.submit(done)
+        finally:
+            hold.release()
+
+    async def _steps(self, v: Visit, hold: _Hold) -> Done | None:
+        fetched = await self.fetch(v, hold)
+        if fetched is None:
+            return None
+        page, attempt = fetched
+        plan = v.plan
+        ex = _NOTHING if plan.ruleset == 0 else Extraction(ruleset=plan.ruleset)
+        if page.body is not None:
+            extracted = await self.extract(v, page)
+            if extracted is None:
+                return None
+            page, ex = extracted
+        log.info("fetched %s: %s", v.url, page.error or page.status)
+        if self.settings.work_delay:
+            await asyncio.sleep(self.settings.work_delay)
+        if plan.task is not None or plan.outputs:
+            ctx = Context(v.key[0], v.key[1], v.url, attempt)
+            if plan.task is not None:
+                try:
+                    async with _heartbeat(v.msgs, self.beat):
+                        ex = await plan.task(ctx, page, ex)
+                except RetryLater as e:
+                    return await self._retry_later(v, attempt, e)
+            if plan.outputs:
+                written = await self.write_outputs(v, ctx, page, ex)
+                if isinstance(written, Done):
+                    return written
+                ex = written
+        extra: tuple[str, ...] = ()
+        p = v.planned
+        if p.sitemaps and p.level == 0 and p.max_level > 1 and self.settings.robots \
+                and not page.failed:
+            async with _heartbeat(v.msgs, self.beat):
+                extra = tuple(await self.gate.sitemap_urls(host_key(v.url)))
+        if page.body is not None or page.raw is not None:  # not kept while the batch gathers
+            page = replace(page, body=None, raw=None)
+        return Done(v.key, v.msgs, page, attempt, extra=extra, extraction=ex)
+
+    async def fetch(self, v: Visit, hold: _Hold) -> tuple[FetchedPage, int] | None:
+        """Fetch in the host slot, and again while a failure may mend (each retry when its log
+        line says): the page and the attempt that got it, or None when the visit went back to
+        the frontier."""
+        p, plan, slot = v.planned, v.plan, v.slot
+        attempt = p.attempts + 1
+        validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
+        req = FetchRequest(p.url_id, p.url, validators, plan.source.request_headers(p.url),
+                           plan.source.wants_body, plan.keep_raw, plan.policy)
+        while True:
+            answer = await self._request(v, req, slot, attempt)
+            if answer is None:
+                return None
+            page, decision = answer
+            if not decision.retry:
+                return page, attempt
+            log.info("fetch %s failed (%s), attempt %d; retrying in %.2fs",
+                     p.url, page.error or page.status, attempt, decision.delay)
+            again = await self._wait_to_retry(v, decision.delay, hold)
+            if again is None:
+                return None
+            slot, attempt = again, attempt + 1
+
+    async def extract(self, v: Visit, page: FetchedPage) -> tuple[FetchedPage, Extraction] | None:
+        """Run the job's extractors on the page: the links of the first (the source's link
+        extractor), the yields of all. A page an extractor cannot read fails for good; None
+        when an extractor cannot work now (the visit went back to the frontier)."""
+        plan = v.plan
+        base = page.final_url or v.url
+        ex: Extraction | None = None
+        try:
+            async with _heartbeat(v.msgs, self.beat):
+                for extractor in plan.extractors:
+                    if not extractor.accepts(page):
+                        continue
+                    try:
+                        got = await extractor.extract(page, base)
+                    except ExtractFailed as e:
+                        failed = replace(page, body=None, error=f"{extractor.name} not "
+                                         f"extracted: {e}", permanent=True)
+                        return failed, Extraction(ruleset=plan.ruleset)
+                    ex = got if ex is None else Extraction(ex.links, ex.yields + got.yields)
+        except ExtractLater as e:  # not the page's fault: fetched again later, attempt not counted
+            log.warning("%s of %s not extracted now (%s); back in the frontier",
+                        extractor.name, v.url, e)
+            await self._defer(v.key, v.msgs, datetime.now().astimezone() + NO_LANE_DELAY)
+            return None
+        if ex is None:
+            ex = Extraction()
+        if ex.ruleset != plan.ruleset:
+            ex = replace(ex, ruleset=plan.ruleset)
+        return page, ex
+
+    async def write_outputs(self, v: Visit, ctx: Context, page: FetchedPage,
+                            ex: Extraction) -> Extraction | Done:
+        """Write the page to each of the job's outputs, before the commit: the extraction with
+        their yields, or the visit failed (an output that cannot write fails its visit only)."""
+        added: list[Yield] = []
+        async with _heartbeat(v.msgs, self.beat):
+            for out in v.plan.outputs:
+                try:
+                    added += await out.write(ctx, page, ex)
+                except Exception as e:
+                    log.warning("output %s of %s failed: %s", out.name, v.url, describe(e),
+                                exc_info=True)
+                    return Done(v.key, v.msgs, attempts=ctx.attempt,
+                                failure=f"output {out.name} failed: {describe(e)}")
+        return replace(ex, yields=ex.yields + tuple(added)) if added else ex
+
+    async def _retry_later(self, v: Visit, attempt: int, e: RetryLater) -> Done | None:
+        """A task asked for another try in ``e.delay`` seconds: the attempt is counted and the
+        visit goes back to the frontier until then; past the source's retries it fails."""
+        if attempt > v.plan.policy.retries:
+            return Done(v.key, v.msgs, attempts=attempt,
+                        failure=f"{e.reason} (gave up after {attempt} attempts)")
+        log.info("task asked to retry %s in %.2fs (%s), attempt %d", v.url, e.delay, e.reason,
+                 attempt)
+        due = datetime.now().astimezone() + timedelta(seconds=e.delay)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self.frontier.count_attempt(conn, v.key)
+                await self.frontier.defer(conn, {v.key: due})
+            verdict = Settle(Verdict.ACK)
+        except (*RETRYABLE, asyncpg.PostgresError) as err:
+            log.warning("cannot put %s back (%s); it will be redelivered", v.key, err)
+            verdict = Settle(Verdict.RETRY, e.delay)
+        await bus.settle_all([v.msgs], verdict)
+        return None
+
+    async def _request(self, v: Visit, req: FetchRequest, slot: Slot,
+                       attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
+        """Wait for the slot's start, fetch, give the slot back: the page and the retry
+        policy's decision on it. None: the host was paused meanwhile, and the visit went back
+        to the frontier until the pause ends."""
+        try:
+            async with _heartbeat(v.msgs, self.beat):
+                paused = await self.gate.wait_start(slot)
+                if paused is None:
+                    page = await v.plan.fetcher.fetch(req, self.gate)  # never raises
+        except BaseException:  # shutting down (or a bug): free the slot for others now
+            self.gate.release(slot, trouble=False, retry_after=None)
+            raise
+        if paused is not None:  # the host was paused while this visit waited (a Retry-After)
+            self.gate.give_back(slot)
+            await self._defer(v.key, v.msgs, paused)
+            return None
+        # Back the page's host off only for its own answer: after a redirect elsewhere, the
+        # other host's trouble was already reported with that hop's slot.
+        own = host_key(page.final_url or req.url) == host_key(req.url)
+        decision = req.policy.decide(page, attempt)
+        self.gate.release(slot, own and decision.trouble, decision.pause if own else None)
+        return page, decision
+
+    async def _wait_to_retry(self, v: Visit, delay: float, hold: _Hold) -> Slot | None:
+        """Count the failed attempt, wait ``delay`` (giving the worker's concurrency slot to
+        others meanwhile), then take the host's next request slot: the retry does not queue
+        again behind the host's other visits, so it is made when logged, give or take the time
+        to the host's next free start. None: the visit went back to the frontier instead (no
+        slot in time, robots.txt now refuses, PostgreSQL away), its message settled."""
+        key, url, msgs = v.key, v.url, v.msgs
+        try:
+            async with self.pool.acquire() as conn:
+                await self.frontier.count_attempt(conn, key)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot count a failed attempt of %s (%s); it will be redelivered",
+                        key, e)
+            await bus.settle_all([msgs], Settle(Verdict.RETRY, delay))
+            return None
+        async with _heartbeat(msgs, self.beat):
+            hold.release()
+            await asyncio.sleep(delay)
+            await hold.acquire()
+            host = host_key(url)
+            self.retrying[host] += 1
+            try:
+                admitted = await self._retry_slot(url)
+            finally:
+                self.retrying -= Counter({host: 1})
+        if isinstance(admitted, Slot):
+            return admitted
+        log.info("retry of %s not made now (%s); back in the frontier", url, admitted)
+        await self._defer(key, msgs, datetime.now().astimezone())
+        return None
+
+    async def _defer(self, key: Key, msgs: list[Msg], due: datetime) -> None:
+        """Back to the frontier until ``due``, the attempt not counted; the message is done with."""
+        try:
+            async with self.pool.acquire() as conn:
+                await self.frontier.defer(conn, {key: due})
+            verdict = Settle(Verdict.ACK)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot put %s back (%s); it will be redelivered", key, e)
+            verdict = Settle(Verdict.RETRY, 1.0)
+        await bus.settle_all([msgs], verdict)
+
+    async def _retry_slot(self, url: str) -> Slot | str | None:
+        """A request slot for a retry, ahead of the host's visits not yet granted one: it may
+        book past the starts granted so far (they book at most ``politeness_horizon`` ahead),
+        and while the host is at its request cap it is asked for every 50 ms, not at the next
+        visit's turn. Why not, when there is none within that time (a host paused longer, a
+        Crawl-delay, robots.txt now refusing)."""
+        ahead = 2 * self.settings.politeness_horizon + self.settings.host_limit(
+            host_key(url)).delay
+        return await self.gate.admit_hop(url, True, asyncio.get_running_loop().time() + ahead,
+                                         horizon=ahead)
+
+
+_NOTHING = Extraction()
+
+
+class _Hold:
+    """A visit's hold on one of the worker's concurrency slots: given back while it waits
+    without a request to make, taken again after, released once at the end."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots, self.held = slots, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.held = True
+
+
+class _heartbeat:
+    """Tell JetStream a long step is still alive, so its lease does not expire."""
+
+    def __init__(self, msgs: list[Msg], interval: float) -> None:
+        self.msgs, self.interval = msgs, interval
+        self.task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for m in self.msgs:
+                with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                    await m.in_progress()
+
+    async def __aenter__(self) -> None:
+        self.task = asyncio.create_task(self._beat())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task:
+            self.task.cancel()
