@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -28,14 +29,17 @@ log = logging.getLogger(__name__)
 LOOPS = 4  # concurrent pull loops: one waits on the database while another publishes
 WATCHDOG_LOCK = 0x4A52_5645  # pg advisory lock: one watchdog in the cluster at a time
 WATCH_BATCH = 1000  # visits re-queued (and failed) per watchdog transaction
+KIND_FULL_WAIT = 1.0  # seconds a visit waits in the frontier when its kind's work queue is full
 Key = tuple[int, int]
 
 
 class Foreman:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
+                 frontier: Frontier) -> None:
         self.settings = settings
         self.pool = pool
         self.js = js
+        self.frontier = frontier
         self._depth_checked = 0.0
         self._depth = 0
         self._reserved = 0  # pulled by a loop of ours and not yet forwarded
@@ -91,34 +95,46 @@ class Foreman:
             else:
                 work.setdefault(p.fetcher, []).append(k)
         unsent: set[Key] = set()
+        waiting: list[Key] = []
         http_sent = 0
         for kind, ks in work.items():
             if kind == bus.HTTP:  # room reserved already (``reserve``)
                 failed = await bus.publish_visits(self.js, s.work_topic, ks)
                 http_sent = len(ks) - len(failed)
             else:
-                failed = await self._forward(kind, ks)
+                room = await self._room(kind, len(ks))
+                failed = await bus.publish_visits(self.js, bus.work_subject(s, kind), ks[:room])
+                waiting += ks[room:]
             unsent.update(failed)
+        if waiting:
+            unsent.update(await self._wait(waiting))
         if cached:
             await complete_from_store(self.pool, cached)
-        log.debug("batch: %d forwarded, %d from store, %d already done",
-                  sum(map(len, work.values())) - len(unsent), len(cached),
-                  len(keys) - len(planned))
+        log.debug("batch: %d forwarded, %d waiting, %d from store, %d already done",
+                  sum(map(len, work.values())) - len(unsent) - len(waiting), len(waiting),
+                  len(cached), len(keys) - len(planned))
         # A visit the work queue refused (full, or NATS away) comes back to us later.
         return ({k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys},
                 http_sent)
 
-    async def _forward(self, kind: str, keys: list[Key]) -> list[Key]:
-        """Publish visits to the work queue of a kind other than http; returns those not
-        published. The queue takes what it has room for; the rest waits like a refused publish,
-        so a full queue of one kind never holds up another."""
-        topic = bus.work_subject(self.settings, kind)
-        room = await self._room(topic, len(keys))
-        return [*await bus.publish_visits(self.js, topic, keys[:room]), *keys[room:]]
+    async def _wait(self, keys: list[Key]) -> list[Key]:
+        """Put back in the frontier, for ``KIND_FULL_WAIT``, visits whose kind's work queue is
+        full, so their messages leave the URL queue (acked) instead of taking its room from
+        other kinds' visits until they use up ``maxDeliver``. Returns the keys not put back (a
+        PostgreSQL error): those are nak'ed instead."""
+        due = datetime.now().astimezone() + timedelta(seconds=KIND_FULL_WAIT)
+        try:
+            async with self.pool.acquire() as conn:
+                await self.frontier.defer(conn, dict.fromkeys(keys, due))
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("%d visits for a full work queue not put back (%s); nak'ed", len(keys), e)
+            return keys
+        return []
 
-    async def _room(self, topic: str, wanted: int) -> int:
-        """How many of ``wanted`` visits the work queue ``topic`` (not http's) takes now: its
+    async def _room(self, kind: str, wanted: int) -> int:
+        """How many of ``wanted`` visits the work queue of ``kind`` (not http) takes now: its
         depth, read at most every 50 ms, against ``work_queue_limit``; 0 while it cannot be read."""
+        topic = bus.work_subject(self.settings, kind)
         now = time.monotonic()
         checked, depth = self._depths.get(topic, (-math.inf, 0))
         if now - checked > 0.05:
@@ -223,8 +239,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-foreman"))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
-        foreman = Foreman(settings, pool, js)
-        frontier = DueFrontier()  # the feeder's and the watchdog's
+        frontier = DueFrontier()  # the feeder's, the watchdog's and the foreman's
+        foreman = Foreman(settings, pool, js, frontier)
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
         log.info("foreman ready: %s -> %s", settings.url_topic,

@@ -119,3 +119,25 @@ async def test_a_full_queue_of_one_kind_does_not_stop_another(
         assert stream_name(bus.work_subject(small, "static")).endswith("_STATIC")
     finally:
         await stack.stop()
+
+
+async def test_a_backlog_of_one_kind_does_not_clog_the_url_queue(
+        kinds: Settings, site: TestSite, js: JetStreamContext) -> None:
+    """More static visits than the URL queue holds, posted first (so first in the frontier):
+    the ones the full static queue cannot take must leave the URL queue at once, not sit there
+    being redelivered, or the http job behind them would wait until they used up maxDeliver."""
+    small = kinds.model_copy(update={"work_queue_limit": 2, "url_queue_limit": 4,
+                                     "batch_size": 4})
+    stack = await Stack(small).start()
+    try:
+        job = await post_spec(stack, {"urls": [f"{site.b}/static/{i}" for i in range(40)],
+                                      "fetcher": "static"})
+        await _eventually(lambda: depth(js, small, "static"), lambda n: n == 2)
+        http = await stack.post_job([site.a + "/"], depth="2")
+        await stack.wait_complete(http, timeout=30)
+        assert await stack.result(http) == site.expected_result(site.a + "/", 2)
+        st = await stack.status(job)
+        assert st["pending"] == 40 and st["pages"]["processed"] == 0
+        assert await depth(js, small, "static") == 2
+    finally:
+        await stack.stop()
