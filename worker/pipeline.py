@@ -85,7 +85,7 @@ class JobPlans:
             if plan is not None:
                 self._plans.move_to_end(p.job_id)
                 out[p.job_id] = plan
-            elif getattr(p, "ruleset", 0) == 0:
+            elif p.ruleset == 0:
                 out[p.job_id] = self._keep(p.job_id, self._build(p, {}))
             else:
                 missing[p.job_id] = p
@@ -106,8 +106,8 @@ class JobPlans:
         return plan
 
     def _build(self, p: visits.Planned, spec: Mapping[str, object]) -> JobPlan | str:
-        kind = getattr(p, "fetcher", "http")
-        ruleset = getattr(p, "ruleset", 0)
+        kind = p.fetcher
+        ruleset = p.ruleset
         try:
             fetcher = self.fetchers.get(kind)
             if fetcher is None:

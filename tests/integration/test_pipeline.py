@@ -1,0 +1,218 @@
+"""The visit pipeline (worker/pipeline.py) on real PostgreSQL and NATS, with the test plug-ins
+of tests/plugins.py: a job's steps run in order (fetch, extract, task, outputs, then the commit),
+an output that fails fails its visit only, a task asking to retry puts the visit back in the
+frontier, and a job's extractors come from its stored spec."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.config import Settings, stream_name
+from shared.db import jobs
+from shared.db.frontier import DueFrontier
+from shared.db.pool import open_pool
+from shared.jobspec import ruleset_of, stored_spec
+from shared.model import Extraction, FetchedPage, Yield
+from shared.scope import Scope
+from tests.plugins import LOG, PAGES, Files, Record, StaticFetcher, Title
+from worker.commit import Committer
+from worker.crawl import Worker
+from worker.extractors.lanes import Parser
+from worker.fetchers.http import open_session
+from worker.gate import HostGate
+from worker.outputs import Output
+from worker.pipeline import JobPlan, JobPlans
+from worker.tasks import Context, Task
+
+Key = tuple[int, int]
+SITE = "http://static.test"
+TITLED = {"extract": [{"kind": "test-title"}]}
+
+
+@dataclass
+class Rig:
+    """A worker serving the http work queue with the static fetcher (no network)."""
+    settings: Settings
+    pool: asyncpg.Pool
+    js: JetStreamContext
+    plans: JobPlans
+    fetcher: StaticFetcher
+
+    async def job(self, db: asyncpg.Connection, urls: list[str],
+                  spec: Mapping[str, Any] | None = None) -> list[Key]:
+        stored = {**stored_spec(1, False, False, Scope(), None), **(spec or {})}
+        job, ids = await jobs.create_job(db, urls, 1, False, spec=stored)
+        return [(job, i) for i in ids]
+
+    def plan(self, keys: list[Key], *, task: Task | None = None,
+             outputs: tuple[Output, ...] = (), ruleset: int = 0) -> None:
+        """Plan the job of ``keys`` with the title extractor, ``task`` and ``outputs``."""
+        web = self.plans.web
+        self.plans.put(JobPlan(keys[0][0], self.fetcher, web,
+                               (web.link_extractor(), Title(self.settings, {}, self.plans.lanes)),
+                               task, outputs, web.policy, ruleset,
+                               any(o.needs_raw for o in outputs)))
+
+    async def publish(self, keys: list[Key]) -> None:
+        assert await bus.publish_visits(self.js, self.settings.work_topic, keys) == []
+
+    async def unsettled(self) -> int:
+        info = await self.js.consumer_info(stream_name(self.settings.work_topic),
+                                           bus.WORKER_CONSUMER)
+        return int(info.num_ack_pending + info.num_pending)
+
+
+@pytest.fixture
+async def rig(settings: Settings) -> AsyncIterator[Rig]:
+    LOG.clear()
+    PAGES.clear()
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database_url, max_size=4))
+        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "test-pipeline"))
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
+        session = await stack.enter_async_context(open_session(settings))
+        lanes = await stack.enter_async_context(Parser(settings.parse_timeout, lanes=1))
+        fetcher = await stack.enter_async_context(StaticFetcher(settings))
+        committer = Committer(settings, pool)
+        gate = HostGate(settings, pool, session)
+        plans = JobPlans(settings, lanes, {"http": fetcher})
+        worker = Worker(settings, pool, committer, gate, plans, DueFrontier())
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(committer.run()), asyncio.create_task(gate.run_releases()),
+                 asyncio.create_task(worker.serve(sub, stop))]
+        try:
+            yield Rig(settings, pool, js, plans, fetcher)
+        finally:
+            stop.set()
+            await worker.drain(2)
+            await gate.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.02)
+
+
+async def pending(db: asyncpg.Connection, key: Key) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT attempts, due, published_on FROM job_pending "
+                             "WHERE job_id = $1 AND url_id = $2", *key)
+
+
+async def done(db: asyncpg.Connection, keys: list[Key]) -> bool:
+    return all([await pending(db, k) is None for k in keys])
+
+
+async def test_steps_run_in_order_fetch_extract_task_outputs_commit(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path) -> None:
+    url = SITE + "/a"
+    PAGES[url] = b"<title>Hello</title><a href='/b'>b</a>"
+    keys = await rig.job(db, [url], TITLED)
+    seen_pending: list[bool] = []
+
+    class Watched(Files):
+        async def write(self, ctx: Context, page: FetchedPage,
+                        ex: Extraction) -> tuple[Yield, ...]:
+            async with rig.pool.acquire() as conn:  # not committed yet: its row still pending
+                seen_pending.append(await pending(conn, keys[0]) is not None)
+            assert ex.links == ((SITE + "/b", "text/html"),)  # the extractors ran before
+            return await super().write(ctx, page, ex)
+
+    ruleset = ruleset_of(TITLED)
+    rig.plan(keys, task=Record(rig.settings, {}),
+             outputs=(Watched(rig.settings, {"dir": str(tmp_path)}),), ruleset=ruleset)
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    assert LOG == [("fetch", url), ("extract", url), ("task", url), ("output", url)]
+    assert seen_pending == [True]
+    assert [(y.kind, y.value) for _, y in await jobs.job_yields(db, keys[0][0])] == [
+        ("body", {"sha256": next(tmp_path.iterdir()).name, "bytes": len(PAGES[url])}),
+        ("item", {"title": "Hello"}), ("item", {"status": 200})]
+    assert (tmp_path / next(tmp_path.iterdir()).name).read_bytes() == PAGES[url]
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1",
+                             keys[0][0]) == 1
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+
+
+async def test_an_output_failure_fails_that_visit_only(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path) -> None:
+    urls = [f"{SITE}/{i}" for i in range(4)]
+    for u in urls:
+        PAGES[u] = b"<title>t</title>"
+    keys = await rig.job(db, urls)
+
+    class Full(Files):
+        async def write(self, ctx: Context, page: FetchedPage,
+                        ex: Extraction) -> tuple[Yield, ...]:
+            if ctx.url.endswith("/2"):
+                raise OSError(28, "No space left on device")
+            return await super().write(ctx, page, ex)
+
+    rig.plan(keys, outputs=(Full(rig.settings, {"dir": str(tmp_path)}),))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visits committed")
+    job = keys[0][0]
+    failed = await db.fetch("SELECT url_id, reason, attempts FROM job_failure WHERE job_id = $1",
+                            job)
+    assert [tuple(r) for r in failed] == [
+        (keys[2][1], "output test-files failed: OSError: [Errno 28] No space left on device", 1)]
+    assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1", job) == 3
+    await until(lambda: zero(rig.unsettled()), what="messages acked")
+
+
+async def test_a_task_retry_in_goes_back_to_the_frontier(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/later"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url])
+    rig.plan(keys, task=Record(rig.settings, {"retry_in": 60}))
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    before = await db.fetchval("SELECT now()")
+    await rig.publish(keys)
+
+    async def deferred() -> bool:
+        row = await pending(db, keys[0])
+        return row is not None and row["published_on"] is None
+
+    await until(deferred, what="visit back in the frontier")
+    row = await pending(db, keys[0])
+    assert row is not None and row["attempts"] == 1
+    assert (row["due"] - before).total_seconds() >= 55  # due later, as the task asked
+    assert LOG == [("fetch", url), ("extract", url), ("task", url)]
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+    assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
+                             keys[0][0]) == 0
+
+
+async def test_a_jobs_extractors_come_from_its_stored_spec(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    # No plan put: the job's plan is built from its stored spec (extract: test-title, h1).
+    url = SITE + "/spec"
+    PAGES[url] = b"<title>no</title><h1>Heading</h1>"
+    spec = {"extract": [{"kind": "test-title", "tag": "h1"}]}
+    keys = await rig.job(db, [url], spec)
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    assert [(y.kind, y.value) for _, y in await jobs.job_yields(db, keys[0][0])] == [
+        ("item", {"title": "Heading"})]
+
+
+async def zero(n: Awaitable[int]) -> bool:
+    return await n == 0
