@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from harvester_ops.embedded import free_port
 from shared.config import Settings
@@ -70,9 +72,9 @@ def quick(settings: Settings) -> Settings:
 
 
 async def get(s: Settings, url: str, validators: Validators | None = None,
-              hops: HostGate | None = None) -> FetchedPage:
+              hops: HostGate | None = None, keep_raw: bool = False) -> FetchedPage:
     async with open_session(s) as session:
-        return await fetch(session, s, 1, url, validators, hops)
+        return await fetch(session, s, 1, url, validators, hops, keep_raw=keep_raw)
 
 
 # -- answers and redirects --------------------------------------------------------------------
@@ -150,6 +152,57 @@ async def test_a_body_that_is_not_html_is_not_read(quick: Settings, site: Serve)
     base = await site({"/i": image})
     page = await get(quick, base + "/i")
     assert (page.status, page.mime, page.error, page.body) == (200, "image/png", None, None)
+
+
+# -- raw answers (for outputs such as WARC) ---------------------------------------------------
+
+PLAIN = b"<html><a href='/x'>x</a>" + b"<p>padding</p>" * 200
+GZIPPED = gzip.compress(PLAIN, mtime=0)
+SENT = [("Content-Type", "text/html; charset=utf-8"), ("Content-Encoding", "gzip"),
+        ("X-Mixed-Case", "one"), ("x-mixed-case", "two"), ("X-MIXED-CASE", "three")]
+
+
+async def gzipped(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=GZIPPED, headers=CIMultiDict(SENT))
+
+
+async def test_raw_bytes_and_headers_are_kept_as_received(quick: Settings, site: Serve) -> None:
+    base = await site({"/z": gzipped})
+    page = await get(quick, base + "/z", keep_raw=True)
+    assert page.status == 200 and page.body == PLAIN  # decoded for the extractors
+    assert page.raw is not None and page.raw.body == GZIPPED  # as received
+    assert page.raw.status_line == b"HTTP/1.1 200 OK"
+    sent = [(k.encode(), v.encode()) for k, v in SENT]
+    assert [h for h in page.raw.headers if h in sent] == sent  # names' case, order, repeats
+    asked = dict(page.raw.request_headers)
+    assert asked["User-Agent"] == quick.user_agent and "gzip" in asked["Accept-Encoding"]
+
+
+async def test_raw_is_not_kept_unless_asked(quick: Settings, site: Serve) -> None:
+    base = await site({"/z": gzipped})
+    page = await get(quick, base + "/z")
+    assert page.raw is None and page.body == PLAIN
+
+
+async def test_an_identity_body_is_not_copied(quick: Settings, site: Serve) -> None:
+    base = await site({"/": html("<p>plain</p>")})
+    page = await get(quick, base + "/", keep_raw=True)
+    assert page.raw is not None and page.raw.body is page.body and page.body == b"<p>plain</p>"
+
+
+async def test_a_compressed_body_over_the_cap_after_decoding_fails_for_good(
+        quick: Settings, site: Serve) -> None:
+    bomb = gzip.compress(b"<p>" + b"0" * (quick.max_body_bytes + 1))  # about 100 bytes sent
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip",
+                                                "Content-Type": "text/html"})
+
+    base = await site({"/bomb": answer})
+    for keep_raw in (True, False):
+        page = await get(quick, base + "/bomb", keep_raw=keep_raw)
+        assert page.error == "body exceeds the 65536-byte limit" and page.permanent, keep_raw
+        assert page.body is None and page.raw is None
 
 
 # -- time -------------------------------------------------------------------------------------

@@ -17,18 +17,15 @@ import aiohttp
 
 from shared.config import Settings
 from shared.mime import is_html, normalize_mime
-from shared.model import FetchedPage
+from shared.model import FetchedPage, RawResponse
 from shared.robots import REFUSALS
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
 from worker.fetchers import FETCHERS, FetchRequest, HopGate, Validators
+from worker.fetchers.decode import BodyTooLarge, DecodeError, UnsupportedEncoding, read_raw
 from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 @asynccontextmanager
@@ -55,10 +52,10 @@ def fetch_budget(settings: Settings) -> float:
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     if resp.content_length is not None and resp.content_length > cap:
-        raise BodyTooLarge(f"body of {resp.content_length} bytes exceeds the {cap}-byte limit")
+        raise BodyTooLarge(cap, resp.content_length)
     body = await read_capped(resp.content, cap)
     if body is None:
-        raise BodyTooLarge(f"body exceeds the {cap}-byte limit")
+        raise BodyTooLarge(cap)
     return body
 
 
@@ -141,6 +138,9 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     own host's headers); every failure becomes a recorded outcome, never an exception.
     The body is read when ``wants_body(status, mime)`` says so (default: a 2xx HTML page);
     ``headers`` (a source's additions) go with every request to the page's own host.
+    ``keep_raw``: the final answer is also kept as received (``FetchedPage.raw``): aiohttp
+    leaves its Content-Encoding alone and ``decode.read_raw`` undoes it, the body cap holding
+    on the decoded bytes.
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
     on a host other than the page's own (whose slot the caller holds), a request slot must be
@@ -173,11 +173,12 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
             timeout = aiohttp.ClientTimeout(total=left, sock_read=settings.read_timeout,
                                             sock_connect=min(settings.connect_timeout, left))
             async with session.get(current, allow_redirects=False, headers=sent,
-                                   timeout=timeout) as resp:
+                                   timeout=timeout,
+                                   auto_decompress=False if keep_raw else None) as resp:
                 location = resp.headers.get("Location")
                 if not (resp.status in REDIRECTS and location):
                     page = await _answer(resp, settings, url_id, url, current, tuple(chain),
-                                         wants_body)
+                                         wants_body, keep_raw)
                     _release(hops, slot, rules, page)
                     return page
                 status = resp.status
@@ -206,8 +207,10 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
         if hops is not None and slot is not None:  # shutting down: nothing said of the host
             hops.give_back(slot)
         raise
-    except BodyTooLarge as e:
+    except (BodyTooLarge, UnsupportedEncoding) as e:  # the same answer next time
         page = failed(str(e), permanent=True)
+    except DecodeError as e:  # corrupt or cut short: worth another try, as aiohttp's own
+        page = failed(str(e))
     except TimeoutError:
         page = failed("timeout")
     except aiohttp.ClientConnectorError as e:
@@ -239,14 +242,22 @@ def _release(hops: HopGate | None, slot: Any, policy: RetryPolicy, page: Fetched
 
 async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int, url: str,
                   final: str, chain: tuple[str, ...],
-                  wants_body: Callable[[int, str | None], bool]) -> FetchedPage:
+                  wants_body: Callable[[int, str | None], bool], keep_raw: bool) -> FetchedPage:
     status = resp.status
+    raw = None
     if status == 304:  # unchanged since the stored copy: keep its type, links and validators
+        if keep_raw:
+            raw = _raw(resp, b"")
         return FetchedPage(url_id, 304, None, None, cacheable=True, not_modified=True,
-                           headers=resp.headers)
+                           headers=resp.headers, raw=raw)
     mime = normalize_mime(resp.headers.get("Content-Type"))
     body = None  # for the job's extractors, which run after the fetch
-    if wants_body(status, mime):
+    if keep_raw:  # every answer, for an output such as WARC; the body only if wanted
+        received, decoded = await read_raw(resp, settings.max_body_bytes)
+        raw = _raw(resp, received)
+        if wants_body(status, mime):
+            body = decoded
+    elif wants_body(status, mime):
         body = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
     retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
@@ -259,4 +270,13 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
                        charset=resp.charset if body is not None else None,
                        etag=resp.headers.get("ETag") if ok else None,
                        last_modified=resp.headers.get("Last-Modified") if ok else None,
-                       headers=resp.headers)
+                       headers=resp.headers, raw=raw)
+
+
+def _raw(resp: aiohttp.ClientResponse, body: bytes) -> RawResponse:
+    """The answer as received: status line, header lines as sent (aiohttp's ``raw_headers``),
+    body before its Content-Encoding was undone, and the request's headers as sent."""
+    version = resp.version or aiohttp.HttpVersion11
+    line = f"HTTP/{version.major}.{version.minor} {resp.status} {resp.reason or ''}".rstrip()
+    return RawResponse(line.encode("latin-1"), tuple(resp.raw_headers), body,
+                       tuple(resp.request_info.headers.items()))
