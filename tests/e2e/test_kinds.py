@@ -79,7 +79,7 @@ async def test_a_job_of_a_kind_no_worker_serves_says_so(
         # An http job in the same stack is fetched meanwhile, and its status has no warning.
         other = await stack.post_job([site.b + "/"], depth="1")
         done = await stack.wait_complete(other)
-        assert done["fetcher"]["kind"] == "http" and "warnings" not in done
+        assert done["fetcher"] == {"kind": "http", "liveWorkers": 1} and "warnings" not in done
         assert site.fetched() == {site.b + "/"}, "nothing of the static job was fetched"
         assert await depth(js, kinds, "http") == 0
         assert await depth(js, kinds, "static") == 1
