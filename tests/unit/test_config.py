@@ -305,6 +305,16 @@ def test_a_bad_kind_flag_is_one_line(tmp_path: Path, flag: str, fragment: str) -
     assert line.startswith(f"worker: config error: {fragment}"), r.stderr
 
 
+def test_harvester_worker_takes_the_kind_flag_too(tmp_path: Path) -> None:
+    path = write(tmp_path, {"fetcherKinds": ["http", "static"]})
+    r = subprocess.run([sys.executable, "-m", "harvester_ops.cli", "worker", "-config", str(path),
+                        "-kind", "browser"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "worker: config error: -kind: unknown fetcher kind 'browser' (fetcherKinds: http, static)"]
+
+
 @pytest.mark.parametrize(("config", "fragment"), [
     ({"workerKinds": {"browser": 2}}, "unknown fetcher kind 'browser' (fetcherKinds: http)"),
     ({"workerKinds": {"http": 0}}, "worker_kinds"),
