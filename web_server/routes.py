@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -320,6 +321,20 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
                                      "attempts": r["attempts"]} for r in rows})
 
 
+async def workers_list(request: web.Request) -> web.Response:
+    """The live worker processes (seen within ``workerTimeout``), longest running first."""
+    async with request.app[DEPS].acquire() as conn:
+        live = await workers.live_workers(conn, request.app[SETTINGS].worker_timeout)
+    return json_response({"workers": [
+        {"id": str(w.id), "kinds": w.kinds, "hostname": w.hostname, "pid": w.pid,
+         "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on)}
+        for w in live]})
+
+
+def _utc(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Ready when PostgreSQL answers and NATS is connected (503 otherwise). PostgreSQL is asked
     on a connection of the probe's own, so a pool busy with slow work does not fail it."""
@@ -339,4 +354,5 @@ def add_routes(app: web.Application, root: str) -> None:
         app.router.add_post(base, schedule)
     app.router.add_get(base + "/status/{job_id}", status, allow_head=False)
     app.router.add_get(base + "/result/{job_id}", result, allow_head=False)
+    app.router.add_get(base + "/workers", workers_list, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)

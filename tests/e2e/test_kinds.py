@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -139,5 +141,26 @@ async def test_a_backlog_of_one_kind_does_not_clog_the_url_queue(
         st = await stack.status(job)
         assert st["pending"] == 40 and st["pages"]["processed"] == 0
         assert await depth(js, small, "static") == 2
+    finally:
+        await stack.stop()
+
+
+async def test_get_workers_lists_the_live_workers_with_their_kinds(kinds: Settings) -> None:
+    stack = await Stack(kinds).start(workers=0)
+    try:
+        async with open_pool(kinds.database_url, max_size=2) as pool:
+            stop = asyncio.Event()
+            beating = asyncio.create_task(heartbeat(kinds, pool, ["http", "static"], stop))
+            status, body, _ = await _eventually(lambda: stack.request("GET", "/workers"),
+                                                lambda r: bool(r[1]["workers"]))
+            assert status == 200
+            (w,) = body["workers"]
+            assert (w["kinds"], w["pid"], w["hostname"]) == (["http", "static"], os.getpid(),
+                                                             socket.gethostname())
+            assert set(w) == {"id", "kinds", "hostname", "pid", "version", "startedOn", "seenOn"}
+            assert w["startedOn"] <= w["seenOn"] and w["seenOn"].endswith("Z")
+            stop.set()
+            await beating
+        assert (await stack.request("GET", "/workers"))[:2] == (200, {"workers": []})
     finally:
         await stack.stop()
