@@ -34,6 +34,16 @@ async def test_links_are_those_of_extract_links_with_their_types(parser: Parser)
     assert ("http://h/d/i.png", "image/png") in expected and len(expected) == 3
 
 
+async def test_a_lane_runs_its_functions_by_name(parser: Parser) -> None:
+    # Other extractors' parsing runs in the same lanes, by name (LANE_FUNCTIONS); a name the
+    # lane does not have fails the page, and the lane serves the next one.
+    assert await parser.run("links", PAGE, "http://h/", None) == await parser.links(
+        PAGE, "http://h/", None)
+    with pytest.raises(ParseFailed, match="KeyError: 'nope'"):
+        await parser.run("nope", PAGE, "http://h/", None)
+    assert await parser.links(PAGE, "http://h/", None)
+
+
 async def test_a_page_over_the_deadline_fails_and_its_lane_is_replaced(parser: Parser) -> None:
     pids = lanes(parser)
     t0 = time.monotonic()

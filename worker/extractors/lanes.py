@@ -8,8 +8,10 @@ is killed and replaced: one pathological page costs at most the deadline on one 
 event loop, and it fails with a reason instead of coming back to every worker. (A thread would
 keep the loop responsive, as lexbor releases the GIL while it parses, but could not be stopped.)
 
-Frames on the pipes are a 4-byte length and a pickle: a page's (base URL, encoding, body length)
-followed by the body in; its links in chunks, then an end mark, or an error, out.
+Frames on the pipes are a 4-byte length and a pickle: a page's (function name, base URL,
+encoding, body length) followed by the body in; the function's results in chunks, then an end
+mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by name: the links
+today, other extractors' slow parsing (CSS, XPath) in the same lanes later.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from typing import IO, Any, Self
 
 from shared.mime import guess_mime
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 
 Links = list[tuple[str, str]]  # (canonical URL, guessed MIME type), sorted by URL
 LANES = max(2, min(4, os.cpu_count() or 2))
-CHUNK = 10_000  # links per frame: the loop never spends long unpickling one
+CHUNK = 10_000  # results (links) per frame: the loop never spends long unpickling one
 READY = b"harvester-parse ready\n"  # a lane's first words, once its imports are done
 START_TIMEOUT = 60.0
 LANE_WAIT = 120.0  # a page waits at most this long for a free lane, then is tried again later
@@ -91,6 +94,11 @@ class Parser:
         """The page's links with their guessed types (``worker.extractors.links_html.extract_links``); raises
         ParseFailed when that takes longer than the deadline or the parser fails, NoLane when
         no lane is free within ``lane_wait``."""
+        return await self.run("links", body, base_url, encoding)
+
+    async def run(self, function: str, body: bytes, base_url: str,
+                  encoding: str | None) -> list[Any]:
+        """The results of ``LANE_FUNCTIONS[function]`` on a page, as ``links`` says."""
         try:
             async with asyncio.timeout(self.lane_wait):
                 lane = await self._idle.get()
@@ -100,7 +108,7 @@ class Parser:
         healthy = False
         try:
             async with asyncio.timeout(self.timeout):
-                links, error = await lane.call(body, base_url, encoding)
+                results, error = await lane.call(function, body, base_url, encoding)
             healthy = True
         except TimeoutError:
             raise ParseFailed(f"parsing took longer than {self.timeout:g}s") from None
@@ -117,7 +125,7 @@ class Parser:
                 task.add_done_callback(self._replacing.discard)
         if error is not None:
             raise ParseFailed(f"the HTML parser failed: {error}")
-        return links
+        return results
 
     async def _replace(self, lane: _Lane) -> None:
         """Let a killed lane end, then start another; while none can be started (out of
@@ -167,22 +175,22 @@ class _Lane:
                           f"{process.returncode})")
         return lane
 
-    async def call(self, body: bytes, base_url: str,
-                   encoding: str | None) -> tuple[Links, str | None]:
-        """Send a page; its links, or what the parser raised."""
+    async def call(self, function: str, body: bytes, base_url: str,
+                   encoding: str | None) -> tuple[list[Any], str | None]:
+        """Send a page; the function's results, or what it raised."""
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
-        stdin.write(_frame((base_url, encoding, len(body))))
+        stdin.write(_frame((function, base_url, encoding, len(body))))
         stdin.write(body)  # as it is: no pickled copy of up to 10 MiB on the event loop
         await stdin.drain()
-        links: Links = []
+        results: list[Any] = []
         while True:
             size = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))[0]
             kind, value = pickle.loads(await stdout.readexactly(size))
-            if kind == "links":
-                links += value
+            if kind == "part":
+                results += value
             else:
-                return links, value if kind == "error" else None
+                return results, value if kind == "error" else None
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -196,22 +204,29 @@ def _frame(value: Any) -> bytes:
 
 
 def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
-    """A lane's loop (in the child): a page in, its links out, until the pipe closes."""
+    """A lane's loop (in the child): a page in, its results out, until the pipe closes."""
     writer.write(READY)
     writer.flush()
     while head := reader.read(_LENGTH.size):
-        base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
+        function, base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
         body = reader.read(size)
         try:
-            # sorted here, off the worker's event loop: it stores them in that order
-            found = sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
+            found = LANE_FUNCTIONS[function](body, base_url, encoding)
         except Exception as e:  # noqa: BLE001 - reported to the worker, which fails the page
             writer.write(_frame(("error", f"{type(e).__name__}: {e}")))
         else:
             for i in range(0, len(found), CHUNK):
-                writer.write(_frame(("links", found[i:i + CHUNK])))
+                writer.write(_frame(("part", found[i:i + CHUNK])))
             writer.write(_frame(("end", None)))
         writer.flush()
+
+
+def _links(body: bytes, base_url: str, encoding: str | None) -> Links:
+    # sorted here, off the worker's event loop: it stores them in that order
+    return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
+
+
+LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None], list[Any]]] = {"links": _links}
 
 
 def die_with(parent: int) -> None:
