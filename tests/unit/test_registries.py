@@ -3,6 +3,8 @@ name is a ConfigError that names it and the known ones, a plug-in registers with
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from worker.sources import SOURCES, Source
 from worker.tasks import TASKS, Task
 
 SETTINGS = Settings()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_builtins_satisfy_their_protocols() -> None:
@@ -71,3 +74,15 @@ def test_the_test_plugins_satisfy_their_protocols(tmp_path: Path) -> None:
     assert isinstance(TASKS.create("test-record", SETTINGS, {}), Task)
     files = OUTPUTS.create("test-files", SETTINGS, {"dir": str(tmp_path)})
     assert isinstance(files, Output) and files.needs_raw
+
+
+def test_the_parser_processes_start_light() -> None:
+    # A parser process (python -m worker.extractors.lanes) imports the extractors package
+    # first: it must not import the lanes module itself (runpy would warn, and run a second
+    # copy), nor the worker's network and database clients.
+    code = ("import sys, worker.extractors\n"
+            "heavy = {'worker.extractors.lanes', 'aiohttp', 'asyncpg'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from shared.mime import is_html
 from shared.model import Extraction, FetchedPage
 from worker.extractors import EXTRACTORS
-from worker.extractors.lanes import Parser
 
-if TYPE_CHECKING:  # not imported in the parser processes, which import this package
+if TYPE_CHECKING:  # this package is imported by the parser processes: nothing heavy, and not
+    # the lanes module, which they run as __main__
     from shared.config import Settings
+    from worker.extractors.lanes import Parser
 
 
 @EXTRACTORS.register("links")
