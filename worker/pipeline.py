@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -105,7 +106,7 @@ class JobPlans:
             self._plans.popitem(last=False)
         return plan
 
-    def _build(self, p: visits.Planned, spec: Mapping[str, object]) -> JobPlan | str:
+    def _build(self, p: visits.Planned, spec: Mapping[str, Any]) -> JobPlan | str:
         kind = p.fetcher
         ruleset = p.ruleset
         try:
@@ -114,14 +115,17 @@ class JobPlans:
                 raise ConfigError("fetcher", f"kind {kind!r} is not served by this worker")
             source = self.web
             extractors = [source.link_extractor()]
-            for entry in spec.get("extract", ()) or ():  # type: ignore[attr-defined]
-                rule = ExtractSpec.model_validate(
-                    entry, context={"extractors": EXTRACTORS.names()})
+            for i, entry in enumerate(spec.get("extract") or ()):
+                try:
+                    rule = ExtractSpec.model_validate(
+                        entry, context={"extractors": EXTRACTORS.names()})
+                except ValidationError as e:
+                    raise ConfigError(f"extract[{i}]", e.errors()[0]["msg"]) from None
                 extractors.append(EXTRACTORS.create(rule.kind, self.settings,
                                                     rule.model_extra or {}, self.lanes))
-        except (ConfigError, ValidationError) as e:
+        except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
-            return f"not served: {describe(e)}"
+            return f"not served by this worker: {e}"
         outputs: tuple[Output, ...] = ()  # issue 11: the spec's "save"
         return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, outputs,
                        source.policy, ruleset, any(o.needs_raw for o in outputs))

@@ -33,6 +33,7 @@ from worker.fetchers.http import open_session
 from worker.gate import HostGate
 from worker.outputs import Output
 from worker.pipeline import JobPlan, JobPlans
+from worker.retry import RetryPolicy
 from worker.tasks import Context, Task
 
 Key = tuple[int, int]
@@ -216,3 +217,40 @@ async def test_a_jobs_extractors_come_from_its_stored_spec(
 
 async def zero(n: Awaitable[int]) -> bool:
     return await n == 0
+
+
+class NotFoundMayMend(RetryPolicy):
+    """A source's own rule: a 404 is tried again (as GitHub's 403 rate limit would be)."""
+
+    def retryable(self, page: FetchedPage) -> bool:
+        return page.status == 404 or super().retryable(page)
+
+
+async def test_the_jobs_retry_policy_decides_its_retries(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/gone"  # not in PAGES: the static fetcher answers 404
+    keys = await rig.job(db, [url])
+    web = rig.plans.web
+    policy = NotFoundMayMend(retries=1, base=0.01, cap=0.05, max_pause=1.0)
+    rig.plans.put(JobPlan(keys[0][0], rig.fetcher, web, (web.link_extractor(),), None, (),
+                          policy, 0, False))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    assert LOG == [("fetch", url), ("fetch", url)]  # retried once, as the policy says
+    failed = await db.fetchrow("SELECT status, attempts FROM job_failure WHERE job_id = $1",
+                               keys[0][0])
+    assert tuple(failed) == (404, 2)
+
+
+async def test_a_job_needing_a_plugin_the_worker_lacks_fails_with_the_reason(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/x"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url], {"extract": [{"kind": "no-such-extractor"}]})
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit settled")
+    reason = await db.fetchval("SELECT reason FROM job_failure WHERE job_id = $1", keys[0][0])
+    assert reason == ("not served by this worker: extract[0]: unknown extractor kind: "
+                      "no-such-extractor (known: links, test-title)")
+    assert LOG == []  # not fetched
+    await until(lambda: zero(rig.unsettled()), what="message acked")
