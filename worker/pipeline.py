@@ -247,10 +247,11 @@ class Pipeline:
         when an extractor cannot work now (the visit went back to the frontier)."""
         plan = v.plan
         base = page.final_url or v.url
-        ex: Extraction | None = None
+        links: tuple[tuple[str, str], ...] = ()
+        yields: tuple[Yield, ...] = ()
         try:
             async with _heartbeat(v.msgs, self.beat):
-                for extractor in plan.extractors:
+                for i, extractor in enumerate(plan.extractors):
                     if not extractor.accepts(page):
                         continue
                     try:
@@ -259,17 +260,15 @@ class Pipeline:
                         failed = replace(page, body=None, error=f"{extractor.name} not "
                                          f"extracted: {e}", permanent=True)
                         return failed, Extraction(ruleset=plan.ruleset)
-                    ex = got if ex is None else Extraction(ex.links, ex.yields + got.yields)
+                    if i == 0:  # the source's link extractor: the links to follow
+                        links = got.links
+                    yields += got.yields
         except ExtractLater as e:  # not the page's fault: fetched again later, attempt not counted
             log.warning("%s of %s not extracted now (%s); back in the frontier",
                         extractor.name, v.url, e)
             await self._defer(v.key, v.msgs, datetime.now().astimezone() + NO_LANE_DELAY)
             return None
-        if ex is None:
-            ex = Extraction()
-        if ex.ruleset != plan.ruleset:
-            ex = replace(ex, ruleset=plan.ruleset)
-        return page, ex
+        return page, Extraction(links, yields, plan.ruleset)
 
     async def write_outputs(self, v: Visit, ctx: Context, page: FetchedPage,
                             ex: Extraction) -> Extraction | Done:

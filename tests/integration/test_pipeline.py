@@ -254,3 +254,25 @@ async def test_a_job_needing_a_plugin_the_worker_lacks_fails_with_the_reason(
                       "no-such-extractor (known: links, test-title)")
     assert LOG == []  # not fetched
     await until(lambda: zero(rig.unsettled()), what="message acked")
+
+
+async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/l"
+    PAGES[url] = b"<title>t</title><a href='/followed'>f</a>"
+
+    class Linky(Title):  # finds a link too: a yield of its own at most, never one to follow
+        async def extract(self, page: FetchedPage, base_url: str) -> Extraction:
+            found = await super().extract(page, base_url)
+            return Extraction((("http://elsewhere.test/", "text/html"),), found.yields)
+
+    keys = await rig.job(db, [url])
+    web = rig.plans.web
+    rig.plans.put(JobPlan(keys[0][0], rig.fetcher, web,
+                          (web.link_extractor(), Linky(rig.settings, {}, rig.plans.lanes)),
+                          None, (), web.policy, 0, False))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    linked = await db.fetch("SELECT u.url FROM url_link l JOIN url u ON u.id = l.url_id "
+                            "WHERE l.refer_id = $1", keys[0][1])
+    assert [r["url"] for r in linked] == [SITE + "/followed"]
