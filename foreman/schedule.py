@@ -20,7 +20,7 @@ from foreman.feeder import feed
 from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
-from shared.db import visits
+from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 
@@ -210,6 +210,9 @@ async def _watch_batch(settings: Settings, pool: asyncpg.Pool, frontier: Frontie
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WATCHDOG_LOCK):
             return None
+        # Visits waiting on a queue no live worker reads are not lost: they wait for one.
+        served = await workers.live_kinds(conn, settings.worker_timeout)
+        await frontier.hold_unserved(conn, served, settings.stale_after)
         requeued = await frontier.requeue_stale(conn, settings.stale_after,
                                                 settings.max_requeues, batch)
         gone = await frontier.abandoned(conn, settings.stale_after, settings.max_requeues, batch)

@@ -48,6 +48,11 @@ class Frontier(Protocol):
         """Visits stale after ``max_requeues`` requeues or more, at most ``limit``:
         (key, requeues)."""
 
+    async def hold_unserved(self, conn: asyncpg.Connection, served: Sequence[str],
+                            stale_after: float) -> int:
+        """Restart the staleness clock of published visits of jobs whose fetcher kind is not
+        in ``served`` (no live worker serves it); returns how many."""
+
 
 class DueFrontier:
     """Visits in ``due`` order (partial index ``job_pending_due``), rows held by another
@@ -133,3 +138,20 @@ class DueFrontier:
             WHERE published_on < now() - make_interval(secs => $1) AND requeues >= $2
             ORDER BY job_id, url_id LIMIT $3""", float(stale_after), max_requeues, limit)
         return [((r["job_id"], r["url_id"]), r["requeues"]) for r in rows]
+
+    async def hold_unserved(self, conn: asyncpg.Connection, served: Sequence[str],
+                            stale_after: float) -> int:
+        """Restart the staleness clock (``published_on``) of stale published visits of jobs
+        whose fetcher kind no live worker serves (not in ``served``), without counting a
+        requeue: their messages wait on a queue nobody reads yet, which is not a lost message.
+        Re-publishing them would only pile copies on that queue and, after ``max_requeues``
+        rounds, fail the visits of a job that is merely waiting for its worker (``/status``
+        says so). Once a worker of the kind beats, the clock runs again from the last hold."""
+        return int((await conn.fetchval("""
+            WITH h AS (
+                UPDATE job_pending p SET published_on = now()
+                FROM job j
+                WHERE j.id = p.job_id AND j.fetcher <> ALL($1::text[])
+                  AND p.published_on < now() - make_interval(secs => $2)
+                RETURNING 1)
+            SELECT count(*) FROM h""", list(served), float(stale_after))) or 0)

@@ -53,6 +53,13 @@ async def live(conn: asyncpg.Connection, kind: str, timeout: float) -> int:
         kind, timeout))
 
 
+async def live_kinds(conn: asyncpg.Connection, timeout: float) -> list[str]:
+    """The fetcher kinds at least one worker seen within the last ``timeout`` seconds serves."""
+    return [r[0] for r in await conn.fetch("""
+        SELECT DISTINCT unnest(kinds) FROM worker_process
+        WHERE seen_on > now() - make_interval(secs => $1) ORDER BY 1""", timeout)]
+
+
 async def live_workers(conn: asyncpg.Connection, timeout: float) -> list[WorkerProcess]:
     """The workers seen within the last ``timeout`` seconds, longest running first."""
     rows = await conn.fetch("""

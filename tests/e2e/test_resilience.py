@@ -7,6 +7,7 @@ import inspect
 import logging
 import re
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiohttp import web
 from foreman.schedule import run as run_foreman
 from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.config import Settings, stream_name
+from shared.db import workers
 from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
@@ -197,7 +199,14 @@ async def test_watchdog_fails_what_never_finishes(settings: Settings) -> None:
     try:
         job = await stack.post_job(["http://never.example/"])
         await purge(fast)
-        stack.add(run_foreman)  # no worker: nothing could process it anyway
+        # A worker that says it is alive but never processes anything (stuck): with no live
+        # worker at all, the watchdog would wait for one instead (test_watchdog.py).
+        conn = await asyncpg.connect(fast.database_url)
+        try:
+            await workers.beat(conn, uuid.uuid4(), ["http"], "stuck", 1, "test")
+        finally:
+            await conn.close()
+        stack.add(run_foreman)
         st = await stack.wait_complete(job, timeout=30)
         assert st["completed"] == 1 and st["pages"]["failed"] == 1
         failure = (await stack.result(job, status="failed"))["http://never.example/"]
