@@ -323,6 +323,7 @@ _SIMPLE_KEYS = {
     "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",
     "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
+    "extractorKinds": "extractor_kinds",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",

@@ -278,8 +278,10 @@ def test_kind_flag_sets_the_kinds_a_worker_serves(tmp_path: Path) -> None:
 def test_kind_keys_in_the_config_file(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, {"fetcherKinds": ["http", "static"],
                                        "workerKinds": {"static": 3}, "heartbeatInterval": "2s",
-                                       "workerTimeout": "6s"}), env={})
+                                       "workerTimeout": "6s",
+                                       "extractorKinds": ["test-title"]}), env={})
     assert (s.fetcher_kinds, s.served_kinds) == (("http", "static"), {"static": 3})
+    assert s.extractor_kinds == ("test-title",)
     assert (s.heartbeat_interval, s.worker_timeout) == (2.0, 6.0)
 
 
