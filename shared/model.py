@@ -65,6 +65,9 @@ class FetchedPage:
     # The final answer's headers (aiohttp's, by reference, not copied); None: no answer.
     headers: CIMultiDictProxy[str] | None = field(default=None, repr=False, compare=False)
     raw: RawResponse | None = field(default=None, repr=False, compare=False)  # when asked for
+    # The fetcher kind that made this answer (a cached answer must match the job's); last, so
+    # positional construction elsewhere is unaffected.
+    fetcher: str = "http"
 
     @property
     def failed(self) -> bool:
