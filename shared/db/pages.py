@@ -21,7 +21,9 @@ async def record_fetches(conn: asyncpg.Connection,
     """Update the pages' ``url`` rows and replace their links (``Extraction.links``); set-based,
     a few statements a batch.
 
-    Each fetch with a body (not a 304) makes a new version of the page (``url.version``). A page
+    Each answer but a 304 (a failure too) makes a new version of the page (``url.version``),
+    recorded with the fetcher kind that made it (``url.fetcher``, NULL for http; a 304 confirms
+    the version its own fetcher made, validators are sent for no other). A page
     extracted under a rule set (``Extraction.ruleset`` != 0) also gets that rule set's yields
     replaced and recorded as extracted at the new version (``_record_yields``): only batches
     holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
@@ -45,15 +47,17 @@ async def record_fetches(conn: asyncpg.Connection,
                final_url = d.final_url,
                redirects = CASE WHEN d.redirects = '' THEN NULL
                                 ELSE string_to_array(d.redirects, E'\\n') END,
-               etag = d.etag, last_modified = d.last_modified, version = url.version + 1
+               etag = d.etag, last_modified = d.last_modified, version = url.version + 1,
+               fetcher = d.fetcher
         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[],
-                    $7::text[], $8::text[], $9::text[])
-             AS d(id, mime, status, error, cacheable, final_url, redirects, etag, last_modified)
+                    $7::text[], $8::text[], $9::text[], $10::text[])
+             AS d(id, mime, status, error, cacheable, final_url, redirects, etag, last_modified,
+                  fetcher)
         WHERE url.id = d.id""",
         ids, [p.mime for p in ps], [p.status for p in ps], [p.error for p in ps],
         [p.cacheable for p in ps], [p.final_url for p in ps],
         ["\n".join(p.redirects) for p in ps], [p.etag for p in ps],
-        [p.last_modified for p in ps])
+        [p.last_modified for p in ps], [None if p.fetcher == "http" else p.fetcher for p in ps])
     await conn.execute("DELETE FROM url_link WHERE refer_id = ANY($1::bigint[])", ids)
     # A page may have hundreds of thousands of links (a 10 MiB body): the work goes in chunks,
     # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.

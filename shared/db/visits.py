@@ -94,9 +94,13 @@ def _by_job(keys: Iterable[Key]) -> dict[int, list[int]]:
 # The job's rule set has what the page yields at its current version: always for links only
 # (rule set 0, tested first: PostgreSQL stops an OR at its first true argument), else when the
 # page was extracted under the rule set since its last fetch with a body.
-EXTRACTED_SQL = """(j.ruleset = 0 OR EXISTS (
+# The stored version answers for the job: its fetcher kind made it (a default job, http over
+# an http version, decides on the first two comparisons), and the job's rule set extracted it.
+EXTRACTED_SQL = """((j.fetcher = 'http' AND u.fetcher IS NULL
+         OR coalesce(u.fetcher, 'http') = j.fetcher)
+        AND (j.ruleset = 0 OR EXISTS (
         SELECT FROM url_extraction x
-        WHERE x.url_id = u.id AND x.ruleset = j.ruleset AND x.version = u.version))"""
+        WHERE x.url_id = u.id AND x.ruleset = j.ruleset AND x.version = u.version)))"""
 
 
 async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float) -> list[Planned]:
@@ -105,9 +109,10 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     A visit is answered from the store when it re-expands a page already processed in the job,
     when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh
     (younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was
-    created) and the job's rule set extracted that version of the page. The validators of an
-    expired copy (for a conditional fetch) come under the same rule set condition: a 304
-    confirms a version, so it must be one whose yields the rule set has.
+    created), the job's fetcher kind made that version of the page (``url.fetcher``) and the
+    job's rule set extracted it. The validators of an expired copy (for a conditional fetch)
+    come under the same conditions: a 304 confirms a version, so it must be one the job's
+    fetcher made and whose yields the rule set has.
     """
     rows: list[asyncpg.Record] = []
     for job_id, url_ids in _by_job(keys).items():

@@ -230,3 +230,24 @@ async def test_0013_gives_old_jobs_and_pages_defaults_without_a_rewrite(scratch_
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
     finally:
         await conn.close()
+
+
+async def test_0014_leaves_old_pages_fetched_over_http_without_a_rewrite(
+        scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0013")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("INSERT INTO url (url, mime) VALUES ('http://a.example/', 'text/html')")
+        files = "SELECT relfilenode FROM pg_class WHERE relname = 'url'"
+        before = await conn.fetchval(files)
+        await run(migrate.upgrade, scratch_dsn, "0014")
+        assert await conn.fetchval(files) == before  # a column without default: no rewrite
+        assert await conn.fetchval("SELECT fetcher FROM url") is None  # NULL: http
+        await run(migrate.downgrade, scratch_dsn, "0013")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'url' AND column_name = 'fetcher'")
+        await run(migrate.upgrade, scratch_dsn, "0014")
+        assert await conn.fetchval("SELECT fetcher FROM url") is None
+    finally:
+        await conn.close()

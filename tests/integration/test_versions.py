@@ -80,10 +80,10 @@ async def ruleset_of_job(db: asyncpg.Connection, job: int) -> int:
 
 
 def page(url_id: int, *, etag: str | None = None, not_modified: bool = False,
-         status: int = 200) -> FetchedPage:
+         status: int = 200, fetcher: str = "http") -> FetchedPage:
     return FetchedPage(url_id, 304 if not_modified else status, "text/html",
                        f"HTTP {status}" if status >= 400 else None, cacheable=status < 400,
-                       etag=etag, not_modified=not_modified)
+                       etag=etag, not_modified=not_modified, fetcher=fetcher)
 
 
 def titles(*texts: str) -> tuple[Yield, ...]:
@@ -267,3 +267,46 @@ async def test_links_only_jobs_still_use_a_cache_built_by_an_extracting_job(
     links = "SELECT url_id FROM job_result WHERE job_id = $1"
     assert await db.fetch(links, links_only) == await db.fetch(links, extracting) != []
     assert await job_yields(db, links_only) == []
+
+
+async def test_plan_caches_only_what_the_jobs_fetcher_fetched(db: asyncpg.Connection) -> None:
+    http, static = await new_job(db, f"{H}/"), await new_job(db, f"{H}/", fetcher="static")
+    p = await url_id(db, f"{H}/")
+    await record(db, (page(p, fetcher="static"), Extraction(((f"{H}/s", "text/html"),))))
+    assert await db.fetchval("SELECT fetcher FROM url WHERE id = $1", p) == "static"
+    assert [(await planned(db, j, p)).cached for j in (http, static)] == [False, True]
+    # Fetched over http again (stored as NULL: old rows and http fetches alike).
+    await record(db, (page(p), Extraction(((f"{H}/h", "text/html"),))))
+    assert await db.fetchval("SELECT fetcher FROM url WHERE id = $1", p) is None
+    assert [(await planned(db, j, p)).cached for j in (http, static)] == [True, False]
+    # A 304 confirms the version its (matching) fetcher made and leaves the fetcher as it is.
+    await record(db, (page(p, not_modified=True, fetcher="static"), Extraction()))
+    assert await db.fetchval("SELECT fetcher FROM url WHERE id = $1", p) is None
+
+
+async def test_reexpansions_and_skipped_types_stay_cached_for_any_fetcher(
+        db: asyncpg.Connection) -> None:
+    job = await new_job(db, f"{H}/", f"{H}/i.png", fetcher="static")
+    p, png = await url_id(db, f"{H}/"), await url_id(db, f"{H}/i.png")
+    await db.execute("UPDATE url SET mime = 'image/png' WHERE id = $1", png)
+    await db.execute("UPDATE job_pending SET reexpand = true WHERE url_id = $1", p)
+    assert [(await planned(db, job, u)).cached for u in (p, png)] == [True, True]
+
+
+async def test_no_validators_are_sent_for_another_fetchers_version(db: asyncpg.Connection) -> None:
+    http, static = await new_job(db, f"{H}/"), await new_job(db, f"{H}/", fetcher="static")
+    p = await url_id(db, f"{H}/")
+    expire = ("UPDATE url SET crawled_on = now() - interval '2 hours', "
+              "last_modified = 'Mon, 01 Jan 2024 00:00:00 GMT' WHERE id = $1")
+    await record(db, (page(p, etag='"s"', fetcher="static"), Extraction()))
+    await db.execute(expire, p)
+    got = {j: (x.cached, x.etag, x.last_modified)
+           for j in (http, static) for x in [await planned(db, j, p)]}
+    assert got == {http: (False, None, None),
+                   static: (False, '"s"', "Mon, 01 Jan 2024 00:00:00 GMT")}
+    await record(db, (page(p, etag='"h"'), Extraction()))
+    await db.execute(expire, p)
+    got = {j: (x.cached, x.etag, x.last_modified)
+           for j in (http, static) for x in [await planned(db, j, p)]}
+    assert got == {http: (False, '"h"', "Mon, 01 Jan 2024 00:00:00 GMT"),
+                   static: (False, None, None)}
