@@ -91,11 +91,11 @@ def _by_job(keys: Iterable[Key]) -> dict[int, list[int]]:
 # ``job_visit``/``job_pending`` by job_id alone: every pending row of the job for each key.
 
 
-# The job's rule set has what the page yields at its current version: always for links only
-# (rule set 0, tested first: PostgreSQL stops an OR at its first true argument), else when the
-# page was extracted under the rule set since its last fetch with a body.
-# The stored version answers for the job: its fetcher kind made it (a default job, http over
-# an http version, decides on the first two comparisons), and the job's rule set extracted it.
+# The stored version answers for the job: the job's fetcher kind made it (``url.fetcher``,
+# NULL for http: a default job decides on its first two comparisons), and the job's rule set has
+# what the page yields at that version: always for links only (rule set 0, tested first:
+# PostgreSQL stops an OR at its first true argument), else when the page was extracted under
+# the rule set since its last fetch (any answer but a 304).
 EXTRACTED_SQL = """((j.fetcher = 'http' AND u.fetcher IS NULL
          OR coalesce(u.fetcher, 'http') = j.fetcher)
         AND (j.ruleset = 0 OR EXISTS (
