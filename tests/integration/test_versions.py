@@ -1,5 +1,5 @@
 """Per-version results per rule set on a real PostgreSQL (shared/db: jobs, pages, visits): a job
-stores its fetcher kind and rule set; each fetch with a body is a new version of the page; the
+stores its fetcher kind and rule set; each answer but a 304 is a new version of the page; the
 yields of a rule set are kept per page and version, a job is answered from the store only where
 its rule set extracted the page's current version, and completion copies the page's yields
 into the job's."""
@@ -112,7 +112,7 @@ async def extracted(db: asyncpg.Connection, url: int) -> dict[int, int]:
         "SELECT ruleset, version FROM url_extraction WHERE url_id = $1", url))
 
 
-async def test_each_fetch_with_a_body_bumps_the_version_and_a_304_does_not(
+async def test_each_answer_but_a_304_bumps_the_version_a_failure_too(
         db: asyncpg.Connection) -> None:
     p = await url_id(db, f"{H}/")
     assert await version(db, p) == 0
@@ -124,9 +124,13 @@ async def test_each_fetch_with_a_body_bumps_the_version_and_a_304_does_not(
     assert await version(db, p) == 2  # a 304 confirms the stored version
     await record(db, (page(p, status=500), Extraction()))
     assert await version(db, p) == 3  # an answer with a body, if not a good one
+    no_answer = FetchedPage(p, None, None, "connection refused", cacheable=False)
+    await record(db, (no_answer, Extraction()))
+    assert await version(db, p) == 4  # no answer at all: the page's links are now none
+    await record(db, (page(p), Extraction()))
     # One batch fetching the page for two jobs stores one answer: one new version.
     await record(db, (page(p), Extraction()), (page(p), Extraction()))
-    assert await version(db, p) == 4
+    assert await version(db, p) == 6
 
 
 async def test_a_rulesets_yields_are_stored_per_page_and_replaced_on_each_fetch(
