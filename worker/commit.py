@@ -5,9 +5,11 @@ and its messages are settled only after that transaction commits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -158,10 +160,25 @@ _DATA_SQLSTATE = frozenset({"22", "23", "54"})
 
 def _data_error(e: Exception) -> bool:
     """Whether the batch's data is at fault: a PostgreSQL data error, a value asyncpg cannot
-    send, or a URL whose MD5 is another stored URL's (no id from ``pages.upsert_urls``)."""
+    send, a URL whose MD5 is another stored URL's (no id from ``pages.upsert_urls``), or a
+    yield's value JSON cannot encode (a set, bytes: a plug-in's, past the pipeline's check)."""
     if isinstance(e, asyncpg.PostgresError):
         return (e.sqlstate or "")[:2] in _DATA_SQLSTATE
-    return isinstance(e, asyncpg.exceptions._base.DataError | KeyError)
+    return isinstance(e, asyncpg.exceptions._base.DataError | KeyError) or _in_json(e)
+
+
+def _in_json(e: Exception) -> bool:
+    """A TypeError or ValueError raised by the json module (encoding a value), not a bug
+    elsewhere that happens to raise one."""
+    if not isinstance(e, TypeError | ValueError):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and _JSON_DIR in Path(tb.tb_frame.f_code.co_filename).parents
+
+
+_JSON_DIR = Path(json.__file__).parent
 
 
 def _known(e: Exception) -> bool:

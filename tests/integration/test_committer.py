@@ -21,7 +21,7 @@ from shared.config import Settings, stream_name
 from shared.db import jobs
 from shared.db.pool import open_pool
 from shared.db.visits import CHUNK
-from shared.model import Extraction, FetchedPage
+from shared.model import Extraction, FetchedPage, Yield
 from worker.commit import Committer, Done
 
 Key = tuple[int, int]
@@ -132,6 +132,25 @@ async def test_one_visit_that_cannot_be_stored_fails_alone(settings: Settings,
     assert st is not None and all(u.completed for u in st.urls)
     assert sum(u.fetched for u in st.urls) == 7 and sum(u.failed for u in st.urls) == 1
     assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 7
+    await until(lambda: zero(queue.unsettled()), what="messages acked")
+
+
+async def test_a_yield_that_cannot_be_encoded_fails_its_visit_alone(
+        settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
+    # A value json cannot encode (a set, from a plug-in the pipeline did not check) is that
+    # visit's fault: the others commit, it is recorded as failed, none comes back.
+    keys = await new_job(db, 4, max_level=1)
+    msgs = await queue.messages(keys)
+    bad = keys[2]
+    dones = [fetched(k, msgs[k], "http://y.example/") for k in keys]
+    for d in dones:
+        value: dict[str, object] = {"tags": {"a"}} if d.key == bad else {"tags": ["a"]}
+        d.extraction = Extraction(d.extraction.links, (Yield("item", value),), ruleset=7)
+    await commit(settings, pool, dones)
+    failed = await failures(db, keys[0][0])
+    assert list(failed) == [bad[1]]
+    assert failed[bad[1]][1] == "not stored: TypeError: Object of type set is not JSON serializable"
+    assert await db.fetchval("SELECT count(*) FROM url_yield WHERE ruleset = 7") == 3
     await until(lambda: zero(queue.unsettled()), what="messages acked")
 
 
