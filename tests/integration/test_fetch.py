@@ -190,6 +190,28 @@ async def test_an_identity_body_is_not_copied(quick: Settings, site: Serve) -> N
     assert page.raw is not None and page.raw.body is page.body and page.body == b"<p>plain</p>"
 
 
+async def test_a_raw_body_nobody_reads_is_kept_as_received_and_not_decoded(
+        quick: Settings, site: Serve) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+    async def image(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=png, content_type="image/png",
+                            headers={"Content-Encoding": "x-unheard-of"})
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=png * 100, content_type="image/png",
+                            headers={"Content-Encoding": "x-unheard-of"})
+
+    base = await site({"/i.png": image, "/big.png": big})
+    page = await get(quick, base + "/i.png", keep_raw=True)
+    assert (page.status, page.error, page.body) == (200, None, None)  # the source wants no body
+    assert page.raw is not None and page.raw.body == png  # as received, not decoded
+    page = await get(quick, base + "/big.png", keep_raw=True)  # the cap holds on raw bytes
+    assert page.error == f"body of {len(png) * 100} bytes exceeds the 65536-byte limit"
+    assert page.permanent
+    assert page.raw is None
+
+
 async def test_a_compressed_body_over_the_cap_after_decoding_fails_for_good(
         quick: Settings, site: Serve) -> None:
     bomb = gzip.compress(b"<p>" + b"0" * (quick.max_body_bytes + 1))  # about 100 bytes sent

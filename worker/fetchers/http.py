@@ -140,7 +140,8 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     ``headers`` (a source's additions) go with every request to the page's own host.
     ``keep_raw``: the final answer is also kept as received (``FetchedPage.raw``): aiohttp
     leaves its Content-Encoding alone and ``decode.read_raw`` undoes it, the body cap holding
-    on the decoded bytes.
+    on the decoded bytes; a body nobody wants is read as received only, never decoded (the
+    cap holding on the raw bytes).
 
     With ``hops``, every redirect hop is admitted like a visit: robots.txt must allow it and,
     on a host other than the page's own (whose slot the caller holds), a request slot must be
@@ -253,10 +254,11 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     mime = normalize_mime(resp.headers.get("Content-Type"))
     body = None  # for the job's extractors, which run after the fetch
     if keep_raw:  # every answer, for an output such as WARC; the body only if wanted
-        received, decoded = await read_raw(resp, settings.max_body_bytes)
-        raw = _raw(resp, received)
         if wants_body(status, mime):
-            body = decoded
+            received, body = await read_raw(resp, settings.max_body_bytes)
+        else:  # not decoded: an encoding it cannot undo fails no fetch that never reads it
+            received = await _read_capped(resp, settings.max_body_bytes)
+        raw = _raw(resp, received)
     elif wants_body(status, mime):
         body = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
