@@ -251,3 +251,34 @@ async def test_0014_leaves_old_pages_fetched_over_http_without_a_rewrite(
         assert await conn.fetchval("SELECT fetcher FROM url") is None
     finally:
         await conn.close()
+
+
+async def test_0015_gives_old_jobs_the_html_follow_mode_without_a_rewrite(
+        scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0014")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("INSERT INTO job (max_level, force_crawl) VALUES (2, false)")
+        await conn.execute("""INSERT INTO url_yield (url_id, ruleset, kind, seq, value)
+                              VALUES (1, 7, 'link', 0, '{"url": "http://a.example/"}')""")
+        files = "SELECT relname, relfilenode FROM pg_class WHERE relname IN ('job', 'url_yield')"
+        before = sorted(await conn.fetch(files))
+        await run(migrate.upgrade, scratch_dsn, "0015")
+        assert sorted(await conn.fetch(files)) == before  # constant default, NULL: no rewrite
+        assert await conn.fetchval("SELECT follow FROM job") == "html"
+        assert await conn.fetchval("SELECT target FROM url_yield") is None
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE job SET follow = 'everything'")
+        for table in ("id_set", "id_set_member", "body"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        await run(migrate.downgrade, scratch_dsn, "0014")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE (table_name, column_name) IN (('job', 'follow'), ('url_yield', 'target'))")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname IN "
+            "('id_set', 'id_set_member', 'body', 'job_yield_kind')")
+        await run(migrate.upgrade, scratch_dsn, "0015")
+        assert await conn.fetchval("SELECT follow FROM job") == "html"
+    finally:
+        await conn.close()
