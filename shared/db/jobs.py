@@ -102,18 +102,42 @@ class JobYield:
 
 
 async def job_yields(conn: asyncpg.Connection, job_id: int, after: tuple[int, str, int] = (0, "", -1),
-                     limit: int = 5000) -> list[tuple[tuple[int, str, int], JobYield]]:
+                     limit: int = 5000,
+                     kind: str | None = None) -> list[tuple[tuple[int, str, int], JobYield]]:
     """The job's yields (besides links) after the key ``after`` ((url id, kind, seq); the
     default starts at the beginning), at most ``limit``, in key order: each page's in document
-    order per kind. Each comes with its key, to read on from."""
-    rows = await conn.fetch("""
-        SELECT y.url_id, y.kind, y.seq, y.value::text AS value,
-               (SELECT u.url FROM url u WHERE u.id = y.url_id) AS url
-        FROM job_yield y
-        WHERE y.job_id = $1 AND (y.url_id, y.kind, y.seq) > ($2, $3, $4)
-        ORDER BY y.url_id, y.kind, y.seq LIMIT $5""", job_id, *after, limit)
+    order per kind. Each comes with its key, to read on from. With ``kind``, only the yields of
+    that kind (``item``, ``link``, ``id``, ``body``), read through the ``job_yield_kind`` index:
+    the key's kind is then ignored."""
+    if kind is None:
+        rows = await conn.fetch("""
+            SELECT y.url_id, y.kind, y.seq, y.value::text AS value,
+                   (SELECT u.url FROM url u WHERE u.id = y.url_id) AS url
+            FROM job_yield y
+            WHERE y.job_id = $1 AND (y.url_id, y.kind, y.seq) > ($2, $3, $4)
+            ORDER BY y.url_id, y.kind, y.seq LIMIT $5""", job_id, *after, limit)
+    else:
+        rows = await conn.fetch("""
+            SELECT y.url_id, y.kind, y.seq, y.value::text AS value,
+                   (SELECT u.url FROM url u WHERE u.id = y.url_id) AS url
+            FROM job_yield y
+            WHERE y.job_id = $1 AND y.kind = $4 AND (y.url_id, y.seq) > ($2, $3)
+            ORDER BY y.job_id, y.kind, y.url_id, y.seq LIMIT $5""",
+            job_id, after[0], after[2], kind, limit)
     return [((r["url_id"], r["kind"], r["seq"]),
              JobYield(r["url"], r["kind"], r["seq"], json.loads(r["value"]))) for r in rows]
+
+
+async def body_ref(conn: asyncpg.Connection, job_id: int, url: str) -> dict[str, Any] | None:
+    """Where the job saved the body of the page at ``url`` (canonical): the value of its first
+    committed ``body`` yield (an output's ref: output, file, offset, length, digest, ...), or
+    None when the job has no saved body for it."""
+    value = await conn.fetchval("""
+        SELECT y.value::text FROM url u
+        JOIN job_yield y ON y.job_id = $1 AND y.kind = 'body' AND y.url_id = u.id
+        WHERE md5(u.url)::uuid = md5($2)::uuid AND u.url = $2
+        ORDER BY y.seq LIMIT 1""", job_id, url)
+    return None if value is None else dict(json.loads(value))
 
 
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
