@@ -30,7 +30,7 @@ class StaticFetcher:
     """Serves ``PAGES`` as 200 text/html; any other URL is a 404. No network."""
     kind = "static"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, concurrency: int) -> None:
         self.pages = PAGES
 
     async def __aenter__(self) -> Self:

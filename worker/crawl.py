@@ -147,7 +147,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     finish in-flight visits within the shutdown timeout, leave the rest unacked (they are
     redelivered), and return. A kind with no fetcher is a ConfigError before anything starts."""
     kinds = settings.served_kinds
-    fetchers: dict[str, Fetcher] = {k: FETCHERS.create(k, settings) for k in kinds}
+    fetchers: dict[str, Fetcher] = {k: FETCHERS.create(k, settings, concurrency=n)
+                                    for k, n in kinds.items()}
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 from nats.js import JetStreamContext
 
 from shared import bus
@@ -26,9 +27,12 @@ from shared.jobspec import ruleset_of, stored_spec
 from shared.model import Extraction, FetchedPage, Yield
 from shared.scope import Scope
 from tests.plugins import LOG, PAGES, Files, Record, StaticFetcher, Title
+from tests.unit.test_retry_policy import GitHubPolicy
 from worker.commit import Committer
 from worker.crawl import Worker
+from worker.extractors import EXTRACTORS, ExtractFailed
 from worker.extractors.lanes import Parser
+from worker.fetchers import FetchRequest, HopGate
 from worker.fetchers.http import open_session
 from worker.gate import HostGate
 from worker.outputs import Output
@@ -86,7 +90,7 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         sub = await bus.pull_subscription(js, settings, settings.work_topic, bus.WORKER_CONSUMER)
         session = await stack.enter_async_context(open_session(settings))
         lanes = await stack.enter_async_context(Parser(settings.parse_timeout, lanes=1))
-        fetcher = await stack.enter_async_context(StaticFetcher(settings))
+        fetcher = await stack.enter_async_context(StaticFetcher(settings, concurrency=1))
         committer = Committer(settings, pool)
         gate = HostGate(settings, pool, session)
         plans = JobPlans(settings, lanes, {"http": fetcher})

@@ -26,13 +26,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_builtins_satisfy_their_protocols() -> None:
     lanes = Parser(1.0)  # not entered: no process is started
     assert {"http"} <= set(FETCHERS.names()) and {"links"} <= set(EXTRACTORS.names())
-    assert isinstance(FETCHERS.create("http", SETTINGS), Fetcher)
-    assert FETCHERS.create("http", SETTINGS).kind == "http"
+    assert isinstance(FETCHERS.create("http", SETTINGS, concurrency=2), Fetcher)
+    assert FETCHERS.create("http", SETTINGS, concurrency=2).kind == "http"
     assert isinstance(EXTRACTORS.create("links", SETTINGS, {}, lanes), Extractor)
     web = SOURCES.create("web", SETTINGS, lanes)
     assert isinstance(web, Source) and isinstance(web.link_extractor(), Extractor)
     assert web.fetcher == "http" and web.wants_body(200, "text/html")
     assert not web.wants_body(404, "text/html") and not web.wants_body(200, "image/png")
+
+
+async def test_a_fetcher_is_made_for_its_kinds_concurrency() -> None:
+    # worker.crawl.run passes each served kind's concurrency; http sizes its connections by it.
+    async with FETCHERS.create("http", Settings(concurrency=50), concurrency=3) as http:
+        assert http.session.connector is not None and http.session.connector.limit == 6
 
 
 def test_an_unknown_name_is_a_config_error_naming_it() -> None:
@@ -69,7 +75,7 @@ def test_the_test_plugins_satisfy_their_protocols(tmp_path: Path) -> None:
     import tests.plugins  # noqa: F401 - registers them
 
     lanes = Parser(1.0)
-    assert isinstance(FETCHERS.create("static", SETTINGS), Fetcher)
+    assert isinstance(FETCHERS.create("static", SETTINGS, concurrency=2), Fetcher)
     assert isinstance(EXTRACTORS.create("test-title", SETTINGS, {"tag": "h1"}, lanes), Extractor)
     assert isinstance(TASKS.create("test-record", SETTINGS, {}), Task)
     files = OUTPUTS.create("test-files", SETTINGS, {"dir": str(tmp_path)})

@@ -1,6 +1,8 @@
 """Fetchers: how a worker gets a page (``FETCHERS``, by kind). The kind is also the routing key:
 the foreman publishes a job's visits to its fetcher kind's work subject, and a worker serves
-the kinds it has fetchers for. Built in: ``http`` (``worker.fetchers.http.HttpFetcher``).
+the kinds it has fetchers for. Built in: ``http`` (``worker.fetchers.http.HttpFetcher``). A
+factory takes ``(settings, concurrency=n)``: n fetches of the kind at once in this process
+(``Settings.served_kinds``), to size its connections or browser pages by.
 
 Adding one (a fetcher serving pages from a dict, as ``tests/plugins.py`` does)::
 
@@ -8,7 +10,7 @@ Adding one (a fetcher serving pages from a dict, as ``tests/plugins.py`` does)::
     class StaticFetcher:
         kind = "static"
 
-        def __init__(self, settings: Settings) -> None:
+        def __init__(self, settings: Settings, concurrency: int) -> None:
             self.pages = PAGES
 
         async def __aenter__(self) -> Self:
@@ -24,7 +26,8 @@ Adding one (a fetcher serving pages from a dict, as ``tests/plugins.py`` does)::
             return FetchedPage(req.url_id, 200, "text/html", None, cacheable=True, body=body)
 
 A fetch never raises for a failure of the page (no answer, a bad URL): it returns the outcome
-as a ``FetchedPage`` with its ``error``, and ``req.policy`` decides whether it is tried again.
+as a ``FetchedPage`` with its ``error``, and ``req.policy`` decides whether it is tried again
+(a fetcher that raises anyway is taken for one that got no answer: "fetcher error: ...").
 """
 
 from __future__ import annotations

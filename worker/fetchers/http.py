@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(limit=settings.concurrency * 2, limit_per_host=8,
+async def open_session(settings: Settings,
+                       concurrency: int | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session for ``concurrency`` fetches at once (default: ``settings.concurrency``)."""
+    connector = aiohttp.TCPConnector(limit=(concurrency or settings.concurrency) * 2,
+                                     limit_per_host=8,
                                      ttl_dns_cache=300, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.connect_timeout + settings.read_timeout * 2,
                                     sock_connect=settings.connect_timeout,
@@ -102,11 +105,13 @@ NO_HEADERS: Mapping[str, str] = {}
 
 @FETCHERS.register("http")
 class HttpFetcher:
-    """The ``http`` fetcher: owns the aiohttp session (``open_session``) its fetches share."""
+    """The ``http`` fetcher: owns the aiohttp session (``open_session``) its fetches share,
+    sized for the kind's ``concurrency``."""
     kind = "http"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, concurrency: int | None = None) -> None:
         self.settings = settings
+        self.concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
         self._stack = AsyncExitStack()
 
@@ -116,7 +121,8 @@ class HttpFetcher:
         return self._session
 
     async def __aenter__(self) -> Self:
-        self._session = await self._stack.enter_async_context(open_session(self.settings))
+        self._session = await self._stack.enter_async_context(open_session(self.settings,
+                                                                          self.concurrency))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
