@@ -10,9 +10,11 @@ from typing import TypeVar
 
 import asyncpg
 
+from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage
 
 CHUNK = 5_000  # URLs (or links) a statement, for a page with very many links
+TARGET_KINDS = frozenset({"link", "id"})  # yields naming a URL to follow (``url_yield.target``)
 T = TypeVar("T")
 
 
@@ -91,28 +93,41 @@ async def _record_yields(conn: asyncpg.Connection,
     (numbered in document order within each kind) and record each page as extracted under its
     rule set at its current version (bumped by the caller in this transaction). The caller's
     UPDATE of the ``url`` rows already holds them, so two transactions writing the same page
-    take turns."""
+    take turns.
+
+    A ``link`` or ``id`` yield (a follow rule's link, an id's URL: ``value["url"]``) also
+    records the URL it names (``url_yield.target``, the URLs upserted ``CHUNK`` at a time with
+    their guessed type): the children of a job following its rules are read from these rows,
+    the same for a page answered from the store as for a fresh one."""
     keys = sorted(extracted)
     await conn.execute("""
         DELETE FROM url_yield y USING unnest($1::bigint[], $2::bigint[]) AS d(url_id, ruleset)
         WHERE y.url_id = d.url_id AND y.ruleset = d.ruleset""",
         [k[0] for k in keys], [k[1] for k in keys])
     rows: list[tuple[int, int, str, int, str]] = []
+    named: list[str | None] = []  # per row: the URL a link or id yield names
     for url_id, ruleset in keys:
         seq: dict[str, int] = {}
         for y in extracted[url_id, ruleset].yields:
             n = seq[y.kind] = seq.get(y.kind, -1) + 1
             rows.append((url_id, ruleset, y.kind, n, json.dumps(y.value)))
+            url = y.value.get("url") if y.kind in TARGET_KINDS else None
+            named.append(url if isinstance(url, str) else None)
             if len(rows) % CHUNK == 0:  # a page of very many items: let the loop run
                 await asyncio.sleep(0)
+    ids_by_url: dict[str, int] = {}
+    async for some in _chunks(sorted({u for u in named if u is not None})):
+        ids_by_url.update(await upsert_urls(conn, {u: guess_mime(u) for u in some}))
     for i in range(0, len(rows), CHUNK):
         chunk = rows[i:i + CHUNK]
         await conn.execute("""
-            INSERT INTO url_yield (url_id, ruleset, kind, seq, value)
-            SELECT u, r, k, s, v::jsonb
-            FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[])
-                 AS d(u, r, k, s, v)""",
-            *(list(col) for col in zip(*chunk, strict=True)))
+            INSERT INTO url_yield (url_id, ruleset, kind, seq, value, target)
+            SELECT u, r, k, s, v::jsonb, t
+            FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[],
+                        $6::bigint[])
+                 AS d(u, r, k, s, v, t)""",
+            *(list(col) for col in zip(*chunk, strict=True)),
+            [None if u is None else ids_by_url.get(u) for u in named[i:i + CHUNK]])
     await conn.execute("""
         INSERT INTO url_extraction (url_id, ruleset, version)
         SELECT d.url_id, d.ruleset, u.version

@@ -29,6 +29,9 @@ from shared.scope import Scope
 Key = tuple[int, int]  # (job_id, url_id)
 CHUNK = 5_000  # children handled a statement: a page may have hundreds of thousands of links
 Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
+# A job's children: its pages' HTML links (url_link), the links and ids its follow rules yield
+# under its rule set (url_yield.target), or both (shared.jobspec.follow_mode).
+Follow = Literal["html", "rules", "both"]
 
 # is_skip_mime() on u.mime (stored lower-case, without parameters), from the same constants.
 SKIP_MIME_SQL = (f"(u.mime LIKE '{SKIP_PREFIX}%' OR u.mime IN "
@@ -47,6 +50,7 @@ class Pending:
     scope: Scope = field(default_factory=Scope)
     max_pages: int | None = None
     ruleset: int = 0                  # the job's rule set: its pages' yields go to job_yield
+    follow: Follow = "html"           # which links are children (``job.follow``, see _CHILDREN_SQL)
 
     @property
     def key(self) -> Key:
@@ -147,7 +151,8 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
     for job_id, url_ids in _by_job(keys).items():  # jobs, then urls, in order: no lock cycles
         rows += await conn.fetch("""
             SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
-                   o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages, j.ruleset
+                   o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages, j.ruleset,
+                   j.follow
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -159,7 +164,7 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
     return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
                     r["reexpand"], r["origin_url"],
                     Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"],
-                    r["ruleset"])
+                    r["ruleset"], r["follow"])
             for r in rows]
 
 
@@ -256,7 +261,8 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
     # The common case, in one read and no probe: no job with ``max_pages``, and few enough
     # candidates for one statement each (a read of CHUNK + 1 rows tells).
     if not any(p.max_pages for p in parents) and sum(map(len, extra.values())) < CHUNK:
-        rows = await conn.fetch(_LINKS_SQL + " LIMIT $6", *_links_args(parents), CHUNK + 1)
+        sql, args = _children(parents)
+        rows = await conn.fetch(f"{sql} LIMIT ${len(args) + 1}", *args, CHUNK + 1)
         if len(rows) <= CHUNK:
             if extra:  # a page a sitemap lists may be a link too: the nearest once
                 rows = _nearest(list(rows) + await _extra_children(conn, parents, extra))
@@ -286,7 +292,8 @@ async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
     """The parents' links, each (job, url) once from its nearest parent, then the ``extra``
     URLs, all within their job's scope (never followed: images, CSS, JavaScript), in chunks of
     at most ``CHUNK`` rows (read through a cursor: call it in a transaction)."""
-    cursor = await conn.cursor(_LINKS_SQL, *_links_args(parents))
+    sql, args = _children(parents)
+    cursor = await conn.cursor(sql, *args)
     while True:
         rows = await cursor.fetch(CHUNK)
         if kept := _in_scope(parents, rows):
@@ -313,11 +320,40 @@ _LINKS_SQL = f"""
         ORDER BY p.job_id, l.url_id, p.level, p.origin_id"""
 
 
-def _links_args(parents: Sequence[Pending]) -> tuple[list[int], list[int], list[int], list[int],
-                                                     list[int]]:
-    return ([p.job_id for p in parents], [p.url_id for p in parents],
-            [p.level for p in parents], [p.origin_id for p in parents],
-            list(range(len(parents))))
+# The same for parents of which some follow their rules (job.follow 'rules' or 'both'): the
+# page's HTML links for 'html'/'both' and, for 'rules'/'both', the URLs of the link and id
+# yields of the page under the job's rule set (url_yield.target), each (job, url) once from its
+# nearest parent. Jobs that follow HTML links only never run it (_children): theirs is the
+# statement above, unchanged.
+_CHILDREN_SQL = f"""
+        WITH p AS (
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[],
+                                 $6::bigint[], $7::text[])
+                AS p(job_id, url_id, level, origin_id, i, ruleset, follow))
+        SELECT DISTINCT ON (c.job_id, c.url_id)
+               c.job_id, c.url_id, c.level, c.origin_id, c.refer_id, u.url, c.i
+        FROM (SELECT p.job_id, l.url_id, p.level + 1 AS level, p.origin_id,
+                     p.url_id AS refer_id, p.i
+              FROM p JOIN url_link l ON l.refer_id = p.url_id
+              WHERE p.follow <> 'rules'
+              UNION ALL
+              SELECT p.job_id, y.target, p.level + 1, p.origin_id, p.url_id, p.i
+              FROM p JOIN url_yield y ON y.url_id = p.url_id AND y.ruleset = p.ruleset
+              WHERE p.follow <> 'html' AND y.kind IN ('link', 'id') AND y.target IS NOT NULL
+             ) c
+        JOIN url u ON u.id = c.url_id
+        WHERE NOT {SKIP_MIME_SQL}
+        ORDER BY c.job_id, c.url_id, c.level, c.origin_id"""
+
+
+def _children(parents: Sequence[Pending]) -> tuple[str, list[list[int] | list[str]]]:
+    """The statement reading the parents' children, and its arguments."""
+    args: list[list[int] | list[str]] = [
+        [p.job_id for p in parents], [p.url_id for p in parents], [p.level for p in parents],
+        [p.origin_id for p in parents], list(range(len(parents)))]
+    if all(p.follow == "html" for p in parents):
+        return _LINKS_SQL, args
+    return _CHILDREN_SQL, [*args, [p.ruleset for p in parents], [str(p.follow) for p in parents]]
 
 
 async def _insert_first(conn: asyncpg.Connection,

@@ -11,7 +11,9 @@ import json
 
 import asyncpg
 
-from shared.db import bodies, idsets, jobs, pages
+from shared.db import bodies, idsets, jobs, pages, visits
+from shared.model import Extraction, FetchedPage, Yield
+from shared.scope import Scope
 
 H = "http://h.example"
 
@@ -73,3 +75,134 @@ async def test_bodies_are_stored_once_per_digest(db: asyncpg.Connection) -> None
     await bodies.put_body(db, digest, data)
     assert await bodies.get_body(db, digest) == data
     assert await db.fetchval("SELECT count(*) FROM body") == 1
+
+
+RULES = 5  # a rule set's id, as shared.jobspec.ruleset_of gives one
+
+
+
+
+async def record(db: asyncpg.Connection, url: str, links: tuple[str, ...] = (),
+                 yields: tuple[Yield, ...] = (), ruleset: int = RULES) -> int:
+    (page,) = await ids(db, url)
+    async with db.transaction():
+        await pages.record_fetches(db, [(
+            FetchedPage(page, 200, "text/html", None, cacheable=True),
+            Extraction(tuple((u, "text/html") for u in links), yields, ruleset))])
+    return page
+
+
+async def ids(db: asyncpg.Connection, *urls: str) -> list[int]:
+    found = await pages.upsert_urls(db, {u: "" for u in urls})
+    return [found[u] for u in urls]
+
+
+async def targets(db: asyncpg.Connection, page: int) -> list[tuple[str, int, str | None]]:
+    return [(r["kind"], r["seq"], r["url"]) for r in await db.fetch("""
+        SELECT y.kind, y.seq, u.url FROM url_yield y LEFT JOIN url u ON u.id = y.target
+        WHERE y.url_id = $1 ORDER BY y.kind, y.seq""", page)]
+
+
+async def test_link_and_id_yields_record_their_target_url(db: asyncpg.Connection) -> None:
+    page = await record(db, f"{H}/p", links=(f"{H}/html",), yields=(
+        Yield("link", {"url": f"{H}/c"}), Yield("item", {"url": f"{H}/not-a-target"}),
+        Yield("id", {"id": "7", "url": f"{H}/item?id=7"}), Yield("link", {"url": f"{H}/p"}),
+        Yield("link", {"href": "no url key"}), Yield("id", {"id": "8", "url": f"{H}/x.png"})))
+    assert await targets(db, page) == [
+        ("id", 0, f"{H}/item?id=7"), ("id", 1, f"{H}/x.png"),
+        ("item", 0, None), ("link", 0, f"{H}/c"), ("link", 1, f"{H}/p"), ("link", 2, None)]
+    mimes = dict(await db.fetch("SELECT url, mime FROM url WHERE url = ANY($1::text[])",
+                                [f"{H}/c", f"{H}/x.png", f"{H}/not-a-target"]))
+    assert mimes == {f"{H}/c": "text/html", f"{H}/x.png": "image/png"}  # guessed; items: none
+    # Re-extraction replaces the yields and their targets.
+    await record(db, f"{H}/p", yields=(Yield("link", {"url": f"{H}/d"}),))
+    assert await targets(db, page) == [("link", 0, f"{H}/d")]
+
+
+async def test_many_targets_are_upserted_in_chunks(db: asyncpg.Connection) -> None:
+    n = pages.CHUNK * 2 + 3
+    page = await record(db, f"{H}/many", yields=tuple(
+        Yield("id", {"id": str(i), "url": f"{H}/item?id={i}"}) for i in range(n)))
+    assert await db.fetchval(
+        "SELECT count(*) FROM url_yield WHERE url_id = $1 AND target IS NOT NULL", page) == n
+    assert await db.fetchval("""
+        SELECT count(*) FROM url_yield y JOIN url u ON u.id = y.target
+        WHERE y.url_id = $1 AND u.url = $2 || (y.value->>'id')""", page, f"{H}/item?id=") == n
+
+
+async def follow_job(db: asyncpg.Connection, url: str, follow: str, ruleset: int = RULES,
+                     max_level: int = 2**31 - 2) -> int:
+    """A job of this follow mode and rule set (the columns create_job writes from a spec)."""
+    async with db.transaction():
+        job, _ = await jobs.create_job(db, [url], max_level, False)
+        await db.execute("UPDATE job SET follow = $2, ruleset = $3 WHERE id = $1",
+                         job, follow, 0 if follow == "html" else ruleset)
+    return job
+
+
+async def process(db: asyncpg.Connection, job: int, *urls: str,
+                  outcome: visits.Outcome = "fetched") -> list[str]:
+    """One completion transaction for these visits of the job; returns the URLs queued."""
+    keys = [(job, u) for u in await ids(db, *urls)]
+    async with db.transaction():
+        locked = await visits.lock_pending(db, keys)
+        queued = await visits.complete(db, locked, {k: outcome for k in keys})
+    by_id = {r["id"]: r["url"] for r in await db.fetch(
+        "SELECT id, url FROM url WHERE id = ANY($1::bigint[])", [u for _, u in queued])}
+    return sorted(by_id[u] for _, u in queued)
+
+
+async def result(db: asyncpg.Connection, job: int) -> list[str]:
+    return sorted(r["url"] for r in await db.fetch(
+        "SELECT u.url FROM job_result r JOIN url u ON u.id = r.url_id WHERE r.job_id = $1", job))
+
+
+async def test_children_follow_the_jobs_mode(db: asyncpg.Connection) -> None:
+    p = f"{H}/p"
+    await record(db, p, links=(f"{H}/a", f"{H}/b"), yields=(
+        Yield("link", {"url": f"{H}/c"}), Yield("link", {"url": f"{H}/a"}),
+        Yield("id", {"id": "7", "url": f"{H}/item?id=7"}), Yield("item", {"url": f"{H}/i"}),
+        Yield("link", {"url": f"{H}/style.css"})))
+    html, rules, both = [await follow_job(db, p, m) for m in ("html", "rules", "both")]
+    other = await follow_job(db, p, "rules", ruleset=RULES + 1)  # no yields under its rule set
+    locked = await visits.lock_pending(db, [(j, (await ids(db, p))[0])
+                                            for j in (html, rules, both)])
+    assert sorted(x.follow for x in locked) == ["both", "html", "rules"]
+    assert await process(db, html, p) == [f"{H}/a", f"{H}/b"]
+    assert await process(db, rules, p) == [f"{H}/a", f"{H}/c", f"{H}/item?id=7"]
+    assert await process(db, both, p) == [f"{H}/a", f"{H}/b", f"{H}/c", f"{H}/item?id=7"]
+    assert await process(db, other, p) == []
+    # The result stays the page's HTML links, whatever the job follows.
+    for job in (html, rules, both, other):
+        assert await result(db, job) == [f"{H}/a", f"{H}/b"]
+    # Cached (answered from the store) gives the same children as fetched.
+    again = await follow_job(db, p, "rules")
+    assert await process(db, again, p, outcome="cached") == [f"{H}/a", f"{H}/c", f"{H}/item?id=7"]
+    levels = dict(await db.fetch("""
+        SELECT u.url, v.level FROM job_visit v JOIN url u ON u.id = v.url_id
+        WHERE v.job_id = $1""", rules))
+    assert levels == {p: 0, f"{H}/a": 1, f"{H}/c": 1, f"{H}/item?id=7": 1}
+
+
+async def test_a_rules_child_found_again_is_not_queued_again(db: asyncpg.Connection) -> None:
+    p, c = f"{H}/p", f"{H}/c"
+    await record(db, p, yields=(Yield("link", {"url": c}),))
+    await record(db, c, yields=(Yield("link", {"url": p}), Yield("link", {"url": c}),
+                                Yield("id", {"id": "1", "url": f"{H}/item?id=1"})))
+    job = await follow_job(db, p, "rules")
+    assert await process(db, job, p) == [c]
+    assert await process(db, job, c) == [f"{H}/item?id=1"]
+    assert await process(db, job, c) == []  # a duplicate delivery: nothing pending any more
+
+
+async def test_rules_children_respect_depth_scope_and_max_pages(db: asyncpg.Connection) -> None:
+    p = f"{H}/p"
+    await record(db, p, yields=tuple(Yield("link", {"url": u}) for u in (
+        f"{H}/1", f"{H}/2", f"{H}/3", "http://elsewhere.example/x")))
+    shallow = await follow_job(db, p, "rules", max_level=1)
+    assert await process(db, shallow, p) == []
+    async with db.transaction():
+        capped, _ = await jobs.create_job(db, [p], 5, False, scope=Scope("host"), max_pages=3)
+        await db.execute("UPDATE job SET follow = 'rules', ruleset = $2 WHERE id = $1",
+                         capped, RULES)
+    assert await process(db, capped, p) == [f"{H}/1", f"{H}/2"]  # in scope, 3 pages in all
