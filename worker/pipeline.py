@@ -232,6 +232,12 @@ class Pipeline:
             if answer is None:
                 return None
             page, decision = answer
+            if decision.defer is not None:  # a rate limit: again once it resets, no attempt
+                log.info("fetch %s deferred %.0fs (%s), attempt %d not counted",
+                         p.url, decision.defer, page.error or page.status, attempt)
+                await self._defer(v.key, v.msgs, datetime.now().astimezone()
+                                  + timedelta(seconds=decision.defer))
+                return None
             if not decision.retry:
                 return page, attempt
             log.info("fetch %s failed (%s), attempt %d; retrying in %.2fs",

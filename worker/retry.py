@@ -1,6 +1,7 @@
 """The retry rule, in one place: whether a fetch is worth another try, when, and whether its
 answer slows its host down. A fetcher or source with other rules subclasses ``RetryPolicy``
-(GitHub, say, answers a spent rate limit with a 403 and ``X-RateLimit-Reset``)."""
+(GitHub, say, answers a spent rate limit with a 403 and ``X-RateLimit-Reset``: its policy
+defers the visit until then, ``RetryDecision.defer``)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from shared.model import FetchedPage
 class RetryDecision:
     """What to do after one attempt. ``retry``: fetch again after ``delay`` seconds (0 when
     not); ``trouble``: the answer backs its host off, host-wide for ``pause`` seconds if set
-    (a server's Retry-After, capped), else exponentially (``HostGate``)."""
+    (a server's Retry-After, capped), else exponentially (``HostGate``). ``defer``: neither
+    retried nor committed, the visit goes back to the frontier for that many seconds, its
+    attempt not counted (a spent rate limit, until it resets); the default rule never sets it."""
     retry: bool
     delay: float
     trouble: bool
     pause: float | None
+    defer: float | None = None
 
 
 class RetryPolicy:

@@ -260,6 +260,11 @@ async def test_a_job_needing_a_plugin_the_worker_lacks_fails_with_the_reason(
     await until(lambda: zero(rig.unsettled()), what="message acked")
 
 
+async def deferred(db: asyncpg.Connection, key: Key) -> bool:
+    row = await pending(db, key)
+    return row is not None and row["published_on"] is None
+
+
 async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
         rig: Rig, db: asyncpg.Connection) -> None:
     url = SITE + "/l"
@@ -280,3 +285,39 @@ async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
     linked = await db.fetch("SELECT u.url FROM url_link l JOIN url u ON u.id = l.url_id "
                             "WHERE l.refer_id = $1", keys[0][1])
     assert [r["url"] for r in linked] == [SITE + "/followed"]
+
+
+class RateLimited(StaticFetcher):
+    """Answers like GitHub once its rate limit is spent: 403, remaining 0, reset at ``reset``."""
+
+    def __init__(self, settings: Settings, reset: int) -> None:
+        super().__init__(settings, concurrency=1)
+        self.reset = reset
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+        LOG.append(("fetch", req.url))
+        headers = CIMultiDict({"X-RateLimit-Remaining": "0",
+                               "X-RateLimit-Reset": str(self.reset)})
+        return FetchedPage(req.url_id, 403, "application/json", "HTTP 403 Forbidden",
+                           cacheable=True, headers=CIMultiDictProxy(headers))
+
+
+async def test_a_rate_limit_defers_the_visit_until_the_reset_without_an_attempt(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/api"
+    keys = await rig.job(db, [url])
+    reset = int(time.time()) + 90
+    web = rig.plans.web
+    policy = GitHubPolicy(retries=3, base=0.01, cap=0.05, max_pause=30.0)
+    rig.plans.put(JobPlan(keys[0][0], RateLimited(rig.settings, reset), web,
+                          (web.link_extractor(),), None, (), policy, 0, False))
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    await rig.publish(keys)
+    await until(lambda: deferred(db, keys[0]), what="visit back in the frontier")
+    row = await pending(db, keys[0])
+    assert row is not None and row["attempts"] == 0  # no attempt counted
+    assert abs(row["due"].timestamp() - reset) <= 2  # until the reset, not the host's pause cap
+    assert LOG == [("fetch", url)]
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+    assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
+                             keys[0][0]) == 0

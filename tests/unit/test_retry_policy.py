@@ -92,43 +92,45 @@ def test_the_last_attempt_is_committed_whatever_it_is() -> None:
 
 class GitHubPolicy(RetryPolicy):
     """A spent rate limit is a 403 with ``X-RateLimit-Remaining: 0``, and the time it resets
-    in ``X-RateLimit-Reset`` (Unix seconds): try again then, and pause the host till then."""
+    in ``X-RateLimit-Reset`` (Unix seconds): the visit waits in the frontier till then, no
+    attempt counted, and its host is paused as long (capped like a Retry-After)."""
 
     __slots__ = ()
 
-    def _rate_limited(self, page: FetchedPage) -> bool:
-        return (page.status == 403 and page.headers is not None
-                and page.headers.get("X-RateLimit-Remaining") == "0")
+    def rate_limit(self, page: FetchedPage) -> float | None:
+        """Seconds until a spent rate limit resets; None: the page is not rate limited."""
+        if page.status != 403 or page.headers is None \
+                or page.headers.get("X-RateLimit-Remaining") != "0":
+            return None
+        return max(0.0, float(page.headers.get("X-RateLimit-Reset", "0")) - time.time())
 
-    def retryable(self, page: FetchedPage) -> bool:
-        return self._rate_limited(page) or super().retryable(page)
-
-    def trouble(self, page: FetchedPage) -> bool:
-        return self._rate_limited(page) or super().trouble(page)
-
-    def pause(self, page: FetchedPage) -> float | None:
-        if self._rate_limited(page):
-            assert page.headers is not None
-            reset = float(page.headers.get("X-RateLimit-Reset", "0"))
-            return min(max(0.0, reset - time.time()), self.max_pause)
-        return super().pause(page)
+    def decide(self, page: FetchedPage, attempt: int) -> RetryDecision:
+        wait = self.rate_limit(page)
+        if wait is None:
+            return super().decide(page, attempt)
+        return RetryDecision(False, 0.0, True, min(wait, self.max_pause), defer=wait)
 
 
-def test_a_subclass_can_retry_a_403_rate_limit() -> None:
+def test_a_subclass_can_defer_a_403_rate_limit() -> None:
     github = GitHubPolicy(retries=3, base=1.0, cap=60.0, max_pause=120.0)
     reset = str(int(time.time()) + 60)
     limited = page(403, headers={"x-ratelimit-remaining": "0", "X-RateLimit-Reset": reset})
-    d = github.decide(limited, 1)
-    assert d.retry and d.trouble and d.pause is not None and 57 <= d.pause <= 60
-    assert d.delay == d.pause  # tried again when the limit resets, the whole host paused
-    assert not github.decide(limited, 4).retry  # still committed at the last attempt
+    for attempt in (1, 4):  # at the last attempt too: waiting for the reset is no attempt
+        d = github.decide(limited, attempt)
+        assert not d.retry and d.trouble and d.pause is not None and 57 <= d.pause <= 60
+        assert d.defer == d.pause  # back in the frontier till the reset, the host paused
     far = page(403, headers={"X-RateLimit-Remaining": "0",
                              "X-RateLimit-Reset": str(int(time.time()) + 3600)})
-    assert github.pause(far) == 120.0  # capped like a Retry-After
+    d = github.decide(far, 1)
+    assert d.pause == 120.0 and d.defer is not None and d.defer > 3500  # pause capped only
     # A plain 403, or one with requests left, is a refusal as before; the rest is unchanged.
     for p in (page(403), page(403, headers={"X-RateLimit-Remaining": "12"})):
         assert github.decide(p, 1) == RetryDecision(False, 0.0, False, None)
-        assert not POLICY.retryable(p)
-    assert not POLICY.retryable(limited)  # the base policy is unchanged
+    assert POLICY.decide(limited, 1) == RetryDecision(False, 0.0, False, None)  # base unchanged
     for p, retry, trouble, pause in TABLE:
-        assert (github.retryable(p), github.trouble(p), github.pause(p)) == (retry, trouble, pause)
+        d = github.decide(p, 1)
+        assert (d.retry, d.trouble, d.pause, d.defer) == (retry, trouble, pause, None)
+
+
+def test_the_default_policy_never_defers() -> None:
+    assert all(POLICY.decide(p, n).defer is None for p, *_ in TABLE for n in (1, 4))
