@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
@@ -22,7 +23,7 @@ from shared.db import visits
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, open_pool
 from shared.urls import host_key
-from worker.commit import Committer, Done
+from worker.commit import Committer, Done, Key
 from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS, Fetcher
 from worker.fetchers.http import open_session
@@ -31,6 +32,8 @@ from worker.heartbeat import heartbeat
 from worker.pipeline import JobPlan, JobPlans, Pipeline, Visit
 
 log = logging.getLogger(__name__)
+
+UNSERVED_DELAY = timedelta(seconds=60)  # a job this worker cannot serve: published again then
 
 
 class Worker:
@@ -51,6 +54,7 @@ class Worker:
         self.pipeline = Pipeline(settings, pool, gate, frontier, committer, self.slots)
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot
         self.tasks: set[asyncio.Task[None]] = set()
+        self._warned: dict[int, float] = {}  # job id -> when to warn again of not serving it
 
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -90,6 +94,8 @@ class Worker:
                        if host_key(u) in self.retrying}
             admission = await self.gate.admit({k: u for k, u in asking.items() if k not in waiting})
             admission.deferred.update(waiting)
+            if unserved:  # another worker (another version, in a rolling upgrade) will serve it
+                admission.deferred.update(self._unserved(unserved))
             if admission.deferred:  # back in the frontier until the host is free
                 try:
                     async with self.pool.acquire() as conn:
@@ -105,9 +111,7 @@ class Worker:
         await bus.settle_all([by_key.pop(k) for k in admission.deferred], Settle(Verdict.ACK))
         for key, ms in by_key.items():
             p = planned[key]
-            if key in unserved:  # the job needs a plug-in this worker does not have
-                self._spawn(self._commit_only(Done(key, ms, failure=unserved[key])))
-            elif key in admission.blocked:
+            if key in admission.blocked:
                 self._spawn(self._commit_only(Done(key, ms, reason=admission.blocked[key])))
             elif key in admission.failed:  # no server to ask: its name does not resolve
                 self._spawn(self._commit_only(Done(key, ms, failure=admission.failed[key])))
@@ -118,6 +122,21 @@ class Worker:
                 assert isinstance(plan, JobPlan)
                 self._spawn(self.pipeline.visit(Visit(p, ms, admission.granted[key], plan)))
         return len(by_key)
+
+    def _unserved(self, unserved: dict[Key, str]) -> dict[Key, datetime]:
+        """When visits of jobs this worker cannot serve (a plug-in it lacks) are published
+        again, their attempt not counted: a worker that can serve them takes them meanwhile.
+        A warning per job per ``UNSERVED_DELAY``."""
+        now = time.monotonic()
+        for job_id, reason in {k[0]: r for k, r in unserved.items()}.items():
+            if now >= self._warned.get(job_id, 0.0):
+                self._warned[job_id] = now + UNSERVED_DELAY.total_seconds()
+                log.warning("job %d: %s; its visits are back in the frontier for another "
+                            "worker", job_id, reason)
+        if len(self._warned) > 1024:
+            self._warned = {j: t for j, t in self._warned.items() if t > now}
+        due = datetime.now().astimezone() + UNSERVED_DELAY
+        return dict.fromkeys(unserved, due)
 
     async def _commit_only(self, done: Done) -> None:
         try:

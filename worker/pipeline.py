@@ -126,6 +126,9 @@ class JobPlans:
         except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
             return f"not served by this worker: {e}"
+        except Exception as e:  # a plug-in's factory refusing its options (a bad selector ...)
+            log.exception("job %d cannot be served by this worker", p.job_id)
+            return f"not served by this worker: {describe(e)}"
         outputs: tuple[Output, ...] = ()  # issue 11: the spec's "save"
         return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, outputs,
                        source.policy, ruleset, any(o.needs_raw for o in outputs))

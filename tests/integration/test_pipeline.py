@@ -246,23 +246,55 @@ async def test_the_jobs_retry_policy_decides_its_retries(
     assert tuple(failed) == (404, 2)
 
 
-async def test_a_job_needing_a_plugin_the_worker_lacks_fails_with_the_reason(
-        rig: Rig, db: asyncpg.Connection) -> None:
-    url = SITE + "/x"
-    PAGES[url] = b"<title>t</title>"
-    keys = await rig.job(db, [url], {"extract": [{"kind": "no-such-extractor"}]})
-    await rig.publish(keys)
-    await until(lambda: done(db, keys), what="visit settled")
-    reason = await db.fetchval("SELECT reason FROM job_failure WHERE job_id = $1", keys[0][0])
-    assert reason == ("not served by this worker: extract[0]: unknown extractor kind: "
-                      "no-such-extractor (known: links, test-title)")
-    assert LOG == []  # not fetched
-    await until(lambda: zero(rig.unsettled()), what="message acked")
-
-
 async def deferred(db: asyncpg.Connection, key: Key) -> bool:
     row = await pending(db, key)
     return row is not None and row["published_on"] is None
+
+
+async def test_a_job_needing_a_plugin_the_worker_lacks_waits_for_another_worker(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    # Mixed versions in a rolling upgrade: a worker that can serve it will; nothing fails.
+    url = SITE + "/x"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url], {"extract": [{"kind": "no-such-extractor"}]})
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    before = await db.fetchval("SELECT now()")
+    await rig.publish(keys)
+    await until(lambda: deferred(db, keys[0]), what="visit back in the frontier")
+    row = await pending(db, keys[0])
+    assert row is not None and row["attempts"] == 0
+    assert (row["due"] - before).total_seconds() >= 55  # a minute later
+    assert LOG == []  # not fetched
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+    assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
+                             keys[0][0]) == 0
+
+
+@pytest.fixture
+def broken_extractor() -> Iterator[None]:
+    """An extractor whose factory raises what a bad option makes it raise (not a ConfigError)."""
+    def make(settings: Settings, options: Mapping[str, Any], lanes: Parser) -> Title:
+        raise ValueError(f"bad selector: {options.get('tag')!r}")
+
+    EXTRACTORS.register("test-broken")(make)
+    try:
+        yield
+    finally:
+        del EXTRACTORS._factories["test-broken"]
+
+
+async def test_a_plugin_factory_raising_does_not_stop_the_worker(
+        rig: Rig, db: asyncpg.Connection, broken_extractor: None) -> None:
+    url = SITE + "/broken"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url], {"extract": [{"kind": "test-broken", "tag": "]["}]})
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    await rig.publish(keys)
+    await until(lambda: deferred(db, keys[0]), what="visit back in the frontier")
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+    ok = await rig.job(db, [SITE + "/broken"])  # the worker still serves the next job
+    await rig.publish(ok)
+    await until(lambda: done(db, ok), what="next job's visit committed")
 
 
 async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
