@@ -191,9 +191,9 @@ class Pipeline:
         plan = v.plan
         ex = _NOTHING if plan.ruleset == 0 else Extraction(ruleset=plan.ruleset)
         if page.body is not None:
-            extracted = await self.extract(v, page)
-            if extracted is None:
-                return None
+            extracted = await self.extract(v, page, attempt)
+            if extracted is None or isinstance(extracted, Done):
+                return extracted
             page, ex = extracted
         log.info("fetched %s: %s", v.url, page.error or page.status)
         if self.settings.work_delay:
@@ -250,10 +250,14 @@ class Pipeline:
                 return None
             slot, attempt = again, attempt + 1
 
-    async def extract(self, v: Visit, page: FetchedPage) -> tuple[FetchedPage, Extraction] | None:
+    async def extract(self, v: Visit, page: FetchedPage,
+                      attempt: int) -> tuple[FetchedPage, Extraction] | Done | None:
         """Run the job's extractors on the page: the links of the first (the source's link
-        extractor), the yields of all. A page an extractor cannot read fails for good; None
-        when an extractor cannot work now (the visit went back to the frontier)."""
+        extractor), the yields of all. A page the link extractor cannot read fails for good.
+        One the job's rule set cannot read fails this visit only (a Done): the page is
+        recorded as fetched with its links, for other jobs, but not as extracted under the
+        rule set. None when an extractor cannot work now (the visit went back to the
+        frontier)."""
         plan = v.plan
         base = page.final_url or v.url
         links: tuple[tuple[str, str], ...] = ()
@@ -266,6 +270,10 @@ class Pipeline:
                     try:
                         got = await extractor.extract(page, base)
                     except ExtractFailed as e:
+                        if i:
+                            return Done(v.key, v.msgs, replace(page, body=None, raw=None),
+                                        attempt, failure=f"extract[{i}] {extractor.name}: {e}",
+                                        extraction=Extraction(links))
                         failed = replace(page, body=None, error=f"{extractor.name} not "
                                          f"extracted: {e}", permanent=True)
                         return failed, Extraction(ruleset=plan.ruleset)

@@ -319,6 +319,40 @@ async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
     assert [r["url"] for r in linked] == [SITE + "/followed"]
 
 
+async def test_a_rule_sets_extractor_failing_fails_this_visit_and_keeps_the_page(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/unreadable"
+    PAGES[url] = b"<title>t</title><a href='/next'>n</a>"
+
+    class Picky(Title):
+        async def extract(self, page: FetchedPage, base_url: str) -> Extraction:
+            raise ExtractFailed("no such element")
+
+    keys = await rig.job(db, [url], TITLED)
+    web = rig.plans.web
+    rig.plans.put(JobPlan(keys[0][0], rig.fetcher, web,
+                          (web.link_extractor(), Picky(rig.settings, {}, rig.plans.lanes)),
+                          Record(rig.settings, {}), (), web.policy, ruleset_of(TITLED), False))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    job = keys[0][0]
+    failed = await db.fetchrow("SELECT reason, attempts FROM job_failure WHERE job_id = $1", job)
+    assert tuple(failed) == ("extract[1] test-title: no such element", 1)
+    assert LOG == [("fetch", url)]  # no task after a failed extraction
+    # The page is recorded as fetched, its links kept for other jobs; not its rule set.
+    page = await db.fetchrow("SELECT status, error, crawled_on IS NOT NULL AS cached FROM url "
+                             "WHERE id = $1", keys[0][1])
+    assert tuple(page) == (200, None, True)
+    linked = await db.fetch("SELECT u.url FROM url_link l JOIN url u ON u.id = l.url_id "
+                            "WHERE l.refer_id = $1", keys[0][1])
+    assert [r["url"] for r in linked] == [SITE + "/next"]
+    assert await db.fetchval("SELECT count(*) FROM url_extraction WHERE url_id = $1",
+                             keys[0][1]) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+
+
 class RateLimited(StaticFetcher):
     """Answers like GitHub once its rate limit is spent: 403, remaining 0, reset at ``reset``."""
 
