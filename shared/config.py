@@ -138,6 +138,9 @@ class Settings(BaseModel):
     # their concurrency ({}: {"http": concurrency}; the -kind flag sets it too).
     fetcher_kinds: tuple[str, ...] = ("http",)
     extractor_kinds: tuple[str, ...] = ()
+    output_kinds: tuple[str, ...] = ()            # plug-in outputs a job may "save" to
+    output_root: Path = Path("harvester-output")  # saved bodies: <outputRoot>/job-<id>/<kind>/
+    max_idset_bytes: int = Field(1 << 30, gt=0)   # largest POST /idsets body
     worker_kinds: dict[str, int] = Field(default_factory=dict)
     heartbeat_interval: float = Field(5.0, gt=0)  # a worker says it is alive this often
     worker_timeout: float = Field(15.0, gt=0)     # unseen this long: no longer a live worker
@@ -323,7 +326,8 @@ _SIMPLE_KEYS = {
     "maxRequeues": "max_requeues", "retries": "retries",
     "databaseURL": "database_url", "natsURL": "nats_url",
     "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
-    "extractorKinds": "extractor_kinds",
+    "extractorKinds": "extractor_kinds", "outputKinds": "output_kinds",
+    "outputRoot": "output_root", "maxIdSetBytes": "max_idset_bytes",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -351,7 +355,7 @@ _ENV = {
     "HARVESTER_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "HARVESTER_HOST_CONCURRENCY": "host_concurrency", "HARVESTER_HOST_DELAY": "host_delay",
     "HARVESTER_ROBOTS": "robots", "HARVESTER_CACHE_MAX_AGE": "cache_max_age",
-    "HARVESTER_WORK_DELAY": "work_delay",
+    "HARVESTER_WORK_DELAY": "work_delay", "HARVESTER_OUTPUT_ROOT": "output_root",
 }
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())

@@ -10,10 +10,13 @@ under which the store keeps and reuses per-page results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -26,14 +29,20 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from shared import naming
 from shared.config import Settings
 from shared.errors import BadRequest, InvalidURL
+from shared.ids import check_id, id_url
 from shared.scope import Scope, check_pattern
 from shared.urls import validate_job_url
 
 INT32_MAX = 2**31 - 1  # maxPages: an integer column
+UNBOUNDED_DEPTH = INT32_MAX - 1  # the default depth of a job with follow or ids
+MAX_RULE_CHARS = 1000
+BUILTIN_EXTRACTORS = ("items",)
+BUILTIN_OUTPUTS = ("warc", "files", "tar", "db")
 
 
 def _pattern(value: str) -> str:
@@ -70,14 +79,95 @@ def _extractor(value: str, info: ValidationInfo) -> str:
     return _kind(value, info, "extractors", "extractor")
 
 
+def _output(value: str, info: ValidationInfo) -> str:
+    return _kind(value, info, "outputs", "output")
+
+
+def _rule_regex(value: str) -> str:
+    """A regex run over page text (follow, ids, fields): compiles, at most one group."""
+    _pattern(value)
+    if len(value) > MAX_RULE_CHARS:
+        raise PydanticCustomError("regex", "longer than {n} characters", {"n": MAX_RULE_CHARS})
+    if (groups := re.compile(value).groups) > 1:
+        raise PydanticCustomError("regex", "{pattern} has {groups} capture groups (at most 1: "
+                                  "use (?:...) for the others)",
+                                  {"pattern": value, "groups": groups})
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def css_problem(selector: str) -> str | None:
+    """The problem with a CSS selector (as selectolax parses it), or None."""
+    from selectolax.lexbor import LexborHTMLParser, SelectolaxError
+    try:
+        LexborHTMLParser("<p>").css(selector)
+    except (SelectolaxError, ValueError, TypeError) as e:
+        return str(e) or "cannot parse"
+    return None
+
+
+def _css(value: str) -> str:
+    if len(value) > MAX_RULE_CHARS or (problem := css_problem(value)) is not None:
+        raise PydanticCustomError("css", "{selector}: {problem}",
+                                  {"selector": value,
+                                   "problem": "too long" if len(value) > MAX_RULE_CHARS
+                                   else problem})
+    return value
+
+
+def _xpath(value: str) -> str:
+    from lxml import etree
+    try:
+        if len(value) > MAX_RULE_CHARS:
+            raise etree.XPathSyntaxError("too long")
+        etree.XPath(value)
+    except etree.XPathError as e:
+        raise PydanticCustomError("xpath", "{xpath}: {problem}",
+                                  {"xpath": value, "problem": str(e)}) from None
+    return value
+
+
+def _id(value: str) -> str:
+    if (problem := check_id(value)) is not None:
+        raise PydanticCustomError("id", "{problem}", {"problem": problem})
+    return value
+
+
+def _url_format(value: str) -> str:
+    if value.count("{}") != 1:
+        raise PydanticCustomError("url_format", "{fmt} must hold exactly one {braces}",
+                                  {"fmt": value, "braces": "{}"})
+    try:
+        validate_job_url(id_url(value, "x"))
+    except (InvalidURL, ValueError):
+        raise PydanticCustomError("url_format", "not an absolute http(s) URL: {fmt}",
+                                  {"fmt": value}) from None
+    return value
+
+
+def _name_pattern(value: str) -> str:
+    if (problem := naming.check_pattern(value)) is not None:
+        raise PydanticCustomError("name_pattern", "{pattern} ({problem})",
+                                  {"pattern": value, "problem": problem})
+    return value
+
+
 Pattern = Annotated[str, AfterValidator(_pattern)]
+RuleRegex = Annotated[str, AfterValidator(_rule_regex)]
+CSS = Annotated[str, AfterValidator(_css)]
+XPath = Annotated[str, AfterValidator(_xpath)]
+Ident = Annotated[str, AfterValidator(_id)]
+NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 JobURL = Annotated[str, AfterValidator(_url)]
 FetcherKind = Annotated[str, AfterValidator(_fetcher)]
 ExtractorKind = Annotated[str, AfterValidator(_extractor)]
+OutputKind = Annotated[str, AfterValidator(_output)]
 
 # The spec keys that change what a page yields (beyond its links, which every job extracts):
-# they make the job's rule set. Issues 11-13 add follow, ids, save, task and source.
-YIELD_KEYS = ("extract",)
+# they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of). Issues
+# 12-13 add task and source.
+YIELD_KEYS = ("extract", "follow", "ids", "save")
+_RULESET_PROJECTION = {"ids": ("regex", "urlFormat")}
 
 
 class ScopeSpec(BaseModel):
@@ -107,7 +197,127 @@ class ExtractSpec(BaseModel):
         # PostgreSQL keeps no NUL in jsonb: a 400 here, not a 500 from the INSERT.
         if _has_nul(self.model_extra or {}):
             raise PydanticCustomError("nul", "an option holds a NUL character")
+        if self.kind == "items":  # a built-in: its options by its model (errors name them)
+            ItemsSpec.model_validate_json(json.dumps(self.model_extra or {}))
         return self
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True,
+                              alias_generator=to_camel)
+
+
+class FollowSpec(_Options):
+    """``follow``: which links of a page the job follows, instead of (or with ``html``, as
+    well as) the HTML link extractor's: ``linkRegex`` matches in the body text (first capture
+    group when there is one), ``css`` selectors' ``attr``."""
+
+    link_regex: RuleRegex | None = None
+    css: tuple[CSS, ...] = ()
+    attr: str = Field("href", min_length=1)
+    html: bool = False
+
+
+class IdSpec(_Options):
+    """``ids``: ``regex`` finds ids in each body, ``urlFormat`` (one ``{}``) makes each the
+    URL to download (``shared.ids.id_url``); ``seeds`` are ids to start from, ``known`` and
+    ``explored`` id sets from ``POST /idsets`` (explored: never fetched; known: fetched)."""
+
+    regex: RuleRegex
+    url_format: Annotated[str, AfterValidator(_url_format)]
+    seeds: tuple[Ident, ...] = ()
+    known: UUID | None = Field(None, strict=False)
+    explored: UUID | None = Field(None, strict=False)
+
+
+class FieldSpec(_Options):
+    """One field of an item: exactly one of ``css``, ``xpath``, ``regex`` (group 1 if any);
+    ``attr`` reads an attribute instead of the text; ``take`` ``all`` gives a list; ``type``
+    coerces, and a value that does not coerce (or is missing) is ``default``."""
+
+    css: CSS | None = None
+    xpath: XPath | None = None
+    regex: RuleRegex | None = None
+    attr: str | None = Field(None, min_length=1)
+    take: Literal["first", "all"] = "first"
+    type: Literal["str", "int", "float", "bool"] = "str"
+    default: str | int | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FieldSpec:
+        if sum(x is not None for x in (self.css, self.xpath, self.regex)) != 1:
+            raise PydanticCustomError("field_rule", "give exactly one of css, xpath, regex")
+        return self
+
+
+def _field_names(fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+    for name in fields:
+        if not name or name.startswith("_"):
+            raise PydanticCustomError("field_name", "field name '{name}' is empty or starts "
+                                      "with '_'", {"name": name})
+    return fields
+
+
+class ItemsSpec(_Options):
+    """The options of an ``extract`` entry of kind ``items``: ``fields`` by name; ``each``
+    (CSS): one item per match, else one per page; ``name``: the items' ``_type``."""
+
+    name: str | None = Field(None, min_length=1)
+    each: CSS | None = None
+    fields: Annotated[dict[str, FieldSpec], AfterValidator(_field_names)] = Field(min_length=1)
+
+
+class WarcSpec(_Options):
+    """``save`` kind ``warc``: WARC/1.1 files ``<prefix>-<ts>-<serial>-<host>.warc.gz``."""
+
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "harvester"
+    max_size: int = Field(10**9, ge=1 << 20)
+
+
+class FilesSpec(_Options):
+    """``save`` kind ``files``: one file per 2xx page, named by ``pattern``
+    (``shared.naming``)."""
+
+    pattern: NamePattern = "{host}/{urlhash}"
+
+
+class TarSpec(_Options):
+    """``save`` kind ``tar``: one entry per 2xx page, named by ``pattern``, in archives of one
+    worker and run, rotated at ``maxSize``."""
+
+    pattern: NamePattern = "{host}/{urlhash}"
+    compression: Literal["none", "gz", "bz2"] = "none"
+    max_size: int = Field(10**9, ge=1 << 20)
+
+
+class DbSpec(_Options):
+    """``save`` kind ``db``: bodies in PostgreSQL, deduplicated by digest."""
+
+
+OUTPUT_MODELS: dict[str, type[_Options]] = {
+    "warc": WarcSpec, "files": FilesSpec, "tar": TarSpec, "db": DbSpec}
+
+
+class SaveSpec(BaseModel):
+    """An output (``kind``: a built-in, ``BUILTIN_OUTPUTS``, or one of
+    ``Settings.output_kinds``) and its options; a built-in's are validated by its model
+    (``OUTPUT_MODELS``), a plug-in's kept as given."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    kind: OutputKind
+
+    @model_validator(mode="after")
+    def _options(self) -> SaveSpec:
+        if _has_nul(self.model_extra or {}):
+            raise PydanticCustomError("nul", "an option holds a NUL character")
+        if (model := OUTPUT_MODELS.get(self.kind)) is not None:
+            model.model_validate_json(json.dumps(self.model_extra or {}))
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The options as given (the entry without ``kind``)."""
+        return dict(self.model_extra or {})
 
 
 def _has_nul(value: Any) -> bool:
@@ -127,33 +337,54 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True,
                               alias_generator=to_camel)
 
-    urls: tuple[JobURL, ...] = Field(min_length=1)
-    # None: the server's maxLevel. Validated against the context's max_depth, resolved to
-    # max_level, so a validated spec always has an int.
-    depth: int | None = Field(None, validate_default=True)
+    # Empty only with ids.seeds or ids.known (the job's first URL is then made from them).
+    urls: tuple[JobURL, ...] = ()
+    # None: the server's maxLevel, or unbounded (UNBOUNDED_DEPTH) with follow or ids. Checked
+    # against the context's max_depth once follow and ids are known (_depth), so a validated
+    # spec always has an int.
+    depth: int | None = None
     force_crawl: bool = False
     sitemaps: bool = False
     scope: ScopeSpec = ScopeSpec()
     fetcher: FetcherKind = "http"
     extract: tuple[ExtractSpec, ...] = ()
+    follow: FollowSpec | None = None
+    ids: IdSpec | None = None
+    save: tuple[SaveSpec, ...] = ()
 
     @field_validator("urls")
     @classmethod
     def _dedupe(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(urls))
 
-    @field_validator("depth")
-    @classmethod
-    def _depth(cls, depth: int | None, info: ValidationInfo) -> int:
+    @model_validator(mode="after")
+    def _depth(self, info: ValidationInfo) -> JobSpec:
         context = info.context or {}
         if "max_depth" not in context or "max_level" not in context:
             raise RuntimeError("JobSpec needs a validation context: use validate_spec")
+        spec = self
+        unbounded = spec.follow is not None or spec.ids is not None
+        if not spec.urls and not (spec.ids and (spec.ids.seeds or spec.ids.known)):
+            _fail("urls", spec.urls, PydanticCustomError(
+                "missing", "Field required") if "urls" not in spec.model_fields_set
+                and spec.ids is None else PydanticCustomError(
+                "too_short", "Tuple should have at least 1 item after validation, not 0"
+                if spec.ids is None else "give urls, ids.seeds or ids.known"))
+        depth = spec.depth
         if depth is None:
-            return int(context["max_level"])
-        if not 0 <= depth <= context["max_depth"]:
-            raise PydanticCustomError("depth_range", "{depth} (allowed 0 to {max_depth})",
-                                      {"depth": depth, "max_depth": context["max_depth"]})
-        return depth
+            depth = UNBOUNDED_DEPTH if unbounded else int(context["max_level"])
+        elif not (0 <= depth <= context["max_depth"] or (unbounded and depth == UNBOUNDED_DEPTH)):
+            _fail("depth", depth, PydanticCustomError(
+                "depth_range", "{depth} (allowed 0 to {max_depth})",
+                {"depth": depth, "max_depth": context["max_depth"]}))
+        if spec.ids is not None and spec.ids.seeds:  # seeds become job URLs, after the urls
+            urls = tuple(dict.fromkeys((*spec.urls, *(id_url(spec.ids.url_format, s)
+                                                      for s in spec.ids.seeds))))
+            if urls != spec.urls:
+                spec = spec.model_copy(update={"urls": urls})
+        if depth != spec.depth:
+            spec = spec.model_copy(update={"depth": depth})
+        return spec
 
     @property
     def max_level(self) -> int:
@@ -174,7 +405,31 @@ class JobSpec(BaseModel):
         return ruleset_of(self.stored())
 
 
-_OMITTED_AT_DEFAULT = ("fetcher", "extract")
+def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
+    raise ValidationError.from_exception_data(
+        "JobSpec", [InitErrorDetails(type=error, loc=(field,), input=value)])
+
+
+_OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save")
+
+
+def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
+    """Which links a job follows (``job.follow``): ``html`` (the HTML link extractor's: no
+    ``follow``/``ids``), ``rules`` (only its follow/ids yields), ``both`` (``follow.html``)."""
+    follow, ids = stored.get("follow"), stored.get("ids")
+    if not follow and not ids:
+        return "html"
+    return "both" if follow and follow.get("html") else "rules"
+
+
+def reads_any_body(stored: Mapping[str, Any]) -> bool:
+    """Whether the job reads every 2xx body, not only HTML: ids or links found in XML, JSON or
+    text (follow, ids), items, and files or tar archives of any type."""
+    if stored.get("follow") or stored.get("ids"):
+        return True
+    if any(e.get("kind") in BUILTIN_EXTRACTORS for e in stored.get("extract") or ()):
+        return True
+    return any(s.get("kind") in ("files", "tar") for s in stored.get("save") or ())
 
 
 def ruleset_of(stored: Mapping[str, Any]) -> int:
@@ -182,8 +437,14 @@ def ruleset_of(stored: Mapping[str, Any]) -> int:
     ``YIELD_KEYS`` is set, else the first 8 bytes of the SHA-256 of their canonical JSON
     (sorted keys, no spaces) as a signed 64-bit integer, never 0. Jobs with the same rule set
     get the same yields from a page, so one can be answered from what the other extracted;
-    the order of extractors counts, the order of keys within one does not."""
+    the order of extractors counts, the order of keys within one does not. ``ids`` counts by
+    its ``regex`` and ``urlFormat`` only: seeds and id sets are where a crawl starts, not what
+    a page yields. ``save`` counts on purpose: a page is answered from the store only under a
+    rule set that saved its current version."""
     keys = {k: stored[k] for k in YIELD_KEYS if stored.get(k)}
+    for key, kept in _RULESET_PROJECTION.items():
+        if key in keys:
+            keys[key] = {k: v for k, v in keys[key].items() if k in kept}
     if not keys:
         return 0
     canonical = json.dumps(keys, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -213,7 +474,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
     validated and made canonical already (the newline body), so they are not parsed again."""
     context = {"max_depth": settings.max_depth, "max_level": settings.max_level,
                "canonical": canonical, "fetchers": settings.fetcher_kinds,
-               "extractors": settings.extractor_kinds}
+               "extractors": (*BUILTIN_EXTRACTORS, *settings.extractor_kinds),
+               "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds)}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)

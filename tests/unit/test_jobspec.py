@@ -64,8 +64,8 @@ def test_newline_and_query_map_onto_the_spec(path_qs: str, body: str,
      "Invalid urls[1]: not an absolute http(s) URL: ftp://x.example/"),
     ({"urls": ["http://a.example/", 3]}, "Invalid urls[1]: Input should be a valid string"),
     ({"urls": "http://a.example/"}, "Invalid urls: Input should be a valid array"),
-    ({"urls": ["http://a.example/"], "follow": True},
-     "Invalid follow: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "task": True},
+     "Invalid task: Extra inputs are not permitted"),
     ({"urls": ["http://a.example/"], "force_crawl": True},
      "Invalid force_crawl: Extra inputs are not permitted"),
     ({"urls": ["http://a.example/"], "forceCrawl": "yes"},
@@ -122,7 +122,7 @@ def _spec(settings: Settings = EXTRACTING, **keys: object) -> JobSpec:
     ({"fetcher": "nope"}, "Invalid fetcher: unknown fetcher kind: nope (known: http, static)"),
     ({"fetcher": 3}, "Invalid fetcher: Input should be a valid string"),
     ({"extract": [{"kind": "test-title"}, {"kind": "nope"}]},
-     "Invalid extract[1].kind: unknown extractor kind: nope (known: test-title, other)"),
+     "Invalid extract[1].kind: unknown extractor kind: nope (known: items, test-title, other)"),
     ({"extract": [{"tag": "h1"}]}, "Invalid extract[0].kind: Field required"),
     ({"extract": {"kind": "test-title"}}, "Invalid extract: Input should be a valid array"),
     ({"extract": ["test-title"]}, "Invalid extract[0]: expected a JSON object"),
@@ -137,9 +137,9 @@ def test_fetcher_and_extract_errors_name_their_field(keys: dict[str, object],
     assert e.value.field == message.split(":")[0].removeprefix("Invalid ")
 
 
-def test_no_extractor_kind_is_known_by_default() -> None:
+def test_only_the_built_in_extractor_kind_is_known_by_default() -> None:
     with pytest.raises(SpecError, match=r"^Invalid extract\[0\]\.kind: unknown extractor kind: "
-                                        r"test-title \(known: none\)$"):
+                                        r"test-title \(known: items\)$"):
         _spec(SETTINGS, extract=[{"kind": "test-title"}])
 
 
