@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
@@ -211,6 +212,12 @@ class Pipeline:
                 if isinstance(written, Done):
                     return written
                 ex = written
+        if ex.ruleset and ex.yields:
+            bad = _not_json(ex.yields)
+            if bad is not None:  # not storable: this visit fails, before the commit
+                log.warning("visit of %s failed: %s", v.url, bad)
+                return Done(v.key, v.msgs, replace(page, body=None, raw=None), attempt,
+                            failure=bad, extraction=Extraction(ex.links))
         extra: tuple[str, ...] = ()
         p = v.planned
         if p.sitemaps and p.level == 0 and p.max_level > 1 and self.settings.robots \
@@ -402,6 +409,17 @@ class Pipeline:
 
 
 _NOTHING = Extraction()
+
+
+def _not_json(yields: tuple[Yield, ...]) -> str | None:
+    """Why the first of ``yields`` whose value JSON cannot encode cannot be stored; None:
+    they all can."""
+    for i, y in enumerate(yields):
+        try:
+            json.dumps(y.value)
+        except (TypeError, ValueError) as e:
+            return f"yield {i} ({y.kind}) is not JSON: {describe(e)}"
+    return None
 
 
 class _Hold:

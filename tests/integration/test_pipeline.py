@@ -353,6 +353,35 @@ async def test_a_rule_sets_extractor_failing_fails_this_visit_and_keeps_the_page
     await until(lambda: zero(rig.unsettled()), what="message acked")
 
 
+class Sets(Record):
+    """Adds an item that is not JSON (a set) for the page ``/bad``."""
+
+    async def __call__(self, ctx: Context, page: FetchedPage, ex: Extraction) -> Extraction:
+        ex = await super().__call__(ctx, page, ex)
+        if ctx.url.endswith("/bad"):
+            ex = Extraction(ex.links, (*ex.yields, Yield("item", {"tags": {"a"}})), ex.ruleset)
+        return ex
+
+
+async def test_a_yield_that_is_not_json_fails_its_visit_only(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    urls = [SITE + "/good", SITE + "/bad"]
+    for u in urls:
+        PAGES[u] = b"<title>t</title>"
+    keys = await rig.job(db, urls, TITLED)
+    rig.plan(keys, task=Sets(rig.settings, {}), ruleset=ruleset_of(TITLED))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visits committed")
+    failed = await db.fetch("SELECT url_id, reason FROM job_failure WHERE job_id = $1",
+                            keys[0][0])
+    assert [tuple(r) for r in failed] == [
+        (keys[1][1], ("yield 2 (item) is not JSON: TypeError: Object of type set is not "
+                      "JSON serializable"))]
+    assert [y.value for _, y in await jobs.job_yields(db, keys[0][0])] == [
+        {"title": "t"}, {"status": 200}]  # the good page's
+    await until(lambda: zero(rig.unsettled()), what="messages acked")
+
+
 class RateLimited(StaticFetcher):
     """Answers like GitHub once its rate limit is spent: 403, remaining 0, reset at ``reset``."""
 
