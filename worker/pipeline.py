@@ -339,7 +339,7 @@ class Pipeline:
             async with _heartbeat(v.msgs, self.beat):
                 paused = await self.gate.wait_start(slot)
                 if paused is None:
-                    page = await v.plan.fetcher.fetch(req, self.gate)  # never raises
+                    page = await self._fetch(v.plan.fetcher, req, attempt == v.planned.attempts + 1)
         except BaseException:  # shutting down (or a bug): free the slot for others now
             self.gate.release(slot, trouble=False, retry_after=None)
             raise
@@ -353,6 +353,21 @@ class Pipeline:
         decision = req.policy.decide(page, attempt)
         self.gate.release(slot, own and decision.trouble, decision.pause if own else None)
         return page, decision
+
+    async def _fetch(self, fetcher: Fetcher, req: FetchRequest, first: bool) -> FetchedPage:
+        """The fetcher's answer, marked with its kind. A fetcher that raises (only http
+        promises never to) got no answer: its policy decides, as for a timeout. Its traceback
+        is logged at the visit's ``first`` attempt only (the retries' log lines say the rest)."""
+        try:
+            page = await fetcher.fetch(req, self.gate)
+        except Exception as e:
+            if first:
+                log.exception("fetcher %s raised fetching %s", fetcher.kind, req.url)
+            page = FetchedPage(req.url_id, None, None, f"fetcher error: {describe(e)}",
+                               cacheable=False)
+        if fetcher.kind != "http":
+            page = replace(page, fetcher=fetcher.kind)
+        return page
 
     async def _wait_to_retry(self, v: Visit, delay: float, hold: _Hold) -> Slot | None:
         """Count the failed attempt, wait ``delay`` (giving the worker's concurrency slot to

@@ -327,9 +327,10 @@ async def test_pathological_html_fails_alone_within_the_parse_deadline(settings:
 async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         db: asyncpg.Connection) -> None:
-    # The fetch raises on one page (a bug) while the visit holds its host slot: that visit is
-    # recorded as failed with the exception, once, its messages are settled and its host slot
-    # given back at once, not after the message's or the slot's lease.
+    # The fetch raises on one page (a bug) while the visit holds its host slot: like a fetch
+    # with no answer, it is retried as the policy says, then recorded as failed with the
+    # exception (its traceback logged once), its messages are settled and its host slot given
+    # back at once, not after the message's or the slot's lease.
     real = fetch_page
 
     async def fetch(session: Any, settings: Settings, url_id: int, url: str,
@@ -347,7 +348,8 @@ async def test_an_exception_in_a_visit_fails_that_visit_and_frees_everything(
             st = await stack.wait_complete(job, timeout=10)
             assert st["pages"]["failed"] == 1 and st["pages"]["processed"] == 3
             assert await stack.result(job, status="failed") == {site.base + "/bad": {
-                "status": None, "reason": "RuntimeError: the fetcher exploded", "attempts": 1}}
+                "status": None, "reason": "fetcher error: RuntimeError: the fetcher exploded",
+                "attempts": settings.retries + 1}}
             assert (await stack.result(job))[site.base + "/"] == [site.base + "/bad",
                                                                   site.base + "/good"]
             await stack.wait_idle(timeout=5)  # every message settled

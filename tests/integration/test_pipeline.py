@@ -1,7 +1,9 @@
 """The visit pipeline (worker/pipeline.py) on real PostgreSQL and NATS, with the test plug-ins
 of tests/plugins.py: a job's steps run in order (fetch, extract, task, outputs, then the commit),
 an output that fails fails its visit only, a task asking to retry puts the visit back in the
-frontier, and a job's extractors come from its stored spec."""
+frontier, and a job's extractors come from its stored spec; what a worker cannot serve waits
+for another, a rule set's extractor or a yield that fails fails the visit only, a fetcher that
+raises is retried, a rate limit defers the visit."""
 
 from __future__ import annotations
 
@@ -382,6 +384,41 @@ async def test_a_yield_that_is_not_json_fails_its_visit_only(
     await until(lambda: zero(rig.unsettled()), what="messages acked")
 
 
+class Flaky(StaticFetcher):
+    """Raises on its first ``fails`` fetches (a plug-in's bug), then serves ``PAGES``."""
+
+    def __init__(self, settings: Settings, fails: int) -> None:
+        super().__init__(settings, concurrency=1)
+        self.fails = fails
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+        if self.fails > 0:
+            LOG.append(("fetch", req.url))
+            self.fails -= 1
+            raise RuntimeError("boom")
+        return await super().fetch(req, hops)
+
+
+@pytest.mark.parametrize(("fails", "reason"), [
+    (1, None), (5, "fetcher error: RuntimeError: boom")])
+async def test_a_fetcher_that_raises_is_retried_as_policy_says(
+        rig: Rig, db: asyncpg.Connection, fails: int, reason: str | None) -> None:
+    url = SITE + "/flaky"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url])
+    web = rig.plans.web
+    policy = RetryPolicy(retries=1, base=0.01, cap=0.05, max_pause=1.0)
+    rig.plans.put(JobPlan(keys[0][0], Flaky(rig.settings, fails), web, (web.link_extractor(),),
+                          None, (), policy, 0, False))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    failed = await db.fetchrow("SELECT reason, attempts FROM job_failure WHERE job_id = $1",
+                               keys[0][0])
+    assert (tuple(failed) if failed else None) == (None if reason is None else (reason, 2))
+    assert [step for step, _ in LOG].count("fetch") == 2
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+
+
 class RateLimited(StaticFetcher):
     """Answers like GitHub once its rate limit is spent: 403, remaining 0, reset at ``reset``."""
 
@@ -416,3 +453,21 @@ async def test_a_rate_limit_defers_the_visit_until_the_reset_without_an_attempt(
     await until(lambda: zero(rig.unsettled()), what="message acked")
     assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
                              keys[0][0]) == 0
+
+
+async def test_the_page_carries_the_kind_of_its_fetcher(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/kind"
+    PAGES[url] = b"<title>t</title>"
+    kinds: list[str] = []
+
+    class Kinds(Record):
+        async def __call__(self, ctx: Context, page: FetchedPage, ex: Extraction) -> Extraction:
+            kinds.append(page.fetcher)
+            return ex
+
+    keys = await rig.job(db, [url])
+    rig.plan(keys, task=Kinds(rig.settings, {}))
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    assert kinds == ["static"]
