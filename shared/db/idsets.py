@@ -11,10 +11,14 @@ in memory.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import asyncpg
+
+from shared.db.pages import upsert_urls
+from shared.ids import id_url
+from shared.mime import guess_mime
 
 
 async def create_set(conn: asyncpg.Connection) -> UUID:
@@ -42,3 +46,95 @@ async def usable(conn: asyncpg.Connection, set_id: UUID) -> bool:
     """Whether the set exists and its upload completed."""
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT FROM id_set WHERE id = $1 AND complete)", set_id))
+
+
+SEED_CHUNK = 5_000  # ids a statement when seeding a job
+
+
+async def first_url(conn: asyncpg.Connection, url_format: str, known: UUID,
+                    explored: UUID | None) -> str | None:
+    """The URL of the least known id that is not explored (else of the least known id): the
+    job URL of a job given neither URLs nor seeds. None for an empty set."""
+    ident = await conn.fetchval("""
+        SELECT k.ident FROM id_set_member k
+        WHERE k.set_id = $1 AND NOT EXISTS (
+            SELECT FROM id_set_member e WHERE e.set_id = $2 AND e.ident = k.ident)
+        ORDER BY k.ident LIMIT 1""", known, explored)
+    if ident is None:
+        ident = await conn.fetchval(
+            "SELECT min(ident) FROM id_set_member WHERE set_id = $1", known)
+    return None if ident is None else id_url(url_format, ident)
+
+
+async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_format: str,
+                   known: UUID | None, explored: UUID | None) -> int:
+    """Put a new job's id sets into its frontier; returns how many known ids were queued.
+
+    Run it in the transaction creating the job, after its job URLs. Explored ids first: each
+    id's URL (``id_url``) becomes a visit at level 0 that is not pending: found again it is
+    never queued (a child's level is never below 1, so it is never lowered either), and a
+    known id that is explored too is not queued. Then known ids: those not visited yet (a job
+    URL, a seed, an explored id) are queued with the job's first URL (``origin_id``) as their
+    origin, whose pending counter grows by as many: the job completes when they are done.
+    A job with ``maxPages`` counts them in ``job.visits`` and queues no more than room is left.
+
+    Each set is read through a cursor, ``SEED_CHUNK`` ids at a time and each statement takes at
+    most as many: the memory of a chunk, whatever the size of the sets. An id that makes no URL
+    under the format is left out."""
+    if explored is not None:
+        async for url_ids in _url_ids(conn, explored, url_format):
+            await conn.execute("""
+                INSERT INTO job_visit (job_id, url_id, level)
+                SELECT $1, u, 0 FROM unnest($2::bigint[]) u ORDER BY 2
+                ON CONFLICT DO NOTHING""", job_id, url_ids)
+    if known is None:
+        return 0
+    room: int | None = await conn.fetchval(
+        "SELECT max_pages - visits FROM job WHERE id = $1", job_id)
+    queued = 0
+    async for url_ids in _url_ids(conn, known, url_format):
+        if room is not None and queued >= room:
+            break
+        queued += await conn.fetchval("""
+            WITH added AS (
+                INSERT INTO job_visit (job_id, url_id, level)
+                SELECT $1, u, 0 FROM unnest($2::bigint[]) u
+                WHERE NOT EXISTS (SELECT FROM job_visit v WHERE v.job_id = $1 AND v.url_id = u)
+                ORDER BY 2 LIMIT $4
+                ON CONFLICT DO NOTHING RETURNING url_id
+            ), queued AS (
+                INSERT INTO job_pending (job_id, url_id, origin_id)
+                SELECT $1, url_id, $3 FROM added ORDER BY 2
+                ON CONFLICT DO NOTHING RETURNING 1
+            )
+            SELECT count(*)::int FROM queued""",
+            job_id, url_ids, origin_id, None if room is None else room - queued)
+    if queued:
+        await conn.execute("""
+            UPDATE job_url SET pending = pending + $3, completed_on = NULL
+            WHERE job_id = $1 AND url_id = $2""", job_id, origin_id, queued)
+        await conn.execute("""
+            UPDATE job SET visits = visits + $2 WHERE id = $1 AND max_pages IS NOT NULL""",
+            job_id, queued)
+    return queued
+
+
+async def _url_ids(conn: asyncpg.Connection, set_id: UUID,
+                   url_format: str) -> AsyncIterator[list[int]]:
+    """The URL ids of the set's distinct ids under the format (URLs inserted where new), in
+    chunks of at most ``SEED_CHUNK``, read through a cursor (call it in a transaction)."""
+    cursor = await conn.cursor(
+        "SELECT DISTINCT ident FROM id_set_member WHERE set_id = $1 ORDER BY ident", set_id)
+    while True:
+        rows = await cursor.fetch(SEED_CHUNK)
+        urls: dict[str, str] = {}
+        for r in rows:
+            try:
+                url = id_url(url_format, r["ident"])
+            except ValueError:
+                continue
+            urls[url] = guess_mime(url)
+        if urls:
+            yield sorted(set((await upsert_urls(conn, urls)).values()))
+        if len(rows) < SEED_CHUNK:
+            break

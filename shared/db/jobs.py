@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
-from shared.jobspec import ruleset_of, stored_spec
+from shared.jobspec import follow_mode, ruleset_of, stored_spec
 from shared.robots import REFUSALS
 from shared.scope import Scope
 
@@ -47,19 +48,28 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
     ``spec`` is the stored job spec (``JobSpec.stored()``); by default the one these arguments
-    make. The columns stay what the hot path reads; ``fetcher`` and ``ruleset`` come from the
-    spec. Run it in a transaction: the job is either wholly there or not at all.
+    make. The columns stay what the hot path reads; ``fetcher``, ``ruleset`` and ``follow``
+    come from the spec. An id crawl's id sets (``ids.known``, ``ids.explored``: complete sets,
+    checked by the caller) are seeded after the job URLs (``idsets.seed_job``); given no URLs,
+    the job starts from the least known id's URL. Run it in a transaction: the job is either
+    wholly there or not at all.
     """
+    from shared.db import idsets
+    from shared.db.pages import upsert_urls
     if spec is None:
         spec = stored_spec(max_level, force_crawl, sitemaps, scope, max_pages)
+    id_spec = spec.get("ids") or {}
+    known, explored = (UUID(id_spec[k]) if id_spec.get(k) else None for k in ("known", "explored"))
+    if not urls and known is not None:
+        first = await idsets.first_url(conn, id_spec["urlFormat"], known, explored)
+        urls = [first] if first is not None else []
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
-                         spec, fetcher, ruleset)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING id""",
+                         spec, fetcher, ruleset, follow)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
         sitemaps, None if max_pages is None else len(set(urls)),  # visits.py: the cap's count
-        json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec))
-    from shared.db.pages import upsert_urls
+        json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec), follow_mode(spec))
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
     await conn.execute("""
@@ -71,6 +81,8 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     await conn.execute("""
         INSERT INTO job_pending (job_id, url_id, origin_id)
         SELECT $1, u, u FROM unnest($2::bigint[]) u""", job_id, ids)
+    if (known or explored) and ids:
+        await idsets.seed_job(conn, job_id, ids[0], id_spec["urlFormat"], known, explored)
     return job_id, ids
 
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
+from shared.config import Settings
 from shared.db import bodies, idsets, jobs, pages, visits
+from shared.jobspec import ruleset_of, validate_spec
 from shared.model import Extraction, FetchedPage, Yield
 from shared.scope import Scope
 
@@ -206,3 +210,114 @@ async def test_rules_children_respect_depth_scope_and_max_pages(db: asyncpg.Conn
         await db.execute("UPDATE job SET follow = 'rules', ruleset = $2 WHERE id = $1",
                          capped, RULES)
     assert await process(db, capped, p) == [f"{H}/1", f"{H}/2"]  # in scope, 3 pages in all
+
+
+FMT = f"{H}/item?id={{}}"
+SETTINGS = Settings()
+
+
+async def id_set(db: asyncpg.Connection, idents: list[str]) -> UUID:
+    async with db.transaction():
+        s = await idsets.create_set(db)
+        for i in range(0, len(idents), 5000):
+            await idsets.add_members(db, s, idents[i:i + 5000])
+        await idsets.finish_set(db, s, len(idents))
+    return s
+
+
+async def id_job(db: asyncpg.Connection, **ids: Any) -> int:
+    """A job from a spec with ``ids`` (uuids given as such), created as the web server does."""
+    ids = {"regex": r"id=(\w+)", "urlFormat": FMT,
+           **{k: str(v) if isinstance(v, UUID) else v for k, v in ids.items()}}
+    maxpages = ids.pop("maxPages", None)
+    body = {"ids": ids, **({"scope": {"maxPages": maxpages}} if maxpages else {})}
+    spec = validate_spec(json.dumps(body), SETTINGS)
+    async with db.transaction():
+        job, _ = await jobs.create_job(db, spec.urls, spec.max_level, spec.force_crawl,
+                                       spec.scope.as_scope(), spec.scope.max_pages, spec.sitemaps,
+                                       spec.stored())
+    return job
+
+
+def item(ident: str) -> str:
+    return FMT.format(ident)
+
+
+async def pending_urls(db: asyncpg.Connection, job: int) -> list[str]:
+    return sorted(r["url"] for r in await db.fetch(
+        "SELECT u.url FROM job_pending p JOIN url u ON u.id = p.url_id WHERE p.job_id = $1", job))
+
+
+async def job_counters(db: asyncpg.Connection, job: int) -> dict[str, tuple[int, bool]]:
+    return {r["url"]: (r["pending"], r["completed"]) for r in await db.fetch("""
+        SELECT u.url, ju.pending, ju.completed_on IS NOT NULL AS completed
+        FROM job_url ju JOIN url u ON u.id = ju.url_id WHERE ju.job_id = $1""", job)}
+
+
+async def ids_found(db: asyncpg.Connection, url: str, *idents: str) -> None:
+    await record(db, url, yields=tuple(Yield("id", {"id": i, "url": item(i)}) for i in idents),
+                 ruleset=ruleset_of(validate_spec(json.dumps(
+                     {"ids": {"regex": r"id=(\w+)", "urlFormat": FMT}, "urls": [H]}),
+                     SETTINGS).stored()))
+
+
+async def test_seed_job_queues_known_ids_once_and_never_explored_ones(
+        db: asyncpg.Connection) -> None:
+    explored = await id_set(db, ["e1", "e2", "both", "e1"])
+    known = await id_set(db, ["k1", "k2", "both", "k1", "k3", "s1"])
+    job = await id_job(db, seeds=["s1", "e1"], known=known, explored=explored)
+    assert await db.fetchval("SELECT follow FROM job WHERE id = $1", job) == "rules"
+    # Seeds are job URLs, fetched even when explored; known ids are queued from the first one.
+    assert await pending_urls(db, job) == [item(i) for i in ("e1", "k1", "k2", "k3", "s1")]
+    assert await job_counters(db, job) == {item("s1"): (4, False), item("e1"): (1, False)}
+    # Found again: explored ids are never queued, nor known ones already pending or visited.
+    await ids_found(db, item("k1"), "e2", "both", "k2", "s1", "new")
+    assert await process(db, job, item("k1")) == [item("new")]
+    await ids_found(db, item("new"), "k1", "new", "e2", "k3")
+    assert await process(db, job, item("new")) == []
+    for ident in ("s1", "e1", "k2", "k3"):
+        await ids_found(db, item(ident), "e1", "e2", "both")
+        assert await process(db, job, item(ident)) == []
+    assert await job_counters(db, job) == {item("s1"): (0, True), item("e1"): (0, True)}
+    assert not await pending_urls(db, job)
+
+
+async def test_a_job_given_only_known_ids_starts_from_the_least_unexplored_one(
+        db: asyncpg.Connection) -> None:
+    known = await id_set(db, ["b", "c", "a", "d"])
+    explored = await id_set(db, ["a"])
+    job = await id_job(db, known=known, explored=explored)
+    assert await job_counters(db, job) == {item("b"): (3, False)}
+    assert await pending_urls(db, job) == [item(i) for i in ("b", "c", "d")]
+
+
+async def test_seeded_ids_count_against_max_pages(db: asyncpg.Connection) -> None:
+    known = await id_set(db, [f"k{i}" for i in range(10)])
+    explored = await id_set(db, ["k0", "k1"])
+    job = await id_job(db, seeds=["s"], known=known, explored=explored, maxPages=5)
+    assert await pending_urls(db, job) == [item(i) for i in ("k2", "k3", "k4", "k5", "s")]
+    assert await db.fetchval("SELECT visits FROM job WHERE id = $1", job) == 5
+    assert await job_counters(db, job) == {item("s"): (5, False)}
+    await ids_found(db, item("s"), "k9", "other")
+    assert await process(db, job, item("s")) == []  # the cap is reached
+
+
+async def test_seed_job_memory_is_chunked(db: asyncpg.Connection) -> None:
+    n = 12_345
+    known = await id_set(db, [f"{i:06d}" for i in range(n)])
+    explored = await id_set(db, [f"{i:06d}" for i in range(0, 2 * n, 2)])  # every other id
+    sizes: list[int] = []
+
+    def log(q: Any) -> None:
+        sizes.extend(len(a) for a in q.args if isinstance(a, list))
+
+    db.add_query_logger(log)
+    try:
+        job = await id_job(db, known=known, explored=explored)
+    finally:
+        db.remove_query_logger(log)
+    assert sizes and max(sizes) <= 5000
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == n // 2
+    assert await db.fetchval("SELECT sum(pending) FROM job_url WHERE job_id = $1", job) == n // 2
+    assert await db.fetchval(
+        "SELECT count(*) FROM job_visit WHERE job_id = $1", job) == n // 2 + n
