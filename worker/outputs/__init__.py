@@ -1,5 +1,5 @@
-"""Outputs: where a job saves what it fetched (``OUTPUTS``, by kind; none built in yet: WARC,
-files and tar come with issue 11). An output writes before the visit's commit transaction, so
+"""Outputs: where a job saves what it fetched (``OUTPUTS``, by kind; built in: ``warc``,
+``files``, ``tar``, ``db``, docs/architecture.md "Outputs"). An output writes before the visit's commit transaction, so
 it must be idempotent (a visit whose commit fails is made again); it returns yields (references
 to what it wrote) that are committed with the page. ``needs_raw``: the fetcher keeps the answer
 as received (``FetchedPage.raw``) for it. A failure of ``write`` fails that visit only.
@@ -25,6 +25,11 @@ Adding one (bodies in a content-addressed directory, as ``tests/plugins.py`` doe
 
 from __future__ import annotations
 
+import datetime
+import os
+import re
+import socket
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.model import Extraction, FetchedPage, Yield
@@ -34,6 +39,8 @@ from worker.tasks import Context
 
 @runtime_checkable
 class Output(Protocol):
+    """``close`` (optional, ``async def close(self) -> None``) is awaited once when the worker
+    shuts down (``JobPlans.aclose``): a file it keeps open is finished there."""
     name: str
     needs_raw: bool
 
@@ -42,3 +49,28 @@ class Output(Protocol):
 
 
 OUTPUTS: Registry[Output] = Registry("output")
+
+
+def job_dir(root: Path, job_id: int, kind: str) -> Path:
+    """Where a job's output of one kind lives: ``<outputRoot>/job-<jobId>/<kind>``."""
+    return root / f"job-{job_id}" / kind
+
+
+def worker_host() -> str:
+    """``hostname.pid``: the last part of a file name an output makes, so that each worker
+    process of each run writes its own files (on a shared filesystem too)."""
+    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
+    return f"{host}.{os.getpid()}"
+
+
+def stamp(now: datetime.datetime | None = None) -> str:
+    """UTC ``YYYYmmddHHMMSSfff``, the timestamp in a file name."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 1000:03d}"
+
+
+def iso_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+from worker.outputs import db, files, tar, warc  # noqa: F401 - register the built-ins

@@ -1,0 +1,152 @@
+"""The ``warc`` output: every answer as a WARC/1.1 ``response`` record (status line, headers and
+body as received) and the ``request`` record that asked for it, written with warcio, each
+record its own gzip member. Files ``{prefix}-{timestamp}-{serial:05d}-{hostname.pid}.warc.gz``
+under ``<outputRoot>/job-<jobId>/warc/``, each starting with a ``warcinfo`` record, rotated at
+``maxSize`` bytes (default 1 GB)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from shared.config import Settings
+from shared.model import Extraction, FetchedPage, RawResponse, Yield
+from worker.outputs import OUTPUTS, iso_now, job_dir, stamp, worker_host
+from worker.outputs.rotate import Appender
+from worker.tasks import Context
+
+SOFTWARE = "Harvester"
+_NS = uuid.UUID("6f1d3c52-5b0e-4d8a-9a57-3c1f2f0d8e41")  # WARC-Record-IDs: uuid5 in this
+_REMEMBERED = 100_000  # refs of records written by this process, for redeliveries
+
+
+def record_id(job_id: int, url_id: int, payload_sha1: str, kind: str = "response") -> str:
+    """The same page of the same job with the same bytes has the same record id."""
+    return f"<urn:uuid:{uuid.uuid5(_NS, f'{job_id}:{url_id}:{payload_sha1}:{kind}')}>"
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    return c.compress(data) + c.flush()
+
+
+def _record(writer_buf: io.BytesIO, writer: WARCWriter, record: Any) -> bytes:
+    writer_buf.seek(0)
+    writer_buf.truncate()
+    writer.write_record(record)
+    return _gzip(writer_buf.getvalue())
+
+
+def _text(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+def warcinfo(file_name: str, job_id: int, ruleset: int | None) -> bytes:
+    buf = io.BytesIO()
+    writer = WARCWriter(buf, gzip=False, warc_version="1.1")
+    info = {"software": SOFTWARE, "format": "WARC File Format 1.1",
+            "conformsTo": "https://iipc.github.io/warc-specifications/specifications/"
+                          "warc-format/warc-1.1/",
+            "harvester-job": str(job_id)}
+    if ruleset is not None:
+        info["harvester-ruleset"] = str(ruleset)
+    return _record(buf, writer, writer.create_warcinfo_record(file_name, info))
+
+
+def build_records(job_id: int, url_id: int, uri: str, raw: RawResponse,
+                  date: str) -> tuple[bytes, int, str, str]:
+    """(response member + request member, the response member's length, its
+    WARC-Payload-Digest, its WARC-Record-ID). CPU work: run it in a thread."""
+    payload_sha1 = hashlib.sha1(raw.body).hexdigest()
+    rid = record_id(job_id, url_id, payload_sha1)
+    buf = io.BytesIO()
+    writer = WARCWriter(buf, gzip=False, warc_version="1.1")
+    protocol, _, statusline = _text(raw.status_line).partition(" ")
+    http = StatusAndHeaders(statusline, [(_text(k), _text(v)) for k, v in raw.headers],
+                            protocol=protocol)
+    response = writer.create_warc_record(
+        uri, "response", payload=io.BytesIO(raw.body), length=len(raw.body), http_headers=http,
+        warc_headers_dict={"WARC-Record-ID": rid, "WARC-Date": date})
+    digest = str(response.rec_headers.get_header("WARC-Payload-Digest"))
+    first = _record(buf, writer, response)
+    parts = urlsplit(uri)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    sent = [(k, v) for k, v in raw.request_headers]
+    if not any(k.lower() == "host" for k, _ in sent):
+        sent.insert(0, ("Host", parts.netloc))
+    request = writer.create_warc_record(
+        uri, "request", http_headers=StatusAndHeaders(f"GET {target} HTTP/1.1", sent,
+                                                      is_http_request=True),
+        warc_headers_dict={"WARC-Record-ID": record_id(job_id, url_id, payload_sha1, "request"),
+                           "WARC-Date": date, "WARC-Concurrent-To": rid})
+    second = _record(buf, writer, request)
+    return first + second, len(first), digest, rid
+
+
+@OUTPUTS.register("warc")
+class Warc:
+    """Options: ``prefix`` (default ``harvester``), ``maxSize`` (bytes, default 10⁹). Yields
+    ``Yield("body", {"output": "warc", "file", "offset", "length", "digest", "status", "mime",
+    "date", "recordId"})``: ``file`` relative to ``outputRoot``, offset and length those of the
+    response record's gzip member. A 304 (nothing new) is not written; every other answer is."""
+    name = "warc"
+    needs_raw = True
+
+    def __init__(self, settings: Settings, options: Mapping[str, Any]) -> None:
+        self.root = Path(settings.output_root)
+        self.prefix = str(options.get("prefix", "harvester"))
+        self.max_size = int(options.get("maxSize", options.get("max_size", 10**9)))
+        self.ruleset: int | None = options.get("ruleset")
+        self.host = worker_host()
+        self._appender: Appender | None = None
+        self._written: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _open(self, job_id: int) -> Appender:
+        if self._appender is None:
+            self._appender = Appender(
+                job_dir(self.root, job_id, "warc"),
+                lambda serial: f"{self.prefix}-{stamp()}-{serial:05d}-{self.host}.warc.gz",
+                self.max_size, header=lambda name: warcinfo(name, job_id, self.ruleset),
+                root=self.root)
+        return self._appender
+
+    async def write(self, ctx: Context, page: FetchedPage, ex: Extraction) -> tuple[Yield, ...]:
+        raw = page.raw
+        if raw is None or page.not_modified:
+            return ()
+        uri = page.final_url or ctx.url
+        date = iso_now()
+        blob, length, digest, rid = await asyncio.to_thread(
+            build_records, ctx.job_id, page.url_id, uri, raw, date)
+        known = self._written.get(rid)
+        if known is not None:  # redelivered to this process, same bytes: already written
+            self._written.move_to_end(rid)
+            return (Yield("body", known),)
+        file, offset = await self._open(ctx.job_id).append(blob)
+        ref = {"output": "warc", "file": file, "offset": offset, "length": length,
+               "digest": digest, "status": page.status, "mime": page.mime, "date": date,
+               "recordId": rid}
+        self._written[rid] = ref
+        if len(self._written) > _REMEMBERED:
+            self._written.popitem(last=False)
+        return (Yield("body", ref),)
+
+    async def close(self) -> None:
+        if self._appender is not None:
+            await self._appender.close()
+
+    @property
+    def files(self) -> list[str]:
+        """The files written so far, relative to ``outputRoot``."""
+        return [] if self._appender is None else list(self._appender.files)
