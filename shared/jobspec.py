@@ -252,9 +252,10 @@ class FieldSpec(_Options):
 
 def _field_names(fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
     for name in fields:
-        if not name or name.startswith("_"):
-            raise PydanticCustomError("field_name", "field name '{name}' is empty or starts "
-                                      "with '_'", {"name": name})
+        if not name or name.startswith("_") or name in ("url", "seq"):
+            raise PydanticCustomError("field_name", "field name '{name}' is empty, starts with "
+                                      "'_' or is url or seq (GET /items' columns)",
+                                      {"name": name})
     return fields
 
 
@@ -505,10 +506,11 @@ def status_view(stored: str | dict[str, Any], urls: list[str]) -> dict[str, Any]
     spec["urls"] = urls
     out = {_alias(JobSpec, n): spec[_alias(JobSpec, n)] for n in JobSpec.model_fields
            if _alias(JobSpec, n) in spec}
-    if isinstance(out.get("scope"), dict):
-        scope = out["scope"]
-        out["scope"] = {_alias(ScopeSpec, n): scope[_alias(ScopeSpec, n)]
-                        for n in ScopeSpec.model_fields if _alias(ScopeSpec, n) in scope}
+    for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec)):
+        if isinstance(out.get(key), dict):
+            part = out[key]
+            out[key] = {_alias(model, n): part[_alias(model, n)]
+                        for n in model.model_fields if _alias(model, n) in part}
     return out
 
 

@@ -74,7 +74,11 @@ def _spec(settings: Settings = SETTINGS, **keys: object) -> JobSpec:
     ({"extract": [{"kind": "items", "fields": {}}]},
      "Invalid extract[0].fields: Dictionary should have at least 1 item after validation, not 0"),
     ({"extract": [{"kind": "items", "fields": {"_type": {"css": "a"}}}]},
-     "Invalid extract[0].fields: field name '_type' is empty or starts with '_'"),
+     ("Invalid extract[0].fields: field name '_type' is empty, starts with '_' or is url or seq "
+     "(GET /items' columns)")),
+    ({"extract": [{"kind": "items", "fields": {"url": {"css": "a"}}}]},
+     ("Invalid extract[0].fields: field name 'url' is empty, starts with '_' or is url or seq "
+     "(GET /items' columns)")),
     ({"extract": [{"kind": "items", "fields": {"t": {}}}]},
      "Invalid extract[0].fields.t: give exactly one of css, xpath, regex"),
     ({"extract": [{"kind": "items", "fields": {"t": {"css": "a", "xpath": "//a"}}}]},
@@ -146,6 +150,8 @@ def test_a_full_spec_validates_stores_and_posts_back() -> None:
     assert stored["save"][0] == {"kind": "warc", "maxSize": 1 << 20}  # options as given
     shown = status_view(stored, list(spec.urls))
     assert list(shown)[-3:] == ["follow", "ids", "save"]
+    assert list(shown["follow"]) == ["linkRegex", "css", "attr", "html"]
+    assert list(shown["ids"]) == ["regex", "urlFormat", "seeds", "known", "explored"]
     assert validate_spec(json.dumps(shown), SETTINGS) == spec
 
 
