@@ -321,3 +321,24 @@ async def test_seed_job_memory_is_chunked(db: asyncpg.Connection) -> None:
     assert await db.fetchval("SELECT sum(pending) FROM job_url WHERE job_id = $1", job) == n // 2
     assert await db.fetchval(
         "SELECT count(*) FROM job_visit WHERE job_id = $1", job) == n // 2 + n
+
+
+async def test_a_job_following_html_links_runs_no_rules_statement(db: asyncpg.Connection) -> None:
+    p = f"{H}/p"
+    await record(db, p, links=(f"{H}/a",), yields=(Yield("link", {"url": f"{H}/c"}),),
+                 ruleset=0)
+    job = await follow_job(db, p, "html")
+    statements: list[str] = []
+
+    def log(q: Any) -> None:
+        statements.append(q.query)
+
+    db.add_query_logger(log)
+    try:
+        assert await process(db, job, p) == [f"{H}/a"]  # not the rules' link
+    finally:
+        db.remove_query_logger(log)
+    # Today's statements: the children from url_link alone (lock_pending reads job.follow).
+    assert statements and not [s for s in statements if "url_yield" in s]
+    assert [s for s in statements if "url_link" in s] == [
+        s for s in statements if "INSERT INTO job_result" in s or visits._LINKS_SQL in s]
