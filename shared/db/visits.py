@@ -244,7 +244,8 @@ async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
 
 async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
                           extra: dict[Key, list[int]]) -> list[tuple[int, int, int]]:
-    """Add the parents' links (and ``extra`` URLs) as visits at level+1; returns
+    """Add the parents' children (their links, or for a job with follow rules or ids the links
+    and ids its rules found: ``_children``; and ``extra`` URLs) as visits at level+1; returns
     (job, url, origin) newly pending.
 
     Locks are taken in this order: first the visits already in the job (their level lowered
@@ -289,7 +290,7 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
 
 async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
                       extra: dict[Key, list[int]]) -> AsyncIterator[list[asyncpg.Record]]:
-    """The parents' links, each (job, url) once from its nearest parent, then the ``extra``
+    """The parents' children, each (job, url) once from its nearest parent, then the ``extra``
     URLs, all within their job's scope (never followed: images, CSS, JavaScript), in chunks of
     at most ``CHUNK`` rows (read through a cursor: call it in a transaction)."""
     sql, args = _children(parents)
