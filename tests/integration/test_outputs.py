@@ -71,11 +71,13 @@ async def test_appender_appends_whole_blobs_rotates_and_never_reopens(tmp_path: 
     assert await app.append(b"12345") == ("a", 3)
     assert await app.append(b"678901") == ("a", 8)      # 14 bytes now: the next one rotates
     assert await app.append(b"x") == ("b", 3)
+    big = b"z" * (300 * 1024)  # written from a thread
+    assert await app.append(big) == ("b", 4)
     await app.close()
     assert await app.append(b"y") == ("c", 3)
     await app.close()
     assert (tmp_path / "a").read_bytes() == b"[a]12345678901$"
-    assert (tmp_path / "b").read_bytes() == b"[b]x$"
+    assert (tmp_path / "b").read_bytes() == b"[b]x" + big + b"$"
     assert (tmp_path / "c").read_bytes() == b"[c]y$"
     assert app.files == ["a", "b", "c"]
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+_INLINE = 256 * 1024  # records up to this size are written on the event loop (microseconds)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -51,7 +52,10 @@ class Appender:
                 await asyncio.to_thread(self._open)
             assert self._fd is not None and self.file is not None
             offset = self.size
-            self._write(blob)
+            if len(blob) > _INLINE:  # a big record: the copy into the page cache in a thread
+                await asyncio.to_thread(self._write, blob)
+            else:
+                self._write(blob)
             return self.file, offset
 
     async def close(self) -> None:
