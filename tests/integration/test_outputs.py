@@ -146,6 +146,21 @@ async def test_warc_request_and_response_records_read_back(tmp_path: Path,
     warc_check(file)
 
 
+async def test_warc_non_ascii_headers_and_url_read_back(tmp_path: Path,
+                                                         settings: Settings) -> None:
+    out = make("warc", tmp_path, settings)
+    url = "http://127.0.0.1:9/caf\u00e9?q=\u00e9"
+    p = page(6, HTML, headers=((b"Content-Type", b"text/html"), (b"X-Name", b"caf\xe9")),
+             final_url=url)
+    ref = await save(out, ctx(6), p)
+    await out.close()  # type: ignore[attr-defined]
+    got = records(tmp_path / ref["file"])
+    assert got[1][1].get_header("WARC-Target-URI") == url
+    assert "X-Name: caf%C3%A9" in got[1][3] or "X-Name: caf%E9" in got[1][3], got[1][3]
+    assert got[2][3].startswith("GET /caf%C3%A9?q=%C3%A9 HTTP/1.1\r\n")
+    warc_check(tmp_path / ref["file"])
+
+
 async def test_warc_chunked_header_over_a_dechunked_body_reads_back(tmp_path: Path,
                                                                     settings: Settings) -> None:
     out = make("warc", tmp_path, settings)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -81,7 +81,8 @@ def build_records(job_id: int, url_id: int, uri: str, raw: RawResponse,
     digest = str(response.rec_headers.get_header("WARC-Payload-Digest"))
     first = _record(buf, writer, response)
     parts = urlsplit(uri)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                   safe="/?&=%:@!$'()*+,;~-._")  # a request line is ASCII
     sent = [(k, v) for k, v in raw.request_headers]
     if not any(k.lower() == "host" for k, _ in sent):
         sent.insert(0, ("Host", parts.netloc))
