@@ -1,7 +1,8 @@
 """Extractors: what a job pulls out of a fetched page (``EXTRACTORS``, by kind). Every job runs
 its source's link extractor first (built in: ``links``, ``worker.extractors.links``); a job
-spec's ``extract`` list adds others, whose yields (items, ids) are stored per page version and
-rule set. A factory takes ``(settings, options, lanes)``: the spec entry's options (every key
+with ``follow`` or ``ids`` runs ``follow`` next, and its spec's ``extract`` list adds others
+(built in: ``items``; both in ``worker.extractors.rules``), whose yields (links and ids to
+follow, items) are stored per page version and rule set. A factory takes ``(settings, options, lanes)``: the spec entry's options (every key
 but ``kind``) and the worker's parser processes (``worker.extractors.lanes.Parser``), for work
 too slow for the event loop.
 
@@ -60,3 +61,4 @@ class Extractor(Protocol):
 EXTRACTORS: Registry[Extractor] = Registry("extractor")
 
 from worker.extractors import links as _links  # noqa: F401 - registers "links"
+from worker.extractors import rules as _rules  # noqa: F401 - registers "follow", "items"

@@ -9,9 +9,11 @@ event loop, and it fails with a reason instead of coming back to every worker. (
 keep the loop responsive, as lexbor releases the GIL while it parses, but could not be stopped.)
 
 Frames on the pipes are a 4-byte length and a pickle: a page's (function name, base URL,
-encoding, body length) followed by the body in; the function's results in chunks, then an end
-mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by name: the links
-today, other extractors' slow parsing (CSS, XPath) in the same lanes later.
+encoding, body length, args) followed by the body in; the function's results in chunks, then an
+end mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by name: the links,
+and the rule sets' follow rules, ids and items (``worker.extractors.rules_core``: regexes, CSS,
+XPath), whose ``args`` are their rules as JSON. A regex that backtracks for ever is thus stopped
+by the deadline like a pathological page.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import IO, Any, Self
 
 from shared.mime import guess_mime
-from worker.extractors import ExtractFailed, ExtractLater
+from worker.extractors import ExtractFailed, ExtractLater, rules_core
 from worker.extractors.links_html import extract_links
 
 log = logging.getLogger(__name__)
@@ -96,9 +98,10 @@ class Parser:
         no lane is free within ``lane_wait``."""
         return await self.run("links", body, base_url, encoding)
 
-    async def run(self, function: str, body: bytes, base_url: str,
-                  encoding: str | None) -> list[Any]:
-        """The results of ``LANE_FUNCTIONS[function]`` on a page, as ``links`` says."""
+    async def run(self, function: str, body: bytes, base_url: str, encoding: str | None,
+                  args: Any = None) -> list[Any]:
+        """The results of ``LANE_FUNCTIONS[function]`` on a page (with ``args``, picklable),
+        as ``links`` says."""
         try:
             async with asyncio.timeout(self.lane_wait):
                 lane = await self._idle.get()
@@ -108,7 +111,7 @@ class Parser:
         healthy = False
         try:
             async with asyncio.timeout(self.timeout):
-                results, error = await lane.call(function, body, base_url, encoding)
+                results, error = await lane.call(function, body, base_url, encoding, args)
             healthy = True
         except TimeoutError:
             raise ParseFailed(f"parsing took longer than {self.timeout:g}s") from None
@@ -175,12 +178,12 @@ class _Lane:
                           f"{process.returncode})")
         return lane
 
-    async def call(self, function: str, body: bytes, base_url: str,
-                   encoding: str | None) -> tuple[list[Any], str | None]:
+    async def call(self, function: str, body: bytes, base_url: str, encoding: str | None,
+                   args: Any = None) -> tuple[list[Any], str | None]:
         """Send a page; the function's results, or what it raised."""
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
-        stdin.write(_frame((function, base_url, encoding, len(body))))
+        stdin.write(_frame((function, base_url, encoding, len(body), args)))
         stdin.write(body)  # as it is: no pickled copy of up to 10 MiB on the event loop
         await stdin.drain()
         results: list[Any] = []
@@ -208,10 +211,11 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
     writer.write(READY)
     writer.flush()
     while head := reader.read(_LENGTH.size):
-        function, base_url, encoding, size = pickle.loads(reader.read(_LENGTH.unpack(head)[0]))
+        function, base_url, encoding, size, args = pickle.loads(
+            reader.read(_LENGTH.unpack(head)[0]))
         body = reader.read(size)
         try:
-            found = LANE_FUNCTIONS[function](body, base_url, encoding)
+            found = LANE_FUNCTIONS[function](body, base_url, encoding, args)
         except Exception as e:  # noqa: BLE001 - reported to the worker, which fails the page
             writer.write(_frame(("error", f"{type(e).__name__}: {e}")))
         else:
@@ -221,12 +225,13 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
         writer.flush()
 
 
-def _links(body: bytes, base_url: str, encoding: str | None) -> Links:
+def _links(body: bytes, base_url: str, encoding: str | None, args: Any) -> Links:
     # sorted here, off the worker's event loop: it stores them in that order
     return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
 
 
-LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None], list[Any]]] = {"links": _links}
+LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None, Any], list[Any]]] = {
+    "links": _links, "follow": rules_core.follow, "items": rules_core.items}
 
 
 def die_with(parent: int) -> None:

@@ -1,0 +1,87 @@
+"""The rule extractors (worker/extractors/rules.py) run in the worker's parser lanes, real child
+processes: what they find there is what rules_core finds, and a regex that backtracks for ever
+is killed at the parse deadline, its lane replaced, while other pages are read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.model import FetchedPage
+from tests.integration.test_parse import alive, lanes, until
+from worker.extractors import ExtractFailed, rules_core
+from worker.extractors.lanes import ParseFailed, Parser
+from worker.extractors.rules import Follow, Items
+
+BASE = "http://site.test/p"
+FOLLOW = {"follow": {"linkRegex": r"href='(/n/\d+)'", "css": [], "attr": "href",
+                     "html": False},
+          "ids": {"regex": r"id:(\d+)", "urlFormat": "http://ids.test/item?id={}", "seeds": [],
+                  "known": None, "explored": None}}
+ITEMS = {"name": "t", "fields": {"title": {"css": "title"},
+                                 "n": {"xpath": "count(//a)", "type": "int"}}}
+
+
+def page(body: bytes) -> FetchedPage:
+    return FetchedPage(1, 200, "text/plain", None, cacheable=True, body=body)
+
+
+@pytest.fixture
+async def parser() -> AsyncIterator[Parser]:
+    async with Parser(timeout=1.0, lanes=2) as p:
+        yield p
+
+
+async def test_follow_and_items_run_in_the_lanes(parser: Parser) -> None:
+    body = b"<title>T</title><a href='/n/1'>1</a> id:7 <a href='/n/1'>again</a> id:8"
+    follow = Follow(None, FOLLOW, parser)
+    got = await follow.extract(page(body), BASE)
+    assert [(y.kind, y.value) for y in got.yields] == [
+        ("link", {"url": "http://site.test/n/1"}),
+        ("id", {"id": "7", "url": "http://ids.test/item?id=7"}),
+        ("id", {"id": "8", "url": "http://ids.test/item?id=8"})]
+    assert got.yields and got.links == ()  # yields only: the frontier follows them
+    assert [(y.kind, y.value) for y in got.yields] == rules_core.follow(
+        body, BASE, None, follow.rules)
+    items = await Items(None, ITEMS, parser).extract(page(body), BASE)
+    assert [(y.kind, y.value) for y in items.yields] == [
+        ("item", {"_type": "t", "title": "T", "n": 2})]
+
+
+async def test_a_catastrophic_regex_is_killed_at_the_deadline_and_its_lane_replaced(
+        parser: Parser) -> None:
+    evil = Follow(None, {"follow": {"linkRegex": "(a+)+$"}}, parser)
+    good = Follow(None, FOLLOW, parser)
+    pids = lanes(parser)
+    hostile = page(b"a" * 64 + b"!")  # 2^64 ways to split the a's before failing at "!"
+    t0 = time.monotonic()
+    slow = asyncio.create_task(evil.extract(hostile, BASE))
+    # the other lane reads other pages meanwhile
+    for _ in range(5):
+        got = await good.extract(page(b"<a href='/n/2'>"), BASE)
+        assert [y.value for y in got.yields] == [{"url": "http://site.test/n/2"}]
+    with pytest.raises(ParseFailed, match="parsing took longer than 1s") as failed:
+        await slow
+    assert isinstance(failed.value, ExtractFailed)  # from a rule set's extractor: the visit fails
+    assert time.monotonic() - t0 < 10
+    await until(lambda: len(lanes(parser)) == 2 and lanes(parser) != pids, "a new lane")
+    killed = next(iter(pids - lanes(parser)))
+    assert not alive(killed)
+    results = await asyncio.gather(*(good.extract(page(b"id:3"), BASE) for _ in range(4)))
+    assert all([y.value["id"] for y in r.yields] == ["3"] for r in results)
+
+
+async def test_rules_that_do_not_compile_fail_in_the_factory() -> None:
+    lanes = Parser(1.0)  # not entered: no process is started
+    with pytest.raises(ValueError, match="capture groups"):
+        Follow(None, {"follow": {"linkRegex": "(a)(b)"}}, lanes)
+    with pytest.raises(ValueError, match="exactly one of css, xpath, regex"):
+        Items(None, {"fields": {"x": {"css": "p", "regex": "p"}}}, lanes)
+    assert json.loads(Follow(None, {"ids": FOLLOW["ids"]}, lanes).rules) == {
+        "idRegex": r"id:(\d+)", "urlFormat": "http://ids.test/item?id={}"}
+
+
