@@ -14,13 +14,14 @@ from aiohttp import web
 
 from shared import bus
 from shared.config import Settings
-from shared.db import jobs, workers
+from shared.db import idsets, jobs, workers
 from shared.db.pool import RETRYABLE
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
+from web_server import exports
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
 from web_server.render import json_response, string
@@ -120,6 +121,7 @@ async def schedule(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"Too many URLs: {len(spec.urls)} (at most {settings.max_job_urls})")
     deps = request.app[DEPS]
     deps.check_nats()  # 503 now, before creating anything, if NATS is away
+    await _check_id_sets(deps, spec)
     job_id = await _create_job(deps, spec)
     # Committed: the job is durable. Its URLs are pending visits (the outbox) that the foremen's
     # feeders publish as the URL queue has room, however large the job and however full the
@@ -169,6 +171,21 @@ def _looks_like_json(body: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _check_id_sets(deps: Deps, spec: JobSpec) -> None:
+    """The id sets a spec names must exist and be complete (a 400 naming the field)."""
+    if spec.ids is None:
+        return
+    for name in ("known", "explored"):
+        set_id = getattr(spec.ids, name)
+        if set_id is None:
+            continue
+        async with deps.acquire() as conn:
+            ok = await idsets.usable(conn, set_id)
+        if not ok:
+            raise BadRequest(f"Invalid ids.{name}: no complete id set {set_id} "
+                             "(upload it with POST /idsets)")
 
 
 async def _create_job(deps: Deps, spec: JobSpec) -> int:
@@ -252,15 +269,18 @@ async def result(request: web.Request) -> web.StreamResponse:
     job_id = parse_job_id(request)
     if "status" in request.query:
         return await _failures(request, job_id)
+    fmt = exports.parse_format(request)
     mime = request.query.get("mime", "").strip() or None
     deps = request.app[DEPS]
     async with deps.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
         chunk = await jobs.result_chunk(conn, job_id, (0, 0), mime)
-    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    content_type = {"json": "application/json", "jsonl": "application/x-ndjson",
+                    "csv": "text/csv; charset=utf-8"}[fmt]
+    resp = web.StreamResponse(headers={"Content-Type": content_type})
     await resp.prepare(request)
-    out = _ResultWriter(resp)
+    out = _ResultWriter(resp) if fmt == "json" else exports.RESULT_WRITERS[fmt](resp)
     try:
         while chunk is not None:
             await out.write(chunk.pages, chunk.continues)
@@ -355,4 +375,8 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_get(base + "/status/{job_id}", status, allow_head=False)
     app.router.add_get(base + "/result/{job_id}", result, allow_head=False)
     app.router.add_get(base + "/workers", workers_list, allow_head=False)
+    app.router.add_get(base + "/items/{job_id}", exports.items, allow_head=False)
+    app.router.add_get(base + "/bodies/{job_id}", exports.saved_bodies, allow_head=False)
+    app.router.add_get(base + "/index/{job_id}", exports.cdx_index, allow_head=False)
+    app.router.add_post(base + "/idsets", exports.post_idset)
     app.router.add_get("/healthz", healthz, allow_head=False)

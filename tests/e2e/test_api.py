@@ -122,6 +122,21 @@ BAD_GETS = [
     ("GET", "/status/-9223372036854775809", 400, "BadRequest",
      "Invalid jobId: -9223372036854775809"),
     ("GET", "/status/9223372036854775808", 400, "BadRequest", "Invalid jobId: 9223372036854775808"),
+    ("GET", "/items/x", 400, "BadRequest", "Invalid jobId: x"),
+    ("GET", "/items/424242", 404, "NotFound", "Failed to get job 424242 items"),
+    ("GET", "/items/1?format=xml", 400, "BadRequest", "Invalid format: xml (use json, jsonl, csv)"),
+    ("GET", "/items/1?kind=page", 400, "BadRequest",
+     "Invalid kind: page (use item, id, link, body)"),
+    ("GET", "/result/1?format=tar", 400, "BadRequest",
+     "Invalid format: tar (use json, jsonl, csv)"),
+    ("GET", "/bodies/1", 400, "BadRequest", "Invalid url: give ?url=<page URL> or ?format=tar"),
+    ("GET", "/bodies/1?url=ftp%3A%2F%2F%5B", 400, "BadRequest", "Invalid url: ftp://["),
+    ("GET", "/bodies/424242?url=http://x.example/", 404, "NotFound",
+     "Failed to get job 424242 bodies"),
+    ("GET", "/bodies/424242?format=tar", 404, "NotFound", "Failed to get job 424242 bodies"),
+    ("GET", "/bodies/1?format=zip", 400, "BadRequest", "Invalid format: zip (use tar)"),
+    ("GET", "/index/424242", 404, "NotFound", "Failed to get job 424242 index"),
+    ("GET", "/index/y", 400, "BadRequest", "Invalid jobId: y"),
 ]
 
 
@@ -134,7 +149,7 @@ async def test_bad_reads(web: Stack, method: str, path: str, status: int, code: 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
     ("GET", "/", "POST"), ("PUT", "/", "POST"), ("DELETE", "/status/1", "GET"),
-    ("POST", "/result/1", "GET")])
+    ("POST", "/result/1", "GET"), ("GET", "/idsets", "POST"), ("POST", "/items/1", "GET")])
 async def test_wrong_method(web: Stack, method: str, path: str, allow: str) -> None:
     got, payload, headers = await web.request(method, path)
     assert got == 405 and headers["Allow"] == allow
@@ -299,7 +314,13 @@ BAD_JSON = [
     ({"urls": ["http://a.example/", "mailto:a@b.example"]},
      "Invalid urls[1]: not an absolute http(s) URL: mailto:a@b.example"),
     ({"urls": []}, "Invalid urls: Tuple should have at least 1 item after validation, not 0"),
-    ({"urls": ["http://a.example/"], "follow": "all"}, "Invalid follow: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "task": "all"}, "Invalid task: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "follow": "all"}, "Invalid follow: expected a JSON object"),
+    ({"urls": ["http://a.example/"], "follow": {"linkRegex": "(a)(b)"}},
+     ("Invalid follow.linkRegex: (a)(b) has 2 capture groups (at most 1: use (?:...) for the "
+     "others)")),
+    ({"urls": ["http://a.example/"], "save": [{"kind": "files", "pattern": "../{id}"}]},
+     "Invalid save[0].pattern: ../{id} (a '..' segment)"),
     ({"urls": ["http://a.example/"], "forceCrawl": "yes"},
      "Invalid forceCrawl: Input should be a valid boolean"),
     ("http://a.example/", "Invalid body: expected a JSON object"),
@@ -414,7 +435,7 @@ async def test_a_json_job_with_fetcher_and_extract_is_stored_and_shown(
     ({"urls": ["http://a.example/"], "fetcher": "browser"},
      "Invalid fetcher: unknown fetcher kind: browser (known: http, static)"),
     ({"urls": ["http://a.example/"], "extract": [{"kind": "test-title"}, {"kind": "css"}]},
-     "Invalid extract[1].kind: unknown extractor kind: css (known: test-title)"),
+     "Invalid extract[1].kind: unknown extractor kind: css (known: items, test-title)"),
     ({"urls": ["http://a.example/"], "extract": [{"tag": "h1"}]},
      "Invalid extract[0].kind: Field required"),
     ({"urls": ["http://a.example/"], "extract": [{"kind": "test-title", "tag": "\u0000"}]},
@@ -426,7 +447,7 @@ async def test_unknown_fetcher_or_extractor_kind_is_400_naming_the_field(
     assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
 
 
-async def test_by_default_only_http_and_no_extractor_are_known(web: Stack,
+async def test_by_default_only_http_and_the_built_in_extractor_are_known(web: Stack,
                                                                db: asyncpg.Connection) -> None:
     assert await post_json(web, {"urls": ["http://a.example/"], "fetcher": "static"}) == (
         400, {"code": "BadRequest",
@@ -435,5 +456,5 @@ async def test_by_default_only_http_and_no_extractor_are_known(web: Stack,
                                  "extract": [{"kind": "test-title"}]}) == (
         400, {"code": "BadRequest",
               "message": "Invalid extract[0].kind: unknown extractor kind: test-title "
-                         "(known: none)"})
+                         "(known: items)"})
     assert await db.fetchval("SELECT count(*) FROM job") == 0

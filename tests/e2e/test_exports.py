@@ -1,0 +1,366 @@
+"""Reading what jobs extracted and saved (web_server/exports.py): ``GET /items`` as JSON, JSON
+lines and CSV, the same cached or fresh; ``GET /result?format=jsonl|csv`` equal to the JSON;
+``GET /bodies`` (one body, the tar export) and ``GET /index`` over committed body refs;
+``POST /idsets`` streamed. Everything streams over several chunks."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import tests.plugins  # noqa: F401 - registers the test-title extractor
+from shared.config import Settings
+from shared.model import Extraction, FetchedPage, RawResponse
+from shared.urls import canonicalize
+from tests.e2e.stack import Stack
+from tests.e2e.test_result_readers import make_big_result
+from tests.e2e.test_results_per_ruleset import Site, run_job
+from web_server import exports
+from worker.outputs.db import Db
+from worker.outputs.files import Files
+from worker.outputs.tar import Tar
+from worker.outputs.warc import Warc
+from worker.tasks import Context
+
+pytestmark = pytest.mark.e2e
+
+TITLE = [{"kind": "test-title"}]
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[Site]:
+    from tests.servers import serve
+    s = Site()
+    s.runner, s.base = await serve(s.handle)
+    yield s
+    await s.runner.cleanup()
+
+
+@pytest.fixture
+def out_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={"extractor_kinds": ("test-title",),
+                                       "output_root": tmp_path / "out",
+                                       "max_idset_bytes": 200_000})
+
+
+@pytest.fixture
+async def stack(out_settings: Settings) -> AsyncIterator[Stack]:
+    st = await Stack(out_settings).start()
+    yield st
+    await st.stop()
+
+
+@pytest.fixture
+async def web(out_settings: Settings) -> AsyncIterator[Stack]:
+    st = await Stack(out_settings).start(foremen=0, workers=0)
+    yield st
+    await st.stop()
+
+
+async def get(stack: Stack, path: str, **params: str) -> tuple[int, bytes, Any]:
+    assert stack.http
+    async with stack.http.get(stack.base + path, params=params) as r:
+        return r.status, await r.read(), r.headers
+
+
+def jsonl(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def csv_rows(body: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+
+
+async def test_items_json_jsonl_csv(stack: Stack, site: Site) -> None:
+    job = await run_job(stack, site, TITLE)
+    status, body, headers = await get(stack, f"/items/{job}")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    items = json.loads(body)
+    assert sorted((i["url"], i["seq"], i["title"]) for i in items) == [
+        (site.base + "/", 0, "Home"), (site.base + "/a", 0, "A"), (site.base + "/b", 0, "B")]
+    status, body, headers = await get(stack, f"/items/{job}", format="jsonl")
+    assert headers["Content-Type"] == "application/x-ndjson"
+    assert jsonl(body) == items
+    status, body, headers = await get(stack, f"/items/{job}", format="csv")
+    assert headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert body.decode().splitlines()[0] == "url,seq,title"
+    assert csv_rows(body) == [{"url": i["url"], "seq": str(i["seq"]), "title": i["title"]}
+                              for i in items]
+    # Other kinds: none for this job, an empty answer; links of the pages are /result's.
+    assert json.loads((await get(stack, f"/items/{job}", kind="id"))[1]) == []
+    assert (await get(stack, f"/items/{job}", kind="body", format="csv"))[1] == \
+        b"page,seq,output,file,offset,length,digest,status,mime,date\r\n"
+
+
+async def test_items_same_cached_or_fresh(stack: Stack, site: Site) -> None:
+    fresh = await run_job(stack, site, TITLE)
+    hits = sum(site.hits.values())
+    cached = await run_job(stack, site, TITLE)
+    assert sum(site.hits.values()) == hits  # the second job was answered from the store
+    for fmt in ("json", "jsonl", "csv"):
+        a = (await get(stack, f"/items/{fresh}", format=fmt))[1]
+        b = (await get(stack, f"/items/{cached}", format=fmt))[1]
+        assert a == b and a.count(b"Home") == 1
+
+
+async def insert_items(db: asyncpg.Connection, job: int, pages: int, per_page: int) -> None:
+    await db.execute("""
+        INSERT INTO url (url) SELECT 'http://items.example/p/' || p FROM generate_series(1, $1) p
+        ON CONFLICT DO NOTHING""", pages)
+    await db.execute("""
+        INSERT INTO job_yield (job_id, url_id, kind, seq, value)
+        SELECT $1, u.id, 'item', s, jsonb_build_object('n', s, 'tags', jsonb_build_array('a', s),
+                                                       'ok', s % 2 = 0, 'none', null)
+        FROM url u, generate_series(0, $2 - 1) s WHERE u.url LIKE 'http://items.example/p/%'
+        """, job, per_page)
+
+
+async def test_items_stream_over_chunks(web: Stack, db: asyncpg.Connection) -> None:
+    job = await web.post_job(["http://items.example/"])
+    pages, per_page = 7, 1500  # 10,500 items: three chunks
+    await insert_items(db, job, pages, per_page)
+    status, body, _ = await get(web, f"/items/{job}")
+    assert status == 200
+    items = json.loads(body)
+    assert len(items) == pages * per_page
+    keys = [(i["url"], i["seq"]) for i in items]
+    assert len(set(keys)) == len(keys)
+    assert items[1] == {"url": items[1]["url"], "seq": 1, "n": 1, "tags": ["a", 1], "ok": False,
+                        "none": None}
+    assert jsonl((await get(web, f"/items/{job}", format="jsonl"))[1]) == items
+    rows = csv_rows((await get(web, f"/items/{job}", format="csv"))[1])
+    assert len(rows) == len(items)
+    assert rows[2] == {"url": items[2]["url"], "seq": "2", "n": "2", "tags": "a|2", "ok": "true",
+                       "none": ""}
+
+
+async def test_result_formats(stack: Stack, site: Site) -> None:
+    job = await run_job(stack, site)
+    status, plain, headers = await get(stack, f"/result/{job}")
+    assert headers["Content-Type"] == "application/json"
+    assert (await get(stack, f"/result/{job}", format="json"))[1] == plain  # the default
+    result = json.loads(plain)
+    lines = jsonl((await get(stack, f"/result/{job}", format="jsonl"))[1])
+    assert {line["page"]: line["links"] for line in lines} == result
+    status, body, headers = await get(stack, f"/result/{job}", format="csv")
+    assert status == 200 and headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert body.decode().splitlines()[0] == "page,link"
+    assert sorted((r["page"], r["link"]) for r in csv_rows(body)) == sorted(
+        (p, link) for p, links in result.items() for link in links)
+    mime = (await get(stack, f"/result/{job}", format="csv", mime="image/"))[1]
+    assert mime == b"page,link\r\n"
+
+
+async def test_result_formats_over_chunks(web: Stack, db: asyncpg.Connection) -> None:
+    """160,000 links, and one page of 6,000 (more than a chunk): the same links every way."""
+    job = await web.post_job(["http://big.example/"])
+    await make_big_result(db, job)
+    await db.execute("""
+        INSERT INTO url (url) SELECT 'http://huge.example/l/' || l FROM generate_series(1, 6000) l
+        UNION ALL SELECT 'http://huge.example/' ON CONFLICT DO NOTHING""")
+    await db.execute("""
+        INSERT INTO job_result (job_id, refer_id, url_id)
+        SELECT $1, r.id, u.id FROM url r JOIN url u ON u.url LIKE 'http://huge.example/l/%'
+        WHERE r.url = 'http://huge.example/'""", job)
+    result = json.loads((await get(web, f"/result/{job}"))[1])
+    merged: dict[str, set[str]] = {}
+    lines = jsonl((await get(web, f"/result/{job}", format="jsonl"))[1])
+    assert sum(1 for line in lines if line["page"] == "http://huge.example/") > 1  # in parts
+    for line in lines:
+        merged.setdefault(line["page"], set()).update(line["links"])
+    assert merged == {p: set(links) for p, links in result.items()}
+    rows = csv_rows((await get(web, f"/result/{job}", format="csv"))[1])
+    assert len(rows) == sum(len(v) for v in result.values()) == 160_000 + 6000
+
+
+# ---- saved bodies: refs written by the outputs, committed as job_yield rows -----------------
+
+PAGES = {"http://bodies.example/item?id=17": b"<xml>seventeen</xml>",
+         "http://bodies.example/item?id=2": b"\x1f\x8b binary \x00 two",
+         "http://bodies.example/item?id=300": b"three hundred " * 500}
+FMT = "http://bodies.example/item?id={}"
+
+
+def raw_page(url_id: int, body: bytes) -> FetchedPage:
+    headers = ((b"Content-Type", b"application/xml"), (b"X-Served", b"yes"),
+               (b"Transfer-Encoding", b"chunked"))
+    raw = RawResponse(b"HTTP/1.1 200 OK", headers, body, (("User-Agent", "t"),))
+    return FetchedPage(url_id, 200, "application/xml", None, cacheable=True, body=body, raw=raw)
+
+
+async def save_job(web: Stack, db: asyncpg.Connection, settings: Settings,
+                   save: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+    """A job whose pages were written by the outputs of ``save`` and their refs committed as
+    ``job_yield`` rows (what the worker's commit does), each output's ref a ``body`` yield."""
+    spec = {"urls": [next(iter(PAGES))], "ids": {"regex": "id=(\\d+)", "urlFormat": FMT},
+            "save": save}
+    assert web.http
+    async with web.http.post(web.base + "/", json=spec) as r:
+        assert r.status == 200, await r.text()
+        job = int((await r.json())["jobId"])
+    await db.execute("INSERT INTO url (url) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                     list(PAGES))
+    ids = dict(await db.fetch("SELECT url, id FROM url WHERE url = ANY($1::text[])",
+                              list(PAGES)))
+    made = {"warc": Warc, "files": Files, "tar": Tar, "db": Db}
+    outputs = [made[s["kind"]](settings, {**s, "urlFormat": FMT}) for s in save]
+    for url, body in PAGES.items():
+        for seq, output in enumerate(outputs):
+            (y,) = await output.write(Context(job, ids[url], url, 1), raw_page(ids[url], body),
+                                      Extraction())
+            await db.execute("INSERT INTO job_yield (job_id, url_id, kind, seq, value) "
+                             "VALUES ($1, $2, 'body', $3, $4::jsonb)",
+                             job, ids[url], seq, json.dumps(y.value))
+    for output in outputs:
+        if hasattr(output, "close"):
+            await output.close()
+    return job, ids
+
+
+@pytest.mark.parametrize("save", [
+    [{"kind": "warc"}], [{"kind": "files", "pattern": "{id[:1]}/{id}.xml"}],
+    [{"kind": "tar", "compression": "gz"}], [{"kind": "tar", "compression": "bz2"}],
+    [{"kind": "tar"}], [{"kind": "db"}]], ids=lambda s: s[0]["kind"] + s[0].get("compression", ""))
+async def test_bodies_endpoint(web: Stack, db: asyncpg.Connection, out_settings: Settings,
+                               save: list[dict[str, Any]]) -> None:
+    job, _ = await save_job(web, db, out_settings, save)
+    kind = save[0]["kind"]
+    for url, body in PAGES.items():
+        status, got, headers = await get(web, f"/bodies/{job}", url=url.replace(
+            "http://bodies.example", "HTTP://Bodies.Example:80"))  # any form of the URL
+        assert status == 200 and got == body
+        assert headers["X-Harvester-Status"] == "200"
+        assert headers["X-Harvester-Source"].startswith(f"{kind}:")
+        assert headers["Content-Type"] == "application/xml"
+        assert "Transfer-Encoding" not in headers  # hop-by-hop: not copied from the record
+        if kind in ("warc", "db"):  # the response headers as stored
+            assert headers["X-Served"] == "yes"
+    status, got, _ = await get(web, f"/bodies/{job}", url="http://bodies.example/item?id=9")
+    assert (status, json.loads(got)["code"]) == (404, "NotFound")
+
+
+@pytest.mark.parametrize("save", [
+    [{"kind": "tar", "pattern": "{id[:1]}/{id}.xml", "compression": "gz"}, {"kind": "warc"}],
+    [{"kind": "warc"}, {"kind": "db"}]], ids=["tar+warc", "warc+db"])
+async def test_tar_export_has_one_entry_per_page(web: Stack, db: asyncpg.Connection,
+                                                 out_settings: Settings,
+                                                 save: list[dict[str, Any]]) -> None:
+    job, _ = await save_job(web, db, out_settings, save)
+    status, body, headers = await get(web, f"/bodies/{job}", format="tar")
+    assert status == 200 and headers["Content-Type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        members = tar.getmembers()
+        got = {m.name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+    assert len(members) == len(PAGES)  # two outputs saved each page: one entry each
+    if save[0]["kind"] == "tar":
+        assert got == {f"{u.rsplit('=', 1)[1][0]}/{u.rsplit('=', 1)[1]}.xml": b
+                       for u, b in PAGES.items()}
+    else:
+        assert got == {"bodies.example/" + hashlib.md5(u.encode()).hexdigest(): b
+                       for u, b in PAGES.items()}
+
+
+async def test_cdxj_index_of_committed_warc_records(web: Stack, db: asyncpg.Connection,
+                                                    out_settings: Settings) -> None:
+    job, _ = await save_job(web, db, out_settings, [{"kind": "warc"}, {"kind": "db"}])
+    status, body, headers = await get(web, f"/index/{job}")
+    assert status == 200 and headers["Content-Type"] == "text/x-cdxj; charset=utf-8"
+    lines = body.decode().splitlines()
+    assert len(lines) == len(PAGES)  # warc refs only, one per page
+    assert lines == sorted(lines)
+    root = out_settings.output_root
+    for line in lines:
+        key, date, fields = line.split(" ", 2)
+        entry = json.loads(fields)
+        assert key == exports.surt(entry["url"]) and key.startswith("example,bodies)/item?id=")
+        assert len(date) == 14 and date.isdigit()
+        assert entry["status"] == "200" and entry["mime"] == "application/xml"
+        (path,) = root.glob(f"job-{job}/warc/{entry['filename']}")
+        payload, _, status_code = exports._warc_payload(exports._read_at(
+            path, int(entry["offset"]), int(entry["length"])))
+        assert payload == PAGES[entry["url"]] and status_code == 200
+    # Records nothing committed: not in the index (an orphan appended after the commits).
+    orphan = Warc(out_settings, {})
+    await orphan.write(Context(job, 1, "http://bodies.example/orphan", 1),
+                       raw_page(1, b"orphan"), Extraction())
+    await orphan.close()
+    assert (await get(web, f"/index/{job}"))[1] == body
+
+
+# ---- POST /idsets -----------------------------------------------------------------------------
+
+async def post_lines(web: Stack, chunks: list[bytes]) -> tuple[int, Any]:
+    async def gen() -> AsyncIterator[bytes]:
+        for c in chunks:
+            yield c
+
+    assert web.http
+    async with web.http.post(web.base + "/idsets", data=gen()) as r:  # chunked
+        return r.status, await r.json()
+
+
+async def test_idsets_streamed_then_named_by_a_job(web: Stack, db: asyncpg.Connection) -> None:
+    ids = [str(i) for i in range(12_000)]  # three COPY chunks
+    text = ("\n".join(ids) + "\n\n").encode()
+    status, body = await post_lines(web, [text[i:i + 777] for i in range(0, len(text), 777)])
+    assert status == 200, body
+    assert body["count"] == 12_000
+    set_id = body["idSet"]
+    assert await db.fetchval("SELECT count(*) FROM id_set_member WHERE set_id = $1::uuid",
+                             set_id) == 12_000
+    spec = {"urls": [], "ids": {"regex": "id=(\\d+)", "urlFormat": FMT, "explored": set_id,
+                                "known": set_id}}
+    assert web.http
+    async with web.http.post(web.base + "/", json=spec) as r:
+        assert r.status == 200, await r.text()
+        job = (await r.json())["jobId"]
+    st = await web.status(job)
+    assert st["spec"]["ids"] == {"regex": "id=(\\d+)", "urlFormat": FMT, "seeds": [],
+                                 "known": set_id, "explored": set_id}
+    assert st["spec"]["depth"] == 2**31 - 2
+
+
+@pytest.mark.parametrize(("chunks", "status", "message"), [
+    ([b"1\n2\n\x003\n"], 400, "Invalid id at line 3: id holds a NUL or line break"),
+    ([b"1\n", b"..\n"], 400, "Invalid id at line 2: id '..' is not allowed"),
+    ([b"1\n\xff\n"], 400, "Invalid id at line 2: not UTF-8"),
+    ([b"a" * 600 + b"\n"], 400, "Invalid id at line 1: id longer than 512 characters"),
+    ([b"1\n" * 150_000], 413, "Request body larger than 200000 bytes"),
+])
+async def test_idsets_errors_name_the_line(web: Stack, db: asyncpg.Connection,
+                                           chunks: list[bytes], status: int,
+                                           message: str) -> None:
+    got, body = await post_lines(web, chunks)
+    assert (got, body) == (status, {"code": body["code"], "message": message})
+    assert await db.fetchval("SELECT count(*) FROM id_set") == 0  # nothing kept
+
+
+async def test_a_job_naming_an_unknown_or_incomplete_set_is_refused(
+        web: Stack, db: asyncpg.Connection) -> None:
+    incomplete = await db.fetchval("INSERT INTO id_set (id) VALUES (gen_random_uuid()) "
+                                   "RETURNING id::text")
+    for name, set_id in (("known", "00000000-0000-0000-0000-000000000001"),
+                         ("explored", incomplete)):
+        spec = {"urls": [FMT.format("1")], "ids": {"regex": "x", "urlFormat": FMT,
+                                                    name: set_id}}
+        assert web.http
+        async with web.http.post(web.base + "/", json=spec) as r:
+            assert r.status == 400
+            assert await r.json() == {"code": "BadRequest", "message":
+                                      f"Invalid ids.{name}: no complete id set {set_id} "
+                                      "(upload it with POST /idsets)"}
+
+
+def test_surt() -> None:
+    assert exports.surt("http://www.Example.com:80/A/b?z=1&a=2") == "com,example)/a/b?a=2&z=1"
+    assert exports.surt("https://a.example:8443/") == "example,a:8443)/"
+    assert canonicalize("http://bodies.example/item?id=2") in PAGES
