@@ -123,12 +123,13 @@ async def _stream(request: web.Request, resp: web.StreamResponse,
 
 def item_columns(spec: Mapping[str, Any]) -> list[str]:
     """The CSV columns of a job's items: ``url``, ``seq``, ``_type`` when an items rule is
-    named, then the fields of its ``items`` rules in order (each once). Items of plug-in
+    named, then the fields of its ``items`` rules, rule by rule, each rule's sorted by name (the
+    stored spec is jsonb: posted key order is lost), each once. Items of plug-in
     extractors add the keys found in the first chunk, in order."""
     rules = [e for e in spec.get("extract") or () if e.get("kind") == "items"]
     fields: dict[str, None] = {}
-    for rule in rules:
-        fields.update(dict.fromkeys(rule.get("fields") or {}))
+    for rule in rules:  # jsonb keeps no key order: a rule's fields by name
+        fields.update(dict.fromkeys(sorted(rule.get("fields") or {})))
     named = ["_type"] if any(r.get("name") for r in rules) else []
     return ["url", "seq", *named, *fields]
 

@@ -364,3 +364,32 @@ def test_surt() -> None:
     assert exports.surt("http://www.Example.com:80/A/b?z=1&a=2") == "com,example)/a/b?a=2&z=1"
     assert exports.surt("https://a.example:8443/") == "example,a:8443)/"
     assert canonicalize("http://bodies.example/item?id=2") in PAGES
+
+
+ITEMS = [{"kind": "items", "name": "page", "fields": {
+    "title": {"css": "title"}, "heading": {"xpath": "//h1/text()"},
+    "links": {"css": "a", "attr": "href", "take": "all"},
+    "first": {"regex": r'<a href="/(\w+)"', "default": "none"}}}]
+
+
+async def test_items_rules_json_jsonl_csv_same_cached_or_fresh(stack: Stack, site: Site) -> None:
+    """The built-in items extractor end to end: CSV columns from the spec, lists joined."""
+    fresh = await run_job(stack, site, ITEMS)
+    hits = sum(site.hits.values())
+    cached = await run_job(stack, site, ITEMS)
+    assert sum(site.hits.values()) == hits
+    items = json.loads((await get(stack, f"/items/{fresh}"))[1])
+    assert sorted(items, key=lambda i: i["url"]) == [
+        {"url": site.base + "/", "seq": 0, "_type": "page", "title": "Home",
+         "heading": "Welcome", "links": ["/a", "/b"], "first": "a"},
+        {"url": site.base + "/a", "seq": 0, "_type": "page", "title": "A", "heading": "About",
+         "links": ["/"], "first": "none"},
+        {"url": site.base + "/b", "seq": 0, "_type": "page", "title": "B", "heading": "Blog",
+         "links": [], "first": "none"}]
+    body = (await get(stack, f"/items/{fresh}", format="csv"))[1]
+    assert body.decode().splitlines()[0] == "url,seq,_type,first,heading,links,title"
+    assert {r["url"]: r["links"] for r in csv_rows(body)} == {
+        site.base + "/": "/a|/b", site.base + "/a": "/", site.base + "/b": ""}
+    for fmt in ("json", "jsonl", "csv"):
+        assert (await get(stack, f"/items/{fresh}", format=fmt))[1] == \
+            (await get(stack, f"/items/{cached}", format=fmt))[1]
