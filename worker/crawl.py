@@ -203,6 +203,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             for s in serves:
                 s.cancel()
             await asyncio.gather(*(w.drain(settings.shutdown_timeout) for w in workers))
+            await plans.aclose()  # the outputs' open files (tar end blocks ...), each isolated
             await gate.close()  # robots.txt fetches in flight: their claims simply expire
             commit_task.cancel()
             await asyncio.wait([beat], timeout=2)  # forgets this worker on a clean stop

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from shared.db import jobs, visits
 from shared.db.frontier import Frontier
 from shared.db.pool import RETRYABLE
 from shared.errors import ConfigError
-from shared.jobspec import ExtractSpec
+from shared.jobspec import OUTPUT_MODELS, ExtractSpec, SaveSpec, reads_any_body
 from shared.model import Extraction, FetchedPage, Yield
 from shared.urls import host_key
 from worker.commit import Committer, Done, Key, describe
@@ -35,7 +35,7 @@ from worker.extractors import EXTRACTORS, ExtractFailed, ExtractLater, Extractor
 from worker.extractors.lanes import Parser
 from worker.fetchers import Fetcher, FetchRequest, Validators
 from worker.gate import HostGate, Slot
-from worker.outputs import Output
+from worker.outputs import OUTPUTS, Output
 from worker.retry import RetryDecision, RetryPolicy
 from worker.sources import SOURCES, Source
 from worker.tasks import Context, RetryLater, Task
@@ -48,7 +48,8 @@ NO_LANE_DELAY = timedelta(seconds=30)  # a page no parser process was free for w
 @dataclass(frozen=True, slots=True)
 class JobPlan:
     """A job's steps: its fetcher and source, its extractors (the source's links first), its
-    task and outputs, its retry rule, its rule set, and whether its outputs need raw answers."""
+    task and outputs, its retry rule, its rule set, whether its outputs need raw answers, and
+    which answers' bodies to read (None: the source's ``wants_body``)."""
     job_id: int
     fetcher: Fetcher
     source: Source
@@ -58,13 +59,16 @@ class JobPlan:
     policy: RetryPolicy
     ruleset: int
     keep_raw: bool
+    wants_body: Callable[[int, str | None], bool] | None = None
 
 
 class JobPlans:
     """Each job's plan, resolved once per job per process and kept (the last ``size`` jobs; a
     job's spec never changes). A default job (links only: rule set 0) needs no query; the
     others' specs are read in one query per batch that brings new ones. A job this worker
-    cannot serve (an extractor or fetcher it does not have) gets the reason instead."""
+    cannot serve (an extractor, output or fetcher it does not have) gets the reason instead.
+    A plan with outputs is never dropped (its outputs keep files open, one set per job and
+    process) until ``aclose`` closes them when the worker stops."""
 
     def __init__(self, settings: Settings, lanes: Parser, fetchers: Mapping[str, Fetcher],
                  size: int = 1024) -> None:
@@ -74,6 +78,7 @@ class JobPlans:
         self.size = size
         self.web = SOURCES.create("web", settings, lanes)
         self._plans: OrderedDict[int, JobPlan | str] = OrderedDict()
+        self._saving: dict[int, JobPlan] = {}  # the plans with outputs, never evicted
 
     async def resolve(self, conn: asyncpg.Connection,
                       planned: Iterable[visits.Planned]) -> dict[int, JobPlan | str]:
@@ -87,6 +92,8 @@ class JobPlans:
             if plan is not None:
                 self._plans.move_to_end(p.job_id)
                 out[p.job_id] = plan
+            elif (saving := self._saving.get(p.job_id)) is not None:
+                out[p.job_id] = self._keep(p.job_id, saving)
             elif p.ruleset == 0:
                 out[p.job_id] = self._keep(p.job_id, self._build(p, {}))
             else:
@@ -103,19 +110,44 @@ class JobPlans:
 
     def _keep(self, job_id: int, plan: JobPlan | str) -> JobPlan | str:
         self._plans[job_id] = plan
+        if not isinstance(plan, str) and plan.outputs:
+            self._saving[job_id] = plan
         if len(self._plans) > self.size:
             self._plans.popitem(last=False)
         return plan
 
+    async def aclose(self) -> None:
+        """Close the outputs of every plan that has any (``Output.close``, where there is
+        one), once the visits in flight are drained: each close isolated, so one that fails
+        leaves the others closed."""
+        saving, self._saving = self._saving, {}
+        for plan in saving.values():
+            for out in plan.outputs:
+                close = getattr(out, "close", None)
+                if close is None:
+                    continue
+                try:
+                    await close()
+                except Exception:
+                    log.exception("closing output %s of job %d failed", out.name, plan.job_id)
+
     def _build(self, p: visits.Planned, spec: Mapping[str, Any]) -> JobPlan | str:
+        """The job's plan from its stored spec: the source's link extractor, ``follow``
+        (with follow rules or ids), the ``extract`` entries; an output per ``save`` entry;
+        every 2xx body read where the job reads more than HTML (``reads_any_body``)."""
         kind = p.fetcher
         ruleset = p.ruleset
+        outputs: list[Output] = []
         try:
             fetcher = self.fetchers.get(kind)
             if fetcher is None:
                 raise ConfigError("fetcher", f"kind {kind!r} is not served by this worker")
             source = self.web
             extractors = [source.link_extractor()]
+            if spec.get("follow") or spec.get("ids"):
+                extractors.append(EXTRACTORS.create(
+                    "follow", self.settings, {"follow": spec.get("follow"), "ids": spec.get("ids")},
+                    self.lanes))
             for i, entry in enumerate(spec.get("extract") or ()):
                 try:
                     rule = ExtractSpec.model_validate(
@@ -124,15 +156,27 @@ class JobPlans:
                     raise ConfigError(f"extract[{i}]", e.errors()[0]["msg"]) from None
                 extractors.append(EXTRACTORS.create(rule.kind, self.settings,
                                                     rule.model_extra or {}, self.lanes))
+            url_format = (spec.get("ids") or {}).get("urlFormat")
+            for i, entry in enumerate(spec.get("save") or ()):
+                try:
+                    save = SaveSpec.model_validate(entry, context={"outputs": OUTPUTS.names()})
+                except ValidationError as e:
+                    raise ConfigError(f"save[{i}]", e.errors()[0]["msg"]) from None
+                options = save.options()
+                if save.kind in OUTPUT_MODELS:  # a built-in: names by id, warcinfo's rule set
+                    options["ruleset"] = ruleset
+                    if url_format:
+                        options["urlFormat"] = url_format
+                outputs.append(OUTPUTS.create(save.kind, self.settings, options))
         except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
             return f"not served by this worker: {e}"
         except Exception as e:  # a plug-in's factory refusing its options (a bad selector ...)
             log.exception("job %d cannot be served by this worker", p.job_id)
             return f"not served by this worker: {describe(e)}"
-        outputs: tuple[Output, ...] = ()  # issue 11: the spec's "save"
-        return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, outputs,
-                       source.policy, ruleset, any(o.needs_raw for o in outputs))
+        return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, tuple(outputs),
+                       source.policy, ruleset, any(o.needs_raw for o in outputs),
+                       any_2xx if reads_any_body(spec) else source.wants_body)
 
 
 @dataclass(slots=True)
@@ -236,7 +280,7 @@ class Pipeline:
         attempt = p.attempts + 1
         validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
         req = FetchRequest(p.url_id, p.url, validators, plan.source.request_headers(p.url),
-                           plan.source.wants_body, plan.keep_raw, plan.policy)
+                           plan.wants_body or plan.source.wants_body, plan.keep_raw, plan.policy)
         while True:
             answer = await self._request(v, req, slot, attempt)
             if answer is None:
@@ -424,6 +468,11 @@ class Pipeline:
 
 
 _NOTHING = Extraction()
+
+
+def any_2xx(status: int, mime: str | None) -> bool:
+    """Read the body of every 2xx answer (a job whose rules or outputs read more than HTML)."""
+    return 200 <= status < 300
 
 
 def _not_json(yields: tuple[Yield, ...]) -> str | None:

@@ -3,17 +3,21 @@ of tests/plugins.py: a job's steps run in order (fetch, extract, task, outputs, 
 an output that fails fails its visit only, a task asking to retry puts the visit back in the
 frontier, and a job's extractors come from its stored spec; what a worker cannot serve waits
 for another, a rule set's extractor or a yield that fails fails the visit only, a fetcher that
-raises is retried, a rate limit defers the visit."""
+raises is retried, a rate limit defers the visit. A job's follow rules, ids, items and outputs
+come from its spec (yields and body refs committed, non-HTML bodies read for its rules, its
+outputs kept for the process and closed by JobPlans.aclose); a default job's plan is as before."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import pytest
@@ -22,7 +26,7 @@ from nats.js import JetStreamContext
 
 from shared import bus
 from shared.config import Settings, stream_name
-from shared.db import jobs
+from shared.db import jobs, visits
 from shared.db.frontier import DueFrontier
 from shared.db.pool import open_pool
 from shared.jobspec import ruleset_of, stored_spec
@@ -37,7 +41,7 @@ from worker.extractors.lanes import Parser
 from worker.fetchers import FetchRequest, HopGate
 from worker.fetchers.http import open_session
 from worker.gate import HostGate
-from worker.outputs import Output
+from worker.outputs import OUTPUTS, Output
 from worker.pipeline import JobPlan, JobPlans
 from worker.retry import RetryPolicy
 from worker.tasks import Context, Task
@@ -57,9 +61,9 @@ class Rig:
     fetcher: StaticFetcher
 
     async def job(self, db: asyncpg.Connection, urls: list[str],
-                  spec: Mapping[str, Any] | None = None) -> list[Key]:
-        stored = {**stored_spec(1, False, False, Scope(), None), **(spec or {})}
-        job, ids = await jobs.create_job(db, urls, 1, False, spec=stored)
+                  spec: Mapping[str, Any] | None = None, depth: int = 1) -> list[Key]:
+        stored = {**stored_spec(depth, False, False, Scope(), None), **(spec or {})}
+        job, ids = await jobs.create_job(db, urls, depth, False, spec=stored)
         return [(job, i) for i in ids]
 
     def plan(self, keys: list[Key], *, task: Task | None = None,
@@ -471,3 +475,122 @@ async def test_the_page_carries_the_kind_of_its_fetcher(
     await rig.publish(keys)
     await until(lambda: done(db, keys), what="visit committed")
     assert kinds == ["static"]
+
+
+class Closing(Files):
+    """test-files that remembers its instances and whether each was closed."""
+    made: ClassVar[list[Closing]] = []
+
+    def __init__(self, settings: Settings, options: Mapping[str, Any]) -> None:
+        super().__init__(settings, options)
+        self.closed = 0
+        Closing.made.append(self)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class Broken(Closing):
+    async def close(self) -> None:
+        raise OSError("disk gone")
+
+
+@pytest.fixture
+def closing_outputs() -> Iterator[None]:
+    Closing.made.clear()
+    OUTPUTS.register("test-closing")(Closing)
+    OUTPUTS.register("test-broken-close")(Broken)
+    try:
+        yield
+    finally:
+        del OUTPUTS._factories["test-closing"], OUTPUTS._factories["test-broken-close"]
+
+
+def rules_spec(tmp_path: Path) -> dict[str, Any]:
+    return {"follow": {"linkRegex": r"(/n/\d+)"},
+            "extract": [{"kind": "items", "fields": {"title": {"css": "title"}}}],
+            "save": [{"kind": "test-broken-close", "dir": str(tmp_path)},
+                     {"kind": "test-closing", "dir": str(tmp_path)}]}
+
+
+async def test_a_job_with_follow_items_and_outputs_commits_their_yields_and_closes_them(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path, closing_outputs: None) -> None:
+    url = SITE + "/rules"
+    PAGES[url] = b"<title>Rules</title> /n/1 <a href='/html-only'>h</a>"
+    PAGES[SITE + "/n/1"] = b"<title>One</title>"
+    rig.plans.size = 1  # other jobs' plans evict theirs: a plan with outputs is never evicted
+    spec = rules_spec(tmp_path)
+    keys = await rig.job(db, [url], spec, depth=2)
+    job = keys[0][0]
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="first page committed")
+    children = [(job, r["url_id"]) for r in await db.fetch(
+        "SELECT url_id FROM job_pending WHERE job_id = $1", job)]  # no feeder here
+    await rig.publish(children)
+    await until(lambda: done(db, children), what="children committed")
+    PAGES[SITE + "/other"] = b"<title>Other</title>"
+    other = await rig.job(db, [SITE + "/other"])  # a default job: its plan comes in
+    await rig.publish(other)
+    await until(lambda: done(db, other), what="other job done")
+    assert [url for step, url in LOG if step == "fetch"] == [url, SITE + "/n/1", SITE + "/other"]
+    yields = {(y.url, y.kind, json.dumps(y.value, sort_keys=True))
+              for _, y in await jobs.job_yields(db, job)}
+    digest = {u: hashlib.sha256(PAGES[u]).hexdigest() for u in (url, SITE + "/n/1")}
+    assert yields == {
+        (url, "link", json.dumps({"url": SITE + "/n/1"})),
+        (url, "item", json.dumps({"title": "Rules"})),
+        (SITE + "/n/1", "item", json.dumps({"title": "One"})),
+        *((u, "body", json.dumps({"bytes": len(PAGES[u]), "sha256": d}, sort_keys=True))
+          for u, d in digest.items() for _ in range(2))}
+    assert len(await jobs.job_yields(db, job, kind="body")) == 4  # two outputs, two pages
+    visited = await db.fetch("SELECT u.url FROM job_visit v JOIN url u ON u.id = v.url_id "
+                             "WHERE v.job_id = $1 ORDER BY 1", job)
+    assert [r["url"] for r in visited] == [SITE + "/n/1", url]  # not /html-only
+    assert len(Closing.made) == 2  # one plan, one instance of each output, never rebuilt
+    assert [o.closed for o in Closing.made] == [0, 0]
+    await rig.plans.aclose()  # what crawl.run awaits after the drain
+    assert [o.closed for o in Closing.made if not isinstance(o, Broken)] == [1]
+
+
+class Plain(StaticFetcher):
+    """Serves ``PAGES`` as text/plain: read only when the request wants any 2xx body."""
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+        page = await super().fetch(req, hops)
+        if page.status != 200:
+            return page
+        return replace(page, mime="text/plain",
+                       body=self.pages[req.url] if req.wants_body(200, "text/plain") else None)
+
+
+async def test_an_id_job_reads_bodies_that_are_not_html(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    rig.plans.fetchers = {"http": Plain(rig.settings, concurrency=1)}
+    fmt = SITE + "/item?id={}"
+    PAGES[SITE + "/item?id=1"] = b"see id:2 and id:3"
+    keys = await rig.job(db, [SITE + "/item?id=1"],
+                         {"ids": {"regex": r"id:(\d+)", "urlFormat": fmt}})
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visit committed")
+    assert [(y.kind, y.value) for _, y in await jobs.job_yields(db, keys[0][0])] == [
+        ("id", {"id": "2", "url": SITE + "/item?id=2"}),
+        ("id", {"id": "3", "url": SITE + "/item?id=3"})]
+
+
+async def test_a_default_job_is_planned_as_before(rig: Rig) -> None:
+    p = visits.Planned(1, 2, SITE + "/", False, False)
+    plan = (await rig.plans.resolve(None, [p]))[1]  # rule set 0: no query made
+    assert isinstance(plan, JobPlan)
+    assert plan.extractors == (rig.plans.web.link_extractor(),)
+    assert (plan.outputs, plan.task, plan.keep_raw, plan.ruleset) == ((), None, False, 0)
+    assert plan.wants_body == rig.plans.web.wants_body
+
+
+async def test_an_output_kind_the_worker_lacks_waits_for_another_worker(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    url = SITE + "/saved"
+    keys = await rig.job(db, [url], {"save": [{"kind": "no-such-output"}]})
+    p = visits.Planned(keys[0][0], keys[0][1], url, False, False, ruleset=7)
+    plan = (await rig.plans.resolve(db, [p]))[keys[0][0]]
+    assert plan == ("not served by this worker: save[0]: unknown output kind: no-such-output "
+                    f"(known: {', '.join(OUTPUTS.names())})")
