@@ -594,3 +594,21 @@ async def test_an_output_kind_the_worker_lacks_waits_for_another_worker(
     plan = (await rig.plans.resolve(db, [p]))[keys[0][0]]
     assert plan == ("not served by this worker: save[0]: unknown output kind: no-such-output "
                     f"(known: {', '.join(OUTPUTS.names())})")
+
+
+async def test_a_follow_regex_past_the_parse_deadline_fails_that_visit_only(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    rig.plans.lanes.timeout = 1.0
+    urls = [SITE + "/evil", SITE + "/fine"]
+    PAGES[urls[0]] = b"a" * 64 + b"!"  # (a+)+$ backtracks for ever on it
+    PAGES[urls[1]] = b"<title>fine</title> aa"
+    keys = await rig.job(db, urls, {"follow": {"linkRegex": "(a+)+$"}})
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visits committed")
+    failed = await db.fetch("SELECT url_id, reason FROM job_failure WHERE job_id = $1",
+                            keys[0][0])
+    assert [tuple(r) for r in failed] == [
+        (keys[0][1], "extract[1] follow: parsing took longer than 1s")]
+    assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1",
+                             keys[0][0]) == 1
+    await until(lambda: zero(rig.unsettled()), what="messages acked")
