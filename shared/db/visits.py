@@ -111,7 +111,8 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     """Which of these visits are still pending, and which can be answered from the store.
 
     A visit is answered from the store when it re-expands a page already processed in the job,
-    when its type is never fetched (images, CSS, JS), or when its last cacheable fetch is fresh
+    when its type is never fetched (images, CSS, JS; but a job following rules fetches what
+    they found, whatever its type), or when its last cacheable fetch is fresh
     (younger than ``cache_max_age``, or, for a ``forceCrawl`` job, made after the job was
     created), the job's fetcher kind made that version of the page (``url.fetcher``) and the
     job's rule set extracted it. The validators of an expired copy (for a conditional fetch)
@@ -122,7 +123,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     for job_id, url_ids in _by_job(keys).items():
         rows += await conn.fetch(f"""
             SELECT p.job_id, p.url_id, u.url, p.reexpand,
-                   (p.reexpand OR {SKIP_MIME_SQL} OR
+                   (p.reexpand OR ({SKIP_MIME_SQL} AND j.follow = 'html') OR
                     (u.crawled_on IS NOT NULL AND u.crawled_on >
                        CASE WHEN j.force_crawl THEN j.created_on
                             ELSE now() - make_interval(secs => $3) END
@@ -322,10 +323,10 @@ _LINKS_SQL = f"""
 
 
 # The same for parents of which some follow their rules (job.follow 'rules' or 'both'): the
-# page's HTML links for 'html'/'both' and, for 'rules'/'both', the URLs of the link and id
-# yields of the page under the job's rule set (url_yield.target), each (job, url) once from its
-# nearest parent. Jobs that follow HTML links only never run it (_children): theirs is the
-# statement above, unchanged.
+# page's HTML links for 'html'/'both' (never images, CSS, JS) and, for 'rules'/'both', the URLs
+# of the link and id yields of the page under the job's rule set (url_yield.target), of any
+# type (a rule asked for them: see plan), each (job, url) once from its nearest parent. Jobs
+# that follow HTML links only never run it (_children): theirs is the statement above.
 _CHILDREN_SQL = f"""
         WITH p AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[],
@@ -335,15 +336,14 @@ _CHILDREN_SQL = f"""
                c.job_id, c.url_id, c.level, c.origin_id, c.refer_id, u.url, c.i
         FROM (SELECT p.job_id, l.url_id, p.level + 1 AS level, p.origin_id,
                      p.url_id AS refer_id, p.i
-              FROM p JOIN url_link l ON l.refer_id = p.url_id
-              WHERE p.follow <> 'rules'
+              FROM p JOIN url_link l ON l.refer_id = p.url_id JOIN url u ON u.id = l.url_id
+              WHERE p.follow <> 'rules' AND NOT {SKIP_MIME_SQL}
               UNION ALL
               SELECT p.job_id, y.target, p.level + 1, p.origin_id, p.url_id, p.i
               FROM p JOIN url_yield y ON y.url_id = p.url_id AND y.ruleset = p.ruleset
               WHERE p.follow <> 'html' AND y.kind IN ('link', 'id') AND y.target IS NOT NULL
              ) c
         JOIN url u ON u.id = c.url_id
-        WHERE NOT {SKIP_MIME_SQL}
         ORDER BY c.job_id, c.url_id, c.level, c.origin_id"""
 
 

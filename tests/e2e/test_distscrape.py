@@ -122,7 +122,7 @@ async def items(stack: Stack, job: int, kind: str) -> list[dict[str, Any]]:
 GRAPH = {  # path -> links on it
     "/": ["/keep/1", "/keep/2", "/skip/1", "/keep/1"],
     "/keep/1": ["/keep/3", "/skip/2", "/", "/keep/2"],
-    "/keep/2": ["/keep/1", "/keep/3"],
+    "/keep/2": ["/keep/1", "/keep/3", "/keep/4.png", "/skip/5.png"],
     "/keep/3": ["/keep/1", "/skip/3"],
     "/skip/1": ["/keep/9"],     # only reachable through a page that is not followed
     "/skip/2": ["/keep/10"],
@@ -133,6 +133,8 @@ GRAPH = {  # path -> links on it
 
 
 async def link_page(site: Site, request: web.Request) -> web.StreamResponse:
+    if request.path.endswith(".png"):  # a rule may follow any type: an image is fetched too
+        return site.ok(request, b"\x89PNG\r\n\x1a\n" + request.path.encode(), "image/png")
     links = GRAPH.get(request.path)
     if links is None:
         return web.Response(status=404, text="not found")
@@ -145,9 +147,9 @@ async def test_link_regex_fetches_matching_pages_once(stack: Stack, outputs: Set
     async with Site(link_page) as site:
         job, st = await run(stack, {
             "urls": [site.base + "/"],
-            "follow": {"linkRegex": r'href="(/keep/\d+)"'},  # the first group is the link
+            "follow": {"linkRegex": r'href="(/keep/[\w.]+)"'},  # the first group is the link
             "save": [{"kind": "files"}]})
-        assert site.hits == {"/": 1, "/keep/1": 1, "/keep/2": 1, "/keep/3": 1}
+        assert site.hits == {"/": 1, "/keep/1": 1, "/keep/2": 1, "/keep/3": 1, "/keep/4.png": 1}
         assert st["pages"]["failed"] == 0
         # Every fetched page's body saved once, byte for byte as served.
         assert saved_files(outputs, job) == Counter(site.served.values())
@@ -158,11 +160,11 @@ async def test_link_regex_fetches_matching_pages_once(stack: Stack, outputs: Set
                 assert r.status == 200 and await r.read() == body, path
         # The result stays the pages' HTML links; the followed ones are the job's link yields.
         result = await stack.result(job)
-        assert sorted(result) == sorted(site.base + p for p in site.hits)
+        assert sorted(result) == sorted(site.base + p for p in site.hits if "png" not in p)
         links = await items(stack, job, "link")
-        assert {y["page"] for y in links} == {site.base + p for p in site.hits}
+        assert {y["page"] for y in links} == {site.base + p for p in site.hits if "png" not in p}
         assert {y["url"] for y in links} == {site.base + p for p in ("/keep/1", "/keep/2",
-                                                                      "/keep/3")}
+                                                                      "/keep/3", "/keep/4.png")}
 
 
 # DS-2 ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import asyncpg
 from shared.config import Settings
 from shared.db import bodies, idsets, jobs, pages, visits
 from shared.jobspec import ruleset_of, validate_spec
+from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage, Yield
 from shared.scope import Scope
 
@@ -92,7 +93,7 @@ async def record(db: asyncpg.Connection, url: str, links: tuple[str, ...] = (),
     async with db.transaction():
         await pages.record_fetches(db, [(
             FetchedPage(page, 200, "text/html", None, cacheable=True),
-            Extraction(tuple((u, "text/html") for u in links), yields, ruleset))])
+            Extraction(tuple((u, guess_mime(u)) for u in links), yields, ruleset))])
     return page
 
 
@@ -173,19 +174,22 @@ async def test_children_follow_the_jobs_mode(db: asyncpg.Connection) -> None:
                                             for j in (html, rules, both)])
     assert sorted(x.follow for x in locked) == ["both", "html", "rules"]
     assert await process(db, html, p) == [f"{H}/a", f"{H}/b"]
-    assert await process(db, rules, p) == [f"{H}/a", f"{H}/c", f"{H}/item?id=7"]
-    assert await process(db, both, p) == [f"{H}/a", f"{H}/b", f"{H}/c", f"{H}/item?id=7"]
+    assert await process(db, rules, p) == [f"{H}/a", f"{H}/c", f"{H}/item?id=7",
+                                           f"{H}/style.css"]
+    assert await process(db, both, p) == [f"{H}/a", f"{H}/b", f"{H}/c", f"{H}/item?id=7",
+                                          f"{H}/style.css"]
     assert await process(db, other, p) == []
     # The result stays the page's HTML links, whatever the job follows.
     for job in (html, rules, both, other):
         assert await result(db, job) == [f"{H}/a", f"{H}/b"]
     # Cached (answered from the store) gives the same children as fetched.
     again = await follow_job(db, p, "rules")
-    assert await process(db, again, p, outcome="cached") == [f"{H}/a", f"{H}/c", f"{H}/item?id=7"]
+    assert await process(db, again, p, outcome="cached") == [
+        f"{H}/a", f"{H}/c", f"{H}/item?id=7", f"{H}/style.css"]
     levels = dict(await db.fetch("""
         SELECT u.url, v.level FROM job_visit v JOIN url u ON u.id = v.url_id
         WHERE v.job_id = $1""", rules))
-    assert levels == {p: 0, f"{H}/a": 1, f"{H}/c": 1, f"{H}/item?id=7": 1}
+    assert levels == {p: 0, f"{H}/a": 1, f"{H}/c": 1, f"{H}/item?id=7": 1, f"{H}/style.css": 1}
 
 
 async def test_a_rules_child_found_again_is_not_queued_again(db: asyncpg.Connection) -> None:
@@ -342,3 +346,20 @@ async def test_a_job_following_html_links_runs_no_rules_statement(db: asyncpg.Co
     assert statements and not [s for s in statements if "url_yield" in s]
     assert [s for s in statements if "url_link" in s] == [
         s for s in statements if "INSERT INTO job_result" in s or visits._LINKS_SQL in s]
+
+
+async def test_a_rule_may_follow_any_type_the_html_links_never_images(
+        db: asyncpg.Connection) -> None:
+    p = f"{H}/p"
+    await record(db, p, links=(f"{H}/a.png", f"{H}/b"), yields=(
+        Yield("link", {"url": f"{H}/c.png"}), Yield("id", {"id": "s.css", "url": f"{H}/s.css"})))
+    html, rules, both = [await follow_job(db, p, m) for m in ("html", "rules", "both")]
+    assert await process(db, html, p) == [f"{H}/b"]
+    assert await process(db, rules, p) == [f"{H}/c.png", f"{H}/s.css"]
+    assert await process(db, both, p) == [f"{H}/b", f"{H}/c.png", f"{H}/s.css"]
+    # A job following rules fetches what they found, whatever its type; others never fetch it.
+    (png,) = await ids(db, f"{H}/c.png")
+    html_png = await follow_job(db, f"{H}/c.png", "html")
+    cached = {p.job_id: p.cached for p in await visits.plan(
+        db, [(rules, png), (both, png), (html_png, png)], 3600.0)}
+    assert cached == {rules: False, both: False, html_png: True}
