@@ -393,3 +393,64 @@ async def test_items_rules_json_jsonl_csv_same_cached_or_fresh(stack: Stack, sit
     for fmt in ("json", "jsonl", "csv"):
         assert (await get(stack, f"/items/{fresh}", format=fmt))[1] == \
             (await get(stack, f"/items/{cached}", format=fmt))[1]
+
+
+async def test_an_id_crawl_saved_reads_back_through_every_export(stack: Stack,
+                                                                 out_settings: Settings) -> None:
+    """A real crawl: ids 1..30 reachable from id 1 (each page names two others, some twice),
+    saved to a gz tar and WARC. /bodies gives each page's bytes as served, the tar export one
+    entry per page named by the tar pattern, /index one WARC record per page, /items the ids
+    and the body refs, /status the spec's follow/ids/save."""
+    from collections import Counter
+
+    from aiohttp import web as aioweb
+
+    from tests.servers import serve
+    hits: Counter[str] = Counter()
+
+    def page(n: int) -> bytes:
+        more = " ".join(f"<ref id='{m}'/>" for m in (2 * n, 2 * n + 1, 2 * n) if m <= 30)
+        return f"<item n='{n}'>{more}</item>".encode()
+
+    async def handle(request: aioweb.Request) -> aioweb.Response:
+        ident = request.query.get("id", "")
+        hits[ident] += 1
+        if not ident.isdigit() or not 1 <= int(ident) <= 30:
+            return aioweb.Response(status=404)
+        return aioweb.Response(body=page(int(ident)), content_type="application/xml")
+
+    runner, base = await serve(handle)
+    try:
+        fmt = base + "/item?id={}"
+        tar_save = {"kind": "tar", "pattern": "{id[:1]}/{id}.xml", "compression": "gz"}
+        spec = {"ids": {"regex": "id='(\\d+)'", "urlFormat": fmt, "seeds": ["1"]},
+                "save": [tar_save, {"kind": "warc"}]}
+        assert stack.http
+        async with stack.http.post(stack.base + "/", json=spec) as r:
+            assert r.status == 200, await r.text()
+            job = int((await r.json())["jobId"])
+        st = await stack.wait_complete(job)
+        assert st["pages"]["failed"] == 0, st
+        assert hits == Counter(str(n) for n in range(1, 31))  # each id once
+        assert st["spec"]["ids"]["urlFormat"] == fmt and st["spec"]["save"] == spec["save"]
+        urls = {canonicalize(fmt.format(n)): page(n) for n in range(1, 31)}
+        for url, served in urls.items():
+            status, got, headers = await get(stack, f"/bodies/{job}", url=url)
+            assert (status, got) == (200, served)
+            assert headers["X-Harvester-Source"].startswith("tar:job-")
+        body = (await get(stack, f"/bodies/{job}", format="tar"))[1]
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            names = tar.getnames()
+            got = {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                   for m in tar.getmembers()}
+        assert sorted(names) == sorted(f"{str(n)[0]}/{n}.xml" for n in range(1, 31))
+        assert got == {f"{str(n)[0]}/{n}.xml": page(n) for n in range(1, 31)}
+        index = (await get(stack, f"/index/{job}"))[1].decode().splitlines()
+        assert sorted(json.loads(line.split(" ", 2)[2])["url"] for line in index) == \
+            sorted(urls)
+        refs = jsonl((await get(stack, f"/items/{job}", kind="body", format="jsonl"))[1])
+        assert Counter(r["output"] for r in refs) == {"tar": 30, "warc": 30}
+        found = jsonl((await get(stack, f"/items/{job}", kind="id", format="jsonl"))[1])
+        assert {f["id"] for f in found} == {str(n) for n in range(2, 31)}
+    finally:
+        await runner.cleanup()
