@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from bench import report
-from bench.harvester import HarvesterOptions, run_harvester
+from bench.harvester import VARIANTS, HarvesterOptions, run_harvester
 from bench.others import run_ceiling, run_scrapy
 from bench.procs import processes_running, tree_cpu
 from bench.server import StaticServer, free_port_pair, port_free
@@ -40,6 +40,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs of each system; medians reported")
     p.add_argument("--systems", default="harvester,scrapy,ceiling,ceiling+parse",
                    help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    p.add_argument("--variants", default="plain,warc,extract",
+                   help="Harvester job variants, comma-separated: plain, warc (save=warc), "
+                        "extract (items by CSS/XPath); each reported against plain (plain,warc,extract)")
     p.add_argument("--scaling", action="store_true",
                    help="also run Harvester with 1, 2, 4 workers and with 2 foremen")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
@@ -58,6 +61,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
     a = p.parse_args(argv)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if "plain" not in a.variants:
+        a.variants.insert(0, "plain")  # the others are measured against it
+    if bad := [v for v in a.variants if v not in VARIANTS]:
+        p.error(f"unknown variants: {bad}")
     bad = [s for s in a.systems if s not in SYSTEMS]
     if bad:
         p.error(f"unknown systems: {bad}")
@@ -126,20 +134,21 @@ def main(argv: list[str] | None = None) -> int:
                       *[u for u in site.expected if "/item/" in u][:1]], site.missing[:2])
         machine = _machine(server)
         print(f"server: {machine['server']}", flush=True)
-        configs: list[tuple[str, int, int]] = []   # (system, workers, foremen) per repeat
+        configs: list[tuple[str, int, int, str]] = []  # (system, workers, foremen, variant)
         for system in (s for s in SYSTEMS if s in a.systems):
             if system == "harvester":
-                configs.append((system, a.workers, a.foremen))
+                configs += [(system, a.workers, a.foremen, v) for v in a.variants]
             else:
-                configs.append((system, 0, 0))
+                configs.append((system, 0, 0, "plain"))
         if a.scaling:
             for w, f in ((1, 1), (2, 1), (4, 1), (a.workers, 2)):
-                if ("harvester", w, f) not in configs:
-                    configs.append(("harvester", w, f))
+                if ("harvester", w, f, "plain") not in configs:
+                    configs.append(("harvester", w, f, "plain"))
         profiled = False
         for rep in range(1, a.repeat + 1):
-            for system, w, f in configs:
+            for system, w, f, variant in configs:
                 label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
+                label += "" if variant == "plain" else f"-{variant}"
                 print(f"bench: {system} {label} ...", flush=True)
                 server_cpu0 = tree_cpu([server.pid])[1]
                 server_errors0 = server.error_count()
@@ -147,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     opts = HarvesterOptions(workers=w, foremen=f, concurrency=a.concurrency,
                                             worker_concurrency=a.worker_concurrency
                                             or a.concurrency,
-                                            timeout=a.timeout, keep_data=a.keep_data)
+                                            timeout=a.timeout, keep_data=a.keep_data,
+                                            variant=variant)
                     if a.profile and not profiled:
                         opts.profile, opts.profile_out = a.profile, out / "worker.txt"
                         profiled = True
@@ -192,11 +202,12 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
     expected = len(site.expected)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        key = (r["system"], r.get("workers"), r.get("foremen"))
+        key = (r["system"], r.get("workers"), r.get("foremen"), r.get("variant", "plain"))
         groups.setdefault(key, []).append(r)
     summaries = [report.summarize(rs, expected) for rs in groups.values()]
     main_rows = [s for s in summaries if s["system"] != "harvester"
-                 or (s["workers"] == a.workers and s["foremen"] == a.foremen)]
+                 or (s["workers"] == a.workers and s["foremen"] == a.foremen
+                     and s["variant"] == "plain")]
     order = {"harvester": 0, "scrapy": 1, "ceiling": 2, "ceiling+parse": 3}
     main_rows.sort(key=lambda s: order[s["system"]])
     by = {s["system"]: s for s in main_rows}
@@ -232,7 +243,14 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
               "sum of PSS, which counts shared buffers once). A crawl that misses an expected "
               "page is INVALID.")]
     lines += _api_lines(runs)
-    scaling = [s for s in summaries if s["system"] == "harvester"]
+    costs = report.variants(summaries)
+    if costs:
+        lines += ["", "## Harvester variants (issue 11)", "",
+                  ("Each against the plain crawl of the same run and workers: `warc` saves every "
+                  "answer as WARC (`save: [{\"kind\": \"warc\"}]`, target: at most 25% less "
+                  "throughput), `extract` pulls items by CSS and XPath "
+                  "(`bench/harvester.py` `VARIANTS`)."), "", *costs]
+    scaling = [s for s in summaries if s["system"] == "harvester" and s["variant"] == "plain"]
     if a.scaling:
         scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
         lines += ["", "## Harvester scaling", "", report.scaling_table(scaling)]
@@ -243,7 +261,8 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                      + (f"; errors: {s['errors']}" if s["errors"] else ""))
     lines.append("")
     for r in runs:
-        keep = {k: r.get(k) for k in ("system", "label", "valid", "found", "wall", "cpu",
+        keep = {k: r.get(k) for k in ("system", "label", "variant", "saved_mb", "valid", "found",
+                                      "wall", "cpu",
                                       "cpu_sampled", "cpu_by_kind", "processes", "status",
                                       "links", "failed", "unexpected_failures", "requests",
                                       "status_404", "depth_max", "responses",

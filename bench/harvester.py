@@ -36,6 +36,18 @@ class HarvesterOptions:
     keep_data: bool = False
     profile: float = 0.0          # seconds of py-spy on one worker (0: none)
     profile_out: Path | None = None
+    variant: str = "plain"        # a key of VARIANTS: what the job does besides links
+
+
+# The job spec keys of each bench variant (issue 11): the cost of saving WARC and of extracting
+# items, against the plain crawl of the same run.
+VARIANTS: dict[str, dict[str, object]] = {
+    "plain": {},
+    "warc": {"save": [{"kind": "warc"}]},
+    "extract": {"extract": [{"kind": "items", "fields": {
+        "title": {"css": "title"}, "heading": {"xpath": "//h1"},
+        "links": {"css": "a", "attr": "href", "take": "all"}}}]},
+}
 
 
 def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: int) -> Path:
@@ -53,8 +65,10 @@ def _get_json(url: str, timeout: float = 30.0) -> object:
         return json.load(r)
 
 
-def _post(url: str, body: bytes, timeout: float = 30.0) -> object:
+def _post(url: str, body: bytes, timeout: float = 30.0, content_type: str | None = None) -> object:
     req = urllib.request.Request(url, data=body, method="POST")
+    if content_type:
+        req.add_header("Content-Type", content_type)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.load(r)
 
@@ -184,7 +198,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
                           opts.worker_concurrency)
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))
     if opts.profile:
         env["HARVESTER_PG_SETTINGS"] = ("shared_preload_libraries=pg_stat_statements "
                                         "pg_stat_statements.track=all")
@@ -199,7 +213,8 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     extra: list[subprocess.Popen[bytes]] = []
     result: dict[str, object] = {"system": "harvester", "label": label, "workers": opts.workers,
                                  "foremen": opts.foremen, "valid": False,
-                                 "worker_concurrency": opts.worker_concurrency}
+                                 "worker_concurrency": opts.worker_concurrency,
+                                 "variant": opts.variant}
     try:
         if not drain.got_first.wait(180) or "Harvester is up" not in drain.first:
             raise RuntimeError(f"harvester up did not start: {drain.first!r}; see {data_dir}")
@@ -229,7 +244,12 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         monitor = TreeMonitor([up.pid] + [p.pid for p in extra])
         monitor.start()
         t0 = time.monotonic()
-        job = _post(f"{api}/?depth={site.harvester_depth}", site.start_url.encode())
+        if opts.variant == "plain":
+            job = _post(f"{api}/?depth={site.harvester_depth}", site.start_url.encode())
+        else:
+            spec = {"urls": [site.start_url], "depth": site.harvester_depth,
+                    **VARIANTS[opts.variant]}
+            job = _post(f"{api}/", json.dumps(spec).encode(), content_type="application/json")
         job_id = job["jobId"]  # type: ignore[index]
         profiler = _start_profile(up.pid, opts) if opts.profile else None
         pg = None
@@ -261,6 +281,9 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
             except subprocess.TimeoutExpired:
                 spy.kill()
                 spy.wait(5)
+        saved = [f for f in (data_dir / "output").rglob("*") if f.is_file()]
+        if saved:
+            result["saved_mb"] = round(sum(f.stat().st_size for f in saved) / 2**20, 1)
         result.update({"wall": wall, "cpu": monitor.cpu(), "cpu_sampled": monitor.cpu_sampled(),
                        "cpu_by_kind": monitor.cpu_by_kind(), **monitor.memory(),
                        "status": status.get("pages"), "elapsed_reported": status.get("elapsed"),
@@ -297,7 +320,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         _stop(up, extra)
         result.update(_log_counts(data_dir))
         if not opts.keep_data:
-            for sub in ("postgres", "nats"):
+            for sub in ("postgres", "nats", "output"):
                 shutil.rmtree(data_dir / sub, ignore_errors=True)
 
 

@@ -28,6 +28,8 @@ def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
         "cpu_per_1000": cpu / expected * 1000 if cpu is not None and valid else None,
         "errors": sorted({r["error"] for r in runs if r.get("error")}),
         "workers": first.get("workers"), "foremen": first.get("foremen"),
+        "variant": first.get("variant", "plain"),
+        "saved_mb": _median([r.get("saved_mb") for r in use]),
     }
     kinds = sorted({k for r in use for k in (r.get("peak_rss_mb") or {})})
     s["peak_rss_mb"] = {k: _median([(r.get("peak_rss_mb") or {}).get(k) for r in use])
@@ -108,3 +110,24 @@ def scaling_table(summaries: list[dict[str, Any]]) -> str:
                      f"| {_f(s['wall'])} | {_f(s['pages_per_s'], '{:.0f}')} "
                      f"| {_f(s['cpu_per_1000'], '{:.2f}')} | {rss_text(s)} |")
     return "\n".join(lines)
+
+
+def variants(summaries: list[dict[str, Any]]) -> list[str]:
+    """Each variant's cost against the plain crawl with the same workers, in the same run."""
+    plain = {(s["workers"], s["foremen"]): s for s in summaries
+             if s["system"] == "harvester" and s["variant"] == "plain"}
+    lines = [("| variant | workers | valid | pages/s | × plain | CPU s / 1,000 pages | × plain "
+             "| saved MB |"), "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        base = plain.get((s["workers"], s["foremen"]))
+        if s["system"] != "harvester" or s["variant"] == "plain" or base is None:
+            continue
+        speed = (s["pages_per_s"] / base["pages_per_s"]
+                 if s["pages_per_s"] and base["pages_per_s"] else None)
+        cpu = (s["cpu_per_1000"] / base["cpu_per_1000"]
+               if s["cpu_per_1000"] and base["cpu_per_1000"] else None)
+        lines.append(f"| {s['variant']} | {s['workers']} | {s['valid_runs']}/{s['runs']} "
+                     f"| {_f(s['pages_per_s'], '{:.0f}')} | {_f(speed, '{:.2f}')} "
+                     f"| {_f(s['cpu_per_1000'], '{:.2f}')} | {_f(cpu, '{:.2f}')} "
+                     f"| {_f(s['saved_mb'])} |")
+    return lines if len(lines) > 2 else []
