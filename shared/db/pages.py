@@ -11,7 +11,7 @@ from typing import TypeVar
 import asyncpg
 
 from shared.mime import guess_mime
-from shared.model import Extraction, FetchedPage
+from shared.model import Extraction, FetchedPage, Yield
 
 CHUNK = 5_000  # URLs (or links) a statement, for a page with very many links
 TARGET_KINDS = frozenset({"link", "id"})  # yields naming a URL to follow (``url_yield.target``)
@@ -67,6 +67,11 @@ async def record_fetches(conn: asyncpg.Connection,
     for p in ps:
         async for chunk in _chunks(links[p.url_id]):
             link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
+    extracted = {(p.url_id, x.ruleset): x for p, x in fetched if x.ruleset and not p.not_modified}
+    for x in extracted.values():  # the URLs of link and id yields: upserted with the links
+        for u in _targets(x.yields):
+            if u is not None and u not in link_mime:
+                link_mime[u] = guess_mime(u)
     urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
     ids_by_url: dict[str, int] = {}
     async for some in _chunks(urls):
@@ -82,13 +87,22 @@ async def record_fetches(conn: asyncpg.Connection,
             INSERT INTO url_link (refer_id, url_id)
             SELECT * FROM unnest($1::bigint[], $2::bigint[])
             ON CONFLICT DO NOTHING""", refer[i:i + CHUNK], linked[i:i + CHUNK])
-    extracted = {(p.url_id, x.ruleset): x for p, x in fetched if x.ruleset and not p.not_modified}
     if extracted:
-        await _record_yields(conn, extracted)
+        await _record_yields(conn, extracted, ids_by_url)
+
+
+def _targets(yields: Sequence[Yield]) -> list[str | None]:
+    """Per yield, the URL a link or id yield names (``value["url"]``), else None."""
+    out: list[str | None] = []
+    for y in yields:
+        url = y.value.get("url") if y.kind in TARGET_KINDS else None
+        out.append(url if isinstance(url, str) else None)
+    return out
 
 
 async def _record_yields(conn: asyncpg.Connection,
-                         extracted: dict[tuple[int, int], Extraction]) -> None:
+                         extracted: dict[tuple[int, int], Extraction],
+                         ids_by_url: dict[str, int]) -> None:
     """Replace the ``url_yield`` rows of these (page, rule set)s with the extractions' yields
     (numbered in document order within each kind) and record each page as extracted under its
     rule set at its current version (bumped by the caller in this transaction). The caller's
@@ -96,9 +110,10 @@ async def _record_yields(conn: asyncpg.Connection,
     take turns.
 
     A ``link`` or ``id`` yield (a follow rule's link, an id's URL: ``value["url"]``) also
-    records the URL it names (``url_yield.target``, the URLs upserted ``CHUNK`` at a time with
-    their guessed type): the children of a job following its rules are read from these rows,
-    the same for a page answered from the store as for a fresh one."""
+    records the URL it names (``url_yield.target``; ``ids_by_url``: the caller upserted these
+    URLs with the links, in one sorted order, so two transactions never insert them in
+    opposite orders): the children of a job following its rules are read from these rows, the
+    same for a page answered from the store as for a fresh one."""
     keys = sorted(extracted)
     await conn.execute("""
         DELETE FROM url_yield y USING unnest($1::bigint[], $2::bigint[]) AS d(url_id, ruleset)
@@ -108,16 +123,13 @@ async def _record_yields(conn: asyncpg.Connection,
     named: list[str | None] = []  # per row: the URL a link or id yield names
     for url_id, ruleset in keys:
         seq: dict[str, int] = {}
-        for y in extracted[url_id, ruleset].yields:
+        yields = extracted[url_id, ruleset].yields
+        named += _targets(yields)
+        for y in yields:
             n = seq[y.kind] = seq.get(y.kind, -1) + 1
             rows.append((url_id, ruleset, y.kind, n, json.dumps(y.value)))
-            url = y.value.get("url") if y.kind in TARGET_KINDS else None
-            named.append(url if isinstance(url, str) else None)
             if len(rows) % CHUNK == 0:  # a page of very many items: let the loop run
                 await asyncio.sleep(0)
-    ids_by_url: dict[str, int] = {}
-    async for some in _chunks(sorted({u for u in named if u is not None})):
-        ids_by_url.update(await upsert_urls(conn, {u: guess_mime(u) for u in some}))
     for i in range(0, len(rows), CHUNK):
         chunk = rows[i:i + CHUNK]
         await conn.execute("""
