@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -379,15 +380,18 @@ async def committed_body_refs(database_url: str, job: int) -> list[tuple[str, di
 
 async def test_sigkill_a_worker_during_an_id_crawl_with_warc(settings: Settings,
                                                               tmp_path: Path) -> None:
-    """DS-4: the saved set is the reachable set, each page once in the committed refs, every
-    WARC file reads back whole (warcio check), each ref's record holds the bytes served."""
+    """DS-4 (and DS-7 after a SIGKILL): the saved set is the reachable set, each page once in
+    the committed refs, every WARC file reads back whole (warcio check), each ref's record holds
+    the bytes served; the tar export has one entry per id; the archives themselves hold every
+    committed entry once, and orphans (visits never committed) at most one per re-fetch."""
     site = await IdSite().start()
     root = tmp_path / "out"
     tiers = Tiers(settings, tmp_path)
     tiers.env["HARVESTER_OUTPUT_ROOT"] = str(root)
     try:
         await tiers.up()
-        spec = {"urls": [], "save": [{"kind": "warc"}],
+        spec = {"urls": [], "save": [{"kind": "warc"},
+                                     {"kind": "tar", "compression": "gz", "pattern": "{id}"}],
                 "ids": {"regex": r"ID-(\d+)", "urlFormat": site.base + "/item?id={}",
                         "seeds": ["0"]}}
         async with tiers.http.post(tiers.base + "/", json=spec) as r:
@@ -410,11 +414,21 @@ async def test_sigkill_a_worker_during_an_id_crawl_with_warc(settings: Settings,
         await wait_idle(settings)
         assert st["pages"]["processed"] == site.n and st["pages"]["failed"] == 0, st
         assert set(site.hits) == set(range(site.n))  # every reachable id, no other
+        # The job's tar export, streamed from the committed refs: one entry per id.
+        async with tiers.http.get(f"{tiers.base}/bodies/{job}", params={"format": "tar"}) as r:
+            assert r.status == 200
+            exported = await r.read()
+        with tarfile.open(fileobj=io.BytesIO(exported), mode="r:") as t:
+            entries = [(m.name, t.extractfile(m).read()) for m in t]  # type: ignore[union-attr]
+        assert sorted(entries) == sorted((str(i), site.sent[i]) for i in range(site.n))
     finally:
         codes = await tiers.down()
         await site.stop()
     assert all(code == 0 for code in codes.values()), codes
-    refs = await committed_body_refs(settings.database_url, job)
+    every = await committed_body_refs(settings.database_url, job)
+    tars = [(url, ref) for url, ref in every if ref["output"] == "tar"]
+    refs = [(url, ref) for url, ref in every if ref["output"] == "warc"]
+    assert Counter(url for url, _ in tars) == Counter(url for url, _ in refs)
     saved = Counter(url for url, _ in refs)
     assert set(saved) == {site.url(i) for i in range(site.n)}  # saved set == reachable set
     assert set(saved.values()) == {1}, "a page listed twice"
@@ -447,3 +461,15 @@ async def test_sigkill_a_worker_during_an_id_crawl_with_warc(settings: Settings,
     # An orphan is a record of a visit never committed: a page the killed worker wrote whose
     # commit never happened, fetched and written again by another.
     assert set(records) == set(saved) and 0 <= orphans <= site.refetches()
+    # The tar archives themselves (the killed worker's has no end blocks): every entry whole,
+    # the committed ones once each, any other an orphan of a re-fetch.
+    listed: Counter[str] = Counter()
+    for path in sorted((root / f"job-{job}" / "tar").glob("*.tar.gz")):
+        with tarfile.open(path, "r:gz") as t:
+            for m in t:
+                f = t.extractfile(m)
+                assert f is not None and f.read() == site.sent[int(m.name)]
+                listed[m.name] += 1
+    assert set(listed) == {str(i) for i in range(site.n)}
+    assert sum(listed.values()) - site.n <= site.refetches()
+    print(f"DS-4: {sum(listed.values()) - site.n} orphan tar entries")
