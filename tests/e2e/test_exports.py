@@ -454,3 +454,27 @@ async def test_an_id_crawl_saved_reads_back_through_every_export(stack: Stack,
         assert {f["id"] for f in found} == {str(n) for n in range(2, 31)}
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("query", ["", "?format=jsonl", "?format=csv"])
+async def test_stalled_items_readers_hold_no_connection(web: Stack, db: asyncpg.Connection,
+                                                        query: str) -> None:
+    """More stalled /items readers than the pool has connections: /status still answers, and no
+    transaction or snapshot stays open (each chunk's connection is released before it is
+    written)."""
+    import aiohttp
+
+    from tests.e2e.test_result_readers import stalled_reader, until_no_transaction
+    from web_server.app import POOL_SIZE
+    job = await web.post_job(["http://items.example/"])
+    await insert_items(db, job, 12, 5000)  # 60,000 items, some MB: more than sockets buffer
+    port = int(web.base.rsplit(":", 1)[1])
+    readers = [await stalled_reader(port, f"/items/{job}{query}") for _ in range(POOL_SIZE + 2)]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
+                s.get(f"{web.base}/status/{job}") as r:
+            assert r.status == 200, await r.text()
+        await until_no_transaction(db)
+    finally:
+        for _, writer in readers:
+            writer.close()
