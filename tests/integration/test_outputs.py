@@ -379,3 +379,20 @@ async def test_db_row_per_digest(tmp_path: Path, settings: Settings,
     assert sorted((r["digest"], r["data"]) for r in rows) == sorted(
         [(digests[0], gz), (digests[1], b"other")])
     assert await bodies.get_body(db, digests[0]) == gz
+
+
+async def test_warc_record_ids_are_unique_across_writers(tmp_path: Path,
+                                                         settings: Settings) -> None:
+    """WARC 1.1: a record id is globally unique. The orphan of a killed worker and the
+    committed re-fetch of the same bytes by another process are two records, two ids; one
+    process asked again returns its earlier ref (same id)."""
+    a = make("warc", tmp_path, settings, prefix="a")
+    b = make("warc", tmp_path, settings, prefix="b")
+    first, again = await save(a, ctx(3), page(3)), await save(a, ctx(3), page(3))
+    other = await save(b, ctx(3), page(3))
+    await a.close()  # type: ignore[attr-defined]
+    await b.close()  # type: ignore[attr-defined]
+    assert again == first and other["recordId"] != first["recordId"]
+    ids = [r[1].get_header("WARC-Record-ID") for f in (first["file"], other["file"])
+           for r in records(tmp_path / f)]
+    assert len(ids) == 6 and len(set(ids)) == 6  # warcinfo, response, request in each

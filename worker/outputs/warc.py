@@ -7,7 +7,6 @@ under ``<outputRoot>/job-<jobId>/warc/``, each starting with a ``warcinfo`` reco
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import uuid
 import zlib
@@ -27,13 +26,13 @@ from worker.outputs.rotate import Appender
 from worker.tasks import Context
 
 SOFTWARE = "Harvester"
-_NS = uuid.UUID("6f1d3c52-5b0e-4d8a-9a57-3c1f2f0d8e41")  # WARC-Record-IDs: uuid5 in this
-_REMEMBERED = 100_000  # refs of records written by this process, for redeliveries
+REMEMBERED = 4096  # refs of the last records written by this process, for redeliveries
 
 
-def record_id(job_id: int, url_id: int, payload_sha1: str, kind: str = "response") -> str:
-    """The same page of the same job with the same bytes has the same record id."""
-    return f"<urn:uuid:{uuid.uuid5(_NS, f'{job_id}:{url_id}:{payload_sha1}:{kind}')}>"
+def record_id() -> str:
+    """A new, globally unique WARC-Record-ID (WARC 1.1): every record written gets its own,
+    so an orphan record and the committed re-fetch of the same bytes never share one."""
+    return f"<urn:uuid:{uuid.uuid4()}>"
 
 
 def _gzip(data: bytes) -> bytes:
@@ -64,12 +63,10 @@ def warcinfo(file_name: str, job_id: int, ruleset: int | None) -> bytes:
     return _record(buf, writer, writer.create_warcinfo_record(file_name, info))
 
 
-def build_records(job_id: int, url_id: int, uri: str, raw: RawResponse,
-                  date: str) -> tuple[bytes, int, str, str]:
+def build_records(uri: str, raw: RawResponse, date: str) -> tuple[bytes, int, str, str]:
     """(response member + request member, the response member's length, its
     WARC-Payload-Digest, its WARC-Record-ID). CPU work: run it in a thread."""
-    payload_sha1 = hashlib.sha1(raw.body).hexdigest()
-    rid = record_id(job_id, url_id, payload_sha1)
+    rid = record_id()
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=False, warc_version="1.1")
     protocol, _, statusline = _text(raw.status_line).partition(" ")
@@ -89,7 +86,7 @@ def build_records(job_id: int, url_id: int, uri: str, raw: RawResponse,
     request = writer.create_warc_record(
         uri, "request", http_headers=StatusAndHeaders(f"GET {target} HTTP/1.1", sent,
                                                       is_http_request=True),
-        warc_headers_dict={"WARC-Record-ID": record_id(job_id, url_id, payload_sha1, "request"),
+        warc_headers_dict={"WARC-Record-ID": record_id(),
                            "WARC-Date": date, "WARC-Concurrent-To": rid})
     second = _record(buf, writer, request)
     return first + second, len(first), digest, rid
@@ -111,7 +108,9 @@ class Warc:
         self.ruleset: int | None = options.get("ruleset")
         self.host = worker_host()
         self._appender: Appender | None = None
-        self._written: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # (job, url id, WARC-Payload-Digest) -> the ref of the record written for it (the last
+        # REMEMBERED): a redelivery of the same bytes to this process is not written again
+        self._written: OrderedDict[tuple[int, int, str], dict[str, Any]] = OrderedDict()
 
     def _open(self, job_id: int) -> Appender:
         if self._appender is None:
@@ -128,18 +127,18 @@ class Warc:
             return ()
         uri = page.final_url or ctx.url
         date = iso_now()
-        blob, length, digest, rid = await asyncio.to_thread(
-            build_records, ctx.job_id, page.url_id, uri, raw, date)
-        known = self._written.get(rid)
+        blob, length, digest, rid = await asyncio.to_thread(build_records, uri, raw, date)
+        key = (ctx.job_id, page.url_id, digest)
+        known = self._written.get(key)
         if known is not None:  # redelivered to this process, same bytes: already written
-            self._written.move_to_end(rid)
+            self._written.move_to_end(key)
             return (Yield("body", known),)
         file, offset = await self._open(ctx.job_id).append(blob)
         ref = {"output": "warc", "file": file, "offset": offset, "length": length,
                "digest": digest, "status": page.status, "mime": page.mime, "date": date,
                "recordId": rid}
-        self._written[rid] = ref
-        if len(self._written) > _REMEMBERED:
+        self._written[key] = ref
+        if len(self._written) > REMEMBERED:
             self._written.popitem(last=False)
         return (Yield("body", ref),)
 
