@@ -50,6 +50,13 @@ _KIND_COLUMNS = {"id": ("id", "url"), "link": ("url",),
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate",
                          "proxy-authorization", "te", "trailer", "trailers",
                          "transfer-encoding", "upgrade", "content-length"))
+# Stored response headers /bodies passes through under their own name (with Content-Type when
+# safe); every other one comes as ``X-Harvester-Header-<Name>``: a crawled page must not set
+# cookies, CORS, refreshes or caching rules on the API's own origin.
+_PASSED = frozenset(("content-encoding", "etag", "last-modified"))
+# Types a browser would render or run (HTML, XHTML, SVG, XML with XSLT, scripts): served as
+# application/octet-stream, an attachment, the original in X-Harvester-Content-Type.
+_ACTIVE_TYPE = re.compile(r"html|xml|svg|xsl|javascript|ecmascript|jscript|x-mixed-replace")
 _FORMATS = {"json": "application/json", "jsonl": "application/x-ndjson",
             "csv": "text/csv; charset=utf-8"}
 DEFAULT_NAME = "{host}/{urlhash}"
@@ -343,16 +350,51 @@ async def saved_bodies(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"Job {job_id} saved no body for {url}")
     data, headers = await _payload(deps, request.app[SETTINGS].output_root, ref)
     resp = web.Response(body=data)
-    if headers:
-        for name, value in headers:
-            if name.lower() not in _HOP_BY_HOP:
-                resp.headers.add(name, value)
-    elif ref.get("mime"):
-        resp.headers["Content-Type"] = str(ref["mime"])
+    mime = str(ref["mime"]) if ref.get("mime") else None
+    for name, value in served_headers(headers, mime):
+        resp.headers.add(name, value)
     resp.headers["X-Harvester-Status"] = str(ref.get("status", ""))
     resp.headers["X-Harvester-Source"] = f"{ref.get('output')}:{ref.get('file')}#" \
                                          f"{ref.get('offset')}"
     return resp
+
+
+def is_active_type(content_type: str) -> bool:
+    """Whether a browser would render or run a body of this type on the API's origin (or
+    sniff one without a type)."""
+    essence = content_type.split(";", 1)[0].strip().lower()
+    return "/" not in essence or _ACTIVE_TYPE.search(essence) is not None
+
+
+def served_headers(stored: Iterable[tuple[str, str]],
+                   mime: str | None) -> list[tuple[str, str]]:
+    """The headers /bodies sends with a saved body: of the ``stored`` response headers only
+    Content-Encoding, ETag and Last-Modified as they are, the first Content-Type (else the
+    page's ``mime``) when no browser would run it, every other one (hop-by-hop ones left out)
+    as ``X-Harvester-Header-<Name>``; always a sandboxing CSP and ``nosniff``. An active type
+    (``is_active_type``) or none is served as an ``application/octet-stream`` attachment, the
+    original in ``X-Harvester-Content-Type``."""
+    out: list[tuple[str, str]] = []
+    content_type: str | None = None
+    for name, value in stored:
+        low = name.lower()
+        if low == "content-type" and content_type is None:
+            content_type = value
+        elif low in _PASSED:
+            out.append((name, value))
+        elif low not in _HOP_BY_HOP:
+            out.append(("X-Harvester-Header-" + name, value))
+    if content_type is None:
+        content_type = mime
+    if content_type is not None and not is_active_type(content_type):
+        out.append(("Content-Type", content_type))
+    else:
+        out.append(("Content-Type", "application/octet-stream"))
+        if content_type:
+            out.append(("X-Harvester-Content-Type", content_type))
+        out.append(("Content-Disposition", "attachment"))
+    out += [("Content-Security-Policy", "sandbox"), ("X-Content-Type-Options", "nosniff")]
+    return out
 
 
 def _name_pattern(spec: Mapping[str, Any]) -> tuple[str, str | None]:

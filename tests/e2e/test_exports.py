@@ -190,33 +190,39 @@ PAGES = {"http://bodies.example/item?id=17": b"<xml>seventeen</xml>",
 FMT = "http://bodies.example/item?id={}"
 
 
-def raw_page(url_id: int, body: bytes) -> FetchedPage:
-    headers = ((b"Content-Type", b"application/xml"), (b"X-Served", b"yes"),
+XML_HEADERS = ((b"Content-Type", b"application/xml"), (b"X-Served", b"yes"),
                (b"Transfer-Encoding", b"chunked"))
+
+
+def raw_page(url_id: int, body: bytes,
+             headers: tuple[tuple[bytes, bytes], ...] = XML_HEADERS) -> FetchedPage:
+    mime = dict(headers).get(b"Content-Type", b"").decode().split(";")[0]
     raw = RawResponse(b"HTTP/1.1 200 OK", headers, body, (("User-Agent", "t"),))
-    return FetchedPage(url_id, 200, "application/xml", None, cacheable=True, body=body, raw=raw)
+    return FetchedPage(url_id, 200, mime, None, cacheable=True, body=body, raw=raw)
 
 
 async def save_job(web: Stack, db: asyncpg.Connection, settings: Settings,
-                   save: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+                   save: list[dict[str, Any]], pages: dict[str, bytes] = PAGES,
+                   headers: tuple[tuple[bytes, bytes], ...] = XML_HEADERS,
+                   ) -> tuple[int, dict[str, int]]:
     """A job whose pages were written by the outputs of ``save`` and their refs committed as
     ``job_yield`` rows (what the worker's commit does), each output's ref a ``body`` yield."""
-    spec = {"urls": [next(iter(PAGES))], "ids": {"regex": "id=(\\d+)", "urlFormat": FMT},
+    spec = {"urls": [next(iter(pages))], "ids": {"regex": "id=(\\d+)", "urlFormat": FMT},
             "save": save}
     assert web.http
     async with web.http.post(web.base + "/", json=spec) as r:
         assert r.status == 200, await r.text()
         job = int((await r.json())["jobId"])
     await db.execute("INSERT INTO url (url) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                     list(PAGES))
+                     list(pages))
     ids = dict(await db.fetch("SELECT url, id FROM url WHERE url = ANY($1::text[])",
-                              list(PAGES)))
+                              list(pages)))
     made = {"warc": Warc, "files": Files, "tar": Tar, "db": Db}
     outputs = [made[s["kind"]](settings, {**s, "urlFormat": FMT}) for s in save]
-    for url, body in PAGES.items():
+    for url, body in pages.items():
         for seq, output in enumerate(outputs):
-            (y,) = await output.write(Context(job, ids[url], url, 1), raw_page(ids[url], body),
-                                      Extraction())
+            (y,) = await output.write(Context(job, ids[url], url, 1),
+                                      raw_page(ids[url], body, headers), Extraction())
             await db.execute("INSERT INTO job_yield (job_id, url_id, kind, seq, value) "
                              "VALUES ($1, $2, 'body', $3, $4::jsonb)",
                              job, ids[url], seq, json.dumps(y.value))
@@ -240,12 +246,54 @@ async def test_bodies_endpoint(web: Stack, db: asyncpg.Connection, out_settings:
         assert status == 200 and got == body
         assert headers["X-Harvester-Status"] == "200"
         assert headers["X-Harvester-Source"].startswith(f"{kind}:")
-        assert headers["Content-Type"] == "application/xml"
+        # XML is a type a browser would run (XSLT, XHTML): served as bytes, its type noted.
+        assert headers["Content-Type"] == "application/octet-stream"
+        assert headers["X-Harvester-Content-Type"] == "application/xml"
+        assert headers["Content-Disposition"] == "attachment"
+        assert headers["Content-Security-Policy"] == "sandbox"
+        assert headers["X-Content-Type-Options"] == "nosniff"
         assert "Transfer-Encoding" not in headers  # hop-by-hop: not copied from the record
-        if kind in ("warc", "db"):  # the response headers as stored
-            assert headers["X-Served"] == "yes"
+        if kind in ("warc", "db"):  # the response headers as stored, renamed
+            assert headers["X-Harvester-Header-X-Served"] == "yes"
+            assert "X-Served" not in headers
     status, got, _ = await get(web, f"/bodies/{job}", url="http://bodies.example/item?id=9")
     assert (status, json.loads(got)["code"]) == (404, "NotFound")
+
+
+HOSTILE = ((b"Content-Type", b"text/html; charset=utf-8"), (b"Set-Cookie", b"sid=evil; Path=/"),
+           (b"Access-Control-Allow-Origin", b"*"), (b"Refresh", b"0; url=http://evil.example/"),
+           (b"ETag", b'"v1"'), (b"Last-Modified", b"Mon, 02 Jan 2006 15:04:05 GMT"))
+SAFE = ((b"Content-Type", b"text/plain; charset=utf-8"), (b"Set-Cookie", b"sid=evil"))
+
+
+@pytest.mark.parametrize("kind", ["warc", "db", "files", "tar"])
+async def test_bodies_never_serve_crawled_html_or_headers_as_the_api(
+        web: Stack, db: asyncpg.Connection, out_settings: Settings, kind: str) -> None:
+    """A stored page setting a cookie, as text/html, with CORS and Refresh: served as an
+    attachment of bytes, sandboxed, its headers only as X-Harvester-Header-*."""
+    url = "http://bodies.example/item?id=1"
+    page = b"<script>fetch('/status/1').then(r => r.text()).then(alert)</script>"
+    job, _ = await save_job(web, db, out_settings, [{"kind": kind}], {url: page}, HOSTILE)
+    status, got, headers = await get(web, f"/bodies/{job}", url=url)
+    assert (status, got) == (200, page)
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["X-Harvester-Content-Type"].startswith("text/html")
+    assert headers["Content-Disposition"] == "attachment"
+    assert headers["Content-Security-Policy"] == "sandbox"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    for name in ("Set-Cookie", "Access-Control-Allow-Origin", "Refresh"):
+        assert name not in headers
+    if kind in ("warc", "db"):
+        assert headers["X-Harvester-Header-Set-Cookie"] == "sid=evil; Path=/"
+        assert headers["X-Harvester-Header-Refresh"] == "0; url=http://evil.example/"
+        assert headers["ETag"] == '"v1"'
+        assert headers["Last-Modified"] == "Mon, 02 Jan 2006 15:04:05 GMT"
+    # A type no browser runs keeps its Content-Type, inline, still sandboxed.
+    job, _ = await save_job(web, db, out_settings, [{"kind": kind}], {url: b"plain"}, SAFE)
+    status, got, headers = await get(web, f"/bodies/{job}", url=url)
+    assert headers["Content-Type"].startswith("text/plain")
+    assert "Content-Disposition" not in headers and "Set-Cookie" not in headers
+    assert headers["Content-Security-Policy"] == "sandbox"
 
 
 @pytest.mark.parametrize("save", [
