@@ -3,12 +3,19 @@
 A pattern is text with fields in braces: ``{name}`` or a slice of one, ``{name[a:b]}`` (what
 ``str.format`` lacks: ``{id[:2]}/{id}.xml`` shards by the id's first two characters);
 ``{{`` and ``}}`` are literal braces. Names (:data:`NAMES`): ``id`` (also ``0``: the id in an
-id crawl, else the URL's id), ``host`` (host[:port]), ``path`` (the URL path without its
-leading ``/``), ``ext`` (the path's extension, without the dot), ``urlhash`` (MD5 hex of the
-canonical URL, as the store keys it), ``urlid`` (the URL's id), ``sha1`` and ``sha256`` (hex of
-the body). A rendered name is always relative, without ``..`` or empty segments: each segment
-is sanitized (control characters and ``\\`` become ``_``, ``.``/``..`` become ``_``, at most
-200 bytes), so no URL or id can write outside the output directory.
+id crawl, percent-encoded, else the URL's id), ``host`` (host[:port]), ``path`` (the URL path
+without its leading ``/``, then ``_`` and a hash of the query when there is one), ``ext`` (the
+path's extension, without the dot), ``urlhash`` (MD5 hex of the canonical URL, as the store
+keys it), ``urlid`` (the URL's id), ``sha1`` and ``sha256`` (hex of the body).
+
+Names are unique: a pattern must hold one of :data:`UNIQUE` whole (not sliced). An id is
+percent-encoded (``%``, ``/``, ``\\`` and control characters as ``%XX``: ``a/`` is ``a%2F``,
+never ``a``), and in an id crawl a page whose URL the format did not make has ``{id}`` =
+``%u<urlid>``, which no encoded id can be; literal text may not hold ``%``. A rendered name is
+always relative, without ``..`` or empty segments: each segment is sanitized (control
+characters and ``\\`` become ``_``, ``.``/``..`` become ``_``), so no URL or id can write outside
+the output directory; a segment longer than 200 bytes is cut there and ends with ``~`` and 32
+hex digits of its SHA-256 (longer than any uncut segment, so two names never clash).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from urllib.parse import urlsplit
 from shared.ids import id_of
 
 NAMES = ("id", "0", "host", "path", "ext", "urlhash", "urlid", "sha1", "sha256")
+UNIQUE = ("id", "0", "urlhash", "urlid", "sha1", "sha256")  # distinct for distinct pages
 MAX_PATTERN_CHARS = 1000
 MAX_SEGMENT_BYTES = 200
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}\[\]]*)(?:\[(-?\d*):(-?\d*)\])?\}|[{}]")
@@ -41,6 +49,7 @@ def check_pattern(p: str) -> str | None:
     if _UNSAFE.search(p):
         return "control characters or '\\' are not allowed"
     fields = 0
+    unique = False
     for m in _FIELD.finditer(p):
         text = m.group(0)
         if text in ("{{", "}}"):
@@ -50,8 +59,14 @@ def check_pattern(p: str) -> str | None:
         if m.group(1) not in NAMES:
             return f"unknown field {{{m.group(1)}}} (known: {', '.join(NAMES)})"
         fields += 1
+        unique = unique or (m.group(1) in UNIQUE and m.group(2) is None)
     if not fields:
         return "no field: every page would get the same name"
+    if "%" in _FIELD.sub("", p):
+        return "'%' in literal text (names use it for escapes)"
+    if not unique:
+        return ("no unique field: give one of {id}, {urlhash}, {urlid}, {sha1}, {sha256} whole "
+                "(not sliced), or two pages may get the same name")
     return None
 
 
@@ -83,8 +98,17 @@ def _segment(s: str) -> str:
         return "_"
     raw = s.encode("utf-8")
     if len(raw) > MAX_SEGMENT_BYTES:
-        s = raw[:MAX_SEGMENT_BYTES].decode("utf-8", "ignore")
+        s = (raw[:MAX_SEGMENT_BYTES].decode("utf-8", "ignore") + "~"
+             + hashlib.sha256(raw).hexdigest()[:32])
     return s
+
+
+_ESCAPE = re.compile(r"[%/\\\x00-\x1f\x7f]")
+
+
+def escape_id(ident: str) -> str:
+    """An id as a name's text: ``%``, ``/``, ``\\`` and control characters as ``%XX``."""
+    return _ESCAPE.sub(lambda m: f"%{ord(m.group(0)):02X}", ident)
 
 
 def name_fields(url: str, url_id: int, payload: bytes | None = None,
@@ -93,9 +117,14 @@ def name_fields(url: str, url_id: int, payload: bytes | None = None,
     ``sha1``/``sha256``; empty without one) and, in an id crawl, the job's ``urlFormat``."""
     parts = urlsplit(url)
     path = parts.path.lstrip("/")
-    ident = id_of(url_format, url) if url_format else None
-    ident = ident if ident is not None else str(url_id)
+    if url_format:
+        found = id_of(url_format, url)
+        ident = escape_id(found) if found is not None else f"%u{url_id}"
+    else:
+        ident = str(url_id)
     body = payload if payload is not None else b""
+    if parts.query:
+        path += "_" + hashlib.sha256(parts.query.encode("utf-8")).hexdigest()[:12]
     return {
         "id": ident, "0": ident,
         "host": (parts.netloc.rpartition("@")[2]).lower(),

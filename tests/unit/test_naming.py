@@ -24,15 +24,16 @@ def test_fields_of_a_page() -> None:
     assert f["sha256"] == hashlib.sha256(b"body").hexdigest()
     # In an id crawl {id} is the id, found again from the URL.
     assert name_fields(id_url(FMT, "12345"), 7, None, FMT)["id"] == "12345"
-    assert name_fields("http://b.example/other", 7, None, FMT)["id"] == "7"
+    # A URL the format did not make gets a name no id can have.
+    assert name_fields("http://b.example/other", 7, None, FMT)["id"] == "%u7"
 
 
 @pytest.mark.parametrize(("pattern", "name"), [
     ("{host}/{urlhash}", "a.example:8080/" + hashlib.md5(URL.encode()).hexdigest()),
     ("{id[:2]}/{id}.xml", "12/12345.xml"),
     ("{0[:2]}/{0}", "12/12345"),
-    ("{id[1:3]}/{id[-2:]}", "23/45"),
-    ("{path}", "docs/page.xml"),
+    ("{id[1:3]}/{id[-2:]}/{id}", "23/45/12345"),
+    ("{path}/{urlid}", "docs/page.xml/42"),
     ("x-{urlid}.{ext}", "x-42.xml"),
     ("{{lit}}/{id}", "{lit}/12345"),
     ("a//{id}/", "a/12345"),
@@ -45,12 +46,17 @@ def test_render(pattern: str, name: str) -> None:
 
 @pytest.mark.parametrize(("value", "name"), [
     ("..", "_"), ("../../etc/passwd", "_/_/etc/passwd"), ("/abs/x", "abs/x"), ("", "_"),
-    ("a\x00b\\c\n", "a_b_c_"), (".", "_"), ("./x/./y", "_/x/_/y"), ("é" * 150, "é" * 100),
+    ("a\x00b\\c\n", "a_b_c_"), (".", "_"), ("./x/./y", "_/x/_/y"),
+    ("é" * 150, "é" * 100 + "~" + hashlib.sha256(("é" * 150).encode()).hexdigest()[:32]),
 ])
 def test_no_value_escapes_the_directory(value: str, name: str) -> None:
     out = render("{id}", {"id": value})
     assert out == name
     assert not out.startswith("/") and ".." not in out.split("/")
+
+
+_NOT_UNIQUE = ("no unique field: give one of {id}, {urlhash}, {urlid}, {sha1}, {sha256} whole "
+               "(not sliced), or two pages may get the same name")
 
 
 @pytest.mark.parametrize(("pattern", "problem"), [
@@ -64,6 +70,10 @@ def test_no_value_escapes_the_directory(value: str, name: str) -> None:
                "sha256)")),
     ("{id[2]}", "unbalanced '{' at position 0 (write {{ for one)"),
     ("fixed", "no field: every page would get the same name"),
+    ("{host}/{path}.{ext}", _NOT_UNIQUE),
+    ("{id[:2]}/{host}", _NOT_UNIQUE),
+    ("{sha1[:8]}/{urlid[1:]}", _NOT_UNIQUE),
+    ("a%/{id}", "'%' in literal text (names use it for escapes)"),
     ("a\\{id}", "control characters or '\\' are not allowed"),
 ])
 def test_bad_patterns(pattern: str, problem: str) -> None:
@@ -91,3 +101,31 @@ def test_id_url_is_injective_and_id_of_inverts_it(fmt: str) -> None:
 def test_check_id(ident: str, problem: str) -> None:
     assert check_id(ident) == problem
     assert check_id("x" * 512) is None
+
+
+def test_path_holds_the_query() -> None:
+    one = render("{path}", name_fields("http://h.example/item?id=1", 1))
+    two = render("{path}", name_fields("http://h.example/item?id=2", 2))
+    assert one != two and one.startswith("item_") and two.startswith("item_")
+    assert render("{path}", name_fields("http://h.example/item", 3)) == "item"
+
+
+@pytest.mark.parametrize("ids", [("a", "a/"), ("a/b", "a%2Fb"), ("a\\b", "a_b"), ("a\x01", "a_"),
+                                 ("x" * 300 + "1", "x" * 300 + "2"), ("1", "%u1")])
+def test_distinct_ids_get_distinct_names(ids: tuple[str, str]) -> None:
+    names = set()
+    for ident in ids:
+        url = id_url(FMT, ident)
+        assert id_of(FMT, url) == ident
+        fields = name_fields(url, 1, None, FMT)
+        names.add(render("{id}", fields))
+        names.add(render("{id[:2]}/{id}.xml", fields))
+    assert len(names) == 4
+    # The URL id of a page outside the format never looks like an id.
+    assert render("{id}", name_fields("http://b.example/x", 1, None, FMT)) not in names
+
+
+def test_long_segments_are_cut_with_a_hash_and_stay_distinct() -> None:
+    a, b = render("{id}", {"id": "y" * 250 + "a"}), render("{id}", {"id": "y" * 250 + "b"})
+    assert a != b and len(a.encode()) <= 255 and len(b.encode()) <= 255
+    assert all(len(n.encode()) > 200 for n in (a, b))  # never equal to an uncut segment
