@@ -3,6 +3,7 @@ with the readers others use (warcio, tarfile, the file system, the body table)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bz2
 import gzip
@@ -13,6 +14,8 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,41 @@ async def test_appender_never_truncates_an_existing_file(tmp_path: Path) -> None
     await app.close()
     assert (tmp_path / "f-0").read_bytes() == b"earlier run"
     assert (tmp_path / "f-1").read_bytes() == b"new"
+
+
+class _HeldWrite(Appender):
+    """An Appender whose big writes (those made in a thread) wait for ``go``."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def _write(self, blob: bytes) -> None:
+        if len(blob) > 256 * 1024:
+            self.started.set()
+            assert self.go.wait(30)
+        super()._write(blob)
+
+
+async def test_appender_close_after_a_cancelled_big_write_waits_for_it(tmp_path: Path) -> None:
+    """Cancelling ``append`` during its write in a thread releases the asyncio lock while the
+    thread still writes: ``close`` must not write the footer and close the fd underneath it."""
+    app = _HeldWrite(tmp_path, lambda serial: "f", max_size=10**9, header=lambda n: b"[h]",
+                     footer=b"$")
+    big = b"z" * (1024 * 1024)
+    writing = asyncio.create_task(app.append(big))
+    assert await asyncio.to_thread(app.started.wait, 30)
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    closing = asyncio.create_task(app.close())
+    deadline = time.monotonic() + 30
+    while not (app._lock.locked() or closing.done()):  # close began (before the fix: footer)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    app.go.set()
+    await closing
+    assert (tmp_path / "f").read_bytes() == b"[h]" + big + b"$"
 
 
 # --- warc ------------------------------------------------------------------------------------

@@ -12,9 +12,12 @@ business), so each record is its own gzip or bzip2 member whose offset and lengt
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _INLINE = 256 * 1024  # records up to this size are written on the event loop (microseconds)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -42,28 +45,57 @@ class Appender:
         self.files: list[str] = []    # every file opened, in order
         self._fd: int | None = None
         self._lock = asyncio.Lock()
+        self._pending: asyncio.Future[None] | None = None  # a write in a thread
 
     async def append(self, blob: bytes) -> tuple[str, int]:
         """Append ``blob`` whole; returns (file relative to ``root``, offset of the blob)."""
         async with self._lock:
+            await self._settle()
             if self._fd is not None and self.size >= self.max_size:
                 await self._finish()
             if self._fd is None:
                 await asyncio.to_thread(self._open)
             assert self._fd is not None and self.file is not None
-            offset = self.size
+            file, offset = self.file, self.size
             if len(blob) > _INLINE:  # a big record: the copy into the page cache in a thread
-                await asyncio.to_thread(self._write, blob)
+                # Cancelling us leaves the thread writing: the next append or close waits for
+                # it (``_settle``) before it touches the file, never writes under it.
+                self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, blob))
+                try:
+                    await asyncio.shield(self._pending)
+                except asyncio.CancelledError:
+                    raise  # still writing: kept for _settle
+                except BaseException:
+                    self._pending = None
+                    raise
+                self._pending = None
             else:
                 self._write(blob)
-            return self.file, offset
+            return file, offset
 
     async def close(self) -> None:
         """Write the footer, fsync and close the open file, if any. A later ``append`` opens a
         new file (never reopens this one)."""
         async with self._lock:
+            await self._settle()
             if self._fd is not None:
                 await self._finish()
+
+    @property
+    def busy(self) -> bool:
+        """A write is in flight (an ``append`` holds the file, or a cancelled one's thread
+        still writes)."""
+        return self._lock.locked() or self._pending is not None
+
+    async def _settle(self) -> None:
+        """Wait for the write of a cancelled ``append`` that its thread is still making."""
+        pending = self._pending
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except Exception:  # that append's caller is gone; its record may be cut short
+                log.exception("a cancelled write to %s failed", self.file)
+            self._pending = None
 
     def _write(self, blob: bytes) -> None:
         assert self._fd is not None
