@@ -1,9 +1,11 @@
 """Ids of an id crawl (job spec ``ids``): an id's URL is its dedupe key.
 
 ``id_url(urlFormat, id)`` puts the id, percent-encoded, in place of the format's ``{}`` and
-makes the result canonical; it is injective (distinct ids give distinct URLs: ``check_id``
-refuses the ids it could not tell apart, ``.`` and ``..``, which a path would resolve away), so
-"each id once per job" is "each URL once per job". ``id_of`` inverts it, for ``{id}`` names.
+makes the result canonical. It is injective (distinct ids give distinct URLs) when the ``{}`` is
+in the format's path or query, which the job spec requires (in the host, case is lost: ``Ab``
+and ``ab`` would share a URL; a fragment is dropped), and ``check_id`` refuses the ids it could
+not tell apart, ``.`` and ``..``, which a path would resolve away. So "each id once per job" is
+"each URL once per job". ``id_of`` inverts it, for ``{id}`` names.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import (
@@ -142,6 +143,11 @@ def _url_format(value: str) -> str:
     except (InvalidURL, ValueError):
         raise PydanticCustomError("url_format", "not an absolute http(s) URL: {fmt}",
                                   {"fmt": value}) from None
+    parts = urlsplit(value)
+    if "{}" not in parts.path and "{}" not in parts.query:
+        # In the host (case is lost) or the fragment (dropped), ids would share a URL.
+        raise PydanticCustomError("url_format", "{fmt} must hold {braces} in its path or query",
+                                  {"fmt": value, "braces": "{}"})
     return value
 
 
@@ -219,8 +225,8 @@ class FollowSpec(_Options):
 
 
 class IdSpec(_Options):
-    """``ids``: ``regex`` finds ids in each body, ``urlFormat`` (one ``{}``) makes each the
-    URL to download (``shared.ids.id_url``); ``seeds`` are ids to start from, ``known`` and
+    """``ids``: ``regex`` finds ids in each body, ``urlFormat`` (one ``{}``, in the path or
+    the query) makes each the URL to download (``shared.ids.id_url``); ``seeds`` are ids to start from, ``known`` and
     ``explored`` id sets from ``POST /idsets`` (explored: never fetched; known: fetched)."""
 
     regex: RuleRegex

@@ -63,6 +63,14 @@ def _spec(settings: Settings = SETTINGS, **keys: object) -> JobSpec:
      "Invalid ids.urlFormat: http://a.example/{}/{} must hold exactly one {}"),
     ({"ids": {**IDS, "urlFormat": "ftp://a.example/{}"}},
      "Invalid ids.urlFormat: not an absolute http(s) URL: ftp://a.example/{}"),
+    # Hosts ignore case and fragments are dropped: ids there would share a URL.
+    ({"ids": {**IDS, "urlFormat": "http://{}.a.example/"}},
+     "Invalid ids.urlFormat: http://{}.a.example/ must hold {} in its path or query"),
+    ({"ids": {**IDS, "urlFormat": "http://a.example/x#{}"}},
+     "Invalid ids.urlFormat: http://a.example/x#{} must hold {} in its path or query"),
+    ({"save": [{"kind": "files", "pattern": "{host}/{path}"}]},
+     ("Invalid save[0].pattern: {host}/{path} (no unique field: give one of {id}, {urlhash}, "
+      "{urlid}, {sha1}, {sha256} whole (not sliced), or two pages may get the same name)")),
     ({"ids": {**IDS, "regex": "(a)(b)"}},
      "Invalid ids.regex: (a)(b) has 2 capture groups (at most 1: use (?:...) for the others)"),
     ({"ids": {**IDS, "seeds": ["1", ""]}}, "Invalid ids.seeds[1]: empty id"),
