@@ -227,7 +227,7 @@ async def test_bodies_endpoint(stack: Stack, site: Site) -> None:
 
 async def test_files_and_tar_hold_each_page_once(stack: Stack, site: Site, root: Path,
                                                  db: asyncpg.Connection) -> None:
-    job = await run(stack, site, [{"kind": "files", "pattern": "{path}"},
+    job = await run(stack, site, [{"kind": "files", "pattern": "{path}/{urlid}"},
                                   {"kind": "tar", "compression": "gz", "pattern": "{urlid}"}])
     refs = await body_refs(db, job)
     kinds = Counter((site.path(u), r["output"]) for u, r in refs)
@@ -269,7 +269,8 @@ async def test_cached_page_without_body_is_fetched_again(stack: Stack, site: Sit
 
 
 def name_path(name: str) -> str:
-    """The site path of a tar entry named by ``{path}`` (``_`` for the empty path)."""
+    """The site path of a tar entry named by ``{path}/{urlid}`` (``_`` for the empty path)."""
+    name = name.rpartition("/")[0]
     return "/" if name == "_" else "/" + name
 
 
@@ -279,7 +280,7 @@ async def test_tar_survives_sigterm_restart(settings: Settings, root: Path,
     stack = await Stack(settings.model_copy(update={"output_root": root})).start()
     try:
         job = await post(stack, {"urls": [site.url("/")], "depth": 10,
-                                 "save": [{"kind": "tar", "pattern": "{path}"}]})
+                                 "save": [{"kind": "tar", "pattern": "{path}/{urlid}"}]})
         deadline = time.monotonic() + 60
         while len(await body_refs(db, job)) < 10:
             assert time.monotonic() < deadline, "no bodies saved"
