@@ -141,16 +141,27 @@ def item_columns(spec: Mapping[str, Any]) -> list[str]:
     return ["url", "seq", *named, *fields]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows as text: a leading ``'`` when it starts with
+    ``= + - @``, a tab or a CR (a formula otherwise: CSV injection from crawled pages)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int | float):  # a number, not text: never a formula
+        return str(value)
     if isinstance(value, list):
         return "|".join(_cell(v) for v in value)
     if isinstance(value, dict):
-        return _dumps(value)
-    return str(value)
+        return csv_cell(_dumps(value))
+    return csv_cell(str(value))
 
 
 def _record(kind: str, y: jobs.JobYield) -> dict[str, Any]:
@@ -235,7 +246,8 @@ class JsonlResult:
 
 
 class CsvResult:
-    """``page,link`` rows under that header."""
+    """``page,link`` rows under that header (cells through ``csv_cell``: canonical http(s)
+    URLs never start a formula, but the cells are guarded all the same)."""
 
     def __init__(self, resp: web.StreamResponse) -> None:
         self._resp = resp
@@ -245,7 +257,8 @@ class CsvResult:
 
     async def write(self, pages: list[tuple[str, list[str]]], continues: bool = False) -> None:
         for page, links in pages:
-            self._out.writerows((page, link) for link in links)
+            cell = csv_cell(page)
+            self._out.writerows((cell, csv_cell(link)) for link in links)
         await self._resp.write(self._buf.getvalue().encode())
         self._buf.seek(0)
         self._buf.truncate()

@@ -143,6 +143,32 @@ async def test_items_stream_over_chunks(web: Stack, db: asyncpg.Connection) -> N
                        "none": ""}
 
 
+async def test_csv_cells_never_start_a_formula(web: Stack, db: asyncpg.Connection) -> None:
+    """Fields, ids and list elements from hostile pages starting with = + - @, a tab or a CR are
+    written with a leading ' (a spreadsheet shows them as text); the JSON keeps them as they are.
+    A number (a coerced field) is written as it is: it cannot be a formula."""
+    job = await web.post_job(["http://items.example/"])
+    await db.execute("INSERT INTO url (url) VALUES ('http://items.example/=x') "
+                     "ON CONFLICT DO NOTHING")
+    url_id = await db.fetchval("SELECT id FROM url WHERE url = 'http://items.example/=x'")
+    hostile = {"f": "=HYPERLINK(\"http://evil.example\")", "p": "+1", "m": "-2", "a": "@SUM(A1)",
+               "t": "\tx", "r": "\rx", "ok": "a=b", "n": -3,
+               "tags": ["safe", "=1+1", "@x"]}
+    await db.execute("INSERT INTO job_yield (job_id, url_id, kind, seq, value) VALUES "
+                     "($1, $2, 'item', 0, $3::jsonb), ($1, $2, 'id', 1, $4::jsonb)",
+                     job, url_id, json.dumps(hostile),
+                     json.dumps({"id": "=cmd|' /C calc'!A0", "url": "http://x.example/"}))
+    (row,) = csv_rows((await get(web, f"/items/{job}", format="csv"))[1])
+    assert row == {"url": "http://items.example/=x", "seq": "0",
+                   "f": "'=HYPERLINK(\"http://evil.example\")", "p": "'+1", "m": "'-2",
+                   "a": "'@SUM(A1)", "t": "'\tx", "r": "'\rx", "ok": "a=b", "n": "-3",
+                   "tags": "safe|'=1+1|'@x"}
+    (row,) = csv_rows((await get(web, f"/items/{job}", kind="id", format="csv"))[1])
+    assert row["id"] == "'=cmd|' /C calc'!A0"
+    assert json.loads((await get(web, f"/items/{job}"))[1])[0]["f"] == hostile["f"]
+    assert exports.csv_cell("=1") == "'=1" and exports.csv_cell("1=") == "1="
+
+
 async def test_result_formats(stack: Stack, site: Site) -> None:
     job = await run_job(stack, site)
     status, plain, headers = await get(stack, f"/result/{job}")
