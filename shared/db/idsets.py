@@ -10,6 +10,7 @@ in memory.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
@@ -19,6 +20,8 @@ import asyncpg
 from shared.db.pages import upsert_urls
 from shared.ids import id_url
 from shared.mime import guess_mime
+
+log = logging.getLogger(__name__)
 
 
 async def create_set(conn: asyncpg.Connection) -> UUID:
@@ -53,17 +56,21 @@ SEED_CHUNK = 5_000  # ids a statement when seeding a job
 
 async def first_url(conn: asyncpg.Connection, url_format: str, known: UUID,
                     explored: UUID | None) -> str | None:
-    """The URL of the least known id that is not explored (else of the least known id): the
-    job URL of a job given neither URLs nor seeds. None for an empty set."""
-    ident = await conn.fetchval("""
+    """The URL of the least known id that is not explored (and makes a URL under the format):
+    the job URL of a job given neither URLs nor seeds. None when there is none (every known id
+    is explored, or the set is empty): the job has nothing to fetch (DS-3: an explored id is
+    never fetched)."""
+    cursor = await conn.cursor("""
         SELECT k.ident FROM id_set_member k
         WHERE k.set_id = $1 AND NOT EXISTS (
             SELECT FROM id_set_member e WHERE e.set_id = $2 AND e.ident = k.ident)
-        ORDER BY k.ident LIMIT 1""", known, explored)
-    if ident is None:
-        ident = await conn.fetchval(
-            "SELECT min(ident) FROM id_set_member WHERE set_id = $1", known)
-    return None if ident is None else id_url(url_format, ident)
+        ORDER BY k.ident""", known, explored)
+    while (ident := await cursor.fetchrow()) is not None:
+        try:
+            return id_url(url_format, ident[0])
+        except ValueError:
+            continue
+    return None
 
 
 async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_format: str,
@@ -80,9 +87,9 @@ async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_fo
 
     Each set is read through a cursor, ``SEED_CHUNK`` ids at a time and each statement takes at
     most as many: the memory of a chunk, whatever the size of the sets. An id that makes no URL
-    under the format is left out."""
+    under the format is left out, and counted: a warning in the log says how many per set."""
     if explored is not None:
-        async for url_ids in _url_ids(conn, explored, url_format):
+        async for url_ids in _url_ids(conn, job_id, explored, url_format):
             await conn.execute("""
                 INSERT INTO job_visit (job_id, url_id, level)
                 SELECT $1, u, 0 FROM unnest($2::bigint[]) u ORDER BY 2
@@ -92,7 +99,7 @@ async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_fo
     room: int | None = await conn.fetchval(
         "SELECT max_pages - visits FROM job WHERE id = $1", job_id)
     queued = 0
-    async for url_ids in _url_ids(conn, known, url_format):
+    async for url_ids in _url_ids(conn, job_id, known, url_format):
         if room is not None and queued >= room:
             break
         queued += await conn.fetchval("""
@@ -119,12 +126,14 @@ async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_fo
     return queued
 
 
-async def _url_ids(conn: asyncpg.Connection, set_id: UUID,
+async def _url_ids(conn: asyncpg.Connection, job_id: int, set_id: UUID,
                    url_format: str) -> AsyncIterator[list[int]]:
     """The URL ids of the set's distinct ids under the format (URLs inserted where new), in
-    chunks of at most ``SEED_CHUNK``, read through a cursor (call it in a transaction)."""
+    chunks of at most ``SEED_CHUNK``, read through a cursor (call it in a transaction). Ids
+    that make no URL are left out and logged (a warning with their count) once read."""
     cursor = await conn.cursor(
         "SELECT DISTINCT ident FROM id_set_member WHERE set_id = $1 ORDER BY ident", set_id)
+    dropped = 0
     while True:
         rows = await cursor.fetch(SEED_CHUNK)
         urls: dict[str, str] = {}
@@ -132,9 +141,13 @@ async def _url_ids(conn: asyncpg.Connection, set_id: UUID,
             try:
                 url = id_url(url_format, r["ident"])
             except ValueError:
+                dropped += 1
                 continue
             urls[url] = guess_mime(url)
         if urls:
             yield sorted(set((await upsert_urls(conn, urls)).values()))
         if len(rows) < SEED_CHUNK:
             break
+    if dropped:
+        log.warning("job %d: %d ids of set %s make no URL under %s: left out",
+                    job_id, dropped, set_id, url_format)

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.errors import BadRequest
 from shared.jobspec import follow_mode, ruleset_of, stored_spec
 from shared.robots import REFUSALS
 from shared.scope import Scope
@@ -51,7 +52,8 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     make. The columns stay what the hot path reads; ``fetcher``, ``ruleset`` and ``follow``
     come from the spec. An id crawl's id sets (``ids.known``, ``ids.explored``: complete sets,
     checked by the caller) are seeded after the job URLs (``idsets.seed_job``); given no URLs,
-    the job starts from the least known id's URL. Run it in a transaction: the job is either
+    the job starts from the least known id's URL that is not explored, and BadRequest
+    ``Invalid ids.known: every known id is explored`` when there is none (nothing to fetch). Run it in a transaction: the job is either
     wholly there or not at all.
     """
     from shared.db import idsets
@@ -62,7 +64,9 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     known, explored = (UUID(id_spec[k]) if id_spec.get(k) else None for k in ("known", "explored"))
     if not urls and known is not None:
         first = await idsets.first_url(conn, id_spec["urlFormat"], known, explored)
-        urls = [first] if first is not None else []
+        if first is None:  # DS-3: an explored id is never fetched, so nothing would be
+            raise BadRequest("Invalid ids.known: every known id is explored")
+        urls = [first]
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
                          spec, fetcher, ruleset, follow)

@@ -260,6 +260,15 @@ async def test_resume_sets(stack: Stack) -> None:
         status, body = await post_json(stack, {"ids": id_spec(
             site, known="00000000-0000-4000-8000-000000000000")})
         assert status == 400 and "ids.known" in str(body), body
+        # Known ids that are all explored, and nothing else: nothing to fetch, refused (an
+        # explored id is never fetched, not even as the job's first URL).
+        all_explored, _ = await upload_ids(stack, ["e1", "e2"])
+        hits = hits_by_id(site)
+        status, body = await post_json(stack, {"ids": id_spec(site, known=all_explored,
+                                                              explored=explored)})
+        assert status == 400, body
+        assert "Invalid ids.known: every known id is explored" in str(body), body
+        assert hits_by_id(site) == hits
 
 
 # DS-5 ------------------------------------------------------------------------------------------

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import pytest
 
 from shared.config import Settings
 from shared.db import bodies, idsets, jobs, pages, visits
+from shared.errors import BadRequest
 from shared.jobspec import ruleset_of, validate_spec
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage, Yield
@@ -363,3 +366,30 @@ async def test_a_rule_may_follow_any_type_the_html_links_never_images(
     cached = {p.job_id: p.cached for p in await visits.plan(
         db, [(rules, png), (both, png), (html_png, png)], 3600.0)}
     assert cached == {rules: False, both: False, html_png: True}
+
+
+async def test_a_job_whose_known_ids_are_all_explored_is_refused(
+        db: asyncpg.Connection) -> None:
+    known = await id_set(db, ["a", "b"])
+    explored = await id_set(db, ["b", "a", "c"])
+    before = await db.fetchval("SELECT count(*) FROM job")
+    with pytest.raises(BadRequest) as e:
+        await id_job(db, known=known, explored=explored)
+    assert e.value.message == "Invalid ids.known: every known id is explored"
+    assert await db.fetchval("SELECT count(*) FROM job") == before  # nothing created
+    # With a URL or a seed to fetch, the job is made (and no known id is queued).
+    job = await id_job(db, seeds=["s"], known=known, explored=explored)
+    assert await pending_urls(db, job) == [item("s")]
+
+
+async def test_ids_that_make_no_url_are_counted_and_logged(
+        db: asyncpg.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    known = await id_set(db, ["80", "x", "99999"])
+    fmt = "http://h.example:{}/"  # refused by the spec; seed_job must still not drop silently
+    async with db.transaction():
+        job, ids = await jobs.create_job(db, [f"{H}/start"], 5, False)
+        with caplog.at_level(logging.WARNING, logger="shared.db.idsets"):
+            queued = await idsets.seed_job(db, job, ids[0], fmt, known, None)
+    assert queued == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "shared.db.idsets"] == [
+        f"job {job}: 2 ids of set {known} make no URL under {fmt}: left out"]
