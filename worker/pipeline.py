@@ -43,6 +43,12 @@ from worker.tasks import Context, RetryLater, Task
 log = logging.getLogger(__name__)
 
 NO_LANE_DELAY = timedelta(seconds=30)  # a page no parser process was free for waits this
+# An output's errors that may mend (a full disk, a lost NFS mount or PostgreSQL connection):
+# the visit is tried again later; those of NOT_MENDING are the job's pattern's (a file where a
+# directory must be), which another try does not mend.
+MAY_MEND: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresConnectionError,
+                                             asyncpg.InterfaceError, *RETRYABLE)
+NOT_MENDING = (NotADirectoryError, IsADirectoryError, FileExistsError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +258,10 @@ class Pipeline:
                 except RetryLater as e:
                     return await self._retry_later(v, attempt, e)
             if plan.outputs:
-                written = await self.write_outputs(v, ctx, page, ex)
+                try:
+                    written = await self.write_outputs(v, ctx, page, ex)
+                except RetryLater as e:  # a full disk, PostgreSQL away: may mend
+                    return await self._retry_later(v, attempt, e, "output")
                 if isinstance(written, Done):
                     return written
                 ex = written
@@ -341,27 +350,38 @@ class Pipeline:
     async def write_outputs(self, v: Visit, ctx: Context, page: FetchedPage,
                             ex: Extraction) -> Extraction | Done:
         """Write the page to each of the job's outputs, before the commit: the extraction with
-        their yields, or the visit failed (an output that cannot write fails its visit only)."""
+        their yields, or the visit failed (an output that cannot write fails its visit only).
+        An error that may mend (``OutputError``: an ``OSError`` such as a full disk or a lost
+        NFS mount, a lost PostgreSQL connection) raises ``RetryLater`` with the policy's
+        backoff instead: the visit is tried again later, as a task's would be."""
         added: list[Yield] = []
         async with _heartbeat(v.msgs, self.beat):
             for out in v.plan.outputs:
                 try:
                     added += await out.write(ctx, page, ex)
                 except Exception as e:
+                    if isinstance(e, MAY_MEND) and not isinstance(e, NOT_MENDING):
+                        log.warning("output %s of %s failed: %s; attempt %d", out.name, v.url,
+                                    describe(e), ctx.attempt)
+                        raise RetryLater(v.plan.policy.backoff(ctx.attempt),
+                                         f"output {out.name} failed: {describe(e)}") from e
+                    # a bug, or a name the job's pattern makes that cannot be: fails now
                     log.warning("output %s of %s failed: %s", out.name, v.url, describe(e),
                                 exc_info=True)
                     return Done(v.key, v.msgs, attempts=ctx.attempt,
                                 failure=f"output {out.name} failed: {describe(e)}")
         return replace(ex, yields=ex.yields + tuple(added)) if added else ex
 
-    async def _retry_later(self, v: Visit, attempt: int, e: RetryLater) -> Done | None:
-        """A task asked for another try in ``e.delay`` seconds: the attempt is counted and the
-        visit goes back to the frontier until then; past the source's retries it fails."""
+    async def _retry_later(self, v: Visit, attempt: int, e: RetryLater,
+                           who: str = "task") -> Done | None:
+        """A task (or an output, failing in a way that may mend) asked for another try in
+        ``e.delay`` seconds: the attempt is counted and the visit goes back to the frontier
+        until then; past the source's retries it fails."""
         if attempt > v.plan.policy.retries:
             return Done(v.key, v.msgs, attempts=attempt,
                         failure=f"{e.reason} (gave up after {attempt} attempts)")
-        log.info("task asked to retry %s in %.2fs (%s), attempt %d", v.url, e.delay, e.reason,
-                 attempt)
+        log.info("%s asked to retry %s in %.2fs (%s), attempt %d", who, v.url, e.delay,
+                 e.reason, attempt)
         due = datetime.now().astimezone() + timedelta(seconds=e.delay)
         try:
             async with self.pool.acquire() as conn, conn.transaction():

@@ -173,7 +173,7 @@ async def test_an_output_failure_fails_that_visit_only(
         async def write(self, ctx: Context, page: FetchedPage,
                         ex: Extraction) -> tuple[Yield, ...]:
             if ctx.url.endswith("/2"):
-                raise OSError(28, "No space left on device")
+                raise ValueError("a bug")
             return await super().write(ctx, page, ex)
 
     rig.plan(keys, outputs=(Full(rig.settings, {"dir": str(tmp_path)}),))
@@ -182,11 +182,76 @@ async def test_an_output_failure_fails_that_visit_only(
     job = keys[0][0]
     failed = await db.fetch("SELECT url_id, reason, attempts FROM job_failure WHERE job_id = $1",
                             job)
-    assert [tuple(r) for r in failed] == [
-        (keys[2][1], "output test-files failed: OSError: [Errno 28] No space left on device", 1)]
+    assert [tuple(r) for r in failed] == [  # a bug: failed at once, not retried
+        (keys[2][1], "output test-files failed: ValueError: a bug", 1)]
     assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1", job) == 3
     await until(lambda: zero(rig.unsettled()), what="messages acked")
 
+
+class _Flaky(Files):
+    """Fails its first ``fails`` writes with ``error`` (a full disk, PostgreSQL away)."""
+    fails = 0
+    calls = 0
+    error: BaseException = OSError(28, "No space left on device")
+
+    async def write(self, ctx: Context, page: FetchedPage, ex: Extraction) -> tuple[Yield, ...]:
+        self.calls += 1
+        if self.fails:
+            self.fails -= 1
+            raise self.error
+        return await super().write(ctx, page, ex)
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   asyncpg.exceptions.ConnectionDoesNotExistError("gone")])
+async def test_an_output_error_that_may_mend_is_retried_through_the_frontier(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path, error: BaseException) -> None:
+    """A full disk or a lost connection is not the page's fault: the attempt is counted and
+    the visit deferred with the policy's backoff, like a task's RetryLater; it then commits."""
+    url = SITE + "/full"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url])
+    out = _Flaky(rig.settings, {"dir": str(tmp_path)})
+    out.fails, out.error = 1, error
+    web = rig.plans.web
+    rig.plans.put(JobPlan(keys[0][0], rig.fetcher, web, (web.link_extractor(),), None, (out,),
+                          RetryPolicy(retries=2, base=0.01, cap=0.05, max_pause=1.0), 0, True))
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    await rig.publish(keys)
+    await until(lambda: deferred(db, keys[0]), what="visit back in the frontier")
+    row = await pending(db, keys[0])
+    assert row is not None and row["attempts"] == 1
+    assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
+                             keys[0][0]) == 0
+    await until(lambda: zero(rig.unsettled()), what="message acked")
+    await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+    await rig.publish(keys)  # the foreman's part: the due visit published again
+    await until(lambda: done(db, keys), what="visit committed")
+    assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1",
+                             keys[0][0]) == 0
+    assert out.calls == 2 and LOG.count(("output", url)) == 1
+
+
+async def test_an_output_error_past_the_retries_fails_the_visit_with_the_reason(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path) -> None:
+    url = SITE + "/full"
+    PAGES[url] = b"<title>t</title>"
+    keys = await rig.job(db, [url])
+    out = _Flaky(rig.settings, {"dir": str(tmp_path)})
+    out.fails = 10
+    web = rig.plans.web
+    rig.plans.put(JobPlan(keys[0][0], rig.fetcher, web, (web.link_extractor(),), None, (out,),
+                          RetryPolicy(retries=1, base=0.01, cap=0.05, max_pause=1.0), 0, True))
+    for _ in range(2):
+        await db.execute("UPDATE job_pending SET published_on = now() WHERE job_id = $1", keys[0][0])
+        await rig.publish(keys)
+        await until(lambda: zero(rig.unsettled()), what="message settled")
+    await until(lambda: done(db, keys), what="visit failed")
+    failed = await db.fetchrow("SELECT reason, attempts FROM job_failure WHERE job_id = $1",
+                               keys[0][0])
+    reason = ("output test-files failed: OSError: [Errno 28] No space left on device "
+              "(gave up after 2 attempts)")
+    assert tuple(failed) == (reason, 2)
 
 async def test_a_task_retry_in_goes_back_to_the_frontier(
         rig: Rig, db: asyncpg.Connection) -> None:
