@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.db import bodies
 from shared.model import Extraction, FetchedPage, RawResponse, Yield
 from worker.outputs import OUTPUTS, Output
+from worker.outputs.db import close_pools, shared_pool
 from worker.outputs.rotate import Appender
 from worker.tasks import Context
 
@@ -407,7 +408,7 @@ async def test_db_row_per_digest(tmp_path: Path, settings: Settings,
         c = await save(out, ctx(3), page(3, b"other"))
         assert await out.write(ctx(4), page(4, b"x", status=404), Extraction()) == ()
     finally:
-        await out.close()  # type: ignore[attr-defined]
+        await close_pools()
     assert a["digest"] == b["digest"] == "sha256:" + hashlib.sha256(gz).hexdigest()
     assert a["headers"] == [["Content-Type", "text/plain"], ["Content-Encoding", "gzip"]]
     assert a["output"] == "db" and a["length"] == len(gz)
@@ -417,6 +418,23 @@ async def test_db_row_per_digest(tmp_path: Path, settings: Settings,
     assert sorted((r["digest"], r["data"]) for r in rows) == sorted(
         [(digests[0], gz), (digests[1], b"other")])
     assert await bodies.get_body(db, digests[0]) == gz
+
+
+async def test_db_outputs_of_all_jobs_share_one_pool_closed_with_the_process(
+        tmp_path: Path, settings: Settings) -> None:
+    """Not a 2-connection pool per job: one per process, kept when a job's outputs close."""
+    outs = [make("db", tmp_path, settings) for _ in range(3)]
+    try:
+        for i, out in enumerate(outs):
+            await save(out, ctx(i, job_id=100 + i), page(i, b"shared %d" % i))
+            close = getattr(out, "close", None)
+            if close is not None:  # a job's outputs closed (idle): the pool stays
+                await close()
+        pool = await shared_pool(settings.database_url)
+        assert pool.get_size() <= 2 and not pool._closed
+    finally:
+        await close_pools()
+    assert pool._closed
 
 
 async def test_warc_record_ids_are_unique_across_writers(tmp_path: Path,

@@ -1,10 +1,12 @@
 """The ``db`` output: each 2xx body as received in PostgreSQL's ``body`` table, one row per
-SHA-256 digest (``shared.db.bodies``), on the output's own small pool (at most 2 connections,
-opened at the first write, closed by ``close``). Written before the visit's commit: a row no
+SHA-256 digest (``shared.db.bodies``), on one small pool per process shared by every job's
+``db`` output (at most 2 connections, opened at the first write, closed by ``close_pools``
+when the worker stops: ``JobPlans.aclose``). Written before the visit's commit: a row no
 committed ref names is an orphan, harmless; the same bytes again are the same row."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -19,6 +21,39 @@ from shared.model import Extraction, FetchedPage, Yield
 from worker.outputs import OUTPUTS, iso_now
 from worker.tasks import Context
 
+_POOLS: dict[tuple[str, int], asyncio.Task[tuple[AsyncExitStack, asyncpg.Pool]]] = {}
+
+
+async def _open(dsn: str) -> tuple[AsyncExitStack, asyncpg.Pool]:
+    stack = AsyncExitStack()
+    pool = await stack.enter_async_context(open_pool(dsn, min_size=0, max_size=2, retry_for=10))
+    return stack, pool
+
+
+async def shared_pool(dsn: str) -> asyncpg.Pool:
+    """The process's pool for the ``db`` outputs of every job (one per event loop)."""
+    key = (dsn, id(asyncio.get_running_loop()))
+    task = _POOLS.get(key)
+    if task is None:
+        task = _POOLS[key] = asyncio.ensure_future(_open(dsn))
+    try:
+        return (await asyncio.shield(task))[1]
+    except Exception:
+        if _POOLS.get(key) is task:
+            del _POOLS[key]  # the next write tries again
+        raise
+
+
+async def close_pools() -> None:
+    """Close the shared pools of this event loop (the worker stopping)."""
+    loop = id(asyncio.get_running_loop())
+    for key in [k for k in _POOLS if k[1] == loop]:
+        task = _POOLS.pop(key)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await task.result()[0].aclose()
+        elif not task.done():
+            task.cancel()
+
 
 @OUTPUTS.register("db")
 class Db:
@@ -30,14 +65,6 @@ class Db:
 
     def __init__(self, settings: Settings, options: Mapping[str, Any]) -> None:
         self.dsn = settings.database_url
-        self._stack = AsyncExitStack()
-        self._pool: asyncpg.Pool | None = None
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            self._pool = await self._stack.enter_async_context(
-                open_pool(self.dsn, min_size=0, max_size=2, retry_for=10))
-        return self._pool
 
     async def write(self, ctx: Context, page: FetchedPage, ex: Extraction) -> tuple[Yield, ...]:
         if page.status is None or not 200 <= page.status < 300:
@@ -51,7 +78,7 @@ class Db:
         else:
             return ()
         digest = hashlib.sha256(data).digest()
-        pool = await self._get_pool()
+        pool = await shared_pool(self.dsn)
         async with pool.acquire() as conn:
             await bodies.put_body(conn, digest, data)
         return (Yield("body", {"output": "db", "file": None, "offset": None,
@@ -59,6 +86,3 @@ class Db:
                                "status": page.status, "mime": page.mime, "date": iso_now(),
                                "headers": headers}),)
 
-    async def close(self) -> None:
-        self._pool = None
-        await self._stack.aclose()

@@ -31,7 +31,7 @@ from worker.tasks import Context
 
 SUFFIX = {"none": ".tar", "gz": ".tar.gz", "bz2": ".tar.bz2"}
 END = bytes(2 * tarfile.BLOCKSIZE)  # end-of-archive: two zero blocks
-_REMEMBERED = 100_000
+REMEMBERED = 4096  # refs of the last entries written by this process, for redeliveries
 
 
 def compress(data: bytes, compression: str) -> bytes:
@@ -112,7 +112,7 @@ class Tar:
                "digest": f"sha256:{sha256}", "status": page.status, "mime": page.mime,
                "date": iso_now(), "member": name, "header": header, "size": len(data)}
         self._written[(name, sha256)] = ref
-        if len(self._written) > _REMEMBERED:
+        if len(self._written) > REMEMBERED:
             self._written.popitem(last=False)
         return (Yield("body", ref),)
 
