@@ -22,9 +22,11 @@ import tarfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 5000          # rows a statement reads
 IDSET_CHUNK = 5000    # ids a COPY writes
+MAX_UPLOADS = 4       # POST /idsets at once
 MAX_ID_LINE = 4096    # bytes of one POST /idsets line (ids are at most 512 characters)
 YIELD_KINDS = ("item", "id", "link", "body")
 # Columns of the CSV of each kind but items (whose come from the job's spec).
@@ -511,48 +514,88 @@ async def cdx_index(request: web.Request) -> web.StreamResponse:
 
 # ---- POST /idsets ---------------------------------------------------------------------------
 
-async def post_idset(request: web.Request) -> web.Response:
+UPLOADS = web.AppKey("idset_uploads", asyncio.Semaphore)
+STALE_UPLOAD = timedelta(days=1)  # an incomplete set older than this is deleted
+
+
+async def post_idset(request: web.Request) -> web.StreamResponse:
     """Newline-separated ids (any length up to ``maxIdSetBytes``, chunked or not), read line
-    by line and written ``IDSET_CHUNK`` at a time in one transaction: ``{"idSet", "count"}``.
-    Blank lines are skipped; a bad line is a 400 naming it, and nothing is kept."""
+    by line and written ``IDSET_CHUNK`` at a time, each chunk on a pooled connection of its
+    own (committed, released before reading on): a slow client holds no connection and no
+    transaction. The set stays incomplete (no job may name it) until ``finish_set``:
+    ``{"idSet", "count"}``. Blank lines are skipped; a bad line is a 400 naming it, and the
+    set is deleted. At most ``MAX_UPLOADS`` at once (a 503 beyond); each upload first deletes
+    incomplete sets older than a day (uploads that died)."""
+    from web_server.middleware import error_body
     from web_server.render import json_response
     from web_server.routes import DEPS, SETTINGS
     limit = request.app[SETTINGS].max_idset_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+    uploads = request.app[UPLOADS]
+    if uploads.locked():
+        return error_body("Unavailable", f"More than {MAX_UPLOADS} id set uploads at once; "
+                          "try again later", 503, {"Retry-After": "5"})
     deps = request.app[DEPS]
+    async with uploads:
+        async with deps.acquire() as conn:
+            await idsets.delete_stale(conn, STALE_UPLOAD)
+            set_id = await idsets.create_set(conn)
+        try:
+            count = await _read_idset(request, deps, set_id, limit)
+        except BaseException:
+            try:  # nothing kept; if this fails too, the next upload a day on deletes it
+                await asyncio.shield(_drop_set(deps, set_id))
+            except (*RETRYABLE, DependencyUnavailable, asyncpg.PostgresError) as e:
+                log.warning("POST /idsets: failed upload's set %s not deleted: %s", set_id, e)
+            raise
+    return json_response({"idSet": str(set_id), "count": count})
+
+
+async def _drop_set(deps: Deps, set_id: UUID) -> None:
+    async with deps.acquire() as conn:
+        await idsets.delete_stale(conn, timedelta(0), set_id)
+
+
+async def _add_members(deps: Deps, set_id: UUID, buf: list[str], count: int = -1) -> None:
+    """One chunk on a connection of its own; with ``count``, the last one, then the set is
+    complete (in one transaction)."""
+    async with deps.acquire() as conn, conn.transaction():
+        await idsets.add_members(conn, set_id, buf)
+        if count >= 0:
+            await idsets.finish_set(conn, set_id, count)
+
+
+async def _read_idset(request: web.Request, deps: Deps, set_id: UUID, limit: int) -> int:
     count, size, line_no = 0, 0, 0
     buf: list[str] = []
-    async with deps.acquire() as conn, conn.transaction():
-        set_id = await idsets.create_set(conn)
-        while True:
-            try:
-                raw = await request.content.readuntil(b"\n")
-            except asyncio.IncompleteReadError as e:
-                raw = e.partial
-            except ValueError:  # longer than the stream's buffer
-                raise BadRequest(f"Invalid id at line {line_no + 1}: line too long") from None
-            if not raw:
-                break
-            line_no += 1
-            size += len(raw)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-            if len(raw) > MAX_ID_LINE:
-                raise BadRequest(f"Invalid id at line {line_no}: line too long")
-            try:
-                ident = raw.decode("utf-8").rstrip("\r\n").strip()
-            except UnicodeDecodeError:
-                raise BadRequest(f"Invalid id at line {line_no}: not UTF-8") from None
-            if not ident:
-                continue
-            if (problem := check_id(ident)) is not None:
-                raise BadRequest(f"Invalid id at line {line_no}: {problem}")
-            buf.append(ident)
-            count += 1
-            if len(buf) >= IDSET_CHUNK:
-                await idsets.add_members(conn, set_id, buf)
-                buf = []
-        await idsets.add_members(conn, set_id, buf)
-        await idsets.finish_set(conn, set_id, count)
-    return json_response({"idSet": str(set_id), "count": count})
+    while True:
+        try:
+            raw = await request.content.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            raw = e.partial
+        except ValueError:  # longer than the stream's buffer
+            raise BadRequest(f"Invalid id at line {line_no + 1}: line too long") from None
+        if not raw:
+            break
+        line_no += 1
+        size += len(raw)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+        if len(raw) > MAX_ID_LINE:
+            raise BadRequest(f"Invalid id at line {line_no}: line too long")
+        try:
+            ident = raw.decode("utf-8").rstrip("\r\n").strip()
+        except UnicodeDecodeError:
+            raise BadRequest(f"Invalid id at line {line_no}: not UTF-8") from None
+        if not ident:
+            continue
+        if (problem := check_id(ident)) is not None:
+            raise BadRequest(f"Invalid id at line {line_no}: {problem}")
+        buf.append(ident)
+        count += 1
+        if len(buf) >= IDSET_CHUNK:
+            await _add_members(deps, set_id, buf)
+            buf = []
+    await _add_members(deps, set_id, buf, count)
+    return count

@@ -379,4 +379,5 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_get(base + "/bodies/{job_id}", exports.saved_bodies, allow_head=False)
     app.router.add_get(base + "/index/{job_id}", exports.cdx_index, allow_head=False)
     app.router.add_post(base + "/idsets", exports.post_idset)
+    app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)

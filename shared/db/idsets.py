@@ -2,8 +2,9 @@
 from (DS-3), uploaded once with ``POST /idsets`` and named by a job's spec (``ids.known``,
 ``ids.explored``).
 
-An upload is one transaction: ``create_set``, ``add_members`` per chunk of lines (COPY), then
-``finish_set``; only a complete set can be named by a job (``usable``). ``seed_job`` turns a
+An upload is ``create_set``, ``add_members`` per chunk of lines (COPY, each committed on its
+own), then ``finish_set``; only a complete set can be named by a job (``usable``), and
+``delete_stale`` removes incomplete ones (uploads that failed or died). ``seed_job`` turns a
 job's sets into visits when the job is created, a chunk of ids a statement, never the whole set
 in memory.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from uuid import UUID
 
 import asyncpg
@@ -151,3 +153,19 @@ async def _url_ids(conn: asyncpg.Connection, job_id: int, set_id: UUID,
     if dropped:
         log.warning("job %d: %d ids of set %s make no URL under %s: left out",
                     job_id, dropped, set_id, url_format)
+
+
+async def delete_stale(conn: asyncpg.Connection, older_than: timedelta,
+                       set_id: UUID | None = None) -> int:
+    """Delete incomplete sets (an upload that failed or never finished: a job never names one)
+    created more than ``older_than`` ago, with their members; with ``set_id``, only that one if
+    it is incomplete (a failed upload's own). Returns how many sets went. One statement."""
+    return int(await conn.fetchval("""
+        WITH stale AS (
+            DELETE FROM id_set WHERE NOT complete AND created_on < now() - $1::interval
+              AND ($2::uuid IS NULL OR id = $2)
+            RETURNING id
+        ), members AS (
+            DELETE FROM id_set_member m USING stale WHERE m.set_id = stale.id RETURNING 1
+        )
+        SELECT count(*) FROM stale""", older_than, set_id))

@@ -5,6 +5,7 @@ lines and CSV, the same cached or fresh; ``GET /result?format=jsonl|csv`` equal 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -392,13 +393,13 @@ async def test_idsets_streamed_then_named_by_a_job(web: Stack, db: asyncpg.Conne
     assert await db.fetchval("SELECT count(*) FROM id_set_member WHERE set_id = $1::uuid",
                              set_id) == 12_000
     spec = {"urls": [], "ids": {"regex": "id=(\\d+)", "urlFormat": FMT, "explored": set_id,
-                                "known": set_id}}
+                                "known": set_id, "seeds": ["x"]}}  # all known explored: a seed
     assert web.http
     async with web.http.post(web.base + "/", json=spec) as r:
         assert r.status == 200, await r.text()
         job = (await r.json())["jobId"]
     st = await web.status(job)
-    assert st["spec"]["ids"] == {"regex": "id=(\\d+)", "urlFormat": FMT, "seeds": [],
+    assert st["spec"]["ids"] == {"regex": "id=(\\d+)", "urlFormat": FMT, "seeds": ["x"],
                                  "known": set_id, "explored": set_id}
     assert st["spec"]["depth"] == 2**31 - 2
 
@@ -432,6 +433,77 @@ async def test_a_job_naming_an_unknown_or_incomplete_set_is_refused(
             assert await r.json() == {"code": "BadRequest", "message":
                                       f"Invalid ids.{name}: no complete id set {set_id} "
                                       "(upload it with POST /idsets)"}
+
+
+async def stalled_upload(port: int, first: bytes) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+    """Start a chunked POST /idsets, send ``first`` as one chunk, then stall (the caller may
+    finish it with ``finish_upload``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /idsets HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + b"%x\r\n" % len(first) + first + b"\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def finish_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        last: bytes) -> tuple[int, Any]:
+    writer.write(b"%x\r\n" % len(last) + last + b"\r\n0\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    body = await asyncio.wait_for(reader.readexactly(length), 30)
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+async def test_stalled_idset_uploads_hold_no_connection(web: Stack,
+                                                        db: asyncpg.Connection) -> None:
+    """Uploads stalled after their first 5,000-id chunk: each chunk was written on a connection
+    of its own and committed (no transaction open while the client stalls), the sets stay
+    incomplete (no job may name them) until their end; beyond MAX_UPLOADS at once a 503. A
+    finished upload then gives the whole set. Incomplete sets older than a day go at the next
+    upload."""
+    import aiohttp
+
+    from tests.e2e.test_result_readers import until_no_transaction
+    old = await db.fetchval("INSERT INTO id_set (id, created_on) VALUES "
+                            "(gen_random_uuid(), now() - interval '25 hours') RETURNING id")
+    await db.execute("INSERT INTO id_set_member (set_id, ident) VALUES ($1, 'x')", old)
+    young = await db.fetchval("INSERT INTO id_set (id, created_on) VALUES "
+                              "(gen_random_uuid(), now() - interval '23 hours') RETURNING id")
+    port = int(web.base.rsplit(":", 1)[1])
+    first = "".join(f"{i}\n" for i in range(6000)).encode()  # one chunk written, more read
+    uploads = [await stalled_upload(port, first) for _ in range(exports.MAX_UPLOADS)]
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while await db.fetchval("""SELECT count(*) FROM id_set s WHERE NOT complete AND
+                                   (SELECT count(*) FROM id_set_member m WHERE m.set_id = s.id)
+                                   = 5000""") < exports.MAX_UPLOADS:
+            assert asyncio.get_running_loop().time() < deadline, \
+                "the uploads' first chunks are not committed"
+            await asyncio.sleep(0.05)
+        await until_no_transaction(db)
+        assert await db.fetchval("SELECT count(*) FROM id_set WHERE id = $1", old) == 0
+        assert await db.fetchval("SELECT count(*) FROM id_set_member WHERE set_id = $1", old) == 0
+        assert await db.fetchval("SELECT count(*) FROM id_set WHERE id = $1", young) == 1
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            async with s.post(web.base + "/idsets", data=b"1\n") as r:
+                assert r.status == 503
+                assert await r.json() == {"code": "Unavailable", "message":
+                                          f"More than {exports.MAX_UPLOADS} id set uploads at "
+                                          "once; try again later"}
+            async with s.get(web.base + "/healthz") as r:
+                assert r.status == 200
+        status, body = await finish_upload(*uploads[0], b"6000\n6001\n")
+        assert (status, body["count"]) == (200, 6002)
+        assert await db.fetchval("SELECT complete FROM id_set WHERE id = $1::uuid",
+                                 body["idSet"])
+        assert await db.fetchval("SELECT count(*) FROM id_set_member WHERE set_id = $1::uuid",
+                                 body["idSet"]) == 6002
+    finally:
+        for _, writer in uploads:
+            writer.close()
 
 
 def test_surt() -> None:
