@@ -185,6 +185,11 @@ async def test_result_formats(stack: Stack, site: Site) -> None:
         (p, link) for p, links in result.items() for link in links)
     mime = (await get(stack, f"/result/{job}", format="csv", mime="image/"))[1]
     assert mime == b"page,link\r\n"
+    # A page without links (/b) is in none of the three (job_result holds links, not pages).
+    no_links = site.base + "/b"
+    assert no_links in result[site.base + "/"] and no_links not in result
+    assert no_links not in {line["page"] for line in lines}
+    assert no_links not in {r["page"] for r in csv_rows(body)}
 
 
 async def test_result_formats_over_chunks(web: Stack, db: asyncpg.Connection) -> None:
