@@ -140,6 +140,7 @@ class Settings(BaseModel):
     extractor_kinds: tuple[str, ...] = ()
     output_kinds: tuple[str, ...] = ()            # plug-in outputs a job may "save" to
     output_root: Path = Path("harvester-output")  # saved bodies: <outputRoot>/job-<id>/<kind>/
+    output_idle_close: float = Field(60.0, gt=0)  # a job's outputs idle this long are closed
     max_idset_bytes: int = Field(1 << 30, gt=0)   # largest POST /idsets body
     worker_kinds: dict[str, int] = Field(default_factory=dict)
     heartbeat_interval: float = Field(5.0, gt=0)  # a worker says it is alive this often
@@ -339,7 +340,7 @@ _DURATION_KEYS = {
     "hostBackoffCap": "host_backoff_cap", "robotsMaxAge": "robots_max_age",
     "maxCrawlDelay": "max_crawl_delay", "politenessHorizon": "politeness_horizon",
     "parseTimeout": "parse_timeout", "heartbeatInterval": "heartbeat_interval",
-    "workerTimeout": "worker_timeout",
+    "workerTimeout": "worker_timeout", "outputIdleClose": "output_idle_close",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",

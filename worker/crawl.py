@@ -194,8 +194,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         serves = [asyncio.create_task(w.serve(subs[w.kind], stop), name=f"serve {w.kind}")
                   for w in workers]
         beat = asyncio.create_task(heartbeat(settings, pool, list(kinds), stop), name="heartbeat")
+        idle = asyncio.create_task(plans.run_idle_close(), name="output idle close")
         try:
-            await bus.supervise([*serves, commit_task, release_task, beat], stop)
+            await bus.supervise([*serves, commit_task, release_task, beat, idle], stop)
         finally:
             log.info("worker stopping: finishing %d visits in flight",
                      sum(len(w.tasks) for w in workers))
@@ -203,6 +204,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             for s in serves:
                 s.cancel()
             await asyncio.gather(*(w.drain(settings.shutdown_timeout) for w in workers))
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
             await plans.aclose()  # the outputs' open files (tar end blocks ...), each isolated
             await gate.close()  # robots.txt fetches in flight: their claims simply expire
             commit_task.cancel()

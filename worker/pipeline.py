@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,7 @@ from worker.extractors.lanes import Parser
 from worker.fetchers import Fetcher, FetchRequest, Validators
 from worker.gate import HostGate, Slot
 from worker.outputs import OUTPUTS, Output
+from worker.outputs.db import close_pools
 from worker.retry import RetryDecision, RetryPolicy
 from worker.sources import SOURCES, Source
 from worker.tasks import Context, RetryLater, Task
@@ -49,6 +51,22 @@ NO_LANE_DELAY = timedelta(seconds=30)  # a page no parser process was free for w
 MAY_MEND: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresConnectionError,
                                              asyncpg.InterfaceError, *RETRYABLE)
 NOT_MENDING = (NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+@dataclass(slots=True)
+class PlanUse:
+    """How a plan with outputs is used: visits going through it now, and when one last did
+    (``time.monotonic``); ``JobPlans.close_idle`` closes its outputs once idle."""
+    inflight: int = 0
+    last: float = field(default_factory=time.monotonic)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.last = time.monotonic()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.last = time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,7 @@ class JobPlan:
     ruleset: int
     keep_raw: bool
     wants_body: Callable[[int, str | None], bool] | None = None
+    use: PlanUse = field(default_factory=PlanUse, compare=False)
 
 
 class JobPlans:
@@ -73,8 +92,10 @@ class JobPlans:
     job's spec never changes). A default job (links only: rule set 0) needs no query; the
     others' specs are read in one query per batch that brings new ones. A job this worker
     cannot serve (an extractor, output or fetcher it does not have) gets the reason instead.
-    A plan with outputs is never dropped (its outputs keep files open, one set per job and
-    process) until ``aclose`` closes them when the worker stops."""
+    A plan with outputs (its outputs keep files open, one set per job and process) is kept
+    until no visit went through it for ``output_idle_close`` seconds: ``close_idle`` then
+    closes its outputs and drops it (the job's next visit builds a new plan, whose outputs open
+    new files); ``aclose`` closes the rest when the worker stops."""
 
     def __init__(self, settings: Settings, lanes: Parser, fetchers: Mapping[str, Fetcher],
                  size: int = 1024) -> None:
@@ -84,7 +105,8 @@ class JobPlans:
         self.size = size
         self.web = SOURCES.create("web", settings, lanes)
         self._plans: OrderedDict[int, JobPlan | str] = OrderedDict()
-        self._saving: dict[int, JobPlan] = {}  # the plans with outputs, never evicted
+        self._saving: dict[int, JobPlan] = {}  # the plans with outputs, not evicted by size
+        self._closing: dict[int, JobPlan] = {}  # by id(plan): idle ones being closed
 
     async def resolve(self, conn: asyncpg.Connection,
                       planned: Iterable[visits.Planned]) -> dict[int, JobPlan | str]:
@@ -108,7 +130,41 @@ class JobPlans:
             specs = await jobs.load_specs(conn, list(missing))
             for job_id, p in missing.items():
                 out[job_id] = self._keep(job_id, self._build(p, specs.get(job_id, {})))
+        if self._saving:
+            now = time.monotonic()
+            for plan in out.values():  # about to be used: not idle
+                if not isinstance(plan, str) and plan.outputs:
+                    plan.use.last = now
         return out
+
+    async def close_idle(self) -> int:
+        """Close the outputs of the plans no visit went through for ``output_idle_close``
+        seconds and none is in (a tar gets its end blocks, files are fsynced), and drop the
+        plans; returns how many. A write in flight is never closed under: its visit holds the
+        plan (``PlanUse``)."""
+        idle = self.settings.output_idle_close
+        now = time.monotonic()
+        done = 0
+        for job_id, plan in list(self._saving.items()):
+            if plan.use.inflight or now - plan.use.last < idle:
+                continue
+            del self._saving[job_id]
+            if self._plans.get(job_id) is plan:
+                del self._plans[job_id]
+            self._closing[id(plan)] = plan
+            try:
+                await self._close(plan)
+            finally:
+                self._closing.pop(id(plan), None)
+            log.info("job %d: outputs idle %.0fs, closed", job_id, now - plan.use.last)
+            done += 1
+        return done
+
+    async def run_idle_close(self) -> None:
+        """``close_idle`` every few seconds, until cancelled (``crawl.run``)."""
+        while True:
+            await asyncio.sleep(min(self.settings.output_idle_close / 2, 5.0))
+            await self.close_idle()
 
     def put(self, plan: JobPlan) -> None:
         """Use ``plan`` for its job (tests, and jobs planned by other means)."""
@@ -127,15 +183,24 @@ class JobPlans:
         one), once the visits in flight are drained: each close isolated, so one that fails
         leaves the others closed."""
         saving, self._saving = self._saving, {}
-        for plan in saving.values():
-            for out in plan.outputs:
-                close = getattr(out, "close", None)
-                if close is None:
-                    continue
-                try:
-                    await close()
-                except Exception:
-                    log.exception("closing output %s of job %d failed", out.name, plan.job_id)
+        closing, self._closing = self._closing, {}
+        for plan in [*saving.values(), *closing.values()]:
+            await self._close(plan)
+        try:
+            await close_pools()  # the db outputs' pool, the process's
+        except Exception:
+            log.exception("closing the db outputs' pool failed")
+
+    @staticmethod
+    async def _close(plan: JobPlan) -> None:
+        for out in plan.outputs:
+            close = getattr(out, "close", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                log.exception("closing output %s of job %d failed", out.name, plan.job_id)
 
     def _build(self, p: visits.Planned, spec: Mapping[str, Any]) -> JobPlan | str:
         """The job's plan from its stored spec: the source's link extractor, ``follow``
@@ -223,6 +288,9 @@ class Pipeline:
         recorded as failed with it: its messages are always settled, its slots always given
         back."""
         hold = _Hold(self.slots)
+        use = v.plan.use if v.plan.outputs else None
+        if use is not None:  # its outputs are not closed while it is in
+            use.enter()
         try:
             try:
                 done = await self._steps(v, hold)
@@ -233,6 +301,8 @@ class Pipeline:
                 await self.committer.submit(done)
         finally:
             hold.release()
+            if use is not None:
+                use.leave()
 
     async def _steps(self, v: Visit, hold: _Hold) -> Done | None:
         fetched = await self.fetch(v, hold)

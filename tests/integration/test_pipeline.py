@@ -677,3 +677,44 @@ async def test_a_follow_regex_past_the_parse_deadline_fails_that_visit_only(
     assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1",
                              keys[0][0]) == 1
     await until(lambda: zero(rig.unsettled()), what="messages acked")
+
+
+async def test_idle_outputs_are_closed_and_the_plan_rebuilt(
+        rig: Rig, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """A job's outputs no visit went through for outputIdleClose are closed (its tar gets its
+    end blocks) and its plan dropped; never while a visit is in; its next page opens anew."""
+    import tarfile
+    rig.plans.settings = rig.settings.model_copy(
+        update={"output_root": tmp_path, "output_idle_close": 0.2})
+    urls = [SITE + "/idle/1", SITE + "/idle/2"]
+    for u in urls:
+        PAGES[u] = b"<title>%s</title>" % u.encode()
+    keys = await rig.job(db, urls, {"save": [{"kind": "tar", "pattern": "{urlid}"}]})
+    job = keys[0][0]
+    await rig.publish(keys[:1])
+    await until(lambda: done(db, keys[:1]), what="first page committed")
+    plan = rig.plans._saving[job]
+    plan.use.enter()  # a visit in: however long, not closed
+    since = time.monotonic()
+    while time.monotonic() - since < 0.4:
+        assert await rig.plans.close_idle() == 0
+        await asyncio.sleep(0.05)
+    plan.use.leave()
+
+    async def closed() -> bool:
+        return await rig.plans.close_idle() == 1
+
+    await until(closed, what="idle outputs closed")
+    assert job not in rig.plans._saving
+    (first,) = list((tmp_path / f"job-{job}" / "tar").iterdir())
+    assert first.read_bytes().endswith(bytes(1024))  # the end-of-archive blocks
+    await rig.publish(keys[1:])
+    await until(lambda: done(db, keys[1:]), what="second page committed")
+    assert rig.plans._saving[job] is not plan  # rebuilt
+    await rig.plans.aclose()
+    files = sorted((tmp_path / f"job-{job}" / "tar").iterdir())
+    assert len(files) == 2
+    for f, key in zip(files, keys, strict=True):
+        with tarfile.open(f) as t:
+            assert [m.name for m in t.getmembers()] == [str(key[1])]
+        assert f.read_bytes().endswith(bytes(1024))
