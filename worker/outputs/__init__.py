@@ -39,8 +39,10 @@ from worker.tasks import Context
 
 @runtime_checkable
 class Output(Protocol):
-    """``close`` (optional, ``async def close(self) -> None``) is awaited once when the worker
-    shuts down (``JobPlans.aclose``): a file it keeps open is finished there."""
+    """``close`` (optional, ``async def close(self) -> None``) is awaited once, when the job's
+    outputs have been idle ``outputIdleClose`` (``JobPlans.close_idle``; the job's next page
+    gets a new instance) or when the worker shuts down (``JobPlans.aclose``): a file it keeps
+    open is finished there."""
     name: str
     needs_raw: bool
 
