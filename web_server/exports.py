@@ -482,22 +482,60 @@ def surt(url: str) -> str:
     return (key + ")" + rest).lower()
 
 
-def cdxj_line(url: str, ref: Mapping[str, Any]) -> tuple[str, str, str]:
+def cdxj_line(url: str, ref: Mapping[str, Any],
+              target: str | None = None) -> tuple[str, str, str]:
+    """The CDXJ line of a committed WARC ref: keyed by the record's WARC-Target-URI
+    (``target``: the final URL after redirects; else ``url``), the page's URL as
+    ``original`` when it differs; ``filename`` relative to ``outputRoot``."""
+    uri = target or url
     date = re.sub(r"\D", "", str(ref.get("date", "")))[:14].ljust(14, "0")
-    fields = {"url": url, "mime": ref.get("mime") or "unk", "status": str(ref.get("status", "")),
+    fields = {"url": uri, "mime": ref.get("mime") or "unk", "status": str(ref.get("status", "")),
               "digest": str(ref.get("digest", "")).removeprefix("sha1:"),
               "length": str(ref.get("length")), "offset": str(ref.get("offset")),
-              "filename": Path(str(ref.get("file", ""))).name}
-    key = surt(url)
+              "filename": str(ref.get("file", ""))}
+    if uri != url:
+        fields["original"] = url
+    key = surt(uri)
     return key, date, f"{key} {date} {_dumps(fields)}\n"
+
+
+def warc_target(root: Path, ref: Mapping[str, Any]) -> str | None:
+    """The WARC-Target-URI of the record at the ref (its headers only: the start of the gzip
+    member is inflated until the blank line ending them); None when unreadable."""
+    try:
+        path = _path(root, str(ref.get("file") or ""))
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        head, left = b"", int(ref["length"])
+        with path.open("rb") as f:
+            f.seek(int(ref["offset"]))
+            while b"\r\n\r\n" not in head and left > 0 and len(head) < 65536:
+                block = f.read(min(4096, left))
+                if not block:
+                    break
+                left -= len(block)
+                head += inflate.decompress(block, 65536 - len(head))
+    except (OSError, zlib.error, ValueError, KeyError, NotFound):
+        return None
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"warc-target-uri":
+            return value.strip().decode("utf-8", "replace").strip("<>")
+    return None
+
+
+def _index_lines(root: Path, chunk: list[Row]) -> str:
+    lines = sorted(cdxj_line(y.url, y.value, warc_target(root, y.value)) for _, y in chunk
+                   if y.value.get("output") == "warc")
+    return "".join(line for _, _, line in lines)
 
 
 async def cdx_index(request: web.Request) -> web.StreamResponse:
     """The job's CDXJ index of its committed WARC records, sorted by (SURT, date) within each
     chunk of pages (sort the whole for one global order)."""
-    from web_server.routes import DEPS, parse_job_id
+    from web_server.routes import DEPS, SETTINGS, parse_job_id
     job_id = parse_job_id(request)
     deps = request.app[DEPS]
+    root = request.app[SETTINGS].output_root
     await _job_spec(deps, job_id, "index")
     first = await _read_on(deps, lambda c: jobs.job_yields(c, job_id, limit=CHUNK, kind="body"))
     resp = web.StreamResponse(headers={"Content-Type": "text/x-cdxj; charset=utf-8"})
@@ -505,9 +543,7 @@ async def cdx_index(request: web.Request) -> web.StreamResponse:
 
     async def parts() -> AsyncIterator[bytes]:
         async for chunk in _yields(deps, job_id, "body", first):
-            lines = sorted(cdxj_line(y.url, y.value) for _, y in chunk
-                           if y.value.get("output") == "warc")
-            yield "".join(line for _, _, line in lines).encode()
+            yield (await asyncio.to_thread(_index_lines, root, chunk)).encode()
 
     return await _stream(request, resp, parts())
 

@@ -364,9 +364,10 @@ async def test_cdxj_index_of_committed_warc_records(web: Stack, db: asyncpg.Conn
         assert key == exports.surt(entry["url"]) and key.startswith("example,bodies)/item?id=")
         assert len(date) == 14 and date.isdigit()
         assert entry["status"] == "200" and entry["mime"] == "application/xml"
-        (path,) = root.glob(f"job-{job}/warc/{entry['filename']}")
+        assert entry["filename"].startswith(f"job-{job}/warc/")  # relative to outputRoot
+        assert "original" not in entry
         payload, _, status_code = exports._warc_payload(exports._read_at(
-            path, int(entry["offset"]), int(entry["length"])))
+            root / entry["filename"], int(entry["offset"]), int(entry["length"])))
         assert payload == PAGES[entry["url"]] and status_code == 200
     # Records nothing committed: not in the index (an orphan appended after the commits).
     orphan = Warc(out_settings, {})
@@ -374,6 +375,28 @@ async def test_cdxj_index_of_committed_warc_records(web: Stack, db: asyncpg.Conn
                        raw_page(1, b"orphan"), Extraction())
     await orphan.close()
     assert (await get(web, f"/index/{job}"))[1] == body
+
+
+async def test_cdxj_index_keys_a_redirected_page_by_its_final_url(
+        web: Stack, db: asyncpg.Connection, out_settings: Settings) -> None:
+    """The record's WARC-Target-URI is the URL the body came from (after redirects): the index
+    line is keyed by it, the page's own URL noted as ``original``."""
+    job, ids = await save_job(web, db, out_settings, [{"kind": "db"}])
+    url, moved = "http://bodies.example/item?id=17", "http://bodies.example/moved/17"
+    page = raw_page(ids[url], b"moved here")
+    page = FetchedPage(page.url_id, 200, "application/xml", None, cacheable=True,
+                       final_url=moved, redirects=(url,), body=page.body, raw=page.raw)
+    warc = Warc(out_settings, {})
+    (y,) = await warc.write(Context(job, ids[url], url, 1), page, Extraction())
+    await warc.close()
+    await db.execute("INSERT INTO job_yield (job_id, url_id, kind, seq, value) "
+                     "VALUES ($1, $2, 'body', 1, $3::jsonb)", job, ids[url], json.dumps(y.value))
+    (line,) = (await get(web, f"/index/{job}"))[1].decode().splitlines()
+    key, _, fields = line.split(" ", 2)
+    entry = json.loads(fields)
+    assert key == "example,bodies)/moved/17"
+    assert (entry["url"], entry["original"]) == (moved, url)
+    assert entry["filename"] == y.value["file"]
 
 
 # ---- POST /idsets -----------------------------------------------------------------------------
