@@ -3,8 +3,10 @@
 
 Everything is streamed in chunks (at most ``CHUNK`` rows a statement), each read on a pooled
 connection released before the chunk is written: a slow client holds no connection and no
-snapshot, and memory stays flat whatever the job's size. An error found before the answer
-starts is a 400/404/413 with ``{"code", "message"}`` (``web_server.middleware``); a store
+snapshot, and memory stays flat whatever the job's size (``POST /idsets`` likewise writes each
+chunk of ids on a connection of its own). An error found before the answer starts is a
+400/404/413 (503 for an upload beyond ``MAX_UPLOADS``) with ``{"code", "message"}``
+(``web_server.middleware``); a store
 failure once it has started cuts the body short, so the client sees it is incomplete.
 """
 
