@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,6 +146,17 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0)  # a worker says it is alive this often
     worker_timeout: float = Field(15.0, gt=0)     # unseen this long: no longer a live worker
 
+    # operating (issue 16)
+    log_format: Literal["text", "json"] = "text"  # json: one object per line
+    metrics_addr: str = ""                        # foreman/worker metrics port; "" = off
+    live_interval: float = Field(1.0, gt=0)       # web server: the live status poll (SSE)
+    housekeeping_interval: float = Field(5.0, gt=0)  # foreman: purge, unhold sweep, gauges
+    job_retention: float = Field(0.0, ge=0)       # completed jobs older than this purged; 0 never
+    webhook_secret: str = Field("", repr=False)   # HMAC key of completion webhooks; never logged
+    webhook_timeout: float = Field(10.0, gt=0)    # one delivery's request
+    webhook_max_attempts: int = Field(10, gt=0)
+    webhook_retry_cap: float = Field(600.0, ge=0)  # backoff 2**attempts s, capped here
+
     @field_validator("root_path")
     @classmethod
     def _root(cls, v: str) -> str:
@@ -164,6 +175,13 @@ class Settings(BaseModel):
     @classmethod
     def _addr(cls, v: str) -> str:
         split_addr(v)
+        return v
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, v: str) -> str:
+        if v:
+            split_addr(v)
         return v
 
     @field_validator("host_headers", "host_limits")
@@ -329,6 +347,8 @@ _SIMPLE_KEYS = {
     "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
     "extractorKinds": "extractor_kinds", "outputKinds": "output_kinds",
     "outputRoot": "output_root", "maxIdSetBytes": "max_idset_bytes",
+    "logFormat": "log_format", "metricsAddr": "metrics_addr", "webhookSecret": "webhook_secret",
+    "webhookMaxAttempts": "webhook_max_attempts",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -341,6 +361,9 @@ _DURATION_KEYS = {
     "maxCrawlDelay": "max_crawl_delay", "politenessHorizon": "politeness_horizon",
     "parseTimeout": "parse_timeout", "heartbeatInterval": "heartbeat_interval",
     "workerTimeout": "worker_timeout", "outputIdleClose": "output_idle_close",
+    "liveInterval": "live_interval", "housekeepingInterval": "housekeeping_interval",
+    "jobRetention": "job_retention", "webhookTimeout": "webhook_timeout",
+    "webhookRetryCap": "webhook_retry_cap",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -357,6 +380,13 @@ _ENV = {
     "HARVESTER_HOST_CONCURRENCY": "host_concurrency", "HARVESTER_HOST_DELAY": "host_delay",
     "HARVESTER_ROBOTS": "robots", "HARVESTER_CACHE_MAX_AGE": "cache_max_age",
     "HARVESTER_WORK_DELAY": "work_delay", "HARVESTER_OUTPUT_ROOT": "output_root",
+    "HARVESTER_LOG_FORMAT": "log_format", "HARVESTER_METRICS_ADDR": "metrics_addr",
+    "HARVESTER_LIVE_INTERVAL": "live_interval",
+    "HARVESTER_HOUSEKEEPING_INTERVAL": "housekeeping_interval",
+    "HARVESTER_JOB_RETENTION": "job_retention", "HARVESTER_WEBHOOK_SECRET": "webhook_secret",
+    "HARVESTER_WEBHOOK_TIMEOUT": "webhook_timeout",
+    "HARVESTER_WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
+    "HARVESTER_WEBHOOK_RETRY_CAP": "webhook_retry_cap",
 }
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())

@@ -64,6 +64,13 @@ class NotFound(ClientError):
     code = "NotFound"
 
 
+class JobStateConflict(ClientError):
+    """The job's state does not allow the change (pausing a cancelled or completed job)."""
+
+    status = 409
+    code = "Conflict"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "PayloadTooLarge"

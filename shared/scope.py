@@ -36,6 +36,12 @@ class Scope:
         return not any(_rx(p).search(url) for p in self.deny)
 
 
+def denied(deny: tuple[str, ...], url: str) -> bool:
+    """Does a deny pattern (searched anywhere in the canonical URL, as ``Scope.follows``) match
+    ``url``? For the visits of a job whose deny list changed after they were queued."""
+    return any(_rx(p).search(url) for p in deny)
+
+
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 

@@ -35,6 +35,9 @@ class Frontier(Protocol):
     async def defer(self, conn: asyncpg.Connection, due: Mapping[Key, datetime]) -> None:
         """Put visits back, unpublished, not to be claimed before ``due``."""
 
+    async def hold(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
+        """Put back, unpublished, visits of a paused job (held while it stays paused)."""
+
     async def count_attempt(self, conn: asyncpg.Connection, key: Key) -> None:
         """Count a failed fetch attempt on a published visit, which stays published."""
 
@@ -55,8 +58,8 @@ class Frontier(Protocol):
 
 
 class DueFrontier:
-    """Visits in ``due`` order (partial index ``job_pending_due``), rows held by another
-    transaction skipped."""
+    """Visits in ``due`` order (partial index ``job_pending_due``, without held rows: a paused
+    job's visits), rows held by another transaction skipped."""
 
     async def claim(self, conn: asyncpg.Connection, limit: int,
                     job_id: int | None = None) -> list[Key]:
@@ -72,7 +75,8 @@ class DueFrontier:
         rows = await conn.fetch(f"""
             WITH c AS (
                 SELECT job_id, url_id FROM job_pending
-                WHERE published_on IS NULL AND due <= now() AND ($2::bigint IS NULL OR job_id = $2)
+                WHERE published_on IS NULL AND NOT held AND due <= now()
+                  AND ($2::bigint IS NULL OR job_id = $2)
                 ORDER BY due
                 LIMIT $1
                 {lock})
@@ -98,6 +102,16 @@ class DueFrontier:
             FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
             WHERE p.job_id = d.job_id AND p.url_id = d.url_id""",
             [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
+
+    async def hold(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
+        """Put back, unpublished, visits of a paused job whose message arrived: held (never
+        claimed) while the job is paused. ``held`` follows the job's state as this statement
+        sees it, so a resume that committed after the visits were planned leaves them due."""
+        await conn.execute("""
+            UPDATE job_pending p SET published_on = NULL, held = (j.state = 'paused')
+            FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id), job j
+            WHERE p.job_id = u.job_id AND p.url_id = u.url_id AND j.id = p.job_id""",
+            [k[0] for k in keys], [k[1] for k in keys])
 
     async def count_attempt(self, conn: asyncpg.Connection, key: Key) -> None:
         """Count a failed fetch attempt on the visit. Counting here, not in JetStream's delivery

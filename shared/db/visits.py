@@ -28,7 +28,9 @@ from shared.scope import Scope
 
 Key = tuple[int, int]  # (job_id, url_id)
 CHUNK = 5_000  # children handled a statement: a page may have hundreds of thousands of links
-Outcome = Literal["fetched", "cached", "abandoned", "blocked"]
+# "dropped": a visit of a cancelled job, or one its deny list now refuses (``drop``): never
+# fetched, no results, children or failure; only the origin's pending count moves.
+Outcome = Literal["fetched", "cached", "abandoned", "blocked", "dropped"]
 # A job's children: its pages' HTML links (url_link), the links and ids its follow rules yield
 # under its rule set (url_yield.target), or both (shared.jobspec.follow_mode).
 Follow = Literal["html", "rules", "both"]
@@ -73,6 +75,8 @@ class Planned:
     attempts: int = 0                 # failed fetch attempts so far in this job
     fetcher: str = "http"             # the job's fetcher kind (its work subject)
     ruleset: int = 0                  # the job's rule set (shared.jobspec.JobSpec.ruleset)
+    state: str = "running"            # job.state: running, paused or cancelled
+    deny: tuple[str, ...] = ()        # the job's deny patterns now (shared.scope.denied)
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -132,7 +136,8 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                         THEN u.etag END AS etag,
                    CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
                         THEN u.last_modified END AS last_modified,
-                   v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset
+                   v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset,
+                   j.state, j.deny
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -142,7 +147,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
             job_id, url_ids, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
                     r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
-                    r["fetcher"], r["ruleset"])
+                    r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]))
             for r in rows]
 
 
@@ -169,6 +174,15 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
             for r in rows]
 
 
+async def drop(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
+    """End visits without processing them (a cancelled job's, or URLs its deny list now
+    refuses): their pending rows go, their origins' pending counts go down (completed at
+    zero); no fetch, no result, no child, no failure. Visits no longer pending are ignored.
+    Run it in a transaction."""
+    pending = await lock_pending(conn, keys)
+    await complete(conn, pending, {p.key: "dropped" for p in pending})
+
+
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                    outcomes: dict[Key, Outcome], attempts: dict[Key, int] | None = None,
                    reasons: dict[Key, str] | None = None,
@@ -186,10 +200,11 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     if not pages:
         return []
     reasons = reasons or {}
-    failed = await _record_failures(conn, [p for p in pages if not p.reexpand],
+    kept = [p for p in pages if outcomes.get(p.key) != "dropped"]
+    failed = await _record_failures(conn, [p for p in kept if not p.reexpand],
                                     attempts or {}, reasons)
     # An abandoned visit was never processed in this job: it has no links to list or follow.
-    expanding = [p for p in pages if p.key not in reasons]
+    expanding = [p for p in kept if p.key not in reasons]
     jobs, urls = _cols(p.key for p in expanding)
     await conn.execute("""
         INSERT INTO job_result (job_id, refer_id, url_id)
@@ -511,6 +526,8 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
     for p in pages:
         c = delta.setdefault((p.job_id, p.origin_id), Counter())
         c["pending"] -= 1
+        if outcomes.get(p.key) == "dropped":  # never processed: pending only
+            continue
         if not p.reexpand:  # expanding a page again from a shorter path is not a new page
             c["processed"] += 1
             c[outcomes.get(p.key, "cached")] += 1
