@@ -11,10 +11,11 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.errors import BadRequest
+from shared.db.visits import CHUNK
+from shared.errors import BadRequest, JobStateConflict, NotFound
 from shared.jobspec import follow_mode, ruleset_of, stored_spec
 from shared.robots import REFUSALS
-from shared.scope import Scope
+from shared.scope import Scope, denied
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,15 @@ class JobStatus:
     scope: Scope
     max_pages: int | None
     spec: dict[str, Any]  # as stored (shared.jobspec.JobSpec.stored): without the URLs
+    state: str = "running"               # job.state: running, paused, cancelled
+    state_on: datetime | None = None     # when the state last changed
 
 
 async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: int,
                      force_crawl: bool, scope: Scope = Scope(),  # noqa: B008 - frozen
                      max_pages: int | None = None, sitemaps: bool = False,
-                     spec: dict[str, Any] | None = None) -> tuple[int, list[int]]:
+                     spec: dict[str, Any] | None = None,
+                     webhook: str | None = None) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
 
     ``spec`` is the stored job spec (``JobSpec.stored()``); by default the one these arguments
@@ -85,6 +89,9 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     await conn.execute("""
         INSERT INTO job_pending (job_id, url_id, origin_id)
         SELECT $1, u, u FROM unnest($2::bigint[]) u""", job_id, ids)
+    if webhook is not None:  # POSTed when the job completes (shared/db/webhooks.py)
+        await conn.execute("INSERT INTO job_webhook (job_id, url) VALUES ($1, $2)",
+                           job_id, webhook)
     if (known or explored) and ids:
         await idsets.seed_job(conn, job_id, ids[0], id_spec["urlFormat"], known, explored)
     return job_id, ids
@@ -159,13 +166,13 @@ async def body_ref(conn: asyncpg.Connection, job_id: int, url: str) -> dict[str,
 async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
     job = await conn.fetchrow("""
         SELECT j.id, j.created_on, j.max_level, j.force_crawl, j.scope, j.allow, j.deny,
-               j.max_pages, j.spec::text AS spec,
+               j.max_pages, j.spec::text AS spec, j.state, j.state_on, j.deleted_on,
                extract(epoch FROM (
                    SELECT CASE WHEN count(*) = 0 OR bool_or(completed_on IS NULL) THEN now()
                                ELSE max(completed_on) END
                    FROM job_url WHERE job_id = j.id) - j.created_on)::float8 AS elapsed
         FROM job j WHERE j.id = $1""", job_id)
-    if job is None:
+    if job is None or job["deleted_on"] is not None:  # a deleted job is gone (404)
         return None
     rows = await conn.fetch("""
         SELECT u.url, ju.completed_on IS NOT NULL AS completed, ju.pending, ju.processed,
@@ -175,11 +182,13 @@ async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
     return JobStatus(job["id"], job["created_on"], job["max_level"], job["force_crawl"],
                      max(0.0, job["elapsed"]), [JobURLState(**dict(r)) for r in rows],
                      Scope(job["scope"], tuple(job["allow"]), tuple(job["deny"])),
-                     job["max_pages"], json.loads(job["spec"]))
+                     job["max_pages"], json.loads(job["spec"]), job["state"], job["state_on"])
 
 
 async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM job WHERE id = $1)", job_id))
+    """Is there such a job, not deleted (``mark_deleted``)?"""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM job WHERE id = $1 AND deleted_on IS NULL)", job_id))
 
 
 def escape_like(text: str) -> str:
@@ -271,3 +280,195 @@ async def job_failures(conn: asyncpg.Connection, job_id: int,
         FROM job_failure f JOIN url u ON u.id = f.url_id
         WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])) = $3 ORDER BY u.url""",
         job_id, list(REFUSALS), blocked))
+
+
+# Job control (issue 16). A job's state is ``job.state`` (running, paused, cancelled); a job is
+# completed when every job URL is (``job_url.completed_on``), cancelled or not.
+
+async def _state_for_update(conn: asyncpg.Connection, job_id: int) -> tuple[str, bool]:
+    """The job's state and whether it is completed, its row locked; NotFound for no job (or a
+    deleted one)."""
+    row = await conn.fetchrow("""
+        SELECT state, deleted_on IS NOT NULL AS deleted,
+               NOT EXISTS (SELECT FROM job_url u WHERE u.job_id = j.id
+                           AND u.completed_on IS NULL) AS completed
+        FROM job j WHERE id = $1 FOR UPDATE""", job_id)
+    if row is None or row["deleted"]:
+        raise NotFound(f"Job {job_id} not found")
+    return row["state"], row["completed"]
+
+
+async def pause_job(conn: asyncpg.Connection, job_id: int) -> str:
+    """Pause a running job: its unpublished visits are held (the feeder skips them); visits
+    published already are held when their message arrives (``Frontier.hold``), fetches in
+    flight finish. Returns the new state; JobStateConflict for a cancelled or completed job."""
+    async with conn.transaction():
+        state, completed = await _state_for_update(conn, job_id)
+        if state == "cancelled" or completed:
+            raise JobStateConflict(
+                f"Job {job_id} is {'cancelled' if state == 'cancelled' else 'completed'}")
+        if state != "paused":
+            await conn.execute(
+                "UPDATE job SET state = 'paused', state_on = now() WHERE id = $1", job_id)
+            await conn.execute("""
+                UPDATE job_pending SET held = true
+                WHERE job_id = $1 AND published_on IS NULL AND NOT held""", job_id)
+    return "paused"
+
+
+async def resume_job(conn: asyncpg.Connection, job_id: int) -> str:
+    """Resume a paused job: its held visits are due now (or when they were due). Returns the
+    new state; JobStateConflict for a cancelled job; a running job stays as it is."""
+    async with conn.transaction():
+        state, _ = await _state_for_update(conn, job_id)
+        if state == "cancelled":
+            raise JobStateConflict(f"Job {job_id} is cancelled")
+        if state == "paused":
+            await conn.execute(
+                "UPDATE job SET state = 'running', state_on = now() WHERE id = $1", job_id)
+            await conn.execute("""
+                UPDATE job_pending SET held = false, due = least(due, now())
+                WHERE job_id = $1 AND held""", job_id)
+    return "running"
+
+
+async def _end_pending(conn: asyncpg.Connection, job_id: int,
+                       url_ids: Sequence[int] | None) -> int:
+    """Delete the job's unpublished visits (those of ``url_ids``, or all) and move their
+    origins' pending counts, completing an origin at zero; returns how many."""
+    rows = await conn.fetch("""
+        WITH d AS (
+            DELETE FROM job_pending p
+            WHERE p.job_id = $1 AND p.published_on IS NULL
+              AND ($2::bigint[] IS NULL OR p.url_id = ANY($2::bigint[]))
+            RETURNING p.origin_id
+        ), n AS (SELECT origin_id, count(*)::int AS n FROM d GROUP BY origin_id)
+        UPDATE job_url ju SET pending = ju.pending - n.n,
+            completed_on = coalesce(ju.completed_on,
+                                    CASE WHEN ju.pending - n.n = 0 THEN now() END)
+        FROM n WHERE ju.job_id = $1 AND ju.url_id = n.origin_id
+        RETURNING n.n""", job_id, None if url_ids is None else list(url_ids))
+    return sum(r["n"] for r in rows)
+
+
+async def cancel_job(conn: asyncpg.Connection, job_id: int) -> str:
+    """Cancel a job: its unpublished visits are dropped now, without a fetch; published ones
+    when their message arrives (``visits.plan`` says ``cancelled``: ``visits.drop``), fetches
+    in flight finish and are kept, as are the results so far. The job then completes.
+    Idempotent; returns the new state."""
+    async with conn.transaction():
+        await _state_for_update(conn, job_id)
+        await conn.execute("""
+            UPDATE job SET state = 'cancelled', state_on = now()
+            WHERE id = $1 AND state <> 'cancelled'""", job_id)
+        await _end_pending(conn, job_id, None)
+    return "cancelled"
+
+
+async def mark_deleted(conn: asyncpg.Connection, job_id: int) -> None:
+    """Cancel the job and mark it deleted: gone from every answer (404), purged later by the
+    housekeeping (``purge_candidates``)."""
+    async with conn.transaction():
+        await cancel_job(conn, job_id)
+        await conn.execute("UPDATE job SET deleted_on = now() WHERE id = $1", job_id)
+
+
+async def change_scope(conn: asyncpg.Connection, job_id: int, add_deny: Sequence[str]) -> int:
+    """Add deny patterns (checked by the caller: ``scope.check_pattern``) to a job and drop its
+    unpublished visits they match (Python regex semantics, as ``Scope``); published ones are
+    dropped when their message arrives (``Planned.deny``). Returns how many were dropped."""
+    async with conn.transaction():
+        await _state_for_update(conn, job_id)
+        deny = tuple(await conn.fetchval("""
+            UPDATE job SET deny = deny || $2::text[] WHERE id = $1 RETURNING deny""",
+            job_id, list(add_deny)))
+        matched: list[int] = []
+        cursor = await conn.cursor("""
+            SELECT p.url_id, u.url FROM job_pending p JOIN url u ON u.id = p.url_id
+            WHERE p.job_id = $1 AND p.published_on IS NULL""", job_id)
+        while rows := await cursor.fetch(CHUNK):
+            matched += [r["url_id"] for r in rows if denied(deny, r["url"])]
+            if len(rows) < CHUNK:
+                break
+        dropped = 0
+        for i in range(0, len(matched), CHUNK):
+            dropped += await _end_pending(conn, job_id, matched[i:i + CHUNK])
+    return dropped
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    job_id: int
+    created_on: datetime
+    state: str            # running, paused or cancelled (job.state)
+    completed: bool       # every job URL completed
+    urls: int
+    pending: int
+    processed: int
+    fetched: int
+    cached: int
+    failed: int
+    blocked: int
+
+
+async def list_jobs(conn: asyncpg.Connection, state: str | None, before: int | None,
+                    limit: int) -> list[JobSummary]:
+    """Jobs newest first (ids below ``before``), at most ``limit``, not deleted, with their
+    counters summed over their job URLs. ``state`` filters: running, paused, cancelled (by
+    ``job.state``) or completed (running or cancelled with every job URL completed)."""
+    rows = await conn.fetch("""
+        SELECT j.id, j.created_on, j.state, c.open = 0 AS completed, c.urls, c.pending,
+               c.processed, c.fetched, c.cached, c.failed, c.blocked
+        FROM job j
+        CROSS JOIN LATERAL (
+            SELECT count(*)::int AS urls,
+                   count(*) FILTER (WHERE ju.completed_on IS NULL)::int AS open,
+                   coalesce(sum(ju.pending), 0)::int AS pending,
+                   coalesce(sum(ju.processed), 0)::int AS processed,
+                   coalesce(sum(ju.fetched), 0)::int AS fetched,
+                   coalesce(sum(ju.cached), 0)::int AS cached,
+                   coalesce(sum(ju.failed), 0)::int AS failed,
+                   coalesce(sum(ju.blocked), 0)::int AS blocked
+            FROM job_url ju WHERE ju.job_id = j.id) c
+        WHERE j.deleted_on IS NULL AND ($2::bigint IS NULL OR j.id < $2)
+          AND ($1::text IS NULL
+               OR ($1 = 'completed' AND j.state <> 'paused' AND c.open = 0)
+               OR ($1 <> 'completed' AND j.state = $1))
+        ORDER BY j.id DESC LIMIT $3""", state, before, limit)
+    return [JobSummary(r["id"], r["created_on"], r["state"], r["completed"], r["urls"],
+                       r["pending"], r["processed"], r["fetched"], r["cached"], r["failed"],
+                       r["blocked"]) for r in rows]
+
+
+# Retention (issue 16): the tables holding a job's rows, purged in this order, then ``job``.
+# ``url``, ``host`` and the stored pages are shared between jobs and never purged.
+PURGE_TABLES = ("job_result", "job_yield", "job_pending", "job_failure", "job_visit", "job_url")
+
+
+async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: int) -> list[int]:
+    """Jobs to purge: deleted ones, and (``retention`` > 0) completed ones created more than
+    ``retention`` seconds ago; at most ``limit``, their rows locked (SKIP LOCKED: one
+    housekeeper each). Run it in a transaction. A running job with open URLs is never one."""
+    rows = await conn.fetch("""
+        SELECT j.id FROM job j
+        WHERE j.deleted_on IS NOT NULL
+           OR ($1 > 0 AND j.created_on < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT FROM job_url u
+                               WHERE u.job_id = j.id AND u.completed_on IS NULL))
+        ORDER BY j.id LIMIT $2
+        FOR UPDATE SKIP LOCKED""", float(retention), limit)
+    return [r["id"] for r in rows]
+
+
+async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int = 5000) -> int:
+    """Delete up to ``n`` of the job's rows of ``table`` (one of ``PURGE_TABLES``, or ``job``
+    for the job row itself, last); returns how many. Each call is its own short statement:
+    run it until it returns less than ``n``, a transaction each."""
+    if table == "job":
+        return int((await conn.execute("DELETE FROM job WHERE id = $1", job_id)).split()[-1])
+    if table not in PURGE_TABLES:
+        raise ValueError(f"not a job table: {table!r}")
+    status = await conn.execute(f"""
+        DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM {table} WHERE job_id = $1 LIMIT $2))""", job_id, n)
+    return int(status.split()[-1])
