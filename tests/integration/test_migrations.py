@@ -282,3 +282,31 @@ async def test_0015_gives_old_jobs_the_html_follow_mode_without_a_rewrite(
         assert await conn.fetchval("SELECT follow FROM job") == "html"
     finally:
         await conn.close()
+
+
+async def test_0016_gives_old_jobs_the_running_state_and_rebuilds_the_feeders_index(
+        scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0015")
+    conn = await asyncpg.connect(scratch_dsn)
+    index = "SELECT pg_get_indexdef('job_pending_due'::regclass)"
+    try:
+        await conn.execute("INSERT INTO job (max_level, force_crawl) VALUES (2, false)")
+        await conn.execute("INSERT INTO job_pending (job_id, url_id, origin_id) VALUES (1, 1, 1)")
+        files = "SELECT relname, relfilenode FROM pg_class WHERE relname IN ('job', 'job_pending')"
+        before = sorted(await conn.fetch(files))
+        await run(migrate.upgrade, scratch_dsn, "0016")
+        assert sorted(await conn.fetch(files)) == before  # constant defaults: no rewrite
+        assert await conn.fetchrow("SELECT state, state_on, deleted_on FROM job") == (
+            "running", None, None)
+        assert await conn.fetchval("SELECT held FROM job_pending") is False
+        assert "NOT held" in await conn.fetchval(index)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE job SET state = 'completed'")
+        await run(migrate.downgrade, scratch_dsn, "0015")
+        assert "held" not in await conn.fetchval(index)
+        assert not await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname IN "
+                                       "('job_webhook', 'job_state_id', 'job_url_open')")
+        await run(migrate.upgrade, scratch_dsn, "0016")
+        assert await conn.fetchval("SELECT state FROM job") == "running"
+    finally:
+        await conn.close()
