@@ -164,7 +164,19 @@ CSS = Annotated[str, AfterValidator(_css)]
 XPath = Annotated[str, AfterValidator(_xpath)]
 Ident = Annotated[str, AfterValidator(_id)]
 NamePattern = Annotated[str, AfterValidator(_name_pattern)]
+def _webhook(value: str, info: ValidationInfo) -> str:
+    try:
+        url = validate_job_url(value)
+    except InvalidURL:
+        raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
+                                  {"line": value}) from None
+    if not (info.context or {}).get("webhook_secret"):  # an unsigned POST is refused
+        raise PydanticCustomError("webhook", "the server has no webhookSecret to sign it with")
+    return url
+
+
 JobURL = Annotated[str, AfterValidator(_url)]
+WebhookURL = Annotated[str, AfterValidator(_webhook)]
 FetcherKind = Annotated[str, AfterValidator(_fetcher)]
 ExtractorKind = Annotated[str, AfterValidator(_extractor)]
 OutputKind = Annotated[str, AfterValidator(_output)]
@@ -358,6 +370,8 @@ class JobSpec(BaseModel):
     follow: FollowSpec | None = None
     ids: IdSpec | None = None
     save: tuple[SaveSpec, ...] = ()
+    # POSTed (signed with the server's webhookSecret) when the job completes: job_webhook.
+    webhook: WebhookURL | None = None
 
     @field_validator("urls")
     @classmethod
@@ -417,7 +431,7 @@ def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
         "JobSpec", [InitErrorDetails(type=error, loc=(field,), input=value)])
 
 
-_OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save")
+_OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook")
 
 
 def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
@@ -482,7 +496,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
     context = {"max_depth": settings.max_depth, "max_level": settings.max_level,
                "canonical": canonical, "fetchers": settings.fetcher_kinds,
                "extractors": (*BUILTIN_EXTRACTORS, *settings.extractor_kinds),
-               "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds)}
+               "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds),
+               "webhook_secret": bool(settings.webhook_secret)}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)

@@ -202,3 +202,17 @@ def test_ruleset_of_the_stored_spec_is_the_specs(keys: dict[str, object]) -> Non
     stored = json.loads(json.dumps(spec.stored(), sort_keys=True, ensure_ascii=True))
     assert ruleset_of(stored) == spec.ruleset()
     assert ruleset_of({"depth": 2}) == 0  # a spec stored before the key existed
+
+
+def test_a_webhook_needs_an_http_url_and_the_servers_secret() -> None:
+    body = {"urls": ["http://a.example/"], "webhook": "http://127.0.0.1:9/done"}
+    signed = Settings(webhook_secret="k")
+    spec = validate_spec(json.dumps(body), signed)
+    assert spec.webhook == "http://127.0.0.1:9/done"
+    assert spec.stored()["webhook"] == "http://127.0.0.1:9/done"
+    assert spec.ruleset() == 0  # where to say it is done changes no page's yields
+    assert "webhook" not in validate_spec(json.dumps(body | {"webhook": None}), signed).stored()
+    with pytest.raises(SpecError, match="^Invalid webhook: the server has no webhookSecret"):
+        validate_spec(json.dumps(body), SETTINGS)
+    with pytest.raises(SpecError, match="^Invalid webhook: not an absolute http"):
+        validate_spec(json.dumps(body | {"webhook": "ftp://a.example/"}), signed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.scope import Scope, check_pattern
+from shared.scope import Scope, check_pattern, denied
 
 ORIGIN = "http://www.example.com/start"
 
@@ -43,3 +43,9 @@ def test_bad_patterns_are_reported() -> None:
 def test_control_characters_in_a_pattern_are_refused(pattern: str) -> None:
     # PostgreSQL stores no NUL in text or jsonb: accepted, it made a 500 at the job's creation.
     assert check_pattern(pattern) == "control characters are not allowed"
+
+
+def test_denied_searches_the_deny_patterns_as_scope_does() -> None:
+    url = "http://h.example/x/1?page=2"
+    for deny in ((), ("/y/",), ("/x/",), ("^https:", r"page=\d")):
+        assert denied(deny, url) == (not Scope(deny=deny).follows(url, url))
