@@ -58,6 +58,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-data", action="store_true", help="keep Harvester's PostgreSQL/NATS data")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy one worker for SECONDS during the first Harvester run")
+    p.add_argument("--profile-variant", default=None, metavar="VARIANT",
+                   help="profile the first Harvester run of this variant (default: the first run)")
     p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
     a = p.parse_args(argv)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                             or a.concurrency,
                                             timeout=a.timeout, keep_data=a.keep_data,
                                             variant=variant)
-                    if a.profile and not profiled:
+                    if a.profile and not profiled and a.profile_variant in (None, variant):
                         opts.profile, opts.profile_out = a.profile, out / "worker.txt"
                         profiled = True
                     r = run_harvester(site, out, label, opts)

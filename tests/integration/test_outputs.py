@@ -214,6 +214,71 @@ async def test_warc_chunked_header_over_a_dechunked_body_reads_back(tmp_path: Pa
     warc_check(tmp_path / ref["file"])
 
 
+def warcio_records(uri: str, raw: RawResponse, date: str, rid: str, rid2: str) -> list[bytes]:
+    """The response and request records as warcio's own WARCWriter makes them (uncompressed)."""
+    from urllib.parse import quote, urlsplit
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    def text(b: bytes) -> str:
+        return b.decode("latin-1")
+
+    out = []
+    protocol, _, line = text(raw.status_line).partition(" ")
+    parts = urlsplit(uri)
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                   safe="/?&=%:@!$'()*+,;~-._")
+    sent = list(raw.request_headers)
+    if not any(k.lower() == "host" for k, _ in sent):
+        sent.insert(0, ("Host", parts.netloc))
+    for kind in ("response", "request"):
+        buf = io.BytesIO()
+        w = WARCWriter(buf, gzip=False, warc_version="1.1")
+        if kind == "response":
+            rec = w.create_warc_record(
+                uri, kind, payload=io.BytesIO(raw.body), length=len(raw.body),
+                http_headers=StatusAndHeaders(line, [(text(k), text(v)) for k, v in raw.headers],
+                                              protocol=protocol),
+                warc_headers_dict={"WARC-Record-ID": rid, "WARC-Date": date})
+        else:
+            rec = w.create_warc_record(
+                uri, kind, http_headers=StatusAndHeaders(f"GET {target} HTTP/1.1", sent,
+                                                         is_http_request=True),
+                warc_headers_dict={"WARC-Record-ID": rid2, "WARC-Date": date,
+                                   "WARC-Concurrent-To": rid})
+        w.write_record(rec)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("headers", [((b"Content-Type", b"text/html"),),
+                                     ((b"Content-Type", b"text/html"), (b"X-Name", b"caf\xe9"))])
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9/a b/caf\u00e9?q=1", "http://h"])
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 200 OK", b"HTTP/1.1 404"])
+@pytest.mark.parametrize("body", [b"", HTML, bytes(range(256)) * 300])
+def test_warc_records_are_the_bytes_warcio_writes(headers: Any, uri: str, status_line: bytes,
+                                                  body: bytes) -> None:
+    """The lean writer's records, each its own gzip member, decompress to what warcio's
+    WARCWriter writes for the same answer (same record ids), each digest included."""
+    from worker.outputs.warc import build_records
+    raw = RawResponse(status_line, headers, body, (("User-Agent", "t\u00e9"),))
+    blob, length, digest, rid = build_records(uri, raw, "2026-11-29T22:00:00.000000Z")
+    members = []
+    while blob:
+        d = zlib.decompressobj(31)
+        members.append(d.decompress(blob))
+        assert d.eof
+        if not members[1:]:
+            assert len(blob) - len(d.unused_data) == length
+        blob = d.unused_data
+    rid2 = re.search(rb"WARC-Record-ID: (<[^>]+>)", members[1])
+    assert rid2 is not None
+    want = warcio_records(uri, raw, "2026-11-29T22:00:00.000000Z", rid, rid2[1].decode())
+    assert members == want
+    assert digest == sha1_b32(body)
+
+
 async def test_warc_same_page_twice_is_one_record_and_304s_are_not_written(
         tmp_path: Path, settings: Settings) -> None:
     out = make("warc", tmp_path, settings)
