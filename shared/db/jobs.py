@@ -396,6 +396,40 @@ async def change_scope(conn: asyncpg.Connection, job_id: int, add_deny: Sequence
     return dropped
 
 
+async def unhold_running(conn: asyncpg.Connection) -> int:
+    """The housekeeping's safety net: free held visits of jobs that are running (a hold and a
+    resume crossed in a way ``Frontier.hold`` could not see); returns how many. Reads the
+    held rows only (index ``job_pending_held``)."""
+    return int((await conn.fetchval("""
+        WITH u AS (
+            UPDATE job_pending p SET held = false, due = least(p.due, now())
+            FROM job j
+            WHERE p.held AND j.id = p.job_id AND j.state = 'running'
+            RETURNING 1)
+        SELECT count(*) FROM u""")) or 0)
+
+
+async def job_gauges(conn: asyncpg.Connection) -> tuple[dict[str, int], int]:
+    """Jobs by state (``running``, ``paused``, ``cancelled``, and ``completed`` for running
+    jobs whose job URLs are all completed: a cancelled job stays ``cancelled``), deleted ones
+    left out, and the pending visits of them all: the metrics
+    ``JOBS{state}`` and ``PENDING_VISITS``. One statement over ``job`` and ``job_url``."""
+    rows = await conn.fetch("""
+        SELECT CASE WHEN j.state = 'running' AND coalesce(c.open, 0) = 0 THEN 'completed'
+                    ELSE j.state END AS state,
+               count(*)::int AS jobs, coalesce(sum(c.pending), 0)::bigint AS pending
+        FROM job j
+        LEFT JOIN (SELECT job_id, count(*) FILTER (WHERE completed_on IS NULL) AS open,
+                          sum(pending) AS pending
+                   FROM job_url GROUP BY job_id) c ON c.job_id = j.id
+        WHERE j.deleted_on IS NULL
+        GROUP BY 1""")
+    counts = dict.fromkeys(("running", "paused", "cancelled", "completed"), 0)
+    for r in rows:
+        counts[r["state"]] = r["jobs"]
+    return counts, int(sum(r["pending"] for r in rows))
+
+
 @dataclass(frozen=True, slots=True)
 class JobSummary:
     job_id: int

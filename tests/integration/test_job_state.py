@@ -264,3 +264,31 @@ async def test_webhook_deliveries_are_claimed_with_a_lease(db: asyncpg.Connectio
     assert await webhooks.claim_due(db, 10, 60, 10) == []
     row = await db.fetchrow("SELECT sent_on, last_status, last_error FROM job_webhook")
     assert row is not None and row["sent_on"] is not None and row["last_status"] == 204
+
+
+async def test_the_sweep_frees_held_visits_of_running_jobs_only(db: asyncpg.Connection) -> None:
+    paused, _ = await new_job(db, f"{H}/a")
+    running, _ = await new_job(db, f"{H}/b", f"{H}/c")
+    await jobs.pause_job(db, paused)
+    await db.execute("UPDATE job_pending SET held = true WHERE job_id = $1", running)
+    assert await claim(db) == []
+    assert await jobs.unhold_running(db) == 2
+    assert await held(db, paused) == [True] and await held(db, running) == [False, False]
+    assert len(await claim(db)) == 2
+    assert await jobs.unhold_running(db) == 0
+
+
+async def test_job_gauges_count_jobs_by_state_and_their_pending_visits(
+        db: asyncpg.Connection) -> None:
+    await new_job(db, f"{H}/a", f"{H}/b")
+    done, _ = await new_job(db, f"{H}/z", max_level=1)
+    await fetched(db, f"{H}/z")
+    await process(db, done, f"{H}/z")
+    paused, _ = await new_job(db, f"{H}/c")
+    cancelled, _ = await new_job(db, f"{H}/d")
+    deleted, _ = await new_job(db, f"{H}/e")
+    await jobs.pause_job(db, paused)
+    await jobs.cancel_job(db, cancelled)
+    await jobs.mark_deleted(db, deleted)
+    assert await jobs.job_gauges(db) == (
+        {"running": 1, "paused": 1, "cancelled": 1, "completed": 1}, 3)
