@@ -75,7 +75,7 @@ class Site:
         mime, body = self.pages[request.path]
         headers = {"Content-Type": mime}
         if request.path == "/b":
-            body = gzip.compress(body)
+            body = gzip.compress(body, mtime=0)  # the same bytes at each fetch
             headers["Content-Encoding"] = "gzip"
         self.sent[request.path] = body
         return web.Response(body=body, headers=headers)
