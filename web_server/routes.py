@@ -151,9 +151,13 @@ def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
     sitemaps = parse_flag(request, "sitemaps")
     depth = parse_depth(request, settings)
     scope, max_pages = parse_scope(request)
-    return {"depth": depth, "forceCrawl": force, "sitemaps": sitemaps,
-            "scope": {"scope": scope.kind, "allow": scope.allow, "deny": scope.deny,
-                      "maxPages": max_pages}}
+    params: dict[str, Any] = {
+        "depth": depth, "forceCrawl": force, "sitemaps": sitemaps,
+        "scope": {"scope": scope.kind, "allow": scope.allow, "deny": scope.deny,
+                  "maxPages": max_pages}}
+    if "webhook" in request.query:  # the spec's webhook (checked by validate_spec)
+        params["webhook"] = request.query["webhook"]
+    return params
 
 
 def newline_spec(params: dict[str, Any], body: str, settings: Settings) -> JobSpec:
@@ -203,7 +207,7 @@ async def _create_job(deps: Deps, spec: JobSpec) -> int:
             async with deps.acquire(timeout=left) as conn, conn.transaction():
                 job_id, _ = await jobs.create_job(
                     conn, spec.urls, spec.max_level, spec.force_crawl, spec.scope.as_scope(),
-                    spec.scope.max_pages, spec.sitemaps, spec.stored())
+                    spec.scope.max_pages, spec.sitemaps, spec.stored(), webhook=spec.webhook)
             return job_id
         except _CONFLICTS as e:
             attempt += 1
@@ -253,6 +257,8 @@ async def status(request: web.Request) -> web.Response:
                   "deny": list(st.scope.deny), "maxPages": st.max_pages},
         "spec": status_view(st.spec, [u.url for u in st.urls]),
         "fetcher": {"kind": kind, "liveWorkers": live},
+        # Issue 16 appends these, on purpose (docs/api.md).
+        "state": st.state,
     }
     if pending and not live:
         waits = f"no live worker serves fetcher kind '{kind}'; the job waits until one starts"
@@ -367,6 +373,86 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+# Job control (issue 16).
+JOB_STATES = ("running", "paused", "cancelled", "completed")
+LIST_LIMIT = (50, 1000)  # default and largest page of GET /jobs
+
+
+async def jobs_list(request: web.Request) -> web.Response:
+    """``GET /jobs?state=&limit=&before=``: jobs newest first, ``next`` the ``before`` of the
+    next page (null on the last)."""
+    state = request.query.get("state") or None
+    if state is not None and state not in JOB_STATES:
+        raise BadRequest(f"Invalid state: {state} (use {', '.join(JOB_STATES)})")
+    raw = request.query.get("limit")
+    limit = LIST_LIMIT[0] if raw is None else parse_int("limit", raw, 1, LIST_LIMIT[1])
+    raw = request.query.get("before")
+    before = None if raw is None else parse_int("before", raw, 1, _INT64[1])
+    async with request.app[DEPS].acquire() as conn:
+        rows = await jobs.list_jobs(conn, state, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return json_response({"jobs": [job_summary(r) for r in rows],
+                          "next": rows[-1].job_id if more else None})
+
+
+def job_summary(j: jobs.JobSummary) -> dict[str, Any]:
+    return {"id": j.job_id, "createdOn": _utc(j.created_on), "state": j.state,
+            "completed": j.completed, "urls": j.urls,
+            "pages": {"queued": j.pending, "processed": j.processed, "fetched": j.fetched,
+                      "cached": j.cached, "failed": j.failed, "blocked": j.blocked}}
+
+
+async def job_delete(request: web.Request) -> web.Response:
+    """``DELETE /jobs/{id}``: cancel (200); ``?purge=true``: cancel and delete (202; the rows
+    are purged by the housekeeping, the job is gone from every answer at once)."""
+    job_id = parse_job_id(request)
+    purge = parse_flag(request, "purge")
+    async with request.app[DEPS].acquire() as conn:
+        if purge:
+            await jobs.mark_deleted(conn, job_id)
+            return json_response({"id": job_id, "state": "deleted"}, status=202)
+        state = await jobs.cancel_job(conn, job_id)
+    return json_response({"id": job_id, "state": state})
+
+
+async def job_pause(request: web.Request) -> web.Response:
+    job_id = parse_job_id(request)
+    async with request.app[DEPS].acquire() as conn:
+        state = await jobs.pause_job(conn, job_id)
+    return json_response({"id": job_id, "state": state})
+
+
+async def job_resume(request: web.Request) -> web.Response:
+    job_id = parse_job_id(request)
+    async with request.app[DEPS].acquire() as conn:
+        state = await jobs.resume_job(conn, job_id)
+    return json_response({"id": job_id, "state": state})
+
+
+async def job_patch(request: web.Request) -> web.Response:
+    """``PATCH /jobs/{id}`` with ``{"deny": [...]}``: add deny patterns; queued visits they
+    match are dropped without a fetch."""
+    job_id = parse_job_id(request)
+    settings = request.app[SETTINGS]
+    body = await _read_body(request, settings.max_request_bytes)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BadRequest("Invalid JSON body (expected {\"deny\": [...]})") from None
+    if not isinstance(data, dict) or set(data) != {"deny"}:
+        raise BadRequest("Invalid body: expected exactly the field deny (a list of patterns)")
+    deny = data["deny"]
+    if not isinstance(deny, list) or not all(isinstance(p, str) for p in deny):
+        raise BadRequest("Invalid deny: a list of strings")
+    for p in deny:
+        if (problem := check_pattern(p)) is not None:
+            raise BadRequest(f"Invalid deny pattern: {p} ({problem})")
+    async with request.app[DEPS].acquire() as conn:
+        dropped = await jobs.change_scope(conn, job_id, deny)
+    return json_response({"id": job_id, "deny": deny, "dropped": dropped})
+
+
 def add_routes(app: web.Application, root: str) -> None:
     base = root.rstrip("/")
     app.router.add_post(base + "/", schedule)
@@ -379,5 +465,10 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_get(base + "/bodies/{job_id}", exports.saved_bodies, allow_head=False)
     app.router.add_get(base + "/index/{job_id}", exports.cdx_index, allow_head=False)
     app.router.add_post(base + "/idsets", exports.post_idset)
+    app.router.add_get(base + "/jobs", jobs_list, allow_head=False)
+    app.router.add_delete(base + "/jobs/{job_id}", job_delete)
+    app.router.add_patch(base + "/jobs/{job_id}", job_patch)
+    app.router.add_post(base + "/jobs/{job_id}/pause", job_pause)
+    app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)
