@@ -16,13 +16,16 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from foreman import webhooks
 from foreman.feeder import feed
+from foreman.housekeeping import housekeeping
 from shared import bus
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
+from shared.scope import denied
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,17 @@ class Foreman:
             planned = {(p.job_id, p.url_id): p for p in await visits.plan(conn, keys, s.cache_max_age)}
         work: dict[str, list[Key]] = {}  # by fetcher kind, in one pass: usually http alone
         cached = []
+        dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
+        held: list[Key] = []  # a paused job's: back in the frontier, held
         for k, p in planned.items():
-            if p.cached:
+            if (p.state != "running" or p.deny) and (act := stale(p)):
+                (dropped if act == "drop" else held).append(k)
+            elif p.cached:
                 cached.append(k)
             else:
                 work.setdefault(p.fetcher, []).append(k)
+        if dropped or held:
+            await settle_stale(self.pool, self.frontier, dropped, held)
         unsent: set[Key] = set()
         waiting: list[Key] = []
         http_sent = 0
@@ -148,6 +157,31 @@ class Foreman:
         room = max(0, min(wanted, self.settings.work_queue_limit - depth))
         self._depths[topic] = (checked, depth + room)  # until the next check reads the real depth
         return room
+
+
+def stale(p: visits.Planned) -> str | None:
+    """What a visit whose job changed since it was queued gets instead of its work: ``drop``
+    (its job cancelled, or its URL refused by the job's deny list now), ``hold`` (its job
+    paused), or None (it is worked on). A running job without deny patterns never calls it."""
+    if p.state == "cancelled" or (p.deny and denied(p.deny, p.url)):
+        return "drop"
+    return "hold" if p.state == "paused" else None
+
+
+async def settle_stale(pool: asyncpg.Pool, frontier: Frontier, dropped: list[Key],
+                       held: list[Key]) -> None:
+    """Answer visits whose job changed since they were queued, in one transaction: drop those
+    of a cancelled job or refused by its deny list now (no fetch, no result, no child), and
+    put back, held, those of a paused job. Their messages are acked after it commits."""
+    async def work(conn: asyncpg.Connection) -> None:
+        if dropped:
+            await visits.drop(conn, dropped)
+        if held:
+            await frontier.hold(conn, held)
+
+    await in_transaction(pool, work)
+    log.info("%d visits dropped (job cancelled or URL denied), %d held (job paused)",
+             len(dropped), len(held))
 
 
 async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
@@ -238,7 +272,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the URL queue until ``stop`` is set; then finish the batches in hand and exit."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 4))
+            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-foreman"))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
@@ -254,6 +288,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                                          name="feeder"))
         tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop),
                                          name="watchdog"))
+        tasks.append(asyncio.create_task(housekeeping(settings, pool, stop),
+                                         name="housekeeping"))
+        if settings.webhook_secret:  # no job can name a webhook without it
+            tasks.append(asyncio.create_task(webhooks.deliver(settings, pool, stop),
+                                             name="webhooks"))
         try:
             await bus.supervise(tasks, stop)
         finally:

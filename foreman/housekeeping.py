@@ -1,0 +1,74 @@
+"""The foreman's housekeeping (issue 16), every ``housekeeping_interval`` under an advisory
+lock (one foreman of the cluster at a time): purge deleted jobs, and completed jobs older than
+``job_retention``, with all their rows; and free held visits of running jobs (the safety net of
+``Frontier.hold``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from shared import bus
+from shared.config import Settings
+from shared.db import jobs
+from shared.db.pool import RETRYABLE
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_LOCK = 0x4A52_484B  # pg advisory lock: one housekeeper in the cluster at a time
+PURGE_JOBS = 10  # jobs purged a round at most
+PURGE_BATCH = 5000  # rows deleted a transaction
+
+
+async def housekeeping(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Run ``housekeep_once`` every ``housekeeping_interval`` until ``stop``."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), settings.housekeeping_interval)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        try:
+            await housekeep_once(settings, pool)
+        except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
+            log.warning("housekeeping: %s", e)
+
+
+async def housekeep_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, int] | None:
+    """One round: (jobs purged, visits unheld), or None when another foreman's housekeeping
+    holds the lock. The lock is a session lock, so the purge's many short transactions all
+    run under it."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", HOUSEKEEPING_LOCK):
+            return None
+        try:
+            unheld = await jobs.unhold_running(conn)
+            if unheld:
+                log.warning("housekeeping: %d held visits of running jobs freed", unheld)
+            purged = await purge_once(settings, conn)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", HOUSEKEEPING_LOCK)
+    return purged, unheld
+
+
+async def purge_once(settings: Settings, conn: asyncpg.Connection,
+                     batch: int = PURGE_BATCH) -> int:
+    """Purge up to ``PURGE_JOBS`` jobs (deleted, or completed more than ``job_retention`` ago):
+    each table's rows in batches of ``batch``, a transaction each, the job row last. Returns
+    how many jobs went. A purge cut short resumes next round (the job row is still there)."""
+    async with conn.transaction():
+        ids = await jobs.purge_candidates(conn, settings.job_retention, PURGE_JOBS)
+    for job_id in ids:
+        rows = 0
+        for table in (*jobs.PURGE_TABLES, "job"):
+            while True:
+                async with conn.transaction():
+                    n = await jobs.purge_batch(conn, table, job_id, batch)
+                rows += n
+                if n < batch or table == "job":
+                    break
+        log.info("job %d purged (%d rows)", job_id, rows)
+    return len(ids)
