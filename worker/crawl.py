@@ -21,7 +21,8 @@ from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
 from shared.db.frontier import DueFrontier, Frontier
-from shared.db.pool import RETRYABLE, open_pool
+from shared.db.pool import RETRYABLE, in_transaction, open_pool
+from shared.scope import denied
 from shared.urls import host_key
 from worker.commit import Committer, Done, Key
 from worker.extractors.lanes import Parser
@@ -84,6 +85,18 @@ class Worker:
                     conn, (p for k, p in planned.items() if not p.cached and k in by_key))
             done = [k for k in by_key if k not in planned]  # a duplicate, or redelivered after a crash
             await bus.settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
+            dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
+            held: list[Key] = []  # a paused job's: back in the frontier, held
+            for k, p in planned.items():
+                if p.state != "running" or p.deny:  # its job changed since it was queued
+                    if p.state == "cancelled" or (p.deny and denied(p.deny, p.url)):
+                        dropped.append(k)
+                    elif p.state == "paused":
+                        held.append(k)
+            if dropped or held:  # as the foreman does (services never import each other)
+                await in_transaction(self.pool, lambda conn: self._settle_stale(conn, dropped, held))
+                await bus.settle_all([by_key.pop(k) for k in (*dropped, *held)],
+                                     Settle(Verdict.ACK))
             unserved = {k: plan for k, p in planned.items() if k in by_key and not p.cached
                         and isinstance(plan := plans[p.job_id], str)}
             asking = {k: p.url for k, p in planned.items()
@@ -122,6 +135,15 @@ class Worker:
                 assert isinstance(plan, JobPlan)
                 self._spawn(self.pipeline.visit(Visit(p, ms, admission.granted[key], plan)))
         return len(by_key)
+
+    async def _settle_stale(self, conn: asyncpg.Connection, dropped: list[Key],
+                            held: list[Key]) -> None:
+        """Drop (no fetch, result or child) the visits of a cancelled job or refused by its
+        deny list now; put back, held, those of a paused job. One transaction."""
+        if dropped:
+            await visits.drop(conn, dropped)
+        if held:
+            await self.frontier.hold(conn, held)
 
     def _unserved(self, unserved: dict[Key, str]) -> dict[Key, datetime]:
         """When visits of jobs this worker cannot serve (a plug-in it lacks) are published
