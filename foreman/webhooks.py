@@ -108,5 +108,5 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
         await webhooks.mark_failed(conn, d.job_id, status, error, retry_in)
     last = d.attempts >= settings.webhook_max_attempts
     log.warning("webhook job=%d to %s failed (attempt %d: %s); %s", d.job_id, d.url, d.attempts,
-                error, "given up" if last else f"next try in {retry_in:.0f}s",
+                error, "given up" if last else f"next try in {retry_in:.1f}s",
                 extra={"job": d.job_id, "url": d.url})
