@@ -22,8 +22,9 @@ from shared.config import Settings, split_addr
 from shared.db.pool import open_pool
 from shared.errors import StartupError
 from web_server.deps import Deps
+from web_server.live import LIVE, LiveHub
 from web_server.middleware import error_body, errors
-from web_server.routes import DEPS, SETTINGS, add_routes
+from web_server.routes import DEPS, SETTINGS, add_routes, status_answer
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                          command_timeout=30) as pool:
         deps = app[DEPS] = Deps(pool, settings.database_url)
         connecting = asyncio.create_task(_connect_nats(settings, deps))
+        hub = app[LIVE] = LiveHub(deps, settings,
+                                  lambda conn, job_id, h: status_answer(conn, job_id, h, settings))
+        stop_hub = asyncio.Event()
+        polling = asyncio.create_task(hub.run(stop_hub))  # one poller per process (SSE, rates)
         try:
             yield
         finally:
+            stop_hub.set()
+            await polling
             connecting.cancel()  # bus.connect flushes and closes the connection on its way out
             # ... within a bound: shutting down must not hang on a NATS client that does not
             # finish closing (a full test run once waited 5 minutes here).

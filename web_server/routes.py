@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from shared import bus
+from shared import bus, eta
 from shared.config import Settings
-from shared.db import idsets, jobs, workers
+from shared.db import idsets, jobs, progress, workers
 from shared.db.pool import RETRYABLE
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
@@ -24,6 +24,7 @@ from shared.urls import validate_job_url
 from web_server import exports
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
+from web_server.live import LIVE, WINDOW, LiveHub, Rates
 from web_server.render import json_response, string
 
 log = logging.getLogger(__name__)
@@ -229,24 +230,34 @@ async def _read_body(request: web.Request, limit: int) -> str:
 
 async def status(request: web.Request) -> web.Response:
     job_id = parse_job_id(request)
-    settings = request.app[SETTINGS]
     async with request.app[DEPS].acquire() as conn:
-        st = await jobs.job_status(conn, job_id)
-        if st is None:
-            raise NotFound(f"Failed to get job {job_id} status")
-        kind = st.spec.get("fetcher", bus.HTTP)  # left out of the stored spec at its default
-        live = await workers.live(conn, kind, settings.worker_timeout)
+        answer = await status_answer(conn, job_id, request.app[LIVE], request.app[SETTINGS])
+    if answer is None:
+        raise NotFound(f"Failed to get job {job_id} status")
+    return json_response(answer)
+
+
+async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | None,
+                        settings: Settings) -> dict[str, Any] | None:
+    """The ``/status`` JSON of a job (None: no such job), as the SSE events send it too."""
+    st = await jobs.job_status(conn, job_id)
+    if st is None:
+        return None
+    kind = st.spec.get("fetcher", bus.HTTP)  # left out of the stored spec at its default
+    live = await workers.live(conn, kind, settings.worker_timeout)
     completed = sum(1 for u in st.urls if u.completed)
     pending = len(st.urls) - completed
-    answer = {
+    processed = sum(u.processed for u in st.urls)
+    fetched = sum(u.fetched for u in st.urls)
+    answer: dict[str, Any] = {
         "completed": completed,
         "pending": pending,
         "elapsed": format_go_duration(st.elapsed),
         "urls": {u.url: u.completed for u in st.urls},
         "pages": {
             "queued": sum(u.pending for u in st.urls),
-            "processed": sum(u.processed for u in st.urls),
-            "fetched": sum(u.fetched for u in st.urls),
+            "processed": processed,
+            "fetched": fetched,
             "cached": sum(u.cached for u in st.urls),
             "failed": sum(u.failed for u in st.urls),
             "blocked": sum(u.blocked for u in st.urls),
@@ -260,10 +271,60 @@ async def status(request: web.Request) -> web.Response:
         # Issue 16 appends these, on purpose (docs/api.md).
         "state": st.state,
     }
+    rates = None if hub is None or not pending else hub.rates(job_id)
+    if rates is None:  # before two samples of the hub (or done): the average so far
+        span = max(st.elapsed, 1e-9)
+        rates = Rates(processed / span, fetched / span, st.elapsed)
+    answer["rates"] = {"pagesPerSecond": round(rates.pages_per_second, 3),
+                       "fetchedPerSecond": round(rates.fetched_per_second, 3),
+                       "window": RATE_WINDOW}
+    left = 0.0 if not pending else eta.remaining(await progress.levels(conn, job_id),
+                                                 st.max_level)
+    seconds = eta.eta_seconds(left, rates.pages_per_second if st.state == "running" else 0.0)
+    answer["eta"] = {"seconds": None if seconds is None else round(seconds, 1),
+                     "remainingPages": round(left), "method": "levels"}
     if pending and not live:
         waits = f"no live worker serves fetcher kind '{kind}'; the job waits until one starts"
         answer["warnings"] = [waits]
-    return json_response(answer)
+    return answer
+
+
+RATE_WINDOW = format_go_duration(WINDOW)  # "1m0s": the rates are over the last minute at most
+KEEPALIVE = 15.0  # seconds between SSE comments while nothing changes
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /status/{id}/events``: server-sent events from the process's LiveHub: ``status``
+    (the /status JSON) on every change, ``: keepalive`` comments, ``completed`` last."""
+    job_id = parse_job_id(request)
+    async with request.app[DEPS].acquire() as conn:
+        if not await jobs.job_exists(conn, job_id):
+            raise NotFound(f"Failed to get job {job_id} status")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    try:
+        with request.app[LIVE].subscribe(job_id) as sub:
+            while True:
+                snap = await sub.get(KEEPALIVE)
+                if snap is None:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if snap.status is None:  # deleted while watched
+                    await resp.write(sse("completed", {"id": job_id, "state": "deleted"}))
+                    break
+                await resp.write(sse("status", snap.status))
+                if snap.completed:
+                    await resp.write(sse("completed", snap.status))
+                    break
+        await resp.write_eof()
+    except ConnectionError:
+        log.debug("GET %s: the client went away", request.path_qs)
+    return resp
 
 
 async def result(request: web.Request) -> web.StreamResponse:
@@ -459,6 +520,7 @@ def add_routes(app: web.Application, root: str) -> None:
     if base:
         app.router.add_post(base, schedule)
     app.router.add_get(base + "/status/{job_id}", status, allow_head=False)
+    app.router.add_get(base + "/status/{job_id}/events", events, allow_head=False)
     app.router.add_get(base + "/result/{job_id}", result, allow_head=False)
     app.router.add_get(base + "/workers", workers_list, allow_head=False)
     app.router.add_get(base + "/items/{job_id}", exports.items, allow_head=False)

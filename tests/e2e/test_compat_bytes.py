@@ -151,7 +151,7 @@ NONE_DONE = {"pending": 1, "processed": 0, "fetched": 0, "cached": 0, "failed": 
 
 
 # The keys issue 10 appends to /status, on purpose (docs/api.md): "spec", then "fetcher" and, as
-# no worker runs here, "warnings"; issue 16 appends "state" (before "warnings").
+# no worker runs here, "warnings"; issue 16 appends "state", "rates" and "eta" (before "warnings").
 WAITS = b"no live worker serves fetcher kind 'http'; the job waits until one starts"
 
 # (name, path and query as sent, request Content-Type, body,
@@ -172,6 +172,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    }\n  },\n'
       b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
       b'  "state": "running",\n'
+      b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
+      b'    "window": "1m0s"\n  },\n'
+      b'  "eta": {\n    "seconds": null,\n    "remainingPages": 1,\n    "method": "levels"\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("forceCrawl and depth", "/?forceCrawl&depth=5", TEXT,
      "https://b.example/docs\nhttp://a.example/\n",
@@ -190,6 +193,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'      "maxPages": null\n    }\n  },\n'
       b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
       b'  "state": "running",\n'
+      b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
+      b'    "window": "1m0s"\n  },\n'
+      b'  "eta": {\n    "seconds": null,\n    "remainingPages": 2,\n    "method": "levels"\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("scope=host, allow twice, deny, maxPages, sitemaps",
      "/?scope=host&allow=%2Fdocs%2F&allow=%5Ehttps%3F%3A&deny=%5C.pdf%24&maxPages=50&sitemaps=1",
@@ -210,6 +216,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'    }\n  },\n'
       b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
       b'  "state": "running",\n'
+      b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
+      b'    "window": "1m0s"\n  },\n'
+      b'  "eta": {\n    "seconds": null,\n    "remainingPages": 1,\n    "method": "levels"\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("duplicate and blank lines", "/?forceCrawl=0&depth=0&scope=domain", None,
      ("\n  http://d.example/x  \n\n\t\nhttp://d.example/x\r\nHTTP://D.example:80/x#f\n"
@@ -231,6 +240,9 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'      "maxPages": null\n    }\n  },\n'
       b'  "fetcher": {\n    "kind": "http",\n    "liveWorkers": 0\n  },\n'
       b'  "state": "running",\n'
+      b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
+      b'    "window": "1m0s"\n  },\n'
+      b'  "eta": {\n    "seconds": null,\n    "remainingPages": 3,\n    "method": "levels"\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
 ]
 
