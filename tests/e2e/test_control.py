@@ -85,7 +85,7 @@ async def test_a_paused_job_fetches_nothing_across_a_restart_and_completes_after
         settings: Settings, db: asyncpg.Connection, slow: Callable[..., Awaitable[SlowSite]]
 ) -> None:
     s = paced(settings)
-    site = await slow(30, 0.05)
+    site = await slow(30, 0.1)
     stack = await Stack(s).start()
     try:
         job = await stack.post_job([site.base + "/"], depth="2")
