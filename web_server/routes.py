@@ -283,6 +283,10 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
     seconds = eta.eta_seconds(left, rates.pages_per_second if st.state == "running" else 0.0)
     answer["eta"] = {"seconds": None if seconds is None else round(seconds, 1),
                      "remainingPages": round(left), "method": "levels"}
+    top, backing_off, blocked = await progress.hosts(conn, job_id, HOSTS_TOP)
+    answer["hosts"] = {"top": [_host(h) for h in top],
+                       "backingOff": [_host(h) for h in backing_off],
+                       "robotsBlocked": [{"host": h, "count": n} for h, n in blocked]}
     if pending and not live:
         waits = f"no live worker serves fetcher kind '{kind}'; the job waits until one starts"
         answer["warnings"] = [waits]
@@ -290,6 +294,16 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
 
 
 RATE_WINDOW = format_go_duration(WINDOW)  # "1m0s": the rates are over the last minute at most
+HOSTS_TOP = 10  # hosts listed in /status
+
+
+def _host(h: progress.HostSummary) -> dict[str, Any]:
+    return {"host": h.host, "pending": h.pending, "inFlight": h.in_flight,
+            "nextStart": None if h.next_start is None else _utc(h.next_start),
+            "backoffUntil": None if h.backoff_until is None else _utc(h.backoff_until),
+            "robots": h.robots}
+
+
 KEEPALIVE = 15.0  # seconds between SSE comments while nothing changes
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 from shared.eta import Level
+from shared.robots import REFUSALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +59,47 @@ async def levels(conn: asyncpg.Connection, job_id: int) -> list[Level]:
         FROM job_visit v LEFT JOIN job_pending p USING (job_id, url_id)
         WHERE v.job_id = $1 GROUP BY 1 ORDER BY 1""", job_id)
     return [Level(r["level"], r["visited"], r["pending"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class HostSummary:
+    host: str                       # scheme://host[:port], the politeness key
+    pending: int                    # the job's visits of the host queued or in flight
+    in_flight: int                  # requests to the host in flight now (every job's)
+    next_start: datetime | None     # no request starts before (None: now)
+    backoff_until: datetime | None  # backing off after 429/503/failures (None: not)
+    robots: int | None              # HTTP status of its robots.txt (None: not known yet)
+
+
+# The politeness key of a canonical URL (shared.urls.host_key): scheme://host[:port].
+_HOST_OF_URL = r"regexp_replace(substring(u.url from '^[a-z0-9+.-]+://[^/?#]+'), '://[^@]*@', '://')"
+
+
+async def hosts(conn: asyncpg.Connection, job_id: int,
+                top: int = 10) -> tuple[list[HostSummary], list[HostSummary], list[tuple[str, int]]]:
+    """The job's hosts: the ``top`` by pending visits, those of them and the rest backing off
+    now (at most ``top``), and the hosts whose pages robots.txt blocked, most first."""
+    rows = await conn.fetch(f"""
+        WITH p AS (
+            SELECT {_HOST_OF_URL} AS host, count(*)::bigint AS pending
+            FROM job_pending p JOIN url u ON u.id = p.url_id
+            WHERE p.job_id = $1 GROUP BY 1)
+        SELECT p.host, p.pending,
+               (SELECT count(*) FROM unnest(h.leases) e WHERE e > now())::int AS in_flight,
+               CASE WHEN h.next_start > now() THEN h.next_start END AS next_start,
+               CASE WHEN h.backoff_until > now() THEN h.backoff_until END AS backoff_until,
+               h.robots_status AS robots,
+               row_number() OVER (ORDER BY p.pending DESC, p.host) AS rank
+        FROM p LEFT JOIN host h ON h.host = p.host
+        ORDER BY p.pending DESC, p.host""", job_id)
+    summaries = [(r["rank"], HostSummary(r["host"], r["pending"], r["in_flight"] or 0,
+                                         r["next_start"], r["backoff_until"], r["robots"]))
+                 for r in rows]
+    blocked = await conn.fetch(f"""
+        SELECT {_HOST_OF_URL} AS host, count(*)::bigint AS n
+        FROM job_failure f JOIN url u ON u.id = f.url_id
+        WHERE f.job_id = $1 AND f.reason = ANY($2::text[])
+        GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3""", job_id, list(REFUSALS), top)
+    return ([s for rank, s in summaries if rank <= top],
+            [s for _, s in summaries if s.backoff_until is not None][:top],
+            [(r["host"], r["n"]) for r in blocked])

@@ -288,7 +288,7 @@ async def test_a_json_job_is_stored_and_shown_by_status(web: Stack, db: asyncpg.
         "deny": ["\\.pdf$"], "max_pages": 9, "sitemaps": True, "visits": 2,
         "spec": {k: v for k, v in spec.items() if k != "urls"}}
     st = await web.status(body["jobId"])
-    assert list(st)[-6:] == ["spec", "fetcher", "state", "rates", "eta", "warnings"]  # no worker runs here
+    assert list(st)[-7:] == ["spec", "fetcher", "state", "rates", "eta", "hosts", "warnings"]  # no worker runs here
     assert st["spec"] == spec | {"urls": ["http://a.example/", "https://b.example/docs"]}
     assert (st["maxLevel"], st["forceCrawl"]) == (3, True)
     # What /status shows posts back as the same job.

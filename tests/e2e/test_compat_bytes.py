@@ -151,7 +151,7 @@ NONE_DONE = {"pending": 1, "processed": 0, "fetched": 0, "cached": 0, "failed": 
 
 
 # The keys issue 10 appends to /status, on purpose (docs/api.md): "spec", then "fetcher" and, as
-# no worker runs here, "warnings"; issue 16 appends "state", "rates" and "eta" (before "warnings").
+# no worker runs here, "warnings"; issue 16 appends "state", "rates", "eta" and "hosts" (before "warnings").
 WAITS = b"no live worker serves fetcher kind 'http'; the job waits until one starts"
 
 # (name, path and query as sent, request Content-Type, body,
@@ -175,6 +175,10 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
       b'    "window": "1m0s"\n  },\n'
       b'  "eta": {\n    "seconds": null,\n    "remainingPages": 1,\n    "method": "levels"\n  },\n'
+      b'  "hosts": {\n    "top": [\n'
+      b'      {\n        "host": "http://a.example",\n        "pending": 1,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      }\n'
+      b'    ],\n    "backingOff": [],\n    "robotsBlocked": []\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("forceCrawl and depth", "/?forceCrawl&depth=5", TEXT,
      "https://b.example/docs\nhttp://a.example/\n",
@@ -196,6 +200,12 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
       b'    "window": "1m0s"\n  },\n'
       b'  "eta": {\n    "seconds": null,\n    "remainingPages": 2,\n    "method": "levels"\n  },\n'
+      b'  "hosts": {\n    "top": [\n'
+      b'      {\n        "host": "http://a.example",\n        "pending": 1,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      },\n'
+      b'      {\n        "host": "https://b.example",\n        "pending": 1,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      }\n'
+      b'    ],\n    "backingOff": [],\n    "robotsBlocked": []\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("scope=host, allow twice, deny, maxPages, sitemaps",
      "/?scope=host&allow=%2Fdocs%2F&allow=%5Ehttps%3F%3A&deny=%5C.pdf%24&maxPages=50&sitemaps=1",
@@ -219,6 +229,10 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
       b'    "window": "1m0s"\n  },\n'
       b'  "eta": {\n    "seconds": null,\n    "remainingPages": 1,\n    "method": "levels"\n  },\n'
+      b'  "hosts": {\n    "top": [\n'
+      b'      {\n        "host": "http://c.example",\n        "pending": 1,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      }\n'
+      b'    ],\n    "backingOff": [],\n    "robotsBlocked": []\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
     ("duplicate and blank lines", "/?forceCrawl=0&depth=0&scope=domain", None,
      ("\n  http://d.example/x  \n\n\t\nhttp://d.example/x\r\nHTTP://D.example:80/x#f\n"
@@ -243,6 +257,12 @@ VALID: list[tuple[str, str, str | None, str, dict[str, Any], list[dict[str, Any]
       b'  "rates": {\n    "pagesPerSecond": 0.0,\n    "fetchedPerSecond": 0.0,\n'
       b'    "window": "1m0s"\n  },\n'
       b'  "eta": {\n    "seconds": null,\n    "remainingPages": 3,\n    "method": "levels"\n  },\n'
+      b'  "hosts": {\n    "top": [\n'
+      b'      {\n        "host": "http://d.example",\n        "pending": 2,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      },\n'
+      b'      {\n        "host": "http://a.example",\n        "pending": 1,\n        "inFlight": 0,\n'
+      b'        "nextStart": null,\n        "backoffUntil": null,\n        "robots": null\n      }\n'
+      b'    ],\n    "backingOff": [],\n    "robotsBlocked": []\n  },\n'
       b'  "warnings": [\n    "' + WAITS + b'"\n  ]\n}\n')),
 ]
 

@@ -117,3 +117,14 @@ async def test_webhook_query_parameter_reaches_the_spec(api: Stack) -> None:
     status, body, _ = await api.request("POST", "/", "http://a.example/",
                                         webhook="http://127.0.0.1:9/hook")
     assert status == 400 and "webhook" in body["message"], body
+
+
+async def test_status_hosts_top_by_pending(api: Stack) -> None:
+    job = await api.post_job(["http://y.example/1", "http://x.example/1", "http://x.example/2",
+                              "https://user@z.example:8443/"])
+    hosts = (await api.status(job))["hosts"]
+    idle = {"inFlight": 0, "nextStart": None, "backoffUntil": None, "robots": None}
+    assert hosts == {"top": [{"host": "http://x.example", "pending": 2, **idle},
+                             {"host": "http://y.example", "pending": 1, **idle},
+                             {"host": "https://z.example:8443", "pending": 1, **idle}],
+                     "backingOff": [], "robotsBlocked": []}

@@ -76,7 +76,7 @@ async def test_a_job_of_a_kind_no_worker_serves_says_so(
         assert st["pending"] == 1 and st["pages"]["fetched"] == 0
         assert st["fetcher"] == {"kind": "static", "liveWorkers": 0}
         assert st["warnings"] == [NO_STATIC_WORKER]
-        assert list(st)[-6:] == ["spec", "fetcher", "state", "rates", "eta", "warnings"], "appended after the old keys"
+        assert list(st)[-7:] == ["spec", "fetcher", "state", "rates", "eta", "hosts", "warnings"], "appended after the old keys"
         assert st["spec"]["fetcher"] == "static"
         # An http job in the same stack is fetched meanwhile, and its status has no warning.
         other = await stack.post_job([site.b + "/"], depth="1")
