@@ -39,15 +39,20 @@ def fanouts(levels: Sequence[Level], max_level: int) -> list[float]:
     return out
 
 
-def remaining(levels: Sequence[Level], max_level: int) -> float:
-    """The expected pages still to process: the pending ones and what they will bring."""
+def remaining(levels: Sequence[Level], max_level: int, max_pages: int | None = None) -> float:
+    """The expected pages still to process: the pending ones and what they will bring; with
+    ``max_pages`` (the job's cap on visits), at most the visits the cap leaves."""
     f = fanouts(levels, max_level)
     # expect[l]: the pages a pending page of level l is expected to bring, itself included.
     expect = [1.0] * (max_level + 1)
     for lvl in range(max_level - 1, -1, -1):
         expect[lvl] = 1.0 + f[lvl] * expect[lvl + 1]
-    return sum(lv.pending * expect[min(max(lv.level, 0), max_level)] for lv in levels
+    left = sum(lv.pending * expect[min(max(lv.level, 0), max_level)] for lv in levels
                if lv.pending > 0)
+    if max_pages is not None:
+        visited = sum(lv.visited for lv in levels)
+        left = min(left, sum(lv.pending for lv in levels) + max(0, max_pages - visited))
+    return left
 
 
 def eta_seconds(remaining_pages: float, rate: float) -> float | None:

@@ -279,7 +279,7 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
                        "fetchedPerSecond": round(rates.fetched_per_second, 3),
                        "window": RATE_WINDOW}
     left = 0.0 if not pending else eta.remaining(await progress.levels(conn, job_id),
-                                                 st.max_level)
+                                                 st.max_level, st.max_pages)
     seconds = eta.eta_seconds(left, rates.pages_per_second if st.state == "running" else 0.0)
     answer["eta"] = {"seconds": None if seconds is None else round(seconds, 1),
                      "remainingPages": round(left), "method": "levels"}

@@ -40,6 +40,13 @@ def test_depth_zero_and_finished() -> None:
     assert remaining([Level(0, 1, 0), Level(1, 3, 0)], 1) == 0
 
 
+def test_max_pages_caps_the_remaining() -> None:
+    levels = tree_levels(2, 3, [1, 1])  # 5 visits so far, 3 pending, 13 expected
+    assert remaining(levels, 3, max_pages=9) == 3 + 4
+    assert remaining(levels, 3, max_pages=5) == 3  # the cap is reached: only the pending
+    assert remaining(levels, 3, max_pages=100) == 13
+
+
 def test_eta() -> None:
     assert eta_seconds(100, 4.0) == 25.0
     assert eta_seconds(100, 0.0) is None
