@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 WINDOW = 60.0  # seconds of samples the rates are taken over
 
 Status = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class LiveHub:
         self._sent: dict[int, tuple[progress.Counters | None, Snapshot]] = {}
         self._history: dict[int, deque[tuple[float, int, int]]] = {}
         self._wake = asyncio.Event()
+        self._cache: dict[tuple[str, int], tuple[float, Any]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -82,6 +84,8 @@ class LiveHub:
                 await self.tick()
             except (*RETRYABLE, DependencyUnavailable, asyncpg.PostgresError, OSError) as e:
                 log.warning("live status: sample failed: %s", e)
+            except Exception:  # a bug: logged, and the poller goes on
+                log.exception("live status: tick failed")
             self._wake.clear()
             waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
             _, left = await asyncio.wait(waits, timeout=self.interval,
@@ -102,6 +106,8 @@ class LiveHub:
                     hist.popleft()
             for job_id in set(self._history) - set(counters):
                 del self._history[job_id]
+            for key in [k for k, (t, _) in self._cache.items() if t <= now - self.interval]:
+                del self._cache[key]
             for job_id in watched:
                 cur = counters.get(job_id)
                 sent = self._sent.get(job_id)
@@ -131,6 +137,18 @@ class LiveHub:
             if not subs:
                 del self._subs[job_id]
                 self._sent.pop(job_id, None)
+
+    async def cached(self, name: str, job_id: int, fetch: Callable[[], Awaitable[T]]) -> T:
+        """``fetch()``'s value, kept for ``liveInterval``: /status polled often by many clients
+        reads a job's levels and hosts (queries as large as its frontier) once an interval."""
+        now = asyncio.get_running_loop().time()
+        hit = self._cache.get((name, job_id))
+        if hit is not None and now - hit[0] < self.interval:
+            value: T = hit[1]
+            return value
+        value = await fetch()
+        self._cache[(name, job_id)] = (now, value)
+        return value
 
     def rates(self, job_id: int) -> Rates | None:
         """Pages/s over the last minute of samples; None before two samples."""

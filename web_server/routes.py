@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -278,12 +279,15 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
     answer["rates"] = {"pagesPerSecond": round(rates.pages_per_second, 3),
                        "fetchedPerSecond": round(rates.fetched_per_second, 3),
                        "window": RATE_WINDOW}
-    left = 0.0 if not pending else eta.remaining(await progress.levels(conn, job_id),
-                                                 st.max_level, st.max_pages)
+    left = 0.0
+    if pending:
+        levels = await _cached(hub, "levels", job_id, lambda: progress.levels(conn, job_id))
+        left = eta.remaining(levels, st.max_level, st.max_pages)
     seconds = eta.eta_seconds(left, rates.pages_per_second if st.state == "running" else 0.0)
     answer["eta"] = {"seconds": None if seconds is None else round(seconds, 1),
                      "remainingPages": round(left), "method": "levels"}
-    top, backing_off, blocked = await progress.hosts(conn, job_id, HOSTS_TOP)
+    top, backing_off, blocked = await _cached(hub, "hosts", job_id,
+                                              lambda: progress.hosts(conn, job_id, HOSTS_TOP))
     answer["hosts"] = {"top": [_host(h) for h in top],
                        "backingOff": [_host(h) for h in backing_off],
                        "robotsBlocked": [{"host": h, "count": n} for h, n in blocked]}
@@ -295,6 +299,12 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
 
 RATE_WINDOW = format_go_duration(WINDOW)  # "1m0s": the rates are over the last minute at most
 HOSTS_TOP = 10  # hosts listed in /status
+T = TypeVar("T")
+
+
+async def _cached(hub: LiveHub | None, name: str, job_id: int,
+                  fetch: Callable[[], Awaitable[T]]) -> T:
+    return await (fetch() if hub is None else hub.cached(name, job_id, fetch))
 
 
 def _host(h: progress.HostSummary) -> dict[str, Any]:

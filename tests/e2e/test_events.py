@@ -83,3 +83,30 @@ async def test_status_has_rates_and_eta(stack: Stack, site: TestSite) -> None:
     assert st["eta"] == {"seconds": 0.0, "remainingPages": 0, "method": "levels"}
     assert st["rates"]["pagesPerSecond"] > 0 and set(st["rates"]) == {
         "pagesPerSecond", "fetchedPerSecond", "window"}
+
+
+async def test_status_reads_levels_and_hosts_once_an_interval(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/status polled by many clients reads a job's levels and hosts once per liveInterval."""
+    calls: list[str] = []
+    levels, hosts = progress.levels, progress.hosts
+
+    async def counting_levels(conn: asyncpg.Connection, job_id: int) -> Any:
+        calls.append("levels")
+        return await levels(conn, job_id)
+
+    async def counting_hosts(conn: asyncpg.Connection, job_id: int, top: int = 10) -> Any:
+        calls.append("hosts")
+        return await hosts(conn, job_id, top)
+
+    monkeypatch.setattr(progress, "levels", counting_levels)
+    monkeypatch.setattr(progress, "hosts", counting_hosts)
+    stack = await Stack(settings.model_copy(update={"live_interval": 30.0})).start(
+        foremen=0, workers=0)
+    try:
+        job = await stack.post_job(["http://a.example/"])
+        answers = [await stack.status(job) for _ in range(5)]
+    finally:
+        await stack.stop()
+    assert sorted(calls) == ["hosts", "levels"]
+    assert all(a["eta"]["remainingPages"] == 1 for a in answers)
