@@ -13,14 +13,8 @@ pages per second of the last minute; unknown (None) at a rate of zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    level: int
-    visited: int  # visits of the job at this level
-    pending: int  # of which not processed yet
+from shared.db.progress import Level
 
 
 def fanouts(levels: Sequence[Level], max_level: int) -> list[float]:

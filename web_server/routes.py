@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 from aiohttp import web
 
-from shared import bus, eta
+from shared import bus
 from shared.config import Settings
 from shared.db import idsets, jobs, progress, workers
 from shared.db.pool import RETRYABLE
@@ -22,7 +22,7 @@ from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
-from web_server import exports
+from web_server import eta, exports
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
 from web_server.live import LIVE, WINDOW, LiveHub, Rates

@@ -1,7 +1,7 @@
 """Live progress (issue 16): the counters of many jobs in one statement, and a job's levels.
 
 ``sample`` is what the web server's LiveHub runs once per tick for every unfinished or watched
-job, whatever the number of clients; ``levels`` feeds the ETA (``shared.eta``)."""
+job, whatever the number of clients; ``levels`` feeds the ETA (``web_server/eta.py``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.eta import Level
 from shared.robots import REFUSALS
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A job's visits at one level (``job_visit``) and how many of them are still pending."""
+    level: int
+    visited: int  # visits of the job at this level
+    pending: int  # of which not processed yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
-"""shared.eta: the expected remaining pages from the levels, and the ETA."""
+"""web_server.eta: the expected remaining pages from the levels, and the ETA."""
 
 from __future__ import annotations
 
-from shared.eta import Level, eta_seconds, fanouts, remaining
+from web_server.eta import Level, eta_seconds, fanouts, remaining
 
 
 def tree_levels(fanout: int, max_level: int, processed: list[int]) -> list[Level]:
