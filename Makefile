@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench lint clean
+.PHONY: run test install bench lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/harvester up $(ARGS)
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# tests/e2e/test_dashboard.py drives Debian's chromium (never `playwright install`); root installs it, anyone else is told how
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends chromium; } || \
+	  { echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (tests/e2e/test_dashboard.py drives /usr/bin/chromium)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[embedded,bench]'
