@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -558,3 +559,24 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)
+    # The OpenAPI document and the dashboard (E5: web_server/openapi.json, web_server/ui/).
+    app.router.add_get(base + "/openapi.json", openapi, allow_head=False)
+    app.router.add_get(base + "/ui", ui_index, allow_head=False)
+    app.router.add_get(base + "/ui/", ui_index, allow_head=False)
+    app.router.add_static(base + "/ui/", UI_DIR)
+
+
+UI_DIR = Path(__file__).with_name("ui")
+_OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the hand-written OpenAPI 3.1 document (tests keep it true)."""
+    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
+
+
+async def ui_index(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/``: the dashboard (plain HTML and JavaScript, no build step)."""
+    if not request.path.endswith("/"):
+        raise web.HTTPFound(request.path + "/")
+    return web.FileResponse(UI_DIR / "index.html")
