@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from foreman import webhooks
 from foreman.feeder import feed
 from foreman.housekeeping import housekeeping
-from shared import bus
+from shared import bus, ops_http
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits, workers
@@ -274,6 +274,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         pool = await stack.enter_async_context(
             open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-foreman"))
+        await stack.enter_async_context(ops_http.serve(settings.metrics_addr,
+                                                       ops_http.readiness(pool, nc)))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         frontier = DueFrontier()  # the feeder's, the watchdog's and the foreman's

@@ -24,6 +24,7 @@ from shared.errors import StartupError
 from web_server.deps import Deps
 from web_server.live import LIVE, LiveHub
 from web_server.middleware import error_body, errors
+from web_server.ops import add_ops_routes
 from web_server.routes import DEPS, SETTINGS, add_routes, status_answer
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     add_routes(app, settings.root_path)
+    add_ops_routes(app)
     return app
 
 

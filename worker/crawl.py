@@ -16,7 +16,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import bus
+from shared import bus, ops_http
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
@@ -193,6 +193,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
+        await stack.enter_async_context(ops_http.serve(settings.metrics_addr,
+                                                       ops_http.readiness(pool, nc)))
         for fetcher in fetchers.values():
             await stack.enter_async_context(fetcher)
         session = await stack.enter_async_context(open_session(settings))  # robots.txt, sitemaps

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 import asyncpg
 
+from shared import metrics
 from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
@@ -137,6 +138,7 @@ class HostGate:
                 for key, ok in zip(list(keys), allowed):
                     if not ok:
                         out.blocked[key] = BLOCKED
+                        metrics.ROBOTS_BLOCKED.inc()
                         keys.remove(key)
         wants = {h: len(ks) for h, ks in by_host.items() if ks}
         if not wants:
@@ -501,6 +503,8 @@ class HostGate:
         """Give a slot back after its request: ``trouble`` (a 429, a 503, no answer) backs the
         host off, for ``retry_after`` seconds if the host said so; a good answer does not."""
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
+        if trouble:
+            metrics.HOST_BACKOFFS.inc()
         if trouble and retry_after:
             now = datetime.now().astimezone()
             if len(self._heard) >= 1024:  # forget the pauses over

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from shared import metrics
 from shared.config import Settings
 from shared.model import FetchedPage
 
@@ -74,4 +75,6 @@ class RetryPolicy:
         pause = self.pause(page)
         retry = attempt <= self.retries and self.retryable(page)
         delay = (pause if pause is not None else self.backoff(attempt)) if retry else 0.0
+        if retry:
+            metrics.RETRIES.inc()
         return RetryDecision(retry, delay, self.trouble(page), pause)

@@ -1,0 +1,38 @@
+"""Prometheus metrics of every tier: module-level prometheus-client objects, all prefixed
+``harvester_``. Each process exposes its own registry (web ``/metrics``, the foreman's and
+the workers' ``metricsAddr``); Prometheus sums them."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FETCHES = Counter("harvester_fetches", "Visits committed, by fetcher kind and status class "
+                  "(2xx .. 5xx, error: no answer)", ["kind", "status_class"])
+FETCH_SECONDS = Histogram("harvester_fetch_seconds", "Fetch latency", ["kind"])
+FETCH_BYTES = Counter("harvester_fetch_bytes", "Body bytes fetched", ["kind"])
+PAGES_PARSED = Counter("harvester_pages_parsed", "Fetched pages committed with their extraction")
+RETRIES = Counter("harvester_retries", "Visits retried after a transient failure")
+ROBOTS_BLOCKED = Counter("harvester_robots_blocked", "Visits refused by robots.txt")
+HOST_BACKOFFS = Counter("harvester_host_backoffs", "Hosts put in backoff (429, 503, errors)")
+COMMIT_BATCH = Histogram("harvester_commit_batch_size", "Visits per commit transaction",
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+COMMIT_SECONDS = Histogram("harvester_commit_seconds", "Time of a commit transaction")
+VISITS_FORWARDED = Counter("harvester_visits_forwarded", "Visits the foreman sent to workers")
+VISITS_FROM_STORE = Counter("harvester_visits_from_store",
+                            "Visits answered from the page store without a fetch")
+VISITS_DROPPED = Counter("harvester_visits_dropped", "Visits dropped (cancelled job, scope)")
+VISITS_HELD = Counter("harvester_visits_held", "Visits held for a paused job")
+WATCHDOG = Counter("harvester_watchdog", "Watchdog actions", ["action"])
+WEBHOOKS = Counter("harvester_webhooks", "Completion webhook deliveries", ["result"])
+QUEUE_MESSAGES = Gauge("harvester_queue_messages", "Messages waiting in a queue", ["queue"])
+PENDING_VISITS = Gauge("harvester_pending_visits", "Visits queued in PostgreSQL")
+JOBS = Gauge("harvester_jobs", "Jobs by state", ["state"])
+HTTP_REQUESTS = Counter("harvester_http_requests", "Web requests by canonical route and status",
+                        ["route", "status"])
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` .. ``5xx`` for an HTTP status, ``error`` for none (no answer)."""
+    if status is None or not 100 <= status <= 599:
+        return "error"
+    return f"{status // 100}xx"

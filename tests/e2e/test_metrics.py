@@ -1,0 +1,87 @@
+"""Metrics and health on every tier: the web server's /metrics and /readyz, the foreman's and
+the worker's ops ports (metricsAddr), after a crawl of a small local site."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import nats
+import pytest
+
+from foreman.schedule import run as run_foreman
+from shared import ops_http
+from shared.config import Settings
+from tests.e2e.site import TestSite
+from tests.e2e.stack import Stack
+from worker.crawl import run as run_worker
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def ops_stack(settings: Settings) -> AsyncIterator[tuple[Stack, int, int]]:
+    foreman_port, worker_port = free_port(), free_port()
+    st = await Stack(settings).start(foremen=0, workers=0)
+    for port, run in ((foreman_port, run_foreman), (worker_port, run_worker)):
+        st.settings = settings.model_copy(update={"metrics_addr": f"127.0.0.1:{port}"})
+        st.add(run)
+    st.settings = settings
+    yield st, foreman_port, worker_port
+    await st.stop()
+
+
+def total(text: str, name: str) -> float:
+    """The sum of a metric's samples (every label set)."""
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with http.get(url) as r:
+        return r.status, await r.text()
+
+
+async def test_metrics_and_readiness(ops_stack: tuple[Stack, int, int], site: TestSite) -> None:
+    stack, foreman_port, worker_port = ops_stack
+    job = await stack.post_job([site.a + "/"], depth="2")
+    await stack.wait_complete(job)
+    async with aiohttp.ClientSession() as http:
+        for base in (stack.base, f"http://127.0.0.1:{foreman_port}",
+                     f"http://127.0.0.1:{worker_port}"):
+            status, text = await get(http, base + "/metrics")
+            assert status == 200
+            assert total(text, "harvester_fetches_total") > 0
+            assert total(text, "harvester_commit_batch_size_count") > 0
+            assert total(text, "harvester_pages_parsed_total") > 0
+            status, _ = await get(http, base + "/readyz")
+            assert status == 200
+        for port in (foreman_port, worker_port):
+            status, _ = await get(http, f"http://127.0.0.1:{port}/healthz")
+            assert status == 200
+
+
+async def test_readyz_503_when_postgres_is_unreachable(settings: Settings) -> None:
+    closed = free_port()
+    pool = await asyncpg.create_pool(f"postgresql://x@127.0.0.1:{closed}/x", min_size=0)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        async with ops_http.serve("127.0.0.1:0", ops_http.readiness(pool, nc)) as port, \
+                aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                assert r.status == 503
+                body = await r.json()
+            assert set(body) == {"code", "message"} and "PostgreSQL" in body["message"]
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                assert r.status == 200
+    finally:
+        await nc.close()
+        await pool.close()
