@@ -10,7 +10,7 @@ import logging
 
 import asyncpg
 
-from shared import bus
+from shared import bus, metrics
 from shared.config import Settings
 from shared.db import jobs
 from shared.db.pool import RETRYABLE
@@ -49,9 +49,19 @@ async def housekeep_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, i
             if unheld:
                 log.warning("housekeeping: %d held visits of running jobs freed", unheld)
             purged = await purge_once(settings, conn)
+            await _gauges(conn)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", HOUSEKEEPING_LOCK)
     return purged, unheld
+
+
+async def _gauges(conn: asyncpg.Connection) -> None:
+    """JOBS{state} and PENDING_VISITS, set by the one foreman holding the housekeeping lock
+    (Prometheus sums the foremen: the others leave theirs unset)."""
+    counts, pending = await jobs.job_gauges(conn)
+    for state, n in counts.items():
+        metrics.JOBS.labels(state).set(n)
+    metrics.PENDING_VISITS.set(pending)
 
 
 async def purge_once(settings: Settings, conn: asyncpg.Connection,

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from foreman import webhooks
 from foreman.feeder import feed
 from foreman.housekeeping import housekeeping
-from shared import bus, ops_http
+from shared import bus, metrics, ops_http
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits, workers
@@ -55,6 +55,7 @@ class Foreman:
             now = time.monotonic()
             if now - self._depth_checked > 0.05:
                 self._depth = await bus.stream_depth(self.js, self.settings.work_topic)
+                metrics.QUEUE_MESSAGES.labels(self.settings.work_topic).set(self._depth)
                 self._depth_checked = now
             n = max(0, min(batch, self.settings.work_queue_limit - self._depth - self._reserved))
             self._reserved += n
@@ -119,6 +120,8 @@ class Foreman:
             unsent.update(await self._wait(waiting))
         if cached:
             await complete_from_store(self.pool, cached)
+            metrics.VISITS_FROM_STORE.inc(len(cached))
+        metrics.VISITS_FORWARDED.inc(sum(map(len, work.values())) - len(unsent) - len(waiting))
         log.debug("batch: %d forwarded, %d waiting, %d from store, %d already done",
                   sum(map(len, work.values())) - len(unsent) - len(waiting), len(waiting),
                   len(cached), len(keys) - len(planned))
@@ -149,6 +152,7 @@ class Foreman:
         if now - checked > 0.05:
             try:
                 depth, checked = await bus.stream_depth(self.js, topic), now
+                metrics.QUEUE_MESSAGES.labels(topic).set(depth)
             except bus.TRANSIENT as e:  # tried again in 50 ms, meanwhile full
                 bus.warn(f"depth {topic}", "work queue %s unreachable (%s: %s); its visits wait",
                          topic, type(e).__name__, e)
@@ -180,6 +184,8 @@ async def settle_stale(pool: asyncpg.Pool, frontier: Frontier, dropped: list[Key
             await frontier.hold(conn, held)
 
     await in_transaction(pool, work)
+    metrics.VISITS_DROPPED.inc(len(dropped))
+    metrics.VISITS_HELD.inc(len(held))
     log.info("%d visits dropped (job cancelled or URL denied), %d held (job paused)",
              len(dropped), len(held))
 

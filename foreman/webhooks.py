@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from shared import bus
+from shared import bus, metrics
 from shared.config import Settings
 from shared.db import jobs, webhooks
 from shared.db.pool import RETRYABLE
@@ -101,11 +101,13 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
         if not error:
             assert status is not None
             await webhooks.mark_sent(conn, d.job_id, status)
+            metrics.WEBHOOKS.labels("sent").inc()
             log.info("webhook job=%d sent to %s (attempt %d, %d)", d.job_id, d.url, d.attempts,
                      status, extra={"job": d.job_id, "url": d.url})
             return
         retry_in = backoff(settings, d.attempts)
         await webhooks.mark_failed(conn, d.job_id, status, error, retry_in)
+    metrics.WEBHOOKS.labels("failed").inc()
     last = d.attempts >= settings.webhook_max_attempts
     log.warning("webhook job=%d to %s failed (attempt %d: %s); %s", d.job_id, d.url, d.attempts,
                 error, "given up" if last else f"next try in {retry_in:.1f}s",

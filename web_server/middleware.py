@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shared import bus
+from shared import bus, metrics
 from shared.db.pool import RETRYABLE
 from shared.errors import ClientError, DependencyUnavailable
 from web_server.render import json_response
@@ -24,6 +24,24 @@ def error_body(code: str, message: str, status: int,
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as ``{"code","message"}`` bodies; every answer counted in HTTP_REQUESTS by its
+    canonical route (``/status/{job_id}``, never the path: bounded labels)."""
+    try:
+        response = await _answer(request, handler)
+    except web.HTTPException as e:  # a redirect (3xx), passed on
+        _count(request, e.status)
+        raise
+    _count(request, response.status)
+    return response
+
+
+def _count(request: web.Request, status: int) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None and status != 404 else "other"
+    metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ClientError as e:

@@ -3,8 +3,10 @@ the worker's ops ports (metricsAddr), after a crawl of a small local site."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -33,7 +35,8 @@ async def ops_stack(settings: Settings) -> AsyncIterator[tuple[Stack, int, int]]
     foreman_port, worker_port = free_port(), free_port()
     st = await Stack(settings).start(foremen=0, workers=0)
     for port, run in ((foreman_port, run_foreman), (worker_port, run_worker)):
-        st.settings = settings.model_copy(update={"metrics_addr": f"127.0.0.1:{port}"})
+        st.settings = settings.model_copy(update={"metrics_addr": f"127.0.0.1:{port}",
+                                                  "housekeeping_interval": 0.05})
         st.add(run)
     st.settings = settings
     yield st, foreman_port, worker_port
@@ -64,6 +67,19 @@ async def test_metrics_and_readiness(ops_stack: tuple[Stack, int, int], site: Te
             assert total(text, "harvester_pages_parsed_total") > 0
             status, _ = await get(http, base + "/readyz")
             assert status == 200
+        # Canonical routes as labels, never the path of one job.
+        _, text = await get(http, stack.base + "/metrics")
+        assert 'route="/status/{job_id}",status="200"' in text
+        assert f"/status/{job}" not in text
+        status, text = await get(http, f"http://127.0.0.1:{foreman_port}/metrics")
+        assert total(text, "harvester_visits_forwarded_total") > 0
+        # The housekeeping sets the job gauges (its interval is 50 ms here).
+        deadline = time.monotonic() + 10
+        while 'harvester_jobs{state="completed"} 1.0' not in text:
+            assert time.monotonic() < deadline, text
+            await asyncio.sleep(0.05)
+            _, text = await get(http, f"http://127.0.0.1:{foreman_port}/metrics")
+        assert total(text, "harvester_pending_visits") == 0
         for port in (foreman_port, worker_port):
             status, _ = await get(http, f"http://127.0.0.1:{port}/healthz")
             assert status == 200
