@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, StartupError
+from shared.logfmt import JsonFormatter
 
 
 def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = False,
@@ -28,6 +29,12 @@ def parse_flags(prog: str, argv: Sequence[str] | None, *, with_addr: bool = Fals
                             "separated (http,browser=4); overrides workerKinds")
     p.add_argument("-log-level", "--log-level", dest="log_level", default=None,
                    help="DEBUG, INFO, WARNING or ERROR; overrides logLevel")
+    p.add_argument("-log-format", "--log-format", dest="log_format", default=None,
+                   choices=("text", "json"), help="text or json (one object a line); "
+                   "overrides logFormat")
+    p.add_argument("-metrics-addr", "--metrics-addr", dest="metrics_addr", default=None,
+                   help="HOST:PORT of /metrics, /healthz, /readyz (foreman and worker); "
+                        "overrides metricsAddr")
     return p.parse_args(argv)
 
 
@@ -36,7 +43,9 @@ def settings_from_flags(args: argparse.Namespace,
     """The settings of a tier: its config file, the environment, then its flags; ConfigError
     (its source, the file or the flag, named) on anything bad."""
     overrides: dict[str, Any] = {"log_level": args.log_level,
-                                 "http_addr": getattr(args, "addr", None)}
+                                 "http_addr": getattr(args, "addr", None),
+                                 "log_format": getattr(args, "log_format", None),
+                                 "metrics_addr": getattr(args, "metrics_addr", None)}
     settings = load_settings(args.config, env, **overrides)
     kind = getattr(args, "kind", None)
     if kind is None:
@@ -68,9 +77,11 @@ def parse_kinds(text: str) -> dict[str, int | None]:
     return kinds
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
@@ -95,7 +106,7 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
     except ConfigError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     install_uvloop()
     try:
         return asyncio.run(_run(run, settings))
