@@ -1,4 +1,6 @@
-"""The ``harvester`` command: up, migrate, web-server, foreman, worker, demo-site."""
+"""The ``harvester`` command: up, migrate, web-server, foreman, worker, demo-site, and the
+client commands (harvester_ops/jobcli.py): crawl, status, result, jobs, cancel, pause,
+resume, workers."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harvester_ops import jobcli
 from shared.config import load_settings
 from shared.errors import ConfigError, DependencyUnavailable
 
@@ -17,6 +20,8 @@ TIERS = {"web-server": "web_server", "foreman": "foreman", "worker": "worker"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and (argv[0] in jobcli.COMMANDS or argv[0].startswith("--server")):
+        return jobcli.main(argv)  # the client commands, against a running web server
     if argv and argv[0] in TIERS:
         # Each tier owns its flags; run its __main__ as `python -m <tier>` would.
         sys.argv = [f"harvester {argv[0]}", *argv[1:]]
