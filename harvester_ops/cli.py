@@ -36,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("--workers", type=int, default=2)
     u.add_argument("-log-level", "--log-level", dest="log_level", default=None,
                    help="DEBUG, INFO, WARNING or ERROR, for every tier; overrides logLevel")
+    u.add_argument("-log-format", "--log-format", dest="log_format", default=None,
+                   choices=("text", "json"), help="for every tier; overrides logFormat")
+    u.add_argument("--metrics-port-base", type=int, default=0,
+                   help="metrics ports on 127.0.0.1: the foreman's, the workers' the next ones "
+                        "(e.g. 9101: foreman 9101, workers 9102 ...); 0 (default): off")
     m = sub.add_parser("migrate", help="apply the database migrations")
     m.add_argument("-config", "--config", dest="config")
     m.add_argument("--revision", default="head")
@@ -59,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"harvester up: config error: {e}", file=sys.stderr)
             return 2
         logging.getLogger().setLevel(settings.log_level)
-        return up(args.config, args.addr, args.data_dir, args.workers, args.log_level)
+        return up(args.config, args.addr, args.data_dir, args.workers, args.log_level,
+                  args.log_format, args.metrics_port_base)
     if args.command == "migrate":
         return _migrate(args.config, args.revision)
     if args.command == "demo-site":

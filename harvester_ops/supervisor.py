@@ -78,7 +78,8 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 
 def up(config: str | None, addr: str, data_dir: Path, workers: int,
-       log_level: str | None = None) -> int:
+       log_level: str | None = None, log_format: str | None = None,
+       metrics_port_base: int = 0) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -101,10 +102,16 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
                    HARVESTER_NATS_URL=nats.url)
         cfg = ["-config", config] if config else []
         cfg += ["-log-level", log_level] if log_level else []
+        cfg += ["-log-format", log_format] if log_format else []
+
+        def ops(i: int) -> list[str]:  # foreman base, workers base+1 ...; 0: off
+            return ["-metrics-addr", f"127.0.0.1:{metrics_port_base + i}"] \
+                if metrics_port_base else []
         py = sys.executable
         children = [Child("web_server", [py, "-m", "web_server", *cfg, "-addr", addr]),
-                    Child("foreman", [py, "-m", "foreman", *cfg])]
-        children += [Child(f"worker-{i + 1}", [py, "-m", "worker", *cfg]) for i in range(workers)]
+                    Child("foreman", [py, "-m", "foreman", *cfg, *ops(0)])]
+        children += [Child(f"worker-{i + 1}", [py, "-m", "worker", *cfg, *ops(i + 1)])
+                     for i in range(workers)]
         for c in children:
             c.start(env)
         base = _local_base(addr)
