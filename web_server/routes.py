@@ -287,7 +287,9 @@ async def status_answer(conn: asyncpg.Connection, job_id: int, hub: LiveHub | No
     seconds = eta.eta_seconds(left, rates.pages_per_second if st.state == "running" else 0.0)
     answer["eta"] = {"seconds": None if seconds is None else round(seconds, 1),
                      "remainingPages": round(left), "method": "levels"}
-    top, backing_off, blocked = await _cached(hub, "hosts", job_id,
+    # A job with nothing pending is read fresh (cheap then): a finished job never shows the
+    # pending hosts of a snapshot taken while it ran.
+    top, backing_off, blocked = await _cached(hub if pending else None, "hosts", job_id,
                                               lambda: progress.hosts(conn, job_id, HOSTS_TOP))
     answer["hosts"] = {"top": [_host(h) for h in top],
                        "backingOff": [_host(h) for h in backing_off],
