@@ -59,6 +59,10 @@ async def test_real_answers_match_the_spec(settings: Settings, site: TestSite) -
         assert status == 400
         status, body, _ = await stack.request("GET", "/workers")
         check("/workers", "get", status, body)
+        async with stack.http.post(stack.base + "/idsets") as r:  # no body at all: an empty set
+            status, body = r.status, await r.json()
+        check("/idsets", "post", status, body)
+        assert (status, body["count"]) == (200, 0)
         status, body, _ = await stack.request("GET", "/healthz")
         check("/healthz", "get", status, body)
 
