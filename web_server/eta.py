@@ -33,9 +33,22 @@ def fanouts(levels: Sequence[Level], max_level: int) -> list[float]:
     return out
 
 
+EXTRAPOLATE = 8  # levels the estimate looks past the deepest level seen so far
+
+
+def horizon(levels: Sequence[Level], max_level: int) -> int:
+    """The deepest level the estimate reaches: the job's ``max_level``, but at most
+    ``EXTRAPOLATE`` levels past the deepest seen so far. A job of unbounded depth (an id crawl,
+    a follow-rule crawl: ``max_level`` 2**31 - 2) would otherwise be extrapolated over two
+    billion levels, and the loops below would never end."""
+    deepest = max((lv.level for lv in levels), default=0)
+    return max(0, min(max_level, deepest + EXTRAPOLATE))
+
+
 def remaining(levels: Sequence[Level], max_level: int, max_pages: int | None = None) -> float:
     """The expected pages still to process: the pending ones and what they will bring; with
     ``max_pages`` (the job's cap on visits), at most the visits the cap leaves."""
+    max_level = horizon(levels, max_level)
     f = fanouts(levels, max_level)
     # expect[l]: the pages a pending page of level l is expected to bring, itself included.
     expect = [1.0] * (max_level + 1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from web_server.eta import Level, eta_seconds, fanouts, remaining
+from web_server.eta import EXTRAPOLATE, Level, eta_seconds, fanouts, horizon, remaining
 
 
 def tree_levels(fanout: int, max_level: int, processed: list[int]) -> list[Level]:
@@ -51,3 +51,13 @@ def test_eta() -> None:
     assert eta_seconds(100, 4.0) == 25.0
     assert eta_seconds(100, 0.0) is None
     assert eta_seconds(0, 0.0) == 0.0
+
+
+def test_an_unbounded_job_is_estimated_within_a_few_levels_of_what_it_has_seen() -> None:
+    """An id crawl has max_level 2**31 - 2: the estimate stops EXTRAPOLATE levels past the
+    deepest level seen (it used to loop over every level, and /status never answered)."""
+    levels = [Level(0, 1, 0), Level(1, 3, 2)]
+    assert horizon(levels, 2**31 - 2) == 1 + EXTRAPOLATE
+    left = remaining(levels, 2**31 - 2)
+    assert left == remaining(levels, 1 + EXTRAPOLATE)
+    assert 2 <= left < float("inf")
