@@ -122,7 +122,8 @@ class Parser:
                 self._idle.put_nowait(lane)
             else:  # still busy with the page (cancelled too), or dead: replace it
                 self._all.discard(lane)
-                lane.process.kill()
+                with contextlib.suppress(ProcessLookupError):  # the parser's exit killed it
+                    lane.process.kill()
                 task = asyncio.create_task(self._replace(lane), name="HTML parser lane")
                 self._replacing.add(task)
                 task.add_done_callback(self._replacing.discard)
