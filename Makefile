@@ -20,9 +20,9 @@ run: $(STAMP)
 test: lint browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# tests/e2e/test_dashboard.py drives Debian's chromium (never `playwright install`); root installs it, anyone else is told how
+# tests/e2e/test_dashboard.py drives Debian's /usr/bin/chromium through its executable path (no browser download); root installs the package, anyone else is told how
 browser:
-	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends chromium; } || \
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y --no-install-recommends chromium; } || \
 	  { echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (tests/e2e/test_dashboard.py drives /usr/bin/chromium)"; exit 1; }
 
 bench: $(STAMP)
