@@ -240,6 +240,8 @@ async def watch_once(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
         requeued, failed = requeued + done[0], failed + done[1]
         if done[0] < batch and done[1] < batch:
             break
+    metrics.WATCHDOG.labels("requeued").inc(requeued)
+    metrics.WATCHDOG.labels("abandoned").inc(failed)
     if requeued or failed:
         log.warning("watchdog: re-queued %d stale visits, recorded %d as failed", requeued, failed)
     return requeued, failed

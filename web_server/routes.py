@@ -572,9 +572,29 @@ UI_DIR = Path(__file__).with_name("ui")
 _OPENAPI = Path(__file__).with_name("openapi.json")
 
 
+# Served at the server's root whatever the root path: the ops routes of every tier.
+OUTSIDE_ROOT = ("/healthz", "/readyz", "/metrics")
+
+
+def openapi_document(root: str) -> bytes:
+    """The hand-written OpenAPI 3.1 document (tests keep it true). Its paths are relative to
+    the root path: under a root path other than ``/`` the document names it as its server,
+    and the ops routes, which stay at the server's root, name ``/`` as theirs."""
+    raw = _OPENAPI.read_bytes()
+    base = root.rstrip("/")
+    if not base:
+        return raw
+    doc = json.loads(raw)
+    doc["servers"] = [{"url": base}]
+    for path in OUTSIDE_ROOT:
+        doc["paths"][path]["servers"] = [{"url": "/"}]
+    return json.dumps(doc, indent=1).encode()
+
+
 async def openapi(request: web.Request) -> web.Response:
-    """``GET /openapi.json``: the hand-written OpenAPI 3.1 document (tests keep it true)."""
-    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
+    """``GET /openapi.json`` (under the root path)."""
+    return web.Response(body=openapi_document(request.app[SETTINGS].root_path),
+                        content_type="application/json")
 
 
 async def ui_index(request: web.Request) -> web.StreamResponse:

@@ -191,16 +191,14 @@ def _known(e: Exception) -> bool:
 
 
 def _count(batch: list[Done]) -> None:
-    """The metrics of a committed batch: fetches by kind and status class, pages parsed,
-    body bytes (a few dict lookups per visit, no await)."""
+    """The metrics of a committed batch: fetches by kind and status class, pages parsed (a
+    few dict lookups per visit, no await). Latency and bytes are counted at the fetch."""
     for d in batch:
         page = d.page
         if page is None:
             continue
         status = None if page.error is not None else page.status
         metrics.FETCHES.labels(page.fetcher, metrics.status_class(status)).inc()
-        if page.body is not None:
-            metrics.FETCH_BYTES.labels(page.fetcher).inc(len(page.body))
         if d.extraction is not NOTHING:
             metrics.PAGES_PARSED.inc()
 

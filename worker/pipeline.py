@@ -21,7 +21,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from shared import bus
+from shared import bus, metrics
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import jobs, visits
@@ -316,7 +316,8 @@ class Pipeline:
             if extracted is None or isinstance(extracted, Done):
                 return extracted
             page, ex = extracted
-        log.info("fetched %s: %s", v.url, page.error or page.status)
+        log.info("job %d fetched %s: %s", v.key[0], v.url, page.error or page.status,
+                 extra={"job": v.key[0], "url": v.url})
         if self.settings.work_delay:
             await asyncio.sleep(self.settings.work_delay)
         if plan.task is not None or plan.outputs:
@@ -492,6 +493,7 @@ class Pipeline:
         """The fetcher's answer, marked with its kind. A fetcher that raises (only http
         promises never to) got no answer: its policy decides, as for a timeout. Its traceback
         is logged at the visit's ``first`` attempt only (the retries' log lines say the rest)."""
+        start = time.monotonic()
         try:
             page = await fetcher.fetch(req, self.gate)
         except Exception as e:
@@ -499,6 +501,9 @@ class Pipeline:
                 log.exception("fetcher %s raised fetching %s", fetcher.kind, req.url)
             page = FetchedPage(req.url_id, None, None, f"fetcher error: {describe(e)}",
                                cacheable=False)
+        metrics.FETCH_SECONDS.labels(fetcher.kind).observe(time.monotonic() - start)
+        if page.body is not None:  # retries' bytes count too: they were fetched
+            metrics.FETCH_BYTES.labels(fetcher.kind).inc(len(page.body))
         if fetcher.kind != "http":
             page = replace(page, fetcher=fetcher.kind)
         return page

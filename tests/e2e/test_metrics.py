@@ -4,6 +4,7 @@ the worker's ops ports (metricsAddr), after a crawl of a small local site."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import time
@@ -53,10 +54,17 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def test_metrics_and_readiness(ops_stack: tuple[Stack, int, int], site: TestSite) -> None:
+async def test_metrics_and_readiness(ops_stack: tuple[Stack, int, int], site: TestSite,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="worker.pipeline")
     stack, foreman_port, worker_port = ops_stack
     job = await stack.post_job([site.a + "/"], depth="2")
     await stack.wait_complete(job)
+    # One log line per visit, carrying its job and URL (the JSON log's "job" and "url").
+    visited = [(getattr(r, "job", None), getattr(r, "url", None)) for r in caplog.records
+               if r.name == "worker.pipeline" and r.getMessage().startswith(f"job {job} fetched")]
+    assert (job, site.a + "/") in visited
+    assert len(visited) == len(set(visited))
     async with aiohttp.ClientSession() as http:
         for base in (stack.base, f"http://127.0.0.1:{foreman_port}",
                      f"http://127.0.0.1:{worker_port}"):
@@ -65,6 +73,9 @@ async def test_metrics_and_readiness(ops_stack: tuple[Stack, int, int], site: Te
             assert total(text, "harvester_fetches_total") > 0
             assert total(text, "harvester_commit_batch_size_count") > 0
             assert total(text, "harvester_pages_parsed_total") > 0
+            assert total(text, "harvester_fetch_seconds_count") > 0
+            assert 'harvester_fetch_seconds_bucket{kind="http",le="+Inf"}' in text
+            assert total(text, "harvester_fetch_bytes_total") > 0
             status, _ = await get(http, base + "/readyz")
             assert status == 200
         # Canonical routes as labels, never the path of one job.

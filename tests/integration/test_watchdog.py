@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from foreman.schedule import watch_once
 from shared.config import Settings
@@ -64,6 +65,10 @@ async def test_requeueing_skips_a_visit_being_committed(db: asyncpg.Connection,
         await committer.close()
 
 
+def watchdog_count(action: str) -> float:
+    return REGISTRY.get_sample_value("harvester_watchdog_total", {"action": action}) or 0.0
+
+
 async def beating(db: asyncpg.Connection, *kinds: str) -> uuid.UUID:
     """A live worker process serving ``kinds`` (its heartbeat row)."""
     me = uuid.uuid4()
@@ -77,7 +82,10 @@ async def test_a_round_works_through_any_backlog_in_bounded_transactions(
     await beating(db, "http")
     job = await stale_job(db, 45)
     gone = await stale_job(db, 25, requeues=1)  # published after every requeue: to fail
+    before = {a: watchdog_count(a) for a in ("requeued", "abandoned")}
     assert await watch_once(fast, pool, DueFrontier(), batch=10) == (45, 25)
+    assert watchdog_count("requeued") - before["requeued"] == 45  # /metrics counts them
+    assert watchdog_count("abandoned") - before["abandoned"] == 25
     assert await unpublished(db, job) == 45
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", gone) == 0
     assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1 AND "

@@ -13,6 +13,7 @@ import schemathesis
 
 from shared.config import Settings
 from web_server.app import create_app
+from web_server.routes import OUTSIDE_ROOT, openapi_document
 
 SPEC_PATH = Path(__file__).parents[2] / "web_server" / "openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -57,3 +58,26 @@ def test_spec_is_valid_openapi_31() -> None:
     assert error == {"$ref": "#/components/schemas/Error"}
     events = doc["paths"]["/status/{jobId}/events"]["get"]["responses"]["200"]["content"]
     assert list(events) == ["text/event-stream"]
+
+
+def test_spec_is_true_under_another_root_path() -> None:
+    """Under ``httpRootPath: /crawl/`` the router serves every API path under /crawl and the
+    ops routes at the root; the served document says so with ``servers``."""
+    settings = Settings(root_path="/crawl/")
+    served = json.loads(openapi_document(settings.root_path))
+    assert served["servers"] == [{"url": "/crawl"}]
+    routes = set()
+    for route in create_app(settings).router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if path is None or route.method.lower() not in METHODS or "/ui" in path:
+            continue
+        routes.add((path.replace("{job_id}", "{jobId}"), route.method.lower()))
+    expected = set()
+    for path, item in served["paths"].items():
+        server = item.get("servers", served["servers"])[0]["url"].rstrip("/")
+        expected |= {(server + path, m) for m in item if m in METHODS}
+    expected.add(("/crawl", "post"))  # POST /crawl as POST /crawl/
+    assert routes == expected
+    assert {p for p, item in served["paths"].items() if "servers" in item} == set(OUTSIDE_ROOT)
+    assert openapi_document("/") == SPEC_PATH.read_bytes()
