@@ -408,3 +408,21 @@ def test_systemd_units(unit: str) -> None:
         unit_section = dict(sections["Unit"])
         assert "harvester-migrate.service" in unit_section.get("After", "")
         assert "harvester-migrate.service" in unit_section.get("Requires", "")
+
+
+def test_grafana_dashboard_reads_only_metrics_harvester_exports() -> None:
+    """Every ``harvester_*`` series a panel queries is one shared/metrics.py declares (a
+    renamed metric would leave a panel silently empty)."""
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import shared.metrics  # noqa: F401  (declares them)
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    exported = {m.name + suffix for m in REGISTRY.collect() if m.name.startswith("harvester_")
+                for suffix in suffixes.get(m.type, ())}
+    board = json.loads((ROOT / "deploy" / "grafana" / "harvester.json").read_text())
+    queried = {name for p in board["panels"] for t in p["targets"]
+               for name in re.findall(r"harvester_\w+", t["expr"])}
+    assert {"harvester_fetch_seconds_bucket", "harvester_watchdog_total"} <= queried
+    assert queried - exported == set()
