@@ -60,8 +60,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="py-spy one worker for SECONDS during the first Harvester run")
     p.add_argument("--profile-variant", default=None, metavar="VARIANT",
                    help="profile the first Harvester run of this variant (default: the first run)")
+    p.add_argument("--eta", action="store_true",
+                   help="only Harvester's plain crawl, and report the ETA's error at 25/50/75%% "
+                        "of it (bench/eta.py; docs/status.md)")
     p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
     a = p.parse_args(argv)
+    if a.eta:
+        a.systems, a.variants = "harvester", "plain"
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
     a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     if "plain" not in a.variants:
@@ -252,6 +257,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                   "answer as WARC (`save: [{\"kind\": \"warc\"}]`, target: at most 25% less "
                   "throughput), `extract` pulls items by CSS and XPath "
                   "(`bench/harvester.py` `VARIANTS`)."), "", *costs]
+    lines += _eta_lines(runs)
     scaling = [s for s in summaries if s["system"] == "harvester" and s["variant"] == "plain"]
     if a.scaling:
         scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
@@ -272,7 +278,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                                       "statuses", "result_fetch_s", "error", "missing_sample",
                                       "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
                                       "idle_cpu_per_s", "pg_deadlocks", "tier_warnings",
-                                      "result_http", "status_ms")
+                                      "result_http", "status_ms", "eta_error")
                 if r.get(k) not in (None, [], {})}
         for k in ("wall", "cpu", "cpu_sampled", "wall_process", "cpu_process",
                   "last_response_after"):
@@ -287,6 +293,24 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
         lines += ["", "## PostgreSQL: statements running (pg_stat_activity samples)", "",
                   (a.out.resolve() / "pg_activity.md").read_text()]
     return "\n".join(lines) + "\n"
+
+
+def _eta_lines(runs: list[dict]) -> list[str]:
+    """The ETA's relative error at 25/50/75 % of each plain Harvester crawl (bench/eta.py)."""
+    rows = [r for r in runs if r.get("system") == "harvester" and r.get("variant") == "plain"
+            and r.get("eta_error") and r.get("valid")]
+    if not rows:
+        return []
+    points = list(rows[0]["eta_error"])
+    out = ["", "## ETA error (docs/status.md)", "",
+           ("`(t + eta − T) / (T − t)` at the first `/status` sample (every 0.25 s) with "
+            "`processed` past each point of the crawl, T its finish: 0 is exact, +1 promised "
+            "twice the time left, −0.5 half of it."), "",
+           "| run | " + " | ".join(points) + " |", "|---|" + "---|" * len(points)]
+    for r in rows:
+        cells = ["—" if v is None else f"{v:+.2f}" for v in r["eta_error"].values()]
+        out.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _api_lines(runs: list[dict]) -> list[str]:

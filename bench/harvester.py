@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import eta
 from bench.procs import TreeMonitor, tree_cpu
 from bench.site import Site
 from harvester_ops.embedded import free_port
@@ -259,8 +260,11 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
             pg.start()
         status: dict = {}
         timed_out = False
+        samples: list[eta.Sample] = []  # (t, processed, the ETA shown): bench/eta.py
         while True:
             status = _get_json(f"{api}/status/{job_id}")  # type: ignore[assignment]
+            samples.append((time.monotonic() - t0, (status.get("pages") or {}).get("processed", 0),
+                            (status.get("eta") or {}).get("seconds")))
             if status.get("pending") == 0:
                 break
             if time.monotonic() - t0 > opts.timeout:
@@ -287,7 +291,8 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         result.update({"wall": wall, "cpu": monitor.cpu(), "cpu_sampled": monitor.cpu_sampled(),
                        "cpu_by_kind": monitor.cpu_by_kind(), **monitor.memory(),
                        "status": status.get("pages"), "elapsed_reported": status.get("elapsed"),
-                       "timed_out": timed_out, "depth": site.harvester_depth})
+                       "timed_out": timed_out, "depth": site.harvester_depth,
+                       "eta_error": eta.errors(samples, wall)})
         if timed_out:
             result["error"] = f"not complete after {opts.timeout:.0f} s"
             result["found"] = (status.get("pages") or {}).get("processed", 0)
