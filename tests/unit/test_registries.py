@@ -43,9 +43,9 @@ async def test_a_fetcher_is_made_for_its_kinds_concurrency() -> None:
 
 def test_an_unknown_name_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError) as e:
-        FETCHERS.create("browser", SETTINGS)
+        FETCHERS.create("nope", SETTINGS)
     assert e.value.source == "fetcher"
-    assert "'browser'" in e.value.problem and "http" in e.value.problem  # and the known ones
+    assert "'nope'" in e.value.problem and "browser, http" in e.value.problem  # and the known ones
     for registry in (EXTRACTORS, OUTPUTS, TASKS, SOURCES):
         with pytest.raises(ConfigError, match="unknown 'nope'"):
             registry.create("nope")

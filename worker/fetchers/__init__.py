@@ -33,7 +33,7 @@ as a ``FetchedPage`` with its ``error``, and ``req.policy`` decides whether it i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 from shared.model import FetchedPage
@@ -64,7 +64,9 @@ class Validators:
 class FetchRequest:
     """One fetch to make: the URL (and its id), the stored copy's validators, the source's
     extra headers, which answers to read the body of (``wants_body(status, mime)``), whether
-    to keep the raw answer (an output needs it) and the retry rule of its source."""
+    to keep the raw answer (an output needs it) and the retry rule of its source.
+    ``options``: the job's options for its fetcher kind (a browser job's ``browser`` spec, as
+    a mapping; empty for others); last, so positional construction elsewhere is unaffected."""
     url_id: int
     url: str
     validators: Validators | None
@@ -72,6 +74,7 @@ class FetchRequest:
     wants_body: Callable[[int, str | None], bool]
     keep_raw: bool
     policy: RetryPolicy
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -88,4 +91,5 @@ class Fetcher(Protocol):
 
 FETCHERS: Registry[Fetcher] = Registry("fetcher")
 
+from worker.fetchers import browser as _browser  # noqa: F401 - registers "browser"
 from worker.fetchers import http as _http  # noqa: F401 - registers "http"
