@@ -1,6 +1,6 @@
 """The ops port of the foreman and the workers: ``/metrics`` (Prometheus), ``/healthz``
-(the process is alive) and ``/readyz`` (PostgreSQL and NATS reachable; else 503 with
-``{"code","message"}``)."""
+(the process is alive) and ``/readyz`` (PostgreSQL and NATS reachable and, for a worker, its
+init functions done; else 503 with ``{"code","message"}``)."""
 
 from __future__ import annotations
 
@@ -70,9 +70,13 @@ async def serve(addr: str, ready: Ready) -> AsyncIterator[int | None]:
         await runner.cleanup()
 
 
-def readiness(pool: asyncpg.Pool, nc: NATS) -> Ready:
-    """A ``ready`` check: one ``SELECT 1`` (2 s at most) and the NATS connection's state."""
+def readiness(pool: asyncpg.Pool, nc: NATS,
+              extra: Callable[[], str | None] | None = None) -> Ready:
+    """A ``ready`` check: ``extra()`` (why the process is not healthy, or None: a worker's
+    failed init), the NATS connection's state and one ``SELECT 1`` (2 s at most)."""
     async def ready() -> None:
+        if extra is not None and (why := extra()) is not None:
+            raise RuntimeError(why)
         if not nc.is_connected:
             raise ConnectionError("NATS is not connected")
         try:

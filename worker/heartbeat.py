@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -32,17 +32,23 @@ def version() -> str:
 
 
 async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str],
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, health: str | None = None,
+                    on_beat: Callable[[], None] | None = None) -> None:
     """Beat until ``stop`` is set, then forget this process. A PostgreSQL error is logged once
     (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
-    worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``."""
+    worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``.
+    ``health``: why this worker cannot work (then ``kinds`` is empty); ``on_beat`` is called
+    after each beat that reached PostgreSQL (the systemd watchdog's keep-alive)."""
     me, host, pid, ver = uuid.uuid4(), socket.gethostname(), os.getpid(), version()
     failing = False
-    log.info("worker %s (%s pid %d) serves %s", me, host, pid, ", ".join(kinds))
+    if health is None:
+        log.info("worker %s (%s pid %d) serves %s", me, host, pid, ", ".join(kinds))
+    else:
+        log.info("worker %s (%s pid %d) is unhealthy: %s", me, host, pid, health)
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:
-                await workers.beat(conn, me, kinds, host, pid, ver)
+                await workers.beat(conn, me, kinds, host, pid, ver, health)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             if not failing:
                 log.warning("heartbeat failed (%s: %s); retrying, the worker may be shown as "
@@ -53,6 +59,8 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
         if failing:
             log.info("heartbeat beats again")
             failing = False
+        if on_beat is not None:
+            on_beat()
         await _sleep_unless(stop, settings.heartbeat_interval)
     try:
         async with pool.acquire() as conn:

@@ -1,7 +1,8 @@
 """The live worker registry (``worker_process``): each worker process beats its row every
 ``heartbeatInterval`` with the fetcher kinds it serves; a row seen within ``workerTimeout`` is a
-live worker. The web server counts them for ``/status``. Times are PostgreSQL's ``now()``, so the
-hosts' clocks never matter."""
+live worker. The web server counts them for ``/status``. A worker that cannot work (a failed init
+function) beats with no kinds and says why in ``health`` (NULL: healthy). Times are PostgreSQL's
+``now()``, so the hosts' clocks never matter."""
 
 from __future__ import annotations
 
@@ -24,20 +25,23 @@ class WorkerProcess:
     version: str
     started_on: datetime
     seen_on: datetime
+    health: str | None = None
 
 
 async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], hostname: str,
-               pid: int, version: str) -> None:
-    """Say that worker ``id`` is alive now (its row is made on the first beat), and delete the
-    rows of other workers unseen for a day (killed without a clean stop), in one statement."""
+               pid: int, version: str, health: str | None = None) -> None:
+    """Say that worker ``id`` is alive now (its row is made on the first beat) with its kinds
+    and ``health`` (None: healthy, else why not), and delete the rows of other workers unseen
+    for a day (killed without a clean stop), in one statement."""
     await conn.execute(f"""
         WITH pruned AS (
             DELETE FROM worker_process
             WHERE seen_on < now() - interval '{PRUNE_AFTER}' AND id <> $1)
-        INSERT INTO worker_process (id, kinds, hostname, pid, version)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, seen_on = now()""",
-        id, list(kinds), hostname, pid, version)
+        INSERT INTO worker_process (id, kinds, hostname, pid, version, health)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, health = EXCLUDED.health,
+                                       seen_on = now()""",
+        id, list(kinds), hostname, pid, version, health)
 
 
 async def forget(conn: asyncpg.Connection, id: uuid.UUID) -> None:
@@ -63,7 +67,8 @@ async def live_kinds(conn: asyncpg.Connection, timeout: float) -> list[str]:
 async def live_workers(conn: asyncpg.Connection, timeout: float) -> list[WorkerProcess]:
     """The workers seen within the last ``timeout`` seconds, longest running first."""
     rows = await conn.fetch("""
-        SELECT id, kinds, hostname, pid, version, started_on, seen_on FROM worker_process
+        SELECT id, kinds, hostname, pid, version, started_on, seen_on, health
+        FROM worker_process
         WHERE seen_on > now() - make_interval(secs => $1)
         ORDER BY started_on, id""", timeout)
     return [WorkerProcess(**dict(r)) for r in rows]
