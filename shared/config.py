@@ -157,6 +157,28 @@ class Settings(BaseModel):
     webhook_max_attempts: int = Field(10, gt=0)
     webhook_retry_cap: float = Field(600.0, ge=0)  # backoff 2**attempts s, capped here
 
+    # browser fetcher (issue 12): Debian's Chromium driven by Playwright, never downloaded
+    browser_path: str = "/usr/bin/chromium"
+    browser_args: tuple[str, ...] = ()            # extra Chromium command-line switches
+    browser_timeout: float = Field(30.0, gt=0)    # a navigation's default timeout
+    browser_block: tuple[str, ...] = ("image", "media", "font")  # resource types not loaded
+    browser_relaunch_on_timeout: bool = True      # a navigation timeout relaunches the browser
+    browser_max_errors: int = Field(3, ge=1)      # consecutive no-answer errors: relaunch
+    browser_page_lease: float = Field(120.0, gt=0)  # a task holding a page longer loses it
+
+    # task API (issue 12): allow-listed functions by name, run by the workers of a kind
+    task_topic: str = "task_queue"
+    tasks: dict[str, str] = Field(default_factory=dict)  # name -> "pkg.mod:fn" | "/x/f.py:fn"
+    task_concurrency: int = Field(4, gt=0)        # tasks a worker runs at once, per kind
+    task_timeout: float = Field(300.0, gt=0)
+    task_max_attempts: int = Field(5, gt=0)       # deliveries before a task is abandoned
+    init: tuple[str, ...] = ()                    # "mod:fn" run once per worker process
+
+    # worker health (issue 12): past a threshold over the window, a worker exits; 0 = off
+    worker_max_error_rate: float = Field(0.0, ge=0, le=1)
+    worker_max_latency: float = Field(0.0, ge=0)  # median fetch seconds
+    worker_health_window: int = Field(50, gt=0)   # last outcomes considered
+
     @field_validator("root_path")
     @classmethod
     def _root(cls, v: str) -> str:
@@ -205,6 +227,28 @@ class Settings(BaseModel):
             if kind in v[:i]:
                 raise ValueError(f"fetcher kind {kind!r} named twice")
         return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, target in v.items():
+            if not TASK_NAME.fullmatch(name):
+                raise ValueError(f"invalid task name {name!r} (use up to 64 letters, digits, "
+                                 "_, . and -, starting with a letter or _)")
+            check_target(target)
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for target in v:
+            check_target(target)
+        return v
+
+    @field_validator("browser_block")
+    @classmethod
+    def _browser_block(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_block(v)
 
     @field_validator("worker_kinds")
     @classmethod
@@ -257,6 +301,33 @@ class Settings(BaseModel):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Playwright's request.resource_type values that may be blocked ("document" never: it is the page)
+RESOURCE_TYPES = ("stylesheet", "image", "media", "font", "script", "texttrack", "xhr", "fetch",
+                  "eventsource", "websocket", "manifest", "other")
+TASK_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}", re.ASCII)
+_TARGET = re.compile(r"(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|[^:\0]*[^:\0/]\.py):[A-Za-z_]\w*",
+                     re.ASCII)
+
+
+def check_target(target: str) -> str:
+    """A task or init target, ``dotted.module:function`` or ``/path/file.py:function``;
+    ValueError else (the code is imported by the workers only, when first called)."""
+    if not isinstance(target, str) or not _TARGET.fullmatch(target):
+        raise ValueError(f"invalid target {target!r} (use dotted.module:function or "
+                         "/path/file.py:function)")
+    return target
+
+
+def check_block(types: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Resource types a browser may block: Playwright's, without "document"; ValueError else."""
+    for t in types:
+        if t == "document":
+            raise ValueError("resource type 'document' cannot be blocked (it is the page)")
+        if t not in RESOURCE_TYPES:
+            raise ValueError(f"unknown resource type {t!r} (use {', '.join(RESOURCE_TYPES)})")
+    return tuple(dict.fromkeys(types))
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -349,6 +420,12 @@ _SIMPLE_KEYS = {
     "outputRoot": "output_root", "maxIdSetBytes": "max_idset_bytes",
     "logFormat": "log_format", "metricsAddr": "metrics_addr", "webhookSecret": "webhook_secret",
     "webhookMaxAttempts": "webhook_max_attempts",
+    "browserPath": "browser_path", "browserArgs": "browser_args", "browserBlock": "browser_block",
+    "browserRelaunchOnTimeout": "browser_relaunch_on_timeout",
+    "browserMaxErrors": "browser_max_errors", "taskTopic": "task_topic", "tasks": "tasks",
+    "taskConcurrency": "task_concurrency", "taskMaxAttempts": "task_max_attempts",
+    "init": "init", "workerMaxErrorRate": "worker_max_error_rate",
+    "workerHealthWindow": "worker_health_window",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -364,6 +441,8 @@ _DURATION_KEYS = {
     "liveInterval": "live_interval", "housekeepingInterval": "housekeeping_interval",
     "jobRetention": "job_retention", "webhookTimeout": "webhook_timeout",
     "webhookRetryCap": "webhook_retry_cap",
+    "browserTimeout": "browser_timeout", "browserPageLease": "browser_page_lease",
+    "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -387,7 +466,10 @@ _ENV = {
     "HARVESTER_WEBHOOK_TIMEOUT": "webhook_timeout",
     "HARVESTER_WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
     "HARVESTER_WEBHOOK_RETRY_CAP": "webhook_retry_cap",
+    "HARVESTER_FETCHER_KINDS": "fetcher_kinds",  # a comma list: "http,browser"
+    "HARVESTER_BROWSER_PATH": "browser_path", "HARVESTER_TASK_TOPIC": "task_topic",
 }
+_LIST_FIELDS = frozenset({"fetcher_kinds"})
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())
 
@@ -443,6 +525,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 out[name] = float(value) if _is_number(value) else parse_go_duration(value)
             except ValueError:
                 raise ConfigError(var, f"invalid duration {value!r}") from None
+        elif name in _LIST_FIELDS:
+            out[name] = tuple(p.strip() for p in value.split(",") if p.strip())
         else:
             out[name] = value
     return out

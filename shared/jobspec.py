@@ -33,7 +33,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared import naming
-from shared.config import Settings
+from shared.config import Settings, check_block
 from shared.errors import BadRequest, InvalidURL
 from shared.ids import check_id, id_url
 from shared.scope import Scope, check_pattern
@@ -182,9 +182,9 @@ ExtractorKind = Annotated[str, AfterValidator(_extractor)]
 OutputKind = Annotated[str, AfterValidator(_output)]
 
 # The spec keys that change what a page yields (beyond its links, which every job extracts):
-# they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of). Issues
-# 12-13 add task and source.
-YIELD_KEYS = ("extract", "follow", "ids", "save")
+# they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of). Issue 13
+# adds source. ``browser`` is not one: how a page is rendered is the fetcher's business.
+YIELD_KEYS = ("extract", "follow", "ids", "save", "task")
 _RULESET_PROJECTION = {"ids": ("regex", "urlFormat")}
 
 
@@ -313,6 +313,62 @@ class DbSpec(_Options):
     """``save`` kind ``db``: bodies in PostgreSQL, deduplicated by digest."""
 
 
+def _block(value: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return check_block(value)
+    except ValueError as e:
+        raise PydanticCustomError("block", "{problem}", {"problem": str(e)}) from None
+
+
+class BrowserSpec(_Options):
+    """``browser`` (only with ``"fetcher": "browser"``): how a page is loaded. The navigation
+    waits for ``wait``, then for ``selector`` (attached) if given, then ``waitMs``; ``timeout``
+    (seconds, else ``browserTimeout``) bounds it; ``block``: resource types not loaded (None:
+    ``browserBlock``); ``stealth``: hide the automation (UA pool, webdriver, plugins)."""
+
+    wait: Literal["load", "domcontentloaded", "networkidle"] = "load"
+    selector: str | None = Field(None, min_length=1, max_length=MAX_RULE_CHARS)
+    wait_ms: int = Field(0, ge=0, le=30_000)
+    timeout: float | None = Field(None, gt=0, le=120)
+    block: Annotated[tuple[str, ...], AfterValidator(_block)] | None = None
+    stealth: bool = False
+
+    @field_validator("selector")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\0" in v:
+            raise PydanticCustomError("nul", "holds a NUL character")
+        return v
+
+
+def _task_name(value: str, info: ValidationInfo) -> str:
+    allowed = tuple((info.context or {}).get("tasks", ()))
+    if value not in allowed:
+        raise PydanticCustomError("task", "unknown task '{name}' (allowed: {allowed})",
+                                  {"name": value, "allowed": ", ".join(allowed) or "none"})
+    return value
+
+
+class TaskSpec(_Options):
+    """``task``: an allow-listed task (``Settings.tasks``) run on every page the job fetches,
+    with ``args``; what it returns is stored as the page's items. A bare string is the name."""
+
+    name: Annotated[str, AfterValidator(_task_name)]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("args")
+    @classmethod
+    def _storable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if _has_nul(v):
+            raise PydanticCustomError("nul", "an argument holds a NUL character")
+        return v
+
+
 OUTPUT_MODELS: dict[str, type[_Options]] = {
     "warc": WarcSpec, "files": FilesSpec, "tar": TarSpec, "db": DbSpec}
 
@@ -372,6 +428,8 @@ class JobSpec(BaseModel):
     save: tuple[SaveSpec, ...] = ()
     # POSTed (signed with the server's webhookSecret) when the job completes: job_webhook.
     webhook: WebhookURL | None = None
+    browser: BrowserSpec | None = None  # only with fetcher "browser"
+    task: TaskSpec | None = None
 
     @field_validator("urls")
     @classmethod
@@ -391,6 +449,10 @@ class JobSpec(BaseModel):
                 and spec.ids is None else PydanticCustomError(
                 "too_short", "Tuple should have at least 1 item after validation, not 0"
                 if spec.ids is None else "give urls, ids.seeds or ids.known"))
+        if spec.browser is not None and spec.fetcher != "browser":
+            _fail("browser", spec.browser.model_dump(by_alias=True), PydanticCustomError(
+                "browser", 'only with "fetcher": "browser" (fetcher is {fetcher})',
+                {"fetcher": spec.fetcher}))
         depth = spec.depth
         if depth is None:
             depth = UNBOUNDED_DEPTH if unbounded else int(context["max_level"])
@@ -431,7 +493,8 @@ def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
         "JobSpec", [InitErrorDetails(type=error, loc=(field,), input=value)])
 
 
-_OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook")
+_OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook", "browser",
+                       "task")
 
 
 def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
@@ -497,7 +560,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
                "canonical": canonical, "fetchers": settings.fetcher_kinds,
                "extractors": (*BUILTIN_EXTRACTORS, *settings.extractor_kinds),
                "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds),
-               "webhook_secret": bool(settings.webhook_secret)}
+               "webhook_secret": bool(settings.webhook_secret),
+               "tasks": tuple(settings.tasks)}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)
@@ -527,7 +591,8 @@ def status_view(stored: str | dict[str, Any], urls: list[str]) -> dict[str, Any]
     spec["urls"] = urls
     out = {_alias(JobSpec, n): spec[_alias(JobSpec, n)] for n in JobSpec.model_fields
            if _alias(JobSpec, n) in spec}
-    for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec)):
+    for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec),
+                       ("browser", BrowserSpec), ("task", TaskSpec)):
         if isinstance(out.get(key), dict):
             part = out[key]
             out[key] = {_alias(model, n): part[_alias(model, n)]

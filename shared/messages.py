@@ -42,3 +42,23 @@ class VisitMessage(BaseModel):
             return cls.model_validate(json.loads(data))
         except (ValueError, ValidationError) as e:
             raise BadMessage(f"undecodable visit message {data[:200]!r}: {e}") from None
+
+
+class TaskMessage(BaseModel):
+    """On a task queue (``<taskTopic>.<kind>``): 'run this task'. Its name, arguments and state
+    are read from the ``task`` row when it is started, so a duplicate is harmless."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    v: Literal[1] = 1
+    task: int
+
+    def encode(self) -> bytes:
+        return b'{"v":1,"task":%d}' % self.task
+
+    @classmethod
+    def decode(cls, data: bytes) -> TaskMessage:
+        try:
+            return cls.model_validate(json.loads(data))
+        except (ValueError, ValidationError) as e:
+            raise BadMessage(f"undecodable task message {data[:200]!r}: {e}") from None

@@ -27,6 +27,12 @@ WEBHOOKS = Counter("harvester_webhooks", "Completion webhook deliveries", ["resu
 QUEUE_MESSAGES = Gauge("harvester_queue_messages", "Messages waiting in a queue", ["queue"])
 PENDING_VISITS = Gauge("harvester_pending_visits", "Visits queued in PostgreSQL")
 JOBS = Gauge("harvester_jobs", "Jobs by state", ["state"])
+BROWSER_RELAUNCHES = Counter("harvester_browser_relaunches", "Browser relaunches, by reason "
+                             "(timeout, crash, disconnected, errors)", ["reason"])
+BROWSER_PAGES_RECLAIMED = Counter("harvester_browser_pages_reclaimed",
+                                  "Browser pages taken back from a task that held one too long")
+TASKS_FINISHED = Counter("harvester_tasks_finished", "Tasks finished, by fetcher kind and state "
+                         "(succeeded, failed, retry)", ["kind", "state"])
 HTTP_REQUESTS = Counter("harvester_http_requests", "Web requests by canonical route and status",
                         ["route", "status"])
 
