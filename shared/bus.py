@@ -47,7 +47,7 @@ from nats.js.api import (
 
 from shared.backoff import retrying
 from shared.config import Settings, stream_name
-from shared.messages import BadMessage, VisitMessage
+from shared.messages import BadMessage, TaskMessage, VisitMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -194,6 +194,66 @@ async def ensure_streams(js: JetStreamContext, settings: Settings,
                            duplicate_window=120.0)
         _topology.streams[name] = cfg
         await _retry(functools.partial(_add_or_update_stream, js, cfg))
+
+
+def task_subject(settings: Settings, kind: str) -> str:
+    """The subject (and, through ``stream_name``, the stream) of a fetcher kind's task queue:
+    ``<taskTopic>.<kind>``. Tasks and visits never share a stream."""
+    return f"{settings.task_topic}.{kind}"
+
+
+def task_consumer(kind: str) -> str:
+    """The durable consumer shared by every worker running ``kind``'s tasks."""
+    return f"tasks-{kind}"
+
+
+async def ensure_task_streams(js: JetStreamContext, settings: Settings,
+                              kinds: Iterable[str] | None = None) -> None:
+    """Create (or bring up to date) the task stream of each fetcher kind (``kinds``, default
+    ``settings.fetcher_kinds``), as ``ensure_streams`` does the work streams."""
+    kinds = settings.fetcher_kinds if kinds is None else kinds
+    for kind in dict.fromkeys(kinds):
+        topic = task_subject(settings, kind)
+        limit = settings.work_queue_limit
+        cfg = StreamConfig(name=stream_name(topic), subjects=[topic],
+                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                           max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
+                           duplicate_window=120.0)
+        _topology.streams[cfg.name or ""] = cfg
+        await _retry(functools.partial(_add_or_update_stream, js, cfg))
+
+
+async def publish_tasks(js: JetStreamContext, subject: str, ids: Sequence[int]) -> list[int]:
+    """Publish task messages, each stored by JetStream before this returns; the ids NOT stored
+    (for the caller to ``unclaim``). Never raises for a publish failure; a stream the server
+    lost is created again and the refused ids published once more."""
+    failed, error = await _publish_tasks(js, subject, ids)
+    if isinstance(error, nats.js.errors.NoStreamResponseError) and await restore(
+            js, stream_name(subject)):
+        failed, error = await _publish_tasks(js, subject, failed)
+    if failed:
+        _warn(f"publish {subject}", "%d of %d task messages not stored on %s (%s: %s); they "
+              "will be published again", len(failed), len(ids), subject, type(error).__name__,
+              error)
+    return failed
+
+
+async def _publish_tasks(js: JetStreamContext, subject: str, ids: Sequence[int]
+                         ) -> tuple[list[int], BaseException | None]:
+    failed: list[int] = []
+    error: BaseException | None = None
+    for i in range(0, len(ids), PUBLISH_CHUNK):
+        chunk = ids[i:i + PUBLISH_CHUNK]
+        acks = await asyncio.gather(*(
+            js.publish(subject, TaskMessage(task=t).encode(), timeout=5) for t in chunk),
+            return_exceptions=True)
+        for t, ack in zip(chunk, acks):
+            if isinstance(ack, BaseException):
+                if not isinstance(ack, TRANSIENT):
+                    raise ack
+                failed.append(t)
+                error = error or ack
+    return failed, error
 
 
 async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None:

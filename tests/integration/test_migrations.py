@@ -22,7 +22,7 @@ from shared.scope import Scope
 
 # The tables the code relies on (later revisions may add more).
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
-          "job_failure"}
+          "job_failure", "task", "task_partial"}
 ALEMBIC = "alembic_version"
 _names = itertools.count(1)
 

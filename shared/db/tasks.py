@@ -1,0 +1,276 @@
+"""Tasks (``task``, ``task_partial``; issue 12): the task API's queue and results.
+
+A task is one call of an allow-listed function, named by its config key (``name``), on the
+workers of a fetcher kind. Its life:
+
+- ``create`` (``POST /tasks``): one insert, ``queued``; a known idempotency key answers the
+  task it named instead.
+- ``claim_unpublished`` / ``unclaim``: the foreman's task feeder publishes due rows
+  (``published_on`` is the outbox) and gives back those NATS did not store.
+- ``start``: a worker took its message: ``running``, ``attempts`` + 1 (the fence of this
+  attempt); past the maximum the task fails as abandoned instead.
+- ``finish``: the outcome, fenced by the attempt (a stale attempt, redelivered elsewhere and
+  finished there, changes nothing), with its follow-ups inserted in the same statement
+  (``ON CONFLICT (idem_key) DO NOTHING``: a re-run enqueues no duplicate). ``retry_later``:
+  back to ``queued``, due later, unpublished.
+- ``add_partial``: a partial result, upserted on ``(task_id, seq)``.
+- ``requeue_stale``: the watchdog's: a published message that was lost, or a running task
+  whose deliveries ran out, is unpublished to be published again.
+
+Tasks run at least once: a task may start again after a worker died mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+STATES = ("queued", "running", "succeeded", "failed")
+TREE_RESULTS = 10_000  # results listed in a root's tree at most
+PARTIALS = 10_000      # partial results listed at most
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """A task a worker is to run now: ``attempt`` is its fence for ``finish``."""
+    id: int
+    name: str
+    kind: str
+    args: dict[str, Any]
+    attempt: int
+    root_id: int
+    parent_id: int | None
+    idem_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A follow-up a task enqueued, inserted when it finishes."""
+    name: str
+    kind: str
+    args: dict[str, Any]
+    key: str  # its idempotency key: "<parent>/<n>" or the user's own
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    id: int
+    name: str
+    kind: str
+    args: dict[str, Any]
+    state: str
+    attempts: int
+    result: Any
+    error: dict[str, Any] | None
+    parent_id: int | None
+    root_id: int
+    idem_key: str | None
+    worker: str | None
+    created_on: datetime
+    started_on: datetime | None
+    finished_on: datetime | None
+    children: list[int]
+    partials: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """The tasks of a root's tree (the root included), counted by state, and the results of
+    the succeeded ones by id (at most ``TREE_RESULTS``)."""
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    results: list[tuple[int, Any]]
+
+    @property
+    def state(self) -> str:
+        """running while any task is open; then failed if any failed, else succeeded."""
+        if self.queued or self.running:
+            return "running"
+        return "failed" if self.failed else "succeeded"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+async def create(conn: asyncpg.Connection, name: str, kind: str, args: dict[str, Any],
+                 key: str | None) -> tuple[int, bool]:
+    """A new root task, queued (or, for a ``key`` already used, the task it named): its id and
+    whether it was created now."""
+    row = await conn.fetchrow("""
+        INSERT INTO task (id, root_id, name, kind, args, idem_key)
+        SELECT n, n, $1, $2, $3::jsonb, $4 FROM nextval('task_id_seq') n
+        ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING
+        RETURNING id""", name, kind, _json(args), key)
+    if row is not None:
+        return int(row["id"]), True
+    # The key is taken (committed: ON CONFLICT waited for any insert in flight).
+    return int(await conn.fetchval("SELECT id FROM task WHERE idem_key = $1", key)), False
+
+
+async def claim_unpublished(conn: asyncpg.Connection, limit: int) -> list[tuple[int, str]]:
+    """Up to ``limit`` due queued tasks not published yet, marked published now: ``(id,
+    kind)`` each, for the caller to publish (and ``unclaim`` the ones not stored). Rows another
+    feeder is claiming are skipped."""
+    rows = await conn.fetch("""
+        WITH c AS (
+            SELECT id FROM task
+            WHERE published_on IS NULL AND state = 'queued' AND due <= now()
+            ORDER BY due LIMIT $1
+            FOR UPDATE SKIP LOCKED)
+        UPDATE task t SET published_on = now() FROM c WHERE t.id = c.id
+        RETURNING t.id, t.kind""", limit)
+    return sorted((int(r["id"]), r["kind"]) for r in rows)
+
+
+async def unclaim(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+    """Tasks whose messages were not stored: published again by the next round."""
+    if ids:
+        await conn.execute("""
+            UPDATE task SET published_on = NULL WHERE id = ANY($1::bigint[]) AND state = 'queued'""",
+            list(ids))
+
+
+async def start(conn: asyncpg.Connection, id: int, worker: str,
+                max_attempts: int) -> TaskRun | None:
+    """Start an attempt of task ``id`` on ``worker`` (``host:pid:kind``): running, attempts +
+    1. None if there is nothing to run: the task is unknown or finished (a duplicate message),
+    or this attempt would be past ``max_attempts``, in which case the task fails now with
+    ``TaskAbandoned``."""
+    row = await conn.fetchrow("""
+        UPDATE task SET attempts = attempts + 1, worker = $2, started_on = now(),
+            state = CASE WHEN attempts < $3 THEN 'running' ELSE 'failed' END,
+            finished_on = CASE WHEN attempts < $3 THEN NULL ELSE now() END,
+            error = CASE WHEN attempts < $3 THEN NULL ELSE jsonb_build_object(
+                'type', 'TaskAbandoned',
+                'message', format('gave up after %s deliveries', attempts),
+                'traceback', '') END
+        WHERE id = $1 AND state IN ('queued', 'running')
+        RETURNING id, name, kind, args::text, attempts, root_id, parent_id, idem_key, state""",
+        id, worker, max_attempts)
+    if row is None or row["state"] != "running":
+        return None
+    return TaskRun(int(row["id"]), row["name"], row["kind"], json.loads(row["args"]),
+                   int(row["attempts"]), int(row["root_id"]), row["parent_id"], row["idem_key"])
+
+
+async def finish(conn: asyncpg.Connection, id: int, attempt: int, state: str, result: Any,
+                 error: dict[str, Any] | None, children: Sequence[Child]) -> bool:
+    """Record the outcome of attempt ``attempt`` (``succeeded`` with ``result``, or
+    ``failed`` with ``error`` ``{type, message, traceback}``) and insert its follow-ups,
+    skipping any whose key exists (a re-run's). False, and nothing changed, when the attempt
+    is stale: the task is no longer running this attempt."""
+    assert state in ("succeeded", "failed")
+    n = await conn.fetchval("""
+        WITH f AS (
+            UPDATE task SET state = $3, result = $4::jsonb, error = $5::jsonb,
+                            finished_on = now()
+            WHERE id = $1 AND state = 'running' AND attempts = $2
+            RETURNING id, root_id),
+        c AS (
+            INSERT INTO task (name, kind, args, idem_key, parent_id, root_id)
+            SELECT x.name, x.kind, x.args::jsonb, x.key, f.id, f.root_id
+            FROM f, unnest($6::text[], $7::text[], $8::text[], $9::text[])
+                    WITH ORDINALITY AS x(name, kind, args, key, n)
+            ORDER BY x.n
+            ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING)
+        SELECT count(*) FROM f""",
+        id, attempt, state, None if result is None else _json(result),
+        None if error is None else _json(error),
+        [c.name for c in children], [c.kind for c in children],
+        [_json(c.args) for c in children], [c.key for c in children])
+    return bool(n)
+
+
+async def retry_later(conn: asyncpg.Connection, id: int, attempt: int, delay: float) -> bool:
+    """The function asked to be run again in ``delay`` seconds: queued, due then, unpublished
+    (the feeder publishes it when due). Fenced like ``finish``."""
+    return bool(1 == await conn.fetchval("""
+        WITH r AS (
+            UPDATE task SET state = 'queued', published_on = NULL,
+                            due = now() + make_interval(secs => $3)
+            WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING id)
+        SELECT count(*) FROM r""", id, attempt, float(delay)))
+
+
+async def add_partial(conn: asyncpg.Connection, id: int, root: int, seq: int,
+                      value: Any) -> None:
+    """Partial result number ``seq`` of task ``id`` (a re-run writes the same numbers again:
+    it replaces them)."""
+    await conn.execute("""
+        INSERT INTO task_partial (task_id, seq, root_id, value) VALUES ($1, $2, $3, $4::jsonb)
+        ON CONFLICT (task_id, seq) DO UPDATE SET value = EXCLUDED.value""",
+        id, seq, root, _json(value))
+
+
+async def get(conn: asyncpg.Connection, id: int) -> TaskInfo | None:
+    """Task ``id``, with its follow-ups' ids and its partial results (a root's: those of its
+    whole tree, by task and sequence)."""
+    row = await conn.fetchrow("""
+        SELECT t.*, t.args::text AS args_text, t.result::text AS result_text,
+               t.error::text AS error_text,
+               ARRAY(SELECT c.id FROM task c WHERE c.parent_id = t.id ORDER BY c.id) AS children,
+               ARRAY(SELECT p.value::text FROM task_partial p
+                     WHERE p.task_id = t.id OR p.root_id = t.id
+                     ORDER BY p.task_id, p.seq LIMIT $2) AS partials
+        FROM task t WHERE t.id = $1""", id, PARTIALS)
+    if row is None:
+        return None
+    return TaskInfo(
+        id=int(row["id"]), name=row["name"], kind=row["kind"], args=json.loads(row["args_text"]),
+        state=row["state"], attempts=int(row["attempts"]), result=_loads(row["result_text"]),
+        error=_loads(row["error_text"]), parent_id=row["parent_id"], root_id=int(row["root_id"]),
+        idem_key=row["idem_key"], worker=row["worker"], created_on=row["created_on"],
+        started_on=row["started_on"], finished_on=row["finished_on"],
+        children=[int(c) for c in row["children"]],
+        partials=[json.loads(p) for p in row["partials"]])
+
+
+async def tree(conn: asyncpg.Connection, root: int) -> Tree:
+    """The tasks of ``root``'s tree by state, and the succeeded ones' results by id."""
+    counts = await conn.fetchrow("""
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE state = 'queued') AS queued,
+               count(*) FILTER (WHERE state = 'running') AS running,
+               count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE state = 'failed') AS failed
+        FROM task WHERE root_id = $1""", root)
+    rows = await conn.fetch("""
+        SELECT id, result::text AS result FROM task
+        WHERE root_id = $1 AND state = 'succeeded' ORDER BY id LIMIT $2""", root, TREE_RESULTS)
+    return Tree(int(counts["total"]), int(counts["queued"]), int(counts["running"]),
+                int(counts["succeeded"]), int(counts["failed"]),
+                [(int(r["id"]), _loads(r["result"])) for r in rows])
+
+
+async def requeue_stale(conn: asyncpg.Connection, stale_after: float, timeout: float,
+                        served: Sequence[str], limit: int) -> int:
+    """Unpublish (to be published again) up to ``limit`` tasks of the ``served`` kinds (those
+    with a live worker) whose message is taken for lost: queued and published more than
+    ``stale_after`` seconds ago, or running and started more than ``timeout + stale_after``
+    ago (its worker died and its deliveries ran out). How many."""
+    return int(await conn.fetchval("""
+        WITH s AS (
+            SELECT id FROM task
+            WHERE kind = ANY($3::text[]) AND published_on IS NOT NULL AND (
+                (state = 'queued' AND published_on < now() - make_interval(secs => $1))
+                OR (state = 'running'
+                    AND started_on < now() - make_interval(secs => $1 + $2)))
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED),
+        u AS (
+            UPDATE task t SET published_on = NULL, state = 'queued'
+            FROM s WHERE t.id = s.id RETURNING t.id)
+        SELECT count(*) FROM u""", float(stale_after), float(timeout), list(served), limit))
