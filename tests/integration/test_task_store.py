@@ -1,0 +1,197 @@
+"""The task store on a real PostgreSQL (``shared.db.tasks``): what makes tasks at least once and
+never doubled. An idempotency key names one task; an attempt is fenced (a stale attempt cannot
+finish, nor retry); a re-run's follow-ups and partials replace, never add; a tree is counted by
+state; lost messages and dead runs are unpublished by the watchdog's query (served kinds only);
+a task past its deliveries is abandoned."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.db import tasks
+from shared.db.tasks import Child
+
+W = "host:1:http"
+
+
+async def published(db: asyncpg.Connection, id: int) -> bool:
+    return bool(await db.fetchval("SELECT published_on IS NOT NULL FROM task WHERE id = $1", id))
+
+
+async def age(db: asyncpg.Connection, id: int, column: str, seconds: float) -> None:
+    await db.execute(f"UPDATE task SET {column} = now() - make_interval(secs => $2) "
+                     "WHERE id = $1", id, seconds)
+
+
+async def test_a_key_names_one_task(db: asyncpg.Connection) -> None:
+    a, created_a = await tasks.create(db, "add", "http", {"a": 1}, "k1")
+    b, created_b = await tasks.create(db, "add", "http", {"a": 2}, "k1")
+    c, created_c = await tasks.create(db, "add", "http", {"a": 1}, None)
+    d, created_d = await tasks.create(db, "add", "http", {"a": 1}, None)
+    assert (a, created_a, created_b) == (b, True, False)
+    assert created_c and created_d and len({a, c, d}) == 3
+    info = await tasks.get(db, a)
+    assert info is not None
+    assert (info.args, info.root_id, info.parent_id, info.state) == ({"a": 1}, a, None, "queued")
+    assert await tasks.get(db, 999_999) is None
+
+
+async def test_claim_publishes_each_due_task_once_and_unclaim_gives_it_back(
+        db: asyncpg.Connection) -> None:
+    a, _ = await tasks.create(db, "add", "http", {}, None)
+    b, _ = await tasks.create(db, "add", "browser", {}, None)
+    async with db.transaction():
+        assert await tasks.claim_unpublished(db, 10) == [(a, "http"), (b, "browser")]
+    async with db.transaction():
+        assert await tasks.claim_unpublished(db, 10) == []
+    await tasks.unclaim(db, [b])
+    async with db.transaction():
+        assert await tasks.claim_unpublished(db, 10) == [(b, "browser")]
+
+
+async def test_a_stale_attempt_cannot_finish(db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "add", "http", {"a": 1, "b": 2}, None)
+    first = await tasks.start(db, id, W, 5)
+    second = await tasks.start(db, id, "other:2:http", 5)  # redelivered: the first one died?
+    assert first is not None and second is not None
+    assert (first.attempt, second.attempt, second.args) == (1, 2, {"a": 1, "b": 2})
+    assert not await tasks.finish(db, id, first.attempt, "succeeded", 3, None, [])
+    assert not await tasks.retry_later(db, id, first.attempt, 5)
+    assert await tasks.finish(db, id, second.attempt, "succeeded", 3, None, [])
+    assert not await tasks.finish(db, id, second.attempt, "failed", None,
+                                  {"type": "X", "message": "", "traceback": ""}, [])
+    assert await tasks.start(db, id, W, 5) is None  # a duplicate message: nothing to run
+    info = await tasks.get(db, id)
+    assert info is not None
+    assert (info.state, info.result, info.error, info.attempts, info.worker) == (
+        "succeeded", 3, None, 2, "other:2:http")
+    assert info.finished_on is not None and info.started_on is not None
+
+
+async def test_a_rerun_inserts_no_duplicate_child(db: asyncpg.Connection) -> None:
+    root, _ = await tasks.create(db, "search", "http", {"page": 1}, "client-key")
+    kids = [Child("search", "http", {"page": 2}, f"{root}/1"),
+            Child("add", "browser", {"a": 1}, "mine")]
+    run = await tasks.start(db, root, W, 5)
+    assert run is not None and run.idem_key == "client-key"
+    # The worker finished, committed, and died before its ack: the task runs again, and its
+    # second attempt enqueues the same follow-ups.
+    assert await tasks.finish(db, root, run.attempt, "succeeded", {"n": 1}, None, kids)
+    await db.execute("UPDATE task SET state = 'running', attempts = 2 WHERE id = $1", root)
+    assert await tasks.finish(db, root, 2, "succeeded", {"n": 1}, None, kids)
+    info = await tasks.get(db, root)
+    assert info is not None and len(info.children) == 2
+    rows = await db.fetch("SELECT name, kind, args::text, idem_key, parent_id, root_id, state "
+                          "FROM task WHERE parent_id = $1 ORDER BY id", root)
+    assert [tuple(r) for r in rows] == [
+        ("search", "http", '{"page": 2}', f"{root}/1", root, root, "queued"),
+        ("add", "browser", '{"a": 1}', "mine", root, root, "queued")]
+    grandchild_parent = info.children[0]
+    run2 = await tasks.start(db, grandchild_parent, W, 5)
+    assert run2 is not None and (run2.root_id, run2.parent_id) == (root, root)
+    assert await tasks.finish(db, grandchild_parent, 1, "succeeded", None, None,
+                              [Child("add", "http", {}, f"{grandchild_parent}/1")])
+    assert await db.fetchval("SELECT root_id FROM task WHERE idem_key = $1",
+                             f"{grandchild_parent}/1") == root
+
+
+async def test_a_failed_attempt_records_the_error_and_no_children(db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "boom", "http", {}, None)
+    run = await tasks.start(db, id, W, 5)
+    assert run is not None
+    error = {"type": "ValueError", "message": "boom", "traceback": "Traceback ...\n"}
+    assert await tasks.finish(db, id, run.attempt, "failed", None, error, [])
+    info = await tasks.get(db, id)
+    assert info is not None and (info.state, info.error, info.children) == ("failed", error, [])
+
+
+async def test_partials_upsert_and_show_under_the_root(db: asyncpg.Connection) -> None:
+    root, _ = await tasks.create(db, "search", "http", {}, None)
+    await tasks.add_partial(db, root, root, 1, {"hits": ["a"]})
+    await tasks.add_partial(db, root, root, 2, {"hits": ["b"]})
+    await tasks.add_partial(db, root, root, 1, {"hits": ["a2"]})  # a re-run's first partial
+    run = await tasks.start(db, root, W, 5)
+    assert run is not None
+    await tasks.finish(db, root, 1, "succeeded", None, None, [Child("search", "http", {}, "c")])
+    child = await db.fetchval("SELECT id FROM task WHERE idem_key = 'c'")
+    await tasks.add_partial(db, child, root, 1, {"hits": ["c"]})
+    root_info, child_info = await tasks.get(db, root), await tasks.get(db, child)
+    assert root_info is not None and child_info is not None
+    assert root_info.partials == [{"hits": ["a2"]}, {"hits": ["b"]}, {"hits": ["c"]}]
+    assert child_info.partials == [{"hits": ["c"]}]
+
+
+async def test_the_tree_counts_its_tasks_by_state(db: asyncpg.Connection) -> None:
+    root, _ = await tasks.create(db, "search", "http", {}, None)
+    other, _ = await tasks.create(db, "search", "http", {}, None)
+    await tasks.start(db, root, W, 5)
+    await tasks.finish(db, root, 1, "succeeded", {"page": 1}, None,
+                       [Child("search", "http", {}, "a"), Child("search", "http", {}, "b")])
+    tree = await tasks.tree(db, root)
+    assert (tree.total, tree.queued, tree.running, tree.succeeded, tree.failed, tree.state) == (
+        3, 2, 0, 1, 0, "running")
+    a, b = [r["id"] for r in await db.fetch(
+        "SELECT id FROM task WHERE idem_key IN ('a', 'b') ORDER BY id")]
+    await tasks.start(db, a, W, 5)
+    await tasks.start(db, b, W, 5)
+    assert (await tasks.tree(db, root)).running == 2
+    await tasks.finish(db, b, 1, "failed", None, {"type": "E", "message": "", "traceback": ""}, [])
+    await tasks.finish(db, a, 1, "succeeded", {"page": 2}, None, [])
+    tree = await tasks.tree(db, root)
+    assert (tree.total, tree.succeeded, tree.failed, tree.state) == (3, 2, 1, "failed")
+    assert tree.results == [(root, {"page": 1}), (a, {"page": 2})]
+    assert (await tasks.tree(db, other)).total == 1
+
+
+async def test_requeue_stale_unpublishes_lost_and_dead_tasks_of_served_kinds(
+        db: asyncpg.Connection) -> None:
+    fresh, _ = await tasks.create(db, "add", "http", {}, None)
+    lost, _ = await tasks.create(db, "add", "http", {}, None)
+    unserved, _ = await tasks.create(db, "add", "browser", {}, None)
+    dead, _ = await tasks.create(db, "add", "http", {}, None)
+    slow, _ = await tasks.create(db, "add", "http", {}, None)
+    never, _ = await tasks.create(db, "add", "http", {}, None)
+    async with db.transaction():
+        await tasks.claim_unpublished(db, 5)  # all but ``never``: claimed, but is it?
+    await db.execute("UPDATE task SET published_on = NULL WHERE id = $1", never)
+    for id in (lost, unserved, dead, slow):
+        await age(db, id, "published_on", 100)
+    for id in (dead, slow):
+        await tasks.start(db, id, W, 5)
+    await age(db, dead, "started_on", 100)
+    await age(db, slow, "started_on", 30)
+    assert await tasks.requeue_stale(db, 50, 20, ["http"], 100) == 2
+    assert [await published(db, i) for i in (fresh, lost, unserved, dead, slow, never)] == [
+        True, False, True, False, True, False]
+    states = dict(await db.fetch("SELECT id, state FROM task"))  # type: ignore[arg-type]
+    assert (states[dead], states[slow], states[lost]) == ("queued", "running", "queued")
+    async with db.transaction():  # published again by the next feeder round
+        assert [i for i, _ in await tasks.claim_unpublished(db, 10)] == [lost, dead, never]
+
+
+async def test_a_task_past_its_deliveries_is_abandoned(db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "slow", "http", {}, None)
+    assert await tasks.start(db, id, W, 2) is not None
+    assert await tasks.start(db, id, W, 2) is not None
+    assert await tasks.start(db, id, W, 2) is None
+    info = await tasks.get(db, id)
+    assert info is not None
+    assert (info.state, info.attempts, info.error) == ("failed", 3, {
+        "type": "TaskAbandoned", "message": "gave up after 2 deliveries", "traceback": ""})
+    assert info.finished_on is not None
+    assert await tasks.start(db, id, W, 2) is None  # stays failed
+
+
+async def test_retry_later_queues_it_again_unpublished_and_due_later(
+        db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "flaky", "http", {}, None)
+    async with db.transaction():
+        await tasks.claim_unpublished(db, 10)
+    run = await tasks.start(db, id, W, 5)
+    assert run is not None
+    assert await tasks.retry_later(db, id, run.attempt, 60)
+    row = await db.fetchrow("SELECT state, published_on, due > now() + interval '50 seconds' "
+                            "AS later FROM task WHERE id = $1", id)
+    assert (row["state"], row["published_on"], row["later"]) == ("queued", None, True)
+    async with db.transaction():
+        assert await tasks.claim_unpublished(db, 10) == []  # not due yet
