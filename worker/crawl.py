@@ -2,7 +2,10 @@
 their hosts in batches (``worker.gate``), and runs each through its job's pipeline
 (``worker.pipeline``: fetch, extract, task, outputs), many at once; finished visits are
 committed in batches (``worker.commit``): one transaction for many pages, acked only after it
-commits."""
+commits. It also runs the tasks of each kind it serves (``worker.taskrun``). Its init
+functions (``worker.init``) run once first: if one raises, the worker takes no work and says
+why (``/readyz``, the worker registry, systemd's status) until it is stopped. Its health
+monitor (``worker.health``) ends it when its error rate or latency passes a threshold."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import bus, ops_http
+from shared import bus, ops_http, sdnotify
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
@@ -29,8 +32,11 @@ from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS, Fetcher
 from worker.fetchers.http import open_session
 from worker.gate import HostGate
+from worker.health import HealthMonitor, WorkerDegraded
 from worker.heartbeat import heartbeat
+from worker.init import run_inits
 from worker.pipeline import JobPlan, JobPlans, Pipeline, Visit
+from worker.taskrun import TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, committer: Committer,
                  gate: HostGate, plans: JobPlans, frontier: Frontier, kind: str = bus.HTTP,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, health: HealthMonitor | None = None) -> None:
         self.settings = settings
         self.kind = kind
         self.frontier = frontier
@@ -53,6 +59,8 @@ class Worker:
         self.plans = plans
         self.slots = asyncio.Semaphore(concurrency or settings.concurrency)
         self.pipeline = Pipeline(settings, pool, gate, frontier, committer, self.slots)
+        if health is not None and health.enabled:
+            self.pipeline.health = health
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot
         self.tasks: set[asyncio.Task[None]] = set()
         self._warned: dict[int, float] = {}  # job id -> when to warn again of not serving it
@@ -184,12 +192,19 @@ class Worker:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the work queue of each fetcher kind in ``settings.served_kinds`` until ``stop``;
-    finish in-flight visits within the shutdown timeout, leave the rest unacked (they are
-    redelivered), and return. A kind with no fetcher is a ConfigError before anything starts."""
+    """Run the init functions, then serve the work queue and the task queue of each fetcher
+    kind in ``settings.served_kinds`` until ``stop``; finish in-flight visits and tasks within
+    the shutdown timeout, leave the rest unacked (they are redelivered), and return. A kind
+    with no fetcher is a ConfigError before anything starts. An init function that raises
+    leaves the worker unhealthy (``_unhealthy``); a degraded worker raises ``WorkerDegraded``
+    once its work in flight is drained."""
     kinds = settings.served_kinds
     fetchers: dict[str, Fetcher] = {k: FETCHERS.create(k, settings, concurrency=n)
                                     for k, n in kinds.items()}
+    init = await run_inits(settings)  # before NATS, PostgreSQL and any work
+    if init.error is not None:
+        await _unhealthy(settings, init.error, stop)
+        return
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
         nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
@@ -200,34 +215,52 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         session = await stack.enter_async_context(open_session(settings))  # robots.txt, sitemaps
         js = nc.jetstream()
         await bus.ensure_streams(js, settings, list(kinds))
+        await bus.ensure_task_streams(js, settings, list(kinds))
         subs = {k: await bus.pull_subscription(js, settings, bus.work_subject(settings, k),
                                                bus.worker_consumer(k)) for k in kinds}
+        task_subs = {k: await bus.pull_subscription(js, settings, bus.task_subject(settings, k),
+                                                    bus.task_consumer(k)) for k in kinds}
         # Last: its processes take a moment to start, and NATS and PostgreSQL come first.
         parser = await stack.enter_async_context(Parser(settings.parse_timeout))
         committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run(), name="committer")
         gate = HostGate(settings, pool, session)
         release_task = asyncio.create_task(gate.run_releases(), name="host releases")
-        plans = JobPlans(settings, parser, fetchers)
+        plans = JobPlans(settings, parser, fetchers, init=init.values, gate=gate)
         frontier = DueFrontier()
-        workers = [Worker(settings, pool, committer, gate, plans, frontier, k, n)
+        health = HealthMonitor(settings)
+        workers = [Worker(settings, pool, committer, gate, plans, frontier, k, n, health)
                    for k, n in kinds.items()]
+        runners = [TaskRunner(settings, pool, gate, fetchers[k], k, init.values, health=health)
+                   for k in kinds]
         log.info("worker ready: %s", ", ".join(
             f"{bus.work_subject(settings, w.kind)} (concurrency {n})"
             for w, n in zip(workers, kinds.values(), strict=True)))
         serves = [asyncio.create_task(w.serve(subs[w.kind], stop), name=f"serve {w.kind}")
                   for w in workers]
-        beat = asyncio.create_task(heartbeat(settings, pool, list(kinds), stop), name="heartbeat")
+        serves += [asyncio.create_task(r.serve(task_subs[k], stop), name=f"tasks {k}")
+                   for r, k in zip(runners, kinds, strict=True)]
+        beat = asyncio.create_task(heartbeat(settings, pool, list(kinds), stop,
+                                             on_beat=sdnotify.watchdog), name="heartbeat")
         idle = asyncio.create_task(plans.run_idle_close(), name="output idle close")
+        watch = asyncio.create_task(health.watch(), name="health")
+        sdnotify.ready()
         try:
-            await bus.supervise([*serves, commit_task, release_task, beat, idle], stop)
+            await bus.supervise([*serves, commit_task, release_task, beat, idle, watch], stop)
+        except RuntimeError as e:
+            if isinstance(e.__cause__, WorkerDegraded):  # logged once by the monitor
+                raise e.__cause__ from None
+            raise
         finally:
+            sdnotify.stopping()
             log.info("worker stopping: finishing %d visits in flight",
                      sum(len(w.tasks) for w in workers))
             await asyncio.wait(serves, timeout=2)
             for s in serves:
                 s.cancel()
-            await asyncio.gather(*(w.drain(settings.shutdown_timeout) for w in workers))
+            watch.cancel()
+            await asyncio.gather(*(w.drain(settings.shutdown_timeout) for w in workers),
+                                 *(r.drain(settings.shutdown_timeout) for r in runners))
             idle.cancel()
             await asyncio.gather(idle, return_exceptions=True)
             await plans.aclose()  # the outputs' open files (tar end blocks ...), each isolated
@@ -237,5 +270,26 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             beat.cancel()
             await asyncio.sleep(0.05)  # let the last host leases go back
             release_task.cancel()
-            await asyncio.gather(*serves, commit_task, release_task, beat,
+            await asyncio.gather(*serves, commit_task, release_task, beat, watch,
                                  return_exceptions=True)
+
+
+async def _unhealthy(settings: Settings, why: str, stop: asyncio.Event) -> None:
+    """A worker whose init failed: it subscribes to nothing, and says why until ``stop``:
+    ``/readyz`` answers 503 with ``why``, its heartbeat serves no kind with ``health`` = why
+    (so its kinds' visits wait for a healthy worker, and ``/workers`` shows it), and systemd
+    hears READY with the status (its watchdog still fed: restarting would fail the same way)."""
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=1, max_size=2))
+        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
+        await stack.enter_async_context(ops_http.serve(
+            settings.metrics_addr, ops_http.readiness(pool, nc, lambda: why)))
+        sdnotify.ready(f"unhealthy: {why}")
+        beat = asyncio.create_task(heartbeat(settings, pool, [], stop, health=why,
+                                             on_beat=sdnotify.watchdog), name="heartbeat")
+        try:
+            await bus.supervise([beat], stop)
+        finally:
+            await asyncio.wait([beat], timeout=2)  # forgets this worker on a clean stop
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)

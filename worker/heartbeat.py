@@ -33,7 +33,7 @@ def version() -> str:
 
 async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str],
                     stop: asyncio.Event, health: str | None = None,
-                    on_beat: Callable[[], None] | None = None) -> None:
+                    on_beat: Callable[[], object] | None = None) -> None:
     """Beat until ``stop`` is set, then forget this process. A PostgreSQL error is logged once
     (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
     worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``.

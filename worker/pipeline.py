@@ -34,12 +34,15 @@ from shared.urls import host_key
 from worker.commit import Committer, Done, Key, describe
 from worker.extractors import EXTRACTORS, ExtractFailed, ExtractLater, Extractor
 from worker.extractors.lanes import Parser
-from worker.fetchers import Fetcher, FetchRequest, Validators
+from worker.fetchers import Fetcher, FetchRequest, HopGate, Validators
 from worker.gate import HostGate, Slot
+from worker.health import HealthMonitor
+from worker.loader import Loader
 from worker.outputs import OUTPUTS, Output
 from worker.outputs.db import close_pools
 from worker.retry import RetryDecision, RetryPolicy
 from worker.sources import SOURCES, Source
+from worker.taskfuncs import PageTask
 from worker.tasks import Context, RetryLater, Task
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,9 @@ class PlanUse:
 @dataclass(frozen=True, slots=True)
 class JobPlan:
     """A job's steps: its fetcher and source, its extractors (the source's links first), its
-    task and outputs, its retry rule, its rule set, whether its outputs need raw answers, and
-    which answers' bodies to read (None: the source's ``wants_body``)."""
+    task and outputs, its retry rule, its rule set, whether its outputs need raw answers,
+    which answers' bodies to read (None: the source's ``wants_body``), and the options its
+    fetcher gets with each request (a browser job's ``browser`` spec; else empty)."""
     job_id: int
     fetcher: Fetcher
     source: Source
@@ -85,24 +89,30 @@ class JobPlan:
     keep_raw: bool
     wants_body: Callable[[int, str | None], bool] | None = None
     use: PlanUse = field(default_factory=PlanUse, compare=False)
+    fetch_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class JobPlans:
     """Each job's plan, resolved once per job per process and kept (the last ``size`` jobs; a
-    job's spec never changes). A default job (links only: rule set 0) needs no query; the
-    others' specs are read in one query per batch that brings new ones. A job this worker
-    cannot serve (an extractor, output or fetcher it does not have) gets the reason instead.
+    job's spec never changes). A default job (links only: rule set 0, fetched over http) needs
+    no query; the others' specs (a browser job's options) are read in one query per batch that
+    brings new ones. ``init`` (the worker's init values) and ``gate`` reach a job's per-page
+    task (``task`` in its spec) and its loader. A job this worker cannot serve (an extractor,
+    output, task or fetcher it does not have) gets the reason instead.
     A plan with outputs (its outputs keep files open, one set per job and process) is kept
     until no visit went through it for ``output_idle_close`` seconds: ``close_idle`` then
     closes its outputs and drops it (the job's next visit builds a new plan, whose outputs open
     new files); ``aclose`` closes the rest when the worker stops."""
 
     def __init__(self, settings: Settings, lanes: Parser, fetchers: Mapping[str, Fetcher],
-                 size: int = 1024) -> None:
+                 size: int = 1024, *, init: Mapping[str, Any] | None = None,
+                 gate: HopGate | None = None) -> None:
         self.settings = settings
         self.lanes = lanes
         self.fetchers = fetchers
         self.size = size
+        self.init: Mapping[str, Any] = init if init is not None else {}
+        self.gate = gate
         self.web = SOURCES.create("web", settings, lanes)
         self._plans: OrderedDict[int, JobPlan | str] = OrderedDict()
         self._saving: dict[int, JobPlan] = {}  # the plans with outputs, not evicted by size
@@ -122,7 +132,7 @@ class JobPlans:
                 out[p.job_id] = plan
             elif (saving := self._saving.get(p.job_id)) is not None:
                 out[p.job_id] = self._keep(p.job_id, saving)
-            elif p.ruleset == 0:
+            elif p.ruleset == 0 and p.fetcher == "http":
                 out[p.job_id] = self._keep(p.job_id, self._build(p, {}))
             else:
                 missing[p.job_id] = p
@@ -204,8 +214,9 @@ class JobPlans:
 
     def _build(self, p: visits.Planned, spec: Mapping[str, Any]) -> JobPlan | str:
         """The job's plan from its stored spec: the source's link extractor, ``follow``
-        (with follow rules or ids), the ``extract`` entries; an output per ``save`` entry;
-        every 2xx body read where the job reads more than HTML (``reads_any_body``)."""
+        (with follow rules or ids), the ``extract`` entries; its per-page ``task``; an output
+        per ``save`` entry; every 2xx body read where the job reads more than HTML
+        (``reads_any_body``); its fetcher's options (``browser``)."""
         kind = p.fetcher
         ruleset = p.ruleset
         outputs: list[Output] = []
@@ -239,15 +250,29 @@ class JobPlans:
                     if url_format:
                         options["urlFormat"] = url_format
                 outputs.append(OUTPUTS.create(save.kind, self.settings, options))
+            task = self._page_task(spec.get("task"), fetcher, source.policy)
         except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
             return f"not served by this worker: {e}"
         except Exception as e:  # a plug-in's factory refusing its options (a bad selector ...)
             log.exception("job %d cannot be served by this worker", p.job_id)
             return f"not served by this worker: {describe(e)}"
-        return JobPlan(p.job_id, fetcher, source, tuple(extractors), None, tuple(outputs),
+        return JobPlan(p.job_id, fetcher, source, tuple(extractors), task, tuple(outputs),
                        source.policy, ruleset, any(o.needs_raw for o in outputs),
-                       any_2xx if reads_any_body(spec) else source.wants_body)
+                       any_2xx if reads_any_body(spec) else source.wants_body,
+                       fetch_options=spec.get("browser") or _NO_OPTIONS)
+
+    def _page_task(self, entry: Any, fetcher: Fetcher, policy: RetryPolicy) -> Task | None:
+        """The job's per-page task (``{"name", "args"}``, or a bare name), None without one;
+        its loader fetches through the gate with the job's fetcher."""
+        if not entry:
+            return None
+        name, args = (entry, {}) if isinstance(entry, str) else (entry["name"],
+                                                                   entry.get("args") or {})
+        if name not in self.settings.tasks:
+            raise ConfigError("task", f"unknown task {name!r} (not in this worker's tasks)")
+        loader = Loader(self.settings, self.gate, fetcher, policy) if self.gate else None
+        return PageTask(self.settings, name, args, self.init, loader)
 
 
 @dataclass(slots=True)
@@ -281,6 +306,7 @@ class Pipeline:
         self.slots = slots
         self.retrying: Counter[str] = Counter()  # hosts with a retry waiting for a slot
         self.beat = settings.ack_wait / 3
+        self.health: HealthMonitor | None = None  # set (``crawl.run``) when its thresholds are on
 
     async def visit(self, v: Visit) -> None:
         """Fetch, extract, run the task and the outputs, and commit one visit (or put it back
@@ -360,7 +386,8 @@ class Pipeline:
         attempt = p.attempts + 1
         validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
         req = FetchRequest(p.url_id, p.url, validators, plan.source.request_headers(p.url),
-                           plan.wants_body or plan.source.wants_body, plan.keep_raw, plan.policy)
+                           plan.wants_body or plan.source.wants_body, plan.keep_raw, plan.policy,
+                           plan.fetch_options)
         while True:
             answer = await self._request(v, req, slot, attempt)
             if answer is None:
@@ -501,7 +528,10 @@ class Pipeline:
                 log.exception("fetcher %s raised fetching %s", fetcher.kind, req.url)
             page = FetchedPage(req.url_id, None, None, f"fetcher error: {describe(e)}",
                                cacheable=False)
-        metrics.FETCH_SECONDS.labels(fetcher.kind).observe(time.monotonic() - start)
+        took = time.monotonic() - start
+        metrics.FETCH_SECONDS.labels(fetcher.kind).observe(took)
+        if self.health is not None:  # no answer, and not the page's own fault (a 404)
+            self.health.record(fetcher.kind, page.status is None and not page.permanent, took)
         if page.body is not None:  # retries' bytes count too: they were fetched
             metrics.FETCH_BYTES.labels(fetcher.kind).inc(len(page.body))
         if fetcher.kind != "http":
@@ -563,6 +593,7 @@ class Pipeline:
 
 
 _NOTHING = Extraction()
+_NO_OPTIONS: Mapping[str, Any] = {}
 
 
 def any_2xx(status: int, mime: str | None) -> bool:
