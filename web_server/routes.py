@@ -24,6 +24,7 @@ from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
 from web_server import eta, exports
+from web_server import tasks as task_api
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
 from web_server.live import LIVE, WINDOW, LiveHub, Rates
@@ -436,12 +437,14 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
 
 
 async def workers_list(request: web.Request) -> web.Response:
-    """The live worker processes (seen within ``workerTimeout``), longest running first."""
+    """The live worker processes (seen within ``workerTimeout``), longest running first;
+    ``health`` null, or why the worker takes no work (a failed init function)."""
     async with request.app[DEPS].acquire() as conn:
         live = await workers.live_workers(conn, request.app[SETTINGS].worker_timeout)
     return json_response({"workers": [
         {"id": str(w.id), "kinds": w.kinds, "hostname": w.hostname, "pid": w.pid,
-         "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on)}
+         "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on),
+         "health": w.health}
         for w in live]})
 
 
@@ -559,6 +562,7 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_patch(base + "/jobs/{job_id}", job_patch)
     app.router.add_post(base + "/jobs/{job_id}/pause", job_pause)
     app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
+    task_api.add_routes(app, base)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)
     # The OpenAPI document and the dashboard (E5: web_server/openapi.json, web_server/ui/).

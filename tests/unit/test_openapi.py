@@ -31,7 +31,8 @@ def router_operations() -> set[tuple[str, str]]:
         if path is None or path.startswith("/ui"):  # the dashboard's static files and its page
             continue
         if route.method.lower() in METHODS:  # the spec names the path parameter as api.md does
-            ops.add((path.replace("{job_id}", "{jobId}"), route.method.lower()))
+            ops.add((path.replace("{job_id}", "{jobId}").replace("{task_id}", "{taskId}"),
+                     route.method.lower()))
     return ops
 
 
@@ -72,7 +73,8 @@ def test_spec_is_true_under_another_root_path() -> None:
         path = info.get("path") or info.get("formatter")
         if path is None or route.method.lower() not in METHODS or "/ui" in path:
             continue
-        routes.add((path.replace("{job_id}", "{jobId}"), route.method.lower()))
+        routes.add((path.replace("{job_id}", "{jobId}").replace("{task_id}", "{taskId}"),
+                    route.method.lower()))
     expected = set()
     for path, item in served["paths"].items():
         server = item.get("servers", served["servers"])[0]["url"].rstrip("/")
