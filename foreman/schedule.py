@@ -1,7 +1,8 @@
 """The foreman: decides for each queued visit whether to answer it from the store (cached, a type
 never fetched, or a page to expand again) or to forward it to the workers of its job's fetcher
 kind (each kind its own work queue, ``bus.work_subject``); feeds pending visits
-from PostgreSQL to the URL queue as it has room; and watches for work that never finishes."""
+from PostgreSQL to the URL queue as it has room, and queued tasks to their kinds' task queues
+(``foreman.tasks``); and watches for work (visits, tasks) that never finishes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from nats.js import JetStreamContext
 from foreman import webhooks
 from foreman.feeder import feed
 from foreman.housekeeping import housekeeping
+from foreman.tasks import task_feeder, task_watch_once
 from shared import bus, metrics, ops_http
 from shared.bus import Settle, Verdict
 from shared.config import Settings
@@ -218,11 +220,13 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
 async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
                    stop: asyncio.Event) -> None:
     """Re-publish visits whose message was lost or gave up (MaxDeliver); after ``max_requeues``
-    such rounds, record the visit as failed so its job still completes."""
+    such rounds, record the visit as failed so its job still completes. Tasks likewise
+    (``task_watch_once``), with no limit: a task runs at least once."""
     while not stop.is_set():
         await _sleep_unless(stop, settings.watchdog_interval)
         try:
             await watch_once(settings, pool, frontier)
+            await task_watch_once(settings, pool)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("watchdog: %s", e)
 
@@ -286,6 +290,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                                                        ops_http.readiness(pool, nc)))
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
+        await bus.ensure_task_streams(js, settings)
         frontier = DueFrontier()  # the feeder's, the watchdog's and the foreman's
         foreman = Foreman(settings, pool, js, frontier)
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
@@ -296,6 +301,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                  for i, sub in enumerate(subs)]
         tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop),
                                          name="feeder"))
+        tasks.append(asyncio.create_task(task_feeder(settings, pool, js, stop),
+                                         name="task feeder"))
         tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop),
                                          name="watchdog"))
         tasks.append(asyncio.create_task(housekeeping(settings, pool, stop),
