@@ -1,0 +1,217 @@
+"""The browser fetcher (worker/fetchers/browser.py) in real headless Chromium (Debian's
+/usr/bin/chromium, through its executable path): one fetcher with 2 tabs for the module.
+Rendered links, wait conditions, resource blocking, stealth, stateless visits, a navigation
+to another host through the gate, the rendered WARC answer, and recovery: a hung page
+relaunches the browser once however many hang together, a killed browser is relaunched, a
+leased page held too long is reclaimed. Never skipped: without chromium it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.robots import BLOCKED
+from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
+from worker.fetchers import FetchRequest
+from worker.fetchers.browser import BrowserFetcher
+from worker.fetchers.http import HttpFetcher, html_2xx
+from worker.retry import RetryPolicy
+
+pytestmark = pytest.mark.timeout(120)
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) {} Safari/537.36"
+POOL = (UA.format("HeadlessChrome/156.0.0.0"), UA.format("Chrome/156.0.0.0"))
+SETTINGS = Settings(connect_timeout=2, read_timeout=5, browser_path=CHROMIUM,
+                    browser_page_lease=0.5, user_agents=POOL, retries=1)
+POLICY = RetryPolicy.from_settings(SETTINGS)
+
+
+def request(url: str, options: Mapping[str, Any] | None = None, *,
+            keep_raw: bool = False) -> FetchRequest:
+    return FetchRequest(1, url, None, {}, html_2xx, keep_raw, POLICY, options or {})
+
+
+@pytest.fixture(scope="module")
+async def site() -> AsyncIterator[JsSite]:
+    s = await JsSite(pages=7).start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[BrowserFetcher]:
+    require_chromium()
+    async with BrowserFetcher(SETTINGS, concurrency=2) as fetcher:
+        yield fetcher
+
+
+async def until(check: Any, timeout: float = 15, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def test_the_browser_finds_the_links_a_script_builds(site: JsSite,
+                                                           browser: BrowserFetcher) -> None:
+    async with HttpFetcher(SETTINGS) as http:
+        plain = await http.fetch(request(site.url(0)), None)
+    assert plain.status == 200 and plain.body is not None
+    assert anchors(plain.body) == []  # as served, the page has no <a>
+    page = await browser.fetch(request(site.url(0)), None)
+    assert (page.status, page.error, page.fetcher, page.mime) == (200, None, "browser",
+                                                                  "text/html")
+    assert page.body is not None and page.charset == "utf-8" and page.cacheable
+    assert [site.base + h for h in anchors(page.body)] == site.links(0)
+    missing = await browser.fetch(request(site.base + "/p/99"), None)
+    assert (missing.status, missing.error, missing.body) == (404, "HTTP 404 Not Found", None)
+
+
+async def test_wait_conditions_see_a_late_link(site: JsSite, browser: BrowserFetcher) -> None:
+    early = await browser.fetch(request(site.base + "/late", {"wait": "domcontentloaded"}),
+                                None)
+    assert early.body is not None and anchors(early.body) == []
+    by_selector = await browser.fetch(request(site.base + "/late", {"selector": "a#late"}), None)
+    assert by_selector.body is not None and anchors(by_selector.body) == ["/p/1"]
+    by_time = await browser.fetch(request(site.base + "/late", {"waitMs": 600}), None)
+    assert by_time.body is not None and anchors(by_time.body) == ["/p/1"]
+
+
+async def test_images_are_blocked_by_default(site: JsSite, browser: BrowserFetcher) -> None:
+    site.hits["/pixel.png"] = 0
+    page = await browser.fetch(request(site.base + "/img"), None)
+    assert page.status == 200 and site.hits["/pixel.png"] == 0
+    page = await browser.fetch(request(site.base + "/img", {"block": []}), None)
+    assert page.status == 200 and site.hits["/pixel.png"] == 1
+
+
+async def test_stealth_is_opt_in(site: JsSite, browser: BrowserFetcher) -> None:
+    plain = await browser.fetch(request(site.base + "/probe"), None)
+    assert plain.body is not None
+    seen = probe(plain.body)
+    assert seen["ua"] == SETTINGS.user_agent and seen["webdriver"] is True  # says what it is
+    hidden = await browser.fetch(request(site.base + "/probe", {"stealth": True}), None)
+    assert hidden.body is not None
+    seen = probe(hidden.body)
+    assert not seen["webdriver"] and seen["chrome"] is True
+    assert seen["languages"] == ["en-US", "en"] and seen["plugins"] > 0
+    assert seen["ua"] == POOL[1] and "HeadlessChrome" not in seen["ua"]
+    again = await browser.fetch(request(site.base + "/probe"), None)  # the flip back
+    assert again.body is not None and probe(again.body)["ua"] == SETTINGS.user_agent
+
+
+async def test_a_visit_starts_without_cookies(site: JsSite, browser: BrowserFetcher) -> None:
+    site.cookies.clear()
+    first = await browser.fetch(request(site.base + "/set-cookie"), None)
+    assert first.status == 200
+    assert site.cookies["/cookie.js"] == ["sid=42"]  # the page's own request had it
+    second = await browser.fetch(request(site.base + "/echo-cookie"), None)
+    assert second.body is not None and '<pre id="cookie">[]</pre>' in second.body.decode()
+    assert site.cookies["/echo-cookie"] == [""]
+
+
+class RefusingGate:
+    """A gate that refuses every URL under ``prefix`` (as robots.txt would) and records
+    what it was asked."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.asked: list[tuple[str, bool]] = []
+
+    async def admit_hop(self, url: str, slot: bool, deadline: float) -> Any:
+        self.asked.append((url, slot))
+        return BLOCKED if url.startswith(self.prefix) else None
+
+    def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None:
+        raise AssertionError("no slot was given")
+
+    def give_back(self, slot: Any) -> None:
+        raise AssertionError("no slot was given")
+
+
+async def test_a_script_navigation_to_another_host_goes_through_the_gate(
+        site: JsSite, browser: BrowserFetcher) -> None:
+    other = site.base.replace("127.0.0.1", "localhost")
+    site.hits["/p/2"] = 0
+    gate = RefusingGate(other + "/p/2")
+    page = await browser.fetch(request(f"{site.base}/jump?to={other}/p/2"), gate)
+    assert page.error == f"redirect to {other}/p/2: {BLOCKED}", page
+    assert page.permanent and site.hits["/p/2"] == 0
+    assert gate.asked == [(f"{other}/p/2", False)]
+    allowed = await browser.fetch(request(f"{site.base}/jump?to={other}/p/1"), gate)
+    assert allowed.error is None and allowed.final_url == f"{other}/p/1"
+    assert allowed.body is not None and "/p/3" in anchors(allowed.body)
+
+
+async def test_the_raw_answer_holds_the_rendered_page(site: JsSite,
+                                                      browser: BrowserFetcher) -> None:
+    page = await browser.fetch(request(site.url(0), keep_raw=True), None)
+    assert page.raw is not None and page.body is not None
+    assert page.raw.status_line == b"HTTP/1.1 200 OK"
+    assert page.raw.body == page.body and b'<a href="/p/1">' in page.raw.body
+    headers = {k.lower(): v for k, v in page.raw.headers}
+    assert headers[b"content-length"] == str(len(page.body)).encode()
+    assert b"content-encoding" not in headers
+    assert any(k.lower() == "user-agent" for k, _ in page.raw.request_headers)
+
+
+async def test_a_hung_page_times_out_and_relaunches_the_browser_once(
+        site: JsSite, browser: BrowserFetcher) -> None:
+    before = browser.relaunches
+    pids = chromium_pids()
+    page = await browser.fetch(request(site.base + "/hang", {"timeout": 1}), None)
+    assert page.status is None and page.error is not None
+    assert page.error.startswith("timeout after 1s") and "relaunched" in page.error
+    assert POLICY.retryable(page)
+    assert browser.relaunches == before + 1
+    ok = await browser.fetch(request(site.url(1)), None)
+    assert ok.status == 200 and ok.body is not None and anchors(ok.body)
+    await until(lambda: not (chromium_pids() & pids), what="the old browser closed")
+    # Four hanging at once (two tabs): one relaunch.
+    pages = await asyncio.gather(*(browser.fetch(request(site.base + f"/hang?{i}",
+                                                         {"timeout": 1}), None)
+                                   for i in range(4)))
+    assert all(p.error and p.error.startswith("timeout") for p in pages), pages
+    assert browser.relaunches == before + 2
+    assert (await browser.fetch(request(site.url(2)), None)).status == 200
+
+
+async def test_a_killed_browser_is_relaunched(site: JsSite, browser: BrowserFetcher) -> None:
+    before = browser.relaunches
+    (pid,) = chromium_pids()
+    site.hits["/hang?kill"] = 0
+    inflight = asyncio.create_task(browser.fetch(request(site.base + "/hang?kill",
+                                                         {"timeout": 10}), None))
+    await until(lambda: site.hits["/hang?kill"] > 0, what="the hanging request")
+    os.kill(pid, signal.SIGKILL)
+    page = await asyncio.wait_for(inflight, 15)
+    assert page.status is None and page.error is not None and POLICY.retryable(page)
+    assert not page.error.startswith("timeout"), page.error  # seen at once, not at 10 s
+    nxt = await browser.fetch(request(site.url(3)), None)
+    assert nxt.status == 200 and nxt.error is None
+    assert browser.relaunches == before + 1
+    assert pid not in chromium_pids()
+
+
+async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
+                                                   browser: BrowserFetcher) -> None:
+    async with browser.lease() as one, browser.lease() as two:  # both tabs
+        await one.goto(site.url(4))
+        # Every slot is leased: a fetch gets one only once the leases (0.5 s) are reclaimed.
+        page = await browser.fetch(request(site.url(5), {"timeout": 8}), None)
+        assert page.status == 200, page
+        assert one.is_closed() and two.is_closed()
+        with pytest.raises(Exception, match="closed"):
+            await one.goto(site.url(6))
+    # Given back after its reclaim, a lease frees nothing twice: two fetches still share 2 tabs.
+    pages = await asyncio.gather(*(browser.fetch(request(site.url(i)), None) for i in (1, 2)))
+    assert [p.status for p in pages] == [200, 200]
+    assert browser._slots._value == 2  # no slot released twice
