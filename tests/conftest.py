@@ -73,7 +73,8 @@ async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
 def settings(database_url: str, nats_server: EmbeddedNats) -> Settings:
     n = database_url.rsplit("/", 1)[1]
     return Settings(database_url=database_url, nats_url=nats_server.url,
-                    url_topic=f"{n}.url", work_topic=f"{n}.work", http_addr="127.0.0.1:0",
+                    url_topic=f"{n}.url", work_topic=f"{n}.work", task_topic=f"{n}.task",
+                    http_addr="127.0.0.1:0",
                     batch_wait=0.005, concurrency=16, connect_timeout=2, read_timeout=5,
                     ack_wait=30, shutdown_timeout=5, retries=2, retry_base=0.05,
                     feed_interval=0.005, host_concurrency=16, host_delay=0.0, robots=False,
