@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench lint clean browser
+.PHONY: run test install bench bench-browser lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ browser:
 	  { echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (tests/e2e/test_dashboard.py drives /usr/bin/chromium)"; exit 1; }
 
 bench: $(STAMP)
-	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || $(BIN)/pip install --quiet -e '.[embedded,bench]'
+	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench $(ARGS)
+
+# Harvester's browser workers against Crawlee's PlaywrightCrawler on a JavaScript site, both on
+# Debian's /usr/bin/chromium (bench/README.md); no browser download (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD)
+bench-browser: $(STAMP) browser
+	$(BIN)/python -c "import scrapy, psutil, crawlee" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[embedded,bench]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m bench --systems harvester-browser,crawlee $(ARGS)
 
 # ruff over the whole tree, mypy --strict over the tiers, shared/ and harvester_ops/ (pyproject.toml); any finding fails
 lint: $(STAMP)

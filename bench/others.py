@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +16,27 @@ from bench.site import Site
 from shared.urls import canonicalize
 
 REPO = Path(__file__).resolve().parent.parent
+# As in pyproject.toml's bench extra. Installing it into .venv changed no installed version
+# (pip install --dry-run --report, 1.11.0 with playwright 1.65, pydantic 2.14); if a later pin
+# would, drop it from the extra: the bench then builds its own venv (crawlee_python).
+CRAWLEE = "crawlee[playwright]==1.11.0"
+
+
+def crawlee_python(out: Path) -> str:
+    """An interpreter that has crawlee: this one if it has, else ``out/crawlee-venv``'s,
+    created on first use (no browser is downloaded: Chromium is Debian's, by its path)."""
+    if importlib.util.find_spec("crawlee") is not None:
+        return sys.executable
+    venv = out / "crawlee-venv"
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import crawlee, psutil"],
+                                          capture_output=True, check=False).returncode == 0:
+        return str(python)
+    print(f"bench: crawlee is not installed here; installing {CRAWLEE} into {venv}", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", CRAWLEE, "psutil"], check=True,
+                   env=dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1"))
+    return str(python)
 
 
 def _run_measured(args: list[str], log: Path, timeout: float) -> tuple[dict, TreeMonitor, float, dict]:
@@ -132,4 +154,45 @@ def run_ceiling(site: Site, out: Path, label: str, concurrency: int, timeout: fl
     result["valid"] = ok == len(site.expected) and int(statuses.get("404", 0)) == len(site.missing)
     if not result["valid"]:
         result["error"] = f"statuses {statuses}"
+    return result
+
+
+def run_crawlee(site: Site, out: Path, label: str, pages: int, timeout: float,
+                chromium: str = "/usr/bin/chromium",
+                python: str | None = None) -> dict[str, object]:
+    """Crawlee's PlaywrightCrawler (``bench/crawlee_crawl.py``) over the JavaScript site, with
+    ``pages`` browser pages at once on ``chromium``; ``python``: the interpreter that has
+    crawlee (``.venv``'s, or ``bench/out/crawlee-venv``'s)."""
+    feed = out / f"crawlee-{label}.jsonl"
+    feed.unlink(missing_ok=True)
+    args = [python or sys.executable, "-m", "bench.crawlee_crawl", "--start", site.start_url,
+            "--max-depth", str(site.scrapy_depth_limit), "--pages", str(pages),
+            "--chromium", chromium, "--out", str(feed)]
+    info, monitor, wall_process, usage = _run_measured(args, out / f"crawlee-{label}.log",
+                                                       timeout)
+    result: dict[str, object] = {"system": "crawlee", "label": label, "valid": False,
+                                 "max_crawl_depth": site.scrapy_depth_limit,
+                                 "browser_pages": pages, "wall_process": wall_process, **usage,
+                                 **monitor.memory(), **info}
+    # The psutil sampler over the whole process tree (Chromium included), for the whole
+    # process's life: an upper bound that cross-checks the crawler's own figure.
+    if monitor.start_snap is not None:
+        result["cpu_sampled"] = round(monitor.cpu_sampled(), 2)
+    if "error" in info or "wall" not in info:
+        result.setdefault("error", "no timing from the crawler")
+        result["found"] = 0
+        return result
+    found: set[str] = set()
+    links = 0
+    if feed.exists():
+        with open(feed) as f:
+            for line in f:
+                item = json.loads(line)
+                found.add(canonicalize(item["url"]))
+                links += len(item["links"])
+    missing = [u for u in site.expected if u not in found]
+    result.update({"found": len(site.expected) - len(missing), "links": links,
+                   "missing_sample": missing[:5], "valid": not missing})
+    if missing:
+        result["error"] = f"{len(missing)} expected pages missing from the feed"
     return result

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import psutil
 
 KINDS = ("up", "web_server", "foreman", "worker", "postgres", "nats-server", "scrapy",
-         "ceiling", "nginx", "other")
+         "ceiling", "nginx", "chromium", "playwright", "crawlee", "other")
 
 
 def kind_of(p: psutil.Process) -> str:
@@ -37,6 +37,12 @@ def kind_of(p: psutil.Process) -> str:
         return "nats-server"
     if name.startswith("nginx"):
         return "nginx"
+    if name.startswith(("chromium", "chrome")) or (cmd and "chromium" in cmd[0]):
+        return "chromium"  # the browser and its renderer, GPU and utility processes
+    if "run-driver" in joined:
+        return "playwright"  # Playwright's driver (node), between Python and Chromium
+    if "bench.crawlee_crawl" in joined:
+        return "crawlee"
     for mod in ("web_server", "foreman", "worker"):
         if f"-m {mod}" in joined or f"harvester {mod.replace('_', '-')}" in joined:
             return mod

@@ -29,6 +29,9 @@ def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
         "errors": sorted({r["error"] for r in runs if r.get("error")}),
         "workers": first.get("workers"), "foremen": first.get("foremen"),
         "variant": first.get("variant", "plain"),
+        "browser_workers": first.get("browser_workers"),
+        "browser_pages": first.get("browser_pages"),
+        "cpu_sampled": _median([r.get("cpu_sampled") for r in use]),
         "saved_mb": _median([r.get("saved_mb") for r in use]),
     }
     kinds = sorted({k for r in use for k in (r.get("peak_rss_mb") or {})})
@@ -46,7 +49,15 @@ def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
 def rss_text(s: dict[str, Any]) -> str:
     """Peak RSS per process, in MB."""
     rss, totals = s["peak_rss_mb"], s["peak_kind_total_mb"]
-    if s["system"] == "harvester":
+    if s["system"] == "crawlee":
+        parts = [f"crawlee {rss.get('crawlee', 0):.0f}"]
+        for kind in ("playwright", "chromium"):
+            if kind in totals:
+                parts.append(f"{kind} {totals[kind]:.0f} total")
+        if s.get("peak_total_rss_mb"):
+            parts.append(f"all {s['peak_total_rss_mb']:.0f}")
+        return ", ".join(parts)
+    if s["system"] in ("harvester", "harvester-browser"):
         parts = []
         for kind, name in (("web_server", "web"), ("foreman", "foreman"), ("worker", "worker")):
             if kind in rss:
@@ -55,6 +66,9 @@ def rss_text(s: dict[str, Any]) -> str:
             pss = s.get("postgres_pss_total_mb")
             parts.append(f"postgres {totals['postgres']:.0f} total"
                          + (f" (PSS {pss:.0f})" if pss else ""))
+        for kind in ("playwright", "chromium"):
+            if kind in totals:
+                parts.append(f"{kind} {totals[kind]:.0f} total")
         if "nats-server" in rss:
             parts.append(f"nats {rss['nats-server']:.0f}")
         if "up" in rss:
@@ -79,6 +93,11 @@ def table(summaries: list[dict[str, Any]]) -> str:
         if s["system"] == "harvester":
             name += f" ({s['workers']} worker{'s' if s['workers'] != 1 else ''}"
             name += f", {s['foremen']} foremen)" if s["foremen"] != 1 else ")"
+        elif s["system"] == "harvester-browser":
+            name += (f" ({s['browser_workers']} browser worker"
+                     f"{'s' if s['browser_workers'] != 1 else ''} × {s['browser_pages']} tabs)")
+        elif s["system"] == "crawlee":
+            name += f" ({s['browser_pages']} pages)"
         if not s["valid_runs"]:
             name += " **INVALID**"
         found = f"{s['found']:,} / {s['expected']:,}"
@@ -99,6 +118,33 @@ def ratios(by: dict[str, dict[str, Any]]) -> list[str]:
         speed = h["pages_per_s"] / o["pages_per_s"]
         cpu = h["cpu_per_1000"] / o["cpu_per_1000"]
         out.append(f"* Harvester / {other}: pages/s × **{speed:.3g}**, CPU per page × **{cpu:.3g}**")
+    return out
+
+
+def browser_ratios(by: dict[str, dict[str, Any]], runs: list[Run]) -> list[str]:
+    """Harvester's browser workers against Crawlee's PlaywrightCrawler on the JavaScript site
+    (issue 12's target: pages/s × ≥ 1 at CPU per page × ≤ 1): the medians' ratio, then each
+    repeat's (the runs of one repeat ran back to back)."""
+    h, c = by.get("harvester-browser"), by.get("crawlee")
+    if not h or not c or not h["pages_per_s"] or not c["pages_per_s"]:
+        return []
+    speed = h["pages_per_s"] / c["pages_per_s"]
+    cpu = h["cpu_per_1000"] / c["cpu_per_1000"]
+    met = "met" if speed >= 1 and cpu <= 1 else "**missed**"
+    out = [(f"* Harvester browser / Crawlee: pages/s × **{speed:.3g}**, CPU per page × "
+            f"**{cpu:.3g}** (target × ≥ 1 at × ≤ 1: {met})")]
+    pairs = []
+    for rep in sorted({r.get("repeat", 1) for r in runs}):
+        hr = [r for r in runs if r["system"] == "harvester-browser" and r.get("valid")
+              and r.get("repeat", 1) == rep]
+        cr = [r for r in runs if r["system"] == "crawlee" and r.get("valid")
+              and r.get("repeat", 1) == rep]
+        if hr and cr and hr[0].get("wall") and cr[0].get("wall") and cr[0].get("cpu"):
+            hs, cs = hr[0], cr[0]
+            pairs.append(f"r{rep}: pages/s × {cs['wall'] / hs['wall']:.3g}, CPU/page × "
+                         f"{hs['cpu'] / cs['cpu']:.3g}")
+    if len(pairs) > 1:
+        out.append("* per repeat: " + "; ".join(pairs))
     return out
 
 
