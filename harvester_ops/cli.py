@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import runpy
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("-config", "--config", dest="config")
     u.add_argument("-addr", "--addr", dest="addr", default="127.0.0.1:8080")
     u.add_argument("--data-dir", type=Path, default=Path(".harvester"))
-    u.add_argument("--workers", type=int, default=2)
+    u.add_argument("--workers", type=int, default=2, help="http worker processes")
+    u.add_argument("--browser-workers", type=int, default=0,
+                   help="browser worker processes (one Chromium each; needs browserPath, "
+                        "make browser installs Debian's chromium)")
+    u.add_argument("--browser-pages", type=int, default=4,
+                   help="tabs (pages fetched at once) in each browser worker's Chromium")
     u.add_argument("-log-level", "--log-level", dest="log_level", default=None,
                    help="DEBUG, INFO, WARNING or ERROR, for every tier; overrides logLevel")
     u.add_argument("-log-format", "--log-format", dest="log_format", default=None,
@@ -56,16 +62,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "up":
         from harvester_ops.supervisor import up
-        if args.workers < 1:
-            p.error("--workers must be at least 1")
+        if args.workers < 0 or args.browser_workers < 0 or args.browser_pages < 1:
+            p.error("--workers and --browser-workers must be at least 0, --browser-pages 1")
+        if args.workers + args.browser_workers < 1:
+            p.error("--workers must be at least 1 (or --browser-workers at least 1)")
         try:  # fail now, not in every tier after the servers start
             settings = load_settings(args.config, http_addr=args.addr, log_level=args.log_level)
         except ConfigError as e:
             print(f"harvester up: config error: {e}", file=sys.stderr)
             return 2
+        path = settings.browser_path
+        if args.browser_workers and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            print(f"harvester up: no Chromium at {path} (browserPath, HARVESTER_BROWSER_PATH): "
+                  "run make browser (Debian's chromium) or set browserPath", file=sys.stderr)
+            return 2
         logging.getLogger().setLevel(settings.log_level)
+        kinds = settings.fetcher_kinds
+        if args.browser_workers and "browser" not in kinds:
+            kinds = (*kinds, "browser")
         return up(args.config, args.addr, args.data_dir, args.workers, args.log_level,
-                  args.log_format, args.metrics_port_base)
+                  args.log_format, args.metrics_port_base, browser_workers=args.browser_workers,
+                  browser_pages=args.browser_pages, fetcher_kinds=kinds)
     if args.command == "migrate":
         return _migrate(args.config, args.revision)
     if args.command == "demo-site":

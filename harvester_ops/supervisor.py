@@ -1,10 +1,12 @@
 """``harvester up``: the whole service on one machine, on the embedded PostgreSQL and NATS.
 
 Starts PostgreSQL and nats-server from their pip-installed binaries (data under ``--data-dir``,
-kept across runs), migrates, then runs the web server, the foreman and N workers, each its own
-process. It says it is up once the web server answers ``/healthz`` with every tier still
-running; a tier that exits before that (its port taken, say) stops everything, exit status 1.
-After that it restarts any tier that dies. SIGINT/SIGTERM stops the tiers (gracefully: SIGTERM,
+kept across runs), migrates, then runs the web server, the foreman, N http workers and M
+browser workers (``-kind browser=P``: one Chromium with P tabs each), each its own process. It
+says it is up once the web server answers ``/healthz`` with every tier still running; a tier
+that exits before that (its port taken, say) stops everything, exit status 1. After that it
+restarts any tier or worker that dies (a crash, kill -9, a worker exiting degraded), with a
+backoff while it dies right after starting; its in-flight work is redelivered. SIGINT/SIGTERM stops the tiers (gracefully: SIGTERM,
 then a wait), then NATS and PostgreSQL; nothing is left behind.
 """
 
@@ -19,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +82,10 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 def up(config: str | None, addr: str, data_dir: Path, workers: int,
        log_level: str | None = None, log_format: str | None = None,
-       metrics_port_base: int = 0) -> int:
+       metrics_port_base: int = 0, *, browser_workers: int = 0, browser_pages: int = 4,
+       fetcher_kinds: Sequence[str] = ()) -> int:
+    """Run everything until SIGINT/SIGTERM. ``fetcher_kinds`` (the config's, plus browser
+    with browser workers) reaches every tier as ``HARVESTER_FETCHER_KINDS``."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -100,6 +106,8 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
         nats.start()
         env = dict(os.environ, HARVESTER_DATABASE_URL=pg.local_dsn_for(DATABASE),
                    HARVESTER_NATS_URL=nats.url)
+        if fetcher_kinds:
+            env["HARVESTER_FETCHER_KINDS"] = ",".join(fetcher_kinds)
         cfg = ["-config", config] if config else []
         cfg += ["-log-level", log_level] if log_level else []
         cfg += ["-log-format", log_format] if log_format else []
@@ -112,12 +120,18 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
                     Child("foreman", [py, "-m", "foreman", *cfg, *ops(0)])]
         children += [Child(f"worker-{i + 1}", [py, "-m", "worker", *cfg, *ops(i + 1)])
                      for i in range(workers)]
+        children += [Child(f"browser-worker-{i + 1}",
+                           [py, "-m", "worker", *cfg, "-kind", f"browser={browser_pages}",
+                            *ops(workers + i + 1)])
+                     for i in range(browser_workers)]
         for c in children:
             c.start(env)
         base = _local_base(addr)
         _await_start(children, base + "/healthz")
         print(f"Harvester is up: {base}/  (PostgreSQL {pg.dsn_for(DATABASE)}, "
-              f"NATS {nats.url}, {workers} workers). Ctrl-C stops it.", flush=True)
+              f"NATS {nats.url}, {workers} workers"
+              + (f", {browser_workers} browser workers" if browser_workers else "")
+              + "). Ctrl-C stops it.", flush=True)
         _supervise(children, env)
     except Stop:
         pass
