@@ -23,7 +23,7 @@ async def fetch_title(url: str, loader: Any) -> str:
     page = await loader.fetch(url)
     if page.error is not None:
         raise RuntimeError(f"{url}: {page.error}")
-    m = re.search(r"<title>(.*?)</title>", page.text, re.S | re.I)
+    m = re.search(r"<title>(.*?)</title>", page.text, re.DOTALL | re.IGNORECASE)
     return m.group(1).strip() if m else ""
 
 
@@ -67,7 +67,7 @@ def _log(line: str) -> None:
 
 
 def page_title(page: Any) -> dict[str, Any]:
-    m = re.search(r"<title>(.*?)</title>", page.text, re.S | re.I)
+    m = re.search(r"<title>(.*?)</title>", page.text, re.DOTALL | re.IGNORECASE)
     return {"title": m.group(1).strip() if m else None, "links": len(page.links)}
 
 

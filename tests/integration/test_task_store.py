@@ -163,7 +163,7 @@ async def test_requeue_stale_unpublishes_lost_and_dead_tasks_of_served_kinds(
     assert await tasks.requeue_stale(db, 50, 20, ["http"], 100) == 2
     assert [await published(db, i) for i in (fresh, lost, unserved, dead, slow, never)] == [
         True, False, True, False, True, False]
-    states = dict(await db.fetch("SELECT id, state FROM task"))  # type: ignore[arg-type]
+    states = dict(await db.fetch("SELECT id, state FROM task"))
     assert (states[dead], states[slow], states[lost]) == ("queued", "running", "queued")
     async with db.transaction():  # published again by the next feeder round
         assert [i for i, _ in await tasks.claim_unpublished(db, 10)] == [lost, dead, never]
