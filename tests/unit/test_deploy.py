@@ -211,7 +211,20 @@ def test_dockerfile_base_user_entrypoint() -> None:
     cmd = json.loads(dict(ins)["CMD"])
     assert cmd[0] == "web-server" and config_path_in_repo(config_arg(cmd)).is_file()
     runs = " ".join(args for word, args in ins if word == "RUN")
-    assert "pip install --no-cache-dir ." in runs
+    assert 'pip install --no-cache-dir ".[browser]"' in runs  # playwright: no browser download
+
+
+def test_dockerfile_installs_debian_chromium_on_request() -> None:
+    """``--build-arg BROWSER=1`` adds Debian's chromium (the path browser workers use); the
+    default image stays without it."""
+    ins = dockerfile_instructions()
+    assert ("ARG", "BROWSER=0") in ins
+    runs = [args for word, args in ins if word == "RUN"]
+    assert any('"$BROWSER" = "1"' in r and "apt-get install -y --no-install-recommends "
+               "chromium" in r for r in runs), runs
+    env = " ".join(args for word, args in ins if word == "ENV")
+    assert "HARVESTER_BROWSER_PATH=/usr/bin/chromium" in env
+    assert "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1" in env
 
 
 def test_dockerfile_copy_sources_exist() -> None:
@@ -378,6 +391,7 @@ UNITS = {
     "harvester-web-server.service": ("web-server", "web_server.json"),
     "harvester-foreman.service": ("foreman", "foreman.json"),
     "harvester-worker@.service": ("worker", "worker.json"),
+    "harvester-browser-worker@.service": ("worker", "worker.json"),
     "harvester-migrate.service": ("migrate", None),
 }
 
@@ -408,6 +422,51 @@ def test_systemd_units(unit: str) -> None:
         unit_section = dict(sections["Unit"])
         assert "harvester-migrate.service" in unit_section.get("After", "")
         assert "harvester-migrate.service" in unit_section.get("Requires", "")
+
+
+def test_browser_worker_unit_notifies_systemd_and_runs_chromium() -> None:
+    """The browser worker: -kind browser=4, Type=notify with a watchdog (the worker sends READY
+    and a WATCHDOG per heartbeat: shared/sdnotify.py), Debian's chromium, a memory cap, and no
+    MemoryDenyWriteExecute (V8's JIT needs it off)."""
+    sections = parse_unit(SYSTEMD / "harvester-browser-worker@.service")
+    service = dict(sections["Service"])
+    argv = shlex.split(service["ExecStart"])
+    assert argv[argv.index("-kind") + 1] == "browser=4"
+    assert (service["Type"], service["NotifyAccess"], service["WatchdogSec"]) == (
+        "notify", "main", "60s")
+    assert (service["Restart"], service["RestartSec"], service["MemoryMax"]) == (
+        "on-failure", "5s", "2G")
+    envs = [v for k, v in sections["Service"] if k == "Environment"]
+    assert "HARVESTER_BROWSER_PATH=/usr/bin/chromium" in envs
+    assert "MemoryDenyWriteExecute" not in service
+    worker = dict(parse_unit(SYSTEMD / "harvester-worker@.service")["Service"])
+    hardening = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
+                 "PrivateDevices", "ProtectKernelTunables", "ProtectKernelModules",
+                 "ProtectControlGroups", "RestrictSUIDSGID", "LockPersonality",
+                 "RestrictAddressFamilies")
+    assert {k: service.get(k) for k in hardening} == {k: worker.get(k) for k in hardening}
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS))
+def test_systemd_analyze_verifies_the_unit(unit: str, tmp_path: Path) -> None:
+    """``systemd-analyze verify`` on a copy whose ExecStart runs /bin/true (the install path
+    does not exist here): any complaint but a command "not executable" fails (it prints an
+    unknown key or a bad value and still exits 0, so its output is what is checked)."""
+    import shutil
+    import subprocess
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: apt-get install systemd")
+    for other in SYSTEMD.glob("*.service"):  # the units it requires are found beside it
+        text = other.read_text().replace("/opt/harvester/.venv/bin/harvester", "/bin/true")
+        (tmp_path / other.name).write_text(text)
+    name = unit.replace("@.", "@1.")
+    r = subprocess.run([analyze, "verify", "--man=no", f"./{name}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, check=False)
+    complaints = [ln for ln in (r.stdout + r.stderr).splitlines()
+                  if ln.strip() and "not executable" not in ln]
+    assert not complaints, complaints
 
 
 def test_grafana_dashboard_reads_only_metrics_harvester_exports() -> None:
