@@ -38,7 +38,8 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
     (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
     worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``.
     ``health``: why this worker cannot work (then ``kinds`` is empty); ``on_beat`` is called
-    after each beat that reached PostgreSQL (the systemd watchdog's keep-alive)."""
+    at each beat, reached PostgreSQL or not (the systemd watchdog's keep-alive: it says the
+    event loop runs; PostgreSQL being away is not the worker's fault)."""
     me, host, pid, ver = uuid.uuid4(), socket.gethostname(), os.getpid(), version()
     failing = False
     if health is None:
@@ -46,6 +47,8 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
     else:
         log.info("worker %s (%s pid %d) is unhealthy: %s", me, host, pid, health)
     while not stop.is_set():
+        if on_beat is not None:
+            on_beat()
         try:
             async with pool.acquire() as conn:
                 await workers.beat(conn, me, kinds, host, pid, ver, health)
@@ -59,8 +62,6 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
         if failing:
             log.info("heartbeat beats again")
             failing = False
-        if on_beat is not None:
-            on_beat()
         await _sleep_unless(stop, settings.heartbeat_interval)
     try:
         async with pool.acquire() as conn:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,31 @@ def init_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+class Systemd:
+    """A fake systemd notify socket: the datagrams the worker sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.got: list[str] = []
+
+    async def heard(self, datagram: str) -> bool:
+        while True:
+            try:
+                self.got.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return datagram in self.got
+
+
+@pytest.fixture
+def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Systemd]:
+    fake = Systemd(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    yield fake
+    fake.sock.close()
+
+
 @pytest.fixture
 def tasked(settings: Settings) -> Settings:
     n = settings.database_url.rsplit("/", 1)[1]
@@ -78,7 +104,8 @@ async def state(db: asyncpg.Connection, ids: list[int]) -> list[str]:
 
 
 async def test_init_runs_once_per_process_and_reaches_every_task(
-        stack: Stack, tasked: Settings, db: asyncpg.Connection, init_log: Path) -> None:
+        stack: Stack, tasked: Settings, db: asyncpg.Connection, init_log: Path,
+        systemd: Systemd) -> None:
     settings = tasked.model_copy(update={"init": (RECORD, "tests.init_fixture:async_init")})
     add_worker(stack, settings)
     ids = [(await tasks.create(db, "whoami", "http", {}, None))[0] for _ in range(5)]
@@ -92,10 +119,13 @@ async def test_init_runs_once_per_process_and_reaches_every_task(
     expected = {RECORD: {"pid": os.getpid(), "topic": settings.work_topic},
                 "tests.init_fixture:async_init": "async ready"}
     assert all(i.result == expected for i in infos if i)
+    await until(lambda: systemd.heard("READY=1"), what="READY to systemd")
+    await until(lambda: systemd.heard("WATCHDOG=1"), what="a watchdog keep-alive")
 
 
 async def test_a_failing_init_leaves_the_worker_unhealthy_and_idle(
-        stack: Stack, tasked: Settings, db: asyncpg.Connection, init_log: Path) -> None:
+        stack: Stack, tasked: Settings, db: asyncpg.Connection, init_log: Path,
+        systemd: Systemd) -> None:
     port = free_port()
     bad = tasked.model_copy(update={"init": (RECORD, FAILING),
                                     "metrics_addr": f"127.0.0.1:{port}"})
@@ -115,6 +145,9 @@ async def test_a_failing_init_leaves_the_worker_unhealthy_and_idle(
             assert r.status == 200  # alive: it is not restarted into the same failure
     status, body, _ = await stack.request("GET", "/workers")
     assert status == 200 and [w["health"] for w in body["workers"]] == [reason]
+    await until(lambda: systemd.heard(f"READY=1\nSTATUS=unhealthy: {reason}"),
+                what="READY with the unhealthy status")
+    assert "READY=1" not in systemd.got  # never said to serve
 
     (task_id, _) = await tasks.create(db, "whoami", "http", {}, None)
 
