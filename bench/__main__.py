@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     if browser:
                         opts.browser_workers = a.browser_workers
                         opts.browser_pages = a.browser_pages
+                        opts.browser_path = a.chromium
                     if a.profile and not profiled and a.profile_variant in (None, variant):
                         opts.profile, opts.profile_out = a.profile, out / "worker.txt"
                         profiled = True

@@ -40,6 +40,7 @@ class HarvesterOptions:
     variant: str = "plain"        # a key of VARIANTS: what the job does besides links
     browser_workers: int = 0      # `harvester up --browser-workers` (issue 12)
     browser_pages: int = 4        # `--browser-pages`: tabs per browser worker
+    browser_path: str = "/usr/bin/chromium"  # browserPath (the same Chromium as Crawlee's)
 
 
 # The job spec keys of each bench variant (issue 11): the cost of saving WARC and of extracting
@@ -56,15 +57,16 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: int,
-                 browser: bool = False) -> Path:
+                 browser_path: str | None = None) -> Path:
     port = site.spec.port
     limits = {"concurrency": concurrency, "delay": "0s"}
     cfg: dict[str, object] = {
         "hostLimits": {f"{site.spec.host_a}:{port}": limits, f"{site.spec.host_b}:{port}": limits},
         "robots": False, "concurrency": worker_concurrency, "maxDepth": 20,
         "logLevel": "WARNING"}
-    if browser:
+    if browser_path:
         cfg["fetcherKinds"] = ["http", "browser"]
+        cfg["browserPath"] = browser_path
     path.write_text(json.dumps(cfg, indent=1) + "\n")
     return path
 
@@ -204,7 +206,8 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     config = write_config(site, out / f"harvester-{label}.json", opts.concurrency,
-                          opts.worker_concurrency, browser=opts.browser_workers > 0)
+                          opts.worker_concurrency,
+                          opts.browser_path if opts.browser_workers else None)
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))
