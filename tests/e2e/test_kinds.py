@@ -157,7 +157,9 @@ async def test_get_workers_lists_the_live_workers_with_their_kinds(kinds: Settin
             (w,) = body["workers"]
             assert (w["kinds"], w["pid"], w["hostname"]) == (["http", "static"], os.getpid(),
                                                              socket.gethostname())
-            assert set(w) == {"id", "kinds", "hostname", "pid", "version", "startedOn", "seenOn"}
+            assert set(w) == {"id", "kinds", "hostname", "pid", "version", "startedOn", "seenOn",
+                              "health"}
+            assert w["health"] is None
             assert w["startedOn"] <= w["seenOn"] and w["seenOn"].endswith("Z")
             stop.set()
             await beating
