@@ -367,6 +367,8 @@ def _start_profile(up_pid: int, opts: HarvesterOptions) -> list[subprocess.Popen
         print("bench: py-spy not installed; no profile", flush=True)
         return []
     workers = [p for p in psutil.Process(up_pid).children() if "-m worker" in " ".join(p.cmdline())]
+    if opts.browser_workers:  # the browser worker (-kind browser=P), not the idle HTTP one
+        workers = [p for p in workers if "browser=" in " ".join(p.cmdline())] or workers
     if not workers:
         return []
     assert opts.profile_out is not None
