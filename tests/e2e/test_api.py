@@ -314,7 +314,9 @@ BAD_JSON = [
     ({"urls": ["http://a.example/", "mailto:a@b.example"]},
      "Invalid urls[1]: not an absolute http(s) URL: mailto:a@b.example"),
     ({"urls": []}, "Invalid urls: Tuple should have at least 1 item after validation, not 0"),
-    ({"urls": ["http://a.example/"], "task": "all"}, "Invalid task: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "tasks": "all"}, "Invalid tasks: Extra inputs are not permitted"),
+    ({"urls": ["http://a.example/"], "task": "all"},
+     "Invalid task.name: unknown task 'all' (allowed: none)"),
     ({"urls": ["http://a.example/"], "follow": "all"}, "Invalid follow: expected a JSON object"),
     ({"urls": ["http://a.example/"], "follow": {"linkRegex": "(a)(b)"}},
      ("Invalid follow.linkRegex: (a)(b) has 2 capture groups (at most 1: use (?:...) for the "
