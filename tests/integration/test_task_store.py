@@ -6,6 +6,8 @@ a task past its deliveries is abandoned."""
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 
 from shared.db import tasks
@@ -195,3 +197,52 @@ async def test_retry_later_queues_it_again_unpublished_and_due_later(
     assert (row["state"], row["published_on"], row["later"]) == ("queued", None, True)
     async with db.transaction():
         assert await tasks.claim_unpublished(db, 10) == []  # not due yet
+
+
+async def test_any_task_body_is_stored_or_refused_with_a_400(db: asyncpg.Connection) -> None:
+    """What ``POST /tasks`` accepts PostgreSQL stores: no body a parser lets through can make
+    the insert fail (a 500). Arguments from hypothesis: NUL characters, lone surrogates,
+    NaN and infinities, deep nesting, huge numbers."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    from shared.config import Settings
+    from shared.errors import BadRequest
+    from web_server.tasks import parse_task_body
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.integers(-10**40, 10**40)
+               | st.floats() | st.text() | st.sampled_from(["\x00", "\ud800", "a\udfffb"]))
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3)
+                          | st.dictionaries(st.text(max_size=3) | st.just("\x00"), c, max_size=3),
+                          max_leaves=20)
+    bodies: list[str] = []
+
+    @hsettings(max_examples=200, database=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.text(max_size=3), values, max_size=4) | values,
+           st.text(max_size=5) | st.none())
+    def collect(args: object, key: str | None) -> None:
+        body: dict[str, object] = {"task": "add", "args": args}
+        if key is not None:
+            body["key"] = key
+        bodies.append(json.dumps(body))
+
+    collect()
+    nested = {"a": 1}
+    for _ in range(70):
+        nested = {"a": nested}
+    bodies += [json.dumps({"task": "add", "args": nested}), '{"task": "add", "args": {"a": 1e999}}',
+               '{"task": "add", "args": {"a": ' + "[" * 5000 + "]" * 5000 + "}}",
+               '{"task": "add", "args": {"a": 1' + "0" * 5000 + "}}"]
+    config = Settings(tasks={"add": "tests.tasks_fixture:add"})
+    stored = refused = 0
+    for body in bodies:
+        try:
+            name, kind, args, key = parse_task_body(body, None, config)
+        except BadRequest:
+            refused += 1
+            continue
+        await tasks.create(db, name, kind, args, key)
+        stored += 1
+    assert stored > 50 and refused > 10
