@@ -229,7 +229,7 @@ async def test_any_task_body_is_stored_or_refused_with_a_400(db: asyncpg.Connect
         bodies.append(json.dumps(body))
 
     collect()
-    nested = {"a": 1}
+    nested: dict[str, object] = {"a": 1}
     for _ in range(70):
         nested = {"a": nested}
     bodies += [json.dumps({"task": "add", "args": nested}), '{"task": "add", "args": {"a": 1e999}}',
