@@ -21,6 +21,7 @@ from shared.db.pool import RETRYABLE
 log = logging.getLogger(__name__)
 
 FEED_BATCH = 1000  # tasks claimed per feeder transaction
+IDLE_MAX = 0.2  # seconds: the longest wait of an idle task feeder (a new task's extra latency)
 WATCH_BATCH = 1000  # tasks unpublished per watchdog round
 
 
@@ -46,16 +47,22 @@ async def feed_tasks(settings: Settings, pool: asyncpg.Pool, js: JetStreamContex
 
 async def task_feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                       stop: asyncio.Event) -> None:
-    """``feed_tasks`` until ``stop``: at once again while there were tasks to publish, else
-    after ``feedInterval``."""
+    """``feed_tasks`` until ``stop``: at once again while there were tasks to publish; else
+    after ``feedInterval``, doubling while there are none up to ``IDLE_MAX``, so a cluster
+    without tasks (most crawls) pays a few cheap queries a second, not one per
+    ``feedInterval``."""
+    idle = settings.feed_interval
     while not stop.is_set():
         try:
             sent = await feed_tasks(settings, pool, js)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("task feeder: %s; retrying", e)
             sent = 0
-        if sent == 0:
-            await _sleep_unless(stop, settings.feed_interval)
+        if sent:
+            idle = settings.feed_interval
+        else:
+            await _sleep_unless(stop, idle)
+            idle = min(idle * 2, max(IDLE_MAX, settings.feed_interval))
 
 
 async def task_watch_once(settings: Settings, pool: asyncpg.Pool,
