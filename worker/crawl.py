@@ -19,7 +19,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import bus, ops_http, sdnotify
+from shared import bus, ops_http
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
@@ -27,6 +27,7 @@ from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.scope import denied
 from shared.urls import host_key
+from worker import sdnotify
 from worker.commit import Committer, Done, Key
 from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS, Fetcher

@@ -426,7 +426,7 @@ def test_systemd_units(unit: str) -> None:
 
 def test_browser_worker_unit_notifies_systemd_and_runs_chromium() -> None:
     """The browser worker: -kind browser=4, Type=notify with a watchdog (the worker sends READY
-    and a WATCHDOG per heartbeat: shared/sdnotify.py), Debian's chromium, a memory cap, and no
+    and a WATCHDOG per heartbeat: worker/sdnotify.py), Debian's chromium, a memory cap, and no
     MemoryDenyWriteExecute (V8's JIT needs it off)."""
     sections = parse_unit(SYSTEMD / "harvester-browser-worker@.service")
     service = dict(sections["Service"])

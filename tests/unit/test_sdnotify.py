@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import sdnotify
+from worker import sdnotify
 
 
 @pytest.fixture
