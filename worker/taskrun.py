@@ -174,7 +174,8 @@ class TaskRunner:
         try:
             async with self.pool.acquire() as conn:
                 run = await tasks.start(conn, task_id, self.worker,
-                                        self.settings.task_max_attempts)
+                                        self.settings.task_max_attempts,
+                                        redelivery=_redelivered(msg))
         except (*RETRYABLE, asyncpg.PostgresError, OSError) as e:
             log.warning("cannot start task %d (%s); it will be redelivered", task_id, e)
             await bus.settle(msg, Settle(Verdict.RETRY, 1.0))
@@ -238,6 +239,14 @@ class TaskRunner:
             log.info("task %d (%s) failed: %s: %s", run.id, run.name, type(e).__name__, e)
             return ("failed", None, describe_error(e))
         return ("succeeded", result, None)
+
+
+def _redelivered(msg: Msg) -> bool:
+    """Whether JetStream delivered this message before (True when it cannot say)."""
+    try:
+        return (msg.metadata.num_delivered or 1) > 1
+    except Exception:  # noqa: BLE001 - not a JetStream message: take it for a redelivery
+        return True
 
 
 class _keep_alive:

@@ -143,12 +143,16 @@ async def unclaim(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
             list(ids))
 
 
-async def start(conn: asyncpg.Connection, id: int, worker: str,
-                max_attempts: int) -> TaskRun | None:
+async def start(conn: asyncpg.Connection, id: int, worker: str, max_attempts: int, *,
+                redelivery: bool = True) -> TaskRun | None:
     """Start an attempt of task ``id`` on ``worker`` (``host:pid:kind``): running, attempts +
     1. None if there is nothing to run: the task is unknown or finished (a duplicate message),
     or this attempt would be past ``max_attempts``, in which case the task fails now with
-    ``TaskAbandoned``."""
+    ``TaskAbandoned``.
+
+    A running task is started again only by a ``redelivery`` (its worker died or gave the
+    message back): a message delivered for the first time while its task runs is a duplicate
+    (published twice), and the run in progress is left alone."""
     row = await conn.fetchrow("""
         UPDATE task SET attempts = attempts + 1, worker = $2, started_on = now(),
             state = CASE WHEN attempts < $3 THEN 'running' ELSE 'failed' END,
@@ -157,9 +161,9 @@ async def start(conn: asyncpg.Connection, id: int, worker: str,
                 'type', 'TaskAbandoned',
                 'message', format('gave up after %s deliveries', attempts),
                 'traceback', '') END
-        WHERE id = $1 AND state IN ('queued', 'running')
+        WHERE id = $1 AND (state = 'queued' OR (state = 'running' AND $4))
         RETURNING id, name, kind, args::text, attempts, root_id, parent_id, idem_key, state""",
-        id, worker, max_attempts)
+        id, worker, max_attempts, redelivery)
     if row is None or row["state"] != "running":
         return None
     return TaskRun(int(row["id"]), row["name"], row["kind"], json.loads(row["args"]),

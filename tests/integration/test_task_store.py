@@ -70,6 +70,16 @@ async def test_a_stale_attempt_cannot_finish(db: asyncpg.Connection) -> None:
     assert info.finished_on is not None and info.started_on is not None
 
 
+async def test_a_duplicate_message_leaves_a_running_task_alone(db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "add", "http", {}, None)
+    assert await tasks.start(db, id, W, 5, redelivery=False) is not None
+    assert await tasks.start(db, id, "other:2:http", 5, redelivery=False) is None
+    info = await tasks.get(db, id)
+    assert info is not None and (info.state, info.attempts, info.worker) == ("running", 1, W)
+    again = await tasks.start(db, id, "other:2:http", 5, redelivery=True)  # its worker died
+    assert again is not None and again.attempt == 2
+
+
 async def test_a_rerun_inserts_no_duplicate_child(db: asyncpg.Connection) -> None:
     root, _ = await tasks.create(db, "search", "http", {"page": 1}, "client-key")
     kids = [Child("search", "http", {"page": 2}, f"{root}/1"),
