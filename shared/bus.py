@@ -3,7 +3,8 @@ and the one place that turns a processing outcome into ack / nak / term.
 
 The queues are work-queue streams (a message is removed once acked) with one durable pull
 consumer each, shared by every foreman (URL queue) or every worker serving a fetcher kind (that
-kind's work queue: ``work_subject``, ``worker_consumer``). AckWait is the
+kind's work queue: ``work_subject``, ``worker_consumer``; and that kind's task queue:
+``task_subject``, ``task_consumer``, never shared with visits). AckWait is the
 lease on a message; a message not acked in time, or nak'ed, is delivered again, up to the
 consumer's MaxDeliver deliveries in all (see ``settle``).
 
