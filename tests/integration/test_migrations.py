@@ -310,3 +310,40 @@ async def test_0016_gives_old_jobs_the_running_state_and_rebuilds_the_feeders_in
         assert await conn.fetchval("SELECT state FROM job") == "running"
     finally:
         await conn.close()
+
+
+async def test_0017_adds_the_task_tables_and_a_healthy_worker_column(scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0016")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("INSERT INTO worker_process (id, kinds, hostname, pid, version) "
+                           "VALUES (gen_random_uuid(), '{http}', 'h', 1, 'v')")
+        files = "SELECT relfilenode FROM pg_class WHERE relname = 'worker_process'"
+        before = await conn.fetchval(files)
+        await run(migrate.upgrade, scratch_dsn, "0017")
+        assert await conn.fetchval(files) == before  # a nullable column: no rewrite
+        assert await conn.fetchval("SELECT health FROM worker_process") is None  # healthy
+        root = await conn.fetchval("INSERT INTO task (name, kind, root_id) VALUES ('a', 'http', 0) "
+                                   "RETURNING id")
+        await conn.execute("UPDATE task SET root_id = id")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE task SET state = 'lost'")
+        await conn.execute("INSERT INTO task (name, kind, root_id, parent_id, idem_key) "
+                           "VALUES ('a', 'http', $1, $1, 'k')", root)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("INSERT INTO task (name, kind, root_id, idem_key) "
+                               "VALUES ('a', 'http', 1, 'k')")
+        await conn.execute("INSERT INTO task_partial (task_id, seq, root_id, value) "
+                           "VALUES ($1, 1, $1, '1')", root)
+        await conn.execute("DELETE FROM task WHERE id = $1", root)  # its tree goes with it
+        assert await conn.fetchval("SELECT count(*) FROM task") == 0
+        assert await conn.fetchval("SELECT count(*) FROM task_partial") == 0
+        await run(migrate.downgrade, scratch_dsn, "0016")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('task', 'task_partial')")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'worker_process' AND column_name = 'health'")
+        await run(migrate.upgrade, scratch_dsn, "0017")
+    finally:
+        await conn.close()
