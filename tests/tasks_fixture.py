@@ -54,6 +54,13 @@ def slow(seconds: float, ctx: Any) -> str:
     return ctx.idempotency_key  # type: ignore[no-any-return]
 
 
+def tally(n: int, ctx: Any) -> int:
+    """A sync task's partial results: each written before ``partial`` returns."""
+    for i in range(n):
+        ctx.partial({"i": i})
+    return n
+
+
 async def nap(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "rested"

@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,6 +73,9 @@ class TaskContext:
     _pool: asyncpg.Pool = field(repr=False)
     children: list[tasks.Child] = field(default_factory=list, repr=False)
     _partials: int = field(default=0, repr=False)
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop,
+                                             repr=False)
+    _loop_thread: int = field(default_factory=threading.get_ident, repr=False)
 
     def enqueue(self, name: str, args: Mapping[str, Any] | None = None, *,
                 kind: str | None = None, key: str | None = None) -> str:
@@ -96,13 +100,28 @@ class TaskContext:
         self.children.append(tasks.Child(name, kind, args, key))
         return key
 
-    async def partial(self, value: Any) -> None:
+    def partial(self, value: Any) -> Awaitable[None]:
         """Record a partial result now (shown under the root with ``GET /tasks``); a re-run
-        writes the same sequence numbers again, replacing them."""
+        writes the same sequence numbers again, replacing them. ``await ctx.partial(v)`` in
+        an async function; in a sync one (its own thread) ``ctx.partial(v)`` writes before it
+        returns."""
         self._partials += 1
         seq = self._partials
-        await in_transaction(self._pool, lambda conn: tasks.add_partial(
+        write = in_transaction(self._pool, lambda conn: tasks.add_partial(
             conn, self.task_id, self.root_id, seq, value))
+        if threading.get_ident() == self._loop_thread:
+            return write
+        asyncio.run_coroutine_threadsafe(write, self._loop).result()
+        return _Written()
+
+
+class _Written:
+    """What ``partial`` gives a sync caller: the write is already done (awaiting it is a
+    no-op, and leaving it is no unawaited coroutine)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
 
 
 def describe_error(e: BaseException) -> dict[str, Any]:

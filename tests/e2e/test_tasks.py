@@ -36,7 +36,8 @@ pytestmark = pytest.mark.e2e
 
 FIXTURE = Path(__file__).parents[1] / "tasks_fixture.py"
 TASKS = {name: f"tests.tasks_fixture:{name}" for name in (
-    "add", "fetch_title", "boom", "search", "slow", "nap", "page_title", "whoami", "not_json")}
+    "add", "fetch_title", "boom", "search", "slow", "nap", "page_title", "whoami", "not_json",
+    "tally")}
 TASKS |= {"no_module": "tests.no_such_module:add", "no_function": "tests.tasks_fixture:nope",
           "add_file": f"{FIXTURE}:add"}
 PAGES = 5  # of the search site and of the page site
@@ -140,6 +141,7 @@ async def test_functions_run_and_every_bad_request_is_a_400(settings: Settings,
         by_file = await run_task(stack, "add_file", a=2, b=5)
         not_json = await run_task(stack, "not_json")
         bad_args = await run_task(stack, "add", a=1, c=2)
+        tally = await run_task(stack, "tally", n=3)
 
         done = await wait_task(stack, add)
         assert (done["state"], done["result"], done["error"], done["attempts"]) == (
@@ -163,6 +165,8 @@ async def test_functions_run_and_every_bad_request_is_a_400(settings: Settings,
         assert (await wait_task(stack, by_file))["result"] == 7
         assert (await wait_task(stack, not_json))["error"]["type"] == "TypeError"
         assert (await wait_task(stack, bad_args))["error"]["type"] == "TypeError"
+        counted = await wait_task(stack, tally)  # partial results from a sync function
+        assert (counted["result"], counted["partial"]) == (3, [{"i": 0}, {"i": 1}, {"i": 2}])
 
         # One key, one task, run once: the second POST answers the first task.
         status, first = await post_task(stack, {"task": "add", "args": {"a": 5, "b": 5},
