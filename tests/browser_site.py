@@ -56,6 +56,7 @@ def require_chromium() -> None:
 class JsSite:
     pages: int = 15
     delay: float = 0.0                       # seconds each numbered page takes to answer
+    root_links: tuple[str, ...] = ()         # more paths the root links to (say "/hang")
     base: str = ""
     hits: Counter[str] = field(default_factory=Counter)   # path (with query) -> requests
     cookies: dict[str, list[str]] = field(default_factory=dict)  # path -> Cookie headers seen
@@ -78,7 +79,7 @@ class JsSite:
         out = [self.url(j) for j in (2 * i + 1, 2 * i + 2) if j < self.pages]
         if i:
             out.append(self.url(0))
-        return out
+        return out + [self.base + p for p in self.root_links] if i == 0 else out
 
     def expected_result(self, depth: int) -> dict[str, list[str]]:
         """Breadth-first from the root: each page at a level below ``depth`` maps to its
@@ -86,7 +87,7 @@ class JsSite:
         level = {0: 0}
         queue = [0]
         result: dict[str, list[str]] = {}
-        for i in queue:
+        for i in queue:  # the root's extra links are not pages: listed, never followed
             result[self.url(i)] = sorted(self.links(i))
             for j in (2 * i + 1, 2 * i + 2):
                 if j < self.pages and j not in level and level[i] + 1 < depth:

@@ -283,7 +283,6 @@ class BrowserFetcher:
                 locale=stealthy.LOCALE,
                 extra_http_headers={"Accept-Language": stealthy.ACCEPT_LANGUAGE},
                 service_workers="block", accept_downloads=False)
-            await context.add_init_script(stealthy.INIT_SCRIPT)
         else:
             context = await browser.new_context(user_agent=self.settings.user_agent,
                                                 service_workers="block", accept_downloads=False)
@@ -292,8 +291,14 @@ class BrowserFetcher:
         async def route(r: Route) -> None:
             await self._route(tab, r)
 
-        await context.route("**/*", route)
-        page = await context.new_page()
+        try:
+            if stealth:
+                await context.add_init_script(stealthy.INIT_SCRIPT)
+            await context.route("**/*", route)
+            page = await context.new_page()
+        except BaseException:  # a browser gone meanwhile, or the wait given up
+            self._spawn(self._close_tab(tab))
+            raise
         page.on("crash", lambda _: self._crashed(tab))
         tab.page = page
         return tab
@@ -381,7 +386,8 @@ class BrowserFetcher:
         await self._slots.acquire()
         tab: _Tab | None = None
         try:
-            tab = await self._take(False)
+            async with asyncio.timeout(self.settings.browser_timeout):
+                tab = await self._take(False)
             tab.block = frozenset(self.settings.browser_block)
             assert tab.page is not None
             await tab.context.clear_cookies()
@@ -435,14 +441,17 @@ class BrowserFetcher:
 
     async def _fetch(self, req: FetchRequest, hops: HopGate | None, load: Load, limit: float,
                      deadline: float) -> FetchedPage:
+        gen = self._gen
         try:
-            tab = await self._take(load.stealth)
+            # Bounded: a page asked of a browser being killed may never be answered.
+            async with asyncio.timeout(max(deadline - asyncio.get_running_loop().time(), 1.0)):
+                tab = await self._take(load.stealth)
         except BrowserUnavailable as e:
             return _failed(req, str(e))
-        except self._error as e:  # the browser went away while a tab was made
-            gen = self._gen
+        except (self._error, TimeoutError) as e:  # the browser went away while a tab was made
+            why = _first_line(e) if isinstance(e, self._error) else "no tab made in time"
             relaunched = await self.relaunch("closed", gen)
-            return _failed(req, f"browser error: {_first_line(e)}"
+            return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
         extra = dict(self.settings.headers_for(host_key(req.url)))
         extra.update(req.headers)
