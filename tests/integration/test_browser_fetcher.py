@@ -146,9 +146,16 @@ async def test_a_script_navigation_to_another_host_goes_through_the_gate(
     assert page.error == f"redirect to {other}/p/2: {BLOCKED}", page
     assert page.permanent and site.hits["/p/2"] == 0
     assert gate.asked == [(f"{other}/p/2", False)]
+    gate.asked.clear()
+    # An HTTP redirect, followed by Chromium before the gate can see it, still fails the visit.
+    moved = await browser.fetch(request(f"{site.base}/moved?to={other}/p/2"), gate)
+    assert moved.error == f"redirect to {other}/p/2: {BLOCKED}", moved
+    assert moved.status == 302 and moved.permanent and moved.body is None
+    assert moved.redirects == (f"{site.base}/moved?to={other}/p/2",)
     allowed = await browser.fetch(request(f"{site.base}/jump?to={other}/p/1"), gate)
     assert allowed.error is None and allowed.final_url == f"{other}/p/1"
     assert allowed.body is not None and "/p/3" in anchors(allowed.body)
+    assert gate.asked == [(f"{other}/p/2", False), (f"{other}/p/1", False)]  # each asked once
 
 
 async def test_the_raw_answer_holds_the_rendered_page(site: JsSite,

@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -38,7 +38,7 @@ from worker.fetchers.decode import BodyTooLarge
 from worker.fetchers.http import _retry_after, fetch_budget
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Route
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Request, Route
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class _Visit:
     deadline: float
     headers: Mapping[str, str]
     refused: tuple[str, str] | None = None  # (url, why) of a navigation the gate refused
+    checked: set[str] = field(default_factory=set)  # URLs of other hosts the gate allowed
 
 
 @dataclass(eq=False)
@@ -348,6 +349,7 @@ class BrowserFetcher:
                     visit.refused = (request.url, admitted)
                     await route.abort("blockedbyclient")
                     return
+                visit.checked.add(request.url)
             if visit.headers and host == visit.host:
                 await route.continue_(headers={**await request.all_headers(), **visit.headers})
                 return
@@ -521,24 +523,28 @@ class BrowserFetcher:
                 await page.wait_for_timeout(min(load.wait_ms, left * 1000))
         if resp is None:
             return _failed(req, "no response to the navigation")
-        chain: list[str] = []
+        hops: list[Request] = []  # the HTTP redirect chain, first request first
         hop = resp.request.redirected_from
         while hop is not None:
-            chain.append(hop.url)
+            hops.append(hop)
             hop = hop.redirected_from
-        chain.reverse()
+        hops.reverse()
+        chain = tuple(h.url for h in hops)
         final = page.url if page.url.startswith(("http://", "https://")) else resp.url
         if visit.refused is None and visit.hops is not None:  # HTTP redirects are not routed
             for url in dict.fromkeys([*chain[1:], resp.url, final]):
-                if host_key(url) != visit.host:
+                if host_key(url) != visit.host and url not in visit.checked:
                     admitted = await visit.hops.admit_hop(url, False, deadline)
                     if isinstance(admitted, str):
                         visit.refused = (url, admitted)
                         break
+                    visit.checked.add(url)
         if visit.refused is not None:
             url, refusal = visit.refused
-            return _refused(req, url, refusal, resp.status if chain else None,
-                            tuple(chain))
+            # An HTTP redirect led there: its status, as the http fetcher keeps it.
+            led = [h for h, nxt in zip(hops, [*chain[1:], resp.url]) if nxt == url]
+            answer = await led[0].response() if led else None
+            return _refused(req, url, refusal, answer.status if answer else None, chain)
         status = resp.status
         headers = resp.headers
         mime = normalize_mime(headers.get("content-type"))
