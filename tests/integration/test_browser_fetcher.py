@@ -2,8 +2,9 @@
 /usr/bin/chromium, through its executable path): one fetcher with 2 tabs for the module.
 Rendered links, wait conditions, resource blocking, stealth, stateless visits, a navigation
 to another host through the gate, the rendered WARC answer, and recovery: a hung page
-relaunches the browser once however many hang together, a killed browser is relaunched, a
-leased page held too long is reclaimed. Never skipped: without chromium it fails."""
+relaunches the browser once however many hang together (unless browserRelaunchOnTimeout is
+off), a killed browser is relaunched, so are errors in a row, a leased page held too long is
+reclaimed. Never skipped: without chromium it fails (a missing browserPath is a config error)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from harvester_ops.embedded import free_port
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.robots import BLOCKED
 from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
 from worker.fetchers import FetchRequest
@@ -222,3 +225,29 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
     pages = await asyncio.gather(*(browser.fetch(request(site.url(i)), None) for i in (1, 2)))
     assert [p.status for p in pages] == [200, 200]
     assert browser._slots._value == 2  # no slot released twice
+
+
+async def test_errors_in_a_row_relaunch_the_browser(browser: BrowserFetcher) -> None:
+    closed = f"http://127.0.0.1:{free_port('127.0.0.1')}/"  # nothing listens there
+    before = browser.relaunches
+    pages = [await browser.fetch(request(closed), None)
+             for _ in range(SETTINGS.browser_max_errors)]
+    assert all(p.status is None and p.error and "ERR_CONNECTION_REFUSED" in p.error
+               for p in pages), pages
+    assert pages[-1].error and pages[-1].error.endswith("(browser relaunched)")
+    assert browser.relaunches == before + 1
+
+
+async def test_without_relaunch_on_timeout_a_timeout_is_only_a_failure(site: JsSite) -> None:
+    calm = SETTINGS.model_copy(update={"browser_relaunch_on_timeout": False})
+    async with BrowserFetcher(calm, concurrency=1) as fetcher:
+        page = await fetcher.fetch(request(site.base + "/hang?calm", {"timeout": 1}), None)
+        assert page.error == "timeout after 1s" and fetcher.relaunches == 0
+        assert (await fetcher.fetch(request(site.url(1)), None)).status == 200
+
+
+async def test_a_missing_browser_is_a_config_error() -> None:
+    missing = SETTINGS.model_copy(update={"browser_path": "/nonexistent/chromium"})
+    with pytest.raises(ConfigError, match="make browser"):
+        async with BrowserFetcher(missing, concurrency=1):
+            pass
