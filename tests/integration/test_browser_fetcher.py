@@ -224,7 +224,7 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
     # Given back after its reclaim, a lease frees nothing twice: two fetches still share 2 tabs.
     pages = await asyncio.gather(*(browser.fetch(request(site.url(i)), None) for i in (1, 2)))
     assert [p.status for p in pages] == [200, 200]
-    assert browser._slots._value == 2  # no slot released twice
+    assert browser.tabs.slots._value == 2  # no slot released twice
 
 
 async def test_errors_in_a_row_relaunch_the_browser(browser: BrowserFetcher) -> None:

@@ -1,11 +1,11 @@
 """The ``browser`` fetcher: pages rendered by one headless Chromium per worker process
 (Playwright, driving the browser at ``Settings.browser_path``; nothing is downloaded), in
-``concurrency`` reusable tabs. A tab is a browser context and its one page, kept across visits
-(cookies cleared before each) and made anew after ``RECYCLE`` visits or when a job's stealth
-differs. The rendered HTML is the body the job's extractors and outputs get, as from ``http``.
+``concurrency`` reusable tabs (``worker/fetchers/tabs.py``: a browser context and its one page
+each, kept across visits, cookies cleared before each). The rendered HTML is the body the job's
+extractors and outputs get, as from ``http``.
 
-Recovery (CC-7): the browser is launched again, one relaunch at a time (a generation number
-makes triggers that arrive together coalesce), on a navigation timeout
+Recovery (CC-7): the browser is launched again, one relaunch at a time (``Tabs.relaunch``: a
+generation number makes triggers that arrive together coalesce), on a navigation timeout
 (``browserRelaunchOnTimeout``), a lost browser (disconnected, killed), a crashed page, or
 ``browserMaxErrors`` no-answer errors in a row. The visit that saw it fails with its reason and
 the retry policy tries it again; pages of the old browser finish before it is closed. A tab
@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shared import metrics
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.mime import is_html, normalize_mime
@@ -33,23 +30,17 @@ from shared.model import FetchedPage, RawResponse
 from shared.robots import REFUSALS
 from shared.urls import host_key
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
-from worker.fetchers import stealth as stealthy
 from worker.fetchers.decode import BodyTooLarge
 from worker.fetchers.http import _retry_after, fetch_budget
+from worker.fetchers.tabs import BrowserUnavailable, Tab, Tabs, Visit, first_line
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Request, Route
+    from playwright.async_api import Page, Request
 
 log = logging.getLogger(__name__)
 
-RECYCLE = 500          # visits after which a tab's context is made anew
 GRACE = 5.0            # past a visit's timeout, a render still under way is given up
-RETRY_BROKEN = 10.0    # seconds between launch attempts once relaunching has failed
 _RAW_DROPPED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-class BrowserUnavailable(Exception):
-    """No browser to fetch with (its relaunch failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,329 +75,37 @@ def load_options(options: Any, settings: Settings) -> Load:
                 stealth=bool(get("stealth")))
 
 
-@dataclass(eq=False)
-class _Visit:
-    """The visit a tab is making, for its route handler."""
-    host: str
-    hops: HopGate | None
-    deadline: float
-    headers: Mapping[str, str]
-    refused: tuple[str, str] | None = None  # (url, why) of a navigation the gate refused
-    checked: set[str] = field(default_factory=set)  # URLs of other hosts the gate allowed
-
-
-@dataclass(eq=False)
-class _Tab:
-    gen: int                   # the browser generation it belongs to
-    context: BrowserContext
-    stealth: bool
-    page: Page | None = None
-    visits: int = 0
-    block: frozenset[str] = frozenset()
-    visit: _Visit | None = None
-    dead: bool = False         # crashed or reclaimed: closed, never used again
-    leased_until: float | None = None
-    holder: str = ""
-    reclaimed: bool = False
-
-
 @FETCHERS.register("browser")
 class BrowserFetcher:
-    """One Chromium and its tabs (``concurrency`` at most in use at once)."""
+    """One Chromium and its tabs (``concurrency`` at most in use at once: ``Tabs``)."""
     kind = "browser"
 
     def __init__(self, settings: Settings, concurrency: int | None = None) -> None:
         self.settings = settings
         self.concurrency = max(1, concurrency or 1)
-        self.relaunches = 0  # how many times the browser was launched again
-        self._pw: Playwright | None = None
-        self._browser: Browser | None = None
-        self._gen = 0
-        self._lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._idle: list[_Tab] = []
-        self._busy: Counter[int] = Counter()       # tabs in use, by generation
-        self._drained: dict[int, asyncio.Event] = {}
-        self._leased: set[_Tab] = set()
-        self._errors = 0                           # no-answer errors in a row
-        self._closing = False
-        self._broken: tuple[str, float] | None = None  # why no browser, since when
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self.tabs = Tabs(settings, self.concurrency, self._visit_timeout(None))
         self._loads: dict[int, tuple[Any, Load]] = {}
-        self._error: type[Exception] = Exception   # playwright's, once imported
-        self._timeout: type[Exception] = TimeoutError
-        self._watch: asyncio.Task[None] | None = None
 
-    # -- life cycle ------------------------------------------------------------------------
+    @property
+    def relaunches(self) -> int:
+        """How many times the browser was launched again."""
+        return self.tabs.relaunches
 
     async def __aenter__(self) -> Self:
         path = self.settings.browser_path
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise ConfigError("browserPath", f"{path} is not an executable: install Chromium "
                                              "(make browser)")
-        from playwright.async_api import Error, TimeoutError, async_playwright
-        self._error, self._timeout = Error, TimeoutError
-        self._pw = await async_playwright().start()
-        try:
-            self._browser = await self._launch(0)
-        except BaseException:
-            await self._pw.stop()
-            raise
-        self._watch = asyncio.create_task(self._watchdog(), name="browser-page-leases")
+        await self.tabs.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._closing = True
-        if self._watch is not None:
-            self._watch.cancel()
-        for job in list(self._jobs):
-            job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
-        if self._browser is not None:
-            with suppress(Exception):
-                await asyncio.wait_for(self._browser.close(), 10)
-        self._browser = None
-        if self._pw is not None:
-            with suppress(Exception):
-                await asyncio.wait_for(self._pw.stop(), 10)
-        self._pw = None
+        await self.tabs.close()
 
-    async def _launch(self, gen: int) -> Browser:
-        assert self._pw is not None
-        browser = await self._pw.chromium.launch(
-            executable_path=self.settings.browser_path, args=list(self.settings.browser_args),
-            headless=True)
-        browser.on("disconnected", lambda _: self._lost(gen))
-        return browser
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        job = asyncio.create_task(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-
-    def _lost(self, gen: int) -> None:
-        """The browser of generation ``gen`` went away (closed, killed, crashed)."""
-        if not self._closing and gen == self._gen:
-            log.warning("browser disconnected (generation %d)", gen)
-            self._spawn(self.relaunch("disconnected", gen))
-
-    async def relaunch(self, reason: str, seen: int) -> bool:
-        """Launch a new browser in place of generation ``seen``'s; a no-op (False) if that one
-        was replaced already, so that triggers arriving together make one relaunch. The old
-        browser closes once its pages in use are given back (or after a visit's timeout). A
-        launch that fails restarts Playwright and tries once more; if that fails too, fetches
-        fail at once ("browser unavailable") and a launch is tried again at most every
-        ``RETRY_BROKEN`` seconds."""
-        async with self._lock:
-            if seen < self._gen or self._closing:
-                return False
-            old, gen = self._browser, self._gen + 1
-            try:
-                new = await self._launch(gen)
-            except Exception as e:  # noqa: BLE001 - any launch failure: Playwright restarted
-                log.error("browser launch failed (%s); restarting Playwright", _first_line(e))
-                try:
-                    await self._restart_playwright()
-                    new = await self._launch(gen)
-                except Exception as e2:  # noqa: BLE001 - reported by every fetch meanwhile
-                    why = f"browser unavailable: {_first_line(e2)}"
-                    log.error("%s", why)
-                    self._broken = (why, asyncio.get_running_loop().time())
-                    self._browser, self._gen = None, gen
-                    self._retire(old, gen - 1)
-                    return False
-            self._browser, self._gen, self._broken, self._errors = new, gen, None, 0
-            self.relaunches += 1
-            metrics.BROWSER_RELAUNCHES.labels(reason).inc()
-            log.warning("browser relaunched (%s): generation %d", reason, gen)
-            self._retire(old, gen - 1)
-            return True
-
-    async def _restart_playwright(self) -> None:
-        from playwright.async_api import async_playwright
-        if self._pw is not None:
-            with suppress(Exception):
-                await asyncio.wait_for(self._pw.stop(), 5)
-        self._pw = await async_playwright().start()
-
-    def _retire(self, browser: Browser | None, gen: int) -> None:
-        self._idle = [t for t in self._idle if t.gen > gen]
-        if browser is not None:
-            self._spawn(self._close_when_drained(browser, gen))
-
-    async def _close_when_drained(self, browser: Browser, gen: int) -> None:
-        if self._busy[gen] > 0:
-            drained = self._drained.setdefault(gen, asyncio.Event())
-            with suppress(TimeoutError):
-                await asyncio.wait_for(drained.wait(), self._visit_timeout(None))
-        self._drained.pop(gen, None)
-        self._busy.pop(gen, None)
-        with suppress(Exception):
-            await asyncio.wait_for(browser.close(), 10)
-
-    # -- tabs ------------------------------------------------------------------------------
-
-    async def _ensure(self) -> Browser:
-        """The browser, relaunched first if it is gone."""
-        browser = self._browser
-        if browser is not None and browser.is_connected():
-            return browser
-        if browser is None and self._broken is not None:
-            why, since = self._broken
-            if asyncio.get_running_loop().time() - since < RETRY_BROKEN:
-                raise BrowserUnavailable(why)
-        await self.relaunch("disconnected" if browser is not None else "unavailable",
-                            self._gen)
-        if self._browser is None:
-            raise BrowserUnavailable(self._broken[0] if self._broken else "browser unavailable")
-        return self._browser
-
-    async def _take(self, stealth: bool) -> _Tab:
-        """A tab for one use (the caller holds a slot): an idle one of this browser and this
-        stealth, else a new one (closing an idle one of the other stealth to keep the count)."""
-        browser = await self._ensure()
-        for i in range(len(self._idle) - 1, -1, -1):
-            tab = self._idle[i]
-            if tab.gen == self._gen and tab.stealth == stealth and not tab.dead:
-                del self._idle[i]
-                break
-        else:
-            if self._idle:
-                self._spawn(self._close_tab(self._idle.pop(0)))
-            tab = await self._new_tab(browser, self._gen, stealth)
-        self._busy[tab.gen] += 1
-        return tab
-
-    async def _new_tab(self, browser: Browser, gen: int, stealth: bool) -> _Tab:
-        if stealth:
-            context = await browser.new_context(
-                user_agent=stealthy.pick_user_agent(self.settings.user_agents, browser.version),
-                locale=stealthy.LOCALE,
-                extra_http_headers={"Accept-Language": stealthy.ACCEPT_LANGUAGE},
-                service_workers="block", accept_downloads=False)
-        else:
-            context = await browser.new_context(user_agent=self.settings.user_agent,
-                                                service_workers="block", accept_downloads=False)
-        tab = _Tab(gen, context, stealth)
-
-        async def route(r: Route) -> None:
-            await self._route(tab, r)
-
-        try:
-            if stealth:
-                await context.add_init_script(stealthy.INIT_SCRIPT)
-            await context.route("**/*", route)
-            page = await context.new_page()
-        except BaseException:  # a browser gone meanwhile, or the wait given up
-            self._spawn(self._close_tab(tab))
-            raise
-        page.on("crash", lambda _: self._crashed(tab))
-        tab.page = page
-        return tab
-
-    def _crashed(self, tab: _Tab) -> None:
-        tab.dead = True
-        if not self._closing:
-            log.warning("browser page crashed (generation %d)", tab.gen)
-            self._spawn(self.relaunch("crash", tab.gen))
-
-    def _give(self, tab: _Tab) -> None:
-        """A tab back after its use: idle again, or closed (dead, old, worn or closing)."""
-        self._busy[tab.gen] -= 1
-        if self._busy[tab.gen] <= 0 and tab.gen in self._drained:
-            self._drained[tab.gen].set()
-        tab.visits += 1
-        if tab.dead or tab.gen != self._gen or tab.visits >= RECYCLE or self._closing:
-            self._spawn(self._close_tab(tab))
-        else:
-            self._idle.append(tab)
-
-    async def _close_tab(self, tab: _Tab) -> None:
-        tab.dead = True
-        with suppress(Exception):
-            await asyncio.wait_for(tab.context.close(), 10)
-
-    async def _route(self, tab: _Tab, route: Route) -> None:
-        """Every request of a tab: a blocked resource type is aborted; a main-frame navigation
-        to another host than the visit's (a link, a script's ``location``) must be allowed by
-        robots.txt (``HopGate.admit_hop``, no slot); the source's extra headers go to the
-        visit's own host only."""
-        try:
-            request = route.request
-            if request.resource_type in tab.block:
-                await route.abort("blockedbyclient")
-                return
-            visit = tab.visit
-            if visit is None:
-                await route.continue_()
-                return
-            host = host_key(request.url)
-            if (host != visit.host and visit.hops is not None
-                    and request.resource_type == "document" and request.is_navigation_request()
-                    and request.frame.parent_frame is None):
-                admitted = await visit.hops.admit_hop(request.url, False, visit.deadline)
-                if isinstance(admitted, str):
-                    visit.refused = (request.url, admitted)
-                    await route.abort("blockedbyclient")
-                    return
-                visit.checked.add(request.url)
-            if visit.headers and host == visit.host:
-                await route.continue_(headers={**await request.all_headers(), **visit.headers})
-                return
-            await route.continue_()
-        except self._error:
-            pass  # the page or the browser went away meanwhile
-        except Exception as e:  # noqa: BLE001 - never leave a request hanging
-            log.warning("browser route handler failed: %s", e)
-            with suppress(Exception):
-                await route.continue_()
-
-    async def _watchdog(self) -> None:
-        """Reclaim tabs lent (``lease``) for longer than their lease: closed, slot freed."""
-        tick = min(1.0, self.settings.browser_page_lease / 2)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for tab in list(self._leased):
-                if tab.leased_until is not None and now > tab.leased_until:
-                    self._leased.discard(tab)
-                    tab.reclaimed = True
-                    log.warning("page leaked by task %s; reclaimed", tab.holder)
-                    metrics.BROWSER_PAGES_RECLAIMED.inc()
-                    tab.dead = True
-                    self._give(tab)
-                    self._slots.release()
-
-    @asynccontextmanager
-    async def lease(self, timeout: float | None = None, *,
-                    holder: str | None = None) -> AsyncIterator[Page]:
-        """Lend a tab's Playwright ``Page`` to a task for the block; it takes one of the
-        fetcher's slots. Held longer than ``timeout`` (default ``browserPageLease``) it is
-        closed and its slot reused (the holder's next call on it fails). Cookies are cleared
-        first; the settings' blocked resource types apply."""
-        await self._slots.acquire()
-        tab: _Tab | None = None
-        try:
-            async with asyncio.timeout(self.settings.browser_timeout):
-                tab = await self._take(False)
-            tab.block = frozenset(self.settings.browser_block)
-            assert tab.page is not None
-            await tab.context.clear_cookies()
-            current = asyncio.current_task()
-            tab.holder = holder or (current.get_name() if current else "?")
-            tab.leased_until = (asyncio.get_running_loop().time()
-                                + (timeout or self.settings.browser_page_lease))
-            self._leased.add(tab)
-            yield tab.page
-        finally:
-            if tab is None:
-                self._slots.release()
-            elif not tab.reclaimed:
-                self._leased.discard(tab)
-                tab.leased_until = None
-                self._give(tab)
-                self._slots.release()
+    def lease(self, timeout: float | None = None, *,
+              holder: str | None = None) -> AbstractAsyncContextManager[Page]:
+        """Lend a tab's Playwright ``Page`` to a task (``Tabs.lease``)."""
+        return self.tabs.lease(timeout, holder=holder)
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -433,75 +132,75 @@ class BrowserFetcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         try:
-            await asyncio.wait_for(self._slots.acquire(), limit)
+            await asyncio.wait_for(self.tabs.slots.acquire(), limit)
         except TimeoutError:
             return _failed(req, f"timeout after {limit:g}s waiting for a browser tab")
         try:
             return await self._fetch(req, hops, load, limit, deadline)
         finally:
-            self._slots.release()
+            self.tabs.slots.release()
 
     async def _fetch(self, req: FetchRequest, hops: HopGate | None, load: Load, limit: float,
                      deadline: float) -> FetchedPage:
-        gen = self._gen
+        gen = self.tabs.gen
         try:
             # Bounded: a page asked of a browser being killed may never be answered.
             async with asyncio.timeout(max(deadline - asyncio.get_running_loop().time(), 1.0)):
-                tab = await self._take(load.stealth)
+                tab = await self.tabs.take(load.stealth)
         except BrowserUnavailable as e:
             return _failed(req, str(e))
-        except (self._error, TimeoutError) as e:  # the browser went away while a tab was made
-            why = _first_line(e) if isinstance(e, self._error) else "no tab made in time"
-            relaunched = await self.relaunch("closed", gen)
+        except (self.tabs.error, TimeoutError) as e:  # the browser went away while a tab was made
+            why = first_line(e) if isinstance(e, self.tabs.error) else "no tab made in time"
+            relaunched = await self.tabs.relaunch("closed", gen)
             return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
         extra = dict(self.settings.headers_for(host_key(req.url)))
         extra.update(req.headers)
-        visit = _Visit(host_key(req.url), hops, deadline, extra)
+        visit = Visit(host_key(req.url), hops, deadline, extra)
         tab.visit, tab.block = visit, load.block
         try:
             async with asyncio.timeout(limit + GRACE):
                 page = await self._render(tab, req, load, limit, deadline)
             if page.status is not None:
-                self._errors = 0
+                self.tabs.errors = 0
             return page
-        except (TimeoutError, self._timeout):
+        except (TimeoutError, self.tabs.timeout):
             relaunched = (self.settings.browser_relaunch_on_timeout
-                          and await self.relaunch("timeout", tab.gen))
+                          and await self.tabs.relaunch("timeout", tab.gen))
             return _failed(req, f"timeout after {limit:g}s"
                                 + (" (browser relaunched)" if relaunched else ""))
-        except self._error as e:
+        except self.tabs.error as e:
             return await self._error_page(req, tab, visit, e)
         finally:
             tab.visit = None
-            self._give(tab)
+            self.tabs.give(tab)
 
-    async def _error_page(self, req: FetchRequest, tab: _Tab, visit: _Visit,
+    async def _error_page(self, req: FetchRequest, tab: Tab, visit: Visit,
                           e: Exception) -> FetchedPage:
-        why = _first_line(e)
+        why = first_line(e)
         if visit.refused is not None:
             url, refusal = visit.refused
             return _refused(req, url, refusal, None)
         if "Download is starting" in why:
             return _failed(req, "a download, not a page", permanent=True)
-        browser = self._browser
-        if tab.dead or browser is None or not browser.is_connected() or tab.gen != self._gen \
+        browser = self.tabs.browser
+        if tab.dead or browser is None or not browser.is_connected() or tab.gen != self.tabs.gen \
                 or "closed" in why.lower() or "crash" in why.lower():
             tab.dead = True
             reason = "crash" if "crash" in why.lower() else "closed"
-            relaunched = await self.relaunch(reason, tab.gen)
+            relaunched = await self.tabs.relaunch(reason, tab.gen)
             return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
         if "net::ERR_INVALID_URL" in why or "Cannot navigate to invalid URL" in why:
             return _failed(req, f"invalid URL: {why}", permanent=True)
-        self._errors += 1
-        if self._errors >= self.settings.browser_max_errors:
-            self._errors = 0
-            if await self.relaunch("errors", tab.gen):
+        self.tabs.errors += 1
+        if self.tabs.errors >= self.settings.browser_max_errors:
+            self.tabs.errors = 0
+            if await self.tabs.relaunch("errors", tab.gen):
                 why += " (browser relaunched)"
         return _failed(req, why)
 
-    async def _render(self, tab: _Tab, req: FetchRequest, load: Load, limit: float,
+    async def _render(self, tab: Tab, req: FetchRequest, load: Load, limit: float,
                       deadline: float) -> FetchedPage:
         page, visit = tab.page, tab.visit
         assert page is not None and visit is not None
@@ -515,7 +214,7 @@ class BrowserFetcher:
                 try:
                     await page.wait_for_selector(load.selector, state="attached",
                                                  timeout=left * 1000)
-                except self._timeout:  # not there in time: the page as it is
+                except self.tabs.timeout:  # not there in time: the page as it is
                     pass
         if load.wait_ms:
             left = deadline - loop.time()
@@ -598,15 +297,6 @@ def _refused(req: FetchRequest, url: str, why: str, status: int | None,
     return FetchedPage(req.url_id, status if final else None, None, f"redirect to {url}: {why}",
                        cacheable=final, final_url=url, redirects=chain, permanent=final,
                        fetcher="browser")
-
-
-def _first_line(e: BaseException) -> str:
-    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    for prefix in ("Page.goto: ", "Page.content: ", "BrowserContext.new_page: ",
-                   "Browser.new_context: "):
-        line = line.removeprefix(prefix)
-    return line
 
 
 __all__ = ["BrowserFetcher", "BrowserUnavailable", "Load", "load_options"]
