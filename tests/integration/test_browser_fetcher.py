@@ -140,6 +140,18 @@ class RefusingGate:
         raise AssertionError("no slot was given")
 
 
+async def test_a_window_a_page_opens_is_closed(site: JsSite, browser: BrowserFetcher) -> None:
+    site.hits["/p/1"] = 0
+    page = await browser.fetch(request(site.base + "/popup"), None)
+    assert page.status == 200
+    await until(lambda: site.hits["/p/1"] > 0, what="the popup's request")
+    live = browser.tabs.browser
+    assert live is not None
+
+    await until(lambda: all(len(c.pages) == 1 for c in live.contexts),
+                what="the popup closed")  # a tab is one context with one page
+
+
 async def test_a_script_navigation_to_another_host_goes_through_the_gate(
         site: JsSite, browser: BrowserFetcher) -> None:
     other = site.base.replace("127.0.0.1", "localhost")

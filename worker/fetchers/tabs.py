@@ -242,14 +242,23 @@ class Tabs:
         try:
             if stealth:
                 await context.add_init_script(stealthy.INIT_SCRIPT)
+            # Always routed (even with nothing to block): a routed context has no HTTP cache, so
+            # a page fetched again is answered in full, never with a 304 of Chromium's making.
             await context.route("**/*", route)
             page = await context.new_page()
         except BaseException:  # a browser gone meanwhile, or the wait given up
             self._spawn(self._close_tab(tab))
             raise
         page.on("crash", lambda _: self._crashed(tab))
+        context.on("page", lambda p: self._opened(tab, p))
         tab.page = page
         return tab
+
+    def _opened(self, tab: Tab, page: Page) -> None:
+        """A window a visited page opened (``window.open``): closed, a tab stays one page. A
+        task's leased page keeps what it opens."""
+        if page is not tab.page and tab.leased_until is None:
+            self._spawn(_close_quietly(page))
 
     def _crashed(self, tab: Tab) -> None:
         tab.dead = True
@@ -354,6 +363,11 @@ class Tabs:
                 tab.leased_until = None
                 self.give(tab)
                 self.slots.release()
+
+
+async def _close_quietly(page: Page) -> None:
+    with suppress(Exception):
+        await asyncio.wait_for(page.close(), 10)
 
 
 def first_line(e: BaseException) -> str:
