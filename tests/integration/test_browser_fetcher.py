@@ -239,6 +239,16 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
     assert browser.tabs.slots._value == 2  # no slot released twice
 
 
+async def test_a_crashed_page_relaunches_the_browser(site: JsSite,
+                                                    browser: BrowserFetcher) -> None:
+    before = browser.relaunches
+    page = await browser.fetch(request("chrome://crash"), None)  # the renderer dies
+    assert page.status is None and page.error and POLICY.retryable(page), page
+    await until(lambda: browser.relaunches == before + 1, what="the relaunch")
+    assert (await browser.fetch(request(site.url(2)), None)).status == 200
+    assert browser.relaunches == before + 1
+
+
 async def test_errors_in_a_row_relaunch_the_browser(browser: BrowserFetcher) -> None:
     closed = f"http://127.0.0.1:{free_port('127.0.0.1')}/"  # nothing listens there
     before = browser.relaunches

@@ -185,9 +185,9 @@ class BrowserFetcher:
             return _failed(req, "a download, not a page", permanent=True)
         browser = self.tabs.browser
         if tab.dead or browser is None or not browser.is_connected() or tab.gen != self.tabs.gen \
-                or "closed" in why.lower() or "crash" in why.lower():
+                or "closed" in why.lower() or "crashed" in why.lower():
             tab.dead = True
-            reason = "crash" if "crash" in why.lower() else "closed"
+            reason = "crash" if tab.dead or "crashed" in why.lower() else "closed"
             relaunched = await self.tabs.relaunch(reason, tab.gen)
             return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
