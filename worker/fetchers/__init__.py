@@ -92,4 +92,5 @@ class Fetcher(Protocol):
 FETCHERS: Registry[Fetcher] = Registry("fetcher")
 
 from worker.fetchers import browser as _browser  # noqa: F401 - registers "browser"
+from worker.fetchers import github as _github  # noqa: F401 - registers "github"
 from worker.fetchers import http as _http  # noqa: F401 - registers "http"

@@ -49,4 +49,5 @@ class Source(Protocol):
 
 SOURCES: Registry[Source] = Registry("source")
 
+from worker.sources import github as _github  # noqa: F401 - registers "github"
 from worker.sources import web as _web  # noqa: F401 - registers "web"

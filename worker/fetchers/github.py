@@ -1,0 +1,265 @@
+"""The ``github`` fetcher: the ``http`` fetcher's request (``worker.fetchers.http.fetch``) with a
+token from the pool (``Authorization: Bearer``), the pool's rate-limit state shared by every
+worker through PostgreSQL (``shared.db.api_tokens``: one row per token and resource).
+
+For each fetch: a URL not under ``githubBaseUrl`` fails for good, unasked (a token goes to
+the API only). Else a token is leased for the URL's resource (``search`` for ``/search/...``,
+else ``core``): the free one with the most budget left, with fewer than
+``githubTokenConcurrency`` requests in flight. Its answer's ``X-RateLimit-*`` headers go back to
+the store; a spent limit (403/429 with Remaining 0), a secondary limit (Retry-After, or a
+"rate limit" message: that long, else a minute) or a refused token (401: an hour, warned by
+token id) switch to the next token at once. No token free: no request, the outcome says when
+one will be (``retry_after``) and ``GitHubPolicy`` defers the visit till then (no attempt
+counted). The store unreachable: the same, 5 s.
+
+The token never leaves the request: the raw answer's request headers (a WARC record) carry
+``Bearer ***``, errors are scrubbed, and while the fetcher runs the root log handlers blank
+every token out (``worker.github_tokens.Redact``). Without tokens, requests go unauthenticated
+(one warning; GitHub allows 60 an hour per address), under the id ``anonymous``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Self
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+
+from shared.config import Settings
+from shared.db import api_tokens
+from shared.db.pool import RETRYABLE, open_pool
+from shared.model import FetchedPage, RawResponse
+from worker.fetchers import FETCHERS, FetchRequest, HopGate
+from worker.fetchers.http import _retry_after, fetch, fetch_budget, open_session
+from worker.github_tokens import ANONYMOUS, MASK, Redact, load_tokens, token_id
+from worker.sources.github import LIMITED, SECONDARY_WAIT, says_rate_limit
+
+log = logging.getLogger(__name__)
+
+RESOURCES = ("core", "search")
+STORE_DOWN_WAIT = 5.0     # the token store unreachable: the visit again in that long
+REFUSED_PAUSE = 3600.0    # a token answered with 401: not used again for an hour
+LOCAL_WAIT = 1.0          # a token frees within this: wait for it here, not in the frontier
+STORE_ERRORS = (asyncpg.PostgresError, *RETRYABLE)
+
+
+def resource_of(path: str) -> str:
+    return "search" if path.startswith("/search/") else "core"
+
+
+@FETCHERS.register("github")
+class GitHubFetcher:
+    """The ``github`` fetcher (see the module); owns an aiohttp session and a small pool (at
+    most 2 connections) to the token store."""
+    kind = "github"
+
+    def __init__(self, settings: Settings, concurrency: int | None = None) -> None:
+        self.settings = settings
+        self.concurrency = concurrency
+        base = urlsplit(settings.github_base_url)
+        self.scheme, self.netloc = base.scheme.lower(), base.netloc.lower()
+        self.prefix = base.path.rstrip("/")
+        self.lease = fetch_budget(settings) + 5.0
+        self.tokens: dict[str, str | None] = {}  # token id -> token (None: anonymous)
+        self._session: aiohttp.ClientSession | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._redact: Redact | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        try:
+            tokens = load_tokens(self.settings)
+            self.tokens = {token_id(t): t for t in tokens} or {ANONYMOUS: None}
+            if not tokens:
+                log.warning("no GitHub token (githubTokens, githubTokenFiles): requests go "
+                            "unauthenticated, at GitHub's 60 an hour")
+            self._redact = Redact(tokens)
+            self._redact.install()
+            self._session = await self._stack.enter_async_context(
+                open_session(self.settings, self.concurrency))
+            pool = await self._stack.enter_async_context(
+                open_pool(self.settings.database_url, min_size=0, max_size=2, retry_for=10))
+            self._pool = pool
+            async with pool.acquire() as conn:
+                await api_tokens.register(conn, list(self.tokens), RESOURCES)
+            log.info("GitHub tokens: %s", ", ".join(self.tokens))
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._session = self._pool = None
+        try:
+            await self._stack.aclose()
+        finally:
+            if self._redact is not None:
+                self._redact.uninstall()
+                self._redact = None
+
+    def _path(self, url: str) -> str | None:
+        """The path of ``url`` after the base URL's, None if ``url`` is not under it."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return None
+        if parts.scheme.lower() != self.scheme or parts.netloc.lower() != self.netloc:
+            return None
+        path = parts.path or "/"
+        if not self.prefix:
+            return path
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return None
+        return path[len(self.prefix):] or "/"
+
+    async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
+        path = self._path(req.url)
+        if path is None:
+            return FetchedPage(req.url_id, None, None,
+                               "not under githubBaseUrl: no request made", cacheable=False,
+                               permanent=True, fetcher=self.kind)
+        resource = resource_of(path)
+        assert self._pool is not None and self._session is not None, "used outside async with"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + fetch_budget(self.settings)
+        page: FetchedPage | None = None
+        tries = 0
+        while tries <= len(self.tokens):
+            try:
+                async with self._pool.acquire() as conn:
+                    now, got = await api_tokens.take(conn, list(self.tokens), resource,
+                                                     self.settings.github_token_concurrency,
+                                                     self.lease)
+            except STORE_ERRORS as e:
+                log.warning("GitHub token store unavailable: %s", type(e).__name__)
+                return self._later(req, "GitHub token store unavailable", STORE_DOWN_WAIT)
+            if isinstance(got, datetime.datetime):
+                wait = (got - now).total_seconds()
+                if wait <= LOCAL_WAIT and loop.time() + wait < deadline:
+                    await asyncio.sleep(max(wait, 0.02))  # a request in flight ends soon
+                    continue
+                return self._later(req, f"no GitHub token free ({resource})", max(wait, 0.1))
+            tries += 1
+            page = await self._request(req, got, resource, hops)
+            if not self._switch(page):
+                break
+        assert page is not None
+        return page
+
+    async def _request(self, req: FetchRequest, taken: api_tokens.Taken, resource: str,
+                       hops: HopGate | None) -> FetchedPage:
+        """One request with the leased token, its lease given back with what the answer said."""
+        token = self.tokens.get(taken.token_id)
+        headers = dict(req.headers)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        wants = req.wants_body
+
+        def wants_body(status: int, mime: str | None) -> bool:  # a limit's message too
+            return wants(status, mime) or status in LIMITED
+
+        page = FetchedPage(req.url_id, None, None, "no answer", cacheable=False)
+        try:
+            assert self._session is not None
+            page = await fetch(self._session, self.settings, req.url_id, req.url,
+                               req.validators, hops, req.policy, wants_body=wants_body,
+                               headers=headers, keep_raw=req.keep_raw)
+            page = self._clean(page)
+        finally:
+            await self._give_back(taken, resource, page)
+        return page
+
+    def _switch(self, page: FetchedPage) -> bool:
+        """Whether the answer says to try the next token: a rate limit, or the token refused."""
+        return page.status == 401 or (page.status in LIMITED and self._limit_wait(page)
+                                      is not None)
+
+    @staticmethod
+    def _limit_wait(page: FetchedPage) -> float | None:
+        """For a 403/429 that is a rate limit: the pause for its token (0: a spent primary
+        limit, which its reset time already covers); None: no rate limit."""
+        h = page.headers
+        if h is not None and h.get("X-RateLimit-Remaining", "").strip() == "0":
+            return 0.0
+        if page.retry_after is not None:
+            return page.retry_after
+        if says_rate_limit(page.body):
+            return SECONDARY_WAIT
+        return None
+
+    async def _give_back(self, taken: api_tokens.Taken, resource: str,
+                         page: FetchedPage) -> None:
+        h = page.headers
+        remaining = limit = None
+        reset_at = None
+        if h is not None:
+            remaining = _int(h.get("X-RateLimit-Remaining"))
+            limit = _int(h.get("X-RateLimit-Limit"))
+            reset = _int(h.get("X-RateLimit-Reset"))
+            if reset is not None:
+                reset_at = datetime.datetime.fromtimestamp(reset, datetime.UTC)
+            if remaining is None or reset_at is None:
+                remaining = reset_at = None
+        pause = None
+        if page.status == 401:
+            pause = REFUSED_PAUSE
+            log.warning("GitHub token %s refused (401): not used for an hour", taken.token_id)
+        elif page.status in LIMITED:
+            wait = self._limit_wait(page)
+            pause = wait or None
+        try:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                await api_tokens.give_back(conn, taken, resource, remaining=remaining,
+                                           limit=limit, reset_at=reset_at, pause=pause,
+                                           spent=not page.not_modified)
+        except STORE_ERRORS as e:  # its lease runs out on its own
+            log.warning("GitHub token %s not given back: %s", taken.token_id, type(e).__name__)
+
+    def _clean(self, page: FetchedPage) -> FetchedPage:
+        """No token in what is kept; a 403's Retry-After read; a 2xx JSON body that does not
+        parse (cut short?) made a failure worth another try."""
+        changes: dict[str, object] = {}
+        if page.raw is not None:
+            changes["raw"] = _redacted(page.raw)
+        if page.error is not None and self._redact is not None:
+            changes["error"] = self._redact.scrub(page.error)
+        if page.status == 403 and page.retry_after is None and page.headers is not None:
+            changes["retry_after"] = _retry_after(page.headers.get("Retry-After"))
+        if page.status is not None and 200 <= page.status < 300 and page.body:
+            try:
+                json.loads(page.body)
+            except (ValueError, UnicodeError):
+                return FetchedPage(page.url_id, None, None, "invalid JSON (cut short?)",
+                                   cacheable=False, final_url=page.final_url,
+                                   redirects=page.redirects, fetcher=self.kind,
+                                   headers=page.headers)
+        if page.fetcher != self.kind:
+            changes["fetcher"] = self.kind
+        return replace(page, **changes) if changes else page  # type: ignore[arg-type]
+
+    def _later(self, req: FetchRequest, why: str, wait: float) -> FetchedPage:
+        return FetchedPage(req.url_id, None, None, why, cacheable=False, retry_after=wait,
+                           fetcher=self.kind)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _redacted(raw: RawResponse) -> RawResponse:
+    """The raw answer with its request's Authorization masked."""
+    sent = tuple((k, f"Bearer {MASK}" if k.lower() == "authorization" else v)
+                 for k, v in raw.request_headers)
+    return replace(raw, request_headers=sent)
+
