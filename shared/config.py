@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -73,7 +73,8 @@ class HostPace:
 class Settings(BaseModel):
     """Everything a tier needs; passed down, never read from globals."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a bad value (a GitHub token) is never echoed in an error.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = "postgresql://harvester:harvester@localhost:5432/harvester"
     nats_url: str = "nats://localhost:4222"
@@ -179,6 +180,17 @@ class Settings(BaseModel):
     worker_max_latency: float = Field(0.0, ge=0)  # median fetch seconds
     worker_health_window: int = Field(50, gt=0)   # last outcomes considered
 
+    # GitHub source (issue 13, docs/github.md): the API's base URL (GitHub Enterprise:
+    # https://host/api/v3), the tokens (environment or token files only: never a config file
+    # key, never shown or logged), a list page's size, requests in flight per token, and how
+    # long GET /users and /contributors wait for the crawl before answering 202.
+    github_base_url: str = "https://api.github.com"
+    github_tokens: tuple[str, ...] = Field((), repr=False, exclude=True)
+    github_token_files: tuple[Path, ...] = ()     # one token a line, # comments; read by workers
+    github_per_page: int = Field(100, ge=1, le=100)
+    github_token_concurrency: int = Field(4, gt=0)
+    github_wait: float = Field(10.0, ge=0)
+
     @field_validator("root_path")
     @classmethod
     def _root(cls, v: str) -> str:
@@ -250,6 +262,28 @@ class Settings(BaseModel):
     def _browser_block(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return check_block(v)
 
+    @field_validator("github_base_url")
+    @classmethod
+    def _github_base_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+                or parts.fragment or v.endswith("/") or "#" in v or "?" in v):
+            raise ValueError(f"invalid GitHub base URL {v!r} (use http(s)://host[:port][/path] "
+                             "without a trailing /, e.g. https://api.github.com)")
+        return v
+
+    @field_validator("github_tokens", mode="before")
+    @classmethod
+    def _github_tokens(cls, v: Any) -> Any:
+        tokens = split_tokens(v) if isinstance(v, str) else v
+        if isinstance(tokens, list | tuple):
+            for i, token in enumerate(tokens, 1):  # the error never holds the value
+                if not isinstance(token, str) or not GITHUB_TOKEN.fullmatch(token):
+                    raise ValueError(f"token {i} is malformed (use 8 to 255 letters, digits, "
+                                     "_, . and -)")
+            return tuple(dict.fromkeys(tokens))
+        return tokens
+
     @field_validator("worker_kinds")
     @classmethod
     def _worker_kinds(cls, v: dict[str, int]) -> dict[str, int]:
@@ -304,9 +338,15 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Playwright's request.resource_type values that may be blocked ("document" never: it is the page)
 RESOURCE_TYPES = ("stylesheet", "image", "media", "font", "script", "texttrack", "xhr", "fetch",
                   "eventsource", "websocket", "manifest", "other")
+GITHUB_TOKEN = re.compile(r"[\w.-]{8,255}", re.ASCII)
 TASK_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}", re.ASCII)
 _TARGET = re.compile(r"(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|[^:\0]*[^:\0/]\.py):[A-Za-z_]\w*",
                      re.ASCII)
+
+
+def split_tokens(text: str) -> tuple[str, ...]:
+    """Tokens from a comma or white-space separated list (``HARVESTER_GITHUB_TOKENS``)."""
+    return tuple(t for t in re.split(r"[,\s]+", text) if t)
 
 
 def check_target(target: str) -> str:
@@ -426,6 +466,8 @@ _SIMPLE_KEYS = {
     "taskConcurrency": "task_concurrency", "taskMaxAttempts": "task_max_attempts",
     "init": "init", "workerMaxErrorRate": "worker_max_error_rate",
     "workerHealthWindow": "worker_health_window",
+    "githubBaseUrl": "github_base_url", "githubTokenFiles": "github_token_files",
+    "githubPerPage": "github_per_page", "githubTokenConcurrency": "github_token_concurrency",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -443,6 +485,7 @@ _DURATION_KEYS = {
     "webhookRetryCap": "webhook_retry_cap",
     "browserTimeout": "browser_timeout", "browserPageLease": "browser_page_lease",
     "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
+    "githubWait": "github_wait",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -468,8 +511,12 @@ _ENV = {
     "HARVESTER_WEBHOOK_RETRY_CAP": "webhook_retry_cap",
     "HARVESTER_FETCHER_KINDS": "fetcher_kinds",  # a comma list: "http,browser"
     "HARVESTER_BROWSER_PATH": "browser_path", "HARVESTER_TASK_TOPIC": "task_topic",
+    "HARVESTER_GITHUB_BASE_URL": "github_base_url",
+    "HARVESTER_GITHUB_TOKENS": "github_tokens",  # comma or space separated; only here
+    "HARVESTER_GITHUB_TOKEN_FILES": "github_token_files",  # a comma list of paths
+    "HARVESTER_GITHUB_WAIT": "github_wait",
 }
-_LIST_FIELDS = frozenset({"fetcher_kinds"})
+_LIST_FIELDS = frozenset({"fetcher_kinds", "github_token_files"})
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())
 
@@ -502,6 +549,9 @@ def _from_file(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             out["nats_url"] = q["connURL"]
         if q.get("topic"):
             out[field] = q["topic"]
+    if "githubTokens" in data:  # a config file is shared and shown: tokens never go in one
+        raise ConfigError(source, '"githubTokens": put GitHub tokens in HARVESTER_GITHUB_TOKENS '
+                          'or in githubTokenFiles, never in the config file')
     for key, field in _SIMPLE_KEYS.items():
         if key in data:
             out[field] = data[key]
@@ -527,6 +577,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(var, f"invalid duration {value!r}") from None
         elif name in _LIST_FIELDS:
             out[name] = tuple(p.strip() for p in value.split(",") if p.strip())
+        elif name == "github_tokens":
+            out[name] = split_tokens(value)
         else:
             out[name] = value
     return out

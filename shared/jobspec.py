@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -44,6 +45,14 @@ UNBOUNDED_DEPTH = INT32_MAX - 1  # the default depth of a job with follow or ids
 MAX_RULE_CHARS = 1000
 BUILTIN_EXTRACTORS = ("items",)
 BUILTIN_OUTPUTS = ("warc", "files", "tar", "db")
+# Where a job's pages come from and what they yield (worker/sources): "web" (HTML pages, the
+# default) or "github" (the GitHub REST API, its URLs derived from ``github``: github_job).
+SOURCE_KINDS = ("web", "github")
+# A source's follow mode (follow_mode): its pages' children are the links it yields.
+SOURCE_FOLLOW: dict[str, Literal["html", "rules", "both"]] = {"github": "rules"}
+GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+MAX_GITHUB_USERS = 100_000
+GITHUB_SEARCH_CAP = 1000  # GitHub's search API gives the first 1000 results only
 
 
 def _pattern(value: str) -> str:
@@ -78,6 +87,13 @@ def _fetcher(value: str, info: ValidationInfo) -> str:
 
 def _extractor(value: str, info: ValidationInfo) -> str:
     return _kind(value, info, "extractors", "extractor")
+
+
+def _source(value: str) -> str:
+    if value not in SOURCE_KINDS:
+        raise PydanticCustomError("kind", "unknown source: {kind} (known: {known})",
+                                  {"kind": value, "known": ", ".join(SOURCE_KINDS)})
+    return value
 
 
 def _output(value: str, info: ValidationInfo) -> str:
@@ -182,9 +198,10 @@ ExtractorKind = Annotated[str, AfterValidator(_extractor)]
 OutputKind = Annotated[str, AfterValidator(_output)]
 
 # The spec keys that change what a page yields (beyond its links, which every job extracts):
-# they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of). Issue 13
-# adds source. ``browser`` is not one: how a page is rendered is the fetcher's business.
-YIELD_KEYS = ("extract", "follow", "ids", "save", "task")
+# they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of).
+# ``source`` is one (its extractor); ``github`` is not: its pages yield by their URL, so all
+# GitHub jobs share one rule set and each other's pages. ``browser`` is not one: how a page is rendered is the fetcher's business.
+YIELD_KEYS = ("extract", "follow", "ids", "save", "task", "source")
 _RULESET_PROJECTION = {"ids": ("regex", "urlFormat")}
 
 
@@ -369,6 +386,56 @@ class TaskSpec(_Options):
         return v
 
 
+def _login(value: str) -> str:
+    if not GITHUB_LOGIN.fullmatch(value):
+        raise PydanticCustomError("login", "not a GitHub login: {login}", {"login": value})
+    return value.lower()
+
+
+class GitHubSpec(_Options):
+    """``github`` (only with ``"source": "github"``): what to crawl of the GitHub API. Exactly
+    one of ``users`` (the first N accounts: by id, as ``GET /users`` lists them, or
+    ``newest`` first through the search API, at most 1000) and ``contributors`` (a login,
+    lower-cased: the user, the contributors of their repositories, theirs, ... ``depth``
+    times)."""
+
+    users: int | None = Field(None, ge=1, le=MAX_GITHUB_USERS)
+    order: Literal["id", "newest"] = "id"
+    contributors: Annotated[str, AfterValidator(_login)] | None = None
+    depth: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> GitHubSpec:
+        if (self.users is None) == (self.contributors is None):
+            raise PydanticCustomError("github", "give exactly one of users, contributors")
+        if self.order != "id" and self.users is None:
+            raise PydanticCustomError("github", "order goes with users only")
+        if self.order == "newest" and self.users is not None and self.users > GITHUB_SEARCH_CAP:
+            raise PydanticCustomError(
+                "github", "users {n} with order newest (GitHub's search gives {cap} at most)",
+                {"n": self.users, "cap": GITHUB_SEARCH_CAP})
+        return self
+
+
+def github_depth_cap(max_depth: int) -> int:
+    """The largest ``github.depth`` a server with ``maxDepth`` allows (its max_level 2D+1)."""
+    return max(max_depth - 1, 0) // 2
+
+
+def github_job(g: GitHubSpec, base: str, per_page: int) -> tuple[tuple[str, ...], int, int | None]:
+    """A GitHub job's canonical URLs, max_level and maxPages. ``users``: the list (``/users``
+    from id 0, or the search by join date) page by page, every page on level 0 (pages are
+    0-weight ``next`` edges), as many pages as hold N users. ``contributors``: the profile
+    (level 0), its repository lists (1), their contributor lists (2), ... 2D+1 levels."""
+    if g.users is not None:
+        n = min(per_page, g.users)
+        url = (f"{base}/search/users?q=type:user&sort=joined&order=desc&per_page={n}"
+               if g.order == "newest" else f"{base}/users?per_page={n}")
+        return (validate_job_url(url),), 1, math.ceil(g.users / n)
+    assert g.contributors is not None
+    return (validate_job_url(f"{base}/users/{g.contributors}"),), 2 * g.depth + 1, None
+
+
 OUTPUT_MODELS: dict[str, type[_Options]] = {
     "warc": WarcSpec, "files": FilesSpec, "tar": TarSpec, "db": DbSpec}
 
@@ -430,6 +497,9 @@ class JobSpec(BaseModel):
     webhook: WebhookURL | None = None
     browser: BrowserSpec | None = None  # only with fetcher "browser"
     task: TaskSpec | None = None
+    # Issue 13: "github" derives urls, depth, fetcher and scope.maxPages from ``github``.
+    source: Annotated[str, AfterValidator(_source)] = "web"
+    github: GitHubSpec | None = None  # only with source "github"
 
     @field_validator("urls")
     @classmethod
@@ -442,6 +512,8 @@ class JobSpec(BaseModel):
         if "max_depth" not in context or "max_level" not in context:
             raise RuntimeError("JobSpec needs a validation context: use validate_spec")
         spec = self
+        if spec.source == "github" or spec.github is not None or spec.fetcher == "github":
+            spec = _github(spec, context)
         unbounded = spec.follow is not None or spec.ids is not None
         if not spec.urls and not (spec.ids and (spec.ids.seeds or spec.ids.known)):
             _fail("urls", spec.urls, PydanticCustomError(
@@ -480,12 +552,58 @@ class JobSpec(BaseModel):
         them stores (and ``/status`` shows) what it did before they existed."""
         exclude = {"urls"} | {name for name in _OMITTED_AT_DEFAULT
                               if getattr(self, name) == JobSpec.model_fields[name].default}
-        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
+        out = self.model_dump(mode="json", by_alias=True, exclude=exclude)
+        if self.github is not None:  # only what was asked: users or contributors
+            out["github"] = self.github.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return out
 
     def ruleset(self) -> int:
         """The job's rule set: 0 when nothing changes what a page yields beyond its links,
         else a digest of the keys that do (:func:`ruleset_of` of the stored spec)."""
         return ruleset_of(self.stored())
+
+
+def _github(spec: JobSpec, context: Mapping[str, Any]) -> JobSpec:
+    """A ``"source": "github"`` spec with what ``github`` derives: its URLs, depth, fetcher
+    and maxPages (given, they must be those: a stored spec POSTs back); 400 for the rest."""
+    if spec.source != "github":
+        what = "github" if spec.github is not None else "fetcher"
+        _fail(what, "github", PydanticCustomError(
+            "source", 'only with "source": "github"'))
+    if spec.github is None:
+        _fail("github", None, PydanticCustomError("missing", 'required with "source": "github"'))
+    assert spec.github is not None
+    if "github" not in context.get("fetchers", ()):
+        _fail("source", spec.source, PydanticCustomError(
+            "source", "the server has no github fetcher (fetcherKinds: {known})",
+            {"known": ", ".join(context.get("fetchers", ())) or "none"}))
+    if "fetcher" in spec.model_fields_set and spec.fetcher != "github":
+        _fail("fetcher", spec.fetcher, PydanticCustomError(
+            "source", 'a "source": "github" job is fetched by "github", not {fetcher}',
+            {"fetcher": spec.fetcher}))
+    for name in ("follow", "ids"):
+        if getattr(spec, name) is not None:
+            _fail(name, None, PydanticCustomError(
+                "source", 'not with "source": "github" (its pages yield their own links)'))
+    cap = github_depth_cap(int(context["max_depth"]))
+    if spec.github.depth > cap:
+        _fail("github.depth", spec.github.depth, PydanticCustomError(
+            "depth_range", "{depth} (allowed 0 to {cap})",
+            {"depth": spec.github.depth, "cap": cap}))
+    urls, max_level, max_pages = github_job(
+        spec.github, str(context.get("github_base_url", "https://api.github.com")),
+        int(context.get("github_per_page", 100)))
+    if spec.urls and spec.urls != urls:
+        _fail("urls", list(spec.urls), PydanticCustomError("source", "derived from github"))
+    if spec.depth is not None and spec.depth != max_level:
+        _fail("depth", spec.depth, PydanticCustomError(
+            "source", "derived from github ({depth})", {"depth": max_level}))
+    if "max_pages" in spec.scope.model_fields_set and spec.scope.max_pages != max_pages:
+        _fail("scope.maxPages", spec.scope.max_pages, PydanticCustomError(
+            "source", "derived from github ({n})", {"n": max_pages}))
+    return spec.model_copy(update={
+        "urls": urls, "depth": max_level, "fetcher": "github",
+        "scope": spec.scope.model_copy(update={"max_pages": max_pages})})
 
 
 def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
@@ -494,12 +612,15 @@ def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
 
 
 _OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook", "browser",
-                       "task")
+                       "task", "source", "github")
 
 
 def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
     """Which links a job follows (``job.follow``): ``html`` (the HTML link extractor's: no
-    ``follow``/``ids``), ``rules`` (only its follow/ids yields), ``both`` (``follow.html``)."""
+    ``follow``/``ids``), ``rules`` (only its follow/ids yields), ``both`` (``follow.html``);
+    a source's own (``SOURCE_FOLLOW``: github's pages yield their links, ``rules``)."""
+    if (mode := SOURCE_FOLLOW.get(stored.get("source") or "web")) is not None:
+        return mode
     follow, ids = stored.get("follow"), stored.get("ids")
     if not follow and not ids:
         return "html"
@@ -561,7 +682,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
                "extractors": (*BUILTIN_EXTRACTORS, *settings.extractor_kinds),
                "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds),
                "webhook_secret": bool(settings.webhook_secret),
-               "tasks": tuple(settings.tasks)}
+               "tasks": tuple(settings.tasks), "github_base_url": settings.github_base_url,
+               "github_per_page": settings.github_per_page}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)
@@ -592,7 +714,7 @@ def status_view(stored: str | dict[str, Any], urls: list[str]) -> dict[str, Any]
     out = {_alias(JobSpec, n): spec[_alias(JobSpec, n)] for n in JobSpec.model_fields
            if _alias(JobSpec, n) in spec}
     for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec),
-                       ("browser", BrowserSpec), ("task", TaskSpec)):
+                       ("browser", BrowserSpec), ("task", TaskSpec), ("github", GitHubSpec)):
         if isinstance(out.get(key), dict):
             part = out[key]
             out[key] = {_alias(model, n): part[_alias(model, n)]

@@ -218,8 +218,15 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     await conn.execute("""
         DELETE FROM job_pending p USING unnest($1::bigint[], $2::bigint[]) AS d(job_id, url_id)
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", jobs, urls)
-    queued = await _queue_children(conn, [p for p in expanding if p.level + 1 < p.max_level],
-                                   extra or {})
+    # A page on the last level but one has no children, but one following rules may have a
+    # next page (a 0-weight edge, on its own level: _CHILDREN_SQL keeps each job's below
+    # max_level).
+    parents = [p for p in expanding if p.level + 1 < p.max_level
+               or (p.follow != "html" and p.level < p.max_level)]
+    if extra:  # URLs that are not links (sitemaps) are a level down: none from the last
+        below = {p.key for p in parents if p.level + 1 < p.max_level}
+        extra = {k: v for k, v in extra.items() if k in below}
+    queued = await _queue_children(conn, parents, extra or {})
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
 
@@ -340,25 +347,33 @@ _LINKS_SQL = f"""
 # The same for parents of which some follow their rules (job.follow 'rules' or 'both'): the
 # page's HTML links for 'html'/'both' (never images, CSS, JS) and, for 'rules'/'both', the URLs
 # of the link and id yields of the page under the job's rule set (url_yield.target), of any
-# type (a rule asked for them: see plan), each (job, url) once from its nearest parent. Jobs
-# that follow HTML links only never run it (_children): theirs is the statement above.
+# type (a rule asked for them: see plan), each (job, url) once from its nearest parent. A link
+# yield with "rel": "next" (a list's next page: the GitHub source's pagination) is a 0-weight
+# edge: the page stays on its parent's level, so a list's pages are all one level. Only
+# children below their job's max_level are read (complete() also passes parents on the last
+# level but one for their next pages). Jobs that follow HTML links only never run it
+# (_children): theirs is the statement above.
 _CHILDREN_SQL = f"""
         WITH p AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[],
-                                 $6::bigint[], $7::text[])
-                AS p(job_id, url_id, level, origin_id, i, ruleset, follow))
+                                 $6::bigint[], $7::text[], $8::int[])
+                AS p(job_id, url_id, level, origin_id, i, ruleset, follow, max_level))
         SELECT DISTINCT ON (c.job_id, c.url_id)
                c.job_id, c.url_id, c.level, c.origin_id, c.refer_id, u.url, c.i
         FROM (SELECT p.job_id, l.url_id, p.level + 1 AS level, p.origin_id,
-                     p.url_id AS refer_id, p.i
+                     p.url_id AS refer_id, p.i, p.max_level
               FROM p JOIN url_link l ON l.refer_id = p.url_id JOIN url u ON u.id = l.url_id
               WHERE p.follow <> 'rules' AND NOT {SKIP_MIME_SQL}
               UNION ALL
-              SELECT p.job_id, y.target, p.level + 1, p.origin_id, p.url_id, p.i
+              SELECT p.job_id, y.target,
+                     p.level + CASE WHEN y.kind = 'link' AND y.value->>'rel' = 'next'
+                                    THEN 0 ELSE 1 END,
+                     p.origin_id, p.url_id, p.i, p.max_level
               FROM p JOIN url_yield y ON y.url_id = p.url_id AND y.ruleset = p.ruleset
               WHERE p.follow <> 'html' AND y.kind IN ('link', 'id') AND y.target IS NOT NULL
              ) c
         JOIN url u ON u.id = c.url_id
+        WHERE c.level < c.max_level
         ORDER BY c.job_id, c.url_id, c.level, c.origin_id"""
 
 
@@ -369,7 +384,8 @@ def _children(parents: Sequence[Pending]) -> tuple[str, list[list[int] | list[st
         [p.origin_id for p in parents], list(range(len(parents)))]
     if all(p.follow == "html" for p in parents):
         return _LINKS_SQL, args
-    return _CHILDREN_SQL, [*args, [p.ruleset for p in parents], [str(p.follow) for p in parents]]
+    return _CHILDREN_SQL, [*args, [p.ruleset for p in parents], [str(p.follow) for p in parents],
+                           [p.max_level for p in parents]]
 
 
 async def _insert_first(conn: asyncpg.Connection,

@@ -6,10 +6,12 @@ function) beats with no kinds and says why in ``health`` (NULL: healthy). Times 
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -26,22 +28,28 @@ class WorkerProcess:
     started_on: datetime
     seen_on: datetime
     health: str | None = None
+    # What the worker reported at its last beat (worker.stats.WorkerStats.snapshot: inFlight,
+    # fetched, fetchedByKind, pagesPerSecond, errorRate, latencyP50, latencyP95); None before.
+    stats: dict[str, Any] | None = None
 
 
 async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], hostname: str,
-               pid: int, version: str, health: str | None = None) -> None:
-    """Say that worker ``id`` is alive now (its row is made on the first beat) with its kinds
-    and ``health`` (None: healthy, else why not), and delete the rows of other workers unseen
-    for a day (killed without a clean stop), in one statement."""
+               pid: int, version: str, health: str | None = None,
+               stats: Mapping[str, Any] | None = None) -> None:
+    """Say that worker ``id`` is alive now (its row is made on the first beat) with its kinds,
+    ``health`` (None: healthy, else why not) and ``stats`` (None: none reported), and delete
+    the rows of other workers unseen for a day (killed without a clean stop), in one
+    statement."""
     await conn.execute(f"""
         WITH pruned AS (
             DELETE FROM worker_process
             WHERE seen_on < now() - interval '{PRUNE_AFTER}' AND id <> $1)
-        INSERT INTO worker_process (id, kinds, hostname, pid, version, health)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO worker_process (id, kinds, hostname, pid, version, health, stats)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
         ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, health = EXCLUDED.health,
-                                       seen_on = now()""",
-        id, list(kinds), hostname, pid, version, health)
+                                       stats = EXCLUDED.stats, seen_on = now()""",
+        id, list(kinds), hostname, pid, version, health,
+        None if stats is None else json.dumps(stats, separators=(",", ":")))
 
 
 async def forget(conn: asyncpg.Connection, id: uuid.UUID) -> None:
@@ -67,8 +75,9 @@ async def live_kinds(conn: asyncpg.Connection, timeout: float) -> list[str]:
 async def live_workers(conn: asyncpg.Connection, timeout: float) -> list[WorkerProcess]:
     """The workers seen within the last ``timeout`` seconds, longest running first."""
     rows = await conn.fetch("""
-        SELECT id, kinds, hostname, pid, version, started_on, seen_on, health
+        SELECT id, kinds, hostname, pid, version, started_on, seen_on, health, stats
         FROM worker_process
         WHERE seen_on > now() - make_interval(secs => $1)
         ORDER BY started_on, id""", timeout)
-    return [WorkerProcess(**dict(r)) for r in rows]
+    return [WorkerProcess(**{**dict(r), "stats": None if r["stats"] is None
+                             else json.loads(r["stats"])}) for r in rows]
