@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.robots import BLOCKED
 from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
-from worker.fetchers import FetchRequest
+from worker.fetchers import FetchRequest, tabs
 from worker.fetchers.browser import BrowserFetcher
 from worker.fetchers.http import HttpFetcher, html_2xx
 from worker.retry import RetryPolicy
@@ -246,6 +246,24 @@ async def test_a_crashed_page_relaunches_the_browser(site: JsSite,
     assert page.status is None and page.error and POLICY.retryable(page), page
     await until(lambda: browser.relaunches == before + 1, what="the relaunch")
     assert (await browser.fetch(request(site.url(2)), None)).status == 200
+    assert browser.relaunches == before + 1
+
+
+async def test_a_browser_that_cannot_be_launched_fails_fetches_at_once(
+        site: JsSite, browser: BrowserFetcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = browser.relaunches
+    monkeypatch.setattr(browser.tabs, "settings",
+                        SETTINGS.model_copy(update={"browser_path": "/bin/false"}))
+    for pid in chromium_pids():
+        os.kill(pid, signal.SIGKILL)
+    await until(lambda: browser.tabs.browser is None, what="the failed relaunch")
+    page = await browser.fetch(request(site.url(1)), None)
+    assert page.error and page.error.startswith("browser unavailable: "), page
+    assert POLICY.retryable(page) and browser.relaunches == before
+    # Launchable again, the next fetch past RETRY_BROKEN launches it.
+    monkeypatch.setattr(browser.tabs, "settings", SETTINGS)
+    monkeypatch.setattr(tabs, "RETRY_BROKEN", 0.0)
+    assert (await browser.fetch(request(site.url(1)), None)).status == 200
     assert browser.relaunches == before + 1
 
 
