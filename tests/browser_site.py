@@ -7,7 +7,7 @@ a script builds the ``<a>`` elements, so the HTML as served has none. Page i lin
 2i+1 and 2i+2 (when they exist) and back to the root. Other paths: ``/hang`` (answers only
 when the site stops), ``/late`` (its link appears 300 ms after load), ``/img`` (one
 ``<img>``), ``/set-cookie`` (sets a cookie and loads ``/cookie.js``, which sees it),
-``/jump?to=URL`` (a script navigates there), ``/moved?to=URL`` (a 302 there), ``/popup`` (opens a window), ``/echo-cookie`` (writes the Cookie header it got), ``/probe`` (writes what navigator says
+``/jump?to=URL`` (a script navigates there), ``/moved?to=URL`` (a 302 there), ``/popup`` (opens a window), ``/hash`` (moves to ``#top``), ``/echo-cookie`` (writes the Cookie header it got), ``/probe`` (writes what navigator says
 into ``<pre id="probe">`` as JSON), ``/robots.txt`` (disallows ``/private``)."""
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ class JsSite:
             raise web.HTTPFound(request.query.get("to", "/"))
         if path == "/popup":  # opens another window
             return _html("Popup", "<script>window.open('/p/1');</script>")
+        if path == "/hash":  # a script moves to a fragment of the page
+            return _html("Hash", "<script>location.hash = 'top';</script>")
         if path == "/img":
             return _html("Image", '<img src="/pixel.png" alt="">')
         if path == "/pixel.png":

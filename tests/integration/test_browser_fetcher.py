@@ -74,6 +74,8 @@ async def test_the_browser_finds_the_links_a_script_builds(site: JsSite,
                                                                   "text/html")
     assert page.body is not None and page.charset == "utf-8" and page.cacheable
     assert [site.base + h for h in anchors(page.body)] == site.links(0)
+    same = await browser.fetch(request(site.base + "/hash"), None)  # a fragment: same page
+    assert same.status == 200 and same.final_url is None
     missing = await browser.fetch(request(site.base + "/p/99"), None)
     assert (missing.status, missing.error, missing.body) == (404, "HTTP 404 Not Found", None)
 

@@ -20,6 +20,7 @@ import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urldefrag
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -229,7 +230,9 @@ class BrowserFetcher:
             hop = hop.redirected_from
         hops.reverse()
         chain = tuple(h.url for h in hops)
-        final = page.url if page.url.startswith(("http://", "https://")) else resp.url
+        # Where the page ended: a script may have navigated on (its fragment is no new page).
+        final = urldefrag(page.url if page.url.startswith(("http://", "https://"))
+                          else resp.url).url
         if visit.refused is None and visit.hops is not None:  # HTTP redirects are not routed
             for url in dict.fromkeys([*chain[1:], resp.url, final]):
                 if host_key(url) != visit.host and url not in visit.checked:
