@@ -5,7 +5,9 @@ committed in batches (``worker.commit``): one transaction for many pages, acked 
 commits. It also runs the tasks of each kind it serves (``worker.taskrun``). Its init
 functions (``worker.init``) run once first: if one raises, the worker takes no work and says
 why (``/readyz``, the worker registry, systemd's status) until it is stopped. Its health
-monitor (``worker.health``) ends it when its error rate or latency passes a threshold."""
+monitor (``worker.health``) ends it when its error rate or latency passes a threshold. Its
+numbers (``worker.stats``: in flight, fetched by kind, pages/s, errors, latency) go with each
+heartbeat to the worker registry (``GET /workers``)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from worker.health import HealthMonitor, WorkerDegraded
 from worker.heartbeat import heartbeat
 from worker.init import run_inits
 from worker.pipeline import JobPlan, JobPlans, Pipeline, Visit
+from worker.stats import WorkerStats
 from worker.taskrun import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,8 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, committer: Committer,
                  gate: HostGate, plans: JobPlans, frontier: Frontier, kind: str = bus.HTTP,
-                 concurrency: int | None = None, health: HealthMonitor | None = None) -> None:
+                 concurrency: int | None = None, health: HealthMonitor | None = None,
+                 stats: WorkerStats | None = None) -> None:
         self.settings = settings
         self.kind = kind
         self.frontier = frontier
@@ -59,7 +63,7 @@ class Worker:
         self.gate = gate
         self.plans = plans
         self.slots = asyncio.Semaphore(concurrency or settings.concurrency)
-        self.pipeline = Pipeline(settings, pool, gate, frontier, committer, self.slots)
+        self.pipeline = Pipeline(settings, pool, gate, frontier, committer, self.slots, stats)
         if health is not None and health.enabled:
             self.pipeline.health = health
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot
@@ -230,7 +234,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         plans = JobPlans(settings, parser, fetchers, init=init.values, gate=gate)
         frontier = DueFrontier()
         health = HealthMonitor(settings)
-        workers = [Worker(settings, pool, committer, gate, plans, frontier, k, n, health)
+        stats = WorkerStats()  # the process's, all kinds: sent with each heartbeat
+        workers = [Worker(settings, pool, committer, gate, plans, frontier, k, n, health, stats)
                    for k, n in kinds.items()]
         runners = [TaskRunner(settings, pool, gate, fetchers[k], k, init.values, health=health)
                    for k in kinds]
@@ -242,7 +247,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         serves += [asyncio.create_task(r.serve(task_subs[k], stop), name=f"tasks {k}")
                    for r, k in zip(runners, kinds, strict=True)]
         beat = asyncio.create_task(heartbeat(settings, pool, list(kinds), stop,
-                                             on_beat=sdnotify.watchdog), name="heartbeat")
+                                             on_beat=sdnotify.watchdog, stats=stats.snapshot),
+                                   name="heartbeat")
         idle = asyncio.create_task(plans.run_idle_close(), name="output idle close")
         watch = asyncio.create_task(health.watch(), name="health")
         sdnotify.ready()

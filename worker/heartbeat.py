@@ -1,7 +1,7 @@
 """A worker process's heartbeat: its row in the live worker registry (``shared/db/workers.py``),
-beaten every ``heartbeatInterval`` with the fetcher kinds it serves, deleted on a clean stop. The
-web server counts live workers per kind, so a job whose kind no worker serves says so in
-``/status`` instead of waiting silently."""
+beaten every ``heartbeatInterval`` with the fetcher kinds it serves and its numbers
+(``worker.stats``), deleted on a clean stop. The web server counts live workers per kind, so a
+job whose kind no worker serves says so in ``/status`` instead of waiting silently."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -33,13 +34,15 @@ def version() -> str:
 
 async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str],
                     stop: asyncio.Event, health: str | None = None,
-                    on_beat: Callable[[], object] | None = None) -> None:
+                    on_beat: Callable[[], object] | None = None,
+                    stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
     """Beat until ``stop`` is set, then forget this process. A PostgreSQL error is logged once
     (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
     worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``.
     ``health``: why this worker cannot work (then ``kinds`` is empty); ``on_beat`` is called
     at each beat, reached PostgreSQL or not (the systemd watchdog's keep-alive: it says the
-    event loop runs; PostgreSQL being away is not the worker's fault)."""
+    event loop runs; PostgreSQL being away is not the worker's fault). ``stats`` (the
+    process's ``WorkerStats.snapshot``) is read at each beat and stored with it."""
     me, host, pid, ver = uuid.uuid4(), socket.gethostname(), os.getpid(), version()
     failing = False
     if health is None:
@@ -51,7 +54,8 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
             on_beat()
         try:
             async with pool.acquire() as conn:
-                await workers.beat(conn, me, kinds, host, pid, ver, health)
+                await workers.beat(conn, me, kinds, host, pid, ver, health,
+                                   None if stats is None else stats())
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             if not failing:
                 log.warning("heartbeat failed (%s: %s); retrying, the worker may be shown as "

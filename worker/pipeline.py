@@ -42,6 +42,7 @@ from worker.outputs import OUTPUTS, Output
 from worker.outputs.db import close_pools
 from worker.retry import RetryDecision, RetryPolicy
 from worker.sources import SOURCES, Source
+from worker.stats import WorkerStats
 from worker.taskfuncs import PageTask
 from worker.tasks import Context, RetryLater, Task
 
@@ -113,7 +114,8 @@ class JobPlans:
         self.size = size
         self.init: Mapping[str, Any] = init if init is not None else {}
         self.gate = gate
-        self.web = SOURCES.create("web", settings, lanes)
+        self._sources: dict[str, Source] = {}
+        self.web = self._source("web")
         self._plans: OrderedDict[int, JobPlan | str] = OrderedDict()
         self._saving: dict[int, JobPlan] = {}  # the plans with outputs, not evicted by size
         self._closing: dict[int, JobPlan] = {}  # by id(plan): idle ones being closed
@@ -212,8 +214,16 @@ class JobPlans:
             except Exception:
                 log.exception("closing output %s of job %d failed", out.name, plan.job_id)
 
+    def _source(self, name: str) -> Source:
+        """The source of that name, made once per process (its policy, its extractor)."""
+        source = self._sources.get(name)
+        if source is None:
+            source = self._sources[name] = SOURCES.create(name, self.settings, self.lanes)
+        return source
+
     def _build(self, p: visits.Planned, spec: Mapping[str, Any]) -> JobPlan | str:
-        """The job's plan from its stored spec: the source's link extractor, ``follow``
+        """The job's plan from its stored spec: its source's (``source``, else ``web``) link
+        extractor, ``follow``
         (with follow rules or ids), the ``extract`` entries; its per-page ``task``; an output
         per ``save`` entry; every 2xx body read where the job reads more than HTML
         (``reads_any_body``); its fetcher's options (``browser``)."""
@@ -224,7 +234,7 @@ class JobPlans:
             fetcher = self.fetchers.get(kind)
             if fetcher is None:
                 raise ConfigError("fetcher", f"kind {kind!r} is not served by this worker")
-            source = self.web
+            source = self._source(spec.get("source") or "web")
             extractors = [source.link_extractor()]
             if spec.get("follow") or spec.get("ids"):
                 extractors.append(EXTRACTORS.create(
@@ -297,7 +307,8 @@ class Pipeline:
     worker's concurrency ``slots`` while it has a request to make."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, gate: HostGate,
-                 frontier: Frontier, committer: Committer, slots: asyncio.Semaphore) -> None:
+                 frontier: Frontier, committer: Committer, slots: asyncio.Semaphore,
+                 stats: WorkerStats | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.gate = gate
@@ -307,6 +318,7 @@ class Pipeline:
         self.retrying: Counter[str] = Counter()  # hosts with a retry waiting for a slot
         self.beat = settings.ack_wait / 3
         self.health: HealthMonitor | None = None  # set (``crawl.run``) when its thresholds are on
+        self.stats = stats if stats is not None else WorkerStats()  # the process's (heartbeat)
 
     async def visit(self, v: Visit) -> None:
         """Fetch, extract, run the task and the outputs, and commit one visit (or put it back
@@ -317,6 +329,7 @@ class Pipeline:
         use = v.plan.use if v.plan.outputs else None
         if use is not None:  # its outputs are not closed while it is in
             use.enter()
+        self.stats.enter()
         try:
             try:
                 done = await self._steps(v, hold)
@@ -327,6 +340,7 @@ class Pipeline:
                 await self.committer.submit(done)
         finally:
             hold.release()
+            self.stats.leave()
             if use is not None:
                 use.leave()
 
@@ -532,6 +546,7 @@ class Pipeline:
         metrics.FETCH_SECONDS.labels(fetcher.kind).observe(took)
         if self.health is not None:  # no answer, and not the page's own fault (a 404)
             self.health.record(fetcher.kind, page.status is None and not page.permanent, took)
+        self.stats.record(fetcher.kind, page.status is None or page.status >= 500, took)
         if page.body is not None:  # retries' bytes count too: they were fetched
             metrics.FETCH_BYTES.labels(fetcher.kind).inc(len(page.body))
         if fetcher.kind != "http":

@@ -122,3 +122,33 @@ async def test_the_heartbeat_survives_a_postgresql_error(
 async def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name == "worker.heartbeat" and r.levelno == level]
+
+
+async def test_each_beat_stores_the_workers_stats(
+        settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection) -> None:
+    """The stats callable is read at each beat: /workers shows the last one; a worker without
+    stats (an unhealthy one) has none."""
+    fast = settings.model_copy(update={"heartbeat_interval": 0.05})
+    fetched = [0]
+
+    def stats() -> dict[str, object]:
+        fetched[0] += 1
+        return {"inFlight": 2, "fetched": fetched[0], "fetchedByKind": {"github": fetched[0]},
+                "latencyP50": 0.25, "latencyP95": None}
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(heartbeat(fast, pool, ["http", "github"], stop, stats=stats))
+    try:
+        (row,) = await _eventually(lambda: workers.live_workers(db, 15.0),
+                                   lambda rows: bool(rows) and rows[0].stats is not None
+                                   and rows[0].stats["fetched"] >= 3)
+        assert row.stats is not None
+        assert row.stats["inFlight"] == 2 and row.stats["latencyP95"] is None
+        assert row.stats["fetchedByKind"] == {"github": row.stats["fetched"]}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    me = uuid.uuid4()
+    await workers.beat(db, me, [], "h", 1, "dev", health="init failed")
+    (row,) = await workers.live_workers(db, 15.0)
+    assert row.stats is None and row.health == "init failed"
