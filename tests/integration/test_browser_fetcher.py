@@ -210,6 +210,7 @@ async def test_a_hung_page_times_out_and_relaunches_the_browser_once(
 
 async def test_a_killed_browser_is_relaunched(site: JsSite, browser: BrowserFetcher) -> None:
     before = browser.relaunches
+    await until(lambda: len(chromium_pids()) == 1, what="one browser (old ones closed)")
     (pid,) = chromium_pids()
     site.hits["/hang?kill"] = 0
     inflight = asyncio.create_task(browser.fetch(request(site.base + "/hang?kill",
