@@ -45,8 +45,10 @@ def request(settings: Settings, url: str, *, validators: Validators | None = Non
                         keep_raw, source.policy)
 
 
-async def fetch(f: GitHubFetcher, settings: Settings, path: str, **kw: object) -> FetchedPage:
-    return await f.fetch(request(settings, f"{settings.github_base_url}{path}", **kw), None)
+async def fetch(f: GitHubFetcher, settings: Settings, path: str, *,
+                validators: Validators | None = None, keep_raw: bool = False) -> FetchedPage:
+    return await f.fetch(request(settings, f"{settings.github_base_url}{path}",
+                                 validators=validators, keep_raw=keep_raw), None)
 
 
 async def states(settings: Settings) -> dict[str, api_tokens.TokenState]:
@@ -74,7 +76,7 @@ async def test_every_request_carries_a_token_and_nothing_shows_it(
     assert fake.auth[""] == 0
     for p in pages:
         assert p.raw is not None
-        sent = dict((k.lower(), v) for k, v in p.raw.request_headers)
+        sent = {k.lower(): v for k, v in p.raw.request_headers}
         assert sent["authorization"] == "Bearer ***"
         assert sent["accept"] == "application/vnd.github+json"
     assert A not in caplog.text and B not in caplog.text and "oops ***" in caplog.text
