@@ -512,7 +512,8 @@ class JobSpec(BaseModel):
         if "max_depth" not in context or "max_level" not in context:
             raise RuntimeError("JobSpec needs a validation context: use validate_spec")
         spec = self
-        if spec.source == "github" or spec.github is not None or spec.fetcher == "github":
+        derived = spec.source == "github" or spec.github is not None or spec.fetcher == "github"
+        if derived:  # its depth is github's (bounded by github.depth's own cap)
             spec = _github(spec, context)
         unbounded = spec.follow is not None or spec.ids is not None
         if not spec.urls and not (spec.ids and (spec.ids.seeds or spec.ids.known)):
@@ -528,7 +529,8 @@ class JobSpec(BaseModel):
         depth = spec.depth
         if depth is None:
             depth = UNBOUNDED_DEPTH if unbounded else int(context["max_level"])
-        elif not (0 <= depth <= context["max_depth"] or (unbounded and depth == UNBOUNDED_DEPTH)):
+        elif not (0 <= depth <= context["max_depth"] or (unbounded and depth == UNBOUNDED_DEPTH)
+                  or derived):
             _fail("depth", depth, PydanticCustomError(
                 "depth_range", "{depth} (allowed 0 to {max_depth})",
                 {"depth": depth, "max_depth": context["max_depth"]}))
@@ -553,8 +555,10 @@ class JobSpec(BaseModel):
         exclude = {"urls"} | {name for name in _OMITTED_AT_DEFAULT
                               if getattr(self, name) == JobSpec.model_fields[name].default}
         out = self.model_dump(mode="json", by_alias=True, exclude=exclude)
-        if self.github is not None:  # only what was asked: users or contributors
-            out["github"] = self.github.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.github is not None:  # what matters: users and order, or contributors, depth
+            out["github"] = self.github.model_dump(
+                mode="json", by_alias=True, exclude_none=True,
+                exclude={"depth"} if self.github.users is not None else {"order"})
         return out
 
     def ruleset(self) -> int:

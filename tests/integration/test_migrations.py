@@ -22,7 +22,7 @@ from shared.scope import Scope
 
 # The tables the code relies on (later revisions may add more).
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
-          "job_failure", "task", "task_partial"}
+          "job_failure", "task", "task_partial", "api_token"}
 ALEMBIC = "alembic_version"
 _names = itertools.count(1)
 
@@ -345,5 +345,45 @@ async def test_0017_adds_the_task_tables_and_a_healthy_worker_column(scratch_dsn
             "SELECT count(*) FROM information_schema.columns "
             "WHERE table_name = 'worker_process' AND column_name = 'health'")
         await run(migrate.upgrade, scratch_dsn, "0017")
+    finally:
+        await conn.close()
+
+
+async def test_0018_adds_the_api_token_table_and_worker_stats(scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0017")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("INSERT INTO worker_process (id, kinds, hostname, pid, version) "
+                           "VALUES (gen_random_uuid(), '{http}', 'h', 1, 'v')")
+        files = "SELECT relfilenode FROM pg_class WHERE relname = 'worker_process'"
+        before = await conn.fetchval(files)
+        await run(migrate.upgrade, scratch_dsn, "0018")
+        assert await conn.fetchval(files) == before  # a nullable column: no rewrite
+        assert await conn.fetchval("SELECT stats FROM worker_process") is None
+        await conn.execute("UPDATE worker_process SET stats = '{\"fetched\": 3}'")
+        assert json.loads(await conn.fetchval("SELECT stats FROM worker_process")) == {
+            "fetched": 3}
+        row = await conn.fetchrow("INSERT INTO api_token (token_id, resource) "
+                                  "VALUES ('t-0123456789ab', 'core') RETURNING *")
+        assert dict(row) | {"seen_on": None} == {
+            "token_id": "t-0123456789ab", "resource": "core", "lim": None, "remaining": None,
+            "reset_at": None, "paused_until": None, "leases": [], "seen_on": None}
+        assert row["seen_on"] is not None
+        await conn.execute("INSERT INTO api_token (token_id, resource) "
+                           "VALUES ('t-0123456789ab', 'search')")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("INSERT INTO api_token (token_id, resource) "
+                               "VALUES ('t-0123456789ab', 'core')")
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute("INSERT INTO api_token (token_id, resource, leases) "
+                               "VALUES ('t-x', 'core', NULL)")
+        await run(migrate.downgrade, scratch_dsn, "0017")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname = 'api_token'")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'worker_process' AND column_name = 'stats'")
+        assert await conn.fetchval("SELECT count(*) FROM worker_process") == 1
+        await run(migrate.upgrade, scratch_dsn, "0018")
     finally:
         await conn.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harvester_ops.embedded import free_port
-from shared.config import load_settings, parse_go_duration
+from shared.config import Settings, load_settings, parse_go_duration
 from shared.errors import ConfigError
 from shared.service import parse_flags, settings_from_flags
 
@@ -329,3 +329,72 @@ def test_bad_kinds_in_the_config_file(tmp_path: Path, config: dict[str, object],
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, config), env={})
     assert fragment in str(e.value)
+
+
+TOKENS = ("ghp_fakeTokenA000001", "ghp_fakeTokenB000002")
+
+
+def test_github_settings_from_file_and_environment(tmp_path: Path) -> None:
+    defaults = load_settings(env={})
+    assert (defaults.github_base_url, defaults.github_tokens, defaults.github_token_files,
+            defaults.github_per_page, defaults.github_token_concurrency,
+            defaults.github_wait) == ("https://api.github.com", (), (), 100, 4, 10.0)
+    path = write(tmp_path, {"githubBaseUrl": "https://ghe.example/api/v3", "githubPerPage": 30,
+                            "githubTokenConcurrency": 2, "githubWait": "1500ms",
+                            "githubTokenFiles": ["/run/secrets/gh1", "/run/secrets/gh2"]})
+    s = load_settings(path, env={"HARVESTER_GITHUB_TOKENS": f" {TOKENS[0]},{TOKENS[1]}\n"
+                                                            f"{TOKENS[0]} "})
+    assert s.github_base_url == "https://ghe.example/api/v3"
+    assert (s.github_per_page, s.github_token_concurrency, s.github_wait) == (30, 2, 1.5)
+    assert s.github_token_files == (Path("/run/secrets/gh1"), Path("/run/secrets/gh2"))
+    assert s.github_tokens == TOKENS  # comma or space separated, each once
+    env = load_settings(path, env={"HARVESTER_GITHUB_BASE_URL": "http://127.0.0.1:9",
+                                   "HARVESTER_GITHUB_WAIT": "0",
+                                   "HARVESTER_GITHUB_TOKEN_FILES": "/a, /b"})
+    assert (env.github_base_url, env.github_wait) == ("http://127.0.0.1:9", 0.0)
+    assert env.github_token_files == (Path("/a"), Path("/b"))
+
+
+def test_github_tokens_are_never_shown() -> None:
+    s = load_settings(env={"HARVESTER_GITHUB_TOKENS": " ".join(TOKENS)})
+    assert s.github_tokens == TOKENS
+    for shown in (repr(s), str(s), s.model_dump_json(), json.dumps(s.model_dump(mode="json"))):
+        assert not any(t in shown for t in TOKENS)
+    bad = "ghp_fakeTokenA000001 not!a!token!at!all"
+    with pytest.raises(ConfigError) as e:
+        load_settings(env={"HARVESTER_GITHUB_TOKENS": bad})
+    assert "token 2 is malformed" in str(e.value)
+    assert "ghp_" not in str(e.value) and "not!a" not in str(e.value)
+    with pytest.raises(ValueError) as direct:
+        Settings(github_tokens=("short",))
+    assert "token 1 is malformed" in str(direct.value) and "short" not in str(direct.value)
+
+
+def test_github_tokens_are_refused_in_a_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"githubTokens": [TOKENS[0]]})
+    with pytest.raises(ConfigError, match="HARVESTER_GITHUB_TOKENS") as e:
+        load_settings(path, env={})
+    assert TOKENS[0] not in str(e.value)
+
+
+@pytest.mark.parametrize(("url", "ok"), [
+    ("https://api.github.com", True), ("http://127.0.0.1:8080/api/v3", True),
+    ("https://api.github.com/", False), ("api.github.com", False), ("ftp://x.example", False),
+    ("https://x.example/api?v=3", False), ("https://x.example/#f", False), ("https://", False),
+])
+def test_github_base_url_is_http_without_a_trailing_slash(url: str, ok: bool) -> None:
+    if ok:
+        assert load_settings(env={}, github_base_url=url).github_base_url == url
+    else:
+        with pytest.raises(ConfigError, match="invalid GitHub base URL"):
+            load_settings(env={}, github_base_url=url)
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"github_per_page": 101}, "github_per_page"), ({"github_per_page": 0}, "github_per_page"),
+    ({"github_token_concurrency": 0}, "github_token_concurrency"),
+    ({"github_wait": -1}, "github_wait"),
+])
+def test_bad_github_settings(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env={}, **overrides)
