@@ -187,3 +187,32 @@ async def test_an_empty_repository_and_a_missing_user(settings: Settings,
         missing = await fetch(f, s, "/users/no-such-user-13")
     assert no_content.status == 204 and no_content.error is None
     assert missing.status == 404 and missing.error is not None and missing.cacheable
+
+
+async def test_the_token_store_unavailable_defers(settings: Settings, fake: FakeGitHub) -> None:
+    s = github_settings(settings, fake)
+    async with GitHubFetcher(s, 4) as f:
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            await conn.execute("ALTER TABLE api_token RENAME TO api_token_away")
+            down = await fetch(f, s, "/users/hub")
+            await conn.execute("ALTER TABLE api_token_away RENAME TO api_token")
+        finally:
+            await conn.close()
+        assert down.status is None and down.error == "GitHub token store unavailable"
+        assert down.retry_after == 5.0 and not fake.hits
+        assert GitHub(s).policy.decide(down, 1).defer == 5.0
+        assert (await fetch(f, s, "/users/hub")).status == 200
+
+
+async def test_without_tokens_requests_go_unauthenticated(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeGitHub(require_auth=False) as fake:
+        s = github_settings(settings, fake, ())
+        async with GitHubFetcher(s, 4) as f:
+            page = await fetch(f, s, "/users/hub")
+        assert page.status == 200 and fake.auth == {"": 1}
+        assert "Authorization" not in fake.log[0].headers
+        assert set(await states(s)) == {"anonymous"}
+        assert (await states(s))["anonymous"].limit == 60
+    assert "no GitHub token" in caplog.text
