@@ -74,7 +74,10 @@ def parse_int(name: str, raw: str, low: int, high: int, *, signed: bool = False)
     ``high``; BadRequest ``Invalid <name>: <raw>`` otherwise, with the range when out of it."""
     if _DECIMAL.fullmatch(raw) is None or (raw.startswith("-") and not signed):
         raise BadRequest(f"Invalid {name}: {raw}")
-    value = int(raw)
+    digits = raw.lstrip("-").lstrip("0")
+    # int() refuses more than 4300 digits (a ValueError: a 500); none of our ranges needs 40.
+    value = (-1 if raw.startswith("-") else 1) * (int(digits or "0") if len(digits) <= 40
+                                                  else 10 ** 40)
     if not low <= value <= high:
         raise BadRequest(f"Invalid {name}: {raw} (allowed {low} to {high})")
     return value
@@ -364,6 +367,12 @@ async def result(request: web.Request) -> web.StreamResponse:
     job_id = parse_job_id(request)
     if "status" in request.query:
         return await _failures(request, job_id)
+    from web_server import github  # it imports this module
+    async with request.app[DEPS].acquire() as conn:
+        stored = (await jobs.load_specs(conn, [job_id])).get(job_id) or {}
+        view = github.RESULT_VIEWS.get(stored.get("source") or "web")
+        if view is not None:  # a source with a document of its own (GET /users, ...)
+            return await github.result_view(conn, job_id, view, stored)
     fmt = exports.parse_format(request)
     mime = request.query.get("mime", "").strip() or None
     deps = request.app[DEPS]
@@ -438,13 +447,14 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
 
 async def workers_list(request: web.Request) -> web.Response:
     """The live worker processes (seen within ``workerTimeout``), longest running first;
-    ``health`` null, or why the worker takes no work (a failed init function)."""
+    ``health`` null, or why the worker takes no work (a failed init function); ``stats`` its
+    last heartbeat's numbers (in flight, fetched by kind, pages/s, error rate, latencies)."""
     async with request.app[DEPS].acquire() as conn:
         live = await workers.live_workers(conn, request.app[SETTINGS].worker_timeout)
     return json_response({"workers": [
         {"id": str(w.id), "kinds": w.kinds, "hostname": w.hostname, "pid": w.pid,
          "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on),
-         "health": w.health}
+         "health": w.health, "stats": w.stats}
         for w in live]})
 
 
@@ -563,6 +573,8 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_post(base + "/jobs/{job_id}/pause", job_pause)
     app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
     task_api.add_routes(app, base)
+    from web_server import github  # it imports this module
+    github.add_routes(app, base)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)
     # The OpenAPI document and the dashboard (E5: web_server/openapi.json, web_server/ui/).

@@ -70,6 +70,11 @@ def test_integer_range() -> None:
         parse_int("n", "-1", 0, 10)
     with pytest.raises(BadRequest, match=r"^Invalid n: 11 \(allowed 0 to 10\)$"):
         parse_int("n", "11", 0, 10)
+    huge = "9" * 5000  # past int()'s 4300 digits: a 400, not a ValueError (a 500)
+    with pytest.raises(BadRequest, match=r"^Invalid n: 9+ \(allowed 0 to 10\)$"):
+        parse_int("n", huge, 0, 10)
+    with pytest.raises(BadRequest, match=r"^Invalid n: 0+1 \(allowed 2 to 10\)$"):
+        parse_int("n", "0" * 5000 + "1", 2, 10)
 
 
 class _Collect:
