@@ -45,7 +45,7 @@ def test_an_unknown_name_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError) as e:
         FETCHERS.create("nope", SETTINGS)
     assert e.value.source == "fetcher"
-    assert "'nope'" in e.value.problem and "browser, http" in e.value.problem  # and the known ones
+    assert "'nope'" in e.value.problem and "browser, github, http" in e.value.problem  # and the known ones
     for registry in (EXTRACTORS, OUTPUTS, TASKS, SOURCES):
         with pytest.raises(ConfigError, match="unknown 'nope'"):
             registry.create("nope")
