@@ -44,6 +44,7 @@ from worker.gate import HostGate
 from worker.outputs import OUTPUTS, Output
 from worker.pipeline import JobPlan, JobPlans
 from worker.retry import RetryPolicy
+from worker.stats import WorkerStats
 from worker.tasks import Context, Task
 
 Key = tuple[int, int]
@@ -59,6 +60,7 @@ class Rig:
     js: JetStreamContext
     plans: JobPlans
     fetcher: StaticFetcher
+    stats: WorkerStats
 
     async def job(self, db: asyncpg.Connection, urls: list[str],
                   spec: Mapping[str, Any] | None = None, depth: int = 1) -> list[Key]:
@@ -100,12 +102,13 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         committer = Committer(settings, pool)
         gate = HostGate(settings, pool, session)
         plans = JobPlans(settings, lanes, {"http": fetcher})
-        worker = Worker(settings, pool, committer, gate, plans, DueFrontier())
+        stats = WorkerStats()
+        worker = Worker(settings, pool, committer, gate, plans, DueFrontier(), stats=stats)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(committer.run()), asyncio.create_task(gate.run_releases()),
                  asyncio.create_task(worker.serve(sub, stop))]
         try:
-            yield Rig(settings, pool, js, plans, fetcher)
+            yield Rig(settings, pool, js, plans, fetcher, stats)
         finally:
             stop.set()
             await worker.drain(2)
@@ -718,3 +721,35 @@ async def test_idle_outputs_are_closed_and_the_plan_rebuilt(
         with tarfile.open(f) as t:
             assert [m.name for m in t.getmembers()] == [str(key[1])]
         assert f.read_bytes().endswith(bytes(1024))
+
+
+async def test_a_jobs_source_comes_from_its_stored_spec_made_once_per_process(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    a = await rig.job(db, [SITE + "/a"], {"source": "github"})
+    b = await rig.job(db, [SITE + "/b"], {"source": "github"})
+    web = await rig.job(db, [SITE + "/c"], {"extract": [{"kind": "test-title"}]})
+    planned = [visits.Planned(k[0], k[1], SITE, False, False, ruleset=7) for k in (*a, *b, *web)]
+    got = await rig.plans.resolve(db, planned)
+    pa, pb, pw = got[a[0][0]], got[b[0][0]], got[web[0][0]]
+    assert isinstance(pa, JobPlan) and isinstance(pb, JobPlan) and isinstance(pw, JobPlan)
+    assert pa.source.name == pb.source.name == "github" and pa.source is pb.source
+    assert pa.extractors == (pa.source.link_extractor(),) and pa.policy is pa.source.policy
+    assert pa.wants_body == pa.source.wants_body
+    assert pw.source is rig.plans.web
+    unknown = await rig.job(db, [SITE + "/d"], {"source": "gopher"})
+    why = (await rig.plans.resolve(db, [visits.Planned(*unknown[0], SITE, False, False,
+                                                       ruleset=7)]))[unknown[0][0]]
+    assert isinstance(why, str) and "gopher" in why
+
+
+async def test_each_fetch_and_visit_is_counted_in_the_workers_stats(
+        rig: Rig, db: asyncpg.Connection) -> None:
+    urls = [SITE + "/s1", SITE + "/s2", SITE + "/missing"]
+    PAGES.update({urls[0]: b"<title>1</title>", urls[1]: b"<title>2</title>"})
+    keys = await rig.job(db, urls)
+    await rig.publish(keys)
+    await until(lambda: done(db, keys), what="visits committed")
+    snap = rig.stats.snapshot()
+    assert snap["fetchedByKind"] == {"static": 3} and snap["fetched"] == 3
+    assert snap["inFlight"] == 0
+    assert snap["latencyP50"] is not None and snap["pagesPerSecond"] > 0
