@@ -15,7 +15,8 @@ GitHub's message; every ``secondary_every``-th request → 429 with ``Retry-Afte
 ``time.time() + offset`` (``advance(s)`` moves it, so a reset comes without sleeping).
 Faults: ``faults[path]`` (statuses served first; ``RESET`` closes the connection, and aiohttp's
 client retries a reset GET once, so give it twice),
-``delay[path]`` (seconds before every answer), ``truncate[path]`` (that many cut JSON bodies);
+``delay[path]`` (seconds before every answer; ``delay["*"]``: every path's),
+``truncate[path]`` (that many cut JSON bodies);
 ``path`` is a path with its query (matched first) or without it.
 """
 
@@ -300,7 +301,7 @@ class FakeGitHub:
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            delay = self._lookup(self.delay, request)
+            delay = self._lookup(self.delay, request) or self.delay.get("*")
             if delay:
                 await asyncio.sleep(delay)
             response = await self._answer(request)
