@@ -48,7 +48,8 @@ async def register(conn: asyncpg.Connection, token_ids: Sequence[str],
 # window past its reset), most remaining first (unknown first: a fresh token says how much it
 # has); its lease is appended and its remaining spent ahead (NULL once its window has reset:
 # the answer says). Else: when the first of them may free up (a pause's or a window's end; a
-# lease full token: soon, its requests end long before their leases).
+# lease full token: soon, its requests end long before their leases; one locked by another
+# taker this instant: at once).
 _TAKE_SQL = """
     WITH n AS MATERIALIZED (SELECT clock_timestamp() AS t),
     pick AS (
@@ -69,11 +70,12 @@ _TAKE_SQL = """
         FROM pick, n WHERE a.token_id = pick.token_id AND a.resource = $2
         RETURNING a.token_id, n.t + make_interval(secs => $4) AS lease_until),
     blocked AS (
-        SELECT greatest(
+        SELECT coalesce(greatest(
                    CASE WHEN a.paused_until > n.t THEN a.paused_until END,
                    CASE WHEN a.remaining <= 0 AND a.reset_at > n.t THEN a.reset_at END,
                    CASE WHEN (SELECT count(*) FROM unnest(a.leases) AS l WHERE l > n.t) >= $3
-                        THEN n.t + interval '200 milliseconds' END) AS free_at
+                        THEN n.t + interval '200 milliseconds' END),
+                   n.t + interval '50 milliseconds') AS free_at  -- free, but locked by a taker
         FROM api_token a, n
         WHERE a.token_id = ANY($1::text[]) AND a.resource = $2)
     SELECT n.t AS db_now, upd.token_id, upd.lease_until,

@@ -165,3 +165,19 @@ async def test_racing_takers_never_exceed_the_bound(database_url: str,
     assert all(s.in_flight <= 2 for s in await api_tokens.states(conn))
     assert sum(s.in_flight for s in await api_tokens.states(conn) if s.resource == "core") \
         == len(taken)
+
+
+async def test_a_token_locked_this_instant_is_not_waited_for_like_a_paused_one(
+        database_url: str, conn: asyncpg.Connection) -> None:
+    t = await take(conn, [T1])
+    assert isinstance(t, Taken)
+    await api_tokens.give_back(conn, t, "core", pause=120.0)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():  # another taker holds T2's row
+            await other.execute("SELECT 1 FROM api_token WHERE token_id = $1 AND resource = "
+                                "'core' FOR UPDATE", T2)
+            now, got = await api_tokens.take(conn, [T1, T2], "core", 4, 30.0)
+    finally:
+        await other.close()
+    assert isinstance(got, datetime) and (got - now).total_seconds() < 1  # not T1's 120 s
