@@ -6,7 +6,8 @@ tokens, primary and secondary rate limits, ETag/304, Link pagination, faults, an
 ``/users/{login}/repos`` and ``/user/{id}/repos`` (``page``/``per_page``, Link in the id form),
 ``/repos/{o}/{r}/contributors`` and ``/repositories/{id}/contributors`` (204 for an empty repo,
 ``anon=1``), ``/search/users`` (``sort=joined``: newest first, own ``search`` budget, 1000 cap),
-``/rate_limit`` (free), ``/robots.txt`` (404, no auth). Logins are case-insensitive.
+``/rate_limit`` (free), ``/robots.txt`` (404, or ``robots_txt``; no auth). Logins are
+case-insensitive.
 
 Every answer carries ``X-RateLimit-*``, an ``ETag`` (on 200/204) and a JSON content type. The
 budget is per token (per client IP without one); spent → ``limited_status`` with Remaining 0 and
@@ -218,6 +219,7 @@ class FakeGitHub:
         self.faults: dict[str, list[int]] = {}
         self.delay: dict[str, float] = {}
         self.truncate: dict[str, int] = {}
+        self.robots_txt: str | None = None
         self.base = ""
         self._runner: web.AppRunner | None = None
         self._budgets: dict[tuple[str, str], Budget] = {}
@@ -319,8 +321,10 @@ class FakeGitHub:
         return table.get(request.path)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
-        if request.path == "/robots.txt":
-            return web.Response(status=404, text="")
+        if request.path == "/robots.txt":  # none unless a test sets one
+            if self.robots_txt is None:
+                return web.Response(status=404, text="")
+            return web.Response(text=self.robots_txt)
         faults = self._lookup(self.faults, request)
         if faults:
             status = faults.pop(0)

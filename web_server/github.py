@@ -105,10 +105,13 @@ async def github_view(conn: asyncpg.Connection, job_id: int,
                       stored: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     """The seed's document of a completed github job: ``{"users": [...]}`` or
     ``{"close_contributors": [...]}``, with ``jobId`` and ``failed`` (every page that could not
-    be fetched: never a silent partial); 404 when the user itself is not found."""
+    be fetched, or that robots.txt forbade: never a silent partial); 404 when the user itself
+    is not found."""
     g = stored.get("github") or {}
+    rows = [*await jobs.job_failures(conn, job_id),  # robots.txt refusals too: no silent gap
+            *await jobs.job_failures(conn, job_id, blocked=True)]
     failed = [{"url": r["url"], "status": r["status"], "reason": r["reason"],
-               "attempts": r["attempts"]} for r in await jobs.job_failures(conn, job_id)]
+               "attempts": r["attempts"]} for r in sorted(rows, key=lambda r: r["url"])]
     if g.get("users") is not None:
         found = await apiresults.users(conn, job_id, int(g["users"]),
                                        newest=g.get("order") == "newest")

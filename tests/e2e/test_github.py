@@ -250,6 +250,20 @@ async def test_failures_listed(settings: Settings, fake: FakeGitHub) -> None:
         await stack.stop()
 
 
+async def test_robots_refusals_listed(settings: Settings, fake: FakeGitHub) -> None:
+    fake.robots_txt = "User-agent: *\nDisallow: /repos/hub/big/\n"
+    stack = await started(github_settings(settings, fake, robots=True))
+    try:
+        body = await closure_of(stack, "hub", 1)
+        assert set(body["close_contributors"]) == without_repo(fake.graph, "hub/big").closure(
+            "hub", 1)
+        assert [urlsplit(f["url"]).path for f in body["failed"]] == ["/repos/hub/big/contributors"]
+        assert "robots" in body["failed"][0]["reason"]
+        assert not [p for p in fake.hits if p.startswith("/repos/hub/big/")]
+    finally:
+        await stack.stop()
+
+
 async def test_sync_then_202(settings: Settings, fake: FakeGitHub) -> None:
     stack = await started(github_settings(settings, fake, github_wait=0.0))
     try:
