@@ -103,14 +103,14 @@ async def test_a_hanging_page_fails_with_its_timeout_after_its_retries(stack: St
     site = await JsSite(pages=7, root_links=("/hang",)).start()
     try:
         job = await post(stack, {"urls": [site.url(0)], "depth": 3, "fetcher": "browser",
-                                 "browser": {"timeout": 1}})
+                                 "browser": {"timeout": 2}})
         await stack.wait_complete(job, timeout=60)
         assert await stack.result(job) == site.expected_result(3)
         failed: dict[str, Any] = await stack.result(job, status="failed")
         assert list(failed) == [site.base + "/hang"]
         (why,) = failed.values()
         assert why["status"] is None and why["attempts"] == 2  # retries: 1
-        assert str(why["reason"]).startswith("timeout after 1s"), why
+        assert str(why["reason"]).startswith("timeout after 2s"), why
         assert site.hits["/hang"] == 2
     finally:
         await site.stop()

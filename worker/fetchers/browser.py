@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE = 5.0            # past a visit's timeout, a render still under way is given up
+TAB_WAIT = 5.0         # the least time a visit waits for a tab to be made
 _RAW_DROPPED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
@@ -145,16 +146,24 @@ class BrowserFetcher:
                      deadline: float) -> FetchedPage:
         gen = self.tabs.gen
         try:
-            # Bounded: a page asked of a browser being killed may never be answered.
-            async with asyncio.timeout(max(deadline - asyncio.get_running_loop().time(), 1.0)):
+            # Bounded: a page asked of a browser being killed may never be answered. A new tab
+            # may take a while on a busy machine: up to the 5 s a host slot outlives the budget.
+            left = deadline - asyncio.get_running_loop().time()
+            async with asyncio.timeout(max(left, TAB_WAIT)):
                 tab = await self.tabs.take(load.stealth)
         except BrowserUnavailable as e:
             return _failed(req, str(e))
-        except (self.tabs.error, TimeoutError) as e:  # the browser went away while a tab was made
-            why = first_line(e) if isinstance(e, self.tabs.error) else "no tab made in time"
+        except self.tabs.error as e:  # the browser went away while a tab was made
             relaunched = await self.tabs.relaunch("closed", gen)
-            return _failed(req, f"browser error: {why}"
+            return _failed(req, f"browser error: {first_line(e)}"
                                 + (" (browser relaunched)" if relaunched else ""))
+        except TimeoutError:  # slow, or gone without a word: counted as an error in a row
+            browser = self.tabs.browser
+            if browser is None or not browser.is_connected():
+                relaunched = await self.tabs.relaunch("closed", gen)
+                return _failed(req, "browser error: no tab made in time"
+                                    + (" (browser relaunched)" if relaunched else ""))
+            return await self._no_answer(req, gen, "browser error: no tab made in time")
         extra = dict(self.settings.headers_for(host_key(req.url)))
         extra.update(req.headers)
         visit = Visit(host_key(req.url), hops, deadline, extra)
@@ -194,10 +203,14 @@ class BrowserFetcher:
                                 + (" (browser relaunched)" if relaunched else ""))
         if "net::ERR_INVALID_URL" in why or "Cannot navigate to invalid URL" in why:
             return _failed(req, f"invalid URL: {why}", permanent=True)
+        return await self._no_answer(req, tab.gen, why)
+
+    async def _no_answer(self, req: FetchRequest, gen: int, why: str) -> FetchedPage:
+        """A failure without an answer: ``browserMaxErrors`` in a row relaunch the browser."""
         self.tabs.errors += 1
         if self.tabs.errors >= self.settings.browser_max_errors:
             self.tabs.errors = 0
-            if await self.tabs.relaunch("errors", tab.gen):
+            if await self.tabs.relaunch("errors", gen):
                 why += " (browser relaunched)"
         return _failed(req, why)
 
