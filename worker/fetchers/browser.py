@@ -196,8 +196,8 @@ class BrowserFetcher:
         browser = self.tabs.browser
         if tab.dead or browser is None or not browser.is_connected() or tab.gen != self.tabs.gen \
                 or "closed" in why.lower() or "crashed" in why.lower():
-            tab.dead = True
             reason = "crash" if tab.dead or "crashed" in why.lower() else "closed"
+            tab.dead = True
             relaunched = await self.tabs.relaunch(reason, tab.gen)
             return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
