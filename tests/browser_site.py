@@ -5,7 +5,7 @@ the install line), ``chromium_pids`` (the browsers this test process started).
 Pages ``/`` (page 0) and ``/p/<i>``: each page's links are in an inline JSON array from which
 a script builds the ``<a>`` elements, so the HTML as served has none. Page i links to pages
 2i+1 and 2i+2 (when they exist) and back to the root. Other paths: ``/hang`` (answers only
-when the site stops), ``/late`` (its link appears 300 ms after load), ``/img`` (one
+when the site stops), ``/late`` (its link appears 1 s after load), ``/img`` (one
 ``<img>``), ``/set-cookie`` (sets a cookie and loads ``/cookie.js``, which sees it),
 ``/jump?to=URL`` (a script navigates there), ``/moved?to=URL`` (a 302 there), ``/popup`` (opens a window), ``/hash`` (moves to ``#top``), ``/echo-cookie`` (writes the Cookie header it got), ``/probe`` (writes what navigator says
 into ``<pre id="probe">`` as JSON), ``/robots.txt`` (disallows ``/private``)."""
@@ -111,7 +111,7 @@ class JsSite:
             return _html("Late", '<div id="nav"></div><script>setTimeout(() => {'
                          'const a = document.createElement("a"); a.id = "late";'
                          'a.href = "/p/1"; a.textContent = "late";'
-                         'document.getElementById("nav").appendChild(a);}, 300);</script>')
+                         'document.getElementById("nav").appendChild(a);}, 1000);</script>')
         if path == "/jump":  # a script sends the browser to ?to=
             to = json.dumps(request.query.get("to", "/"))
             return _html("Jump", f"<script>location.href = {to};</script>")

@@ -86,7 +86,7 @@ async def test_wait_conditions_see_a_late_link(site: JsSite, browser: BrowserFet
     assert early.body is not None and anchors(early.body) == []
     by_selector = await browser.fetch(request(site.base + "/late", {"selector": "a#late"}), None)
     assert by_selector.body is not None and anchors(by_selector.body) == ["/p/1"]
-    by_time = await browser.fetch(request(site.base + "/late", {"waitMs": 600}), None)
+    by_time = await browser.fetch(request(site.base + "/late", {"waitMs": 1500}), None)
     assert by_time.body is not None and anchors(by_time.body) == ["/p/1"]
 
 
