@@ -201,8 +201,16 @@ OutputKind = Annotated[str, AfterValidator(_output)]
 # they make the job's rule set (``ids`` only by its regex and urlFormat: ruleset_of).
 # ``source`` is one (its extractor); ``github`` is not: its pages yield by their URL, so all
 # GitHub jobs share one rule set and each other's pages. ``browser`` is not one: how a page is rendered is the fetcher's business.
-YIELD_KEYS = ("extract", "follow", "ids", "save", "task", "source")
-_RULESET_PROJECTION = {"ids": ("regex", "urlFormat")}
+# Issue 14: ``fingerprint`` (which requests count as one: a page's links are rewritten by it)
+# and ``sessions`` (by its ``pool``: a logged-in page is not another account's) are too.
+YIELD_KEYS = ("extract", "follow", "ids", "save", "task", "source", "fingerprint", "sessions")
+_RULESET_PROJECTION = {"ids": ("regex", "urlFormat"), "sessions": ("pool",)}
+# The queue orders (``order``; ``shared.ordering``): bfs (by level, then insertion), fifo,
+# lifo (by insertion), priority (by ``priorities``, then insertion).
+QUEUE_ORDERS = ("bfs", "fifo", "lifo", "priority")
+MAX_PARAM_GLOB = 200
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ScopeSpec(BaseModel):
@@ -386,6 +394,75 @@ class TaskSpec(_Options):
         return v
 
 
+class PrioritySpec(_Options):
+    """One entry of ``priorities`` (``order`` ``priority``): URLs matching ``pattern`` (a regex,
+    searched in the canonical URL) get ``priority``; the first match wins, else 0. Higher first."""
+
+    pattern: Pattern = Field(max_length=MAX_RULE_CHARS)
+    priority: int = Field(ge=-1000, le=1000)
+
+
+def _param_glob(value: str) -> str:
+    if not value or len(value) > MAX_PARAM_GLOB or any(c in value for c in "&=#\0"):
+        raise PydanticCustomError("param_glob", "{glob}: a query parameter name glob (1 to "
+                                  "{n} characters, no & = #)", {"glob": value, "n": MAX_PARAM_GLOB})
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not HEADER_NAME.fullmatch(value):
+        raise PydanticCustomError("header", "not a header name: {name}", {"name": value})
+    return value.lower()
+
+
+class FingerprintSpec(_Options):
+    """``fingerprint``: which requests the job counts as one (``shared.fingerprint``).
+    ``ignoreParams``: query parameters dropped from every URL (globs, case-insensitive, e.g.
+    ``utm_*``); ``keepFragment``: the fragment counts (not supported yet: a 400);
+    ``includeHeaders``: request headers that count (lower-cased names)."""
+
+    ignore_params: tuple[Annotated[str, AfterValidator(_param_glob)], ...] = ()
+    keep_fragment: bool = False
+    include_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = ()
+
+    @field_validator("keep_fragment")
+    @classmethod
+    def _no_fragment(cls, v: bool) -> bool:
+        if v:
+            raise PydanticCustomError("fingerprint", "keepFragment true is not supported yet "
+                                      "(links are resolved without their fragment)")
+        return v
+
+
+class BloomSpec(_Options):
+    """``bloom``: a Bloom filter per job and worker (``shared.seen``) skips the insert of links
+    the job has (probably) seen: ``capacity`` URLs at ``errorRate`` false positives, each of
+    which costs one lookup, never a page."""
+
+    capacity: int = Field(10**6, ge=1000, le=10**8)
+    error_rate: float = Field(0.01, ge=1e-6, le=0.5)
+
+
+def _pool(value: str) -> str:
+    if not POOL_NAME.fullmatch(value):
+        raise PydanticCustomError("pool", "{pool}: 1 to 64 of A-Z a-z 0-9 _ . - (not first)",
+                                  {"pool": value})
+    return value
+
+
+class SessionsSpec(_Options):
+    """``sessions``: each request carries the cookies and headers of one session of ``pool``
+    (``PUT`` by a login task or the API); a response with a status in ``blockStatus`` or a body
+    matching one of ``blockPatterns`` benches the session for ``bench`` seconds (doubling) and
+    the page is retried with another; ``concurrency``: requests at a time per session."""
+
+    pool: Annotated[str, AfterValidator(_pool)]
+    block_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (403, 429)
+    block_patterns: tuple[Annotated[Pattern, Field(max_length=MAX_RULE_CHARS)], ...] = ()
+    bench: float = Field(300, ge=0, le=86_400, strict=False)
+    concurrency: int = Field(1, ge=1, le=1000)
+
+
 def _login(value: str) -> str:
     if not GITHUB_LOGIN.fullmatch(value):
         raise PydanticCustomError("login", "not a GitHub login: {login}", {"login": value})
@@ -500,6 +577,14 @@ class JobSpec(BaseModel):
     # Issue 13: "github" derives urls, depth, fetcher and scope.maxPages from ``github``.
     source: Annotated[str, AfterValidator(_source)] = "web"
     github: GitHubSpec | None = None  # only with source "github"
+    # Issue 14: queue order, job priority (weight 2^priority in the fair claim), URL
+    # priorities (only with order "priority"), fingerprint options, Bloom filter, sessions.
+    order: Literal["bfs", "fifo", "lifo", "priority"] = "bfs"
+    priority: int = Field(0, ge=-10, le=10)
+    priorities: tuple[PrioritySpec, ...] = ()
+    fingerprint: FingerprintSpec | None = None
+    bloom: BloomSpec | None = None
+    sessions: SessionsSpec | None = None
 
     @field_validator("urls")
     @classmethod
@@ -541,6 +626,18 @@ class JobSpec(BaseModel):
                 spec = spec.model_copy(update={"urls": urls})
         if depth != spec.depth:
             spec = spec.model_copy(update={"depth": depth})
+        if spec.priorities and spec.order != "priority":
+            _fail("priorities", None, PydanticCustomError(
+                "order", 'only with "order": "priority" (order is {order})',
+                {"order": spec.order}))
+        if spec.fingerprint is not None and spec.fingerprint.ignore_params:
+            from shared.fingerprint import JobFingerprint
+            fp = JobFingerprint.from_stored({"fingerprint": spec.fingerprint.model_dump(
+                mode="json", by_alias=True)})
+            assert fp is not None
+            urls = tuple(dict.fromkeys(fp.canonical(u) for u in spec.urls))
+            if urls != spec.urls:
+                spec = spec.model_copy(update={"urls": urls})
         return spec
 
     @property
@@ -616,7 +713,8 @@ def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
 
 
 _OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook", "browser",
-                       "task", "source", "github")
+                       "task", "source", "github", "order", "priority", "priorities",
+                       "fingerprint", "bloom", "sessions")
 
 
 def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
@@ -718,7 +816,9 @@ def status_view(stored: str | dict[str, Any], urls: list[str]) -> dict[str, Any]
     out = {_alias(JobSpec, n): spec[_alias(JobSpec, n)] for n in JobSpec.model_fields
            if _alias(JobSpec, n) in spec}
     for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec),
-                       ("browser", BrowserSpec), ("task", TaskSpec), ("github", GitHubSpec)):
+                       ("browser", BrowserSpec), ("task", TaskSpec), ("github", GitHubSpec),
+                       ("fingerprint", FingerprintSpec), ("bloom", BloomSpec),
+                       ("sessions", SessionsSpec)):
         if isinstance(out.get(key), dict):
             part = out[key]
             out[key] = {_alias(model, n): part[_alias(model, n)]
