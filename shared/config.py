@@ -121,6 +121,12 @@ class Settings(BaseModel):
     url_queue_limit: int = Field(10_000, gt=0)   # messages on the URL queue; the rest wait in PG
     work_queue_limit: int = Field(10_000, gt=0)  # messages on the work queue
     feed_interval: float = Field(0.01, gt=0)     # how often an idle feeder looks for new visits
+    # the feeder's fair, host-aware claim (issue 14): a capped host gets at most
+    # concurrency + ceil(host_lookahead / delay) visits published at once; feed_pairs (host, job)
+    # pairs are looked at per claim (more are served in turns)
+    host_lookahead: float = Field(4.0, ge=0)
+    feed_pairs: int = Field(5000, gt=0)
+    bloom_jobs: int = Field(64, gt=0)            # Bloom filters a worker keeps (one per job, LRU)
     stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost
     max_requeues: int = Field(3, ge=0)           # watchdog re-publishes before recording failure
     watchdog_interval: float = Field(5.0, gt=0)
@@ -468,6 +474,7 @@ _SIMPLE_KEYS = {
     "workerHealthWindow": "worker_health_window",
     "githubBaseUrl": "github_base_url", "githubTokenFiles": "github_token_files",
     "githubPerPage": "github_per_page", "githubTokenConcurrency": "github_token_concurrency",
+    "feedPairs": "feed_pairs", "bloomJobs": "bloom_jobs",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -485,7 +492,7 @@ _DURATION_KEYS = {
     "webhookRetryCap": "webhook_retry_cap",
     "browserTimeout": "browser_timeout", "browserPageLease": "browser_page_lease",
     "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
-    "githubWait": "github_wait",
+    "githubWait": "github_wait", "hostLookahead": "host_lookahead",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
