@@ -228,9 +228,9 @@ async def test_a_killed_browser_is_relaunched(site: JsSite, browser: BrowserFetc
 
 async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
                                                    browser: BrowserFetcher) -> None:
-    async with browser.lease(30) as page:  # a lease of its own length: a usable page
-        await page.goto(site.url(4))
-        assert await page.title() == "Page 4"
+    async with browser.lease(30) as lent:  # a lease of its own length: a usable page
+        await lent.goto(site.url(4))
+        assert await lent.title() == "Page 4"
     async with browser.lease() as one, browser.lease() as two:  # both tabs, 0.5 s each
         # Every slot is leased: a fetch gets one only once the leases (0.5 s) are reclaimed.
         page = await browser.fetch(request(site.url(5), {"timeout": 8}), None)
