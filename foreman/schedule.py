@@ -203,17 +203,21 @@ async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
 
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                  frontier: Frontier, stop: asyncio.Event) -> None:
-    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``."""
+    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``.
+
+    A claim that filled less than half its ask (hosts at their cap, another foreman's feeder
+    claiming, little pending) is followed by a pause of ``feed_interval``, so capped hosts are
+    not polled in a tight loop; a full claim is followed at once by the next."""
     while not stop.is_set():
+        ask = sent = 0
         try:
             room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
-            sent = (await feed(pool, js, settings.url_topic, min(room, 1000), frontier)
-                    if room > 0 else 0)
+            ask = min(room, 1000)
+            sent = await feed(pool, js, settings.url_topic, ask, frontier) if ask > 0 else 0
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
-            sent = 0
             await asyncio.sleep(0.5)
-        if sent == 0:
+        if sent == 0 or 2 * sent < ask:
             await _sleep_unless(stop, settings.feed_interval)
 
 
@@ -291,7 +295,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await bus.ensure_streams(js, settings)
         await bus.ensure_task_streams(js, settings)
-        frontier = DueFrontier()  # the feeder's, the watchdog's and the foreman's
+        frontier = DueFrontier(settings)  # the feeder's, the watchdog's and the foreman's
         foreman = Foreman(settings, pool, js, frontier)
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]

@@ -15,12 +15,14 @@ connection, so the caller owns the transaction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import asyncpg
 
+from shared.config import Settings
 from shared.db.visits import Key
 
 
@@ -57,32 +59,90 @@ class Frontier(Protocol):
         in ``served`` (no live worker serves it); returns how many."""
 
 
+FEED_LOCK = 0x4A52_4644  # pg advisory lock: one feeder in the cluster claims at a time
+_START: tuple[str, int] = ("", -1)  # before every (host, job) pair
+
+
 class DueFrontier:
-    """Visits in ``due`` order (partial index ``job_pending_due``, without held rows: a paused
-    job's visits), rows held by another transaction skipped."""
+    """A host-aware, weighted-fair frontier (issue 14; docs/architecture.md#the-frontier).
+
+    Inside a (host, job) pair visits go in ``rank`` order (the job's queue order, written by
+    every writer of pending rows with ``harvester_rank``); a host with a cap (politeness delay
+    above 0) gets at most ``concurrency + ceil(host_lookahead / delay)`` visits published at once,
+    none while it backs off or while its robots.txt is being fetched; the room a host has goes to
+    the job with the fewest visits in flight there, weighted by ``2 ** job.priority``; the
+    claim's ``limit`` is shared between jobs the same way. Held rows (a paused job's) and rows
+    another transaction holds are skipped; rows not yet ``due`` wait.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or Settings()
+        self._cursor = _START  # where the next scan of (host, job) pairs starts (wraps)
+        self._caps: dict[str, int | None] = {}
+
+    def cap(self, host: str) -> int | None:
+        """Visits of ``host`` published at once at most; None: uncapped (no delay, or a row
+        written without its host)."""
+        try:
+            return self._caps[host]
+        except KeyError:
+            pass
+        cap: int | None = None
+        if host:
+            pace = self._settings.host_limit(host)
+            if pace.delay > 0:
+                cap = pace.concurrency + math.ceil(self._settings.host_lookahead / pace.delay)
+        if len(self._caps) >= 100_000:
+            self._caps.clear()
+        self._caps[host] = cap
+        return cap
 
     async def claim(self, conn: asyncpg.Connection, limit: int,
                     job_id: int | None = None) -> list[Key]:
-        """Mark up to ``limit`` unpublished visits as published and return them, oldest first.
+        """Mark up to ``limit`` unpublished due visits as published and return them, in the
+        order to publish them.
 
         Run it in a transaction and publish the rows before committing: a crash in between
         rolls the marks back, so the rows are published again (a duplicate, which processing
-        ignores), never lost. SKIP LOCKED lets several foremen feed at once without publishing
-        a row twice. For one job's rows (``job_id``) it waits for a feeder holding some of them
-        instead, so that afterwards every row is either published or truly unpublished.
+        ignores), never lost. One feeder claims at a time (a transaction-level advisory lock;
+        another gets ``[]``), so each host's room is exact. SKIP LOCKED skips rows a commit is
+        holding; for one job's rows (``job_id``) it waits for them instead, so that afterwards
+        every row is either published or truly unpublished.
+
+        Two statements: the (host, job) pairs with unpublished rows (a skip scan of
+        ``job_pending_frontier`` from a rotating cursor, ``feed_pairs`` at most) with each job's
+        priority and whether its host waits (backoff, robots.txt); then the claim itself.
         """
+        if limit <= 0:
+            return []
+        pairs = await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor, self._settings.feed_pairs,
+                                 job_id)
+        if len(pairs) < self._settings.feed_pairs:
+            self._cursor = _START  # the end was reached: next time from the start
+        else:
+            self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
+        if not pairs:
+            return []
+        share = limit if len(pairs) == 1 else max(2, math.ceil(2 * limit / len(pairs)))
+        hosts: list[str] = []
+        job_ids: list[int] = []
+        weights: list[float] = []
+        caps: dict[str, int] = {}
+        for p in pairs:
+            cap = 0 if p["waiting"] else self.cap(p["host"])
+            if cap == 0:
+                continue  # backing off or waiting for robots.txt
+            if cap is not None:
+                caps[p["host"]] = cap
+            hosts.append(p["host"])
+            job_ids.append(p["job_id"])
+            weights.append(2.0 ** p["priority"])
+        if not hosts:
+            return []
         lock = "FOR UPDATE SKIP LOCKED" if job_id is None else "FOR UPDATE"
-        rows = await conn.fetch(f"""
-            WITH c AS (
-                SELECT job_id, url_id FROM job_pending
-                WHERE published_on IS NULL AND NOT held AND due <= now()
-                  AND ($2::bigint IS NULL OR job_id = $2)
-                ORDER BY due
-                LIMIT $1
-                {lock})
-            UPDATE job_pending p SET published_on = now()
-            FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
-            RETURNING p.job_id, p.url_id""", limit, job_id)
+        rows = await conn.fetch(_CLAIM.format(lock=lock), hosts, job_ids, weights, share,
+                                list(caps), list(caps.values()), limit)
+        rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
         return [(r["job_id"], r["url_id"]) for r in rows]
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
@@ -169,3 +229,76 @@ class DueFrontier:
                   AND p.published_on < now() - make_interval(secs => $2)
                 RETURNING 1)
             SELECT count(*) FROM h""", list(served), float(stale_after))) or 0)
+
+
+# The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
+# only if this transaction gets the feed lock ($1); a job's (its priority) and whether the host
+# waits (backing off, or its robots.txt being fetched for the first time).
+_PAIRS = """
+    WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok),
+    pairs AS (
+        (SELECT p.host, p.job_id FROM job_pending p, l
+         WHERE l.ok AND p.published_on IS NULL AND NOT p.held
+           AND (p.host, p.job_id) > ($2::text, $3::bigint)
+           AND ($5::bigint IS NULL OR p.job_id = $5)
+         ORDER BY p.host, p.job_id LIMIT 1)
+        UNION ALL
+        SELECT n.host, n.job_id FROM pairs c, LATERAL (
+            SELECT p.host, p.job_id FROM job_pending p
+            WHERE p.published_on IS NULL AND NOT p.held
+              AND (p.host, p.job_id) > (c.host, c.job_id)
+              AND ($5::bigint IS NULL OR p.job_id = $5)
+            ORDER BY p.host, p.job_id LIMIT 1) n)
+    SELECT q.host, q.job_id, j.priority,
+           coalesce(h.backoff_until > now()
+                    OR (h.robots_fetched_on IS NULL AND h.robots_fetching_until > now()),
+                    false) AS waiting
+    FROM (SELECT host, job_id FROM pairs LIMIT $4) q
+    JOIN job j ON j.id = q.job_id
+    LEFT JOIN host h ON h.host = q.host
+    ORDER BY q.host, q.job_id"""
+
+# The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights), each taking $4 rows at most;
+# busy: published rows per (host, job) of the capped hosts ($5, their caps $6); room: what each
+# capped host has left. Per pair its first rows by rank, as many as its host has room for;
+# per capped host the room goes to the rows with the least in flight before them (k, over
+# the job's weight); then the limit ($7) to the least served jobs (their n-th row, over the
+# weight). The caller sorts the rows by (jk, rank): RETURNING keeps no order.
+_CLAIM = """
+    WITH pr AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS t(host, job_id, w)),
+    busy AS (
+        SELECT host, job_id, count(*) AS n FROM job_pending
+        WHERE published_on IS NOT NULL AND host = ANY($5::text[])
+        GROUP BY host, job_id),
+    room AS (
+        SELECT c.host, c.cap - coalesce((SELECT sum(b.n) FROM busy b WHERE b.host = c.host), 0)
+               AS room
+        FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
+    cand AS (
+        SELECT pr.host, pr.job_id, pr.w, r.room, x.url_id, x.rank,
+               coalesce(b.n, 0) + row_number() OVER (PARTITION BY pr.host, pr.job_id
+                                                     ORDER BY x.rank) AS k
+        FROM pr
+        LEFT JOIN room r ON r.host = pr.host
+        LEFT JOIN busy b ON b.host = pr.host AND b.job_id = pr.job_id
+        CROSS JOIN LATERAL (
+            SELECT p.url_id, p.rank FROM job_pending p
+            WHERE p.host = pr.host AND p.job_id = pr.job_id
+              AND p.published_on IS NULL AND NOT p.held AND p.due <= now()
+            ORDER BY p.rank
+            LIMIT CASE WHEN r.room IS NULL THEN $4::int ELSE least($4::int, greatest(r.room, 0)) END
+            {lock}) x),
+    kept AS (
+        SELECT job_id, url_id, rank, w, room,
+               row_number() OVER (PARTITION BY host ORDER BY k / w, rank) AS hn
+        FROM cand),
+    pick AS (
+        SELECT job_id, url_id, rank,
+               row_number() OVER (PARTITION BY job_id ORDER BY rank) / w AS jk
+        FROM kept WHERE room IS NULL OR hn <= room
+        ORDER BY jk, rank
+        LIMIT $7)
+    UPDATE job_pending p SET published_on = now()
+    FROM pick WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
+    RETURNING p.job_id, p.url_id, pick.jk, pick.rank"""

@@ -14,8 +14,10 @@ import asyncpg
 from shared.db.visits import CHUNK
 from shared.errors import BadRequest, JobStateConflict, NotFound
 from shared.jobspec import follow_mode, ruleset_of, stored_spec
+from shared.ordering import DEFAULT_ORDER, compile_rules, url_priority
 from shared.robots import REFUSALS
 from shared.scope import Scope, denied
+from shared.urls import host_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +73,20 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
         if first is None:  # DS-3: an explored id is never fetched, so nothing would be
             raise BadRequest("Invalid ids.known: every known id is explored")
         urls = [first]
+    order = spec.get("order", DEFAULT_ORDER)
+    bloom = spec.get("bloom")
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
-                         spec, fetcher, ruleset, follow)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) RETURNING id""",
+                         spec, fetcher, ruleset, follow, priority, queue_order, bloom_capacity,
+                         bloom_error)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16)
+        RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
         sitemaps, None if max_pages is None else len(set(urls)),  # visits.py: the cap's count
-        json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec), follow_mode(spec))
+        json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec), follow_mode(spec),
+        spec.get("priority", 0), order,
+        None if bloom is None else bloom.get("capacity", 1_000_000),
+        None if bloom is None else bloom.get("errorRate", 0.01))
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
     await conn.execute("""
@@ -86,9 +95,14 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     await conn.execute(
         "INSERT INTO job_visit (job_id, url_id, level) SELECT $1, u, 0 FROM unnest($2::bigint[]) u",
         job_id, ids)
+    # Ranked in the order given (POST order: FIFO); nextval runs after the sort.
+    rules = compile_rules(spec.get("priorities")) if order == "priority" else ()
     await conn.execute("""
-        INSERT INTO job_pending (job_id, url_id, origin_id)
-        SELECT $1, u, u FROM unnest($2::bigint[]) u""", job_id, ids)
+        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+        SELECT $1, u, u, h, harvester_rank($5, 0, p, nextval('job_pending_seq'))
+        FROM unnest($2::bigint[], $3::text[], $4::int[]) WITH ORDINALITY AS t(u, h, p, o)
+        ORDER BY o""", job_id, ids, [host_key(u) for u in urls],
+        [url_priority(rules, u) for u in urls], order)
     if webhook is not None:  # POSTed when the job completes (shared/db/webhooks.py)
         await conn.execute("INSERT INTO job_webhook (job_id, url) VALUES ($1, $2)",
                            job_id, webhook)

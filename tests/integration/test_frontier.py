@@ -1,6 +1,6 @@
 """The frontier (shared/db/frontier.py) on a real PostgreSQL, as a conformance suite: every
 implementation of ``Frontier`` in ``IMPLEMENTATIONS`` must pass each test. Claims take due rows
-oldest first and skip rows another transaction holds; unclaimed and deferred rows come back (a
+in rank order and skip rows another transaction holds; unclaimed and deferred rows come back (a
 deferred one only when due); a counted attempt keeps its visit published; the watchdog's
 ``requeue_stale`` and ``abandoned`` split stale rows at ``max_requeues``, each bounded."""
 
@@ -13,11 +13,19 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
+from shared.config import Settings
 from shared.db import jobs, visits
 from shared.db.frontier import DueFrontier, Frontier
 
 Key = tuple[int, int]
-IMPLEMENTATIONS: list[Callable[[], Frontier]] = [DueFrontier]
+
+
+def uncapped() -> Frontier:
+    """Hosts without a cap (no delay): the caps are test_frontier_fair.py's."""
+    return DueFrontier(Settings(host_delay=0))
+
+
+IMPLEMENTATIONS: list[Callable[[], Frontier]] = [uncapped]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda make: getattr(make, "__name__", str(make)))
@@ -60,17 +68,19 @@ async def make_stale(db: asyncpg.Connection, keys: list[Key], requeues: int) -> 
         [k[0] for k in keys], [k[1] for k in keys], requeues)
 
 
-async def test_claim_takes_due_rows_oldest_first_and_marks_them(
+async def test_claim_takes_due_rows_in_rank_order_and_marks_them(
         frontier: Frontier, db: asyncpg.Connection) -> None:
+    # Rank (the job's queue order: bfs, the URLs' order at level 0), not due, orders the claim:
+    # a row deferred a while ago keeps its place; a row not due yet waits.
     a, b, c, d, later = await new_job(db, 5)
     job = a[0]
     await set_due(db, {a: timedelta(seconds=-10), b: timedelta(seconds=-40),
                        c: timedelta(seconds=-30), d: timedelta(seconds=-20),
                        later: timedelta(hours=1)})
-    assert set(await claim(frontier, db, limit=2)) == {b, c}
-    assert await published(db, job) == {b, c}
-    assert await claim(frontier, db, limit=1) == [d]
-    assert await claim(frontier, db) == [a]  # the last that is due
+    assert await claim(frontier, db, limit=2) == [a, b]
+    assert await published(db, job) == {a, b}
+    assert await claim(frontier, db, limit=1) == [c]
+    assert await claim(frontier, db) == [d]  # the last that is due
     assert await published(db, job) == {a, b, c, d}
     assert await claim(frontier, db) == []  # published rows and rows not yet due stay put
 

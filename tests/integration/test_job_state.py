@@ -49,8 +49,9 @@ async def test_claim_skips_held_rows_through_the_feeders_index(db: asyncpg.Conne
         await db.execute("SET LOCAL enable_seqscan = off")
         explained = "\n".join(r[0] for r in await db.fetch("""
             EXPLAIN SELECT job_id, url_id FROM job_pending
-            WHERE published_on IS NULL AND NOT held AND due <= now() ORDER BY due LIMIT 10"""))
-    assert "job_pending_due" in explained and "held" not in explained
+            WHERE host = 'http://h.example' AND job_id = 1 AND published_on IS NULL AND NOT held
+              AND due <= now() ORDER BY rank LIMIT 10"""))
+    assert "job_pending_frontier" in explained and "held" not in explained
 
 
 async def test_pause_holds_the_queued_visits_and_resume_frees_them(db: asyncpg.Connection) -> None:
