@@ -158,7 +158,7 @@ async def test_get_workers_lists_the_live_workers_with_their_kinds(kinds: Settin
             assert (w["kinds"], w["pid"], w["hostname"]) == (["http", "static"], os.getpid(),
                                                              socket.gethostname())
             assert set(w) == {"id", "kinds", "hostname", "pid", "version", "startedOn", "seenOn",
-                              "health"}
+                              "health", "stats"}
             assert w["health"] is None
             assert w["startedOn"] <= w["seenOn"] and w["seenOn"].endswith("Z")
             stop.set()
