@@ -86,6 +86,8 @@ async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_fo
     URL, a seed, an explored id) are queued with the job's first URL (``origin_id``) as their
     origin, whose pending counter grows by as many: the job completes when they are done.
     A job with ``maxPages`` counts them in ``job.visits`` and queues no more than room is left.
+    Their pending rows get their host and a rank at level 0 in the job's order (priority 0:
+    the job's ``priorities`` are Python regexes, not matched here).
 
     Each set is read through a cursor, ``SEED_CHUNK`` ids at a time and each statement takes at
     most as many: the memory of a chunk, whatever the size of the sets. An id that makes no URL
@@ -112,8 +114,11 @@ async def seed_job(conn: asyncpg.Connection, job_id: int, origin_id: int, url_fo
                 ORDER BY 2 LIMIT $4
                 ON CONFLICT DO NOTHING RETURNING url_id
             ), queued AS (
-                INSERT INTO job_pending (job_id, url_id, origin_id)
-                SELECT $1, url_id, $3 FROM added ORDER BY 2
+                INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+                SELECT $1, a.url_id, $3, harvester_host(u.url),
+                       harvester_rank(j.queue_order, 0, 0, nextval('job_pending_seq'))
+                FROM added a JOIN url u ON u.id = a.url_id JOIN job j ON j.id = $1
+                ORDER BY 2
                 ON CONFLICT DO NOTHING RETURNING 1
             )
             SELECT count(*)::int FROM queued""",

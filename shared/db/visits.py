@@ -16,15 +16,23 @@ not in memory or in an unbounded queue.
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import asyncpg
 
 from shared.mime import SKIP_EXACT, SKIP_PREFIX
+from shared.ordering import compile_rules, url_priority
 from shared.scope import Scope
+from shared.urls import host_key
+
+if TYPE_CHECKING:
+    from shared.seen import SeenFilter
 
 Key = tuple[int, int]  # (job_id, url_id)
 CHUNK = 5_000  # children handled a statement: a page may have hundreds of thousands of links
@@ -53,6 +61,10 @@ class Pending:
     max_pages: int | None = None
     ruleset: int = 0                  # the job's rule set: its pages' yields go to job_yield
     follow: Follow = "html"           # which links are children (``job.follow``, see _CHILDREN_SQL)
+    order: str = "bfs"                # job.queue_order: the rank of its new pending rows
+    # The job's URL priorities (order "priority" only; shared.ordering.url_priority).
+    priorities: tuple[tuple[re.Pattern[str], int], ...] = ()
+    bloom: tuple[int, float] | None = None  # the job's Bloom filter (capacity, error rate)
 
     @property
     def key(self) -> Key:
@@ -158,7 +170,9 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
         rows += await conn.fetch("""
             SELECT p.job_id, p.url_id, p.origin_id, p.reexpand, v.level, j.max_level,
                    o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages, j.ruleset,
-                   j.follow
+                   j.follow, j.queue_order, j.bloom_capacity, j.bloom_error,
+                   CASE WHEN j.queue_order = 'priority' THEN j.spec->'priorities' END
+                       AS priorities
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -170,8 +184,16 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
     return [Pending(r["job_id"], r["url_id"], r["origin_id"], r["level"], r["max_level"],
                     r["reexpand"], r["origin_url"],
                     Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"],
-                    r["ruleset"], r["follow"])
+                    r["ruleset"], r["follow"], r["queue_order"], _rules(r["priorities"]),
+                    None if r["bloom_capacity"] is None
+                    else (r["bloom_capacity"], r["bloom_error"]))
             for r in rows]
+
+
+@functools.lru_cache(maxsize=256)
+def _rules(priorities: str | None) -> tuple[tuple[re.Pattern[str], int], ...]:
+    """A job's stored ``priorities`` (jsonb text), compiled once per process."""
+    return compile_rules(json.loads(priorities)) if priorities else ()
 
 
 async def drop(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
@@ -186,7 +208,8 @@ async def drop(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                    outcomes: dict[Key, Outcome], attempts: dict[Key, int] | None = None,
                    reasons: dict[Key, str] | None = None,
-                   extra: dict[Key, list[int]] | None = None) -> list[Key]:
+                   extra: dict[Key, list[int]] | None = None,
+                   seen: SeenFilter | None = None) -> list[Key]:
     """Record locked visits as processed; return the visits newly queued.
 
     Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
@@ -195,7 +218,8 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     ``reasons`` gives a reason (work abandoned); ``attempts`` counts its fetches in this job.
     ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps). A job
     with a rule set also gets the page's yields under it (``job_yield``); for jobs of rule
-    set 0 that costs no statement.
+    set 0 that costs no statement. ``seen``: the worker's Bloom filters, consulted for jobs
+    with ``bloom`` (``_insert_first``); a job without one never touches it.
     """
     if not pages:
         return []
@@ -226,7 +250,7 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     if extra:  # URLs that are not links (sitemaps) are a level down: none from the last
         below = {p.key for p in parents if p.level + 1 < p.max_level}
         extra = {k: v for k, v in extra.items() if k in below}
-    queued = await _queue_children(conn, parents, extra or {})
+    queued = await _queue_children(conn, parents, extra or {}, seen)
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
 
@@ -266,7 +290,8 @@ async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
 
 
 async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
-                          extra: dict[Key, list[int]]) -> list[tuple[int, int, int]]:
+                          extra: dict[Key, list[int]],
+                          seen: SeenFilter | None = None) -> list[tuple[int, int, int]]:
     """Add the parents' children (their links, or for a job with follow rules or ids the links
     and ids its rules found: ``_children``; and ``extra`` URLs) as visits at level+1; returns
     (job, url, origin) newly pending.
@@ -290,12 +315,13 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
         if len(rows) <= CHUNK:
             if extra:  # a page a sitemap lists may be a link too: the nearest once
                 rows = _nearest(list(rows) + await _extra_children(conn, parents, extra))
-            return await _insert_first(conn, _in_scope(parents, rows))
+            return await _insert_first(conn, _in_scope(parents, rows), parents, seen)
     queued: list[tuple[int, int, int]] = []
     fresh: list[asyncpg.Record] = []
     async for children in _candidates(conn, parents, extra):
         visited, lowered = await _lower(conn, children)
-        queued += await _add_pending(conn, [c for c in children if _key(c) in lowered], lowered)
+        queued += await _add_pending(conn, [c for c in children if _key(c) in lowered], lowered,
+                                     parents)
         fresh += [c for c in children if _key(c) not in visited]
     if extra:  # a page a sitemap lists may be a link too: the nearest once
         fresh = _nearest(fresh)
@@ -307,7 +333,7 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
         raced = [c for c in chunk if _key(c) not in added]
         late = (await _lower(conn, raced))[1] if raced else set()
         queued += await _add_pending(
-            conn, [c for c in chunk if _key(c) in added or _key(c) in late], late)
+            conn, [c for c in chunk if _key(c) in added or _key(c) in late], late, parents)
     return queued
 
 
@@ -388,30 +414,63 @@ def _children(parents: Sequence[Pending]) -> tuple[str, list[list[int] | list[st
                            [p.max_level for p in parents]]
 
 
-async def _insert_first(conn: asyncpg.Connection,
-                        children: Sequence[asyncpg.Record]) -> list[tuple[int, int, int]]:
+async def _insert_first(conn: asyncpg.Connection, children: Sequence[asyncpg.Record],
+                        parents: Sequence[Pending],
+                        seen: SeenFilter | None = None) -> list[tuple[int, int, int]]:
     """Queue the children of jobs without ``max_pages`` (no job row to lock, no counter): insert
     them as visits, lower the level of those the job had visited already where this path is
-    shorter, and queue the new and the lowered ones: three statements, no probe."""
+    shorter, and queue the new and the lowered ones: three statements, no probe.
+
+    With ``seen`` (the worker's Bloom filters), the children of a job with ``bloom`` that its
+    filter may have seen are looked up first (``_lower``: exact) and only those the job has
+    not visited are inserted; the others (surely unseen) are inserted as without a filter. A
+    false positive costs its share of one lookup, never a visit. A job without ``bloom`` (or
+    no ``seen``) takes none of this path."""
     if not children:
         return []
+    lowered: set[Key] = set()
+    insert = children
+    if seen is not None and any(p.bloom for p in parents):
+        insert, lowered = await _filtered(conn, children, parents, seen)
     new = {_key(r) for r in await conn.fetch("""
         INSERT INTO job_visit (job_id, url_id, level)
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
         ON CONFLICT DO NOTHING RETURNING job_id, url_id""",
-        [c["job_id"] for c in children], [c["url_id"] for c in children],
-        [c["level"] for c in children])}
-    old = [c for c in children if _key(c) not in new]
-    lowered: set[Key] = set()
+        [c["job_id"] for c in insert], [c["url_id"] for c in insert],
+        [c["level"] for c in insert])} if insert else set()
+    old = [c for c in insert if _key(c) not in new]
     if old:
-        lowered = {_key(r) for r in await conn.fetch("""
+        lowered |= {_key(r) for r in await conn.fetch("""
             UPDATE job_visit v SET level = c.level
             FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
             WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
             RETURNING v.job_id, v.url_id""",
             [c["job_id"] for c in old], [c["url_id"] for c in old], [c["level"] for c in old])}
     return await _add_pending(
-        conn, [c for c in children if _key(c) in new or _key(c) in lowered], lowered)
+        conn, [c for c in children if _key(c) in new or _key(c) in lowered], lowered, parents)
+
+
+async def _filtered(conn: asyncpg.Connection, children: Sequence[asyncpg.Record],
+                    parents: Sequence[Pending],
+                    seen: SeenFilter) -> tuple[list[asyncpg.Record], set[Key]]:
+    """The children to insert as visits, and those lowered, after the Bloom filters of the
+    jobs with ``bloom``: a child its job's filter may have seen is looked up (``_lower``),
+    inserted only if the job has no visit of it. Every child goes into its job's filter (it is
+    the job's visit once this commits; if it does not, the filter only says "maybe")."""
+    blooms = {p.job_id: p.bloom for p in parents if p.bloom}
+    maybe: set[Key] = set()
+    by_job: dict[int, list[int]] = {}
+    for c in children:
+        if c["job_id"] in blooms:
+            by_job.setdefault(c["job_id"], []).append(c["url_id"])
+    for job_id, url_ids in by_job.items():
+        capacity, error = blooms[job_id]
+        maybe.update((job_id, u) for u in seen.split(job_id, capacity, error, url_ids)[0])
+        seen.add(job_id, capacity, error, url_ids)
+    if not maybe:
+        return list(children), set()
+    visited, lowered = await _lower(conn, [c for c in children if _key(c) in maybe])
+    return [c for c in children if _key(c) not in visited], lowered
 
 
 def _in_scope(parents: Sequence[Pending], rows: Sequence[asyncpg.Record]) -> list[asyncpg.Record]:
@@ -466,20 +525,38 @@ async def _add_visits(conn: asyncpg.Connection, children: Sequence[asyncpg.Recor
 
 
 async def _add_pending(conn: asyncpg.Connection, children: Sequence[asyncpg.Record],
-                       reexpand: set[Key]) -> list[tuple[int, int, int]]:
+                       reexpand: set[Key],
+                       parents: Sequence[Pending]) -> list[tuple[int, int, int]]:
     """Queue these children (those in ``reexpand`` to be expanded again); returns
-    (job, url, origin) newly pending (a visit pending already stays as it is)."""
+    (job, url, origin) newly pending (a visit pending already stays as it is). Each row gets
+    its URL's host (``host_key``: the feeder's politeness key) and its rank in the job's order
+    (SQL ``harvester_rank``, numbered by ``job_pending_seq`` in (job, url) order; a URL's
+    priority from the job's ``priorities``, only under order "priority")."""
     if not children:
         return []
+    jobs = _jobs(parents)
+    orders = [jobs[c["job_id"]].order for c in children]
+    prios = [url_priority(p.priorities, c["url"]) if (p := jobs[c["job_id"]]).priorities
+             else 0 for c in children]
     rows = await conn.fetch("""
-        INSERT INTO job_pending (job_id, url_id, origin_id, refer_id, reexpand)
-        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[])
+        INSERT INTO job_pending (job_id, url_id, origin_id, refer_id, reexpand, host, rank)
+        SELECT c.job_id, c.url_id, c.origin_id, c.refer_id, c.reexpand, c.host,
+               harvester_rank(c.ord, c.level, c.prio, nextval('job_pending_seq'))
+        FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[],
+                    $6::text[], $7::text[], $8::int[], $9::int[])
+             AS c(job_id, url_id, origin_id, refer_id, reexpand, host, ord, level, prio)
         ORDER BY 1, 2
         ON CONFLICT DO NOTHING RETURNING job_id, url_id, origin_id""",
         [c["job_id"] for c in children], [c["url_id"] for c in children],
         [c["origin_id"] for c in children], [c["refer_id"] for c in children],
-        [_key(c) in reexpand for c in children])
+        [_key(c) in reexpand for c in children], [host_key(c["url"]) for c in children],
+        orders, [c["level"] for c in children], prios)
     return [(r["job_id"], r["url_id"], r["origin_id"]) for r in rows]
+
+
+def _jobs(parents: Sequence[Pending]) -> Mapping[int, Pending]:
+    """A parent of each job (what its children need of the job is the same in all)."""
+    return {p.job_id: p for p in parents}
 
 
 async def _extra_children(conn: asyncpg.Connection, parents: Sequence[Pending],
