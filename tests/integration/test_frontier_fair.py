@@ -1,0 +1,178 @@
+"""The fair, host-aware claim (shared/db/frontier.py ``DueFrontier``, issue 14) on a real
+PostgreSQL: queue orders (SZ-T1: fifo, lifo, priority, bfs) by rank; a capped host's room
+shared between jobs, weighted by ``2 ** priority``; nothing published for a host at its cap,
+backing off or waiting for its robots.txt; one feeder claims at a time; SQL's
+``harvester_host`` is ``shared.urls.host_key``."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+import asyncpg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.config import Settings
+from shared.db import jobs
+from shared.db.frontier import FEED_LOCK, DueFrontier
+from shared.db.pages import upsert_urls
+from shared.jobspec import stored_spec
+from shared.scope import Scope
+from shared.urls import host_key
+
+H = "http://h.example"
+Key = tuple[int, int]
+
+
+async def new_job(db: asyncpg.Connection, urls: list[str], **spec: Any) -> tuple[int, list[int]]:
+    async with db.transaction():
+        return await jobs.create_job(db, urls, 2, False,
+                                     spec={**stored_spec(2, False, False, Scope(), None), **spec})
+
+
+async def claim(frontier: DueFrontier, db: asyncpg.Connection, limit: int = 100) -> list[Key]:
+    async with db.transaction():
+        return await frontier.claim(db, limit)
+
+
+async def claim_urls(frontier: DueFrontier, db: asyncpg.Connection, n: int) -> list[str]:
+    """``n`` claims of one visit each: their URLs."""
+    got = []
+    for _ in range(n):
+        (key,) = await claim(frontier, db, limit=1)
+        got.append(await db.fetchval("SELECT url FROM url WHERE id = $1", key[1]))
+    return got
+
+
+async def test_fifo_lifo_and_priority_orders(db: asyncpg.Connection) -> None:
+    frontier = DueFrontier()
+    a, b, c = f"{H}/a", f"{H}/b", f"{H}/c"
+    await new_job(db, [a, b, c], order="fifo")
+    assert await claim_urls(frontier, db, 3) == [a, b, c]
+    await db.execute("DELETE FROM job_pending")
+    await new_job(db, [a, b, c], order="lifo")
+    assert await claim_urls(frontier, db, 3) == [c, b, a]
+    await db.execute("DELETE FROM job_pending")
+    await new_job(db, [a, b, c], order="priority",
+                  priorities=[{"pattern": "/a$", "priority": 1}, {"pattern": "/[bc]$", "priority": 5}])
+    assert await claim_urls(frontier, db, 3) == [b, c, a]  # higher first, ties FIFO
+
+
+async def test_bfs_claims_a_level_before_the_next_whatever_the_insertion_order(
+        db: asyncpg.Connection) -> None:
+    frontier = DueFrontier()
+    root, deep, near = f"{H}/", f"{H}/deep", f"{H}/near"
+    job, (root_id,) = await new_job(db, [root])
+    ids = await upsert_urls(db, {deep: "", near: ""})
+    for url, level in ((deep, 2), (near, 1)):  # the deeper one queued first
+        await db.execute("""
+            INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+            VALUES ($1, $2, $3, $4, harvester_rank('bfs', $5, 0, nextval('job_pending_seq')))""",
+            job, ids[url], root_id, H, level)
+    assert await claim_urls(frontier, db, 3) == [root, near, deep]
+
+
+async def test_a_capped_host_is_shared_evenly_between_two_jobs(db: asyncpg.Connection) -> None:
+    assert await picks(db, 0, 0) == {"big": 25, "small": 25}
+
+
+async def test_a_job_with_priority_2_gets_four_times_the_share_of_one_with_0(
+        db: asyncpg.Connection) -> None:
+    got = await picks(db, 2, 0)
+    assert got["big"] + got["small"] == 50
+    assert 4 * got["small"] - 4 <= got["big"] <= 4 * got["small"] + 4, got  # 4:1 (40:10)
+
+
+async def picks(db: asyncpg.Connection, big: int, small: int) -> dict[str, int]:
+    """Two jobs of 100 visits on one host capped at 10 (2 + 4 s / 0.5 s), priorities ``big``
+    and ``small``: the host filled, then 50 rounds of one visit completing (the oldest in
+    flight) and a claim. Which job each of the 50 claimed visits belonged to."""
+    frontier = DueFrontier(Settings())
+    assert frontier.cap(H) == 10
+    name = {(await new_job(db, [f"{H}/big/{i}" for i in range(100)], priority=big))[0]: "big"}
+    name[(await new_job(db, [f"{H}/small/{i}" for i in range(100)], priority=small))[0]] = "small"
+    flight: deque[Key] = deque(await claim(frontier, db))
+    assert len(flight) == 10
+    assert await claim(frontier, db) == []  # the host is at its cap
+    got: Counter[str] = Counter()
+    for _ in range(50):
+        done = flight.popleft()
+        await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", *done)
+        claimed = await claim(frontier, db)
+        assert len(claimed) == 1  # exactly the room one completion made
+        flight.extend(claimed)
+        got[name[claimed[0][0]]] += 1
+    return dict(got)
+
+
+async def test_a_new_job_gets_the_next_room_on_a_busy_host(db: asyncpg.Connection) -> None:
+    # The issue's scenario in small: a big job fills its host; a 1-page job on that host
+    # gets the first slot that frees, ahead of the big job's next thousand.
+    frontier = DueFrontier()
+    big, _ = await new_job(db, [f"{H}/big/{i}" for i in range(1000)])
+    flight = await claim(frontier, db, limit=1000)
+    assert len(flight) == 10 and {k[0] for k in flight} == {big}
+    small, (page,) = await new_job(db, [f"{H}/small"])
+    assert await claim(frontier, db) == []  # no room yet: nothing published to wait
+    await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", *flight[0])
+    assert await claim(frontier, db) == [(small, page)]
+
+
+async def test_nothing_is_published_for_a_host_backing_off_or_waiting_for_robots(
+        db: asyncpg.Connection) -> None:
+    frontier = DueFrontier()
+    other = "http://other.example"
+    job, _ = await new_job(db, [f"{H}/a", f"{other}/a"])
+    await db.execute("""
+        INSERT INTO host (host, backoff_until) VALUES ($1, now() + interval '1 minute');
+        INSERT INTO host (host, robots_fetching_until) VALUES ($2, now() + interval '1 minute')
+        """.replace("$1", f"'{H}'").replace("$2", f"'{other}'"))
+    assert await claim(frontier, db) == []
+    await db.execute("UPDATE host SET backoff_until = now() - interval '1 second'")
+    assert [k[0] for k in await claim(frontier, db)] == [job]  # H's back-off is over
+    await db.execute("UPDATE host SET robots_fetched_on = now() WHERE host = $1", other)
+    assert [k[0] for k in await claim(frontier, db)] == [job]  # other's robots.txt is known
+
+
+async def test_an_uncapped_host_takes_the_whole_limit_in_rank_order(
+        db: asyncpg.Connection) -> None:
+    frontier = DueFrontier(Settings(host_delay=0))
+    job, ids = await new_job(db, [f"{H}/{i}" for i in range(50)], order="lifo")
+    assert await claim(frontier, db, limit=30) == [(job, i) for i in reversed(ids[20:])]
+    assert await claim(frontier, db, limit=30) == [(job, i) for i in reversed(ids[:20])]
+
+
+async def test_one_feeder_claims_at_a_time(db: asyncpg.Connection, database_url: str) -> None:
+    frontier = DueFrontier()
+    job, ids = await new_job(db, [f"{H}/a"])
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            assert await other.fetchval("SELECT pg_try_advisory_xact_lock($1)", FEED_LOCK)
+            assert await claim(frontier, db) == []  # another feeder is claiming
+        assert await claim(frontier, db) == [(job, ids[0])]
+    finally:
+        await other.close()
+
+
+async def test_pairs_beyond_feed_pairs_are_served_in_turns(db: asyncpg.Connection) -> None:
+    frontier = DueFrontier(Settings(feed_pairs=2, host_delay=0))
+    urls = [f"http://h{i}.example/" for i in range(5)]
+    job, ids = await new_job(db, urls)
+    seen = set()
+    for _ in range(3):
+        seen.update(await claim(frontier, db))
+    assert seen == {(job, i) for i in ids}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scheme=st.sampled_from(["http", "https"]),
+       user=st.sampled_from(["", "u@", "u:p@", "a@b@"]),
+       host=st.sampled_from(["h.example", "[::1]", "127.0.0.1", "xn--bcher-kva.example"]),
+       port=st.sampled_from(["", ":80", ":8080"]),
+       rest=st.sampled_from(["", "/", "/a/b?q=1", "?x=@y", "#f", "/p@q"]))
+async def test_sql_harvester_host_is_host_key(db: asyncpg.Connection, scheme: str, user: str,
+                                              host: str, port: str, rest: str) -> None:
+    url = f"{scheme}://{user}{host}{port}{rest}"
+    assert await db.fetchval("SELECT harvester_host($1)", url) == host_key(url)
