@@ -21,6 +21,7 @@ from shared.db import pages, visits
 from shared.db.pool import RETRYABLE, in_transaction
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage
+from shared.seen import SeenFilter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Committer:
         self.settings = settings
         self.pool = pool
         self.queue: asyncio.Queue[Done] = asyncio.Queue()
+        # The Bloom filters of jobs with ``bloom`` (a job without one never touches them).
+        self.seen = SeenFilter(settings.bloom_jobs)
 
     async def submit(self, done: Done) -> None:
         await self.queue.put(done)
@@ -150,7 +153,7 @@ class Committer:
                     conn, {u: guess_mime(u) for us in extra_urls.values() for u in us})
                 extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
             await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
-                                  extra=extra)
+                                  extra=extra, seen=self.seen)
 
         await in_transaction(self.pool, work)
 
