@@ -28,6 +28,7 @@ from shared.db import jobs, visits
 from shared.db.frontier import Frontier
 from shared.db.pool import RETRYABLE
 from shared.errors import ConfigError
+from shared.fingerprint import JobFingerprint
 from shared.jobspec import OUTPUT_MODELS, ExtractSpec, SaveSpec, reads_any_body
 from shared.model import Extraction, FetchedPage, Yield
 from shared.urls import host_key
@@ -41,6 +42,7 @@ from worker.loader import Loader
 from worker.outputs import OUTPUTS, Output
 from worker.outputs.db import close_pools
 from worker.retry import RetryDecision, RetryPolicy
+from worker.sessions import SessionBroker, SessionRules
 from worker.sources import SOURCES, Source
 from worker.stats import WorkerStats
 from worker.taskfuncs import PageTask
@@ -78,7 +80,11 @@ class JobPlan:
     """A job's steps: its fetcher and source, its extractors (the source's links first), its
     task and outputs, its retry rule, its rule set, whether its outputs need raw answers,
     which answers' bodies to read (None: the source's ``wants_body``), and the options its
-    fetcher gets with each request (a browser job's ``browser`` spec; else empty)."""
+    fetcher gets with each request (a browser job's ``browser`` spec; else empty).
+    ``sessions``: each attempt carries one session of the job's pool (None: none, no cost);
+    ``private``: its answers are its own (sessions, or headers in its fingerprint): recorded
+    not cacheable, without validators, so no other job is answered from them;
+    ``rewrite``: its fingerprint's rewrite of a page's links (None: they stay as they are)."""
     job_id: int
     fetcher: Fetcher
     source: Source
@@ -91,6 +97,9 @@ class JobPlan:
     wants_body: Callable[[int, str | None], bool] | None = None
     use: PlanUse = field(default_factory=PlanUse, compare=False)
     fetch_options: Mapping[str, Any] = field(default_factory=dict)
+    sessions: SessionRules | None = None
+    private: bool = False
+    rewrite: Callable[[tuple[tuple[str, str], ...]], tuple[tuple[str, str], ...]] | None = None
 
 
 class JobPlans:
@@ -226,7 +235,8 @@ class JobPlans:
         extractor, ``follow``
         (with follow rules or ids), the ``extract`` entries; its per-page ``task``; an output
         per ``save`` entry; every 2xx body read where the job reads more than HTML
-        (``reads_any_body``); its fetcher's options (``browser``)."""
+        (``reads_any_body``); its fetcher's options (``browser``); its ``sessions``, whether
+        its answers are private, its fingerprint's link rewrite."""
         kind = p.fetcher
         ruleset = p.ruleset
         outputs: list[Output] = []
@@ -261,6 +271,8 @@ class JobPlans:
                         options["urlFormat"] = url_format
                 outputs.append(OUTPUTS.create(save.kind, self.settings, options))
             task = self._page_task(spec.get("task"), fetcher, source.policy)
+            sessions = SessionRules.from_stored(spec)
+            fingerprint = JobFingerprint.from_stored(spec)
         except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
             return f"not served by this worker: {e}"
@@ -270,7 +282,10 @@ class JobPlans:
         return JobPlan(p.job_id, fetcher, source, tuple(extractors), task, tuple(outputs),
                        source.policy, ruleset, any(o.needs_raw for o in outputs),
                        any_2xx if reads_any_body(spec) else source.wants_body,
-                       fetch_options=spec.get("browser") or _NO_OPTIONS)
+                       fetch_options=spec.get("browser") or _NO_OPTIONS, sessions=sessions,
+                       private=sessions is not None or bool(
+                           (spec.get("fingerprint") or {}).get("includeHeaders")),
+                       rewrite=_rewriter(fingerprint) if fingerprint is not None else None)
 
     def _page_task(self, entry: Any, fetcher: Fetcher, policy: RetryPolicy) -> Task | None:
         """The job's per-page task (``{"name", "args"}``, or a bare name), None without one;
@@ -319,6 +334,7 @@ class Pipeline:
         self.beat = settings.ack_wait / 3
         self.health: HealthMonitor | None = None  # set (``crawl.run``) when its thresholds are on
         self.stats = stats if stats is not None else WorkerStats()  # the process's (heartbeat)
+        self.sessions = SessionBroker(settings, pool)
 
     async def visit(self, v: Visit) -> None:
         """Fetch, extract, run the task and the outputs, and commit one visit (or put it back
@@ -398,15 +414,21 @@ class Pipeline:
         the frontier."""
         p, plan, slot = v.planned, v.plan, v.slot
         attempt = p.attempts + 1
-        validators = Validators(p.etag, p.last_modified) if p.etag or p.last_modified else None
+        validators = Validators(p.etag, p.last_modified) if (
+            p.etag or p.last_modified) and not plan.private else None
         req = FetchRequest(p.url_id, p.url, validators, plan.source.request_headers(p.url),
                            plan.wants_body or plan.source.wants_body, plan.keep_raw, plan.policy,
                            plan.fetch_options)
         while True:
-            answer = await self._request(v, req, slot, attempt)
+            if plan.sessions is None:
+                answer = await self._request(v, req, slot, attempt)
+            else:
+                answer = await self._with_session(v, plan.sessions, req, slot, attempt)
             if answer is None:
                 return None
             page, decision = answer
+            if plan.private:  # no other job is answered from it, nor revalidates it
+                page = replace(page, cacheable=False, etag=None, last_modified=None)
             if decision.defer is not None:  # a rate limit: again once it resets, no attempt
                 log.info("fetch %s deferred %.0fs (%s), attempt %d not counted",
                          p.url, decision.defer, page.error or page.status, attempt)
@@ -450,7 +472,7 @@ class Pipeline:
                                          f"extracted: {e}", permanent=True)
                         return failed, Extraction(ruleset=plan.ruleset)
                     if i == 0:  # the source's link extractor: the links to follow
-                        links = got.links
+                        links = got.links if plan.rewrite is None else plan.rewrite(got.links)
                     yields += got.yields
         except ExtractLater as e:  # not the page's fault: fetched again later, attempt not counted
             log.warning("%s of %s not extracted now (%s); back in the frontier",
@@ -505,6 +527,53 @@ class Pipeline:
             verdict = Settle(Verdict.RETRY, e.delay)
         await bus.settle_all([v.msgs], verdict)
         return None
+
+    async def _with_session(self, v: Visit, rules: SessionRules, req: FetchRequest, slot: Slot,
+                            attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
+        """``_request`` with one session of the job's pool (none for the host: without one).
+        None: no session was free (the visit went back to the frontier until one may be, its
+        slot given back), or the host was paused. A block signal benches the session and asks
+        for another try (counted; the next attempt leases another session; past ``retries``
+        the page fails with its status, marked blocked)."""
+        try:
+            lease = await self.sessions.take(rules, req.url)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.warning("cannot lease a session for %s (%s); it will be redelivered", req.url, e)
+            self.gate.give_back(slot)
+            await bus.settle_all([v.msgs], Settle(Verdict.RETRY, 1.0))
+            return None
+        if isinstance(lease, datetime):
+            log.info("no session of pool %s free for %s; back in the frontier until %s",
+                     rules.pool, req.url, lease.isoformat(timespec="milliseconds"))
+            self.gate.give_back(slot)
+            await self._defer(v.key, v.msgs, lease)
+            return None
+        if lease is None:
+            return await self._request(v, req, slot, attempt)
+        sent = replace(req, headers={**req.headers, **self.sessions.headers(lease)})
+        try:
+            answer = await self._request(v, sent, slot, attempt)
+        except BaseException:
+            self.sessions.give_back(lease)
+            raise
+        if answer is None:  # the host was paused: no request was made with it
+            self.sessions.give_back(lease, used=False)
+            return None
+        page, decision = answer
+        why = self.sessions.blocked(page, rules)
+        if why is None:
+            self.sessions.give_back(lease)
+            return answer
+        self.sessions.give_back(lease, bench=rules.bench, reason=why)
+        log.info("session %s of pool %s blocked at %s (%s): benched", lease.name, rules.pool,
+                 req.url, why)
+        page = replace(page, error=f"blocked: {why} (session {lease.name})", cacheable=False,
+                       body=None, etag=None, last_modified=None)
+        retry = attempt <= req.policy.retries
+        if retry and not decision.retry:
+            metrics.RETRIES.inc()
+        return page, RetryDecision(retry, decision.delay if decision.retry else 0.0,
+                                   decision.trouble, decision.pause)
 
     async def _request(self, v: Visit, req: FetchRequest, slot: Slot,
                        attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
@@ -609,6 +678,18 @@ class Pipeline:
 
 _NOTHING = Extraction()
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+
+def _rewriter(fingerprint: JobFingerprint) -> Callable[[tuple[tuple[str, str], ...]],
+                                                        tuple[tuple[str, str], ...]]:
+    """A page's links as the job's fingerprint counts them: ignored query parameters dropped,
+    sorted, each once (its guessed type kept)."""
+    def rewrite(links: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        out: dict[str, str] = {}
+        for url, mime in links:
+            out.setdefault(fingerprint.canonical(url), mime)
+        return tuple(sorted(out.items()))
+    return rewrite
 
 
 def any_2xx(status: int, mime: str | None) -> bool:

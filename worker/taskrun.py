@@ -3,9 +3,10 @@ task queue (``bus.task_subject``), ``taskConcurrency`` at once.
 
 For each message: ``tasks.start`` (running, attempt + 1; nothing to run: ack) → resolve the
 allow-listed function → call it with its ``args`` and, by parameter name, ``ctx``
-(``TaskContext``), ``loader`` and ``init`` (``worker.taskfuncs``), the message kept alive with
-``in_progress`` meanwhile → one transaction: ``tasks.finish`` fenced by the attempt, with the
-follow-ups it enqueued → then the ack. So a worker killed mid-task leaves its message unacked:
+(``TaskContext``), ``loader``, ``init`` (``worker.taskfuncs``) and ``sessions``
+(``worker.sessions.SessionStore``), the message kept alive with ``in_progress`` meanwhile →
+one transaction: ``tasks.finish`` fenced by the attempt, with the follow-ups it enqueued →
+then the ack. So a worker killed mid-task leaves its message unacked:
 it is delivered again after AckWait and the task runs again (at least once; its
 ``ctx.idempotency_key`` is the same each time, its follow-ups' keys too, so none is doubled).
 
@@ -41,6 +42,7 @@ from shared.db.pool import RETRYABLE, in_transaction
 from shared.messages import BadMessage, TaskMessage
 from worker.fetchers import Fetcher, HopGate
 from worker.loader import Loader
+from worker.sessions import SessionStore
 from worker.taskfuncs import call, inject, resolve
 from worker.tasks import RetryLater
 
@@ -242,7 +244,7 @@ class TaskRunner:
                 raise TaskRefused(f"task {run.name!r} is not allow-listed in this worker's config")
             fn = resolve(target)
             kwargs = inject(fn, run.args, {"ctx": ctx, "loader": self.loader,
-                                           "init": self.init})
+                                           "init": self.init, "sessions": SessionStore(self.pool)})
             try:
                 result = await call(fn, kwargs, self.settings.task_timeout)
             except TimeoutError as e:
