@@ -1,9 +1,12 @@
-"""What a request carries: User-Agent pool, per-host headers (never leaked by a redirect), and
-conditional re-fetches of expired pages."""
+"""What a request carries: User-Agent pool (SZ-T5), per-host headers (never leaked by a
+redirect), links rewritten by a job's fingerprint, and conditional re-fetches of expired
+pages."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,21 +23,59 @@ def html(*links: str, **headers: str) -> web.Response:
 
 
 async def test_user_agent_pool(settings: Settings) -> None:
+    """SZ-T5: across 200 requests at least 2 User-Agents, all from the pool: never aiohttp's
+    default nor ``userAgent``."""
     seen: list[str] = []
 
     async def handle(request: web.Request) -> web.Response:
         seen.append(request.headers["User-Agent"])
-        return html(*(f"/p{i}" for i in range(30))) if request.path == "/" else html()
+        return html(*(f"/p{i}" for i in range(199))) if request.path == "/" else html()
 
     runner, base = await serve(handle, "127.0.0.1")
-    pool = ("HarvesterA/1.0 (+https://example.org/bot)", "HarvesterB/1.0 (+https://example.org/bot)")
+    pool = ("HarvesterA/1.0 (+https://example.org/bot)", "HarvesterB/1.0 (+https://example.org/bot)",
+            "HarvesterC/1.0 (+https://example.org/bot)")
     stack = await Stack(settings.model_copy(update={"user_agents": pool})).start()
     try:
         await stack.wait_complete(await stack.post_job([base + "/"]))
-        assert len(seen) == 31 and set(seen) == set(pool)
+        assert len(seen) == 200 and len(set(seen)) >= 2 and set(seen) <= set(pool)
+        assert not any("aiohttp" in ua or "Python" in ua or ua == settings.user_agent
+                       for ua in seen)
     finally:
         await stack.stop()
         await runner.cleanup()
+
+
+async def test_ignored_query_parameters_fetch_a_page_once(settings: Settings) -> None:
+    """A job's ``fingerprint.ignoreParams``: a page's links are rewritten without them, so
+    the variants of one page are one visit (and the job's result lists the rewritten links)."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        if request.path == "/":
+            return html("/a?utm_source=x", "/a?utm_medium=y&id=1", "/a?id=1&UTM_x=2", "/b?sid=9")
+        return html()
+
+    runner, base = await serve(handle, "127.0.0.1")
+    stack = await Stack(settings).start()
+    try:
+        status, body = await post_json(stack, {"urls": [base + "/?utm_campaign=z"],
+                                               "fingerprint": {"ignoreParams": ["utm_*", "sid"]}})
+        assert status == 200, body
+        job = int(body["jobId"])
+        st = await stack.wait_complete(job)
+        assert sorted(seen) == ["/", "/a", "/a?id=1", "/b"] and st["pages"]["failed"] == 0
+        assert await stack.result(job) == {base + "/": [base + "/a", base + "/a?id=1", base + "/b"]}
+    finally:
+        await stack.stop()
+        await runner.cleanup()
+
+
+async def post_json(stack: Stack, spec: dict[str, Any]) -> tuple[int, Any]:
+    assert stack.http
+    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
+                               headers={"Content-Type": "application/json"}) as r:
+        return r.status, await r.json(content_type=None)
 
 
 async def test_host_headers_never_follow_a_redirect_elsewhere(settings: Settings) -> None:
