@@ -1,7 +1,9 @@
 """SZ-T2 end to end: a URL is fetched once per job, however many pages link to it and however
 its query is written, with two workers committing at once (the fingerprint is the canonical
 URL: ``job_visit``'s key, inserted ``ON CONFLICT`` in the parent's commit); a job's
-``fingerprint.ignoreParams`` makes URLs that differ only by those parameters one request."""
+``fingerprint.ignoreParams`` makes URLs that differ only by those parameters one request; a
+job with a ``bloom`` filter (a saturated one: nearly every link "maybe seen") gets the exact
+link graph, each page fetched once."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from shared.config import Settings
+from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
 
@@ -84,3 +87,13 @@ async def test_ignored_params_make_one_request(stack: Stack, local: Site) -> Non
     assert local.hits == Counter({"/utm": 1, "/t?id=1": 1, "/t": 1}), local.hits
     result = await stack.result(job)
     assert result == {f"{local.base}/utm": [f"{local.base}/t", f"{local.base}/t?id=1"]}
+
+
+async def test_a_job_with_a_bloom_filter_gets_the_link_graph(stack: Stack, site: TestSite,
+                                                             settings: Settings) -> None:
+    job = await post(stack, {"urls": [site.a + "/"], "depth": 3,
+                             "bloom": {"capacity": 1000, "errorRate": 0.5}})
+    await stack.wait_complete(job)
+    assert await stack.result(job) == site.expected_result(site.a + "/", 3)
+    error_page = f"{site.a}/error.html"
+    assert all(n == 1 for u, n in site.hits.items() if u != error_page), site.hits
