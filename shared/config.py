@@ -121,10 +121,12 @@ class Settings(BaseModel):
     url_queue_limit: int = Field(10_000, gt=0)   # messages on the URL queue; the rest wait in PG
     work_queue_limit: int = Field(10_000, gt=0)  # messages on the work queue
     feed_interval: float = Field(0.01, gt=0)     # how often an idle feeder looks for new visits
-    # the feeder's fair, host-aware claim (issue 14): a capped host gets at most
-    # concurrency + ceil(host_lookahead / delay) visits published at once; feed_pairs (host, job)
-    # pairs are looked at per claim (more are served in turns)
-    host_lookahead: float = Field(4.0, ge=0)
+    # the feeder's fair, host-aware claim (issue 14): a host with a delay gets at most
+    # concurrency + n visits published at once, n = ceil(host_lookahead / delay) but no more
+    # starts than fit in politeness_horizon (0 by default: the gate leases concurrency slots,
+    # a visit published beyond them is deferred and only churns); feed_pairs (host, job) pairs
+    # are looked at per claim (more are served in turns)
+    host_lookahead: float = Field(0.0, ge=0)
     feed_pairs: int = Field(5000, gt=0)
     bloom_jobs: int = Field(64, gt=0)            # Bloom filters a worker keeps (one per job, LRU)
     stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost

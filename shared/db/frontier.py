@@ -68,7 +68,7 @@ class DueFrontier:
 
     Inside a (host, job) pair visits go in ``rank`` order (the job's queue order, written by
     every writer of pending rows with ``harvester_rank``); a host with a cap (politeness delay
-    above 0) gets at most ``concurrency + ceil(host_lookahead / delay)`` visits published at once,
+    above 0) gets at most ``cap(host)`` visits published at once,
     none while it backs off or while its robots.txt is being fetched; the room a host has goes to
     the job with the fewest visits in flight there, weighted by ``2 ** job.priority``; the
     claim's ``limit`` is shared between jobs the same way. Held rows (a paused job's) and rows
@@ -81,8 +81,11 @@ class DueFrontier:
         self._caps: dict[str, int | None] = {}
 
     def cap(self, host: str) -> int | None:
-        """Visits of ``host`` published at once at most; None: uncapped (no delay, or a row
-        written without its host)."""
+        """Visits of ``host`` published at once at most: its concurrency (the slots the gate
+        leases: a visit beyond them is deferred at once, its room refilled by another, a churn
+        that also puts other jobs' visits behind), plus ``host_lookahead`` seconds of starts
+        (no more than fit in ``politeness_horizon``; 0 by default). None: uncapped (no delay:
+        only the gate's concurrency paces the host; or a row written without its host)."""
         try:
             return self._caps[host]
         except KeyError:
@@ -91,7 +94,9 @@ class DueFrontier:
         if host:
             pace = self._settings.host_limit(host)
             if pace.delay > 0:
-                cap = pace.concurrency + math.ceil(self._settings.host_lookahead / pace.delay)
+                ahead = min(math.ceil(self._settings.host_lookahead / pace.delay),
+                            math.floor(self._settings.politeness_horizon / pace.delay))
+                cap = pace.concurrency + ahead
         if len(self._caps) >= 100_000:
             self._caps.clear()
         self._caps[host] = cap

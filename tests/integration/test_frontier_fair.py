@@ -46,7 +46,7 @@ async def claim_urls(frontier: DueFrontier, db: asyncpg.Connection, n: int) -> l
 
 
 async def test_fifo_lifo_and_priority_orders(db: asyncpg.Connection) -> None:
-    frontier = DueFrontier()
+    frontier = DueFrontier(Settings(host_delay=0))
     a, b, c = f"{H}/a", f"{H}/b", f"{H}/c"
     await new_job(db, [a, b, c], order="fifo")
     assert await claim_urls(frontier, db, 3) == [a, b, c]
@@ -61,7 +61,7 @@ async def test_fifo_lifo_and_priority_orders(db: asyncpg.Connection) -> None:
 
 async def test_bfs_claims_a_level_before_the_next_whatever_the_insertion_order(
         db: asyncpg.Connection) -> None:
-    frontier = DueFrontier()
+    frontier = DueFrontier(Settings(host_delay=0))
     root, deep, near = f"{H}/", f"{H}/deep", f"{H}/near"
     job, (root_id,) = await new_job(db, [root])
     ids = await upsert_urls(db, {deep: "", near: ""})
@@ -88,7 +88,7 @@ async def picks(db: asyncpg.Connection, big: int, small: int) -> dict[str, int]:
     """Two jobs of 100 visits on one host capped at 10 (2 + 4 s / 0.5 s), priorities ``big``
     and ``small``: the host filled, then 50 rounds of one visit completing (the oldest in
     flight) and a claim. Which job each of the 50 claimed visits belonged to."""
-    frontier = DueFrontier(Settings())
+    frontier = DueFrontier(Settings(host_lookahead=4, politeness_horizon=5))
     assert frontier.cap(H) == 10
     name = {(await new_job(db, [f"{H}/big/{i}" for i in range(100)], priority=big))[0]: "big"}
     name[(await new_job(db, [f"{H}/small/{i}" for i in range(100)], priority=small))[0]] = "small"
@@ -112,7 +112,8 @@ async def test_a_new_job_gets_the_next_room_on_a_busy_host(db: asyncpg.Connectio
     frontier = DueFrontier()
     big, _ = await new_job(db, [f"{H}/big/{i}" for i in range(1000)])
     flight = await claim(frontier, db, limit=1000)
-    assert len(flight) == 10 and {k[0] for k in flight} == {big}
+    assert frontier.cap(H) == 2  # the host's concurrency
+    assert len(flight) == 2 and {k[0] for k in flight} == {big}
     small, (page,) = await new_job(db, [f"{H}/small"])
     assert await claim(frontier, db) == []  # no room yet: nothing published to wait
     await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", *flight[0])
@@ -141,6 +142,17 @@ async def test_an_uncapped_host_takes_the_whole_limit_in_rank_order(
     job, ids = await new_job(db, [f"{H}/{i}" for i in range(50)], order="lifo")
     assert await claim(frontier, db, limit=30) == [(job, i) for i in reversed(ids[20:])]
     assert await claim(frontier, db, limit=30) == [(job, i) for i in reversed(ids[:20])]
+
+
+def test_the_cap_is_the_concurrency_and_the_lookahead_within_the_horizon() -> None:
+    def cap(**kw: Any) -> int | None:
+        return DueFrontier(Settings(**kw)).cap(H)
+    assert cap() == 2
+    assert cap(host_lookahead=1) == 2 + 2  # 1 s of starts at 0.5 s
+    assert cap(host_lookahead=4) == 2 + 4  # no more than the 2 s horizon holds
+    assert cap(host_delay=30, host_concurrency=1, host_lookahead=1) == 1 + 0
+    assert cap(host_delay=0) is None  # no delay: only the gate's concurrency
+    assert DueFrontier().cap("") is None  # a row written without its host
 
 
 async def test_one_feeder_claims_at_a_time(db: asyncpg.Connection, database_url: str) -> None:
