@@ -24,6 +24,7 @@ from shared.scope import SCOPES, Scope, check_pattern
 from shared.streams import read_capped
 from shared.urls import validate_job_url
 from web_server import eta, exports
+from web_server import sessions as session_api
 from web_server import tasks as task_api
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
@@ -573,6 +574,7 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_post(base + "/jobs/{job_id}/pause", job_pause)
     app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
     task_api.add_routes(app, base)
+    session_api.add_routes(app, base)
     from web_server import github  # it imports this module
     github.add_routes(app, base)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)

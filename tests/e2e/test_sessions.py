@@ -321,3 +321,61 @@ async def test_login_task_refreshes_a_session(settings: Settings, db: asyncpg.Co
         await stack.stop()
         assert site.runner
         await site.runner.cleanup()
+
+
+async def test_the_session_api(settings: Settings) -> None:
+    """PUT /sessions/{pool}/{name} writes (new, then updated; bad bodies are 400s), GET
+    /sessions/{pool} lists names without values, DELETE removes (204, then 404); the answers
+    match openapi.json."""
+    from tests.e2e.test_openapi_responses import check
+    stack = await Stack(settings).start()
+    assert stack.http
+
+    async def put(path: str, body: Any) -> tuple[int, Any]:
+        assert stack.http
+        data = body if isinstance(body, str) else json.dumps(body)
+        async with stack.http.put(stack.base + path, data=data) as r:
+            return r.status, await r.json(content_type=None)
+
+    try:
+        body = {"cookies": {"sid": "s3cret", "u": "gina"}, "headers": {"X-Api": "k3y"},
+                "userAgent": "GinaAgent/1.0", "host": "HTTP://127.0.0.1:80", "maxUses": 9}
+        status, answer = await put("/sessions/shop/gina", body)
+        check("/sessions/{pool}/{name}", "put", status, answer)
+        assert (status, answer) == (200, {"pool": "shop", "name": "gina", "result": "new"})
+        status, answer = await put("/sessions/shop/gina", {"cookies": {"sid": "n3w"}})
+        assert (status, answer["result"]) == (200, "updated")
+        for path, bad in (("/sessions/shop/gina", {"cookies": {"sid": "a;b"}}),
+                          ("/sessions/shop/gina", {"cookies": {"a b": "x"}}),
+                          ("/sessions/shop/gina", {"headers": {"X": "a\r\nb"}}),
+                          ("/sessions/shop/gina", {"host": "ftp://x"}),
+                          ("/sessions/shop/gina", {"host": "http://"}),
+                          ("/sessions/shop/gina", {"maxUses": 0}),
+                          ("/sessions/shop/gina", {"cookie": {}}),
+                          ("/sessions/shop/gina", "[]"),
+                          ("/sessions/shop/gina", "{"),
+                          ("/sessions/-shop/gina", {"cookies": {}})):
+            status, answer = await put(path, bad)
+            check("/sessions/{pool}/{name}", "put", status, answer)
+            assert status == 400, (bad, answer)
+        status, listed, _ = await stack.request("GET", "/sessions/shop")
+        check("/sessions/{pool}", "get", status, listed)
+        assert status == 200 and [s["name"] for s in listed["sessions"]] == ["gina"]
+        [gina] = listed["sessions"]
+        assert (gina["cookies"], gina["headers"], gina["host"], gina["version"]) == (
+            ["sid"], [], None, 2)
+        await put("/sessions/shop/hank", body)
+        status, listed, _ = await stack.request("GET", "/sessions/shop")
+        hank = listed["sessions"][1]
+        assert (hank["host"], hank["userAgent"], hank["maxUses"]) == (
+            "http://127.0.0.1", "GinaAgent/1.0", 9)  # the default port dropped
+        assert "s3cret" not in json.dumps(listed) and "k3y" not in json.dumps(listed)
+        status, _, _ = await stack.request("DELETE", "/sessions/shop/gina")
+        assert status == 204
+        status, answer, _ = await stack.request("DELETE", "/sessions/shop/gina")
+        check("/sessions/{pool}/{name}", "delete", status, answer)
+        assert status == 404
+        status, listed, _ = await stack.request("GET", "/sessions/nobody")
+        assert (status, listed) == (200, {"pool": "nobody", "sessions": []})
+    finally:
+        await stack.stop()
