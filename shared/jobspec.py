@@ -352,7 +352,8 @@ class BrowserSpec(_Options):
     ``browserBlock``); ``stealth``: hide the automation (UA pool, webdriver, plugins)."""
 
     wait: Literal["load", "domcontentloaded", "networkidle"] = "load"
-    selector: str | None = Field(None, min_length=1, max_length=MAX_RULE_CHARS)
+    selector: Annotated[str, AfterValidator(_css)] | None = Field(
+        None, min_length=1, max_length=MAX_RULE_CHARS)
     wait_ms: int = Field(0, ge=0, le=30_000)
     timeout: float | None = Field(None, gt=0, le=120)
     block: Annotated[tuple[str, ...], AfterValidator(_block)] | None = None

@@ -90,6 +90,20 @@ async def test_wait_conditions_see_a_late_link(site: JsSite, browser: BrowserFet
     assert by_time.body is not None and anchors(by_time.body) == ["/p/1"]
 
 
+async def test_a_selector_chromium_cannot_parse_fails_the_visit_for_good(
+        site: JsSite, browser: BrowserFetcher) -> None:
+    # Jobs stored before the spec checked it, or CSS selectolax takes and Playwright does not:
+    # the visit fails for good, and the browser is not blamed (no error in a row, no relaunch).
+    before, errors = browser.relaunches, browser.tabs.errors
+    for selector in ("a[[", "nope=foo", "a[["):
+        page = await browser.fetch(request(site.url(1), {"selector": selector}), None)
+        assert page.status is None and page.permanent and not POLICY.retryable(page), page
+        assert page.error and page.error.startswith("invalid browser.selector: "), page.error
+    assert (browser.relaunches, browser.tabs.errors) == (before, errors)
+    ok = await browser.fetch(request(site.base + "/late", {"selector": "a#late"}), None)
+    assert ok.body is not None and anchors(ok.body) == ["/p/1"]
+
+
 async def test_images_are_blocked_by_default(site: JsSite, browser: BrowserFetcher) -> None:
     site.hits["/pixel.png"] = 0
     page = await browser.fetch(request(site.base + "/img"), None)

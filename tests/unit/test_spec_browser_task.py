@@ -167,6 +167,7 @@ def test_browser_only_with_the_browser_fetcher() -> None:
     ({"waitMs": -1}, "browser.waitMs"), ({"timeout": 0}, "browser.timeout"),
     ({"timeout": 121}, "browser.timeout"), ({"selector": ""}, "browser.selector"),
     ({"selector": "a" * 1001}, "browser.selector"), ({"selector": "a\0"}, "browser.selector"),
+    ({"selector": "a[["}, "browser.selector"), ({"selector": "nope=foo"}, "browser.selector"),
     ({"block": ["document"]}, "browser.block"), ({"block": ["pics"]}, "browser.block"),
     ({"stealth": "yes"}, "browser.stealth"), ({"wait_ms": 5}, "browser.wait_ms"),
     ("load", "browser")])

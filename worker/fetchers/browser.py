@@ -230,6 +230,11 @@ class BrowserFetcher:
                                                  timeout=left * 1000)
                 except self.tabs.timeout:  # not there in time: the page as it is
                     pass
+                except self.tabs.error as e:  # the job's fault, not the browser's: no retry
+                    if not _bad_selector(e):
+                        raise
+                    return _failed(req, f"invalid browser.selector: {first_line(e)}",
+                                   permanent=True)
         if load.wait_ms:
             left = deadline - loop.time()
             if left > 0:
@@ -298,6 +303,13 @@ async def _raw(resp: Any, body: bytes) -> RawResponse:
     headers += ((b"Content-Length", str(len(body)).encode()),)
     sent = tuple((await resp.request.all_headers()).items())
     return RawResponse(line.encode("latin-1", "replace"), headers, body, sent)
+
+
+def _bad_selector(e: Exception) -> bool:
+    """Whether Playwright refused a selector it cannot parse ("Unexpected token ... while
+    parsing css selector", "Unknown engine ... while parsing selector")."""
+    why = str(e)
+    return "while parsing" in why and "selector" in why
 
 
 def _failed(req: FetchRequest, error: str, permanent: bool = False) -> FetchedPage:

@@ -374,7 +374,7 @@ def first_line(e: BaseException) -> str:
     """An exception's message, its first line, without Playwright's "Page.goto: " prefix."""
     text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
     line = text.splitlines()[0] if text else type(e).__name__
-    for prefix in ("Page.goto: ", "Page.content: ", "BrowserContext.new_page: ",
-                   "Browser.new_context: "):
+    for prefix in ("Page.goto: ", "Page.content: ", "Page.wait_for_selector: ",
+                   "BrowserContext.new_page: ", "Browser.new_context: "):
         line = line.removeprefix(prefix)
     return line
