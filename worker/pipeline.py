@@ -560,10 +560,11 @@ class Pipeline:
             self.sessions.give_back(lease, used=False)
             return None
         page, decision = answer
+        page = self.sessions.redact(page, lease)
         why = self.sessions.blocked(page, rules)
         if why is None:
             self.sessions.give_back(lease)
-            return answer
+            return page, decision
         self.sessions.give_back(lease, bench=rules.bench, reason=why)
         log.info("session %s of pool %s blocked at %s (%s): benched", lease.name, rules.pool,
                  req.url, why)

@@ -12,7 +12,7 @@ import logging
 import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,12 +23,13 @@ from shared.db import sessions
 from shared.db.pool import RETRYABLE
 from shared.db.sessions import Lease, Release
 from shared.jobspec import SessionsSpec
-from shared.model import FetchedPage
+from shared.model import FetchedPage, RawResponse
 from shared.urls import host_key
 
 log = logging.getLogger(__name__)
 
 PATTERN_BYTES = 64 * 1024  # block patterns look at the start of a read body only
+MASK = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,17 @@ class SessionBroker:
         if not pool:
             return self.settings.user_agent
         return pool[zlib.crc32(name.encode()) % len(pool)]
+
+    @staticmethod
+    def redact(page: FetchedPage, lease: Lease) -> FetchedPage:
+        """The page without the session's secrets in its raw answer's request headers (an
+        output such as WARC records them): its ``Cookie`` and its own headers' values."""
+        if page.raw is None:
+            return page
+        secret = {"cookie", *(k.lower() for k in lease.headers)}
+        sent = tuple((k, MASK if k.lower() in secret else v) for k, v in page.raw.request_headers)
+        raw = RawResponse(page.raw.status_line, page.raw.headers, page.raw.body, sent)
+        return replace(page, raw=raw)
 
     @staticmethod
     def blocked(page: FetchedPage, rules: SessionRules) -> str | None:
