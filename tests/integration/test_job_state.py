@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from shared.config import Settings
 from shared.db import jobs, visits, webhooks
 from shared.db.frontier import DueFrontier
 from shared.errors import JobStateConflict, NotFound
 from tests.integration.test_complete import counters, fetched, ids, new_job, pending, process
 
 H = "http://h.example"
+UNCAPPED = Settings(host_delay=0)
 Key = tuple[int, int]
 
 
 async def claim(db: asyncpg.Connection, limit: int = 100) -> list[Key]:
     async with db.transaction():
-        return sorted(await DueFrontier().claim(db, limit))
+        return sorted(await DueFrontier(UNCAPPED).claim(db, limit))  # caps: test_frontier_fair
 
 
 async def state(db: asyncpg.Connection, job: int) -> str:
