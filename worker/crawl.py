@@ -268,6 +268,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             watch.cancel()
             await asyncio.gather(*(w.drain(settings.shutdown_timeout) for w in workers),
                                  *(r.drain(settings.shutdown_timeout) for r in runners))
+            await asyncio.gather(*(w.pipeline.sessions.aclose() for w in workers))  # benches
             idle.cancel()
             await asyncio.gather(idle, return_exceptions=True)
             await plans.aclose()  # the outputs' open files (tar end blocks ...), each isolated
