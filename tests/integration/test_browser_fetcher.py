@@ -34,6 +34,7 @@ POOL = (UA.format("HeadlessChrome/156.0.0.0"), UA.format("Chrome/156.0.0.0"))
 SETTINGS = Settings(connect_timeout=2, read_timeout=5, browser_path=CHROMIUM,
                     browser_page_lease=0.5, user_agents=POOL, retries=1)
 POLICY = RetryPolicy.from_settings(SETTINGS)
+SLACK = 2.0  # past a visit's deadline, time for Playwright to report its timeout
 
 
 def request(url: str, options: Mapping[str, Any] | None = None, *,
@@ -256,6 +257,29 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
     pages = await asyncio.gather(*(browser.fetch(request(site.url(i)), None) for i in (1, 2)))
     assert [p.status for p in pages] == [200, 200]
     assert browser.tabs.slots._value == 2  # no slot released twice
+
+
+async def test_a_visit_that_waited_for_a_tab_still_ends_by_its_deadline(
+        site: JsSite, browser: BrowserFetcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The host slot is leased for the fetch budget + 5 s: the tab wait, the tab's making and
+    # the navigation all come out of the visit's one timeout, never a fresh one each.
+    loop = asyncio.get_running_loop()
+    ended: list[float] = []
+    relaunch = browser.tabs.relaunch
+
+    async def spy(reason: str, seen: int) -> bool:  # the navigation given up: when
+        ended.append(loop.time())
+        return await relaunch(reason, seen)
+
+    monkeypatch.setattr(browser.tabs, "relaunch", spy)
+    async with browser.lease(3), browser.lease(3):  # both tabs, reclaimed after 3 s
+        start = loop.time()
+        page = await browser.fetch(request(site.base + "/hang?late", {"timeout": 4}), None)
+    ended.append(loop.time())
+    assert page.error and page.error.startswith("timeout after 4s"), page
+    assert ended[0] - start < 4 + SLACK, ended[0] - start  # not 3 s + a full 4 s
+    monkeypatch.undo()
+    assert (await browser.fetch(request(site.url(2)), None)).status == 200
 
 
 async def test_a_crashed_page_relaunches_the_browser(site: JsSite,

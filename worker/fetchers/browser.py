@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GRACE = 5.0            # past a visit's timeout, a render still under way is given up
-TAB_WAIT = 5.0         # the least time a visit waits for a tab to be made
+# Past a visit's deadline, a render Playwright has not given up (a hung browser) is: well within
+# the 5 s by which a host slot's lease outlives the fetch budget.
+GRACE = 2.0
+TAB_WAIT = 5.0         # a tab not made in that long (or more) counts against the browser
 _RAW_DROPPED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
@@ -144,12 +146,13 @@ class BrowserFetcher:
 
     async def _fetch(self, req: FetchRequest, hops: HopGate | None, load: Load, limit: float,
                      deadline: float) -> FetchedPage:
+        """The visit, every wait of it (the tab, its making, the navigation, the selector,
+        ``waitMs``, the gate) within ``deadline``: the caller's host slot outlives it."""
         gen = self.tabs.gen
+        left = deadline - asyncio.get_running_loop().time()
         try:
-            # Bounded: a page asked of a browser being killed may never be answered. A new tab
-            # may take a while on a busy machine: up to the 5 s a host slot outlives the budget.
-            left = deadline - asyncio.get_running_loop().time()
-            async with asyncio.timeout(max(left, TAB_WAIT)):
+            # Bounded: a page asked of a browser being killed may never be answered.
+            async with asyncio.timeout_at(deadline):
                 tab = await self.tabs.take(load.stealth)
         except BrowserUnavailable as e:
             return _failed(req, str(e))
@@ -158,6 +161,8 @@ class BrowserFetcher:
             return _failed(req, f"browser error: {first_line(e)}"
                                 + (" (browser relaunched)" if relaunched else ""))
         except TimeoutError:  # slow, or gone without a word: counted as an error in a row
+            if left < TAB_WAIT:  # the visit's time ran out waiting for a tab: not the browser
+                return _failed(req, f"timeout after {limit:g}s waiting for a browser tab")
             browser = self.tabs.browser
             if browser is None or not browser.is_connected():
                 relaunched = await self.tabs.relaunch("closed", gen)
@@ -168,22 +173,26 @@ class BrowserFetcher:
         extra.update(req.headers)
         visit = Visit(host_key(req.url), hops, deadline, extra)
         tab.visit, tab.block = visit, load.block
+        timed_out = False
         try:
-            async with asyncio.timeout(limit + GRACE):
-                page = await self._render(tab, req, load, limit, deadline)
+            async with asyncio.timeout_at(deadline + GRACE):
+                page = await self._render(tab, req, load, deadline)
             if page.status is not None:
                 self.tabs.errors = 0
             return page
         except (TimeoutError, self.tabs.timeout):
-            relaunched = (self.settings.browser_relaunch_on_timeout
-                          and await self.tabs.relaunch("timeout", tab.gen))
-            return _failed(req, f"timeout after {limit:g}s"
-                                + (" (browser relaunched)" if relaunched else ""))
+            timed_out = True
         except self.tabs.error as e:
             return await self._error_page(req, tab, visit, e)
         finally:
             tab.visit = None
+            if timed_out:  # its navigation may still be loading: closed now, never reused
+                tab.dead = True
             self.tabs.give(tab)
+        relaunched = (self.settings.browser_relaunch_on_timeout
+                      and await self.tabs.relaunch("timeout", tab.gen))
+        return _failed(req, f"timeout after {limit:g}s"
+                            + (" (browser relaunched)" if relaunched else ""))
 
     async def _error_page(self, req: FetchRequest, tab: Tab, visit: Visit,
                           e: Exception) -> FetchedPage:
@@ -214,14 +223,17 @@ class BrowserFetcher:
                 why += " (browser relaunched)"
         return _failed(req, why)
 
-    async def _render(self, tab: Tab, req: FetchRequest, load: Load, limit: float,
+    async def _render(self, tab: Tab, req: FetchRequest, load: Load,
                       deadline: float) -> FetchedPage:
         page, visit = tab.page, tab.visit
         assert page is not None and visit is not None
         loop = asyncio.get_running_loop()
         await tab.context.clear_cookies()  # visits are stateless
+        left = deadline - loop.time()
+        if left <= 0:  # (Playwright's timeout 0 is none at all)
+            raise TimeoutError
         resp = await page.goto(req.url, wait_until=load.wait,  # type: ignore[arg-type]
-                               timeout=limit * 1000)
+                               timeout=left * 1000)
         if load.selector:
             left = deadline - loop.time()
             if left > 0:

@@ -126,10 +126,11 @@ class Tabs:
         browser.on("disconnected", lambda _: self._lost(gen))
         return browser
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         job = asyncio.create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
+        return job
 
     def _lost(self, gen: int) -> None:
         """The browser of generation ``gen`` went away (closed, killed, crashed)."""
@@ -202,8 +203,9 @@ class Tabs:
             why, since = self._broken
             if asyncio.get_running_loop().time() - since < RETRY_BROKEN:
                 raise BrowserUnavailable(why)
-        await self.relaunch("disconnected" if browser is not None else "unavailable",
-                            self.gen)
+        # Shielded: a visit whose time runs out meanwhile does not cut a launch in half.
+        await asyncio.shield(self._spawn(self.relaunch(
+            "disconnected" if browser is not None else "unavailable", self.gen)))
         if self._browser is None:
             raise BrowserUnavailable(self._broken[0] if self._broken else "browser unavailable")
         return self._browser
