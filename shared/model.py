@@ -68,6 +68,9 @@ class FetchedPage:
     # The fetcher kind that made this answer (a cached answer must match the job's); last, so
     # positional construction elsewhere is unaffected.
     fetcher: str = "http"
+    # False: no request was sent (the github fetcher had no token free, or its store was
+    # down): not a fetch, neither in the worker's stats nor in its health window.
+    sent: bool = True
 
     @property
     def failed(self) -> bool:

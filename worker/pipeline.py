@@ -614,9 +614,11 @@ class Pipeline:
                                cacheable=False)
         took = time.monotonic() - start
         metrics.FETCH_SECONDS.labels(fetcher.kind).observe(took)
-        if self.health is not None:  # no answer, and not the page's own fault (a 404)
-            self.health.record(fetcher.kind, page.status is None and not page.permanent, took)
-        self.stats.record(fetcher.kind, page.status is None or page.status >= 500, took)
+        if page.sent:  # else no request was made (no API token free): not a fetch
+            if self.health is not None:  # no answer, and not the page's own fault (a 404)
+                self.health.record(fetcher.kind, page.status is None and not page.permanent,
+                                   took)
+            self.stats.record(fetcher.kind, page.status is None or page.status >= 500, took)
         if page.body is not None:  # retries' bytes count too: they were fetched
             metrics.FETCH_BYTES.labels(fetcher.kind).inc(len(page.body))
         if fetcher.kind != "http":

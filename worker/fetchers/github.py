@@ -247,7 +247,7 @@ class GitHubFetcher:
 
     def _later(self, req: FetchRequest, why: str, wait: float) -> FetchedPage:
         return FetchedPage(req.url_id, None, None, why, cacheable=False, retry_after=wait,
-                           fetcher=self.kind)
+                           fetcher=self.kind, sent=False)
 
 
 def _int(value: str | None) -> int | None:
