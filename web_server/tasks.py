@@ -28,7 +28,7 @@ KEY_HEADER = "Idempotency-Key"
 MAX_KEY = 200         # characters of an idempotency key
 MAX_DEPTH = 64        # nesting of the arguments
 _DECIMAL = re.compile(r"[0-9]+")
-_FOLLOW_UP_KEY = re.compile(r"[0-9]+/[0-9]+")  # "<parent>/<n>": a follow-up's own key
+_FOLLOW_UP_KEY = re.compile(r"[0-9]+[/:].*", re.DOTALL)  # follow-ups': <parent>/<n>, <root>:<k>
 _INT64_MAX = 2**63 - 1
 
 
@@ -74,7 +74,8 @@ def parse_task_body(body: str, header_key: str | None, settings: Settings
         if not 0 < len(key) <= MAX_KEY or _storable(key, 0) is not None:
             raise BadRequest(f"Invalid key: 1 to {MAX_KEY} characters of text")
         if _FOLLOW_UP_KEY.fullmatch(key):
-            raise BadRequest(f"Invalid key: {key} (keys like <id>/<n> are the follow-ups' own)")
+            raise BadRequest(f"Invalid key: {key} (keys like <id>/<n> or <id>:<key> are the "
+                             "follow-ups' own)")
     return name, kind, args, key
 
 

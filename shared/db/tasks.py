@@ -11,9 +11,11 @@ workers of a fetcher kind. Its life:
   attempt); past the maximum the task fails as abandoned instead.
 - ``finish``: the outcome, fenced by the attempt (a stale attempt, redelivered elsewhere and
   finished there, changes nothing), with its follow-ups inserted in the same statement
-  (``ON CONFLICT (idem_key) DO NOTHING``: a re-run enqueues no duplicate). ``retry_later``:
+  (``ON CONFLICT (idem_key) DO NOTHING``: a re-run enqueues no duplicate; a key that names
+  another call raises ``KeyConflict``). Follow-up keys are scoped to their tree
+  (``child_key``). ``retry_later``:
   back to ``queued``, due later, unpublished.
-- ``add_partial``: a partial result, upserted on ``(task_id, seq)``.
+- ``add_partial``: a partial result, upserted on ``(task_id, seq)``, fenced by the attempt.
 - ``requeue_stale``: the watchdog's: a published message that was lost, or a running task
   whose deliveries ran out, is unpublished to be published again.
 
@@ -54,7 +56,19 @@ class Child:
     name: str
     kind: str
     args: dict[str, Any]
-    key: str  # its idempotency key: "<parent>/<n>" or the user's own
+    key: str  # its idempotency key: "<parent>/<n>", or the user's own scoped: child_key()
+
+
+class KeyConflict(Exception):
+    """A follow-up's key names another call (name, kind or arguments differ) in its tree."""
+
+
+def child_key(root: int, key: str) -> str:
+    """The stored idempotency key of a follow-up enqueued with its own ``key`` in the tree of
+    ``root``: ``<root>:<key>``. Scoped to the tree, so no other tree and no client's key
+    (``POST /tasks`` refuses keys shaped ``<digits>/...`` or ``<digits>:...``) can take it;
+    disjoint from the default keys ``<parent>/<n>``."""
+    return f"{root}:{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +188,9 @@ async def finish(conn: asyncpg.Connection, id: int, attempt: int, state: str, re
                  error: dict[str, Any] | None, children: Sequence[Child]) -> bool:
     """Record the outcome of attempt ``attempt`` (``succeeded`` with ``result``, or
     ``failed`` with ``error`` ``{type, message, traceback}``) and insert its follow-ups,
-    skipping any whose key exists (a re-run's). False, and nothing changed, when the attempt
-    is stale: the task is no longer running this attempt."""
+    skipping any whose key exists with the same call (a re-run's); ``KeyConflict`` when a key
+    names another call (roll back, and fail the task). False, and nothing changed, when the
+    attempt is stale: the task is no longer running this attempt."""
     assert state in ("succeeded", "failed")
     n = await conn.fetchval("""
         WITH f AS (
@@ -195,6 +210,21 @@ async def finish(conn: asyncpg.Connection, id: int, attempt: int, state: str, re
         None if error is None else _json(error),
         [c.name for c in children], [c.kind for c in children],
         [_json(c.args) for c in children], [c.key for c in children])
+    if n and children:
+        # A key already taken (a re-run's own follow-ups, or the same call enqueued by another
+        # task of the tree) is that follow-up; one taken by another call would drop this
+        # one silently: refuse (the caller's transaction rolls back).
+        clash = await conn.fetch("""
+            SELECT DISTINCT x.key FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                AS x(name, kind, args, key)
+            JOIN task t ON t.idem_key = x.key
+            WHERE (t.name, t.kind, t.args) IS DISTINCT FROM (x.name, x.kind, x.args::jsonb)
+            ORDER BY x.key""",
+            [c.name for c in children], [c.kind for c in children],
+            [_json(c.args) for c in children], [c.key for c in children])
+        if clash:
+            raise KeyConflict("follow-up key already names another task: "
+                              + ", ".join(r["key"] for r in clash))
     return bool(n)
 
 
@@ -210,13 +240,20 @@ async def retry_later(conn: asyncpg.Connection, id: int, attempt: int, delay: fl
 
 
 async def add_partial(conn: asyncpg.Connection, id: int, root: int, seq: int,
-                      value: Any) -> None:
-    """Partial result number ``seq`` of task ``id`` (a re-run writes the same numbers again:
-    it replaces them)."""
-    await conn.execute("""
-        INSERT INTO task_partial (task_id, seq, root_id, value) VALUES ($1, $2, $3, $4::jsonb)
-        ON CONFLICT (task_id, seq) DO UPDATE SET value = EXCLUDED.value""",
-        id, seq, root, _json(value))
+                      value: Any, attempt: int) -> bool:
+    """Partial result number ``seq`` of attempt ``attempt`` of task ``id`` (a re-run writes the
+    same numbers again: it replaces them). Fenced like ``finish``: False, and nothing written,
+    unless the task is running this attempt (a stale attempt, or a thread still running past
+    its timeout, cannot overwrite the current attempt's partials)."""
+    return bool(await conn.fetchval("""
+        WITH w AS (
+            INSERT INTO task_partial (task_id, seq, root_id, value)
+            SELECT $1, $2, $3, $4::jsonb FROM task
+            WHERE id = $1 AND state = 'running' AND attempts = $5
+            FOR SHARE
+            ON CONFLICT (task_id, seq) DO UPDATE SET value = EXCLUDED.value
+            RETURNING 1)
+        SELECT count(*) FROM w""", id, seq, root, _json(value), attempt))
 
 
 async def get(conn: asyncpg.Connection, id: int) -> TaskInfo | None:

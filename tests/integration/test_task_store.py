@@ -119,14 +119,15 @@ async def test_a_failed_attempt_records_the_error_and_no_children(db: asyncpg.Co
 
 async def test_partials_upsert_and_show_under_the_root(db: asyncpg.Connection) -> None:
     root, _ = await tasks.create(db, "search", "http", {}, None)
-    await tasks.add_partial(db, root, root, 1, {"hits": ["a"]})
-    await tasks.add_partial(db, root, root, 2, {"hits": ["b"]})
-    await tasks.add_partial(db, root, root, 1, {"hits": ["a2"]})  # a re-run's first partial
-    run = await tasks.start(db, root, W, 5)
-    assert run is not None
-    await tasks.finish(db, root, 1, "succeeded", None, None, [Child("search", "http", {}, "c")])
+    await tasks.start(db, root, W, 5)
+    await tasks.add_partial(db, root, root, 1, {"hits": ["a"]}, 1)
+    await tasks.add_partial(db, root, root, 2, {"hits": ["b"]}, 1)
+    await tasks.start(db, root, W, 5)  # the worker died: a re-run
+    await tasks.add_partial(db, root, root, 1, {"hits": ["a2"]}, 2)  # its first partial
+    await tasks.finish(db, root, 2, "succeeded", None, None, [Child("search", "http", {}, "c")])
     child = await db.fetchval("SELECT id FROM task WHERE idem_key = 'c'")
-    await tasks.add_partial(db, child, root, 1, {"hits": ["c"]})
+    await tasks.start(db, child, W, 5)
+    await tasks.add_partial(db, child, root, 1, {"hits": ["c"]}, 1)
     root_info, child_info = await tasks.get(db, root), await tasks.get(db, child)
     assert root_info is not None and child_info is not None
     assert root_info.partials == [{"hits": ["a2"]}, {"hits": ["b"]}, {"hits": ["c"]}]
@@ -256,3 +257,70 @@ async def test_any_task_body_is_stored_or_refused_with_a_400(db: asyncpg.Connect
         await tasks.create(db, name, kind, args, key)
         stored += 1
     assert stored >= 20 and refused >= 10  # both paths taken (the mix varies a little)
+
+
+async def test_a_partial_is_written_only_by_the_running_attempt(db: asyncpg.Connection) -> None:
+    id, _ = await tasks.create(db, "search", "http", {}, None)
+    assert not await tasks.add_partial(db, id, id, 1, "queued", 1)  # not running yet
+    first = await tasks.start(db, id, W, 5)
+    assert first is not None and await tasks.add_partial(db, id, id, 1, "first", first.attempt)
+    second = await tasks.start(db, id, "other:2:http", 5)  # redelivered: the first is stale
+    assert second is not None
+    assert await tasks.add_partial(db, id, id, 1, "second", second.attempt)
+    # The stale attempt (or its thread, past its timeout) writes on: nothing changes.
+    assert not await tasks.add_partial(db, id, id, 1, "stale", first.attempt)
+    assert not await tasks.add_partial(db, id, id, 2, "stale", first.attempt)
+    await tasks.finish(db, id, second.attempt, "succeeded", None, None, [])
+    assert not await tasks.add_partial(db, id, id, 3, "late", second.attempt)
+    info = await tasks.get(db, id)
+    assert info is not None and info.partials == ["second"]
+
+
+async def test_a_follow_up_key_is_its_trees_and_a_clash_fails_the_task(
+        db: asyncpg.Connection) -> None:
+    a, _ = await tasks.create(db, "search", "http", {}, None)
+    b, _ = await tasks.create(db, "search", "http", {}, None)
+    ka, kb = tasks.child_key(a, "shared"), tasks.child_key(b, "shared")
+    assert ka != kb
+    # Two trees use the same key of their own: each gets its follow-up.
+    for root, key in ((a, ka), (b, kb)):
+        run = await tasks.start(db, root, W, 5)
+        assert run is not None
+        assert await tasks.finish(db, root, 1, "succeeded", None, None,
+                                  [Child("add", "http", {"x": root}, key)])
+    rows = await db.fetch("SELECT parent_id, args->>'x' AS x FROM task WHERE idem_key = ANY($1) "
+                          "ORDER BY parent_id", [ka, kb])
+    assert [(r["parent_id"], r["x"]) for r in rows] == [(a, str(a)), (b, str(b))]
+    # Within a tree the same key names one follow-up: the same call again is that one ...
+    child = await db.fetchval("SELECT id FROM task WHERE idem_key = $1", ka)
+    run = await tasks.start(db, child, W, 5)
+    assert run is not None and run.root_id == a
+    assert await tasks.finish(db, child, 1, "succeeded", None, None,
+                              [Child("add", "http", {"x": a}, ka)])
+    assert await db.fetchval("SELECT count(*) FROM task WHERE root_id = $1", a) == 2
+    # ... another call under it is a clash: the task cannot succeed, nothing is inserted.
+    c, _ = await tasks.create(db, "search", "http", {}, None)
+    run = await tasks.start(db, c, W, 5)
+    assert run is not None
+    clash = [Child("add", "http", {"x": 1}, tasks.child_key(c, "k")),
+             Child("add", "http", {"x": 2}, tasks.child_key(c, "k"))]
+    try:
+        async with db.transaction():
+            await tasks.finish(db, c, 1, "succeeded", None, None, clash)
+    except tasks.KeyConflict as e:
+        assert tasks.child_key(c, "k") in str(e)
+    else:
+        raise AssertionError("a clashing follow-up key was accepted")
+    info = await tasks.get(db, c)
+    assert info is not None and (info.state, info.children) == ("running", [])
+    # A client's key cannot be shaped like a follow-up's (POST refuses it: a 400).
+    from shared.config import Settings
+    from shared.errors import BadRequest
+    from web_server.tasks import parse_task_body
+    config = Settings(tasks={"add": "tests.tasks_fixture:add"})
+    for key in (ka, f"{a}/1"):
+        try:
+            parse_task_body(json.dumps({"task": "add", "key": key}), None, config)
+        except BadRequest:
+            continue
+        raise AssertionError(f"POST accepted the follow-up key {key!r}")
