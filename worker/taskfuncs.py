@@ -6,7 +6,11 @@ and called with their arguments and what they ask for by parameter name.
   task fails with it, and the worker lives on.
 - ``call(fn, kwargs, timeout)``: a coroutine function is awaited under ``timeout``; a plain
   function runs in a thread (``asyncio.to_thread``), also under ``timeout`` — a thread cannot
-  be stopped, so a sync function past its timeout is left to finish on its own.
+  be stopped, so a sync function past its timeout is left to finish on its own. With
+  ``own_thread`` (the task runner's) it runs in a daemon thread of its own instead, never the
+  loop's default executor (which outputs' writes need), and past its timeout ``StillRunning``
+  carries the future of that thread, for the caller to hold the task's slot until it ends;
+  a daemon thread never holds the process at exit.
 - ``inject(fn, args, available)``: the call's keyword arguments: ``args``, plus each of
   ``available`` (``ctx``, ``loader``, ``init``, ``page`` ...) that ``fn`` has a parameter of
   that name for.
@@ -20,11 +24,14 @@ and called with their arguments and what they ask for by parameter name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -95,15 +102,76 @@ def is_async(fn: Callable[..., Any]) -> bool:
         getattr(fn, "__call__", None))  # noqa: B004 - an object whose __call__ is async
 
 
-async def call(fn: Callable[..., Any], kwargs: Mapping[str, Any], timeout: float) -> Any:
+class StillRunning(TimeoutError):
+    """A sync function ran past its timeout; ``thread`` is done when its thread returns."""
+
+    def __init__(self, timeout: float, thread: asyncio.Future[Any]) -> None:
+        super().__init__(f"still running after {timeout:g}s")
+        self.thread = thread
+
+
+def in_thread(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> asyncio.Future[Any]:
+    """Run ``fn(**kwargs)`` in a daemon thread of its own (with this context's variables):
+    the future of its outcome. A daemon thread, so one stuck forever never keeps the process
+    from exiting; the caller bounds how many run at once."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def body() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(fn, **kwargs)
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting task
+            error = e
+        except BaseException as e:  # noqa: BLE001 - SystemExit in a task fails the task only
+            error = RuntimeError(f"{type(e).__name__}: {e}")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=body, name=f"task {getattr(fn, '__name__', 'fn')}",
+                     daemon=True).start()
+    return future
+
+
+async def call(fn: Callable[..., Any], kwargs: Mapping[str, Any], timeout: float, *,
+               own_thread: bool = False) -> Any:
     """Call ``fn(**kwargs)``: awaited if it is a coroutine function, else in a thread; a
-    TimeoutError after ``timeout`` seconds (a thread is left to finish)."""
+    TimeoutError after ``timeout`` seconds (a thread is left to finish). ``own_thread``: the
+    thread is ``in_thread``'s, and the TimeoutError a ``StillRunning`` with its future."""
     if is_async(fn):
         return await asyncio.wait_for(fn(**kwargs), timeout)
-    result = await asyncio.wait_for(asyncio.to_thread(fn, **kwargs), timeout)
+    if own_thread:
+        thread = in_thread(fn, kwargs)
+        try:
+            done, _ = await asyncio.wait({thread}, timeout=timeout)
+        except asyncio.CancelledError:
+            thread.add_done_callback(_retrieve)
+            raise
+        if not done:
+            thread.add_done_callback(_retrieve)
+            raise StillRunning(timeout, thread)
+        result = thread.result()
+    else:
+        result = await asyncio.wait_for(asyncio.to_thread(fn, **kwargs), timeout)
     if inspect.isawaitable(result):  # a plain function that returned a coroutine
         result = await asyncio.wait_for(result, timeout)
     return result
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned thread's error as seen (the task was recorded without it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(frozen=True, slots=True)

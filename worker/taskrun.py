@@ -12,7 +12,21 @@ it is delivered again after AckWait and the task runs again (at least once; its
 
 An exception fails the task (``{type, message, traceback}``; not retried, the runner goes on);
 ``RetryLater(delay)`` queues it again, due in ``delay`` seconds; a result that is not JSON
-fails it with ``TypeError``; past ``taskTimeout`` it fails with ``TimeoutError``.
+fails it with ``TypeError``; past ``taskTimeout`` it fails with ``TimeoutError``; a follow-up
+whose key names another call in its tree fails it with ``KeyConflict`` (nothing enqueued).
+
+A sync function runs in a daemon thread of its own (``taskfuncs.in_thread``), never in the
+loop's default executor. Past ``taskTimeout`` it is recorded failed at once, but the thread
+cannot be stopped: its slot stays taken until the thread returns, so no more than
+``taskConcurrency`` task threads ever run; being daemon threads, stuck ones never hold the
+worker at exit (``drain`` gives up on them after its timeout).
+
+A message whose task cannot be started or recorded (PostgreSQL away) comes back after
+``redelivery_delay``: 0.5 s, doubling per delivery up to AckWait, so ``maxDeliver``
+deliveries outlast an outage of minutes.
+
+Task outcomes are not the worker's health (``worker.health``): a task that raises or runs
+long is the user's code, and never makes a worker exit as degraded.
 """
 
 from __future__ import annotations
@@ -24,7 +38,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import traceback
 from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +56,7 @@ from shared.messages import BadMessage, TaskMessage
 from worker.fetchers import Fetcher, HopGate
 from worker.loader import Loader
 from worker.sessions import SessionStore
-from worker.taskfuncs import call, inject, resolve
+from worker.taskfuncs import StillRunning, call, inject, resolve
 from worker.tasks import RetryLater
 
 log = logging.getLogger(__name__)
@@ -51,6 +64,12 @@ log = logging.getLogger(__name__)
 
 class Health(Protocol):
     def record(self, kind: str, failed: bool, seconds: float) -> None: ...
+
+
+def redelivery_delay(delivered: int, ack_wait: float) -> float:
+    """Seconds before a message that could not be processed (its ``delivered``-th delivery)
+    comes back: 0.5 s doubling per delivery, at most ``ack_wait``."""
+    return float(min(ack_wait, 0.5 * 2 ** min(max(delivered, 1) - 1, 30)))
 
 
 class TaskRefused(Exception):
@@ -84,8 +103,11 @@ class TaskContext:
         """Enqueue follow-up task ``name`` (allow-listed) under this one, on ``kind`` (default:
         this task's). It is inserted when this task succeeds, with idempotency key ``key``
         (default ``<this task's id>/<n>``, n counting this attempt's enqueues from 1), so a
-        re-run enqueues no duplicate. Returns the key. ValueError for a name not allow-listed,
-        a kind not configured or arguments that are not a JSON object."""
+        re-run enqueues no duplicate. An own ``key`` is scoped to this task's tree (stored
+        ``<root id>:<key>``): it names one follow-up in the tree, whichever task enqueues it,
+        and no other tree's; the same key for another call fails this task with
+        ``KeyConflict``. Returns the stored key. ValueError for a name not allow-listed, a
+        kind not configured or arguments that are not a JSON object."""
         if name not in self._settings.tasks:
             raise ValueError(f"unknown task {name!r} (allowed: "
                              f"{', '.join(sorted(self._settings.tasks)) or 'none'})")
@@ -98,23 +120,31 @@ class TaskContext:
             json.dumps(args, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"arguments of {name!r} are not JSON: {e}") from None
-        key = f"{self.task_id}/{len(self.children) + 1}" if key is None else str(key)
+        key = (f"{self.task_id}/{len(self.children) + 1}" if key is None
+               else tasks.child_key(self.root_id, str(key)))
         self.children.append(tasks.Child(name, kind, args, key))
         return key
 
     def partial(self, value: Any) -> Awaitable[None]:
         """Record a partial result now (shown under the root with ``GET /tasks``); a re-run
-        writes the same sequence numbers again, replacing them. ``await ctx.partial(v)`` in
-        an async function; in a sync one (its own thread) ``ctx.partial(v)`` writes before it
-        returns."""
+        writes the same sequence numbers again, replacing them. Only while this attempt is
+        the task's current one: a superseded attempt (or a thread past its timeout) writes
+        nothing. ``await ctx.partial(v)`` in an async function; in a sync one (its own thread)
+        ``ctx.partial(v)`` writes before it returns."""
         self._partials += 1
         seq = self._partials
-        write = in_transaction(self._pool, lambda conn: tasks.add_partial(
-            conn, self.task_id, self.root_id, seq, value))
+        write = self._write_partial(seq, value)
         if threading.get_ident() == self._loop_thread:
             return write
         asyncio.run_coroutine_threadsafe(write, self._loop).result()
         return _Written()
+
+    async def _write_partial(self, seq: int, value: Any) -> None:
+        written = await in_transaction(self._pool, lambda conn: tasks.add_partial(
+            conn, self.task_id, self.root_id, seq, value, self.attempt))
+        if not written:
+            log.info("task %d attempt %d: partial %d dropped (the attempt is over)",
+                     self.task_id, self.attempt, seq)
 
 
 class _Written:
@@ -144,7 +174,7 @@ class TaskRunner:
         self.pool = pool
         self.kind = kind
         self.init = dict(init or {})
-        self.health = health
+        self.health = health  # not fed: task outcomes are the user's code, not the worker's
         self.loader = Loader(settings, gate, fetcher)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{kind}"
         self.slots = asyncio.Semaphore(settings.task_concurrency)
@@ -198,8 +228,10 @@ class TaskRunner:
                                         self.settings.task_max_attempts,
                                         redelivery=_redelivered(msg))
         except (*RETRYABLE, asyncpg.PostgresError, OSError) as e:
-            log.warning("cannot start task %d (%s); it will be redelivered", task_id, e)
-            await bus.settle(msg, Settle(Verdict.RETRY, 1.0))
+            delay = redelivery_delay(_deliveries(msg), self.settings.ack_wait)
+            log.warning("cannot start task %d (%s); it will be redelivered in %gs", task_id, e,
+                        delay)
+            await bus.settle(msg, Settle(Verdict.RETRY, delay))
             return
         if run is None:  # finished already (a duplicate), unknown, or abandoned now
             await bus.settle(msg, Settle(Verdict.ACK))
@@ -207,12 +239,24 @@ class TaskRunner:
         ctx = TaskContext(run.id, run.root_id, run.parent_id, run.name, run.kind, run.attempt,
                           run.idem_key or f"task-{run.id}", self.init, self.loader,
                           self.settings, self.pool)
-        started = time.monotonic()
-        async with _keep_alive(msg, self.beat):
-            outcome = await self._call(run, ctx)
+        thread: asyncio.Future[Any] | None = None
+        try:
+            async with _keep_alive(msg, self.beat):
+                outcome, thread = await self._call(run, ctx)
+            await self._record(run, ctx, msg, outcome)
+        finally:
+            if thread is not None and not thread.done():
+                # The task is recorded; its thread cannot be stopped: keep its slot taken
+                # until it returns, so task threads never exceed taskConcurrency.
+                log.warning("task %d (%s): its thread runs on past taskTimeout; its slot "
+                            "waits for it", run.id, run.name)
+                await asyncio.wait({thread})
+
+    async def _record(self, run: tasks.TaskRun, ctx: TaskContext, msg: Msg,
+                      outcome: tuple[Any, ...]) -> None:
+        """Commit ``outcome`` (fenced by the attempt), then ack; a nak, to be delivered again
+        later, when PostgreSQL cannot be reached."""
         state = outcome[0]
-        if self.health is not None:
-            self.health.record(self.kind, state == "failed", time.monotonic() - started)
         try:
             if state == "retry":
                 delay = outcome[1]
@@ -221,23 +265,31 @@ class TaskRunner:
             else:
                 result, error = outcome[1], outcome[2]
                 children = ctx.children if state == "succeeded" else []
-                done = await in_transaction(self.pool, lambda conn: tasks.finish(
-                    conn, run.id, run.attempt, state, result, error, children))
+                try:
+                    done = await in_transaction(self.pool, lambda conn: tasks.finish(
+                        conn, run.id, run.attempt, state, result, error, children))
+                except tasks.KeyConflict as e:
+                    log.info("task %d (%s) failed: %s", run.id, run.name, e)
+                    state, error = "failed", describe_error(e)
+                    done = await in_transaction(self.pool, lambda conn: tasks.finish(
+                        conn, run.id, run.attempt, "failed", None, error, []))
                 if not done:
                     log.info("task %d attempt %d finished after another took over: outcome "
                              "dropped", run.id, run.attempt)
         except (*RETRYABLE, asyncpg.PostgresError, OSError) as e:
-            log.warning("cannot record task %d (%s); it will be redelivered and run again",
-                        run.id, e)
-            await bus.settle(msg, Settle(Verdict.RETRY, 1.0))
+            delay = redelivery_delay(_deliveries(msg), self.settings.ack_wait)
+            log.warning("cannot record task %d (%s); it will be redelivered in %gs and run "
+                        "again", run.id, e, delay)
+            await bus.settle(msg, Settle(Verdict.RETRY, delay))
             return
         metrics.TASKS_FINISHED.labels(self.kind, state).inc()
         log.info("task %d (%s) attempt %d: %s", run.id, run.name, run.attempt, state)
         await bus.settle(msg, Settle(Verdict.ACK))
 
-    async def _call(self, run: tasks.TaskRun, ctx: TaskContext) -> tuple[Any, ...]:
+    async def _call(self, run: tasks.TaskRun, ctx: TaskContext
+                    ) -> tuple[tuple[Any, ...], asyncio.Future[Any] | None]:
         """``("succeeded", result, None)``, ``("failed", None, error)`` or ``("retry",
-        delay)``."""
+        delay)``; and the thread of a sync function still running past its timeout."""
         try:
             target = self.settings.tasks.get(run.name)
             if target is None:
@@ -246,7 +298,11 @@ class TaskRunner:
             kwargs = inject(fn, run.args, {"ctx": ctx, "loader": self.loader,
                                            "init": self.init, "sessions": SessionStore(self.pool)})
             try:
-                result = await call(fn, kwargs, self.settings.task_timeout)
+                result = await call(fn, kwargs, self.settings.task_timeout, own_thread=True)
+            except StillRunning as e:
+                return (("failed", None, describe_error(TimeoutError(
+                    f"task ran past taskTimeout ({self.settings.task_timeout:g}s); its thread "
+                    "was left to finish"))), e.thread)
             except TimeoutError as e:
                 raise TimeoutError(f"task ran past taskTimeout "
                                    f"({self.settings.task_timeout:g}s)") from e
@@ -255,11 +311,19 @@ class TaskRunner:
             except (TypeError, ValueError) as e:
                 raise TypeError(f"the task's result is not JSON: {e}") from None
         except RetryLater as e:
-            return ("retry", e.delay)
+            return ("retry", e.delay), None
         except Exception as e:  # noqa: BLE001 - the task's own error: recorded, runner goes on
             log.info("task %d (%s) failed: %s: %s", run.id, run.name, type(e).__name__, e)
-            return ("failed", None, describe_error(e))
-        return ("succeeded", result, None)
+            return ("failed", None, describe_error(e)), None
+        return ("succeeded", result, None), None
+
+
+def _deliveries(msg: Msg) -> int:
+    """How often JetStream delivered this message (1 when it cannot say)."""
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:  # noqa: BLE001 - not a JetStream message
+        return 1
 
 
 def _redelivered(msg: Msg) -> bool:
