@@ -6,8 +6,9 @@ carries.
   each account one User-Agent of the pool; at least 2 do the work; an account answered
   "unusual traffic" (a block pattern) or 403 is benched after one request and the page
   succeeds with another (no failure); the other host the pages link to never sees a cookie.
-- Private answers: a job without sessions after one with them sees no cookie and fetches every
-  page itself; an empty pool crawls without cookies.
+- Private answers: a job without sessions after one with them (or with headers in its
+  fingerprint) sees no cookie and fetches every page itself; an empty pool crawls without
+  cookies.
 - ``max_uses = 3``: 3 requests, then the visits wait; a new version of the session (PUT)
   lets them go on.
 - The login task against a fake form: "new", then "updated", then a crawl with its cookies.
@@ -193,6 +194,14 @@ async def test_private_answers_and_an_empty_pool(settings: Settings, db: asyncpg
         assert sorted(seen[6:]) == [("/", None), ("/x", None), ("/y", None)]
         assert st["pages"]["failed"] == 0
         assert await stack.result(empty) == await stack.result(logged_in)
+        # Headers in a job's fingerprint make its answers private too.
+        headed = await post_spec(stack, {"urls": [base + "/"], "fingerprint": {
+            "includeHeaders": ["accept-language"]}})
+        await stack.wait_complete(headed)
+        assert len(seen) == 12
+        again = await stack.post_job([base + "/"])
+        await stack.wait_complete(again)
+        assert sorted(seen[12:]) == [("/", None), ("/x", None), ("/y", None)]
     finally:
         await stack.stop()
         await runner.cleanup()
