@@ -21,6 +21,7 @@ from harvester_ops.embedded import free_port
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.robots import BLOCKED
+from shared.urls import host_key
 from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
 from worker.fetchers import FetchRequest, tabs
 from worker.fetchers.browser import BrowserFetcher
@@ -139,22 +140,32 @@ async def test_a_visit_starts_without_cookies(site: JsSite, browser: BrowserFetc
 
 
 class RefusingGate:
-    """A gate that refuses every URL under ``prefix`` (as robots.txt would) and records
-    what it was asked."""
+    """A gate that refuses every URL under ``prefix`` (as robots.txt would), gives a slot
+    (its host, a number) when one is asked for, and records what it was asked and given back."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.asked: list[tuple[str, bool]] = []
+        self.held: list[tuple[str, int]] = []          # slots given, not yet back
+        self.released: list[tuple[str, bool]] = []     # (host, trouble) of slots back
 
     async def admit_hop(self, url: str, slot: bool, deadline: float) -> Any:
         self.asked.append((url, slot))
-        return BLOCKED if url.startswith(self.prefix) else None
+        if url.startswith(self.prefix):
+            return BLOCKED
+        if not slot:
+            return None
+        given = (host_key(url), len(self.asked))
+        self.held.append(given)
+        return given
 
     def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None:
-        raise AssertionError("no slot was given")
+        self.held.remove(slot)
+        self.released.append((slot[0], trouble))
 
     def give_back(self, slot: Any) -> None:
-        raise AssertionError("no slot was given")
+        self.held.remove(slot)
+        self.released.append((slot[0], False))
 
 
 async def test_a_window_a_page_opens_is_closed(site: JsSite, browser: BrowserFetcher) -> None:
@@ -177,17 +188,27 @@ async def test_a_script_navigation_to_another_host_goes_through_the_gate(
     page = await browser.fetch(request(f"{site.base}/jump?to={other}/p/2"), gate)
     assert page.error == f"redirect to {other}/p/2: {BLOCKED}", page
     assert page.permanent and site.hits["/p/2"] == 0
-    assert gate.asked == [(f"{other}/p/2", False)]
+    assert gate.asked == [(f"{other}/p/2", True)]  # a slot asked for, as for an HTTP hop
     gate.asked.clear()
     # An HTTP redirect, followed by Chromium before the gate can see it, still fails the visit.
     moved = await browser.fetch(request(f"{site.base}/moved?to={other}/p/2"), gate)
     assert moved.error == f"redirect to {other}/p/2: {BLOCKED}", moved
     assert moved.status == 302 and moved.permanent and moved.body is None
     assert moved.redirects == (f"{site.base}/moved?to={other}/p/2",)
+    gate.asked.clear()
     allowed = await browser.fetch(request(f"{site.base}/jump?to={other}/p/1"), gate)
     assert allowed.error is None and allowed.final_url == f"{other}/p/1"
     assert allowed.body is not None and "/p/3" in anchors(allowed.body)
-    assert gate.asked == [(f"{other}/p/2", False), (f"{other}/p/1", False)]  # each asked once
+    assert gate.asked == [(f"{other}/p/1", True)]  # asked once, with its slot
+    assert gate.held == [] and gate.released == [(host_key(other), False)]  # back at the end
+    # A second navigation on that host within the visit goes under the slot held for it.
+    gate.asked.clear()
+    gate.released.clear()
+    twice = await browser.fetch(request(f"{site.base}/jump?to={other}/jump?to={other}/p/1"),
+                                gate)
+    assert twice.error is None and twice.final_url == f"{other}/p/1", twice
+    assert gate.asked == [(f"{other}/jump?to={other}/p/1", True), (f"{other}/p/1", False)]
+    assert gate.held == [] and gate.released == [(host_key(other), False)]
 
 
 async def test_the_raw_answer_holds_the_rendered_page(site: JsSite,

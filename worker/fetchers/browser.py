@@ -139,16 +139,30 @@ class BrowserFetcher:
             await asyncio.wait_for(self.tabs.slots.acquire(), limit)
         except TimeoutError:
             return _failed(req, f"timeout after {limit:g}s waiting for a browser tab")
+        extra = dict(self.settings.headers_for(host_key(req.url)))
+        extra.update(req.headers)
+        visit = Visit(host_key(req.url), hops, deadline, extra)
         try:
-            return await self._fetch(req, hops, load, limit, deadline)
+            page = await self._fetch(req, visit, load, limit)
+        except asyncio.CancelledError:  # shutting down: nothing said of the hosts
+            visit.done = True
+            for slot in visit.slots.values():
+                if hops is not None:
+                    hops.give_back(slot)
+            raise
         finally:
             self.tabs.slots.release()
+        visit.done = True
+        if hops is not None and visit.slots:
+            _release(hops, visit.slots, req, page)
+        return page
 
-    async def _fetch(self, req: FetchRequest, hops: HopGate | None, load: Load, limit: float,
-                     deadline: float) -> FetchedPage:
+    async def _fetch(self, req: FetchRequest, visit: Visit, load: Load,
+                     limit: float) -> FetchedPage:
         """The visit, every wait of it (the tab, its making, the navigation, the selector,
-        ``waitMs``, the gate) within ``deadline``: the caller's host slot outlives it."""
+        ``waitMs``, the gate) within its deadline: the caller's host slot outlives it."""
         gen = self.tabs.gen
+        deadline = visit.deadline
         left = deadline - asyncio.get_running_loop().time()
         try:
             # Bounded: a page asked of a browser being killed may never be answered.
@@ -169,9 +183,6 @@ class BrowserFetcher:
                 return _failed(req, "browser error: no tab made in time"
                                     + (" (browser relaunched)" if relaunched else ""))
             return await self._no_answer(req, gen, "browser error: no tab made in time")
-        extra = dict(self.settings.headers_for(host_key(req.url)))
-        extra.update(req.headers)
-        visit = Visit(host_key(req.url), hops, deadline, extra)
         tab.visit, tab.block = visit, load.block
         timed_out = False
         try:
@@ -315,6 +326,19 @@ async def _raw(resp: Any, body: bytes) -> RawResponse:
     headers += ((b"Content-Length", str(len(body)).encode()),)
     sent = tuple((await resp.request.all_headers()).items())
     return RawResponse(line.encode("latin-1", "replace"), headers, body, sent)
+
+
+def _release(hops: HopGate, slots: dict[str, Any], req: FetchRequest,
+             page: FetchedPage) -> None:
+    """Give back the slots a visit's navigations took on other hosts: the one the page ended
+    on, backed off as the job's retry rule says of its answer (as the http fetcher's last hop);
+    the others said nothing of their hosts (as a redirect)."""
+    ended = host_key(page.final_url) if page.final_url else None
+    for host, slot in slots.items():
+        if host == ended:
+            hops.release(slot, req.policy.trouble(page), req.policy.pause(page))
+        else:
+            hops.release(slot, False, None)
 
 
 def _bad_selector(e: Exception) -> bool:

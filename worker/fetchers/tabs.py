@@ -42,6 +42,8 @@ class Visit:
     headers: Mapping[str, str]
     refused: tuple[str, str] | None = None  # (url, why) of a navigation the gate refused
     checked: set[str] = field(default_factory=set)  # URLs of other hosts the gate allowed
+    slots: dict[str, Any] = field(default_factory=dict)  # other hosts' slots, held to the end
+    done: bool = False                                   # ended: its slots went back
 
 
 @dataclass(eq=False)
@@ -287,8 +289,10 @@ class Tabs:
     async def _route(self, tab: Tab, route: Route) -> None:
         """Every request of a tab: a blocked resource type is aborted; a main-frame navigation
         to another host than the visit's (a link, a script's ``location``) must be allowed by
-        robots.txt (``HopGate.admit_hop``, no slot); the source's extra headers go to the
-        visit's own host only."""
+        robots.txt and take a slot on that host (``HopGate.admit_hop``, waited for within the
+        visit's deadline, as an HTTP redirect hop's), held until the visit ends (the fetcher
+        releases ``Visit.slots``); a later navigation to a host already held goes under its
+        slot. The source's extra headers go to the visit's own host only."""
         try:
             request = route.request
             if request.resource_type in tab.block:
@@ -302,9 +306,18 @@ class Tabs:
             if (host != visit.host and visit.hops is not None
                     and request.resource_type == "document" and request.is_navigation_request()
                     and request.frame.parent_frame is None):
-                admitted = await visit.hops.admit_hop(request.url, False, visit.deadline)
+                admitted = await visit.hops.admit_hop(request.url, host not in visit.slots,
+                                                      visit.deadline)
                 if isinstance(admitted, str):
                     visit.refused = (request.url, admitted)
+                    await route.abort("blockedbyclient")
+                    return
+                if admitted is not None:
+                    if visit.done or host in visit.slots:  # ended meanwhile, or a second one
+                        visit.hops.give_back(admitted)
+                    else:
+                        visit.slots[host] = admitted
+                if visit.done:  # its slots went back: nothing more to that host
                     await route.abort("blockedbyclient")
                     return
                 visit.checked.add(request.url)
