@@ -8,7 +8,8 @@ a script builds the ``<a>`` elements, so the HTML as served has none. Page i lin
 when the site stops), ``/late`` (its link appears 1 s after load), ``/img`` (one
 ``<img>``), ``/set-cookie`` (sets a cookie and loads ``/cookie.js``, which sees it),
 ``/jump?to=URL`` (a script navigates there), ``/moved?to=URL`` (a 302 there), ``/popup`` (opens a window), ``/hash`` (moves to ``#top``), ``/echo-cookie`` (writes the Cookie header it got), ``/probe`` (writes what navigator says
-into ``<pre id="probe">`` as JSON), ``/robots.txt`` (disallows ``/private``)."""
+into ``<pre id="probe">`` as JSON), ``/storage`` (writes its localStorage's ``k`` into
+``<pre id="storage">`` as JSON), ``/robots.txt`` (disallows ``/private``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ document.getElementById('probe').textContent = JSON.stringify({
   webdriver: navigator.webdriver === undefined ? null : navigator.webdriver,
   chrome: !!window.chrome, languages: Array.from(navigator.languages || []),
   plugins: navigator.plugins ? navigator.plugins.length : 0, ua: navigator.userAgent});
+</script>"""
+
+
+STORAGE_SCRIPT = """<pre id="storage"></pre><script>
+document.getElementById('storage').textContent = JSON.stringify(localStorage.getItem('k'));
 </script>"""
 
 
@@ -135,6 +141,8 @@ class JsSite:
             return _html("Echo", f'<pre id="cookie">[{html.escape(request.headers.get("Cookie", ""))}]</pre>')
         if path == "/probe":
             return _html("Probe", PROBE_SCRIPT)
+        if path == "/storage":
+            return _html("Storage", STORAGE_SCRIPT)
         if path.startswith("/private"):
             return _html("Private", "<p>private</p>")
         i = 0 if path == "/" else _page_number(path)

@@ -280,6 +280,22 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
     assert browser.tabs.slots._value == 2  # no slot released twice
 
 
+async def test_a_tab_lent_to_a_task_goes_back_clean(site: JsSite,
+                                                   browser: BrowserFetcher) -> None:
+    async with browser.lease(30) as lent:
+        await lent.goto(site.base + "/storage")
+        await lent.evaluate("() => { localStorage.setItem('k', 'lent'); window.open('/p/1'); }")
+        await until(lambda: len(lent.context.pages) == 2, what="the lent page's window")
+    # The next visit (taking the most recently idle tab) sees none of it.
+    page = await browser.fetch(request(site.base + "/storage"), None)
+    assert page.body is not None and '<pre id="storage">null</pre>' in page.body.decode(), \
+        page.body
+    live = browser.tabs.browser
+    assert live is not None
+    await until(lambda: all(len(c.pages) == 1 for c in live.contexts),
+                what="the lent page's window closed")
+
+
 async def test_a_visit_that_waited_for_a_tab_still_ends_by_its_deadline(
         site: JsSite, browser: BrowserFetcher, monkeypatch: pytest.MonkeyPatch) -> None:
     # The host slot is leased for the fetch budget + 5 s: the tab wait, the tab's making and

@@ -9,8 +9,10 @@ generation number makes triggers that arrive together coalesce), on a navigation
 (``browserRelaunchOnTimeout``), a lost browser (disconnected, killed), a crashed page, or
 ``browserMaxErrors`` no-answer errors in a row. The visit that saw it fails with its reason and
 the retry policy tries it again; pages of the old browser finish before it is closed. A tab
-lent to a task (``lease``) and held past ``browserPageLease`` is closed and its slot reused.
-See docs/browser.md."""
+lent to a task (``lease``) is closed when given back, or when held past ``browserPageLease``
+(its slot reused then). Every wait of a visit comes out of its one deadline, within the fetch
+budget (so within its host slot's lease); a navigation to another host takes a slot on that
+host through the gate, as an HTTP redirect hop does. See docs/browser.md."""
 
 from __future__ import annotations
 

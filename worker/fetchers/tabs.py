@@ -260,7 +260,7 @@ class Tabs:
 
     def _opened(self, tab: Tab, page: Page) -> None:
         """A window a visited page opened (``window.open``): closed, a tab stays one page. A
-        task's leased page keeps what it opens."""
+        task's leased page keeps what it opens, until the lease ends (the tab is closed)."""
         if page is not tab.page and tab.leased_until is None:
             self._spawn(_close_quietly(page))
 
@@ -355,7 +355,8 @@ class Tabs:
         """Lend a tab's Playwright ``Page`` to a task for the block; it takes one of the
         fetcher's slots. Held longer than ``timeout`` (default ``browserPageLease``) it is
         closed and its slot reused (the holder's next call on it fails). Cookies are cleared
-        first; the settings' blocked resource types apply."""
+        first; the settings' blocked resource types apply. Given back, the tab is closed (the
+        windows it opened, its storage and its routes with it), never lent or visited again."""
         await self.slots.acquire()
         tab: Tab | None = None
         try:
@@ -376,6 +377,8 @@ class Tabs:
             elif not tab.reclaimed:
                 self._leased.discard(tab)
                 tab.leased_until = None
+                # Closed, not reused: its windows, localStorage and routes stay with the task.
+                tab.dead = True
                 self.give(tab)
                 self.slots.release()
 
