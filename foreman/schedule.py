@@ -222,17 +222,21 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
 
 
 async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
-                   stop: asyncio.Event) -> None:
+                   stop: asyncio.Event, js: JetStreamContext | None = None) -> None:
     """Re-publish visits whose message was lost or gave up (MaxDeliver); after ``max_requeues``
     such rounds, record the visit as failed so its job still completes. Tasks likewise
-    (``task_watch_once``), with no limit: a task runs at least once."""
+    (``task_watch_once``, which reads the task streams' depths through ``js``), with no
+    limit: a task runs at least once. Each round runs even when the other failed."""
     while not stop.is_set():
         await _sleep_unless(stop, settings.watchdog_interval)
         try:
             await watch_once(settings, pool, frontier)
-            await task_watch_once(settings, pool)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("watchdog: %s", e)
+        try:
+            await task_watch_once(settings, pool, js)
+        except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
+            log.warning("task watchdog: %s", e)
 
 
 async def watch_once(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
@@ -307,7 +311,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                                          name="feeder"))
         tasks.append(asyncio.create_task(task_feeder(settings, pool, js, stop),
                                          name="task feeder"))
-        tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop),
+        tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop, js),
                                          name="watchdog"))
         tasks.append(asyncio.create_task(housekeeping(settings, pool, stop),
                                          name="housekeeping"))

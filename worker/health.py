@@ -1,5 +1,7 @@
-"""A worker's own health (CC-4): the outcomes of its last ``workerHealthWindow`` fetches and
-tasks, per fetcher kind. When their error rate passes ``workerMaxErrorRate``, or their median
+"""A worker's own health (CC-4): the outcomes of its last ``workerHealthWindow`` fetches, per
+fetcher kind. Only fetches count, and only a fetch without an answer counts as failed: tasks
+(``worker.taskrun``) are not recorded, since a task that raises or runs long is its author's
+code, not the worker's fault, and must never make every worker of a kind exit in a loop. When their error rate passes ``workerMaxErrorRate``, or their median
 time ``workerMaxLatency``, ``HealthMonitor.watch`` raises ``WorkerDegraded``: run under
 ``bus.supervise``, it stops the worker (in-flight work drains) and the process exits non-zero,
 to be restarted by its supervisor (``harvester up``, systemd). Both thresholds default to 0:
@@ -66,7 +68,7 @@ class Window:
 
 
 class HealthMonitor:
-    """Fed by ``record`` (a fetch in ``Pipeline._fetch``, a task in ``TaskRunner``); ``watch``
+    """Fed by ``record`` (a fetch in ``Pipeline._fetch``; never a task); ``watch``
     ends the worker once a kind's window is degraded. With both thresholds off, ``record`` does
     nothing."""
 

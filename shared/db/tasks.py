@@ -16,8 +16,9 @@ workers of a fetcher kind. Its life:
   (``child_key``). ``retry_later``:
   back to ``queued``, due later, unpublished.
 - ``add_partial``: a partial result, upserted on ``(task_id, seq)``, fenced by the attempt.
-- ``requeue_stale``: the watchdog's: a published message that was lost, or a running task
-  whose deliveries ran out, is unpublished to be published again.
+- ``requeue_stale``: the watchdog's: a published message that was lost (missing from its
+  stream, not merely waiting in line), or a running task whose deliveries ran out, is
+  unpublished to be published again.
 
 Tasks run at least once: a task may start again after a worker died mid-run.
 """
@@ -25,7 +26,7 @@ Tasks run at least once: a task may start again after a worker died mid-run.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -134,18 +135,21 @@ async def create(conn: asyncpg.Connection, name: str, kind: str, args: dict[str,
     return int(await conn.fetchval("SELECT id FROM task WHERE idem_key = $1", key)), False
 
 
-async def claim_unpublished(conn: asyncpg.Connection, limit: int) -> list[tuple[int, str]]:
-    """Up to ``limit`` due queued tasks not published yet, marked published now: ``(id,
-    kind)`` each, for the caller to publish (and ``unclaim`` the ones not stored). Rows another
-    feeder is claiming are skipped."""
+async def claim_unpublished(conn: asyncpg.Connection, limit: int,
+                            skip: Sequence[str] = ()) -> list[tuple[int, str]]:
+    """Up to ``limit`` due queued tasks not published yet, of any kind but ``skip`` (those
+    whose queue is full), marked published now: ``(id, kind)`` each, for the caller to
+    publish (and ``unclaim`` the ones not stored). Rows another feeder is claiming are
+    skipped."""
     rows = await conn.fetch("""
         WITH c AS (
             SELECT id FROM task
             WHERE published_on IS NULL AND state = 'queued' AND due <= now()
+                AND kind <> ALL($2::text[])
             ORDER BY due LIMIT $1
             FOR UPDATE SKIP LOCKED)
         UPDATE task t SET published_on = now() FROM c WHERE t.id = c.id
-        RETURNING t.id, t.kind""", limit)
+        RETURNING t.id, t.kind""", limit, list(skip))
     return sorted((int(r["id"]), r["kind"]) for r in rows)
 
 
@@ -297,21 +301,47 @@ async def tree(conn: asyncpg.Connection, root: int) -> Tree:
 
 
 async def requeue_stale(conn: asyncpg.Connection, stale_after: float, timeout: float,
-                        served: Sequence[str], limit: int) -> int:
+                        served: Sequence[str], limit: int,
+                        depths: Mapping[str, int] | None = None) -> int:
     """Unpublish (to be published again) up to ``limit`` tasks of the ``served`` kinds (those
-    with a live worker) whose message is taken for lost: queued and published more than
-    ``stale_after`` seconds ago, or running and started more than ``timeout + stale_after``
-    ago (its worker died and its deliveries ran out). How many."""
+    with a live worker) whose message is taken for lost. How many.
+
+    - Running and started more than ``timeout + stale_after`` ago: its worker died and its
+      deliveries ran out.
+    - Queued and published more than ``stale_after`` ago, only as many per kind as messages
+      are missing from its queue: ``depths`` holds how many messages each kind's task stream
+      holds (published and not acked); the tasks that need one are those queued and
+      published, or running (a running task's message stays until its ack). A message merely
+      waiting in line behind a backlog is not missing, so it is not published again; when
+      messages are missing the oldest published are taken. Without ``depths`` (the stream
+      cannot be read), every stale queued task is taken."""
+    kinds = list(served)
+    held = [int((depths or {}).get(k, 0)) for k in kinds]
     return int(await conn.fetchval("""
-        WITH s AS (
+        WITH need AS (
+            SELECT kind, count(*) AS n FROM task
+            WHERE kind = ANY($3::text[]) AND published_on IS NOT NULL
+                AND state IN ('queued', 'running')
+            GROUP BY kind),
+        missing AS (
+            SELECT x.kind, greatest(0, coalesce(need.n, 0) - x.held) AS n
+            FROM unnest($3::text[], $5::bigint[]) AS x(kind, held)
+            LEFT JOIN need ON need.kind = x.kind),
+        lost AS (
+            SELECT q.id FROM missing, LATERAL (
+                SELECT id FROM task
+                WHERE kind = missing.kind AND state = 'queued' AND published_on IS NOT NULL
+                    AND published_on < now() - make_interval(secs => $1)
+                ORDER BY published_on LIMIT missing.n
+                FOR UPDATE SKIP LOCKED) q),
+        dead AS (
             SELECT id FROM task
-            WHERE kind = ANY($3::text[]) AND published_on IS NOT NULL AND (
-                (state = 'queued' AND published_on < now() - make_interval(secs => $1))
-                OR (state = 'running'
-                    AND started_on < now() - make_interval(secs => $1 + $2)))
+            WHERE kind = ANY($3::text[]) AND state = 'running' AND published_on IS NOT NULL
+                AND started_on < now() - make_interval(secs => $1 + $2)
             LIMIT $4
             FOR UPDATE SKIP LOCKED),
+        s AS (SELECT id FROM lost UNION SELECT id FROM dead LIMIT $4),
         u AS (
             UPDATE task t SET published_on = NULL, state = 'queued'
             FROM s WHERE t.id = s.id RETURNING t.id)
-        SELECT count(*) FROM u""", float(stale_after), float(timeout), list(served), limit))
+        SELECT count(*) FROM u""", float(stale_after), float(timeout), kinds, limit, held))

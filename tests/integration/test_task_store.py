@@ -324,3 +324,21 @@ async def test_a_follow_up_key_is_its_trees_and_a_clash_fails_the_task(
         except BadRequest:
             continue
         raise AssertionError(f"POST accepted the follow-up key {key!r}")
+
+
+async def test_requeue_stale_takes_only_as_many_as_messages_are_missing(
+        db: asyncpg.Connection) -> None:
+    old, _ = await tasks.create(db, "add", "http", {}, None)
+    older, _ = await tasks.create(db, "add", "http", {}, None)
+    running, _ = await tasks.create(db, "add", "http", {}, None)
+    async with db.transaction():
+        await tasks.claim_unpublished(db, 10)
+    await age(db, old, "published_on", 100)
+    await age(db, older, "published_on", 200)
+    await tasks.start(db, running, W, 5)
+    # Three tasks need a message; the stream holds three: all waiting in line.
+    assert await tasks.requeue_stale(db, 50, 20, ["http"], 100, {"http": 3}) == 0
+    assert await tasks.requeue_stale(db, 50, 20, ["http"], 100, {"http": 5}) == 0
+    # One is missing: the oldest published is taken.
+    assert await tasks.requeue_stale(db, 50, 20, ["http"], 100, {"http": 2}) == 1
+    assert [await published(db, i) for i in (old, older, running)] == [True, False, True]
