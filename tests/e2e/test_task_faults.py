@@ -4,8 +4,10 @@
   their slots until they return (no more threads than ``taskConcurrency``);
 - failing tasks are the user's, not the worker's: they do not degrade it (CC-4);
 - a follow-up whose key another tree uses is still enqueued (keys are scoped to the tree);
+  one whose key names another call in its own tree fails its task with KeyConflict;
 - the task feeder publishes only as the task stream has room, the task watchdog republishes
-  only messages that are really gone (a purged stream), and the tasks then run;
+  only messages that are really gone (a purged stream), and the tasks then run, even when the
+  visit watchdog's round fails;
 - PostgreSQL and NATS restarted with tasks queued, published and running: every task
   succeeds, once.
 """
@@ -23,11 +25,13 @@ import asyncpg
 import nats
 import pytest
 
+from foreman import schedule
 from foreman.tasks import feed_tasks, task_watch_once
 from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres
 from shared import bus
 from shared.config import Settings, stream_name
 from shared.db import tasks, workers
+from shared.db.frontier import DueFrontier
 from tests.e2e.stack import Stack
 from tests.e2e.test_tasks import get_task, run_task, task_settings, wait_task
 
@@ -176,3 +180,52 @@ async def test_tasks_survive_postgres_and_nats_restarts_each_once(
 async def _any_running(stack: Stack, ids: list[int]) -> bool:
     return any([(await get_task(stack, t))["state"] == "running" for t in ids])
 
+
+
+async def test_the_task_watchdog_runs_when_the_visit_round_fails(
+        queue: tuple[Settings, asyncpg.Pool, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, pool, js = queue
+    settings = settings.model_copy(update={"watchdog_interval": 0.05})
+    async with pool.acquire() as conn:
+        lost = (await tasks.create(conn, "add", "http", {"a": 1, "b": 2}, None))[0]
+        await workers.beat(conn, uuid.uuid4(), ["http"], "t", 1, "test")
+        await conn.execute("UPDATE task SET published_on = now() - interval '1 hour' "
+                           "WHERE id = $1", lost)  # its message is nowhere: lost
+
+    async def visit_round_fails(*_: Any) -> None:
+        raise asyncpg.exceptions.DeadlockDetectedError("the visit round failed")
+
+    monkeypatch.setattr(schedule, "watch_once", visit_round_fails)
+    stop = asyncio.Event()
+    dog = asyncio.create_task(schedule.watchdog(settings, pool, DueFrontier(settings), stop, js))
+    try:
+        async def republished() -> bool:
+            async with pool.acquire() as conn:
+                return bool(await conn.fetchval(
+                    "SELECT published_on IS NULL FROM task WHERE id = $1", lost))
+        await until("the lost task unpublished", republished, timeout=10)
+    finally:
+        stop.set()
+        await dog
+
+
+async def test_a_follow_up_key_is_its_trees_and_a_clash_fails_the_task(
+        settings: Settings) -> None:
+    settings = task_settings(settings)
+    settings = settings.model_copy(update={
+        "tasks": {**settings.tasks, "keyed": "tests.task_keys_fixture:keyed"}})
+    stack = await Stack(settings).start()
+    try:
+        roots = [await run_task(stack, "keyed", key="page-1", values=[v]) for v in (10, 20)]
+        for root, v in zip(roots, (10, 20)):
+            done = await wait_task(stack, root)
+            assert done["state"] == "succeeded" and done["result"] == [f"{root}:page-1"], done
+            assert done["tree"]["results"] and len(done["children"]) == 1, done
+            child = await wait_task(stack, done["children"][0])
+            assert (child["result"], child["key"]) == (v, f"{root}:page-1")
+        clash = await wait_task(stack, await run_task(stack, "keyed", key="k", values=[1, 2]))
+        assert (clash["state"], clash["error"]["type"], clash["children"]) == (
+            "failed", "shared.db.tasks.KeyConflict", []), clash
+        assert f"{clash['taskId']}:k" in clash["error"]["message"]
+    finally:
+        await stack.stop()
