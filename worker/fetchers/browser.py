@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Past a visit's deadline, a render Playwright has not given up (a hung browser) is: well within
-# the 5 s by which a host slot's lease outlives the fetch budget.
+# A render Playwright has not given up by the visit's deadline (a hung browser) is given up this
+# much later: well within the 5 s by which a host slot's lease outlives the fetch budget.
 GRACE = 2.0
 TAB_WAIT = 5.0         # a tab not made in that long (or more) counts against the browser
 _RAW_DROPPED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
