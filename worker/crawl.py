@@ -118,7 +118,11 @@ class Worker:
             # visits, asking the moment a request ends, would otherwise take every freed slot.
             waiting = {k: self._after_retry(u) for k, u in asking.items()
                        if host_key(u) in self.retrying}
-            admission = await self.gate.admit({k: u for k, u in asking.items() if k not in waiting})
+            unruled = {j for j, plan in plans.items()  # jobs whose source skips robots.txt
+                       if isinstance(plan, JobPlan) and not plan.source.obeys_robots}
+            admission = await self.gate.admit(
+                {k: u for k, u in asking.items() if k not in waiting},
+                {k for k in asking if k[0] in unruled} if unruled else ())
             admission.deferred.update(waiting)
             if unserved:  # another worker (another version, in a rolling upgrade) will serve it
                 admission.deferred.update(self._unserved(unserved))

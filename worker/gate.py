@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -121,18 +121,26 @@ class HostGate:
         self._pause_batch: _PauseBatch | None = None  # pause checks being gathered
         self._pause_checks: set[asyncio.Task[None]] = set()
 
-    async def admit(self, visits: dict[Key, str]) -> Admission:
+    async def admit(self, visits: dict[Key, str], unruled: Collection[Key] = ()) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, block (robots.txt), or
-        fail (its host has no server: the name does not resolve)."""
+        fail (its host has no server: the name does not resolve). robots.txt is not read for
+        the ``unruled`` visits (their source's ``obeys_robots`` is False)."""
         out = Admission()
         by_host: dict[str, list[Key]] = defaultdict(list)
         for key, url in visits.items():
             by_host[host_key(url)].append(key)
         rules: dict[str, RobotsRules] = {}
         if self.settings.robots:
-            rules = await self._robots(list(by_host), out, by_host)
+            ruled: dict[str, list[Key]] = by_host
+            free: dict[str, list[Key]] | None = None
+            if unruled:  # robots.txt only for the others (their hosts' Crawl-delay too)
+                ruled, free = defaultdict(list), defaultdict(list)
+                for host, ks in by_host.items():
+                    for k in ks:
+                        (free if k in unruled else ruled)[host].append(k)
+            rules = await self._robots(list(ruled), out, ruled)
             for host, host_rules in rules.items():
-                keys = by_host[host]
+                keys = ruled[host]
                 allowed = await self._off_loop(host_rules.size, _allowed, host_rules,
                                                [visits[k] for k in keys], self.agent)
                 for key, ok in zip(list(keys), allowed):
@@ -140,6 +148,8 @@ class HostGate:
                         out.blocked[key] = BLOCKED
                         metrics.ROBOTS_BLOCKED.inc()
                         keys.remove(key)
+            if free is not None:
+                by_host = {h: ruled[h] + free[h] for h in by_host}
         wants = {h: len(ks) for h, ks in by_host.items() if ks}
         if not wants:
             return out
@@ -253,7 +263,7 @@ class HostGate:
                 s.fetch_lease, s.politeness_horizon if horizon is None else horizon)
 
     async def admit_hop(self, url: str, slot: bool, deadline: float, *,
-                        horizon: float | None = None) -> Slot | str | None:
+                        horizon: float | None = None, robots: bool = True) -> Slot | str | None:
         """A redirect hop goes through the same gate as a visit: robots.txt must allow ``url``
         and, if ``slot`` (another host than the page's own), its host must give a request slot.
         Both are waited for here, since the fetch is under way, until the fetch's ``deadline``
@@ -263,18 +273,18 @@ class HostGate:
         far ahead, and is asked for every 50 ms while the host is at its cap: the retry takes
         the host's next free start, before visits not yet granted one. A host whose next free
         start is past the deadline (paused) is not asked again: the answer is ``BUSY`` at
-        once."""
+        once. ``robots`` False: robots.txt is not read (a source that does not obey it)."""
         try:
-            return await self._admit_hop(url, slot, deadline, horizon)
+            return await self._admit_hop(url, slot, deadline, horizon, robots)
         except (*RETRYABLE, asyncpg.PostgresError) as e:  # fetch() never raises: try later
             log.warning("redirect to %s not admitted (%s)", url, e)
             return NO_GATE
 
     async def _admit_hop(self, url: str, slot: bool, deadline: float,
-                         horizon: float | None = None) -> Slot | str | None:
+                         horizon: float | None = None, robots: bool = True) -> Slot | str | None:
         host = host_key(url)
         rules = None
-        if self.settings.robots:
+        if self.settings.robots and robots:
             while True:
                 out, key = Admission(), (0, 0)
                 rules = (await self._robots([host], out, {host: [key]})).get(host)

@@ -647,7 +647,7 @@ class Pipeline:
             host = host_key(url)
             self.retrying[host] += 1
             try:
-                admitted = await self._retry_slot(url)
+                admitted = await self._retry_slot(url, v.plan.source.obeys_robots)
             finally:
                 self.retrying -= Counter({host: 1})
         if isinstance(admitted, Slot):
@@ -667,7 +667,7 @@ class Pipeline:
             verdict = Settle(Verdict.RETRY, 1.0)
         await bus.settle_all([msgs], verdict)
 
-    async def _retry_slot(self, url: str) -> Slot | str | None:
+    async def _retry_slot(self, url: str, robots: bool = True) -> Slot | str | None:
         """A request slot for a retry, ahead of the host's visits not yet granted one: it may
         book past the starts granted so far (they book at most ``politeness_horizon`` ahead),
         and while the host is at its request cap it is asked for every 50 ms, not at the next
@@ -676,7 +676,7 @@ class Pipeline:
         ahead = 2 * self.settings.politeness_horizon + self.settings.host_limit(
             host_key(url)).delay
         return await self.gate.admit_hop(url, True, asyncio.get_running_loop().time() + ahead,
-                                         horizon=ahead)
+                                         horizon=ahead, robots=robots)
 
 
 _NOTHING = Extraction()

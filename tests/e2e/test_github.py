@@ -250,16 +250,22 @@ async def test_failures_listed(settings: Settings, fake: FakeGitHub) -> None:
         await stack.stop()
 
 
-async def test_robots_refusals_listed(settings: Settings, fake: FakeGitHub) -> None:
-    fake.robots_txt = "User-agent: *\nDisallow: /repos/hub/big/\n"
+async def test_robots_not_read_for_the_api(settings: Settings, fake: FakeGitHub) -> None:
+    """An authenticated API client is bound by the API's terms and rate limits, not robots.txt
+    (as octokit and PyGithub): a github job never asks for it, even where it refuses all; a web
+    job on that host still obeys it."""
+    fake.robots_txt = "User-agent: *\nDisallow: /\n"
     stack = await started(github_settings(settings, fake, robots=True))
     try:
         body = await closure_of(stack, "hub", 1)
-        assert set(body["close_contributors"]) == without_repo(fake.graph, "hub/big").closure(
-            "hub", 1)
-        assert [urlsplit(f["url"]).path for f in body["failed"]] == ["/repos/hub/big/contributors"]
-        assert "robots" in body["failed"][0]["reason"]
-        assert not [p for p in fake.hits if p.startswith("/repos/hub/big/")]
+        assert set(body["close_contributors"]) == fake.graph.closure("hub", 1)
+        assert body["failed"] == [] and not fake.hits["/robots.txt"]
+        url = f"{fake.base}/users/loner"  # not fetched yet
+        job = await stack.post_job([url])  # the web source
+        await stack.wait_complete(job)
+        blocked = await stack.result(job, status="blocked")
+        assert list(blocked) == [url] and "robots" in str(blocked[url]["reason"]), blocked
+        assert fake.hits["/robots.txt"] == 1 and not fake.hits["/users/loner"]
     finally:
         await stack.stop()
 

@@ -26,7 +26,7 @@ import json
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +38,7 @@ from shared.db.pool import RETRYABLE, open_pool
 from shared.model import FetchedPage, RawResponse
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
 from worker.fetchers.http import _retry_after, fetch, fetch_budget, open_session
+from worker.gate import HostGate
 from worker.github_tokens import ANONYMOUS, MASK, Redact, load_tokens, token_id
 from worker.sources.github import LIMITED, SECONDARY_WAIT, says_rate_limit
 
@@ -169,7 +170,8 @@ class GitHubFetcher:
         try:
             assert self._session is not None
             page = await fetch(self._session, self.settings, req.url_id, req.url,
-                               req.validators, hops, req.policy, wants_body=wants_body,
+                               req.validators, _NoRobots(hops) if hops is not None else None,
+                               req.policy, wants_body=wants_body,
                                headers=headers, keep_raw=req.keep_raw)
             page = self._clean(page)
         finally:
@@ -248,6 +250,26 @@ class GitHubFetcher:
     def _later(self, req: FetchRequest, why: str, wait: float) -> FetchedPage:
         return FetchedPage(req.url_id, None, None, why, cacheable=False, retry_after=wait,
                            fetcher=self.kind, sent=False)
+
+
+class _NoRobots:
+    """The gate for this source's redirect hops: host slots as ever, no robots.txt (the
+    ``github`` source does not obey it, ``worker.sources.github.GitHub.obeys_robots``)."""
+    __slots__ = ("gate",)
+
+    def __init__(self, gate: HopGate) -> None:
+        self.gate = gate
+
+    async def admit_hop(self, url: str, slot: bool, deadline: float) -> Any:
+        if isinstance(self.gate, HostGate):
+            return await self.gate.admit_hop(url, slot, deadline, robots=False)
+        return await self.gate.admit_hop(url, slot, deadline)
+
+    def release(self, slot: Any, trouble: bool, retry_after: float | None) -> None:
+        self.gate.release(slot, trouble, retry_after)
+
+    def give_back(self, slot: Any) -> None:
+        self.gate.give_back(slot)
 
 
 def _int(value: str | None) -> int | None:

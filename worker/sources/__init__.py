@@ -1,7 +1,9 @@
 """Sources: what kind of site a job crawls (``SOURCES``, by name; built in: ``web``,
 ``worker.sources.web``): its fetcher kind, its retry rule (a JSON API may answer a spent rate
 limit with a 403), the headers it adds to each request, which answers' bodies it reads and the
-extractor of the links to follow. A factory takes ``(settings, lanes)``.
+extractor of the links to follow, and whether the gate reads robots.txt for its visits
+(``obeys_robots``: a web crawler does; an authenticated client of a documented API, bound by
+the API's terms and rate limits, does not). A factory takes ``(settings, lanes)``.
 
 Adding one (a JSON API whose rate limit is a 403 with ``X-RateLimit-Remaining: 0``)::
 
@@ -9,6 +11,7 @@ Adding one (a JSON API whose rate limit is a 403 with ``X-RateLimit-Remaining: 0
     class Api:
         name = "api"
         fetcher = "http"
+        obeys_robots = True
 
         def __init__(self, settings: Settings, lanes: Parser) -> None:
             self.policy = RateLimitedPolicy.from_settings(settings)  # a RetryPolicy subclass
@@ -38,6 +41,7 @@ from worker.retry import RetryPolicy
 class Source(Protocol):
     name: str
     fetcher: str
+    obeys_robots: bool
     policy: RetryPolicy
 
     def request_headers(self, url: str) -> Mapping[str, str]: ...

@@ -83,6 +83,9 @@ class GitHubPolicy(RetryPolicy):
 class GitHub:
     name = "github"
     fetcher = "github"
+    # An authenticated API client is bound by the API's terms and rate limits (which the
+    # fetcher keeps), not robots.txt: octokit and PyGithub never read it (docs/github.md).
+    obeys_robots = False
 
     def __init__(self, settings: Settings, lanes: Parser | None = None) -> None:
         self.policy: RetryPolicy = GitHubPolicy.from_settings(settings)

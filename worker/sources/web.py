@@ -17,6 +17,7 @@ from worker.sources import SOURCES
 class Web:
     name = "web"
     fetcher = "http"
+    obeys_robots = True
 
     def __init__(self, settings: Settings, lanes: Parser) -> None:
         self.policy = RetryPolicy.from_settings(settings)
