@@ -70,6 +70,16 @@ class HostPace:
     delay: float
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) is this machine: ``localhost``, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseModel):
     """Everything a tier needs; passed down, never read from globals."""
 
@@ -278,6 +288,9 @@ class Settings(BaseModel):
                 or parts.fragment or v.endswith("/") or "#" in v or "?" in v):
             raise ValueError(f"invalid GitHub base URL {v!r} (use http(s)://host[:port][/path] "
                              "without a trailing /, e.g. https://api.github.com)")
+        if parts.scheme == "http" and not _loopback(parts.hostname):  # tokens in cleartext
+            raise ValueError(f"GitHub base URL {v!r}: use https (http only for a loopback "
+                             "host, such as 127.0.0.1: every request carries a token)")
         return v
 
     @field_validator("github_tokens", mode="before")

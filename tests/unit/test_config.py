@@ -390,6 +390,21 @@ def test_github_base_url_is_http_without_a_trailing_slash(url: str, ok: bool) ->
             load_settings(env={}, github_base_url=url)
 
 
+@pytest.mark.parametrize(("url", "ok"), [
+    ("http://127.0.0.1:9", True), ("http://127.3.2.1/api/v3", True), ("http://[::1]:80", True),
+    ("http://localhost:8080", True), ("http://ghe.example/api/v3", False),
+    ("http://10.0.0.1", False), ("http://api.github.com", False), ("http://127.0.0.1.nip.io", False),
+])
+def test_github_base_url_http_only_on_loopback(url: str, ok: bool) -> None:
+    """A token is sent with every request: in cleartext only to this machine (tests, a tunnel)."""
+    if ok:
+        assert load_settings(env={}, github_base_url=url).github_base_url == url
+    else:
+        with pytest.raises(ConfigError, match="https") as e:
+            load_settings(env={}, github_base_url=url)
+        assert "loopback" in str(e.value)
+
+
 @pytest.mark.parametrize(("overrides", "fragment"), [
     ({"github_per_page": 101}, "github_per_page"), ({"github_per_page": 0}, "github_per_page"),
     ({"github_token_concurrency": 0}, "github_token_concurrency"),
