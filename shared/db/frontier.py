@@ -241,7 +241,8 @@ class DueFrontier:
 
 # The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
 # only if this transaction gets the feed lock ($1); a job's (its priority) and whether the host
-# waits (backing off, or its robots.txt being fetched for the first time).
+# waits (backing off, or its robots.txt being fetched for the first time: after a failed fetch
+# the gate decides, deferring until the retry or, once given up, refusing the visits).
 _PAIRS = """
     WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok),
     pairs AS (
@@ -259,7 +260,8 @@ _PAIRS = """
             ORDER BY p.host, p.job_id LIMIT 1) n)
     SELECT q.host, q.job_id, j.priority,
            coalesce(h.backoff_until > now()
-                    OR (h.robots_fetched_on IS NULL AND h.robots_fetching_until > now()),
+                    OR (h.robots_fetched_on IS NULL AND h.robots_failures = 0
+                        AND h.robots_fetching_until > now()),
                     false) AS waiting
     FROM (SELECT host, job_id FROM pairs LIMIT $4) q
     JOIN job j ON j.id = q.job_id
