@@ -13,6 +13,11 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+# A spent token is taken again this long after its reset (X-RateLimit-Reset, in whole seconds on
+# GitHub's clock), not at once: a worker's or the database's clock ahead of GitHub's would
+# otherwise send requests GitHub still refuses.
+RESET_SKEW = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Taken:
@@ -47,32 +52,35 @@ async def register(conn: asyncpg.Connection, token_ids: Sequence[str],
 # The token picked is one not paused, with fewer than $3 live leases and budget left (or its
 # window past its reset), most remaining first (unknown first: a fresh token says how much it
 # has); its lease is appended and its remaining spent ahead (NULL once its window has reset:
-# the answer says). Else: when the first of them may free up (a pause's or a window's end; a
+# the answer says; a window is past ``RESET_SKEW`` after its reset). Else: when the first of
+# them may free up (a pause's or a window's end; a
 # lease full token: soon, its requests end long before their leases; one locked by another
 # taker this instant: at once).
 _TAKE_SQL = """
-    WITH n AS MATERIALIZED (SELECT clock_timestamp() AS t),
+    WITH n AS MATERIALIZED (SELECT c.t, c.t - make_interval(secs => $5) AS r
+                            FROM (SELECT clock_timestamp() AS t) c),
     pick AS (
         SELECT a.token_id FROM api_token a, n
         WHERE a.token_id = ANY($1::text[]) AND a.resource = $2
           AND (a.paused_until IS NULL OR a.paused_until <= n.t)
           AND (SELECT count(*) FROM unnest(a.leases) AS l WHERE l > n.t) < $3
-          AND (a.remaining IS NULL OR a.remaining > 0 OR a.reset_at <= n.t)
-        ORDER BY CASE WHEN a.reset_at <= n.t THEN NULL ELSE a.remaining END DESC NULLS FIRST,
+          AND (a.remaining IS NULL OR a.remaining > 0 OR a.reset_at <= n.r)
+        ORDER BY CASE WHEN a.reset_at <= n.r THEN NULL ELSE a.remaining END DESC NULLS FIRST,
                  a.token_id
         LIMIT 1 FOR UPDATE OF a SKIP LOCKED),
     upd AS (
         UPDATE api_token a SET
             leases = ARRAY(SELECT l FROM unnest(a.leases) AS l WHERE l > n.t)
                      || (n.t + make_interval(secs => $4)),
-            remaining = CASE WHEN a.reset_at <= n.t THEN NULL ELSE a.remaining - 1 END,
-            reset_at = CASE WHEN a.reset_at <= n.t THEN NULL ELSE a.reset_at END
+            remaining = CASE WHEN a.reset_at <= n.r THEN NULL ELSE a.remaining - 1 END,
+            reset_at = CASE WHEN a.reset_at <= n.r THEN NULL ELSE a.reset_at END
         FROM pick, n WHERE a.token_id = pick.token_id AND a.resource = $2
         RETURNING a.token_id, n.t + make_interval(secs => $4) AS lease_until),
     blocked AS (
         SELECT coalesce(greatest(
                    CASE WHEN a.paused_until > n.t THEN a.paused_until END,
-                   CASE WHEN a.remaining <= 0 AND a.reset_at > n.t THEN a.reset_at END,
+                   CASE WHEN a.remaining <= 0 AND a.reset_at > n.r
+                        THEN a.reset_at + make_interval(secs => $5) END,
                    CASE WHEN (SELECT count(*) FROM unnest(a.leases) AS l WHERE l > n.t) >= $3
                         THEN n.t + interval '200 milliseconds' END),
                    n.t + interval '50 milliseconds') AS free_at  -- free, but locked by a taker
@@ -88,7 +96,8 @@ async def take(conn: asyncpg.Connection, token_ids: Sequence[str], resource: str
     """Lease one of ``token_ids`` for a request on ``resource``: the database's clock at the
     call, and the token (``Taken``) or, when none is free, when one may be (at least a moment
     from now: a token locked by another taker, or none registered)."""
-    row = await conn.fetchrow(_TAKE_SQL, list(token_ids), resource, max_inflight, float(lease))
+    row = await conn.fetchrow(_TAKE_SQL, list(token_ids), resource, max_inflight, float(lease),
+                              RESET_SKEW)
     assert row is not None
     now: datetime = row["db_now"]
     if row["token_id"] is not None:

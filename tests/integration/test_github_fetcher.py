@@ -103,17 +103,51 @@ async def test_switches_tokens_on_a_limit_then_defers_until_the_earliest_reset(
             spent = await fetch(f, s, "/users?since=9")
             assert sum(fake.hits.values()) == hits  # no request: every token is spent
             assert spent.status is None and spent.error == "no GitHub token free (core)"
-            assert spent.retry_after is not None and 25 <= spent.retry_after <= 31
+            assert spent.retry_after is not None and 25 <= spent.retry_after <= 33  # + the skew
             decision = GitHub(s).policy.decide(spent, 1)
             assert decision.defer is not None and not decision.retry
             # After the reset (on the fake's clock, and the store's), B is taken again.
             fake.advance(31)
             conn = await asyncpg.connect(s.database_url)
             try:
-                await conn.execute("UPDATE api_token SET reset_at = now() - interval '1 s'")
+                await conn.execute("UPDATE api_token SET reset_at = now() - interval '3 s'")
             finally:
                 await conn.close()
             assert (await fetch(f, s, "/users?since=9")).status == 200
+
+
+async def spend(fake: FakeGitHub, token: str, n: int) -> None:
+    """Spend ``token``'s budget outside the store (another client of the same account)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            async with http.get(f"{fake.base}/users/hub",
+                                headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+
+
+async def test_a_403_at_a_reset_gitHub_has_not_reached_pauses_the_token(
+        settings: Settings) -> None:
+    """GitHub's clock behind ours: its 403 says Remaining 0 with a Reset already past here. The
+    token is paused (not freed again at once), and a fetch sends one request per token."""
+    async with FakeGitHub(budget=2, reset_window=30.0) as fake:
+        fake.advance(-60)  # the fake's window ends 30 s before our now
+        await spend(fake, A, 2)
+        await spend(fake, B, 2)
+        fake.reset_counters()
+        s = github_settings(settings, fake, tokens=(A,))
+        async with GitHubFetcher(s, 4) as f:
+            pages = [await fetch(f, s, "/users/hub") for _ in range(3)]
+        assert fake.limited == 1  # no burst of 403s
+        for p in pages:  # deferred: the policy waits for the token
+            assert p.status is None and p.error == "no GitHub token free (core)" and not p.sent
+            assert p.retry_after is not None and p.retry_after >= 1
+        paused = (await states(s))[token_id(A)].paused_until
+        assert paused is not None
+        fake.reset_counters()
+        s = github_settings(settings, fake, tokens=(A, B))
+        async with GitHubFetcher(s, 4) as f:
+            page = await fetch(f, s, "/users/hub")
+        assert fake.limited == 1 and fake.auth == {B: 1} and page.status is None
 
 
 async def test_the_bound_per_token_holds_across_fetchers(settings: Settings,

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shared.config import Settings
 from shared.model import FetchedPage
+from worker.fetchers.github import _reset_at
 from worker.retry import RetryDecision, RetryPolicy
 from worker.sources import SOURCES
 from worker.sources.github import GitHub, GitHubPolicy
@@ -91,3 +93,11 @@ def test_the_source() -> None:
     assert not s.wants_body(404, "application/json")
     assert not s.wants_body(200, "text/html") and not s.wants_body(204, None)
     assert s.link_extractor().name == "github"
+
+
+def test_a_rate_limit_reset_that_is_no_time_is_none() -> None:
+    """A huge or malformed X-RateLimit-Reset: unknown, not an exception in the fetch's
+    ``finally`` (which would leave the token's lease out)."""
+    assert _reset_at("1700000000") == datetime.fromtimestamp(1700000000, UTC)
+    for value in ("9" * 30, "-99999999999999", "soon", None):
+        assert _reset_at(value) is None

@@ -48,6 +48,7 @@ RESOURCES = ("core", "search")
 STORE_DOWN_WAIT = 5.0     # the token store unreachable: the visit again in that long
 REFUSED_PAUSE = 3600.0    # a token answered with 401: not used again for an hour
 LOCAL_WAIT = 1.0          # a token frees within this: wait for it here, not in the frontier
+SPENT_PAUSE = 2.0         # a 403/429 with Remaining 0: that token not used for at least this
 STORE_ERRORS = (asyncpg.PostgresError, *RETRYABLE)
 
 
@@ -131,8 +132,8 @@ class GitHubFetcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fetch_budget(self.settings)
         page: FetchedPage | None = None
-        tries = 0
-        while tries <= len(self.tokens):
+        answered: set[str] = set()  # tokens limited or refused in this fetch
+        while True:
             try:
                 async with self._pool.acquire() as conn:
                     now, got = await api_tokens.take(conn, list(self.tokens), resource,
@@ -147,10 +148,13 @@ class GitHubFetcher:
                     await asyncio.sleep(max(wait, 0.02))  # a request in flight ends soon
                     continue
                 return self._later(req, f"no GitHub token free ({resource})", max(wait, 0.1))
-            tries += 1
+            if got.token_id in answered:  # each token said no once: no second round now
+                await self._give_back(got, resource, None)
+                break
             page = await self._request(req, got, resource, hops)
             if not self._switch(page):
                 break
+            answered.add(got.token_id)
         assert page is not None
         return page
 
@@ -197,31 +201,36 @@ class GitHubFetcher:
         return None
 
     async def _give_back(self, taken: api_tokens.Taken, resource: str,
-                         page: FetchedPage) -> None:
-        h = page.headers
+                         page: FetchedPage | None) -> None:
+        """The lease back with what the answer said (``page`` None: no request was sent)."""
+        h = page.headers if page is not None else None
         remaining = limit = None
         reset_at = None
         if h is not None:
             remaining = _int(h.get("X-RateLimit-Remaining"))
             limit = _int(h.get("X-RateLimit-Limit"))
-            reset = _int(h.get("X-RateLimit-Reset"))
-            if reset is not None:
-                reset_at = datetime.datetime.fromtimestamp(reset, datetime.UTC)
+            reset_at = _reset_at(h.get("X-RateLimit-Reset"))
             if remaining is None or reset_at is None:
                 remaining = reset_at = None
         pause = None
-        if page.status == 401:
+        if page is None:
+            pass
+        elif page.status == 401:
             pause = REFUSED_PAUSE
             log.warning("GitHub token %s refused (401): not used for an hour", taken.token_id)
         elif page.status in LIMITED:
             wait = self._limit_wait(page)
-            pause = wait or None
+            if wait == 0.0:  # spent: its reset may be past here, not yet on GitHub's clock
+                pause = (SECONDARY_WAIT if reset_at is None else
+                         max(SPENT_PAUSE, (reset_at - _utcnow()).total_seconds() + 1.0))
+            else:
+                pause = wait
         try:
             assert self._pool is not None
             async with self._pool.acquire() as conn:
                 await api_tokens.give_back(conn, taken, resource, remaining=remaining,
                                            limit=limit, reset_at=reset_at, pause=pause,
-                                           spent=not page.not_modified)
+                                           spent=page is not None and not page.not_modified)
         except STORE_ERRORS as e:  # its lease runs out on its own
             log.warning("GitHub token %s not given back: %s", taken.token_id, type(e).__name__)
 
@@ -270,6 +279,21 @@ class _NoRobots:
 
     def give_back(self, slot: Any) -> None:
         self.gate.give_back(slot)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _reset_at(value: str | None) -> datetime.datetime | None:
+    """``X-RateLimit-Reset`` (epoch seconds) as a time; None if absent or not a time."""
+    reset = _int(value)
+    if reset is None:
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(reset, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _int(value: str | None) -> int | None:
