@@ -413,3 +413,11 @@ def test_github_base_url_http_only_on_loopback(url: str, ok: bool) -> None:
 def test_bad_github_settings(overrides: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env={}, **overrides)
+
+
+def test_fair_feeder_keys(tmp_path: Path) -> None:
+    """Issue 14: hostLookahead (a duration), feedPairs, bloomJobs; their defaults."""
+    assert (Settings().host_lookahead, Settings().feed_pairs, Settings().bloom_jobs) == (0, 5000, 64)
+    s = load_settings(write(tmp_path, {"hostLookahead": "1500ms", "feedPairs": 10,
+                                       "bloomJobs": 8}), env={})
+    assert (s.host_lookahead, s.feed_pairs, s.bloom_jobs) == (1.5, 10, 8)
