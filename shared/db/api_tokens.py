@@ -27,6 +27,13 @@ class Taken:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """No token to take: every one was refused (401; ``give_back(refused=True)``), paused
+    until ``until`` at the earliest."""
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TokenState:
     token_id: str
     resource: str
@@ -77,7 +84,8 @@ _TAKE_SQL = """
         FROM pick, n WHERE a.token_id = pick.token_id AND a.resource = $2
         RETURNING a.token_id, n.t + make_interval(secs => $4) AS lease_until),
     blocked AS (
-        SELECT coalesce(greatest(
+        SELECT coalesce(a.lim = 0 AND a.paused_until > n.t, false) AS refused,
+               coalesce(greatest(
                    CASE WHEN a.paused_until > n.t THEN a.paused_until END,
                    CASE WHEN a.remaining <= 0 AND a.reset_at > n.r
                         THEN a.reset_at + make_interval(secs => $5) END,
@@ -87,15 +95,17 @@ _TAKE_SQL = """
         FROM api_token a, n
         WHERE a.token_id = ANY($1::text[]) AND a.resource = $2)
     SELECT n.t AS db_now, upd.token_id, upd.lease_until,
-           (SELECT min(free_at) FROM blocked) AS free_at
+           (SELECT min(free_at) FROM blocked) AS free_at,
+           (SELECT bool_and(refused) FROM blocked) AS refused
     FROM n LEFT JOIN upd ON true"""
 
 
 async def take(conn: asyncpg.Connection, token_ids: Sequence[str], resource: str,
-               max_inflight: int, lease: float) -> tuple[datetime, Taken | datetime]:
+               max_inflight: int, lease: float) -> tuple[datetime, Taken | datetime | Refused]:
     """Lease one of ``token_ids`` for a request on ``resource``: the database's clock at the
     call, and the token (``Taken``) or, when none is free, when one may be (at least a moment
-    from now: a token locked by another taker, or none registered)."""
+    from now: a token locked by another taker, or none registered), or ``Refused`` when every
+    one of them was refused."""
     row = await conn.fetchrow(_TAKE_SQL, list(token_ids), resource, max_inflight, float(lease),
                               RESET_SKEW)
     assert row is not None
@@ -103,6 +113,8 @@ async def take(conn: asyncpg.Connection, token_ids: Sequence[str], resource: str
     if row["token_id"] is not None:
         return now, Taken(row["token_id"], row["lease_until"])
     free_at: datetime | None = row["free_at"]
+    if row["refused"] and free_at is not None:
+        return now, Refused(free_at)
     if free_at is None or free_at <= now:  # locked by another taker, or not registered
         free_at = now + timedelta(milliseconds=200)
     return now, free_at
@@ -111,17 +123,18 @@ async def take(conn: asyncpg.Connection, token_ids: Sequence[str], resource: str
 async def give_back(conn: asyncpg.Connection, taken: Taken, resource: str, *,
                     remaining: int | None = None, limit: int | None = None,
                     reset_at: datetime | None = None, pause: float | None = None,
-                    spent: bool = True) -> None:
+                    spent: bool = True, refused: bool = False) -> None:
     """Drop the request's lease and keep what its answer said: a newer window (a later
     ``reset_at``) replaces the budget, the same window keeps the lower remaining (requests
     still in flight were spent ahead); ``spent`` False (a 304, which costs nothing) gives the
     request spent ahead back. ``pause``: no request with this token on this resource for that
-    many seconds (never shortening a longer pause)."""
+    many seconds (never shortening a longer pause). ``refused`` (a 401): the token is marked
+    so (``lim`` 0, which no answer of GitHub's has; the next answer with a limit clears it)."""
     await conn.execute("""
         UPDATE api_token a SET
             leases = ARRAY(SELECT l FROM unnest(a.leases) AS l
                            WHERE l > clock_timestamp() AND l <> $3),
-            lim = coalesce($5, a.lim),
+            lim = CASE WHEN $9 THEN 0 ELSE coalesce($5, a.lim) END,
             remaining = CASE
                 WHEN $4::int IS NOT NULL AND $6::timestamptz IS NOT NULL
                      AND (a.reset_at IS NULL OR $6 > a.reset_at) THEN $4
@@ -135,7 +148,8 @@ async def give_back(conn: asyncpg.Connection, taken: Taken, resource: str, *,
                                 ELSE greatest(a.paused_until,
                                               clock_timestamp() + make_interval(secs => $7)) END
         WHERE a.token_id = $1 AND a.resource = $2""",
-        taken.token_id, resource, taken.lease_until, remaining, limit, reset_at, pause, spent)
+        taken.token_id, resource, taken.lease_until, remaining, limit, reset_at, pause, spent,
+        refused)
 
 
 async def states(conn: asyncpg.Connection) -> list[TokenState]:

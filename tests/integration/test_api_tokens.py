@@ -190,3 +190,19 @@ async def test_a_token_locked_this_instant_is_not_waited_for_like_a_paused_one(
     finally:
         await other.close()
     assert isinstance(got, datetime) and (got - now).total_seconds() < 1  # not T1's 120 s
+
+
+async def test_every_token_refused_is_told_apart_from_a_pause(conn: asyncpg.Connection) -> None:
+    """A 401 (``refused``) marks the token (limit 0, paused): with every token of a take so
+    marked, ``take`` says ``Refused``; one merely paused is waited for; an answer with a limit
+    clears the mark."""
+    now = (await api_tokens.take(conn, [], "core", 1, 1.0))[0]
+    await api_tokens.give_back(conn, Taken(T1, now), "core", pause=3600.0, refused=True)
+    got = await take(conn, [T1])
+    assert isinstance(got, api_tokens.Refused) and got.until > now
+    assert (await state(conn, T1)).limit == 0
+    await api_tokens.give_back(conn, Taken(T2, now), "core", pause=60.0)
+    assert isinstance(await take(conn), datetime)  # T2 only paused: wait for it
+    await api_tokens.give_back(conn, Taken(T1, now), "core", remaining=10, limit=5000,
+                               reset_at=now + timedelta(hours=1))
+    assert (await state(conn, T1)).limit == 5000

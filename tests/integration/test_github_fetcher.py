@@ -199,6 +199,19 @@ async def test_a_refused_token_is_paused_and_the_next_one_used(
     assert f"{token_id(A)} refused (401)" in caplog.text and A not in caplog.text
 
 
+async def test_every_token_refused_fails_the_page_for_good(settings: Settings) -> None:
+    async with FakeGitHub(valid_tokens=set()) as fake:
+        s = github_settings(settings, fake)
+        async with GitHubFetcher(s, 4) as f:
+            pages = [await fetch(f, s, "/users/hub") for _ in range(2)]
+        assert fake.auth == {A: 1, B: 1}  # each asked once, then none again
+        for p in pages:
+            assert p.status is None and p.permanent and not p.sent
+            assert p.error == "every GitHub token refused (401)"
+            assert not GitHub(s).policy.decide(p, 1).retry
+        assert all(t.limit == 0 and t.paused_until for t in (await states(s)).values())
+
+
 async def test_a_cut_json_body_is_worth_another_try(settings: Settings,
                                                     fake: FakeGitHub) -> None:
     s = github_settings(settings, fake)

@@ -10,7 +10,9 @@ the store; a spent limit (403/429 with Remaining 0), a secondary limit (Retry-Af
 "rate limit" message: that long, else a minute) or a refused token (401: an hour, warned by
 token id) switch to the next token at once. No token free: no request, the outcome says when
 one will be (``retry_after``) and ``GitHubPolicy`` defers the visit till then (no attempt
-counted). The store unreachable: the same, 5 s.
+counted). The store unreachable: the same, 5 s. Every token refused (401, by this or another
+worker, within the hour): the page fails for good, "every GitHub token refused (401)". Pages
+with no request sent are marked ``sent=False``: not fetches, for the worker's stats and health.
 
 The token never leaves the request: the raw answer's request headers (a WARC record) carry
 ``Bearer ***``, errors are scrubbed, and while the fetcher runs the root log handlers blank
@@ -48,6 +50,7 @@ RESOURCES = ("core", "search")
 STORE_DOWN_WAIT = 5.0     # the token store unreachable: the visit again in that long
 REFUSED_PAUSE = 3600.0    # a token answered with 401: not used again for an hour
 LOCAL_WAIT = 1.0          # a token frees within this: wait for it here, not in the frontier
+REFUSED = "every GitHub token refused (401)"
 SPENT_PAUSE = 2.0         # a 403/429 with Remaining 0: that token not used for at least this
 STORE_ERRORS = (asyncpg.PostgresError, *RETRYABLE)
 
@@ -74,6 +77,7 @@ class GitHubFetcher:
         self._pool: asyncpg.Pool | None = None
         self._redact: Redact | None = None
         self._stack = AsyncExitStack()
+        self._warn_refused = 0.0  # loop time of the next warning that every token is refused
 
     async def __aenter__(self) -> Self:
         try:
@@ -142,6 +146,12 @@ class GitHubFetcher:
             except STORE_ERRORS as e:
                 log.warning("GitHub token store unavailable: %s", type(e).__name__)
                 return self._later(req, "GitHub token store unavailable", STORE_DOWN_WAIT)
+            if isinstance(got, api_tokens.Refused):  # every token: 401, no use waiting
+                if loop.time() >= self._warn_refused:  # once a minute, not once a page
+                    self._warn_refused = loop.time() + 60.0
+                    log.warning("every GitHub token refused (401): pages fail (%s ...)", req.url)
+                return FetchedPage(req.url_id, None, None, REFUSED, cacheable=False,
+                                   permanent=True, fetcher=self.kind, sent=False)
             if isinstance(got, datetime.datetime):
                 wait = (got - now).total_seconds()
                 if wait <= LOCAL_WAIT and loop.time() + wait < deadline:
@@ -230,7 +240,8 @@ class GitHubFetcher:
             async with self._pool.acquire() as conn:
                 await api_tokens.give_back(conn, taken, resource, remaining=remaining,
                                            limit=limit, reset_at=reset_at, pause=pause,
-                                           spent=page is not None and not page.not_modified)
+                                           spent=page is not None and not page.not_modified,
+                                           refused=page is not None and page.status == 401)
         except STORE_ERRORS as e:  # its lease runs out on its own
             log.warning("GitHub token %s not given back: %s", taken.token_id, type(e).__name__)
 
