@@ -154,13 +154,17 @@ async def test_tasks_survive_postgres_and_nats_restarts_each_once(
         settings: Settings, postgres: EmbeddedPostgres, tmp_path: Path) -> None:
     own = EmbeddedNats(tmp_path / "nats")
     own.start()
-    settings = task_settings(settings, nats_url=own.url, task_concurrency=2, ack_wait=3)
+    # 6 deliveries: 1 s apart they would all fail within an 8 s outage (and the tasks wait
+    # for the watchdog, staleAfter); backing off, the last comes 15.5 s after the first.
+    settings = task_settings(settings, nats_url=own.url, task_concurrency=2, ack_wait=30,
+                             max_deliver=6)
     stack = await Stack(settings).start()
     try:
-        for restart in (postgres, own):
+        for restart, outage in ((postgres, 8), (own, 2)):
             ids = [await run_task(stack, "nap", seconds=0.5) for _ in range(6)]
             await until("a task running", lambda ids=ids: _any_running(stack, ids))
             await asyncio.to_thread(restart.stop)  # queued, published and running tasks
+            await asyncio.sleep(outage)  # the outage (not a synchronisation)
             await asyncio.to_thread(restart.start)
             await stack.wait_ready()
             for t in ids:
