@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from shared.config import Settings
-from shared.db import apiresults, jobs
+from shared.db import api_tokens, apiresults, jobs
 from shared.errors import BadRequest, NotFound
 from shared.jobspec import (
     GITHUB_LOGIN,
@@ -144,3 +145,20 @@ async def result_view(conn: asyncpg.Connection, job_id: int, view: View,
 def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(base + "/users", users, allow_head=False)
     app.router.add_get(base + "/contributors", contributors, allow_head=False)
+
+
+async def token_states(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The GitHub tokens' shared state for ``GET /workers`` (``apiTokens``), by token id (a
+    hash; the store never holds a token): budget, reset, pause, requests in flight, and
+    ``refused`` (GitHub answered 401: revoked or invalid; its pages fail)."""
+    def utc(t: datetime | None) -> str | None:
+        return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    now = datetime.now(UTC)
+    return [{"id": t.token_id, "resource": t.resource, "limit": t.limit or None,
+             "remaining": t.remaining, "resetAt": utc(t.reset_at),
+             "pausedUntil": utc(t.paused_until) if t.paused_until and t.paused_until > now
+             else None, "inFlight": t.in_flight, "seenOn": utc(t.seen_on),
+             "refused": t.limit == 0 and t.paused_until is not None and t.paused_until > now}
+            for t in await api_tokens.states(conn)]
+

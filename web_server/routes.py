@@ -449,10 +449,13 @@ async def _failures(request: web.Request, job_id: int) -> web.Response:
 async def workers_list(request: web.Request) -> web.Response:
     """The live worker processes (seen within ``workerTimeout``), longest running first;
     ``health`` null, or why the worker takes no work (a failed init function); ``stats`` its
-    last heartbeat's numbers (in flight, fetched by kind, pages/s, error rate, latencies)."""
+    last heartbeat's numbers (in flight, fetched by kind, pages/s, error rate, latencies);
+    ``apiTokens`` the GitHub tokens' shared state, by token id."""
+    from web_server import github  # it imports this module
     async with request.app[DEPS].acquire() as conn:
         live = await workers.live_workers(conn, request.app[SETTINGS].worker_timeout)
-    return json_response({"workers": [
+        tokens = await github.token_states(conn)
+    return json_response({"apiTokens": tokens, "workers": [
         {"id": str(w.id), "kinds": w.kinds, "hostname": w.hostname, "pid": w.pid,
          "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on),
          "health": w.health, "stats": w.stats}

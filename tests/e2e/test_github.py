@@ -19,6 +19,7 @@ from shared.config import Settings
 from tests.e2e.stack import Stack
 from tests.e2e.test_openapi_responses import check
 from tests.fake_github import FakeGitHub, Graph
+from worker.github_tokens import token_id
 
 pytestmark = pytest.mark.e2e
 
@@ -248,6 +249,27 @@ async def test_failures_listed(settings: Settings, fake: FakeGitHub) -> None:
             == [(broken, 500, 3)]
     finally:
         await stack.stop()
+
+
+async def test_every_token_refused_is_failed_and_shown(settings: Settings) -> None:
+    """Revoked tokens: the job ends with its pages failed for that reason (not deferred hour
+    after hour), and /workers shows each token's state by its id, never the token."""
+    async with FakeGitHub(valid_tokens=set()) as fake:
+        stack = await started(github_settings(settings, fake))
+        try:
+            status, body, _ = await get(stack, "/contributors", user="hub", depth="1")
+            assert status == 200 and body["failed"], body
+            assert {f["reason"] for f in body["failed"]} == {"every GitHub token refused (401)"}
+            assert fake.auth == {t: 1 for t in TOKENS}
+            status, listed, _ = await get(stack, "/workers")
+            check("/workers", "get", status, listed)
+            shown = {(t["id"], t["resource"]): t for t in listed["apiTokens"]}
+            for token in TOKENS:
+                state = shown[(token_id(token), "core")]
+                assert state["refused"] and state["pausedUntil"], state
+                assert token not in repr(listed)
+        finally:
+            await stack.stop()
 
 
 async def test_robots_not_read_for_the_api(settings: Settings, fake: FakeGitHub) -> None:
