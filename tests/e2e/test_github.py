@@ -18,7 +18,7 @@ import pytest
 from shared.config import Settings
 from tests.e2e.stack import Stack
 from tests.e2e.test_openapi_responses import check
-from tests.fake_github import FakeGitHub, Graph
+from tests.fake_github import FakeGitHub, Graph, User
 from worker.github_tokens import token_id
 
 pytestmark = pytest.mark.e2e
@@ -92,6 +92,26 @@ async def test_users_nb(settings: Settings, fake: FakeGitHub) -> None:
             status, body, _ = await get(stack, "/users", **params)
             assert status == 400 and body["code"] == "BadRequest", (params, body)
             check("/users", "get", status, body)
+    finally:
+        await stack.stop()
+
+
+async def test_newest_is_never_answered_from_the_cache(settings: Settings,
+                                                        fake: FakeGitHub) -> None:
+    """`order=newest` asks the search again each time (never a cached page): a user who joined
+    since the last answer is in the next one."""
+    stack = await started(github_settings(settings, fake))
+    try:
+        status, body, _ = await get(stack, "/users", nb="45", order="newest")
+        assert status == 200, body
+        assert [u["id"] for u in body["users"]] == [u.id for u in fake.graph.newest_users(45)]
+        g = fake.graph
+        g.users.append(User("newcomer", g.users[-1].id + 5))
+        g.__post_init__()
+        status, body, _ = await get(stack, "/users", nb="45", order="newest")
+        assert status == 200 and body["failed"] == [], body
+        assert [u["id"] for u in body["users"]] == [u.id for u in g.newest_users(45)]
+        assert body["users"][0]["login"] == "newcomer"
     finally:
         await stack.stop()
 

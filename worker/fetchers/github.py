@@ -14,6 +14,8 @@ counted). The store unreachable: the same, 5 s. Every token refused (401, by thi
 worker, within the hour): the page fails for good, "every GitHub token refused (401)". Pages
 with no request sent are marked ``sent=False``: not fetches, for the worker's stats and health.
 
+Search answers (``/search/``: a ranking that moves) are not cacheable: a later job asks again.
+
 The token never leaves the request: the raw answer's request headers (a WARC record) carry
 ``Bearer ***``, errors are scrubbed, and while the fetcher runs the root log handlers blank
 every token out (``worker.github_tokens.Redact``). Without tokens, requests go unauthenticated
@@ -188,6 +190,8 @@ class GitHubFetcher:
                                req.policy, wants_body=wants_body,
                                headers=headers, keep_raw=req.keep_raw)
             page = self._clean(page)
+            if resource == "search" and page.cacheable:  # a ranking that moves: never reused
+                page = replace(page, cacheable=False)
         finally:
             await self._give_back(taken, resource, page)
         return page
