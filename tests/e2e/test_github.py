@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
 from shared.config import Settings
 from tests.e2e.stack import Stack
 from tests.e2e.test_openapi_responses import check
-from tests.fake_github import FakeGitHub, Graph, User
+from tests.fake_github import FakeGitHub, Graph, User, make_graph
 from worker.github_tokens import token_id
 
 pytestmark = pytest.mark.e2e
@@ -155,14 +156,27 @@ async def test_contributors_closure(settings: Settings, fake: FakeGitHub) -> Non
         await stack.stop()
 
 
+async def spend(fake: FakeGitHub, token: str, n: int) -> None:
+    """Spend ``n`` of ``token``'s budget outside Harvester (another client of the account)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            async with http.get(f"{fake.base}/users/loner",
+                                headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+
+
 async def test_rate_limit_waits_or_switches(settings: Settings) -> None:
-    async with FakeGitHub(budget=25, reset_window=2.0) as fake:
+    pages = make_graph().requests_for("hub", 1, PER_PAGE)  # 39: one budget is enough
+    async with FakeGitHub(budget=pages, reset_window=1.0) as fake:
+        await spend(fake, TOKENS[0], pages)  # the store does not know: a real 403 comes
+        fake.reset_counters()
         stack = await started(github_settings(settings, fake, github_tokens=TOKENS[:1]))
         try:
-            body = await closure_of(stack, "hub", 1)  # about 40 requests: a reset is waited for
+            body = await closure_of(stack, "hub", 1)
             assert set(body["close_contributors"]) == fake.graph.closure("hub", 1)
             assert body["failed"] == []
-            assert fake.used[TOKENS[0]] > 25  # past one budget: a reset came and was used
+            assert fake.limited >= 1  # GitHub said 403 Remaining 0 mid-crawl: waited for Reset
+            assert sum(fake.served.values()) == pages  # then each page once
         finally:
             await stack.stop()
     async with FakeGitHub(budget=25, reset_window=3600.0) as fake:
