@@ -206,19 +206,26 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
     """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``.
 
     A claim that filled less than half its ask (hosts at their cap, another foreman's feeder
-    claiming, little pending) is followed by a pause of ``feed_interval``, so capped hosts are
-    not polled in a tight loop; a full claim is followed at once by the next."""
+    claiming, little pending) is followed by a pause of ``feed_interval``, or of four times
+    the claim's own time if longer (a claim over thousands of (host, job) pairs takes tens of
+    milliseconds: the feeder then spends at most a fifth of its time claiming), so capped hosts
+    are not polled in a tight loop; a full claim is followed at once by the next."""
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         ask = sent = 0
+        took = 0.0
         try:
             room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
             ask = min(room, 1000)
-            sent = await feed(pool, js, settings.url_topic, ask, frontier) if ask > 0 else 0
+            if ask > 0:
+                t0 = loop.time()
+                sent = await feed(pool, js, settings.url_topic, ask, frontier)
+                took = loop.time() - t0
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             await asyncio.sleep(0.5)
         if sent == 0 or 2 * sent < ask:
-            await _sleep_unless(stop, settings.feed_interval)
+            await _sleep_unless(stop, max(settings.feed_interval, 4 * took))
 
 
 async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
