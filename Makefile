@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench bench-browser lint clean browser
+.PHONY: run test install bench bench-browser bench-hosts lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench $(ARGS)
+
+# issue 14: 50,000 pages over 1,000 then 100 loopback hosts at the default politeness, Harvester
+# (plain, bloom) against Scrapy, the single-host rate and the politeness bound (bench/README.md)
+bench-hosts: $(STAMP)
+	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[embedded,bench]'
+	$(BIN)/python -m bench --hosts 1000 --out bench/out/hosts $(ARGS)
+	$(BIN)/python -m bench --hosts 100 --systems harvester,scrapy --out bench/out/hosts $(ARGS)
 
 # Harvester's browser workers against Crawlee's PlaywrightCrawler on a JavaScript site, both on
 # Debian's /usr/bin/chromium (bench/README.md); no browser download (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD)

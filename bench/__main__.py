@@ -34,21 +34,27 @@ REPO = HERE.parent
 # static one (bench/site.py).
 BROWSER_SYSTEMS = ("harvester-browser", "crawlee")
 SYSTEMS = ("ceiling", "ceiling+parse", "scrapy", "harvester", *BROWSER_SYSTEMS)
+# --hosts N (bench/manyhosts.py): "single" is Harvester on the same pages on one host
+HOSTS_SYSTEMS = ("harvester", "scrapy", "single")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pages", type=int, default=20_000, help="HTML pages in the site (20000)")
+    p.add_argument("--pages", type=int, default=None,
+                   help="HTML pages in the site (20000; with --hosts 50000)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="Harvester workers (2)")
     p.add_argument("--foremen", type=int, default=1, help="Harvester foremen (1)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each system; medians reported")
-    p.add_argument("--systems", default="harvester,scrapy,ceiling,ceiling+parse",
-                   help="comma-separated subset of: " + ", ".join(SYSTEMS))
-    p.add_argument("--variants", default="plain,warc,extract",
+    p.add_argument("--systems", default=None,
+                   help="comma-separated subset of: " + ", ".join(SYSTEMS)
+                   + " (harvester,scrapy,ceiling,ceiling+parse); with --hosts of: "
+                   + ", ".join(HOSTS_SYSTEMS) + " (all)")
+    p.add_argument("--variants", default=None,
                    help="Harvester job variants, comma-separated: plain, warc (save=warc), "
-                        "extract (items by CSS/XPath); each reported against plain (plain,warc,extract)")
+                        "extract (items by CSS/XPath), bloom (bloom: {}); each reported against "
+                        "plain (plain,warc,extract; with --hosts plain,bloom)")
     p.add_argument("--scaling", action="store_true",
                    help="also run Harvester with 1, 2, 4 workers and with 2 foremen")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
@@ -82,7 +88,27 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--crawlee-python", default=None, metavar="PYTHON",
                    help="an interpreter that has crawlee (default: this one if it has, else "
                         "OUT/crawlee-venv, created on first use)")
+    h = p.add_argument_group("many hosts (issue 14; make bench-hosts; bench/manyhosts.py)")
+    h.add_argument("--hosts", type=int, default=0,
+                   help="crawl a site spread over N loopback hosts at the default politeness "
+                        "(e.g. 1000 or 100) instead of the single-host site")
+    h.add_argument("--small-pages", type=int, default=100,
+                   help="pages of the fairness case's small job (100)")
+    h.add_argument("--small-hosts", type=int, default=10,
+                   help="hosts the small job's pages are spread over (10)")
+    h.add_argument("--no-fairness", action="store_true", help="skip the fairness case")
+    h.add_argument("--single-rate", type=float, default=None, metavar="PAGES_PER_S",
+                   help="the single-host rate to compare with (instead of the 'single' run)")
     a = p.parse_args(argv)
+    a.argv = sys.argv[1:] if argv is None else argv
+    if a.pages is None:
+        a.pages = 50_000 if a.hosts else 20_000
+    if a.systems is None:
+        a.systems = ",".join(HOSTS_SYSTEMS) if a.hosts else "harvester,scrapy,ceiling,ceiling+parse"
+    if a.variants is None:
+        a.variants = "plain,bloom" if a.hosts else "plain,warc,extract"
+    if a.hosts and a.single_rate and "single" in a.systems:
+        a.systems = ",".join(s for s in a.systems.split(",") if s.strip() != "single")
     if a.eta:
         a.systems, a.variants = "harvester", "plain"
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
@@ -91,7 +117,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         a.variants.insert(0, "plain")  # the others are measured against it
     if bad := [v for v in a.variants if v not in VARIANTS]:
         p.error(f"unknown variants: {bad}")
-    bad = [s for s in a.systems if s not in SYSTEMS]
+    bad = [s for s in a.systems if s not in (HOSTS_SYSTEMS if a.hosts else SYSTEMS)]
     if bad:
         p.error(f"unknown systems: {bad}")
     return a
@@ -138,6 +164,9 @@ def _other_load() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    if a.hosts:
+        from bench import manyhosts
+        return manyhosts.main(a)
     out: Path = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     busy = _other_load()

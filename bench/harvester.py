@@ -53,6 +53,8 @@ VARIANTS: dict[str, dict[str, object]] = {
         "links": {"css": "a", "attr": "href", "take": "all"}}}]},
     # issue 12: the JavaScript site rendered by browser workers (harvester-browser)
     "browser": {"fetcher": "browser"},
+    # issue 14: a Bloom filter per job and worker in front of the exact seen check
+    "bloom": {"bloom": {}},
 }
 
 

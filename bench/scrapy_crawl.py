@@ -26,10 +26,13 @@ from bench.selfstats import cpu_seconds, peak_rss_mb
 class BenchSpider(scrapy.Spider):
     name = "bench"
 
-    def __init__(self, start: str, allow: list[str], **kw: object) -> None:
+    def __init__(self, start: str, allow: list[str], allow_regex: str | None = None,
+                 **kw: object) -> None:
         super().__init__(**kw)
         self.start_urls = [start]
-        self.links = LinkExtractor(allow_domains=allow)
+        # Many hosts (bench/manyhosts.py): one regex, not a domain list scanned per link.
+        self.links = (LinkExtractor(allow=[allow_regex]) if allow_regex
+                      else LinkExtractor(allow_domains=allow))
         self.timing: dict[str, float] = {}
         self.responses = 0
         self.last_response = 0.0
@@ -72,7 +75,12 @@ class BenchSpider(scrapy.Spider):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--start", required=True)
-    p.add_argument("--allow", action="append", required=True, help="host:port to follow")
+    p.add_argument("--allow", action="append", default=[], help="host:port to follow")
+    p.add_argument("--allow-regex", default=None, help="follow the URLs this matches instead")
+    p.add_argument("--per-domain", type=int, default=None,
+                   help="CONCURRENT_REQUESTS_PER_DOMAIN (default: --concurrency)")
+    p.add_argument("--delay", type=float, default=0.0,
+                   help="DOWNLOAD_DELAY, never randomised (0)")
     p.add_argument("--depth-limit", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--out", required=True, help="JSON lines file: one item per page")
@@ -80,11 +88,14 @@ def main() -> None:
     p.add_argument("--reactor", default=None,
                    help="TWISTED_REACTOR (default: Scrapy's, the asyncio reactor)")
     a = p.parse_args()
+    if not a.allow and not a.allow_regex:
+        p.error("--allow or --allow-regex is required")
     settings = {
         "CONCURRENT_REQUESTS": a.concurrency,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": a.concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": a.per_domain or a.concurrency,
         "CONCURRENT_REQUESTS_PER_IP": 0,
-        "DOWNLOAD_DELAY": 0,
+        "DOWNLOAD_DELAY": a.delay,
+        "RANDOMIZE_DOWNLOAD_DELAY": False,
         "AUTOTHROTTLE_ENABLED": False,
         "ROBOTSTXT_OBEY": False,
         "DEPTH_LIMIT": a.depth_limit,
@@ -106,7 +117,7 @@ def main() -> None:
         settings["TWISTED_REACTOR"] = a.reactor
     process = CrawlerProcess(settings=settings)
     crawler = process.create_crawler(BenchSpider)
-    process.crawl(crawler, start=a.start, allow=a.allow)
+    process.crawl(crawler, start=a.start, allow=a.allow, allow_regex=a.allow_regex)
     process.start()
     spider = crawler.spider
     t = spider.timing

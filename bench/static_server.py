@@ -40,7 +40,8 @@ def _app(root: Path) -> web.Application:
     return app
 
 
-def _serve(root: Path, host_a: str, host_b: str, port: int) -> None:
+def _serve(root: Path, host_a: str, host_b: str, port: int,
+           hosts: list[str] | None = None) -> None:
     try:
         import uvloop
         uvloop.install()
@@ -49,7 +50,9 @@ def _serve(root: Path, host_a: str, host_b: str, port: int) -> None:
 
     async def main() -> None:
         runners = []
-        for host, sub in ((host_a, "a"), (host_b, "b")):
+        # many hosts (bench/manyhosts.py): one socket per address, root/<address>
+        pairs = [(h, h) for h in hosts] if hosts else [(host_a, "a"), (host_b, "b")]
+        for host, sub in pairs:
             runner = web.AppRunner(_app(root / sub), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
@@ -72,8 +75,12 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--host-a", default="127.0.0.1")
     p.add_argument("--host-b", default="127.0.0.2")
+    p.add_argument("--hosts-file", type=Path, default=None,
+                   help="addresses, one a line: serve ROOT/<address> on each")
     a = p.parse_args()
-    procs = [multiprocessing.Process(target=_serve, args=(a.root, a.host_a, a.host_b, a.port))
+    hosts = a.hosts_file.read_text().split() if a.hosts_file else None
+    procs = [multiprocessing.Process(target=_serve,
+                                     args=(a.root, a.host_a, a.host_b, a.port, hosts))
              for _ in range(max(1, a.procs))]
     for pr in procs:
         pr.start()

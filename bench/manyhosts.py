@@ -1,0 +1,625 @@
+"""The many-host benchmark (issue 14): ``python -m bench --hosts N`` (``make bench-hosts``).
+
+A generated site spread over N hosts, each a distinct loopback address ``127.0.x.y`` (host k is
+``127.0.{1 + k // 250}.{1 + k % 250}``), all served by ONE static server: nginx listening on
+``*:port`` with ``root <site>/$host`` (or the aiohttp fallback, one socket per address). Pages
+are split evenly over the hosts; each host is a tree of fan-out 10 under ``/``, the hosts' roots
+form a tree of fan-out 10 from host 0's root (so every page is reachable), and every page also
+links to random pages of its own host and of other hosts. Besides, ``/small/<i>.html`` (linked
+from nothing) are the pages of the fairness case's small job.
+
+Crawled at the default politeness (2 requests in flight and 0.5 s between starts per host, no
+per-host override, robots off as in the single-host bench) by Harvester (``plain``, and
+``bloom``: job spec ``bloom: {}``) and by Scrapy with the same per-host limits
+(``CONCURRENT_REQUESTS_PER_DOMAIN=2``, ``DOWNLOAD_DELAY=0.5``, no randomisation,
+``CONCURRENT_REQUESTS`` = 2 x hosts); ``single`` is Harvester on the same pages on one host
+without politeness limits (the single-host rate, as the single-host bench runs it). The report
+gives pages/s, the rate against the single-host one, against Scrapy and against the politeness
+bound (hosts / delay pages/s), the fairness case (a 100-page job submitted at 25% of the big
+crawl: its time against the same job alone, run after the crawl) and what the Bloom filter
+saves (CPU per page, PostgreSQL CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from bench.site import _bfs, _paragraphs, _Writer
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = 1               # bump when the generator changes: cached sites are regenerated
+PAGE_FANOUT = 10          # children of a page in its host's tree
+HOST_FANOUT = 10          # hosts whose roots a host's root links to
+SAME_HOST_LINKS = 6       # random links to pages of the page's own host
+OTHER_HOST_LINKS = 6      # random links to pages of other hosts
+HOST_CONCURRENCY = 2      # the default politeness (shared/config.py), written explicitly
+HOST_DELAY = 0.5
+SMALL_AT = 0.25           # the small job is submitted when the big one has processed this share
+
+
+def host_addr(k: int) -> str:
+    """Host k's loopback address: 127.0.1.1 .. 127.0.1.250, 127.0.2.1 ..."""
+    if not 0 <= k < 250 * 254:
+        raise ValueError(f"host {k} out of range")
+    return f"127.0.{1 + k // 250}.{1 + k % 250}"
+
+
+def pages_per_host(pages: int, hosts: int) -> list[int]:
+    """Pages split evenly over the hosts (the first ones get one more)."""
+    if hosts < 1 or pages < hosts:
+        raise ValueError(f"need at least one page per host ({pages} pages, {hosts} hosts)")
+    q, r = divmod(pages, hosts)
+    return [q + (k < r) for k in range(hosts)]
+
+
+def page_path(j: int) -> str:
+    return "/" if j == 0 else f"/p{j}.html"
+
+
+@dataclass
+class HostsSpec:
+    pages: int
+    hosts: int
+    seed: int
+    port: int
+    small_pages: int = 100   # the fairness case's job
+    small_hosts: int = 10    # spread over the first hosts (shared with the big crawl)
+
+    def origin(self, k: int) -> str:
+        return f"http://{host_addr(k)}:{self.port}"
+
+    def url(self, k: int, j: int) -> str:
+        return self.origin(k) + page_path(j)
+
+    def small_urls(self) -> list[str]:
+        n = max(1, min(self.small_hosts, self.hosts))
+        return [f"{self.origin(i % n)}/small/{i}.html" for i in range(self.small_pages)]
+
+    def key(self) -> dict[str, object]:
+        return {"version": VERSION, "pages": self.pages, "hosts": self.hosts, "seed": self.seed,
+                "port": self.port, "small": [self.small_pages, self.small_hosts]}
+
+
+@dataclass
+class HostsSite:
+    root: Path
+    spec: HostsSpec
+    expected: list[str]
+    max_level: int
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def start_url(self) -> str:
+        return self.spec.url(0, 0)
+
+    @property
+    def harvester_depth(self) -> int:
+        return self.max_level + 1
+
+
+def plan(spec: HostsSpec) -> dict[str, list[str]]:
+    """The link graph: each page's URL -> the page URLs it links to, in page order (pure)."""
+    rng = random.Random(spec.seed)
+    sizes = pages_per_host(spec.pages, spec.hosts)
+    graph: dict[str, list[str]] = {}
+    for k, n in enumerate(sizes):
+        for j in range(n):
+            links = [spec.url(k, 0)]
+            if j:
+                links.append(spec.url(k, (j - 1) // PAGE_FANOUT))
+            links += [spec.url(k, c) for c in range(PAGE_FANOUT * j + 1,
+                                                      min(PAGE_FANOUT * j + PAGE_FANOUT + 1, n))]
+            if j == 0:
+                links += [spec.url(h, 0) for h in range(HOST_FANOUT * k + 1,
+                                                        min(HOST_FANOUT * k + HOST_FANOUT + 1,
+                                                            spec.hosts))]
+            links += [spec.url(k, rng.randrange(n)) for _ in range(SAME_HOST_LINKS)]
+            if spec.hosts > 1:
+                for _ in range(OTHER_HOST_LINKS):
+                    h = rng.randrange(spec.hosts - 1)
+                    h += h >= k
+                    links.append(spec.url(h, rng.randrange(sizes[h])))
+            graph[spec.url(k, j)] = links
+    return graph
+
+
+def levels_of(spec: HostsSpec, graph: dict[str, list[str]]) -> dict[str, int]:
+    levels = _bfs({u: set(v) for u, v in graph.items()}, spec.url(0, 0))
+    if len(levels) != len(graph):
+        raise AssertionError(f"{len(graph) - len(levels)} pages unreachable")
+    return levels
+
+
+def _href(spec: HostsSpec, page: str, target: str) -> str:
+    """Root-relative on the page's own host, absolute elsewhere."""
+    origin = page[:page.index("/", len("http://"))]
+    return target[len(origin):] if target.startswith(origin + "/") else target
+
+
+def generate(spec: HostsSpec, root: Path, *, force: bool = False) -> HostsSite:
+    """Write ``root/<address>/...`` for every host unless an identical site is there."""
+    meta_path = root / "meta.json"
+    if not force and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == spec.key():
+            expected = (root / "expected.txt").read_text().split()
+            return HostsSite(root, spec, expected, int(meta["max_level"]), meta)
+    t0 = time.monotonic()
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    graph = plan(spec)
+    levels = levels_of(spec, graph)
+    rng = random.Random(spec.seed + 1)
+    writer = _Writer(rng, _paragraphs(rng))
+    total_bytes = total_links = 0
+    for k in range(spec.hosts):
+        (root / host_addr(k) / "small").mkdir(parents=True)
+    for url, links in graph.items():
+        path = url[url.index("/", len("http://")):]
+        host = url[len("http://"):].split(":", 1)[0]
+        body = [(_href(spec, url, t), f"Page {i}") for i, t in enumerate(links)]
+        data = writer.page(f"Hosts page {path} on {host}", [], body[:2], body[2:], [], [],
+                           rng.randint(5_000, 30_000))
+        (root / host / ("index.html" if path == "/" else path.lstrip("/"))).write_bytes(data)
+        total_bytes += len(data)
+        total_links += len(links)
+    for url in spec.small_urls():
+        host = url[len("http://"):].split(":", 1)[0]
+        data = writer.page("Small job page", [], [("/", "Home")],
+                           [], [], [], rng.randint(5_000, 30_000))
+        (root / host / "small" / url.rsplit("/", 1)[1]).write_bytes(data)
+    expected = sorted(graph)
+    max_level = max(levels.values())
+    per_level = [0] * (max_level + 1)
+    for lv in levels.values():
+        per_level[lv] += 1
+    meta = {"key": spec.key(), "pages": len(expected), "hosts": spec.hosts,
+            "max_level": max_level, "pages_per_level": per_level, "links": total_links,
+            "bytes": total_bytes, "mean_page_kb": round(total_bytes / len(expected) / 1024, 1),
+            "generated_in_s": round(time.monotonic() - t0, 1)}
+    (root / "expected.txt").write_text("\n".join(expected) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(f"site: generated {len(expected)} pages on {spec.hosts} hosts "
+          f"({total_bytes / 2**20:.0f} MiB, max level {max_level}) in "
+          f"{meta['generated_in_s']} s", flush=True)
+    return HostsSite(root, spec, expected, max_level, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's arithmetic (pure).
+
+def rate(pages: int, wall: float | None) -> float | None:
+    return pages / wall if wall else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def politeness_bound(hosts: int, delay: float = HOST_DELAY) -> float:
+    """Pages/s the politeness allows: each host starts a request every ``delay`` seconds."""
+    return hosts / delay
+
+
+def bloom_saving(plain: dict[str, Any], bloom: dict[str, Any], pages: int) -> dict[str, Any]:
+    """CPU per page (ms) and PostgreSQL CPU (s) of the plain and bloom crawls; the saving as a
+    share of plain's (positive: the Bloom filter saves)."""
+    def per_page(r: dict[str, Any]) -> float | None:
+        return r["cpu"] / pages * 1000 if r.get("cpu") is not None else None
+
+    def pg(r: dict[str, Any]) -> float | None:
+        return (r.get("cpu_by_kind") or {}).get("postgres")
+
+    out: dict[str, Any] = {"cpu_ms_per_page": (per_page(plain), per_page(bloom)),
+                           "postgres_cpu_s": (pg(plain), pg(bloom))}
+    for k in ("cpu_ms_per_page", "postgres_cpu_s"):
+        a, b = out[k]
+        out[k + "_saved"] = 1 - b / a if a and b is not None else None
+    return out
+
+
+def verdicts(hosts: int, pages: int, runs: dict[str, dict[str, Any]]) -> list[tuple[str, float | None, float, bool | None]]:
+    """(what, measured ratio, target, met) for the issue's targets, from the runs by name
+    (``harvester``, ``single``, ``scrapy``; each with ``wall`` and ``valid``)."""
+    def r(name: str) -> float | None:
+        run = runs.get(name) or {}
+        return rate(pages, run.get("wall")) if run.get("valid") else None
+
+    h = r("harvester")
+    out: list[tuple[str, float | None, float, bool | None]] = []
+    if hosts >= 1000 or "single" in runs:
+        v = ratio(h, r("single"))
+        out.append(("against the single-host rate", v, 0.9, None if v is None else v >= 0.9))
+    if "scrapy" in runs:
+        v = ratio(h, r("scrapy"))
+        out.append(("against Scrapy (x)", v, 3.0, None if v is None else v >= 3.0))
+    if hosts <= 100:
+        v = ratio(h, politeness_bound(hosts))
+        out.append(("against the politeness bound", v, 0.9, None if v is None else v >= 0.9))
+    return out
+
+
+def _f(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
+           machine: dict[str, Any], started: datetime.datetime) -> str:
+    pages = len(site.expected)
+    by = {r["label"]: r for r in runs}
+    lines = [f"# Harvester many-host benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
+             f"`python -m bench {' '.join(a.argv)}`".replace("  ", " "), "",
+             (f"* machine: {machine.get('cpus')} CPUs, load average at start "
+             f"{machine.get('loadavg')}; commit {machine.get('commit')}; server "
+             f"{machine.get('server')}"),
+             (f"* site: {pages:,} pages on {site.spec.hosts:,} hosts (127.0.x.y, one server "
+             f"on *:{site.spec.port}), mean {site.meta.get('mean_page_kb')} KB, max level "
+             f"{site.max_level} (pages per level {site.meta.get('pages_per_level')})"),
+             (f"* politeness: hostConcurrency {HOST_CONCURRENCY}, hostDelay {HOST_DELAY}s, no "
+             f"per-host limits, robots off; Harvester {a.workers} workers, \"concurrency\" "
+             f"{a.concurrency} each; Scrapy CONCURRENT_REQUESTS_PER_DOMAIN={HOST_CONCURRENCY}, "
+             f"DOWNLOAD_DELAY={HOST_DELAY}, RANDOMIZE_DOWNLOAD_DELAY=False, "
+             f"CONCURRENT_REQUESTS={scrapy_concurrency(site.spec.hosts)}; politeness bound "
+             f"{politeness_bound(site.spec.hosts):,.0f} pages/s"), "",
+             "| run | valid | wall s | pages/s | CPU s | CPU ms/page | PostgreSQL CPU s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        n = pages
+        pr = rate(n, r.get("wall")) if r.get("valid") else None
+        cpu = r.get("cpu")
+        lines.append(f"| {r['label']} | {'yes' if r.get('valid') else 'NO'} | "
+                     f"{_f(r.get('wall'), '{:.1f}')} | {_f(pr, '{:.0f}')} | "
+                     f"{_f(cpu, '{:.1f}')} | {_f(cpu / n * 1000 if cpu else None, '{:.2f}')} | "
+                     f"{_f((r.get('cpu_by_kind') or {}).get('postgres'), '{:.1f}')} |")
+    lines += ["", "Targets (issue 14):", ""]
+    for what, v, target, met in verdicts(site.spec.hosts, pages, by):
+        lines.append(f"* Harvester {what}: **{_f(v)}** (target >= {target}: "
+                     f"{'met' if met else 'NOT met' if met is False else 'not measured'})")
+    for r in runs:
+        if r.get("small_during") is None and r.get("small_alone") is None:
+            continue
+        lines.append(f"* fairness ({r['label']}): a {site.spec.small_pages}-page job on "
+                     f"{min(site.spec.small_hosts, site.spec.hosts)} of the crawl's hosts, "
+                     f"submitted at {SMALL_AT:.0%} of the crawl: "
+                     f"**{_f(r.get('small_during'), '{:.1f}')} s** against "
+                     f"{_f(r.get('small_alone'), '{:.1f}')} s alone (after the crawl): "
+                     f"x{_f(ratio(r.get('small_during'), r.get('small_alone')))}")
+    h = by.get("harvester") or {}
+    if "bloom" in by and h:
+        s = bloom_saving(h, by["bloom"], pages)
+        p0, p1 = s["cpu_ms_per_page"]
+        g0, g1 = s["postgres_cpu_s"]
+        lines.append(f"* Bloom filter (`bloom: {{}}`): CPU {_f(p0)} -> {_f(p1)} ms/page "
+                     f"(saved {_f(s['cpu_ms_per_page_saved'], '{:.1%}')}), PostgreSQL "
+                     f"{_f(g0, '{:.1f}')} -> {_f(g1, '{:.1f}')} s (saved "
+                     f"{_f(s['postgres_cpu_s_saved'], '{:.1%}')})")
+    lines += ["", ("pages/s = expected pages / wall (Harvester: POST to `pending == 0`, every "
+              "process of `harvester up`; Scrapy: spider_opened to spider_closed). A crawl that "
+              "misses an expected page is invalid."), "", "## Details", ""]
+    for r in runs:
+        keep = {k: v for k, v in r.items() if v not in (None, [], {})}
+        lines.append(f"    {json.dumps(keep, default=str)}")
+    return "\n".join(lines) + "\n"
+
+
+def scrapy_concurrency(hosts: int) -> int:
+    """CONCURRENT_REQUESTS: the most the per-host limits ever allow, never below 64."""
+    return max(64, HOST_CONCURRENCY * hosts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving.
+
+_NGINX_CONF = """\
+{user}worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 100000;
+    open_file_cache max={file_cache} inactive=120s;
+    default_type text/html;
+    client_body_temp_path {run}/tmp-body;
+    proxy_temp_path {run}/tmp-proxy;
+    fastcgi_temp_path {run}/tmp-fastcgi;
+    uwsgi_temp_path {run}/tmp-uwsgi;
+    scgi_temp_path {run}/tmp-scgi;
+    server {{
+        listen {port} default_server;
+        root {site}/$host;
+        location / {{ try_files $uri ${{uri}}index.html =404; }}
+    }}
+}}
+"""
+
+
+def port_free_any(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_any(start: int = 18580) -> int:
+    for port in range(start, start + 500):
+        if port_free_any(port):
+            return port
+    raise RuntimeError("no free port for the many-host site")
+
+
+def make_server(site: HostsSite, run_dir: Path, kind: str, workers: int | None) -> Any:
+    from bench.server import StaticServer, _nofile
+
+    class HostsServer(StaticServer):
+        def start(self) -> None:
+            if self.kind != "nginx":
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                hosts_file = self.run_dir / "hosts.txt"
+                hosts_file.write_text("\n".join(host_addr(k) for k in range(site.spec.hosts)))
+                log = open(self.run_dir / "aiohttp.out", "ab")  # noqa: SIM115
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "bench.static_server", "--root", str(self.site_root),
+                     "--port", str(self.port), "--procs", str(self.workers),
+                     "--hosts-file", str(hosts_file)],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self._wait_ready()
+                return
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            conf = self.run_dir / "nginx.conf"
+            conf.write_text(_NGINX_CONF.format(
+                user="user root;\n" if os.geteuid() == 0 else "", workers=self.workers,
+                run=self.run_dir, site=self.site_root, port=self.port, nofile=_nofile(),
+                file_cache=max(100, min(10_000, _nofile() // 2))))
+            log = open(self.run_dir / "nginx.out", "ab")  # noqa: SIM115
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/nginx", "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._wait_ready()
+
+    return HostsServer(site.root, run_dir, site.spec.port, kind, workers,
+                       host_a=host_addr(0), host_b=host_addr(min(1, site.spec.hosts - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+def write_config(path: Path, worker_concurrency: int, single: HostsSite | None = None) -> Path:
+    cfg: dict[str, object] = {"robots": False, "concurrency": worker_concurrency,
+                              "maxDepth": 40, "logLevel": "WARNING",
+                              "hostConcurrency": HOST_CONCURRENCY, "hostDelay": HOST_DELAY}
+    if single is not None:  # the single-host reference: no politeness, as bench/site.py's
+        cfg["hostLimits"] = {f"{host_addr(0)}:{single.spec.port}":
+                             {"concurrency": worker_concurrency, "delay": "0s"}}
+    path.write_text(json.dumps(cfg, indent=1) + "\n")
+    return path
+
+
+def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
+                  spec_extra: dict[str, object], single: bool = False,
+                  fairness: bool = False) -> dict[str, Any]:
+    from bench.harvester import _UP_LINE, _Drain, _get_json, _post, _stop, _wait_idle
+    from bench.procs import TreeMonitor
+    from harvester_ops.embedded import free_port
+
+    data_dir = out / f"hosts-{label}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    config = write_config(out / f"hosts-{label}.json", a.concurrency, site if single else None)
+    api_port = free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))
+    up = subprocess.Popen([sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir",
+                           str(data_dir), "-addr", f"127.0.0.1:{api_port}", "--workers",
+                           str(a.workers), "-config", str(config)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=open(data_dir / "up.stderr", "ab"),  # noqa: SIM115
+                          start_new_session=True)
+    drain = _Drain(up.stdout, data_dir / "up.stdout")
+    drain.start()
+    result: dict[str, Any] = {"system": "harvester", "label": label, "valid": False,
+                              "spec": spec_extra}
+    try:
+        if not drain.got_first.wait(180) or not _UP_LINE.search(drain.first):
+            raise RuntimeError(f"harvester up did not start: {drain.first!r}; see {data_dir}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if cast(dict[str, Any], _get_json(api + "/healthz", 2)).get("status") == "ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("harvester /healthz never answered ok")
+            time.sleep(0.2)
+        _wait_idle([up.pid], min_procs=4 + a.workers + 5)
+
+        def post(spec: dict[str, object]) -> int:
+            return int(_post(api + "/", json.dumps(spec).encode(),  # type: ignore[index]
+                             content_type="application/json")["jobId"])
+
+        def pending(job: int) -> int:
+            return int(cast(dict[str, Any], _get_json(f"{api}/status/{job}")).get("pending") or 0)
+
+        small = site.spec.small_urls()
+        small_spec = {"urls": small, "depth": 1, "forceCrawl": True}
+        monitor = TreeMonitor([up.pid])
+        monitor.start()
+        t0 = time.monotonic()
+        job = post({"urls": [site.start_url], "depth": site.harvester_depth, **spec_extra})
+        small_job = small_t0 = None
+        status: dict[str, Any] = {}
+        while True:
+            status = _get_json(f"{api}/status/{job}")  # type: ignore[assignment]
+            now = time.monotonic()
+            done = (status.get("pages") or {}).get("processed", 0)
+            if fairness and small_job is None and done >= SMALL_AT * len(site.expected):
+                small_job, small_t0 = post(small_spec), time.monotonic()
+                result["small_submitted_at"] = round(small_t0 - t0, 1)
+            if small_job is not None and "small_during" not in result and not pending(small_job):
+                result["small_during"] = round(time.monotonic() - small_t0, 2)  # type: ignore[operator]
+            if status.get("pending") == 0 or now - t0 > a.timeout:
+                break
+            time.sleep(0.25)
+        wall = time.monotonic() - t0
+        monitor.stop()
+        result.update({"wall": wall, "cpu": monitor.cpu(), "cpu_by_kind": monitor.cpu_by_kind(),
+                       "status": status.get("pages"), **monitor.memory()})
+        result.pop("samples", None)
+        if status.get("pending") != 0:
+            result["error"] = f"not complete after {a.timeout:.0f} s"
+            return result
+        pages = _get_json(f"{api}/result/{job}", 600)
+        missing = [u for u in site.expected if u not in pages]  # type: ignore[operator]
+        result["found"] = len(site.expected) - len(missing)
+        result["missing_sample"] = missing[:5]
+        result["valid"] = not missing
+        if missing:
+            result["error"] = f"{len(missing)} expected pages missing from the result"
+        if small_job is not None:
+            deadline = time.monotonic() + 300
+            while "small_during" not in result and time.monotonic() < deadline:
+                if not pending(small_job):
+                    result["small_during"] = round(time.monotonic() - small_t0, 2)  # type: ignore[operator]
+                time.sleep(0.1)
+            t1 = time.monotonic()  # the same job alone, the hosts idle
+            alone = post(small_spec)
+            while pending(alone) and time.monotonic() < t1 + 300:
+                time.sleep(0.1)
+            result["small_alone"] = round(time.monotonic() - t1, 2)
+        return result
+    finally:
+        _stop(up, [])
+        if not a.keep_data:
+            for sub in ("postgres", "nats", "output"):
+                shutil.rmtree(data_dir / sub, ignore_errors=True)
+
+
+def run_scrapy(site: HostsSite, out: Path, label: str, timeout: float) -> dict[str, Any]:
+    from bench.others import _run_measured
+    from shared.urls import canonicalize
+
+    feed = out / f"hosts-scrapy-{label}.jsonl"
+    feed.unlink(missing_ok=True)
+    args = [sys.executable, "-m", "bench.scrapy_crawl", "--start", site.start_url,
+            "--allow-regex", rf"^http://127\.0\.\d+\.\d+:{site.spec.port}/",
+            # No DEPTH_LIMIT: the site is closed (every link is one of its pages), and with
+            # per-host delays Scrapy's order is not breadth-first, so a page first met deeper
+            # than its level would cut its children off under the limit.
+            "--depth-limit", "0",
+            "--concurrency", str(scrapy_concurrency(site.spec.hosts)),
+            "--per-domain", str(HOST_CONCURRENCY), "--delay", str(HOST_DELAY), "--out", str(feed)]
+    try:
+        import uvloop  # noqa: F401
+        args += ["--loop", "uvloop.Loop"]
+    except ImportError:
+        pass
+    info, _monitor, wall_process, usage = _run_measured(args, out / f"hosts-scrapy-{label}.log",
+                                                       timeout)
+    result: dict[str, Any] = {"system": "scrapy", "label": label, "valid": False,
+                              "wall_process": wall_process, **usage, **info}
+    if "error" in info or "wall" not in info:
+        result.setdefault("error", "no timing from the spider")
+        return result
+    pages: set[str] = set()
+    with open(feed) as f:
+        for line in f:
+            pages.add(canonicalize(json.loads(line)["url"]))
+    missing = [u for u in site.expected if u not in pages]
+    result.update({"found": len(site.expected) - len(missing), "missing_sample": missing[:5],
+                   "valid": not missing})
+    if missing:
+        result["error"] = f"{len(missing)} expected pages missing from the feed"
+    return result
+
+
+def main(a: argparse.Namespace) -> int:
+    from bench.harvester import VARIANTS
+    from bench.procs import tree_cpu
+
+    out: Path = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now().astimezone()
+    port = a.port or free_port_any()
+    spec = HostsSpec(pages=a.pages, hosts=a.hosts, seed=a.seed, port=port,
+                     small_pages=a.small_pages, small_hosts=a.small_hosts)
+    site = generate(spec, out / f"site-hosts{a.hosts}", force=a.regenerate)
+    single_site = None
+    if "single" in a.systems:
+        single_site = generate(HostsSpec(pages=a.pages, hosts=1, seed=a.seed, port=port,
+                                         small_pages=1, small_hosts=1),
+                               out / "site-hosts1", force=a.regenerate)
+    runs: list[dict[str, Any]] = []
+    machine: dict[str, Any] = {
+        "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                 capture_output=True, text=True, check=False).stdout.strip()}
+    for s, sub in ((site, "hosts-server"), (single_site, "single-server")):
+        if s is None:
+            continue
+        server = make_server(s, out / sub, a.server, a.server_workers)
+        server.start()
+        machine["server"] = f"{server.kind} ({server.description})"
+        try:
+            server.check([s.start_url, s.expected[-1]], [s.spec.origin(0) + "/missing.html"])
+            todo: list[tuple[str, str]] = []  # (label, variant or system)
+            if s is single_site:
+                todo.append(("single", "plain"))
+            else:
+                for v in a.variants if "harvester" in a.systems else ():
+                    todo.append(("harvester" if v == "plain" else v, v))
+                if "scrapy" in a.systems:
+                    todo.append(("scrapy", "scrapy"))
+            for label, what in todo:
+                print(f"bench: {label} ...", flush=True)
+                cpu0 = tree_cpu([server.pid])[1]
+                if what == "scrapy":
+                    r = run_scrapy(s, out, label, a.timeout)
+                else:
+                    single = s is single_site
+                    r = run_harvester(s, out, label, a, dict(VARIANTS[what]), single=single,
+                                      fairness=not single and not a.no_fairness)
+                r["label"] = label
+                r["server_cpu"] = round(tree_cpu([server.pid])[1] - cpu0, 2)
+                runs.append(r)
+                w = r.get("wall")
+                print(f"  {'valid' if r.get('valid') else 'INVALID'}: found "
+                      f"{r.get('found', 0)}/{len(s.expected)}, wall {w or 0:.1f} s, "
+                      f"{(len(s.expected) / w if w else 0):.0f} pages/s"
+                      + (f" — {r['error']}" if r.get("error") else ""), flush=True)
+        finally:
+            server.stop()
+    if a.single_rate:
+        runs.append({"system": "harvester", "label": "single", "valid": True,
+                     "wall": len(site.expected) / a.single_rate, "given": True})
+    text = render(a, site, runs, machine, started)
+    (out / f"hosts{a.hosts}.md").write_text(text)
+    (out / f"hosts{a.hosts}.json").write_text(json.dumps(
+        {"machine": machine, "site": site.meta,
+         "runs": runs},
+        indent=1, default=str))
+    print()
+    print(text)
+    print(f"bench: report written to {out / f'hosts{a.hosts}.md'}")
+    return 0 if runs and all(r.get("valid") for r in runs) else 1

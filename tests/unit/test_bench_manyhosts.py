@@ -1,0 +1,95 @@
+"""The many-host benchmark's pure parts (bench/manyhosts.py): hosts, the site plan, the report's
+arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import manyhosts as mh
+from shared.urls import canonicalize
+
+
+def test_host_addresses_are_distinct_loopback_and_skip_127_0_0() -> None:
+    addrs = [mh.host_addr(k) for k in range(1000)]
+    assert len(set(addrs)) == 1000
+    assert addrs[0] == "127.0.1.1" and addrs[249] == "127.0.1.250" and addrs[250] == "127.0.2.1"
+    assert all(a.startswith("127.0.") and not a.startswith("127.0.0.") for a in addrs)
+    assert all(1 <= int(a.rsplit(".", 1)[1]) <= 250 for a in addrs)
+    with pytest.raises(ValueError):
+        mh.host_addr(-1)
+
+
+def test_pages_per_host_splits_evenly() -> None:
+    assert mh.pages_per_host(50_000, 1000) == [50] * 1000
+    split = mh.pages_per_host(103, 10)
+    assert sum(split) == 103 and max(split) - min(split) == 1 and split[:3] == [11, 11, 11]
+    with pytest.raises(ValueError):
+        mh.pages_per_host(5, 10)
+
+
+def test_plan_covers_every_host_every_page_reachable() -> None:
+    spec = mh.HostsSpec(pages=600, hosts=30, seed=3, port=18999)
+    graph = mh.plan(spec)
+    assert len(graph) == 600
+    hosts = {u.split("/")[2] for u in graph}
+    assert hosts == {f"{mh.host_addr(k)}:18999" for k in range(30)}
+    # every link is a page of the site, in Harvester's canonical form
+    assert all(t in graph and canonicalize(t) == t for links in graph.values() for t in links)
+    levels = mh.levels_of(spec, graph)
+    assert set(levels) == set(graph)
+    assert levels[spec.url(0, 0)] == 0
+    # cross-host links: most pages link to another host
+    other = sum(any(t.split("/")[2] != u.split("/")[2] for t in links)
+                for u, links in graph.items())
+    assert other == 600
+    assert mh.plan(spec) == graph  # deterministic
+
+
+def test_small_job_pages_are_on_the_first_hosts_and_not_in_the_site() -> None:
+    spec = mh.HostsSpec(pages=600, hosts=30, seed=3, port=18999, small_pages=100, small_hosts=10)
+    small = spec.small_urls()
+    assert len(set(small)) == 100
+    assert {u.split("/")[2] for u in small} == {f"{mh.host_addr(k)}:18999" for k in range(10)}
+    assert not set(small) & set(mh.plan(spec))
+
+
+def test_generate_writes_every_expected_page(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = mh.HostsSpec(pages=60, hosts=6, seed=1, port=18999, small_pages=4, small_hosts=2)
+    site = mh.generate(spec, tmp_path / "s")
+    assert site.expected == sorted(mh.plan(spec))
+    for url in site.expected + spec.small_urls():
+        host, path = url.split("/")[2].split(":")[0], "/" + url.split("/", 3)[3]
+        f = tmp_path / "s" / host / ("index.html" if path == "/" else path.lstrip("/"))
+        assert f.is_file(), url
+    # same-host links root-relative, other hosts absolute
+    root = (tmp_path / "s" / mh.host_addr(0) / "index.html").read_text()
+    assert 'href="/p1.html"' in root and f'href="http://{mh.host_addr(1)}:18999/"' in root
+    assert site.harvester_depth == site.max_level + 1
+    again = mh.generate(spec, tmp_path / "s")  # cached
+    assert again.expected == site.expected and again.max_level == site.max_level
+
+
+def test_report_arithmetic() -> None:
+    assert mh.politeness_bound(100) == 200 and mh.politeness_bound(1000) == 2000
+    assert mh.rate(50_000, 100.0) == 500 and mh.rate(10, None) is None
+    assert mh.ratio(3.0, 2.0) == 1.5 and mh.ratio(1.0, 0) is None and mh.ratio(None, 2) is None
+    assert mh.scrapy_concurrency(1000) == 2000 and mh.scrapy_concurrency(10) == 64
+    runs = {"harvester": {"wall": 100.0, "valid": True},
+            "single": {"wall": 95.0, "valid": True},
+            "scrapy": {"wall": 400.0, "valid": True}}
+    v = {what: (round(x, 3), met) for what, x, _, met in mh.verdicts(1000, 50_000, runs)}  # type: ignore[arg-type]
+    assert v == {"against the single-host rate": (0.95, True), "against Scrapy (x)": (4.0, True)}
+    runs = {"harvester": {"wall": 300.0, "valid": True}, "scrapy": {"wall": 250.0, "valid": False}}
+    v = {what: (x, met) for what, x, _, met in mh.verdicts(100, 50_000, runs)}
+    assert v["against the politeness bound"] == (pytest.approx(50_000 / 300 / 200), False)
+    assert v["against Scrapy (x)"] == (None, None)  # an invalid run measures nothing
+
+
+def test_bloom_saving() -> None:
+    plain = {"cpu": 200.0, "cpu_by_kind": {"postgres": 50.0}}
+    bloom = {"cpu": 150.0, "cpu_by_kind": {"postgres": 40.0}}
+    s = mh.bloom_saving(plain, bloom, 50_000)
+    assert s["cpu_ms_per_page"] == (4.0, 3.0)
+    assert s["cpu_ms_per_page_saved"] == pytest.approx(0.25)
+    assert s["postgres_cpu_s_saved"] == pytest.approx(0.2)
+    assert mh.bloom_saving({}, bloom, 10)["cpu_ms_per_page_saved"] is None
