@@ -45,10 +45,15 @@ NOT_YET = "robots.txt not fetched yet"
 BUSY = "no free slot on the host"
 NO_GATE = "host gate unavailable (PostgreSQL)"
 FIRST_ROBOTS_WAIT = timedelta(seconds=0.5)  # a host's first robots.txt is being fetched
-# A visit waiting this long or longer for its start asks, at least this long before it, whether
-# its host was paused meanwhile (a shorter wait was decided by the gate just now). The visits of
-# a worker starting soon ask together: one query per PAUSE_CHECK at most.
+# A visit waiting this long or longer for its start asks whether its host was paused meanwhile
+# (a shorter wait was decided by the gate just now). The visits of a worker starting soon ask
+# together: one query per PAUSE_CHECK at most.
 PAUSE_CHECK = 0.05
+# ... 2 * PAUSE_CHECK before its start, or PAUSE_LEAD before a start at least 2 * PAUSE_LEAD
+# away: a lead that a stalled event loop or a slow statement on a loaded machine (hundreds of
+# ms, seen in CI) does not use up, since a check not answered by the start lets the grant stand.
+# A pause set within the lead is still heard if this worker set it (``_heard_pause``).
+PAUSE_LEAD = 0.5
 # robots.txt bodies this long or longer are parsed and matched in a thread: about 13 ms to parse.
 OFF_LOOP_CHARS = 32 * 1024
 T = TypeVar("T")
@@ -175,7 +180,8 @@ class HostGate:
         loop = asyncio.get_running_loop()
         start = loop.time() + slot.wait
         if slot.wait >= PAUSE_CHECK:
-            await asyncio.sleep(max(0.0, slot.wait - 2 * PAUSE_CHECK))
+            lead = PAUSE_LEAD if slot.wait >= 2 * PAUSE_LEAD else 2 * PAUSE_CHECK
+            await asyncio.sleep(max(0.0, slot.wait - lead))
             paused = self._heard_pause(slot) or await self._paused_in_db(slot, start)
             if paused is not None:
                 return paused

@@ -163,6 +163,7 @@ async def test_get_workers_lists_the_live_workers_with_their_kinds(kinds: Settin
             assert w["startedOn"] <= w["seenOn"] and w["seenOn"].endswith("Z")
             stop.set()
             await beating
-        assert (await stack.request("GET", "/workers"))[:2] == (200, {"workers": []})
+        assert (await stack.request("GET", "/workers"))[:2] == (200, {"workers": [],
+                                                                       "apiTokens": []})
     finally:
         await stack.stop()

@@ -566,7 +566,7 @@ async def test_a_redirect_hop_waiting_for_its_start_is_held_back_by_a_pause(
         polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """A hop's slot granted a later start on a host that is paused meanwhile is not used: the
     hop waits for the pause, here longer than its deadline, so it gets no slot at all. (The
-    hop's start is 1.5 s out, its pause check 0.1 s before it: the pause, set by another worker
+    hop's start is 1.5 s out, its pause check PAUSE_LEAD (0.5 s) before it: the pause, set by another worker
     once the hop's lease is in the database, is recorded long before.)"""
     s = polite.model_copy(update={"robots": False, "host_concurrency": 2, "host_delay": 1.5})
     gate, other = await gate_for(s), await gate_for(s)

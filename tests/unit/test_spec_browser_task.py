@@ -234,7 +234,8 @@ def test_metrics_declared() -> None:
     metrics.BROWSER_PAGES_RECLAIMED.inc(0)
     metrics.TASKS_FINISHED.labels(kind="browser", state="succeeded").inc(0)
     text = generate_latest().decode()
-    for line in ('harvester_browser_relaunches_total{reason="timeout"} 0.0',
-                 "harvester_browser_pages_reclaimed_total 0.0",
-                 'harvester_tasks_finished_total{kind="browser",state="succeeded"} 0.0'):
-        assert line in text.splitlines()
+    # The values are whatever earlier tests in this process counted: the series must exist.
+    for series in ('harvester_browser_relaunches_total{reason="timeout"} ',
+                   "harvester_browser_pages_reclaimed_total ",
+                   'harvester_tasks_finished_total{kind="browser",state="succeeded"} '):
+        assert any(line.startswith(series) for line in text.splitlines()), series
