@@ -183,7 +183,10 @@ async def queue_counts(settings: Settings) -> tuple[int, int]:
         for topic, durable in QUEUES:
             name = stream_name(getattr(settings, topic))
             queued += (await js.stream_info(name)).state.messages
-            held += (await js.consumer_info(name, durable)).num_ack_pending
+            try:
+                held += (await js.consumer_info(name, durable)).num_ack_pending
+            except nats.js.errors.NotFoundError:
+                pass  # the tier has not bound its durable yet, so it holds nothing
         return queued, held
     finally:
         await nc.close()
@@ -198,8 +201,12 @@ async def wait_idle(settings: Settings, timeout: float = 60) -> None:
         while True:
             busy = 0
             for topic, durable in QUEUES:
-                info = await js.consumer_info(stream_name(getattr(settings, topic)), durable)
-                busy += info.num_pending + info.num_ack_pending
+                name = stream_name(getattr(settings, topic))
+                try:
+                    info = await js.consumer_info(name, durable)
+                    busy += info.num_pending + info.num_ack_pending
+                except nats.js.errors.NotFoundError:  # not bound yet: whatever the stream holds
+                    busy += (await js.stream_info(name)).state.messages
             if busy == 0:
                 return
             assert time.monotonic() < deadline, f"queues not idle after {timeout}s"
