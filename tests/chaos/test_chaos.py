@@ -26,6 +26,7 @@ import asyncpg
 import nats
 import pytest
 from aiohttp import web
+from nats.js.errors import NotFoundError
 from warcio.archiveiterator import ArchiveIterator
 
 from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres
@@ -185,7 +186,7 @@ async def queue_counts(settings: Settings) -> tuple[int, int]:
             queued += (await js.stream_info(name)).state.messages
             try:
                 held += (await js.consumer_info(name, durable)).num_ack_pending
-            except nats.js.errors.NotFoundError:
+            except NotFoundError:
                 pass  # the tier has not bound its durable yet, so it holds nothing
         return queued, held
     finally:
@@ -205,7 +206,7 @@ async def wait_idle(settings: Settings, timeout: float = 60) -> None:
                 try:
                     info = await js.consumer_info(name, durable)
                     busy += info.num_pending + info.num_ack_pending
-                except nats.js.errors.NotFoundError:  # not bound yet: whatever the stream holds
+                except NotFoundError:  # not bound yet: whatever the stream holds
                     busy += (await js.stream_info(name)).state.messages
             if busy == 0:
                 return
