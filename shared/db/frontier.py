@@ -16,6 +16,7 @@ connection, so the caller owns the transaction.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -27,8 +28,7 @@ from shared.db.visits import Key
 
 
 class Frontier(Protocol):
-    async def claim(self, conn: asyncpg.Connection, limit: int,
-                    job_id: int | None = None) -> list[Key]:
+    async def claim(self, conn: asyncpg.Connection, limit: int) -> list[Key]:
         """Mark up to ``limit`` unpublished visits that are due as published and return them."""
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
@@ -102,8 +102,7 @@ class DueFrontier:
         self._caps[host] = cap
         return cap
 
-    async def claim(self, conn: asyncpg.Connection, limit: int,
-                    job_id: int | None = None) -> list[Key]:
+    async def claim(self, conn: asyncpg.Connection, limit: int) -> list[Key]:
         """Mark up to ``limit`` unpublished due visits as published and return them, in the
         order to publish them.
 
@@ -111,24 +110,22 @@ class DueFrontier:
         rolls the marks back, so the rows are published again (a duplicate, which processing
         ignores), never lost. One feeder claims at a time (a transaction-level advisory lock;
         another gets ``[]``), so each host's room is exact. SKIP LOCKED skips rows a commit is
-        holding; for one job's rows (``job_id``) it waits for them instead, so that afterwards
-        every row is either published or truly unpublished.
+        holding.
 
         Two statements: the (host, job) pairs with unpublished rows (a skip scan of
         ``job_pending_frontier`` from a rotating cursor, ``feed_pairs`` at most) with each job's
-        priority and whether its host waits (backoff, robots.txt); then the claim itself.
+        priority and whether its host waits (backoff, robots.txt); then the claim itself, each
+        pair whose host does not wait taking a share of ``limit``. A third only when that fell
+        short of ``limit`` while some pairs took their whole share (others had nothing due:
+        their rows deferred): the rest of ``limit``, shared by those pairs.
         """
         if limit <= 0:
             return []
-        pairs = await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor, self._settings.feed_pairs,
-                                 job_id)
+        pairs = await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor, self._settings.feed_pairs)
         if len(pairs) < self._settings.feed_pairs:
             self._cursor = _START  # the end was reached: next time from the start
         else:
             self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
-        if not pairs:
-            return []
-        share = limit if len(pairs) == 1 else max(2, math.ceil(2 * limit / len(pairs)))
         hosts: list[str] = []
         job_ids: list[int] = []
         weights: list[float] = []
@@ -144,14 +141,14 @@ class DueFrontier:
             weights.append(2.0 ** p["priority"])
         if not hosts:
             return []
-        lock = "FOR UPDATE SKIP LOCKED" if job_id is None else "FOR UPDATE"
-        if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
-            rows = await conn.fetch(_CLAIM_ONE.format(lock=lock), hosts[0], job_ids[0], limit)
-            return [(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])]
-        rows = await conn.fetch(_CLAIM.format(lock=lock), hosts, job_ids, weights, share,
-                                list(caps), list(caps.values()), limit)
-        rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
-        return [(r["job_id"], r["url_id"]) for r in rows]
+        keys, full = await _claim(conn, hosts, job_ids, weights, caps, limit)
+        if len(keys) < limit and full:
+            again = [hosts[i] for i in full]
+            more, _ = await _claim(conn, again, [job_ids[i] for i in full],
+                                   [weights[i] for i in full],
+                                   {h: caps[h] for h in again if h in caps}, limit - len(keys))
+            keys += more
+        return keys
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits unpublished (their publish failed): claimed again soon, due as
@@ -249,14 +246,12 @@ _PAIRS = """
         (SELECT p.host, p.job_id FROM job_pending p, l
          WHERE l.ok AND p.published_on IS NULL AND NOT p.held
            AND (p.host, p.job_id) > ($2::text, $3::bigint)
-           AND ($5::bigint IS NULL OR p.job_id = $5)
          ORDER BY p.host, p.job_id LIMIT 1)
         UNION ALL
         SELECT n.host, n.job_id FROM pairs c, LATERAL (
             SELECT p.host, p.job_id FROM job_pending p
             WHERE p.published_on IS NULL AND NOT p.held
               AND (p.host, p.job_id) > (c.host, c.job_id)
-              AND ($5::bigint IS NULL OR p.job_id = $5)
             ORDER BY p.host, p.job_id LIMIT 1) n)
     SELECT q.host, q.job_id, j.priority,
            coalesce(h.backoff_until > now()
@@ -298,7 +293,7 @@ _CLAIM = """
               AND p.published_on IS NULL AND NOT p.held AND p.due <= now()
             ORDER BY p.rank
             LIMIT CASE WHEN r.room IS NULL THEN $4::int ELSE least($4::int, greatest(r.room, 0)) END
-            {lock}) x),
+            FOR UPDATE SKIP LOCKED) x),
     kept AS (
         SELECT job_id, url_id, rank, w, room,
                row_number() OVER (PARTITION BY host ORDER BY k / w, rank) AS hn
@@ -311,7 +306,26 @@ _CLAIM = """
         LIMIT $7)
     UPDATE job_pending p SET published_on = now()
     FROM pick WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
-    RETURNING p.job_id, p.url_id, pick.jk, pick.rank"""
+    RETURNING p.host, p.job_id, p.url_id, pick.jk, pick.rank"""
+
+async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
+                 weights: list[float], caps: dict[str, int],
+                 limit: int) -> tuple[list[Key], list[int]]:
+    """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``caps``: of the capped hosts),
+    each taking a share of ``limit`` (twice its even part, 2 at least, so that pairs with fewer
+    due rows leave room to the others): the keys in the order to publish them, and which pairs
+    took their whole share (they may have more due)."""
+    if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
+        rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
+        return [(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], []
+    share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
+    rows = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
+                            list(caps.values()), limit)
+    took = Counter((r["host"], r["job_id"]) for r in rows)
+    full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True)) if took[pair] >= share]
+    rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
+    return [(r["job_id"], r["url_id"]) for r in rows], full
+
 
 # The claim when there is one (host, job) pair and its host is uncapped: _CLAIM's result, with
 # a plan as cheap as the one before fairness (no windows to plan).
@@ -321,7 +335,7 @@ _CLAIM_ONE = """
         WHERE host = $1 AND job_id = $2 AND published_on IS NULL AND NOT held AND due <= now()
         ORDER BY rank
         LIMIT $3
-        {lock})
+        FOR UPDATE SKIP LOCKED)
     UPDATE job_pending p SET published_on = now()
     FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
     RETURNING p.job_id, p.url_id, p.rank"""

@@ -145,6 +145,24 @@ async def test_an_uncapped_host_takes_the_whole_limit_in_rank_order(
     assert await claim(frontier, db, limit=30) == [(job, i) for i in reversed(ids[:20])]
 
 
+async def test_pairs_with_nothing_due_or_backing_off_leave_their_share_to_the_live_one(
+        db: asyncpg.Connection) -> None:
+    # 300 (host, job) pairs whose rows are all deferred, 100 backing off, one live pair:
+    # the claim still fills its limit from the live pair (review R1 #1).
+    frontier = DueFrontier(Settings(host_delay=0))
+    later, _ = await new_job(db, [f"http://later{i}.example/" for i in range(300)])
+    await db.execute("UPDATE job_pending SET due = now() + interval '1 hour' WHERE job_id = $1",
+                     later)
+    waiting = [f"http://wait{i}.example" for i in range(100)]
+    await new_job(db, [f"{h}/" for h in waiting])
+    await db.execute("""
+        INSERT INTO host (host, backoff_until)
+        SELECT h, now() + interval '1 minute' FROM unnest($1::text[]) h""", waiting)
+    live, ids = await new_job(db, [f"{H}/{i}" for i in range(150)], order="fifo")
+    assert await claim(frontier, db, limit=100) == [(live, i) for i in ids[:100]]
+    assert await claim(frontier, db, limit=100) == [(live, i) for i in ids[100:]]
+
+
 def test_the_cap_is_the_concurrency_and_the_lookahead_within_the_horizon() -> None:
     def cap(**kw: Any) -> int | None:
         return DueFrontier(Settings(**kw)).cap(H)
