@@ -86,6 +86,14 @@ class JobFingerprint:
             return url
         return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
+    def rewrite_links(self, links: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """A page's (url, guessed type) links as the job counts them (the worker's rewrite):
+        each URL by :meth:`canonical`, sorted, each once (the type of its first link kept)."""
+        out: dict[str, str] = {}
+        for url, mime in links:
+            out.setdefault(self.canonical(url), mime)
+        return tuple(sorted(out.items()))
+
     def rewrite(self, links: Iterable[str]) -> list[str]:
-        """Canonical links rewritten by :meth:`canonical`: sorted, without duplicates."""
-        return sorted({self.canonical(u) for u in links})
+        """Canonical links rewritten by :meth:`rewrite_links`: sorted, without duplicates."""
+        return [u for u, _ in self.rewrite_links((u, "") for u in links)]

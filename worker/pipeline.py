@@ -285,7 +285,7 @@ class JobPlans:
                        fetch_options=spec.get("browser") or _NO_OPTIONS, sessions=sessions,
                        private=sessions is not None or bool(
                            (spec.get("fingerprint") or {}).get("includeHeaders")),
-                       rewrite=_rewriter(fingerprint) if fingerprint is not None else None)
+                       rewrite=fingerprint.rewrite_links if fingerprint is not None else None)
 
     def _page_task(self, entry: Any, fetcher: Fetcher, policy: RetryPolicy) -> Task | None:
         """The job's per-page task (``{"name", "args"}``, or a bare name), None without one;
@@ -568,13 +568,9 @@ class Pipeline:
         self.sessions.give_back(lease, bench=rules.bench, reason=why)
         log.info("session %s of pool %s blocked at %s (%s): benched", lease.name, rules.pool,
                  req.url, why)
-        page = replace(page, error=f"blocked: {why} (session {lease.name})", cacheable=False,
-                       body=None, etag=None, last_modified=None)
-        retry = attempt <= req.policy.retries
-        if retry and not decision.retry:
-            metrics.RETRIES.inc()
-        return page, RetryDecision(retry, decision.delay if decision.retry else 0.0,
-                                   decision.trouble, decision.pause)
+        # Private (a job with sessions): the caller drops the page's cache validators.
+        page = replace(page, error=f"blocked: {why} (session {lease.name})", body=None)
+        return page, req.policy.blocked(decision, attempt)
 
     async def _request(self, v: Visit, req: FetchRequest, slot: Slot,
                        attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
@@ -681,18 +677,6 @@ class Pipeline:
 
 _NOTHING = Extraction()
 _NO_OPTIONS: Mapping[str, Any] = {}
-
-
-def _rewriter(fingerprint: JobFingerprint) -> Callable[[tuple[tuple[str, str], ...]],
-                                                        tuple[tuple[str, str], ...]]:
-    """A page's links as the job's fingerprint counts them: ignored query parameters dropped,
-    sorted, each once (its guessed type kept)."""
-    def rewrite(links: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        out: dict[str, str] = {}
-        for url, mime in links:
-            out.setdefault(fingerprint.canonical(url), mime)
-        return tuple(sorted(out.items()))
-    return rewrite
 
 
 def any_2xx(status: int, mime: str | None) -> bool:

@@ -78,3 +78,15 @@ class RetryPolicy:
         if retry:
             metrics.RETRIES.inc()
         return RetryDecision(retry, delay, self.trouble(page), pause)
+
+    def blocked(self, decision: RetryDecision, attempt: int) -> RetryDecision:
+        """The decision after attempt number ``attempt`` answered a page a session's block
+        signal turned into a failure (``decision``: :meth:`decide`'s on that page): tried again
+        (with another session) within ``retries``, after ``decision``'s delay if it retried, at
+        once if not; past ``retries``, committed. A retry is counted once (``decide`` counted
+        it already when it retried)."""
+        retry = attempt <= self.retries
+        if retry and not decision.retry:
+            metrics.RETRIES.inc()
+        return RetryDecision(retry, decision.delay if decision.retry else 0.0,
+                             decision.trouble, decision.pause)

@@ -93,3 +93,7 @@ def test_a_jobs_ignored_params() -> None:
     assert fp.canonical("http://h.example/a") == "http://h.example/a"
     assert fp.rewrite(["http://h.example/b?utm_a=1", "http://h.example/b", "http://h.example/a"]) == [
         "http://h.example/a", "http://h.example/b"]
+    # the worker's rewrite of a page's (url, guessed type) links: the first type kept
+    assert fp.rewrite_links([("http://h.example/b?utm_a=1", "text/html"), ("http://h.example/b", ""),
+                             ("http://h.example/a", "")]) == (
+        ("http://h.example/a", ""), ("http://h.example/b", "text/html"))

@@ -9,6 +9,7 @@ import time
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shared import metrics
 from shared.model import FetchedPage
 from worker.retry import RetryDecision, RetryPolicy
 
@@ -88,6 +89,23 @@ def test_the_last_attempt_is_committed_whatever_it_is() -> None:
         # the host is still told of its trouble: not retrying is no reason to spare it
         assert last == RetryDecision(False, 0.0, POLICY.trouble(p), POLICY.pause(p))
     assert not RetryPolicy(0, 1.0, 60.0, 120.0).decide(page(503), 1).retry  # retries = 0
+
+
+def retries_counted() -> float:
+    return metrics.RETRIES._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_blocked_session_answer_is_retried_within_retries_and_counted_once() -> None:
+    ok = POLICY.decide(page(200), 1)  # a 200 whose body says "blocked"
+    before = retries_counted()
+    assert POLICY.blocked(ok, 1) == RetryDecision(True, 0.0, False, None)
+    assert retries_counted() == before + 1
+    assert POLICY.blocked(ok, 4) == RetryDecision(False, 0.0, False, None)  # past retries
+    assert retries_counted() == before + 1
+    failed = POLICY.decide(page(503, retry_after=30.0), 2)  # counted here already
+    before = retries_counted()
+    assert POLICY.blocked(failed, 2) == RetryDecision(True, 30.0, True, 30.0)
+    assert retries_counted() == before  # not twice
 
 
 class GitHubPolicy(RetryPolicy):
