@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
 
 from tests.servers import serve
@@ -248,6 +249,15 @@ class FakeGitHub:
                         tb: TracebackType | None) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+    async def spend(self, token: str, n: int, login: str = "loner") -> None:
+        """Spend ``n`` of ``token``'s budget outside Harvester (another client of the account),
+        fetching user ``login``."""
+        async with aiohttp.ClientSession() as http:
+            for _ in range(n):
+                async with http.get(f"{self.base}/users/{login}",
+                                    headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200
 
     # -- clock
 

@@ -11,7 +11,8 @@
   every writer of pending rows uses (SQL and Python agree: tests check it).
 - ``crawl_session``: a pool of named sessions (cookies, headers, User-Agent), leased per host.
 
-Old pending rows get their host and a breadth-first rank (level, then due order).
+Old pending rows get their host and a breadth-first rank (level, then due order); then both
+columns lose their default (needed only to add them), so a writer that forgets one fails.
 
 Revision ID: 0019
 Revises: 0018
@@ -57,6 +58,7 @@ def upgrade() -> None:
         UPDATE job_pending p SET host = o.host, rank = harvester_rank('bfs', o.level, 0, o.n)
         FROM o WHERE p.job_id = o.job_id AND p.url_id = o.url_id;
         SELECT setval('job_pending_seq', greatest(count(*), 1), count(*) > 0) FROM job_pending;
+        ALTER TABLE job_pending ALTER COLUMN host DROP DEFAULT, ALTER COLUMN rank DROP DEFAULT;
 
         DROP INDEX job_pending_due;
         CREATE INDEX job_pending_frontier ON job_pending (host, job_id, rank)

@@ -124,7 +124,9 @@ async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
 
 
 async def load_specs(conn: asyncpg.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The stored specs (``job.spec``, as dicts) of these jobs, by id; a deleted job is left out."""
+    """The stored specs (``job.spec``, as dicts) of these jobs, by id; a job with no row (purged,
+    or never there) is left out, but one only marked deleted (``deleted_on``) is not: a caller
+    that must refuse those checks it (``job_exists``)."""
     rows = await conn.fetch("SELECT id, spec::text AS spec FROM job WHERE id = ANY($1::bigint[])",
                             list(job_ids))
     return {r["id"]: json.loads(r["spec"]) for r in rows}

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import pytest
 
 from shared.config import Settings
@@ -157,19 +156,10 @@ async def test_contributors_closure(settings: Settings, fake: FakeGitHub) -> Non
         await stack.stop()
 
 
-async def spend(fake: FakeGitHub, token: str, n: int) -> None:
-    """Spend ``n`` of ``token``'s budget outside Harvester (another client of the account)."""
-    async with aiohttp.ClientSession() as http:
-        for _ in range(n):
-            async with http.get(f"{fake.base}/users/loner",
-                                headers={"Authorization": f"Bearer {token}"}) as r:
-                assert r.status == 200
-
-
 async def test_rate_limit_waits_or_switches(settings: Settings) -> None:
     pages = make_graph().requests_for("hub", 1, PER_PAGE)  # 39: one budget is enough
     async with FakeGitHub(budget=pages, reset_window=1.0) as fake:
-        await spend(fake, TOKENS[0], pages)  # the store does not know: a real 403 comes
+        await fake.spend(TOKENS[0], pages)  # the store does not know: a real 403 comes
         fake.reset_counters()
         stack = await started(github_settings(settings, fake, github_tokens=TOKENS[:1]))
         try:

@@ -116,23 +116,14 @@ async def test_switches_tokens_on_a_limit_then_defers_until_the_earliest_reset(
             assert (await fetch(f, s, "/users?since=9")).status == 200
 
 
-async def spend(fake: FakeGitHub, token: str, n: int) -> None:
-    """Spend ``token``'s budget outside the store (another client of the same account)."""
-    async with aiohttp.ClientSession() as http:
-        for _ in range(n):
-            async with http.get(f"{fake.base}/users/hub",
-                                headers={"Authorization": f"Bearer {token}"}) as r:
-                assert r.status == 200
-
-
 async def test_a_403_at_a_reset_gitHub_has_not_reached_pauses_the_token(
         settings: Settings) -> None:
     """GitHub's clock behind ours: its 403 says Remaining 0 with a Reset already past here. The
     token is paused (not freed again at once), and a fetch sends one request per token."""
     async with FakeGitHub(budget=2, reset_window=30.0) as fake:
         fake.advance(-60)  # the fake's window ends 30 s before our now
-        await spend(fake, A, 2)
-        await spend(fake, B, 2)
+        await fake.spend(A, 2, login="hub")
+        await fake.spend(B, 2, login="hub")
         fake.reset_counters()
         s = github_settings(settings, fake, tokens=(A,))
         async with GitHubFetcher(s, 4) as f:

@@ -9,10 +9,10 @@ import pytest
 
 from harvester_ops import migrate
 from shared.ordering import rank
-from tests.integration.test_migrations import run, scratch_dsn  # noqa: F401 - a fixture
+from tests.integration.test_migrations import run
 
 
-async def test_0019_ranks_old_pending_rows_and_keeps_old_jobs(scratch_dsn: str) -> None:  # noqa: F811
+async def test_0019_ranks_old_pending_rows_and_keeps_old_jobs(scratch_dsn: str) -> None:
     await run(migrate.upgrade, scratch_dsn, "0018")
     conn = await asyncpg.connect(scratch_dsn)
     try:
@@ -38,6 +38,12 @@ async def test_0019_ranks_old_pending_rows_and_keeps_old_jobs(scratch_dsn: str) 
                         3: ("http://a.example:8080", rank("bfs", 1, 0, 2)),
                         2: ("https://b.example", rank("bfs", 0, 0, 3))}
         assert await conn.fetchval("SELECT nextval('job_pending_seq')") == 4
+        await conn.execute("INSERT INTO url (url) VALUES ('http://c.example/')")
+        for columns, values in (("rank", "0"), ("host", "'http://c.example'")):
+            # no default left after the backfill: a writer that forgets one fails loudly
+            with pytest.raises(asyncpg.NotNullViolationError):
+                await conn.execute(f"INSERT INTO job_pending (job_id, url_id, origin_id, {columns})"
+                                   f" VALUES (1, 4, 4, {values})")
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE job SET queue_order = 'random'")
         await run(migrate.downgrade, scratch_dsn, "0018")

@@ -5,9 +5,7 @@ Alembic's own table. Works for whatever revisions ``migrations/versions`` holds 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -15,7 +13,6 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from harvester_ops import migrate
-from harvester_ops.embedded import EmbeddedPostgres
 from shared.config import Settings
 from shared.jobspec import stored_spec, validate_spec
 from shared.scope import Scope
@@ -24,7 +21,6 @@ from shared.scope import Scope
 TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
           "job_failure", "task", "task_partial", "api_token"}
 ALEMBIC = "alembic_version"
-_names = itertools.count(1)
 
 USER_SCHEMA = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
                "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'")
@@ -127,19 +123,6 @@ def differences(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         "changed": {k: (before[k], after[k]) for k in before.keys() & after.keys()
                     if before[k] != after[k]},
     }.items() if v}
-
-
-@pytest.fixture
-async def scratch_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
-    """An empty database of its own (not cloned from the migrated template)."""
-    name = f"migrations_{next(_names)}"
-    conn = await asyncpg.connect(postgres.dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield postgres.dsn_for(name)
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 def revisions(dsn: str) -> list[tuple[str, str]]:
