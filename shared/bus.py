@@ -182,19 +182,25 @@ async def ensure_streams(js: JetStreamContext, settings: Settings,
     file storage and work-queue retention. Each kind has its own stream, hence its own cap and
     depth: a backlog of one kind never refuses another kind's publishes. Their configs are
     kept, so ``restore`` can create them again should the server lose them."""
-    # Hard caps a little above the limits the feeder and the foremen keep to: a publish beyond
-    # them is refused (discard new) and retried by its publisher, never silently dropped.
     kinds = settings.fetcher_kinds if kinds is None else kinds
     topics = [(settings.url_topic, settings.url_queue_limit)]
     topics += [(work_subject(settings, k), settings.work_queue_limit) for k in dict.fromkeys(kinds)]
     for topic, limit in topics:
-        name = stream_name(topic)
-        cfg = StreamConfig(name=name, subjects=[topic],
-                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                           max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
-                           duplicate_window=120.0)
-        _topology.streams[name] = cfg
-        await _retry(functools.partial(_add_or_update_stream, js, cfg))
+        await _ensure_queue_stream(js, topic, limit)
+
+
+async def _ensure_queue_stream(js: JetStreamContext, topic: str, limit: int) -> None:
+    """Create (or bring up to date) the work-queue stream of ``topic``, file storage, its hard
+    cap a little above ``limit`` (the limit its publishers keep to: a publish beyond the cap
+    is refused, discard new, and retried by its publisher, never silently dropped); its
+    config kept for ``restore``."""
+    name = stream_name(topic)
+    cfg = StreamConfig(name=name, subjects=[topic],
+                       retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                       max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
+                       duplicate_window=120.0)
+    _topology.streams[name] = cfg
+    await _retry(functools.partial(_add_or_update_stream, js, cfg))
 
 
 def task_subject(settings: Settings, kind: str) -> str:
@@ -214,47 +220,14 @@ async def ensure_task_streams(js: JetStreamContext, settings: Settings,
     ``settings.fetcher_kinds``), as ``ensure_streams`` does the work streams."""
     kinds = settings.fetcher_kinds if kinds is None else kinds
     for kind in dict.fromkeys(kinds):
-        topic = task_subject(settings, kind)
-        limit = settings.work_queue_limit
-        cfg = StreamConfig(name=stream_name(topic), subjects=[topic],
-                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                           max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
-                           duplicate_window=120.0)
-        _topology.streams[cfg.name or ""] = cfg
-        await _retry(functools.partial(_add_or_update_stream, js, cfg))
+        await _ensure_queue_stream(js, task_subject(settings, kind), settings.work_queue_limit)
 
 
 async def publish_tasks(js: JetStreamContext, subject: str, ids: Sequence[int]) -> list[int]:
-    """Publish task messages, each stored by JetStream before this returns; the ids NOT stored
-    (for the caller to ``unclaim``). Never raises for a publish failure; a stream the server
-    lost is created again and the refused ids published once more."""
-    failed, error = await _publish_tasks(js, subject, ids)
-    if isinstance(error, nats.js.errors.NoStreamResponseError) and await restore(
-            js, stream_name(subject)):
-        failed, error = await _publish_tasks(js, subject, failed)
-    if failed:
-        _warn(f"publish {subject}", "%d of %d task messages not stored on %s (%s: %s); they "
-              "will be published again", len(failed), len(ids), subject, type(error).__name__,
-              error)
-    return failed
-
-
-async def _publish_tasks(js: JetStreamContext, subject: str, ids: Sequence[int]
-                         ) -> tuple[list[int], BaseException | None]:
-    failed: list[int] = []
-    error: BaseException | None = None
-    for i in range(0, len(ids), PUBLISH_CHUNK):
-        chunk = ids[i:i + PUBLISH_CHUNK]
-        acks = await asyncio.gather(*(
-            js.publish(subject, TaskMessage(task=t).encode(), timeout=5) for t in chunk),
-            return_exceptions=True)
-        for t, ack in zip(chunk, acks):
-            if isinstance(ack, BaseException):
-                if not isinstance(ack, TRANSIENT):
-                    raise ack
-                failed.append(t)
-                error = error or ack
-    return failed, error
+    """Publish task messages, as ``publish_visits`` does visit messages: the ids NOT stored
+    (for the caller to ``unclaim``)."""
+    return await _publish_all(js, subject, ids, lambda t: TaskMessage(task=t).encode(),
+                              "task messages")
 
 
 async def _add_or_update_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
@@ -337,6 +310,23 @@ async def _exists(info: Awaitable[object]) -> bool:
     return True
 
 
+async def take_free(slots: asyncio.Semaphore, most: int) -> int:
+    """Wait for one of ``slots``, then take the others free now, up to ``most`` in all: how
+    many were taken (the batch to ``pull``; the caller releases those it does not use).
+    Cancelled, it holds none."""
+    await slots.acquire()
+    taken = 1
+    try:
+        while taken < most and not slots.locked():
+            await slots.acquire()  # free: returns at once
+            taken += 1
+    except BaseException:
+        for _ in range(taken):
+            slots.release()
+        raise
+    return taken
+
+
 async def pull(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
     """Up to ``batch`` messages, waiting at most ``timeout``; [] when none came or NATS is away
     (then after a pause, so a caller's loop does not spin)."""
@@ -361,31 +351,41 @@ async def publish_visits(js: JetStreamContext, topic: str,
     keep and try again; never raises for a publish failure. A stream the server lost is created
     again (``restore``) and the refused keys published once more.
     """
-    failed, error = await _publish(js, topic, keys)
-    no_stream = isinstance(error, nats.js.errors.NoStreamResponseError)
-    if no_stream and await restore(js, stream_name(topic)):
-        failed, error = await _publish(js, topic, failed)
+    return await _publish_all(js, topic, keys, lambda k: VisitMessage(job=k[0], url=k[1]).encode(),
+                              "messages")
+
+
+async def _publish_all(js: JetStreamContext, subject: str, items: Sequence[T],
+                       encode: Callable[[T], bytes], what: str) -> list[T]:
+    """Publish ``items`` (``encode`` makes each one's message), each stored by JetStream before
+    this returns: the items NOT stored, warned of (``what`` names them); a stream the server
+    lost is created again and the refused items published once more."""
+    failed, error = await _publish(js, subject, items, encode)
+    if isinstance(error, nats.js.errors.NoStreamResponseError) and await restore(
+            js, stream_name(subject)):
+        failed, error = await _publish(js, subject, failed, encode)
     if failed:
-        _warn(f"publish {topic}", "%d of %d messages not stored on %s (%s: %s); they will be "
-              "published again", len(failed), len(keys), topic, type(error).__name__, error)
+        _warn(f"publish {subject}", "%d of %d %s not stored on %s (%s: %s); they will be "
+              "published again", len(failed), len(items), what, subject, type(error).__name__,
+              error)
     return failed
 
 
-async def _publish(js: JetStreamContext, topic: str, keys: Sequence[tuple[int, int]]
-                   ) -> tuple[list[tuple[int, int]], BaseException | None]:
-    """The keys not stored, and the first error."""
-    failed: list[tuple[int, int]] = []
+async def _publish(js: JetStreamContext, subject: str, items: Sequence[T],
+                   encode: Callable[[T], bytes]) -> tuple[list[T], BaseException | None]:
+    """The items not stored, and the first error."""
+    failed: list[T] = []
     error: BaseException | None = None
-    for i in range(0, len(keys), PUBLISH_CHUNK):
-        chunk = keys[i:i + PUBLISH_CHUNK]
+    for i in range(0, len(items), PUBLISH_CHUNK):
+        chunk = items[i:i + PUBLISH_CHUNK]
         acks = await asyncio.gather(*(
-            js.publish(topic, VisitMessage(job=j, url=u).encode(), timeout=5) for j, u in chunk),
+            js.publish(subject, encode(item), timeout=5) for item in chunk),
             return_exceptions=True)
-        for key, ack in zip(chunk, acks):
+        for item, ack in zip(chunk, acks):
             if isinstance(ack, BaseException):
                 if not isinstance(ack, TRANSIENT):
                     raise ack
-                failed.append(key)
+                failed.append(item)
                 error = error or ack
     return failed, error
 

@@ -72,11 +72,7 @@ class Worker:
 
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.slots.acquire()
-            free = 1
-            while free < self.settings.batch_size and not self.slots.locked():
-                await self.slots.acquire()
-                free += 1
+            free = await bus.take_free(self.slots, self.settings.batch_size)
             used = 0
             try:
                 msgs = await bus.pull(sub, free, 1.0)
@@ -241,8 +237,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         stats = WorkerStats()  # the process's, all kinds: sent with each heartbeat
         workers = [Worker(settings, pool, committer, gate, plans, frontier, k, n, health, stats)
                    for k, n in kinds.items()]
-        runners = [TaskRunner(settings, pool, gate, fetchers[k], k, init.values, health=health)
-                   for k in kinds]
+        runners = [TaskRunner(settings, pool, gate, fetchers[k], k, init.values) for k in kinds]
         log.info("worker ready: %s", ", ".join(
             f"{bus.work_subject(settings, w.kind)} (concurrency {n})"
             for w, n in zip(workers, kinds.values(), strict=True)))

@@ -11,8 +11,9 @@ it is delivered again after AckWait and the task runs again (at least once; its
 ``ctx.idempotency_key`` is the same each time, its follow-ups' keys too, so none is doubled).
 
 An exception fails the task (``{type, message, traceback}``; not retried, the runner goes on);
-``RetryLater(delay)`` queues it again, due in ``delay`` seconds; a result that is not JSON
-fails it with ``TypeError``; past ``taskTimeout`` it fails with ``TimeoutError``; a follow-up
+``RetryLater(delay)`` queues it again, due in ``delay`` seconds; a result that is not JSON,
+or that PostgreSQL cannot store (a NUL character, a lone surrogate), fails it with
+``TypeError`` at once; past ``taskTimeout`` it fails with ``TimeoutError``; a follow-up
 whose key names another call in its tree fails it with ``KeyConflict`` (nothing enqueued).
 
 A sync function runs in a daemon thread of its own (``taskfuncs.in_thread``), never in the
@@ -41,7 +42,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -60,10 +61,6 @@ from worker.taskfuncs import StillRunning, call, inject, resolve
 from worker.tasks import RetryLater
 
 log = logging.getLogger(__name__)
-
-
-class Health(Protocol):
-    def record(self, kind: str, failed: bool, seconds: float) -> None: ...
 
 
 def redelivery_delay(delivered: int, ack_wait: float) -> float:
@@ -107,7 +104,7 @@ class TaskContext:
         ``<root id>:<key>``): it names one follow-up in the tree, whichever task enqueues it,
         and no other tree's; the same key for another call fails this task with
         ``KeyConflict``. Returns the stored key. ValueError for a name not allow-listed, a
-        kind not configured or arguments that are not a JSON object."""
+        kind not configured or arguments that are not a JSON object PostgreSQL can store."""
         if name not in self._settings.tasks:
             raise ValueError(f"unknown task {name!r} (allowed: "
                              f"{', '.join(sorted(self._settings.tasks)) or 'none'})")
@@ -120,6 +117,8 @@ class TaskContext:
             json.dumps(args, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"arguments of {name!r} are not JSON: {e}") from None
+        if (problem := tasks.storable_problem(args)) is not None:
+            raise ValueError(f"arguments of {name!r} are not storable: {problem}")
         key = (f"{self.task_id}/{len(self.children) + 1}" if key is None
                else tasks.child_key(self.root_id, str(key)))
         self.children.append(tasks.Child(name, kind, args, key))
@@ -168,13 +167,11 @@ class TaskRunner:
     """Runs the tasks of one fetcher kind in this worker process."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, gate: HopGate, fetcher: Fetcher,
-                 kind: str, init: Mapping[str, Any] | None = None, *,
-                 health: Health | None = None) -> None:
+                 kind: str, init: Mapping[str, Any] | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.kind = kind
         self.init = dict(init or {})
-        self.health = health  # not fed: task outcomes are the user's code, not the worker's
         self.loader = Loader(settings, gate, fetcher)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{kind}"
         self.slots = asyncio.Semaphore(settings.task_concurrency)
@@ -184,11 +181,7 @@ class TaskRunner:
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Pull and run tasks, ``taskConcurrency`` at once, until ``stop``."""
         while not stop.is_set():
-            await self.slots.acquire()
-            free = 1
-            while free < self.settings.task_concurrency and not self.slots.locked():
-                await self.slots.acquire()
-                free += 1
+            free = await bus.take_free(self.slots, self.settings.task_concurrency)
             used = 0
             try:
                 msgs = await bus.pull(sub, free, 1.0)
@@ -310,6 +303,8 @@ class TaskRunner:
                 json.dumps(result, allow_nan=False)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"the task's result is not JSON: {e}") from None
+            if (problem := tasks.storable_problem(result)) is not None:
+                raise TypeError(f"the task's result is not storable: {problem}")
         except RetryLater as e:
             return ("retry", e.delay), None
         except Exception as e:  # noqa: BLE001 - the task's own error: recorded, runner goes on

@@ -26,6 +26,7 @@ Tasks run at least once: a task may start again after a worker died mid-run.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,6 +111,39 @@ class Tree:
         if self.queued or self.running:
             return "running"
         return "failed" if self.failed else "succeeded"
+
+
+def storable_problem(value: Any, max_depth: int | None = None) -> str | None:
+    """Why PostgreSQL's jsonb would refuse the JSON of ``value`` (None: it would not): a NUL
+    character or a lone surrogate in a string, a number out of range (NaN, an infinity), or,
+    with ``max_depth``, nesting deeper than that. Checked before a write, so a value it
+    refuses is the caller's error, never taken for PostgreSQL being away."""
+    return _problem(value, 0, max_depth)
+
+
+def _problem(value: Any, depth: int, max_depth: int | None) -> str | None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a string holds a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds a lone surrogate (not UTF-8)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number out of range"
+    if max_depth is not None and depth >= max_depth and isinstance(value, (dict, list)):
+        return f"nested deeper than {max_depth} levels"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (problem := _problem(k, depth, max_depth)
+                    or _problem(v, depth + 1, max_depth)) is not None:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            if (problem := _problem(v, depth + 1, max_depth)) is not None:
+                return problem
+    return None
 
 
 def _json(value: Any) -> str:

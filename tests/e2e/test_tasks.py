@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections import Counter
@@ -91,15 +90,8 @@ def task_settings(settings: Settings, **more: Any) -> Settings:
     return settings.model_copy(update={"tasks": TASKS, **more})
 
 
-async def post_json(stack: Stack, path: str, body: Any, **headers: str) -> tuple[int, Any]:
-    assert stack.http
-    async with stack.http.post(stack.base + path, data=json.dumps(body),
-                               headers={"Content-Type": "application/json", **headers}) as r:
-        return r.status, await r.json()
-
-
 async def post_task(stack: Stack, body: Any, **headers: str) -> tuple[int, Any]:
-    status, answer = await post_json(stack, "/tasks", body, **headers)
+    status, answer = await stack.post_json(body, "/tasks", **headers)
     check("/tasks", "post", status, answer)
     return status, answer
 
@@ -204,6 +196,35 @@ async def test_functions_run_and_every_bad_request_is_a_400(settings: Settings,
         await stack.stop()
 
 
+async def test_a_result_or_follow_up_postgres_cannot_store_fails_the_task_at_once(
+        settings: Settings, tmp_path: Path) -> None:
+    """JSON that jsonb refuses (a NUL character, a lone surrogate) in a result or in a
+    follow-up's arguments fails the task on its first attempt, saying why; it is not taken for
+    PostgreSQL being away, run again and again, then abandoned."""
+    funcs = tmp_path / "unstorable.py"
+    funcs.write_text("def nul():\n    return {'a': 'x\\x00'}\n"
+                     "def surrogate():\n    return ['\\ud800']\n"
+                     "def nul_follow_up(ctx):\n"
+                     "    ctx.enqueue('add', {'a': '\\x00', 'b': 0})\n    return 1\n")
+    unstorable = {n: f"{funcs}:{n}" for n in ("nul", "surrogate", "nul_follow_up")}
+    stack = await Stack(task_settings(settings, tasks=TASKS | unstorable,
+                                      task_max_attempts=2)).start()
+    try:
+        stored = "{} not storable: a string holds {}"
+        for name, error in [
+                ("nul", ("TypeError", stored.format("the task's result is", "a NUL character"))),
+                ("surrogate", ("TypeError", stored.format("the task's result is",
+                                                          "a lone surrogate (not UTF-8)"))),
+                ("nul_follow_up", ("ValueError", stored.format("arguments of 'add' are",
+                                                               "a NUL character")))]:
+            done = await wait_task(stack, await run_task(stack, name))
+            assert (done["state"], done["attempts"], done["children"]) == ("failed", 1, []), done
+            assert (done["error"]["type"], done["error"]["message"]) == error
+        assert (await wait_task(stack, await run_task(stack, "add", a=1, b=2)))["result"] == 3
+    finally:
+        await stack.stop()
+
+
 async def test_follow_ups_paginate_and_aggregate_under_the_root(settings: Settings,
                                                                 task_site: TaskSite) -> None:
     stack = await Stack(task_settings(settings)).start()
@@ -233,7 +254,7 @@ async def test_a_job_runs_its_task_on_every_page(settings: Settings,
     stack = await Stack(task_settings(settings)).start()
     try:
         spec = {"urls": [task_site.base + "/p/0"], "depth": PAGES, "task": "page_title"}
-        status, body = await post_json(stack, "/", spec)
+        status, body = await stack.post_json(spec)
         assert status == 200, body
         job = int(body["jobId"])
         await stack.wait_complete(job, timeout=20)
@@ -244,14 +265,14 @@ async def test_a_job_runs_its_task_on_every_page(settings: Settings,
             for n in range(PAGES)]
         failing = {"urls": [task_site.base + "/p/0"], "depth": 0, "task": "boom",
                    "forceCrawl": True}
-        status, body = await post_json(stack, "/", failing)
+        status, body = await stack.post_json(failing)
         assert status == 200, body
         await stack.wait_complete(int(body["jobId"]), timeout=20)
         failures = await stack.result(int(body["jobId"]), status="failed")
         assert failures[task_site.base + "/p/0"]["reason"].endswith(  # type: ignore[call-overload]
             "task boom failed: ValueError: boom: the task failed on purpose")
         spec["task"] = {"name": "rm_rf", "args": {}}
-        status, body = await post_json(stack, "/", spec)
+        status, body = await stack.post_json(spec)
         assert status == 400 and "rm_rf" in body["message"], body
     finally:
         await stack.stop()

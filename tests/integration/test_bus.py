@@ -282,3 +282,18 @@ async def _exists(js: JetStreamContext, stream: str) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def test_take_free_takes_one_slot_then_all_free_ones_up_to_most() -> None:
+    slots = asyncio.Semaphore(5)
+    assert await bus.take_free(slots, 3) == 3
+    assert await bus.take_free(slots, 3) == 2
+    waiting = asyncio.create_task(bus.take_free(slots, 3))  # none free: waits for one
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    waiting.cancel()  # cancelled while waiting: holds none
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    slots.release()
+    assert await bus.take_free(slots, 3) == 1
+    assert slots.locked()

@@ -6,6 +6,7 @@ under a timeout, and a per-page task's return value becomes items."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,21 @@ async def test_page_task_runs_the_function_on_the_page() -> None:
 
 def later(delay: float) -> None:
     raise RetryLater(delay)
+
+
+async def test_a_follow_up_postgres_cannot_store_is_refused_when_enqueued() -> None:
+    """Arguments jsonb would refuse fail the enqueuing task at once (a ValueError saying why),
+    never its write."""
+    from worker.taskrun import TaskContext
+    settings = Settings(tasks={"add": "tests.tasks_fixture:add"})
+    ctx = TaskContext(1, 1, None, "add", "http", 1, "task-1", {}, None, settings,
+                      None)  # type: ignore[arg-type]
+    assert ctx.enqueue("add", {"a": "x", "b": [1.5, None]}) == "1/1"
+    for args, problem in [({"a": "x\x00"}, "a string holds a NUL character"),
+                          ({"a": ["\udc00"]}, "a string holds a lone surrogate (not UTF-8)")]:
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"arguments of 'add' are not storable: {problem}")):
+            ctx.enqueue("add", args)
+    with pytest.raises(ValueError, match="^arguments of 'add' are not JSON"):
+        ctx.enqueue("add", {"a": float("nan")})
+    assert len(ctx.children) == 1
