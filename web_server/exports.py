@@ -565,11 +565,10 @@ async def post_idset(request: web.Request) -> web.StreamResponse:
     set is deleted. At most ``MAX_UPLOADS`` at once (a 503 beyond); each upload first deletes
     incomplete sets older than a day (uploads that died)."""
     from web_server.middleware import error_body
-    from web_server.render import json_response
+    from web_server.render import json_response, refuse_too_large
     from web_server.routes import DEPS, SETTINGS
     limit = request.app[SETTINGS].max_idset_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+    refuse_too_large(request, limit)
     uploads = request.app[UPLOADS]
     if uploads.locked():
         return error_body("Unavailable", f"More than {MAX_UPLOADS} id set uploads at once; "

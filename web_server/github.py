@@ -26,7 +26,7 @@ from shared.jobspec import (
     github_depth_cap,
     validate_spec,
 )
-from web_server.render import json_response
+from web_server.render import json_response, utc
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,6 @@ async def token_states(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """The GitHub tokens' shared state for ``GET /workers`` (``apiTokens``), by token id (a
     hash; the store never holds a token): budget, reset, pause, requests in flight, and
     ``refused`` (GitHub answered 401: revoked or invalid; its pages fail)."""
-    def utc(t: datetime | None) -> str | None:
-        return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
     now = datetime.now(UTC)
     return [{"id": t.token_id, "resource": t.resource, "limit": t.limit or None,
              "remaining": t.remaining, "resetAt": utc(t.reset_at),

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,15 +20,14 @@ from shared.db.pool import RETRYABLE
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
-from shared.streams import read_capped
 from shared.urls import validate_job_url
-from web_server import eta, exports
+from web_server import eta, exports, github
 from web_server import sessions as session_api
 from web_server import tasks as task_api
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
 from web_server.live import LIVE, WINDOW, LiveHub, Rates
-from web_server.render import json_response, string
+from web_server.render import json_response, read_text, refuse_too_large, string, utc
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +116,12 @@ def parse_job_id(request: web.Request) -> int:
 
 async def schedule(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if request.content_length is not None and request.content_length > settings.max_request_bytes:
-        raise PayloadTooLarge(f"Request body larger than {settings.max_request_bytes} bytes")
+    refuse_too_large(request, settings.max_request_bytes)
     if request.content_type == "application/json":
         spec = await _json_spec(request, settings)
     else:
         spec = newline_spec(query_params(request, settings),
-                            await _read_body(request, settings.max_request_bytes), settings)
+                            await read_text(request, settings.max_request_bytes), settings)
     if len(spec.urls) > settings.max_job_urls:
         raise PayloadTooLarge(f"Too many URLs: {len(spec.urls)} (at most {settings.max_job_urls})")
     deps = request.app[DEPS]
@@ -143,7 +140,7 @@ async def _json_spec(request: web.Request, settings: Settings) -> JobSpec:
     """A JSON body (``Content-Type: application/json``, any charset): the whole spec is in it.
     A body that is not JSON at all (a newline list of URLs sent with that type: the original
     ignored the type) is read as the original body, query parameters and all."""
-    body = await _read_body(request, settings.max_request_bytes)
+    body = await read_text(request, settings.max_request_bytes)
     if not _looks_like_json(body):
         return newline_spec(query_params(request, settings), body, settings)
     if request.query:
@@ -223,16 +220,6 @@ async def _create_job(deps: Deps, spec: JobSpec) -> int:
                 raise
             log.info("creating a job of %d URLs: %s; trying again", len(spec.urls), e)
             await asyncio.sleep(0.05 * 2 ** attempt)
-
-
-async def _read_body(request: web.Request, limit: int) -> str:
-    body = await read_capped(request.content, limit)
-    if body is None:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("Request body is not UTF-8 text") from None
 
 
 async def status(request: web.Request) -> web.Response:
@@ -317,8 +304,7 @@ async def _cached(hub: LiveHub | None, name: str, job_id: int,
 
 def _host(h: progress.HostSummary) -> dict[str, Any]:
     return {"host": h.host, "pending": h.pending, "inFlight": h.in_flight,
-            "nextStart": None if h.next_start is None else _utc(h.next_start),
-            "backoffUntil": None if h.backoff_until is None else _utc(h.backoff_until),
+            "nextStart": utc(h.next_start), "backoffUntil": utc(h.backoff_until),
             "robots": h.robots}
 
 
@@ -368,7 +354,6 @@ async def result(request: web.Request) -> web.StreamResponse:
     job_id = parse_job_id(request)
     if "status" in request.query:
         return await _failures(request, job_id)
-    from web_server import github  # it imports this module
     async with request.app[DEPS].acquire() as conn:
         stored = (await jobs.load_specs(conn, [job_id])).get(job_id) or {}
         view = github.RESULT_VIEWS.get(stored.get("source") or "web")
@@ -451,19 +436,14 @@ async def workers_list(request: web.Request) -> web.Response:
     ``health`` null, or why the worker takes no work (a failed init function); ``stats`` its
     last heartbeat's numbers (in flight, fetched by kind, pages/s, error rate, latencies);
     ``apiTokens`` the GitHub tokens' shared state, by token id."""
-    from web_server import github  # it imports this module
     async with request.app[DEPS].acquire() as conn:
         live = await workers.live_workers(conn, request.app[SETTINGS].worker_timeout)
         tokens = await github.token_states(conn)
     return json_response({"apiTokens": tokens, "workers": [
         {"id": str(w.id), "kinds": w.kinds, "hostname": w.hostname, "pid": w.pid,
-         "version": w.version, "startedOn": _utc(w.started_on), "seenOn": _utc(w.seen_on),
+         "version": w.version, "startedOn": utc(w.started_on), "seenOn": utc(w.seen_on),
          "health": w.health, "stats": w.stats}
         for w in live]})
-
-
-def _utc(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -502,7 +482,7 @@ async def jobs_list(request: web.Request) -> web.Response:
 
 
 def job_summary(j: jobs.JobSummary) -> dict[str, Any]:
-    return {"id": j.job_id, "createdOn": _utc(j.created_on), "state": j.state,
+    return {"id": j.job_id, "createdOn": utc(j.created_on), "state": j.state,
             "completed": j.completed, "urls": j.urls,
             "pages": {"queued": j.pending, "processed": j.processed, "fetched": j.fetched,
                       "cached": j.cached, "failed": j.failed, "blocked": j.blocked}}
@@ -540,10 +520,10 @@ async def job_patch(request: web.Request) -> web.Response:
     match are dropped without a fetch."""
     job_id = parse_job_id(request)
     settings = request.app[SETTINGS]
-    body = await _read_body(request, settings.max_request_bytes)
+    body = await read_text(request, settings.max_request_bytes)
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
         raise BadRequest("Invalid JSON body (expected {\"deny\": [...]})") from None
     if not isinstance(data, dict) or set(data) != {"deny"}:
         raise BadRequest("Invalid body: expected exactly the field deny (a list of patterns)")
@@ -578,7 +558,6 @@ def add_routes(app: web.Application, root: str) -> None:
     app.router.add_post(base + "/jobs/{job_id}/resume", job_resume)
     task_api.add_routes(app, base)
     session_api.add_routes(app, base)
-    from web_server import github  # it imports this module
     github.add_routes(app, base)
     app[exports.UPLOADS] = asyncio.Semaphore(exports.MAX_UPLOADS)
     app.router.add_get("/healthz", healthz, allow_head=False)

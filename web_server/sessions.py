@@ -13,11 +13,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from shared.db import sessions
-from shared.errors import BadRequest, NotFound, PayloadTooLarge
+from shared.errors import BadRequest, NotFound
 from shared.jobspec import HEADER_NAME, POOL_NAME
-from shared.streams import read_capped
 from shared.urls import canonicalize, host_key
-from web_server.render import json_response
+from web_server.render import json_object, json_response, read_text
 
 FIELDS = ("cookies", "headers", "userAgent", "host", "maxUses")
 MAX_ENTRIES = 100      # cookies, and headers, per session
@@ -51,23 +50,11 @@ def _pairs(data: dict[str, Any], field: str, name_re: re.Pattern[str],
     return dict(value)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_session(body: str) -> dict[str, Any]:
     """The keyword arguments of ``shared.db.sessions.put`` from a ``PUT`` body, or BadRequest
     saying what is wrong with it."""
-    try:
-        data = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise BadRequest('Invalid JSON body (expected {"cookies": {...}, ...})') from None
-    if not isinstance(data, dict):
-        raise BadRequest('Invalid body: expected a JSON object {"cookies": {...}, ...}')
-    unknown = [k for k in data if k not in FIELDS]
-    if unknown:
-        raise BadRequest(f"Invalid body: unknown field {json.dumps(unknown[0])[:80]} "
-                         f"(use {', '.join(FIELDS)})")
+    data = json_object(body, FIELDS, '{"cookies": {...}, ...}',
+                       show=lambda k: json.dumps(k)[:80])
     cookies = _pairs(data, "cookies", COOKIE_NAME, _BAD_COOKIE)
     headers = _pairs(data, "headers", HEADER_NAME, _BAD_VALUE)
     ua = data.get("userAgent")
@@ -97,17 +84,7 @@ async def put_session(request: web.Request) -> web.Response:
     """``PUT /sessions/{pool}/{name}``: write the session; ``{"pool", "name", "result"}``."""
     from web_server.routes import DEPS, SETTINGS
     pool, name = _name(request, "pool", "pool"), _name(request, "name", "name")
-    limit = request.app[SETTINGS].max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-    raw = await read_capped(request.content, limit)
-    if raw is None:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-    try:
-        body = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("Request body is not UTF-8 text") from None
-    fields = parse_session(body)
+    fields = parse_session(await read_text(request, request.app[SETTINGS].max_request_bytes))
     async with request.app[DEPS].acquire() as conn:
         result = await sessions.put(conn, pool, name, **fields)
     return json_response({"pool": pool, "name": name, "result": result})

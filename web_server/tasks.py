@@ -10,18 +10,15 @@ the task queue of its fetcher kind; a worker serving that kind runs it (at least
 from __future__ import annotations
 
 import json
-import math
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from shared.config import Settings
 from shared.db import tasks
-from shared.errors import BadRequest, NotFound, PayloadTooLarge
-from shared.streams import read_capped
-from web_server.render import json_response
+from shared.errors import BadRequest, NotFound
+from web_server.render import json_object, json_response, read_text, utc
 
 FIELDS = ("task", "args", "kind", "key")
 KEY_HEADER = "Idempotency-Key"
@@ -32,23 +29,11 @@ _FOLLOW_UP_KEY = re.compile(r"[0-9]+[/:].*", re.DOTALL)  # follow-ups': <parent>
 _INT64_MAX = 2**63 - 1
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_task_body(body: str, header_key: str | None, settings: Settings
                     ) -> tuple[str, str, dict[str, Any], str | None]:
     """``(name, kind, args, key)`` of a ``POST /tasks`` body, or BadRequest saying what is
     wrong with it."""
-    try:
-        data = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise BadRequest('Invalid JSON body (expected {"task": "<name>", "args": {...}})') from None
-    if not isinstance(data, dict):
-        raise BadRequest('Invalid body: expected a JSON object {"task": "<name>", "args": {...}}')
-    unknown = [k for k in data if k not in FIELDS]
-    if unknown:
-        raise BadRequest(f"Invalid body: unknown field {unknown[0]!r} (use {', '.join(FIELDS)})")
+    data = json_object(body, FIELDS, '{"task": "<name>", "args": {...}}')
     name = data.get("task")
     allowed = ", ".join(sorted(settings.tasks)) or "none configured"
     if not isinstance(name, str):
@@ -62,7 +47,7 @@ def parse_task_body(body: str, header_key: str | None, settings: Settings
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise BadRequest("Invalid args: a JSON object of the function's keyword arguments")
-    if (problem := _storable(args, 0)) is not None:
+    if (problem := tasks.storable_problem(args, MAX_DEPTH)) is not None:
         raise BadRequest(f"Invalid args: {problem}")
     key = data.get("key")
     if key is not None and not isinstance(key, str):
@@ -71,7 +56,7 @@ def parse_task_body(body: str, header_key: str | None, settings: Settings
         raise BadRequest(f"Invalid key: the body's key and the {KEY_HEADER} header differ")
     key = key if key is not None else header_key
     if key is not None:
-        if not 0 < len(key) <= MAX_KEY or _storable(key, 0) is not None:
+        if not 0 < len(key) <= MAX_KEY or tasks.storable_problem(key) is not None:
             raise BadRequest(f"Invalid key: 1 to {MAX_KEY} characters of text")
         if _FOLLOW_UP_KEY.fullmatch(key):
             raise BadRequest(f"Invalid key: {key} (keys like <id>/<n> or <id>:<key> are the "
@@ -84,47 +69,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _storable(value: Any, depth: int) -> str | None:
-    """Why PostgreSQL's jsonb would refuse ``value`` (None: it would not): a NUL character or
-    a lone surrogate in a string, or nesting past ``MAX_DEPTH``."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "a string holds a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "a string holds a lone surrogate (not UTF-8)"
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return "a number out of range"
-    if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
-        return f"nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if (problem := _storable(k, depth) or _storable(v, depth + 1)) is not None:
-                return problem
-    elif isinstance(value, list):
-        for v in value:
-            if (problem := _storable(v, depth + 1)) is not None:
-                return problem
-    return None
-
-
 async def create_task(request: web.Request) -> web.Response:
     """``POST /tasks``: ``{"task", "args"={}, "kind"="http", "key"?}`` (or the key in an
     ``Idempotency-Key`` header) → ``{"taskId"}``; a known key answers the task it named."""
     from web_server.routes import DEPS, SETTINGS
     settings = request.app[SETTINGS]
-    limit = settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-    raw = await read_capped(request.content, limit)
-    if raw is None:
-        raise PayloadTooLarge(f"Request body larger than {limit} bytes")
-    try:
-        body = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("Request body is not UTF-8 text") from None
+    body = await read_text(request, settings.max_request_bytes)
     name, kind, args, key = parse_task_body(body, request.headers.get(KEY_HEADER), settings)
     async with request.app[DEPS].acquire() as conn:
         task_id, _ = await tasks.create(conn, name, kind, args, key)
@@ -136,10 +86,6 @@ def parse_task_id(request: web.Request) -> int:
     if _DECIMAL.fullmatch(raw) is None or int(raw) > _INT64_MAX:
         raise BadRequest(f"Invalid taskId: {raw}")
     return int(raw)
-
-
-def _utc(t: datetime | None) -> str | None:
-    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -157,8 +103,8 @@ async def get_task(request: web.Request) -> web.Response:
         "taskId": info.id, "task": info.name, "kind": info.kind, "args": info.args,
         "key": info.idem_key, "state": info.state, "attempts": info.attempts,
         "result": info.result, "error": info.error, "parentId": info.parent_id,
-        "rootId": info.root_id, "worker": info.worker, "createdOn": _utc(info.created_on),
-        "startedOn": _utc(info.started_on), "finishedOn": _utc(info.finished_on),
+        "rootId": info.root_id, "worker": info.worker, "createdOn": utc(info.created_on),
+        "startedOn": utc(info.started_on), "finishedOn": utc(info.finished_on),
         "children": info.children, "partial": info.partials}
     if tree is not None:
         answer["tree"] = {

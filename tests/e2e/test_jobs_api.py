@@ -90,6 +90,10 @@ async def test_patch_deny_drops_queued_matches(api: Stack) -> None:
                                     "position 0)"})
     status, body, _ = await api.request("PATCH", f"/jobs/{job}", '{"allow": ["x"]}')
     assert status == 400 and "deny" in body["message"]
+    # JSON nested past Python's recursion limit is a bad body too, not a 500.
+    status, body, _ = await api.request("PATCH", f"/jobs/{job}", "[" * 100_000)
+    assert (status, body) == (400, {"code": "BadRequest", "message":
+                                    'Invalid JSON body (expected {"deny": [...]})'})
 
 
 async def test_purged_job_is_gone(api: Stack) -> None:
