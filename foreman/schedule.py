@@ -28,6 +28,7 @@ from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.scope import denied
+from shared.service import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
             log.warning("feeder: %s; retrying", e)
             await asyncio.sleep(0.5)
         if sent == 0 or 2 * sent < ask:
-            await _sleep_unless(stop, max(settings.feed_interval, 4 * took))
+            await sleep_unless(stop, max(settings.feed_interval, 4 * took))
 
 
 async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
@@ -235,7 +236,7 @@ async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,
     (``task_watch_once``, which reads the task streams' depths through ``js``), with no
     limit: a task runs at least once. Each round runs even when the other failed."""
     while not stop.is_set():
-        await _sleep_unless(stop, settings.watchdog_interval)
+        await sleep_unless(stop, settings.watchdog_interval)
         try:
             await watch_once(settings, pool, frontier)
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
@@ -288,13 +289,6 @@ async def _watch_batch(settings: Settings, pool: asyncpg.Pool, frontier: Frontie
     return requeued, len(gone)
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
-
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the URL queue until ``stop`` is set; then finish the batches in hand and exit."""
     async with AsyncExitStack() as stack:
@@ -342,10 +336,10 @@ async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: 
             room = await foreman.reserve(batch)
         except bus.TRANSIENT as e:
             log.warning("work queue unreachable (%s); retrying", e)
-            await _sleep_unless(stop, 0.5)
+            await sleep_unless(stop, 0.5)
             continue
         if room == 0:
-            await _sleep_unless(stop, 0.02)  # backpressure: the workers are behind
+            await sleep_unless(stop, 0.02)  # backpressure: the workers are behind
             continue
         forwarded = 0
         try:

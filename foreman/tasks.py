@@ -18,6 +18,7 @@ from shared import bus
 from shared.config import Settings
 from shared.db import tasks, workers
 from shared.db.pool import RETRYABLE
+from shared.service import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ FEED_BATCH = 1000  # tasks claimed per feeder transaction
 IDLE_MAX = 0.2  # seconds: the longest wait of an idle task feeder (a new task's extra latency)
 WATCH_BATCH = 1000  # tasks unpublished per watchdog round
 FULL_PAUSE = 1.0  # seconds a kind whose task stream is full is left out of the feeder's claims
+TASK_WATCHDOG_LOCK = 0x4A52_5457  # pg advisory lock: one task watchdog in the cluster at a time
 
 
 async def feed_tasks(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
@@ -81,7 +83,7 @@ async def task_feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamConte
         if sent:
             idle = settings.feed_interval
         else:
-            await _sleep_unless(stop, idle)
+            await sleep_unless(stop, idle)
             idle = min(idle * 2, max(IDLE_MAX, settings.feed_interval))
 
 
@@ -93,7 +95,8 @@ async def task_watch_once(settings: Settings, pool: asyncpg.Pool,
     through ``js``, is fewer than the tasks that need a message: one waiting in line is not
     published again) — or running and started more than ``taskTimeout + staleAfter`` ago
     (their worker died and the deliveries ran out). How many; the feeder publishes them
-    again. Without ``js`` every stale queued task is taken for lost."""
+    again. Without ``js`` every stale queued task is taken for lost. Only one foreman's task
+    watchdog acts at a time (0 while another does)."""
     async with pool.acquire() as conn:
         served = await workers.live_kinds(conn, settings.worker_timeout)
     if not served:
@@ -102,15 +105,10 @@ async def task_watch_once(settings: Settings, pool: asyncpg.Pool,
     if js is not None:
         depths = {k: await bus.stream_depth(js, bus.task_subject(settings, k)) for k in served}
     async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", TASK_WATCHDOG_LOCK):
+            return 0  # another foreman's task watchdog is at work
         n = await tasks.requeue_stale(conn, settings.stale_after, settings.task_timeout,
                                       served, limit, depths)
     if n:
         log.warning("task watchdog: %d stale tasks published again", n)
     return n
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

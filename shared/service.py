@@ -1,4 +1,5 @@
-"""What every tier's ``__main__`` shares: flags, logging set-up, signals, and the run loop."""
+"""What every tier's ``__main__`` shares: flags, logging set-up, signals, and the run loop (and
+its loops' ``sleep_unless``)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,14 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
     except StartupError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile: a tier's loop between rounds."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 async def _until(stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ import asyncpg
 from shared.config import Settings
 from shared.db import workers
 from shared.db.pool import RETRYABLE
+from shared.service import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,14 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
                 log.warning("heartbeat failed (%s: %s); retrying, the worker may be shown as "
                             "not live meanwhile", type(e).__name__, e)
             failing = True
-            await _sleep_unless(stop, min(RETRY_AFTER, settings.heartbeat_interval))
+            await sleep_unless(stop, min(RETRY_AFTER, settings.heartbeat_interval))
             continue
         if failing:
             log.info("heartbeat beats again")
             failing = False
-        await _sleep_unless(stop, settings.heartbeat_interval)
+        await sleep_unless(stop, settings.heartbeat_interval)
     try:
         async with pool.acquire() as conn:
             await workers.forget(conn, me)
     except (*RETRYABLE, asyncpg.PostgresError) as e:  # it drops out after workerTimeout
         log.warning("could not remove worker %s from the registry (%s)", me, e)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

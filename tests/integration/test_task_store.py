@@ -7,10 +7,13 @@ a task past its deliveries is abandoned."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import asyncpg
 
-from shared.db import tasks
+from shared.config import Settings
+from shared.db import tasks, workers
+from shared.db.pool import open_pool
 from shared.db.tasks import Child
 
 W = "host:1:http"
@@ -342,3 +345,37 @@ async def test_requeue_stale_takes_only_as_many_as_messages_are_missing(
     # One is missing: the oldest published is taken.
     assert await tasks.requeue_stale(db, 50, 20, ["http"], 100, {"http": 2}) == 1
     assert [await published(db, i) for i in (old, older, running)] == [True, False, True]
+
+
+async def test_one_task_watchdog_acts_at_a_time(settings: Settings,
+                                                db: asyncpg.Connection) -> None:
+    """With several foremen only one watchdog unpublishes lost tasks at a time: each would
+    otherwise take as many as are missing, and they would be published again once per foreman."""
+    from foreman.tasks import TASK_WATCHDOG_LOCK, task_watch_once
+    id, _ = await tasks.create(db, "add", "http", {}, None)
+    async with db.transaction():
+        await tasks.claim_unpublished(db, 10)
+    await age(db, id, "published_on", 3600)
+    await workers.beat(db, uuid.uuid4(), ["http"], "host", 1, "test")
+    async with open_pool(settings.database_url, max_size=2) as pool:
+        async with db.transaction():  # another foreman's watchdog is at work
+            assert await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", TASK_WATCHDOG_LOCK)
+            assert await task_watch_once(settings, pool) == 0
+            assert await published(db, id)
+        assert await task_watch_once(settings, pool) == 1
+    assert not await published(db, id)
+
+
+def test_storable_problem_says_what_jsonb_would_refuse() -> None:
+    """The check both the task API (arguments) and the runner (results, follow-ups' arguments)
+    make before a write: what jsonb refuses is the caller's error, not PostgreSQL being away."""
+    assert tasks.storable_problem({"a": [1, "x", None, 2.5, {"b": True}]}) is None
+    assert tasks.storable_problem({"a": "x\x00"}) == "a string holds a NUL character"
+    assert tasks.storable_problem({"\x00": 1}) == "a string holds a NUL character"
+    assert tasks.storable_problem(["\ud800"]) == "a string holds a lone surrogate (not UTF-8)"
+    assert tasks.storable_problem([float("nan")]) == "a number out of range"
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    assert tasks.storable_problem(deep) is None  # results: no depth limit
+    assert tasks.storable_problem(deep, 64) == "nested deeper than 64 levels"
