@@ -599,8 +599,6 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(var, f"invalid duration {value!r}") from None
         elif name in _LIST_FIELDS:
             out[name] = tuple(p.strip() for p in value.split(",") if p.strip())
-        elif name == "github_tokens":
-            out[name] = split_tokens(value)
         else:
             out[name] = value
     return out

@@ -205,9 +205,6 @@ OutputKind = Annotated[str, AfterValidator(_output)]
 # and ``sessions`` (by its ``pool``: a logged-in page is not another account's) are too.
 YIELD_KEYS = ("extract", "follow", "ids", "save", "task", "source", "fingerprint", "sessions")
 _RULESET_PROJECTION = {"ids": ("regex", "urlFormat"), "sessions": ("pool",)}
-# The queue orders (``order``; ``shared.ordering``): bfs (by level, then insertion), fifo,
-# lifo (by insertion), priority (by ``priorities``, then insertion).
-QUEUE_ORDERS = ("bfs", "fifo", "lifo", "priority")
 MAX_PARAM_GLOB = 200
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -580,6 +577,8 @@ class JobSpec(BaseModel):
     github: GitHubSpec | None = None  # only with source "github"
     # Issue 14: queue order, job priority (weight 2^priority in the fair claim), URL
     # priorities (only with order "priority"), fingerprint options, Bloom filter, sessions.
+    # The queue orders (``shared.ordering.ORDERS``): bfs (by level, then insertion), fifo,
+    # lifo (by insertion), priority (by ``priorities``, then insertion).
     order: Literal["bfs", "fifo", "lifo", "priority"] = "bfs"
     priority: int = Field(0, ge=-10, le=10)
     priorities: tuple[PrioritySpec, ...] = ()

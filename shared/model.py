@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
+
+MASK = "***"  # what a secret (a token, a cookie) reads as in what is kept or logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,15 @@ class RawResponse:
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes = field(repr=False)
     request_headers: tuple[tuple[str, str], ...] = ()
+
+
+def mask_request_headers(raw: RawResponse,
+                         mask: Callable[[str, str], str | None]) -> RawResponse:
+    """``raw`` with its request headers' secrets masked before an output (a WARC record) keeps
+    them: each header for which ``mask(name, value)`` gives a value reads as that value
+    (``MASK``, ``Bearer ***``); None keeps it as sent."""
+    sent = tuple((k, v if (m := mask(k, v)) is None else m) for k, v in raw.request_headers)
+    return replace(raw, request_headers=sent)
 
 
 YieldKind = Literal["item", "id", "link", "body"]

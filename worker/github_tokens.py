@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterable
 
-from shared.config import Settings
+from shared.config import GITHUB_TOKEN, Settings
 from shared.errors import ConfigError
+from shared.model import MASK
 
 ANONYMOUS = "anonymous"  # the id of "no token": requests without Authorization
-TOKEN_RE = re.compile(r"[\w.-]{8,255}")
-MASK = "***"
 
 
 def token_id(token: str) -> str:
@@ -39,7 +37,7 @@ def load_tokens(settings: Settings) -> tuple[str, ...]:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            if not TOKEN_RE.fullmatch(line):
+            if not GITHUB_TOKEN.fullmatch(line):
                 raise ConfigError("githubTokenFiles", f"{path} line {n} is malformed")
             found.append(line)
     return tuple(dict.fromkeys(found))

@@ -23,13 +23,12 @@ from shared.db import sessions
 from shared.db.pool import RETRYABLE
 from shared.db.sessions import Lease, Release
 from shared.jobspec import SessionsSpec
-from shared.model import FetchedPage, RawResponse
+from shared.model import MASK, FetchedPage, mask_request_headers
 from shared.urls import host_key
 
 log = logging.getLogger(__name__)
 
 PATTERN_BYTES = 64 * 1024  # block patterns look at the start of a read body only
-MASK = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +103,7 @@ class SessionBroker:
         if page.raw is None:
             return page
         secret = {"cookie", *(k.lower() for k in lease.headers)}
-        sent = tuple((k, MASK if k.lower() in secret else v) for k, v in page.raw.request_headers)
-        raw = RawResponse(page.raw.status_line, page.raw.headers, page.raw.body, sent)
+        raw = mask_request_headers(page.raw, lambda k, _: MASK if k.lower() in secret else None)
         return replace(page, raw=raw)
 
     @staticmethod

@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from shared.config import Settings
 from shared.model import FetchedPage, Yield
 from worker.extractors import ExtractFailed
-from worker.extractors.github import GitHubLinks, parse_link, read, with_per_page
+from worker.extractors.github import GitHubLinks, api_path, parse_link, read, with_per_page
 
 API = "https://api.github.com"
 
@@ -161,3 +161,20 @@ async def test_the_extractor_reads_the_link_header_of_2xx_json() -> None:
     assert links(ex.yields) == [{"url": f"{API}/users?since=4", "rel": "next"}]
     assert not x.accepts(FetchedPage(1, 404, "application/json", "HTTP 404", True, body=b"{}"))
     assert not x.accepts(FetchedPage(1, 204, None, None, True))
+
+
+@pytest.mark.parametrize(("url", "base", "path"), [
+    ("https://api.github.com/users/x", "https://api.github.com", "/users/x"),
+    ("https://API.github.com/users/x/", "https://api.github.com/", "/users/x"),
+    ("https://api.github.com", "https://api.github.com", "/"),
+    ("https://ghe.example.com/api/v3/users/x", "https://ghe.example.com/api/v3/", "/users/x"),
+    ("https://ghe.example.com/api/v3", "https://ghe.example.com/api/v3", "/"),
+    ("https://ghe.example.com/api/v30/users", "https://ghe.example.com/api/v3", None),
+    ("https://other.example.com/api/v3/users", "https://ghe.example.com/api/v3", None),
+    ("http://api.github.com/users/x", "https://api.github.com", None),
+    ("https://[::1/users", "https://api.github.com", None),
+])
+def test_api_path_is_the_one_reading_of_under_the_base(url: str, base: str,
+                                                       path: str | None) -> None:
+    # The fetcher (None: refused, no request) and the extractor read it alike.
+    assert api_path(url, base) == path

@@ -60,6 +60,17 @@ def test_secondary_limits_wait_their_retry_after_or_a_minute() -> None:
                               body=RATE_MESSAGE), 1).defer == 60.0
 
 
+@pytest.mark.parametrize("headers", [{"X-RateLimit-Remaining": "0"},
+                                     {"X-RateLimit-Remaining": " 0", "X-RateLimit-Reset": "soon"}])
+def test_a_spent_limit_without_a_usable_reset_waits_a_minute(headers: dict[str, str]) -> None:
+    # No Reset, no Retry-After, no message: still a spent limit, as the fetcher counts it (it
+    # switches token and pauses this one a minute), never a plain 403.
+    limited = page(403, headers=headers)
+    assert POLICY.rate_limit(limited) == 60.0
+    assert POLICY.decide(limited, 4) == RetryDecision(False, 0.0, False, None, defer=60.0)
+    assert POLICY.decide(page(403, retry_after=9.0, headers=headers), 1).defer == 9.0
+
+
 def test_no_token_free_defers_for_the_fetchers_wait() -> None:
     d = POLICY.decide(page(None, "no GitHub token free (core)", retry_after=42.0), 3)
     assert d == RetryDecision(False, 0.0, False, None, defer=42.0)

@@ -37,6 +37,17 @@ def test_a_malformed_file_line_is_named_never_shown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_tokens(Settings(github_token_files=(f,)))
     assert "line 2 is malformed" in str(e.value) and "secret" not in str(e.value)
+
+
+def test_a_file_line_follows_the_environments_rule(tmp_path: Path) -> None:
+    # One token pattern (shared.config.GITHUB_TOKEN, ASCII only) for githubTokens and files.
+    f = tmp_path / "tokens"
+    f.write_text("ghp_t\u00f6ken_abcdef\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_tokens(Settings(github_token_files=(f,)))
+    assert "line 1 is malformed" in str(e.value)
+    with pytest.raises(ValueError):
+        Settings(github_tokens=("ghp_t\u00f6ken_abcdef",))
     with pytest.raises(ConfigError, match="githubTokenFiles"):
         load_tokens(Settings(github_token_files=(tmp_path / "missing",)))
 

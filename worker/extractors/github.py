@@ -85,14 +85,25 @@ def _canonical(url: Any) -> str | None:
         return None
 
 
-def _path_after(url: str, base: str) -> str:
+def api_path(url: str, base: str) -> str | None:
     """The path of ``url`` after the path of ``base`` (``/users/x`` of
-    ``https://ghe/api/v3/users/x`` under ``https://ghe/api/v3``); its own path if elsewhere."""
-    path = urlsplit(url).path.rstrip("/") or "/"
-    prefix = urlsplit(base).path.rstrip("/")
-    if prefix and (path == prefix or path.startswith(prefix + "/")):
-        path = path[len(prefix):] or "/"
-    return path
+    ``https://ghe/api/v3/users/x/`` under ``https://ghe/api/v3``), no trailing ``/``; None if
+    ``url`` is not under ``base`` (another scheme, host or path). The one reading of "under
+    ``githubBaseUrl``": the fetcher's (which refuses the rest) and the extractor's."""
+    try:
+        parts, root = urlsplit(url), urlsplit(base)
+    except ValueError:
+        return None
+    if (parts.scheme.lower() != root.scheme.lower()
+            or parts.netloc.lower() != root.netloc.lower()):
+        return None
+    path = parts.path.rstrip("/") or "/"
+    prefix = root.path.rstrip("/")
+    if not prefix:
+        return path
+    if path != prefix and not path.startswith(prefix + "/"):
+        return None
+    return path[len(prefix):] or "/"
 
 
 def _link(url: Any, per_page: int) -> Yield | None:
@@ -112,7 +123,7 @@ def read(url: str, base: str, body: bytes | None, link: str | None,
          per_page: int) -> Extraction:
     """What the answer of ``url`` (its body; its ``Link`` header) yields; see the module.
     A body that is not JSON, or not the shape its path says, raises ``ExtractFailed``."""
-    path = _path_after(url, base)
+    path = api_path(url, base) or (urlsplit(url).path.rstrip("/") or "/")
     if not body or not body.strip():  # a 204 (an empty repository): nothing
         return Extraction()
     try:

@@ -34,7 +34,7 @@ from shared.robots import REFUSALS
 from shared.urls import host_key
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
 from worker.fetchers.decode import BodyTooLarge
-from worker.fetchers.http import _retry_after, fetch_budget
+from worker.fetchers.http import fetch_budget, retry_after_seconds
 from worker.fetchers.tabs import BrowserUnavailable, Tab, Tabs, Visit, first_line
 
 if TYPE_CHECKING:
@@ -90,7 +90,6 @@ class BrowserFetcher:
         self.settings = settings
         self.concurrency = max(1, concurrency or 1)
         self.tabs = Tabs(settings, self.concurrency, self._visit_timeout(None))
-        self._loads: dict[int, tuple[Any, Load]] = {}
 
     @property
     def relaunches(self) -> int:
@@ -115,25 +114,12 @@ class BrowserFetcher:
 
     # -- fetching --------------------------------------------------------------------------
 
-    def _load(self, options: Any) -> Load:
-        """The job's options, parsed once per options object (a job's plan keeps it)."""
-        if not options:
-            options = {}
-        known = self._loads.get(id(options))
-        if known is not None and known[0] is options:
-            return known[1]
-        load = load_options(options, self.settings)
-        if len(self._loads) >= 256:
-            self._loads.clear()
-        self._loads[id(options)] = (options, load)  # holds the object: its id stays its own
-        return load
-
     def _visit_timeout(self, load: Load | None) -> float:
         t = (load.timeout if load is not None else None) or self.settings.browser_timeout
         return min(t, fetch_budget(self.settings))
 
     async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
-        load = self._load(req.options)
+        load = load_options(req.options or {}, self.settings)
         limit = self._visit_timeout(load)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
@@ -307,7 +293,7 @@ class BrowserFetcher:
         if req.keep_raw:
             raw = await _raw(resp, body or b"")
         error = f"HTTP {status} {resp.status_text}".strip() if status >= 400 else None
-        retry_after = _retry_after(headers.get("retry-after")) if status in (429, 503) else None
+        retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
         return FetchedPage(req.url_id, status, mime, error, cacheable=True,
                            final_url=final if final != req.url else None,
                            redirects=tuple(chain), retry_after=retry_after,

@@ -31,7 +31,6 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -39,12 +38,13 @@ import asyncpg
 from shared.config import Settings
 from shared.db import api_tokens
 from shared.db.pool import RETRYABLE, open_pool
-from shared.model import FetchedPage, RawResponse
+from shared.model import MASK, FetchedPage, RawResponse, mask_request_headers
+from worker.extractors.github import api_path
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
-from worker.fetchers.http import _retry_after, fetch, fetch_budget, open_session
+from worker.fetchers.http import fetch, fetch_budget, open_session, retry_after_seconds
 from worker.gate import HostGate
-from worker.github_tokens import ANONYMOUS, MASK, Redact, load_tokens, token_id
-from worker.sources.github import LIMITED, SECONDARY_WAIT, says_rate_limit
+from worker.github_tokens import ANONYMOUS, Redact, load_tokens, token_id
+from worker.sources.github import LIMITED, SECONDARY_WAIT, secondary_wait, spent
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ class GitHubFetcher:
     def __init__(self, settings: Settings, concurrency: int | None = None) -> None:
         self.settings = settings
         self.concurrency = concurrency
-        base = urlsplit(settings.github_base_url)
-        self.scheme, self.netloc = base.scheme.lower(), base.netloc.lower()
-        self.prefix = base.path.rstrip("/")
-        self.lease = fetch_budget(settings) + 5.0
+        self.lease = settings.fetch_lease
         self.tokens: dict[str, str | None] = {}  # token id -> token (None: anonymous)
         self._session: aiohttp.ClientSession | None = None
         self._pool: asyncpg.Pool | None = None
@@ -112,23 +109,8 @@ class GitHubFetcher:
                 self._redact.uninstall()
                 self._redact = None
 
-    def _path(self, url: str) -> str | None:
-        """The path of ``url`` after the base URL's, None if ``url`` is not under it."""
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return None
-        if parts.scheme.lower() != self.scheme or parts.netloc.lower() != self.netloc:
-            return None
-        path = parts.path or "/"
-        if not self.prefix:
-            return path
-        if path != self.prefix and not path.startswith(self.prefix + "/"):
-            return None
-        return path[len(self.prefix):] or "/"
-
     async def fetch(self, req: FetchRequest, hops: HopGate | None) -> FetchedPage:
-        path = self._path(req.url)
+        path = api_path(req.url, self.settings.github_base_url)
         if path is None:
             return FetchedPage(req.url_id, None, None,
                                "not under githubBaseUrl: no request made", cacheable=False,
@@ -163,16 +145,17 @@ class GitHubFetcher:
             if got.token_id in answered:  # each token said no once: no second round now
                 await self._give_back(got, resource, None)
                 break
-            page = await self._request(req, got, resource, hops)
-            if not self._switch(page):
+            page, limited = await self._request(req, got, resource, hops)
+            if page.status != 401 and limited is None:  # else: the next token, at once
                 break
             answered.add(got.token_id)
         assert page is not None
         return page
 
     async def _request(self, req: FetchRequest, taken: api_tokens.Taken, resource: str,
-                       hops: HopGate | None) -> FetchedPage:
-        """One request with the leased token, its lease given back with what the answer said."""
+                       hops: HopGate | None) -> tuple[FetchedPage, float | None]:
+        """One request with the leased token, its lease given back with what the answer said;
+        the answer and its rate limit's pause (``_limit_wait``; None: none)."""
         token = self.tokens.get(taken.token_id)
         headers = dict(req.headers)
         if token is not None:
@@ -183,6 +166,7 @@ class GitHubFetcher:
             return wants(status, mime) or status in LIMITED
 
         page = FetchedPage(req.url_id, None, None, "no answer", cacheable=False)
+        wait: float | None = None
         try:
             assert self._session is not None
             page = await fetch(self._session, self.settings, req.url_id, req.url,
@@ -192,31 +176,24 @@ class GitHubFetcher:
             page = self._clean(page)
             if resource == "search" and page.cacheable:  # a ranking that moves: never reused
                 page = replace(page, cacheable=False)
+            wait = self._limit_wait(page)
         finally:
-            await self._give_back(taken, resource, page)
-        return page
-
-    def _switch(self, page: FetchedPage) -> bool:
-        """Whether the answer says to try the next token: a rate limit, or the token refused."""
-        return page.status == 401 or (page.status in LIMITED and self._limit_wait(page)
-                                      is not None)
+            await self._give_back(taken, resource, page, wait)
+        return page, wait
 
     @staticmethod
     def _limit_wait(page: FetchedPage) -> float | None:
         """For a 403/429 that is a rate limit: the pause for its token (0: a spent primary
-        limit, which its reset time already covers); None: no rate limit."""
-        h = page.headers
-        if h is not None and h.get("X-RateLimit-Remaining", "").strip() == "0":
-            return 0.0
-        if page.retry_after is not None:
-            return page.retry_after
-        if says_rate_limit(page.body):
-            return SECONDARY_WAIT
-        return None
+        limit, which its reset time already covers); None: no rate limit. Parses a 403/429's
+        body: once per answer."""
+        if page.status not in LIMITED:
+            return None
+        return 0.0 if spent(page.headers) else secondary_wait(page)
 
     async def _give_back(self, taken: api_tokens.Taken, resource: str,
-                         page: FetchedPage | None) -> None:
-        """The lease back with what the answer said (``page`` None: no request was sent)."""
+                         page: FetchedPage | None, wait: float | None = None) -> None:
+        """The lease back with what the answer said (``page`` None: no request was sent;
+        ``wait``: its ``_limit_wait``)."""
         h = page.headers if page is not None else None
         remaining = limit = None
         reset_at = None
@@ -232,13 +209,11 @@ class GitHubFetcher:
         elif page.status == 401:
             pause = REFUSED_PAUSE
             log.warning("GitHub token %s refused (401): not used for an hour", taken.token_id)
-        elif page.status in LIMITED:
-            wait = self._limit_wait(page)
-            if wait == 0.0:  # spent: its reset may be past here, not yet on GitHub's clock
-                pause = (SECONDARY_WAIT if reset_at is None else
-                         max(SPENT_PAUSE, (reset_at - _utcnow()).total_seconds() + 1.0))
-            else:
-                pause = wait
+        elif wait == 0.0:  # spent: its reset may be past here, not yet on GitHub's clock
+            pause = (SECONDARY_WAIT if reset_at is None else
+                     max(SPENT_PAUSE, (reset_at - _utcnow()).total_seconds() + 1.0))
+        else:
+            pause = wait
         try:
             assert self._pool is not None
             async with self._pool.acquire() as conn:
@@ -258,7 +233,7 @@ class GitHubFetcher:
         if page.error is not None and self._redact is not None:
             changes["error"] = self._redact.scrub(page.error)
         if page.status == 403 and page.retry_after is None and page.headers is not None:
-            changes["retry_after"] = _retry_after(page.headers.get("Retry-After"))
+            changes["retry_after"] = retry_after_seconds(page.headers.get("Retry-After"))
         if page.status is not None and 200 <= page.status < 300 and page.body:
             try:
                 json.loads(page.body)
@@ -320,7 +295,6 @@ def _int(value: str | None) -> int | None:
 
 def _redacted(raw: RawResponse) -> RawResponse:
     """The raw answer with its request's Authorization masked."""
-    sent = tuple((k, f"Bearer {MASK}" if k.lower() == "authorization" else v)
-                 for k, v in raw.request_headers)
-    return replace(raw, request_headers=sent)
+    return mask_request_headers(
+        raw, lambda k, _: f"Bearer {MASK}" if k.lower() == "authorization" else None)
 

@@ -62,7 +62,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     return body
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
         return None
@@ -268,7 +268,7 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     elif wants_body(status, mime):
         body = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
-    retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+    retry_after = retry_after_seconds(resp.headers.get("Retry-After")) if status in (429, 503) else None
     ok = 200 <= status < 300
     # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
     # without an answer (timeouts, refused connections, oversize bodies) are tried again.

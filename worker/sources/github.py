@@ -43,14 +43,31 @@ def says_rate_limit(body: bytes | None) -> bool:
     return isinstance(message, str) and "rate limit" in message.lower()
 
 
+def spent(headers: Mapping[str, str] | None) -> bool:
+    """Whether a 403/429's headers say its primary limit is spent (``X-RateLimit-Remaining:
+    0``), with or without a usable ``X-RateLimit-Reset``."""
+    return headers is not None and headers.get("X-RateLimit-Remaining", "").strip() == "0"
+
+
+def secondary_wait(page: FetchedPage) -> float | None:
+    """For a 403/429 that is not a spent primary limit: its Retry-After, else a minute if its
+    message says "rate limit" (it parses the body: ask once per answer); None: no limit."""
+    if page.retry_after is not None:
+        return page.retry_after
+    if says_rate_limit(page.body):
+        return SECONDARY_WAIT
+    return None
+
+
 class GitHubPolicy(RetryPolicy):
     """The default retry rule, but a rate limit defers the visit (``RetryDecision.defer``):
     no attempt counted, no failure, no host backoff (the limit is a token's, not the host's).
 
     A rate limit is: no answer with a ``retry_after`` (the fetcher found no token free, or its
     store unavailable: that long); a 403 or 429 with ``X-RateLimit-Remaining: 0`` (until
-    ``X-RateLimit-Reset``, at least a second, plus up to a second of jitter for clock skew);
-    one with a Retry-After (that long); one whose message says "rate limit" (a minute)."""
+    ``X-RateLimit-Reset``, at least a second, plus up to a second of jitter for clock skew;
+    without a usable reset, its Retry-After, else a minute); one with a Retry-After (that
+    long); one whose message says "rate limit" (a minute)."""
 
     __slots__ = ()
 
@@ -61,16 +78,16 @@ class GitHubPolicy(RetryPolicy):
         if page.status not in LIMITED:
             return None
         headers = page.headers
-        if headers is not None and headers.get("X-RateLimit-Remaining", "").strip() == "0":
-            reset = _float(headers.get("X-RateLimit-Reset"))
-            if reset is not None:
-                now = time.time() if now is None else now
-                return max(1.0, reset - now) + random.uniform(0.0, 1.0)
-        if page.retry_after is not None:
-            return page.retry_after
-        if says_rate_limit(page.body):
-            return SECONDARY_WAIT
-        return None
+        if not spent(headers):
+            return secondary_wait(page)
+        assert headers is not None
+        reset = _float(headers.get("X-RateLimit-Reset"))
+        if reset is not None:
+            now = time.time() if now is None else now
+            return max(1.0, reset - now) + random.uniform(0.0, 1.0)
+        # No usable reset: the Retry-After, else a minute (the fetcher pauses its token so).
+        wait = secondary_wait(page)
+        return SECONDARY_WAIT if wait is None else wait
 
     def decide(self, page: FetchedPage, attempt: int) -> RetryDecision:
         wait = self.rate_limit(page)
