@@ -84,5 +84,7 @@ def settings(database_url: str, nats_server: EmbeddedNats) -> Settings:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -87,6 +87,21 @@ class Stack:
         self.last_job = int(body["jobId"])
         return self.last_job
 
+    async def post_json(self, body: Any, path: str = "/", content_type: str = "application/json",
+                        **headers: str) -> tuple[int, Any]:
+        """POST ``body`` as JSON; the status and the answer's JSON."""
+        assert self.http
+        async with self.http.post(self.base + path, data=json.dumps(body),
+                                  headers={"Content-Type": content_type, **headers}) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def post_spec(self, spec: dict[str, Any]) -> int:
+        """POST a JSON job spec, which must be accepted; its job id."""
+        status, body = await self.post_json(spec)
+        assert status == 200, body
+        self.last_job = int(body["jobId"])
+        return self.last_job
+
     async def status(self, job_id: int) -> dict[str, Any]:
         status, body, _ = await self.request("GET", f"/status/{job_id}")
         assert status == 200, body

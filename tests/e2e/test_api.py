@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -264,14 +263,6 @@ async def test_a_burst_of_large_posts_on_a_small_pool_all_succeed(
     assert sorted(r["n"] for r in counts) == [10_000] * 12
 
 
-async def post_json(st: Stack, data: object, path: str = "/",
-                    content_type: str = "application/json") -> tuple[int, Any]:
-    assert st.http
-    async with st.http.post(st.base + path, data=json.dumps(data),
-                            headers={"Content-Type": content_type}) as r:
-        return r.status, await r.json(content_type=None)
-
-
 SPEC_COLUMNS = "max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits, spec"
 
 
@@ -280,7 +271,7 @@ async def test_a_json_job_is_stored_and_shown_by_status(web: Stack, db: asyncpg.
             "depth": 3, "forceCrawl": True, "sitemaps": True,
             "scope": {"scope": "host", "allow": ["/docs/", "^https?:"], "deny": ["\\.pdf$"],
                       "maxPages": 9}}
-    status, body = await post_json(web, spec, content_type="application/json; charset=utf-8")
+    status, body = await web.post_json(spec, content_type="application/json; charset=utf-8")
     assert status == 200, body
     row = await db.fetchrow(f"SELECT {SPEC_COLUMNS} FROM job WHERE id = $1", body["jobId"])
     assert dict(row) | {"spec": json.loads(row["spec"])} == {
@@ -292,7 +283,7 @@ async def test_a_json_job_is_stored_and_shown_by_status(web: Stack, db: asyncpg.
     assert st["spec"] == spec | {"urls": ["http://a.example/", "https://b.example/docs"]}
     assert (st["maxLevel"], st["forceCrawl"]) == (3, True)
     # What /status shows posts back as the same job.
-    status, again = await post_json(web, st["spec"])
+    status, again = await web.post_json(st["spec"])
     assert status == 200, again
     assert (await web.status(again["jobId"]))["spec"] == st["spec"]
 
@@ -332,7 +323,7 @@ BAD_JSON = [
 @pytest.mark.parametrize(("data", "message"), BAD_JSON)
 async def test_json_errors_are_400_naming_the_field(web: Stack, db: asyncpg.Connection,
                                                     data: object, message: str) -> None:
-    assert await post_json(web, data) == (400, {"code": "BadRequest", "message": message})
+    assert await web.post_json(data) == (400, {"code": "BadRequest", "message": message})
     assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
 
 
@@ -353,16 +344,16 @@ async def test_json_body_limits_and_bad_json(web: Stack, db: asyncpg.Connection)
     assert await db.fetchval("SELECT count(*) FROM job_url WHERE job_id = $1", job) == 2
     await db.execute("DELETE FROM job")
     too_many = {"urls": [f"http://x{i}.example/" for i in range(6)]}
-    assert await post_json(web, too_many) == (
+    assert await web.post_json(too_many) == (
         413, {"code": "PayloadTooLarge", "message": "Too many URLs: 6 (at most 5)"})
     # Duplicates count once, as in the newline body.
-    status, _ = await post_json(web, {"urls": ["http://x.example/"] * 6})
+    status, _ = await web.post_json({"urls": ["http://x.example/"] * 6})
     assert status == 200
     assert await db.fetchval("SELECT count(*) FROM job") == 1
 
 
 async def test_json_and_query_together_is_400(web: Stack, db: asyncpg.Connection) -> None:
-    assert await post_json(web, {"urls": ["http://a.example/"]}, "/?depth=3&forceCrawl&depth=4") == (
+    assert await web.post_json({"urls": ["http://a.example/"]}, "/?depth=3&forceCrawl&depth=4") == (
         400, {"code": "BadRequest",
               "message": "Invalid query: depth, forceCrawl (put them in the JSON body)"})
     assert await db.fetchval("SELECT count(*) FROM job") == 0
@@ -373,8 +364,8 @@ async def test_newline_and_json_make_identical_jobs(stack: Stack, site: TestSite
     newline = await stack.post_job([site.a + "/"], depth="2", scope="host", deny="/c/",
                                    forceCrawl="1")
     by_newline = await stack.wait_complete(newline)
-    status, body = await post_json(stack, {"urls": [site.a + "/"], "depth": 2, "forceCrawl": True,
-                                           "scope": {"scope": "host", "deny": ["/c/"]}})
+    status, body = await stack.post_json({"urls": [site.a + "/"], "depth": 2, "forceCrawl": True,
+                                          "scope": {"scope": "host", "deny": ["/c/"]}})
     assert status == 200, body
     by_json = await stack.wait_complete(body["jobId"])
     rows = [dict(r) for r in await db.fetch(
@@ -390,8 +381,8 @@ async def test_newline_and_json_make_identical_jobs(stack: Stack, site: TestSite
 async def test_a_pattern_with_a_nul_is_a_400_in_both_bodies(web: Stack,
                                                             db: asyncpg.Connection) -> None:
     """It used to reach PostgreSQL, which stores no NUL in text or jsonb: a 500."""
-    status, body = await post_json(web, {"urls": ["http://a.example/"],
-                                         "scope": {"allow": ["a\x00"]}})
+    status, body = await web.post_json({"urls": ["http://a.example/"],
+                                        "scope": {"allow": ["a\x00"]}})
     assert status == 400 and body["message"].startswith("Invalid scope.allow[0]"), body
     assert web.http
     async with web.http.post(web.base + "/?allow=a%00", data="http://a.example/\n") as r:
@@ -417,7 +408,7 @@ async def test_a_json_job_with_fetcher_and_extract_is_stored_and_shown(
     spec = {"urls": ["http://a.example/"], "depth": 1, "forceCrawl": False, "sitemaps": False,
             "scope": {"scope": "any", "allow": [], "deny": [], "maxPages": None},
             "fetcher": "static", "extract": extract}
-    status, body = await post_json(kinds, spec)
+    status, body = await kinds.post_json(spec)
     assert status == 200, body
     row = await db.fetchrow("SELECT spec::text AS spec, fetcher, ruleset FROM job WHERE id = $1",
                             body["jobId"])
@@ -428,7 +419,7 @@ async def test_a_json_job_with_fetcher_and_extract_is_stored_and_shown(
     assert st["spec"] == spec
     assert list(st["spec"]) == list(spec)  # in the model's order
     # It posts back as the same job, of the same rule set.
-    status, again = await post_json(kinds, st["spec"])
+    status, again = await kinds.post_json(st["spec"])
     assert status == 200, again
     assert await db.fetchval("SELECT ruleset FROM job WHERE id = $1", again["jobId"]) == \
         row["ruleset"]
@@ -446,17 +437,17 @@ async def test_a_json_job_with_fetcher_and_extract_is_stored_and_shown(
 ])
 async def test_unknown_fetcher_or_extractor_kind_is_400_naming_the_field(
         kinds: Stack, db: asyncpg.Connection, data: object, message: str) -> None:
-    assert await post_json(kinds, data) == (400, {"code": "BadRequest", "message": message})
+    assert await kinds.post_json(data) == (400, {"code": "BadRequest", "message": message})
     assert await db.fetchval("SELECT count(*) FROM job") == 0, "a rejected request created a job"
 
 
 async def test_by_default_only_http_and_the_built_in_extractor_are_known(web: Stack,
                                                                db: asyncpg.Connection) -> None:
-    assert await post_json(web, {"urls": ["http://a.example/"], "fetcher": "static"}) == (
+    assert await web.post_json({"urls": ["http://a.example/"], "fetcher": "static"}) == (
         400, {"code": "BadRequest",
               "message": "Invalid fetcher: unknown fetcher kind: static (known: http)"})
-    assert await post_json(web, {"urls": ["http://a.example/"],
-                                 "extract": [{"kind": "test-title"}]}) == (
+    assert await web.post_json({"urls": ["http://a.example/"],
+                                "extract": [{"kind": "test-title"}]}) == (
         400, {"code": "BadRequest",
               "message": "Invalid extract[0].kind: unknown extractor kind: test-title "
                          "(known: items)"})

@@ -7,7 +7,6 @@ retries while the others are fine. Never skipped: without chromium it fails."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -41,23 +40,15 @@ async def stack(browsing: Settings) -> AsyncIterator[Stack]:
     await st.stop()
 
 
-async def post(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        assert r.status == 200, await r.text()
-        return int((await r.json())["jobId"])
-
-
 async def test_a_browser_job_finds_the_links_scripts_build(
         stack: Stack, browsing: Settings, db: asyncpg.Connection) -> None:
     site = await JsSite(pages=7).start()
     try:
-        http_job = await post(stack, {"urls": [site.url(0)], "depth": 3})
+        http_job = await stack.post_spec({"urls": [site.url(0)], "depth": 3})
         await stack.wait_complete(http_job)
         assert await stack.result(http_job) == {}  # the pages as served have no <a>
-        job = await post(stack, {"urls": [site.url(0)], "depth": 3, "fetcher": "browser",
-                                 "save": [{"kind": "warc"}]})
+        job = await stack.post_spec({"urls": [site.url(0)], "depth": 3, "fetcher": "browser",
+                                     "save": [{"kind": "warc"}]})
         st = await stack.wait_complete(job)
         assert st["fetcher"] == {"kind": "browser", "liveWorkers": 1}
         assert await stack.result(job) == site.expected_result(3)
@@ -82,7 +73,7 @@ async def test_a_browser_job_finds_the_links_scripts_build(
 async def test_a_killed_browser_is_relaunched_and_the_job_completes(stack: Stack) -> None:
     site = await JsSite(pages=40, delay=0.1).start()
     try:
-        job = await post(stack, {"urls": [site.url(0)], "depth": 7, "fetcher": "browser"})
+        job = await stack.post_spec({"urls": [site.url(0)], "depth": 7, "fetcher": "browser"})
         deadline = time.monotonic() + 60
         while site.page_hits() < 5:
             assert time.monotonic() < deadline, "the crawl never started"
@@ -102,8 +93,8 @@ async def test_a_killed_browser_is_relaunched_and_the_job_completes(stack: Stack
 async def test_a_hanging_page_fails_with_its_timeout_after_its_retries(stack: Stack) -> None:
     site = await JsSite(pages=7, root_links=("/hang",)).start()
     try:
-        job = await post(stack, {"urls": [site.url(0)], "depth": 3, "fetcher": "browser",
-                                 "browser": {"timeout": 2}})
+        job = await stack.post_spec({"urls": [site.url(0)], "depth": 3, "fetcher": "browser",
+                                     "browser": {"timeout": 2}})
         await stack.wait_complete(job, timeout=60)
         assert await stack.result(job) == site.expected_result(3)
         failed: dict[str, Any] = await stack.result(job, status="failed")

@@ -7,7 +7,6 @@ status and attempts (DS-8); two id jobs over the same ids each see only their ow
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -64,21 +63,8 @@ async def stack(outputs: Settings) -> AsyncIterator[Stack]:
     await st.stop()
 
 
-async def post_json(stack: Stack, spec: dict[str, Any]) -> tuple[int, Any]:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        return r.status, await r.json(content_type=None)
-
-
-async def post_spec(stack: Stack, spec: dict[str, Any]) -> int:
-    status, body = await post_json(stack, spec)
-    assert status == 200, body
-    return int(body["jobId"])
-
-
 async def run(stack: Stack, spec: dict[str, Any], timeout: float = 120) -> tuple[int, dict[str, Any]]:
-    job = await post_spec(stack, spec)
+    job = await stack.post_spec(spec)
     st = await stack.wait_complete(job, timeout)
     assert st["completed"] == len(st["urls"]), st  # DS-6: complete exactly when nothing pends
     return job, st
@@ -257,15 +243,15 @@ async def test_resume_sets(stack: Stack) -> None:
         assert hits_by_id(site) == expected  # no explored id, each other once
         assert st["pages"]["failed"] == 0
         # An unknown set is refused.
-        status, body = await post_json(stack, {"ids": id_spec(
+        status, body = await stack.post_json({"ids": id_spec(
             site, known="00000000-0000-4000-8000-000000000000")})
         assert status == 400 and "ids.known" in str(body), body
         # Known ids that are all explored, and nothing else: nothing to fetch, refused (an
         # explored id is never fetched, not even as the job's first URL).
         all_explored, _ = await upload_ids(stack, ["e1", "e2"])
         hits = hits_by_id(site)
-        status, body = await post_json(stack, {"ids": id_spec(site, known=all_explored,
-                                                              explored=explored)})
+        status, body = await stack.post_json({"ids": id_spec(site, known=all_explored,
+                                                             explored=explored)})
         assert status == 400, body
         assert "Invalid ids.known: every known id is explored" in str(body), body
         assert hits_by_id(site) == hits

@@ -5,8 +5,6 @@ pages."""
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -59,8 +57,8 @@ async def test_ignored_query_parameters_fetch_a_page_once(settings: Settings) ->
     runner, base = await serve(handle, "127.0.0.1")
     stack = await Stack(settings).start()
     try:
-        status, body = await post_json(stack, {"urls": [base + "/?utm_campaign=z"],
-                                               "fingerprint": {"ignoreParams": ["utm_*", "sid"]}})
+        status, body = await stack.post_json({"urls": [base + "/?utm_campaign=z"],
+                                              "fingerprint": {"ignoreParams": ["utm_*", "sid"]}})
         assert status == 200, body
         job = int(body["jobId"])
         st = await stack.wait_complete(job)
@@ -69,13 +67,6 @@ async def test_ignored_query_parameters_fetch_a_page_once(settings: Settings) ->
     finally:
         await stack.stop()
         await runner.cleanup()
-
-
-async def post_json(stack: Stack, spec: dict[str, Any]) -> tuple[int, Any]:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        return r.status, await r.json(content_type=None)
 
 
 async def test_host_headers_never_follow_a_redirect_elsewhere(settings: Settings) -> None:

@@ -7,10 +7,8 @@ link graph, each page fetched once."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -55,20 +53,11 @@ async def local() -> AsyncIterator[Site]:
     await runner.cleanup()
 
 
-async def post(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        body = await r.json(content_type=None)
-        assert r.status == 200, body
-        return int(body["jobId"])
-
-
 async def test_a_url_linked_from_many_pages_is_fetched_once_by_two_workers(
         settings: Settings, local: Site) -> None:
     stack = await Stack(settings).start(workers=2)
     try:
-        job = await post(stack, {"urls": [local.base + "/"], "depth": 3})
+        job = await stack.post_spec({"urls": [local.base + "/"], "depth": 3})
         st = await stack.wait_complete(job)
     finally:
         await stack.stop()
@@ -81,8 +70,8 @@ async def test_a_url_linked_from_many_pages_is_fetched_once_by_two_workers(
 
 
 async def test_ignored_params_make_one_request(stack: Stack, local: Site) -> None:
-    job = await post(stack, {"urls": [local.base + "/utm?utm_campaign=x"], "depth": 2,
-                             "fingerprint": {"ignoreParams": ["utm_*", "SID"]}})
+    job = await stack.post_spec({"urls": [local.base + "/utm?utm_campaign=x"], "depth": 2,
+                                 "fingerprint": {"ignoreParams": ["utm_*", "SID"]}})
     await stack.wait_complete(job)
     assert local.hits == Counter({"/utm": 1, "/t?id=1": 1, "/t": 1}), local.hits
     result = await stack.result(job)
@@ -91,8 +80,8 @@ async def test_ignored_params_make_one_request(stack: Stack, local: Site) -> Non
 
 async def test_a_job_with_a_bloom_filter_gets_the_link_graph(stack: Stack, site: TestSite,
                                                              settings: Settings) -> None:
-    job = await post(stack, {"urls": [site.a + "/"], "depth": 3,
-                             "bloom": {"capacity": 1000, "errorRate": 0.5}})
+    job = await stack.post_spec({"urls": [site.a + "/"], "depth": 3,
+                                 "bloom": {"capacity": 1000, "errorRate": 0.5}})
     await stack.wait_complete(job)
     assert await stack.result(job) == site.expected_result(site.a + "/", 3)
     error_page = f"{site.a}/error.html"

@@ -5,12 +5,11 @@ another. The stack knows two kinds, http and static; its worker serves http only
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import nats
 import pytest
@@ -52,15 +51,6 @@ async def _eventually(op: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
         await asyncio.sleep(0.05)
 
 
-async def post_spec(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        body = await r.json(content_type=None)
-        assert r.status == 200, body
-        return int(body["jobId"])
-
-
 async def depth(js: JetStreamContext, settings: Settings, kind: str) -> int:
     return await bus.stream_depth(js, bus.work_subject(settings, kind))
 
@@ -69,7 +59,7 @@ async def test_a_job_of_a_kind_no_worker_serves_says_so(
         kinds: Settings, site: TestSite, js: JetStreamContext) -> None:
     stack = await Stack(kinds).start()
     try:
-        job = await post_spec(stack, {"urls": [site.a + "/"], "fetcher": "static"})
+        job = await stack.post_spec({"urls": [site.a + "/"], "fetcher": "static"})
         # Forwarded by the foreman to the static queue, where it sits: no worker takes it.
         await _eventually(lambda: depth(js, kinds, "static"), lambda n: n == 1)
         st = await stack.status(job)
@@ -109,7 +99,7 @@ async def test_a_full_queue_of_one_kind_does_not_stop_another(
     stack = await Stack(small).start()
     try:
         static = [f"{site.b}/static/{i}" for i in range(20)]
-        job = await post_spec(stack, {"urls": static, "fetcher": "static"})
+        job = await stack.post_spec({"urls": static, "fetcher": "static"})
         await _eventually(lambda: depth(js, small, "static"), lambda n: n == limit)
         http = await stack.post_job([site.a + "/"], depth="3")
         await stack.wait_complete(http)
@@ -132,8 +122,8 @@ async def test_a_backlog_of_one_kind_does_not_clog_the_url_queue(
                                      "batch_size": 4})
     stack = await Stack(small).start()
     try:
-        job = await post_spec(stack, {"urls": [f"{site.b}/static/{i}" for i in range(40)],
-                                      "fetcher": "static"})
+        job = await stack.post_spec({"urls": [f"{site.b}/static/{i}" for i in range(40)],
+                                     "fetcher": "static"})
         await _eventually(lambda: depth(js, small, "static"), lambda n: n == 2)
         http = await stack.post_job([site.a + "/"], depth="2")
         await stack.wait_complete(http, timeout=30)

@@ -36,10 +36,8 @@ async def ops_stack(settings: Settings) -> AsyncIterator[tuple[Stack, int, int]]
     foreman_port, worker_port = free_port(), free_port()
     st = await Stack(settings).start(foremen=0, workers=0)
     for port, run in ((foreman_port, run_foreman), (worker_port, run_worker)):
-        st.settings = settings.model_copy(update={"metrics_addr": f"127.0.0.1:{port}",
-                                                  "housekeeping_interval": 0.05})
-        st.add(run)
-    st.settings = settings
+        st.add(run, settings.model_copy(update={"metrics_addr": f"127.0.0.1:{port}",
+                                                "housekeeping_interval": 0.05}))
     yield st, foreman_port, worker_port
     await st.stop()
 

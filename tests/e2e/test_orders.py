@@ -4,7 +4,6 @@ is the claim's: fifo A, B, C; lifo C, B, A; priority (A = 1, B = C = 5) B, C, A.
 
 from __future__ import annotations
 
-import json
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -16,15 +15,6 @@ from tests.e2e.stack import Stack
 from tests.servers import serve
 
 pytestmark = pytest.mark.e2e
-
-
-async def post_spec(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        body = await r.json(content_type=None)
-        assert r.status == 200, body
-        return int(body["jobId"])
 
 
 @pytest.mark.parametrize(("order", "extra", "expected"), [
@@ -48,8 +38,8 @@ async def test_a_jobs_urls_are_fetched_in_its_order(
         cleanup.push_async_callback(runner.cleanup)
         stack = await Stack(sequential).start(foremen=1, workers=1)
         cleanup.push_async_callback(stack.stop)
-        job = await post_spec(stack, {"urls": [f"{base}/{order}/{p}" for p in "abc"],
-                                      "depth": 0, "order": order, **extra})
+        job = await stack.post_spec({"urls": [f"{base}/{order}/{p}" for p in "abc"],
+                                     "depth": 0, "order": order, **extra})
         st = await stack.wait_complete(job, timeout=30)
     assert st["pages"]["fetched"] == 3
     assert "".join(log) == expected

@@ -113,20 +113,12 @@ async def stack(settings: Settings, root: Path) -> AsyncIterator[Stack]:
     await st.stop()
 
 
-async def post(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        assert r.status == 200, await r.text()
-        return int((await r.json())["jobId"])
-
-
 async def run(stack: Stack, site: Site, save: list[dict[str, Any]] | None,
               **more: Any) -> int:
     spec: dict[str, Any] = {"urls": [site.url("/")], "depth": 5, **more}
     if save is not None:
         spec["save"] = save
-    job = await post(stack, spec)
+    job = await stack.post_spec(spec)
     await stack.wait_complete(job)
     return job
 
@@ -279,8 +271,8 @@ async def test_tar_survives_sigterm_restart(settings: Settings, root: Path,
     site = await start_site(chain=8)
     stack = await Stack(settings.model_copy(update={"output_root": root})).start()
     try:
-        job = await post(stack, {"urls": [site.url("/")], "depth": 10,
-                                 "save": [{"kind": "tar", "pattern": "{path}/{urlid}"}]})
+        job = await stack.post_spec({"urls": [site.url("/")], "depth": 10,
+                                     "save": [{"kind": "tar", "pattern": "{path}/{urlid}"}]})
         deadline = time.monotonic() + 60
         while len(await body_refs(db, job)) < 10:
             assert time.monotonic() < deadline, "no bodies saved"

@@ -112,24 +112,6 @@ async def site() -> AsyncIterator[Site]:
         await s.stop()
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def post_spec(stack: Stack, spec: dict[str, Any]) -> int:
-    assert stack.http
-    async with stack.http.post(stack.base + "/", data=json.dumps(spec),
-                               headers={"Content-Type": "application/json"}) as r:
-        body = await r.json(content_type=None)
-        assert r.status == 200, body
-        return int(body["jobId"])
-
-
 async def put_accounts(db: asyncpg.Connection, pool: str, host: str) -> None:
     for name, cookies in ACCOUNTS.items():
         assert await sessions.put(db, pool, name, cookies=cookies, host=host) == "new"
@@ -140,8 +122,8 @@ async def test_each_request_carries_one_account_and_a_blocked_one_is_benched(
     await put_accounts(db, "accounts", site.base)
     stack = await Stack(settings.model_copy(update={"user_agents": UAS, "retries": 4})).start()
     try:
-        job = await post_spec(stack, {"urls": [site.base + "/"], "sessions": {
-            "pool": "accounts", "blockPatterns": ["unusual traffic"], "bench": 30}})
+        job = await stack.post_spec({"urls": [site.base + "/"], "sessions": {
+           "pool": "accounts", "blockPatterns": ["unusual traffic"], "bench": 30}})
         st = await stack.wait_complete(job)
         assert st["pages"]["failed"] == 0 and st["pages"]["processed"] == 12  # /, p0-p9, /b
         assert all(c is not None for _, c, _ in site.a), "a request to A without a session"
@@ -179,7 +161,7 @@ async def test_private_answers_and_an_empty_pool(settings: Settings, db: asyncpg
     await sessions.put(db, "one", "dave", cookies={"sid": "d-1"}, host=base)
     stack = await Stack(settings).start()
     try:
-        logged_in = await post_spec(stack, {"urls": [base + "/"], "sessions": {"pool": "one"}})
+        logged_in = await stack.post_spec({"urls": [base + "/"], "sessions": {"pool": "one"}})
         await stack.wait_complete(logged_in)
         assert sorted(seen) == [("/", "sid=d-1"), ("/x", "sid=d-1"), ("/y", "sid=d-1")]
         # Not answered from the logged-in pages (private), and no cookie of theirs.
@@ -188,15 +170,15 @@ async def test_private_answers_and_an_empty_pool(settings: Settings, db: asyncpg
         assert sorted(seen[3:]) == [("/", None), ("/x", None), ("/y", None)]
         assert st["pages"]["failed"] == 0
         # An empty pool crawls without cookies.
-        empty = await post_spec(stack, {"urls": [base + "/"], "forceCrawl": True,
-                                        "sessions": {"pool": "nobody"}})
+        empty = await stack.post_spec({"urls": [base + "/"], "forceCrawl": True,
+                                       "sessions": {"pool": "nobody"}})
         st = await stack.wait_complete(empty)
         assert sorted(seen[6:]) == [("/", None), ("/x", None), ("/y", None)]
         assert st["pages"]["failed"] == 0
         assert await stack.result(empty) == await stack.result(logged_in)
         # Headers in a job's fingerprint make its answers private too.
-        headed = await post_spec(stack, {"urls": [base + "/"], "fingerprint": {
-            "includeHeaders": ["accept-language"]}})
+        headed = await stack.post_spec({"urls": [base + "/"], "fingerprint": {
+           "includeHeaders": ["accept-language"]}})
         await stack.wait_complete(headed)
         assert len(seen) == 12
         again = await stack.post_job([base + "/"])
@@ -220,7 +202,7 @@ async def test_max_uses_then_a_new_version(settings: Settings, db: asyncpg.Conne
     await sessions.put(db, "capped", "erin", cookies={"sid": "e-1"}, host=base, max_uses=3)
     stack = await Stack(settings).start()
     try:
-        job = await post_spec(stack, {"urls": [base + "/"], "sessions": {"pool": "capped"}})
+        job = await stack.post_spec({"urls": [base + "/"], "sessions": {"pool": "capped"}})
         deadline = time.monotonic() + 30
         while True:  # 3 requests, and the rest deferred past a busy session's short wait
             waiting = await db.fetchval("""
@@ -322,7 +304,7 @@ async def test_login_task_refreshes_a_session(settings: Settings, db: asyncpg.Co
         assert (info.host, info.cookie_names, info.version) == (
             site.base, ("_sess", "user_session"), 2)
         before = len(site.seen)  # the logins' own redirects home
-        job = await post_spec(stack, {"urls": [site.base + "/"], "sessions": {"pool": "web"}})
+        job = await stack.post_spec({"urls": [site.base + "/"], "sessions": {"pool": "web"}})
         st = await stack.wait_complete(job)
         assert st["pages"]["failed"] == 0
         assert site.seen[before:] == [{"_sess": "s-2", "user_session": "frank-2"}] * 3

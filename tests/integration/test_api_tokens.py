@@ -6,7 +6,6 @@ expiring leases, and takers racing on one row."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -19,13 +18,9 @@ T1, T2 = "t-000000000001", "t-000000000002"
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(database_url)
-    try:
-        await api_tokens.register(c, [T1, T2], ["core", "search"])
-        yield c
-    finally:
-        await c.close()
+async def conn(db: asyncpg.Connection) -> asyncpg.Connection:
+    await api_tokens.register(db, [T1, T2], ["core", "search"])
+    return db
 
 
 async def take(conn: asyncpg.Connection, ids: list[str] | None = None, resource: str = "core",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -22,12 +21,8 @@ B = "http://127.0.0.2:8002"
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
+def conn(db: asyncpg.Connection) -> asyncpg.Connection:
+    return db
 
 
 async def lease(conn: asyncpg.Connection, host: str = A, pool: str = "p",
