@@ -24,6 +24,7 @@ from shared.config import Settings, stream_name
 from shared.db import workers
 from tests.chaos.procs import GraphSite
 from tests.e2e.stack import Stack
+from tests.polling import until
 from tests.servers import serve
 from worker.crawl import run as run_worker
 from worker.fetchers.http import fetch as fetch_page
@@ -58,19 +59,6 @@ class Scripted:
 
 def html(*links: str) -> web.Response:
     return web.Response(text="".join(f'<a href="{u}">x</a>' for u in links), content_type="text/html")
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30,
-                what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        held = condition()
-        if await held if inspect.isawaitable(held) else held:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 def nested_divs(depth: int) -> bytes:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,15 +33,9 @@ from shared.db import tasks, workers
 from shared.db.frontier import DueFrontier
 from tests.e2e.stack import Stack
 from tests.e2e.test_tasks import get_task, run_task, task_settings, wait_task
+from tests.polling import until
 
 pytestmark = pytest.mark.e2e
-
-
-async def until(what: str, condition: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.05)
 
 
 def log_lines(path: Path) -> list[str]:
@@ -57,7 +50,7 @@ async def test_a_timed_out_sync_task_keeps_its_slot_until_its_thread_returns(
     stack = await Stack(settings).start()
     try:
         stuck = [await run_task(stack, "slow", seconds=3) for _ in range(2)]
-        await until("both stuck tasks started", lambda: _all_started(stack, stuck))
+        await until(lambda: _all_started(stack, stuck), what="both stuck tasks started")
         later = await run_task(stack, "slow", seconds=0)
         # Recorded failed at the timeout, while their threads still run ...
         for t in stuck:
@@ -162,7 +155,7 @@ async def test_tasks_survive_postgres_and_nats_restarts_each_once(
     try:
         for restart, outage in ((postgres, 8), (own, 2)):
             ids = [await run_task(stack, "nap", seconds=0.5) for _ in range(6)]
-            await until("a task running", lambda ids=ids: _any_running(stack, ids))
+            await until(lambda ids=ids: _any_running(stack, ids), what="a task running")
             await asyncio.to_thread(restart.stop)  # queued, published and running tasks
             await asyncio.sleep(outage)  # the outage (not a synchronisation)
             await asyncio.to_thread(restart.start)
@@ -207,7 +200,7 @@ async def test_the_task_watchdog_runs_when_the_visit_round_fails(
             async with pool.acquire() as conn:
                 return bool(await conn.fetchval(
                     "SELECT published_on IS NULL FROM task WHERE id = $1", lost))
-        await until("the lost task unpublished", republished, timeout=10)
+        await until(republished, timeout=10, what="the lost task unpublished")
     finally:
         stop.set()
         await dog

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from shared.errors import ConfigError
 from shared.robots import BLOCKED
 from shared.urls import host_key
 from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
+from tests.polling import until
 from worker.fetchers import FetchRequest, tabs
 from worker.fetchers.browser import BrowserFetcher
 from worker.fetchers.http import HttpFetcher, html_2xx
@@ -55,14 +55,6 @@ async def browser() -> AsyncIterator[BrowserFetcher]:
     require_chromium()
     async with BrowserFetcher(SETTINGS, concurrency=2) as fetcher:
         yield fetcher
-
-
-async def until(check: Any, timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 async def test_the_browser_finds_the_links_a_script_builds(site: JsSite,

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +24,7 @@ from shared.db import jobs, tasks, visits, workers
 from shared.jobspec import stored_spec
 from shared.scope import Scope
 from tests.e2e.stack import Stack
+from tests.polling import until
 from worker.crawl import run as run_worker
 from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS
@@ -32,13 +33,6 @@ from worker.pipeline import JobPlan, JobPlans
 
 RECORD = "tests.init_fixture:record_init"
 FAILING = "tests.init_fixture:failing_init"
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -6,14 +6,11 @@ browserPath, ``up`` stops at once with one line."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +20,9 @@ import pytest
 
 from harvester_ops.embedded import free_port
 from tests.integration.test_up import ctrl_c, wait_http
+from tests.polling import until
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float,
-                what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if not isinstance(got, bool):
-            got = await got
-        if got:
-            return
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.1)
 
 
 def start_up(data: Path, port: int, config: Path,
