@@ -56,8 +56,9 @@ async def housekeep_once(settings: Settings, pool: asyncpg.Pool) -> tuple[int, i
 
 
 async def _gauges(conn: asyncpg.Connection) -> None:
-    """JOBS{state} and PENDING_VISITS, set by the one foreman holding the housekeeping lock
-    (Prometheus sums the foremen: the others leave theirs unset)."""
+    """JOBS{state} and PENDING_VISITS, set by the foreman holding the housekeeping lock. The
+    foremen take turns at that try-lock, and each keeps the last values it set, so with 2+
+    foremen aggregate them with ``max()``, not ``sum()`` (which would count a job twice)."""
     counts, pending = await jobs.job_gauges(conn)
     for state, n in counts.items():
         metrics.JOBS.labels(state).set(n)

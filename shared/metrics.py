@@ -1,6 +1,8 @@
 """Prometheus metrics of every tier: module-level prometheus-client objects, all prefixed
 ``harvester_``. Each process exposes its own registry (web ``/metrics``, the foreman's and
-the workers' ``metricsAddr``); Prometheus sums them."""
+the workers' ``metricsAddr``). Counters and histograms are per process: sum them. The gauges of
+shared state (``QUEUE_MESSAGES``, ``PENDING_VISITS``, ``JOBS``) are read by every foreman (the
+housekeeping's holder of the moment): take their ``max``, a sum over-counts."""
 
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ VISITS_DROPPED = Counter("harvester_visits_dropped", "Visits dropped (cancelled 
 VISITS_HELD = Counter("harvester_visits_held", "Visits held for a paused job")
 WATCHDOG = Counter("harvester_watchdog", "Watchdog actions", ["action"])
 WEBHOOKS = Counter("harvester_webhooks", "Completion webhook deliveries", ["result"])
-QUEUE_MESSAGES = Gauge("harvester_queue_messages", "Messages waiting in a queue", ["queue"])
-PENDING_VISITS = Gauge("harvester_pending_visits", "Visits queued in PostgreSQL")
-JOBS = Gauge("harvester_jobs", "Jobs by state", ["state"])
+QUEUE_MESSAGES = Gauge("harvester_queue_messages", "Messages waiting in a queue (every foreman reads it: max across them)", ["queue"])
+PENDING_VISITS = Gauge("harvester_pending_visits", "Visits queued in PostgreSQL (max across foremen)")
+JOBS = Gauge("harvester_jobs", "Jobs by state (max across foremen)", ["state"])
 BROWSER_RELAUNCHES = Counter("harvester_browser_relaunches", "Browser relaunches, by reason "
                              "(timeout, crash, disconnected, errors)", ["reason"])
 BROWSER_PAGES_RECLAIMED = Counter("harvester_browser_pages_reclaimed",
