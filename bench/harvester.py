@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 
@@ -76,6 +77,20 @@ def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: i
 def _get_json(url: str, timeout: float = 30.0) -> object:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.load(r)
+
+
+def _await_healthz(api: str, timeout: float = 60) -> None:
+    """Until the web server at ``api`` answers ``/healthz`` with status ok."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cast(dict[str, Any], _get_json(api + "/healthz", 2)).get("status") == "ok":
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("harvester /healthz never answered ok")
+        time.sleep(0.2)
 
 
 def _post(url: str, body: bytes, timeout: float = 30.0, content_type: str | None = None) -> object:
@@ -248,16 +263,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
             extra.append(subprocess.Popen([sys.executable, "-m", "foreman", "-config", str(config)],
                                           cwd=REPO, env=fenv, stdout=flog, stderr=flog,
                                           start_new_session=True))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get_json(api + "/healthz", 2).get("status") == "ok":  # type: ignore[union-attr]
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("harvester /healthz never answered ok")
-            time.sleep(0.2)
+        _await_healthz(api)
         # up + web_server + foreman + workers + postgres (>= 5 processes) + nats-server
         idle = _wait_idle([up.pid] + [p.pid for p in extra],
                           min_procs=4 + opts.workers + opts.browser_workers + 5)

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -352,23 +351,6 @@ http {{
 """
 
 
-def port_free_any(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_any(start: int = 18580) -> int:
-    for port in range(start, start + 500):
-        if port_free_any(port):
-            return port
-    raise RuntimeError("no free port for the many-host site")
-
-
 def make_server(site: HostsSite, run_dir: Path, kind: str, workers: int | None) -> Any:
     from bench.server import StaticServer, _nofile
 
@@ -419,7 +401,15 @@ def write_config(path: Path, worker_concurrency: int, single: HostsSite | None =
 def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
                   spec_extra: dict[str, object], single: bool = False,
                   fairness: bool = False) -> dict[str, Any]:
-    from bench.harvester import _UP_LINE, _Drain, _get_json, _post, _stop, _wait_idle
+    from bench.harvester import (
+        _UP_LINE,
+        _await_healthz,
+        _Drain,
+        _get_json,
+        _post,
+        _stop,
+        _wait_idle,
+    )
     from bench.procs import TreeMonitor
     from harvester_ops.embedded import free_port
 
@@ -443,16 +433,7 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
     try:
         if not drain.got_first.wait(180) or not _UP_LINE.search(drain.first):
             raise RuntimeError(f"harvester up did not start: {drain.first!r}; see {data_dir}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if cast(dict[str, Any], _get_json(api + "/healthz", 2)).get("status") == "ok":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("harvester /healthz never answered ok")
-            time.sleep(0.2)
+        _await_healthz(api)
         _wait_idle([up.pid], min_procs=4 + a.workers + 5)
 
         def post(spec: dict[str, object]) -> int:
@@ -517,8 +498,7 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
 
 
 def run_scrapy(site: HostsSite, out: Path, label: str, timeout: float) -> dict[str, Any]:
-    from bench.others import _run_measured
-    from shared.urls import canonicalize
+    from bench.others import _check_feed, _loop_args, _run_measured
 
     feed = out / f"hosts-scrapy-{label}.jsonl"
     feed.unlink(missing_ok=True)
@@ -530,11 +510,7 @@ def run_scrapy(site: HostsSite, out: Path, label: str, timeout: float) -> dict[s
             "--depth-limit", "0",
             "--concurrency", str(scrapy_concurrency(site.spec.hosts)),
             "--per-domain", str(HOST_CONCURRENCY), "--delay", str(HOST_DELAY), "--out", str(feed)]
-    try:
-        import uvloop  # noqa: F401
-        args += ["--loop", "uvloop.Loop"]
-    except ImportError:
-        pass
+    args += _loop_args()
     info, _monitor, wall_process, usage = _run_measured(args, out / f"hosts-scrapy-{label}.log",
                                                        timeout)
     result: dict[str, Any] = {"system": "scrapy", "label": label, "valid": False,
@@ -542,26 +518,18 @@ def run_scrapy(site: HostsSite, out: Path, label: str, timeout: float) -> dict[s
     if "error" in info or "wall" not in info:
         result.setdefault("error", "no timing from the spider")
         return result
-    pages: set[str] = set()
-    with open(feed) as f:
-        for line in f:
-            pages.add(canonicalize(json.loads(line)["url"]))
-    missing = [u for u in site.expected if u not in pages]
-    result.update({"found": len(site.expected) - len(missing), "missing_sample": missing[:5],
-                   "valid": not missing})
-    if missing:
-        result["error"] = f"{len(missing)} expected pages missing from the feed"
-    return result
+    return _check_feed(result, feed, site.expected, links=False)
 
 
 def main(a: argparse.Namespace) -> int:
     from bench.harvester import VARIANTS
     from bench.procs import tree_cpu
+    from bench.server import free_port_pair
 
     out: Path = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now().astimezone()
-    port = a.port or free_port_any()
+    port = a.port or free_port_pair(18580, hosts=("",))  # every address: 127.0.x.y hosts
     spec = HostsSpec(pages=a.pages, hosts=a.hosts, seed=a.seed, port=port,
                      small_pages=a.small_pages, small_hosts=a.small_hosts)
     site = generate(spec, out / f"site-hosts{a.hosts}", force=a.regenerate)

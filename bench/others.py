@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.procs import TreeMonitor
 from bench.site import Site
@@ -95,6 +97,40 @@ def _run_measured(args: list[str], log: Path, timeout: float) -> tuple[dict, Tre
     return info, monitor, wall_process, usage
 
 
+def _loop_args() -> list[str]:
+    """Scrapy's ``--loop`` for the same event loop as Harvester's tiers (its
+    ASYNCIO_EVENT_LOOP setting): uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return []
+    return ["--loop", "uvloop.Loop"]
+
+
+def _check_feed(result: dict[str, Any], feed: Path, expected: Sequence[str],
+                links: bool = True) -> dict[str, Any]:
+    """``result`` with what a crawler's JSON-lines feed found of the ``expected`` pages
+    (``found``, ``missing_sample``, ``valid``, an ``error`` if any is missing; ``links``: the
+    links it reported, too). A missing feed found nothing."""
+    pages: set[str] = set()
+    count = 0
+    if feed.exists():
+        with open(feed) as f:
+            for line in f:
+                item = json.loads(line)
+                pages.add(canonicalize(item["url"]))
+                if links:
+                    count += len(item["links"])
+    missing = [u for u in expected if u not in pages]
+    result["found"] = len(expected) - len(missing)
+    if links:
+        result["links"] = count
+    result.update({"missing_sample": missing[:5], "valid": not missing})
+    if missing:
+        result["error"] = f"{len(missing)} expected pages missing from the feed"
+    return result
+
+
 def run_scrapy(site: Site, out: Path, label: str, concurrency: int, timeout: float) -> dict[str, object]:
     feed = out / f"scrapy-{label}.jsonl"
     feed.unlink(missing_ok=True)
@@ -103,11 +139,7 @@ def run_scrapy(site: Site, out: Path, label: str, concurrency: int, timeout: flo
             "--allow", f"{spec.host_a}:{spec.port}", "--allow", f"{spec.host_b}:{spec.port}",
             "--depth-limit", str(site.scrapy_depth_limit), "--concurrency", str(concurrency),
             "--out", str(feed)]
-    try:  # the same event loop as Harvester's tiers (Scrapy's ASYNCIO_EVENT_LOOP setting)
-        import uvloop  # noqa: F401
-        args += ["--loop", "uvloop.Loop"]
-    except ImportError:
-        pass
+    args += _loop_args()
     info, monitor, wall_process, usage = _run_measured(args, out / f"scrapy-{label}.log", timeout)
     result: dict[str, object] = {"system": "scrapy", "label": label, "valid": False,
                                  "depth_limit": site.scrapy_depth_limit,
@@ -117,20 +149,7 @@ def run_scrapy(site: Site, out: Path, label: str, concurrency: int, timeout: flo
         result.setdefault("error", "no timing from the spider")
         result["found"] = 0
         return result
-    pages: set[str] = set()
-    links = 0
-    if feed.exists():
-        with open(feed) as f:
-            for line in f:
-                item = json.loads(line)
-                pages.add(canonicalize(item["url"]))
-                links += len(item["links"])
-    missing = [u for u in site.expected if u not in pages]
-    result.update({"found": len(site.expected) - len(missing), "links": links,
-                   "missing_sample": missing[:5], "valid": not missing})
-    if missing:
-        result["error"] = f"{len(missing)} expected pages missing from the feed"
-    return result
+    return _check_feed(result, feed, site.expected)
 
 
 def run_ceiling(site: Site, out: Path, label: str, concurrency: int, timeout: float,
@@ -182,17 +201,4 @@ def run_crawlee(site: Site, out: Path, label: str, pages: int, timeout: float,
         result.setdefault("error", "no timing from the crawler")
         result["found"] = 0
         return result
-    found: set[str] = set()
-    links = 0
-    if feed.exists():
-        with open(feed) as f:
-            for line in f:
-                item = json.loads(line)
-                found.add(canonicalize(item["url"]))
-                links += len(item["links"])
-    missing = [u for u in site.expected if u not in found]
-    result.update({"found": len(site.expected) - len(missing), "links": links,
-                   "missing_sample": missing[:5], "valid": not missing})
-    if missing:
-        result["error"] = f"{len(missing)} expected pages missing from the feed"
-    return result
+    return _check_feed(result, feed, site.expected)

@@ -78,10 +78,12 @@ def port_free(port: int, hosts: tuple[str, ...] = ("127.0.0.1", "127.0.0.2")) ->
     return True
 
 
-def free_port_pair(start: int = 18480) -> int:
-    """A port free on both loopback addresses, from ``start`` upwards."""
+def free_port_pair(start: int = 18480,
+                   hosts: tuple[str, ...] = ("127.0.0.1", "127.0.0.2")) -> int:
+    """A port free on ``hosts`` (both loopback addresses; ``("",)``: every address), from
+    ``start`` upwards."""
     for port in range(start, start + 500):
-        if port_free(port):
+        if port_free(port, hosts):
             return port
     raise RuntimeError("no free port for the bench site")
 

@@ -3,6 +3,9 @@ arithmetic."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from bench import manyhosts as mh
@@ -93,3 +96,25 @@ def test_bloom_saving() -> None:
     assert s["cpu_ms_per_page_saved"] == pytest.approx(0.25)
     assert s["postgres_cpu_s_saved"] == pytest.approx(0.2)
     assert mh.bloom_saving({}, bloom, 10)["cpu_ms_per_page_saved"] is None
+
+
+def test_check_feed_counts_the_expected_pages_a_crawlers_feed_found(tmp_path: Path) -> None:
+    from bench.others import _check_feed
+
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(json.dumps({"url": u, "links": ["x", "y"]}) + "\n"
+                            for u in ("http://A.example:80/", "http://c.example/")))
+    expected = ["http://a.example/", "http://b.example/"]
+    assert _check_feed({"system": "s"}, feed, expected) == {
+        "system": "s", "found": 1, "links": 4, "missing_sample": ["http://b.example/"],
+        "valid": False, "error": "1 expected pages missing from the feed"}
+    assert _check_feed({}, feed, expected[:1], links=False) == {
+        "found": 1, "missing_sample": [], "valid": True}  # manyhosts' scrapy: no links
+    assert _check_feed({}, tmp_path / "none.jsonl", expected, links=False)["found"] == 0
+
+
+def test_the_many_host_port_is_free_on_every_address() -> None:
+    from bench.server import free_port_pair, port_free
+
+    port = free_port_pair(18580, hosts=("",))
+    assert port >= 18580 and port_free(port, ("",))
