@@ -22,6 +22,16 @@ class ApiError(Exception):
         self.status = status
 
 
+def _api_error(status: int, text: str) -> ApiError:
+    """The error of an answer ``status`` >= 400 with body ``text``: its ``{"code","message"}``,
+    or the text itself if it is not that (a proxy's HTML page)."""
+    try:
+        body = json.loads(text)
+        return ApiError(status, body.get("code", ""), body.get("message", text))
+    except (ValueError, AttributeError):
+        return ApiError(status, "", text)
+
+
 class Client:
     def __init__(self, server: str) -> None:
         self.server = server.rstrip("/")
@@ -35,11 +45,7 @@ class Client:
                 http.request(method, self.server + path, data=data, params=params) as r:
             text = await r.text()
             if r.status >= 400:
-                try:
-                    body = json.loads(text)
-                    raise ApiError(r.status, body.get("code", ""), body.get("message", text))
-                except (ValueError, AttributeError):
-                    raise ApiError(r.status, "", text) from None
+                raise _api_error(r.status, text)
             return text if raw else json.loads(text)
 
     def submit(self, urls: list[str], depth: int | None = None, force: bool = False) -> int:
@@ -77,8 +83,7 @@ class Client:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http, \
                 http.get(f"{self.server}/status/{job_id}/events") as r:
             if r.status >= 400:
-                body = await r.json(content_type=None)
-                raise ApiError(r.status, body.get("code", ""), body.get("message", ""))
+                raise _api_error(r.status, await r.text())
             event, data = "message", list[str]()
             async for raw in r.content:
                 line = raw.decode().rstrip("\r\n")

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from aiohttp import web
 
 from harvester_ops import cli
 from tests.e2e.site import TestSite
@@ -50,3 +51,31 @@ async def test_cancel_then_status_shows_cancelled(stack: Stack, site: TestSite,
     assert json.loads(capsys.readouterr().out)["state"] == "cancelled"
     assert await run(["--server", "http://127.0.0.1:9", "jobs"]) == 1  # unreachable
     assert await run([*s, "result"]) == 2  # usage
+
+
+async def test_a_proxys_html_error_during_crawl_wait_is_an_error_message(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 502 page (not JSON) on the job's event stream: exit 1 with the status, no traceback."""
+    async def submit(_: web.Request) -> web.Response:
+        return web.json_response({"jobId": 7})
+
+    async def events(_: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>502 Bad Gateway</html>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/", submit)
+    app.router.add_get("/status/7/events", events)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        assert await run(["--server", f"http://127.0.0.1:{port}", "crawl", "http://a.example/",
+                          "--wait"]) == 1
+    finally:
+        await runner.cleanup()
+    err = capsys.readouterr().err
+    assert "harvester crawl: 502" in err and "502 Bad Gateway" in err, err
+    assert "Traceback" not in err, err
