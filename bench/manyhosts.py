@@ -12,8 +12,9 @@ Crawled at the default politeness (2 requests in flight and 0.5 s between starts
 per-host override, robots off as in the single-host bench) by Harvester (``plain``, and
 ``bloom``: job spec ``bloom: {}``) and by Scrapy with the same per-host limits
 (``CONCURRENT_REQUESTS_PER_DOMAIN=2``, ``DOWNLOAD_DELAY=0.5``, no randomisation,
-``CONCURRENT_REQUESTS`` = 2 x hosts); ``single`` is Harvester on the same pages on one host
-without politeness limits (the single-host rate, as the single-host bench runs it). The report
+``CONCURRENT_REQUESTS`` = 2 x hosts); ``single`` is Harvester on the same link graph (the same
+pages, links per page and levels: host k's page ``/p<j>.html`` is ``/h<k>/p<j>.html`` there) on
+one host without politeness limits (the single-host rate, as the single-host bench runs it). The report
 gives pages/s, the rate against the single-host one, against Scrapy and against the politeness
 bound (hosts / delay pages/s), the fairness case (a 100-page job submitted at 25% of the big
 crawl: its time against the same job alone, run after the crawl) and what the Bloom filter
@@ -75,20 +76,31 @@ class HostsSpec:
     port: int
     small_pages: int = 100   # the fairness case's job
     small_hosts: int = 10    # spread over the first hosts (shared with the big crawl)
+    single: bool = False     # the single-host reference: the same graph, host k's pages on
+                             # host 0 under /h<k>/ (same pages, links per page and levels)
 
     def origin(self, k: int) -> str:
-        return f"http://{host_addr(k)}:{self.port}"
+        return f"http://{host_addr(0 if self.single else k)}:{self.port}"
 
     def url(self, k: int, j: int) -> str:
-        return self.origin(k) + page_path(j)
+        return self.origin(k) + (f"/h{k}" if self.single else "") + page_path(j)
+
+    @property
+    def addresses(self) -> int:
+        """The distinct loopback addresses the site is served on."""
+        return 1 if self.single else self.hosts
 
     def small_urls(self) -> list[str]:
         n = max(1, min(self.small_hosts, self.hosts))
         return [f"{self.origin(i % n)}/small/{i}.html" for i in range(self.small_pages)]
 
     def key(self) -> dict[str, object]:
-        return {"version": VERSION, "pages": self.pages, "hosts": self.hosts, "seed": self.seed,
-                "port": self.port, "small": [self.small_pages, self.small_hosts]}
+        key: dict[str, object] = {"version": VERSION, "pages": self.pages, "hosts": self.hosts,
+                                  "seed": self.seed, "port": self.port,
+                                  "small": [self.small_pages, self.small_hosts]}
+        if self.single:
+            key["single"] = True
+        return key
 
 
 @dataclass
@@ -141,6 +153,14 @@ def levels_of(spec: HostsSpec, graph: dict[str, list[str]]) -> dict[str, int]:
     return levels
 
 
+def level_histogram(levels: dict[str, int]) -> list[int]:
+    """Pages per level, level 0 first."""
+    out = [0] * (max(levels.values()) + 1)
+    for lv in levels.values():
+        out[lv] += 1
+    return out
+
+
 def _href(spec: HostsSpec, page: str, target: str) -> str:
     """Root-relative on the page's own host, absolute elsewhere."""
     origin = page[:page.index("/", len("http://"))]
@@ -164,35 +184,43 @@ def generate(spec: HostsSpec, root: Path, *, force: bool = False) -> HostsSite:
     rng = random.Random(spec.seed + 1)
     writer = _Writer(rng, _paragraphs(rng))
     total_bytes = total_links = 0
-    for k in range(spec.hosts):
-        (root / host_addr(k) / "small").mkdir(parents=True)
+    made: set[Path] = set()
+
+    def file_of(url: str) -> Path:
+        path = url[url.index("/", len("http://")):]
+        host = url[len("http://"):].split(":", 1)[0]
+        f = root / host / (path.lstrip("/") + "index.html" if path.endswith("/")
+                           else path.lstrip("/"))
+        if f.parent not in made:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            made.add(f.parent)
+        return f
+
     for url, links in graph.items():
         path = url[url.index("/", len("http://")):]
         host = url[len("http://"):].split(":", 1)[0]
         body = [(_href(spec, url, t), f"Page {i}") for i, t in enumerate(links)]
         data = writer.page(f"Hosts page {path} on {host}", [], body[:2], body[2:], [], [],
                            rng.randint(5_000, 30_000))
-        (root / host / ("index.html" if path == "/" else path.lstrip("/"))).write_bytes(data)
+        file_of(url).write_bytes(data)
         total_bytes += len(data)
         total_links += len(links)
     for url in spec.small_urls():
-        host = url[len("http://"):].split(":", 1)[0]
         data = writer.page("Small job page", [], [("/", "Home")],
                            [], [], [], rng.randint(5_000, 30_000))
-        (root / host / "small" / url.rsplit("/", 1)[1]).write_bytes(data)
+        file_of(url).write_bytes(data)
     expected = sorted(graph)
-    max_level = max(levels.values())
-    per_level = [0] * (max_level + 1)
-    for lv in levels.values():
-        per_level[lv] += 1
+    per_level = level_histogram(levels)
+    max_level = len(per_level) - 1
     meta = {"key": spec.key(), "pages": len(expected), "hosts": spec.hosts,
             "max_level": max_level, "pages_per_level": per_level, "links": total_links,
             "bytes": total_bytes, "mean_page_kb": round(total_bytes / len(expected) / 1024, 1),
             "generated_in_s": round(time.monotonic() - t0, 1)}
     (root / "expected.txt").write_text("\n".join(expected) + "\n")
     meta_path.write_text(json.dumps(meta, indent=1))
-    print(f"site: generated {len(expected)} pages on {spec.hosts} hosts "
-          f"({total_bytes / 2**20:.0f} MiB, max level {max_level}) in "
+    print(f"site: generated {len(expected)} pages on {spec.addresses} hosts "
+          + (f"(the graph of {spec.hosts} hosts, host k under /h<k>/) " if spec.single else "")
+          + f"({total_bytes / 2**20:.0f} MiB, max level {max_level}) in "
           f"{meta['generated_in_s']} s", flush=True)
     return HostsSite(root, spec, expected, max_level, meta)
 
@@ -255,8 +283,14 @@ def _f(v: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _links_per_page(site: HostsSite) -> str:
+    links = site.meta.get("links")
+    return _f(cast(int, links) / len(site.expected) if links else None, "{:.1f}")
+
+
 def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
-           machine: dict[str, Any], started: datetime.datetime) -> str:
+           machine: dict[str, Any], started: datetime.datetime,
+           single: HostsSite | None = None) -> str:
     pages = len(site.expected)
     by = {r["label"]: r for r in runs}
     lines = [f"# Harvester many-host benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
@@ -265,8 +299,13 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
              f"{machine.get('loadavg')}; commit {machine.get('commit')}; server "
              f"{machine.get('server')}"),
              (f"* site: {pages:,} pages on {site.spec.hosts:,} hosts (127.0.x.y, one server "
-             f"on *:{site.spec.port}), mean {site.meta.get('mean_page_kb')} KB, max level "
-             f"{site.max_level} (pages per level {site.meta.get('pages_per_level')})"),
+             f"on *:{site.spec.port}), {_links_per_page(site)} links/page, mean "
+             f"{site.meta.get('mean_page_kb')} KB, max level {site.max_level} (pages per level "
+             f"{site.meta.get('pages_per_level')})"
+             + ("" if single is None else
+                f"; `single` crawls the same graph on one host (host k's pages under /h<k>/): "
+                f"{len(single.expected):,} pages, {_links_per_page(single)} links/page, pages "
+                f"per level {single.meta.get('pages_per_level')}")),
              (f"* politeness: hostConcurrency {HOST_CONCURRENCY}, hostDelay {HOST_DELAY}s, no "
              f"per-host limits, robots off; Harvester {a.workers} workers, \"concurrency\" "
              f"{a.concurrency} each; Scrapy CONCURRENT_REQUESTS_PER_DOMAIN={HOST_CONCURRENCY}, "
@@ -359,7 +398,7 @@ def make_server(site: HostsSite, run_dir: Path, kind: str, workers: int | None) 
             if self.kind != "nginx":
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 hosts_file = self.run_dir / "hosts.txt"
-                hosts_file.write_text("\n".join(host_addr(k) for k in range(site.spec.hosts)))
+                hosts_file.write_text("\n".join(host_addr(k) for k in range(site.spec.addresses)))
                 log = open(self.run_dir / "aiohttp.out", "ab")  # noqa: SIM115
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "bench.static_server", "--root", str(self.site_root),
@@ -381,7 +420,7 @@ def make_server(site: HostsSite, run_dir: Path, kind: str, workers: int | None) 
             self._wait_ready()
 
     return HostsServer(site.root, run_dir, site.spec.port, kind, workers,
-                       host_a=host_addr(0), host_b=host_addr(min(1, site.spec.hosts - 1)))
+                       host_a=host_addr(0), host_b=host_addr(min(1, site.spec.addresses - 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,9 +574,10 @@ def main(a: argparse.Namespace) -> int:
     site = generate(spec, out / f"site-hosts{a.hosts}", force=a.regenerate)
     single_site = None
     if "single" in a.systems:
-        single_site = generate(HostsSpec(pages=a.pages, hosts=1, seed=a.seed, port=port,
-                                         small_pages=1, small_hosts=1),
-                               out / "site-hosts1", force=a.regenerate)
+        # The same graph (pages, links per page, levels) with every host's pages on one host.
+        single_site = generate(HostsSpec(pages=a.pages, hosts=a.hosts, seed=a.seed, port=port,
+                                         small_pages=1, small_hosts=1, single=True),
+                               out / f"site-hosts{a.hosts}-single", force=a.regenerate)
     runs: list[dict[str, Any]] = []
     machine: dict[str, Any] = {
         "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -581,7 +621,7 @@ def main(a: argparse.Namespace) -> int:
     if a.single_rate:
         runs.append({"system": "harvester", "label": "single", "valid": True,
                      "wall": len(site.expected) / a.single_rate, "given": True})
-    text = render(a, site, runs, machine, started)
+    text = render(a, site, runs, machine, started, single_site)
     (out / f"hosts{a.hosts}.md").write_text(text)
     (out / f"hosts{a.hosts}.json").write_text(json.dumps(
         {"machine": machine, "site": site.meta,

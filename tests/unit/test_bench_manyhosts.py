@@ -118,3 +118,37 @@ def test_the_many_host_port_is_free_on_every_address() -> None:
 
     port = free_port_pair(18580, hosts=("",))
     assert port >= 18580 and port_free(port, ("",))
+
+
+def test_the_single_host_reference_crawls_the_same_graph_on_one_host() -> None:
+    many = mh.HostsSpec(pages=600, hosts=30, seed=3, port=18999)
+    one = mh.HostsSpec(pages=600, hosts=30, seed=3, port=18999, single=True)
+    g_many, g_one = mh.plan(many), mh.plan(one)
+    assert {u.split("/")[2] for u in g_one} == {f"{mh.host_addr(0)}:18999"}
+    assert len(g_one) == len(g_many) == 600
+    assert sum(map(len, g_one.values())) == sum(map(len, g_many.values()))
+    assert (mh.level_histogram(mh.levels_of(one, g_one))
+            == mh.level_histogram(mh.levels_of(many, g_many)))
+    # host k page j -> /h<k>/<path>: the very same graph, page for page, link for link
+    to_one = {many.url(k, j): one.url(k, j) for k, n in enumerate(mh.pages_per_host(600, 30))
+              for j in range(n)}
+    assert one.url(4, 0) == f"http://{mh.host_addr(0)}:18999/h4/"
+    assert one.url(4, 7) == f"http://{mh.host_addr(0)}:18999/h4/p7.html"
+    assert g_one == {to_one[u]: [to_one[t] for t in links] for u, links in g_many.items()}
+    assert all(canonicalize(t) == t for links in g_one.values() for t in links)
+    assert one.key() != many.key()  # cached apart
+
+
+def test_generate_writes_the_single_host_reference_under_one_address(tmp_path: Path) -> None:
+    spec = mh.HostsSpec(pages=60, hosts=6, seed=1, port=18999, small_pages=1, small_hosts=1,
+                        single=True)
+    site = mh.generate(spec, tmp_path / "s")
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.is_dir()] == [mh.host_addr(0)]
+    assert (tmp_path / "s" / mh.host_addr(0) / "h0" / "index.html").is_file()
+    assert (tmp_path / "s" / mh.host_addr(0) / "h5" / "p1.html").is_file()
+    assert site.start_url == f"http://{mh.host_addr(0)}:18999/h0/"
+    many = mh.generate(mh.HostsSpec(pages=60, hosts=6, seed=1, port=18999), tmp_path / "m")
+    for k in ("pages", "links", "max_level", "pages_per_level"):
+        assert site.meta[k] == many.meta[k], k
+    root = (tmp_path / "s" / mh.host_addr(0) / "h0" / "index.html").read_text()
+    assert 'href="/h0/p1.html"' in root and 'href="/h1/"' in root  # all root-relative
