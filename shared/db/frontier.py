@@ -264,35 +264,44 @@ _PAIRS = """
     ORDER BY q.host, q.job_id"""
 
 # The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights), each taking $4 rows at most;
-# busy: published rows per (host, job) of the capped hosts ($5, their caps $6); room: what each
-# capped host has left. Per pair its first rows by rank, as many as its host has room for;
-# per capped host the room goes to the rows with the least in flight before them (k, over
-# the job's weight); then the limit ($7) to the least served jobs (their n-th row, over the
-# weight). The caller sorts the rows by (jk, rank): RETURNING keeps no order.
+# caps: the capped hosts ($5) and their caps ($6); busy: published rows per (host, job) of the
+# capped hosts, read once (grouped: the rows of every capped host in one pass, hash-joined,
+# never a rescan per host); room: what each capped host has left; live: the pairs whose host
+# has room (or no cap), the only ones whose pending rows are read. Per pair its first rows by
+# rank, as many as its host has room for; per capped host the room goes to the rows with the
+# least in flight before them (k, over the job's weight); then the limit ($7) to the least
+# served jobs (their n-th row, over the weight). The caller sorts the rows by (jk, rank):
+# RETURNING keeps no order.
 _CLAIM = """
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS t(host, job_id, w)),
-    busy AS (
-        SELECT host, job_id, count(*) AS n FROM job_pending
-        WHERE published_on IS NOT NULL AND host = ANY($5::text[])
-        GROUP BY host, job_id),
+    caps AS (
+        SELECT * FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
+    busy AS MATERIALIZED (
+        SELECT p.host, p.job_id, count(*) AS n
+        FROM job_pending p JOIN caps c ON c.host = p.host
+        WHERE p.published_on IS NOT NULL
+        GROUP BY p.host, p.job_id),
     room AS (
-        SELECT c.host, c.cap - coalesce((SELECT sum(b.n) FROM busy b WHERE b.host = c.host), 0)
-               AS room
-        FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
-    cand AS (
-        SELECT pr.host, pr.job_id, pr.w, r.room, x.url_id, x.rank,
-               coalesce(b.n, 0) + row_number() OVER (PARTITION BY pr.host, pr.job_id
-                                                     ORDER BY x.rank) AS k
+        SELECT c.host, c.cap - coalesce(h.n, 0) AS room
+        FROM caps c LEFT JOIN (SELECT host, sum(n) AS n FROM busy GROUP BY host) h
+             ON h.host = c.host),
+    live AS MATERIALIZED (
+        SELECT pr.host, pr.job_id, pr.w, r.room, coalesce(b.n, 0) AS n
         FROM pr
         LEFT JOIN room r ON r.host = pr.host
         LEFT JOIN busy b ON b.host = pr.host AND b.job_id = pr.job_id
+        WHERE r.room IS NULL OR r.room > 0),
+    cand AS (
+        SELECT l.host, l.job_id, l.w, l.room, x.url_id, x.rank,
+               l.n + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
+        FROM live l
         CROSS JOIN LATERAL (
             SELECT p.url_id, p.rank FROM job_pending p
-            WHERE p.host = pr.host AND p.job_id = pr.job_id
+            WHERE p.host = l.host AND p.job_id = l.job_id
               AND p.published_on IS NULL AND NOT p.held AND p.due <= now()
             ORDER BY p.rank
-            LIMIT CASE WHEN r.room IS NULL THEN $4::int ELSE least($4::int, greatest(r.room, 0)) END
+            LIMIT CASE WHEN l.room IS NULL THEN $4::int ELSE least($4::int, l.room) END
             FOR UPDATE SKIP LOCKED) x),
     kept AS (
         SELECT job_id, url_id, rank, w, room,
@@ -314,7 +323,8 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
     """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``caps``: of the capped hosts),
     each taking a share of ``limit`` (twice its even part, 2 at least, so that pairs with fewer
     due rows leave room to the others): the keys in the order to publish them, and which pairs
-    took their whole share (they may have more due)."""
+    took their whole share and whose host may take more (uncapped, or capped above the share:
+    a pair capped at its share filled its host)."""
     if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
         rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
         return [(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], []
@@ -322,7 +332,8 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
     rows = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
                             list(caps.values()), limit)
     took = Counter((r["host"], r["job_id"]) for r in rows)
-    full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True)) if took[pair] >= share]
+    full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
+            if took[pair] >= share and caps.get(pair[0], share + 1) > share]
     rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
     return [(r["job_id"], r["url_id"]) for r in rows], full
 
