@@ -202,9 +202,48 @@ async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
     await in_transaction(pool, work)
 
 
+FEED_ASK = 1000  # visits one claim asks for at most
+FEED_FLOOR = 256  # the feed-ahead budget at least: 2 x the bench's 128 worker slots, say
+FEED_RATE_TIME = 1.0  # seconds: the time constant of the claimed-rows rate
+
+
+class FeedBudget:
+    """How many visits may be published and unfinished at once (on the URL queue and the http
+    work queue together): ``feed_ahead`` seconds of the rows the feeder claimed per second
+    lately (a count decayed with time constant ``FEED_RATE_TIME``, over it), ``FEED_FLOOR``
+    at least; None without a budget (``feed_ahead`` 0).
+
+    Everything published waits in FIFO queues, so whatever is published beyond what the
+    workers finish in ``feed_ahead`` is only a wait put in front of every visit published next
+    (a new job's, a host's next turn), not more speed. Claimed rows per second is what the
+    workers finish once the budget binds, so the budget follows the crawl's throughput; the
+    floor is the start, before anything was measured, and what a slow crawl still gets."""
+
+    def __init__(self, feed_ahead: float, now: float) -> None:
+        self.feed_ahead = feed_ahead
+        self._decayed = 0.0  # claimed rows, each decayed by exp(-age / FEED_RATE_TIME)
+        self._at = now
+
+    def claimed(self, n: int, now: float) -> None:
+        self._decayed = self._decayed * math.exp((self._at - now) / FEED_RATE_TIME) + n
+        self._at = now
+
+    def rate(self) -> float:
+        """Claimed rows per second lately."""
+        return self._decayed / FEED_RATE_TIME
+
+    def budget(self) -> int | None:
+        if self.feed_ahead <= 0:
+            return None
+        return max(FEED_FLOOR, math.ceil(self.feed_ahead * self.rate()))
+
+
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                  frontier: Frontier, stop: asyncio.Event) -> None:
-    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``.
+    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``, and
+    no more visits published and unfinished than the feed-ahead budget (``FeedBudget``; its
+    count is the depth of the URL queue and of the http work queue: every visit published and
+    not yet committed).
 
     A claim that filled less than half its ask (hosts at their cap, another foreman's feeder
     claiming, little pending) is followed by a pause of ``feed_interval``, or of four times
@@ -212,12 +251,16 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
     milliseconds: the feeder then spends at most a fifth of its time claiming), so capped hosts
     are not polled in a tight loop; a full claim is followed at once by the next."""
     loop = asyncio.get_running_loop()
+    budget = FeedBudget(settings.feed_ahead, loop.time())
     while not stop.is_set():
         ask = sent = 0
         took = 0.0
         try:
-            room = settings.url_queue_limit - await bus.stream_depth(js, settings.url_topic)
-            ask = min(room, 1000)
+            depth = await bus.stream_depth(js, settings.url_topic)
+            ask = min(settings.url_queue_limit - depth, FEED_ASK)
+            if ask > 0 and (most := budget.budget()) is not None:
+                depth += await bus.stream_depth(js, settings.work_topic)
+                ask = min(ask, most - depth)
             if ask > 0:
                 t0 = loop.time()
                 sent = await feed(pool, js, settings.url_topic, ask, frontier)
@@ -225,6 +268,7 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             await asyncio.sleep(0.5)
+        budget.claimed(sent, loop.time())
         if sent == 0 or 2 * sent < ask:
             await sleep_unless(stop, max(settings.feed_interval, 4 * took))
 

@@ -138,6 +138,10 @@ class Settings(BaseModel):
     # are looked at per claim (more are served in turns)
     host_lookahead: float = Field(0.0, ge=0)
     feed_pairs: int = Field(5000, gt=0)
+    # the feeder keeps at most feed_ahead seconds of work published and unfinished (on the URL
+    # queue and the http work queue together): that many seconds of the rows it claimed per
+    # second lately, 256 at least; 0: only the queue limits bound it
+    feed_ahead: float = Field(1.0, ge=0)
     bloom_jobs: int = Field(64, gt=0)            # Bloom filters a worker keeps (one per job, LRU)
     stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost
     max_requeues: int = Field(3, ge=0)           # watchdog re-publishes before recording failure
@@ -508,6 +512,7 @@ _DURATION_KEYS = {
     "browserTimeout": "browser_timeout", "browserPageLease": "browser_page_lease",
     "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
     "githubWait": "github_wait", "hostLookahead": "host_lookahead",
+    "feedAhead": "feed_ahead",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
