@@ -23,6 +23,7 @@ import psutil
 
 from bench import jssite, report
 from bench.harvester import VARIANTS, HarvesterOptions, run_harvester
+from bench.manyhosts import POLITE_HOSTS
 from bench.others import crawlee_python, run_ceiling, run_crawlee, run_scrapy
 from bench.procs import processes_running, tree_cpu
 from bench.server import StaticServer, free_port_pair, port_free
@@ -50,7 +51,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default=None,
                    help="comma-separated subset of: " + ", ".join(SYSTEMS)
                    + " (harvester,scrapy,ceiling,ceiling+parse); with --hosts of: "
-                   + ", ".join(HOSTS_SYSTEMS) + " (all)")
+                   + ", ".join(HOSTS_SYSTEMS) + " (all; up to 100 hosts harvester,scrapy)")
     p.add_argument("--variants", default=None,
                    help="Harvester job variants, comma-separated: plain, warc (save=warc), "
                         "extract (items by CSS/XPath), bloom (bloom: {}); each reported against "
@@ -97,12 +98,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     h.add_argument("--small-hosts", type=int, default=10,
                    help="hosts the small job's pages are spread over (10)")
     h.add_argument("--no-fairness", action="store_true", help="skip the fairness case")
+    h.add_argument("--pg-stats", action="store_true",
+                   help="load pg_stat_statements in each Harvester run's PostgreSQL and report "
+                        "its top statements by total time over the crawl")
     h.add_argument("--single-rate", type=float, default=None, metavar="PAGES_PER_S",
                    help="the single-host rate to compare with (instead of the 'single' run)")
     a = p.parse_args(argv)
     a.argv = sys.argv[1:] if argv is None else argv
     if a.pages is None:
         a.pages = 50_000 if a.hosts else 20_000
+    if a.systems is None and 0 < a.hosts <= POLITE_HOSTS:
+        a.systems = "harvester,scrapy"  # the politeness is the limit: no single-host target
     if a.systems is None:
         a.systems = ",".join(HOSTS_SYSTEMS) if a.hosts else "harvester,scrapy,ceiling,ceiling+parse"
     if a.variants is None:

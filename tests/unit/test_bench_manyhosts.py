@@ -147,8 +147,78 @@ def test_generate_writes_the_single_host_reference_under_one_address(tmp_path: P
     assert (tmp_path / "s" / mh.host_addr(0) / "h0" / "index.html").is_file()
     assert (tmp_path / "s" / mh.host_addr(0) / "h5" / "p1.html").is_file()
     assert site.start_url == f"http://{mh.host_addr(0)}:18999/h0/"
+    # "/" answers the server's readiness check and is not a page of the crawl
+    assert (tmp_path / "s" / mh.host_addr(0) / "index.html").is_file()
+    assert f"http://{mh.host_addr(0)}:18999/" not in site.expected
     many = mh.generate(mh.HostsSpec(pages=60, hosts=6, seed=1, port=18999), tmp_path / "m")
     for k in ("pages", "links", "max_level", "pages_per_level"):
         assert site.meta[k] == many.meta[k], k
     root = (tmp_path / "s" / mh.host_addr(0) / "h0" / "index.html").read_text()
     assert 'href="/h0/p1.html"' in root and 'href="/h1/"' in root  # all root-relative
+
+
+def test_verdicts_at_100_hosts_judge_the_politeness_bound_only() -> None:
+    runs = {"harvester": {"wall": 270.0, "valid": True}, "scrapy": {"wall": 300.0, "valid": True},
+            "single": {"wall": 60.0, "valid": True}}
+    v = {what: (target, met) for what, _, target, met in mh.verdicts(100, 50_000, runs)}
+    # the hosts are the limit: Scrapy and the single-host rate are for information
+    assert v == {"against the politeness bound": (0.9, True),
+                 "against the single-host rate": (None, None),
+                 "against Scrapy (x)": (None, None)}
+    v = {what: target for what, _, target, _ in mh.verdicts(1000, 50_000, runs)}
+    assert v == {"against the single-host rate": 0.9, "against Scrapy (x)": 3.0}
+
+
+def test_metric_totals_sum_a_sample_over_processes_and_labels() -> None:
+    foreman = ("# HELP harvester_visits_from_store_total Visits answered from the page store\n"
+               "# TYPE harvester_visits_from_store_total counter\n"
+               "harvester_visits_from_store_total 12.0\n"
+               "harvester_visits_from_store_created 1.7e+09\n"
+               'harvester_queue_messages{queue="work_queue"} 1750.0\n')
+    worker = ('harvester_fetches_total{kind="http",status_class="2xx"} 100.0\n'
+              'harvester_fetches_total{kind="http",status_class="error"} 2.0\n')
+    worker2 = 'harvester_fetches_total{kind="http",status_class="2xx"} 50.0\n'
+    t = mh.metric_totals([foreman, worker, worker2], ("harvester_visits_from_store_total",
+                                                      "harvester_fetches_total",
+                                                      "harvester_retries_total"))
+    assert t == {"harvester_visits_from_store_total": 12, "harvester_fetches_total": 152,
+                 "harvester_retries_total": None}  # absent: not measured, not 0
+
+
+def test_statement_table_ranks_by_total_time_with_per_call_figures() -> None:
+    stmts = [{"query": "SELECT harvester_acquire($1, $2)", "calls": 4000, "total_ms": 800.0,
+              "rows": 4000},
+             {"query": "WITH pr AS (SELECT * FROM unnest($1::int[])) SELECT a | b", "calls": 200,
+              "total_ms": 2000.0, "rows": 35000}]
+    lines = mh.statement_table(stmts, total_ms=4000.0)
+    assert lines[0].startswith("| statement | calls | total ms | ms/call | rows | rows/call")
+    assert lines[2] == ("| `WITH pr AS (SELECT * FROM unnest($1::int[])) SELECT a / b` | 200 | "
+                        "2,000 | 10.00 | 35,000 | 175.0 | 50.0 |")
+    assert lines[3].startswith("| `SELECT harvester_acquire($1, $2)` | 4,000 | 800 | 0.20 | ")
+    assert mh.statement_table([], total_ms=0.0) == []
+
+
+def test_free_port_run_is_consecutive_and_free() -> None:
+    from bench.server import port_free
+
+    base = mh.free_port_run(4)
+    assert all(port_free(p, ("127.0.0.1",)) for p in range(base, base + 4))
+
+
+def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> None:
+    run = {"label": "harvester", "at_small": {
+        "t": 17.8, "processed": 12_500,
+        "streams": {"HARVESTER_URL_QUEUE": 150, "HARVESTER_WORK_QUEUE": 1_750},
+        "pending_by_job": {"1": {"pending": 30_000, "published": 1_900}}},
+        "counters": {"visits_from_store": 2_500.0, "fetches": 50_100.0,
+                     "visits_forwarded": 50_100.0}}
+    lines = mh.crawl_lines(run, 50_000)
+    assert lines == [
+        ("* queues at 25% (harvester, 17.8 s, 12,500 processed): URL stream 150, work stream "
+        "1,750; in PostgreSQL job 1: 30,000 pending, 1,900 published"),
+        ("* re-expansions (harvester): 2,500 from-store visits (`harvester_visits_from_store`: "
+        "5.0% of the pages); 50,100 fetches, 50,100 visits forwarded")]
+    assert mh.crawl_lines({"label": "x", "counters": {"visits_from_store": None}}, 10) == [
+        ("* re-expansions (x): — from-store visits (`harvester_visits_from_store`: — of the "
+        "pages); — fetches, — visits forwarded")]
+    assert mh.crawl_lines({"label": "scrapy"}, 10) == []
