@@ -142,6 +142,9 @@ class Settings(BaseModel):
     # queue and the http work queue together): that many seconds of the rows it claimed per
     # second lately, 256 at least; 0: only the queue limits bound it
     feed_ahead: float = Field(1.0, ge=0)
+    # a capped host's room goes to the job its feeder served least there lately: its claims
+    # of the host, each decayed with this half-life, over the job's weight
+    fair_window: float = Field(30.0, gt=0)
     bloom_jobs: int = Field(64, gt=0)            # Bloom filters a worker keeps (one per job, LRU)
     stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost
     max_requeues: int = Field(3, ge=0)           # watchdog re-publishes before recording failure
@@ -512,7 +515,7 @@ _DURATION_KEYS = {
     "browserTimeout": "browser_timeout", "browserPageLease": "browser_page_lease",
     "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
     "githubWait": "github_wait", "hostLookahead": "host_lookahead",
-    "feedAhead": "feed_ahead",
+    "feedAhead": "feed_ahead", "fairWindow": "fair_window",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",

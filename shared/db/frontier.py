@@ -16,6 +16,7 @@ connection, so the caller owns the transaction.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -70,15 +71,39 @@ class DueFrontier:
     every writer of pending rows with ``harvester_rank``); a host with a cap (politeness delay
     above 0) gets at most ``cap(host)`` visits published at once,
     none while it backs off or while its robots.txt is being fetched; the room a host has goes to
-    the job with the fewest visits in flight there, weighted by ``2 ** job.priority``; the
-    claim's ``limit`` is shared between jobs the same way. Held rows (a paused job's) and rows
-    another transaction holds are skipped; rows not yet ``due`` wait.
+    the job this frontier served least there lately (``served``: its claims of the host, decayed
+    with half-life ``fair_window``), weighted by ``2 ** job.priority``, so a new job takes every
+    slot that frees on a host a big job has been crawling until it has caught up, and two jobs
+    that stay share the host by their weights; the claim's ``limit`` is shared between jobs by
+    the rows they get in it, weighted the same way. Held rows (a paused job's) and rows another
+    transaction holds are skipped; rows not yet ``due`` wait.
+
+    ``served`` lives in memory: each foreman's feeder counts its own claims (the feed lock makes
+    them take turns, so each sees its share of every job's service); a restart starts from
+    nothing, as a new job does. It orders, never limits: the caps, the room and what is due are
+    read from PostgreSQL at every claim.
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
         self._cursor = _START  # where the next scan of (host, job) pairs starts (wraps)
         self._caps: dict[str, int | None] = {}
+        self._served: dict[tuple[str, int], tuple[float, float]] = {}  # (count, as of when)
+        self._pruned = -math.inf
+
+    def served(self, host: str, job_id: int, now: float) -> float:
+        """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
+        ``fair_window`` (seconds) to ``now`` (``time.monotonic``)."""
+        count, at = self._served.get((host, job_id), (0.0, now))
+        return float(count * 0.5 ** ((now - at) / self._settings.fair_window))
+
+    def _count(self, took: Mapping[tuple[str, int], int], now: float) -> None:
+        for (host, job_id), n in took.items():
+            self._served[host, job_id] = (self.served(host, job_id, now) + n, now)
+        if now - self._pruned > self._settings.fair_window:  # forget what decayed to nothing
+            self._pruned = now
+            self._served = {k: (c, at) for k, (c, at) in self._served.items()
+                            if self.served(*k, now) >= 0.01}
 
     def cap(self, host: str) -> int | None:
         """Visits of ``host`` published at once at most: its concurrency (the slots the gate
@@ -129,7 +154,9 @@ class DueFrontier:
         hosts: list[str] = []
         job_ids: list[int] = []
         weights: list[float] = []
+        served: list[float] = []
         caps: dict[str, int] = {}
+        now = time.monotonic()
         for p in pairs:
             cap = 0 if p["waiting"] else self.cap(p["host"])
             if cap == 0:
@@ -139,15 +166,19 @@ class DueFrontier:
             hosts.append(p["host"])
             job_ids.append(p["job_id"])
             weights.append(2.0 ** p["priority"])
+            served.append(self.served(p["host"], p["job_id"], now))
         if not hosts:
             return []
-        keys, full = await _claim(conn, hosts, job_ids, weights, caps, limit)
+        keys, full, took = await _claim(conn, hosts, job_ids, weights, served, caps, limit)
         if len(keys) < limit and full:
             again = [hosts[i] for i in full]
-            more, _ = await _claim(conn, again, [job_ids[i] for i in full],
-                                   [weights[i] for i in full],
-                                   {h: caps[h] for h in again if h in caps}, limit - len(keys))
+            more, _, more_took = await _claim(
+                conn, again, [job_ids[i] for i in full], [weights[i] for i in full],
+                [served[i] + took[hosts[i], job_ids[i]] for i in full],
+                {h: caps[h] for h in again if h in caps}, limit - len(keys))
             keys += more
+            took += more_took
+        self._count(took, now)
         return keys
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
@@ -263,38 +294,37 @@ _PAIRS = """
     LEFT JOIN host h ON h.host = q.host
     ORDER BY q.host, q.job_id"""
 
-# The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights), each taking $4 rows at most;
-# caps: the capped hosts ($5) and their caps ($6); busy: published rows per (host, job) of the
-# capped hosts, read once (grouped: the rows of every capped host in one pass, hash-joined,
-# never a rescan per host); room: what each capped host has left; live: the pairs whose host
-# has room (or no cap), the only ones whose pending rows are read. Per pair its first rows by
-# rank, as many as its host has room for; per capped host the room goes to the rows with the
-# least in flight before them (k, over the job's weight); then the limit ($7) to the least
-# served jobs (their n-th row, over the weight). The caller sorts the rows by (jk, rank):
-# RETURNING keeps no order.
+# The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $8 their recent service on the
+# host), each taking $4 rows at most; caps: the capped hosts ($5) and their caps ($6); busy:
+# published rows per capped host, read once (grouped: the rows of every capped host in one
+# pass, hash-joined, never a rescan per host); room: what each capped host has left; live: the
+# pairs whose host has room (or no cap), the only ones whose pending rows are read. Per pair
+# its first rows by rank, as many as its host has room for; per capped host the room goes to
+# the rows with the least service before them (k: the pair's recent service plus the rows
+# before it in this claim, over the job's weight); then the limit ($7) to the least served
+# jobs in this claim (their n-th row, over the weight). The caller sorts the rows by
+# (jk, rank): RETURNING keeps no order.
 _CLAIM = """
     WITH pr AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS t(host, job_id, w)),
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
+                      AS t(host, job_id, w, s)),
     caps AS (
         SELECT * FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
-    busy AS MATERIALIZED (
-        SELECT p.host, p.job_id, count(*) AS n
+    busy AS (
+        SELECT p.host, count(*) AS n
         FROM job_pending p JOIN caps c ON c.host = p.host
         WHERE p.published_on IS NOT NULL
-        GROUP BY p.host, p.job_id),
+        GROUP BY p.host),
     room AS (
-        SELECT c.host, c.cap - coalesce(h.n, 0) AS room
-        FROM caps c LEFT JOIN (SELECT host, sum(n) AS n FROM busy GROUP BY host) h
-             ON h.host = c.host),
+        SELECT c.host, c.cap - coalesce(b.n, 0) AS room
+        FROM caps c LEFT JOIN busy b ON b.host = c.host),
     live AS MATERIALIZED (
-        SELECT pr.host, pr.job_id, pr.w, r.room, coalesce(b.n, 0) AS n
-        FROM pr
-        LEFT JOIN room r ON r.host = pr.host
-        LEFT JOIN busy b ON b.host = pr.host AND b.job_id = pr.job_id
+        SELECT pr.host, pr.job_id, pr.w, pr.s, r.room
+        FROM pr LEFT JOIN room r ON r.host = pr.host
         WHERE r.room IS NULL OR r.room > 0),
     cand AS (
         SELECT l.host, l.job_id, l.w, l.room, x.url_id, x.rank,
-               l.n + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
+               l.s + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
         FROM live l
         CROSS JOIN LATERAL (
             SELECT p.url_id, p.rank FROM job_pending p
@@ -318,24 +348,26 @@ _CLAIM = """
     RETURNING p.host, p.job_id, p.url_id, pick.jk, pick.rank"""
 
 async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
-                 weights: list[float], caps: dict[str, int],
-                 limit: int) -> tuple[list[Key], list[int]]:
-    """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``caps``: of the capped hosts),
-    each taking a share of ``limit`` (twice its even part, 2 at least, so that pairs with fewer
-    due rows leave room to the others): the keys in the order to publish them, and which pairs
-    took their whole share and whose host may take more (uncapped, or capped above the share:
-    a pair capped at its share filled its host)."""
+                 weights: list[float], served: list[float], caps: dict[str, int],
+                 limit: int) -> tuple[list[Key], list[int], Counter[tuple[str, int]]]:
+    """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their recent
+    service; ``caps``: of the capped hosts), each taking a share of ``limit`` (twice its even
+    part, 2 at least, so that pairs with fewer due rows leave room to the others): the keys in
+    the order to publish them, which pairs took their whole share and whose host may take more
+    (uncapped, or capped above the share: a pair capped at its share filled its host), and how
+    many rows each pair took."""
     if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
         rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
-        return [(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], []
+        return ([(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], [],
+                Counter({(hosts[0], job_ids[0]): len(rows)}))
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
     rows = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
-                            list(caps.values()), limit)
+                            list(caps.values()), limit, served)
     took = Counter((r["host"], r["job_id"]) for r in rows)
     full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
             if took[pair] >= share and caps.get(pair[0], share + 1) > share]
     rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
-    return [(r["job_id"], r["url_id"]) for r in rows], full
+    return [(r["job_id"], r["url_id"]) for r in rows], full, took
 
 
 # The claim when there is one (host, job) pair and its host is uncapped: _CLAIM's result, with

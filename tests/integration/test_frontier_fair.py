@@ -120,6 +120,45 @@ async def test_a_new_job_gets_the_next_room_on_a_busy_host(db: asyncpg.Connectio
     assert await claim(frontier, db) == [(small, page)]
 
 
+async def test_a_new_job_takes_every_freed_slot_until_it_has_caught_up(
+        db: asyncpg.Connection) -> None:
+    # A big job has been crawling two hosts (capped at 2) for a while; a small job of 5 pages
+    # on each arrives. Ordered by in flight, each job would keep one of a host's two slots and
+    # the small job's pages would go one at a time; ordered by recent service, the small job,
+    # served least there, takes every slot that frees until it is done.
+    frontier = DueFrontier()
+    hosts = ["http://a.example", "http://b.example"]
+    await new_job(db, [f"{h}/big/{i}" for h in hosts for i in range(200)])
+    flight: deque[Key] = deque(await claim(frontier, db, limit=1000))
+    assert len(flight) == 4
+
+    async def turn() -> list[Key]:
+        """The oldest visit in flight completes; the next claim."""
+        done = flight.popleft()
+        await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", *done)
+        claimed = await claim(frontier, db)
+        assert len(claimed) == 1  # exactly the room one completion made
+        flight.extend(claimed)
+        return claimed
+
+    for _ in range(40):  # the big job's history: 10 visits per host slot
+        await turn()
+    small, _ = await new_job(db, [f"{h}/small/{i}" for h in hosts for i in range(5)])
+    grants: list[int] = []
+    both = False  # the small job held both slots of a host at once
+    while await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1 AND "
+                            "published_on IS NULL", small):
+        grants += [k[0] for k in await turn()]
+        for h in hosts:
+            held = await db.fetchval("""
+                SELECT count(*) FROM job_pending
+                WHERE job_id = $1 AND host = $2 AND published_on IS NOT NULL""", small, h)
+            both = both or held == 2
+    assert both
+    assert grants.count(small) == 10
+    assert grants.count(small) > len(grants) / 2, grants  # more than half: not one slot of two
+
+
 async def test_nothing_is_published_for_a_host_backing_off_or_waiting_for_robots(
         db: asyncpg.Connection) -> None:
     frontier = DueFrontier()

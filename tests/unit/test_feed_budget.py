@@ -1,4 +1,5 @@
-"""The feeder's feed-ahead budget (foreman/schedule.py ``FeedBudget``) and its key."""
+"""The feeder's feed-ahead budget (foreman/schedule.py ``FeedBudget``), the frontier's recent
+service per (host, job) (``DueFrontier.served``) and their keys."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from foreman.schedule import FEED_FLOOR, FeedBudget
 from shared.config import Settings, load_settings
+from shared.db.frontier import DueFrontier
 
 
 def test_the_budget_is_feed_ahead_seconds_of_the_claimed_rate_above_a_floor() -> None:
@@ -25,5 +27,18 @@ def test_the_budget_is_feed_ahead_seconds_of_the_claimed_rate_above_a_floor() ->
 def test_feed_ahead_key(tmp_path: Path) -> None:
     assert Settings().feed_ahead == 1.0
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"feedAhead": "500ms"}))
-    assert load_settings(str(path), env={}).feed_ahead == 0.5
+    path.write_text(json.dumps({"feedAhead": "500ms", "fairWindow": "1m"}))
+    s = load_settings(str(path), env={})
+    assert (s.feed_ahead, s.fair_window) == (0.5, 60.0)
+    assert Settings().fair_window == 30.0
+
+
+def test_recent_service_halves_every_fair_window() -> None:
+    f = DueFrontier(Settings(fair_window=10))
+    f._count({("h", 1): 8}, now=100.0)
+    f._count({("h", 1): 2}, now=110.0)  # 8 halved, plus 2
+    assert f.served("h", 1, now=110.0) == 6.0
+    assert f.served("h", 1, now=130.0) == 1.5
+    assert f.served("h", 2, now=130.0) == 0.0
+    f._count({}, now=300.0)  # long decayed: forgotten
+    assert f._served == {}
