@@ -205,6 +205,8 @@ async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
 FEED_ASK = 1000  # visits one claim asks for at most
 FEED_FLOOR = 256  # the feed-ahead budget at least: 2 x the bench's 128 worker slots, say
 FEED_RATE_TIME = 1.0  # seconds: the time constant of the claimed-rows rate
+FEED_BATCH = 64  # visits finished since the last claim that are worth a claim at once
+FEED_MAX_WAIT = 0.05  # seconds between claims at most while anything is published
 
 
 class FeedBudget:
@@ -241,36 +243,54 @@ class FeedBudget:
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                  frontier: Frontier, stop: asyncio.Event) -> None:
     """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``, and
-    no more visits published and unfinished than the feed-ahead budget (``FeedBudget``; its
-    count is the depth of the URL queue and of the http work queue: every visit published and
-    not yet committed).
+    no more visits published and unfinished than the feed-ahead budget (``FeedBudget``). Both
+    are read every ``feed_interval`` from JetStream: the depth of the URL queue and of the http
+    work queue, together every visit published and not yet committed ("out").
 
-    A claim that filled less than half its ask (hosts at their cap, another foreman's feeder
-    claiming, little pending) is followed by a pause of ``feed_interval``, or of four times
-    the claim's own time if longer (a claim over thousands of (host, job) pairs takes tens of
-    milliseconds: the feeder then spends at most a fifth of its time claiming), so capped hosts
-    are not polled in a tight loop; a full claim is followed at once by the next."""
+    Paced by the room visits free, not by what a claim costs: a claim is worth making for
+    ``FEED_BATCH`` visits, or an eighth of what was out after the last claim, 1 at least (a
+    host at its cap gets its freed slot back at once). After a claim that filled its ask (at
+    least half of it) the next follows as soon as the room to ask for (the queue's, the
+    budget's) is worth it; after a shorter one (hosts at their cap, little due), as soon as
+    the visits finished since (out then less out now) are; or once ``FEED_MAX_WAIT`` has
+    passed (rows come due, a new job's, another foreman's feeder). So with
+    every host at its cap and nothing finishing the feeder claims 20 times a second, not in a
+    tight loop, and at 1,000 busy hosts it claims once per batch of freed slots, however long a
+    claim takes. With nothing out at all, it looks again after ``feed_interval`` (or after four
+    times its last claim's time, ``FEED_MAX_WAIT`` at most): a new job's first visits go out
+    at once."""
     loop = asyncio.get_running_loop()
     budget = FeedBudget(settings.feed_ahead, loop.time())
+    last = -math.inf  # when the last claim was made
+    after = 0  # out just after it
+    took = 0.0  # its time
+    full = True  # it filled half its ask or more: the next one at once
     while not stop.is_set():
         ask = sent = 0
-        took = 0.0
+        claimed = False
         try:
             depth = await bus.stream_depth(js, settings.url_topic)
+            out = depth + await bus.stream_depth(js, settings.work_topic)
             ask = min(settings.url_queue_limit - depth, FEED_ASK)
-            if ask > 0 and (most := budget.budget()) is not None:
-                depth += await bus.stream_depth(js, settings.work_topic)
-                ask = min(ask, most - depth)
-            if ask > 0:
+            if (most := budget.budget()) is not None:
+                ask = min(ask, most - out)
+            waited = loop.time() - last
+            worth = max(1, min(FEED_BATCH, after // 8))
+            if out == 0:
+                due = waited >= min(max(settings.feed_interval, 4 * took), FEED_MAX_WAIT)
+            else:  # more rows likely wait (a full claim), or slots freed since, or time
+                due = ((ask if full else after - out) >= worth) or waited >= FEED_MAX_WAIT
+            if ask > 0 and due:
                 t0 = loop.time()
                 sent = await feed(pool, js, settings.url_topic, ask, frontier)
-                took = loop.time() - t0
+                last, took, after = t0, loop.time() - t0, out + sent
+                full, claimed = 2 * sent >= ask, True
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             await asyncio.sleep(0.5)
         budget.claimed(sent, loop.time())
-        if sent == 0 or 2 * sent < ask:
-            await sleep_unless(stop, max(settings.feed_interval, 4 * took))
+        if not (claimed and full):
+            await sleep_unless(stop, settings.feed_interval)
 
 
 async def watchdog(settings: Settings, pool: asyncpg.Pool, frontier: Frontier,

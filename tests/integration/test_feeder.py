@@ -5,6 +5,7 @@ backlog is still all served; with every host at its cap it does not poll in a ti
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from shared.config import Settings
 from shared.db.frontier import DueFrontier
 from shared.db.pool import open_pool
 from tests.integration.test_frontier_fair import new_job
+from tests.polling import until
 
 
 class Counting(DueFrontier):
@@ -79,3 +81,35 @@ async def test_the_published_and_unfinished_visits_stay_within_the_budget(
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
     assert max(out) <= schedule.FEED_FLOOR, max(out)
     assert max(out) >= schedule.FEED_FLOOR // 2  # the floor is used: the workers are fed
+
+
+async def test_with_every_host_at_its_cap_the_feeder_does_not_spin(
+        settings: Settings, db: asyncpg.Connection) -> None:
+    # 20 hosts capped at 2, 5 visits each, nobody finishing any: once 40 are out, every claim
+    # could only come back empty, and nothing frees room. The feeder still looks now and then
+    # (a new job, a row coming due), but not in a tight loop.
+    s = settings.model_copy(update={"host_delay": 0.5, "host_concurrency": 2})
+    job, _ = await new_job(db, [f"http://h{i}.example/{j}" for i in range(20) for j in range(5)])
+    frontier = Counting(s)
+    async with running_feeder(s, frontier) as (_, js):
+        await until(lambda: frontier.claims > 0, what="the first claim")
+
+        async def at_cap() -> bool:
+            return bool(await db.fetchval(
+                "SELECT count(*) = 40 FROM job_pending WHERE published_on IS NOT NULL"))
+        await until(at_cap, what="every host at its cap")
+        claims, t0 = frontier.claims, time.monotonic()
+        await asyncio.sleep(1.0)  # the interval claims are counted over
+        claims, elapsed = frontier.claims - claims, time.monotonic() - t0
+        assert claims <= elapsed / schedule.FEED_MAX_WAIT + 2, claims
+        # nothing is stuck: as visits finish, the rest go out, until all are done
+        sub = await bus.pull_subscription(js, s, s.url_topic, "test-consumer")
+        done = 0
+        while done < 100:
+            msgs = await bus.pull(sub, 50, 1.0)
+            keys = list(await bus.group_visits(msgs))
+            await finish(db, keys)
+            for m in msgs:
+                await m.ack()
+            done += len(keys)
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
