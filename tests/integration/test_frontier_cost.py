@@ -20,8 +20,8 @@ HOSTS = 1000
 
 
 class Recorder:
-    """The real connection, recording the statements a claim sends; the claim statement is
-    also explained (ANALYZE, in a savepoint rolled back) before it runs."""
+    """The real connection, recording the statements a claim sends; the pair scan and the
+    claim are also explained (ANALYZE, in a savepoint rolled back) before they run."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -30,7 +30,7 @@ class Recorder:
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         self.sent.append(sql)
-        if sql is frontier_module._CLAIM:
+        if sql is frontier_module._CLAIM or sql is frontier_module._PAIRS:
             tr = self.conn.transaction()
             await tr.start()
             try:
@@ -86,8 +86,9 @@ async def test_a_claim_over_1000_capped_hosts_reads_the_published_rows_once(
     async with db.transaction():
         got = await frontier.claim(rec, 1000)  # type: ignore[arg-type]
     assert len(got) == room  # exactly the room the completions made
-    (plan,) = rec.plans
-    print(f"\nclaim over {HOSTS} capped pairs, {published} published, {room} with room: "
+    pairs, plan = rec.plans
+    print(f"\npairs: {pairs['Execution Time']:.1f} ms, {touched(pairs):.0f} rows touched; "
+          f"claim over {HOSTS} capped pairs, {published} published, {room} with room: "
           f"{plan['Execution Time']:.1f} ms, {touched(plan):.0f} rows touched, "
           f"shared hits {plan['Plan'].get('Shared Hit Blocks')}")
     # linear: each published row and each pair a few times, not every pair for every host
