@@ -30,6 +30,8 @@ _FAST_RE = re.compile(
     re.DOTALL,
 )
 _DOT_SEGMENT_RE = re.compile(r"/\.\.?(?:/|$)")
+# A fragment w3lib leaves as it is (its _FRAGMENT_SAFEST_CHARS; "%" not decoded, no "#").
+_SAFE_FRAGMENT_RE = re.compile(r"[A-Za-z0-9:/?@!$&'()*+,;=\-._~%]*")
 # WHATWG "forbidden domain code points": C0 controls, space, DEL and URL delimiters.
 _FORBIDDEN_HOST_RE = re.compile(r"[\x00-\x20\x7f#%/:<>?@\[\\\]^|]")
 # Control characters are never accepted in a job line (after stripping its ends).
@@ -49,6 +51,23 @@ def canonicalize(url: str) -> str:
     """
     fast = _fast_canonical(url)
     return fast if fast is not None else _canonicalize_slow(url)
+
+
+def canonicalize_keeping_fragment(url: str) -> str:
+    """:func:`canonicalize`, but the fragment is kept (a job's ``fingerprint.keepFragment``):
+    as w3lib's ``canonicalize_url(url, keep_fragments=True)`` writes it (percent-encoded where
+    needed, never decoded; an empty one dropped). Everything before it is ``canonicalize``'s."""
+    fast = _fast_canonical_keeping_fragment(url)
+    return fast if fast is not None else _canonicalize_slow(url, keep_fragment=True)
+
+
+def _fast_canonical_keeping_fragment(url: str) -> str | None:
+    """:func:`_fast_canonical` with the fragment kept, when w3lib would keep it as it is."""
+    plain, _, fragment = url.partition("#")
+    if _SAFE_FRAGMENT_RE.fullmatch(fragment) is None:
+        return None
+    fast = _fast_canonical(plain)
+    return f"{fast}#{fragment}" if fast is not None and fragment else fast
 
 
 def _fast_canonical(url: str) -> str | None:
@@ -82,16 +101,16 @@ def _pair_key(pair: str) -> tuple[str, str]:
     return key, value
 
 
-def _canonicalize_slow(url: str) -> str:
-    """canonicalize() through w3lib, for any URL."""
-    canonical = canonicalize_url(url, keep_fragments=False)
+def _canonicalize_slow(url: str, keep_fragment: bool = False) -> str:
+    """canonicalize() through w3lib, for any URL (its fragment kept with ``keep_fragment``)."""
+    canonical = canonicalize_url(url, keep_fragments=keep_fragment)
     parts = urlsplit(canonical)
     scheme = parts.scheme.lower()
     netloc = _without_default_port(scheme, parts.netloc)
     path = parts.path or ("/" if netloc else "")
     if scheme == parts.scheme and netloc == parts.netloc and path == parts.path:
         return canonical
-    return SplitResult(scheme, netloc, path, parts.query, "").geturl()
+    return SplitResult(scheme, netloc, path, parts.query, parts.fragment).geturl()
 
 
 def _without_default_port(scheme: str, netloc: str) -> str:
@@ -106,13 +125,15 @@ def _without_default_port(scheme: str, netloc: str) -> str:
     return netloc
 
 
-def validate_job_url(line: str) -> str:
-    """Validate one line of a job body and return its canonical URL; raise InvalidURL."""
+def validate_job_url(line: str, keep_fragment: bool = False) -> str:
+    """Validate one line of a job body and return its canonical URL (with its fragment, with
+    ``keep_fragment``); raise InvalidURL."""
     text = line.strip()
     candidate = _with_scheme(text)
     if candidate is None or _CONTROL_RE.search(text):
         raise InvalidURL(text)
-    result = _checked_canonical(candidate)
+    result = (_checked_canonical_keeping_fragment if keep_fragment
+              else _checked_canonical)(candidate)
     if result is None:
         raise InvalidURL(text)
     return result
@@ -145,6 +166,24 @@ def resolve(base: str, href: str) -> str | None:
     except ValueError:
         return None
     return _checked_canonical(joined)
+
+
+def resolve_keeping_fragment(base: str, href: str) -> str | None:
+    """:func:`resolve`, but the href's fragment is kept (a job's ``fingerprint.keepFragment``):
+    ``#top`` on ``http://h/p`` is ``http://h/p#top``. The base's own fragment never carries
+    over (RFC 3986 5.2.2: an empty href is the base without it)."""
+    cleaned = href.strip(_EDGE_CHARS)
+    if "\t" in cleaned or "\n" in cleaned or "\r" in cleaned:
+        cleaned = cleaned.translate(_INNER_WS_TABLE)
+    if "#" not in cleaned:
+        return resolve(base, cleaned)
+    if _ABSOLUTE_HTTP_RE.match(cleaned):
+        return _checked_canonical_keeping_fragment(cleaned)
+    try:
+        joined = urljoin(base, cleaned)
+    except ValueError:
+        return None
+    return _checked_canonical_keeping_fragment(joined)
 
 
 class Resolver:
@@ -197,6 +236,33 @@ class Resolver:
         return _checked_canonical(f"{self._origin}{joined}?{query}")
 
 
+class FragmentResolver(Resolver):
+    """A :class:`Resolver` keeping each href's fragment (``resolve_keeping_fragment``), for
+    the pages of a job with ``fingerprint.keepFragment``; the base may have a fragment (the
+    page's URL in such a job), which no link inherits. An href without a fragment is the
+    Resolver's; one with a plain path (or none) and a fragment w3lib keeps as it is is joined
+    here too. A property test checks it agrees with ``resolve_keeping_fragment``."""
+
+    __slots__ = ("_plain",)
+
+    def __init__(self, base: str) -> None:
+        plain, hash_, _ = base.partition("#")
+        super().__init__(plain if hash_ and _fast_canonical_keeping_fragment(base) == base
+                         else base)
+        self.base = base
+        self._plain = plain
+
+    def __call__(self, href: str) -> str | None:
+        path, hash_, fragment = href.partition("#")
+        if not hash_:
+            return super().__call__(href)
+        if (self._origin is None or _SAFE_FRAGMENT_RE.fullmatch(fragment) is None
+                or (path and (not path.isascii() or _SIMPLE_REF_RE.fullmatch(path) is None))):
+            return resolve_keeping_fragment(self.base, href)
+        joined = super().__call__(path) if path else self._plain
+        return f"{joined}#{fragment}" if joined is not None and fragment else joined
+
+
 # A relative href the Resolver joins itself: a non-empty path that neither starts with a
 # scheme nor with "//", made of plain characters, then an optional query and fragment.
 _SIMPLE_REF_RE = re.compile(
@@ -215,6 +281,22 @@ def _checked_canonical(url: str) -> str | None:
         return None
     try:
         canonical = _canonicalize_slow(url)  # the fast path already said no
+    except ValueError:
+        return None
+    if not canonical.isascii() or not _is_fetchable(canonical):
+        return None
+    return canonical
+
+
+def _checked_canonical_keeping_fragment(url: str) -> str | None:
+    """:func:`_checked_canonical` keeping the fragment."""
+    fast = _fast_canonical_keeping_fragment(url)
+    if fast is not None:
+        return fast
+    if not _is_fetchable(url):
+        return None
+    try:
+        canonical = _canonicalize_slow(url, keep_fragment=True)
     except ValueError:
         return None
     if not canonical.isascii() or not _is_fetchable(canonical):

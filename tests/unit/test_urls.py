@@ -320,3 +320,113 @@ def test_host_key_of_canonical_urls_merges_default_ports() -> None:
     assert host_key(canonicalize("HTTP://Example.com:80/a")) == host_key(
         canonicalize("http://example.com/b")
     )
+
+
+# --- keeping the fragment (a job's fingerprint.keepFragment) --------------------------------
+
+FRAGMENT_CASES = [
+    ("http://h/p#a", "http://h/p#a"),
+    ("HTTP://H:80/p?b=1&a=2#Frag", "http://h/p?a=2&b=1#Frag"),
+    ("http://h/p", "http://h/p"),
+    ("http://h/p#", "http://h/p"),  # an empty fragment is none (w3lib)
+    ("http://h/p#a b", "http://h/p#a%20b"),
+    ("http://h/p#é", "http://h/p#%C3%A9"),
+    ("http://h/p#a#b", "http://h/p#a%23b"),
+    ("http://h/a/../p#x/../y?z", "http://h/p#x/../y?z"),  # the fragment is not a path
+    ("http://h/p#%7e%zz", "http://h/p#%7e%zz"),  # nor decoded
+    ("http://h#top", "http://h/#top"),
+]
+
+
+@pytest.mark.parametrize(("url", "expected"), FRAGMENT_CASES)
+def test_canonicalize_keeping_fragment_cases(url: str, expected: str) -> None:
+    assert urls.canonicalize_keeping_fragment(url) == expected
+    assert urls.canonicalize_keeping_fragment(expected) == expected
+
+
+def test_the_fragment_is_w3lib_keep_fragments() -> None:
+    from w3lib.url import canonicalize_url
+
+    for url, expected in FRAGMENT_CASES:
+        assert expected.partition("#")[2] == canonicalize_url(url, keep_fragments=True).partition(
+            "#")[2]
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(simple_urls(), http_urls()))
+def test_keeping_the_fragment_changes_nothing_else(url: str) -> None:
+    try:
+        plain = canonicalize(url)
+    except ValueError:
+        with pytest.raises(ValueError):
+            urls.canonicalize_keeping_fragment(url)
+        return
+    kept = urls.canonicalize_keeping_fragment(url)
+    assert kept.partition("#")[0] == plain
+    assert urls.canonicalize_keeping_fragment(kept) == kept
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(simple_urls(), http_urls()))
+def test_fast_path_keeping_the_fragment_agrees_with_w3lib(url: str) -> None:
+    fast = urls._fast_canonical_keeping_fragment(url)
+    if fast is None:
+        return
+    assert fast == urls._canonicalize_slow(url, keep_fragment=True)
+
+
+def test_fast_path_keeping_the_fragment_is_taken_for_plain_urls() -> None:
+    fast = urls._fast_canonical_keeping_fragment
+    assert fast("http://h:80/a/b.html?z=1&a=2#x") == "http://h/a/b.html?a=2&z=1#x"
+    assert fast("http://h/a#s/1?q=2&r") == "http://h/a#s/1?q=2&r"
+    assert fast("http://h/a#é") is None  # a fragment to encode goes through w3lib
+
+
+def test_validate_keeps_the_fragment_when_asked() -> None:
+    assert validate_job_url("HTTP://Example.COM:80/a/../b#frag") == "http://example.com/b"
+    assert validate_job_url("HTTP://Example.COM:80/a/../b#frag",
+                            keep_fragment=True) == "http://example.com/b#frag"
+    assert validate_job_url("example.com#x", keep_fragment=True) == "http://example.com/#x"
+    with pytest.raises(InvalidURL):
+        validate_job_url("ftp://x#y", keep_fragment=True)
+
+
+FRAGMENT_RESOLUTIONS = [
+    ("#frag", "http://h/dir/page1.html#frag"),
+    ("#", "http://h/dir/page1.html"),
+    ("", "http://h/dir/page1.html"),
+    ("x#frag", "http://h/dir/x#frag"),
+    ("/p?b=2&a=1#f", "http://h/p?a=1&b=2#f"),
+    ("../x#a b", "http://h/x#a%20b"),
+    ("//other/p#top", "http://other/p#top"),
+    ("HTTP://H:80/x#Y", "http://h/x#Y"),
+    ("?q=1#s", "http://h/dir/page1.html?q=1#s"),
+    ("  x#f\n", "http://h/dir/x#f"),
+    ("mailto:a@b#c", None),
+]
+
+
+@pytest.mark.parametrize(("href", "expected"), FRAGMENT_RESOLUTIONS)
+def test_resolve_keeping_fragment(href: str, expected: str | None) -> None:
+    assert urls.resolve_keeping_fragment(BASE, href) == expected
+    assert urls.FragmentResolver(BASE)(href) == expected
+    assert urls.FragmentResolver(BASE + "#where")(href) == expected  # the base's own: none
+
+
+@pytest.mark.parametrize(("href", "expected"), RESOLUTIONS)
+def test_resolve_keeping_fragment_without_one_is_resolve(href: str, expected: str) -> None:
+    if "#" not in href:
+        assert urls.resolve_keeping_fragment(BASE, href) == expected
+        assert urls.FragmentResolver(BASE)(href) == expected
+
+
+@PROPERTY_SETTINGS
+@given(resolver_bases, st.one_of(simple_refs, url_tail))
+def test_fragment_resolver_agrees_with_resolve_keeping_fragment(base: str, href: str) -> None:
+    kept = urls.FragmentResolver(base)(href)
+    assert kept == urls.resolve_keeping_fragment(base, href)
+    plain = resolve(base, href)
+    assert (kept if kept is None else kept.partition("#")[0]) == plain
+    if kept is not None:
+        assert urls.canonicalize_keeping_fragment(kept) == kept
+        assert kept.isascii()
