@@ -65,8 +65,8 @@ def _pattern(value: str) -> str:
 def _url(value: str, info: ValidationInfo) -> str:
     if (info.context or {}).get("canonical"):  # validated and made canonical already
         return value
-    try:
-        return validate_job_url(value)
+    try:  # with its fragment, if it has one: _depth drops it but with fingerprint.keepFragment
+        return validate_job_url(value, keep_fragment="#" in value)
     except InvalidURL as e:
         raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
                                   {"line": e.line}) from None
@@ -416,20 +416,13 @@ def _header_name(value: str) -> str:
 class FingerprintSpec(_Options):
     """``fingerprint``: which requests the job counts as one (``shared.fingerprint``).
     ``ignoreParams``: query parameters dropped from every URL (globs, case-insensitive, e.g.
-    ``utm_*``); ``keepFragment``: the fragment counts (not supported yet: a 400);
-    ``includeHeaders``: request headers that count (lower-cased names)."""
+    ``utm_*``); ``keepFragment``: the fragment counts (the job's URLs and HTML links keep
+    theirs: ``/p#a`` and ``/p#b`` are two URLs, each visited); ``includeHeaders``: request
+    headers that count (lower-cased names)."""
 
     ignore_params: tuple[Annotated[str, AfterValidator(_param_glob)], ...] = ()
     keep_fragment: bool = False
     include_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = ()
-
-    @field_validator("keep_fragment")
-    @classmethod
-    def _no_fragment(cls, v: bool) -> bool:
-        if v:
-            raise PydanticCustomError("fingerprint", "keepFragment true is not supported yet "
-                                      "(links are resolved without their fragment)")
-        return v
 
 
 class BloomSpec(_Options):
@@ -597,6 +590,10 @@ class JobSpec(BaseModel):
         if "max_depth" not in context or "max_level" not in context:
             raise RuntimeError("JobSpec needs a validation context: use validate_spec")
         spec = self
+        if (self.fingerprint is None or not self.fingerprint.keep_fragment) and any(
+                "#" in u for u in spec.urls):  # kept by _url: dropped but with keepFragment
+            spec = spec.model_copy(update={"urls": tuple(dict.fromkeys(
+                u.partition("#")[0] for u in spec.urls))})
         derived = spec.source == "github" or spec.github is not None or spec.fetcher == "github"
         if derived:  # its depth is github's (bounded by github.depth's own cap)
             spec = _github(spec, context)

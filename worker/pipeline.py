@@ -35,6 +35,7 @@ from shared.urls import host_key
 from worker.commit import Committer, Done, Key, describe
 from worker.extractors import EXTRACTORS, ExtractFailed, ExtractLater, Extractor
 from worker.extractors.lanes import Parser
+from worker.extractors.links import HtmlLinks
 from worker.fetchers import Fetcher, FetchRequest, HopGate, Validators
 from worker.gate import HostGate, Slot
 from worker.health import HealthMonitor
@@ -82,8 +83,10 @@ class JobPlan:
     which answers' bodies to read (None: the source's ``wants_body``), and the options its
     fetcher gets with each request (a browser job's ``browser`` spec; else empty).
     ``sessions``: each attempt carries one session of the job's pool (None: none, no cost);
-    ``private``: its answers are its own (sessions, or headers in its fingerprint): recorded
-    not cacheable, without validators, so no other job is answered from them;
+    ``private``: its answers are its own (sessions, or headers in its fingerprint, or a
+    fingerprint that rewrites its links: their ``url_link`` rows are one per page, whichever
+    job fetched it): recorded not cacheable, without validators, so no other job is answered
+    from them;
     ``rewrite``: its fingerprint's rewrite of a page's links (None: they stay as they are)."""
     job_id: int
     fetcher: Fetcher
@@ -236,7 +239,8 @@ class JobPlans:
         (with follow rules or ids), the ``extract`` entries; its per-page ``task``; an output
         per ``save`` entry; every 2xx body read where the job reads more than HTML
         (``reads_any_body``); its fetcher's options (``browser``); its ``sessions``, whether
-        its answers are private, its fingerprint's link rewrite."""
+        its answers are private, its fingerprint's link rewrite (and, with ``keepFragment``,
+        its HTML links keeping their fragments)."""
         kind = p.fetcher
         ruleset = p.ruleset
         outputs: list[Output] = []
@@ -245,7 +249,11 @@ class JobPlans:
             if fetcher is None:
                 raise ConfigError("fetcher", f"kind {kind!r} is not served by this worker")
             source = self._source(spec.get("source") or "web")
+            fingerprint = JobFingerprint.from_stored(spec)
             extractors = [source.link_extractor()]
+            if (fingerprint is not None and fingerprint.keep_fragment
+                    and isinstance(extractors[0], HtmlLinks)):  # its links keep their fragments
+                extractors[0] = extractors[0].keeping_fragments()
             if spec.get("follow") or spec.get("ids"):
                 extractors.append(EXTRACTORS.create(
                     "follow", self.settings, {"follow": spec.get("follow"), "ids": spec.get("ids")},
@@ -272,7 +280,6 @@ class JobPlans:
                 outputs.append(OUTPUTS.create(save.kind, self.settings, options))
             task = self._page_task(spec.get("task"), fetcher, source.policy)
             sessions = SessionRules.from_stored(spec)
-            fingerprint = JobFingerprint.from_stored(spec)
         except ConfigError as e:
             log.error("job %d cannot be served by this worker: %s", p.job_id, e)
             return f"not served by this worker: {e}"
@@ -283,9 +290,9 @@ class JobPlans:
                        source.policy, ruleset, any(o.needs_raw for o in outputs),
                        any_2xx if reads_any_body(spec) else source.wants_body,
                        fetch_options=spec.get("browser") or _NO_OPTIONS, sessions=sessions,
-                       private=sessions is not None or bool(
+                       private=sessions is not None or fingerprint is not None or bool(
                            (spec.get("fingerprint") or {}).get("includeHeaders")),
-                       rewrite=fingerprint.rewrite_links if fingerprint is not None else None)
+                       rewrite=fingerprint.link_rewrite() if fingerprint is not None else None)
 
     def _page_task(self, entry: Any, fetcher: Fetcher, policy: RetryPolicy) -> Task | None:
         """The job's per-page task (``{"name", "args"}``, or a bare name), None without one;

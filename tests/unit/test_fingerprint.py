@@ -1,7 +1,8 @@
 """SZ-T2: request fingerprints (shared/fingerprint.py). Scrapy 1.5's algorithm against the
 reference's vectors (reference-seed-systems.md §7, w3lib 2.5); equivalent URLs collapse, a
 method or a body does not; headers count only when included; for a GET the fingerprint is the
-canonical URL's (so ``job_visit``'s key is the fingerprint key); a job's ``ignoreParams``."""
+canonical URL's (so ``job_visit``'s key is the fingerprint key); a job's ``ignoreParams`` and
+``keepFragment`` (Scrapy 2's ``keep_fragments``: the canonical URL keeping its fragment)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.fingerprint import JobFingerprint, fingerprint
-from shared.urls import canonicalize
+from shared.robots import rules_for
+from shared.urls import canonicalize, canonicalize_keeping_fragment, host_key
 
 Q = "http://www.example.com/query?id=111&cat=222"
 VECTORS = [
@@ -97,3 +99,55 @@ def test_a_jobs_ignored_params() -> None:
     assert fp.rewrite_links([("http://h.example/b?utm_a=1", "text/html"), ("http://h.example/b", ""),
                              ("http://h.example/a", "")]) == (
         ("http://h.example/a", ""), ("http://h.example/b", "text/html"))
+
+
+def test_keep_fragments_is_scrapys() -> None:
+    """Scrapy 2's ``request_fingerprint(..., keep_fragments=True)``: w3lib's canonical URL with
+    its fragment; without it, the fragment is dropped (the 1.5 vectors above)."""
+    plain = fingerprint("GET", Q)
+    a = fingerprint("GET", Q + "#a", keep_fragments=True)
+    assert fingerprint("GET", Q, keep_fragments=True) == plain
+    assert a != plain and a != fingerprint("GET", Q + "#b", keep_fragments=True)
+    assert a == fingerprint("GET", "http://www.example.com/query?cat=222&id=111#a",
+                            keep_fragments=True)
+    assert fingerprint("GET", Q + "#a") == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["http://h.example", "https://h.example",
+                                            "http://g.example"]),
+                          _segment, st.lists(_param, max_size=3),
+                          st.sampled_from(["", "#", "#f", "#g", "#f g", "#é", "#%7e", "#~"])),
+                min_size=2, max_size=2))
+def test_fragment_fingerprints_agree_with_the_canonical_url_keeping_it(
+        urls: list[tuple[str, str, list[tuple[str, str]], str]]) -> None:
+    made = [f"{h}/{p}" + ("?" + "&".join(f"{k}={v}" for k, v in q) if q else "") + f
+            for h, p, q, f in urls]
+    try:
+        a, b = (canonicalize_keeping_fragment(u) for u in made)
+    except ValueError:
+        return
+    same_fp = (fingerprint("GET", made[0], keep_fragments=True)
+               == fingerprint("GET", made[1], keep_fragments=True))
+    assert same_fp == (a == b)
+
+
+def test_a_jobs_kept_fragment() -> None:
+    assert JobFingerprint.from_stored({"fingerprint": {"keepFragment": False}}) is None
+    fp = JobFingerprint.from_stored({"fingerprint": {"keepFragment": True}})
+    assert fp is not None and fp.keep_fragment and not fp.ignore_params
+    assert fp.canonical("http://h.example/a?utm_a=1#x") == "http://h.example/a?utm_a=1#x"
+    both = JobFingerprint.from_stored({"fingerprint": {"keepFragment": True,
+                                                       "ignoreParams": ["utm_*"]}})
+    assert both is not None
+    assert both.canonical("http://h.example/a?id=1&utm_a=1#x") == "http://h.example/a?id=1#x"
+    assert both.canonical("http://h.example/a?utm_a=1#x") == "http://h.example/a#x"
+    assert both.rewrite(["http://h.example/a?utm_a=1#x", "http://h.example/a#x",
+                         "http://h.example/a"]) == ["http://h.example/a", "http://h.example/a#x"]
+
+
+def test_robots_txt_matches_the_path_without_the_fragment() -> None:
+    rules = rules_for(200, "User-agent: *\nDisallow: /p$\n")
+    assert not rules.allowed("http://h.example/p#a", "harvester")
+    assert rules.allowed("http://h.example/q#p", "harvester")
+    assert host_key("http://h.example:8080/p#a") == "http://h.example:8080"

@@ -283,3 +283,31 @@ def test_empty_and_garbage_documents() -> None:
 )
 def test_parse_srcset(srcset: str, expected: list[str]) -> None:
     assert parse_srcset(srcset) == expected
+
+
+def test_links_keep_their_fragment_when_asked() -> None:
+    html = ('<a href="#top">t</a><a href="/p#a">a</a><a href="/p#b">b</a><a href="/p">p</a>'
+            '<a href="/p#a">again</a><a href="other.html#x y">o</a><a href="#">self</a>'
+            '<img srcset="/i.png#1 1x, /i.png#2 2x">')
+    assert extract_links(html, PAGE) == ["http://h/dir/page.html", "http://h/p",
+                                         "http://h/dir/other.html", "http://h/i.png"]
+    assert extract_links(html, PAGE, keep_fragments=True) == [
+        "http://h/dir/page.html#top", "http://h/p#a", "http://h/p#b", "http://h/p",
+        "http://h/dir/other.html#x%20y", "http://h/dir/page.html", "http://h/i.png#1",
+        "http://h/i.png#2"]
+    # a page found by a URL with a fragment: its links are as the page's
+    assert extract_links(html, PAGE + "#a", keep_fragments=True) == extract_links(
+        html, PAGE, keep_fragments=True)
+    base = '<base href="/root/#b"><a href="x#y">x</a><a href="">e</a>'
+    assert extract_links(base, PAGE, keep_fragments=True) == ["http://h/root/x#y",
+                                                              "http://h/root/"]
+
+
+def test_the_lanes_links_keeping_fragments() -> None:
+    from worker.extractors.lanes import LANE_FUNCTIONS
+
+    body = b'<a href="/p#b">b</a><a href="/p.pdf#page=2">a</a><a href="/p">p</a>'
+    assert LANE_FUNCTIONS["links"](body, PAGE, None, None) == [
+        ("http://h/p", "text/html"), ("http://h/p.pdf", "")]
+    assert LANE_FUNCTIONS["links#"](body, PAGE, None, None) == [
+        ("http://h/p", "text/html"), ("http://h/p#b", "text/html"), ("http://h/p.pdf#page=2", "")]

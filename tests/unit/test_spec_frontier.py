@@ -78,6 +78,24 @@ def test_job_urls_lose_their_ignored_params() -> None:
     assert s.urls == ("http://a.example/x?id=2", "http://a.example/y")
 
 
+def test_job_urls_keep_their_fragment_only_with_keep_fragment() -> None:
+    urls = ["http://a.example/p#a", "HTTP://A.example:80/p#b", "http://a.example/p",
+            "http://a.example/p#a", "http://a.example/q?utm_x=1&id=2#s"]
+    kept = v({"urls": urls, "fingerprint": {"keepFragment": True}}, SETTINGS)
+    assert kept.urls == ("http://a.example/p#a", "http://a.example/p#b", "http://a.example/p",
+                         "http://a.example/q?id=2&utm_x=1#s")
+    assert kept.stored()["fingerprint"]["keepFragment"] is True
+    assert kept.ruleset() not in (0, v({"urls": urls}, SETTINGS).ruleset())
+    both = v({"urls": urls, "fingerprint": {"keepFragment": True, "ignoreParams": ["utm_*"]}},
+             SETTINGS)
+    assert both.urls[-1] == "http://a.example/q?id=2#s"
+    for plain in (v({"urls": urls}, SETTINGS),
+                  v({"urls": urls, "fingerprint": {"keepFragment": False}}, SETTINGS)):
+        assert plain.urls == ("http://a.example/p", "http://a.example/q?id=2&utm_x=1")
+    view = status_view(json.loads(json.dumps(kept.stored())), list(kept.urls))
+    assert v(view, SETTINGS).urls == kept.urls  # POSTs back as the same job
+
+
 @pytest.mark.parametrize(("extra", "field", "problem"), [
     ({"order": "random"}, "order", "Input should be 'bfs', 'fifo', 'lifo' or 'priority'"),
     ({"priority": 11}, "priority", "less than or equal to 10"),
@@ -88,7 +106,7 @@ def test_job_urls_lose_their_ignored_params() -> None:
      "priorities[0].pattern", "missing )"),
     ({"order": "priority", "priorities": [{"pattern": "x", "priority": 1001}]},
      "priorities[0].priority", "less than or equal to 1000"),
-    ({"fingerprint": {"keepFragment": True}}, "fingerprint.keepFragment", "not supported yet"),
+    ({"fingerprint": {"keepFragment": 1}}, "fingerprint.keepFragment", "valid boolean"),
     ({"fingerprint": {"ignoreParams": ["a=b"]}}, "fingerprint.ignoreParams[0]", "a=b"),
     ({"fingerprint": {"includeHeaders": ["Bad Header"]}}, "fingerprint.includeHeaders[0]",
      "not a header name"),

@@ -10,10 +10,10 @@ keep the loop responsive, as lexbor releases the GIL while it parses, but could 
 
 Frames on the pipes are a 4-byte length and a pickle: a page's (function name, base URL,
 encoding, body length, args) followed by the body in; the function's results in chunks, then an
-end mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by name: the links,
-and the rule sets' follow rules, ids and items (``worker.extractors.rules_core``: regexes, CSS,
-XPath), whose ``args`` are their rules as JSON. A regex that backtracks for ever is thus stopped
-by the deadline like a pathological page.
+end mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by name: the links
+(``links#``: keeping their fragments), and the rule sets' follow rules, ids and items
+(``worker.extractors.rules_core``: regexes, CSS, XPath), whose ``args`` are their rules as JSON.
+A regex that backtracks for ever is thus stopped by the deadline like a pathological page.
 """
 
 from __future__ import annotations
@@ -92,11 +92,13 @@ class Parser:
         self._all.add(lane)
         return lane
 
-    async def links(self, body: bytes, base_url: str, encoding: str | None) -> Links:
+    async def links(self, body: bytes, base_url: str, encoding: str | None,
+                    function: str = "links") -> Links:
         """The page's links with their guessed types (``worker.extractors.links_html.extract_links``); raises
         ParseFailed when that takes longer than the deadline or the parser fails, NoLane when
-        no lane is free within ``lane_wait``."""
-        return await self.run("links", body, base_url, encoding)
+        no lane is free within ``lane_wait``. ``function`` ``"links#"``: each keeps its
+        fragment (a job's ``fingerprint.keepFragment``)."""
+        return await self.run(function, body, base_url, encoding)
 
     async def run(self, function: str, body: bytes, base_url: str, encoding: str | None,
                   args: Any = None) -> list[Any]:
@@ -231,8 +233,13 @@ def _links(body: bytes, base_url: str, encoding: str | None, args: Any) -> Links
     return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
 
 
+def _links_with_fragments(body: bytes, base_url: str, encoding: str | None, args: Any) -> Links:
+    return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding, True))
+
+
 LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None, Any], list[Any]]] = {
-    "links": _links, "follow": rules_core.follow, "items": rules_core.items}
+    "links": _links, "links#": _links_with_fragments, "follow": rules_core.follow,
+    "items": rules_core.items}
 
 
 def die_with(parent: int) -> None:

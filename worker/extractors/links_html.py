@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from shared.urls import Resolver, resolve
+from shared.urls import FragmentResolver, Resolver, resolve
 
 try:
     from selectolax.lexbor import LexborHTMLParser as _Parser
@@ -30,8 +30,10 @@ _HTML_WHITESPACE = " \t\n\r\f"
 _CANDIDATE_SEPARATORS = _HTML_WHITESPACE + ","
 
 
-def extract_links(body: bytes | str, base_url: str, encoding: str | None = None) -> list[str]:
-    """Return the canonical http(s) links of a page, de-duplicated, in document order."""
+def extract_links(body: bytes | str, base_url: str, encoding: str | None = None,
+                  keep_fragments: bool = False) -> list[str]:
+    """Return the canonical http(s) links of a page, de-duplicated, in document order; with
+    ``keep_fragments`` (a job's ``fingerprint.keepFragment``) each keeps its fragment."""
     html = decode_body(body, encoding)
     base: str | None = None
     base_seen = False
@@ -45,7 +47,7 @@ def extract_links(body: bytes | str, base_url: str, encoding: str | None = None)
                 base, base_seen = _base_from(attributes, base_url), True
             continue
         raw.extend(_values(tag, attributes))
-    return _resolve_all(base or base_url, raw)
+    return _resolve_all((FragmentResolver if keep_fragments else Resolver)(base or base_url), raw)
 
 
 def decode_body(body: bytes | str, encoding: str | None = None) -> str:
@@ -78,10 +80,9 @@ def _values(tag: str, attributes: dict[str, Any]) -> Iterator[str]:
             yield from parse_srcset(srcset)
 
 
-def _resolve_all(base: str, raw: list[str]) -> list[str]:
-    """Resolve every raw value against ``base``; drop failures and duplicates."""
+def _resolve_all(resolver: Resolver, raw: list[str]) -> list[str]:
+    """Resolve every raw value with the page's ``resolver``; drop failures and duplicates."""
     seen: dict[str, None] = {}  # insertion-ordered: document order
-    resolver = Resolver(base)
     for value in dict.fromkeys(raw):  # each distinct raw value once
         url = resolver(value)
         if url is not None:
