@@ -3,9 +3,11 @@
 The function (same signature, same grants) creates the batch's missing ``host`` rows with one
 ``INSERT … ON CONFLICT DO NOTHING`` (in name order), then locks every row of the batch in name
 order (``ORDER BY host FOR UPDATE``, as before and as ``hosts.release`` does: no deadlock) and
-computes every host's grants in one ``UPDATE``-bearing statement. A host granted nothing whose
-leases have not expired is not rewritten (no new row version). The hosts must be distinct (the
-caller passes a dict's keys); a repeated host is refused, not half-counted.
+computes every host's grants in one ``UPDATE``-bearing statement. One host alone (a one-site
+crawl) takes the old loop's three plain statements, cheaper than the set-based one's fixed cost.
+A host granted nothing whose leases have not expired is not rewritten (no new row version). The
+hosts must be distinct (the caller passes a dict's keys); a repeated host is refused, not
+half-counted.
 
 Downgrade restores the per-host loop of 0002.
 
@@ -38,9 +40,37 @@ AS $$
 DECLARE
     now_ timestamptz := clock_timestamp();
     until_ timestamptz := now_ + make_interval(secs => p_horizon);
+    h record;
+    active timestamptz[];
+    t timestamptz;
+    n integer;
 BEGIN
-    IF cardinality(p_hosts) > 1
-       AND cardinality(p_hosts) <> (SELECT count(DISTINCT x) FROM unnest(p_hosts) AS x) THEN
+    IF cardinality(p_hosts) = 1 THEN  -- one host (a one-site crawl): three plain statements
+        INSERT INTO host AS hh (host) VALUES (p_hosts[1]) ON CONFLICT DO NOTHING;
+        SELECT hh.leases, hh.next_start, hh.backoff_until INTO h
+        FROM host AS hh WHERE hh.host = p_hosts[1] FOR UPDATE;
+        active := ARRAY(SELECT e FROM unnest(h.leases) AS e WHERE e > now_);
+        t := greatest(h.next_start, now_, coalesce(h.backoff_until, now_));
+        starts := '{}';
+        tokens := '{}';
+        n := 0;
+        WHILE n < p_wants[1] AND cardinality(active) + n < p_caps[1] AND t <= until_ LOOP
+            starts := starts || t;
+            tokens := tokens || (t + make_interval(secs => p_lease + n * 1e-6));
+            n := n + 1;
+            t := t + make_interval(secs => p_delays[1]);
+        END LOOP;
+        IF n > 0 OR cardinality(active) < cardinality(h.leases) THEN
+            UPDATE host AS hh SET leases = active || tokens,
+                                  next_start = CASE WHEN n > 0 THEN t ELSE hh.next_start END
+            WHERE hh.host = p_hosts[1];
+        END IF;
+        host := p_hosts[1];
+        next_free := t;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF cardinality(p_hosts) <> (SELECT count(DISTINCT x) FROM unnest(p_hosts) AS x) THEN
         RAISE EXCEPTION 'harvester_acquire: a host is given more than once';
     END IF;
     INSERT INTO host AS hh (host) SELECT x FROM unnest(p_hosts) AS x ORDER BY x

@@ -94,10 +94,11 @@ def random_state(rng: random.Random) -> list[tuple[str, datetime | None, list[da
 
 
 def random_batches(rng: random.Random) -> list[Batch]:
-    """Three batches one after another on the clock, each over distinct hosts."""
+    """Three batches one after another on the clock, each over distinct hosts (a third of them
+    over one host: the function's path for one host is its own)."""
     out, clock = [], NOW
     for _ in range(3):
-        names = rng.sample(NAMES, rng.randint(1, 20))
+        names = rng.sample(NAMES, 1 if rng.random() < 0.3 else rng.randint(2, 20))
         out.append((clock, names,
                     [rng.choice([0, 1, 1, 1, 2, 3, 5]) for _ in names],
                     [rng.randint(1, 4) for _ in names],
@@ -148,15 +149,20 @@ async def test_grants_and_host_rows_are_those_of_the_per_host_loop(
     assert granted > 500  # the batches did grant, not only refuse
 
 
+@pytest.mark.parametrize("others", [0, 3])
 async def test_a_host_granted_nothing_with_no_lease_expired_is_not_rewritten(
-        db: asyncpg.Connection) -> None:
+        db: asyncpg.Connection, others: int) -> None:
+    """Alone in its call or with other hosts (granted something), a host at its cap keeps its
+    row version."""
     host = "http://a.example"
     _, grants = await hosts.acquire(db, {host: 2}, {host: 2}, {host: 0.0}, 60, 2)
     assert len(grants[0].tokens) == 2
     version = "SELECT xmin::text, ctid::text FROM host WHERE host = $1"
     before = await db.fetchrow(version, host)
-    _, grants = await hosts.acquire(db, {host: 1}, {host: 2}, {host: 0.0}, 60, 2)
-    assert grants[0].tokens == [] and grants[0].host == host
+    names = [host] + [f"http://o{i}.example" for i in range(others)]
+    _, grants = await hosts.acquire(db, dict.fromkeys(names, 1), dict.fromkeys(names, 2),
+                                    dict.fromkeys(names, 0.0), 60, 2)
+    assert {g.host: len(g.tokens) for g in grants} == {host: 0} | dict.fromkeys(names[1:], 1)
     assert await db.fetchrow(version, host) == before
 
 
