@@ -61,6 +61,7 @@ class Frontier(Protocol):
 
 
 FEED_LOCK = 0x4A52_4644  # pg advisory lock: one feeder in the cluster claims at a time
+PAIRS_TTL = 1.0  # seconds a scan of the (host, job) pairs serves the claims that follow
 _START: tuple[str, int] = ("", -1)  # before every (host, job) pair
 
 
@@ -90,6 +91,9 @@ class DueFrontier:
         self._caps: dict[str, int | None] = {}
         self._served: dict[tuple[str, int], tuple[float, float]] = {}  # (count, as of when)
         self._pruned = -math.inf
+        self._pairs: list[asyncpg.Record] = []  # the last scan of the pairs
+        self._scanned = -math.inf  # when
+        self._top: int | None = None  # the newest job then
 
     def served(self, host: str, job_id: int, now: float) -> float:
         """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
@@ -143,20 +147,54 @@ class DueFrontier:
         pair whose host does not wait taking a share of ``limit``. A third only when that fell
         short of ``limit`` while some pairs took their whole share (others had nothing due:
         their rows deferred): the rest of ``limit``, shared by those pairs.
+
+        The pairs scanned serve the claims of the next ``PAIRS_TTL`` seconds (at 1,000 hosts
+        the scan costs about what the claim does), with, instead of the scan, a cheaper
+        statement that takes the lock and reads the newest job's id: a new job has the pairs
+        scanned again at once, and so has a claim in which some pair with room had no row due
+        (it ran dry: a new host of a running job may be waiting), which then claims again over
+        the new scan. So a pair missing from the scan (a new host of a job whose known pairs
+        all still have rows due) waits ``PAIRS_TTL`` at most, as do a host's new back-off (its
+        visits meanwhile are deferred by the gate, never over its cap) and a job's new
+        priority.
         """
         if limit <= 0:
             return []
-        pairs = await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor, self._settings.feed_pairs)
+        now = time.monotonic()
+        cached = bool(self._pairs) and now - self._scanned < PAIRS_TTL
+        if cached:
+            lock = await conn.fetchrow(_LOCK, FEED_LOCK)
+            if not lock["ok"]:
+                return []  # another feeder is claiming
+            cached = lock["top"] == self._top
+        keys, dry = await self._claim_pairs(
+            conn, self._pairs if cached else await self._scan(conn, now), limit, now)
+        if cached and dry and len(keys) < limit:
+            more, _ = await self._claim_pairs(conn, await self._scan(conn, now),
+                                              limit - len(keys), now)
+            keys += more
+        return keys
+
+    async def _scan(self, conn: asyncpg.Connection, now: float) -> list[asyncpg.Record]:
+        """The pairs from the cursor on (``_PAIRS``), kept for the claims that follow."""
+        pairs = list(await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor,
+                                      self._settings.feed_pairs))
         if len(pairs) < self._settings.feed_pairs:
             self._cursor = _START  # the end was reached: next time from the start
         else:
             self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
+        self._pairs, self._scanned = pairs, now
+        self._top = pairs[0]["top"] if pairs else None
+        return pairs
+
+    async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
+                           limit: int, now: float) -> tuple[list[Key], bool]:
+        """The claim over ``pairs``: the keys, and whether some pair with room had no row due."""
         hosts: list[str] = []
         job_ids: list[int] = []
         weights: list[float] = []
         served: list[float] = []
         caps: dict[str, int] = {}
-        now = time.monotonic()
         for p in pairs:
             cap = 0 if p["waiting"] else self.cap(p["host"])
             if cap == 0:
@@ -168,18 +206,18 @@ class DueFrontier:
             weights.append(2.0 ** p["priority"])
             served.append(self.served(p["host"], p["job_id"], now))
         if not hosts:
-            return []
-        keys, full, took = await _claim(conn, hosts, job_ids, weights, served, caps, limit)
+            return [], True
+        keys, full, took, dry = await _claim(conn, hosts, job_ids, weights, served, caps, limit)
         if len(keys) < limit and full:
             again = [hosts[i] for i in full]
-            more, _, more_took = await _claim(
+            more, _, more_took, _ = await _claim(
                 conn, again, [job_ids[i] for i in full], [weights[i] for i in full],
                 [served[i] + took[hosts[i], job_ids[i]] for i in full],
                 {h: caps[h] for h in again if h in caps}, limit - len(keys))
             keys += more
             took += more_took
         self._count(took, now)
-        return keys
+        return keys, dry
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits unpublished (their publish failed): claimed again soon, due as
@@ -268,11 +306,13 @@ class DueFrontier:
 
 
 # The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
-# only if this transaction gets the feed lock ($1); a job's (its priority) and whether the host
-# waits (backing off, or its robots.txt being fetched for the first time: after a failed fetch
-# the gate decides, deferring until the retry or, once given up, refusing the visits).
+# only if this transaction gets the feed lock ($1), with the newest job's id (top); a job's (its
+# priority) and whether the host waits (backing off, or its robots.txt being fetched for the
+# first time: after a failed fetch the gate decides, deferring until the retry or, once given
+# up, refusing the visits).
 _PAIRS = """
-    WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok),
+    WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok,
+                                             (SELECT max(id) FROM job) AS top),
     pairs AS (
         (SELECT p.host, p.job_id FROM job_pending p, l
          WHERE l.ok AND p.published_on IS NULL AND NOT p.held
@@ -284,15 +324,19 @@ _PAIRS = """
             WHERE p.published_on IS NULL AND NOT p.held
               AND (p.host, p.job_id) > (c.host, c.job_id)
             ORDER BY p.host, p.job_id LIMIT 1) n)
-    SELECT q.host, q.job_id, j.priority,
+    SELECT q.host, q.job_id, j.priority, l.top,
            coalesce(h.backoff_until > now()
                     OR (h.robots_fetched_on IS NULL AND h.robots_failures = 0
                         AND h.robots_fetching_until > now()),
                     false) AS waiting
     FROM (SELECT host, job_id FROM pairs LIMIT $4) q
+    CROSS JOIN l
     JOIN job j ON j.id = q.job_id
     LEFT JOIN host h ON h.host = q.host
     ORDER BY q.host, q.job_id"""
+
+# The feed lock without a scan of the pairs, and the newest job's id (a new job: scan again).
+_LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) AS top"
 
 # The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $8 their recent service on the
 # host), each taking $4 rows at most; caps: the capped hosts ($5) and their caps ($6); busy:
@@ -303,7 +347,8 @@ _PAIRS = """
 # the rows with the least service before them (k: the pair's recent service plus the rows
 # before it in this claim, over the job's weight); then the limit ($7) to the least served
 # jobs in this claim (their n-th row, over the weight). The caller sorts the rows by
-# (jk, rank): RETURNING keeps no order.
+# (jk, rank): RETURNING keeps no order. A last row, its url_id NULL: how many pairs with room
+# had no row due (dry).
 _CLAIM = """
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
@@ -322,7 +367,7 @@ _CLAIM = """
         SELECT pr.host, pr.job_id, pr.w, pr.s, r.room
         FROM pr LEFT JOIN room r ON r.host = pr.host
         WHERE r.room IS NULL OR r.room > 0),
-    cand AS (
+    cand AS MATERIALIZED (
         SELECT l.host, l.job_id, l.w, l.room, x.url_id, x.rank,
                l.s + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
         FROM live l
@@ -342,32 +387,41 @@ _CLAIM = """
                row_number() OVER (PARTITION BY job_id ORDER BY rank) / w AS jk
         FROM kept WHERE room IS NULL OR hn <= room
         ORDER BY jk, rank
-        LIMIT $7)
-    UPDATE job_pending p SET published_on = now()
-    FROM pick WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
-    RETURNING p.host, p.job_id, p.url_id, pick.jk, pick.rank"""
+        LIMIT $7),
+    upd AS (
+        UPDATE job_pending p SET published_on = now()
+        FROM pick
+        WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
+        RETURNING p.host, p.job_id, p.url_id, pick.jk, pick.rank)
+    SELECT host, job_id, url_id, jk, rank, NULL::bigint AS dry FROM upd
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL,
+           (SELECT count(*) FROM live l
+            WHERE NOT EXISTS (SELECT 1 FROM cand c WHERE c.host = l.host AND c.job_id = l.job_id))"""
 
 async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
                  weights: list[float], served: list[float], caps: dict[str, int],
-                 limit: int) -> tuple[list[Key], list[int], Counter[tuple[str, int]]]:
+                 limit: int) -> tuple[list[Key], list[int], Counter[tuple[str, int]], bool]:
     """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their recent
     service; ``caps``: of the capped hosts), each taking a share of ``limit`` (twice its even
     part, 2 at least, so that pairs with fewer due rows leave room to the others): the keys in
     the order to publish them, which pairs took their whole share and whose host may take more
-    (uncapped, or capped above the share: a pair capped at its share filled its host), and how
-    many rows each pair took."""
+    (uncapped, or capped above the share: a pair capped at its share filled its host), how
+    many rows each pair took, and whether some pair with room had no row due."""
     if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
         rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
         return ([(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], [],
-                Counter({(hosts[0], job_ids[0]): len(rows)}))
+                Counter({(hosts[0], job_ids[0]): len(rows)}), len(rows) < limit)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
-    rows = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
-                            list(caps.values()), limit, served)
+    got = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
+                           list(caps.values()), limit, served)
+    rows = [r for r in got if r["url_id"] is not None]
+    dry = any(r["dry"] for r in got if r["url_id"] is None)
     took = Counter((r["host"], r["job_id"]) for r in rows)
     full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
             if took[pair] >= share and caps.get(pair[0], share + 1) > share]
     rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
-    return [(r["job_id"], r["url_id"]) for r in rows], full, took
+    return [(r["job_id"], r["url_id"]) for r in rows], full, took, dry
 
 
 # The claim when there is one (host, job) pair and its host is uncapped: _CLAIM's result, with

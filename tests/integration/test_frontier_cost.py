@@ -14,6 +14,7 @@ import asyncpg
 from shared.config import Settings
 from shared.db import frontier as frontier_module
 from shared.db.frontier import DueFrontier
+from shared.db.pages import upsert_urls
 from tests.integration.test_frontier_fair import claim, new_job
 
 HOSTS = 1000
@@ -41,6 +42,10 @@ class Recorder:
                 await tr.rollback()
         return list(await self.conn.fetch(sql, *args))
 
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        self.sent.append(sql)
+        return await self.conn.fetchrow(sql, *args)
+
     def transaction(self) -> Any:
         return self.conn.transaction()
 
@@ -61,7 +66,7 @@ def touched(plan: dict[str, Any]) -> float:
 
 async def busy_hosts(db: asyncpg.Connection) -> tuple[DueFrontier, int, int]:
     """One job of 3 pages on each of 1,000 hosts capped at 2, every host filled (2 in flight),
-    then one visit completed on each of 100 of them: (the frontier, published, hosts with
+    then one visit completed on each of 100 of them: (a new frontier, published, hosts with
     room)."""
     frontier = DueFrontier(Settings())
     assert frontier.cap("http://h0.example") == 2
@@ -76,7 +81,7 @@ async def busy_hosts(db: asyncpg.Connection) -> tuple[DueFrontier, int, int]:
             WHERE published_on IS NOT NULL ORDER BY host, url_id LIMIT 100) d
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""")
     await db.execute("ANALYZE job_pending")
-    return frontier, 2 * HOSTS - 100, 100
+    return DueFrontier(Settings()), 2 * HOSTS - 100, 100  # a feeder that scans the pairs first
 
 
 async def test_a_claim_over_1000_capped_hosts_reads_the_published_rows_once(
@@ -129,3 +134,53 @@ async def test_a_refill_still_serves_hosts_whose_cap_exceeds_the_share(
     async with db.transaction():
         got = await frontier.claim(db, 1000)
     assert len(got) == 10 * 10 and {k[0] for k in got} == {live}
+
+
+async def complete_one_on(db: asyncpg.Connection, hosts: int) -> None:
+    """One published visit completes on each of ``hosts`` hosts."""
+    await db.execute("""
+        DELETE FROM job_pending p USING (
+            SELECT DISTINCT ON (host) job_id, url_id FROM job_pending
+            WHERE published_on IS NOT NULL ORDER BY host DESC, url_id LIMIT $1) d
+        WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", hosts)
+
+
+async def test_claims_within_a_second_reuse_the_pair_scan(db: asyncpg.Connection) -> None:
+    frontier, _, _ = await busy_hosts(db)
+    first = Recorder(db)
+    async with db.transaction():
+        assert len(await frontier.claim(first, 1000)) == 100  # type: ignore[arg-type]
+    assert frontier_module._PAIRS in first.sent
+    await complete_one_on(db, 10)
+    again = Recorder(db)
+    async with db.transaction():
+        assert len(await frontier.claim(again, 1000)) == 10  # type: ignore[arg-type]
+    assert frontier_module._PAIRS not in again.sent  # the 1,000 pairs of a moment ago
+
+
+async def test_a_new_job_is_claimed_at_the_next_claim_whatever_the_pairs_scanned(
+        db: asyncpg.Connection) -> None:
+    frontier, _, _ = await busy_hosts(db)
+    await claim(frontier, db, limit=1000)
+    await complete_one_on(db, 10)
+    small, ids = await new_job(db, [f"http://small{i}.example/" for i in range(5)])
+    got = await claim(frontier, db, limit=1000)
+    assert {k for k in got if k[0] == small} == {(small, i) for i in ids}
+    assert len(got) == 10 + 5
+
+
+async def test_a_new_host_of_a_running_job_is_claimed_when_its_known_pairs_run_dry(
+        db: asyncpg.Connection) -> None:
+    # the default job's shape: a page on one host, its child on another
+    frontier = DueFrontier(Settings())
+    job, (root,) = await new_job(db, ["http://one.example/"])
+    assert await claim(frontier, db) == [(job, root)]
+    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
+    async with db.transaction():
+        await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", job, root)
+        await db.execute("""
+            INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+            VALUES ($1, $2, $3, 'http://two.example',
+                    harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""",
+            job, child, root)
+    assert await claim(frontier, db) == [(job, child)]
