@@ -324,13 +324,12 @@ _PAIRS = """
             WHERE p.published_on IS NULL AND NOT p.held
               AND (p.host, p.job_id) > (c.host, c.job_id)
             ORDER BY p.host, p.job_id LIMIT 1) n)
-    SELECT q.host, q.job_id, j.priority, l.top,
+    SELECT q.host, q.job_id, j.priority, (SELECT top FROM l) AS top,
            coalesce(h.backoff_until > now()
                     OR (h.robots_fetched_on IS NULL AND h.robots_failures = 0
                         AND h.robots_fetching_until > now()),
                     false) AS waiting
     FROM (SELECT host, job_id FROM pairs LIMIT $4) q
-    CROSS JOIN l
     JOIN job j ON j.id = q.job_id
     LEFT JOIN host h ON h.host = q.host
     ORDER BY q.host, q.job_id"""
