@@ -256,9 +256,9 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
     passed (rows come due, a new job's, another foreman's feeder). So with
     every host at its cap and nothing finishing the feeder claims 20 times a second, not in a
     tight loop, and at 1,000 busy hosts it claims once per batch of freed slots, however long a
-    claim takes. With nothing out at all, it looks again after ``feed_interval`` (or after four
-    times its last claim's time, ``FEED_MAX_WAIT`` at most): a new job's first visits go out
-    at once."""
+    claim takes. With nothing out at all, it claims at once after a full claim, else looks
+    again after ``feed_interval`` (or after four times its last claim's time, ``FEED_MAX_WAIT``
+    at most): a new job's first visits go out at once."""
     loop = asyncio.get_running_loop()
     budget = FeedBudget(settings.feed_ahead, loop.time())
     last = -math.inf  # when the last claim was made
@@ -276,8 +276,8 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                 ask = min(ask, most - out)
             waited = loop.time() - last
             worth = max(1, min(FEED_BATCH, after // 8))
-            if out == 0:
-                due = waited >= min(max(settings.feed_interval, 4 * took), FEED_MAX_WAIT)
+            if out == 0:  # all finished: at once after a full claim, else an idle look
+                due = full or waited >= min(max(settings.feed_interval, 4 * took), FEED_MAX_WAIT)
             else:  # more rows likely wait (a full claim), or slots freed since, or time
                 due = ((ask if full else after - out) >= worth) or waited >= FEED_MAX_WAIT
             if ask > 0 and due:
