@@ -70,12 +70,12 @@ class DueFrontier:
 
     Inside a (host, job) pair visits go in ``rank`` order (the job's queue order, written by
     every writer of pending rows with ``harvester_rank``); a host with a cap (politeness delay
-    above 0) gets at most ``cap(host)`` visits published at once,
-    none while it backs off or while its robots.txt is being fetched; the room a host has goes to
-    the job this frontier served least there lately (``served``: its claims of the host, decayed
-    with half-life ``fair_window``), weighted by ``2 ** job.priority``, so a new job takes every
-    slot that frees on a host a big job has been crawling until it has caught up, and two jobs
-    that stay share the host by their weights; the claim's ``limit`` is shared between jobs by
+    above 0) gets at most ``cap(host)`` visits published at once, none while it backs off or
+    while its robots.txt is being fetched; the room a host has goes to the job this frontier
+    served least there lately (``served``: its claims of the host, decayed with half-life
+    ``fair_window``), weighted by ``2 ** job.priority``, so a new job takes every slot that
+    frees on a host a big job has been crawling until it has caught up, and two jobs that stay
+    share the host by their weights; the claim's ``limit`` is shared between jobs by
     the rows they get in it, weighted the same way. Held rows (a paused job's) and rows another
     transaction holds are skipped; rows not yet ``due`` wait.
 
