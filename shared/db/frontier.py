@@ -344,9 +344,10 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # pairs whose host has room (or no cap), the only ones whose pending rows are read. Per pair
 # its first rows by rank, as many as its host has room for; per capped host the room goes to
 # the rows with the least service before them (k: the pair's recent service plus the rows
-# before it in this claim, over the job's weight); then the limit ($7) to the least served
-# jobs in this claim (their n-th row, over the weight). The caller sorts the rows by
-# (jk, rank): RETURNING keeps no order. A last row, its url_id NULL: how many pairs with room
+# before it in this claim, over the job's weight); then the limit ($7) to one row per capped
+# host first (a host's second would wait its delay in the gate, holding a worker's slot), and
+# to the least served jobs in this claim (their n-th row, over the weight). The caller sorts
+# the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL: how many pairs with room
 # had no row due (dry).
 _CLAIM = """
     WITH pr AS (
@@ -383,18 +384,19 @@ _CLAIM = """
         FROM cand),
     pick AS (
         SELECT job_id, url_id, rank,
-               row_number() OVER (PARTITION BY job_id ORDER BY rank) / w AS jk
+               row_number() OVER (PARTITION BY job_id ORDER BY rank) / w AS jk,
+               room IS NOT NULL AND hn > 1 AS second
         FROM kept WHERE room IS NULL OR hn <= room
-        ORDER BY jk, rank
+        ORDER BY second, jk, rank
         LIMIT $7),
     upd AS (
         UPDATE job_pending p SET published_on = now()
         FROM pick
         WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
-        RETURNING p.host, p.job_id, p.url_id, pick.jk, pick.rank)
-    SELECT host, job_id, url_id, jk, rank, NULL::bigint AS dry FROM upd
+        RETURNING p.host, p.job_id, p.url_id, pick.second, pick.jk, pick.rank)
+    SELECT host, job_id, url_id, second, jk, rank, NULL::bigint AS dry FROM upd
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL,
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL,
            (SELECT count(*) FROM live l
             WHERE NOT EXISTS (SELECT 1 FROM cand c WHERE c.host = l.host AND c.job_id = l.job_id))"""
 
@@ -419,7 +421,7 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
     took = Counter((r["host"], r["job_id"]) for r in rows)
     full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
             if took[pair] >= share and caps.get(pair[0], share + 1) > share]
-    rows = sorted(rows, key=lambda r: (r["jk"], r["rank"]))
+    rows = sorted(rows, key=lambda r: (r["second"], r["jk"], r["rank"]))
     return [(r["job_id"], r["url_id"]) for r in rows], full, took, dry
 
 

@@ -159,6 +159,20 @@ async def test_a_new_job_takes_every_freed_slot_until_it_has_caught_up(
     assert grants.count(small) > len(grants) / 2, grants  # more than half: not one slot of two
 
 
+async def test_a_short_limit_goes_to_one_visit_per_capped_host_before_a_second(
+        db: asyncpg.Connection) -> None:
+    # 10 hosts capped at 2 with room, a limit of 10 (the feed-ahead budget binding): one visit
+    # on each host, not both slots of 5 (a host's second visit would wait its delay in the
+    # gate, holding a worker's slot).
+    frontier = DueFrontier()
+    await new_job(db, [f"http://h{i}.example/{j}" for i in range(10) for j in range(5)],
+                  order="fifo")
+    got = await claim(frontier, db, limit=10)
+    hosts = await db.fetch("""
+        SELECT DISTINCT host FROM job_pending WHERE published_on IS NOT NULL""")
+    assert len(got) == 10 and len(hosts) == 10
+
+
 async def test_nothing_is_published_for_a_host_backing_off_or_waiting_for_robots(
         db: asyncpg.Connection) -> None:
     frontier = DueFrontier()
