@@ -86,11 +86,10 @@ async def hosts(conn: asyncpg.Connection, job_id: int,
                 top: int = 10) -> tuple[list[HostSummary], list[HostSummary], list[tuple[str, int]]]:
     """The job's hosts: the ``top`` by pending visits, those of them and the rest backing off
     now (at most ``top``), and the hosts whose pages robots.txt blocked, most first."""
-    rows = await conn.fetch(f"""
+    rows = await conn.fetch("""
         WITH p AS (
-            SELECT {_HOST_OF_URL} AS host, count(*)::bigint AS pending
-            FROM job_pending p JOIN url u ON u.id = p.url_id
-            WHERE p.job_id = $1 GROUP BY 1)
+            SELECT p.host, count(*)::bigint AS pending
+            FROM job_pending p WHERE p.job_id = $1 GROUP BY 1)
         SELECT p.host, p.pending,
                (SELECT count(*) FROM unnest(h.leases) e WHERE e > now())::int AS in_flight,
                CASE WHEN h.next_start > now() THEN h.next_start END AS next_start,
