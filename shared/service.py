@@ -1,5 +1,5 @@
-"""What every tier's ``__main__`` shares: flags, logging set-up, signals, and the run loop (and
-its loops' ``sleep_unless``)."""
+"""What every tier's ``__main__`` shares: flags, logging set-up (secrets blanked out:
+``shared.secrets``), signals, and the run loop (and its loops' ``sleep_unless``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from shared import secrets
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, StartupError
 from shared.logfmt import JsonFormatter
@@ -108,6 +109,7 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    secrets.install(settings)  # every secret, and every URL's credentials, blanked from the log
     install_uvloop()
     try:
         return asyncio.run(_run(run, settings))

@@ -1,17 +1,18 @@
 """GitHub tokens on a worker: where they come from (``load_tokens``: ``githubTokens`` from the
 environment, ``githubTokenFiles``), the name they go by everywhere else (``token_id``: a hash,
 the token itself is never stored, logged or shown) and a log filter that blanks them out
-(``Redact``) should one ever reach a log line or an error."""
+(``Redact``, from ``shared.secrets``, re-exported here) should one ever reach a log line or an
+error."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Iterable
 
 from shared.config import GITHUB_TOKEN, Settings
 from shared.errors import ConfigError
-from shared.model import MASK
+from shared.secrets import Redact
+
+__all__ = ["ANONYMOUS", "Redact", "load_tokens", "token_id"]
 
 ANONYMOUS = "anonymous"  # the id of "no token": requests without Authorization
 
@@ -41,50 +42,3 @@ def load_tokens(settings: Settings) -> tuple[str, ...]:
                 raise ConfigError("githubTokenFiles", f"{path} line {n} is malformed")
             found.append(line)
     return tuple(dict.fromkeys(found))
-
-
-class Redact(logging.Filter):
-    """A handler filter: every token in a record's message, arguments or traceback becomes
-    ``***`` (the message is formatted here, its arguments dropped). Installed on the root
-    logger's handlers while a GitHub fetcher runs (``install``)."""
-
-    def __init__(self, tokens: Iterable[str]) -> None:
-        super().__init__()
-        # Longest first, so that a token containing another is masked whole.
-        self.tokens = tuple(sorted({t for t in tokens if t}, key=len, reverse=True))
-
-    def scrub(self, text: str) -> str:
-        for t in self.tokens:
-            if t in text:
-                text = text.replace(t, MASK)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.tokens:
-            return True
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # a bad format: keep what there is, scrubbed
-            message = f"{record.msg} {record.args}"
-        record.msg, record.args = self.scrub(message), ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.scrub(record.stack_info)
-        return True
-
-    def install(self) -> None:
-        """Add this filter to each handler of the root logger (and to the root logger itself,
-        for records logged on it directly)."""
-        root = logging.getLogger()
-        root.addFilter(self)
-        for handler in root.handlers:
-            handler.addFilter(self)
-
-    def uninstall(self) -> None:
-        root = logging.getLogger()
-        root.removeFilter(self)
-        for handler in root.handlers:
-            handler.removeFilter(self)
