@@ -66,7 +66,8 @@ def write_config(site: Site, path: Path, concurrency: int, worker_concurrency: i
     cfg: dict[str, object] = {
         "hostLimits": {f"{site.spec.host_a}:{port}": limits, f"{site.spec.host_b}:{port}": limits},
         "robots": False, "concurrency": worker_concurrency, "maxDepth": 20,
-        "logLevel": "WARNING"}
+        "logLevel": "WARNING",
+        "allowNetworks": ["127.0.0.0/8"]}  # hosts A and B are on loopback (SSRF guard)
     if browser_path:
         cfg["fetcherKinds"] = ["http", "browser"]
         cfg["browserPath"] = browser_path

@@ -608,7 +608,8 @@ COUNTERS = ("harvester_visits_from_store_total", "harvester_visits_forwarded_tot
 def write_config(path: Path, worker_concurrency: int, single: HostsSite | None = None) -> Path:
     cfg: dict[str, object] = {"robots": False, "concurrency": worker_concurrency,
                               "maxDepth": 40, "logLevel": "WARNING",
-                              "hostConcurrency": HOST_CONCURRENCY, "hostDelay": HOST_DELAY}
+                              "hostConcurrency": HOST_CONCURRENCY, "hostDelay": HOST_DELAY,
+                              "allowNetworks": ["127.0.0.0/8"]}  # 127.0.x.y hosts (SSRF guard)
     if single is not None:  # the single-host reference: no politeness, as bench/site.py's
         cfg["hostLimits"] = {f"{host_addr(0)}:{single.spec.port}":
                              {"concurrency": worker_concurrency, "delay": "0s"}}

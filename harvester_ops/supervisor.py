@@ -13,6 +13,7 @@ then a wait), then NATS and PostgreSQL; nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,24 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise Stop()
 
 
+LOOPBACK = "127.0.0.0/8"
+
+
+def loopback_by_default(config: str | None, env: Mapping[str, str]) -> bool:
+    """Whether ``harvester up`` allows loopback itself: neither the environment nor the config
+    file names an ``allowNetworks`` (a local crawl's sites are mostly on 127.0.0.1)."""
+    if env.get("HARVESTER_ALLOW_NETWORKS"):
+        return False
+    if config:
+        try:
+            data = json.loads(Path(config).read_text())
+        except (OSError, ValueError):
+            return True  # the tiers report a bad file
+        if isinstance(data, dict) and "allowNetworks" in data:
+            return False
+    return True
+
+
 def up(config: str | None, addr: str, data_dir: Path, workers: int,
        log_level: str | None = None, log_format: str | None = None,
        metrics_port_base: int = 0, *, browser_workers: int = 0, browser_pages: int = 4,
@@ -108,6 +127,12 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
                    HARVESTER_NATS_URL=nats.url)
         if fetcher_kinds:
             env["HARVESTER_FETCHER_KINDS"] = ",".join(fetcher_kinds)
+        env["HARVESTER_HTTP_ADDR"] = addr  # the API's port: refused to fetchers (SSRF guard)
+        if loopback_by_default(config, env):
+            env["HARVESTER_ALLOW_NETWORKS"] = LOOPBACK
+            print(f"harvester up: fetching from loopback ({LOOPBACK}) is allowed (a local "
+                  "crawl); HARVESTER_ALLOW_NETWORKS=none or \"allowNetworks\": [] turns it off",
+                  file=sys.stderr, flush=True)
         cfg = ["-config", config] if config else []
         cfg += ["-log-level", log_level] if log_level else []
         cfg += ["-log-format", log_format] if log_format else []

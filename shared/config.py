@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import json
 import os
@@ -68,6 +69,50 @@ class HostPace:
     """The limits in force for one host."""
     concurrency: int
     delay: float
+
+
+AUTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,}", re.ASCII)
+AUTH_TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}", re.ASCII)
+_ALLOW_HOST = re.compile(r"(?:\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+                         r"(?:\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", re.ASCII)
+
+
+class AuthToken(BaseModel):
+    """An API bearer token as configured: its name, the SHA-256 of the token (hex), admin or
+    not. The token itself is never kept here (``authTokens`` holds digests only)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(pattern=AUTH_TOKEN_NAME.pattern, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    admin: bool = False
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_auth_tokens(text: str) -> tuple[AuthToken, ...]:
+    """``name:token[:admin],...`` (``HARVESTER_AUTH_TOKENS``) -> digests; ValueError naming the
+    entry's position, never its token."""
+    out: list[AuthToken] = []
+    for i, entry in enumerate((e.strip() for e in text.split(",") if e.strip()), 1):
+        parts = entry.split(":")
+        if (len(parts) not in (2, 3) or not AUTH_TOKEN_NAME.fullmatch(parts[0])
+                or not AUTH_TOKEN.fullmatch(parts[1])
+                or (len(parts) == 3 and parts[2] != "admin")):
+            raise ValueError(f"auth token {i} is malformed (use name:token[:admin], the token "
+                             "16 or more of A-Z a-z 0-9 . _ ~ + / = -)")
+        out.append(AuthToken(name=parts[0], sha256=token_digest(parts[1]),
+                             admin=len(parts) == 3))
+    return tuple(out)
+
+
+def _split_list(text: str) -> list[str]:
+    """A comma list from the environment; ``none`` is the empty list."""
+    if text.strip().lower() == "none":
+        return []
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def _loopback(host: str) -> bool:
@@ -215,6 +260,89 @@ class Settings(BaseModel):
     github_per_page: int = Field(100, ge=1, le=100)
     github_token_concurrency: int = Field(4, gt=0)
     github_wait: float = Field(10.0, ge=0)
+
+    # safe to expose (issue 17, docs/security.md)
+    # SSRF guard: the networks a fetch may connect to although the address tables refuse them
+    # (loopback, private, link-local ...), host names whose addresses are allowed ("name" or
+    # "*.suffix"), and networks refused whatever else says (denyNetworks wins over allow)
+    allow_networks: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    deny_networks: tuple[str, ...] = ()
+    # crawler traps (defaults of a job's "traps"); max_url_length also bounds job URLs (400)
+    max_url_length: int = Field(2048, gt=0)
+    max_path_depth: int = Field(32, gt=0)
+    max_segment_repeats: int = Field(3, gt=0)
+    max_query_params: int = Field(32, gt=0)
+    max_param_repeats: int = Field(4, gt=0)
+    max_chain_level: int = Field(200, gt=0)       # links from the job URL, all jobs
+    parse_memory: int = Field(1 << 30, ge=0)      # a parse lane's address space (RLIMIT_AS); 0 off
+    # web server: a connection idle (or still sending its headers) this long is closed; a
+    # request body not received within http_body_timeout is a 408
+    http_idle_timeout: float = Field(15.0, gt=0)
+    http_body_timeout: float = Field(30.0, gt=0)
+    # API bearer tokens: digests only ({name, sha256, admin}); raw tokens from the environment
+    # (HARVESTER_AUTH_TOKENS, hashed at load) or token files (read by the web server)
+    auth_tokens: tuple[AuthToken, ...] = ()
+    auth_token_files: tuple[Path, ...] = ()
+    # secrets: never a config file value (a file names a path), never shown or logged
+    database_password: str = Field("", repr=False, exclude=True)  # put into database_url
+    database_password_file: Path | None = None
+    nats_user: str = ""
+    nats_password: str = Field("", repr=False, exclude=True)
+    nats_password_file: Path | None = None
+    nats_token: str = Field("", repr=False, exclude=True)
+    nats_token_file: Path | None = None
+    nats_creds_file: Path | None = None
+    nats_nkey_file: Path | None = None
+    nats_tls_ca_file: Path | None = None          # None: system CAs for a tls:// URL
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
+
+    @field_validator("allow_networks", "deny_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: Any) -> Any:
+        items = _split_list(v) if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            return items
+        out: list[str] = []
+        for item in items:
+            try:
+                out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"invalid network {item!r} (use CIDR, e.g. 10.0.0.0/8 "
+                                 "or fd00::/8)") from None
+        return tuple(dict.fromkeys(out))
+
+    @field_validator("allow_hosts", mode="before")
+    @classmethod
+    def _allow_hosts(cls, v: Any) -> Any:
+        items = _split_list(v) if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            return items
+        out: list[str] = []
+        for item in items:
+            name = item.strip().lower().rstrip(".") if isinstance(item, str) else ""
+            if not _ALLOW_HOST.fullmatch(name):
+                raise ValueError(f"invalid host {item!r} (use a name or *.suffix, "
+                                 "e.g. intranet.example or *.example)")
+            out.append(name)
+        return tuple(dict.fromkeys(out))
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _auth_tokens(cls, v: Any) -> Any:
+        return parse_auth_tokens(v) if isinstance(v, str) else v
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _unique_tokens(cls, v: tuple[AuthToken, ...]) -> tuple[AuthToken, ...]:
+        names = [t.name for t in v]
+        digests = [t.sha256 for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError("authTokens: a token name is used twice")
+        if len(set(digests)) != len(digests):
+            raise ValueError("authTokens: the same token is listed twice")
+        return v
 
     @field_validator("root_path")
     @classmethod
@@ -497,6 +625,17 @@ _SIMPLE_KEYS = {
     "githubBaseUrl": "github_base_url", "githubTokenFiles": "github_token_files",
     "githubPerPage": "github_per_page", "githubTokenConcurrency": "github_token_concurrency",
     "feedPairs": "feed_pairs", "bloomJobs": "bloom_jobs",
+    "allowNetworks": "allow_networks", "allowHosts": "allow_hosts",
+    "denyNetworks": "deny_networks", "maxURLLength": "max_url_length",
+    "maxPathDepth": "max_path_depth", "maxSegmentRepeats": "max_segment_repeats",
+    "maxQueryParams": "max_query_params", "maxParamRepeats": "max_param_repeats",
+    "maxChainLevel": "max_chain_level", "parseMemory": "parse_memory",
+    "authTokens": "auth_tokens", "authTokenFiles": "auth_token_files",
+    "databasePasswordFile": "database_password_file", "natsUser": "nats_user",
+    "natsPasswordFile": "nats_password_file", "natsTokenFile": "nats_token_file",
+    "natsCredsFile": "nats_creds_file", "natsNkeyFile": "nats_nkey_file",
+    "natsTLSCAFile": "nats_tls_ca_file", "natsTLSCertFile": "nats_tls_cert_file",
+    "natsTLSKeyFile": "nats_tls_key_file",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -516,6 +655,7 @@ _DURATION_KEYS = {
     "taskTimeout": "task_timeout", "workerMaxLatency": "worker_max_latency",
     "githubWait": "github_wait", "hostLookahead": "host_lookahead",
     "feedAhead": "feed_ahead", "fairWindow": "fair_window",
+    "httpIdleTimeout": "http_idle_timeout", "httpBodyTimeout": "http_body_timeout",
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
@@ -545,8 +685,29 @@ _ENV = {
     "HARVESTER_GITHUB_TOKENS": "github_tokens",  # comma or space separated; only here
     "HARVESTER_GITHUB_TOKEN_FILES": "github_token_files",  # a comma list of paths
     "HARVESTER_GITHUB_WAIT": "github_wait",
+    "HARVESTER_ALLOW_NETWORKS": "allow_networks",  # comma lists; "none" is the empty list
+    "HARVESTER_ALLOW_HOSTS": "allow_hosts", "HARVESTER_DENY_NETWORKS": "deny_networks",
+    "HARVESTER_PARSE_MEMORY": "parse_memory",
+    "HARVESTER_HTTP_IDLE_TIMEOUT": "http_idle_timeout",
+    "HARVESTER_HTTP_BODY_TIMEOUT": "http_body_timeout",
+    "HARVESTER_AUTH_TOKENS": "auth_tokens",  # name:token[:admin],...; hashed at load
+    "HARVESTER_AUTH_TOKEN_FILES": "auth_token_files",  # lines "name token [admin]"
+    "HARVESTER_DATABASE_PASSWORD": "database_password",
+    "HARVESTER_DATABASE_PASSWORD_FILE": "database_password_file",
+    "HARVESTER_NATS_USER": "nats_user", "HARVESTER_NATS_PASSWORD": "nats_password",
+    "HARVESTER_NATS_PASSWORD_FILE": "nats_password_file",
+    "HARVESTER_NATS_TOKEN": "nats_token", "HARVESTER_NATS_TOKEN_FILE": "nats_token_file",
+    "HARVESTER_NATS_CREDS_FILE": "nats_creds_file",
+    "HARVESTER_NATS_NKEY_FILE": "nats_nkey_file",
+    "HARVESTER_NATS_TLS_CA_FILE": "nats_tls_ca_file",
+    "HARVESTER_NATS_TLS_CERT_FILE": "nats_tls_cert_file",
+    "HARVESTER_NATS_TLS_KEY_FILE": "nats_tls_key_file",
 }
-_LIST_FIELDS = frozenset({"fetcher_kinds", "github_token_files"})
+_LIST_FIELDS = frozenset({"fetcher_kinds", "github_token_files", "auth_token_files"})
+# Secrets: only from the environment (or a file the config names), never a config file key.
+_SECRET_KEYS = {"databasePassword": "HARVESTER_DATABASE_PASSWORD or databasePasswordFile",
+                "natsPassword": "HARVESTER_NATS_PASSWORD or natsPasswordFile",
+                "natsToken": "HARVESTER_NATS_TOKEN or natsTokenFile"}
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())
 
@@ -582,6 +743,9 @@ def _from_file(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     if "githubTokens" in data:  # a config file is shared and shown: tokens never go in one
         raise ConfigError(source, '"githubTokens": put GitHub tokens in HARVESTER_GITHUB_TOKENS '
                           'or in githubTokenFiles, never in the config file')
+    for key, where in _SECRET_KEYS.items():
+        if key in data:
+            raise ConfigError(source, f'"{key}": put it in {where}, never in the config file')
     for key, field in _SIMPLE_KEYS.items():
         if key in data:
             out[field] = data[key]

@@ -13,6 +13,8 @@ in exactly two places:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class HarvesterError(Exception):
     """Base of every error Harvester raises on purpose."""
@@ -41,9 +43,10 @@ class ClientError(HarvesterError):
     status = 400
     code = "BadRequest"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: Mapping[str, str] = dict(headers or {})  # sent with the answer
 
 
 class BadRequest(ClientError):
@@ -57,6 +60,41 @@ class InvalidURL(BadRequest):
     def __init__(self, line: str) -> None:
         super().__init__(f"Invalid URL: {line}")
         self.line = line
+
+
+class Unauthorized(ClientError):
+    """No bearer token, or not a valid one (``invalid_token``: one was sent)."""
+
+    status = 401
+    code = "Unauthorized"
+
+    def __init__(self, message: str = "A valid bearer token is required",
+                 invalid_token: bool = False) -> None:
+        challenge = 'Bearer realm="harvester"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        super().__init__(message, {"WWW-Authenticate": challenge})
+
+
+class Forbidden(ClientError):
+    """A valid token without the right: an admin route."""
+
+    status = 403
+    code = "Forbidden"
+
+    def __init__(self, message: str = "An admin token is required") -> None:
+        super().__init__(message)
+
+
+class RequestTimeout(ClientError):
+    """The request body did not arrive within ``httpBodyTimeout``."""
+
+    status = 408
+    code = "RequestTimeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"Request body not received within {seconds:g}s")
+        self.seconds = seconds
 
 
 class NotFound(ClientError):

@@ -15,6 +15,8 @@ FETCH_BYTES = Counter("harvester_fetch_bytes", "Body bytes fetched", ["kind"])
 PAGES_PARSED = Counter("harvester_pages_parsed", "Fetched pages committed with their extraction")
 RETRIES = Counter("harvester_retries", "Visits retried after a transient failure")
 ROBOTS_BLOCKED = Counter("harvester_robots_blocked", "Visits refused by robots.txt")
+BLOCKED = Counter("harvester_blocked", "Connections, visits and deliveries refused by the SSRF "
+                  "guard or a trap, by kind (why: the reason without 'blocked: ')", ["why"])
 HOST_BACKOFFS = Counter("harvester_host_backoffs", "Hosts put in backoff (429, 503, errors)")
 COMMIT_BATCH = Histogram("harvester_commit_batch_size", "Visits per commit transaction",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))

@@ -18,6 +18,32 @@ BLOCKED = "blocked by robots.txt"
 UNREACHABLE = "robots.txt unreachable"  # RFC 9309: unreachable means disallow
 REFUSALS = (BLOCKED, UNREACHABLE)
 
+# Every other refusal (issue 17) starts with this: the SSRF guard's address kinds, each
+# optionally followed by " (redirect to <url>)", crawler traps, credentials in a URL. SQL:
+# f.reason = ANY($2) OR starts_with(f.reason, 'blocked: ').
+BLOCKED_PREFIX = "blocked: "
+BLOCKED_LOOPBACK = BLOCKED_PREFIX + "loopback address"
+BLOCKED_PRIVATE = BLOCKED_PREFIX + "private address"
+BLOCKED_LINK_LOCAL = BLOCKED_PREFIX + "link-local address"
+BLOCKED_METADATA = BLOCKED_PREFIX + "cloud metadata address"
+BLOCKED_MULTICAST = BLOCKED_PREFIX + "multicast address"
+BLOCKED_UNSPECIFIED = BLOCKED_PREFIX + "unspecified address"
+BLOCKED_RESERVED = BLOCKED_PREFIX + "reserved address"
+BLOCKED_DENIED = BLOCKED_PREFIX + "denied network"
+BLOCKED_SERVICE = BLOCKED_PREFIX + "a Harvester service port"
+BLOCKED_CREDENTIALS = BLOCKED_PREFIX + "credentials in URL"
+TRAP = BLOCKED_PREFIX + "crawler trap"  # + " (URL longer than <n> characters)" and so on
+
+
+def is_refusal(reason: str | None) -> bool:
+    """Whether ``reason`` says a visit was refused (robots.txt, the guard, a trap), not failed."""
+    return reason is not None and (reason in REFUSALS or reason.startswith(BLOCKED_PREFIX))
+
+
+def redirected(reason: str, url: str) -> str:
+    """A refusal met on a redirect hop: ``<reason> (redirect to <url>)``."""
+    return f"{reason} (redirect to {url})"
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class RobotsRules:

@@ -37,7 +37,8 @@ class Tiers:
                         HARVESTER_WATCHDOG_INTERVAL="1", HARVESTER_RETRY_BASE="0.05",
                         HARVESTER_SHUTDOWN_TIMEOUT="10", HARVESTER_CONCURRENCY="16",
                         HARVESTER_LOG_LEVEL="WARNING", HARVESTER_HOST_CONCURRENCY="32",
-                        HARVESTER_HOST_DELAY="0", HARVESTER_ROBOTS="0")
+                        HARVESTER_HOST_DELAY="0", HARVESTER_ROBOTS="0",
+                        HARVESTER_ALLOW_NETWORKS="127.0.0.0/8")  # the sites are on loopback
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = aiohttp.ClientSession()
         self.base = f"http://127.0.0.1:{self.port}"

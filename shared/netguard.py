@@ -1,0 +1,383 @@
+"""The SSRF guard (issue 17): which addresses a fetch may connect to.
+
+A page's author (or a job's client, or whoever answers a host's DNS) must not make Harvester
+connect to the machines behind it: loopback, private and link-local networks, cloud metadata
+addresses, Harvester's own PostgreSQL, NATS and API. The check is made on the address a socket
+is about to connect to (``NetGuard.socket_factory``, called by aiohappyeyeballs with the exact
+``sockaddr`` before ``connect()``: a refused one raises :class:`AddressBlocked`, no SYN is
+sent), so IP literals, redirects, robots.txt, sitemaps and DNS rebinding are all covered; the
+resolver (``GuardedResolver``) drops refused addresses first so a name with none left fails
+with one clean reason. ``check_url`` answers the same question before a fetch (admission).
+
+Tables, not ``ipaddress.is_private`` (Python 3.11's predates the IPv4-mapped fix, and the
+kinds name the reason): an IPv6 address embedding an IPv4 one (mapped, compatible, 6to4, NAT64)
+is judged by the IPv4 address. ``allowNetworks`` allows (loopback for tests and ``harvester
+up``), ``denyNetworks`` refuses whatever else says; an ``allowHosts`` name allows the
+addresses it resolves to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import TCPConnector
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+from shared.config import Settings
+from shared.robots import (
+    BLOCKED_DENIED,
+    BLOCKED_LINK_LOCAL,
+    BLOCKED_LOOPBACK,
+    BLOCKED_METADATA,
+    BLOCKED_MULTICAST,
+    BLOCKED_PRIVATE,
+    BLOCKED_RESERVED,
+    BLOCKED_SERVICE,
+    BLOCKED_UNSPECIFIED,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# (reason, networks), first match wins: metadata before link-local, and so on.
+_TABLE: tuple[tuple[str, tuple[Network, ...]], ...] = tuple(
+    (reason, tuple(ipaddress.ip_network(n) for n in nets)) for reason, nets in (
+        (BLOCKED_METADATA, ("169.254.169.254/32", "169.254.170.2/32", "100.100.100.200/32",
+                            "168.63.129.16/32", "192.0.0.192/32", "fd00:ec2::254/128")),
+        (BLOCKED_LOOPBACK, ("127.0.0.0/8", "::1/128")),
+        (BLOCKED_UNSPECIFIED, ("0.0.0.0/8", "::/128")),
+        (BLOCKED_LINK_LOCAL, ("169.254.0.0/16", "fe80::/10")),
+        (BLOCKED_PRIVATE, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+                           "fec0::/10")),
+        (BLOCKED_MULTICAST, ("224.0.0.0/4", "ff00::/8")),
+        (BLOCKED_RESERVED, ("100.64.0.0/10", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15",
+                            "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4",
+                            "255.255.255.255/32", "2001::/23", "2001:db8::/32", "100::/64",
+                            "64:ff9b:1::/48")),
+    ))
+_COMPAT = ipaddress.ip_network("::/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_CACHE_SIZE = 4096
+_DNS_TTL = 60.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class AddressBlocked(OSError):
+    """A connection the guard refuses; ``reason`` is a ``blocked: ...`` text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EACCES, reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An IP address from a sockaddr or URL host ("[::1]", "fe80::1%eth0"); None for a name."""
+    host = text.strip("[]").partition("%")[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def unwrap(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one embeds (IPv4-mapped, IPv4-compatible, 6to4, NAT64), else
+    ``ip`` itself."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _COMPAT and int(ip) > 1):  # ::, ::1 are IPv6's own
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def classify(ip: IPAddress | str) -> str | None:
+    """The ``blocked: <kind> address`` an address falls in by the tables, None for a public one."""
+    addr = parse_ip(ip) if isinstance(ip, str) else ip
+    if addr is None:
+        raise ValueError(f"not an IP address: {ip!r}")
+    addr = unwrap(addr)
+    for reason, nets in _TABLE:
+        if any(addr in n for n in nets if n.version == addr.version):
+            return reason
+    return None
+
+
+def _networks(items: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in items)
+
+
+def _within(ip: IPAddress, nets: tuple[Network, ...]) -> bool:
+    return any(ip in n for n in nets if n.version == ip.version)
+
+
+def _host_port(url: str, default: int) -> tuple[str, int] | None:
+    with_scheme = url if "://" in url else "x://" + url
+    try:
+        parts = urlsplit(with_scheme)
+        return (parts.hostname or "", parts.port or default)
+    except ValueError:
+        return None
+
+
+def service_endpoints(s: Settings) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
+    """The addresses and ports of this deployment's PostgreSQL, NATS and API (host names
+    resolved now), and those ports (refused on any loopback address)."""
+    wanted: list[tuple[str, int]] = []
+    db = _host_port(s.database_url, 5432)
+    if db is not None:
+        wanted.append(db)
+    for url in s.nats_url.split(","):
+        found = _host_port(url.strip(), 4222)
+        if found is not None:
+            wanted.append(found)
+    host, _, port = s.http_addr.rpartition(":")
+    if port.isdigit():
+        wanted.append((host.strip("[]"), int(port)))
+    endpoints: set[tuple[IPAddress, int]] = set()
+    ports: set[int] = set()
+    for name, port_ in wanted:
+        if not port_:
+            continue  # port 0: chosen by the system at start, unknown here
+        ports.add(port_)
+        ip = parse_ip(name)
+        if ip is not None:
+            endpoints.add((ip, port_))
+        elif name:
+            try:
+                infos = socket.getaddrinfo(name, port_, type=socket.SOCK_STREAM)
+            except OSError:
+                continue
+            for info in infos:
+                found_ip = parse_ip(str(info[4][0]))
+                if found_ip is not None:
+                    endpoints.add((found_ip, port_))
+    return frozenset(endpoints), frozenset(ports)
+
+
+def host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
+    """Whether a host name is in ``allowHosts`` (``name`` or ``*.suffix``, lower case)."""
+    name = host.lower().rstrip(".")
+    for pattern in allow_hosts:
+        if pattern.startswith("*."):
+            if name.endswith(pattern[1:]):
+                return True
+        elif name == pattern:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class NetPolicy:
+    """The rules: allowed and denied networks, allowed host names, service endpoints."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
+    service_ports: frozenset[int] = frozenset()  # refused on every loopback address
+    lookup_timeout: float = 2.0
+    _cache: OrderedDict[tuple[str, int], str | None] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetPolicy:
+        endpoints, ports = service_endpoints(s)
+        return cls(allow=_networks(s.allow_networks), deny=_networks(s.deny_networks),
+                   allow_hosts=tuple(dict.fromkeys((*s.allow_hosts,
+                                                    *(h.lower() for h in extra_hosts)))),
+                   endpoints=endpoints, service_ports=ports,
+                   lookup_timeout=min(2.0, s.connect_timeout))
+
+    def verdict(self, ip: IPAddress | str, port: int) -> str | None:
+        """Why a connection to ``ip:port`` is refused, None if it is allowed (cached)."""
+        key = (str(ip), port)
+        try:
+            found = self._cache[key]
+        except KeyError:
+            pass
+        else:
+            return found
+        found = self._judge(ip, port)
+        self._cache[key] = found
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return found
+
+    def _judge(self, ip: IPAddress | str, port: int) -> str | None:
+        addr = parse_ip(ip) if isinstance(ip, str) else ip
+        if addr is None:
+            raise ValueError(f"not an IP address: {ip!r}")
+        inner = unwrap(addr)
+        if _within(addr, self.deny) or _within(inner, self.deny):
+            return BLOCKED_DENIED
+        if ((addr, port) in self.endpoints or (inner, port) in self.endpoints
+                or (port in self.service_ports and classify(inner) == BLOCKED_LOOPBACK)):
+            return BLOCKED_SERVICE
+        if _within(addr, self.allow) or _within(inner, self.allow):
+            return None
+        return classify(inner)
+
+    def host_allowed(self, host: str) -> bool:
+        return bool(self.allow_hosts) and host_allowed(host, self.allow_hosts)
+
+
+class NetGuard:
+    """A policy applied: the connector's resolver and socket factory, and a check per URL."""
+
+    def __init__(self, policy: NetPolicy, resolver: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._dns: OrderedDict[tuple[str, int], tuple[float, list[ResolveResult]]] = OrderedDict()
+        self._pinned: OrderedDict[str, float] = OrderedDict()  # allowHosts addresses: expiry
+
+    @classmethod
+    def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetGuard:
+        return cls(NetPolicy.from_settings(s, extra_hosts))
+
+    def connector(self, **kw: Any) -> TCPConnector:
+        """A ``TCPConnector`` whose every connection goes through the guard."""
+        return TCPConnector(resolver=GuardedResolver(self), socket_factory=self.socket_factory,
+                            **kw)
+
+    def refusal(self, ip: str, port: int) -> str | None:
+        """The verdict on an address about to be connected to, pinned names' addresses let
+        through (not past ``denyNetworks`` or a service port)."""
+        reason = self.policy.verdict(ip, port)
+        if reason is None or reason in (BLOCKED_DENIED, BLOCKED_SERVICE):
+            return reason
+        addr = str(parse_ip(ip) or ip)
+        expiry = self._pinned.get(addr)
+        if expiry is not None and expiry > time.monotonic():
+            return None
+        return reason
+
+    def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        """aiohappyeyeballs' socket factory: AddressBlocked before a socket exists for a
+        refused address, else a plain socket (the caller connects it)."""
+        family, type_, proto, _, address = addr_info
+        reason = self.refusal(str(address[0]), int(address[1]))
+        if reason is not None:
+            raise AddressBlocked(reason)
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    async def _lookup(self, host: str, port: int,
+                      family: socket.AddressFamily = socket.AF_UNSPEC) -> list[ResolveResult]:
+        key = (host, port)
+        now = time.monotonic()
+        cached = self._dns.get(key)
+        if cached is not None and cached[0] > now and family == socket.AF_UNSPEC:
+            return cached[1]
+        if self._resolver is None:
+            self._resolver = ThreadedResolver()
+        found = await self._resolver.resolve(host, port, family)
+        if family == socket.AF_UNSPEC:
+            self._dns[key] = (now + _DNS_TTL, found)
+            self._dns.move_to_end(key)
+            if len(self._dns) > _CACHE_SIZE:
+                self._dns.popitem(last=False)
+        return found
+
+    def _pin(self, results: list[ResolveResult]) -> None:
+        expiry = time.monotonic() + _DNS_TTL
+        for r in results:
+            addr = str(parse_ip(r["host"]) or r["host"])
+            self._pinned[addr] = expiry
+            self._pinned.move_to_end(addr)
+        while len(self._pinned) > _CACHE_SIZE:
+            self._pinned.popitem(last=False)
+
+    async def resolve(self, host: str, port: int,
+                      family: socket.AddressFamily = socket.AF_UNSPEC) -> list[ResolveResult]:
+        """``host``'s addresses the guard allows; AddressBlocked when it refuses them all."""
+        found = await self._lookup(host, port, family)
+        if self.policy.host_allowed(host):
+            self._pin(found)
+        kept: list[ResolveResult] = []
+        first: str | None = None
+        for r in found:
+            reason = self.refusal(r["host"], r["port"] or port)
+            if reason is None:
+                kept.append(r)
+            elif first is None:
+                first = reason
+        if not kept and first is not None:
+            raise AddressBlocked(first)
+        return kept
+
+    async def check_url(self, url: str) -> str | None:
+        """Why fetching ``url`` would be refused, None if it would not (or cannot be known:
+        a name that does not resolve in time is left to the fetch, which says why)."""
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            return None
+        if not host:
+            return None
+        port = port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+        ip = parse_ip(host)
+        if ip is not None:
+            return self.refusal(str(ip), port)
+        try:
+            async with asyncio.timeout(self.policy.lookup_timeout):
+                await self.resolve(host, port)
+        except AddressBlocked as e:
+            return e.reason
+        except (OSError, TimeoutError):
+            return None
+        return None
+
+    async def open_connection(self, host: str, port: int
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A guarded TCP connection to ``host:port`` (the browser's SOCKS relay): resolved,
+        filtered and connected through the socket factory; AddressBlocked if refused."""
+        ip = parse_ip(host)
+        if ip is not None:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            infos: list[tuple[Any, ...]] = [(family, socket.SOCK_STREAM, 0, "",
+                                             (str(ip), port))]
+        else:
+            infos = [(r["family"], socket.SOCK_STREAM, r["proto"], "", (r["host"], r["port"]))
+                     for r in await self.resolve(host, port)]
+        loop = asyncio.get_running_loop()
+        error: OSError = OSError(errno.EHOSTUNREACH, f"{host}: no address")
+        for info in infos:
+            sock = self.socket_factory(info)  # AddressBlocked: not connected
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, info[4])
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            return await asyncio.open_connection(sock=sock)
+        raise error
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver through a :class:`NetGuard`: refused addresses dropped."""
+
+    def __init__(self, guard: NetGuard) -> None:
+        self._guard = guard
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return await self._guard.resolve(host, port, family)
+
+    async def close(self) -> None:
+        return None
