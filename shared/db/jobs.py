@@ -51,8 +51,10 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
                      force_crawl: bool, scope: Scope = Scope(),  # noqa: B008 - frozen
                      max_pages: int | None = None, sitemaps: bool = False,
                      spec: dict[str, Any] | None = None,
-                     webhook: str | None = None) -> tuple[int, list[int]]:
+                     webhook: str | None = None,
+                     owner: str | None = None) -> tuple[int, list[int]]:
     """Insert the job, its URLs and their first pending visits; returns (job id, url ids).
+    ``owner``: the name of the API token that created it (None without authentication).
 
     ``spec`` is the stored job spec (``JobSpec.stored()``); by default the one these arguments
     make. The columns stay what the hot path reads; ``fetcher``, ``ruleset`` and ``follow``
@@ -78,15 +80,16 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
                          spec, fetcher, ruleset, follow, priority, queue_order, bloom_capacity,
-                         bloom_error)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16)
+                         bloom_error, owner)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16,
+                $17)
         RETURNING id""",
         max_level, force_crawl, scope.kind, list(scope.allow), list(scope.deny), max_pages,
         sitemaps, None if max_pages is None else len(set(urls)),  # visits.py: the cap's count
         json.dumps(spec), spec.get("fetcher", "http"), ruleset_of(spec), follow_mode(spec),
         spec.get("priority", 0), order,
         None if bloom is None else bloom.get("capacity", 1_000_000),
-        None if bloom is None else bloom.get("errorRate", 0.01))
+        None if bloom is None else bloom.get("errorRate", 0.01), owner)
     ids_by_url = await upsert_urls(conn, {u: "" for u in urls})
     ids = [ids_by_url[u] for u in urls]
     await conn.execute("""
@@ -205,6 +208,14 @@ async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:
     """Is there such a job, not deleted (``mark_deleted``)?"""
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM job WHERE id = $1 AND deleted_on IS NULL)", job_id))
+
+
+async def job_owner(conn: asyncpg.Connection, job_id: int) -> tuple[bool, str | None]:
+    """Whether the job is there (not deleted) and its owner (None: made without
+    authentication); one read by primary key, before every per-job route of a token."""
+    row = await conn.fetchrow(
+        "SELECT owner FROM job WHERE id = $1 AND deleted_on IS NULL", job_id)
+    return (False, None) if row is None else (True, row["owner"])
 
 
 def escape_like(text: str) -> str:
@@ -462,10 +473,11 @@ class JobSummary:
 
 
 async def list_jobs(conn: asyncpg.Connection, state: str | None, before: int | None,
-                    limit: int) -> list[JobSummary]:
+                    limit: int, owner: str | None = None) -> list[JobSummary]:
     """Jobs newest first (ids below ``before``), at most ``limit``, not deleted, with their
     counters summed over their job URLs. ``state`` filters: running, paused, cancelled (by
-    ``job.state``) or completed (running or cancelled with every job URL completed)."""
+    ``job.state``) or completed (running or cancelled with every job URL completed);
+    ``owner``, when given, to that token's jobs (index ``job_owner``)."""
     rows = await conn.fetch("""
         SELECT j.id, j.created_on, j.state, c.open = 0 AS completed, c.urls, c.pending,
                c.processed, c.fetched, c.cached, c.failed, c.blocked
@@ -484,7 +496,8 @@ async def list_jobs(conn: asyncpg.Connection, state: str | None, before: int | N
           AND ($1::text IS NULL
                OR ($1 = 'completed' AND j.state <> 'paused' AND c.open = 0)
                OR ($1 <> 'completed' AND j.state = $1))
-        ORDER BY j.id DESC LIMIT $3""", state, before, limit)
+          AND ($4::text IS NULL OR j.owner = $4)
+        ORDER BY j.id DESC LIMIT $3""", state, before, limit, owner)
     return [JobSummary(r["id"], r["created_on"], r["state"], r["completed"], r["urls"],
                        r["pending"], r["processed"], r["fetched"], r["cached"], r["failed"],
                        r["blocked"]) for r in rows]

@@ -155,14 +155,15 @@ def _loads(text: str | None) -> Any:
 
 
 async def create(conn: asyncpg.Connection, name: str, kind: str, args: dict[str, Any],
-                 key: str | None) -> tuple[int, bool]:
+                 key: str | None, owner: str | None = None) -> tuple[int, bool]:
     """A new root task, queued (or, for a ``key`` already used, the task it named): its id and
-    whether it was created now."""
+    whether it was created now. ``owner``: the API token's name (None without
+    authentication); its follow-ups belong to it through their root."""
     row = await conn.fetchrow("""
-        INSERT INTO task (id, root_id, name, kind, args, idem_key)
-        SELECT n, n, $1, $2, $3::jsonb, $4 FROM nextval('task_id_seq') n
+        INSERT INTO task (id, root_id, name, kind, args, idem_key, owner)
+        SELECT n, n, $1, $2, $3::jsonb, $4, $5 FROM nextval('task_id_seq') n
         ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING
-        RETURNING id""", name, kind, _json(args), key)
+        RETURNING id""", name, kind, _json(args), key, owner)
     if row is not None:
         return int(row["id"]), True
     # The key is taken (committed: ON CONFLICT waited for any insert in flight).
@@ -292,6 +293,13 @@ async def add_partial(conn: asyncpg.Connection, id: int, root: int, seq: int,
             ON CONFLICT (task_id, seq) DO UPDATE SET value = EXCLUDED.value
             RETURNING 1)
         SELECT count(*) FROM w""", id, seq, root, _json(value), attempt))
+
+
+async def task_owner(conn: asyncpg.Connection, id: int) -> tuple[bool, str | None]:
+    """Whether task ``id`` is there and its tree's owner (its root's ``owner``)."""
+    row = await conn.fetchrow("""
+        SELECT r.owner FROM task t JOIN task r ON r.id = t.root_id WHERE t.id = $1""", id)
+    return (False, None) if row is None else (True, row["owner"])
 
 
 async def get(conn: asyncpg.Connection, id: int) -> TaskInfo | None:
