@@ -9,6 +9,7 @@ NATS is away. Its port, though, must be free: taken, the process exits at once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from shared import bus
 from shared.config import Settings, split_addr
 from shared.db.pool import open_pool
 from shared.errors import StartupError
+from web_server import auth
 from web_server.deps import Deps
 from web_server.live import LIVE, LiveHub
 from web_server.middleware import error_body, errors
@@ -35,7 +37,14 @@ CLOSE_TIMEOUT = 5.0  # seconds for the NATS connection to close at shutdown
 
 def create_app(settings: Settings) -> web.Application:
     # Bodies are read with read_capped (maxRequestBytes -> 413), never request.read().
-    app = web.Application(middlewares=[errors])
+    keys = auth.load_keys(settings)
+    if not keys and not _loopback(parse_addr(settings.http_addr)[0]):
+        log.warning("no API tokens configured (authTokens, HARVESTER_AUTH_TOKENS, "
+                    "authTokenFiles): anyone who reaches %s controls every job",
+                    settings.http_addr)
+    # No tokens: no authentication middleware at all (every request is the admin, as before).
+    app = web.Application(middlewares=[errors, auth.middleware(keys, settings.root_path)]
+                          if keys else [errors])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     add_routes(app, settings.root_path)
@@ -130,6 +139,23 @@ class Runner(web.AppRunner):
         return server
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def runner(settings: Settings, app: web.Application | None = None) -> Runner:
+    """The runner serving ``app`` (by default ``create_app(settings)``): a connection idle, or
+    still sending its request's headers, ``httpIdleTimeout`` seconds is closed (aiohttp's
+    ``keepalive_timeout``, also its deadline for a request's headers)."""
+    return Runner(create_app(settings) if app is None else app, access_log=None,
+                  handle_signals=False, keepalive_timeout=settings.http_idle_timeout)
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
     """``HOST:PORT`` (``:PORT``: every interface; ``[::1]:PORT``: an IPv6 address)."""
     host, port = split_addr(addr)
@@ -152,13 +178,13 @@ def listen(host: str, port: int) -> socket.socket:
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     host, port = parse_addr(settings.http_addr)
     sock = listen(host, port)
-    runner = Runner(create_app(settings), access_log=None, handle_signals=False)
+    serving = runner(settings)
     try:
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await serving.setup()
+        await web.SockSite(serving, sock).start()
         log.info("web server listening on http://%s:%d%s", host, sock.getsockname()[1],
                  settings.root_path)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await serving.cleanup()
         sock.close()

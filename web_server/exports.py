@@ -35,11 +35,18 @@ from aiohttp import web
 
 from shared.db import bodies, idsets, jobs
 from shared.db.pool import RETRYABLE
-from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
+from shared.errors import (
+    BadRequest,
+    DependencyUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from shared.ids import check_id
 from shared.naming import name_fields, render
 from shared.urls import canonicalize
 from web_server.deps import Deps
+from web_server.render import body_timeout
 
 log = logging.getLogger(__name__)
 
@@ -606,11 +613,15 @@ async def _add_members(deps: Deps, set_id: UUID, buf: list[str], count: int = -1
 async def _read_idset(request: web.Request, deps: Deps, set_id: UUID, limit: int) -> int:
     count, size, line_no = 0, 0, 0
     buf: list[str] = []
+    seconds = body_timeout(request)  # between two lines: a large set may take long, all told
     # No body at all (no Content-Length, not chunked): aiohttp's EmptyStreamReader has no
     # readuntil that works (AttributeError, a 500 schemathesis found); it is an empty set.
     while request.body_exists:
         try:
-            raw = await request.content.readuntil(b"\n")
+            async with asyncio.timeout(seconds):
+                raw = await request.content.readuntil(b"\n")
+        except TimeoutError:
+            raise RequestTimeout(seconds) from None
         except asyncio.IncompleteReadError as e:
             raw = e.partial
         except ValueError:  # longer than the stream's buffer

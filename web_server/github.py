@@ -26,6 +26,7 @@ from shared.jobspec import (
     github_depth_cap,
     validate_spec,
 )
+from web_server.auth import principal
 from web_server.render import json_response, utc
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def _run(request: web.Request, spec: JobSpec) -> web.Response:
     from web_server.routes import DEPS, SETTINGS, _create_job
     deps, settings = request.app[DEPS], request.app[SETTINGS]
     deps.check_nats()  # 503 before creating anything while NATS is away
-    job_id = await _create_job(deps, spec)
+    job_id = await _create_job(deps, spec, principal(request).owner)
     log.info("job %d scheduled: github %s", job_id, spec.stored().get("github"))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.github_wait

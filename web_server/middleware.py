@@ -45,7 +45,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ClientError as e:
-        return error_body(e.code, e.message, e.status)
+        return error_body(e.code, e.message, e.status, dict(e.headers) or None)
     except web.HTTPMethodNotAllowed as e:
         allowed = sorted(e.allowed_methods)
         return error_body("MethodNotAllowed",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import Any, overload
 
 from aiohttp import web
 
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from shared.streams import read_capped
 
 _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
@@ -48,11 +49,22 @@ def refuse_too_large(request: web.Request, limit: int) -> None:
         raise PayloadTooLarge(f"Request body larger than {limit} bytes")
 
 
+def body_timeout(request: web.Request) -> float:
+    """``httpBodyTimeout``: the seconds a request body may take to arrive (then 408)."""
+    from web_server.routes import SETTINGS
+    return request.app[SETTINGS].http_body_timeout
+
+
 async def read_text(request: web.Request, limit: int) -> str:
     """The request body as text: 413 past ``limit`` bytes (by Content-Length, or as read),
-    400 when it is not UTF-8."""
+    408 when it has not all arrived within ``httpBodyTimeout``, 400 when it is not UTF-8."""
     refuse_too_large(request, limit)
-    raw = await read_capped(request.content, limit)
+    seconds = body_timeout(request)
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await read_capped(request.content, limit)
+    except TimeoutError:
+        raise RequestTimeout(seconds) from None
     if raw is None:
         raise PayloadTooLarge(f"Request body larger than {limit} bytes")
     try:

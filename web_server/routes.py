@@ -24,6 +24,7 @@ from shared.urls import validate_job_url
 from web_server import eta, exports, github
 from web_server import sessions as session_api
 from web_server import tasks as task_api
+from web_server.auth import principal
 from web_server.deps import Deps
 from web_server.duration import format_go_duration
 from web_server.live import LIVE, WINDOW, LiveHub, Rates
@@ -127,7 +128,7 @@ async def schedule(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     deps.check_nats()  # 503 now, before creating anything, if NATS is away
     await _check_id_sets(deps, spec)
-    job_id = await _create_job(deps, spec)
+    job_id = await _create_job(deps, spec, principal(request).owner)
     # Committed: the job is durable. Its URLs are pending visits (the outbox) that the foremen's
     # feeders publish as the URL queue has room, however large the job and however full the
     # queue; nothing here can refuse it any more.
@@ -197,7 +198,7 @@ async def _check_id_sets(deps: Deps, spec: JobSpec) -> None:
                              "(upload it with POST /idsets)")
 
 
-async def _create_job(deps: Deps, spec: JobSpec) -> int:
+async def _create_job(deps: Deps, spec: JobSpec, owner: str | None = None) -> int:
     """Create the job in one transaction, run again when PostgreSQL aborted it for a deadlock
     or a serialization failure (it rolled back, so another try creates nothing twice).
 
@@ -212,7 +213,8 @@ async def _create_job(deps: Deps, spec: JobSpec) -> int:
             async with deps.acquire(timeout=left) as conn, conn.transaction():
                 job_id, _ = await jobs.create_job(
                     conn, spec.urls, spec.max_level, spec.force_crawl, spec.scope.as_scope(),
-                    spec.scope.max_pages, spec.sitemaps, spec.stored(), webhook=spec.webhook)
+                    spec.scope.max_pages, spec.sitemaps, spec.stored(), webhook=spec.webhook,
+                    owner=owner)
             return job_id
         except _CONFLICTS as e:
             attempt += 1
@@ -473,8 +475,10 @@ async def jobs_list(request: web.Request) -> web.Response:
     limit = LIST_LIMIT[0] if raw is None else parse_int("limit", raw, 1, LIST_LIMIT[1])
     raw = request.query.get("before")
     before = None if raw is None else parse_int("before", raw, 1, _INT64[1])
+    who = principal(request)
     async with request.app[DEPS].acquire() as conn:
-        rows = await jobs.list_jobs(conn, state, before, limit + 1)
+        rows = await jobs.list_jobs(conn, state, before, limit + 1,
+                                    None if who.admin else who.owner)
     more = len(rows) > limit
     rows = rows[:limit]
     return json_response({"jobs": [job_summary(r) for r in rows],

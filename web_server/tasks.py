@@ -18,6 +18,7 @@ from aiohttp import web
 from shared.config import Settings
 from shared.db import tasks
 from shared.errors import BadRequest, NotFound
+from web_server.auth import principal
 from web_server.render import json_object, json_response, read_text, utc
 
 FIELDS = ("task", "args", "kind", "key")
@@ -77,7 +78,7 @@ async def create_task(request: web.Request) -> web.Response:
     body = await read_text(request, settings.max_request_bytes)
     name, kind, args, key = parse_task_body(body, request.headers.get(KEY_HEADER), settings)
     async with request.app[DEPS].acquire() as conn:
-        task_id, _ = await tasks.create(conn, name, kind, args, key)
+        task_id, _ = await tasks.create(conn, name, kind, args, key, principal(request).owner)
     return json_response({"taskId": task_id})
 
 

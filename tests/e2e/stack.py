@@ -13,13 +13,16 @@ from aiohttp import web
 
 from foreman.schedule import run as run_foreman
 from shared.config import Settings, stream_name
-from web_server.app import Runner, create_app
+from web_server.app import runner
 from worker.crawl import run as run_worker
 
 
 class Stack:
-    def __init__(self, settings: Settings) -> None:
+    """``token``: the API bearer token its HTTP client sends (a stack with ``authTokens``)."""
+
+    def __init__(self, settings: Settings, token: str | None = None) -> None:
         self.settings = settings
+        self.token = token
         self.tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
         self.runner: web.AppRunner | None = None
         self.base = ""
@@ -27,13 +30,14 @@ class Stack:
         self.last_job = 0
 
     async def start(self, foremen: int = 1, workers: int = 1) -> Stack:
-        self.runner = Runner(create_app(self.settings), access_log=None)  # as web_server runs it
+        self.runner = runner(self.settings)  # as web_server runs it
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{port}"
-        self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.token}"} if self.token else None)
         await self.wait_ready()
         for _ in range(foremen):
             self.add(run_foreman)
