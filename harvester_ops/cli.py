@@ -1,6 +1,6 @@
 """The ``harvester`` command: up, migrate, web-server, foreman, worker, demo-site, and the
 client commands (harvester_ops/jobcli.py): crawl, status, result, jobs, cancel, pause,
-resume, workers."""
+resume, workers; ``token NAME [--admin]`` makes an API token."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TIERS = {"web-server": "web_server", "foreman": "foreman", "worker": "worker"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and (argv[0] in jobcli.COMMANDS or argv[0].startswith("--server")):
+    if argv and (argv[0] in jobcli.COMMANDS or argv[0].startswith(("--server", "--token"))):
         return jobcli.main(argv)  # the client commands, against a running web server
     if argv and argv[0] in TIERS:
         # Each tier owns its flags; run its __main__ as `python -m <tier>` would.
@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = sub.add_parser("migrate", help="apply the database migrations")
     m.add_argument("-config", "--config", dest="config")
     m.add_argument("--revision", default="head")
+    t = sub.add_parser("token", help="make a fresh API token: its environment and token-file "
+                       "lines, and the authTokens entry (its digest) for a config file")
+    t.add_argument("name")
+    t.add_argument("--admin", action="store_true", help="sees every job; /workers, /sessions")
     d = sub.add_parser("demo-site", help="serve the local demo site")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8081)
@@ -85,11 +89,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                   browser_pages=args.browser_pages, fetcher_kinds=kinds)
     if args.command == "migrate":
         return _migrate(args.config, args.revision)
+    if args.command == "token":
+        return _token(p, args.name, args.admin)
     if args.command == "demo-site":
         from harvester_ops.demo_site import serve
         serve(args.host, args.port)
         return 0
     return 2
+
+
+def _token(p: argparse.ArgumentParser, name: str, admin: bool) -> int:
+    """A fresh token (``secrets.token_urlsafe(32)``) as the three places can take it."""
+    import json
+    import secrets
+
+    from shared.config import AUTH_TOKEN_NAME, token_digest
+    if not AUTH_TOKEN_NAME.fullmatch(name):
+        p.error("token: the name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
+    token = secrets.token_urlsafe(32)
+    entry = {"name": name, "sha256": token_digest(token), "admin": admin}
+    print(f"token:          {token}")
+    print(f"environment:    HARVESTER_AUTH_TOKENS={name}:{token}{':admin' if admin else ''}")
+    print(f"token file:     {name} {token}{' admin' if admin else ''}")
+    print(f"config (authTokens entry): {json.dumps(entry)}")
+    print(f"client:         HARVESTER_TOKEN={token} harvester jobs")
+    return 0
 
 
 def _migrate(config: str | None, revision: str) -> int:

@@ -33,15 +33,18 @@ def _api_error(status: int, text: str) -> ApiError:
 
 
 class Client:
-    def __init__(self, server: str) -> None:
+    """``token``: an API bearer token, sent as ``Authorization: Bearer`` (None: none sent)."""
+
+    def __init__(self, server: str, token: str | None = None) -> None:
         self.server = server.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
     async def _request(self, method: str, path: str, data: str | None = None,
                        params: dict[str, str] | None = None, raw: bool = False) -> Any:
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as http, \
+        async with aiohttp.ClientSession(timeout=TIMEOUT, headers=self._headers) as http, \
                 http.request(method, self.server + path, data=data, params=params) as r:
             text = await r.text()
             if r.status >= 400:
@@ -80,7 +83,7 @@ class Client:
 
     async def events(self, job_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(event, data) of ``GET /status/<id>/events`` until the server ends it."""
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as http, \
+        async with aiohttp.ClientSession(timeout=TIMEOUT, headers=self._headers) as http, \
                 http.get(f"{self.server}/status/{job_id}/events") as r:
             if r.status >= 400:
                 raise _api_error(r.status, await r.text())

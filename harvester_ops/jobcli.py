@@ -1,6 +1,7 @@
 """The ``harvester`` client commands: crawl, status, result, jobs, cancel, pause, resume and
 workers, against a running web server (``--server``, else ``HARVESTER_SERVER``, else
-``http://127.0.0.1:8080``: what ``make run`` serves). Exit status: 0 done (the job
+``http://127.0.0.1:8080``: what ``make run`` serves), with ``--token`` (else
+``HARVESTER_TOKEN``) as its bearer token when the server wants one. Exit status: 0 done (the job
 completed), 1 server unreachable or an error, 2 usage, 3 the job was cancelled."""
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harvester", description=__doc__)
     p.add_argument("--server", default=os.environ.get("HARVESTER_SERVER") or DEFAULT_SERVER,
                    help="the web server's base URL (env HARVESTER_SERVER)")
+    p.add_argument("--token", default=os.environ.get("HARVESTER_TOKEN") or None,
+                   help="an API bearer token (env HARVESTER_TOKEN; prefer the environment: "
+                   "a command line is visible to other users)")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("crawl", help="submit a job")
     c.add_argument("urls", nargs="+", metavar="URL")
@@ -53,7 +57,7 @@ def main(argv: Sequence[str]) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:
         return USAGE if e.code else OK
-    client = Client(args.server)
+    client = Client(args.server, args.token)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     try:
         return _command(client, args, out)
