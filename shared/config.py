@@ -784,6 +784,42 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# A secret and the file it may come from instead (then never both), by its config key.
+_SECRET_FILES = (("database_password", "database_password_file", "databasePasswordFile"),
+                 ("nats_password", "nats_password_file", "natsPasswordFile"),
+                 ("nats_token", "nats_token_file", "natsTokenFile"))
+
+
+def _read_secrets(settings: Settings) -> Settings:
+    """The secrets named by ``*_FILE`` settings read (the file's text, trailing white space
+    dropped; ConfigError naming the key and path, never the value), and the database password
+    put into ``database_url`` (asyncpg and psycopg read it there; a password already in the
+    URL is replaced)."""
+    update: dict[str, Any] = {}
+    for field, file_field, key in _SECRET_FILES:
+        path = getattr(settings, file_field)
+        if path is None:
+            continue
+        if getattr(settings, field):
+            raise ConfigError(key, "the secret is set both in the environment and in a file")
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as e:
+            why = getattr(e, "strerror", None) or type(e).__name__
+            raise ConfigError(key, f"{path}: cannot read ({why})") from None
+        if not value:
+            raise ConfigError(key, f"{path} is empty")
+        update[field] = value
+    password = update.get("database_password", settings.database_password)
+    if password:
+        parts = urlsplit(settings.database_url)
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{user}:{quote(password, safe='')}@{host}"
+        update["database_url"] = parts._replace(netloc=netloc).geturl()
+    return settings.model_copy(update=update) if update else settings
+
+
 def load_settings(config_path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None,
                   **overrides: Any) -> Settings:
@@ -803,7 +839,7 @@ def load_settings(config_path: str | os.PathLike[str] | None = None,
     values.update(_from_env(os.environ if env is None else env))
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Settings(**values)
+        return _read_secrets(Settings(**values))
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

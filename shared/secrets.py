@@ -15,10 +15,11 @@ so is the public default password of the example configs (``harvester``).
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from shared.config import GITHUB_TOKEN, Settings
 from shared.model import MASK
@@ -54,36 +55,43 @@ def _url_secrets(url: str) -> Iterator[str]:
             yield unquote(value)
 
 
-def _file_lines(paths: Iterable[Path]) -> Iterator[str]:
-    """The non-comment words of token files, read leniently (the tier that uses them reports
-    a bad file; here an unreadable one simply adds nothing)."""
+def _file_words(paths: Iterable[Path], column: int) -> Iterator[str]:
+    """The ``column``-th word of each non-comment line of token files, read leniently (the tier
+    that uses them reports a bad file; here an unreadable one simply adds nothing)."""
     for path in paths:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeError, ValueError):
             continue
         for line in text.splitlines():
-            yield from line.split("#", 1)[0].split()
+            words = line.split("#", 1)[0].split()
+            if len(words) > column:
+                yield words[column]
 
 
-def secrets_of(settings: Settings) -> tuple[str, ...]:
-    """Every secret value the settings hold or name (see the module's docstring), longest
-    first, without duplicates, those shorter than ``MIN_CHARS`` or public left out."""
+def secrets_of(settings: Settings, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Every secret value the settings (and the environment, ``env``, default
+    ``os.environ``: the raw API tokens are hashed at load) hold or name (see the module's
+    docstring), longest first, without duplicates, those shorter than ``MIN_CHARS`` or public
+    left out."""
+    env = os.environ if env is None else env
     found: list[str] = []
     found += _url_secrets(settings.database_url)
     found += _url_secrets(settings.nats_url)
+    found += (settings.database_password, settings.nats_password, settings.nats_token)
+    found += (quote(settings.database_password, safe=""),)  # as written into databaseURL
     found += settings.github_tokens
-    found += (w for w in _file_lines(settings.github_token_files) if GITHUB_TOKEN.fullmatch(w))
+    found += (w for w in _file_words(settings.github_token_files, 0) if GITHUB_TOKEN.fullmatch(w))
     found.append(settings.webhook_secret)
     found += (v for headers in settings.host_headers.values() for v in headers.values())
-    found += _settings_secrets(settings)
-    return tuple(sorted({s for s in found if len(s) >= MIN_CHARS and s not in PUBLIC},
+    # API tokens: "name:token[:admin],..." in the environment, "name token [admin]" lines in
+    # files; their names are not secrets.
+    found += (e.split(":")[1] for e in env.get("HARVESTER_AUTH_TOKENS", "").split(",")
+              if e.count(":") in (1, 2))
+    found += _file_words(settings.auth_token_files, 1)
+    return tuple(sorted({s.strip() for s in found
+                         if len(s.strip()) >= MIN_CHARS and s.strip() not in PUBLIC},
                         key=lambda s: (-len(s), s)))
-
-
-def _settings_secrets(settings: Settings) -> Iterator[str]:
-    """The secrets of the settings made for them (passwords, tokens: issue 17)."""
-    return iter(())
 
 
 class Redact(logging.Filter):
@@ -140,9 +148,9 @@ class Redact(logging.Filter):
             handler.removeFilter(self)
 
 
-def install(settings: Settings) -> Redact:
+def install(settings: Settings, env: Mapping[str, str] | None = None) -> Redact:
     """Blank every secret of ``settings`` and every URL's credentials out of the root log
     handlers (every tier, at start: ``shared.service.main``); the filter, to uninstall."""
-    redact = Redact(secrets_of(settings), urls=True)
+    redact = Redact(secrets_of(settings, env), urls=True)
     redact.install()
     return redact

@@ -13,10 +13,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from shared.config import Settings
+from shared.config import Settings, load_settings
+from shared.errors import ConfigError
 from shared.logfmt import JsonFormatter
 from shared.secrets import MIN_CHARS, Redact, install, redact_url, secrets_of
 
@@ -167,3 +169,51 @@ def test_every_tier_installs_it_at_start(tmp_path: Path) -> None:
         assert secret not in done.stderr
     assert "postgresql://***@db/h" in done.stderr and "nats://***@nats:4222" in done.stderr
     assert "ValueError: ***" in done.stderr
+
+
+def test_secret_files_are_read_at_load_and_the_db_password_goes_into_the_url(
+        tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("p@ss/w:rd#1\n")
+    (tmp_path / "nats").write_text("nats-file-password\n")
+    (tmp_path / "token").write_text("nats-file-token\n")
+    s = load_settings(None, {
+        "HARVESTER_DATABASE_URL": "postgresql://crawler@db:5432/h?sslmode=verify-full",
+        "HARVESTER_DATABASE_PASSWORD_FILE": str(tmp_path / "db"),
+        "HARVESTER_NATS_PASSWORD_FILE": str(tmp_path / "nats"),
+        "HARVESTER_NATS_TOKEN_FILE": str(tmp_path / "token")})
+    assert s.database_password == "p@ss/w:rd#1"
+    assert s.database_url == "postgresql://crawler:p%40ss%2Fw%3Ard%231@db:5432/h?sslmode=verify-full"
+    parts = urlsplit(s.database_url)
+    assert (parts.username, unquote(parts.password or ""), parts.port) == ("crawler", "p@ss/w:rd#1", 5432)
+    assert (s.nats_password, s.nats_token) == ("nats-file-password", "nats-file-token")
+    assert "p@ss" not in repr(s) and "nats-file" not in repr(s)
+    env = load_settings(None, {"HARVESTER_DATABASE_PASSWORD": "from-the-env",
+                               "HARVESTER_DATABASE_URL": "postgresql://u:old@db/h"})
+    assert env.database_url == "postgresql://u:from-the-env@db/h"  # the URL's own is replaced
+    assert set(secrets_of(s)) >= {"p@ss/w:rd#1", "p%40ss%2Fw%3Ard%231", "nats-file-password",
+                                  "nats-file-token"}
+
+
+def test_a_secret_file_that_cannot_be_read_is_named_never_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="databasePasswordFile") as e:
+        load_settings(None, {"HARVESTER_DATABASE_PASSWORD_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="natsTokenFile.*empty"):
+        load_settings(None, {"HARVESTER_NATS_TOKEN_FILE": str(tmp_path / "empty")})
+    (tmp_path / "pw").write_text("secret-in-a-file\n")
+    with pytest.raises(ConfigError, match="natsPasswordFile") as e:
+        load_settings(None, {"HARVESTER_NATS_PASSWORD_FILE": str(tmp_path / "pw"),
+                             "HARVESTER_NATS_PASSWORD": "and-in-the-env"})
+    assert "secret-in-a-file" not in str(e.value) and "and-in-the-env" not in str(e.value)
+
+
+def test_the_nats_and_auth_secrets_of_the_environment_are_secrets(tmp_path: Path) -> None:
+    files = tmp_path / "auth"
+    files.write_text("# name token [admin]\nops ops-token-from-a-file-0001 admin\n")
+    env = {"HARVESTER_NATS_PASSWORD": "nats-env-password", "HARVESTER_NATS_TOKEN": "nats-env-token",
+           "HARVESTER_AUTH_TOKENS": "alice:alice-token-0000000001,root:root-token-00000000001:admin",
+           "HARVESTER_AUTH_TOKEN_FILES": str(files)}
+    found = set(secrets_of(load_settings(None, env), env))
+    assert found >= {"nats-env-password", "nats-env-token", "alice-token-0000000001",
+                     "root-token-00000000001", "ops-token-from-a-file-0001"}
+    assert not found & {"alice", "root", "admin", "ops"}  # names are not secrets
