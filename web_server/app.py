@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -96,6 +97,9 @@ async def _connect_nats(settings: Settings, deps: Deps) -> None:
             await asyncio.sleep(2)
 
 
+_QUOTED = re.compile(r":?\s*(?:bytearray\()?b['\"]")
+
+
 class _JSONErrorHandler(web.RequestHandler):
     """aiohttp's connection handler, answering the errors aiohttp raises itself before any
     handler or middleware runs (a malformed request, a request line or header over its size
@@ -113,6 +117,9 @@ class _JSONErrorHandler(web.RequestHandler):
         else:
             # aiohttp's messages may run over lines (a caret under the bad byte): keep the first.
             text = (message or (str(exc) if exc else "")).strip().split("\n", 1)[0]
+            # Never the request's own bytes (aiohttp quotes the start of a line too long: a
+            # bearer token, a URL's query): they are neither answered nor logged.
+            text = _QUOTED.split(text, 1)[0]
             text = text.rstrip(":")[:300] or HTTPStatus(status).phrase
             log.info("bad request from %s: %s", request.remote, text)
             code = HTTPStatus(status).phrase.replace(" ", "")

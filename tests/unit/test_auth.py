@@ -4,8 +4,10 @@ routes: the ownership checks need PostgreSQL and are in tests/e2e/test_auth.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from shared.config import Settings
 from shared.errors import ConfigError
 from web_server import auth
-from web_server.app import create_app
+from web_server.app import Runner, create_app
 from web_server.middleware import errors
 
 ALICE = "alice-token-0123456789"
@@ -141,3 +143,34 @@ def test_no_tokens_no_middleware() -> None:
     assert auth.NOBODY.may_see(None) and auth.NOBODY.may_see("x")
     alice = auth.Principal("alice", False)
     assert alice.may_see("alice") and not alice.may_see("bob") and not alice.may_see(None)
+
+
+@pytest.mark.parametrize("line", [b"Authorization: Bearer s3cr3t" + b"x" * 9000,
+                                  b"GET /?token=s3cr3t" + b"x" * 9000 + b" HTTP/1.1",
+                                  b"Authorization: Bearer s3cr3t\x01"])
+async def test_aiohttp_own_400s_do_not_echo_header_bytes(
+        line: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A request line or header over aiohttp's 8190 bytes (or malformed) is answered by the
+    connection handler; neither its answer nor its log line shows the bytes."""
+    caplog.set_level(logging.DEBUG)
+    app = web.Application()
+    app.router.add_get("/", _ok)
+    serving = Runner(app, access_log=None)
+    await serving.setup()
+    site = web.TCPSite(serving, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = line + b"\r\n\r\n" if line.startswith(b"GET") else (
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+        writer.close()
+    finally:
+        await serving.cleanup()
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+    assert b"s3cr3t" not in answer and b"xxxx" not in answer
+    assert "s3cr3t" not in caplog.text
