@@ -20,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import importlib.util
 import logging
 import math
+import ssl
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -48,7 +51,9 @@ from nats.js.api import (
 
 from shared.backoff import retrying
 from shared.config import Settings, stream_name
+from shared.errors import ConfigError
 from shared.messages import BadMessage, TaskMessage, VisitMessage
+from shared.secrets import redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,15 +135,93 @@ class _Topology:
 _topology = _Topology()
 
 
+@dataclass(frozen=True)
+class NatsOptions:
+    """How a tier authenticates to NATS and secures the connection: a user and password, a
+    token, a credentials file (JWT + nkey seed) or an nkey seed file, and TLS (a CA file, a
+    client certificate and key). The defaults are none of them: the server's own choice (an
+    open server on a trusted network; a ``tls://`` URL still verifies it against the system's
+    CAs). ``from_settings``: the ``nats*`` settings."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    creds_file: Path | None = None
+    nkey_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsOptions:
+        """The options of ``settings`` (``natsUser``, ``natsPasswordFile``, ``natsTokenFile``,
+        ``natsCredsFile``, ``natsNkeyFile``, ``natsTLS*File``); ConfigError when a credentials
+        or nkey file is named and the ``nkeys`` package (``harvester[nats-auth]``) is missing,
+        or a TLS file cannot be loaded."""
+        options = cls(**_nats_settings(settings))
+        for key, path in (("natsCredsFile", options.creds_file),
+                          ("natsNkeyFile", options.nkey_file)):
+            if path is not None and importlib.util.find_spec("nkeys") is None:
+                raise ConfigError(key, "needs the nkeys package: pip install "
+                                  "'harvester[nats-auth]'")
+        options.tls()  # a bad TLS file is a config error at start, not a retry for ever
+        return options
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context: the system's CAs or ``tls_ca_file``'s, with the client certificate
+        when one is named; None when no TLS file is named."""
+        if not (self.tls_ca_file or self.tls_cert_file or self.tls_key_file):
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+            if self.tls_cert_file:
+                context.load_cert_chain(str(self.tls_cert_file),
+                                        str(self.tls_key_file) if self.tls_key_file else None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError("natsTLS", f"cannot load the TLS files: {type(e).__name__}: "
+                              f"{e.strerror or e}") from None
+        return context
+
+    def connect_args(self) -> dict[str, Any]:
+        """``nats.connect``'s keyword arguments for these options (only those set)."""
+        args: dict[str, Any] = {}
+        if self.user:
+            args["user"] = self.user
+        if self.password:
+            args["password"] = self.password
+        if self.token:
+            args["token"] = self.token
+        if self.creds_file:
+            args["user_credentials"] = str(self.creds_file)
+        if self.nkey_file:
+            args["nkeys_seed"] = str(self.nkey_file)
+        if (context := self.tls()) is not None:
+            args["tls"] = context
+        return args
+
+
+def _nats_settings(settings: Settings) -> dict[str, Any]:
+    return {"user": settings.nats_user, "password": settings.nats_password,
+            "token": settings.nats_token, "creds_file": settings.nats_creds_file,
+            "nkey_file": settings.nats_nkey_file, "tls_ca_file": settings.nats_tls_ca_file,
+            "tls_cert_file": settings.nats_tls_cert_file,
+            "tls_key_file": settings.nats_tls_key_file}
+
+
 @asynccontextmanager
-async def connect(url: str, name: str, retry_for: float | None = None) -> AsyncIterator[NATS]:
-    """Connect (retrying with backoff while the server is unreachable); flush and close on exit."""
+async def connect(url: str, name: str, retry_for: float | None = None, *,
+                  options: NatsOptions | None = None) -> AsyncIterator[NATS]:
+    """Connect (retrying with backoff while the server is unreachable) with ``options`` (none:
+    as the URL says); flush and close on exit. The URL is logged without its credentials."""
+    extra = (options or NatsOptions()).connect_args()
     nc = await retrying(
         lambda: nats.connect(servers=[url], name=name, connect_timeout=2,
                              max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                              allow_reconnect=True, error_cb=_log_error,
-                             disconnected_cb=_disconnected, reconnected_cb=_reconnected),
-        f"NATS at {url}", (nats.errors.NoServersError, *TRANSIENT), retry_for)
+                             disconnected_cb=_disconnected, reconnected_cb=_reconnected,
+                             **extra),
+        f"NATS at {redact_url(url)}", (nats.errors.NoServersError, *TRANSIENT), retry_for)
     try:
         yield nc
     finally:

@@ -4,6 +4,7 @@ and every URL's credentials out of log records, messages, arguments and tracebac
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from shared.bus import NatsOptions
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
 from shared.logfmt import JsonFormatter
@@ -217,3 +219,32 @@ def test_the_nats_and_auth_secrets_of_the_environment_are_secrets(tmp_path: Path
     assert found >= {"nats-env-password", "nats-env-token", "alice-token-0000000001",
                      "root-token-00000000001", "ops-token-from-a-file-0001"}
     assert not found & {"alice", "root", "admin", "ops"}  # names are not secrets
+
+
+def test_nats_options_come_from_the_settings_and_hide_their_secrets(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("nats-password-1\n")
+    s = load_settings(None, {"HARVESTER_NATS_USER": "crawler",
+                             "HARVESTER_NATS_PASSWORD_FILE": str(tmp_path / "pw"),
+                             "HARVESTER_NATS_TOKEN": "nats-token-0001"})
+    options = NatsOptions.from_settings(s)
+    assert options.connect_args() == {"user": "crawler", "password": "nats-password-1",
+                                      "token": "nats-token-0001"}
+    assert "nats-password-1" not in repr(options) and "nats-token-0001" not in repr(options)
+    assert NatsOptions.from_settings(Settings()).connect_args() == {}  # as before: the URL's
+
+
+def test_nats_credentials_need_nkeys_and_tls_files_must_load(tmp_path: Path) -> None:
+    creds = tmp_path / "user.creds"
+    creds.write_text("not checked here")
+    if importlib.util.find_spec("nkeys") is None:
+        with pytest.raises(ConfigError, match="natsCredsFile: needs the nkeys package"):
+            NatsOptions.from_settings(Settings(nats_creds_file=creds))
+        with pytest.raises(ConfigError, match="natsNkeyFile: needs the nkeys package"):
+            NatsOptions.from_settings(Settings(nats_nkey_file=creds))
+    else:
+        assert NatsOptions.from_settings(Settings(nats_creds_file=creds)).connect_args() == {
+            "user_credentials": str(creds)}
+    with pytest.raises(ConfigError, match="natsTLS: cannot load the TLS files"):
+        NatsOptions.from_settings(Settings(nats_tls_ca_file=tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="natsTLS"):
+        NatsOptions.from_settings(Settings(nats_tls_ca_file=creds))  # not a certificate
