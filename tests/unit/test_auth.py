@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 from pathlib import Path
 
@@ -174,3 +175,26 @@ async def test_aiohttp_own_400s_do_not_echo_header_bytes(
     assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
     assert b"s3cr3t" not in answer and b"xxxx" not in answer
     assert "s3cr3t" not in caplog.text
+
+
+def test_cli_token_option_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harvester_ops import jobcli
+    from harvester_ops.client import Client
+    monkeypatch.delenv("HARVESTER_TOKEN", raising=False)
+    assert jobcli.parser().parse_args(["jobs"]).token is None
+    assert jobcli.parser().parse_args(["--token", ALICE, "jobs"]).token == ALICE
+    monkeypatch.setenv("HARVESTER_TOKEN", BOB)
+    assert jobcli.parser().parse_args(["jobs"]).token == BOB
+    assert Client("http://127.0.0.1:1", BOB)._headers == {"Authorization": f"Bearer {BOB}"}
+    assert Client("http://127.0.0.1:1")._headers == {}
+
+
+def test_harvester_token_prints_a_usable_token(capsys: pytest.CaptureFixture[str]) -> None:
+    from harvester_ops import cli
+    assert cli.main(["token", "ops", "--admin"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    token = lines["token"].strip()
+    entry = json.loads(lines["config (authTokens entry)"])
+    keys = auth.load_keys(Settings(auth_tokens=[entry]))
+    assert auth.match(keys, token) == auth.Key("ops", digest(token), True)
+    assert auth.load_keys(Settings(auth_tokens=lines["environment"].split("=", 1)[1])) == keys
