@@ -17,8 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote, unquote, urlsplit
 
 from shared.config import GITHUB_TOKEN, Settings
@@ -150,7 +153,14 @@ class Redact(logging.Filter):
 
 def install(settings: Settings, env: Mapping[str, str] | None = None) -> Redact:
     """Blank every secret of ``settings`` and every URL's credentials out of the root log
-    handlers (every tier, at start: ``shared.service.main``); the filter, to uninstall."""
+    handlers and out of the traceback Python prints for an uncaught exception (every tier, at
+    start: ``shared.service.main``); the filter, to uninstall."""
     redact = Redact(secrets_of(settings, env), urls=True)
     redact.install()
+
+    def excepthook(kind: type[BaseException], value: BaseException,
+                   tb: TracebackType | None) -> None:
+        sys.stderr.write(redact.scrub("".join(traceback.format_exception(kind, value, tb))))
+
+    sys.excepthook = excepthook
     return redact

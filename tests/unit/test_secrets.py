@@ -101,7 +101,9 @@ def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 
 def test_every_secret_is_masked_in_log_records_and_tracebacks(
-        tmp_path: Path, captured: tuple[io.StringIO, io.StringIO]) -> None:
+        tmp_path: Path, captured: tuple[io.StringIO, io.StringIO],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # install() replaces it
     s = settings(tmp_path)
     redact = install(s)
     log = logging.getLogger("test.secrets")
@@ -248,3 +250,20 @@ def test_nats_credentials_need_nkeys_and_tls_files_must_load(tmp_path: Path) -> 
         NatsOptions.from_settings(Settings(nats_tls_ca_file=tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="natsTLS"):
         NatsOptions.from_settings(Settings(nats_tls_ca_file=creds))  # not a certificate
+
+
+def test_a_tier_that_crashes_prints_its_traceback_scrubbed(tmp_path: Path) -> None:
+    # An exception out of the tier's run is printed by Python itself, not through logging.
+    script = textwrap.dedent("""
+        import sys
+        from shared.service import main
+        async def run(settings, stop):
+            raise RuntimeError(f"cannot reach {settings.database_url}")
+        sys.exit(main("tier", run, []))
+    """)
+    env = {**os.environ, "HARVESTER_DATABASE_URL": "postgresql://h@db/h",
+           "HARVESTER_DATABASE_PASSWORD": DB_PASSWORD, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "RuntimeError: cannot reach" in done.stderr, done.stderr
+    assert DB_PASSWORD not in done.stderr and "postgresql://***@db/h" in done.stderr
