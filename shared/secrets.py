@@ -33,7 +33,8 @@ MIN_CHARS = 6  # a shorter value is not masked: it would blank ordinary words
 PUBLIC = frozenset({"harvester"})
 
 # scheme://userinfo@ : the userinfo runs to the last "@" before the path, query or fragment.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s\"'<>]*@")
+# Both parts bounded, so that a long line costs linear time whatever it holds.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{0,31}://)[^/?#\s\"'<>]{0,1024}@")
 
 
 def redact_url(url: str) -> str:
