@@ -517,11 +517,22 @@ async def test_a_big_robots_txt_is_parsed_and_matched_off_the_event_loop(
     on_loop = time.perf_counter() - t0
     await gate.admit(visits)  # the fetch starts
     await until(lambda: robots_fetched(db, site.base))
-    for _ in range(2):  # parsed the first time, from the worker's cache the second
-        out, worst = await longest_stall(gate.admit(visits))
-        assert set(out.blocked) == set(visits)
-        assert worst < on_loop / 2, (
-            f"the event loop was blocked for {worst * 1e3:.0f} ms ({on_loop * 1e3:.0f} ms on it)")
+    # Up to three workers (fresh gates: each parses the stored copy again) so that one stall of
+    # a loaded machine does not decide; on the loop, every one of them would stall >= on_loop.
+    stalls: list[list[float]] = []
+    for attempt in range(3):
+        if attempt:
+            gate = await gate_for(polite.model_copy(update={"host_concurrency": 64}))
+        stalls.append([])
+        for _ in range(2):  # parsed the first time, from the worker's cache the second
+            out, worst = await longest_stall(gate.admit(visits))
+            assert set(out.blocked) == set(visits)
+            stalls[-1].append(worst)
+        if max(stalls[-1]) < on_loop / 2:
+            break
+    assert max(stalls[-1]) < on_loop / 2, (
+        f"the event loop was blocked for {[[round(w * 1e3) for w in a] for a in stalls]} ms "
+        f"({on_loop * 1e3:.0f} ms on it)")
 
 
 async def test_known_robots_bodies_are_not_read_again(db: asyncpg.Connection) -> None:
