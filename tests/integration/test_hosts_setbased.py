@@ -5,10 +5,12 @@ cap and delay under concurrent callers, and the migration both ways."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,48 +19,16 @@ import pytest
 from harvester_ops import migrate
 from shared.db import hosts
 
-# 0002's function, as it was, under another name: the reference.
-OLD_ACQUIRE = r"""
-CREATE FUNCTION harvester_acquire_old(p_hosts text[], p_wants int[], p_caps int[],
-                                      p_delays float8[], p_lease float8, p_horizon float8)
-RETURNS TABLE (host text, starts timestamptz[], tokens timestamptz[], next_free timestamptz)
-LANGUAGE plpgsql AS $$
-DECLARE
-    i integer;
-    h record;
-    now_ timestamptz := clock_timestamp();
-    active timestamptz[];
-    t timestamptz;
-    n integer;
-BEGIN
-    FOR i IN SELECT x.ord FROM unnest(p_hosts) WITH ORDINALITY AS x(name, ord) ORDER BY x.name LOOP
-        INSERT INTO host AS hh (host) VALUES (p_hosts[i]) ON CONFLICT DO NOTHING;
-        SELECT * INTO h FROM host AS hh WHERE hh.host = p_hosts[i] FOR UPDATE;
-        active := ARRAY(SELECT l FROM unnest(h.leases) AS l WHERE l > now_);
-        t := greatest(h.next_start, now_, coalesce(h.backoff_until, now_));
-        starts := '{}';
-        tokens := '{}';
-        n := 0;
-        WHILE n < p_wants[i] AND cardinality(active) + n < p_caps[i]
-              AND t <= now_ + make_interval(secs => p_horizon) LOOP
-            starts := starts || t;
-            -- distinct tokens even for equal start times: release removes one by value
-            tokens := tokens || (t + make_interval(secs => p_lease + n * 1e-6));
-            n := n + 1;
-            t := t + make_interval(secs => p_delays[i]);
-        END LOOP;
-        IF n > 0 THEN
-            UPDATE host AS hh SET leases = active || tokens, next_start = t
-            WHERE hh.host = p_hosts[i];
-        ELSE
-            UPDATE host AS hh SET leases = active WHERE hh.host = p_hosts[i];
-        END IF;
-        host := p_hosts[i];
-        next_free := t;
-        RETURN NEXT;
-    END LOOP;
-END $$;
-"""
+# 0002's function, as it was (0020's downgrade restores it), under another name: the reference.
+_spec = importlib.util.spec_from_file_location(
+    "migration_0020", Path(migrate.__file__).resolve().parents[1]
+    / "migrations" / "versions" / "0020_host_gate_setbased.py")
+assert _spec is not None and _spec.loader is not None
+_m0020 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_m0020)
+OLD_ACQUIRE = _m0020.DOWNGRADE.replace("CREATE OR REPLACE FUNCTION harvester_acquire(",
+                                       "CREATE FUNCTION harvester_acquire_old(")
+assert "harvester_acquire_old(" in OLD_ACQUIRE
 
 # A clock the test sets: both functions call clock_timestamp(), found first in this schema.
 FIXED_CLOCK = """
