@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared import naming
+from shared import naming, patterns
 from shared.config import Settings, check_block
 from shared.errors import BadRequest, InvalidURL
 from shared.ids import check_id, id_url
@@ -102,10 +102,10 @@ def _output(value: str, info: ValidationInfo) -> str:
 
 def _rule_regex(value: str) -> str:
     """A regex run over page text (follow, ids, fields): compiles, at most one group."""
-    _pattern(value)
     if len(value) > MAX_RULE_CHARS:
         raise PydanticCustomError("regex", "longer than {n} characters", {"n": MAX_RULE_CHARS})
-    if (groups := re.compile(value).groups) > 1:
+    _pattern(value)
+    if (groups := patterns.compile(value).groups) > 1:
         raise PydanticCustomError("regex", "{pattern} has {groups} capture groups (at most 1: "
                                   "use (?:...) for the others)",
                                   {"pattern": value, "groups": groups})

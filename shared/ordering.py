@@ -11,9 +11,11 @@ same in Python, for tests and docs. A URL's priority is :func:`url_priority` of 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from shared import patterns
+from shared.patterns import Regex
 
 ORDERS = ("bfs", "fifo", "lifo", "priority")
 DEFAULT_ORDER = "bfs"
@@ -31,12 +33,14 @@ def rank(order: str, level: int, priority: int, seq: int) -> int:
     return (level << SEQ_BITS) + seq
 
 
-def compile_rules(rules: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[re.Pattern[str], int], ...]:
-    """A job's ``priorities`` (stored: ``{"pattern", "priority"}`` each), compiled."""
-    return tuple((re.compile(r["pattern"]), int(r["priority"])) for r in rules or ())
+def compile_rules(rules: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[Regex, int], ...]:
+    """A job's ``priorities`` (stored: ``{"pattern", "priority"}`` each), compiled (RE2,
+    ``shared.patterns``); a stored pattern RE2 refuses is left out (it matches nothing)."""
+    return tuple((rx, int(r["priority"])) for r in rules or ()
+                 if (rx := patterns.stored(r["pattern"])) is not None)
 
 
-def url_priority(rules: Sequence[tuple[re.Pattern[str], int]], url: str) -> int:
+def url_priority(rules: Sequence[tuple[Regex, int]], url: str) -> int:
     """The priority of a URL: that of the first rule whose pattern is found in it, else 0."""
     for pattern, priority in rules:
         if pattern.search(url):

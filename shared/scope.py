@@ -1,12 +1,13 @@
 """Which links a job follows: its scope (any host, the job URL's host, or its domain), allow
-and deny regexes (Python syntax, searched anywhere in the canonical URL). Pure, no I/O."""
+and deny regexes (RE2 syntax, ``shared.patterns``, searched anywhere in the canonical URL).
+Pure, no I/O."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import urlsplit
+
+from shared import patterns
 
 SCOPES = ("any", "host", "domain")
 
@@ -31,33 +32,31 @@ class Scope:
                 domain = home.removeprefix("www.")
                 if host != domain and not host.endswith("." + domain):
                     return False
-        if self.allow and not any(_rx(p).search(url) for p in self.allow):
+        if self.allow and not any(_allows(p, url) for p in self.allow):
             return False
-        return not any(_rx(p).search(url) for p in self.deny)
+        return not any(_denies(p, url) for p in self.deny)
 
 
 def denied(deny: tuple[str, ...], url: str) -> bool:
     """Does a deny pattern (searched anywhere in the canonical URL, as ``Scope.follows``) match
     ``url``? For the visits of a job whose deny list changed after they were queued."""
-    return any(_rx(p).search(url) for p in deny)
+    return any(_denies(p, url) for p in deny)
 
 
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
-@lru_cache(maxsize=1024)
-def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _allows(pattern: str, url: str) -> bool:
+    rx = patterns.stored(pattern)  # None: a stored pattern RE2 refuses, which allows nothing
+    return rx is not None and rx.search(url) is not None
+
+
+def _denies(pattern: str, url: str) -> bool:
+    rx = patterns.stored(pattern)  # None: a stored pattern RE2 refuses, which denies all
+    return rx is None or rx.search(url) is not None
 
 
 def check_pattern(pattern: str) -> str | None:
-    """The error in a user's regex, or None. A NUL or another control character is refused
-    too: PostgreSQL stores no NUL in text or jsonb, and the others only serve to break logs."""
-    if any(ord(c) < 0x20 or c == "\x7f" for c in pattern):
-        return "control characters are not allowed"
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        return str(e)
-    return None
+    """The error in a user's regex, or None (``shared.patterns.problem``)."""
+    return patterns.problem(pattern)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,12 +17,14 @@ from typing import Any, Literal
 
 import asyncpg
 
+from shared import patterns
 from shared.config import Settings
 from shared.db import sessions
 from shared.db.pool import RETRYABLE
 from shared.db.sessions import Lease, Release
 from shared.jobspec import SessionsSpec
 from shared.model import MASK, FetchedPage, mask_request_headers
+from shared.patterns import Regex
 from shared.urls import host_key
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class SessionRules:
     """A job's ``sessions`` (``shared.jobspec.SessionsSpec``), ready to use."""
     pool: str
     block_status: frozenset[int]
-    block_patterns: tuple[re.Pattern[str], ...]
+    block_patterns: tuple[Regex, ...]  # RE2 (shared.patterns)
     bench: float
     concurrency: int
 
@@ -47,9 +48,10 @@ class SessionRules:
         if not stored:
             return None
         s = SessionsSpec.model_validate_json(json.dumps(stored))
+        # A pattern stored before patterns ran on RE2 and refused by it matches nothing.
         return cls(s.pool, frozenset(s.block_status),
-                   tuple(re.compile(p) for p in s.block_patterns), float(s.bench),
-                   s.concurrency)
+                   tuple(rx for p in s.block_patterns if (rx := patterns.stored(p)) is not None),
+                   float(s.bench), s.concurrency)
 
 
 def cookie_header(cookies: Mapping[str, str]) -> str:

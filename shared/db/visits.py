@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import asyncpg
 
 from shared.mime import SKIP_EXACT, SKIP_PREFIX
 from shared.ordering import compile_rules, url_priority
+from shared.patterns import Regex
 from shared.scope import Scope
 from shared.urls import host_key
 
@@ -63,7 +63,7 @@ class Pending:
     follow: Follow = "html"           # which links are children (``job.follow``, see _CHILDREN_SQL)
     order: str = "bfs"                # job.queue_order: the rank of its new pending rows
     # The job's URL priorities (order "priority" only; shared.ordering.url_priority).
-    priorities: tuple[tuple[re.Pattern[str], int], ...] = ()
+    priorities: tuple[tuple[Regex, int], ...] = ()
     bloom: tuple[int, float] | None = None  # the job's Bloom filter (capacity, error rate)
 
     @property
@@ -191,7 +191,7 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
 
 
 @functools.lru_cache(maxsize=256)
-def _rules(priorities: str | None) -> tuple[tuple[re.Pattern[str], int], ...]:
+def _rules(priorities: str | None) -> tuple[tuple[Regex, int], ...]:
     """A job's stored ``priorities`` (jsonb text), compiled once per process."""
     return compile_rules(json.loads(priorities)) if priorities else ()
 

@@ -1,6 +1,7 @@
 """The rule extractors (worker/extractors/rules.py) run in the worker's parser lanes, real child
-processes: what they find there is what rules_core finds, and a regex that backtracks for ever
-is killed at the parse deadline, its lane replaced, while other pages are read."""
+processes: what they find there is what rules_core finds, a page that takes too long (a deeply
+nested document) is killed at the parse deadline, its lane replaced, while other pages are
+read, and a regex that backtracks for ever in Python's re ends at once on RE2."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.model import FetchedPage
-from tests.integration.test_parse import alive, lanes, until
+from tests.integration.test_parse import alive, lanes, nested_divs, until
 from worker.extractors import ExtractFailed, rules_core
 from worker.extractors.lanes import ParseFailed, Parser
 from worker.extractors.rules import Follow, Items
@@ -52,12 +53,12 @@ async def test_follow_and_items_run_in_the_lanes(parser: Parser) -> None:
         ("item", {"_type": "t", "title": "T", "n": 2})]
 
 
-async def test_a_catastrophic_regex_is_killed_at_the_deadline_and_its_lane_replaced(
+async def test_a_page_past_the_deadline_is_killed_and_its_lane_replaced(
         parser: Parser) -> None:
-    evil = Follow(None, {"follow": {"linkRegex": "(a+)+$"}}, parser)
+    evil = Follow(None, {"follow": {"css": ["a"]}}, parser)
     good = Follow(None, FOLLOW, parser)
     pids = lanes(parser)
-    hostile = page(b"a" * 64 + b"!")  # 2^64 ways to split the a's before failing at "!"
+    hostile = page(nested_divs(100_000))  # about 30 s of parsing
     t0 = time.monotonic()
     slow = asyncio.create_task(evil.extract(hostile, BASE))
     # the other lane reads other pages meanwhile
@@ -75,10 +76,24 @@ async def test_a_catastrophic_regex_is_killed_at_the_deadline_and_its_lane_repla
     assert all([y.value["id"] for y in r.yields] == ["3"] for r in results)
 
 
+async def test_a_catastrophic_regex_ends_at_once_on_re2(parser: Parser) -> None:
+    """``(a+)+$`` on 64 a's and a "!": 2^64 ways to split the a's in Python's re, linear on
+    RE2; the lane is not killed."""
+    pids = lanes(parser)
+    evil = Follow(None, {"follow": {"linkRegex": "(a+)+$"}}, parser)
+    got = await evil.extract(page(b"a" * 100_000 + b"!"), BASE)
+    assert got.yields == ()
+    got = await evil.extract(page(b"x aaa"), BASE)
+    assert [y.value for y in got.yields] == [{"url": "http://site.test/aaa"}]
+    assert lanes(parser) == pids
+
+
 async def test_rules_that_do_not_compile_fail_in_the_factory() -> None:
     lanes = Parser(1.0)  # not entered: no process is started
     with pytest.raises(ValueError, match="capture groups"):
         Follow(None, {"follow": {"linkRegex": "(a)(b)"}}, lanes)
+    with pytest.raises(ValueError, match="a backreference is not supported"):
+        Follow(None, {"follow": {"linkRegex": r"(a)\1"}}, lanes)
     with pytest.raises(ValueError, match="exactly one of css, xpath, regex"):
         Items(None, {"fields": {"x": {"css": "p", "regex": "p"}}}, lanes)
     assert json.loads(Follow(None, {"ids": FOLLOW["ids"]}, lanes).rules) == {

@@ -1,6 +1,7 @@
 """Follow rules, ids and items on one page: pure functions, run in the worker's parser processes
-(``worker.extractors.lanes``, ``LANE_FUNCTIONS`` "follow" and "items"), so that a regex that
-backtracks for ever or a huge document is stopped by the parse deadline, never the event loop.
+(``worker.extractors.lanes``, ``LANE_FUNCTIONS`` "follow" and "items"), so that a huge
+document is stopped by the parse deadline, never the event loop. Regexes run on RE2
+(``shared.patterns``): linear time, none backtracks.
 
 Each takes the body, the page's URL (links resolve against it), its encoding and the rules as
 JSON (the extractor's options, ``worker.extractors.rules``); the compiled rules are cached by
@@ -26,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from selectolax.lexbor import LexborHTMLParser as _Parser
 
 from shared.ids import check_id, id_url
+from shared.patterns import Regex, compile
 from shared.urls import Resolver
 from worker.extractors.links_html import decode_body
 
@@ -44,10 +45,10 @@ _FALSE = frozenset({"false", "no", "off", "0", ""})
 
 @dataclass(frozen=True, slots=True)
 class _Follow:
-    link_regex: re.Pattern[str] | None
+    link_regex: Regex | None
     css: tuple[str, ...]
     attr: str
-    id_regex: re.Pattern[str] | None
+    id_regex: Regex | None
     url_format: str | None
 
 
@@ -56,7 +57,7 @@ class _Field:
     name: str
     css: str | None
     xpath: Any  # lxml.etree.XPath
-    regex: re.Pattern[str] | None
+    regex: Regex | None
     attr: str | None
     all: bool
     coerce: Callable[[Any], Any]
@@ -75,9 +76,9 @@ def compiled(kind: str, rules: str) -> _Follow | _Items:
     """The rules of an extractor (``kind`` "follow" or "items", ``rules`` its JSON) compiled."""
     r = json.loads(rules)
     if kind == "follow":
-        return _Follow(re.compile(r["linkRegex"]) if r.get("linkRegex") else None,
+        return _Follow(compile(r["linkRegex"]) if r.get("linkRegex") else None,
                        tuple(r.get("css") or ()), r.get("attr") or "href",
-                       re.compile(r["idRegex"]) if r.get("idRegex") else None, r.get("urlFormat"))
+                       compile(r["idRegex"]) if r.get("idRegex") else None, r.get("urlFormat"))
     fields = []
     for name, f in r["fields"].items():
         xpath = None
@@ -85,7 +86,7 @@ def compiled(kind: str, rules: str) -> _Follow | _Items:
             from lxml import etree
             xpath = etree.XPath(f["xpath"])
         fields.append(_Field(name, f.get("css"), xpath,
-                             re.compile(f["regex"]) if f.get("regex") else None, f.get("attr"),
+                             compile(f["regex"]) if f.get("regex") else None, f.get("attr"),
                              f.get("take") == "all", _COERCE[f.get("type") or "str"],
                              f.get("default")))
     return _Items(r.get("name"), r.get("each"), tuple(fields))
