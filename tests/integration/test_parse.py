@@ -152,7 +152,7 @@ async def test_a_page_does_not_wait_forever_when_no_lane_can_be_had(
     real_start = _Lane.start
     starts = 0
 
-    async def broken() -> _Lane:
+    async def broken(*_: object) -> _Lane:  # as _Lane.start(memory)
         nonlocal starts
         starts += 1
         raise RuntimeError("cannot start")

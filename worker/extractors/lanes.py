@@ -14,6 +14,8 @@ end mark, or an error, out. The functions a lane runs are ``LANE_FUNCTIONS``, by
 (``links#``: keeping their fragments), and the rule sets' follow rules, ids and items
 (``worker.extractors.rules_core``: regexes, CSS, XPath), whose ``args`` are their rules as JSON.
 A regex that backtracks for ever is thus stopped by the deadline like a pathological page.
+A lane's address space is capped (``parseMemory``, ``RLIMIT_AS``): a page that needs more fails
+(a MemoryError, or the lane dies and is replaced) instead of taking the machine's memory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes
 import logging
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -57,12 +60,15 @@ class NoLane(ExtractLater):
 
 class Parser:
     """Extracts the links of HTML pages in ``lanes`` child processes, each page within
-    ``timeout`` seconds, after waiting at most ``lane_wait`` seconds for a free lane; an async
-    context manager (the lanes are stopped on exit)."""
+    ``timeout`` seconds, after waiting at most ``lane_wait`` seconds for a free lane, each lane
+    within ``memory`` bytes of address space (``parseMemory``; 0: no cap); an async context
+    manager (the lanes are stopped on exit)."""
 
-    def __init__(self, timeout: float, lanes: int = LANES, lane_wait: float = LANE_WAIT) -> None:
+    def __init__(self, timeout: float, lanes: int = LANES, lane_wait: float = LANE_WAIT,
+                 memory: int = 0) -> None:
         self.timeout = timeout
         self.lane_wait = lane_wait
+        self.memory = memory
         self._lanes = lanes
         self._idle: asyncio.Queue[_Lane] = asyncio.Queue()
         self._all: set[_Lane] = set()
@@ -88,7 +94,7 @@ class Parser:
         self._all.clear()
 
     async def _start(self) -> _Lane:
-        lane = await _Lane.start()
+        lane = await _Lane.start(self.memory)
         self._all.add(lane)
         return lane
 
@@ -158,11 +164,13 @@ class _Lane:
         self.process = process
 
     @classmethod
-    async def start(cls) -> _Lane:
-        """Start a lane and wait until it is ready (its imports done); OSError if it is not
-        within ``START_TIMEOUT``, rather than failing every page sent to it later."""
+    async def start(cls, memory: int = 0) -> _Lane:
+        """Start a lane (its address space capped at ``memory`` bytes, 0: not) and wait until it
+        is ready (its imports done); OSError if it is not within ``START_TIMEOUT``, rather than
+        failing every page sent to it later."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.extractors.lanes", str(os.getpid()), stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "worker.extractors.lanes", str(os.getpid()), str(memory),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True)  # no terminal signals: the worker decides when it stops
         lane = cls(process)
@@ -255,7 +263,17 @@ def die_with(parent: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def cap_memory(limit: int) -> None:
+    """In a lane: at most ``limit`` bytes of address space (``RLIMIT_AS``; 0 leaves it). A page
+    that needs more fails with a MemoryError, or kills its lane, which is replaced: either way
+    the page fails, and the machine's memory is not the page's to take."""
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1:
         die_with(int(sys.argv[1]))
+    if len(sys.argv) > 2:
+        cap_memory(int(sys.argv[2]))
     serve(sys.stdin.buffer, sys.stdout.buffer)
