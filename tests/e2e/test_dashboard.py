@@ -15,7 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 
-from shared.config import Settings
+from shared.config import Settings, parse_auth_tokens
 from tests.e2e.site import TestSite
 from tests.e2e.stack import Stack
 from tests.servers import serve
@@ -126,4 +126,31 @@ async def test_dashboard_submit_watch_browse_and_control(settings: Settings, sit
         await page.screenshot(path=ARTEFACTS / "cancelled.png", full_page=True)
     finally:
         await slow.cleanup()
+        await stack.stop()
+
+
+async def test_dashboard_asks_for_a_token_and_sends_it(settings: Settings, site: TestSite,
+                                                       page: Page) -> None:
+    """With API tokens the shell loads, asks for one on the first 401, keeps it for the tab and
+    sends it on every call and on the job's event stream (a fetch, not EventSource)."""
+    token = "dashboard-token-0123456789"
+    s = settings.model_copy(update={"auth_tokens": parse_auth_tokens(f"ui:{token}")})
+    stack = await Stack(s, token=token).start()
+    try:
+        await page.goto(stack.base + "/ui/")
+        form = page.get_by_test_id("token-form")
+        await expect(form).to_be_visible(timeout=WAIT)
+        await page.get_by_test_id("token-input").fill(token)
+        await page.get_by_test_id("token-button").click()
+        await expect(form).to_be_hidden(timeout=WAIT)
+        await page.get_by_test_id("submit-urls").fill(site.a + "/")
+        await page.get_by_test_id("submit-depth").fill("1")
+        await page.get_by_test_id("submit-button").click()
+        message = page.get_by_test_id("submit-message")
+        await expect(message).to_contain_text("scheduled", timeout=WAIT)
+        job = int(await message.get_attribute("data-job-id") or 0)
+        await page.get_by_test_id(f"job-open-{job}").click()
+        await expect(page.get_by_test_id("job-state")).to_have_text("completed", timeout=WAIT)
+        assert token not in page.url
+    finally:
         await stack.stop()

@@ -1,13 +1,26 @@
 // Harvester's dashboard: plain ES module, no build step. The API is one level up from /ui/.
 const api = (path) => new URL("../" + path.replace(/^\//, ""), location.href).toString();
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
-const streams = new Map();   // job id -> EventSource of a running job in the list
+const streams = new Map();   // job id -> event stream (watch) of a running job in the list
 let current = null;          // { id, source } of the job view
 
+// An API token, when the server wants one: asked for on a 401, kept for this tab only
+// (sessionStorage), sent as Authorization: Bearer, never in a URL.
+const TOKEN = "harvester.token";
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+function askToken() {
+  $("token-form").hidden = false;
+  $("token-input").focus();
+}
+
 async function call(method, path, body, type) {
-  const init = { method, headers: {} };
+  const init = { method, headers: authHeaders() };
   if (body !== undefined) { init.body = body; init.headers["Content-Type"] = type; }
   const r = await fetch(api(path), init);
+  if (r.status === 401) askToken();
   const text = await r.text();
   let data = text;
   try { data = JSON.parse(text); } catch { /* not JSON */ }
@@ -70,12 +83,54 @@ function updateRow(id, status) {
   $(`job-failed-${id}`).textContent = String(status.pages.failed);
 }
 
+// A job's server-sent events, read with fetch (EventSource cannot send a token): status on
+// every change, completed last; reconnects after an interruption until closed.
 function watch(id, onStatus, onDone) {
-  const source = new EventSource(api(`status/${id}/events`));
-  source.addEventListener("status", (ev) => onStatus(JSON.parse(ev.data)));
-  source.addEventListener("completed", (ev) => { source.close(); onDone(JSON.parse(ev.data)); });
-  source.onerror = () => { $("connection").textContent = "live updates interrupted; retrying"; };
-  source.onopen = () => { $("connection").textContent = ""; };
+  const abort = new AbortController();
+  const source = { closed: false, close() { this.closed = true; abort.abort(); } };
+  const dispatch = (block) => {
+    let event = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) event = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+    }
+    if (!data.length) return false;
+    const payload = JSON.parse(data.join("\n"));
+    if (event === "status") onStatus(payload);
+    if (event !== "completed") return false;
+    source.close();
+    onDone(payload);
+    return true;
+  };
+  (async () => {
+    while (!source.closed) {
+      try {
+        const r = await fetch(api(`status/${id}/events`), { headers: authHeaders(), signal: abort.signal });
+        if (r.status === 401) { askToken(); source.close(); return; }
+        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        $("connection").textContent = "";
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value.replace(/\r\n/g, "\n");
+          let end;
+          while ((end = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, end);
+            buf = buf.slice(end + 2);
+            if (dispatch(block)) return;
+          }
+        }
+      } catch (e) {
+        if (source.closed) return;
+      }
+      if (source.closed) return;
+      $("connection").textContent = "live updates interrupted; retrying";
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+    }
+  })();
   return source;
 }
 
@@ -202,7 +257,7 @@ async function control(method, suffix) {
     $("job-view").dataset.state = answer.state;
     const st = await call("GET", `status/${id}`);
     showStatus(id, st);
-    if (answer.state === "running" && (!current.source || current.source.readyState === EventSource.CLOSED)) {
+    if (answer.state === "running" && (!current.source || current.source.closed)) {
       current.source = watch(id, (s) => showStatus(id, s), () => loadJob(id));
     }
     await loadJobs();
@@ -231,6 +286,16 @@ $("mime-form").addEventListener("submit", (ev) => {
   if (current) loadResults(current.id, current.roots);
 });
 $("jobs-refresh").addEventListener("click", loadJobs);
+$("token-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN, $("token-input").value.trim());
+  $("token-input").value = "";
+  $("token-form").hidden = true;
+  $("connection").textContent = "";
+  await loadJobs();
+  const m = /^#job-(\d+)$/.exec(location.hash);
+  if (m) openJob(Number(m[1]));
+});
 $("pause-button").addEventListener("click", () => control("POST", "/pause"));
 $("resume-button").addEventListener("click", () => control("POST", "/resume"));
 $("cancel-button").addEventListener("click", () => control("DELETE", ""));
