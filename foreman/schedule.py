@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
@@ -22,13 +23,15 @@ from foreman.feeder import feed
 from foreman.housekeeping import housekeeping
 from foreman.tasks import task_feeder, task_watch_once
 from shared import bus, metrics, ops_http
-from shared.bus import Settle, Verdict
+from shared.bus import NatsOptions, Settle, Verdict
 from shared.config import Settings
 from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
+from shared.robots import BLOCKED_PREFIX
 from shared.scope import denied
 from shared.service import sleep_unless
+from shared.traps import TrapLimits
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +101,20 @@ class Foreman:
         cached = []
         dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
         held: list[Key] = []  # a paused job's: back in the frontier, held
+        trapped: dict[Key, str] = {}  # a link that is a crawler trap: blocked, never fetched
         for k, p in planned.items():
             if (p.state != "running" or p.deny) and (act := stale(p)):
                 (dropped if act == "drop" else held).append(k)
+            elif p.level and not p.reexpand and (why := trap(p, s)):
+                trapped[k] = why
             elif p.cached:
                 cached.append(k)
             else:
                 work.setdefault(p.fetcher, []).append(k)
         if dropped or held:
             await settle_stale(self.pool, self.frontier, dropped, held)
+        if trapped:
+            await block_traps(self.pool, trapped)
         unsent: set[Key] = set()
         waiting: list[Key] = []
         http_sent = 0
@@ -173,6 +181,23 @@ def stale(p: visits.Planned) -> str | None:
     if p.state == "cancelled" or (p.deny and denied(p.deny, p.url)):
         return "drop"
     return "hold" if p.state == "paused" else None
+
+
+def trap(p: visits.Planned, settings: Settings) -> str | None:
+    """Why a link's visit is a crawler trap (or has credentials in its URL) under its job's
+    ``traps`` over the settings (``shared.traps``), or None."""
+    return TrapLimits.of(p.traps, settings).check(p.url, p.level)
+
+
+async def block_traps(pool: asyncpg.Pool, trapped: dict[Key, str]) -> None:
+    """Record trap visits as blocked, each with its reason (a failure row, no fetch, no
+    child), in one transaction; their messages are acked after it commits."""
+    await in_transaction(pool, lambda conn: visits.block(conn, trapped))
+    for why, n in Counter(r.removeprefix(BLOCKED_PREFIX).split(" (")[0]  # bounded: not limits
+                          for r in trapped.values()).items():
+        metrics.BLOCKED.labels(why).inc(n)
+    log.info("%d visits blocked as crawler traps (e.g. %s)", len(trapped),
+             next(iter(trapped.values())))
 
 
 async def settle_stale(pool: asyncpg.Pool, frontier: Frontier, dropped: list[Key],
@@ -358,7 +383,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
             open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6))
-        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-foreman"))
+        nc = await stack.enter_async_context(bus.connect(
+            settings.nats_url, "harvester-foreman", options=NatsOptions.from_settings(settings)))
         await stack.enter_async_context(ops_http.serve(settings.metrics_addr,
                                                        ops_http.readiness(pool, nc)))
         js = nc.jetstream()

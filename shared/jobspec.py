@@ -33,12 +33,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared import naming, patterns
+from shared import naming, patterns, traps
 from shared.config import Settings, check_block
 from shared.errors import BadRequest, InvalidURL
 from shared.ids import check_id, id_url
 from shared.scope import Scope, check_pattern
-from shared.urls import validate_job_url
+from shared.urls import CredentialsInURL, validate_job_url
 
 INT32_MAX = 2**31 - 1  # maxPages: an integer column
 UNBOUNDED_DEPTH = INT32_MAX - 1  # the default depth of a job with follow or ids
@@ -67,6 +67,8 @@ def _url(value: str, info: ValidationInfo) -> str:
         return value
     try:  # with its fragment, if it has one: _depth drops it but with fingerprint.keepFragment
         return validate_job_url(value, keep_fragment="#" in value)
+    except CredentialsInURL:
+        raise PydanticCustomError("url", CredentialsInURL.REASON) from None
     except InvalidURL as e:
         raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
                                   {"line": e.line}) from None
@@ -183,6 +185,8 @@ NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 def _webhook(value: str, info: ValidationInfo) -> str:
     try:
         url = validate_job_url(value)
+    except CredentialsInURL:
+        raise PydanticCustomError("url", CredentialsInURL.REASON) from None
     except InvalidURL:
         raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
                                   {"line": value}) from None
@@ -425,6 +429,21 @@ class FingerprintSpec(_Options):
     include_headers: tuple[Annotated[str, AfterValidator(_header_name)], ...] = ()
 
 
+class TrapSpec(_Options):
+    """``traps``: the limits a link's URL and level must keep, else it is not fetched but
+    recorded as blocked (``shared.traps``); each unset one is the server's setting
+    (``maxURLLength``, ``maxPathDepth``, ``maxSegmentRepeats``, ``maxQueryParams``,
+    ``maxParamRepeats``, ``maxChainLevel``). Not part of the rule set."""
+
+    max_url_length: int | None = Field(None, ge=1, le=traps.HARD_CAPS["max_url_length"])
+    max_path_depth: int | None = Field(None, ge=1, le=traps.HARD_CAPS["max_path_depth"])
+    max_segment_repeats: int | None = Field(
+        None, ge=1, le=traps.HARD_CAPS["max_segment_repeats"])
+    max_query_params: int | None = Field(None, ge=1, le=traps.HARD_CAPS["max_query_params"])
+    max_param_repeats: int | None = Field(None, ge=1, le=traps.HARD_CAPS["max_param_repeats"])
+    max_chain_level: int | None = Field(None, ge=1, le=traps.HARD_CAPS["max_chain_level"])
+
+
 class BloomSpec(_Options):
     """``bloom``: a Bloom filter per job and worker (``shared.seen``) skips the insert of links
     the job has (probably) seen: ``capacity`` URLs at ``errorRate`` false positives, each of
@@ -578,6 +597,7 @@ class JobSpec(BaseModel):
     fingerprint: FingerprintSpec | None = None
     bloom: BloomSpec | None = None
     sessions: SessionsSpec | None = None
+    traps: TrapSpec | None = None  # issue 17: crawler trap limits (shared.traps)
 
     @field_validator("urls")
     @classmethod
@@ -653,6 +673,8 @@ class JobSpec(BaseModel):
             out["github"] = self.github.model_dump(
                 mode="json", by_alias=True, exclude_none=True,
                 exclude={"depth"} if self.github.users is not None else {"order"})
+        if self.traps is not None:  # the limits given; the others follow the settings
+            out["traps"] = self.traps.model_dump(mode="json", by_alias=True, exclude_none=True)
         return out
 
     def ruleset(self) -> int:
@@ -711,7 +733,7 @@ def _fail(field: str, value: Any, error: PydanticCustomError) -> None:
 
 _OMITTED_AT_DEFAULT = ("fetcher", "extract", "follow", "ids", "save", "webhook", "browser",
                        "task", "source", "github", "order", "priority", "priorities",
-                       "fingerprint", "bloom", "sessions")
+                       "fingerprint", "bloom", "sessions", "traps")
 
 
 def follow_mode(stored: Mapping[str, Any]) -> Literal["html", "rules", "both"]:
@@ -815,7 +837,7 @@ def status_view(stored: str | dict[str, Any], urls: list[str]) -> dict[str, Any]
     for key, model in (("scope", ScopeSpec), ("follow", FollowSpec), ("ids", IdSpec),
                        ("browser", BrowserSpec), ("task", TaskSpec), ("github", GitHubSpec),
                        ("fingerprint", FingerprintSpec), ("bloom", BloomSpec),
-                       ("sessions", SessionsSpec)):
+                       ("sessions", SessionsSpec), ("traps", TrapSpec)):
         if isinstance(out.get(key), dict):
             part = out[key]
             out[key] = {_alias(model, n): part[_alias(model, n)]

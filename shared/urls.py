@@ -130,13 +130,34 @@ def validate_job_url(line: str, keep_fragment: bool = False) -> str:
     ``keep_fragment``); raise InvalidURL."""
     text = line.strip()
     candidate = _with_scheme(text)
-    if candidate is None or _CONTROL_RE.search(text):
-        raise InvalidURL(text)
-    result = (_checked_canonical_keeping_fragment if keep_fragment
-              else _checked_canonical)(candidate)
+    result = None if candidate is None or _CONTROL_RE.search(text) else (
+        _checked_canonical_keeping_fragment if keep_fragment else _checked_canonical)(candidate)
+    url = result or candidate or text
+    if "://" in url and has_credentials(url):  # not echoed: it holds a password
+        raise CredentialsInURL()
     if result is None:
         raise InvalidURL(text)
     return result
+
+
+class CredentialsInURL(InvalidURL):
+    """A job URL with ``user:pass@`` (aiohttp would send them as Basic auth to wherever it
+    leads); its message never holds the line."""
+
+    REASON = "credentials in URLs are not accepted (use hostHeaders or sessions)"
+
+    def __init__(self) -> None:
+        super().__init__(self.REASON)
+
+
+def has_credentials(url: str) -> bool:
+    """Whether an absolute URL's authority holds user info (``user[:pass]@``)."""
+    start = url.find("://") + 3
+    end = len(url)
+    for c in "/?#":
+        if (i := url.find(c, start)) != -1 and i < end:
+            end = i
+    return "@" in url[start:end]
 
 
 def _with_scheme(text: str) -> str | None:

@@ -89,6 +89,7 @@ class Planned:
     ruleset: int = 0                  # the job's rule set (shared.jobspec.JobSpec.ruleset)
     state: str = "running"            # job.state: running, paused or cancelled
     deny: tuple[str, ...] = ()        # the job's deny patterns now (shared.scope.denied)
+    traps: str | None = None          # the job's spec "traps" (jsonb text; shared.traps)
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -149,7 +150,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                    CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
                         THEN u.last_modified END AS last_modified,
                    v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset,
-                   j.state, j.deny
+                   j.state, j.deny, j.spec->'traps' AS traps
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -159,7 +160,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
             job_id, url_ids, float(cache_max_age))
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
                     r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
-                    r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]))
+                    r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]), r["traps"])
             for r in rows]
 
 
@@ -203,6 +204,15 @@ async def drop(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
     Run it in a transaction."""
     pending = await lock_pending(conn, keys)
     await complete(conn, pending, {p.key: "dropped" for p in pending})
+
+
+async def block(conn: asyncpg.Connection, reasons: Mapping[Key, str]) -> None:
+    """End visits refused before any fetch (a crawler trap, credentials in the URL:
+    ``shared.traps``) as blocked, each with its reason: a failure row, the blocked count, no
+    result, no child. Visits no longer pending are ignored. Run it in a transaction."""
+    pending = await lock_pending(conn, list(reasons))
+    await complete(conn, pending, {p.key: "blocked" for p in pending},
+                   reasons={p.key: reasons[p.key] for p in pending})
 
 
 async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],

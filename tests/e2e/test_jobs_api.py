@@ -125,7 +125,7 @@ async def test_webhook_query_parameter_reaches_the_spec(api: Stack) -> None:
 
 async def test_status_hosts_top_by_pending(api: Stack) -> None:
     job = await api.post_job(["http://y.example/1", "http://x.example/1", "http://x.example/2",
-                              "https://user@z.example:8443/"])
+                              "https://z.example:8443/"])
     hosts = (await api.status(job))["hosts"]
     idle = {"inFlight": 0, "nextStart": None, "backoffUntil": None, "robots": None}
     assert hosts == {"top": [{"host": "http://x.example", "pending": 2, **idle},
