@@ -25,6 +25,8 @@ from shared import bus, metrics
 from shared.config import Settings
 from shared.db import jobs, webhooks
 from shared.db.pool import RETRYABLE
+from shared.netguard import AddressBlocked, NetGuard
+from shared.robots import BLOCKED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ def backoff(settings: Settings, attempts: int) -> float:
 async def deliver(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
     """Send due deliveries every ``INTERVAL`` until ``stop``."""
     timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
-    async with aiohttp.ClientSession(timeout=timeout,
+    # through the SSRF guard: a job's webhook URL never reaches an address it refuses
+    async with aiohttp.ClientSession(timeout=timeout, connector=guarded_connector(settings),
                                      headers={"User-Agent": settings.user_agent}) as session:
         while not stop.is_set():
             try:
@@ -58,6 +61,10 @@ async def deliver(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -
                 await asyncio.wait_for(stop.wait(), INTERVAL)
             except TimeoutError:
                 pass
+
+
+def guarded_connector(settings: Settings) -> aiohttp.TCPConnector:
+    return NetGuard.from_settings(settings).connector()
 
 
 async def deliver_once(settings: Settings, pool: asyncpg.Pool,
@@ -90,13 +97,28 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
     headers = {"Content-Type": "application/json", "X-Harvester-Delivery": str(d.job_id),
                "X-Harvester-Signature": sign(settings.webhook_secret, body, int(time.time()))}
     status: int | None = None
+    refused = False
     try:
         async with session.post(d.url, data=body, headers=headers, allow_redirects=False) as r:
             status = r.status
             await r.read()
         error = "" if 200 <= status < 300 else f"HTTP {status}"
+    except aiohttp.ClientConnectorError as e:
+        refused = isinstance(e.os_error, AddressBlocked)
+        error = e.os_error.reason if isinstance(e.os_error, AddressBlocked) \
+            else f"{type(e).__name__}: {e}"
     except (aiohttp.ClientError, TimeoutError) as e:
         error = f"{type(e).__name__}: {e}"
+    if refused:  # the SSRF guard refused the address: it would refuse it again, retries end
+        async with pool.acquire() as conn:
+            await webhooks.mark_failed(conn, d.job_id, None, error, 0.0)
+            await conn.execute("UPDATE job_webhook SET attempts = greatest(attempts, $2) "
+                               "WHERE job_id = $1", d.job_id, settings.webhook_max_attempts)
+        metrics.WEBHOOKS.labels("failed").inc()
+        metrics.BLOCKED.labels(error.removeprefix(BLOCKED_PREFIX)).inc()
+        log.warning("webhook job=%d to %s refused (%s); given up", d.job_id, d.url, error,
+                    extra={"job": d.job_id, "url": d.url})
+        return
     async with pool.acquire() as conn:
         if not error:
             assert status is not None

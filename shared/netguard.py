@@ -69,6 +69,7 @@ _COMPAT = ipaddress.ip_network("::/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CACHE_SIZE = 4096
 _DNS_TTL = 60.0
+_UNRESOLVED_TTL = 10.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -196,10 +197,19 @@ class NetPolicy:
 
     @classmethod
     def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetPolicy:
+        """The settings' policy; ``extra_hosts`` allowed besides ``allowHosts`` (an IP address
+        among them: that address), as the github fetcher's ``githubBaseUrl`` host."""
         endpoints, ports = service_endpoints(s)
-        return cls(allow=_networks(s.allow_networks), deny=_networks(s.deny_networks),
-                   allow_hosts=tuple(dict.fromkeys((*s.allow_hosts,
-                                                    *(h.lower() for h in extra_hosts)))),
+        names, literals = [], []
+        for h in extra_hosts:
+            ip = parse_ip(h)
+            if ip is None:
+                names.append(h.lower().rstrip("."))
+            else:
+                literals.append(ipaddress.ip_network(ip))
+        return cls(allow=(*_networks(s.allow_networks), *literals),
+                   deny=_networks(s.deny_networks),
+                   allow_hosts=tuple(dict.fromkeys((*s.allow_hosts, *names))),
                    endpoints=endpoints, service_ports=ports,
                    lookup_timeout=min(2.0, s.connect_timeout))
 
@@ -244,6 +254,7 @@ class NetGuard:
         self._resolver = resolver
         self._dns: OrderedDict[tuple[str, int], tuple[float, list[ResolveResult]]] = OrderedDict()
         self._pinned: OrderedDict[str, float] = OrderedDict()  # allowHosts addresses: expiry
+        self._unresolved: OrderedDict[tuple[str, int], float] = OrderedDict()  # until
 
     @classmethod
     def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetGuard:
@@ -333,13 +344,19 @@ class NetGuard:
         ip = parse_ip(host)
         if ip is not None:
             return self.refusal(str(ip), port)
+        key = (host, port)
+        if self._unresolved.get(key, 0.0) > time.monotonic():
+            return None  # asked lately in vain: the fetch will say why, without a wait here
         try:
             async with asyncio.timeout(self.policy.lookup_timeout):
                 await self.resolve(host, port)
         except AddressBlocked as e:
             return e.reason
         except (OSError, TimeoutError):
-            return None
+            self._unresolved[key] = time.monotonic() + _UNRESOLVED_TTL
+            self._unresolved.move_to_end(key)
+            if len(self._unresolved) > _CACHE_SIZE:
+                self._unresolved.popitem(last=False)
         return None
 
     async def open_connection(self, host: str, port: int

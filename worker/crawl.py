@@ -27,12 +27,14 @@ from shared.config import Settings
 from shared.db import visits
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
+from shared.netguard import NetGuard
 from shared.scope import denied
 from shared.urls import host_key
-from worker import sdnotify
+from worker import logins, sdnotify
 from worker.commit import Committer, Done, Key
 from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS, Fetcher
+from worker.fetchers.github import github_hosts
 from worker.fetchers.http import open_session
 from worker.gate import HostGate
 from worker.health import HealthMonitor, WorkerDegraded
@@ -217,7 +219,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                                                        ops_http.readiness(pool, nc)))
         for fetcher in fetchers.values():
             await stack.enter_async_context(fetcher)
-        session = await stack.enter_async_context(open_session(settings))  # robots.txt, sitemaps
+        # The gate's SSRF guard: admission, and its session (robots.txt, sitemaps). GitHub
+        # visits are admitted to githubBaseUrl's host (its fetcher's own guard allows it).
+        guard = NetGuard.from_settings(settings, extra_hosts=github_hosts(settings)
+                                       if "github" in kinds else ())
+        session = await stack.enter_async_context(open_session(settings, guard=guard))
+        logins.use_guard(NetGuard.from_settings(settings))  # the login task's requests
         js = nc.jetstream()
         await bus.ensure_streams(js, settings, list(kinds))
         await bus.ensure_task_streams(js, settings, list(kinds))
@@ -229,7 +236,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         parser = await stack.enter_async_context(Parser(settings.parse_timeout))
         committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run(), name="committer")
-        gate = HostGate(settings, pool, session)
+        gate = HostGate(settings, pool, session, guard)
         release_task = asyncio.create_task(gate.run_releases(), name="host releases")
         plans = JobPlans(settings, parser, fetchers, init=init.values, gate=gate)
         frontier = DueFrontier()

@@ -22,8 +22,10 @@ from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
+from shared.netguard import AddressBlocked, NetGuard
 from shared.robots import (
     BLOCKED,
+    BLOCKED_PREFIX,
     UNREACHABLE,
     RobotsCache,
     RobotsRules,
@@ -114,10 +116,13 @@ def guard_band(delay: float) -> float:
 
 class HostGate:
     def __init__(self, settings: Settings, pool: asyncpg.Pool,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, guard: NetGuard | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.session = session
+        # The SSRF guard at admission (None: none here; the fetchers' sessions still refuse
+        # the connection): a blocked host's visits are blocked before its robots.txt is read.
+        self.guard = guard
         self.agent = agent_token(settings.user_agent)
         self.releases: asyncio.Queue[Release] = asyncio.Queue()
         self._robots_fetches: set[asyncio.Task[None]] = set()
@@ -127,13 +132,22 @@ class HostGate:
         self._pause_checks: set[asyncio.Task[None]] = set()
 
     async def admit(self, visits: dict[Key, str], unruled: Collection[Key] = ()) -> Admission:
-        """Decide for each (visit -> url): start (after a wait), defer, block (robots.txt), or
-        fail (its host has no server: the name does not resolve). robots.txt is not read for
-        the ``unruled`` visits (their source's ``obeys_robots`` is False)."""
+        """Decide for each (visit -> url): start (after a wait), defer, block (the SSRF guard
+        refuses its host's address, before robots.txt is read; robots.txt), or fail (its host
+        has no server: the name does not resolve). robots.txt is not read for the ``unruled``
+        visits (their source's ``obeys_robots`` is False)."""
         out = Admission()
         by_host: dict[str, list[Key]] = defaultdict(list)
         for key, url in visits.items():
             by_host[host_key(url)].append(key)
+        if self.guard is not None:  # IP literals: no wait; names: resolved together (cached)
+            names = list(by_host)
+            verdicts = await asyncio.gather(*(self.guard.check_url(h + "/") for h in names))
+            for host, reason in zip(names, verdicts, strict=True):
+                if reason is not None:
+                    for key in by_host.pop(host):
+                        out.blocked[key] = reason
+                        metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
         rules: dict[str, RobotsRules] = {}
         if self.settings.robots:
             ruled: dict[str, list[Key]] = by_host
@@ -274,8 +288,8 @@ class HostGate:
         and, if ``slot`` (another host than the page's own), its host must give a request slot.
         Both are waited for here, since the fetch is under way, until the fetch's ``deadline``
         (on the event loop's clock). Returns the slot (its wait spent; release it after the
-        request), None when no slot was asked for, or why not: ``BLOCKED``/``UNREACHABLE``
-        (final), ``NOT_YET``/``BUSY``. With ``horizon`` (a retry), the slot may be leased that
+        request), None when no slot was asked for, or why not: the SSRF guard's ``blocked:
+        ...`` reason, ``BLOCKED``/``UNREACHABLE`` (final), ``NOT_YET``/``BUSY``. With ``horizon`` (a retry), the slot may be leased that
         far ahead, and is asked for every 50 ms while the host is at its cap: the retry takes
         the host's next free start, before visits not yet granted one. A host whose next free
         start is past the deadline (paused) is not asked again: the answer is ``BUSY`` at
@@ -290,6 +304,11 @@ class HostGate:
                          horizon: float | None = None, robots: bool = True) -> Slot | str | None:
         host = host_key(url)
         rules = None
+        if self.guard is not None:  # a redirect to a blocked host: refused, not connected to
+            reason = await self.guard.check_url(url)
+            if reason is not None:
+                metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
+                return reason
         if self.settings.robots and robots:
             while True:
                 out, key = Admission(), (0, 0)
@@ -460,6 +479,8 @@ class HostGate:
                 return RobotsAnswer(resp.status, text if resp.status < 300 else None)
         except aiohttp.ClientConnectorDNSError as e:
             log.info("robots.txt of %s: %s", host, e)
+            if isinstance(e.os_error, AddressBlocked):  # a redirect to a refused address
+                return RobotsAnswer()
             return RobotsAnswer(unresolved=connect_error(e))
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             log.info("robots.txt of %s unreachable: %s", host, e)
@@ -495,8 +516,15 @@ class HostGate:
         return urls[:limit]
 
     async def _fetch_sitemap(self, where: str, rules: RobotsRules | None) -> bytes | None:
-        """One sitemap, in a request slot of its host (None: not there, or no slot in time)."""
+        """One sitemap, in a request slot of its host (None: not there, blocked by the SSRF
+        guard, or no slot in time)."""
         s = self.settings
+        if self.guard is not None:
+            reason = await self.guard.check_url(where)
+            if reason is not None:
+                log.info("sitemap %s skipped: %s", where, reason)
+                metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
+                return None
         slot = await self._wait_for_slot(host_key(where), rules,
                                          asyncio.get_running_loop().time() + s.read_timeout)
         if slot is None:

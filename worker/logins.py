@@ -15,10 +15,20 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
+from shared.netguard import AddressBlocked, NetGuard, NetPolicy
 from shared.urls import host_key
 from worker.sessions import SessionStore
 
 MAX_FORM_BYTES = 1024 * 1024
+# The worker's SSRF guard (``use_guard``, by ``worker.crawl.run`` before any task runs);
+# without one, the strictest policy: no private, loopback ... address at all.
+_guard: NetGuard | None = None
+
+
+def use_guard(guard: NetGuard | None) -> None:
+    """The guard the login's requests go through (the worker's settings)."""
+    global _guard
+    _guard = guard
 
 
 class LoginFailed(Exception):
@@ -68,7 +78,26 @@ async def form_login(sessions: SessionStore, pool: str, name: str, loginUrl: str
     user, password = _secret(usernameEnv), _secret(passwordEnv)
     host = host_key(loginUrl)
     jar = aiohttp.CookieJar(unsafe=True)  # unsafe: a host given by its IP address keeps its
-    async with aiohttp.ClientSession(cookie_jar=jar,
+    guard = _guard if _guard is not None else NetGuard(NetPolicy())
+    try:
+        cookies = await _login(guard, jar, loginUrl, host, user, password, tokenField,
+                               userField, passField, timeout)
+    except aiohttp.ClientConnectorError as e:
+        if isinstance(e.os_error, AddressBlocked):  # never connected to
+            raise LoginFailed(f"{loginUrl}: {e.os_error.reason}") from None
+        raise
+    if cookie is not None and cookie not in cookies:
+        raise LoginFailed(f"the login set no {cookie!r} cookie (refused?)")
+    if not cookies:
+        raise LoginFailed("the login set no cookie")
+    result = await sessions.put(pool, name, cookies=cookies, host=host)
+    return {"pool": pool, "name": name, "result": result}
+
+
+async def _login(guard: NetGuard, jar: aiohttp.CookieJar, loginUrl: str, host: str,
+                 user: str, password: str, tokenField: str, userField: str,
+                 passField: str, timeout: float) -> dict[str, str]:
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=guard.connector(),
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as http:
         async with http.get(loginUrl) as resp:
             if resp.status >= 400:
@@ -91,10 +120,4 @@ async def form_login(sessions: SessionStore, pool: str, name: str, loginUrl: str
             await resp.read()
             if resp.status >= 400:
                 raise LoginFailed(f"POST {action}: HTTP {resp.status}")
-        cookies = {k: m.value for k, m in jar.filter_cookies(URL(host + "/")).items()}
-    if cookie is not None and cookie not in cookies:
-        raise LoginFailed(f"the login set no {cookie!r} cookie (refused?)")
-    if not cookies:
-        raise LoginFailed("the login set no cookie")
-    result = await sessions.put(pool, name, cookies=cookies, host=host)
-    return {"pool": pool, "name": name, "result": result}
+        return {k: m.value for k, m in jar.filter_cookies(URL(host + "/")).items()}

@@ -31,6 +31,7 @@ from shared.errors import ConfigError
 from shared.fingerprint import JobFingerprint
 from shared.jobspec import OUTPUT_MODELS, ExtractSpec, SaveSpec, reads_any_body
 from shared.model import Extraction, FetchedPage, Yield
+from shared.robots import BLOCKED_PREFIX
 from shared.urls import host_key
 from worker.commit import Committer, Done, Key, describe
 from worker.extractors import EXTRACTORS, ExtractFailed, ExtractLater, Extractor
@@ -372,6 +373,15 @@ class Pipeline:
         if fetched is None:
             return None
         page, attempt = fetched
+        if page.status is None and page.permanent and page.error is not None \
+                and page.error.startswith(BLOCKED_PREFIX):
+            # the SSRF guard refused the address (a redirect to it, a name resolving to it):
+            # blocked with its reason, as robots.txt's refusals are; nothing stored on the URL
+            metrics.BLOCKED.labels(page.error.removeprefix(BLOCKED_PREFIX)
+                                   .split(" (redirect to ", 1)[0]).inc()
+            log.info("job %d blocked %s: %s", v.key[0], v.url, page.error,
+                     extra={"job": v.key[0], "url": v.url})
+            return Done(v.key, v.msgs, attempts=attempt, reason=page.error)
         plan = v.plan
         ex = _NOTHING if plan.ruleset == 0 else Extraction(ruleset=plan.ruleset)
         if page.body is not None:

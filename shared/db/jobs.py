@@ -305,7 +305,9 @@ async def job_failures(conn: asyncpg.Connection, job_id: int,
     return list(await conn.fetch("""
         SELECT u.url, f.status, f.reason, f.attempts
         FROM job_failure f JOIN url u ON u.id = f.url_id
-        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])) = $3 ORDER BY u.url""",
+        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])
+                                 OR (f.status IS NULL AND starts_with(f.reason, 'blocked: '))) = $3
+        ORDER BY u.url""",
         job_id, list(REFUSALS), blocked))
 
 

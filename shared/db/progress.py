@@ -104,7 +104,8 @@ async def hosts(conn: asyncpg.Connection, job_id: int,
     blocked = await conn.fetch(f"""
         SELECT {_HOST_OF_URL} AS host, count(*)::bigint AS n
         FROM job_failure f JOIN url u ON u.id = f.url_id
-        WHERE f.job_id = $1 AND f.reason = ANY($2::text[])
+        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])
+                                 OR (f.status IS NULL AND starts_with(f.reason, 'blocked: ')))
         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3""", job_id, list(REFUSALS), top)
     return ([s for rank, s in summaries if rank <= top],
             [s for _, s in summaries if s.backoff_until is not None][:top],

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.timeout(120)
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) {} Safari/537.36"
 POOL = (UA.format("HeadlessChrome/156.0.0.0"), UA.format("Chrome/156.0.0.0"))
 SETTINGS = Settings(connect_timeout=2, read_timeout=5, browser_path=CHROMIUM,
-                    browser_page_lease=0.5, user_agents=POOL, retries=1)
+                    browser_page_lease=0.5, user_agents=POOL, retries=1,
+                    allow_networks=("127.0.0.0/8",))  # the test sites (SSRF guard)
 POLICY = RetryPolicy.from_settings(SETTINGS)
 SLACK = 2.0  # past a visit's deadline, time for Playwright to report its timeout
 

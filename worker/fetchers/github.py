@@ -31,6 +31,7 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -39,6 +40,7 @@ from shared.config import Settings
 from shared.db import api_tokens
 from shared.db.pool import RETRYABLE, open_pool
 from shared.model import MASK, FetchedPage, RawResponse, mask_request_headers
+from shared.netguard import NetGuard
 from worker.extractors.github import api_path
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
 from worker.fetchers.http import fetch, fetch_budget, open_session, retry_after_seconds
@@ -55,6 +57,12 @@ LOCAL_WAIT = 1.0          # a token frees within this: wait for it here, not in 
 REFUSED = "every GitHub token refused (401)"
 SPENT_PAUSE = 2.0         # a 403/429 with Remaining 0: that token not used for at least this
 STORE_ERRORS = (asyncpg.PostgresError, *RETRYABLE)
+
+
+def github_hosts(settings: Settings) -> tuple[str, ...]:
+    """The host of ``githubBaseUrl``, allowed by the SSRF guard for GitHub requests."""
+    host = urlsplit(settings.github_base_url).hostname
+    return (host,) if host else ()
 
 
 def resource_of(path: str) -> str:
@@ -87,8 +95,11 @@ class GitHubFetcher:
                             "unauthenticated, at GitHub's 60 an hour")
             self._redact = Redact(tokens)
             self._redact.install()
+            # githubBaseUrl's host is allowed for this fetcher only (a GitHub Enterprise on a
+            # private address); every other address goes through the guard as usual
+            guard = NetGuard.from_settings(self.settings, extra_hosts=github_hosts(self.settings))
             self._session = await self._stack.enter_async_context(
-                open_session(self.settings, self.concurrency))
+                open_session(self.settings, self.concurrency, guard))
             pool = await self._stack.enter_async_context(
                 open_pool(self.settings.database_url, min_size=0, max_size=2, retry_for=10))
             self._pool = pool

@@ -18,7 +18,8 @@ import aiohttp
 from shared.config import Settings
 from shared.mime import is_html, normalize_mime
 from shared.model import FetchedPage, RawResponse
-from shared.robots import REFUSALS
+from shared.netguard import AddressBlocked, NetGuard
+from shared.robots import BLOCKED_PREFIX, REFUSALS, redirected
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
 from worker.fetchers import FETCHERS, FetchRequest, HopGate, Validators
@@ -29,12 +30,15 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def open_session(settings: Settings,
-                       concurrency: int | None = None) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session for ``concurrency`` fetches at once (default: ``settings.concurrency``)."""
-    connector = aiohttp.TCPConnector(limit=(concurrency or settings.concurrency) * 2,
-                                     limit_per_host=8,
-                                     ttl_dns_cache=300, enable_cleanup_closed=True)
+async def open_session(settings: Settings, concurrency: int | None = None,
+                       guard: NetGuard | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session for ``concurrency`` fetches at once (default: ``settings.concurrency``), its
+    every connection through the SSRF guard (default: ``NetGuard.from_settings``): a refused
+    address is never connected to (``AddressBlocked``, in a ``ClientConnectorError``)."""
+    guard = guard if guard is not None else NetGuard.from_settings(settings)
+    connector = guard.connector(limit=(concurrency or settings.concurrency) * 2,
+                                limit_per_host=8,
+                                ttl_dns_cache=300, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.connect_timeout + settings.read_timeout * 2,
                                     sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
@@ -79,6 +83,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
+TRICKLE = "timeout: the body came too slowly"
 
 
 def request_headers(settings: Settings, url: str, validators: Validators | None) -> dict[str, str]:
@@ -158,6 +163,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     (``fetch_budget``): past it, the fetch fails with "timeout"."""
     chain: list[str] = []
     slot: Any = None  # the slot of the current hop, when it is on another host
+    reading = False  # the final answer's headers arrived: its body is being read
     current = url
     loop = asyncio.get_running_loop()
     deadline = loop.time() + fetch_budget(settings)
@@ -184,6 +190,7 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
                                    auto_decompress=False if keep_raw else None) as resp:
                 location = resp.headers.get("Location")
                 if not (resp.status in REDIRECTS and location):
+                    reading = True
                     page = await _answer(resp, settings, url_id, url, current, tuple(chain),
                                          wants_body, keep_raw)
                     _release(hops, slot, rules, page)
@@ -200,6 +207,11 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
             chain.append(current)
             if hops is not None:
                 admitted = await hops.admit_hop(nxt, host_key(nxt) != host_key(url), deadline)
+                if isinstance(admitted, str) and admitted.startswith(BLOCKED_PREFIX):
+                    # the SSRF guard: never connected to; the visit is blocked, for good
+                    return FetchedPage(url_id, None, None, redirected(admitted, nxt),
+                                       cacheable=False, final_url=nxt, redirects=tuple(chain),
+                                       permanent=True)
                 if isinstance(admitted, str):
                     # A final refusal keeps the redirect's status (not retryable); the others
                     # have none, so the visit is tried again later.
@@ -219,9 +231,16 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
     except DecodeError as e:  # corrupt or cut short: worth another try, as aiohttp's own
         page = failed(str(e))
     except TimeoutError:
-        page = failed("timeout")
+        # After the headers, a body too slow to arrive in time (a trickle, a stall) would be
+        # as slow again: one attempt, not a retry per attempt of the whole fetch budget.
+        page = failed(TRICKLE, permanent=True) if reading else failed("timeout")
     except aiohttp.ClientConnectorError as e:
-        page = failed(connect_error(e))
+        if isinstance(e.os_error, AddressBlocked):  # the guard refused the address: for good
+            reason = e.os_error.reason
+            page = failed(reason if current == url else redirected(reason, current),
+                          permanent=True)
+        else:
+            page = failed(connect_error(e))
     except aiohttp.InvalidURL as e:
         page = failed(f"invalid URL: {e}", permanent=True)
     except aiohttp.ClientError as e:  # disconnects, payload errors: worth another try
@@ -234,7 +253,10 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
 
 
 def connect_error(e: aiohttp.ClientConnectorError) -> str:
-    """Why no connection could be made, as a failure reason."""
+    """Why no connection could be made, as a failure reason (the guard's own reason for an
+    address it refused)."""
+    if isinstance(e.os_error, AddressBlocked):
+        return e.os_error.reason
     if isinstance(e, aiohttp.ClientConnectorDNSError):
         return f"host name not resolved: {e.os_error}"
     return f"connection failed: {e.os_error}"

@@ -1,0 +1,185 @@
+"""The SSRF guard on the fetch path (shared/netguard.py in worker/fetchers/http.py, worker/gate.py,
+foreman/webhooks.py): with the allow-list narrowed to 127.0.0.1/32, a hit-counting canary on
+127.0.0.2 stands for every address the guard refuses. Every connection stays on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from shared.config import Settings
+from shared.db.pool import open_pool
+from shared.netguard import NetGuard, NetPolicy
+from shared.robots import BLOCKED_LOOPBACK, BLOCKED_SERVICE, redirected
+from tests.servers import serve
+from worker.fetchers.http import fetch, open_session
+from worker.gate import HostGate
+
+
+@dataclass
+class Site:
+    """A loopback host answering ``pages[path] -> (status, headers)``, counting requests."""
+    host: str = "127.0.0.1"
+    pages: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    base: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        status, headers = self.pages.get(request.path, (200, {}))
+        return web.Response(status=status, headers=headers, text="<a href='/x'>x</a>",
+                            content_type="text/html")
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+
+Start = Callable[[Site], Awaitable[Site]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    runners: list[web.AppRunner] = []
+
+    async def run(site: Site) -> Site:
+        runner, site.base = await serve(site.handle, site.host)
+        runners.append(runner)
+        return site
+
+    yield run
+    for r in runners:
+        await r.cleanup()
+
+
+@pytest.fixture
+def narrow(settings: Settings) -> Settings:
+    """Only 127.0.0.1 allowed: 127.0.0.2 is refused as any loopback address would be."""
+    return settings.model_copy(update={"allow_networks": ("127.0.0.1/32",), "connect_timeout": 1,
+                                       "read_timeout": 2, "max_redirects": 3})
+
+
+async def get(s: Settings, url: str, guard: NetGuard | None = None,
+              hops: HostGate | None = None) -> tuple[int | None, str | None, bool]:
+    async with open_session(s, guard=guard) as session:
+        page = await fetch(session, s, 1, url, hops=hops)
+    return page.status, page.error, page.permanent
+
+
+async def test_an_ip_literal_on_a_refused_address_is_never_connected_to(
+        narrow: Settings, start: Start) -> None:
+    canary = await start(Site("127.0.0.2"))
+    ok = await start(Site())
+    assert await get(narrow, canary.base + "/") == (None, BLOCKED_LOOPBACK, True)
+    assert await get(narrow, f"http://[::ffff:127.0.0.2]:{canary.port}/") == (
+        None, BLOCKED_LOOPBACK, True)
+    assert canary.paths == []
+    assert (await get(narrow, ok.base + "/"))[:2] == (200, None)  # the allowed one answers
+
+
+async def test_a_redirect_to_a_refused_address_stops_before_it(
+        narrow: Settings, start: Start) -> None:
+    canary = await start(Site("127.0.0.2"))
+    target = canary.base + "/secret"
+    ok = await start(Site(pages={"/go": (302, {"Location": target})}))
+    assert await get(narrow, ok.base + "/go") == (
+        None, redirected(BLOCKED_LOOPBACK, target), True)
+    # through the gate's hop admission too (the way a worker fetches)
+    async with open_pool(narrow.database_url, max_size=2) as pool, \
+            open_session(narrow) as session:
+        gate = HostGate(narrow, pool, session, NetGuard.from_settings(narrow))
+        assert await get(narrow, ok.base + "/go", hops=gate) == (
+            None, redirected(BLOCKED_LOOPBACK, target), True)
+        await gate.close()
+    assert canary.paths == [] and ok.paths == ["/go", "/go"]
+
+
+async def test_admission_blocks_before_robots_txt(narrow: Settings, start: Start) -> None:
+    polite = narrow.model_copy(update={"robots": True})
+    canary = await start(Site("127.0.0.2"))
+    async with open_pool(polite.database_url, max_size=2) as pool, \
+            open_session(polite) as session:
+        gate = HostGate(polite, pool, session, NetGuard.from_settings(polite))
+        out = await gate.admit({(1, 1): canary.base + "/a", (1, 2): canary.base + "/b"})
+        assert out.blocked == {(1, 1): BLOCKED_LOOPBACK, (1, 2): BLOCKED_LOOPBACK}
+        assert not out.granted and not out.deferred
+        assert await gate.admit_hop(canary.base + "/c", True, 1e12) == BLOCKED_LOOPBACK
+        await gate.close()
+    assert canary.paths == []  # not even its robots.txt
+
+
+async def test_robots_txt_and_sitemaps_never_reach_a_refused_address(
+        narrow: Settings, start: Start) -> None:
+    canary = await start(Site("127.0.0.2"))
+    ok = await start(Site(pages={"/robots.txt": (301, {"Location": canary.base + "/robots.txt"}),
+                                 "/sitemap.xml": (302, {"Location": canary.base + "/s.xml"})}))
+    async with open_pool(narrow.database_url, max_size=2) as pool, \
+            open_session(narrow, guard=NetGuard.from_settings(narrow)) as session:
+        gate = HostGate(narrow, pool, session, NetGuard.from_settings(narrow))
+        answer = await gate._fetch_robots(ok.base)
+        assert answer.status is None and answer.failed  # refused: no answer, as unreachable
+        assert await gate._fetch_sitemap(canary.base + "/sitemap.xml", None) is None
+        assert await gate._fetch_sitemap(ok.base + "/sitemap.xml", None) is None
+        await gate.close()
+    assert canary.paths == []
+    assert ok.paths == ["/robots.txt", "/sitemap.xml"]
+
+
+async def test_a_service_port_is_refused_on_every_loopback_address(
+        settings: Settings, start: Start) -> None:
+    api = await start(Site())  # stands for the web server: its port is http_addr's
+    s = settings.model_copy(update={"http_addr": f"127.0.0.1:{api.port}", "connect_timeout": 1})
+    assert await get(s, api.base + "/") == (None, BLOCKED_SERVICE, True)
+    assert await get(s, f"http://localhost:{api.port}/") == (None, BLOCKED_SERVICE, True)
+    db_port = int(s.database_url.rsplit(":", 1)[1].split("/", 1)[0])
+    assert await get(s, f"http://127.0.0.1:{db_port}/") == (None, BLOCKED_SERVICE, True)
+    nats_port = int(s.nats_url.rsplit(":", 1)[1])
+    assert await get(s, f"http://127.0.0.3:{nats_port}/") == (None, BLOCKED_SERVICE, True)
+    assert api.paths == []
+
+
+class Rebinding(AbstractResolver):
+    """A DNS that answers every name with ``address`` (a name that resolves to loopback)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        self.asked.append(host)
+        return [ResolveResult(hostname=host, host=self.address, port=port,
+                              family=socket.AF_INET, proto=0, flags=0)]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_name_resolving_to_a_refused_address_is_refused_unless_allowed_by_name(
+        narrow: Settings, start: Start) -> None:
+    canary = await start(Site("127.0.0.2"))
+    dns = Rebinding("127.0.0.2")
+    guard = NetGuard(NetPolicy.from_settings(narrow), resolver=dns)
+    url = f"http://evil.test:{canary.port}/"
+    assert await guard.check_url(url) == BLOCKED_LOOPBACK
+    assert await get(narrow, url, guard) == (None, BLOCKED_LOOPBACK, True)
+    assert canary.paths == [] and "evil.test" in dns.asked
+    # robots.txt redirected to that name: a failure (unreachable), not "no server at all"
+    ok = await start(Site(pages={"/robots.txt": (301, {"Location": url + "robots.txt"})}))
+    async with open_pool(narrow.database_url, max_size=2) as pool, \
+            open_session(narrow, guard=guard) as session:
+        gate = HostGate(narrow, pool, session, guard)
+        answer = await gate._fetch_robots(ok.base)
+        assert answer.failed and answer.unresolved is None
+        await gate.close()
+    assert canary.paths == [] and ok.paths == ["/robots.txt"]
+    named = narrow.model_copy(update={"allow_hosts": ("*.corp.test",)})
+    trusted = NetGuard(NetPolicy.from_settings(named), resolver=Rebinding("127.0.0.2"))
+    status, error, _ = await get(named, f"http://intra.corp.test:{canary.port}/page", trusted)
+    assert (status, error) == (200, None) and canary.paths == ["/page"]
+
