@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import warnings
 from typing import Any, Protocol, cast
 
 import re2
@@ -90,7 +91,9 @@ def problem(pattern: str) -> str | None:
         if spot.search(pattern):
             return f"{what} {LINEAR}"
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():  # "possible nested set" and the like: not ours to say
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
     except re.error as e:
         return str(e)
     except (RecursionError, OverflowError, MemoryError):

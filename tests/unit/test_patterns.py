@@ -138,3 +138,9 @@ def test_problem_never_raises_and_accepted_patterns_compile(pattern: str) -> Non
         patterns.compile(pattern).search("a" * 10_000)
     else:
         assert isinstance(why, str) and why
+
+
+def test_python_warnings_do_not_escape(recwarn: pytest.WarningsRecorder) -> None:
+    # Python's re warns "possible nested set" on "[[": a 400's message is all a client gets
+    assert patterns.problem("[[a](") == "missing ), unterminated subpattern at position 4"
+    assert not recwarn.list
