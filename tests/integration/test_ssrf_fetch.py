@@ -17,8 +17,10 @@ from shared.db.pool import open_pool
 from shared.netguard import NetGuard, NetPolicy
 from shared.robots import BLOCKED_LOOPBACK, BLOCKED_SERVICE, redirected
 from tests.servers import serve
+from worker import logins
 from worker.fetchers.http import fetch, open_session
 from worker.gate import HostGate
+from worker.sessions import SessionStore
 
 
 @dataclass
@@ -183,3 +185,16 @@ async def test_a_name_resolving_to_a_refused_address_is_refused_unless_allowed_b
     status, error, _ = await get(named, f"http://intra.corp.test:{canary.port}/page", trusted)
     assert (status, error) == (200, None) and canary.paths == ["/page"]
 
+
+
+async def test_the_login_task_never_reaches_a_refused_address(
+        narrow: Settings, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    canary = await start(Site("127.0.0.2"))
+    monkeypatch.setenv("H1_USER", "user")
+    monkeypatch.setenv("H1_PASS", "password")
+    monkeypatch.setattr(logins, "_guard", NetGuard.from_settings(narrow))
+    async with open_pool(narrow.database_url, max_size=2) as pool:
+        with pytest.raises(logins.LoginFailed, match=BLOCKED_LOOPBACK):
+            await logins.form_login(SessionStore(pool), "p", "n", canary.base + "/login",
+                                    "H1_USER", "H1_PASS")
+    assert canary.paths == []
