@@ -23,6 +23,7 @@ from shared import bus
 from shared.config import Settings, split_addr
 from shared.db.pool import open_pool
 from shared.errors import StartupError
+from shared.secrets import redact_url
 from web_server import auth
 from web_server.deps import Deps
 from web_server.live import LIVE, LiveHub
@@ -59,7 +60,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     async with open_pool(settings.database_url, min_size=0, max_size=POOL_SIZE, timeout=5,
                          command_timeout=30) as pool:
         deps = app[DEPS] = Deps(pool, settings.database_url)
-        connecting = asyncio.create_task(_connect_nats(settings, deps))
+        options = bus.NatsOptions.from_settings(settings)  # ConfigError now, not in the task
+        connecting = asyncio.create_task(_connect_nats(settings, deps, options))
         hub = app[LIVE] = LiveHub(deps, settings,
                                   lambda conn, job_id, h: status_answer(conn, job_id, h, settings))
         stop_hub = asyncio.Event()
@@ -80,16 +82,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await deps.close()
 
 
-async def _connect_nats(settings: Settings, deps: Deps) -> None:
+async def _connect_nats(settings: Settings, deps: Deps, options: bus.NatsOptions) -> None:
     """Connect and set up the streams, retrying forever; nats-py reconnects after that."""
     while True:
         try:
-            async with bus.connect(settings.nats_url, "harvester-web-server") as nc:
+            async with bus.connect(settings.nats_url, "harvester-web-server",
+                                   options=options) as nc:
                 deps.nc = nc
                 js = nc.jetstream(timeout=5)
                 await bus.ensure_streams(js, settings)
                 deps.jetstream = js
-                log.info("connected to NATS at %s", settings.nats_url)
+                log.info("connected to NATS at %s", redact_url(settings.nats_url))
                 await asyncio.Event().wait()  # hold the connection until cleanup cancels us
         except bus.TRANSIENT as e:
             log.warning("NATS set-up failed (%s); retrying", e)
