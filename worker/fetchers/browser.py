@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.mime import is_html, normalize_mime
 from shared.model import FetchedPage, RawResponse
-from shared.robots import REFUSALS
+from shared.robots import BLOCKED_PREFIX, REFUSALS, redirected
 from shared.urls import host_key
 from worker.fetchers import FETCHERS, FetchRequest, HopGate
 from worker.fetchers.decode import BodyTooLarge
@@ -343,8 +343,12 @@ def _failed(req: FetchRequest, error: str, permanent: bool = False) -> FetchedPa
 
 def _refused(req: FetchRequest, url: str, why: str, status: int | None,
              chain: tuple[str, ...] = ()) -> FetchedPage:
-    """A navigation to ``url`` the gate refused: final (robots.txt) keeps the redirect's
+    """A navigation to ``url`` the gate refused: the SSRF guard's refusal blocks the visit
+    for good (as the http fetcher's redirect hops do); final (robots.txt) keeps the redirect's
     status, if any, and is not tried again; the others are."""
+    if why.startswith(BLOCKED_PREFIX):
+        return FetchedPage(req.url_id, None, None, redirected(why, url), cacheable=False,
+                           final_url=url, redirects=chain, permanent=True, fetcher="browser")
     final = why in REFUSALS
     return FetchedPage(req.url_id, status if final else None, None, f"redirect to {url}: {why}",
                        cacheable=final, final_url=url, redirects=chain, permanent=final,
