@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import bus, ops_http
-from shared.bus import Settle, Verdict
+from shared.bus import NatsOptions, Settle, Verdict
 from shared.config import Settings
 from shared.db import visits
 from shared.db.frontier import DueFrontier, Frontier
@@ -214,7 +214,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         return
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=2, max_size=6))
-        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
+        nc = await stack.enter_async_context(bus.connect(
+            settings.nats_url, "harvester-worker", options=NatsOptions.from_settings(settings)))
         await stack.enter_async_context(ops_http.serve(settings.metrics_addr,
                                                        ops_http.readiness(pool, nc)))
         for fetcher in fetchers.values():
@@ -295,7 +296,8 @@ async def _unhealthy(settings: Settings, why: str, stop: asyncio.Event) -> None:
     hears READY with the status (its watchdog still fed: restarting would fail the same way)."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, min_size=1, max_size=2))
-        nc = await stack.enter_async_context(bus.connect(settings.nats_url, "harvester-worker"))
+        nc = await stack.enter_async_context(bus.connect(
+            settings.nats_url, "harvester-worker", options=NatsOptions.from_settings(settings)))
         await stack.enter_async_context(ops_http.serve(
             settings.metrics_addr, ops_http.readiness(pool, nc, lambda: why)))
         sdnotify.ready(f"unhealthy: {why}")
