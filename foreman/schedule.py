@@ -10,7 +10,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
@@ -28,7 +27,6 @@ from shared.config import Settings
 from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
-from shared.robots import BLOCKED_PREFIX
 from shared.scope import denied
 from shared.service import sleep_unless
 from shared.traps import TrapLimits
@@ -193,9 +191,7 @@ async def block_traps(pool: asyncpg.Pool, trapped: dict[Key, str]) -> None:
     """Record trap visits as blocked, each with its reason (a failure row, no fetch, no
     child), in one transaction; their messages are acked after it commits."""
     await in_transaction(pool, lambda conn: visits.block(conn, trapped))
-    for why, n in Counter(r.removeprefix(BLOCKED_PREFIX).split(" (")[0]  # bounded: not limits
-                          for r in trapped.values()).items():
-        metrics.BLOCKED.labels(why).inc(n)
+    metrics.count_blocked(trapped.values())
     log.info("%d visits blocked as crawler traps (e.g. %s)", len(trapped),
              next(iter(trapped.values())))
 

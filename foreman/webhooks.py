@@ -26,7 +26,6 @@ from shared.config import Settings
 from shared.db import jobs, webhooks
 from shared.db.pool import RETRYABLE
 from shared.netguard import AddressBlocked, NetGuard
-from shared.robots import BLOCKED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
             await conn.execute("UPDATE job_webhook SET attempts = greatest(attempts, $2) "
                                "WHERE job_id = $1", d.job_id, settings.webhook_max_attempts)
         metrics.WEBHOOKS.labels("failed").inc()
-        metrics.BLOCKED.labels(error.removeprefix(BLOCKED_PREFIX)).inc()
+        metrics.count_blocked([error])
         log.warning("webhook job=%d to %s refused (%s); given up", d.job_id, d.url, error,
                     extra={"job": d.job_id, "url": d.url})
         return

@@ -6,7 +6,12 @@ housekeeping's holder of the moment): take their ``max``, a sum over-counts."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from shared.robots import blocked_kind
 
 FETCHES = Counter("harvester_fetches", "Visits committed, by fetcher kind and status class "
                   "(2xx .. 5xx, error: no answer)", ["kind", "status_class"])
@@ -17,6 +22,14 @@ RETRIES = Counter("harvester_retries", "Visits retried after a transient failure
 ROBOTS_BLOCKED = Counter("harvester_robots_blocked", "Visits refused by robots.txt")
 BLOCKED = Counter("harvester_blocked", "Connections, visits and deliveries refused by the SSRF "
                   "guard or a trap, by kind (why: the reason without 'blocked: ')", ["why"])
+
+
+def count_blocked(reasons: Iterable[str]) -> None:
+    """Count refusals (``blocked: ...`` reasons) in ``harvester_blocked`` by their kind."""
+    for kind, n in Tally(blocked_kind(r) for r in reasons).items():
+        BLOCKED.labels(kind).inc(n)
+
+
 HOST_BACKOFFS = Counter("harvester_host_backoffs", "Hosts put in backoff (429, 503, errors)")
 COMMIT_BATCH = Histogram("harvester_commit_batch_size", "Visits per commit transaction",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))

@@ -40,6 +40,12 @@ def is_refusal(reason: str | None) -> bool:
     return reason is not None and (reason in REFUSALS or reason.startswith(BLOCKED_PREFIX))
 
 
+def blocked_kind(reason: str) -> str:
+    """A refusal's kind, the bounded label of ``harvester_blocked``: the reason without
+    ``blocked: `` and without its detail (``" (redirect to <url>)"``, a trap's limit)."""
+    return reason.removeprefix(BLOCKED_PREFIX).split(" (", 1)[0]
+
+
 def redirected(reason: str, url: str) -> str:
     """A refusal met on a redirect hop: ``<reason> (redirect to <url>)``."""
     return f"{reason} (redirect to {url})"

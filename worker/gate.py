@@ -25,7 +25,6 @@ from shared.db.pool import RETRYABLE
 from shared.netguard import AddressBlocked, NetGuard
 from shared.robots import (
     BLOCKED,
-    BLOCKED_PREFIX,
     UNREACHABLE,
     RobotsCache,
     RobotsRules,
@@ -145,9 +144,9 @@ class HostGate:
             verdicts = await asyncio.gather(*(self.guard.check_url(h + "/") for h in names))
             for host, reason in zip(names, verdicts, strict=True):
                 if reason is not None:
-                    for key in by_host.pop(host):
-                        out.blocked[key] = reason
-                        metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
+                    keys = by_host.pop(host)
+                    out.blocked.update(dict.fromkeys(keys, reason))
+                    metrics.count_blocked([reason] * len(keys))
         rules: dict[str, RobotsRules] = {}
         if self.settings.robots:
             ruled: dict[str, list[Key]] = by_host
@@ -306,8 +305,7 @@ class HostGate:
         rules = None
         if self.guard is not None:  # a redirect to a blocked host: refused, not connected to
             reason = await self.guard.check_url(url)
-            if reason is not None:
-                metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
+            if reason is not None:  # counted with the visit it ends (Pipeline._steps)
                 return reason
         if self.settings.robots and robots:
             while True:
@@ -523,7 +521,7 @@ class HostGate:
             reason = await self.guard.check_url(where)
             if reason is not None:
                 log.info("sitemap %s skipped: %s", where, reason)
-                metrics.BLOCKED.labels(reason.removeprefix(BLOCKED_PREFIX)).inc()
+                metrics.count_blocked([reason])
                 return None
         slot = await self._wait_for_slot(host_key(where), rules,
                                          asyncio.get_running_loop().time() + s.read_timeout)

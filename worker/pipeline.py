@@ -377,8 +377,7 @@ class Pipeline:
                 and page.error.startswith(BLOCKED_PREFIX):
             # the SSRF guard refused the address (a redirect to it, a name resolving to it):
             # blocked with its reason, as robots.txt's refusals are; nothing stored on the URL
-            metrics.BLOCKED.labels(page.error.removeprefix(BLOCKED_PREFIX)
-                                   .split(" (redirect to ", 1)[0]).inc()
+            metrics.count_blocked([page.error])
             log.info("job %d blocked %s: %s", v.key[0], v.url, page.error,
                      extra={"job": v.key[0], "url": v.url})
             return Done(v.key, v.msgs, attempts=attempt, reason=page.error)

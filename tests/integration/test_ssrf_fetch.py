@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from prometheus_client import REGISTRY
 
 from shared.config import Settings
 from shared.db.pool import open_pool
@@ -101,16 +102,24 @@ async def test_a_redirect_to_a_refused_address_stops_before_it(
     assert canary.paths == [] and ok.paths == ["/go", "/go"]
 
 
+def _blocked(kind: str) -> float:
+    return REGISTRY.get_sample_value("harvester_blocked_total", {"why": kind}) or 0.0
+
+
 async def test_admission_blocks_before_robots_txt(narrow: Settings, start: Start) -> None:
     polite = narrow.model_copy(update={"robots": True})
     canary = await start(Site("127.0.0.2"))
     async with open_pool(polite.database_url, max_size=2) as pool, \
             open_session(polite) as session:
         gate = HostGate(polite, pool, session, NetGuard.from_settings(polite))
+        before = _blocked("loopback address")
         out = await gate.admit({(1, 1): canary.base + "/a", (1, 2): canary.base + "/b"})
         assert out.blocked == {(1, 1): BLOCKED_LOOPBACK, (1, 2): BLOCKED_LOOPBACK}
         assert not out.granted and not out.deferred
+        assert _blocked("loopback address") == before + 2  # one per visit admission ends
         assert await gate.admit_hop(canary.base + "/c", True, 1e12) == BLOCKED_LOOPBACK
+        # a refused hop is counted once, with the visit it ends (Pipeline._steps), not here
+        assert _blocked("loopback address") == before + 2
         await gate.close()
     assert canary.paths == []  # not even its robots.txt
 

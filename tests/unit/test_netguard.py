@@ -174,3 +174,21 @@ def test_harvester_up_allows_loopback_unless_something_names_an_allow_list(tmp_p
     assert loopback_by_default(str(plain), {})
     assert not loopback_by_default(str(named), {})
     assert not loopback_by_default(None, {"HARVESTER_ALLOW_NETWORKS": "none"})
+
+
+def test_a_refusal_is_counted_by_its_bounded_kind() -> None:
+    from prometheus_client import REGISTRY
+
+    from shared import metrics
+    from shared.robots import BLOCKED_LOOPBACK, TRAP, blocked_kind, redirected
+
+    assert blocked_kind(redirected(BLOCKED_LOOPBACK, "http://127.0.0.1/x")) == "loopback address"
+    assert blocked_kind(TRAP + " (URL longer than 2048 characters)") == "crawler trap"
+
+    def n(kind: str) -> float:
+        return REGISTRY.get_sample_value("harvester_blocked_total", {"why": kind}) or 0.0
+
+    before = n("crawler trap"), n("loopback address")
+    metrics.count_blocked([TRAP + " (path deeper than 32 segments)", TRAP + " (more than 32 "
+                           "query parameters)", redirected(BLOCKED_LOOPBACK, "http://x/")])
+    assert (n("crawler trap"), n("loopback address")) == (before[0] + 2, before[1] + 1)
