@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
 import asyncpg
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -23,7 +24,7 @@ from foreman.housekeeping import housekeeping
 from foreman.tasks import task_feeder, task_watch_once
 from shared import bus, metrics, ops_http
 from shared.bus import NatsOptions, Settle, Verdict
-from shared.config import Settings
+from shared.config import Settings, stream_name
 from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
@@ -37,6 +38,7 @@ LOOPS = 4  # concurrent pull loops: one waits on the database while another publ
 WATCHDOG_LOCK = 0x4A52_5645  # pg advisory lock: one watchdog in the cluster at a time
 WATCH_BATCH = 1000  # visits re-queued (and failed) per watchdog transaction
 KIND_FULL_WAIT = 1.0  # seconds a visit waits in the frontier when its kind's work queue is full
+TRAPS_MAX = 10_000  # jobs whose trap limits the foreman keeps (then it starts afresh)
 Key = tuple[int, int]
 
 
@@ -52,6 +54,11 @@ class Foreman:
         self._reserved = 0  # pulled by a loop of ours and not yet forwarded
         self._depths: dict[str, tuple[float, int]] = {}  # other kinds' queues: (checked, depth)
         self._lock = asyncio.Lock()
+        # Each job's trap limits (its spec never changes): ``visits.plan`` reads a job's spec
+        # "traps" only while the job is not in here. Only ever added to; when it grows too big
+        # it is replaced, not cleared, so a batch planned against the old one still finds there
+        # every job plan left out.
+        self._traps: dict[int, TrapLimits] = {}
 
     async def reserve(self, batch: int) -> int:
         """How many visits a loop may pull now so the work queue stays within its limit."""
@@ -93,8 +100,15 @@ class Foreman:
         """Returns each visit's outcome and how many went to the http work queue (the one
         ``reserve`` meters)."""
         s = self.settings
+        if len(self._traps) >= TRAPS_MAX:
+            self._traps = {}
+        limits = self._traps
         async with self.pool.acquire() as conn:
-            planned = {(p.job_id, p.url_id): p for p in await visits.plan(conn, keys, s.cache_max_age)}
+            planned = {(p.job_id, p.url_id): p
+                       for p in await visits.plan(conn, keys, s.cache_max_age, limits)}
+        for p in planned.values():
+            if p.job_id not in limits:  # plan read its traps: its first batch since (re)start
+                limits[p.job_id] = TrapLimits.of(p.traps, s)
         work: dict[str, list[Key]] = {}  # by fetcher kind, in one pass: usually http alone
         cached = []
         dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
@@ -103,7 +117,7 @@ class Foreman:
         for k, p in planned.items():
             if (p.state != "running" or p.deny) and (act := stale(p)):
                 (dropped if act == "drop" else held).append(k)
-            elif p.level and not p.reexpand and (why := trap(p, s)):
+            elif p.level and not p.reexpand and (why := limits[p.job_id].check(p.url, p.level)):
                 trapped[k] = why
             elif p.cached:
                 cached.append(k)
@@ -181,12 +195,6 @@ def stale(p: visits.Planned) -> str | None:
     return "hold" if p.state == "paused" else None
 
 
-def trap(p: visits.Planned, settings: Settings) -> str | None:
-    """Why a link's visit is a crawler trap (or has credentials in its URL) under its job's
-    ``traps`` over the settings (``shared.traps``), or None."""
-    return TrapLimits.of(p.traps, settings).check(p.url, p.level)
-
-
 async def block_traps(pool: asyncpg.Pool, trapped: dict[Key, str]) -> None:
     """Record trap visits as blocked, each with its reason (a failure row, no fetch, no
     child), in one transaction; their messages are acked after it commits."""
@@ -232,9 +240,12 @@ FEED_MAX_WAIT = 0.05  # seconds between claims at most while anything is publish
 
 class FeedBudget:
     """How many visits may be published and unfinished at once (on the URL queue and the http
-    work queue together): ``feed_ahead`` seconds of the rows the feeder claimed per second
+    work queue together): ``feed_ahead`` seconds of the rows the feeders claimed per second
     lately (a count decayed with time constant ``FEED_RATE_TIME``, over it), ``FEED_FLOOR``
-    at least; None without a budget (``feed_ahead`` 0).
+    at least; None without a budget (``feed_ahead`` 0). The count is the URL stream's
+    ``last_seq`` growth (``published``): every foreman's feeder publishes there, and only
+    they do, so N foremen, which take turns at the claim, share one budget for the cluster
+    (the "out" it bounds is the streams' too), not each 1/N of it.
 
     Everything published waits in FIFO queues, so whatever is published beyond what the
     workers finish in ``feed_ahead`` is only a wait put in front of every visit published next
@@ -246,10 +257,19 @@ class FeedBudget:
         self.feed_ahead = feed_ahead
         self._decayed = 0.0  # claimed rows, each decayed by exp(-age / FEED_RATE_TIME)
         self._at = now
+        self._seq: int | None = None  # the URL stream's last_seq at the last look
 
     def claimed(self, n: int, now: float) -> None:
         self._decayed = self._decayed * math.exp((self._at - now) / FEED_RATE_TIME) + n
         self._at = now
+
+    def published(self, last_seq: int, now: float) -> None:
+        """Count the messages published to the URL stream since the last look, by any
+        feeder: its ``last_seq`` growth. The first look only marks it; a stream whose
+        sequence started again (restored) counts nothing that time."""
+        n = 0 if self._seq is None else max(0, last_seq - self._seq)
+        self._seq = last_seq
+        self.claimed(n, now)
 
     def rate(self) -> float:
         """Claimed rows per second lately."""
@@ -259,6 +279,20 @@ class FeedBudget:
         if self.feed_ahead <= 0:
             return None
         return max(FEED_FLOOR, math.ceil(self.feed_ahead * self.rate()))
+
+
+async def url_stream_state(js: JetStreamContext, topic: str) -> tuple[int, int]:
+    """The URL stream's depth (``bus.stream_depth``) and its ``last_seq`` (the messages ever
+    published to it: the feeders' claims) from one stream_info, the stream restored if the
+    server lost it."""
+    stream = stream_name(topic)
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        if not await bus.restore(js, stream):
+            raise
+        info = await js.stream_info(stream)
+    return int(info.state.messages), int(info.state.last_seq)
 
 
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
@@ -290,7 +324,8 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
         ask = sent = 0
         claimed = False
         try:
-            depth = await bus.stream_depth(js, settings.url_topic)
+            depth, last_seq = await url_stream_state(js, settings.url_topic)
+            budget.published(last_seq, loop.time())
             out = depth + await bus.stream_depth(js, settings.work_topic)
             ask = min(settings.url_queue_limit - depth, FEED_ASK)
             if (most := budget.budget()) is not None:
@@ -309,7 +344,6 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("feeder: %s; retrying", e)
             await asyncio.sleep(0.5)
-        budget.claimed(sent, loop.time())
         if not (claimed and full):
             await sleep_unless(stop, settings.feed_interval)
 

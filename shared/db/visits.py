@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -89,7 +89,8 @@ class Planned:
     ruleset: int = 0                  # the job's rule set (shared.jobspec.JobSpec.ruleset)
     state: str = "running"            # job.state: running, paused or cancelled
     deny: tuple[str, ...] = ()        # the job's deny patterns now (shared.scope.denied)
-    traps: str | None = None          # the job's spec "traps" (jsonb text; shared.traps)
+    traps: str | None = None          # the job's spec "traps" (jsonb text; shared.traps); None
+                                      # also when the caller knew them (plan's known_traps)
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -124,7 +125,8 @@ EXTRACTED_SQL = """((j.fetcher = 'http' AND u.fetcher IS NULL
         WHERE x.url_id = u.id AND x.ruleset = j.ruleset AND x.version = u.version)))"""
 
 
-async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float) -> list[Planned]:
+async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: float,
+               known_traps: Container[int] = ()) -> list[Planned]:
     """Which of these visits are still pending, and which can be answered from the store.
 
     A visit is answered from the store when it re-expands a page already processed in the job,
@@ -135,6 +137,10 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     job's rule set extracted it. The validators of an expired copy (for a conditional fetch)
     come under the same conditions: a 304 confirms a version, so it must be one the job's
     fetcher made and whose yields the rule set has.
+
+    ``traps`` is the job's spec "traps" only for a job not in ``known_traps`` (None for one
+    in it): a job's spec never changes, so a caller that keeps each job's limits pays the jsonb
+    read once per job, not per visit (CASE reads ``j.spec`` only when asked).
     """
     rows: list[asyncpg.Record] = []
     for job_id, url_ids in _by_job(keys).items():
@@ -150,14 +156,14 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
                    CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
                         THEN u.last_modified END AS last_modified,
                    v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset,
-                   j.state, j.deny, j.spec->'traps' AS traps
+                   j.state, j.deny, CASE WHEN $4::bool THEN j.spec->'traps' END AS traps
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
             JOIN url u ON u.id = p.url_id
             WHERE p.job_id = $1 AND p.url_id = ANY($2::bigint[])
               AND v.job_id = $1 AND v.url_id = ANY($2::bigint[]) AND u.id = ANY($2::bigint[])""",
-            job_id, url_ids, float(cache_max_age))
+            job_id, url_ids, float(cache_max_age), job_id not in known_traps)
     return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
                     r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
                     r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]), r["traps"])

@@ -24,6 +24,27 @@ def test_the_budget_is_feed_ahead_seconds_of_the_claimed_rate_above_a_floor() ->
     assert FeedBudget(0.0, now=0.0).budget() is None  # feedAhead 0: no budget
 
 
+def test_foremen_share_one_budget_from_the_url_streams_published_count() -> None:
+    # Two foremen's feeders take turns at the claim; the URL stream's last_seq counts both.
+    # Each one's budget is feed_ahead seconds of the cluster's rate, not of its own half.
+    a, b = FeedBudget(1.0, now=0.0), FeedBudget(1.0, now=0.0)
+    a.published(5_000, now=0.0)  # the first read only marks where the stream is
+    b.published(5_000, now=0.0)
+    assert a.rate() == b.rate() == 0.0
+    seq = 5_000
+    for t in range(1, 101):  # 1,000 rows per second for 10 s, half of them each one's
+        seq += 100
+        a.published(seq, now=t / 10)
+        b.published(seq, now=t / 10)
+    assert 950 <= a.rate() <= 1100 and 950 <= b.rate() <= 1100
+    assert a.budget() == math.ceil(a.rate())
+    before = a.rate()
+    a.published(10, now=10.0)  # the stream started again (restored): nothing counted ...
+    assert a.rate() == before
+    a.published(110, now=10.0)  # ... and it counts on from there
+    assert a.rate() == before + 100
+
+
 def test_feed_ahead_key(tmp_path: Path) -> None:
     assert Settings().feed_ahead == 1.0
     path = tmp_path / "config.json"
