@@ -19,8 +19,8 @@ UNREACHABLE = "robots.txt unreachable"  # RFC 9309: unreachable means disallow
 REFUSALS = (BLOCKED, UNREACHABLE)
 
 # Every other refusal (issue 17) starts with this: the SSRF guard's address kinds, each
-# optionally followed by " (redirect to <url>)", crawler traps, credentials in a URL. SQL:
-# f.reason = ANY($2) OR starts_with(f.reason, 'blocked: ').
+# optionally followed by " (redirect to <url>)", crawler traps, credentials in a URL. In SQL:
+# shared.db.progress.REFUSAL_SQL (where a prefixed reason counts only with no HTTP status).
 BLOCKED_PREFIX = "blocked: "
 BLOCKED_LOOPBACK = BLOCKED_PREFIX + "loopback address"
 BLOCKED_PRIVATE = BLOCKED_PREFIX + "private address"

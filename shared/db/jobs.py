@@ -11,11 +11,11 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db.progress import REFUSAL_SQL
 from shared.db.visits import CHUNK
 from shared.errors import BadRequest, JobStateConflict, NotFound
 from shared.jobspec import follow_mode, ruleset_of, stored_spec
 from shared.ordering import DEFAULT_ORDER, compile_rules, url_priority
-from shared.robots import REFUSALS
 from shared.scope import Scope, denied
 from shared.urls import host_key
 
@@ -302,13 +302,12 @@ async def job_failures(conn: asyncpg.Connection, job_id: int,
                        blocked: bool = False) -> list[asyncpg.Record]:
     """The job's failed visits (or, with ``blocked``, those robots.txt kept us from): URL,
     HTTP status (if any), reason, attempts; sorted by URL."""
-    return list(await conn.fetch("""
+    return list(await conn.fetch(f"""
         SELECT u.url, f.status, f.reason, f.attempts
         FROM job_failure f JOIN url u ON u.id = f.url_id
-        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])
-                                 OR (f.status IS NULL AND starts_with(f.reason, 'blocked: '))) = $3
+        WHERE f.job_id = $1 AND {REFUSAL_SQL} = $2
         ORDER BY u.url""",
-        job_id, list(REFUSALS), blocked))
+        job_id, blocked))
 
 
 # Job control (issue 16). A job's state is ``job.state`` (running, paused, cancelled); a job is

@@ -11,7 +11,18 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.robots import REFUSALS
+from shared.robots import BLOCKED_PREFIX, REFUSALS
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Whether the job_failure row ``f`` is a refusal (robots.txt, the SSRF guard, a trap, credentials
+# in a URL: ``shared.robots.is_refusal``'s reasons), not a failure; a ``blocked: `` reason counts
+# only without an HTTP status. The one spelling of it in SQL (job_failures, /status's hosts).
+REFUSAL_SQL = (f"(f.reason IN ({', '.join(map(_quoted, REFUSALS))})"
+               f" OR (f.status IS NULL AND starts_with(f.reason, {_quoted(BLOCKED_PREFIX)})))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +89,6 @@ class HostSummary:
     robots: int | None              # HTTP status of its robots.txt (None: not known yet)
 
 
-# The politeness key of a canonical URL (shared.urls.host_key): scheme://host[:port].
-_HOST_OF_URL = r"regexp_replace(substring(u.url from '^[a-z0-9+.-]+://[^/?#]+'), '://[^@]*@', '://')"
-
-
 async def hosts(conn: asyncpg.Connection, job_id: int,
                 top: int = 10) -> tuple[list[HostSummary], list[HostSummary], list[tuple[str, int]]]:
     """The job's hosts: the ``top`` by pending visits, those of them and the rest backing off
@@ -102,11 +109,10 @@ async def hosts(conn: asyncpg.Connection, job_id: int,
                                          r["next_start"], r["backoff_until"], r["robots"]))
                  for r in rows]
     blocked = await conn.fetch(f"""
-        SELECT {_HOST_OF_URL} AS host, count(*)::bigint AS n
+        SELECT harvester_host(u.url) AS host, count(*)::bigint AS n
         FROM job_failure f JOIN url u ON u.id = f.url_id
-        WHERE f.job_id = $1 AND (f.reason = ANY($2::text[])
-                                 OR (f.status IS NULL AND starts_with(f.reason, 'blocked: ')))
-        GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3""", job_id, list(REFUSALS), top)
+        WHERE f.job_id = $1 AND {REFUSAL_SQL}
+        GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2""", job_id, top)
     return ([s for rank, s in summaries if rank <= top],
             [s for _, s in summaries if s.backoff_until is not None][:top],
             [(r["host"], r["n"]) for r in blocked])
