@@ -92,8 +92,7 @@ class DueFrontier:
         self._served: dict[tuple[str, int], tuple[float, float]] = {}  # (count, as of when)
         self._pruned = -math.inf
         self._pairs: list[asyncpg.Record] = []  # the last scan of the pairs
-        self._scanned = -math.inf  # when
-        self._top: int | None = None  # the newest job then
+        self._scanned = -math.inf  # when (each pair carries the newest job's id then: top)
 
     def served(self, host: str, job_id: int, now: float) -> float:
         """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
@@ -166,7 +165,7 @@ class DueFrontier:
             lock = await conn.fetchrow(_LOCK, FEED_LOCK)
             if not lock["ok"]:
                 return []  # another feeder is claiming
-            cached = lock["top"] == self._top
+            cached = lock["top"] == self._pairs[0]["top"]
         keys, dry = await self._claim_pairs(
             conn, self._pairs if cached else await self._scan(conn, now), limit, now)
         if cached and dry and len(keys) < limit:
@@ -184,7 +183,6 @@ class DueFrontier:
         else:
             self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
         self._pairs, self._scanned = pairs, now
-        self._top = pairs[0]["top"] if pairs else None
         return pairs
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
@@ -205,7 +203,7 @@ class DueFrontier:
             job_ids.append(p["job_id"])
             weights.append(2.0 ** p["priority"])
             served.append(self.served(p["host"], p["job_id"], now))
-        if not hosts:
+        if not hosts:  # every pair's host waits: dry, so a back-off's end is seen at once
             return [], True
         keys, full, took, dry = await _claim(conn, hosts, job_ids, weights, served, caps, limit)
         if len(keys) < limit and full:
@@ -305,23 +303,29 @@ class DueFrontier:
             SELECT count(*) FROM h""", list(served), float(stale_after))) or 0)
 
 
+# A frontier row (``job_pending p``) the feeder may claim: unpublished, not held. Exactly the
+# predicate of the index job_pending_frontier (migration 0019), so the claims can use it.
+_UNPUBLISHED = "p.published_on IS NULL AND NOT p.held"
+# ... and due now.
+_DUE = _UNPUBLISHED + " AND p.due <= now()"
+
 # The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
 # only if this transaction gets the feed lock ($1), with the newest job's id (top); a job's (its
 # priority) and whether the host waits (backing off, or its robots.txt being fetched for the
 # first time: after a failed fetch the gate decides, deferring until the retry or, once given
 # up, refusing the visits).
-_PAIRS = """
+_PAIRS = f"""
     WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok,
                                              (SELECT max(id) FROM job) AS top),
     pairs AS (
         (SELECT p.host, p.job_id FROM job_pending p, l
-         WHERE l.ok AND p.published_on IS NULL AND NOT p.held
+         WHERE l.ok AND {_UNPUBLISHED}
            AND (p.host, p.job_id) > ($2::text, $3::bigint)
          ORDER BY p.host, p.job_id LIMIT 1)
         UNION ALL
         SELECT n.host, n.job_id FROM pairs c, LATERAL (
             SELECT p.host, p.job_id FROM job_pending p
-            WHERE p.published_on IS NULL AND NOT p.held
+            WHERE {_UNPUBLISHED}
               AND (p.host, p.job_id) > (c.host, c.job_id)
             ORDER BY p.host, p.job_id LIMIT 1) n)
     SELECT q.host, q.job_id, j.priority, (SELECT top FROM l) AS top,
@@ -347,9 +351,9 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # before it in this claim, over the job's weight); then the limit ($7) to one row per capped
 # host first (a host's second would wait its delay in the gate, holding a worker's slot), and
 # to the least served jobs in this claim (their n-th row, over the weight). The caller sorts
-# the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL: how many pairs with room
-# had no row due (dry).
-_CLAIM = """
+# the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL: whether
+# some pair with room had no row due (dry).
+_CLAIM = f"""
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
                       AS t(host, job_id, w, s)),
@@ -373,8 +377,7 @@ _CLAIM = """
         FROM live l
         CROSS JOIN LATERAL (
             SELECT p.url_id, p.rank FROM job_pending p
-            WHERE p.host = l.host AND p.job_id = l.job_id
-              AND p.published_on IS NULL AND NOT p.held AND p.due <= now()
+            WHERE p.host = l.host AND p.job_id = l.job_id AND {_DUE}
             ORDER BY p.rank
             LIMIT CASE WHEN l.room IS NULL THEN $4::int ELSE least($4::int, l.room) END
             FOR UPDATE SKIP LOCKED) x),
@@ -394,11 +397,12 @@ _CLAIM = """
         FROM pick
         WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
         RETURNING p.host, p.job_id, p.url_id, pick.second, pick.jk, pick.rank)
-    SELECT host, job_id, url_id, second, jk, rank, NULL::bigint AS dry FROM upd
+    SELECT host, job_id, url_id, second, jk, rank, NULL::bool AS dry FROM upd
     UNION ALL
     SELECT NULL, NULL, NULL, NULL, NULL, NULL,
-           (SELECT count(*) FROM live l
-            WHERE NOT EXISTS (SELECT 1 FROM cand c WHERE c.host = l.host AND c.job_id = l.job_id))"""
+           EXISTS (SELECT FROM live l
+                   WHERE NOT EXISTS (SELECT FROM cand c
+                                     WHERE c.host = l.host AND c.job_id = l.job_id))"""
 
 async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
                  weights: list[float], served: list[float], caps: dict[str, int],
@@ -412,7 +416,7 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
     if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
         rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
         return ([(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], [],
-                Counter({(hosts[0], job_ids[0]): len(rows)}), len(rows) < limit)
+                Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
     got = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
                            list(caps.values()), limit, served)
@@ -427,11 +431,11 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
 
 # The claim when there is one (host, job) pair and its host is uncapped: _CLAIM's result, with
 # a plan as cheap as the one before fairness (no windows to plan).
-_CLAIM_ONE = """
+_CLAIM_ONE = f"""
     WITH c AS (
-        SELECT job_id, url_id FROM job_pending
-        WHERE host = $1 AND job_id = $2 AND published_on IS NULL AND NOT held AND due <= now()
-        ORDER BY rank
+        SELECT p.job_id, p.url_id FROM job_pending p
+        WHERE p.host = $1 AND p.job_id = $2 AND {_DUE}
+        ORDER BY p.rank
         LIMIT $3
         FOR UPDATE SKIP LOCKED)
     UPDATE job_pending p SET published_on = now()

@@ -184,3 +184,24 @@ async def test_a_new_host_of_a_running_job_is_claimed_when_its_known_pairs_run_d
                     harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""",
             job, child, root)
     assert await claim(frontier, db) == [(job, child)]
+
+
+async def test_a_short_claim_of_one_uncapped_pair_with_rows_is_not_dry(
+        db: asyncpg.Connection) -> None:
+    # One job on one uncapped host (_CLAIM_ONE): a claim that takes fewer rows than asked, but
+    # some, did not run dry, so the pairs of a moment ago serve it: no rescan, one claim.
+    frontier = DueFrontier(Settings(host_delay=0))
+    job, (root,) = await new_job(db, ["http://one.example/"])
+    assert await claim(frontier, db, limit=10) == [(job, root)]
+    more = await upsert_urls(db, {f"http://one.example/{i}": "" for i in range(3)})
+    await db.execute("""
+        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+        SELECT $1, u, $2, 'http://one.example',
+               harvester_rank('bfs', 1, 0, nextval('job_pending_seq'))
+        FROM unnest($3::bigint[]) AS u""", job, root, list(more.values()))
+    again = Recorder(db)
+    async with db.transaction():
+        got = await frontier.claim(again, 10)  # type: ignore[arg-type]
+    assert sorted(got) == sorted((job, u) for u in more.values())
+    assert frontier_module._PAIRS not in again.sent
+    assert again.sent.count(frontier_module._CLAIM_ONE) == 1
