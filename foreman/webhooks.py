@@ -25,7 +25,7 @@ from shared import bus, metrics
 from shared.config import Settings
 from shared.db import jobs, webhooks
 from shared.db.pool import RETRYABLE
-from shared.netguard import AddressBlocked, NetGuard
+from shared.netguard import NetGuard, refused
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +96,15 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
     headers = {"Content-Type": "application/json", "X-Harvester-Delivery": str(d.job_id),
                "X-Harvester-Signature": sign(settings.webhook_secret, body, int(time.time()))}
     status: int | None = None
-    refused = False
+    reason: str | None = None  # the SSRF guard's refusal
     try:
         async with session.post(d.url, data=body, headers=headers, allow_redirects=False) as r:
             status = r.status
             await r.read()
         error = "" if 200 <= status < 300 else f"HTTP {status}"
-    except aiohttp.ClientConnectorError as e:
-        refused = isinstance(e.os_error, AddressBlocked)
-        error = e.os_error.reason if isinstance(e.os_error, AddressBlocked) \
-            else f"{type(e).__name__}: {e}"
     except (aiohttp.ClientError, TimeoutError) as e:
-        error = f"{type(e).__name__}: {e}"
-    if refused:  # the SSRF guard refused the address: it would refuse it again, retries end
-        async with pool.acquire() as conn:
-            await webhooks.mark_failed(conn, d.job_id, None, error, 0.0)
-            await conn.execute("UPDATE job_webhook SET attempts = greatest(attempts, $2) "
-                               "WHERE job_id = $1", d.job_id, settings.webhook_max_attempts)
-        metrics.WEBHOOKS.labels("failed").inc()
-        metrics.count_blocked([error])
-        log.warning("webhook job=%d to %s refused (%s); given up", d.job_id, d.url, error,
-                    extra={"job": d.job_id, "url": d.url})
-        return
+        reason = refused(e)
+        error = reason or f"{type(e).__name__}: {e}"
     async with pool.acquire() as conn:
         if not error:
             assert status is not None
@@ -126,10 +113,14 @@ async def _send(settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientS
             log.info("webhook job=%d sent to %s (attempt %d, %d)", d.job_id, d.url, d.attempts,
                      status, extra={"job": d.job_id, "url": d.url})
             return
-        retry_in = backoff(settings, d.attempts)
-        await webhooks.mark_failed(conn, d.job_id, status, error, retry_in)
+        # the guard would refuse the address again: retries end
+        retry_in = backoff(settings, d.attempts) if reason is None else 0.0
+        await webhooks.mark_failed(conn, d.job_id, status, error, retry_in,
+                                   None if reason is None else settings.webhook_max_attempts)
     metrics.WEBHOOKS.labels("failed").inc()
-    last = d.attempts >= settings.webhook_max_attempts
+    if reason is not None:
+        metrics.count_blocked([reason])
+    last = reason is not None or d.attempts >= settings.webhook_max_attempts
     log.warning("webhook job=%d to %s failed (attempt %d: %s); %s", d.job_id, d.url, d.attempts,
                 error, "given up" if last else f"next try in {retry_in:.1f}s",
                 extra={"job": d.job_id, "url": d.url})

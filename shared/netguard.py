@@ -20,20 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from aiohttp import TCPConnector
+from aiohttp import ClientConnectorError, TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
+from aiohttp.resolver import DefaultResolver
 
-from shared.config import Settings
+from shared.config import Settings, split_addr
 from shared.robots import (
     BLOCKED_DENIED,
     BLOCKED_LINK_LOCAL,
@@ -45,6 +46,7 @@ from shared.robots import (
     BLOCKED_SERVICE,
     BLOCKED_UNSPECIFIED,
 )
+from shared.urls import DEFAULT_PORTS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,7 +72,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CACHE_SIZE = 4096
 _DNS_TTL = 60.0
 _UNRESOLVED_TTL = 10.0
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 class AddressBlocked(OSError):
@@ -82,6 +85,14 @@ class AddressBlocked(OSError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+def refused(e: BaseException) -> str | None:
+    """The guard's ``blocked: ...`` reason if ``e`` is a connection it refused (an
+    :class:`AddressBlocked` in aiohttp's ``ClientConnectorError``), else None."""
+    if isinstance(e, ClientConnectorError) and isinstance(e.os_error, AddressBlocked):
+        return e.os_error.reason
+    return None
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -114,7 +125,7 @@ def classify(ip: IPAddress | str) -> str | None:
         raise ValueError(f"not an IP address: {ip!r}")
     addr = unwrap(addr)
     for reason, nets in _TABLE:
-        if any(addr in n for n in nets if n.version == addr.version):
+        if _within(addr, nets):
             return reason
     return None
 
@@ -138,18 +149,26 @@ def _host_port(url: str, default: int) -> tuple[str, int] | None:
 
 def service_endpoints(s: Settings) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
     """The addresses and ports of this deployment's PostgreSQL, NATS and API (host names
-    resolved now), and those ports (refused on any loopback address)."""
+    resolved once per process: every guard built from the same settings shares the lookup),
+    and those ports (refused on any loopback address)."""
+    return _endpoints(s.database_url, s.nats_url, s.http_addr)
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoints(database_url: str, nats_url: str, http_addr: str
+               ) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
     wanted: list[tuple[str, int]] = []
-    db = _host_port(s.database_url, 5432)
+    db = _host_port(database_url, 5432)
     if db is not None:
         wanted.append(db)
-    for url in s.nats_url.split(","):
+    for url in nats_url.split(","):
         found = _host_port(url.strip(), 4222)
         if found is not None:
             wanted.append(found)
-    host, _, port = s.http_addr.rpartition(":")
-    if port.isdigit():
-        wanted.append((host.strip("[]"), int(port)))
+    try:
+        wanted.append(split_addr(http_addr))  # ":8080": the port, no endpoint
+    except ValueError:
+        pass
     endpoints: set[tuple[IPAddress, int]] = set()
     ports: set[int] = set()
     for name, port_ in wanted:
@@ -193,7 +212,12 @@ class NetPolicy:
     endpoints: frozenset[tuple[IPAddress, int]] = frozenset()
     service_ports: frozenset[int] = frozenset()  # refused on every loopback address
     lookup_timeout: float = 2.0
-    _cache: OrderedDict[tuple[str, int], str | None] = field(default_factory=OrderedDict)
+    # the verdicts, by (address, port): an LRU cache of ``_judge`` of this policy's own
+    _verdicts: Callable[[str, int], str | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_verdicts",
+                           functools.lru_cache(maxsize=_CACHE_SIZE)(self._judge))
 
     @classmethod
     def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetPolicy:
@@ -215,18 +239,7 @@ class NetPolicy:
 
     def verdict(self, ip: IPAddress | str, port: int) -> str | None:
         """Why a connection to ``ip:port`` is refused, None if it is allowed (cached)."""
-        key = (str(ip), port)
-        try:
-            found = self._cache[key]
-        except KeyError:
-            pass
-        else:
-            return found
-        found = self._judge(ip, port)
-        self._cache[key] = found
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return found
+        return self._verdicts(str(ip), port)
 
     def _judge(self, ip: IPAddress | str, port: int) -> str | None:
         addr = parse_ip(ip) if isinstance(ip, str) else ip
@@ -246,6 +259,14 @@ class NetPolicy:
         return bool(self.allow_hosts) and host_allowed(host, self.allow_hosts)
 
 
+def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> None:
+    """Store ``key`` as the newest of a cache bounded to ``_CACHE_SIZE``, the oldest dropped."""
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 class NetGuard:
     """A policy applied: the connector's resolver and socket factory, and a check per URL."""
 
@@ -261,7 +282,10 @@ class NetGuard:
         return cls(NetPolicy.from_settings(s, extra_hosts))
 
     def connector(self, **kw: Any) -> TCPConnector:
-        """A ``TCPConnector`` whose every connection goes through the guard."""
+        """A ``TCPConnector`` whose every connection goes through the guard. Its DNS cache
+        (``ttl_dns_cache``) is bounded by half the guard's pin, so aiohttp asks the guard
+        again (its own cache answers) before an ``allowHosts`` name's pin can lapse."""
+        kw["ttl_dns_cache"] = min(kw.get("ttl_dns_cache") or 10, int(_DNS_TTL) // 2)
         return TCPConnector(resolver=GuardedResolver(self), socket_factory=self.socket_factory,
                             **kw)
 
@@ -294,23 +318,16 @@ class NetGuard:
         if cached is not None and cached[0] > now and family == socket.AF_UNSPEC:
             return cached[1]
         if self._resolver is None:
-            self._resolver = ThreadedResolver()
+            self._resolver = DefaultResolver()
         found = await self._resolver.resolve(host, port, family)
         if family == socket.AF_UNSPEC:
-            self._dns[key] = (now + _DNS_TTL, found)
-            self._dns.move_to_end(key)
-            if len(self._dns) > _CACHE_SIZE:
-                self._dns.popitem(last=False)
+            _remember(self._dns, key, (now + _DNS_TTL, found))
         return found
 
     def _pin(self, results: list[ResolveResult]) -> None:
         expiry = time.monotonic() + _DNS_TTL
         for r in results:
-            addr = str(parse_ip(r["host"]) or r["host"])
-            self._pinned[addr] = expiry
-            self._pinned.move_to_end(addr)
-        while len(self._pinned) > _CACHE_SIZE:
-            self._pinned.popitem(last=False)
+            _remember(self._pinned, str(parse_ip(r["host"]) or r["host"]), expiry)
 
     async def resolve(self, host: str, port: int,
                       family: socket.AddressFamily = socket.AF_UNSPEC) -> list[ResolveResult]:
@@ -340,7 +357,7 @@ class NetGuard:
             return None
         if not host:
             return None
-        port = port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+        port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
         ip = parse_ip(host)
         if ip is not None:
             return self.refusal(str(ip), port)
@@ -353,10 +370,7 @@ class NetGuard:
         except AddressBlocked as e:
             return e.reason
         except (OSError, TimeoutError):
-            self._unresolved[key] = time.monotonic() + _UNRESOLVED_TTL
-            self._unresolved.move_to_end(key)
-            if len(self._unresolved) > _CACHE_SIZE:
-                self._unresolved.popitem(last=False)
+            _remember(self._unresolved, key, time.monotonic() + _UNRESOLVED_TTL)
         return None
 
     async def open_connection(self, host: str, port: int

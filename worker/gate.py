@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.db import hosts
 from shared.db.hosts import Release
 from shared.db.pool import RETRYABLE
-from shared.netguard import AddressBlocked, NetGuard
+from shared.netguard import NetGuard, refused
 from shared.robots import (
     BLOCKED,
     UNREACHABLE,
@@ -477,7 +477,7 @@ class HostGate:
                 return RobotsAnswer(resp.status, text if resp.status < 300 else None)
         except aiohttp.ClientConnectorDNSError as e:
             log.info("robots.txt of %s: %s", host, e)
-            if isinstance(e.os_error, AddressBlocked):  # a redirect to a refused address
+            if refused(e) is not None:  # a redirect to a refused address
                 return RobotsAnswer()
             return RobotsAnswer(unresolved=connect_error(e))
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:

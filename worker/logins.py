@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from shared.netguard import AddressBlocked, NetGuard, NetPolicy
+from shared.netguard import NetGuard, NetPolicy, refused
 from shared.urls import host_key
 from worker.sessions import SessionStore
 
@@ -83,8 +83,8 @@ async def form_login(sessions: SessionStore, pool: str, name: str, loginUrl: str
         cookies = await _login(guard, jar, loginUrl, host, user, password, tokenField,
                                userField, passField, timeout)
     except aiohttp.ClientConnectorError as e:
-        if isinstance(e.os_error, AddressBlocked):  # never connected to
-            raise LoginFailed(f"{loginUrl}: {e.os_error.reason}") from None
+        if (reason := refused(e)) is not None:  # never connected to
+            raise LoginFailed(f"{loginUrl}: {reason}") from None
         raise
     if cookie is not None and cookie not in cookies:
         raise LoginFailed(f"the login set no {cookie!r} cookie (refused?)")

@@ -52,10 +52,12 @@ async def mark_sent(conn: asyncpg.Connection, job_id: int, status: int) -> None:
 
 
 async def mark_failed(conn: asyncpg.Connection, job_id: int, status: int | None, error: str,
-                      retry_in: float) -> None:
+                      retry_in: float, give_up: int | None = None) -> None:
     """The delivery failed (``status`` None: no answer); try again in ``retry_in`` seconds
-    (while ``attempts`` stays below the maximum)."""
+    (while ``attempts`` stays below the maximum). ``give_up``: the maximum, ``attempts``
+    raised to it so no try follows (a failure no retry mends, as the SSRF guard's refusal)."""
     await conn.execute("""
         UPDATE job_webhook SET last_status = $2, last_error = $3,
-                               next_attempt = now() + make_interval(secs => $4)
-        WHERE job_id = $1""", job_id, status, error[:1000], float(retry_in))
+                               next_attempt = now() + make_interval(secs => $4),
+                               attempts = greatest(attempts, coalesce($5, attempts))
+        WHERE job_id = $1""", job_id, status, error[:1000], float(retry_in), give_up)

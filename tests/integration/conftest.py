@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from harvester_ops.embedded import EmbeddedPostgres
+from tests.servers import Handler, serve
 
 _names = itertools.count(1)
 
@@ -24,3 +26,22 @@ async def scratch_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
+
+
+StartServer = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """``await start_server(handler, host="127.0.0.1")``: serves ``handler`` (``serve``) and
+    gives its base URL; every server is stopped at the test's end."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler, host: str = "127.0.0.1") -> str:
+        runner, base = await serve(handler, host)
+        runners.append(runner)
+        return base
+
+    yield start
+    for r in runners:
+        await r.cleanup()

@@ -20,7 +20,7 @@ from aiohttp import web
 from shared.config import Settings
 from shared.db import hosts
 from shared.db.pool import open_pool
-from tests.servers import serve
+from tests.integration.conftest import StartServer
 from worker.extractors.sitemaps import SitemapReader
 from worker.fetchers.http import open_session
 from worker.gate import HostGate, _allowed, _parse_rules, guard_band
@@ -47,17 +47,12 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def start_site() -> AsyncIterator[Start]:
-    runners: list[web.AppRunner] = []
-
+def start_site(start_server: StartServer) -> Start:
     async def start(site: Site) -> Site:
-        runner, site.base = await serve(site.handle)
-        runners.append(runner)
+        site.base = await start_server(site.handle)
         return site
 
-    yield start
-    for r in runners:
-        await r.cleanup()
+    return start
 
 
 @pytest.fixture

@@ -5,19 +5,23 @@ foreman/webhooks.py): with the allow-list narrowed to 127.0.0.1/32, a hit-counti
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
+import aiohttp.connector
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import REGISTRY
 
+from shared import netguard
 from shared.config import Settings
 from shared.db.pool import open_pool
 from shared.netguard import NetGuard, NetPolicy
 from shared.robots import BLOCKED_LOOPBACK, BLOCKED_SERVICE, redirected
-from tests.servers import serve
+from tests.integration.conftest import StartServer
 from worker import logins
 from worker.fetchers.http import fetch, open_session
 from worker.gate import HostGate
@@ -47,17 +51,12 @@ Start = Callable[[Site], Awaitable[Site]]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    runners: list[web.AppRunner] = []
-
+def start(start_server: StartServer) -> Start:
     async def run(site: Site) -> Site:
-        runner, site.base = await serve(site.handle, site.host)
-        runners.append(runner)
+        site.base = await start_server(site.handle, site.host)
         return site
 
-    yield run
-    for r in runners:
-        await r.cleanup()
+    return run
 
 
 @pytest.fixture
@@ -193,6 +192,31 @@ async def test_a_name_resolving_to_a_refused_address_is_refused_unless_allowed_b
     trusted = NetGuard(NetPolicy.from_settings(named), resolver=Rebinding("127.0.0.2"))
     status, error, _ = await get(named, f"http://intra.corp.test:{canary.port}/page", trusted)
     assert (status, error) == (200, None) and canary.paths == ["/page"]
+
+
+async def test_an_allowed_name_stays_allowed_after_its_pin_would_have_lapsed(
+        narrow: Settings, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp asks the guard again before the pin of an allowHosts name's addresses
+    lapses: a new connection minutes later is not refused on an address still cached."""
+    canary = await start(Site("127.0.0.2", pages={"/page": (200, {"Connection": "close"})}))
+    named = narrow.model_copy(update={"allow_hosts": ("*.corp.test",)})
+    dns = Rebinding("127.0.0.2")
+    guard = NetGuard(NetPolicy.from_settings(named), resolver=dns)
+    shift = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + shift[0]
+
+    monkeypatch.setattr(netguard, "time", SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr(aiohttp.connector, "monotonic", clock)
+    url = f"http://intra.corp.test:{canary.port}/page"
+    async with open_session(named, guard=guard) as session:
+        first = await fetch(session, named, 1, url)
+        shift[0] = 61.0  # past the guard's pin (60 s), within aiohttp's own cache before
+        again = await fetch(session, named, 1, url)
+    assert (first.status, first.error) == (200, None)
+    assert (again.status, again.error) == (200, None)
+    assert canary.paths == ["/page", "/page"] and dns.asked.count("intra.corp.test") == 2
 
 
 

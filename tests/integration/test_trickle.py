@@ -40,6 +40,10 @@ async def base() -> AsyncIterator[str]:
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path == "/trickle":
             return await trickle(request)
+        if request.path.startswith("/slow-redirect/"):  # 0.6 s, then on to the next
+            left = int(request.path.rsplit("/", 1)[1])
+            await asyncio.sleep(0.6)
+            raise web.HTTPFound(f"/slow-redirect/{left - 1}" if left > 1 else "/trickle")
         return await stall(request, release)
 
     runner, url = await serve(handle)
@@ -56,3 +60,15 @@ async def test_a_body_too_slow_after_its_headers_fails_for_good(
         page = await fetch(session, s, 1, base + path)
     assert (page.status, page.error, page.permanent) == (None, TRICKLE, True)
     assert not RetryPolicy.from_settings(s).retryable(page)
+
+
+async def test_a_body_too_slow_only_for_what_redirects_left_of_the_budget_is_tried_again(
+        settings: Settings, base: str) -> None:
+    """Three slow redirect hops leave the final answer less than ``readTimeout``: its body
+    running out of the fetch budget says nothing of its speed, so it is not a trickle."""
+    s = settings.model_copy(update={"connect_timeout": 0.5, "read_timeout": 1.0})
+    async with open_session(s) as session:
+        page = await fetch(session, s, 1, base + "/slow-redirect/3")
+    assert (page.status, page.error, page.permanent) == (None, "timeout", False)
+    assert page.final_url == base + "/trickle" and len(page.redirects) == 3
+    assert RetryPolicy.from_settings(s).retryable(page)

@@ -37,8 +37,23 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 from shared.model import FetchedPage
+from shared.robots import BLOCKED_PREFIX, REFUSALS, redirected
 from worker.registry import Registry
 from worker.retry import RetryPolicy
+
+
+def refused_hop(url_id: int, url: str, why: str, status: int | None,
+                chain: tuple[str, ...] = (), fetcher: str = "http") -> FetchedPage:
+    """A redirect hop (or a navigation) to ``url`` the gate refused ``why``: the SSRF guard's
+    refusal blocks the visit for good; a final one (robots.txt) keeps the redirect's
+    ``status``, if any, and is not tried again; the others are."""
+    if why.startswith(BLOCKED_PREFIX):
+        return FetchedPage(url_id, None, None, redirected(why, url), cacheable=False,
+                           final_url=url, redirects=chain, permanent=True, fetcher=fetcher)
+    final = why in REFUSALS
+    return FetchedPage(url_id, status if final else None, None, f"redirect to {url}: {why}",
+                       cacheable=final, final_url=url, redirects=chain, permanent=final,
+                       fetcher=fetcher)
 
 
 class HopGate(Protocol):

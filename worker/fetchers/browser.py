@@ -30,11 +30,10 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.mime import is_html, normalize_mime
 from shared.model import FetchedPage, RawResponse
-from shared.robots import BLOCKED_PREFIX, REFUSALS, redirected
 from shared.urls import host_key
-from worker.fetchers import FETCHERS, FetchRequest, HopGate
+from worker.fetchers import FETCHERS, FetchRequest, HopGate, refused_hop
 from worker.fetchers.decode import BodyTooLarge
-from worker.fetchers.http import fetch_budget, retry_after_seconds
+from worker.fetchers.http import fetch_budget, retry_after_of
 from worker.fetchers.tabs import BrowserUnavailable, Tab, Tabs, Visit, first_line
 
 if TYPE_CHECKING:
@@ -293,7 +292,7 @@ class BrowserFetcher:
         if req.keep_raw:
             raw = await _raw(resp, body or b"")
         error = f"HTTP {status} {resp.status_text}".strip() if status >= 400 else None
-        retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
+        retry_after = retry_after_of(status, headers.get("retry-after"))
         return FetchedPage(req.url_id, status, mime, error, cacheable=True,
                            final_url=final if final != req.url else None,
                            redirects=tuple(chain), retry_after=retry_after,
@@ -343,16 +342,9 @@ def _failed(req: FetchRequest, error: str, permanent: bool = False) -> FetchedPa
 
 def _refused(req: FetchRequest, url: str, why: str, status: int | None,
              chain: tuple[str, ...] = ()) -> FetchedPage:
-    """A navigation to ``url`` the gate refused: the SSRF guard's refusal blocks the visit
-    for good (as the http fetcher's redirect hops do); final (robots.txt) keeps the redirect's
-    status, if any, and is not tried again; the others are."""
-    if why.startswith(BLOCKED_PREFIX):
-        return FetchedPage(req.url_id, None, None, redirected(why, url), cacheable=False,
-                           final_url=url, redirects=chain, permanent=True, fetcher="browser")
-    final = why in REFUSALS
-    return FetchedPage(req.url_id, status if final else None, None, f"redirect to {url}: {why}",
-                       cacheable=final, final_url=url, redirects=chain, permanent=final,
-                       fetcher="browser")
+    """A navigation to ``url`` the gate refused (``refused_hop``, as the http fetcher's
+    redirect hops)."""
+    return refused_hop(req.url_id, url, why, status, chain, fetcher="browser")
 
 
 __all__ = ["BrowserFetcher", "BrowserUnavailable", "Load", "load_options"]

@@ -18,11 +18,11 @@ import aiohttp
 from shared.config import Settings
 from shared.mime import is_html, normalize_mime
 from shared.model import FetchedPage, RawResponse
-from shared.netguard import AddressBlocked, NetGuard
-from shared.robots import BLOCKED_PREFIX, REFUSALS, redirected
+from shared.netguard import NetGuard, refused
+from shared.robots import redirected
 from shared.streams import read_capped
 from shared.urls import host_key, resolve
-from worker.fetchers import FETCHERS, FetchRequest, HopGate, Validators
+from worker.fetchers import FETCHERS, FetchRequest, HopGate, Validators, refused_hop
 from worker.fetchers.decode import BodyTooLarge, DecodeError, UnsupportedEncoding, read_raw
 from worker.retry import RetryPolicy
 
@@ -37,8 +37,7 @@ async def open_session(settings: Settings, concurrency: int | None = None,
     address is never connected to (``AddressBlocked``, in a ``ClientConnectorError``)."""
     guard = guard if guard is not None else NetGuard.from_settings(settings)
     connector = guard.connector(limit=(concurrency or settings.concurrency) * 2,
-                                limit_per_host=8,
-                                ttl_dns_cache=300, enable_cleanup_closed=True)
+                                limit_per_host=8, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.connect_timeout + settings.read_timeout * 2,
                                     sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
@@ -80,6 +79,11 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def retry_after_of(status: int, value: str | None) -> float | None:
+    """The Retry-After (``value``) an answer's ``status`` heeds it on (429, 503), else None."""
+    return retry_after_seconds(value) if status in (429, 503) else None
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -207,18 +211,8 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
             chain.append(current)
             if hops is not None:
                 admitted = await hops.admit_hop(nxt, host_key(nxt) != host_key(url), deadline)
-                if isinstance(admitted, str) and admitted.startswith(BLOCKED_PREFIX):
-                    # the SSRF guard: never connected to; the visit is blocked, for good
-                    return FetchedPage(url_id, None, None, redirected(admitted, nxt),
-                                       cacheable=False, final_url=nxt, redirects=tuple(chain),
-                                       permanent=True)
-                if isinstance(admitted, str):
-                    # A final refusal keeps the redirect's status (not retryable); the others
-                    # have none, so the visit is tried again later.
-                    final = admitted in REFUSALS
-                    return FetchedPage(url_id, status if final else None, None,
-                                       f"redirect to {nxt}: {admitted}", cacheable=final,
-                                       final_url=nxt, redirects=tuple(chain))
+                if isinstance(admitted, str):  # never connected to
+                    return refused_hop(url_id, nxt, admitted, status, tuple(chain))
                 slot = admitted
             current = nxt
         page = failed(f"more than {settings.max_redirects} redirects", permanent=True)
@@ -232,11 +226,13 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
         page = failed(str(e))
     except TimeoutError:
         # After the headers, a body too slow to arrive in time (a trickle, a stall) would be
-        # as slow again: one attempt, not a retry per attempt of the whole fetch budget.
-        page = failed(TRICKLE, permanent=True) if reading else failed("timeout")
+        # as slow again: one attempt, not a retry per attempt of the whole fetch budget. Not
+        # when redirect hops left its request less than a read's timeout: that says nothing.
+        page = (failed(TRICKLE, permanent=True) if reading and left >= settings.read_timeout
+                else failed("timeout"))
     except aiohttp.ClientConnectorError as e:
-        if isinstance(e.os_error, AddressBlocked):  # the guard refused the address: for good
-            reason = e.os_error.reason
+        reason = refused(e)
+        if reason is not None:  # the guard refused the address: for good
             page = failed(reason if current == url else redirected(reason, current),
                           permanent=True)
         else:
@@ -253,10 +249,8 @@ async def fetch(session: aiohttp.ClientSession, settings: Settings, url_id: int,
 
 
 def connect_error(e: aiohttp.ClientConnectorError) -> str:
-    """Why no connection could be made, as a failure reason (the guard's own reason for an
-    address it refused)."""
-    if isinstance(e.os_error, AddressBlocked):
-        return e.os_error.reason
+    """Why no connection could be made, as a failure reason (not the guard's refusal:
+    ``shared.netguard.refused`` reads that first)."""
     if isinstance(e, aiohttp.ClientConnectorDNSError):
         return f"host name not resolved: {e.os_error}"
     return f"connection failed: {e.os_error}"
@@ -290,7 +284,7 @@ async def _answer(resp: aiohttp.ClientResponse, settings: Settings, url_id: int,
     elif wants_body(status, mime):
         body = await _read_capped(resp, settings.max_body_bytes)
     error = f"HTTP {status} {resp.reason or ''}".strip() if status >= 400 else None
-    retry_after = retry_after_seconds(resp.headers.get("Retry-After")) if status in (429, 503) else None
+    retry_after = retry_after_of(status, resp.headers.get("Retry-After"))
     ok = 200 <= status < 300
     # Any HTTP answer is cached (as Scrapy's HTTP cache does by default); only failures
     # without an answer (timeouts, refused connections, oversize bodies) are tried again.
