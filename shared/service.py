@@ -100,8 +100,9 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
          with_kind: bool = False) -> int:
     """Parse flags, load settings (one-line error on a bad config), run until SIGTERM/SIGINT.
 
-    Exit status: 0 after a stop, 2 for a bad config, 1 when the tier cannot start (one line on
-    stderr: its port is taken ...); any other failure is a traceback and status 1."""
+    Exit status: 0 after a stop, 2 for a bad config (found at load or once started: a token
+    file, the NATS options ...), 1 when the tier cannot start (one line on stderr: its port is
+    taken ...); any other failure is a traceback and status 1."""
     args = parse_flags(prog, argv, with_addr=with_addr, with_kind=with_kind)
     try:
         settings = settings_from_flags(args)
@@ -113,6 +114,9 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
     install_uvloop()
     try:
         return asyncio.run(_run(run, settings))
+    except ConfigError as e:
+        print(f"{prog}: config error: {e}", file=sys.stderr)
+        return 2
     except StartupError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1

@@ -267,3 +267,20 @@ def test_a_tier_that_crashes_prints_its_traceback_scrubbed(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and "RuntimeError: cannot reach" in done.stderr, done.stderr
     assert DB_PASSWORD not in done.stderr and "postgresql://***@db/h" in done.stderr
+
+
+def test_a_config_error_after_start_is_one_line_and_status_2(tmp_path: Path) -> None:
+    # Settings read once the tier runs (token files, NATS options) fail like a bad config at load.
+    script = textwrap.dedent("""
+        import sys
+        from shared.errors import ConfigError
+        from shared.service import main
+        async def run(settings, stop):
+            raise ConfigError("authTokenFiles", "/t line 1 is malformed")
+        sys.exit(main("tier", run, []))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "tier: config error: authTokenFiles: /t line 1 is malformed\n"
