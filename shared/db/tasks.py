@@ -156,18 +156,20 @@ def _loads(text: str | None) -> Any:
 
 async def create(conn: asyncpg.Connection, name: str, kind: str, args: dict[str, Any],
                  key: str | None, owner: str | None = None) -> tuple[int, bool]:
-    """A new root task, queued (or, for a ``key`` already used, the task it named): its id and
-    whether it was created now. ``owner``: the API token's name (None without
-    authentication); its follow-ups belong to it through their root."""
+    """A new root task, queued (or, for a ``key`` this owner used already, the task it named):
+    its id and whether it was created now. ``owner``: the API token's name (None without
+    authentication), whose keys are its own; its follow-ups belong to it through their root."""
     row = await conn.fetchrow("""
         INSERT INTO task (id, root_id, name, kind, args, idem_key, owner)
         SELECT n, n, $1, $2, $3::jsonb, $4, $5 FROM nextval('task_id_seq') n
-        ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING
+        ON CONFLICT (idem_key, coalesce(owner, '')) WHERE idem_key IS NOT NULL DO NOTHING
         RETURNING id""", name, kind, _json(args), key, owner)
     if row is not None:
         return int(row["id"]), True
-    # The key is taken (committed: ON CONFLICT waited for any insert in flight).
-    return int(await conn.fetchval("SELECT id FROM task WHERE idem_key = $1", key)), False
+    # The key is taken by this owner (committed: ON CONFLICT waited for any insert in flight).
+    return int(await conn.fetchval("""
+        SELECT id FROM task WHERE idem_key = $1 AND coalesce(owner, '') = coalesce($2, '')""",
+        key, owner)), False
 
 
 async def claim_unpublished(conn: asyncpg.Connection, limit: int,
@@ -243,7 +245,7 @@ async def finish(conn: asyncpg.Connection, id: int, attempt: int, state: str, re
             FROM f, unnest($6::text[], $7::text[], $8::text[], $9::text[])
                     WITH ORDINALITY AS x(name, kind, args, key, n)
             ORDER BY x.n
-            ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING)
+            ON CONFLICT (idem_key, coalesce(owner, '')) WHERE idem_key IS NOT NULL DO NOTHING)
         SELECT count(*) FROM f""",
         id, attempt, state, None if result is None else _json(result),
         None if error is None else _json(error),
@@ -256,7 +258,7 @@ async def finish(conn: asyncpg.Connection, id: int, attempt: int, state: str, re
         clash = await conn.fetch("""
             SELECT DISTINCT x.key FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                 AS x(name, kind, args, key)
-            JOIN task t ON t.idem_key = x.key
+            JOIN task t ON t.idem_key = x.key AND t.owner IS NULL
             WHERE (t.name, t.kind, t.args) IS DISTINCT FROM (x.name, x.kind, x.args::jsonb)
             ORDER BY x.key""",
             [c.name for c in children], [c.kind for c in children],

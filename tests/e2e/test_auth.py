@@ -134,6 +134,15 @@ async def test_tasks_belong_to_their_token(api: Stack) -> None:
     assert (await call(api, "GET", f"/tasks/{task}", ROOT))[0] == 200
     status, body, _ = await call(api, "GET", f"/tasks/{task}", ALICE)
     assert (status, body) == (404, {"code": "NotFound", "message": f"No task {task}"})
+    # An idempotency key is the token's own: another token's same key is another task.
+    add = '{"task": "add", "args": {"a": 2}, "key": "order-1"}'
+    status, alices, _ = await call(api, "POST", "/tasks", ALICE, add)
+    assert status == 200
+    status, bobs, _ = await call(api, "POST", "/tasks", BOB, add)
+    assert status == 200 and bobs != alices
+    assert (await call(api, "GET", f"/tasks/{bobs['taskId']}", BOB))[0] == 200
+    assert (await call(api, "POST", "/tasks", BOB, add))[1] == bobs
+    assert (await call(api, "POST", "/tasks", ALICE, add))[1] == alices
 
 
 async def test_admin_routes_are_403_for_other_tokens(api: Stack) -> None:
