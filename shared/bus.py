@@ -18,6 +18,7 @@ with a count of the lines held back, so an outage does not flood the log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import importlib.util
@@ -151,21 +152,25 @@ class NatsOptions:
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # The context of the TLS files, built once by from_settings (None: built per connect_args).
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NatsOptions:
         """The options of ``settings`` (``natsUser``, ``natsPasswordFile``, ``natsTokenFile``,
         ``natsCredsFile``, ``natsNkeyFile``, ``natsTLS*File``); ConfigError when a credentials
         or nkey file is named and the ``nkeys`` package (``harvester[nats-auth]``) is missing,
-        or a TLS file cannot be loaded."""
-        options = cls(**_nats_settings(settings))
+        or a TLS file cannot be loaded. Each option is the setting ``nats_<its name>``."""
+        options = cls(**{f.name: getattr(settings, "nats_" + f.name)
+                         for f in dataclasses.fields(cls) if f.name != "tls_context"})
         for key, path in (("natsCredsFile", options.creds_file),
                           ("natsNkeyFile", options.nkey_file)):
             if path is not None and importlib.util.find_spec("nkeys") is None:
                 raise ConfigError(key, "needs the nkeys package: pip install "
                                   "'harvester[nats-auth]'")
-        options.tls()  # a bad TLS file is a config error at start, not a retry for ever
-        return options
+        # Built now: a bad TLS file is a config error at start, not a retry for ever; and the
+        # files are read once, not on every connect.
+        return dataclasses.replace(options, tls_context=options.tls())
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS context: the system's CAs or ``tls_ca_file``'s, with the client certificate
@@ -196,17 +201,10 @@ class NatsOptions:
             args["user_credentials"] = str(self.creds_file)
         if self.nkey_file:
             args["nkeys_seed"] = str(self.nkey_file)
-        if (context := self.tls()) is not None:
+        context = self.tls() if self.tls_context is None else self.tls_context
+        if context is not None:
             args["tls"] = context
         return args
-
-
-def _nats_settings(settings: Settings) -> dict[str, Any]:
-    return {"user": settings.nats_user, "password": settings.nats_password,
-            "token": settings.nats_token, "creds_file": settings.nats_creds_file,
-            "nkey_file": settings.nats_nkey_file, "tls_ca_file": settings.nats_tls_ca_file,
-            "tls_cert_file": settings.nats_tls_cert_file,
-            "tls_key_file": settings.nats_tls_key_file}
 
 
 @asynccontextmanager

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
 import nats
+from nats.js import JetStreamContext
 
 from foreman import schedule
 from foreman.schedule import feeder
@@ -58,6 +59,21 @@ async def finish(db: asyncpg.Connection, keys: Sequence[tuple[int, int]]) -> Non
         [k[0] for k in keys], [k[1] for k in keys])
 
 
+async def serve_all(db: asyncpg.Connection, sub: JetStreamContext.PullSubscription, n: int,
+                    each: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve ``n`` visits as workers would, 50 at a time (``each`` awaited before each pull)."""
+    done = 0
+    while done < n:
+        if each is not None:
+            await each()
+        msgs = await bus.pull(sub, 50, 1.0)
+        keys = list(await bus.group_visits(msgs))
+        await finish(db, keys)  # committed before the ack, as a worker does
+        for m in msgs:
+            await m.ack()
+        done += len(keys)
+
+
 async def test_the_published_and_unfinished_visits_stay_within_the_budget(
         settings: Settings, db: asyncpg.Connection) -> None:
     # 3,000 visits on one uncapped host (the cheap one-pair claim), a URL queue that holds
@@ -68,16 +84,11 @@ async def test_the_published_and_unfinished_visits_stay_within_the_budget(
     out: list[int] = []
     async with running_feeder(s, DueFrontier(s)) as (_, js):
         sub = await bus.pull_subscription(js, s, s.url_topic, "test-consumer")
-        done = 0
-        while done < len(ids):
+
+        async def sample() -> None:
             out.append(await db.fetchval(
                 "SELECT count(*) FROM job_pending WHERE published_on IS NOT NULL"))
-            msgs = await bus.pull(sub, 50, 1.0)
-            keys = list(await bus.group_visits(msgs))
-            await finish(db, keys)  # committed before the ack, as a worker does
-            for m in msgs:
-                await m.ack()
-            done += len(keys)
+        await serve_all(db, sub, len(ids), sample)
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
     assert max(out) <= schedule.FEED_FLOOR, max(out)
     assert max(out) >= schedule.FEED_FLOOR // 2  # the floor is used: the workers are fed
@@ -104,12 +115,5 @@ async def test_with_every_host_at_its_cap_the_feeder_does_not_spin(
         assert claims <= elapsed / schedule.FEED_MAX_WAIT + 2, claims
         # nothing is stuck: as visits finish, the rest go out, until all are done
         sub = await bus.pull_subscription(js, s, s.url_topic, "test-consumer")
-        done = 0
-        while done < 100:
-            msgs = await bus.pull(sub, 50, 1.0)
-            keys = list(await bus.group_visits(msgs))
-            await finish(db, keys)
-            for m in msgs:
-                await m.ack()
-            done += len(keys)
+        await serve_all(db, sub, 100)
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0

@@ -11,13 +11,13 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from harvester_ops import migrate
 from shared.db import hosts
+from tests.integration.test_migrations import run
 
 # 0002's function, as it was (0020's downgrade restores it), under another name: the reference.
 _spec = importlib.util.spec_from_file_location(
@@ -187,10 +187,6 @@ async def test_concurrent_callers_keep_every_hosts_cap_and_delay(database_url: s
         for s, _ in host_spans:
             live = sum(1 for a, b in host_spans if a <= s < b)
             assert live <= cap, (name, s)
-
-
-async def run(op: Any, dsn: str, target: str) -> None:
-    await asyncio.to_thread(op, dsn, target)
 
 
 async def test_0020_keeps_the_leases_both_ways(scratch_dsn: str) -> None:

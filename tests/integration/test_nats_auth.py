@@ -10,7 +10,6 @@ import asyncio
 import logging
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from harvester_ops.embedded import _stop, _wait_port, free_port, nats_server_bin
 from shared import bus
 from shared.bus import NatsOptions
 from shared.config import load_settings
+from tests.polling import until
 
 USER, PASSWORD, TOKEN = "crawler", "nats-test-password-1", "nats-test-token-000001"
 
@@ -97,10 +97,9 @@ async def test_a_tier_keeps_trying_and_logs_no_credentials(
     with server(tmp_path, "--user", USER, "--pass", PASSWORD) as port:
         url = f"nats://{USER}:not-{PASSWORD}@127.0.0.1:{port}"
         task = asyncio.create_task(round_trip(url, None))
-        deadline = time.monotonic() + 20
-        while "Authorization Violation" not in caplog.text:
-            assert time.monotonic() < deadline and not task.done(), caplog.text
-            await asyncio.sleep(0.05)
+        await until(lambda: "Authorization Violation" in caplog.text or task.done(), 20,
+                    "the refusal logged")
+        assert "Authorization Violation" in caplog.text, caplog.text  # not given up
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -121,6 +120,9 @@ async def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
     settings = load_settings(None, {"HARVESTER_NATS_TLS_CA_FILE": str(cert)})
     with server(tmp_path, "--tls", "--tlscert", str(cert), "--tlskey", str(key)) as port:
         url = f"tls://127.0.0.1:{port}"
-        assert await round_trip(url, NatsOptions.from_settings(settings)) == b"hello"
+        options = NatsOptions.from_settings(settings)
+        # The TLS files are read once, at start: every connect uses that context.
+        assert options.connect_args()["tls"] is options.connect_args()["tls"] is not None
+        assert await round_trip(url, options) == b"hello"
         # Not trusted by the system's CAs: the self-signed server is refused.
         await refused(url, None)
