@@ -84,7 +84,7 @@ function updateRow(id, status) {
 }
 
 // A job's server-sent events, read with fetch (EventSource cannot send a token): status on
-// every change, completed last; reconnects after an interruption until closed.
+// every change, completed last; reconnects after an interruption (not after a 4xx) until closed.
 function watch(id, onStatus, onDone) {
   const abort = new AbortController();
   const source = { closed: false, close() { this.closed = true; abort.abort(); } };
@@ -108,7 +108,11 @@ function watch(id, onStatus, onDone) {
       try {
         const r = await fetch(api(`status/${id}/events`), { headers: authHeaders(), signal: abort.signal });
         if (r.status === 401) { askToken(); source.close(); return; }
-        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        if (!r.ok) {
+          // A 4xx (a purged job, another token's) stays so: stop; retry only what may pass.
+          if (r.status < 500 && r.status !== 408 && r.status !== 429) { source.close(); return; }
+          throw new Error(`HTTP ${r.status}`);
+        }
         $("connection").textContent = "";
         const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";
