@@ -15,7 +15,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,19 +92,29 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def auth_token(parts: Sequence[str]) -> AuthToken | None:
+    """``[name, token]`` or ``[name, token, "admin"]`` (a ``HARVESTER_AUTH_TOKENS`` entry or an
+    ``authTokenFiles`` line, split) -> its ``AuthToken`` (the digest only); None: malformed."""
+    if (len(parts) not in (2, 3) or not AUTH_TOKEN_NAME.fullmatch(parts[0])
+            or not AUTH_TOKEN.fullmatch(parts[1]) or (len(parts) == 3 and parts[2] != "admin")):
+        return None
+    return AuthToken(name=parts[0], sha256=token_digest(parts[1]), admin=len(parts) == 3)
+
+
+# What a malformed token entry or line should be: the end of each parser's message.
+AUTH_TOKEN_CHARS = "the token 16 or more of A-Z a-z 0-9 . _ ~ + / = -"
+
+
 def parse_auth_tokens(text: str) -> tuple[AuthToken, ...]:
     """``name:token[:admin],...`` (``HARVESTER_AUTH_TOKENS``) -> digests; ValueError naming the
     entry's position, never its token."""
     out: list[AuthToken] = []
     for i, entry in enumerate((e.strip() for e in text.split(",") if e.strip()), 1):
-        parts = entry.split(":")
-        if (len(parts) not in (2, 3) or not AUTH_TOKEN_NAME.fullmatch(parts[0])
-                or not AUTH_TOKEN.fullmatch(parts[1])
-                or (len(parts) == 3 and parts[2] != "admin")):
-            raise ValueError(f"auth token {i} is malformed (use name:token[:admin], the token "
-                             "16 or more of A-Z a-z 0-9 . _ ~ + / = -)")
-        out.append(AuthToken(name=parts[0], sha256=token_digest(parts[1]),
-                             admin=len(parts) == 3))
+        token = auth_token(entry.split(":"))
+        if token is None:
+            raise ValueError(f"auth token {i} is malformed (use name:token[:admin], "
+                             f"{AUTH_TOKEN_CHARS})")
+        out.append(token)
     return tuple(out)
 
 
@@ -115,7 +125,32 @@ def _split_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _loopback(host: str) -> bool:
+def _list_setting(v: Any, one: Callable[[Any], str]) -> Any:
+    """A list setting (from the environment a comma list, ``none`` the empty one), each item
+    normalised by ``one`` (ValueError for a bad one), without duplicates."""
+    items = _split_list(v) if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        return items
+    return tuple(dict.fromkeys(one(item) for item in items))
+
+
+def _network(item: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(item).strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"invalid network {item!r} (use CIDR, e.g. 10.0.0.0/8 "
+                         "or fd00::/8)") from None
+
+
+def _allow_host(item: Any) -> str:
+    name = item.strip().lower().rstrip(".") if isinstance(item, str) else ""
+    if not _ALLOW_HOST.fullmatch(name):
+        raise ValueError(f"invalid host {item!r} (use a name or *.suffix, "
+                         "e.g. intranet.example or *.example)")
+    return name
+
+
+def loopback(host: str) -> bool:
     """Whether ``host`` (a URL's hostname) is this machine: ``localhost``, 127.0.0.0/8, ::1."""
     if host == "localhost":
         return True
@@ -301,48 +336,17 @@ class Settings(BaseModel):
     @field_validator("allow_networks", "deny_networks", mode="before")
     @classmethod
     def _networks(cls, v: Any) -> Any:
-        items = _split_list(v) if isinstance(v, str) else v
-        if not isinstance(items, list | tuple):
-            return items
-        out: list[str] = []
-        for item in items:
-            try:
-                out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
-            except ValueError:
-                raise ValueError(f"invalid network {item!r} (use CIDR, e.g. 10.0.0.0/8 "
-                                 "or fd00::/8)") from None
-        return tuple(dict.fromkeys(out))
+        return _list_setting(v, _network)
 
     @field_validator("allow_hosts", mode="before")
     @classmethod
     def _allow_hosts(cls, v: Any) -> Any:
-        items = _split_list(v) if isinstance(v, str) else v
-        if not isinstance(items, list | tuple):
-            return items
-        out: list[str] = []
-        for item in items:
-            name = item.strip().lower().rstrip(".") if isinstance(item, str) else ""
-            if not _ALLOW_HOST.fullmatch(name):
-                raise ValueError(f"invalid host {item!r} (use a name or *.suffix, "
-                                 "e.g. intranet.example or *.example)")
-            out.append(name)
-        return tuple(dict.fromkeys(out))
+        return _list_setting(v, _allow_host)
 
     @field_validator("auth_tokens", mode="before")
     @classmethod
     def _auth_tokens(cls, v: Any) -> Any:
         return parse_auth_tokens(v) if isinstance(v, str) else v
-
-    @field_validator("auth_tokens")
-    @classmethod
-    def _unique_tokens(cls, v: tuple[AuthToken, ...]) -> tuple[AuthToken, ...]:
-        names = [t.name for t in v]
-        digests = [t.sha256 for t in v]
-        if len(set(names)) != len(names):
-            raise ValueError("authTokens: a token name is used twice")
-        if len(set(digests)) != len(digests):
-            raise ValueError("authTokens: the same token is listed twice")
-        return v
 
     @field_validator("root_path")
     @classmethod
@@ -423,7 +427,7 @@ class Settings(BaseModel):
                 or parts.fragment or v.endswith("/") or "#" in v or "?" in v):
             raise ValueError(f"invalid GitHub base URL {v!r} (use http(s)://host[:port][/path] "
                              "without a trailing /, e.g. https://api.github.com)")
-        if parts.scheme == "http" and not _loopback(parts.hostname):  # tokens in cleartext
+        if parts.scheme == "http" and not loopback(parts.hostname):  # tokens in cleartext
             raise ValueError(f"GitHub base URL {v!r}: use https (http only for a loopback "
                              "host, such as 127.0.0.1: every request carries a token)")
         return v
@@ -704,10 +708,10 @@ _ENV = {
     "HARVESTER_NATS_TLS_KEY_FILE": "nats_tls_key_file",
 }
 _LIST_FIELDS = frozenset({"fetcher_kinds", "github_token_files", "auth_token_files"})
-# Secrets: only from the environment (or a file the config names), never a config file key.
-_SECRET_KEYS = {"databasePassword": "HARVESTER_DATABASE_PASSWORD or databasePasswordFile",
-                "natsPassword": "HARVESTER_NATS_PASSWORD or natsPasswordFile",
-                "natsToken": "HARVESTER_NATS_TOKEN or natsTokenFile"}
+# Secrets, by config key and field: only from the environment (HARVESTER_<FIELD>) or the file
+# the config names (key + "File", field + "_file"; then never both), never a config file key.
+SECRETS = (("databasePassword", "database_password"), ("natsPassword", "nats_password"),
+           ("natsToken", "nats_token"))
 # Fields holding seconds: from a file or the environment they may be Go durations ("500ms").
 _DURATION_FIELDS = frozenset(_DURATION_KEYS.values())
 
@@ -743,9 +747,10 @@ def _from_file(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     if "githubTokens" in data:  # a config file is shared and shown: tokens never go in one
         raise ConfigError(source, '"githubTokens": put GitHub tokens in HARVESTER_GITHUB_TOKENS '
                           'or in githubTokenFiles, never in the config file')
-    for key, where in _SECRET_KEYS.items():
+    for key, field in SECRETS:
         if key in data:
-            raise ConfigError(source, f'"{key}": put it in {where}, never in the config file')
+            raise ConfigError(source, f'"{key}": put it in HARVESTER_{field.upper()} or '
+                              f'{key}File, never in the config file')
     for key, field in _SIMPLE_KEYS.items():
         if key in data:
             out[field] = data[key]
@@ -784,20 +789,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-# A secret and the file it may come from instead (then never both), by its config key.
-_SECRET_FILES = (("database_password", "database_password_file", "databasePasswordFile"),
-                 ("nats_password", "nats_password_file", "natsPasswordFile"),
-                 ("nats_token", "nats_token_file", "natsTokenFile"))
-
-
 def _read_secrets(settings: Settings) -> Settings:
     """The secrets named by ``*_FILE`` settings read (the file's text, trailing white space
     dropped; ConfigError naming the key and path, never the value), and the database password
     put into ``database_url`` (asyncpg and psycopg read it there; a password already in the
     URL is replaced)."""
     update: dict[str, Any] = {}
-    for field, file_field, key in _SECRET_FILES:
-        path = getattr(settings, file_field)
+    for secret, field in SECRETS:
+        key = secret + "File"
+        path = getattr(settings, field + "_file")
         if path is None:
             continue
         if getattr(settings, field):

@@ -22,9 +22,9 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from shared.config import GITHUB_TOKEN, Settings
+from shared.config import GITHUB_TOKEN, SECRETS, Settings
 from shared.model import MASK
 
 MIN_CHARS = 6  # a shorter value is not masked: it would blank ordinary words
@@ -82,8 +82,7 @@ def secrets_of(settings: Settings, env: Mapping[str, str] | None = None) -> tupl
     found: list[str] = []
     found += _url_secrets(settings.database_url)
     found += _url_secrets(settings.nats_url)
-    found += (settings.database_password, settings.nats_password, settings.nats_token)
-    found += (quote(settings.database_password, safe=""),)  # as written into databaseURL
+    found += (getattr(settings, field) for _, field in SECRETS)
     found += settings.github_tokens
     found += (w for w in _file_words(settings.github_token_files, 0) if GITHUB_TOKEN.fullmatch(w))
     found.append(settings.webhook_secret)

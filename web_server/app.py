@@ -9,7 +9,6 @@ NATS is away. Its port, though, must be free: taken, the process exits at once.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
@@ -20,16 +19,16 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from shared import bus
-from shared.config import Settings, split_addr
+from shared.config import Settings, loopback, split_addr
 from shared.db.pool import open_pool
 from shared.errors import StartupError
 from shared.secrets import redact_url
 from web_server import auth
-from web_server.deps import Deps
+from web_server.deps import DEPS, SETTINGS, Deps
 from web_server.live import LIVE, LiveHub
 from web_server.middleware import error_body, errors
 from web_server.ops import add_ops_routes
-from web_server.routes import DEPS, SETTINGS, add_routes, status_answer
+from web_server.routes import add_routes, status_answer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ CLOSE_TIMEOUT = 5.0  # seconds for the NATS connection to close at shutdown
 def create_app(settings: Settings) -> web.Application:
     # Bodies are read with read_capped (maxRequestBytes -> 413), never request.read().
     keys = auth.load_keys(settings)
-    if not keys and not _loopback(parse_addr(settings.http_addr)[0]):
+    if not keys and not loopback(parse_addr(settings.http_addr)[0]):
         log.warning("no API tokens configured (authTokens, HARVESTER_AUTH_TOKENS, "
                     "authTokenFiles): anyone who reaches %s controls every job",
                     settings.http_addr)
@@ -147,15 +146,6 @@ class Runner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _Server  # adds no state, overrides only the handler factory
         return server
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def runner(settings: Settings, app: web.Application | None = None) -> Runner:

@@ -26,8 +26,10 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from shared.config import AUTH_TOKEN, AUTH_TOKEN_NAME, Settings
+from shared.config import AUTH_TOKEN_CHARS, AuthToken, Settings, auth_token
+from shared.db import jobs, tasks
 from shared.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from web_server.deps import DEPS
 from web_server.middleware import Handler
 
 log = logging.getLogger(__name__)
@@ -94,19 +96,22 @@ def parse_token_file(path: Path) -> list[Key]:
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
-        if (len(parts) not in (2, 3) or not AUTH_TOKEN_NAME.fullmatch(parts[0])
-                or not AUTH_TOKEN.fullmatch(parts[1])
-                or (len(parts) == 3 and parts[2] != "admin")):
-            raise ConfigError(str(path), f"line {n}: malformed (use: name token [admin], the "
-                              "token 16 or more of A-Z a-z 0-9 . _ ~ + / = -)")
-        keys.append(Key(parts[0], hashlib.sha256(parts[1].encode()).digest(), len(parts) == 3))
+        token = auth_token(parts)
+        if token is None:
+            raise ConfigError(str(path), f"line {n}: malformed (use: name token [admin], "
+                              f"{AUTH_TOKEN_CHARS})")
+        keys.append(_key(token))
     return keys
+
+
+def _key(token: AuthToken) -> Key:
+    return Key(token.name, bytes.fromhex(token.sha256), token.admin)
 
 
 def load_keys(settings: Settings) -> tuple[Key, ...]:
     """Every configured token: ``authTokens`` (digests; the environment's are hashed at load)
     and the lines of ``authTokenFiles``. ConfigError for a name or a token listed twice."""
-    keys = [Key(t.name, bytes.fromhex(t.sha256), t.admin) for t in settings.auth_tokens]
+    keys = [_key(t) for t in settings.auth_tokens]
     for path in settings.auth_token_files:
         keys += parse_token_file(Path(path))
     names = [k.name for k in keys]
@@ -137,9 +142,8 @@ def bearer(header: str | None) -> str | None:
     return m.group(1) if m else ""
 
 
-def _open(path: str, base: str) -> bool:
-    """``/healthz`` and the dashboard's static shell need no token."""
-    ui = base + "/ui"
+def _open(path: str, ui: str) -> bool:
+    """``/healthz`` and the dashboard's static shell (``ui``: ``<root path>/ui``) need no token."""
     return path == "/healthz" or path == ui or path.startswith(ui + "/")
 
 
@@ -158,8 +162,6 @@ def _route(request: web.Request, base: str) -> str | None:
 async def _not_owned(request: web.Request, route: str | None, who: Principal) -> str | None:
     """The 404 message when the request names a job (or task) ``who`` may not see; None
     otherwise (not a per-job route, an id the route itself refuses, or an own job)."""
-    from shared.db import jobs, tasks
-    from web_server.routes import DEPS
     owner_of: Callable[[asyncpg.Connection, int], Awaitable[tuple[bool, str | None]]]
     if route in _JOB_ROUTES:
         message, raw, owner_of = _JOB_ROUTES[route], request.match_info["job_id"], jobs.job_owner
@@ -179,10 +181,11 @@ def middleware(keys: Iterable[Key], root_path: str) -> Middleware:
     """The authentication middleware over ``keys`` (placed inside ``errors``)."""
     table = tuple(keys)
     base = root_path.rstrip("/")
+    ui = base + "/ui"
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _open(request.path, base):
+        if _open(request.path, ui):
             return await handler(request)
         token = bearer(request.headers.get("Authorization"))
         key = match(table, token) if token else None

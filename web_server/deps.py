@@ -8,9 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from shared.config import Settings
 from shared.db.pool import RETRYABLE, SERVER_SETTINGS
 from shared.errors import DependencyUnavailable
 
@@ -82,3 +84,8 @@ class Deps:
         conn, self._ping_conn = self._ping_conn, None
         if conn is not None:
             conn.terminate()
+
+
+# The app's settings and dependencies (routes.py re-exports both).
+SETTINGS = web.AppKey("settings", Settings)
+DEPS = web.AppKey("deps", Deps)

@@ -45,8 +45,9 @@ from shared.errors import (
 from shared.ids import check_id
 from shared.naming import name_fields, render
 from shared.urls import canonicalize
-from web_server.deps import Deps
-from web_server.render import body_timeout
+from web_server.deps import DEPS, SETTINGS, Deps
+from web_server.middleware import error_body
+from web_server.render import body_timeout, json_response, refuse_too_large
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _record(kind: str, y: jobs.JobYield) -> dict[str, Any]:
 
 
 async def items(request: web.Request) -> web.StreamResponse:
-    from web_server.routes import DEPS, parse_job_id
+    from web_server.routes import parse_job_id
     job_id = parse_job_id(request)
     fmt = parse_format(request)
     kind = request.query.get("kind", "item")
@@ -354,7 +355,7 @@ async def _payload(deps: Deps, root: Path,
 
 
 async def saved_bodies(request: web.Request) -> web.StreamResponse:
-    from web_server.routes import DEPS, SETTINGS, parse_job_id
+    from web_server.routes import parse_job_id
     job_id = parse_job_id(request)
     if request.query.get("format") is not None:
         parse_format(request, ("tar",))
@@ -443,7 +444,6 @@ def tar_entry(name: str, data: bytes, mtime: float) -> bytes:
 async def _tar_export(request: web.Request, job_id: int) -> web.StreamResponse:
     """A tar of the job's committed bodies, exactly one entry per page (its first saved body),
     named by the job's tar/files pattern, streamed."""
-    from web_server.routes import DEPS, SETTINGS
     deps = request.app[DEPS]
     root = request.app[SETTINGS].output_root
     spec = await _job_spec(deps, job_id, "bodies")
@@ -541,7 +541,7 @@ def _index_lines(root: Path, chunk: list[Row]) -> str:
 async def cdx_index(request: web.Request) -> web.StreamResponse:
     """The job's CDXJ index of its committed WARC records, sorted by (SURT, date) within each
     chunk of pages (sort the whole for one global order)."""
-    from web_server.routes import DEPS, SETTINGS, parse_job_id
+    from web_server.routes import parse_job_id
     job_id = parse_job_id(request)
     deps = request.app[DEPS]
     root = request.app[SETTINGS].output_root
@@ -571,9 +571,6 @@ async def post_idset(request: web.Request) -> web.StreamResponse:
     ``{"idSet", "count"}``. Blank lines are skipped; a bad line is a 400 naming it, and the
     set is deleted. At most ``MAX_UPLOADS`` at once (a 503 beyond); each upload first deletes
     incomplete sets older than a day (uploads that died)."""
-    from web_server.middleware import error_body
-    from web_server.render import json_response, refuse_too_large
-    from web_server.routes import DEPS, SETTINGS
     limit = request.app[SETTINGS].max_idset_bytes
     refuse_too_large(request, limit)
     uploads = request.app[UPLOADS]

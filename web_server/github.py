@@ -27,6 +27,7 @@ from shared.jobspec import (
     validate_spec,
 )
 from web_server.auth import principal
+from web_server.deps import DEPS, SETTINGS
 from web_server.render import json_response, utc
 
 log = logging.getLogger(__name__)
@@ -70,18 +71,16 @@ def contributors_spec(query: Mapping[str, str], settings: Settings) -> JobSpec:
 
 
 async def users(request: web.Request) -> web.Response:
-    from web_server.routes import SETTINGS
     return await _run(request, users_spec(request.query, request.app[SETTINGS]))
 
 
 async def contributors(request: web.Request) -> web.Response:
-    from web_server.routes import SETTINGS
     return await _run(request, contributors_spec(request.query, request.app[SETTINGS]))
 
 
 async def _run(request: web.Request, spec: JobSpec) -> web.Response:
     """Create the job, then answer with its document if it is done within ``githubWait``."""
-    from web_server.routes import DEPS, SETTINGS, _create_job
+    from web_server.routes import _create_job
     deps, settings = request.app[DEPS], request.app[SETTINGS]
     deps.check_nats()  # 503 before creating anything while NATS is away
     job_id = await _create_job(deps, spec, principal(request).owner)

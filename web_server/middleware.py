@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -18,7 +18,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_body(code: str, message: str, status: int,
-               headers: dict[str, str] | None = None) -> web.Response:
+               headers: Mapping[str, str] | None = None) -> web.Response:
     return json_response({"code": code, "message": message}, status=status, headers=headers)
 
 
@@ -45,7 +45,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ClientError as e:
-        return error_body(e.code, e.message, e.status, dict(e.headers) or None)
+        return error_body(e.code, e.message, e.status, e.headers or None)
     except web.HTTPMethodNotAllowed as e:
         allowed = sorted(e.allowed_methods)
         return error_body("MethodNotAllowed",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from shared.streams import read_capped
+from web_server.deps import SETTINGS
 
 _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
                              "\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -28,7 +29,8 @@ def string(s: str) -> str:
     return json.dumps(s, ensure_ascii=False).translate(_GO_ESCAPES)
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(data: Any, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
     # As the original: "application/json" with no charset parameter (the body is UTF-8).
     return web.Response(body=dumps(data).encode(), status=status, headers=headers,
                         content_type="application/json")
@@ -51,7 +53,6 @@ def refuse_too_large(request: web.Request, limit: int) -> None:
 
 def body_timeout(request: web.Request) -> float:
     """``httpBodyTimeout``: the seconds a request body may take to arrive (then 408)."""
-    from web_server.routes import SETTINGS
     return request.app[SETTINGS].http_body_timeout
 
 

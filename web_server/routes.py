@@ -25,15 +25,13 @@ from web_server import eta, exports, github
 from web_server import sessions as session_api
 from web_server import tasks as task_api
 from web_server.auth import principal
-from web_server.deps import Deps
+from web_server.deps import DEPS, SETTINGS, Deps
 from web_server.duration import format_go_duration
 from web_server.live import LIVE, WINDOW, LiveHub, Rates
-from web_server.render import json_response, read_text, refuse_too_large, string, utc
+from web_server.render import json_object, json_response, read_text, refuse_too_large, string, utc
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-DEPS = web.AppKey("deps", Deps)
 
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -525,11 +523,8 @@ async def job_patch(request: web.Request) -> web.Response:
     job_id = parse_job_id(request)
     settings = request.app[SETTINGS]
     body = await read_text(request, settings.max_request_bytes)
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
-        raise BadRequest("Invalid JSON body (expected {\"deny\": [...]})") from None
-    if not isinstance(data, dict) or set(data) != {"deny"}:
+    data = json_object(body, ("deny",), '{"deny": [...]}')
+    if "deny" not in data:
         raise BadRequest("Invalid body: expected exactly the field deny (a list of patterns)")
     deny = data["deny"]
     if not isinstance(deny, list) or not all(isinstance(p, str) for p in deny):

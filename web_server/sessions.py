@@ -16,6 +16,7 @@ from shared.db import sessions
 from shared.errors import BadRequest, NotFound
 from shared.jobspec import HEADER_NAME, POOL_NAME
 from shared.urls import canonicalize, host_key
+from web_server.deps import DEPS, SETTINGS
 from web_server.render import json_object, json_response, read_text
 
 FIELDS = ("cookies", "headers", "userAgent", "host", "maxUses")
@@ -82,7 +83,6 @@ def parse_session(body: str) -> dict[str, Any]:
 
 async def put_session(request: web.Request) -> web.Response:
     """``PUT /sessions/{pool}/{name}``: write the session; ``{"pool", "name", "result"}``."""
-    from web_server.routes import DEPS, SETTINGS
     pool, name = _name(request, "pool", "pool"), _name(request, "name", "name")
     fields = parse_session(await read_text(request, request.app[SETTINGS].max_request_bytes))
     async with request.app[DEPS].acquire() as conn:
@@ -92,7 +92,6 @@ async def put_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     """``GET /sessions/{pool}``: the pool's sessions, without any value."""
-    from web_server.routes import DEPS
     pool = _name(request, "pool", "pool")
     async with request.app[DEPS].acquire() as conn:
         infos = await sessions.listing(conn, pool)
@@ -101,7 +100,6 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     """``DELETE /sessions/{pool}/{name}``: 204, or 404 when there is none."""
-    from web_server.routes import DEPS
     pool, name = _name(request, "pool", "pool"), _name(request, "name", "name")
     async with request.app[DEPS].acquire() as conn:
         if not await sessions.delete(conn, pool, name):

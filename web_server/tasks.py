@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.db import tasks
 from shared.errors import BadRequest, NotFound
 from web_server.auth import principal
+from web_server.deps import DEPS, SETTINGS
 from web_server.render import json_object, json_response, read_text, utc
 
 FIELDS = ("task", "args", "kind", "key")
@@ -73,7 +74,6 @@ def _show(value: Any) -> str:
 async def create_task(request: web.Request) -> web.Response:
     """``POST /tasks``: ``{"task", "args"={}, "kind"="http", "key"?}`` (or the key in an
     ``Idempotency-Key`` header) → ``{"taskId"}``; a known key answers the task it named."""
-    from web_server.routes import DEPS, SETTINGS
     settings = request.app[SETTINGS]
     body = await read_text(request, settings.max_request_bytes)
     name, kind, args, key = parse_task_body(body, request.headers.get(KEY_HEADER), settings)
@@ -92,7 +92,6 @@ def parse_task_id(request: web.Request) -> int:
 async def get_task(request: web.Request) -> web.Response:
     """``GET /tasks/{taskId}``: the task, its follow-ups and partial results; on a root, the
     tree of its follow-ups aggregated (``tree``)."""
-    from web_server.routes import DEPS
     task_id = parse_task_id(request)
     async with request.app[DEPS].acquire() as conn:
         info = await tasks.get(conn, task_id)
