@@ -10,9 +10,10 @@ per job, whichever worker finds it first (``INSERT ... ON CONFLICT`` in the pare
 
 :class:`JobFingerprint` is a job's ``fingerprint`` options applied to its URLs: the query
 parameters it ignores are dropped before a URL is stored, so variants collapse into one row;
-with ``keepFragment`` its URLs keep their fragments (``shared.urls.canonicalize_keeping_fragment``,
-Scrapy's ``keep_fragments``): ``/p#a`` and ``/p#b`` are two URLs of the job, two rows, each
-visited, each fetched as ``/p`` (the fragment is never sent: aiohttp drops it from the request).
+with ``keepFragment`` its URLs keep their fragments (``shared.urls.canonicalize(url,
+keep_fragment=True)``, Scrapy's ``keep_fragments``): ``/p#a`` and ``/p#b`` are two URLs of the
+job, two rows, each visited, each fetched as ``/p`` (the fragment is never sent: aiohttp drops it
+from the request).
 """
 
 from __future__ import annotations

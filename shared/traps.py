@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.robots import BLOCKED_CREDENTIALS, TRAP
+from shared.urls import authority_end
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -57,10 +58,7 @@ class TrapLimits:
         if len(url) > self.max_url_length:
             return f"{TRAP} (URL longer than {self.max_url_length} characters)"
         start = url.find("://") + 3
-        end = len(url)
-        for c in "/?#":
-            if (i := url.find(c, start)) != -1 and i < end:
-                end = i
+        end = authority_end(url, start)
         if "@" in url[start:end]:
             return BLOCKED_CREDENTIALS
         rest = url[end:]

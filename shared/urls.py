@@ -42,23 +42,19 @@ _EDGE_CHARS = "".join(chr(c) for c in range(0x21))
 _INNER_WS_TABLE = str.maketrans("", "", "\t\r\n")
 
 
-def canonicalize(url: str) -> str:
+def canonicalize(url: str, keep_fragment: bool = False) -> str:
     """Return the one canonical form of an http(s) URL; raises ValueError if unparseable.
 
     w3lib lower-cases scheme and host, IDNA-encodes the host, sorts query arguments,
     normalises percent-encoding, resolves dot segments, drops the fragment and turns
     an empty path into "/". It keeps default ports, so those are removed here.
+
+    With ``keep_fragment`` (a job's ``fingerprint.keepFragment``) the fragment is kept, as
+    w3lib's ``canonicalize_url(url, keep_fragments=True)`` writes it (percent-encoded where
+    needed, never decoded; an empty one dropped); everything before it is the same.
     """
-    fast = _fast_canonical(url)
-    return fast if fast is not None else _canonicalize_slow(url)
-
-
-def canonicalize_keeping_fragment(url: str) -> str:
-    """:func:`canonicalize`, but the fragment is kept (a job's ``fingerprint.keepFragment``):
-    as w3lib's ``canonicalize_url(url, keep_fragments=True)`` writes it (percent-encoded where
-    needed, never decoded; an empty one dropped). Everything before it is ``canonicalize``'s."""
-    fast = _fast_canonical_keeping_fragment(url)
-    return fast if fast is not None else _canonicalize_slow(url, keep_fragment=True)
+    fast = _fast_canonical_keeping_fragment(url) if keep_fragment else _fast_canonical(url)
+    return fast if fast is not None else _canonicalize_slow(url, keep_fragment)
 
 
 def _fast_canonical_keeping_fragment(url: str) -> str | None:
@@ -130,8 +126,8 @@ def validate_job_url(line: str, keep_fragment: bool = False) -> str:
     ``keep_fragment``); raise InvalidURL."""
     text = line.strip()
     candidate = _with_scheme(text)
-    result = None if candidate is None or _CONTROL_RE.search(text) else (
-        _checked_canonical_keeping_fragment if keep_fragment else _checked_canonical)(candidate)
+    result = (None if candidate is None or _CONTROL_RE.search(text)
+              else _checked_canonical(candidate, keep_fragment))
     url = result or candidate or text
     if "://" in url and has_credentials(url):  # not echoed: it holds a password
         raise CredentialsInURL()
@@ -153,11 +149,17 @@ class CredentialsInURL(InvalidURL):
 def has_credentials(url: str) -> bool:
     """Whether an absolute URL's authority holds user info (``user[:pass]@``)."""
     start = url.find("://") + 3
+    return "@" in url[start:authority_end(url, start)]
+
+
+def authority_end(url: str, start: int) -> int:
+    """Where the authority starting at ``start`` (just after "://") ends: at its first "/",
+    "?" or "#", else at the end of ``url``."""
     end = len(url)
     for c in "/?#":
         if (i := url.find(c, start)) != -1 and i < end:
             end = i
-    return "@" in url[start:end]
+    return end
 
 
 def _with_scheme(text: str) -> str | None:
@@ -174,37 +176,24 @@ def _with_scheme(text: str) -> str | None:
     return "http://" + text
 
 
-def resolve(base: str, href: str) -> str | None:
-    """Resolve an href found on page ``base``; canonical http(s) URL or None."""
-    cleaned = href.strip(_EDGE_CHARS)
-    if "\t" in cleaned or "\n" in cleaned or "\r" in cleaned:
-        cleaned = cleaned.translate(_INNER_WS_TABLE)
-    if _ABSOLUTE_HTTP_RE.match(cleaned):
-        # urljoin would treat "http:///x" or "http://" as relative to a same-scheme base.
-        return _checked_canonical(cleaned)
-    try:
-        joined = urljoin(base, cleaned)
-    except ValueError:
-        return None
-    return _checked_canonical(joined)
+def resolve(base: str, href: str, keep_fragment: bool = False) -> str | None:
+    """Resolve an href found on page ``base``; canonical http(s) URL or None.
 
-
-def resolve_keeping_fragment(base: str, href: str) -> str | None:
-    """:func:`resolve`, but the href's fragment is kept (a job's ``fingerprint.keepFragment``):
+    With ``keep_fragment`` (a job's ``fingerprint.keepFragment``) the href's fragment is kept:
     ``#top`` on ``http://h/p`` is ``http://h/p#top``. The base's own fragment never carries
     over (RFC 3986 5.2.2: an empty href is the base without it)."""
     cleaned = href.strip(_EDGE_CHARS)
     if "\t" in cleaned or "\n" in cleaned or "\r" in cleaned:
         cleaned = cleaned.translate(_INNER_WS_TABLE)
-    if "#" not in cleaned:
-        return resolve(base, cleaned)
+    keep = keep_fragment and "#" in cleaned  # else urljoin(base#f, "") keeps the base's
     if _ABSOLUTE_HTTP_RE.match(cleaned):
-        return _checked_canonical_keeping_fragment(cleaned)
+        # urljoin would treat "http:///x" or "http://" as relative to a same-scheme base.
+        return _checked_canonical(cleaned, keep)
     try:
         joined = urljoin(base, cleaned)
     except ValueError:
         return None
-    return _checked_canonical_keeping_fragment(joined)
+    return _checked_canonical(joined, keep)
 
 
 class Resolver:
@@ -258,11 +247,11 @@ class Resolver:
 
 
 class FragmentResolver(Resolver):
-    """A :class:`Resolver` keeping each href's fragment (``resolve_keeping_fragment``), for
+    """A :class:`Resolver` keeping each href's fragment (``resolve(..., keep_fragment=True)``), for
     the pages of a job with ``fingerprint.keepFragment``; the base may have a fragment (the
     page's URL in such a job), which no link inherits. An href without a fragment is the
     Resolver's; one with a plain path (or none) and a fragment w3lib keeps as it is is joined
-    here too. A property test checks it agrees with ``resolve_keeping_fragment``."""
+    here too. A property test checks it agrees with ``resolve(..., keep_fragment=True)``."""
 
     __slots__ = ("_plain",)
 
@@ -279,7 +268,7 @@ class FragmentResolver(Resolver):
             return super().__call__(href)
         if (self._origin is None or _SAFE_FRAGMENT_RE.fullmatch(fragment) is None
                 or (path and (not path.isascii() or _SIMPLE_REF_RE.fullmatch(path) is None))):
-            return resolve_keeping_fragment(self.base, href)
+            return resolve(self.base, href, True)
         joined = super().__call__(path) if path else self._plain
         return f"{joined}#{fragment}" if joined is not None and fragment else joined
 
@@ -293,31 +282,16 @@ _SIMPLE_REF_RE = re.compile(
 )
 
 
-def _checked_canonical(url: str) -> str | None:
-    """Canonicalise an absolute URL if it is http(s) with a usable host, else None."""
-    fast = _fast_canonical(url)
+def _checked_canonical(url: str, keep_fragment: bool = False) -> str | None:
+    """Canonicalise an absolute URL if it is http(s) with a usable host, else None (its
+    fragment kept with ``keep_fragment``)."""
+    fast = _fast_canonical_keeping_fragment(url) if keep_fragment else _fast_canonical(url)
     if fast is not None:
         return fast
     if not _is_fetchable(url):
         return None
     try:
-        canonical = _canonicalize_slow(url)  # the fast path already said no
-    except ValueError:
-        return None
-    if not canonical.isascii() or not _is_fetchable(canonical):
-        return None
-    return canonical
-
-
-def _checked_canonical_keeping_fragment(url: str) -> str | None:
-    """:func:`_checked_canonical` keeping the fragment."""
-    fast = _fast_canonical_keeping_fragment(url)
-    if fast is not None:
-        return fast
-    if not _is_fetchable(url):
-        return None
-    try:
-        canonical = _canonicalize_slow(url, keep_fragment=True)
+        canonical = _canonicalize_slow(url, keep_fragment)  # the fast path already said no
     except ValueError:
         return None
     if not canonical.isascii() or not _is_fetchable(canonical):

@@ -340,8 +340,8 @@ FRAGMENT_CASES = [
 
 @pytest.mark.parametrize(("url", "expected"), FRAGMENT_CASES)
 def test_canonicalize_keeping_fragment_cases(url: str, expected: str) -> None:
-    assert urls.canonicalize_keeping_fragment(url) == expected
-    assert urls.canonicalize_keeping_fragment(expected) == expected
+    assert urls.canonicalize(url, keep_fragment=True) == expected
+    assert urls.canonicalize(expected, keep_fragment=True) == expected
 
 
 def test_the_fragment_is_w3lib_keep_fragments() -> None:
@@ -359,11 +359,11 @@ def test_keeping_the_fragment_changes_nothing_else(url: str) -> None:
         plain = canonicalize(url)
     except ValueError:
         with pytest.raises(ValueError):
-            urls.canonicalize_keeping_fragment(url)
+            urls.canonicalize(url, keep_fragment=True)
         return
-    kept = urls.canonicalize_keeping_fragment(url)
+    kept = urls.canonicalize(url, keep_fragment=True)
     assert kept.partition("#")[0] == plain
-    assert urls.canonicalize_keeping_fragment(kept) == kept
+    assert urls.canonicalize(kept, keep_fragment=True) == kept
 
 
 @PROPERTY_SETTINGS
@@ -408,7 +408,7 @@ FRAGMENT_RESOLUTIONS = [
 
 @pytest.mark.parametrize(("href", "expected"), FRAGMENT_RESOLUTIONS)
 def test_resolve_keeping_fragment(href: str, expected: str | None) -> None:
-    assert urls.resolve_keeping_fragment(BASE, href) == expected
+    assert urls.resolve(BASE, href, keep_fragment=True) == expected
     assert urls.FragmentResolver(BASE)(href) == expected
     assert urls.FragmentResolver(BASE + "#where")(href) == expected  # the base's own: none
 
@@ -416,7 +416,7 @@ def test_resolve_keeping_fragment(href: str, expected: str | None) -> None:
 @pytest.mark.parametrize(("href", "expected"), RESOLUTIONS)
 def test_resolve_keeping_fragment_without_one_is_resolve(href: str, expected: str) -> None:
     if "#" not in href:
-        assert urls.resolve_keeping_fragment(BASE, href) == expected
+        assert urls.resolve(BASE, href, keep_fragment=True) == expected
         assert urls.FragmentResolver(BASE)(href) == expected
 
 
@@ -424,9 +424,9 @@ def test_resolve_keeping_fragment_without_one_is_resolve(href: str, expected: st
 @given(resolver_bases, st.one_of(simple_refs, url_tail))
 def test_fragment_resolver_agrees_with_resolve_keeping_fragment(base: str, href: str) -> None:
     kept = urls.FragmentResolver(base)(href)
-    assert kept == urls.resolve_keeping_fragment(base, href)
+    assert kept == urls.resolve(base, href, keep_fragment=True)
     plain = resolve(base, href)
     assert (kept if kept is None else kept.partition("#")[0]) == plain
     if kept is not None:
-        assert urls.canonicalize_keeping_fragment(kept) == kept
+        assert urls.canonicalize(kept, keep_fragment=True) == kept
         assert kept.isascii()
