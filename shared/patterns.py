@@ -9,9 +9,12 @@ or ``$``) and repeats over 1000. ``\\d \\w \\s \\b`` are ASCII (``\\pL``, ``\\pN
 and digits of any script); ``$`` without ``(?m)`` is the end of the text only.
 
 :func:`problem` says what is wrong with a pattern (None: usable); :func:`compile` compiles one
-(cached). A job stored before the engine changed may hold a pattern RE2 refuses: its callers
-use :func:`stored`, which logs it once and gives None (an allow pattern then matches nothing, a
-deny pattern everything) rather than raise on the commit path.
+(cached). A job stored before the engine changed may hold a pattern RE2 refuses. Its scope,
+priorities and session blockPatterns use :func:`stored`, which logs it once and gives None (an
+allow pattern then matches nothing, a deny pattern everything) rather than raise on the commit
+path. Its follow, ids and field regexes are checked again when a worker plans the job
+(``worker.extractors.rules``): the plan is refused once, "not served by this worker:
+follow.linkRegex: <problem>", and no page is read with them.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from shared.errors import ConfigError
 from shared.model import FetchedPage
 from tests.integration.test_parse import alive, lanes, nested_divs, until
 from worker.extractors import ExtractFailed, rules_core
@@ -100,3 +102,19 @@ async def test_rules_that_do_not_compile_fail_in_the_factory() -> None:
         "idRegex": r"id:(\d+)", "urlFormat": "http://ids.test/item?id={}"}
 
 
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ({"follow": {"linkRegex": "a(?=b)"}}, r"follow\.linkRegex: a\(\?=b\) \(a lookahead is not"),
+    ({"ids": {"regex": r"(?<=id:)\d+", "urlFormat": "http://x/{}"}},
+     r"ids\.regex: .* \(a lookbehind is not"),
+])
+def test_a_stored_pre_re2_rule_regex_refuses_the_job_once(
+        options: dict[str, Any], reason: str) -> None:
+    """A job stored before patterns ran on RE2: its plan is refused, with the pattern's
+    problem (``ConfigError``: "not served by this worker: <reason>"), before any page is read."""
+    lanes = Parser(1.0)
+    with pytest.raises(ConfigError, match=f"^{reason}"):
+        Follow(None, options, lanes)
+    with pytest.raises(ConfigError, match=r"^items\.fields\.x\.regex: a\(\?!b\) \(a lookahead"):
+        Items(None, {"fields": {"x": {"regex": "a(?!b)"}}}, lanes)

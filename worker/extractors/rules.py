@@ -10,14 +10,37 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.errors import ConfigError
 from shared.model import Extraction, FetchedPage, Yield
 from worker.extractors import EXTRACTORS
 
 if TYPE_CHECKING:  # this package is imported by the parser processes: nothing heavy
+    from pydantic import BaseModel
+
     from shared.config import Settings
     from worker.extractors.lanes import Parser
+
+
+class RulesRefused(ConfigError, ValueError):
+    """Rules the job spec's model refuses: a hand-made spec, or one stored before its patterns
+    ran on RE2 (``shared.patterns``). The worker's plan refuses the job once, ``not served by
+    this worker: <where>: <problem>``, rather than fail its every page."""
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def _validated(model: type[M], where: str, options: Any) -> M:
+    """``options`` as ``model``; :class:`RulesRefused` (its first error) when it refuses them."""
+    from pydantic import ValidationError
+    try:
+        return model.model_validate_json(json.dumps(options))
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(part) for part in (where, *first["loc"]) if part != "")
+        raise RulesRefused(loc, first["msg"]) from None
 
 
 @EXTRACTORS.register("follow")
@@ -31,10 +54,10 @@ class Follow:
         follow, ids = options.get("follow"), options.get("ids")
         rules: dict[str, Any] = {}
         if follow:
-            f = FollowSpec.model_validate_json(json.dumps(follow))
+            f = _validated(FollowSpec, "follow", follow)
             rules.update(linkRegex=f.link_regex, css=list(f.css), attr=f.attr)
         if ids:
-            i = IdSpec.model_validate_json(json.dumps(ids))
+            i = _validated(IdSpec, "ids", ids)
             rules.update(idRegex=i.regex, urlFormat=i.url_format)
         self.rules = json.dumps(rules, sort_keys=True)
         self.lanes = lanes
@@ -56,7 +79,7 @@ class Items:
     def __init__(self, settings: Settings | None, options: Mapping[str, Any],
                  lanes: Parser) -> None:
         from shared.jobspec import ItemsSpec
-        spec = ItemsSpec.model_validate_json(json.dumps(dict(options)))
+        spec = _validated(ItemsSpec, "items", dict(options))
         self.rules = spec.model_dump_json(by_alias=True)
         self.lanes = lanes
 

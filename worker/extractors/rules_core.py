@@ -33,8 +33,9 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser as _Parser
 
+from shared import patterns
 from shared.ids import check_id, id_url
-from shared.patterns import Regex, compile
+from shared.patterns import Regex
 from shared.urls import Resolver
 from worker.extractors.links_html import decode_body
 
@@ -73,20 +74,23 @@ class _Items:
 
 @functools.lru_cache(maxsize=64)
 def compiled(kind: str, rules: str) -> _Follow | _Items:
-    """The rules of an extractor (``kind`` "follow" or "items", ``rules`` its JSON) compiled."""
+    """The rules of an extractor (``kind`` "follow" or "items", ``rules`` its JSON) compiled;
+    their regexes were checked by its factory (``worker.extractors.rules``), which refuses the
+    job's plan for one RE2 refuses."""
     r = json.loads(rules)
     if kind == "follow":
-        return _Follow(compile(r["linkRegex"]) if r.get("linkRegex") else None,
+        link, ids = r.get("linkRegex"), r.get("idRegex")
+        return _Follow(patterns.compile(link) if link else None,
                        tuple(r.get("css") or ()), r.get("attr") or "href",
-                       compile(r["idRegex"]) if r.get("idRegex") else None, r.get("urlFormat"))
+                       patterns.compile(ids) if ids else None, r.get("urlFormat"))
     fields = []
     for name, f in r["fields"].items():
         xpath = None
         if f.get("xpath"):
             from lxml import etree
             xpath = etree.XPath(f["xpath"])
-        fields.append(_Field(name, f.get("css"), xpath,
-                             compile(f["regex"]) if f.get("regex") else None, f.get("attr"),
+        regex = patterns.compile(f["regex"]) if f.get("regex") else None
+        fields.append(_Field(name, f.get("css"), xpath, regex, f.get("attr"),
                              f.get("take") == "all", _COERCE[f.get("type") or "str"],
                              f.get("default")))
     return _Items(r.get("name"), r.get("each"), tuple(fields))
