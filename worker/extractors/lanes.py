@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import pickle
@@ -99,12 +100,12 @@ class Parser:
         return lane
 
     async def links(self, body: bytes, base_url: str, encoding: str | None,
-                    function: str = "links") -> Links:
+                    keep_fragments: bool = False) -> Links:
         """The page's links with their guessed types (``worker.extractors.links_html.extract_links``); raises
         ParseFailed when that takes longer than the deadline or the parser fails, NoLane when
-        no lane is free within ``lane_wait``. ``function`` ``"links#"``: each keeps its
-        fragment (a job's ``fingerprint.keepFragment``)."""
-        return await self.run(function, body, base_url, encoding)
+        no lane is free within ``lane_wait``. ``keep_fragments``: each keeps its fragment (a
+        job's ``fingerprint.keepFragment``)."""
+        return await self.run("links#" if keep_fragments else "links", body, base_url, encoding)
 
     async def run(self, function: str, body: bytes, base_url: str, encoding: str | None,
                   args: Any = None) -> list[Any]:
@@ -236,18 +237,16 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
         writer.flush()
 
 
-def _links(body: bytes, base_url: str, encoding: str | None, args: Any) -> Links:
+def _links(body: bytes, base_url: str, encoding: str | None, args: Any,
+           keep_fragments: bool = False) -> Links:
     # sorted here, off the worker's event loop: it stores them in that order
-    return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding))
-
-
-def _links_with_fragments(body: bytes, base_url: str, encoding: str | None, args: Any) -> Links:
-    return sorted((u, guess_mime(u)) for u in extract_links(body, base_url, encoding, True))
+    return sorted((u, guess_mime(u))
+                  for u in extract_links(body, base_url, encoding, keep_fragments))
 
 
 LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None, Any], list[Any]]] = {
-    "links": _links, "links#": _links_with_fragments, "follow": rules_core.follow,
-    "items": rules_core.items}
+    "links": _links, "links#": functools.partial(_links, keep_fragments=True),
+    "follow": rules_core.follow, "items": rules_core.items}
 
 
 def die_with(parent: int) -> None:

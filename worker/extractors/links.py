@@ -29,7 +29,6 @@ class HtmlLinks:
         self.settings = settings
         self.lanes = lanes
         self.keep_fragments = bool(options.get("keepFragment"))
-        self._function = "links#" if self.keep_fragments else "links"
 
     def keeping_fragments(self) -> HtmlLinks:
         """This extractor, its links keeping their fragments."""
@@ -43,4 +42,4 @@ class HtmlLinks:
     async def extract(self, page: FetchedPage, base_url: str) -> Extraction:
         assert page.body is not None
         return Extraction(tuple(await self.lanes.links(page.body, base_url, page.charset,
-                                                       self._function)))
+                                                       self.keep_fragments)))
