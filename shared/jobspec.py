@@ -42,7 +42,8 @@ from shared.urls import CredentialsInURL, validate_job_url
 
 INT32_MAX = 2**31 - 1  # maxPages: an integer column
 UNBOUNDED_DEPTH = INT32_MAX - 1  # the default depth of a job with follow or ids
-MAX_RULE_CHARS = 1000
+# as patterns.MAX_PATTERN_CHARS: the length checks here fire first, with their own message
+MAX_RULE_CHARS = patterns.MAX_PATTERN_CHARS
 BUILTIN_EXTRACTORS = ("items",)
 BUILTIN_OUTPUTS = ("warc", "files", "tar", "db")
 # Where a job's pages come from and what they yield (worker/sources): "web" (HTML pages, the
@@ -62,16 +63,24 @@ def _pattern(value: str) -> str:
     return value
 
 
-def _url(value: str, info: ValidationInfo) -> str:
-    if (info.context or {}).get("canonical"):  # validated and made canonical already
-        return value
-    try:  # with its fragment, if it has one: _depth drops it but with fingerprint.keepFragment
-        return validate_job_url(value, keep_fragment="#" in value)
+def _valid_url(value: str, keep_fragment: bool = False, echo_as_given: bool = False) -> str:
+    """``validate_job_url``'s canonical URL; its refusal as a PydanticCustomError (echoing the
+    line as stripped, or ``value`` as given with ``echo_as_given``; never credentials)."""
+    try:
+        return validate_job_url(value, keep_fragment)
     except CredentialsInURL:
         raise PydanticCustomError("url", CredentialsInURL.REASON) from None
     except InvalidURL as e:
         raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
-                                  {"line": e.line}) from None
+                                  {"line": value if echo_as_given else e.line}) from None
+
+
+def _url(value: str, info: ValidationInfo) -> str:
+    if (info.context or {}).get("canonical"):  # validated and made canonical already
+        return value
+    # with its fragment, if it has one (_depth drops it but with fingerprint.keepFragment);
+    # '"#" in value' answers as True would, without the fragment's path for a URL with none
+    return _valid_url(value, keep_fragment="#" in value)
 
 
 def _kind(value: str, info: ValidationInfo, known: str, what: str) -> str:
@@ -106,8 +115,12 @@ def _rule_regex(value: str) -> str:
     """A regex run over page text (follow, ids, fields): compiles, at most one group."""
     if len(value) > MAX_RULE_CHARS:
         raise PydanticCustomError("regex", "longer than {n} characters", {"n": MAX_RULE_CHARS})
-    _pattern(value)
-    if (groups := patterns.compile(value).groups) > 1:
+    try:
+        groups = patterns.compile(value).groups
+    except patterns.PatternError as e:  # as _pattern says it
+        raise PydanticCustomError("pattern", "{pattern} ({problem})",
+                                  {"pattern": value, "problem": str(e)}) from None
+    if groups > 1:
         raise PydanticCustomError("regex", "{pattern} has {groups} capture groups (at most 1: "
                                   "use (?:...) for the others)",
                                   {"pattern": value, "groups": groups})
@@ -183,13 +196,7 @@ XPath = Annotated[str, AfterValidator(_xpath)]
 Ident = Annotated[str, AfterValidator(_id)]
 NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 def _webhook(value: str, info: ValidationInfo) -> str:
-    try:
-        url = validate_job_url(value)
-    except CredentialsInURL:
-        raise PydanticCustomError("url", CredentialsInURL.REASON) from None
-    except InvalidURL:
-        raise PydanticCustomError("url", "not an absolute http(s) URL: {line}",
-                                  {"line": value}) from None
+    url = _valid_url(value, echo_as_given=True)
     if not (info.context or {}).get("webhook_secret"):  # an unsigned POST is refused
         raise PydanticCustomError("webhook", "the server has no webhookSecret to sign it with")
     return url
