@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 from aiohttp import ClientConnectorError, TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -375,29 +376,22 @@ class NetGuard:
 
     async def open_connection(self, host: str, port: int
                               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A guarded TCP connection to ``host:port`` (the browser's SOCKS relay): resolved,
-        filtered and connected through the socket factory; AddressBlocked if refused."""
+        """A guarded TCP connection to ``host:port`` (the browser's SOCKS relay), made as the
+        connector makes one: a name resolved by :meth:`resolve` (refused addresses dropped,
+        AddressBlocked if none is left), its addresses raced (happy eyeballs) through
+        :meth:`socket_factory` (a refused one never connected to). The caller bounds it."""
         ip = parse_ip(host)
-        if ip is not None:
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            infos: list[tuple[Any, ...]] = [(family, socket.SOCK_STREAM, 0, "",
-                                             (str(ip), port))]
-        else:
-            infos = [(r["family"], socket.SOCK_STREAM, r["proto"], "", (r["host"], r["port"]))
-                     for r in await self.resolve(host, port)]
-        loop = asyncio.get_running_loop()
-        error: OSError = OSError(errno.EHOSTUNREACH, f"{host}: no address")
-        for info in infos:
-            sock = self.socket_factory(info)  # AddressBlocked: not connected
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, info[4])
-            except OSError as e:
-                sock.close()
-                error = e
-                continue
-            return await asyncio.open_connection(sock=sock)
-        raise error
+        found = ([(str(ip), port)] if ip is not None
+                 else [(r["host"], r["port"] or port) for r in await self.resolve(host, port)])
+        infos = [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, p, 0, 0))
+                 if ":" in a else
+                 (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, p))
+                 for a, p in found]  # as aiohttp's connector makes them
+        if not infos:
+            raise OSError(errno.EHOSTUNREACH, f"{host}: no address")
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=0.25, socket_factory=self.socket_factory)
+        return await asyncio.open_connection(sock=sock)
 
 
 class GuardedResolver(AbstractResolver):

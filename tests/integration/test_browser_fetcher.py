@@ -4,7 +4,9 @@ Rendered links, wait conditions, resource blocking, stealth, stateless visits, a
 to another host through the gate, the rendered WARC answer, and recovery: a hung page
 relaunches the browser once however many hang together (unless browserRelaunchOnTimeout is
 off), a killed browser is relaunched, so are errors in a row, a leased page held too long is
-reclaimed. Never skipped: without chromium it fails (a missing browserPath is a config error)."""
+reclaimed. The SSRF guard's relay: no sub-resource, script request or redirect reaches a
+refused address (a connection-counting canary on 127.0.0.2), a redirect there is blocked
+with the guard's reason, switches that would bypass it are refused. Never skipped: without chromium it fails (a missing browserPath is a config error)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from harvester_ops.embedded import free_port
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.robots import BLOCKED
+from shared.robots import BLOCKED, BLOCKED_LOOPBACK, redirected
 from shared.urls import host_key
 from tests.browser_site import CHROMIUM, JsSite, anchors, chromium_pids, probe, require_chromium
+from tests.integration.test_socks_guard import Canary
 from tests.polling import until
+from tests.servers import serve
 from worker.fetchers import FetchRequest, tabs
 from worker.fetchers.browser import BrowserFetcher
 from worker.fetchers.http import HttpFetcher, html_2xx
@@ -364,3 +369,80 @@ async def test_a_missing_browser_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="make browser"):
         async with BrowserFetcher(missing, concurrency=1):
             pass
+
+
+# -- the SSRF guard's relay (worker/fetchers/socks_guard.py) -----------------------------------
+# Only 127.0.0.1 allowed: a connection-counting canary on 127.0.0.2 stands for every address the
+# guard refuses. Chromium reaches it neither by a sub-resource, nor a script, nor a redirect.
+NARROW = SETTINGS.model_copy(update={"allow_networks": ("127.0.0.1/32",)})
+SUBRESOURCES = """<!doctype html><html><head><title>Sub</title><script>
+function mark(t) { const p = document.createElement('p'); p.className = 'mark';
+                   p.textContent = t; document.body.appendChild(p); }
+</script></head><body><a href="/p/1">one</a>
+<img src="{canary}/img" onload="mark('img loaded')" onerror="mark('img failed')">
+<iframe src="{canary}/frame"></iframe>
+<script>
+fetch('{canary}/fetch').then(() => mark('fetch answered'), () => mark('fetch failed'))
+  .finally(() => { const d = document.createElement('div'); d.id = 'done';
+                   document.body.appendChild(d); });
+</script></body></html>"""
+
+
+@pytest.fixture
+async def canary() -> AsyncIterator[Canary]:
+    c = await Canary("127.0.0.2").start()
+    yield c
+    await c.stop()
+
+
+async def test_a_pages_requests_never_reach_a_refused_address(site: JsSite,
+                                                              canary: Canary) -> None:
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=SUBRESOURCES.replace("{canary}", canary.base),
+                            content_type="text/html")
+
+    runner, base = await serve(page)
+    try:
+        async with BrowserFetcher(NARROW, concurrency=1) as narrow:
+            port = narrow.tabs.relay.port
+            for _ in range(2):  # the second time in a relaunched browser: the same relay
+                sub = await narrow.fetch(request(base + "/sub",
+                                                 {"block": [], "selector": "#done"}), None)
+                assert sub.status == 200 and sub.body is not None, sub
+                text = sub.body.decode()
+                assert "fetch failed" in text and "img failed" in text, text
+                assert anchors(sub.body) == ["/p/1"]
+                assert canary.hits == 0
+                assert narrow.tabs.relay.failure("127.0.0.2", canary.port) == BLOCKED_LOOPBACK
+                assert await narrow.tabs.relaunch("test", narrow.tabs.gen)
+                assert narrow.tabs.relay.port == port
+    finally:
+        await runner.cleanup()
+    assert canary.hits == 0
+
+
+async def test_a_redirect_to_a_refused_address_is_blocked(site: JsSite, canary: Canary) -> None:
+    target = canary.base + "/x"
+    async with BrowserFetcher(NARROW, concurrency=1) as narrow:
+        moved = await narrow.fetch(request(f"{site.base}/moved?to={target}"), None)
+        assert moved.error == redirected(BLOCKED_LOOPBACK, target), moved
+        assert moved.status is None and moved.permanent and moved.body is None
+        assert moved.final_url == target
+        assert moved.redirects == (f"{site.base}/moved?to={target}",)
+        # The page's own address refused when Chromium connects (a name rebound since the
+        # gate admitted it): blocked, not failed.
+        own = await narrow.fetch(request(target), None)
+        assert (own.status, own.error, own.permanent) == (None, BLOCKED_LOOPBACK, True), own
+        # An allowed page still renders, its script's links found.
+        page = await narrow.fetch(request(site.url(0)), None)
+        assert page.status == 200 and page.body is not None, page
+        assert [site.base + h for h in anchors(page.body)] == site.links(0)
+    assert canary.hits == 0
+
+
+async def test_args_that_would_bypass_the_relay_are_a_config_error() -> None:
+    for arg in ("--proxy-server=direct://", "--no-proxy-server", "--proxy-bypass-list=*"):
+        bypass = SETTINGS.model_copy(update={"browser_args": ("--disable-gpu", arg)})
+        with pytest.raises(ConfigError, match="SSRF guard"):
+            async with BrowserFetcher(bypass, concurrency=1):
+                pass

@@ -12,7 +12,14 @@ the retry policy tries it again; pages of the old browser finish before it is cl
 lent to a task (``lease``) is closed when given back, or when held past ``browserPageLease``
 (its slot reused then). Every wait of a visit comes out of its one deadline, within the fetch
 budget (so within its host slot's lease); a navigation to another host takes a slot on that
-host through the gate, as an HTTP redirect hop does. See docs/browser.md."""
+host through the gate, as an HTTP redirect hop does.
+
+The SSRF guard (issue 17): every connection of the browser (sub-resources, scripts' requests,
+redirects, each resolved anew) goes through ``Tabs.relay`` (``socks_guard``). A navigation the
+relay refused is blocked with the guard's reason (its own address: the reason; a redirect's:
+``<reason> (redirect to <url>)``), as the http fetcher does; another failure keeps the name
+Chromium gives it without a proxy. ``browserArgs`` that would bypass the relay are refused at
+start. See docs/browser.md."""
 
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urldefrag
+from urllib.parse import urldefrag, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -30,7 +37,8 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.mime import is_html, normalize_mime
 from shared.model import FetchedPage, RawResponse
-from shared.urls import host_key
+from shared.robots import BLOCKED_PREFIX
+from shared.urls import DEFAULT_PORTS, host_key
 from worker.fetchers import FETCHERS, FetchRequest, HopGate, refused_hop
 from worker.fetchers.decode import BodyTooLarge
 from worker.fetchers.http import fetch_budget, retry_after_of
@@ -46,6 +54,12 @@ log = logging.getLogger(__name__)
 GRACE = 2.0
 TAB_WAIT = 5.0         # a tab not made in that long (or more) counts against the browser
 _RAW_DROPPED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+# How Chromium reports a connection the relay (``socks_guard``) did not make.
+RELAY_FAILED = ("net::ERR_SOCKS_CONNECTION_FAILED", "net::ERR_PROXY_CONNECTION_FAILED")
+# Switches that would route around the relay (or resolve names in the browser).
+UNGUARDED_ARGS = frozenset({"--proxy-server", "--no-proxy-server", "--proxy-pac-url",
+                            "--proxy-auto-detect", "--proxy-bypass-list",
+                            "--host-resolver-rules", "--enable-quic"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,10 @@ class BrowserFetcher:
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise ConfigError("browserPath", f"{path} is not an executable: install Chromium "
                                              "(make browser)")
+        for arg in self.settings.browser_args:
+            if arg.split("=", 1)[0] in UNGUARDED_ARGS:
+                raise ConfigError("browserArgs", f"{arg.split('=', 1)[0]} would take the "
+                                                 "browser past the SSRF guard's relay")
         await self.tabs.start()
         return self
 
@@ -196,8 +214,22 @@ class BrowserFetcher:
                           e: Exception) -> FetchedPage:
         why = first_line(e)
         if visit.refused is not None:
+            _spent(tab, why)
             url, refusal = visit.refused
             return _refused(req, url, refusal, None)
+        failed = next((name for name in RELAY_FAILED if name in why), None)
+        if failed is not None:  # the relay made no connection: why, as it recorded it
+            url, chain = _navigated(req, visit)
+            parts = urlsplit(url)
+            reason = self.tabs.relay.failure(parts.hostname or "",
+                                             parts.port or DEFAULT_PORTS.get(parts.scheme, 80))
+            if reason is not None and reason.startswith(BLOCKED_PREFIX):
+                _spent(tab, why)
+                if url == req.url:  # the page's own address (a name rebound since admission)
+                    return _failed(req, reason, permanent=True)
+                return _refused(req, url, reason, None, chain)
+            if reason is not None:  # as Chromium says it without a proxy
+                why = why.replace(failed, reason)
         if "Download is starting" in why:
             return _failed(req, "a download, not a page", permanent=True)
         browser = self.tabs.browser
@@ -208,6 +240,7 @@ class BrowserFetcher:
             relaunched = await self.tabs.relaunch(reason, tab.gen)
             return _failed(req, f"browser error: {why}"
                                 + (" (browser relaunched)" if relaunched else ""))
+        _spent(tab, why)
         if "net::ERR_INVALID_URL" in why or "Cannot navigate to invalid URL" in why:
             return _failed(req, f"invalid URL: {why}", permanent=True)
         return await self._no_answer(req, tab.gen, why)
@@ -326,6 +359,28 @@ def _release(hops: HopGate, slots: dict[str, Any], req: FetchRequest,
             hops.release(slot, req.policy.trouble(page), req.policy.pause(page))
         else:
             hops.release(slot, False, None)
+
+
+def _spent(tab: Tab, why: str) -> None:
+    """After a navigation's network error Chromium commits its error page late, which would
+    interrupt the tab's next navigation ("interrupted by another navigation to
+    chrome-error://chromewebdata/"): such a tab is closed when given back, not reused.
+    ``ERR_ABORTED`` commits no error page (and a crashed page's tab waits for its event)."""
+    if "net::ERR_" in why and "net::ERR_ABORTED" not in why:
+        tab.dead = True
+
+
+def _navigated(req: FetchRequest, visit: Visit) -> tuple[str, tuple[str, ...]]:
+    """Where the visit's last main-frame navigation went (its HTTP redirects, which are not
+    routed, followed) and the redirect chain that led there."""
+    nav = visit.navigation
+    if nav is None:
+        return req.url, ()
+    chain: list[str] = []
+    while nav.redirected_to is not None:
+        chain.append(nav.url)
+        nav = nav.redirected_to
+    return nav.url, tuple(chain)
 
 
 def _bad_selector(e: Exception) -> bool:

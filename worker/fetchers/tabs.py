@@ -2,6 +2,8 @@
 tabs (a browser context and its one page each) lent one use at a time, within ``concurrency``
 slots, and the recovery of the browser (CC-7): one relaunch at a time, by generation, on what
 the fetcher or Playwright reports; tabs lent to tasks and held past their lease reclaimed.
+Every connection the browser makes goes through the SSRF guard's SOCKS relay
+(``worker/fetchers/socks_guard.py``, started before the browser and kept across relaunches).
 The fetcher that uses them: ``worker/fetchers/browser.py``; docs/browser.md."""
 
 from __future__ import annotations
@@ -10,23 +12,30 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared import metrics
 from shared.config import Settings
+from shared.netguard import NetGuard
 from shared.urls import host_key
 from worker.fetchers import HopGate
 from worker.fetchers import stealth as stealthy
+from worker.fetchers.socks_guard import SocksGuard
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Route
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Request, Route
 
 log = logging.getLogger(__name__)
 
 RECYCLE = 500          # visits after which a tab's context is made anew
 RETRY_BROKEN = 10.0    # seconds between launch attempts once relaunching has failed
+# Every connection through the SSRF guard's relay (loopback too, which Chromium would bypass),
+# no QUIC (UDP, past a SOCKS proxy) and no WebRTC UDP outside the proxy. Last on the command
+# line: Chromium takes a switch's last value.
+GUARDED_ARGS = ("--proxy-bypass-list=<-loopback>", "--disable-quic",
+                "--force-webrtc-ip-handling-policy=disable_non_proxied_udp")
 
 
 class BrowserUnavailable(Exception):
@@ -41,6 +50,8 @@ class Visit:
     deadline: float
     headers: Mapping[str, str]
     refused: tuple[str, str] | None = None  # (url, why) of a navigation the gate refused
+    navigation: Request | None = None  # the last main-frame navigation routed (its redirects:
+    #                                    ``redirected_to``), for a failure through the relay
     checked: set[str] = field(default_factory=set)  # URLs of other hosts the gate allowed
     slots: dict[str, Any] = field(default_factory=dict)  # other hosts' slots, held to the end
     done: bool = False                                   # ended: its slots went back
@@ -86,25 +97,34 @@ class Tabs:
         self._broken: tuple[str, float] | None = None  # why no browser, since when
         self._jobs: set[asyncio.Task[Any]] = set()
         self._watch: asyncio.Task[None] | None = None
+        # The SSRF guard's SOCKS relay every browser generation connects through.
+        guard = NetGuard.from_settings(settings)
+        self.relay = SocksGuard(guard, settings.connect_timeout + guard.policy.lookup_timeout)
+        self._stack = AsyncExitStack()
 
     @property
     def browser(self) -> Browser | None:
         return self._browser
 
     async def start(self) -> None:
-        """Start Playwright, launch the browser and the lease watchdog."""
+        """Start the relay, Playwright, the browser and the lease watchdog."""
         from playwright.async_api import Error, TimeoutError, async_playwright
         self.error, self.timeout = Error, TimeoutError
-        self._pw = await async_playwright().start()
+        await self._stack.enter_async_context(self.relay)  # before the browser, closed after
         try:
+            self._pw = await async_playwright().start()
             self._browser = await self._launch(0)
         except BaseException:
-            await self._pw.stop()
+            if self._pw is not None:
+                await self._pw.stop()
+                self._pw = None
+            await self._stack.aclose()
             raise
         self._watch = asyncio.create_task(self._watchdog(), name="browser-page-leases")
 
     async def close(self) -> None:
-        """Stop: no relaunch any more, the browser closed, Playwright stopped."""
+        """Stop: no relaunch any more, the browser closed, Playwright stopped, the relay
+        closed."""
         self._closing = True
         if self._watch is not None:
             self._watch.cancel()
@@ -119,12 +139,14 @@ class Tabs:
             with suppress(Exception):
                 await asyncio.wait_for(self._pw.stop(), 10)
         self._pw = None
+        await self._stack.aclose()
 
     async def _launch(self, gen: int) -> Browser:
         assert self._pw is not None
         browser = await self._pw.chromium.launch(
-            executable_path=self.settings.browser_path, args=list(self.settings.browser_args),
-            headless=True)
+            executable_path=self.settings.browser_path,
+            args=[*self.settings.browser_args, *GUARDED_ARGS],
+            proxy={"server": self.relay.server}, headless=True)
         browser.on("disconnected", lambda _: self._lost(gen))
         return browser
 
@@ -292,7 +314,9 @@ class Tabs:
         robots.txt and take a slot on that host (``HopGate.admit_hop``, waited for within the
         visit's deadline, as an HTTP redirect hop's), held until the visit ends (the fetcher
         releases ``Visit.slots``); a later navigation to a host already held goes under its
-        slot. The source's extra headers go to the visit's own host only."""
+        slot. The source's extra headers go to the visit's own host only. The visit's
+        main-frame navigation is noted (``Visit.navigation``): where it failed, if the relay
+        refused the address (redirects and sub-resources are the relay's alone)."""
         try:
             request = route.request
             if request.resource_type in tab.block:
@@ -302,6 +326,10 @@ class Tabs:
             if visit is None:
                 await route.continue_()
                 return
+            if request.resource_type == "document" and tab.page is not None:
+                with suppress(self.error):  # a popup's first request: its frame is not known yet
+                    if request.frame is tab.page.main_frame:
+                        visit.navigation = request
             host = host_key(request.url)
             if (host != visit.host and visit.hops is not None
                     and request.resource_type == "document" and request.is_navigation_request()
