@@ -35,7 +35,7 @@ from shared.robots import (
 from shared.streams import read_head
 from shared.urls import host_key
 from worker.extractors.sitemaps import parse_sitemap
-from worker.fetchers.http import connect_error
+from worker.fetchers.http import connect_error, fetch_budget
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +468,20 @@ class HostGate:
             task.cancel()
         await asyncio.gather(*self._robots_fetches, *self._pause_checks, return_exceptions=True)
 
+    def _whole_fetch(self) -> aiohttp.ClientTimeout:
+        """One deadline for a whole robots.txt or sitemap request, its redirects and its body
+        included (``fetch_budget``: the http fetcher's), whatever the session's own timeouts:
+        a server trickling a byte per ``readTimeout`` cannot hold the request past it."""
+        s = self.settings
+        return aiohttp.ClientTimeout(total=fetch_budget(s), sock_connect=s.connect_timeout,
+                                     sock_read=s.read_timeout)
+
     async def _fetch_robots(self, host: str) -> RobotsAnswer:
+        """A host's robots.txt. No answer in time (a timeout, the whole request's deadline
+        included) is a failure, as an unreachable server is (``RobotsAnswer.failed``)."""
         try:
             async with self.session.get(host + "/robots.txt", allow_redirects=True,
-                                        max_redirects=5) as resp:
+                                        max_redirects=5, timeout=self._whole_fetch()) as resp:
                 text = decode(await read_head(resp.content, ROBOTS_MAX_BYTES), resp.charset)
                 log.info("robots.txt of %s: %d", host, resp.status)
                 return RobotsAnswer(resp.status, text if resp.status < 300 else None)
@@ -515,7 +525,7 @@ class HostGate:
 
     async def _fetch_sitemap(self, where: str, rules: RobotsRules | None) -> bytes | None:
         """One sitemap, in a request slot of its host (None: not there, blocked by the SSRF
-        guard, or no slot in time)."""
+        guard, no slot in time, or not read by the request's deadline)."""
         s = self.settings
         if self.guard is not None:
             reason = await self.guard.check_url(where)
@@ -530,7 +540,8 @@ class HostGate:
             return None
         trouble = True
         try:
-            async with self.session.get(where, allow_redirects=True, max_redirects=5) as resp:
+            async with self.session.get(where, allow_redirects=True, max_redirects=5,
+                                        timeout=self._whole_fetch()) as resp:
                 trouble = resp.status in (429, 503) or resp.status >= 500
                 if resp.status != 200:
                     return None

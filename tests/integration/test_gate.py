@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -61,16 +62,18 @@ def polite(settings: Settings) -> Settings:
                                        "robots_max_failures": 2})
 
 
-GateFor = Callable[[Settings], Awaitable[HostGate]]
+GateFor = Callable[..., Awaitable[HostGate]]
 
 
 @pytest.fixture
 async def gate_for() -> AsyncIterator[GateFor]:
-    """A HostGate on its own pool and HTTP session, with its release loop running."""
+    """``await gate_for(settings, session=None)``: a HostGate on its own pool and HTTP session
+    (``open_session``'s, or the one given: closed with the gate), its release loop running."""
     closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def make(s: Settings) -> HostGate:
-        pool_cm, session_cm = open_pool(s.database_url, max_size=4), open_session(s)
+    async def make(s: Settings, session: aiohttp.ClientSession | None = None) -> HostGate:
+        pool_cm = open_pool(s.database_url, max_size=4)
+        session_cm = open_session(s) if session is None else session
         pool, session = await pool_cm.__aenter__(), await session_cm.__aenter__()
         gate = HostGate(s, pool, session)
         releases = asyncio.create_task(gate.run_releases())
@@ -166,6 +169,74 @@ async def test_a_robots_txt_that_cannot_be_stored_counts_as_a_failure(
     row = await robots_row(db, site.base)
     assert row["robots_failures"] == 1 and row["robots_fetched_on"] is None
     assert site.hits("/robots.txt") == 1
+
+
+@dataclass
+class Trickle:
+    """A host answering ``pages[path]`` at once and any other path with a 200 whose body comes
+    one byte every 0.3 s for a minute (each byte well within ``readTimeout``), recording the
+    paths whose trickle ended early (the client hung up)."""
+    pages: dict[str, bytes] = field(default_factory=dict)
+    hung_up: list[str] = field(default_factory=list)
+    base: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path in self.pages:
+            return web.Response(body=self.pages[request.path])
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        try:
+            for _ in range(200):
+                await resp.write(b"#")
+                await asyncio.sleep(0.3)
+        except ConnectionError:
+            self.hung_up.append(request.path)
+        return resp
+
+
+def trickled(polite: Settings) -> tuple[Settings, aiohttp.ClientSession]:
+    """Settings whose whole-request deadline is 3 s (``connectTimeout`` + 2 × ``readTimeout``),
+    and a session with per-read timeouts only: the gate must bound its requests itself."""
+    s = polite.model_copy(update={"connect_timeout": 1.0, "read_timeout": 1.0,
+                                  "robots_max_failures": 1})
+    return s, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=1, sock_read=1))
+
+
+async def test_a_trickling_robots_txt_is_given_up_at_the_deadline_as_unreachable(
+        polite: Settings, gate_for: GateFor, start_server: StartServer,
+        db: asyncpg.Connection) -> None:
+    """A robots.txt that trickles in is given up at the request's deadline, not read for as
+    long as each byte comes within ``readTimeout``; it counts as an unreachable robots.txt
+    (a failure: here ``robotsMaxFailures`` 1, so the host's visits are blocked)."""
+    trickle = Trickle()
+    trickle.base = await start_server(trickle.handle)
+    s, session = trickled(polite)
+    gate = await gate_for(s, session)
+    visits = {(1, 1): trickle.base + "/a"}
+    assert (await gate.admit(visits)).deferred  # robots.txt being fetched
+
+    async def blocked() -> bool:
+        return (await gate.admit(visits)).blocked == {(1, 1): "robots.txt unreachable"}
+
+    await until(blocked, timeout=30.0)  # the trickle would last 60 s
+    row = await robots_row(db, trickle.base)
+    assert row["robots_failures"] == 1 and row["robots_fetched_on"] is None
+    await until(lambda: asyncio.sleep(0, trickle.hung_up == ["/robots.txt"]))
+
+
+async def test_a_trickling_sitemap_is_given_up_at_the_deadline(
+        polite: Settings, gate_for: GateFor, start_server: StartServer,
+        db: asyncpg.Connection) -> None:
+    """A sitemap that trickles in is given up at the request's deadline: no pages from it."""
+    trickle = Trickle()
+    trickle.base = await start_server(trickle.handle)
+    trickle.pages["/robots.txt"] = f"Sitemap: {trickle.base}/map.xml\n".encode()
+    s, session = trickled(polite)
+    gate = await gate_for(s, session)
+    await gate.admit({(1, 1): trickle.base + "/"})
+    await until(lambda: robots_fetched(db, trickle.base))
+    assert await asyncio.wait_for(gate.sitemap_urls(trickle.base), 30.0) == []
+    await until(lambda: asyncio.sleep(0, trickle.hung_up == ["/map.xml"]))
 
 
 # -- releases ---------------------------------------------------------------------------------
