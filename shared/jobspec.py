@@ -83,6 +83,15 @@ def _url(value: str, info: ValidationInfo) -> str:
     return _valid_url(value, keep_fragment="#" in value)
 
 
+def _too_long(url: str, limit: int, key: str) -> PydanticCustomError | None:
+    """Why a job URL (canonical) longer than ``limit`` characters is refused (``key``: the
+    setting that says so); None when it is not. Never echoes the URL: it may be a megabyte."""
+    if len(url) <= limit:
+        return None
+    return PydanticCustomError("url_length", "{length} characters long (at most {limit}: {key})",
+                               {"length": len(url), "limit": limit, "key": key})
+
+
 def _kind(value: str, info: ValidationInfo, known: str, what: str) -> str:
     kinds = tuple((info.context or {}).get(known, ()))
     if value not in kinds:
@@ -608,14 +617,37 @@ class JobSpec(BaseModel):
 
     @field_validator("urls")
     @classmethod
-    def _dedupe(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+    def _dedupe(cls, urls: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if isinstance(info.context, dict):  # validate_spec's, made for this validation only
+            info.context["given_urls"] = urls  # as given (canonical): _short_enough's indexes
         return tuple(dict.fromkeys(urls))
+
+    def _short_enough(self, context: Mapping[str, Any]) -> None:
+        """Each URL (canonical, as given) at most the job's ``traps.maxUrlLength``, else the
+        server's ``maxURLLength``, characters long; the first one longer is a 400 naming
+        ``urls[i]`` (or ``ids.seeds[i]`` for a seed's URL). ``traps`` is validated after
+        ``urls``, so this is checked here, with the model."""
+        limit, key = context.get("max_url_length"), "maxURLLength"
+        if self.traps is not None and self.traps.max_url_length is not None:
+            limit, key = self.traps.max_url_length, "traps.maxUrlLength"
+        if limit is None:  # a context without the setting: nothing to check against
+            return
+        given = context.get("given_urls", self.urls)
+        for i, url in enumerate(given):
+            if (error := _too_long(url, limit, key)) is not None:
+                _fail(f"urls[{i}]", None, error)
+        if self.ids is not None:
+            for i, seed in enumerate(self.ids.seeds):
+                url = id_url(self.ids.url_format, seed)
+                if (error := _too_long(url, limit, key)) is not None:
+                    _fail(f"ids.seeds[{i}]", seed, error)
 
     @model_validator(mode="after")
     def _depth(self, info: ValidationInfo) -> JobSpec:
         context = info.context or {}
         if "max_depth" not in context or "max_level" not in context:
             raise RuntimeError("JobSpec needs a validation context: use validate_spec")
+        self._short_enough(context)
         spec = self
         if (self.fingerprint is None or not self.fingerprint.keep_fragment) and any(
                 "#" in u for u in spec.urls):  # kept by _url: dropped but with keepFragment
@@ -811,7 +843,8 @@ def validate_spec(data: dict[str, Any] | str | bytes, settings: Settings,
                "outputs": (*BUILTIN_OUTPUTS, *settings.output_kinds),
                "webhook_secret": bool(settings.webhook_secret),
                "tasks": tuple(settings.tasks), "github_base_url": settings.github_base_url,
-               "github_per_page": settings.github_per_page}
+               "github_per_page": settings.github_per_page,
+               "max_url_length": settings.max_url_length}
     try:
         if isinstance(data, dict):
             return JobSpec.model_validate(data, context=context)

@@ -146,6 +146,15 @@ class CredentialsInURL(InvalidURL):
         super().__init__(self.REASON)
 
 
+class URLTooLong(InvalidURL):
+    """A job line whose canonical URL is longer than ``maxURLLength``: named by its line
+    number, never echoed (it may be a megabyte)."""
+
+    def __init__(self, line_no: int, length: int, limit: int) -> None:
+        super().__init__(f"line {line_no} is {length} characters long (at most {limit}: "
+                         "maxURLLength)")
+
+
 def has_credentials(url: str) -> bool:
     """Whether an absolute URL's authority holds user info (``user[:pass]@``)."""
     start = url.find("://") + 3

@@ -20,7 +20,7 @@ from shared.db.pool import RETRYABLE
 from shared.errors import BadRequest, DependencyUnavailable, NotFound, PayloadTooLarge
 from shared.jobspec import JobSpec, status_view, validate_spec
 from shared.scope import SCOPES, Scope, check_pattern
-from shared.urls import validate_job_url
+from shared.urls import URLTooLong, validate_job_url
 from web_server import eta, exports, github
 from web_server import sessions as session_api
 from web_server import tasks as task_api
@@ -43,13 +43,17 @@ _CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Seria
 CREATE_ATTEMPTS = 5
 
 
-def parse_job_body(text: str) -> list[str]:
-    """Newline-separated URLs; blank lines skipped, lines trimmed, duplicates removed in order."""
+def parse_job_body(text: str, max_length: int | None = None) -> list[str]:
+    """Newline-separated URLs; blank lines skipped, lines trimmed, duplicates removed in order.
+    A URL (canonical) longer than ``max_length`` is refused naming its line (``URLTooLong``)."""
     urls: dict[str, None] = {}
-    for line in text.split("\n"):
+    for n, line in enumerate(text.split("\n"), 1):
         line = line.strip()
         if line:
-            urls.setdefault(validate_job_url(line), None)
+            url = validate_job_url(line)
+            if max_length is not None and len(url) > max_length:
+                raise URLTooLong(n, len(url), max_length)
+            urls.setdefault(url, None)
     if not urls:
         raise BadRequest("No URLs provided")
     return list(urls)
@@ -165,9 +169,10 @@ def query_params(request: web.Request, settings: Settings) -> dict[str, Any]:
 
 
 def newline_spec(params: dict[str, Any], body: str, settings: Settings) -> JobSpec:
-    """The spec of a newline body with ``query_params``' fields."""
-    return validate_spec({"urls": tuple(parse_job_body(body)), **params}, settings,
-                         canonical=True)
+    """The spec of a newline body with ``query_params``' fields; its URLs at most
+    ``maxURLLength`` characters each."""
+    return validate_spec({"urls": tuple(parse_job_body(body, settings.max_url_length)),
+                          **params}, settings, canonical=True)
 
 
 def _looks_like_json(body: str) -> bool:

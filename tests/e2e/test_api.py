@@ -44,6 +44,9 @@ BAD_POSTS = [
      "Too many URLs: 6 (at most 5)"),
     ("http://x.example/" + "a" * 5000, {}, 413, "PayloadTooLarge",
      "Request body larger than 4096 bytes"),
+    # maxURLLength (2048) bounds job URLs too: the line is named, not echoed.
+    ("http://x.example/\n\nhttp://x.example/" + "a" * 2100, {}, 400, "BadRequest",
+     "Invalid URL: line 3 is 2117 characters long (at most 2048: maxURLLength)"),
     # Only ASCII decimal digits, in range: no Unicode digits, signs, underscores or spaces.
     ("http://x.example/", {"depth": "1_0"}, 400, "BadRequest", "Invalid depth: 1_0"),
     ("http://x.example/", {"depth": "+3"}, 400, "BadRequest", "Invalid depth: +3"),
@@ -305,6 +308,10 @@ BAD_JSON = [
     ({"urls": ["http://a.example/", "mailto:a@b.example"]},
      "Invalid urls[1]: not an absolute http(s) URL: mailto:a@b.example"),
     ({"urls": []}, "Invalid urls: Tuple should have at least 1 item after validation, not 0"),
+    ({"urls": ["http://a.example/", "http://a.example/" + "a" * 2100]},
+     "Invalid urls[1]: 2117 characters long (at most 2048: maxURLLength)"),
+    ({"urls": ["http://a.example/abc"], "traps": {"maxUrlLength": 19}},
+     "Invalid urls[0]: 20 characters long (at most 19: traps.maxUrlLength)"),
     ({"urls": ["http://a.example/"], "tasks": "all"}, "Invalid tasks: Extra inputs are not permitted"),
     ({"urls": ["http://a.example/"], "task": "all"},
      "Invalid task.name: unknown task 'all' (allowed: none)"),

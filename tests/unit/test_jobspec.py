@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from shared.config import Settings
+from shared.errors import InvalidURL
 from shared.jobspec import JobSpec, SpecError, ruleset_of, status_view, validate_spec
 from web_server.routes import newline_spec, query_params
 
@@ -216,3 +217,48 @@ def test_a_webhook_needs_an_http_url_and_the_servers_secret() -> None:
         validate_spec(json.dumps(body), SETTINGS)
     with pytest.raises(SpecError, match="^Invalid webhook: not an absolute http"):
         validate_spec(json.dumps(body | {"webhook": "ftp://a.example/"}), signed)
+
+
+LONG = "http://a.example/" + "a" * 2031  # 2048 characters: the default maxURLLength
+
+
+def test_a_job_url_longer_than_max_url_length_is_refused_naming_where() -> None:
+    """A job URL (canonical) longer than the job's ``traps.maxUrlLength``, else the server's
+    ``maxURLLength``, is a 400 naming its index (JSON) or line (newline body), never echoing
+    it; one at the limit is taken. Indexes are the client's, duplicates before it counted."""
+    assert len(LONG) == SETTINGS.max_url_length
+    assert validate_spec(json.dumps({"urls": [LONG]}), SETTINGS).urls == (LONG,)
+    assert _newline("/", LONG + "\n").urls == (LONG,)
+    data = {"urls": [PAGE, PAGE, LONG + "b"]}
+    with pytest.raises(SpecError) as e:
+        validate_spec(json.dumps(data), SETTINGS)
+    assert e.value.message == "Invalid urls[2]: 2049 characters long (at most 2048: maxURLLength)"
+    with pytest.raises(SpecError, match=r"^Invalid urls\[0\]: 2049 .* \(at most 2048: "):
+        validate_spec({"urls": (LONG + "b",)}, SETTINGS)  # a dict too (the github routes)
+    with pytest.raises(InvalidURL) as line:
+        _newline("/", f"{PAGE}\n\n  {LONG}b  \n")
+    assert line.value.message == ("Invalid URL: line 3 is 2049 characters long (at most 2048: "
+                                  "maxURLLength)")
+    # The job's own limit, lower or higher than the server's.
+    with pytest.raises(SpecError) as e:
+        validate_spec(json.dumps({"urls": [PAGE + "abc"], "traps": {"maxUrlLength": 19}}),
+                      SETTINGS)
+    assert e.value.message == ("Invalid urls[0]: 20 characters long (at most 19: "
+                               "traps.maxUrlLength)")
+    roomy = {"urls": [LONG + "b"], "traps": {"maxUrlLength": 4096}}
+    assert validate_spec(json.dumps(roomy), SETTINGS).urls == (LONG + "b",)
+    assert validate_spec(json.dumps({"urls": [LONG]}),
+                         Settings(max_url_length=4096)).urls == (LONG,)
+    # Measured canonical: "é" is "%C3%A9", 6 characters.
+    with pytest.raises(SpecError, match=r"^Invalid urls\[0\]: 2053 characters long"):
+        validate_spec(json.dumps({"urls": [LONG[:-1] + "é"]}), SETTINGS)
+
+
+def test_a_seed_whose_url_is_too_long_is_refused_naming_it() -> None:
+    """``ids.seeds`` become job URLs: each bounded as the job's ``urls`` are."""
+    ids = {"urlFormat": "http://a.example/id/{}", "regex": "id/(\\w+)", "seeds": ["x", "y" * 40]}
+    with pytest.raises(SpecError) as e:
+        validate_spec(json.dumps({"ids": ids, "traps": {"maxUrlLength": 50}}), SETTINGS)
+    assert e.value.message == ("Invalid ids.seeds[1]: 60 characters long (at most 50: "
+                               "traps.maxUrlLength)")
+    assert len(validate_spec(json.dumps({"ids": ids}), SETTINGS).urls) == 2
