@@ -172,8 +172,8 @@ class Settings(BaseModel):
     work_topic: str = "work_queue"
     log_level: str = "INFO"
 
-    # web server
-    http_addr: str = ":8080"
+    # web server: loopback unless told otherwise (":8080" or "0.0.0.0:8080": every interface)
+    http_addr: str = "127.0.0.1:8080"
     root_path: str = "/"
     max_level: int = Field(2, ge=0)
     max_depth: int = Field(10, ge=0)

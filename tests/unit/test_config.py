@@ -69,6 +69,42 @@ def test_no_file_gives_defaults() -> None:
     assert (s.max_level, s.cache_max_age, s.root_path, s.max_depth) == (2, 86400.0, "/", 10)
 
 
+def test_the_api_listens_on_loopback_unless_told_otherwise(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``httpAddr`` defaults to 127.0.0.1:8080, as does the example config; ``-addr``, the
+    environment or the config opens it wider, and then, without API tokens, the web server
+    warns at start."""
+    from web_server.app import create_app, parse_addr
+    assert Settings().http_addr == "127.0.0.1:8080"
+    assert parse_addr(load_settings(None, env={}).http_addr) == ("127.0.0.1", 8080)
+    example = Path(__file__).resolve().parents[2] / "config" / "web_server.json"
+    assert load_settings(example, env={}).http_addr == "127.0.0.1:8080"
+    args = parse_flags("web_server", ["-config", str(example), "-addr", "0.0.0.0:9000"],
+                       with_addr=True)
+    assert settings_from_flags(args, env={}).http_addr == "0.0.0.0:9000"
+    assert load_settings(None, env={"HARVESTER_HTTP_ADDR": ":8080"}).http_addr == ":8080"
+    with caplog.at_level("WARNING", logger="web_server.app"):
+        create_app(Settings())
+        assert not caplog.records
+        create_app(Settings(http_addr=":8080"))
+    assert [r.getMessage() for r in caplog.records] == [
+        ("no API tokens configured (authTokens, HARVESTER_AUTH_TOKENS, authTokenFiles): anyone "
+         "who reaches :8080 controls every job")]
+
+
+def test_deployments_that_publish_the_api_listen_on_every_interface() -> None:
+    """The container image, compose and Kubernetes listen on 0.0.0.0:8080 explicitly (the
+    default is loopback, unreachable from outside a container)."""
+    root = Path(__file__).resolve().parents[2]
+    cmd = next(line for line in (root / "deploy" / "Dockerfile").read_text().splitlines()
+               if line.startswith("CMD "))
+    assert json.loads(cmd[4:])[-2:] == ["-addr", "0.0.0.0:8080"]
+    assert 'HARVESTER_HTTP_ADDR: "0.0.0.0:8080"' in (root / "docker-compose.yml").read_text()
+    k8s = (root / "deploy" / "k8s" / "web-server.yaml").read_text()
+    assert 'name: HARVESTER_HTTP_ADDR\n              value: "0.0.0.0:8080"' in k8s
+    assert '"httpAddr": "0.0.0.0:8080"' in (root / "deploy" / "k8s" / "configmap.yaml").read_text()
+
+
 @pytest.mark.parametrize(("content", "fragment"), [
     ("{not json", "invalid JSON at line 1"),
     ("[1, 2]", "top level must be a JSON object"),
