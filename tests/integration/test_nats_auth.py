@@ -24,6 +24,7 @@ from shared import bus
 from shared.bus import NatsOptions
 from shared.config import load_settings
 from tests.polling import until
+from tests.tls import self_signed
 
 USER, PASSWORD, TOKEN = "crawler", "nats-test-password-1", "nats-test-token-000001"
 
@@ -104,15 +105,6 @@ async def test_a_tier_keeps_trying_and_logs_no_credentials(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert PASSWORD not in caplog.text
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 async def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
