@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohappyeyeballs
 from aiohttp import ClientConnectorError, TCPConnector
@@ -148,6 +148,24 @@ def _host_port(url: str, default: int) -> tuple[str, int] | None:
         return None
 
 
+def _database_endpoints(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a libpq URL: the authority's, or libpq's ``host`` and
+    ``port`` query parameters (comma lists; a host that is a socket directory gives its port
+    alone, as "": the server listens on that port over TCP too)."""
+    found = _host_port(url, 5432)
+    if found is None:
+        return []
+    query = parse_qs(urlsplit(url).query)
+    hosts = [h for v in query.get("host", ()) for h in v.split(",")] or [found[0]]
+    ports = [p for v in query.get("port", ()) for p in v.split(",")]
+    out: list[tuple[str, int]] = []
+    for i, host in enumerate(hosts):
+        port = ports[min(i, len(ports) - 1)] if ports else None
+        out.append(("" if host.startswith("/") else host,
+                    int(port) if port and port.isdigit() else found[1]))
+    return out
+
+
 def service_endpoints(s: Settings) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
     """The addresses and ports of this deployment's PostgreSQL, NATS and API (host names
     resolved once per process: every guard built from the same settings shares the lookup),
@@ -158,10 +176,7 @@ def service_endpoints(s: Settings) -> tuple[frozenset[tuple[IPAddress, int]], fr
 @functools.lru_cache(maxsize=8)
 def _endpoints(database_url: str, nats_url: str, http_addr: str
                ) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
-    wanted: list[tuple[str, int]] = []
-    db = _host_port(database_url, 5432)
-    if db is not None:
-        wanted.append(db)
+    wanted: list[tuple[str, int]] = _database_endpoints(database_url)
     for url in nats_url.split(","):
         found = _host_port(url.strip(), 4222)
         if found is not None:

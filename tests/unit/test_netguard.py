@@ -192,3 +192,15 @@ def test_a_refusal_is_counted_by_its_bounded_kind() -> None:
     metrics.count_blocked([TRAP + " (path deeper than 32 segments)", TRAP + " (more than 32 "
                            "query parameters)", redirected(BLOCKED_LOOPBACK, "http://x/")])
     assert (n("crawler trap"), n("loopback address")) == (before[0] + 2, before[1] + 1)
+
+
+def test_a_database_url_over_a_unix_socket_still_refuses_its_port() -> None:
+    # `harvester up` gives the tiers libpq's socket form: the port is a query parameter, and
+    # the server listens on that port over TCP too (127.0.0.1): never a crawl target.
+    for url in ("postgresql://postgres@/harvester?host=/srv/h/pg&port=6543",
+                "postgresql://postgres@/harvester?port=6543&host=%2Fsrv%2Fh%2Fpg",
+                "postgresql:///harvester?host=127.0.0.1,/tmp&port=6543,6543"):
+        policy = NetPolicy.from_settings(_settings(allow_networks=("127.0.0.0/8",),
+                                                   database_url=url))
+        assert policy.verdict("127.0.0.1", 6543) == BLOCKED_SERVICE, url
+        assert policy.verdict("127.0.0.1", 6544) is None
