@@ -194,6 +194,9 @@ class Settings(BaseModel):
     user_agent: str = "Harvester/0.1 (+https://github.com/harvester-crawler/harvester)"
     user_agents: tuple[str, ...] = ()             # a pool to rotate through, request by request
     host_headers: dict[str, dict[str, str]] = Field(default_factory=dict)  # by host or host:port
+    # more of them (they may hold credentials): a JSON file of the same shape, merged over
+    # ``hostHeaders`` host by host (also HARVESTER_HOST_HEADERS, the JSON itself)
+    host_headers_file: Path | None = None
 
     # politeness, enforced for all workers together
     host_concurrency: int = Field(2, gt=0)        # requests in flight per host
@@ -639,7 +642,7 @@ _SIMPLE_KEYS = {
     "natsPasswordFile": "nats_password_file", "natsTokenFile": "nats_token_file",
     "natsCredsFile": "nats_creds_file", "natsNkeyFile": "nats_nkey_file",
     "natsTLSCAFile": "nats_tls_ca_file", "natsTLSCertFile": "nats_tls_cert_file",
-    "natsTLSKeyFile": "nats_tls_key_file",
+    "natsTLSKeyFile": "nats_tls_key_file", "hostHeadersFile": "host_headers_file",
 }
 _DURATION_KEYS = {
     "cacheMaxAge": "cache_max_age", "workDelay": "work_delay", "connectTimeout": "connect_timeout",
@@ -706,6 +709,8 @@ _ENV = {
     "HARVESTER_NATS_TLS_CA_FILE": "nats_tls_ca_file",
     "HARVESTER_NATS_TLS_CERT_FILE": "nats_tls_cert_file",
     "HARVESTER_NATS_TLS_KEY_FILE": "nats_tls_key_file",
+    "HARVESTER_HOST_HEADERS": "host_headers",  # JSON: {"host": {"Header": "value"}}
+    "HARVESTER_HOST_HEADERS_FILE": "host_headers_file",
 }
 _LIST_FIELDS = frozenset({"fetcher_kinds", "github_token_files", "auth_token_files"})
 # Secrets, by config key and field: only from the environment (HARVESTER_<FIELD>) or the file
@@ -776,6 +781,11 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(var, f"invalid duration {value!r}") from None
         elif name in _LIST_FIELDS:
             out[name] = tuple(p.strip() for p in value.split(",") if p.strip())
+        elif name == "host_headers":  # JSON; a parse error names the place, never the text
+            try:
+                out[name] = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ConfigError(var, f"invalid JSON at column {e.colno}: {e.msg}") from None
         else:
             out[name] = value
     return out
@@ -820,6 +830,33 @@ def _read_secrets(settings: Settings) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
+def _merge_host_headers_file(values: dict[str, Any], from_env: bool) -> None:
+    """``hostHeadersFile``'s JSON (``{"host": {"Header": "value"}}``) merged over the
+    ``hostHeaders`` of ``values``, host by host; a ConfigError naming the key and path (never a
+    value) if it cannot be read or is not of that shape, or if HARVESTER_HOST_HEADERS
+    (``from_env``) gave them too."""
+    path = values.get("host_headers_file")
+    if not path:
+        return
+    key = "hostHeadersFile"
+    if from_env:
+        raise ConfigError(key, "host headers are set both in HARVESTER_HOST_HEADERS and in a file")
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ConfigError(key, f"{path}: cannot read ({why})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(key, f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
+                          f"{e.msg}") from None
+    if not isinstance(found, dict) or not all(isinstance(h, dict) for h in found.values()):
+        raise ConfigError(key, f"{path}: must be a JSON object of objects, by host")
+    merged = {host: dict(headers) for host, headers in (values.get("host_headers") or {}).items()}
+    for host, headers in found.items():
+        merged.setdefault(host, {}).update(headers)
+    values["host_headers"] = merged
+
+
 def load_settings(config_path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None,
                   **overrides: Any) -> Settings:
@@ -838,6 +875,8 @@ def load_settings(config_path: str | os.PathLike[str] | None = None,
         values.update(_from_file(raw, source))
     values.update(_from_env(os.environ if env is None else env))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _merge_host_headers_file(values, env is not None and "HARVESTER_HOST_HEADERS" in env
+                             or env is None and "HARVESTER_HOST_HEADERS" in os.environ)
     try:
         return _read_secrets(Settings(**values))
     except ValidationError as e:

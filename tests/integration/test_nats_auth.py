@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nkeys
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -87,6 +89,27 @@ async def test_token(tmp_path: Path) -> None:
         assert await round_trip(url, NatsOptions.from_settings(settings)) == b"hello"
         await refused(url, None)
         await refused(url, NatsOptions(token="not-the-token-0000000"))
+
+
+def nkey_user(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A fresh NATS user nkey: its seed file (as ``natsNkeyFile`` names it) and public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path = tmp_path / f"{name}.nk"
+    path.write_bytes(seed + b"\n")
+    return path, nkeys.from_seed(seed).public_key.decode()
+
+
+async def test_an_nkey_seed_file(tmp_path: Path) -> None:
+    seed, public = nkey_user(tmp_path, "crawler")
+    other, _ = nkey_user(tmp_path, "stranger")
+    conf = tmp_path / "nkey.conf"
+    conf.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    settings = load_settings(None, {"HARVESTER_NATS_NKEY_FILE": str(seed)})
+    with server(tmp_path, "-c", str(conf)) as port:
+        url = f"nats://127.0.0.1:{port}"
+        assert await round_trip(url, NatsOptions.from_settings(settings)) == b"hello"
+        await refused(url, None)
+        await refused(url, NatsOptions(nkey_file=other))  # a seed the server does not know
 
 
 async def test_a_tier_keeps_trying_and_logs_no_credentials(

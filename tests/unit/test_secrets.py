@@ -211,6 +211,41 @@ def test_a_secret_file_that_cannot_be_read_is_named_never_shown(tmp_path: Path) 
     assert "secret-in-a-file" not in str(e.value) and "and-in-the-env" not in str(e.value)
 
 
+def test_host_headers_come_from_the_environment_or_a_file_merged_and_masked(
+        tmp_path: Path) -> None:
+    config = tmp_path / "worker.json"
+    config.write_text(json.dumps({"hostHeaders": {"a.example": {"X-Plain": "shown-value"}}}))
+    headers = tmp_path / "headers.json"
+    headers.write_text(json.dumps({"a.example": {"Authorization": "Bearer file-secret-0001"},
+                                   "b.example:8443": {"Cookie": "sid=file-cookie-0002"}}))
+    s = load_settings(config, {"HARVESTER_HOST_HEADERS_FILE": str(headers)})
+    assert s.host_headers == {
+        "a.example": {"X-Plain": "shown-value", "Authorization": "Bearer file-secret-0001"},
+        "b.example:8443": {"Cookie": "sid=file-cookie-0002"}}
+    assert {"Bearer file-secret-0001", "sid=file-cookie-0002"} <= set(secrets_of(s, {}))
+    env = load_settings(None, {"HARVESTER_HOST_HEADERS": '{"c.example": {"X-Key": "env-key-03"}}'})
+    assert env.host_headers == {"c.example": {"X-Key": "env-key-03"}}
+    assert "env-key-03" in secrets_of(env, {})
+
+
+def test_host_headers_errors_name_the_key_never_the_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="HARVESTER_HOST_HEADERS.*invalid JSON") as e:
+        load_settings(None, {"HARVESTER_HOST_HEADERS": '{"a": {"X": "leaky-secret-01"'})
+    assert "leaky-secret-01" not in str(e.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text('["leaky-secret-02"]')
+    with pytest.raises(ConfigError, match="hostHeadersFile.*object of objects") as e:
+        load_settings(None, {"HARVESTER_HOST_HEADERS_FILE": str(bad)})
+    assert "leaky-secret-02" not in str(e.value)
+    with pytest.raises(ConfigError, match="hostHeadersFile.*cannot read"):
+        load_settings(None, {"HARVESTER_HOST_HEADERS_FILE": str(tmp_path / "missing")})
+    good = tmp_path / "good.json"
+    good.write_text('{"a": {"X": "y"}}')
+    with pytest.raises(ConfigError, match="both"):
+        load_settings(None, {"HARVESTER_HOST_HEADERS_FILE": str(good),
+                             "HARVESTER_HOST_HEADERS": '{"a": {"X": "z"}}'})
+
+
 def test_the_nats_and_auth_secrets_of_the_environment_are_secrets(tmp_path: Path) -> None:
     files = tmp_path / "auth"
     files.write_text("# name token [admin]\nops ops-token-from-a-file-0001 admin\n")
@@ -235,17 +270,21 @@ def test_nats_options_come_from_the_settings_and_hide_their_secrets(tmp_path: Pa
     assert NatsOptions.from_settings(Settings()).connect_args() == {}  # as before: the URL's
 
 
-def test_nats_credentials_need_nkeys_and_tls_files_must_load(tmp_path: Path) -> None:
+def test_nats_credentials_need_nkeys_and_tls_files_must_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     creds = tmp_path / "user.creds"
     creds.write_text("not checked here")
-    if importlib.util.find_spec("nkeys") is None:
-        with pytest.raises(ConfigError, match="natsCredsFile: needs the nkeys package"):
-            NatsOptions.from_settings(Settings(nats_creds_file=creds))
-        with pytest.raises(ConfigError, match="natsNkeyFile: needs the nkeys package"):
-            NatsOptions.from_settings(Settings(nats_nkey_file=creds))
-    else:
-        assert NatsOptions.from_settings(Settings(nats_creds_file=creds)).connect_args() == {
-            "user_credentials": str(creds)}
+    assert importlib.util.find_spec("nkeys") is not None  # a test dependency
+    assert NatsOptions.from_settings(Settings(nats_creds_file=creds)).connect_args() == {
+        "user_credentials": str(creds)}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nkeys" else real(name, *a))
+    with pytest.raises(ConfigError, match="natsCredsFile: needs the nkeys package"):
+        NatsOptions.from_settings(Settings(nats_creds_file=creds))
+    with pytest.raises(ConfigError, match="natsNkeyFile: needs the nkeys package"):
+        NatsOptions.from_settings(Settings(nats_nkey_file=creds))
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="natsTLS: cannot load the TLS files"):
         NatsOptions.from_settings(Settings(nats_tls_ca_file=tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="natsTLS"):
