@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.config import Settings
+from shared.model import FetchedPage
 from shared.urls import canonicalize
+from worker.extractors import ExtractFailed
 from worker.extractors.lanes import ParseFailed, Parser
+from worker.extractors.rules import Follow, Items
 
 PARSE_TIMEOUT = 5.0  # the parseTimeout of this test (the default is 10 s)
 MARGIN = 5.0         # a lane's replacement and the pipes: seconds, not a measurement
@@ -130,3 +133,41 @@ async def test_a_page_over_the_lanes_memory_cap_fails_alone() -> None:
         assert await parser.links(PLAIN, BASE, None) == [("http://h.example/plain", "text/html")]
     async with Parser(timeout=30, lanes=1, memory=Settings().parse_memory) as parser:
         assert len(await parser.links(big, BASE, None)) == 200_000
+
+
+RULES_FOLLOW = {"follow": {"linkRegex": r"href=\"?(/[a-z]+)", "css": ["a", "img"],
+                           "attr": "href", "html": False}}
+RULES_ITEMS = {"name": "t", "each": "div, td, p",
+               "fields": {"title": {"css": "a"}, "n": {"xpath": "count(//a)", "type": "int"},
+                          "word": {"regex": r"href=\"?/([a-z]+)"}}}
+
+
+async def test_the_rule_extractors_bound_every_hostile_page_too(parser: Parser) -> None:
+    """The same corpus through the rule extractors (``follow`` by regex and CSS, ``items`` by
+    CSS, XPath and regex within ``each``), in the same lanes: each page gives its yields or
+    fails (``ParseFailed``, ``ExtractFailed``) within the deadline; the lanes serve after."""
+    follow = Follow(None, RULES_FOLLOW, parser)
+    items = Items(None, RULES_ITEMS, parser)
+    outcomes: dict[str, str] = {}
+    for page in corpus():
+        fetched = FetchedPage(1, 200, "text/html", page.encoding, cacheable=True,
+                              body=page.body)
+        t0 = time.monotonic()
+        got = await asyncio.gather(follow.extract(fetched, BASE), items.extract(fetched, BASE),
+                                   return_exceptions=True)
+        elapsed = time.monotonic() - t0
+        for result in got:
+            if isinstance(result, BaseException):
+                assert isinstance(result, ParseFailed | ExtractFailed), (page.name, result)
+        assert elapsed < PARSE_TIMEOUT + MARGIN, f"{page.name}: {elapsed:.1f}s"
+        outcomes[page.name] = ", ".join(
+            type(r).__name__ if isinstance(r, BaseException) else f"{len(r.yields)} yields"
+            for r in got)
+    print("\n".join(f"{k}: {v}" for k, v in outcomes.items()))  # the corpus's record, -s
+    plain = FetchedPage(1, 200, "text/html", None, cacheable=True, body=b"<p>" + PLAIN)
+    for _ in range(4):  # the deep pages took a lane each (killed at the deadline): both serve
+        got_follow = await follow.extract(plain, BASE)
+        assert [y.value for y in got_follow.yields] == [{"url": "http://h.example/plain"}]
+        got_items = await items.extract(plain, BASE)
+        assert [y.value for y in got_items.yields] == [
+            {"_type": "t", "title": "plain", "n": 1, "word": "plain"}]
