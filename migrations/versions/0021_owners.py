@@ -3,9 +3,6 @@
 The name of the API token that created the row; NULL for a row made without authentication
 (no tokens configured, or before this revision): once tokens are configured only an admin
 token sees those. ``GET /jobs`` of a token reads ``job_owner`` (its jobs, newest first).
-A task's idempotency key is its owner's (``task_idem_key`` on the key and
-``coalesce(owner, '')``): another token's same key is another task; follow-ups (owner NULL)
-share the unauthenticated namespace, as before.
 
 Revision ID: 0021
 Revises: 0020
@@ -24,17 +21,12 @@ def upgrade() -> None:
         ALTER TABLE job ADD COLUMN owner text;
         ALTER TABLE task ADD COLUMN owner text;
         CREATE INDEX job_owner ON job (owner, id DESC) WHERE owner IS NOT NULL;
-        DROP INDEX task_idem_key;
-        CREATE UNIQUE INDEX task_idem_key ON task (idem_key, coalesce(owner, ''))
-            WHERE idem_key IS NOT NULL;
         """)
 
 
 def downgrade() -> None:
     op.execute("""
         DROP INDEX job_owner;
-        DROP INDEX task_idem_key;
         ALTER TABLE task DROP COLUMN owner;
-        CREATE UNIQUE INDEX task_idem_key ON task (idem_key) WHERE idem_key IS NOT NULL;
         ALTER TABLE job DROP COLUMN owner;
         """)

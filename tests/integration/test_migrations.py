@@ -370,3 +370,30 @@ async def test_0018_adds_the_api_token_table_and_worker_stats(scratch_dsn: str) 
         await run(migrate.upgrade, scratch_dsn, "0018")
     finally:
         await conn.close()
+
+
+async def test_0022_makes_a_tasks_key_its_owners(scratch_dsn: str) -> None:
+    await run(migrate.upgrade, scratch_dsn, "0021")
+    conn = await asyncpg.connect(scratch_dsn)
+    insert = ("INSERT INTO task (root_id, name, kind, args, idem_key, owner) "
+              "VALUES (0, 'n', 'http', '{}', $1, $2) RETURNING id")
+    try:
+        await conn.execute(insert, "k1", "alice")
+        with pytest.raises(asyncpg.UniqueViolationError):  # 0021: one key for everyone
+            await conn.execute(insert, "k1", "bob")
+        await run(migrate.upgrade, scratch_dsn, "0022")
+        bob = await conn.fetchval(insert, "k1", "bob")
+        await conn.fetchval(insert, "k1", None)
+        with pytest.raises(asyncpg.UniqueViolationError):  # still one per owner
+            await conn.execute(insert, "k1", "bob")
+        with pytest.raises(asyncpg.UniqueViolationError):  # and one for no owner
+            await conn.execute(insert, "k1", None)
+        await run(migrate.downgrade, scratch_dsn, "0021")
+        # the oldest task keeps the key; the others keep their rows, without it
+        assert [tuple(r) for r in await conn.fetch(
+            "SELECT owner, idem_key FROM task ORDER BY id")] == [
+            ("alice", "k1"), ("bob", None), (None, None)]
+        assert bob is not None
+        await run(migrate.upgrade, scratch_dsn, "0022")
+    finally:
+        await conn.close()
