@@ -1,5 +1,6 @@
-"""``python -m bench``: generate the bench site, serve it, crawl it with Harvester, Scrapy and a
-bare aiohttp loop, and report wall time, pages/s, CPU per 1,000 pages and peak RSS. With
+"""``python -m bench``: generate the bench site, serve it, crawl it with Harvester, Scrapy, a
+single-process in-memory crawler and a bare aiohttp loop, and report wall time, pages/s, CPU per
+1,000 pages and peak RSS (``--site DIR --depth D``: someone's own static site instead). With
 ``--systems harvester-browser,crawlee`` (``make bench-browser``): a JavaScript site crawled by
 Harvester's browser workers and by Crawlee's PlaywrightCrawler, on the same Chromium.
 
@@ -21,8 +22,9 @@ from typing import Any
 
 import psutil
 
-from bench import jssite, report
+from bench import extsite, jssite, report
 from bench.harvester import VARIANTS, HarvesterOptions, run_harvester
+from bench.inmemory import run_inmemory
 from bench.manyhosts import POLITE_HOSTS
 from bench.others import crawlee_python, run_ceiling, run_crawlee, run_scrapy
 from bench.procs import processes_running, tree_cpu
@@ -34,7 +36,9 @@ REPO = HERE.parent
 # The browser systems (issue 12) crawl the JavaScript site (bench/jssite.py), the others the
 # static one (bench/site.py).
 BROWSER_SYSTEMS = ("harvester-browser", "crawlee")
-SYSTEMS = ("ceiling", "ceiling+parse", "scrapy", "harvester", *BROWSER_SYSTEMS)
+SYSTEMS = ("ceiling", "ceiling+parse", "inmemory", "scrapy", "harvester", *BROWSER_SYSTEMS)
+# The fetch loops need the site's URL list, which an external site (--site) does not have.
+LIST_SYSTEMS = ("ceiling", "ceiling+parse")
 # --hosts N (bench/manyhosts.py): "single" is Harvester on the same pages on one host
 HOSTS_SYSTEMS = ("harvester", "scrapy", "single")
 
@@ -47,10 +51,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="Harvester workers (2)")
     p.add_argument("--foremen", type=int, default=1, help="Harvester foremen (1)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each system; medians reported")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each system; medians reported, with their spread (min–max)")
     p.add_argument("--systems", default=None,
                    help="comma-separated subset of: " + ", ".join(SYSTEMS)
-                   + " (harvester,scrapy,ceiling,ceiling+parse); with --hosts of: "
+                   + " (harvester,scrapy,inmemory,ceiling,ceiling+parse; with --site "
+                   "harvester,scrapy,inmemory); with --hosts of: "
                    + ", ".join(HOSTS_SYSTEMS) + " (all; up to 100 hosts harvester,scrapy)")
     p.add_argument("--variants", default=None,
                    help="Harvester job variants, comma-separated: plain, warc (save=warc), "
@@ -77,6 +83,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="only Harvester's plain crawl, and report the ETA's error at 25/50/75%% "
                         "of it (bench/eta.py; docs/status.md)")
     p.add_argument("--regenerate", action="store_true", help="rewrite the site even if cached")
+    x = p.add_argument_group("an external site (your own static files instead of the generated "
+                             "site; no expected pages: valid when all systems find as many)")
+    x.add_argument("--site", type=Path, default=None, metavar="DIR",
+                   help="a directory of static files, served on 127.0.0.1 like the generated "
+                        "site")
+    x.add_argument("--root", default="index.html", metavar="PATH",
+                   help="the root page, relative to DIR (index.html; / for the directory)")
+    x.add_argument("--depth", type=int, default=None, metavar="D",
+                   help="levels crawled, the root's included (Harvester's job depth; Scrapy "
+                        "DEPTH_LIMIT D-1); required with --site")
     g = p.add_argument_group("browser systems (harvester-browser, crawlee; make bench-browser)")
     g.add_argument("--js-pages", type=int, default=1000,
                    help="pages of the JavaScript site (1000)")
@@ -105,12 +121,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="the single-host rate to compare with (instead of the 'single' run)")
     a = p.parse_args(argv)
     a.argv = sys.argv[1:] if argv is None else argv
+    _check_site_args(p, a)
     if a.pages is None:
         a.pages = 50_000 if a.hosts else 20_000
     if a.systems is None and 0 < a.hosts <= POLITE_HOSTS:
         a.systems = "harvester,scrapy"  # the politeness is the limit: no single-host target
     if a.systems is None:
-        a.systems = ",".join(HOSTS_SYSTEMS) if a.hosts else "harvester,scrapy,ceiling,ceiling+parse"
+        a.systems = (",".join(HOSTS_SYSTEMS) if a.hosts else "harvester,scrapy,inmemory"
+                     if a.site else "harvester,scrapy,inmemory,ceiling,ceiling+parse")
     if a.variants is None:
         a.variants = "plain,bloom" if a.hosts else "plain,warc,extract"
     if a.hosts and a.single_rate and "single" in a.systems:
@@ -126,7 +144,30 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     bad = [s for s in a.systems if s not in (HOSTS_SYSTEMS if a.hosts else SYSTEMS)]
     if bad:
         p.error(f"unknown systems: {bad}")
+    if a.site and (bad := [s for s in a.systems if s in LIST_SYSTEMS + BROWSER_SYSTEMS]):
+        p.error(f"--site: {', '.join(bad)} cannot crawl an external site (the fetch loops need "
+                "its URL list, the browser systems the JavaScript site)")
     return a
+
+
+def _check_site_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """--site needs --depth (at least 1) and an existing root page; --depth needs --site."""
+    if a.site is None:
+        if a.depth is not None:
+            p.error("--depth is for an external site (--site DIR); the generated site is "
+                    "always crawled to its full depth")
+        return
+    if a.hosts:
+        p.error("--site and --hosts are exclusive")
+    if a.depth is None:
+        p.error("--site needs --depth D (levels crawled, the root's included)")
+    if a.depth < 1:
+        p.error("--depth must be at least 1")
+    if not a.site.is_dir():
+        p.error(f"--site {a.site}: not a directory")
+    page = a.site / extsite.start_path(a.root).lstrip("/")
+    if not (page.is_file() or (page / "index.html").is_file()):
+        p.error(f"--root {a.root}: no such page in {a.site}")
 
 
 def _machine(server: StaticServer, chromium: str | None = None) -> dict[str, Any]:
@@ -201,17 +242,28 @@ def main(argv: list[str] | None = None) -> int:
             if a.port and not port_free(port):
                 print(f"bench: port {port} is taken on 127.0.0.1 or 127.0.0.2", file=sys.stderr)
                 return 2
-            spec = SiteSpec(pages=a.pages, seed=a.seed, port=port)
-            site = generate(spec, out / "site", force=a.regenerate)
-            print(f"site: {len(site.expected)} pages in {site.root} (max level "
-                  f"{site.max_level}: Harvester depth {site.harvester_depth}, Scrapy "
-                  f"DEPTH_LIMIT {site.scrapy_depth_limit}); {len(site.missing)} links answer "
-                  "404", flush=True)
+            if a.site:
+                site = extsite.prepare(a.site, a.root, a.depth, port, out / "extsite")
+                print(f"site: {site.meta['directory']} ({site.meta['files']:,} files), root "
+                      f"{site.start_url}, depth {a.depth} (Harvester depth "
+                      f"{site.harvester_depth}, Scrapy DEPTH_LIMIT {site.scrapy_depth_limit})",
+                      flush=True)
+            else:
+                spec = SiteSpec(pages=a.pages, seed=a.seed, port=port)
+                site = generate(spec, out / "site", force=a.regenerate)
+                print(f"site: {len(site.expected)} pages in {site.root} (max level "
+                      f"{site.max_level}: Harvester depth {site.harvester_depth}, Scrapy "
+                      f"DEPTH_LIMIT {site.scrapy_depth_limit}); {len(site.missing)} links "
+                      "answer 404", flush=True)
             server = StaticServer(site.root, out / "server", port, a.server, a.server_workers)
             server.start()
             servers["static"] = server
-            server.check([site.start_url, site.expected[-1], spec.origin_b + "/",
-                          *[u for u in site.expected if "/item/" in u][:1]], site.missing[:2])
+            if a.site:
+                server.check([site.start_url, site.spec.origin_b + "/"], [])
+            else:
+                server.check([site.start_url, site.expected[-1], site.spec.origin_b + "/",
+                              *[u for u in site.expected if "/item/" in u][:1]],
+                             site.missing[:2])
         if browser_systems:
             js_port = free_port_pair((a.port or 18480) + 10)
             js_spec = SiteSpec(pages=a.js_pages, seed=a.seed, port=js_port)
@@ -270,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                                     a.chromium, python_crawlee)
                 elif system == "scrapy":
                     r = run_scrapy(crawled, out, label, a.concurrency, a.timeout)
+                elif system == "inmemory":
+                    r = run_inmemory(crawled, out, label, a.concurrency, a.timeout)
                 else:
                     r = run_ceiling(crawled, out, label, a.concurrency, a.timeout,
                                     parse=system == "ceiling+parse")
@@ -280,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                     r["error"] = (f"the static server logged {r['server_errors']} errors "
                                   f"(see {server.run_dir / 'error.log'})")
                 r["repeat"] = rep
+                if a.site:
+                    _count_pages(r)
                 runs.append(r)
-                _print_run(r, len(crawled.expected))
+                _print_run(r, len(crawled.expected) or r.get("found", 0))
                 (out / "last.json").write_text(json.dumps(
                     {"machine": machine, "site": site.meta if site else None,
                      "jssite": js_site.meta if js_site else None, "runs": runs},
@@ -290,12 +346,66 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
 
+    static_runs = [r for r in runs if r["system"] not in BROWSER_SYSTEMS]
+    if a.site and static_runs:
+        a.site_pages = extsite.judge(static_runs)
+    summaries = _summaries(a, runs, site, js_site)
+    (out / "last.json").write_text(json.dumps(
+        {"machine": machine, "site": site.meta if site else None,
+         "jssite": js_site.meta if js_site else None, "runs": runs,
+         "summaries": [{k: v for k, v in s.items() if k not in ("peak_rss_mb",
+                                                                "peak_kind_total_mb")}
+                       for s in summaries]},
+        indent=1, default=str))
     text = _markdown(a, argv, machine, site, runs, started, js_site)
     (out / "last.md").write_text(text)
     print()
     print(text)
     print(f"\nbench: report written to {out / 'last.md'} (raw figures: {out / 'last.json'})")
     return 0 if all(r.get("valid") for r in runs) else 1
+
+
+def _count_pages(r: dict[str, Any]) -> None:
+    """On an external site (no expected pages), a run's ``found`` is the pages it found: the
+    keys of Harvester's /result (2xx HTML pages with links), Scrapy's items (2xx text pages),
+    the in-memory crawler's 2xx HTML pages (already set)."""
+    if r["system"] == "harvester":
+        r["found"] = r.get("pages", 0)
+    elif r["system"] == "scrapy":
+        r["found"] = r.get("items") or 0
+
+
+def _expected(a: argparse.Namespace, system: str, site: Site | None,
+              js_site: Site | None, runs: list[dict[str, Any]]) -> int:
+    """The pages a run of ``system`` had to find: the site's expected pages, or on an external
+    site the count all systems agreed on (if they did not: the largest found)."""
+    crawled = js_site if system in BROWSER_SYSTEMS else site
+    assert crawled is not None
+    if crawled.expected or system in BROWSER_SYSTEMS:
+        return len(crawled.expected)
+    agreed = getattr(a, "site_pages", None)
+    return agreed if agreed is not None else max((r.get("found", 0) for r in runs), default=0)
+
+
+def _summaries(a: argparse.Namespace, runs: list[dict[str, Any]], site: Site | None,
+               js_site: Site | None) -> list[dict[str, Any]]:
+    """Medians (with their spread) of each configuration's runs; each valid run also gets its
+    own pages/s and CPU s per 1,000 pages (kept in last.json)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = (r["system"], r.get("workers"), r.get("foremen"), r.get("variant", "plain"))
+        groups.setdefault(key, []).append(r)
+    static = [r for r in runs if r["system"] not in BROWSER_SYSTEMS]
+    out = []
+    for key, rs in groups.items():
+        expected = _expected(a, key[0], site, js_site, static)
+        for r in rs:
+            if r.get("valid") and r.get("wall") and expected:
+                r["pages_per_s"] = round(expected / r["wall"], 1)
+                if r.get("cpu") is not None:
+                    r["cpu_per_1000"] = round(r["cpu"] / expected * 1000, 3)
+        out.append(report.summarize(rs, expected))
+    return out
 
 
 def _print_run(r: dict[str, Any], expected: int) -> None:
@@ -309,28 +419,22 @@ def _print_run(r: dict[str, Any], expected: int) -> None:
 def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, Any],
               site: Site | None, runs: list[dict[str, Any]], started: datetime.datetime,
               js_site: Site | None = None) -> str:
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runs:
-        key = (r["system"], r.get("workers"), r.get("foremen"), r.get("variant", "plain"))
-        groups.setdefault(key, []).append(r)
-    summaries = []
-    for key, rs in groups.items():
-        crawled = js_site if key[0] in BROWSER_SYSTEMS else site
-        assert crawled is not None
-        summaries.append(report.summarize(rs, len(crawled.expected)))
+    summaries = _summaries(a, runs, site, js_site)
     browser_rows = [s for s in summaries if s["system"] in BROWSER_SYSTEMS]
     main_rows = [s for s in summaries if s["system"] not in BROWSER_SYSTEMS and (
         s["system"] != "harvester" or (s["workers"] == a.workers and s["foremen"] == a.foremen
                                        and s["variant"] == "plain"))]
-    order = {"harvester": 0, "scrapy": 1, "ceiling": 2, "ceiling+parse": 3,
-             "harvester-browser": 4, "crawlee": 5}
+    order = {"harvester": 0, "inmemory": 1, "scrapy": 2, "ceiling": 3, "ceiling+parse": 4,
+             "harvester-browser": 5, "crawlee": 6}
     main_rows.sort(key=lambda s: order[s["system"]])
     browser_rows.sort(key=lambda s: order[s["system"]])
     by = {s["system"]: s for s in main_rows + browser_rows}
     cmd = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"# Harvester benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
-        f"`{cmd.strip()}` (median of {a.repeat} run{'s' if a.repeat > 1 else ''})", "",
+        (f"`{cmd.strip()}` (median of {a.repeat} run{'s' if a.repeat > 1 else ''}"
+         + ("; pages/s and CPU per page: median (min–max of the runs)" if a.repeat > 1 else "")
+         + ")"), "",
         (f"* machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
          f"{machine['memory_gb']} GiB, Python {machine['python']}, {machine['platform']}"),
         f"* server: {machine['server']}",
@@ -342,6 +446,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
     if site is not None:
         m = site.meta
         lines += [
+            _external_line(a, site) if a.site else
             (f"* site: {m['pages']:,} HTML pages ({m['files_host_a']:,} files on 127.0.0.1, "
              f"{m['query_variants']} query-string variants, {m['host_b_pages']} pages on "
              f"127.0.0.2), {m['missing']} links answering 404, mean page {m['mean_page_kb']} KB, "
@@ -392,6 +497,8 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                                       "statuses", "result_fetch_s", "error", "missing_sample",
                                       "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
                                       "idle_cpu_per_s", "pg_deadlocks", "tier_warnings",
+                                      "pages_per_s", "cpu_per_1000", "pages", "items",
+                                      "pages_per_level", "extra",
                                       "result_http", "status_ms", "eta_error",
                                       "browser_pages", "wall_run", "requests_failed",
                                       "retry_histogram", "alive_children_at_end")
@@ -409,6 +516,19 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
         lines += ["", "## PostgreSQL: statements running (pg_stat_activity samples)", "",
                   (a.out.resolve() / "pg_activity.md").read_text()]
     return "\n".join(lines) + "\n"
+
+
+def _external_line(a: argparse.Namespace, site: Site) -> str:
+    """The report's line on an external site (--site): what was crawled, and whether the
+    systems agreed on its pages."""
+    m = site.meta
+    agreed = getattr(a, "site_pages", None)
+    verdict = (f"every system found {agreed:,} pages" if agreed is not None else
+               "**the systems found different numbers of pages: every run INVALID**")
+    return (f"* site: `{m['directory']}` ({m['files']:,} files, {m['html_files']:,} .html, "
+            f"{m['bytes'] / 2**20:.1f} MiB) on 127.0.0.1, root `{m['root']}`, depth "
+            f"{m['depth']} (Harvester depth {site.harvester_depth}, Scrapy DEPTH_LIMIT "
+            f"{site.scrapy_depth_limit}); no expected pages: {verdict}")
 
 
 def _browser_lines(a: argparse.Namespace, js_site: Site, rows: list[dict[str, Any]],

@@ -340,6 +340,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         keys = set(pages)  # type: ignore[arg-type]
         missing = [u for u in site.expected if u not in keys]
         result["found"] = len(site.expected) - len(missing)
+        result["pages"] = len(keys)  # an external site has no expected pages: the count
         result["links"] = sum(len(v) for v in pages.values())  # type: ignore[union-attr]
         result["failed"] = len(failed)  # type: ignore[arg-type]
         result["missing_sample"] = missing[:5]

@@ -43,7 +43,27 @@ def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
     s["peak_total_rss_mb"] = _median([r.get("peak_total_rss_mb") for r in use])
     s["maxrss_mb"] = _median([r.get("maxrss_mb") for r in use])
     s["server_cpu"] = _median([r.get("server_cpu") for r in use])
+    # Each valid run's figures, for the spread beside the medians; deadlocks of every run.
+    s["pages_per_s_runs"] = [expected / r["wall"] for r in valid if r.get("wall")]
+    s["cpu_per_1000_runs"] = [r["cpu"] / expected * 1000 for r in valid
+                              if r.get("cpu") is not None and expected]
+    s["pg_deadlocks"] = [r.get("pg_deadlocks") for r in runs]
     return s
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """`` (min–max)`` of a figure over the runs, or nothing for fewer than 2 runs."""
+    if len(values) < 2:
+        return ""
+    return f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def deadlocks_text(s: dict[str, Any]) -> str:
+    """PostgreSQL deadlocks of each run of a Harvester configuration (its log), or —."""
+    counts = s.get("pg_deadlocks") or []
+    if not s["system"].startswith("harvester") or all(c is None for c in counts):
+        return "—"
+    return ", ".join("?" if c is None else str(c) for c in counts)
 
 
 def rss_text(s: dict[str, Any]) -> str:
@@ -84,10 +104,22 @@ def _f(v: float | None, fmt: str = "{:.1f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _rate(s: dict[str, Any]) -> str:
+    """Median pages/s with its spread over the runs."""
+    return _f(s["pages_per_s"], "{:.0f}") + (
+        spread(s.get("pages_per_s_runs") or [], "{:.0f}") if s["pages_per_s"] else "")
+
+
+def _cpu_page(s: dict[str, Any]) -> str:
+    """Median CPU s per 1,000 pages with its spread over the runs."""
+    return _f(s["cpu_per_1000"], "{:.2f}") + (
+        spread(s.get("cpu_per_1000_runs") or [], "{:.2f}") if s["cpu_per_1000"] else "")
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     lines = [("| system | pages found / expected | wall s | pages/s | CPU s | CPU s / 1,000 pages "
-              "| peak RSS MB (per process) |"),
-             "|---|---:|---:|---:|---:|---:|---|"]
+              "| peak RSS MB (per process) | PG deadlocks per run |"),
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
     for s in summaries:
         name = s["system"]
         if s["system"] == "harvester":
@@ -101,8 +133,9 @@ def table(summaries: list[dict[str, Any]]) -> str:
         if not s["valid_runs"]:
             name += " **INVALID**"
         found = f"{s['found']:,} / {s['expected']:,}"
-        lines.append(f"| {name} | {found} | {_f(s['wall'])} | {_f(s['pages_per_s'], '{:.0f}')} "
-                     f"| {_f(s['cpu'])} | {_f(s['cpu_per_1000'], '{:.2f}')} | {rss_text(s)} |")
+        lines.append(f"| {name} | {found} | {_f(s['wall'])} | {_rate(s)} "
+                     f"| {_f(s['cpu'])} | {_cpu_page(s)} | {rss_text(s)} "
+                     f"| {deadlocks_text(s)} |")
     return "\n".join(lines)
 
 
@@ -111,14 +144,38 @@ def ratios(by: dict[str, dict[str, Any]]) -> list[str]:
     h = by.get("harvester")
     if not h or not h["pages_per_s"]:
         return out
-    for other in ("scrapy", "ceiling"):
+    for other in ("inmemory", "scrapy", "ceiling"):
         o = by.get(other)
         if not o or not o["pages_per_s"]:
             continue
         speed = h["pages_per_s"] / o["pages_per_s"]
         cpu = h["cpu_per_1000"] / o["cpu_per_1000"]
         out.append(f"* Harvester / {other}: pages/s × **{speed:.3g}**, CPU per page × **{cpu:.3g}**")
-    return out
+    return out + targets(by)
+
+
+def targets(by: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 15's targets (same run, same machine): at least the in-memory crawler's pages/s,
+    CPU per page at most 1.0 ms (PostgreSQL and NATS included) and at most ¼ of Scrapy's."""
+    h = by.get("harvester")
+    if not h or not h["pages_per_s"]:
+        return []
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    parts = []
+    m = by.get("inmemory")
+    if m and m["pages_per_s"]:
+        speed = h["pages_per_s"] / m["pages_per_s"]
+        parts.append(f"pages/s × {speed:.3g} the in-memory crawler's (≥ 1: {met(speed >= 1)})")
+    ms = h["cpu_per_1000"]  # CPU s per 1,000 pages = CPU ms per page
+    parts.append(f"CPU {ms:.2f} ms per page (≤ 1.0: {met(ms <= 1.0)})")
+    sc = by.get("scrapy")
+    if sc and sc["cpu_per_1000"]:
+        cpu = ms / sc["cpu_per_1000"]
+        parts.append(f"× {cpu:.3g} Scrapy's CPU per page (≤ 0.25: {met(cpu <= 0.25)})")
+    return ["* issue 15 targets: " + "; ".join(parts)]
 
 
 def browser_ratios(by: dict[str, dict[str, Any]], runs: list[Run]) -> list[str]:
@@ -149,12 +206,13 @@ def browser_ratios(by: dict[str, dict[str, Any]], runs: list[Run]) -> list[str]:
 
 
 def scaling_table(summaries: list[dict[str, Any]]) -> str:
-    lines = ["| workers | foremen | valid | wall s | pages/s | CPU s / 1,000 pages | peak RSS MB |",
-             "|---:|---:|---|---:|---:|---:|---|"]
+    lines = [("| workers | foremen | valid | wall s | pages/s | CPU s / 1,000 pages | peak RSS MB "
+              "| PG deadlocks per run |"),
+             "|---:|---:|---|---:|---:|---:|---|---:|"]
     for s in summaries:
         lines.append(f"| {s['workers']} | {s['foremen']} | {s['valid_runs']}/{s['runs']} "
-                     f"| {_f(s['wall'])} | {_f(s['pages_per_s'], '{:.0f}')} "
-                     f"| {_f(s['cpu_per_1000'], '{:.2f}')} | {rss_text(s)} |")
+                     f"| {_f(s['wall'])} | {_rate(s)} | {_cpu_page(s)} | {rss_text(s)} "
+                     f"| {deadlocks_text(s)} |")
     return "\n".join(lines)
 
 
@@ -163,7 +221,7 @@ def variants(summaries: list[dict[str, Any]]) -> list[str]:
     plain = {(s["workers"], s["foremen"]): s for s in summaries
              if s["system"] == "harvester" and s["variant"] == "plain"}
     lines = [("| variant | workers | valid | pages/s | × plain | CPU s / 1,000 pages | × plain "
-             "| saved MB |"), "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| saved MB | PG deadlocks per run |"), "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         base = plain.get((s["workers"], s["foremen"]))
         if s["system"] != "harvester" or s["variant"] == "plain" or base is None:
@@ -173,7 +231,7 @@ def variants(summaries: list[dict[str, Any]]) -> list[str]:
         cpu = (s["cpu_per_1000"] / base["cpu_per_1000"]
                if s["cpu_per_1000"] and base["cpu_per_1000"] else None)
         lines.append(f"| {s['variant']} | {s['workers']} | {s['valid_runs']}/{s['runs']} "
-                     f"| {_f(s['pages_per_s'], '{:.0f}')} | {_f(speed, '{:.2f}')} "
-                     f"| {_f(s['cpu_per_1000'], '{:.2f}')} | {_f(cpu, '{:.2f}')} "
-                     f"| {_f(s['saved_mb'])} |")
+                     f"| {_rate(s)} | {_f(speed, '{:.2f}')} "
+                     f"| {_cpu_page(s)} | {_f(cpu, '{:.2f}')} "
+                     f"| {_f(s['saved_mb'])} | {deadlocks_text(s)} |")
     return lines if len(lines) > 2 else []

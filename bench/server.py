@@ -37,8 +37,12 @@ http {{
     # Each cached entry holds a descriptor: keep well under worker_rlimit_nofile, or a site
     # larger than the cache limit gets "Too many open files" (served as 404) once it fills.
     open_file_cache max={file_cache} inactive=120s;
-    types {{ text/html html; text/css css; application/javascript js; image/png png;
-             image/jpeg jpg; }}
+    # Extensionless files are pages (default_type); other common files keep their own type,
+    # so an external site's (--site) PDFs or SVGs are not taken for HTML.
+    types {{ text/html html htm; text/css css; application/javascript js mjs; image/png png;
+             image/jpeg jpg jpeg; image/gif gif; image/svg+xml svg; image/webp webp;
+             image/x-icon ico; application/json json; application/xml xml; text/plain txt;
+             application/pdf pdf; font/woff woff; font/woff2 woff2; application/zip zip; }}
     default_type text/html;
     client_body_temp_path {run}/tmp-body;
     proxy_temp_path {run}/tmp-proxy;

@@ -12,8 +12,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-_TYPES = {".html": "text/html", ".css": "text/css", ".js": "application/javascript",
-          ".png": "image/png", ".jpg": "image/jpeg"}
+# As nginx's types in bench/server.py: anything else (extensionless files too) is a page.
+_TYPES = {".html": "text/html", ".htm": "text/html", ".css": "text/css",
+          ".js": "application/javascript", ".mjs": "application/javascript",
+          ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+          ".svg": "image/svg+xml", ".webp": "image/webp", ".ico": "image/x-icon",
+          ".json": "application/json", ".xml": "application/xml", ".txt": "text/plain",
+          ".pdf": "application/pdf", ".woff": "font/woff", ".woff2": "font/woff2",
+          ".zip": "application/zip"}
 
 
 def _app(root: Path) -> web.Application:
