@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import psutil
 
 KINDS = ("up", "web_server", "foreman", "worker", "postgres", "nats-server", "scrapy",
-         "ceiling", "nginx", "chromium", "playwright", "crawlee", "other")
+         "ceiling", "inmemory", "nginx", "chromium", "playwright", "crawlee", "other")
 
 
 def kind_of(p: psutil.Process) -> str:
@@ -52,6 +52,8 @@ def kind_of(p: psutil.Process) -> str:
         return "scrapy"
     if "bench.ceiling" in joined:
         return "ceiling"
+    if "bench.inmemory" in joined:
+        return "inmemory"
     return "other"
 
 
