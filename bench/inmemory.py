@@ -131,7 +131,7 @@ def run_inmemory(site: Any, out: Path, label: str, concurrency: int,
                  timeout: float) -> dict[str, object]:
     """Run the crawler on ``site`` (a ``bench.site.Site``) in its own process and check it found
     every expected page (or, on an external site without them, count what it found)."""
-    from bench.others import _run_measured
+    from bench.others import run_peer
 
     found_file = out / f"inmemory-{label}.txt"
     found_file.unlink(missing_ok=True)
@@ -140,14 +140,9 @@ def run_inmemory(site: Any, out: Path, label: str, concurrency: int,
             "--allow", f"{spec.host_a}:{spec.port}", "--allow", f"{spec.host_b}:{spec.port}",
             "--depth", str(site.harvester_depth), "--concurrency", str(concurrency),
             "--out", str(found_file)]
-    info, monitor, wall_process, usage = _run_measured(args, out / f"inmemory-{label}.log",
-                                                       timeout)
-    result: dict[str, Any] = {"system": "inmemory", "label": label, "valid": False,
-                              "depth": site.harvester_depth, "wall_process": wall_process,
-                              **usage, **monitor.memory(), **info}
-    if "error" in info or "wall" not in info:
-        result.setdefault("error", "no timing from the crawler")
-        result["found"] = 0
+    result = run_peer("inmemory", label, args, out, timeout, {"depth": site.harvester_depth},
+                      "the crawler")
+    if "error" in result:
         return result
     return check_found(result, found_file.read_text().split(), site.expected)
 

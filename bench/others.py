@@ -140,16 +140,24 @@ def run_scrapy(site: Site, out: Path, label: str, concurrency: int, timeout: flo
             "--depth-limit", str(site.scrapy_depth_limit), "--concurrency", str(concurrency),
             "--out", str(feed)]
     args += _loop_args()
-    info, monitor, wall_process, usage = _run_measured(args, out / f"scrapy-{label}.log", timeout)
-    result: dict[str, object] = {"system": "scrapy", "label": label, "valid": False,
-                                 "depth_limit": site.scrapy_depth_limit,
-                                 "wall_process": wall_process, **usage, **monitor.memory(),
-                                 **info}
+    result = run_peer("scrapy", label, args, out, timeout,
+                      {"depth_limit": site.scrapy_depth_limit}, "the spider")
+    return result if "error" in result else _check_feed(result, feed, site.expected)
+
+
+def run_peer(system: str, label: str, args: list[str], out: Path, timeout: float,
+             extra: dict[str, Any], who: str) -> dict[str, Any]:
+    """Run a peer crawler's process (``args``; its log ``out/<system>-<label>.log``) under
+    measurement: its result (``extra``, the process's wall, CPU and memory, what it printed),
+    not yet judged; with an ``error`` and nothing found when it printed no timing."""
+    info, monitor, wall_process, usage = _run_measured(args, out / f"{system}-{label}.log",
+                                                       timeout)
+    result: dict[str, Any] = {"system": system, "label": label, "valid": False, **extra,
+                              "wall_process": wall_process, **usage, **monitor.memory(), **info}
     if "error" in info or "wall" not in info:
-        result.setdefault("error", "no timing from the spider")
+        result.setdefault("error", f"no timing from {who}")
         result["found"] = 0
-        return result
-    return _check_feed(result, feed, site.expected)
+    return result
 
 
 def run_ceiling(site: Site, out: Path, label: str, concurrency: int, timeout: float,
