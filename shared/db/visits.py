@@ -91,6 +91,8 @@ class Planned:
     deny: tuple[str, ...] = ()        # the job's deny patterns now (shared.scope.denied)
     traps: str | None = None          # the job's spec "traps" (jsonb text; shared.traps); None
                                       # also when the caller knew them (plan's known_traps)
+    version: int = 0                  # url.version when planned (the stored version a store
+                                      # answer uses)
 
 
 def _cols(keys: Iterable[Key]) -> tuple[list[int], list[int]]:
@@ -145,18 +147,7 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
     rows: list[asyncpg.Record] = []
     for job_id, url_ids in _by_job(keys).items():
         rows += await conn.fetch(f"""
-            SELECT p.job_id, p.url_id, u.url, p.reexpand,
-                   (p.reexpand OR ({SKIP_MIME_SQL} AND j.follow = 'html') OR
-                    (u.crawled_on IS NOT NULL AND u.crawled_on >
-                       CASE WHEN j.force_crawl THEN j.created_on
-                            ELSE now() - make_interval(secs => $3) END
-                     AND {EXTRACTED_SQL})) AS cached,
-                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
-                        THEN u.etag END AS etag,
-                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
-                        THEN u.last_modified END AS last_modified,
-                   v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset,
-                   j.state, j.deny, CASE WHEN $4::bool THEN j.spec->'traps' END AS traps
+            SELECT {plan_columns("$3", "$4")}
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -164,10 +155,37 @@ async def plan(conn: asyncpg.Connection, keys: Sequence[Key], cache_max_age: flo
             WHERE p.job_id = $1 AND p.url_id = ANY($2::bigint[])
               AND v.job_id = $1 AND v.url_id = ANY($2::bigint[]) AND u.id = ANY($2::bigint[])""",
             job_id, url_ids, float(cache_max_age), job_id not in known_traps)
-    return [Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
-                    r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
-                    r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]), r["traps"])
-            for r in rows]
+    return [planned(r) for r in rows]
+
+
+def plan_columns(max_age: str, want_traps: str) -> str:
+    """The select list of a plan over ``p`` (a ``job_pending`` row or one with its columns:
+    job_id, url_id, reexpand, attempts), ``v`` (``job_visit``), ``j`` (``job``) and ``u``
+    (``url``); ``max_age`` and ``want_traps`` are the SQL (parameters) for the cache age in
+    seconds and whether to read the spec's traps. One text for :func:`plan` and any statement
+    that plans as it claims, so the two can never decide differently; :func:`planned` reads it.
+    """
+    return f"""p.job_id, p.url_id, u.url, p.reexpand,
+                   (p.reexpand OR ({SKIP_MIME_SQL} AND j.follow = 'html') OR
+                    (u.crawled_on IS NOT NULL AND u.crawled_on >
+                       CASE WHEN j.force_crawl THEN j.created_on
+                            ELSE now() - make_interval(secs => {max_age}) END
+                     AND {EXTRACTED_SQL})) AS cached,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
+                        THEN u.etag END AS etag,
+                   CASE WHEN u.crawled_on IS NOT NULL AND NOT j.force_crawl AND {EXTRACTED_SQL}
+                        THEN u.last_modified END AS last_modified,
+                   v.level, j.max_level, j.sitemaps, p.attempts, j.fetcher, j.ruleset,
+                   j.state, j.deny, CASE WHEN {want_traps}::bool THEN j.spec->'traps' END AS traps,
+                   u.version"""
+
+
+def planned(r: asyncpg.Record) -> Planned:
+    """The :class:`Planned` of a row selected with :func:`plan_columns`."""
+    return Planned(r["job_id"], r["url_id"], r["url"], r["reexpand"], r["cached"], r["etag"],
+                   r["last_modified"], r["level"], r["max_level"], r["sitemaps"], r["attempts"],
+                   r["fetcher"], r["ruleset"], r["state"], tuple(r["deny"]), r["traps"],
+                   r["version"])
 
 
 async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pending]:
