@@ -125,19 +125,52 @@ def die_with_parent(sig: int) -> Callable[[], None] | None:
 _PR_SET_PDEATHSIG = 1
 
 
+MiB = 1 << 20
+MAX_CONNECTIONS = 300
+
+
+def memory_limit() -> int:
+    """The bytes of memory this machine gives us: the physical memory, or the cgroup's limit
+    (a container's ``--memory``) when that is smaller."""
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            ram = min(ram, int(Path(limit).read_text().strip()))  # "max": no limit, ValueError
+    return ram
+
+
+def machine_settings(ram: int) -> list[str]:
+    """PostgreSQL settings sized from ``ram`` bytes, as a tuning guide (PGTune, the
+    PostgreSQL wiki's "Tuning Your PostgreSQL Server") sizes a server with the machine to
+    itself: a quarter of the memory for ``shared_buffers`` (at most 8 GiB), three quarters
+    assumed cached, and checkpoints far enough apart that a long crawl does not rewrite whole
+    pages after each (fewer full-page images in the WAL: the cost per page stays flat as the
+    tables grow). ``harvester up`` uses them; ``HARVESTER_PG_SETTINGS`` overrides any."""
+    mib = max(ram // MiB, 512)
+    shared = min(max(mib // 4, 128), 8192)
+    return [f"shared_buffers={shared}MB",
+            f"effective_cache_size={max(mib * 3 // 4, 512)}MB",
+            f"maintenance_work_mem={min(max(mib // 16, 64), 2048)}MB",
+            f"work_mem={min(max(mib // (4 * MAX_CONNECTIONS), 4), 64)}MB",
+            "max_wal_size=4GB", "min_wal_size=1GB", "checkpoint_timeout=15min"]
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server on 127.0.0.1 with its data directory under ``data_dir``.
 
     ``die_with_parent``: the server shuts down (fast: SIGINT) if the process that started it
     dies, even by SIGKILL, rather than living on without an owner (``harvester up`` sets it).
+    ``sized``: settings sized from the machine's memory (:func:`machine_settings`), for a
+    server that has the machine to itself; else small fixed ones (tests run several at once).
     """
 
     def __init__(self, data_dir: Path, port: int | None = None, *, fsync: bool = True,
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, sized: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.fsync = fsync
         self.die_with_parent = die_with_parent
+        self.sized = sized
         self.proc: subprocess.Popen[bytes] | None = None
         self.user, self.uid, self.gid = _pg_user()
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -183,7 +216,7 @@ class EmbeddedPostgres:
             os.chown(self.log_path, self.uid, self.gid or -1)
         args = [str(pg_bin_dir() / "postgres"), "-D", str(self.data_dir),
                 "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.data_dir),
-                "-c", "max_connections=300", "-c", "shared_buffers=128MB",
+                "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "shared_buffers=128MB",
                 "-c", "synchronous_commit=off", "-c", "log_min_messages=warning",
                 # Concurrent batches can deadlock on rare lock cycles (both retried at once);
                 # find them in 100 ms instead of the default second.
@@ -192,6 +225,9 @@ class EmbeddedPostgres:
                 "-c", "autovacuum_naptime=5s"]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        if self.sized:  # later settings win: these replace the fixed shared_buffers above
+            for setting in machine_settings(memory_limit()):
+                args += ["-c", setting]
         # Extra server settings for diagnosis, e.g. the bench's profile loads
         # pg_stat_statements: HARVESTER_PG_SETTINGS="name=value name=value".
         for setting in os.environ.get("HARVESTER_PG_SETTINGS", "").split():

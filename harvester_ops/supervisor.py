@@ -111,7 +111,7 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
     signal.signal(signal.SIGTERM, _raise_stop)
     # Started from this (the main) thread: if the supervisor is killed, even by SIGKILL, the
     # servers and the tiers are told and stop, instead of living on without an owner.
-    pg = EmbeddedPostgres(data_dir / "postgres", die_with_parent=True)
+    pg = EmbeddedPostgres(data_dir / "postgres", die_with_parent=True, sized=True)
     nats = EmbeddedNats(data_dir / "nats", die_with_parent=True)
     children: list[Child] = []
     status = 0
