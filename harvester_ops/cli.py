@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("-addr", "--addr", dest="addr", default="127.0.0.1:8080")
     u.add_argument("--data-dir", type=Path, default=Path(".harvester"))
     u.add_argument("--workers", type=int, default=2, help="http worker processes")
+    u.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                   help="run N clustered nats-servers, streams replicated on up to 3 (default 1)")
     u.add_argument("--browser-workers", type=int, default=0,
                    help="browser worker processes (one Chromium each; needs browserPath, "
                         "make browser installs Debian's chromium)")
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harvester_ops.supervisor import up
         if args.workers < 0 or args.browser_workers < 0 or args.browser_pages < 1:
             p.error("--workers and --browser-workers must be at least 0, --browser-pages 1")
+        if args.nats_cluster < 1:
+            p.error("--nats-cluster must be at least 1")
         if args.workers + args.browser_workers < 1:
             p.error("--workers must be at least 1 (or --browser-workers at least 1)")
         try:  # fail now, not in every tier after the servers start
@@ -86,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kinds = (*kinds, "browser")
         return up(args.config, args.addr, args.data_dir, args.workers, args.log_level,
                   args.log_format, args.metrics_port_base, browser_workers=args.browser_workers,
-                  browser_pages=args.browser_pages, fetcher_kinds=kinds)
+                  browser_pages=args.browser_pages, fetcher_kinds=kinds,
+                  nats_cluster=args.nats_cluster)
     if args.command == "migrate":
         return _migrate(args.config, args.revision)
     if args.command == "token":

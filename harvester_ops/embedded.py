@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Self
 from urllib.parse import quote
@@ -287,13 +288,15 @@ class EmbeddedPostgres:
 
 class EmbeddedNats:
     """A nats-server with JetStream on 127.0.0.1, storing streams under ``data_dir``
-    (``die_with_parent``: as for EmbeddedPostgres, with SIGTERM)."""
+    (``die_with_parent``: as for EmbeddedPostgres, with SIGTERM). ``cluster``: this node's
+    place in a cluster (see :class:`EmbeddedNatsCluster`)."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *,
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, cluster: ClusterNode | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.die_with_parent = die_with_parent
         self.port = port or free_port()
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
         self._log: IO[bytes] | None = None
@@ -306,10 +309,12 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs; closed in stop()
         on_parent_death = die_with_parent(signal.SIGTERM) if self.die_with_parent else None
+        args = [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.data_dir)]
+        if self.cluster is not None:
+            args += self.cluster.args()
         self.proc = subprocess.Popen(
-            [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.data_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=on_parent_death)  # noqa: PLW1509
         _wait_port("127.0.0.1", self.port, self.proc, timeout, self.log_path)
 
@@ -324,6 +329,60 @@ class EmbeddedNats:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """A node's cluster settings: its name, its route port, every node's route port."""
+
+    name: str
+    cluster: str
+    route_port: int
+    route_ports: tuple[int, ...]
+
+    def args(self) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.route_ports if p != self.route_port)
+        return ["--server_name", self.name, "--cluster_name", self.cluster,
+                "--cluster", f"nats://127.0.0.1:{self.route_port}", "--routes", routes]
+
+
+class EmbeddedNatsCluster:
+    """``size`` nats-servers with JetStream, clustered over routes on 127.0.0.1: one JetStream
+    domain whose streams can be replicated (``natsReplicas``), so losing a node, even its
+    stream leader, loses no stored message while a majority stays up. ``url``: every node's
+    client URL, comma-separated (``natsURL`` takes such a list)."""
+
+    def __init__(self, data_dir: Path, size: int = 3, *, die_with_parent: bool = False,
+                 name: str = "harvester") -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        routes = tuple(free_port() for _ in range(size))
+        self.nodes = [EmbeddedNats(Path(data_dir) / f"n{i + 1}", die_with_parent=die_with_parent,
+                                   cluster=ClusterNode(f"n{i + 1}", name, routes[i], routes))
+                      for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, name: str) -> EmbeddedNats:
+        """The node of that server name (a stream's ``cluster.leader``)."""
+        return next(n for n in self.nodes if n.cluster and n.cluster.name == name)
+
+    def start(self, timeout: float = 30.0) -> None:
+        for n in self.nodes:
+            n.start(timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for n in self.nodes:
+            n.stop(timeout)
 
     def __enter__(self) -> Self:
         self.start()

@@ -29,7 +29,12 @@ from pathlib import Path
 import asyncpg
 
 from harvester_ops import migrate
-from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
+from harvester_ops.embedded import (
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    die_with_parent,
+)
 from shared.config import split_addr
 
 log = logging.getLogger("harvester.up")
@@ -102,9 +107,11 @@ def loopback_by_default(config: str | None, env: Mapping[str, str]) -> bool:
 def up(config: str | None, addr: str, data_dir: Path, workers: int,
        log_level: str | None = None, log_format: str | None = None,
        metrics_port_base: int = 0, *, browser_workers: int = 0, browser_pages: int = 4,
-       fetcher_kinds: Sequence[str] = ()) -> int:
+       fetcher_kinds: Sequence[str] = (), nats_cluster: int = 1) -> int:
     """Run everything until SIGINT/SIGTERM. ``fetcher_kinds`` (the config's, plus browser
-    with browser workers) reaches every tier as ``HARVESTER_FETCHER_KINDS``."""
+    with browser workers) reaches every tier as ``HARVESTER_FETCHER_KINDS``. ``nats_cluster``
+    > 1: that many clustered nats-servers, the streams replicated on up to 3 of them
+    (``HARVESTER_NATS_REPLICAS``, unless the environment sets it)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -112,7 +119,9 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
     # Started from this (the main) thread: if the supervisor is killed, even by SIGKILL, the
     # servers and the tiers are told and stop, instead of living on without an owner.
     pg = EmbeddedPostgres(data_dir / "postgres", die_with_parent=True, sized=True)
-    nats = EmbeddedNats(data_dir / "nats", die_with_parent=True)
+    nats: EmbeddedNats | EmbeddedNatsCluster = (
+        EmbeddedNatsCluster(data_dir / "nats-cluster", nats_cluster, die_with_parent=True)
+        if nats_cluster > 1 else EmbeddedNats(data_dir / "nats", die_with_parent=True))
     children: list[Child] = []
     status = 0
     try:
@@ -121,10 +130,13 @@ def up(config: str | None, addr: str, data_dir: Path, workers: int,
         _ensure_database(pg)
         dsn = pg.dsn_for(DATABASE)
         migrate.upgrade(dsn)
-        log.info("starting nats-server with JetStream (data in %s)", nats.data_dir)
+        log.info("starting %d nats-server(s) with JetStream (data in %s)", nats_cluster,
+                 data_dir / ("nats-cluster" if nats_cluster > 1 else "nats"))
         nats.start()
         env = dict(os.environ, HARVESTER_DATABASE_URL=pg.local_dsn_for(DATABASE),
                    HARVESTER_NATS_URL=nats.url)
+        if nats_cluster > 1:
+            env.setdefault("HARVESTER_NATS_REPLICAS", str(min(nats_cluster, 3)))
         if fetcher_kinds:
             env["HARVESTER_FETCHER_KINDS"] = ",".join(fetcher_kinds)
         env["HARVESTER_HTTP_ADDR"] = addr  # the API's port: refused to fetchers (SSRF guard)

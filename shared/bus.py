@@ -207,6 +207,15 @@ class NatsOptions:
         return args
 
 
+def nats_servers(url: str) -> list[str]:
+    """The server URLs of ``natsURL``: one, or a cluster's nodes comma-separated (the client
+    connects to one and fails over to the others, and learns the rest from the cluster)."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ConfigError("natsURL", "names no server")
+    return servers
+
+
 @asynccontextmanager
 async def connect(url: str, name: str, retry_for: float | None = None, *,
                   options: NatsOptions | None = None) -> AsyncIterator[NATS]:
@@ -214,7 +223,7 @@ async def connect(url: str, name: str, retry_for: float | None = None, *,
     as the URL says); flush and close on exit. The URL is logged without its credentials."""
     extra = (options or NatsOptions()).connect_args()
     nc = await retrying(
-        lambda: nats.connect(servers=[url], name=name, connect_timeout=2,
+        lambda: nats.connect(servers=nats_servers(url), name=name, connect_timeout=2,
                              max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                              allow_reconnect=True, error_cb=_log_error,
                              disconnected_cb=_disconnected, reconnected_cb=_reconnected,
@@ -267,19 +276,21 @@ async def ensure_streams(js: JetStreamContext, settings: Settings,
     topics = [(settings.url_topic, settings.url_queue_limit)]
     topics += [(work_subject(settings, k), settings.work_queue_limit) for k in dict.fromkeys(kinds)]
     for topic, limit in topics:
-        await _ensure_queue_stream(js, topic, limit)
+        await _ensure_queue_stream(js, topic, limit, settings.nats_replicas)
 
 
-async def _ensure_queue_stream(js: JetStreamContext, topic: str, limit: int) -> None:
+async def _ensure_queue_stream(js: JetStreamContext, topic: str, limit: int,
+                               replicas: int = 1) -> None:
     """Create (or bring up to date) the work-queue stream of ``topic``, file storage, its hard
     cap a little above ``limit`` (the limit its publishers keep to: a publish beyond the cap
-    is refused, discard new, and retried by its publisher, never silently dropped); its
+    is refused, discard new, and retried by its publisher, never silently dropped), stored on
+    ``replicas`` nodes of a cluster (``natsReplicas``; its consumers take the stream's); its
     config kept for ``restore``."""
     name = stream_name(topic)
     cfg = StreamConfig(name=name, subjects=[topic],
                        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                        max_msgs=limit + limit // 2 + 1000, discard=DiscardPolicy.NEW,
-                       duplicate_window=120.0)
+                       duplicate_window=120.0, num_replicas=replicas)
     _topology.streams[name] = cfg
     await _retry(functools.partial(_add_or_update_stream, js, cfg))
 
@@ -301,7 +312,8 @@ async def ensure_task_streams(js: JetStreamContext, settings: Settings,
     ``settings.fetcher_kinds``), as ``ensure_streams`` does the work streams."""
     kinds = settings.fetcher_kinds if kinds is None else kinds
     for kind in dict.fromkeys(kinds):
-        await _ensure_queue_stream(js, task_subject(settings, kind), settings.work_queue_limit)
+        await _ensure_queue_stream(js, task_subject(settings, kind), settings.work_queue_limit,
+                                   settings.nats_replicas)
 
 
 async def publish_tasks(js: JetStreamContext, subject: str, ids: Sequence[int]) -> list[int]:

@@ -167,7 +167,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = "postgresql://harvester:harvester@localhost:5432/harvester"
-    nats_url: str = "nats://localhost:4222"
+    nats_url: str = "nats://localhost:4222"   # a comma-separated list for a cluster's nodes
+    nats_replicas: int = Field(1, ge=1, le=5)  # copies of each stream (3 on a 3-node cluster)
     url_topic: str = "url_queue"
     work_topic: str = "work_queue"
     log_level: str = "INFO"
@@ -617,7 +618,7 @@ _SIMPLE_KEYS = {
     "userAgents": "user_agents", "hostHeaders": "host_headers",
     "robotsMaxFailures": "robots_max_failures",
     "maxRequeues": "max_requeues", "retries": "retries",
-    "databaseURL": "database_url", "natsURL": "nats_url",
+    "databaseURL": "database_url", "natsURL": "nats_url", "natsReplicas": "nats_replicas",
     "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
     "extractorKinds": "extractor_kinds", "outputKinds": "output_kinds",
     "outputRoot": "output_root", "maxIdSetBytes": "max_idset_bytes",
@@ -674,6 +675,7 @@ _ENV = {
     "HARVESTER_STALE_AFTER": "stale_after", "HARVESTER_RETRIES": "retries",
     "HARVESTER_RETRY_BASE": "retry_base", "HARVESTER_URL_QUEUE_LIMIT": "url_queue_limit",
     "HARVESTER_WORK_QUEUE_LIMIT": "work_queue_limit",
+    "HARVESTER_NATS_REPLICAS": "nats_replicas",
     "HARVESTER_WATCHDOG_INTERVAL": "watchdog_interval",
     "HARVESTER_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "HARVESTER_HOST_CONCURRENCY": "host_concurrency", "HARVESTER_HOST_DELAY": "host_delay",

@@ -29,7 +29,8 @@ from aiohttp import web
 from nats.js.errors import NotFoundError
 from warcio.archiveiterator import ArchiveIterator
 
-from harvester_ops.embedded import EmbeddedNats, EmbeddedPostgres
+from harvester_ops.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
+from shared import bus
 from shared.config import Settings, stream_name
 from shared.db import jobs
 from tests.chaos.procs import GraphSite, Tiers
@@ -177,7 +178,7 @@ QUEUES = (("url_topic", "foreman"), ("work_topic", "worker"))
 
 async def queue_counts(settings: Settings) -> tuple[int, int]:
     """Messages on both queues not yet acked, and how many of them a tier holds."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(servers=bus.nats_servers(settings.nats_url))
     try:
         js = nc.jetstream()
         queued = held = 0
@@ -195,7 +196,7 @@ async def queue_counts(settings: Settings) -> tuple[int, int]:
 
 async def wait_idle(settings: Settings, timeout: float = 60) -> None:
     """Until no message is waiting or unacked on either queue (nothing in flight)."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(servers=bus.nats_servers(settings.nats_url))
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
@@ -218,7 +219,7 @@ async def wait_idle(settings: Settings, timeout: float = 60) -> None:
 
 async def queue_state(settings: Settings) -> str:
     """JetStream's view of both queues, for failure messages."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(servers=bus.nats_servers(settings.nats_url))
     try:
         js = nc.jetstream()
         out = []
@@ -312,6 +313,37 @@ async def test_restart_nats_on_an_empty_store(own_nats: EmbeddedNats, tiers: Tie
     mine = settings.model_copy(update={"nats_url": own_nats.url})
     tiers.env["HARVESTER_NATS_URL"] = own_nats.url
     await run_with_fault(tiers, site, mine, restart(own_nats, empty_store=True))
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
+    """Three clustered NATS servers of the test's own (request it before ``tiers``)."""
+    with EmbeddedNatsCluster(tmp_path / "natscluster", 3) as cluster:
+        yield cluster
+
+
+async def test_sigkill_the_work_streams_leader_in_a_nats_cluster(
+        nats_cluster: EmbeddedNatsCluster, tiers: Tiers, site: GraphSite,
+        settings: Settings) -> None:
+    """Issue 18: on a three-node cluster with R3 streams, the node leading the work stream is
+    killed mid-crawl and stays down; the others elect a leader, the tiers fail over to them,
+    and the job completes with the undisturbed result."""
+    mine = settings.model_copy(update={"nats_url": nats_cluster.url, "nats_replicas": 3})
+    tiers.env["HARVESTER_NATS_URL"] = nats_cluster.url
+    tiers.env["HARVESTER_NATS_REPLICAS"] = "3"
+
+    async def kill_leader(watch: Watch) -> None:
+        await watch.reach(600)
+        nc = await nats.connect(servers=bus.nats_servers(mine.nats_url))
+        try:
+            info = await nc.jetstream().stream_info(stream_name(mine.work_topic))
+        finally:
+            await nc.close()
+        assert info.config.num_replicas == 3 and info.cluster and info.cluster.leader
+        await watch.fault(f"SIGKILL nats-server {info.cluster.leader}, the work stream's leader")
+        await asyncio.to_thread(nats_cluster.node(info.cluster.leader).kill)
+
+    await run_with_fault(tiers, site, mine, kill_leader)
 
 
 async def test_restart_postgres(tiers: Tiers, site: GraphSite, settings: Settings,
