@@ -68,6 +68,8 @@ def test_a_percent_encoded_password_is_masked_either_way() -> None:
 
 def test_a_nats_token_in_the_url_is_a_secret() -> None:
     assert "s3cr3t-token" in secrets_of(Settings(nats_url="nats://s3cr3t-token@nats:4222"))
+    cluster = secrets_of(Settings(nats_url="nats://u:first-pass@a:4222,nats://u:second-pass@b:4222"))
+    assert {"first-pass", "second-pass"} <= set(cluster)
 
 
 @pytest.mark.parametrize(("url", "shown"), [
