@@ -25,8 +25,9 @@ from tests.servers import serve
 class Tiers:
     """web_server, foreman and workers as subprocesses sharing one configuration."""
 
-    def __init__(self, settings: Settings, logs: Path) -> None:
-        self.port = free_port()
+    def __init__(self, settings: Settings, logs: Path, host: str = "127.0.0.1") -> None:
+        self.host = host  # the web server's address (a "node" of its own: 127.0.0.2 ...)
+        self.port = free_port(host)
         self.logs = logs
         self.env = dict(os.environ,
                         HARVESTER_DATABASE_URL=settings.database_url,
@@ -41,13 +42,13 @@ class Tiers:
                         HARVESTER_ALLOW_NETWORKS="127.0.0.0/8")  # the sites are on loopback
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = aiohttp.ClientSession()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{host}:{self.port}"
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
         module = name.split("-")[0]
         args = [sys.executable, "-m", module]
         if module == "web_server":
-            args += ["-addr", f"127.0.0.1:{self.port}"]
+            args += ["-addr", f"{self.host}:{self.port}"]
         with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy
             self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log,
                                                 stderr=subprocess.STDOUT)
@@ -117,6 +118,7 @@ class GraphSite:
     n: int = 2200
     delay: float = 0.003
     hits: Counter[int] = field(default_factory=Counter)  # by page number
+    agents: Counter[str] = field(default_factory=Counter)  # pages fetched by User-Agent
     base: str = ""
     runner: web.AppRunner | None = None
 
@@ -143,6 +145,7 @@ class GraphSite:
     async def _page(self, request: web.Request) -> web.Response:
         i = int(request.match_info["i"])
         self.hits[i] += 1
+        self.agents[request.headers.get("User-Agent", "")] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         return web.Response(text=self.html(i), content_type="text/html")
