@@ -468,6 +468,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                   "over its processes (and the sum of PSS, which counts shared buffers once). A "
                   "crawl that misses an expected page is INVALID.")]
         lines += _api_lines(runs)
+        lines += report.footprint_lines(main_rows)
         costs = report.variants(summaries)
         if costs:
             lines += ["", "## Harvester variants (issue 11)", "",
@@ -497,6 +498,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                                       "statuses", "result_fetch_s", "error", "missing_sample",
                                       "peak_rss_mb", "postgres_pss_total_mb", "server_cpu",
                                       "idle_cpu_per_s", "pg_deadlocks", "tier_warnings",
+                                      "footprint",
                                       "pages_per_s", "cpu_per_1000", "pages", "items",
                                       "pages_per_level", "extra",
                                       "result_http", "status_ms", "eta_error",

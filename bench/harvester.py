@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import psutil
 
-from bench import eta
+from bench import eta, footprint
 from bench.procs import TreeMonitor, tree_cpu
 from bench.site import Site
 from harvester_ops.embedded import free_port
@@ -270,6 +270,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
                           min_procs=4 + opts.workers + opts.browser_workers + 5)
         result["idle_cpu_per_s"] = None if idle is None else round(idle, 3)
 
+        before = footprint.snapshot(m["dsn"], m["nats"])  # before the clock starts
         monitor = TreeMonitor([up.pid] + [p.pid for p in extra])
         monitor.start()
         t0 = time.monotonic()
@@ -347,6 +348,9 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         unexpected_failures = [u for u in failed if u not in set(site.missing)]  # type: ignore[union-attr]
         result["unexpected_failures"] = unexpected_failures[:5]
         result["valid"] = not missing
+        # What the crawl wrote and left, per page (after the measured run: not in its time).
+        result["footprint"] = footprint.footprint(before, footprint.snapshot(m["dsn"], m["nats"]),
+                                                  len(keys), int(result["links"]))
         if missing:
             result["error"] = f"{len(missing)} expected pages missing from the result"
         return result

@@ -48,7 +48,29 @@ def summarize(runs: list[Run], expected: int) -> dict[str, Any]:
     s["cpu_per_1000_runs"] = [r["cpu"] / expected * 1000 for r in valid
                               if r.get("cpu") is not None and expected]
     s["pg_deadlocks"] = [r.get("pg_deadlocks") for r in runs]
+    s["footprint"] = next((r["footprint"] for r in reversed(use) if r.get("footprint")), None)
     return s
+
+
+def footprint_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """What each Harvester configuration's crawl wrote and left per page (bench/footprint.py):
+    the inputs of the capacity model (docs/scaling.md)."""
+    rows = [s for s in summaries if s.get("footprint")]
+    if not rows:
+        return []
+    out = ["", "## What a crawl writes, per page", "",
+           ("| configuration | links/page | DB bytes/page | DB bytes/link | WAL bytes/page | "
+           "rows written/page | commits/page | messages/page | largest tables (bytes/page) |"),
+           "|---|---|---|---|---|---|---|---|---|"]
+    for s in rows:
+        f = s["footprint"]
+        big = sorted(f["tables"].items(), key=lambda kv: -kv[1]["bytes_per_page"])[:4]
+        out.append(f"| {s['system']} {s['label']} | {f['links'] / max(f['pages'], 1):.1f} | "
+                   f"{f['db_bytes_per_page']:,} | {f['db_bytes_per_link']} | "
+                   f"{f['wal_bytes_per_page']:,} | {f['rows_written_per_page']} | "
+                   f"{f['commits_per_page']} | {f['messages_per_page']} | "
+                   + ", ".join(f"{n} {t['bytes_per_page']:,}" for n, t in big) + " |")
+    return out
 
 
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:

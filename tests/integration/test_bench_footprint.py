@@ -1,0 +1,36 @@
+"""bench/footprint.py measures what a crawl wrote, per page, on real PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from bench import footprint
+from harvester_ops.embedded import EmbeddedNats
+from shared import bus
+from shared.config import Settings
+
+
+async def test_rows_bytes_wal_and_messages_per_page(database_url: str,
+                                                    nats_server: EmbeddedNats) -> None:
+    settings = Settings(nats_url=nats_server.url, url_topic="fp.url", work_topic="fp.work")
+    before = await asyncio.to_thread(footprint.snapshot, database_url, nats_server.url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO url (url) SELECT 'http://fp.test/' || g "
+                           "FROM generate_series(1, 2000) g")
+    finally:
+        await conn.close()
+    async with bus.connect(nats_server.url, "test-footprint") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        assert await bus.publish_visits(js, settings.work_topic, [(1, i) for i in range(50)]) == []
+    after = await asyncio.to_thread(footprint.snapshot, database_url, nats_server.url)
+    f = footprint.footprint(before, after, pages=100, links=400)
+    assert f["tables"]["url"]["rows_per_page"] >= 20          # 2,000 url rows over 100 pages
+    assert f["tables"]["url"]["bytes_per_page"] > 0
+    assert f["rows_written_per_page"] >= 20
+    assert f["wal_bytes_per_page"] > 0
+    assert f["messages_per_page"] == 0.5                      # 50 messages over 100 pages
+    assert f["links"] == 400 and f["pages"] == 100
