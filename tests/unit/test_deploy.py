@@ -7,9 +7,12 @@ interface the code exposes (tiers, `-config`, HARVESTER_* environment overrides,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shlex
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -485,3 +488,420 @@ def test_grafana_dashboard_reads_only_metrics_harvester_exports() -> None:
                for name in re.findall(r"harvester_\w+", t["expr"])}
     assert {"harvester_fetch_seconds_bucket", "harvester_watchdog_total"} <= queried
     assert queried - exported == set()
+
+
+# --------------------------------------------------------------------------- NATS cluster (issue 18)
+#
+# deploy/k8s/nats.yaml runs three nats-servers as a StatefulSet; docker-compose.nats-cluster.yml
+# turns compose's one NATS into three. Both are checked against the real nats-server of the
+# wheel: the k8s nats.conf with `nats-server -t`, the compose nodes by starting them.
+
+NATS_CLUSTER = 3
+COMPOSE_NATS_CLUSTER = ROOT / "docker-compose.nats-cluster.yml"
+NATS_CONF_VAR = re.compile(r"\$(\w+)")
+
+
+def nats_statefulset() -> dict:
+    return k8s_by_kind("StatefulSet")["harvester-nats"]
+
+
+def nats_container() -> dict:
+    (container,) = pod_spec(nats_statefulset())["containers"]
+    return container
+
+
+def nats_conf() -> tuple[str, str]:
+    """The StatefulSet's nats.conf: (its path in the pod, its text from the ConfigMap)."""
+    container = nats_container()
+    argv = k8s_argv(container)
+    flag = next(f for f in ("--config", "-c") if f in argv)
+    path = argv[argv.index(flag) + 1]
+    mount = next(m for m in container["volumeMounts"]
+                 if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in pod_spec(nats_statefulset())["volumes"] if v["name"] == mount["name"])
+    data = k8s_by_kind("ConfigMap")[volume["configMap"]["name"]]["data"]
+    return path, data[path[len(mount["mountPath"].rstrip("/")) + 1:]]
+
+
+def conf_value(conf: str, key: str) -> str:
+    """The value of the first ``key: value`` line (nats.conf's syntax, as written here)."""
+    m = re.search(rf"^\s*{key}\s*[:=]\s*(\S+)\s*$", conf, re.MULTILINE)
+    assert m, f"nats.conf has no {key}"
+    return m.group(1)
+
+
+def nats_pod_env(pod: str) -> dict[str, str]:
+    """The environment the StatefulSet gives pod ``pod`` (literal values and the pod's name)."""
+    env = {}
+    for e in nats_container().get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = pod
+    return env
+
+
+def nats_pods() -> list[str]:
+    sts = nats_statefulset()
+    return [f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])]
+
+
+def test_k8s_nats_is_a_statefulset_of_three_with_jetstream_on_a_pvc() -> None:
+    sts = nats_statefulset()
+    assert sts["spec"]["replicas"] == NATS_CLUSTER
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    _, conf = nats_conf()
+    # Every node its own server_name, from the pod's name.
+    var = NATS_CONF_VAR.fullmatch(conf_value(conf, "server_name"))
+    assert var, "server_name must come from the pod's name"
+    assert {nats_pod_env(p)[var.group(1)] for p in nats_pods()} == set(nats_pods())
+    # JetStream's store on the per-pod claim, capped below the claim's size.
+    assert re.search(r"^jetstream\s*\{", conf, re.MULTILINE)
+    store = conf_value(conf, "store_dir")
+    container = nats_container()
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"].rstrip("/") == store)
+    (claim,) = [t for t in sts["spec"]["volumeClaimTemplates"]
+                if t["metadata"]["name"] == mount["name"]]
+    assert mount["name"] not in {v["name"] for v in pod_spec(sts).get("volumes", [])}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    def gib(size: str) -> int:
+        m = re.fullmatch(r"(\d+)\s*(G|Gi|GB)", size)
+        assert m, size
+        return int(m.group(1))
+
+    assert gib(conf_value(conf, "max_file_store")) < gib(claim["spec"]["resources"]["requests"]["storage"])
+    # Lame duck on stop: the preStop signal reaches the pid file nats.conf writes.
+    pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert f"ldm={conf_value(conf, 'pid_file')}" in pre_stop
+    lame_duck = int(conf_value(conf, "lame_duck_duration").removesuffix("s"))
+    assert pod_spec(sts)["terminationGracePeriodSeconds"] > lame_duck
+
+
+def test_k8s_nats_routes_name_all_three_pods_through_the_headless_service() -> None:
+    sts = nats_statefulset()
+    headless = k8s_by_kind("Service")[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= labels.items()
+    _, conf = nats_conf()
+    cluster = re.search(r"^cluster\s*\{(.*?)^\}", conf, re.MULTILINE | re.DOTALL)
+    assert cluster, "nats.conf has no cluster block"
+    route_port = int(conf_value(cluster.group(1), "listen").rsplit(":", 1)[1])
+    assert conf_value(cluster.group(1), "name")
+    routes = re.findall(r"nats://([\w.-]+):(\d+)", cluster.group(1))
+    expected = {(f"{pod}.{headless['metadata']['name']}", str(route_port)) for pod in nats_pods()}
+    assert set(routes) == expected
+    assert {p["port"] for p in headless["spec"]["ports"]} >= {4222, route_port}
+    client = k8s_by_kind("Service")["harvester-nats"]
+    assert client["spec"]["selector"].items() <= labels.items()
+    assert [p["port"] for p in client["spec"]["ports"]] == [4222]
+
+
+def test_k8s_nats_one_pod_per_node_and_a_disruption_budget_of_one() -> None:
+    sts = nats_statefulset()
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    (term,) = pod_spec(sts)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    pdbs = [d for d in k8s_by_kind("PodDisruptionBudget").values()
+            if d["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    assert len(pdbs) == 1
+    assert pdbs[0]["apiVersion"] == "policy/v1"
+    assert pdbs[0]["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdbs[0]["spec"]
+
+
+@pytest.mark.parametrize("pod", range(NATS_CLUSTER))
+def test_k8s_nats_conf_is_valid_for_nats_server(pod: int, tmp_path: Path) -> None:
+    """``nats-server -t`` (check the configuration, start nothing) on the ConfigMap's nats.conf
+    in the environment the StatefulSet gives the pod: a syntax error, an unknown key or an
+    undefined $VARIABLE fails."""
+    import os
+    import subprocess
+
+    from harvester_ops.embedded import nats_server_bin
+
+    _, conf = nats_conf()
+    path = tmp_path / "nats.conf"
+    path.write_text(conf)
+    env = {"PATH": os.environ.get("PATH", ""), **nats_pod_env(nats_pods()[pod])}
+    r = subprocess.run([nats_server_bin(), "-c", str(path), "-t"], env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Without the pod's environment the same file is refused: -t did resolve the variables.
+    r = subprocess.run([nats_server_bin(), "-c", str(path), "-t"], env={"PATH": env["PATH"]},
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode != 0
+
+
+def test_k8s_tiers_get_the_three_nats_urls_and_three_replicas() -> None:
+    secret = k8s_by_kind("Secret")["harvester"]["stringData"]
+    sts = nats_statefulset()
+    headless = sts["spec"]["serviceName"]
+    client_port = next(p["containerPort"] for p in nats_container()["ports"] if p["name"] == "client")
+    assert secret["nats-url"].split(",") == [f"nats://{pod}.{headless}:{client_port}"
+                                             for pod in nats_pods()]
+    from shared.bus import nats_servers
+
+    assert len(nats_servers(secret["nats-url"])) == NATS_CLUSTER
+    assert secret["nats-replicas"] == str(NATS_CLUSTER)
+    for name in ("harvester-web-server", "harvester-foreman", "harvester-worker"):
+        (container,) = pod_spec(k8s_by_kind("Deployment")[name])["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        ref = env["HARVESTER_NATS_REPLICAS"]["valueFrom"]["secretKeyRef"]
+        # optional: a Secret made before the key existed (one NATS server) still starts the tier.
+        assert (ref["name"], ref["key"], ref.get("optional")) == ("harvester", "nats-replicas", True)
+
+
+def test_k8s_cloudnativepg_cluster_has_a_replica_and_the_harvester_database() -> None:
+    docs = [(name, d) for name, d in k8s_docs() if d["kind"] == "Cluster"]
+    (name, pg), = docs
+    assert pg["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert pg["spec"]["instances"] == 2  # a primary and one streaming replica
+    assert pg["spec"]["bootstrap"]["initdb"] == {"database": "harvester", "owner": "harvester"}
+    assert pg["spec"]["storage"]["size"]
+    assert pg["spec"]["affinity"]["topologyKey"] == "kubernetes.io/hostname"
+    assert int(pg["spec"]["postgresql"]["parameters"]["max_connections"]) >= 300
+    text = (K8S / name).read_text()
+    cluster = pg["metadata"]["name"]
+    assert "operator" in text.lower()
+    # The tiers' URL names the primary's service; the replica's is for read-only clients.
+    for service in (f"{cluster}-rw", f"{cluster}-ro", f"{cluster}-app"):
+        assert service in text
+    assert f"{cluster}-rw" in (K8S / "secret.example.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- compose NATS cluster
+
+
+@pytest.fixture(scope="module")
+def nats_override() -> dict:
+    with COMPOSE_NATS_CLUSTER.open() as f:
+        doc = yaml.safe_load(f)
+    assert isinstance(doc, dict), "docker-compose.nats-cluster.yml is not a mapping"
+    return doc
+
+
+def merged_service(base: dict, override: dict) -> dict:
+    """Compose's merge of one service, for the keys these files use: mappings (environment,
+    depends_on, networks) merge, volumes by their path in the container, the rest is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if key == "volumes":
+            by_target = {str(v).split(":")[1]: v for v in base.get("volumes", [])}
+            by_target.update({str(v).split(":")[1]: v for v in value})
+            out[key] = list(by_target.values())
+        elif key == "environment":
+            out[key] = {**env_of(base), **env_of(override)}
+        elif key == "depends_on":
+            out[key] = {**depends_on(base), **depends_on(override)}
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = {**base[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster_services(services: dict, nats_override: dict) -> dict:
+    merged = dict(services)
+    for name, svc in nats_override["services"].items():
+        merged[name] = merged_service(services.get(name, {}), svc)
+    return merged
+
+
+def nats_nodes(cluster_services: dict) -> dict[str, dict]:
+    """The NATS services of the merged files, by the server name each runs as."""
+    nodes = {}
+    for svc in cluster_services.values():
+        argv = as_argv(svc.get("command"))
+        if str(svc.get("image", "")).startswith("nats:") and "--server_name" in argv:
+            nodes[argv[argv.index("--server_name") + 1]] = svc
+    return nodes
+
+
+def dns_names(name: str, svc: dict) -> set[str]:
+    """The names a service answers to on the compose network: its own and its aliases."""
+    aliases = (svc.get("networks") or {}).get("default", {}) or {}
+    return {name, *aliases.get("aliases", [])}
+
+
+def test_compose_nats_cluster_override_is_three_clustered_jetstream_nodes(
+        compose: dict, services: dict, nats_override: dict, cluster_services: dict) -> None:
+    # The override only adds to services the base has or to its own NATS nodes.
+    for name in nats_override["services"]:
+        assert name in services or name.startswith("nats-"), name
+    nodes = nats_nodes(cluster_services)
+    assert sorted(nodes) == [f"nats-{i}" for i in range(1, NATS_CLUSTER + 1)]
+    names = {n: next(k for k, s in cluster_services.items() if s is svc) for n, svc in nodes.items()}
+    volumes = {**(compose.get("volumes") or {}), **(nats_override.get("volumes") or {})}
+    stores = set()
+    for server, svc in nodes.items():
+        assert svc["image"].startswith("nats:2.")
+        # Each node resolves by its server name (the routes and the tiers' URLs use them).
+        assert server in dns_names(names[server], svc)
+        argv = as_argv(svc["command"])
+        assert "-js" in argv
+        assert argv[argv.index("--cluster_name") + 1] == "harvester"
+        assert argv[argv.index("--cluster") + 1] == "nats://0.0.0.0:6222"
+        routes = argv[argv.index("--routes") + 1].split(",")
+        assert sorted(routes) == [f"nats://{n}:6222" for n in sorted(nodes)]
+        store = argv[argv.index("-sd") + 1]
+        (mount,) = [str(v).split(":") for v in svc["volumes"] if str(v).split(":")[1] == store]
+        assert mount[0] in volumes, f"{server}'s JetStream store is not on a named volume"
+        stores.add(mount[0])
+    assert len(stores) == NATS_CLUSTER, "each node needs its own store"
+
+
+@pytest.mark.parametrize("service", HARVESTER_SERVICES)
+def test_compose_nats_cluster_tiers_get_three_urls_and_replicas_3(
+        services: dict, cluster_services: dict, service: str) -> None:
+    svc = cluster_services[service]
+    env = env_of(svc)
+    from shared.bus import nats_servers
+
+    urls = nats_servers(env["HARVESTER_NATS_URL"])
+    assert urls == [f"nats://nats-{i}:4222" for i in range(1, NATS_CLUSTER + 1)]
+    assert env["HARVESTER_NATS_REPLICAS"] == str(NATS_CLUSTER)
+    assert env["HARVESTER_DATABASE_URL"] == env_of(services[service])["HARVESTER_DATABASE_URL"]
+    if service != "migrate":
+        nodes = nats_nodes(cluster_services)
+        services_of_nodes = {k for k, s in cluster_services.items()
+                             if any(s is n for n in nodes.values())}
+        assert services_of_nodes <= depends_on(svc).keys()
+        assert depends_on(svc)["migrate"]["condition"] == "service_completed_successfully"
+
+
+@contextlib.contextmanager
+def nats_nodes_running(argvs: dict[str, list[str]], client_ports: dict[str, int], logs: Path,
+                       env: dict[str, dict[str, str]] | None = None) -> Iterator[dict[str, str]]:
+    """Run the wheel's nats-server with each node's ``argvs``, wait until each listens on its
+    client port, yield each node's client URL; terminate them on exit."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from harvester_ops.embedded import nats_server_bin
+
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for server, argv in argvs.items():
+            log = stack.enter_context((logs / f"{server}.log").open("wb"))
+            proc = stack.enter_context(subprocess.Popen(
+                [nats_server_bin(), *argv], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {}).get(server, {})}))
+            stack.callback(proc.wait, 10)
+            stack.callback(proc.terminate)
+            procs[server] = proc
+        for server, port in client_ports.items():
+            deadline = time.monotonic() + 10
+            while True:
+                assert procs[server].poll() is None, (logs / f"{server}.log").read_text()
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, f"{server} does not listen"
+                time.sleep(0.05)
+        yield {server: f"nats://127.0.0.1:{port}" for server, port in client_ports.items()}
+
+
+async def assert_jetstream_cluster_of_three(urls: dict[str, str], cluster_name: str) -> None:
+    """A stream of 3 replicas can be created on the nodes at ``urls`` (by server name), is led
+    by one of them and followed by the two others, and takes a message."""
+    import asyncio
+
+    import nats
+
+    nc = await nats.connect(servers=list(urls.values()))
+    try:
+        js = nc.jetstream()
+        for _ in range(60):  # the JetStream meta group elects its leader within seconds
+            try:
+                await js.add_stream(name="R3", subjects=["r3"], num_replicas=NATS_CLUSTER)
+                break
+            except Exception:  # noqa: BLE001 - no JetStream quorum yet
+                await asyncio.sleep(0.25)
+        info = await js.stream_info("R3")
+        ack = await js.publish("r3", b"x")
+    finally:
+        await nc.close()
+    assert ack.seq == 1
+    assert info.config.num_replicas == NATS_CLUSTER
+    assert info.cluster is not None and info.cluster.name == cluster_name
+    followers = {r.name for r in info.cluster.replicas or []}
+    assert {info.cluster.leader, *followers} == set(urls)
+
+
+async def test_compose_nats_cluster_commands_form_a_jetstream_cluster_of_three(
+        cluster_services: dict, tmp_path: Path) -> None:
+    """The compose override's three nodes, run as their commands say by the wheel's
+    nats-server on loopback (the client and route ports remapped to free ones, the stores in
+    tmp_path, the routes' host names to 127.0.0.1), form one JetStream cluster of three."""
+    from harvester_ops.embedded import free_port
+
+    nodes = nats_nodes(cluster_services)
+    route_ports = {server: free_port() for server in nodes}
+    client_ports = {server: free_port() for server in nodes}
+
+    def local(url: str) -> str:  # nats://nats-2:6222 -> nats://127.0.0.1:<nats-2's route port>
+        host = url.removeprefix("nats://").rsplit(":", 1)[0]
+        return f"nats://127.0.0.1:{route_ports[host]}"
+
+    argvs = {}
+    for server, svc in nodes.items():
+        argv = as_argv(svc["command"])
+        argv[argv.index("-sd") + 1] = str(tmp_path / server)
+        argv[argv.index("--cluster") + 1] = f"nats://127.0.0.1:{route_ports[server]}"
+        i = argv.index("--routes") + 1
+        argv[i] = ",".join(local(u) for u in argv[i].split(","))
+        argvs[server] = ["-a", "127.0.0.1", "-p", str(client_ports[server]), *argv]
+    (cluster_name,) = {a[a.index("--cluster_name") + 1] for a in argvs.values()}
+    with nats_nodes_running(argvs, client_ports, tmp_path) as urls:
+        await assert_jetstream_cluster_of_three(urls, cluster_name)
+
+
+async def test_k8s_nats_conf_forms_a_jetstream_cluster_of_three(tmp_path: Path) -> None:
+    """The StatefulSet's nats.conf, run for its three pods by the wheel's nats-server on
+    loopback (each pod's POD_NAME; listen, monitor and route ports remapped to free ones, the
+    pods' DNS names in the routes to 127.0.0.1, store and pid file in tmp_path), forms one
+    JetStream cluster of three named after the pods."""
+    from harvester_ops.embedded import free_port
+
+    _, conf = nats_conf()
+    headless = nats_statefulset()["spec"]["serviceName"]
+    pods = nats_pods()
+    route_ports = {pod: free_port() for pod in pods}
+    client_ports = {pod: free_port() for pod in pods}
+    cluster_block = re.search(r"^cluster\s*\{.*?^\}", conf, re.MULTILINE | re.DOTALL)
+    assert cluster_block
+    cluster_name = conf_value(cluster_block.group(0), "name")
+    argvs, envs = {}, {}
+    for pod in pods:
+        text = conf
+        for other in pods:
+            text = re.sub(rf"nats://{re.escape(other)}\.{re.escape(headless)}:\d+",
+                          f"nats://127.0.0.1:{route_ports[other]}", text)
+        outside = text[:cluster_block.start()] + text[cluster_block.end():]
+        assert conf_value(outside, "listen") == "0.0.0.0:4222"
+        text = re.sub(r"^(\s*listen\s*:\s*)0\.0\.0\.0:4222\s*$",
+                      rf"\g<1>127.0.0.1:{client_ports[pod]}", text, flags=re.MULTILINE)
+        text = re.sub(r"^(\s*listen\s*:\s*)0\.0\.0\.0:6222\s*$",
+                      rf"\g<1>127.0.0.1:{route_ports[pod]}", text, flags=re.MULTILINE)
+        text = re.sub(r"^(\s*http\s*:\s*)\S+\s*$", rf"\g<1>127.0.0.1:{free_port()}", text,
+                      flags=re.MULTILINE)
+        text = re.sub(r"^(\s*store_dir\s*:\s*)\S+\s*$", rf"\g<1>{tmp_path / pod}", text,
+                      flags=re.MULTILINE)
+        text = re.sub(r"^(\s*pid_file\s*:\s*)\S+\s*$", rf"\g<1>{tmp_path / pod}.pid", text,
+                      flags=re.MULTILINE)
+        assert "0.0.0.0" not in text and headless not in text, text
+        (tmp_path / f"{pod}.conf").write_text(text)
+        argvs[pod] = ["-c", str(tmp_path / f"{pod}.conf")]
+        envs[pod] = nats_pod_env(pod)
+    with nats_nodes_running(argvs, client_ports, tmp_path, envs) as urls:
+        await assert_jetstream_cluster_of_three(urls, cluster_name)
