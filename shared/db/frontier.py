@@ -1,9 +1,10 @@
-"""The frontier: which pending visits (``job_pending`` rows) go on the URL queue, and when.
+"""The frontier: which pending visits (``job_pending`` rows) are published, and when.
 
 A ``job_pending`` row is published (``published_on`` set) when a feeder claims it, and put back
 (``published_on`` NULL) when its publish failed, when a worker defers it to a later ``due``, or
 when the watchdog finds it published long ago and still pending. ``Frontier`` is that interface:
-the feeder (``foreman/feeder.py`` ``feed``), the watchdog (``foreman/schedule.py``) and the worker
+the feeder (``foreman/feeder.py`` ``feed``, which claims them planned: ``claim_planned``), the
+watchdog (``foreman/schedule.py``) and the worker
 (deferrals, attempts) each use one instance passed down from their service's ``run()``, so an
 ordering or a priority is decided here, in one place. ``DueFrontier`` is the one implementation:
 oldest ``due`` first.
@@ -18,19 +19,25 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import asyncpg
 
 from shared.config import Settings
-from shared.db.visits import Key
+from shared.db.visits import Key, Planned, plan_columns, planned
 
 
 class Frontier(Protocol):
     async def claim(self, conn: asyncpg.Connection, limit: int) -> list[Key]:
         """Mark up to ``limit`` unpublished visits that are due as published and return them."""
+
+    async def claim_planned(self, conn: asyncpg.Connection, limit: int, *,
+                            cache_max_age: float, known_traps: Container[int] = (),
+                            full_kinds: Collection[str] = ()) -> list[Planned]:
+        """``claim``, each visit planned as ``visits.plan`` plans it (one statement), none of
+        a job whose fetcher kind is in ``full_kinds``."""
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits as unpublished again (their publish failed)."""
@@ -157,6 +164,28 @@ class DueFrontier:
         visits meanwhile are deferred by the gate, never over its cap) and a job's new
         priority.
         """
+        return [(r["job_id"], r["url_id"]) for r in await self._claim_rows(conn, limit, None, ())]
+
+    async def claim_planned(self, conn: asyncpg.Connection, limit: int, *,
+                            cache_max_age: float, known_traps: Container[int] = (),
+                            full_kinds: Collection[str] = ()) -> list[Planned]:
+        """``claim``, each visit planned in the same statement, with the select list
+        ``visits.plan`` uses (``visits.plan_columns``: the two cannot decide differently), in
+        the order to publish them; pairs whose job's fetcher kind is in ``full_kinds`` (its
+        work queue at its limit) are left out, so their rows stay unpublished rather than
+        being claimed, refused and put back. ``traps`` is read only for a job not in
+        ``known_traps``. The claim's rows are planned by primary key (``job_visit``, ``job``,
+        ``url``), ``limit`` at most: a claim's cost grows by what ``plan`` would cost for them.
+        """
+        rows = await self._claim_rows(conn, limit, (float(cache_max_age), known_traps),
+                                      full_kinds)
+        return [planned(r) for r in rows]
+
+    async def _claim_rows(self, conn: asyncpg.Connection, limit: int,
+                          plan: tuple[float, Container[int]] | None,
+                          full_kinds: Collection[str]) -> list[asyncpg.Record]:
+        """The claim's rows in the order to publish them: (job_id, url_id, ...), planned
+        (``visits.plan_columns``) when ``plan`` gives (cache_max_age, known_traps)."""
         if limit <= 0:
             return []
         now = time.monotonic()
@@ -166,13 +195,14 @@ class DueFrontier:
             if not lock["ok"]:
                 return []  # another feeder is claiming
             cached = lock["top"] == self._pairs[0]["top"]
-        keys, dry = await self._claim_pairs(
-            conn, self._pairs if cached else await self._scan(conn, now), limit, now)
-        if cached and dry and len(keys) < limit:
+        rows, dry = await self._claim_pairs(
+            conn, self._pairs if cached else await self._scan(conn, now), limit, now, plan,
+            full_kinds)
+        if cached and dry and len(rows) < limit:
             more, _ = await self._claim_pairs(conn, await self._scan(conn, now),
-                                              limit - len(keys), now)
-            keys += more
-        return keys
+                                              limit - len(rows), now, plan, full_kinds)
+            rows += more
+        return rows
 
     async def _scan(self, conn: asyncpg.Connection, now: float) -> list[asyncpg.Record]:
         """The pairs from the cursor on (``_PAIRS``), kept for the claims that follow."""
@@ -186,14 +216,20 @@ class DueFrontier:
         return pairs
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
-                           limit: int, now: float) -> tuple[list[Key], bool]:
-        """The claim over ``pairs``: the keys, and whether some pair with room had no row due."""
+                           limit: int, now: float, plan: tuple[float, Container[int]] | None,
+                           full_kinds: Collection[str]) -> tuple[list[asyncpg.Record], bool]:
+        """The claim over ``pairs`` (but those of a kind in ``full_kinds``): the rows, and
+        whether some pair with room had no row due."""
         hosts: list[str] = []
         job_ids: list[int] = []
         weights: list[float] = []
         served: list[float] = []
         caps: dict[str, int] = {}
+        full_kind = 0  # pairs left out for their kind's full work queue
         for p in pairs:
+            if full_kinds and p["fetcher"] in full_kinds:
+                full_kind += 1
+                continue
             cap = 0 if p["waiting"] else self.cap(p["host"])
             if cap == 0:
                 continue  # backing off or waiting for robots.txt
@@ -204,45 +240,52 @@ class DueFrontier:
             weights.append(2.0 ** p["priority"])
             served.append(self.served(p["host"], p["job_id"], now))
         if not hosts:  # every pair's host waits: dry, so a back-off's end is seen at once
-            return [], True
-        keys, full, took, dry = await _claim(conn, hosts, job_ids, weights, served, caps, limit)
-        if len(keys) < limit and full:
+            return [], full_kind < len(pairs)  # (a full kind is not: its queue is read anew)
+        # the plan's cache age, and the jobs whose traps it reads (those not known yet)
+        planning = None if plan is None else (
+            plan[0], sorted({j for j in job_ids if j not in plan[1]}))
+        rows, full, took, dry = await _claim(conn, hosts, job_ids, weights, served, caps, limit,
+                                             planning)
+        if len(rows) < limit and full:
             again = [hosts[i] for i in full]
             more, _, more_took, _ = await _claim(
                 conn, again, [job_ids[i] for i in full], [weights[i] for i in full],
                 [served[i] + took[hosts[i], job_ids[i]] for i in full],
-                {h: caps[h] for h in again if h in caps}, limit - len(keys))
-            keys += more
+                {h: caps[h] for h in again if h in caps}, limit - len(rows), planning)
+            rows += more
             took += more_took
         self._count(took, now)
-        return keys, dry
+        return rows, dry
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits unpublished (their publish failed): claimed again soon, due as
         they were."""
-        await conn.execute("""
-            UPDATE job_pending SET published_on = NULL
-            FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id)
-            WHERE job_pending.job_id = u.job_id AND job_pending.url_id = u.url_id""",
+        await conn.execute(f"""
+            WITH k AS MATERIALIZED ({_LOCK_KEYS})
+            UPDATE job_pending p SET published_on = NULL
+            FROM k WHERE p.job_id = k.job_id AND p.url_id = k.url_id""",
             [k[0] for k in keys], [k[1] for k in keys])
 
     async def defer(self, conn: asyncpg.Connection, due: Mapping[Key, datetime]) -> None:
         """Put visits back in the frontier until ``due`` (the feeder publishes them then)."""
         keys = sorted(due)
-        await conn.execute("""
+        await conn.execute(f"""
+            WITH k AS MATERIALIZED ({_LOCK_KEYS})
             UPDATE job_pending p SET published_on = NULL, due = d.due
-            FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
-            WHERE p.job_id = d.job_id AND p.url_id = d.url_id""",
+            FROM k, unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(job_id, url_id, due)
+            WHERE p.job_id = k.job_id AND p.url_id = k.url_id
+              AND d.job_id = k.job_id AND d.url_id = k.url_id""",
             [k[0] for k in keys], [k[1] for k in keys], [due[k] for k in keys])
 
     async def hold(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Put back, unpublished, visits of a paused job whose message arrived: held (never
         claimed) while the job is paused. ``held`` follows the job's state as this statement
         sees it, so a resume that committed after the visits were planned leaves them due."""
-        await conn.execute("""
+        await conn.execute(f"""
+            WITH k AS MATERIALIZED ({_LOCK_KEYS})
             UPDATE job_pending p SET published_on = NULL, held = (j.state = 'paused')
-            FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id), job j
-            WHERE p.job_id = u.job_id AND p.url_id = u.url_id AND j.id = p.job_id""",
+            FROM k, job j
+            WHERE p.job_id = k.job_id AND p.url_id = k.url_id AND j.id = p.job_id""",
             [k[0] for k in keys], [k[1] for k in keys])
 
     async def count_attempt(self, conn: asyncpg.Connection, key: Key) -> None:
@@ -294,14 +337,29 @@ class DueFrontier:
         rounds, fail the visits of a job that is merely waiting for its worker (``/status``
         says so). Once a worker of the kind beats, the clock runs again from the last hold."""
         return int((await conn.fetchval("""
-            WITH h AS (
-                UPDATE job_pending p SET published_on = now()
-                FROM job j
-                WHERE j.id = p.job_id AND j.fetcher <> ALL($1::text[])
+            WITH k AS MATERIALIZED (
+                SELECT p.job_id, p.url_id FROM job_pending p JOIN job j ON j.id = p.job_id
+                WHERE j.fetcher <> ALL($1::text[])
                   AND p.published_on < now() - make_interval(secs => $2)
+                ORDER BY p.job_id, p.url_id
+                FOR NO KEY UPDATE OF p),
+            h AS (
+                UPDATE job_pending p SET published_on = now()
+                FROM k WHERE p.job_id = k.job_id AND p.url_id = k.url_id
                 RETURNING 1)
             SELECT count(*) FROM h""", list(served), float(stale_after))) or 0)
 
+
+# The pending rows of the keys ($1 job ids, $2 url ids), locked in key order before a multi-row
+# UPDATE writes them: two transactions putting back overlapping rows (a worker's deferrals, a
+# foreman's holds, a feeder's unclaim) then wait for each other in one order, never in a cycle
+# (an UPDATE ... FROM unnest locks rows in whatever order its join reads them).
+_LOCK_KEYS = """
+    SELECT p.job_id, p.url_id
+    FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id)
+    JOIN job_pending p ON p.job_id = u.job_id AND p.url_id = u.url_id
+    ORDER BY p.job_id, p.url_id
+    FOR NO KEY UPDATE OF p"""
 
 # A frontier row (``job_pending p``) the feeder may claim: unpublished, not held. Exactly the
 # predicate of the index job_pending_frontier (migration 0019), so the claims can use it.
@@ -328,7 +386,7 @@ _PAIRS = f"""
             WHERE {_UNPUBLISHED}
               AND (p.host, p.job_id) > (c.host, c.job_id)
             ORDER BY p.host, p.job_id LIMIT 1) n)
-    SELECT q.host, q.job_id, j.priority, (SELECT top FROM l) AS top,
+    SELECT q.host, q.job_id, j.priority, j.fetcher, (SELECT top FROM l) AS top,
            coalesce(h.backoff_until > now()
                     OR (h.robots_fetched_on IS NULL AND h.robots_failures = 0
                         AND h.robots_fetching_until > now()),
@@ -353,7 +411,7 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # to the least served jobs in this claim (their n-th row, over the weight). The caller sorts
 # the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL: whether
 # some pair with room had no row due (dry).
-_CLAIM = f"""
+_CLAIM_WITH = f"""
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
                       AS t(host, job_id, w, s)),
@@ -396,48 +454,90 @@ _CLAIM = f"""
         UPDATE job_pending p SET published_on = now()
         FROM pick
         WHERE p.job_id = pick.job_id AND p.url_id = pick.url_id AND p.published_on IS NULL
-        RETURNING p.host, p.job_id, p.url_id, pick.second, pick.jk, pick.rank)
+        RETURNING p.host, p.job_id, p.url_id, pick.second, pick.jk, pick.rank{{returning}})"""
+_CLAIM_DRY = """EXISTS (SELECT FROM live l
+                   WHERE NOT EXISTS (SELECT FROM cand c
+                                     WHERE c.host = l.host AND c.job_id = l.job_id))"""
+_CLAIM = _CLAIM_WITH.format(returning="") + f"""
     SELECT host, job_id, url_id, second, jk, rank, NULL::bool AS dry FROM upd
     UNION ALL
     SELECT NULL, NULL, NULL, NULL, NULL, NULL,
-           EXISTS (SELECT FROM live l
-                   WHERE NOT EXISTS (SELECT FROM cand c
-                                     WHERE c.host = l.host AND c.job_id = l.job_id))"""
+           {_CLAIM_DRY}"""
+
+# The planned rows of a claim (``claim_planned``): the claimed rows joined to their visit, job
+# and URL by primary key (the select list of ``visits.plan``). The visit and the URL are read
+# in LATERAL subqueries (LIMIT 1 keeps the planner from flattening them): a probe of the primary
+# key per claimed row, 1,000 at most, however big the tables; as plain joins, once the tables
+# were analyzed, the planner hashed the claim against a sequential scan of job_visit.
+_PLAN_JOINS = """
+    FROM upd p
+    CROSS JOIN LATERAL (SELECT * FROM job_visit v
+                        WHERE v.job_id = p.job_id AND v.url_id = p.url_id LIMIT 1) v
+    JOIN job j ON j.id = p.job_id
+    CROSS JOIN LATERAL (SELECT * FROM url u WHERE u.id = p.url_id LIMIT 1) u"""
+
+
+def _planning(max_age: str, traps_of: str) -> str:
+    return (plan_columns(max_age, f"(p.job_id = ANY({traps_of}::bigint[]))") + _PLAN_JOINS)
+
+
+# _CLAIM, planned: the dry flag on every row (one row of NULLs but it when nothing was claimed).
+_CLAIM_PLANNED = _CLAIM_WITH.format(returning=", p.reexpand, p.attempts") + f"""
+    SELECT d.dry, x.* FROM (SELECT {_CLAIM_DRY} AS dry) d
+    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$9", "$10")}) x ON true"""
 
 async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
                  weights: list[float], served: list[float], caps: dict[str, int],
-                 limit: int) -> tuple[list[Key], list[int], Counter[tuple[str, int]], bool]:
+                 limit: int, plan: tuple[float, list[int]] | None = None,
+                 ) -> tuple[list[asyncpg.Record], list[int], Counter[tuple[str, int]], bool]:
     """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their recent
     service; ``caps``: of the capped hosts), each taking a share of ``limit`` (twice its even
     part, 2 at least, so that pairs with fewer due rows leave room to the others): the keys in
     the order to publish them, which pairs took their whole share and whose host may take more
     (uncapped, or capped above the share: a pair capped at its share filled its host), how
-    many rows each pair took, and whether some pair with room had no row due."""
+    many rows each pair took, and whether some pair with room had no row due. The rows are
+    planned (``_CLAIM_PLANNED``) when ``plan`` gives the cache age and the jobs whose traps
+    to read."""
     if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
-        rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
-        return ([(r["job_id"], r["url_id"]) for r in sorted(rows, key=lambda r: r["rank"])], [],
+        if plan is None:
+            rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
+        else:
+            rows = await conn.fetch(_CLAIM_ONE_PLANNED, hosts[0], job_ids[0], limit, *plan)
+        return (sorted(rows, key=lambda r: r["rank"]), [],
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
-    got = await conn.fetch(_CLAIM, hosts, job_ids, weights, share, list(caps),
-                           list(caps.values()), limit, served)
-    rows = [r for r in got if r["url_id"] is not None]
-    dry = any(r["dry"] for r in got if r["url_id"] is None)
+    args = (hosts, job_ids, weights, share, list(caps), list(caps.values()), limit, served)
+    if plan is None:
+        got = await conn.fetch(_CLAIM, *args)
+        rows = [r for r in got if r["url_id"] is not None]
+        dry = any(r["dry"] for r in got if r["url_id"] is None)
+    else:
+        got = await conn.fetch(_CLAIM_PLANNED, *args, *plan)
+        rows = [r for r in got if r["url_id"] is not None]
+        dry = bool(got and got[0]["dry"])
     took = Counter((r["host"], r["job_id"]) for r in rows)
     full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
             if took[pair] >= share and caps.get(pair[0], share + 1) > share]
     rows = sorted(rows, key=lambda r: (r["second"], r["jk"], r["rank"]))
-    return [(r["job_id"], r["url_id"]) for r in rows], full, took, dry
+    return rows, full, took, dry
 
 
 # The claim when there is one (host, job) pair and its host is uncapped: _CLAIM's result, with
 # a plan as cheap as the one before fairness (no windows to plan).
-_CLAIM_ONE = f"""
+_CLAIM_ONE_FROM = f"""
     WITH c AS (
         SELECT p.job_id, p.url_id FROM job_pending p
         WHERE p.host = $1 AND p.job_id = $2 AND {_DUE}
         ORDER BY p.rank
         LIMIT $3
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE SKIP LOCKED)"""
+_CLAIM_ONE = _CLAIM_ONE_FROM + """
     UPDATE job_pending p SET published_on = now()
     FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
     RETURNING p.job_id, p.url_id, p.rank"""
+# ... planned ($4 the cache age, $5 the jobs whose traps to read).
+_CLAIM_ONE_PLANNED = _CLAIM_ONE_FROM + f""", upd AS (
+        UPDATE job_pending p SET published_on = now()
+        FROM c WHERE p.job_id = c.job_id AND p.url_id = c.url_id
+        RETURNING p.job_id, p.url_id, p.rank, p.reexpand, p.attempts)
+    SELECT p.rank, {_planning("$4", "$5")}"""

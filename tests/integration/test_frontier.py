@@ -2,12 +2,13 @@
 implementation of ``Frontier`` in ``IMPLEMENTATIONS`` must pass each test. Claims take due rows
 in rank order and skip rows another transaction holds; unclaimed and deferred rows come back (a
 deferred one only when due); a counted attempt keeps its visit published; the watchdog's
-``requeue_stale`` and ``abandoned`` split stale rows at ``max_requeues``, each bounded."""
+``requeue_stale`` and ``abandoned`` split stale rows at ``max_requeues``, each bounded; the
+statements that put rows back lock them in key order (no deadlock between two of them)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -16,6 +17,7 @@ import pytest
 from shared.config import Settings
 from shared.db import jobs, visits
 from shared.db.frontier import DueFrontier, Frontier
+from tests.polling import until
 
 Key = tuple[int, int]
 
@@ -161,3 +163,58 @@ async def test_requeue_stale_and_abandoned_split_at_max_requeues_and_are_bounded
     assert await published(db, spent[0][0]) == set(spent)  # left to be recorded as failed
     assert await frontier.abandoned(db, 60, 2) == [(k, 2) for k in spent]
     assert await frontier.abandoned(db, 60, 3) == []  # one requeue left: not abandoned yet
+
+
+async def _holds(conn: asyncpg.Connection, key: Key) -> bool:
+    """Whether another transaction holds the pending row ``key`` locked."""
+    async with conn.transaction():
+        try:
+            await conn.fetchval("SELECT 1 FROM job_pending WHERE job_id = $1 AND url_id = $2 "
+                                "FOR NO KEY UPDATE NOWAIT", *key)
+        except asyncpg.LockNotAvailableError:
+            return True
+    return False
+
+
+PUT_BACK: dict[str, Callable[[Frontier, asyncpg.Connection, list[Key]], Awaitable[None]]] = {
+    "unclaim": lambda f, conn, keys: f.unclaim(conn, keys),
+    "hold": lambda f, conn, keys: f.hold(conn, keys),
+    "defer": lambda f, conn, keys: f.defer(
+        conn, dict.fromkeys(keys, datetime.now().astimezone() + timedelta(hours=1))),
+}
+
+
+@pytest.mark.parametrize("put_back", list(PUT_BACK))
+async def test_putting_rows_back_locks_them_in_key_order(
+        put_back: str, frontier: Frontier, db: asyncpg.Connection, database_url: str) -> None:
+    # Two transactions that lock the same rows in one order (the key's) wait for each other,
+    # never in a cycle (a deadlock). A puts back k1 < k2 < k3, given in reverse, while another
+    # holds k2: it must have locked k1 and wait at k2, with k3 not yet locked. The heap is made
+    # to disagree with the keys (k1's row rewritten last), so a scan order would not do either.
+    k1, k2, k3 = await new_job(db, 3)
+    assert sorted(await claim(frontier, db)) == [k1, k2, k3]
+    await db.execute("UPDATE job_pending SET attempts = 0 WHERE job_id = $1 AND url_id = $2",
+                     *k1)
+    holder, putter = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM job_pending WHERE job_id = $1 AND url_id = $2 "
+                                 "FOR NO KEY UPDATE", *k2)
+            pid = putter.get_server_pid()
+
+            async def put() -> None:
+                async with putter.transaction():
+                    await PUT_BACK[put_back](frontier, putter, [k3, k2, k1])
+            task = asyncio.create_task(put())
+
+            async def waiting() -> bool:
+                return bool(await db.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
+            await until(waiting, what="the put-back waiting for k2")
+            assert await _holds(db, k1), "k1 (the lowest key) locked first"
+            assert not await _holds(db, k3), "k3 not locked before k2"
+        await asyncio.wait_for(task, 10)
+    finally:
+        await holder.close()
+        await putter.close()
+    assert await published(db, k1[0]) == set()  # all three put back

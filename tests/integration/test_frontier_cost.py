@@ -205,3 +205,33 @@ async def test_a_short_claim_of_one_uncapped_pair_with_rows_is_not_dry(
     assert sorted(got) == sorted((job, u) for u in more.values())
     assert frontier_module._PAIRS not in again.sent
     assert again.sent.count(frontier_module._CLAIM_ONE) == 1
+
+
+async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
+        db: asyncpg.Connection) -> None:
+    # The planning claim (claim_planned) joins its rows to job_visit and url by primary key,
+    # one probe per claimed row, even once the tables are analyzed and big enough that a hash
+    # join over a sequential scan looks cheaper to the planner; one job on one host (the
+    # one-pair claim) and one job on 50 hosts (the fair claim).
+    one, _ = await new_job(db, [f"http://one.example/{i}" for i in range(20000)])
+    many, _ = await new_job(db, [f"http://many{i % 50}.example/{i}" for i in range(20000)])
+    await db.execute("ANALYZE")
+    hosts = [f"http://many{i}.example" for i in range(50)]
+    for sql, args in ((frontier_module._CLAIM_ONE_PLANNED,
+                       ("http://one.example", one, 1000, 3600.0, [one])),
+                      (frontier_module._CLAIM_PLANNED,
+                       (hosts, [many] * 50, [1.0] * 50, 40, [], [], 1000, [0.0] * 50, 3600.0,
+                        [many]))):
+        tr = db.transaction()
+        await tr.start()
+        try:
+            raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        finally:
+            await tr.rollback()
+        plan = json.loads(raw)[0]
+        scans = {(n.get("Relation Name"), n["Node Type"], n.get("Index Name"))
+                 for n in nodes(plan["Plan"]) if n.get("Relation Name") in ("job_visit", "url")}
+        assert scans == {("job_visit", "Index Scan", "job_visit_pkey"),
+                         ("url", "Index Scan", "url_pkey")}, scans
+        probes = [n for n in nodes(plan["Plan"]) if n.get("Index Name") == "url_pkey"]
+        assert [n["Actual Loops"] for n in probes] == [1000]
