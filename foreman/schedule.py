@@ -1,36 +1,36 @@
-"""The foreman: decides for each queued visit whether to answer it from the store (cached, a type
-never fetched, or a page to expand again) or to forward it to the workers of its job's fetcher
-kind (each kind its own work queue, ``bus.work_subject``); feeds pending visits
-from PostgreSQL to the URL queue as it has room, and queued tasks to their kinds' task queues
-(``foreman.tasks``); and watches for work (visits, tasks) that never finishes."""
+"""The foreman: feeds pending visits from PostgreSQL as the queues have room, planned as they
+are claimed: a visit to fetch straight to the work queue of its job's fetcher kind (each kind
+its own, ``bus.work_subject``), any other to the URL queue (``foreman.feeder``); answers the
+URL queue's visits (from the store: cached, a type never fetched, or a page to expand again;
+or drops, holds or blocks them; one whose cached copy expired since its claim is forwarded);
+feeds queued tasks to their kinds' task queues (``foreman.tasks``); and watches for work
+(visits, tasks) that never finishes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import time
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
 import asyncpg
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from foreman import webhooks
 from foreman.feeder import feed
 from foreman.housekeeping import housekeeping
+from foreman.rooms import KindRooms, stream_state
+from foreman.route import JobTraps, route
 from foreman.tasks import task_feeder, task_watch_once
 from shared import bus, metrics, ops_http
 from shared.bus import NatsOptions, Settle, Verdict
-from shared.config import Settings, stream_name
+from shared.config import Settings
 from shared.db import visits, workers
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
-from shared.scope import denied
 from shared.service import sleep_unless
-from shared.traps import TrapLimits
 
 log = logging.getLogger(__name__)
 
@@ -38,53 +38,30 @@ LOOPS = 4  # concurrent pull loops: one waits on the database while another publ
 WATCHDOG_LOCK = 0x4A52_5645  # pg advisory lock: one watchdog in the cluster at a time
 WATCH_BATCH = 1000  # visits re-queued (and failed) per watchdog transaction
 KIND_FULL_WAIT = 1.0  # seconds a visit waits in the frontier when its kind's work queue is full
-TRAPS_MAX = 10_000  # jobs whose trap limits the foreman keeps (then it starts afresh)
 Key = tuple[int, int]
 
 
 class Foreman:
+    """The URL queue's consumer. ``traps`` (each job's trap limits) and ``rooms`` (the work
+    queues' room) are shared with the foreman's feeder."""
+
     def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
-                 frontier: Frontier) -> None:
+                 frontier: Frontier, traps: JobTraps | None = None,
+                 rooms: KindRooms | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.js = js
         self.frontier = frontier
-        self._depth_checked = 0.0
-        self._depth = 0
-        self._reserved = 0  # pulled by a loop of ours and not yet forwarded
-        self._depths: dict[str, tuple[float, int]] = {}  # other kinds' queues: (checked, depth)
-        self._lock = asyncio.Lock()
-        # Each job's trap limits (its spec never changes): ``visits.plan`` reads a job's spec
-        # "traps" only while the job is not in here. Only ever added to; when it grows too big
-        # it is replaced, not cleared, so a batch planned against the old one still finds there
-        # every job plan left out.
-        self._traps: dict[int, TrapLimits] = {}
+        self.traps = traps or JobTraps(settings)
+        self.rooms = rooms or KindRooms(settings, js)
 
-    async def reserve(self, batch: int) -> int:
-        """How many visits a loop may pull now so the work queue stays within its limit."""
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._depth_checked > 0.05:
-                self._depth = await bus.stream_depth(self.js, self.settings.work_topic)
-                metrics.QUEUE_MESSAGES.labels(self.settings.work_topic).set(self._depth)
-                self._depth_checked = now
-            n = max(0, min(batch, self.settings.work_queue_limit - self._depth - self._reserved))
-            self._reserved += n
-            return n
-
-    def release(self, reserved: int, forwarded: int) -> None:
-        self._reserved -= reserved
-        self._depth += forwarded  # until the next check reads the real depth
-
-    async def handle(self, msgs: list[Msg]) -> int:
-        """Process one batch; every message is settled exactly once before this returns.
-        Returns how many visits were forwarded to the http work queue."""
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Process one batch; every message is settled exactly once before this returns."""
         by_key = await bus.group_visits(msgs)
         if not by_key:
-            return 0
-        forwarded = 0
+            return
         try:
-            outcome, forwarded = await self._process(list(by_key))
+            outcome = await self._process(list(by_key))
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
             log.warning("batch of %d visits not processed (%s); will be redelivered", len(by_key), e)
             outcome = {k: Settle(Verdict.RETRY, 1.0) for k in by_key}
@@ -94,63 +71,59 @@ class Foreman:
         for k, ms in by_key.items():
             for m in ms:
                 await bus.settle(m, outcome[k])
-        return forwarded
 
-    async def _process(self, keys: list[Key]) -> tuple[dict[Key, Settle], int]:
-        """Returns each visit's outcome and how many went to the http work queue (the one
-        ``reserve`` meters)."""
+    async def _process(self, keys: list[Key]) -> dict[Key, Settle]:
+        """Returns each visit's outcome. The feeder sent the visits to fetch to the work queues
+        already: what comes here is mostly answered from the store, dropped, held or blocked
+        (``route``); a visit to fetch after all (its cached copy expired since its claim, or a
+        message of an older foreman) is forwarded as the work queue of its kind has room."""
         s = self.settings
-        if len(self._traps) >= TRAPS_MAX:
-            self._traps = {}
-        limits = self._traps
+        limits = self.traps.known()
         async with self.pool.acquire() as conn:
             planned = {(p.job_id, p.url_id): p
                        for p in await visits.plan(conn, keys, s.cache_max_age, limits)}
-        for p in planned.values():
-            if p.job_id not in limits:  # plan read its traps: its first batch since (re)start
-                limits[p.job_id] = TrapLimits.of(p.traps, s)
+        self.traps.learn(limits, planned.values())  # plan read their traps: first batch since
         work: dict[str, list[Key]] = {}  # by fetcher kind, in one pass: usually http alone
         cached = []
         dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
         held: list[Key] = []  # a paused job's: back in the frontier, held
         trapped: dict[Key, str] = {}  # a link that is a crawler trap: blocked, never fetched
         for k, p in planned.items():
-            if (p.state != "running" or p.deny) and (act := stale(p)):
-                (dropped if act == "drop" else held).append(k)
-            elif p.level and not p.reexpand and (why := limits[p.job_id].check(p.url, p.level)):
-                trapped[k] = why
-            elif p.cached:
-                cached.append(k)
-            else:
-                work.setdefault(p.fetcher, []).append(k)
+            match route(p, limits[p.job_id]):
+                case "drop":
+                    dropped.append(k)
+                case "hold":
+                    held.append(k)
+                case "trap":
+                    why = limits[p.job_id].check(p.url, p.level)
+                    assert why is not None  # route found it a trap
+                    trapped[k] = why
+                case "store":
+                    cached.append(k)
+                case "fetch":
+                    work.setdefault(p.fetcher, []).append(k)
         if dropped or held:
             await settle_stale(self.pool, self.frontier, dropped, held)
         if trapped:
             await block_traps(self.pool, trapped)
         unsent: set[Key] = set()
         waiting: list[Key] = []
-        http_sent = 0
         for kind, ks in work.items():
-            if kind == bus.HTTP:  # room reserved already (``reserve``)
-                failed = await bus.publish_visits(self.js, s.work_topic, ks)
-                http_sent = len(ks) - len(failed)
-            else:
-                room = await self._room(kind, len(ks))
-                failed = await bus.publish_visits(self.js, bus.work_subject(s, kind), ks[:room])
-                waiting += ks[room:]
+            room = await self.rooms.take(kind, len(ks))
+            failed = await bus.publish_visits(self.js, bus.work_subject(s, kind), ks[:room])
+            waiting += ks[room:]
             unsent.update(failed)
         if waiting:
             unsent.update(await self._wait(waiting))
         if cached:
-            await complete_from_store(self.pool, cached)
+            await complete_from_store(self.pool, cached, {k: planned[k].version for k in cached})
             metrics.VISITS_FROM_STORE.inc(len(cached))
         metrics.VISITS_FORWARDED.inc(sum(map(len, work.values())) - len(unsent) - len(waiting))
         log.debug("batch: %d forwarded, %d waiting, %d from store, %d already done",
                   sum(map(len, work.values())) - len(unsent) - len(waiting), len(waiting),
                   len(cached), len(keys) - len(planned))
         # A visit the work queue refused (full, or NATS away) comes back to us later.
-        return ({k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys},
-                http_sent)
+        return {k: Settle(Verdict.RETRY, 0.5) if k in unsent else Settle(Verdict.ACK) for k in keys}
 
     async def _wait(self, keys: list[Key]) -> list[Key]:
         """Put back in the frontier, for ``KIND_FULL_WAIT``, visits whose kind's work queue is
@@ -165,34 +138,6 @@ class Foreman:
             log.warning("%d visits for a full work queue not put back (%s); nak'ed", len(keys), e)
             return keys
         return []
-
-    async def _room(self, kind: str, wanted: int) -> int:
-        """How many of ``wanted`` visits the work queue of ``kind`` (not http) takes now: its
-        depth, read at most every 50 ms, against ``work_queue_limit``; 0 while it cannot be read."""
-        topic = bus.work_subject(self.settings, kind)
-        now = time.monotonic()
-        checked, depth = self._depths.get(topic, (-math.inf, 0))
-        if now - checked > 0.05:
-            try:
-                depth, checked = await bus.stream_depth(self.js, topic), now
-                metrics.QUEUE_MESSAGES.labels(topic).set(depth)
-            except bus.TRANSIENT as e:  # tried again in 50 ms, meanwhile full
-                bus.warn(f"depth {topic}", "work queue %s unreachable (%s: %s); its visits wait",
-                         topic, type(e).__name__, e)
-                self._depths[topic] = (now, self.settings.work_queue_limit)
-                return 0
-        room = max(0, min(wanted, self.settings.work_queue_limit - depth))
-        self._depths[topic] = (checked, depth + room)  # until the next check reads the real depth
-        return room
-
-
-def stale(p: visits.Planned) -> str | None:
-    """What a visit whose job changed since it was queued gets instead of its work: ``drop``
-    (its job cancelled, or its URL refused by the job's deny list now), ``hold`` (its job
-    paused), or None (it is worked on). A running job without deny patterns never calls it."""
-    if p.state == "cancelled" or (p.deny and denied(p.deny, p.url)):
-        return "drop"
-    return "hold" if p.state == "paused" else None
 
 
 async def block_traps(pool: asyncpg.Pool, trapped: dict[Key, str]) -> None:
@@ -222,11 +167,13 @@ async def settle_stale(pool: asyncpg.Pool, frontier: Frontier, dropped: list[Key
              len(dropped), len(held))
 
 
-async def complete_from_store(pool: asyncpg.Pool, keys: list[Key]) -> None:
-    """Complete visits whose page is known: results and children from ``url_link``."""
+async def complete_from_store(pool: asyncpg.Pool, keys: list[Key],
+                              versions: dict[Key, int] | None = None) -> None:
+    """Complete visits whose page is known: results and children from its stored links, at
+    the version each was planned with (``versions``: ``Planned.version``)."""
     async def work(conn: asyncpg.Connection) -> None:
         await visits.complete(conn, await visits.lock_pending(conn, keys),
-                              {k: "cached" for k in keys})
+                              {k: "cached" for k in keys}, versions=versions)
 
     await in_transaction(pool, work)
 
@@ -242,9 +189,11 @@ class FeedBudget:
     """How many visits may be published and unfinished at once (on the URL queue and the http
     work queue together): ``feed_ahead`` seconds of the rows the feeders claimed per second
     lately (a count decayed with time constant ``FEED_RATE_TIME``, over it), ``FEED_FLOOR``
-    at least; None without a budget (``feed_ahead`` 0). The count is the URL stream's
-    ``last_seq`` growth (``published``): every foreman's feeder publishes there, and only
-    they do, so N foremen, which take turns at the claim, share one budget for the cluster
+    at least; None without a budget (``feed_ahead`` 0). The count is the growth of the URL
+    stream's ``last_seq`` plus the http work stream's (``published``): every foreman's feeder
+    publishes there (a visit to fetch straight to the work queue, any other to the URL queue;
+    a foreman forwards to the work queue only the rare visit whose cached copy expired since
+    its claim), so N foremen, which take turns at the claim, share one budget for the cluster
     (the "out" it bounds is the streams' too), not each 1/N of it.
 
     Everything published waits in FIFO queues, so whatever is published beyond what the
@@ -257,16 +206,16 @@ class FeedBudget:
         self.feed_ahead = feed_ahead
         self._decayed = 0.0  # claimed rows, each decayed by exp(-age / FEED_RATE_TIME)
         self._at = now
-        self._seq: int | None = None  # the URL stream's last_seq at the last look
+        self._seq: int | None = None  # the streams' last_seq (summed) at the last look
 
     def claimed(self, n: int, now: float) -> None:
         self._decayed = self._decayed * math.exp((self._at - now) / FEED_RATE_TIME) + n
         self._at = now
 
     def published(self, last_seq: int, now: float) -> None:
-        """Count the messages published to the URL stream since the last look, by any
-        feeder: its ``last_seq`` growth. The first look only marks it; a stream whose
-        sequence started again (restored) counts nothing that time."""
+        """Count the messages published to the streams since the last look, by any feeder:
+        the growth of their ``last_seq`` (summed). The first look only marks it; a stream
+        whose sequence started again (restored) counts nothing that time."""
         n = 0 if self._seq is None else max(0, last_seq - self._seq)
         self._seq = last_seq
         self.claimed(n, now)
@@ -281,26 +230,17 @@ class FeedBudget:
         return max(FEED_FLOOR, math.ceil(self.feed_ahead * self.rate()))
 
 
-async def url_stream_state(js: JetStreamContext, topic: str) -> tuple[int, int]:
-    """The URL stream's depth (``bus.stream_depth``) and its ``last_seq`` (the messages ever
-    published to it: the feeders' claims) from one stream_info, the stream restored if the
-    server lost it."""
-    stream = stream_name(topic)
-    try:
-        info = await js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        if not await bus.restore(js, stream):
-            raise
-        info = await js.stream_info(stream)
-    return int(info.state.messages), int(info.state.last_seq)
-
-
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
-                 frontier: Frontier, stop: asyncio.Event) -> None:
-    """Keep the URL queue supplied from ``job_pending``, never beyond ``url_queue_limit``, and
-    no more visits published and unfinished than the feed-ahead budget (``FeedBudget``). Both
+                 frontier: Frontier, stop: asyncio.Event, traps: JobTraps | None = None,
+                 rooms: KindRooms | None = None) -> None:
+    """Keep the queues supplied from ``job_pending`` (``feed``: a visit to fetch to its kind's
+    work queue, any other to the URL queue), never beyond ``url_queue_limit`` nor, for each
+    kind's work queue, ``work_queue_limit`` (a kind at its limit is left out of the claim), and
+    no more visits published and unfinished than the feed-ahead budget (``FeedBudget``). They
     are read every ``feed_interval`` from JetStream: the depth of the URL queue and of the http
-    work queue, together every visit published and not yet committed ("out").
+    work queue, together every visit published and not yet committed ("out"), and the other
+    kinds' depths (``rooms``, shared with the foreman's pull loops, as ``traps``, each job's
+    trap limits, is).
 
     Paced by the room visits free, not by what a claim costs: a claim is worth making for
     ``FEED_BATCH`` visits, or an eighth of what was out after the last claim, 1 at least (a
@@ -315,6 +255,8 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
     again after ``feed_interval`` (or after four times its last claim's time, ``FEED_MAX_WAIT``
     at most): a new job's first visits go out at once."""
     loop = asyncio.get_running_loop()
+    traps = traps or JobTraps(settings)
+    rooms = rooms or KindRooms(settings, js)
     budget = FeedBudget(settings.feed_ahead, loop.time())
     last = -math.inf  # when the last claim was made
     after = 0  # out just after it
@@ -324,10 +266,12 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
         ask = sent = 0
         claimed = False
         try:
-            depth, last_seq = await url_stream_state(js, settings.url_topic)
-            budget.published(last_seq, loop.time())
-            out = depth + await bus.stream_depth(js, settings.work_topic)
-            ask = min(settings.url_queue_limit - depth, FEED_ASK)
+            depth, last_seq = await stream_state(js, settings.url_topic)
+            work, work_seq = await rooms.read(bus.HTTP, max_age=0)  # each round, as the URL's
+            budget.published(last_seq + work_seq, loop.time())
+            out = depth + work
+            ask = min(settings.url_queue_limit - depth, settings.work_queue_limit - work,
+                      FEED_ASK)
             if (most := budget.budget()) is not None:
                 ask = min(ask, most - out)
             waited = loop.time() - last
@@ -337,8 +281,12 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
             else:  # more rows likely wait (a full claim), or slots freed since, or time
                 due = ((ask if full else after - out) >= worth) or waited >= FEED_MAX_WAIT
             if ask > 0 and due:
+                full_kinds = frozenset([k for k in settings.fetcher_kinds if k != bus.HTTP
+                                        and await rooms.room(k) == 0])
                 t0 = loop.time()
-                sent = await feed(pool, js, settings.url_topic, ask, frontier)
+                to_url, to_work = await feed(settings, pool, js, ask, frontier, traps, rooms,
+                                             full_kinds)
+                sent = to_url + to_work
                 last, took, after = t0, loop.time() - t0, out + sent
                 full, claimed = 2 * sent >= ask, True
         except (*RETRYABLE, *bus.TRANSIENT, asyncpg.PostgresError) as e:
@@ -421,15 +369,16 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await bus.ensure_streams(js, settings)
         await bus.ensure_task_streams(js, settings)
         frontier = DueFrontier(settings)  # the feeder's, the watchdog's and the foreman's
-        foreman = Foreman(settings, pool, js, frontier)
+        traps, rooms = JobTraps(settings), KindRooms(settings, js)  # the feeder's and foreman's
+        foreman = Foreman(settings, pool, js, frontier, traps, rooms)
         subs = [await bus.pull_subscription(js, settings, settings.url_topic, bus.FOREMAN_CONSUMER)
                 for _ in range(LOOPS)]
         log.info("foreman ready: %s -> %s", settings.url_topic,
                  ", ".join(bus.work_subject(settings, k) for k in settings.fetcher_kinds))
         tasks = [asyncio.create_task(_loop(foreman, sub, stop), name=f"pull-{i}")
                  for i, sub in enumerate(subs)]
-        tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop),
-                                         name="feeder"))
+        tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop, traps,
+                                                rooms), name="feeder"))
         tasks.append(asyncio.create_task(task_feeder(settings, pool, js, stop),
                                          name="task feeder"))
         tasks.append(asyncio.create_task(watchdog(settings, pool, frontier, stop, js),
@@ -450,21 +399,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def _loop(foreman: Foreman, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    """Pull and answer batches of the URL queue. Not gated by the work queues' room: the URL
+    queue carries visits answered without a fetch; the rare forward is metered by itself
+    (``KindRooms``), and what has no room waits in the frontier (``Foreman._wait``)."""
     batch = foreman.settings.batch_size
     while not stop.is_set():
-        try:
-            room = await foreman.reserve(batch)
-        except bus.TRANSIENT as e:
-            log.warning("work queue unreachable (%s); retrying", e)
-            await sleep_unless(stop, 0.5)
-            continue
-        if room == 0:
-            await sleep_unless(stop, 0.02)  # backpressure: the workers are behind
-            continue
-        forwarded = 0
-        try:
-            msgs = await bus.pull(sub, room, 1.0)
-            if msgs:
-                forwarded = await foreman.handle(msgs)
-        finally:
-            foreman.release(room, forwarded)
+        msgs = await bus.pull(sub, batch, 1.0)
+        if msgs:
+            await foreman.handle(msgs)
