@@ -596,7 +596,8 @@ def snapshot(dsn: str, nats_url: str) -> dict[str, Any]:
 
 
 # The foreman's and the workers' counters read at the end of a crawl: from-store visits are
-# re-expansions (a page met again at a lower level: its links from url_link, no fetch).
+# re-expansions (a page met again at a lower level: its links from the link set
+# the job used (job_page, url_links), no fetch).
 COUNTERS = ("harvester_visits_from_store_total", "harvester_visits_forwarded_total",
             "harvester_visits_dropped_total", "harvester_visits_held_total",
             "harvester_fetches_total", "harvester_retries_total")

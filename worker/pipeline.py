@@ -85,8 +85,8 @@ class JobPlan:
     fetcher gets with each request (a browser job's ``browser`` spec; else empty).
     ``sessions``: each attempt carries one session of the job's pool (None: none, no cost);
     ``private``: its answers are its own (sessions, or headers in its fingerprint, or a
-    fingerprint that rewrites its links: their ``url_link`` rows are one per page, whichever
-    job fetched it): recorded not cacheable, without validators, so no other job is answered
+    fingerprint that rewrites its links: its version's link set, ``url_links``, is the
+    rewritten one): recorded not cacheable, without validators, so no other job is answered
     from them;
     ``rewrite``: its fingerprint's rewrite of a page's links (None: they stay as they are)."""
     job_id: int

@@ -115,15 +115,37 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
 
 
 async def delete_job(conn: asyncpg.Connection, job_id: int) -> None:
-    """Delete a job and all its rows (job_result and job_yield have no foreign key to cascade
-    from).
+    """Delete a job and all its rows (job_page, job_result and job_yield have no foreign key to
+    cascade from), and the link sets only it used (``drop_pages``).
 
     The job row goes first: its cascade waits for any transaction still processing the job's
     pending visits, and the next statement (a new snapshot) then sees the results they wrote."""
     async with conn.transaction():
         await conn.execute("DELETE FROM job WHERE id = $1", job_id)
+        await drop_pages(conn, job_id)
         await conn.execute("DELETE FROM job_result WHERE job_id = $1", job_id)
         await conn.execute("DELETE FROM job_yield WHERE job_id = $1", job_id)
+
+
+async def drop_pages(conn: asyncpg.Connection, job_id: int, n: int | None = None) -> int:
+    """Delete the job's ``job_page`` rows (up to ``n`` of them; all without), and the link sets
+    (``url_links``) no other job uses and that are not their page's current version (the
+    cache answers from that one); returns how many ``job_page`` rows went. A job has one row
+    per page, so another job's row is the only other use of a link set."""
+    status = await conn.fetchval("""
+        WITH gone AS (
+            DELETE FROM job_page WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM job_page WHERE job_id = $1 LIMIT $2))
+            RETURNING url_id, version
+        ), collected AS (
+            DELETE FROM url_links l USING gone g, url u
+            WHERE l.url_id = g.url_id AND l.version = g.version
+              AND u.id = g.url_id AND l.version < u.version
+              AND NOT EXISTS (SELECT FROM job_page jp WHERE jp.url_id = l.url_id
+                              AND jp.version = l.version AND jp.job_id <> $1)
+        )
+        SELECT count(*) FROM gone""", job_id, n)
+    return int(status)
 
 
 async def load_specs(conn: asyncpg.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -222,6 +244,7 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# The result of a job made before migration 0023 (job.links_derived false): its job_result rows.
 RESULT_CHUNK_SQL = """
     SELECT l.refer_id, l.url_id,
            (SELECT u.url FROM url u WHERE u.id = l.url_id) AS url,
@@ -231,9 +254,34 @@ RESULT_CHUNK_SQL = """
           ORDER BY jr.refer_id, jr.url_id
           LIMIT $4) l
     ORDER BY l.refer_id, l.url_id"""
+# The result of a derived job: its pages (job_page, in url id order) with the link set of the
+# version each used (url_links), unnested a row per link with its position in the array (o) as
+# the key's second part: the rows of RESULT_CHUNK_SQL in the same order ((page, link id): a
+# link set is ascending), keyed (page id, position). $2, $3 (page, position) is where the last
+# chunk stopped: that page from position $3 + 1 (its array sliced), the pages after it whole.
+# The links are unnested in the select list (ProjectSet, a row at a time) of a subquery kept in
+# page order, so the statement stops at the limit, however many links a page has.
+RESULT_CHUNK_DERIVED_SQL = """
+    SELECT r.refer_id, r.o AS url_id,
+           (SELECT u.url FROM url u WHERE u.id = r.link) AS url,
+           (SELECT p.url FROM url p WHERE p.id = r.refer_id) AS page
+    FROM (SELECT s.refer_id, unnest(s.links) AS link,
+                 generate_series(s.lo + 1, s.lo + cardinality(s.links)) AS o
+          FROM (SELECT jp.url_id AS refer_id,
+                       CASE WHEN jp.url_id = $2 THEN $3::int ELSE 0 END AS lo,
+                       CASE WHEN jp.url_id = $2 THEN l.links[$3::int + 1:] ELSE l.links END
+                           AS links
+                FROM job_page jp
+                CROSS JOIN LATERAL (SELECT x.links FROM url_links x
+                                    WHERE x.url_id = jp.url_id AND x.version = jp.version
+                                      AND x.n > 0) l
+                WHERE jp.job_id = $1 AND jp.url_id >= $2
+                ORDER BY jp.url_id) s) r
+    {filter}
+    LIMIT $4"""
 # Subqueries per row, not joins, and these settings for its transaction: the plan then reads
-# job_result's index in key order and stops at the limit, whatever the table's statistics say
-# (stale while a job runs), instead of reading the whole job to sort it.
+# job_result's (job_page's) index in key order and stops at the limit, whatever the table's
+# statistics say (stale while a job runs), instead of reading the whole job to sort it.
 RESULT_CHUNK_SETTINGS = ("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; "
                          "SET LOCAL enable_seqscan = off")
 
@@ -249,7 +297,9 @@ class ResultChunk:
     # (page, links): whole pages with their links sorted, or a part of a page of more than
     # ``RESULT_CHUNK_LINKS`` links, in url id order; pages with no links are left out.
     pages: list[tuple[str, list[str]]]
-    after: tuple[int, int]  # the key (page id, link id) to read the next chunk from
+    # The key to read the next chunk from: (page id, link id), or for a derived job (page id,
+    # position in its link set); the caller passes it back as it is.
+    after: tuple[int, int]
     continues: bool         # the first entry continues the last page of the chunk before
 
 
@@ -259,8 +309,10 @@ async def result_chunk(conn: asyncpg.Connection, job_id: int, after: tuple[int, 
     """The job's result links after the key ``after`` ((0, 0) to start), at most ``links`` of
     them; None when there are no more.
 
-    Links come in the order of ``job_result``'s primary key (``job_id, refer_id, url_id``), so a
-    chunk reads its own rows from the index and nothing else: no call sorts the whole job, each
+    Links come in the order of ``job_result``'s primary key (``job_id, refer_id, url_id``), or
+    for a derived job (``job.links_derived``) of ``job_page``'s (``job_id, url_id``) then of
+    each page's link set (ascending ids): the same order, so the same chunks. A chunk reads its
+    own rows from the index and nothing else: no call sorts the whole job, each
     chunk is one short statement of at most ``links + 1`` rows, and no snapshot is held between
     chunks. A chunk ends at a page boundary: the page the limit cuts is left for the next chunk,
     so a page of at most ``links`` links comes whole, sorted by code point (Go's sort order).
@@ -269,9 +321,13 @@ async def result_chunk(conn: asyncpg.Connection, job_id: int, after: tuple[int, 
     wildcards taken literally; a page none of whose links match is left out.
     """
     args: list[object] = [job_id, after[0], after[1], links + 1]
-    sql = RESULT_CHUNK_SQL.format(filter="")
+    derived = await conn.fetchval("SELECT links_derived FROM job WHERE id = $1", job_id)
+    base, word, link = ((RESULT_CHUNK_DERIVED_SQL, "WHERE", "r.link") if derived
+                        else (RESULT_CHUNK_SQL, "AND", "jr.url_id"))
+    sql = base.format(filter="")
     if mime_prefix:
-        sql = RESULT_CHUNK_SQL.format(filter="AND (SELECT u.mime FROM url u WHERE u.id = jr.url_id) LIKE $5 ESCAPE '\\'")
+        sql = base.format(filter=f"{word} (SELECT u.mime FROM url u WHERE u.id = {link}) "
+                                 "LIKE $5 ESCAPE '\\'")
         args.append(escape_like(mime_prefix.lower()) + "%")
     async with conn.transaction():  # one statement's snapshot, as without it
         await conn.execute(RESULT_CHUNK_SETTINGS)
@@ -506,7 +562,9 @@ async def list_jobs(conn: asyncpg.Connection, state: str | None, before: int | N
 
 # Retention (issue 16): the tables holding a job's rows, purged in this order, then ``job``.
 # ``url``, ``host`` and the stored pages are shared between jobs and never purged.
-PURGE_TABLES = ("job_result", "job_yield", "job_pending", "job_failure", "job_visit", "job_url")
+# ``job_page`` takes with it the link sets no job uses any more (``drop_pages``).
+PURGE_TABLES = ("job_page", "job_result", "job_yield", "job_pending", "job_failure", "job_visit",
+                "job_url")
 
 
 async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: int) -> list[int]:
@@ -532,6 +590,8 @@ async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int 
         return int((await conn.execute("DELETE FROM job WHERE id = $1", job_id)).split()[-1])
     if table not in PURGE_TABLES:
         raise ValueError(f"not a job table: {table!r}")
+    if table == "job_page":
+        return await drop_pages(conn, job_id, n)
     status = await conn.execute(f"""
         DELETE FROM {table} WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM {table} WHERE job_id = $1 LIMIT $2))""", job_id, n)

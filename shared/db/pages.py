@@ -1,11 +1,12 @@
-"""What a fetch found: the ``url`` row of each fetched page (and its version), its ``url_link``
-rows and, under a job's rule set, its other yields (``url_yield``, ``url_extraction``)."""
+"""What a fetch found: the ``url`` row of each fetched page (and its version), its links at that
+version (``url_links``: one row, written once) and, under a job's rule set, its other yields
+(``url_yield``, ``url_extraction``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -20,15 +21,18 @@ T = TypeVar("T")
 
 async def record_fetches(conn: asyncpg.Connection,
                          fetched: Sequence[tuple[FetchedPage, Extraction]]) -> None:
-    """Update the pages' ``url`` rows and replace their links (``Extraction.links``); set-based,
+    """Update the pages' ``url`` rows and record their links (``Extraction.links``); set-based,
     a few statements a batch.
 
     Each answer but a 304 (a failure too) makes a new version of the page (``url.version``),
     recorded with the fetcher kind that made it (``url.fetcher``, NULL for http; a 304 confirms
-    the version its own fetcher made, validators are sent for no other). A page
-    extracted under a rule set (``Extraction.ruleset`` != 0) also gets that rule set's yields
-    replaced and recorded as extracted at the new version (``_record_yields``): only batches
-    holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
+    the version its own fetcher made, validators are sent for no other), and its links at that
+    version: one ``url_links`` row (the distinct link ids, ascending; none for a failure), never
+    changed after. A 304 writes no links: its version has them already. The ``url`` rows are
+    locked in id order first (``_LOCK_URLS``), so two batches sharing pages cannot deadlock. A
+    page extracted under a rule set (``Extraction.ruleset`` != 0) also gets that rule set's
+    yields replaced and recorded as extracted at the new version (``_record_yields``): only
+    batches holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
     answer and its links once, and its yields per rule set."""
     if not fetched:
         return
@@ -36,14 +40,16 @@ async def record_fetches(conn: asyncpg.Connection,
     by_id = {p.url_id: p for p, _ in fetched}  # the same URL fetched for two jobs: keep one answer
     fresh = sorted(i for i, p in by_id.items() if p.not_modified)
     if fresh:
-        await conn.execute("""
+        await conn.execute(f"""
+            WITH {_LOCK_URLS}
             UPDATE url SET crawled_on = now(), fetched_on = now(), error = NULL
-            WHERE id = ANY($1::bigint[])""", fresh)
+            FROM locked k WHERE url.id = k.id""", fresh)
     ids = sorted(i for i, p in by_id.items() if not p.not_modified)
     if not ids:
         return
     ps = [by_id[i] for i in ids]
-    await conn.execute("""
+    await conn.execute(f"""
+        WITH {_LOCK_URLS}
         UPDATE url SET mime = coalesce(d.mime, url.mime), status = d.status, error = d.error,
                fetched_on = now(), crawled_on = CASE WHEN d.cacheable THEN now() END,
                final_url = d.final_url,
@@ -55,12 +61,12 @@ async def record_fetches(conn: asyncpg.Connection,
                     $7::text[], $8::text[], $9::text[], $10::text[])
              AS d(id, mime, status, error, cacheable, final_url, redirects, etag, last_modified,
                   fetcher)
+        JOIN locked k ON k.id = d.id
         WHERE url.id = d.id""",
         ids, [p.mime for p in ps], [p.status for p in ps], [p.error for p in ps],
         [p.cacheable for p in ps], [p.final_url for p in ps],
         ["\n".join(p.redirects) for p in ps], [p.etag for p in ps],
         [p.last_modified for p in ps], [None if p.fetcher == "http" else p.fetcher for p in ps])
-    await conn.execute("DELETE FROM url_link WHERE refer_id = ANY($1::bigint[])", ids)
     # A page may have hundreds of thousands of links (a 10 MiB body): the work goes in chunks,
     # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.
     link_mime: dict[str, str] = {}
@@ -76,19 +82,64 @@ async def record_fetches(conn: asyncpg.Connection,
     ids_by_url: dict[str, int] = {}
     async for some in _chunks(urls):
         ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in some}))
-    refer: list[int] = []
-    linked: list[int] = []
-    for p in ps:  # pages in id order, each page's links in URL order: one order for everyone
-        async for chunk in _chunks(links[p.url_id]):
-            refer += [p.url_id] * len(chunk)
-            linked += [ids_by_url[u] for u, _ in chunk]
-    for i in range(0, len(refer), CHUNK):
-        await conn.execute("""
-            INSERT INTO url_link (refer_id, url_id)
-            SELECT * FROM unnest($1::bigint[], $2::bigint[])
-            ON CONFLICT DO NOTHING""", refer[i:i + CHUNK], linked[i:i + CHUNK])
+    await _record_links(conn, ps, links, ids_by_url)
     if extracted:
         await _record_yields(conn, extracted, ids_by_url)
+
+
+async def _record_links(conn: asyncpg.Connection, ps: Sequence[FetchedPage],
+                        links: Mapping[int, Sequence[tuple[str, str]]],
+                        ids_by_url: dict[str, int]) -> None:
+    """One ``url_links`` row per page at its new version (``'{}'`` for a page without links, a
+    failure: so a version without one is none that was fetched). Pages go whole into one
+    statement of at most ``CHUNK`` links (usually the whole batch: one statement); a page of
+    more links than that is written a chunk a statement, then sorted and deduplicated in
+    place. The pages' url rows are locked already (``_LOCK_URLS``)."""
+    pages: list[int] = []
+    refer: list[int] = []
+    linked: list[int] = []
+    for p in ps:  # pages in id order: one order for everyone
+        ids: list[int] = []
+        async for chunk in _chunks(links[p.url_id]):
+            ids += [ids_by_url[u] for u, _ in chunk]
+        if pages and len(refer) + len(ids) > CHUNK:
+            await conn.execute(_INSERT_LINKS, pages, refer, linked)
+            pages, refer, linked = [], [], []
+        if len(ids) <= CHUNK:
+            pages.append(p.url_id)
+            refer += [p.url_id] * len(ids)
+            linked += ids
+            continue
+        await conn.execute(_INSERT_LINKS, [p.url_id], [p.url_id] * CHUNK, ids[:CHUNK])
+        for i in range(CHUNK, len(ids), CHUNK):
+            await conn.execute(_APPEND_LINKS, p.url_id, ids[i:i + CHUNK])
+        await conn.execute(_SORT_LINKS, p.url_id)
+    if pages:
+        await conn.execute(_INSERT_LINKS, pages, refer, linked)
+
+
+# The link sets of pages $1 at their current version, from flat (page, link) arrays $2, $3.
+_INSERT_LINKS = """
+    INSERT INTO url_links (url_id, version, n, links)
+    SELECT u.id, u.version, count(DISTINCT l.link),
+           coalesce(array_agg(DISTINCT l.link ORDER BY l.link)
+                    FILTER (WHERE l.link IS NOT NULL), '{}')
+    FROM url u LEFT JOIN unnest($2::bigint[], $3::bigint[]) AS l(refer_id, link)
+         ON l.refer_id = u.id
+    WHERE u.id = ANY($1::bigint[])
+    GROUP BY u.id, u.version
+    ORDER BY u.id
+    ON CONFLICT DO NOTHING"""
+# More links of page $1's set at its current version (a page of more than CHUNK links)...
+_APPEND_LINKS = """
+    UPDATE url_links l SET links = l.links || $2::bigint[]
+    FROM url u WHERE u.id = $1 AND l.url_id = u.id AND l.version = u.version"""
+# ... then its set made what every set is: distinct ids, ascending, and their count.
+_SORT_LINKS = """
+    UPDATE url_links l SET (n, links) = (
+        SELECT count(*), coalesce(array_agg(d.x ORDER BY d.x), '{}')
+        FROM (SELECT DISTINCT x FROM unnest(l.links) AS x) d)
+    FROM url u WHERE u.id = $1 AND l.url_id = u.id AND l.version = u.version"""
 
 
 def _targets(yields: Sequence[Yield]) -> list[str | None]:
@@ -195,6 +246,13 @@ async def upsert_urls(conn: asyncpg.Connection, mime_by_url: dict[str, str]) -> 
                 rest):
             ids[r["url"]] = r["id"]
     return ids
+
+
+# The url rows of the ids $1, locked in id order (a CTE the UPDATE joins): an UPDATE ... FROM
+# unnest locks rows in whatever order its join yields them, and two batches sharing pages, each
+# in its own order, would deadlock.
+_LOCK_URLS = """locked AS MATERIALIZED (
+            SELECT id FROM url WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE)"""
 
 
 # A url row with the text of input row i, found through the unique index on its hash.

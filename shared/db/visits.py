@@ -1,12 +1,13 @@
-"""Visits: the per-job visited set (``job_visit``), the pending work (``job_pending``), results
-and completion counters (``job_result``, ``job_url``).
+"""Visits: the per-job visited set (``job_visit``), the pending work (``job_pending``), the pages
+a job processed (``job_page``: its results are their links) and completion counters
+(``job_url``).
 
 Processing a batch of pending visits is one transaction (see ``complete``): lock the pending rows,
-record the pages' results from ``url_link``, delete their pending rows, add their children as new
-visits (or lower an already-visited page to a shorter distance and queue it to be expanded again),
-record failures, and move the origins' counters. The caller acks only after that transaction has
-committed, so a crash anywhere leaves either nothing or everything done, and a redelivered message
-finds its visit no longer pending.
+record each page with the version of its links the job used (``job_page``), delete their
+pending rows, add their children as new visits (or lower an already-visited page to a shorter
+distance and queue it to be expanded again), record failures, and move the origins' counters.
+The caller acks only after that transaction has committed, so a crash anywhere leaves either
+nothing or everything done, and a redelivered message finds its visit no longer pending.
 
 Children are not published by the processor: the committed ``job_pending`` rows are an outbox that
 the foremen's feeder claims (``shared/db/frontier.py``) and puts on the URL queue as its capacity
@@ -39,8 +40,9 @@ CHUNK = 5_000  # children handled a statement: a page may have hundreds of thous
 # "dropped": a visit of a cancelled job, or one its deny list now refuses (``drop``): never
 # fetched, no results, children or failure; only the origin's pending count moves.
 Outcome = Literal["fetched", "cached", "abandoned", "blocked", "dropped"]
-# A job's children: its pages' HTML links (url_link), the links and ids its follow rules yield
-# under its rule set (url_yield.target), or both (shared.jobspec.follow_mode).
+# A job's children: its pages' HTML links (url_links, at the version its job_page row names),
+# the links and ids its follow rules yield under its rule set (url_yield.target), or both
+# (shared.jobspec.follow_mode).
 Follow = Literal["html", "rules", "both"]
 
 # is_skip_mime() on u.mime (stored lower-case, without parameters), from the same constants.
@@ -65,6 +67,9 @@ class Pending:
     # The job's URL priorities (order "priority" only; shared.ordering.url_priority).
     priorities: tuple[tuple[Regex, int], ...] = ()
     bloom: tuple[int, float] | None = None  # the job's Bloom filter (capacity, error rate)
+    # job.links_derived: the job's results are its job_page rows' link sets; false for a job
+    # made before migration 0023, whose results are job_result rows (written for it still).
+    links_derived: bool = True
 
     @property
     def key(self) -> Key:
@@ -197,7 +202,7 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
                    o.url AS origin_url, j.scope, j.allow, j.deny, j.max_pages, j.ruleset,
                    j.follow, j.queue_order, j.bloom_capacity, j.bloom_error,
                    CASE WHEN j.queue_order = 'priority' THEN j.spec->'priorities' END
-                       AS priorities
+                       AS priorities, j.links_derived
             FROM job_pending p
             JOIN job_visit v ON v.job_id = p.job_id AND v.url_id = p.url_id
             JOIN job j ON j.id = p.job_id
@@ -211,7 +216,7 @@ async def lock_pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Pe
                     Scope(r["scope"], tuple(r["allow"]), tuple(r["deny"])), r["max_pages"],
                     r["ruleset"], r["follow"], r["queue_order"], _rules(r["priorities"]),
                     None if r["bloom_capacity"] is None
-                    else (r["bloom_capacity"], r["bloom_error"]))
+                    else (r["bloom_capacity"], r["bloom_error"]), r["links_derived"])
             for r in rows]
 
 
@@ -243,13 +248,20 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                    outcomes: dict[Key, Outcome], attempts: dict[Key, int] | None = None,
                    reasons: dict[Key, str] | None = None,
                    extra: dict[Key, list[int]] | None = None,
-                   seen: SeenFilter | None = None) -> list[Key]:
+                   seen: SeenFilter | None = None,
+                   versions: Mapping[Key, int] | None = None) -> list[Key]:
     """Record locked visits as processed; return the visits newly queued.
 
     Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
-    their ``url`` and ``url_link`` rows), so links, results, failures, children and counters
-    commit together. A page fails if its URL's last fetch failed (``url.error``) or if
-    ``reasons`` gives a reason (work abandoned); ``attempts`` counts its fetches in this job.
+    their ``url`` and ``url_links`` rows), so links, results, failures, children and counters
+    commit together. Each page processed (not abandoned) gets one ``job_page`` row: the version
+    of its links the job uses (``versions``: the one a store answer was planned with, if its
+    links are still stored; else the page's current version); a page the job processed before
+    (a re-expansion) keeps the version it had, so the job lists and follows the same links.
+    Nothing is written per link, but for a job made before migration 0023
+    (``Pending.links_derived`` false), whose results stay ``job_result`` rows. A page fails if
+    its URL's last fetch failed (``url.error``) or if ``reasons`` gives a reason (work
+    abandoned); ``attempts`` counts its fetches in this job.
     ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps). A job
     with a rule set also gets the page's yields under it (``job_yield``); for jobs of rule
     set 0 that costs no statement. ``seen``: the worker's Bloom filters, consulted for jobs
@@ -263,14 +275,7 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                                     attempts or {}, reasons)
     # An abandoned visit was never processed in this job: it has no links to list or follow.
     expanding = [p for p in kept if p.key not in reasons]
-    jobs, urls = _cols(p.key for p in expanding)
-    await conn.execute("""
-        INSERT INTO job_result (job_id, refer_id, url_id)
-        SELECT p.job_id, l.refer_id, l.url_id
-        FROM unnest($1::bigint[], $2::bigint[]) AS p(job_id, url_id)
-        JOIN url_link l ON l.refer_id = p.url_id
-        ORDER BY 1, 2, 3
-        ON CONFLICT DO NOTHING""", jobs, urls)
+    await _record_pages(conn, expanding, versions or {})
     await _copy_yields(conn, [p for p in expanding if p.ruleset])
     jobs, urls = _cols(p.key for p in pages)
     await conn.execute("""
@@ -287,6 +292,37 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     queued = await _queue_children(conn, parents, extra or {}, seen)
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
+
+
+async def _record_pages(conn: asyncpg.Connection, pages: Sequence[Pending],
+                        versions: Mapping[Key, int]) -> None:
+    """One ``job_page`` row per page (see ``complete``), and for the pages of jobs that are not
+    derived their ``job_result`` rows, from the link set the job_page row names."""
+    if not pages:
+        return
+    jobs, urls = _cols(p.key for p in pages)
+    await conn.execute("""
+        INSERT INTO job_page (job_id, url_id, version)
+        SELECT p.job_id, p.url_id,
+               CASE WHEN p.version IS NOT NULL AND EXISTS (
+                        SELECT FROM url_links l WHERE l.url_id = p.url_id AND l.version = p.version)
+                    THEN p.version ELSE u.version END
+        FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS p(job_id, url_id, version)
+        JOIN url u ON u.id = p.url_id
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING""", jobs, urls, [versions.get(p.key) for p in pages])
+    old = [p for p in pages if not p.links_derived]
+    if old:
+        jobs, urls = _cols(p.key for p in old)
+        await conn.execute("""
+            INSERT INTO job_result (job_id, refer_id, url_id)
+            SELECT jp.job_id, jp.url_id, k.url_id
+            FROM unnest($1::bigint[], $2::bigint[]) AS p(job_id, url_id)
+            JOIN job_page jp ON jp.job_id = p.job_id AND jp.url_id = p.url_id
+            JOIN url_links l ON l.url_id = jp.url_id AND l.version = jp.version
+            CROSS JOIN LATERAL unnest(l.links) AS k(url_id)
+            ORDER BY 1, 2, 3
+            ON CONFLICT DO NOTHING""", jobs, urls)
 
 
 async def _copy_yields(conn: asyncpg.Connection, pages: Sequence[Pending]) -> None:
@@ -391,6 +427,12 @@ async def _candidates(conn: asyncpg.Connection, parents: Sequence[Pending],
                 yield kept
 
 
+# The links of parent p (job_id, url_id) as rows l(url_id): the link set of the version the job
+# used (its job_page row, written by complete() before it reads them).
+_PAGE_LINKS = """JOIN job_page jp ON jp.job_id = p.job_id AND jp.url_id = p.url_id
+        JOIN url_links s ON s.url_id = jp.url_id AND s.version = jp.version
+        CROSS JOIN LATERAL unnest(s.links) AS l(url_id)"""
+
 # The parents' links, each (job, url) once from its nearest parent (never images, CSS, JS).
 _LINKS_SQL = f"""
         SELECT DISTINCT ON (p.job_id, l.url_id)
@@ -398,7 +440,7 @@ _LINKS_SQL = f"""
                u.url, p.i
         FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[])
              AS p(job_id, url_id, level, origin_id, i)
-        JOIN url_link l ON l.refer_id = p.url_id
+        {_PAGE_LINKS}
         JOIN url u ON u.id = l.url_id
         WHERE NOT {SKIP_MIME_SQL}
         ORDER BY p.job_id, l.url_id, p.level, p.origin_id"""
@@ -422,7 +464,7 @@ _CHILDREN_SQL = f"""
                c.job_id, c.url_id, c.level, c.origin_id, c.refer_id, u.url, c.i
         FROM (SELECT p.job_id, l.url_id, p.level + 1 AS level, p.origin_id,
                      p.url_id AS refer_id, p.i, p.max_level
-              FROM p JOIN url_link l ON l.refer_id = p.url_id JOIN url u ON u.id = l.url_id
+              FROM p {_PAGE_LINKS} JOIN url u ON u.id = l.url_id
               WHERE p.follow <> 'rules' AND NOT {SKIP_MIME_SQL}
               UNION ALL
               SELECT p.job_id, y.target,
@@ -474,9 +516,13 @@ async def _insert_first(conn: asyncpg.Connection, children: Sequence[asyncpg.Rec
         [c["level"] for c in insert])} if insert else set()
     old = [c for c in insert if _key(c) not in new]
     if old:
-        lowered |= {_key(r) for r in await conn.fetch("""
+        lowered |= {_key(r) for r in await conn.fetch(f"""
+            WITH c AS (
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[])
+                    AS c(job_id, url_id, level)
+            ), {_LOCK_LOWER}
             UPDATE job_visit v SET level = c.level
-            FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
+            FROM c JOIN locked k ON k.job_id = c.job_id AND k.url_id = c.url_id
             WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
             RETURNING v.job_id, v.url_id""",
             [c["job_id"] for c in old], [c["url_id"] for c in old], [c["level"] for c in old])}
@@ -521,11 +567,12 @@ async def _lower(conn: asyncpg.Connection,
                  children: Sequence[asyncpg.Record]) -> tuple[set[Key], set[Key]]:
     """Of these children, the ones the job has visited already, and those of them whose level
     was lowered (a shorter path: they are to be expanded again)."""
-    rows = await conn.fetch("""
+    rows = await conn.fetch(f"""
         WITH c AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS c(job_id, url_id, level)
-        ), lowered AS (
-            UPDATE job_visit v SET level = c.level FROM c
+        ), {_LOCK_LOWER}, lowered AS (
+            UPDATE job_visit v SET level = c.level
+            FROM c JOIN locked k ON k.job_id = c.job_id AND k.url_id = c.url_id
             WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
             RETURNING v.job_id, v.url_id
         )
@@ -535,6 +582,16 @@ async def _lower(conn: asyncpg.Connection,
         [c["job_id"] for c in children], [c["url_id"] for c in children],
         [c["level"] for c in children])
     return {_key(r) for r in rows}, {_key(r) for r in rows if r["lowered"]}
+
+
+# The visits of c (job_id, url_id, level) the UPDATE after it lowers, locked in key order: an
+# UPDATE ... FROM unnest locks rows in whatever order its join yields them, and two commits
+# lowering the same visits, each in its own order, would deadlock.
+_LOCK_LOWER = """locked AS MATERIALIZED (
+            SELECT v.job_id, v.url_id FROM c
+            JOIN job_visit v ON v.job_id = c.job_id AND v.url_id = c.url_id
+            WHERE v.level > c.level
+            ORDER BY 1, 2 FOR NO KEY UPDATE OF v)"""
 
 
 async def _add_visits(conn: asyncpg.Connection, children: Sequence[asyncpg.Record]) -> set[Key]:
@@ -664,14 +721,20 @@ async def _count(conn: asyncpg.Connection, pages: Sequence[Pending], outcomes: d
         delta.setdefault(origin, Counter())["pending"] += n
     keys = sorted(delta)
     await conn.execute("""
+        WITH d AS (
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[],
+                                 $6::int[], $7::int[], $8::int[])
+                AS d(job_id, origin_id, dp, dproc, dfetch, dcache, dfail, dblock)
+        ), locked AS MATERIALIZED (  -- in key order: two commits of a job cannot deadlock
+            SELECT ju.job_id, ju.url_id FROM job_url ju
+            JOIN d ON ju.job_id = d.job_id AND ju.url_id = d.origin_id
+            ORDER BY 1, 2 FOR NO KEY UPDATE OF ju)
         UPDATE job_url ju SET
             pending = ju.pending + d.dp, processed = ju.processed + d.dproc,
             fetched = ju.fetched + d.dfetch, cached = ju.cached + d.dcache,
             failed = ju.failed + d.dfail, blocked = ju.blocked + d.dblock,
             completed_on = CASE WHEN ju.pending + d.dp = 0 THEN coalesce(ju.completed_on, now()) END
-        FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[],
-                    $8::int[])
-             AS d(job_id, origin_id, dp, dproc, dfetch, dcache, dfail, dblock)
+        FROM d JOIN locked k ON k.job_id = d.job_id AND k.url_id = d.origin_id
         WHERE ju.job_id = d.job_id AND ju.url_id = d.origin_id""",
         [k[0] for k in keys], [k[1] for k in keys],
         [delta[k]["pending"] for k in keys], [delta[k]["processed"] for k in keys],

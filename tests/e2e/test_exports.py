@@ -25,6 +25,7 @@ from shared.urls import canonicalize
 from tests.e2e.stack import Stack
 from tests.e2e.test_result_readers import make_big_result
 from tests.e2e.test_results_per_ruleset import Site, run_job
+from tests.results import write_result
 from web_server import exports
 from worker.outputs.db import Db
 from worker.outputs.files import Files
@@ -185,24 +186,26 @@ async def test_result_formats(stack: Stack, site: Site) -> None:
         (p, link) for p, links in result.items() for link in links)
     mime = (await get(stack, f"/result/{job}", format="csv", mime="image/"))[1]
     assert mime == b"page,link\r\n"
-    # A page without links (/b) is in none of the three (job_result holds links, not pages).
+    # A page without links (/b) is in none of the three (a result holds links, not pages).
     no_links = site.base + "/b"
     assert no_links in result[site.base + "/"] and no_links not in result
     assert no_links not in {line["page"] for line in lines}
     assert no_links not in {r["page"] for r in csv_rows(body)}
 
 
-async def test_result_formats_over_chunks(web: Stack, db: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("derived", [True, False], ids=["derived", "job_result"])
+async def test_result_formats_over_chunks(web: Stack, db: asyncpg.Connection,
+                                          derived: bool) -> None:
     """160,000 links, and one page of 6,000 (more than a chunk): the same links every way."""
     job = await web.post_job(["http://big.example/"])
-    await make_big_result(db, job)
+    await make_big_result(db, job, derived)
     await db.execute("""
         INSERT INTO url (url) SELECT 'http://huge.example/l/' || l FROM generate_series(1, 6000) l
         UNION ALL SELECT 'http://huge.example/' ON CONFLICT DO NOTHING""")
-    await db.execute("""
-        INSERT INTO job_result (job_id, refer_id, url_id)
-        SELECT $1, r.id, u.id FROM url r JOIN url u ON u.url LIKE 'http://huge.example/l/%'
-        WHERE r.url = 'http://huge.example/'""", job)
+    await write_result(db, job, derived, """
+        SELECT r.id AS refer_id, u.id AS url_id
+        FROM url r JOIN url u ON u.url LIKE 'http://huge.example/l/%'
+        WHERE r.url = 'http://huge.example/'""")
     result = json.loads((await get(web, f"/result/{job}"))[1])
     merged: dict[str, set[str]] = {}
     lines = jsonl((await get(web, f"/result/{job}", format="jsonl"))[1])

@@ -18,6 +18,7 @@ import pytest
 from shared.config import Settings
 from shared.db import jobs
 from tests.e2e.stack import Stack
+from tests.results import write_result
 from web_server.app import POOL_SIZE
 
 pytestmark = pytest.mark.e2e
@@ -32,17 +33,18 @@ async def web(settings: Settings) -> AsyncIterator[Stack]:
     await st.stop()
 
 
-async def make_big_result(db: asyncpg.Connection, job: int) -> None:
-    """PAGES pages of LINKS links each, written straight into the store."""
+async def make_big_result(db: asyncpg.Connection, job: int, derived: bool = True) -> None:
+    """PAGES pages of LINKS links each, written straight into the store (``derived``: as a job
+    since migration 0023 has them; else as one made before, in job_result)."""
     await db.execute("""
         INSERT INTO url (url) SELECT 'http://big.example/page/' || p FROM generate_series(1, $1) p
         UNION ALL SELECT 'http://big.example/link/' || l || '/padding-to-make-it-longer'
         FROM generate_series(1, $2) l
         ON CONFLICT DO NOTHING""", PAGES, LINKS)
-    await db.execute("""
-        INSERT INTO job_result (job_id, refer_id, url_id)
-        SELECT $1, r.id, u.id FROM url r JOIN url u ON u.url LIKE 'http://big.example/link/%'
-        WHERE r.url LIKE 'http://big.example/page/%'""", job)
+    await write_result(db, job, derived, """
+        SELECT r.id AS refer_id, u.id AS url_id
+        FROM url r JOIN url u ON u.url LIKE 'http://big.example/link/%'
+        WHERE r.url LIKE 'http://big.example/page/%'""")
 
 
 async def stalled_reader(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -147,11 +149,13 @@ async def lock_waiters(db: asyncpg.Connection) -> int:
                                      """))
 
 
-async def test_result_pages_cover_the_job_in_index_order(db: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("derived", [True, False], ids=["derived", "job_result"])
+async def test_result_pages_cover_the_job_in_index_order(db: asyncpg.Connection,
+                                                         derived: bool) -> None:
     """Read in small chunks, the result is every page once, each with its links sorted; no chunk
     reads more than its own rows (no sort of the whole job)."""
     job_id, _ = await jobs.create_job(db, ["http://big.example/page/1"], 2, False)
-    await make_big_result(db, job_id)
+    await make_big_result(db, job_id, derived)
     seen: list[str] = []
     after = (0, 0)
     while True:
@@ -163,14 +167,16 @@ async def test_result_pages_cover_the_job_in_index_order(db: asyncpg.Connection)
         assert all(links == sorted(links) and len(links) == LINKS for _, links in chunk.pages)
         after = chunk.after
     assert len(seen) == len(set(seen)) == PAGES
-    assert await chunk_rows_read(db, job_id, (0, 0), 7 * LINKS + 1) <= 7 * LINKS + 1
+    assert await chunk_rows_read(db, job_id, (0, 0), 7 * LINKS + 1, derived) <= 7 * LINKS + 1
 
 
 HUGE = 3 * jobs.RESULT_CHUNK_LINKS + 123  # links on one page: more than a chunk holds
 
 
+@pytest.mark.parametrize("derived", [True, False], ids=["derived", "job_result"])
 async def test_a_page_with_many_links_streams_in_bounded_chunks(web: Stack,
-                                                                db: asyncpg.Connection) -> None:
+                                                                db: asyncpg.Connection,
+                                                                derived: bool) -> None:
     """A page of HUGE links between two small pages: no chunk's statement reads more than
     RESULT_CHUNK_LINKS + 1 rows, and ``/result`` is the whole result: the small pages' links
     sorted, the huge page's links every one once, in the store's (url id) order."""
@@ -181,10 +187,9 @@ async def test_a_page_with_many_links_streams_in_bounded_chunks(web: Stack,
     await db.execute("INSERT INTO url (url) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
                      pages + small + huge)
     for page, links in zip(pages, (small, huge, small), strict=True):
-        await db.execute("""
-            INSERT INTO job_result (job_id, refer_id, url_id)
-            SELECT $1, r.id, u.id FROM url r, url u WHERE r.url = $2 AND u.url = ANY($3::text[])
-            """, job, page, links)
+        await write_result(db, job, derived, """
+            SELECT r.id AS refer_id, u.id AS url_id FROM url r, url u
+            WHERE r.url = $2 AND u.url = ANY($3::text[])""", page, links)
     huge_ids = await db.fetch("SELECT url FROM url WHERE url = ANY($1::text[]) ORDER BY id", huge)
     expected = {pages[0]: sorted(small), pages[1]: [r["url"] for r in huge_ids],
                 pages[2]: sorted(small)}
@@ -192,7 +197,7 @@ async def test_a_page_with_many_links_streams_in_bounded_chunks(web: Stack,
     after = (0, 0)
     chunks = 0
     while (chunk := await jobs.result_chunk(db, job, after, None)) is not None:
-        rows = await chunk_rows_read(db, job, after, jobs.RESULT_CHUNK_LINKS + 1)
+        rows = await chunk_rows_read(db, job, after, jobs.RESULT_CHUNK_LINKS + 1, derived)
         assert rows <= jobs.RESULT_CHUNK_LINKS + 1
         assert sum(len(links) for _, links in chunk.pages) <= jobs.RESULT_CHUNK_LINKS
         after, chunks = chunk.after, chunks + 1
@@ -207,16 +212,53 @@ async def test_a_page_with_many_links_streams_in_bounded_chunks(web: Stack,
 
 
 async def chunk_rows_read(db: asyncpg.Connection, job: int, after: tuple[int, int],
-                          limit: int) -> int:
+                          limit: int, derived: bool) -> int:
     """The most rows any node of a chunk's statement produced, run as result_chunk runs it."""
+    sql = (jobs.RESULT_CHUNK_DERIVED_SQL if derived else jobs.RESULT_CHUNK_SQL).format(filter="")
     async with db.transaction():
         await db.execute(jobs.RESULT_CHUNK_SETTINGS)
-        plan = await db.fetchval(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) {jobs.RESULT_CHUNK_SQL.format(filter='')}",
-            job, after[0], after[1], limit)
+        plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}",
+                                 job, after[0], after[1], limit)
     return _max_rows(json.loads(plan)[0]["Plan"])
 
 
 def _max_rows(node: dict[str, Any]) -> int:
     """The most rows any node of a plan produced (per loop)."""
     return max([int(node["Actual Rows"]), *(_max_rows(p) for p in node.get("Plans", []))])
+
+
+async def test_a_derived_result_reads_byte_for_byte_as_job_result(
+        web: Stack, db: asyncpg.Connection) -> None:
+    """The same links stored both ways (a job's link sets since migration 0023, job_result rows
+    before): ``/result`` is the same bytes in every format, with and without ``?mime=``, a page
+    of more links than a chunk (a third of them images: more than a chunk of those too) among
+    small ones, one of which has no link of some types."""
+    old = await web.post_job(["http://bytes.example/"])
+    new = await web.post_job(["http://bytes.example/"])
+    pages = [f"http://bytes.example/{p}" for p in "abcd"]
+    small = [f"http://bytes.example/s/{i}" for i in (3, 10, 2, 1, 7)]  # ids not in text order
+    images = [f"http://bytes.example/i/{i}.png" for i in (2, 1)]
+    huge = [f"http://bytes.example/l/{i}" + (".png" if i % 3 == 0 else "") for i in range(HUGE)]
+    await db.execute("""
+        INSERT INTO url (url, mime)
+        SELECT u, CASE WHEN u LIKE '%.png' THEN 'image/png' ELSE 'text/html' END
+        FROM unnest($1::text[]) u ON CONFLICT DO NOTHING""", pages + small + images + huge)
+    for page, links in zip(pages, (small + images, huge, small, images), strict=True):
+        for job, derived in ((old, False), (new, True)):
+            await write_result(db, job, derived, """
+                SELECT r.id AS refer_id, u.id AS url_id FROM url r, url u
+                WHERE r.url = $2 AND u.url = ANY($3::text[])""", page, links)
+    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", new) == 0
+    for query in ({}, {"mime": "image/"}, {"mime": "text/html"}, {"mime": "IMAGE/PNG"},
+                  {"mime": "none/"}):
+        for fmt in ("json", "jsonl", "csv"):
+            bodies = []
+            for job in (old, new):
+                async with aiohttp.ClientSession() as s, s.get(
+                        f"{web.base}/result/{job}", params={"format": fmt, **query}) as r:
+                    assert r.status == 200
+                    bodies.append(await r.read())
+            assert bodies[0] == bodies[1], (fmt, query)
+            if fmt == "jsonl" and not query:  # the huge page comes in parts, as before
+                assert sum(1 for line in bodies[1].splitlines()
+                           if json.loads(line)["page"] == pages[1]) == 4

@@ -22,6 +22,7 @@ from shared.db import jobs
 from shared.db.pool import open_pool
 from shared.db.visits import CHUNK
 from shared.model import Extraction, FetchedPage, Yield
+from tests.results import JOB_RESULT
 from worker.commit import Committer, Done
 
 Key = tuple[int, int]
@@ -104,7 +105,7 @@ async def test_a_batch_commits_its_pages_and_acks_after(settings: Settings, pool
     await commit(settings, pool, [fetched(k, msgs[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
     job = keys[0][0]
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 3
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1", job) == 3
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1 AND "
                              "url_id = ANY($2::bigint[])", job, [k[1] for k in keys]) == 0
     assert await db.fetchval("SELECT sum(fetched) FROM job_url WHERE job_id = $1", job) == 3
@@ -131,7 +132,7 @@ async def test_one_visit_that_cannot_be_stored_fails_alone(settings: Settings,
     st = await jobs.job_status(db, job)
     assert st is not None and all(u.completed for u in st.urls)
     assert sum(u.fetched for u in st.urls) == 7 and sum(u.failed for u in st.urls) == 1
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 7
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1", job) == 7
     await until(lambda: zero(queue.unsettled()), what="messages acked")
 
 
@@ -216,7 +217,7 @@ async def test_a_page_of_200000_links_commits_without_holding_the_event_loop(
     async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=2,
                                    init=init) as logged:
         await commit(settings, logged, [done])
-    for table in ("job_result", "job_pending"):
+    for table in (JOB_RESULT, "job_pending"):
         assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE job_id = $1",
                                  key[0]) == len(links)
     assert len(largest) > 5 and max(largest.values()) <= CHUNK, largest
@@ -232,21 +233,21 @@ async def test_a_fault_that_is_no_visits_fails_none_and_the_batch_comes_back(
     await db.execute("""
         CREATE FUNCTION no_index() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'no unique index matches' USING ERRCODE = '42P10'; END $$;
-        CREATE TRIGGER no_index BEFORE INSERT ON job_result
+        CREATE TRIGGER no_index BEFORE INSERT ON job_page
             FOR EACH ROW EXECUTE FUNCTION no_index();""")
     await commit(settings, pool, [fetched(k, msgs[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
     job = keys[0][0]
     assert await failures(db, job) == {}
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 4
-    await db.execute("DROP TRIGGER no_index ON job_result")
+    await db.execute("DROP TRIGGER no_index ON job_page")
     again: dict[Key, list[Msg]] = {}  # nak'ed with a delay: delivered again
     while len(again) < len(keys):
         again |= await bus.group_visits(await bus.pull(queue.sub, len(keys), 5))
     assert set(again) == set(keys)
     await commit(settings, pool, [fetched(k, again[k], f"http://x.example/{i}")
                                   for i, k in enumerate(keys)])
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 4
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1", job) == 4
     assert await failures(db, job) == {}
 
 

@@ -74,12 +74,24 @@ async def counters(db: asyncpg.Connection, job: int) -> dict[str, int | bool]:
     return dict(row)
 
 
+# A job's (page, link) pairs: its pages' link sets at the versions it used (job_page, url_links),
+# and for a job made before migration 0023 its job_result rows.
+RESULT_SQL = """
+    SELECT p.url AS page, u.url AS link FROM job_page jp
+    JOIN url_links l ON l.url_id = jp.url_id AND l.version = jp.version
+    CROSS JOIN LATERAL unnest(l.links) AS k(id)
+    JOIN url p ON p.id = jp.url_id JOIN url u ON u.id = k.id
+    WHERE jp.job_id = $1
+    UNION
+    SELECT p.url, u.url FROM job_result jr
+    JOIN url p ON p.id = jr.refer_id JOIN url u ON u.id = jr.url_id
+    WHERE jr.job_id = $1
+    ORDER BY 1, 2"""
+
+
 async def result(db: asyncpg.Connection, job: int) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for r in await db.fetch("""
-            SELECT p.url AS page, u.url AS link FROM job_result jr
-            JOIN url p ON p.id = jr.refer_id JOIN url u ON u.id = jr.url_id
-            WHERE jr.job_id = $1 ORDER BY 1, 2""", job):
+    for r in await db.fetch(RESULT_SQL, job):
         out.setdefault(r["page"], []).append(r["link"])
     return out
 
@@ -266,3 +278,80 @@ async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
     assert visiting and visiting[0].startswith("INSERT INTO job_visit"), visiting
     assert not any("FOR UPDATE" in q for q in queries if "FROM job " in q)
     assert await levels(db, job) == {f"{H}/": 0, f"{H}/a": 1, f"{H}/b": 1}
+
+
+async def test_a_reexpansion_uses_the_version_the_job_used(db: asyncpg.Connection) -> None:
+    # / -> a -> b -> c, c lists d; c is fetched again (for another job) and lists e now; then
+    # / -> s -> c lowers c: expanded again from the store, it follows and lists d, not e.
+    job, _ = await new_job(db, f"{H}/", max_level=4)
+    await fetched(db, f"{H}/", f"{H}/a", f"{H}/s")
+    await fetched(db, f"{H}/a", f"{H}/b")
+    await fetched(db, f"{H}/b", f"{H}/c")
+    await fetched(db, f"{H}/c", f"{H}/d")
+    await fetched(db, f"{H}/s", f"{H}/c")
+    for url in ("/", "/a", "/b", "/c"):
+        await process(db, job, H + url)
+    (c,) = await ids(db, f"{H}/c")
+    used = await db.fetchval("SELECT version FROM job_page WHERE job_id = $1 AND url_id = $2",
+                             job, c)
+    await fetched(db, f"{H}/c", f"{H}/e")
+    assert await db.fetchval("SELECT version FROM url WHERE id = $1", c) == used + 1
+    assert await process(db, job, f"{H}/s") == [(job, c)]
+    assert await pending(db, job) == {f"{H}/c": True}
+    assert await process(db, job, f"{H}/c", outcome="cached") == [
+        (job, (await ids(db, f"{H}/d"))[0])]
+    assert (await result(db, job))[f"{H}/c"] == [f"{H}/d"]
+    assert await db.fetchval("SELECT version FROM job_page WHERE job_id = $1 AND url_id = $2",
+                             job, c) == used
+
+
+async def test_a_cached_job_writes_one_row_per_page(db: asyncpg.Connection) -> None:
+    links = [f"{H}/l{i}" for i in range(20)]
+    first, _ = await new_job(db, f"{H}/", max_level=1)
+    second, _ = await new_job(db, f"{H}/", max_level=1)
+    await fetched(db, f"{H}/", *links)
+    await process(db, first, f"{H}/")
+    await process(db, second, f"{H}/", outcome="cached")
+    assert await result(db, second) == await result(db, first) == {f"{H}/": sorted(links)}
+    # One job_page row for the page, nothing per link: the link set is the fetch's, stored once.
+    assert await db.fetchval("SELECT count(*) FROM job_page WHERE job_id = $1", second) == 1
+    assert await db.fetchval("SELECT count(*) FROM job_result") == 0
+    (page,) = await ids(db, f"{H}/")
+    assert await db.fetchval("SELECT count(*) FROM url_links WHERE url_id = $1", page) == 1
+
+
+async def test_a_job_from_before_links_once_still_gets_its_result_rows(
+        db: asyncpg.Connection) -> None:
+    # A job running across migration 0023 (links_derived false) is read from job_result: the
+    # processor writes its rows from the link set, as before.
+    job, _ = await new_job(db, f"{H}/", max_level=1)
+    await db.execute("UPDATE job SET links_derived = false WHERE id = $1", job)
+    await fetched(db, f"{H}/", f"{H}/a", f"{H}/b")
+    await process(db, job, f"{H}/", outcome="cached")
+    rows = await db.fetch("""SELECT p.url, u.url FROM job_result r JOIN url p ON p.id = r.refer_id
+                             JOIN url u ON u.id = r.url_id WHERE r.job_id = $1 ORDER BY 2""", job)
+    assert [tuple(r) for r in rows] == [(f"{H}/", f"{H}/a"), (f"{H}/", f"{H}/b")]
+
+
+async def test_a_store_answer_uses_the_version_it_was_planned_with(
+        db: asyncpg.Connection) -> None:
+    job, _ = await new_job(db, f"{H}/", max_level=1)
+    (page,) = await ids(db, f"{H}/")
+    await fetched(db, f"{H}/", f"{H}/old")
+    (planned,) = await visits.plan(db, [(job, page)], 3600)
+    assert planned.cached
+    await fetched(db, f"{H}/", f"{H}/new")  # another job's fetch since the plan
+    async with db.transaction():
+        locked = await visits.lock_pending(db, [(job, page)])
+        await visits.complete(db, locked, {(job, page): "cached"},
+                              versions={(job, page): planned.version})
+    assert await result(db, job) == {f"{H}/": [f"{H}/old"]}
+    # A planned version whose links are gone (collected since) falls back to the current one.
+    other, _ = await new_job(db, f"{H}/", max_level=1)
+    await db.execute("DELETE FROM url_links WHERE url_id = $1 AND version = $2",
+                     page, planned.version)
+    async with db.transaction():
+        locked = await visits.lock_pending(db, [(other, page)])
+        await visits.complete(db, locked, {(other, page): "cached"},
+                              versions={(other, page): planned.version})
+    assert await result(db, other) == {f"{H}/": [f"{H}/new"]}

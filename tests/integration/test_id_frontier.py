@@ -22,6 +22,7 @@ from shared.jobspec import ruleset_of, validate_spec
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage, Yield
 from shared.scope import Scope
+from tests.results import JOB_RESULT
 
 H = "http://h.example"
 
@@ -162,7 +163,9 @@ async def process(db: asyncpg.Connection, job: int, *urls: str,
 
 async def result(db: asyncpg.Connection, job: int) -> list[str]:
     return sorted(r["url"] for r in await db.fetch(
-        "SELECT u.url FROM job_result r JOIN url u ON u.id = r.url_id WHERE r.job_id = $1", job))
+        f"SELECT u.url FROM {JOB_RESULT} JOIN url u ON u.id = job_result.url_id "
+        "WHERE job_result.job_id = $1",
+        job))
 
 
 async def test_children_follow_the_jobs_mode(db: asyncpg.Connection) -> None:
@@ -345,10 +348,10 @@ async def test_a_job_following_html_links_runs_no_rules_statement(db: asyncpg.Co
         assert await process(db, job, p) == [f"{H}/a"]  # not the rules' link
     finally:
         db.remove_query_logger(log)
-    # Today's statements: the children from url_link alone (lock_pending reads job.follow).
+    # Today's statements: the children from the links alone (lock_pending reads job.follow).
     assert statements and not [s for s in statements if "url_yield" in s]
-    assert [s for s in statements if "url_link" in s] == [
-        s for s in statements if "INSERT INTO job_result" in s or visits._LINKS_SQL in s]
+    assert [s for s in statements if "url_links" in s] == [
+        s for s in statements if "INSERT INTO job_page" in s or visits._LINKS_SQL in s]
 
 
 async def test_a_rule_may_follow_any_type_the_html_links_never_images(

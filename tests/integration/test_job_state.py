@@ -15,6 +15,7 @@ from shared.db import jobs, visits, webhooks
 from shared.db.frontier import DueFrontier
 from shared.errors import JobStateConflict, NotFound
 from tests.integration.test_complete import counters, fetched, ids, new_job, pending, process
+from tests.results import JOB_RESULT
 
 H = "http://h.example"
 UNCAPPED = Settings(host_delay=0)
@@ -127,7 +128,7 @@ async def test_cancel_drops_queued_visits_keeps_results_and_ends_the_job(
         await visits.drop(db, [(job, a)])
     assert await counters(db, job) == {"pending": 0, "processed": 1, "fetched": 1, "cached": 0,
                                        "failed": 0, "blocked": 0, "completed": True}
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 3
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1", job) == 3
     status = await jobs.job_status(db, job)
     assert status is not None and status.state == "cancelled"
     with pytest.raises(JobStateConflict):
@@ -158,7 +159,7 @@ async def test_drop_moves_pending_only_with_no_results_children_or_failures(
     assert after["completed"] is False
     assert await pending(db, job) == {f"{H}/b": False}   # no child of /a
     assert await db.fetchval(
-        "SELECT count(*) FROM job_result WHERE job_id = $1 AND refer_id = $2", job, a) == 0
+        f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1 AND refer_id = $2", job, a) == 0
     assert await db.fetchval("SELECT count(*) FROM job_failure WHERE job_id = $1", job) == 0
     async with db.transaction():
         await visits.drop(db, [(job, a), (job, b)])     # a is no longer pending: ignored
@@ -248,6 +249,40 @@ async def test_purge_leaves_no_row_of_a_purged_job_and_never_a_running_one(
     assert await db.fetchval("SELECT count(*) FROM url WHERE url = $1", f"{H}/a") == 1
     with pytest.raises(ValueError):
         await jobs.purge_batch(db, "url", running)
+
+
+async def test_a_purge_collects_the_link_sets_no_job_uses_but_never_the_current_one(
+        db: asyncpg.Connection) -> None:
+    # Page / at versions 1, 2, 3 (its links a, b, c): jobs A and C use 1, B uses 2, D uses 3.
+    (page,) = await ids(db, f"{H}/")
+
+    async def versions() -> list[int]:
+        return [r["version"] for r in await db.fetch(
+            "SELECT version FROM url_links WHERE url_id = $1 ORDER BY 1", page)]
+
+    a, _ = await new_job(db, f"{H}/", max_level=1)
+    c, _ = await new_job(db, f"{H}/", max_level=1)
+    await fetched(db, f"{H}/", f"{H}/a")
+    await process(db, a, f"{H}/")
+    async with db.transaction():  # a store answer planned at version 1
+        await visits.complete(db, await visits.lock_pending(db, [(c, page)]),
+                              {(c, page): "cached"}, versions={(c, page): 1})
+    b, _ = await new_job(db, f"{H}/", max_level=1)
+    await fetched(db, f"{H}/", f"{H}/b")
+    await process(db, b, f"{H}/")
+    d, _ = await new_job(db, f"{H}/", max_level=1)
+    await fetched(db, f"{H}/", f"{H}/c")
+    await process(db, d, f"{H}/")
+    assert await versions() == [1, 2, 3]
+    await purge(db, a)
+    assert await versions() == [1, 2, 3]  # C uses 1 still
+    await purge(db, c)
+    assert await versions() == [2, 3]
+    await jobs.delete_job(db, b)
+    assert await versions() == [3]
+    await purge(db, d)
+    assert await versions() == [3]  # the current version: the cache answers from it
+    assert await db.fetchval("SELECT count(*) FROM job_page WHERE url_id = $1", page) == 0
 
 
 async def test_webhook_deliveries_are_claimed_with_a_lease(db: asyncpg.Connection) -> None:

@@ -14,12 +14,13 @@ from alembic.script import ScriptDirectory
 
 from harvester_ops import migrate
 from shared.config import Settings
+from shared.db import jobs
 from shared.jobspec import stored_spec, validate_spec
 from shared.scope import Scope
 
 # The tables the code relies on (later revisions may add more).
-TABLES = {"url", "url_link", "job", "job_url", "job_visit", "job_pending", "job_result", "host",
-          "job_failure", "task", "task_partial", "api_token"}
+TABLES = {"url", "url_links", "job", "job_url", "job_visit", "job_pending", "job_page",
+          "job_result", "host", "job_failure", "task", "task_partial", "api_token"}
 ALEMBIC = "alembic_version"
 
 USER_SCHEMA = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
@@ -395,5 +396,57 @@ async def test_0022_makes_a_tasks_key_its_owners(scratch_dsn: str) -> None:
             ("alice", "k1"), ("bob", None), (None, None)]
         assert bob is not None
         await run(migrate.upgrade, scratch_dsn, "0022")
+    finally:
+        await conn.close()
+
+
+async def test_0023_keeps_every_result_across_upgrade_and_downgrade(scratch_dsn: str) -> None:
+    """A job made before 0023 (its job_result rows, its pages' url_link rows) reads the same
+    result after the upgrade, and its pages' links become link sets at their versions; a job
+    made after it (job_page, url_links) reads the same from job_result after the downgrade."""
+    await run(migrate.upgrade, scratch_dsn, "0022")
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        await conn.execute("""
+            INSERT INTO url (url, mime, fetched_on, version)
+            SELECT 'http://m.example/' || i, 'text/html', CASE WHEN i < 4 THEN now() END, i % 3
+            FROM generate_series(1, 8) i""")
+        ids = dict(await conn.fetch("SELECT url, id FROM url"))
+        a, b, c, x, y = (ids[f"http://m.example/{i}"] for i in (1, 2, 3, 5, 6))
+        # Pages 1, 2 link to others; 3 was fetched without links (or failed).
+        links = [(a, b), (a, x), (a, y), (b, a), (b, y)]
+        await conn.executemany("INSERT INTO url_link (refer_id, url_id) VALUES ($1, $2)", links)
+        old = await conn.fetchval(
+            "INSERT INTO job (max_level, force_crawl) VALUES (2, false) RETURNING id")
+        await conn.executemany("INSERT INTO job_result (job_id, refer_id, url_id) "
+                               "VALUES ($1, $2, $3)", [(old, r, u) for r, u in links])
+        await run(migrate.upgrade, scratch_dsn, "0023")
+        assert await conn.fetchval("SELECT links_derived FROM job WHERE id = $1", old) is False
+        sets = {r["url_id"]: (r["version"], r["n"], r["links"]) for r in await conn.fetch(
+            "SELECT url_id, version, n, links FROM url_links")}
+        versions = dict(await conn.fetch("SELECT id, version FROM url"))
+        assert sets == {a: (versions[a], 3, sorted([b, x, y])), b: (versions[b], 2, sorted([a, y])),
+                        c: (versions[c], 0, [])}
+        assert not await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'url_link'")
+        before = await jobs.result_chunk(conn, old, (0, 0), None)
+        assert before is not None and dict(before.pages) == {
+            "http://m.example/1": sorted(["http://m.example/2", "http://m.example/5",
+                                          "http://m.example/6"]),
+            "http://m.example/2": ["http://m.example/1", "http://m.example/6"]}
+        # A job since: its result is derived, read the same way.
+        new = await conn.fetchval(
+            "INSERT INTO job (max_level, force_crawl) VALUES (2, false) RETURNING id")
+        assert await conn.fetchval("SELECT links_derived FROM job WHERE id = $1", new) is True
+        await conn.execute("INSERT INTO job_page (job_id, url_id, version) "
+                           "SELECT $1, url_id, version FROM url_links", new)
+        derived = await jobs.result_chunk(conn, new, (0, 0), None)
+        assert derived is not None and derived.pages == before.pages
+        await run(migrate.downgrade, scratch_dsn, "0022")
+        for job in (old, new):
+            assert sorted(tuple(r) for r in await conn.fetch(
+                "SELECT refer_id, url_id FROM job_result WHERE job_id = $1", job)) == sorted(links)
+        assert sorted(tuple(r) for r in await conn.fetch(
+            "SELECT refer_id, url_id FROM url_link")) == sorted(links)
+        await run(migrate.upgrade, scratch_dsn, "head")
     finally:
         await conn.close()

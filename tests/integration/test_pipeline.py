@@ -33,6 +33,7 @@ from shared.jobspec import ruleset_of, stored_spec
 from shared.model import Extraction, FetchedPage, Yield
 from shared.scope import Scope
 from tests.plugins import LOG, PAGES, Files, Record, StaticFetcher, Title
+from tests.results import JOB_RESULT, URL_LINK
 from tests.unit.test_retry_policy import GitHubPolicy
 from worker.commit import Committer
 from worker.crawl import Worker
@@ -160,7 +161,7 @@ async def test_steps_run_in_order_fetch_extract_task_outputs_commit(
         ("body", {"sha256": next(tmp_path.iterdir()).name, "bytes": len(PAGES[url])}),
         ("item", {"title": "Hello"}), ("item", {"status": 200})]
     assert (tmp_path / next(tmp_path.iterdir()).name).read_bytes() == PAGES[url]
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1",
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1",
                              keys[0][0]) == 1
     await until(lambda: zero(rig.unsettled()), what="message acked")
 
@@ -388,8 +389,8 @@ async def test_only_the_sources_link_extractor_gives_the_links_to_follow(
                           None, (), web.policy, 0, False))
     await rig.publish(keys)
     await until(lambda: done(db, keys), what="visit committed")
-    linked = await db.fetch("SELECT u.url FROM url_link l JOIN url u ON u.id = l.url_id "
-                            "WHERE l.refer_id = $1", keys[0][1])
+    linked = await db.fetch(f"SELECT u.url FROM {URL_LINK} JOIN url u ON u.id = url_link.url_id "
+                            "WHERE url_link.refer_id = $1", keys[0][1])
     assert [r["url"] for r in linked] == [SITE + "/followed"]
 
 
@@ -417,12 +418,12 @@ async def test_a_rule_sets_extractor_failing_fails_this_visit_and_keeps_the_page
     page = await db.fetchrow("SELECT status, error, crawled_on IS NOT NULL AS cached FROM url "
                              "WHERE id = $1", keys[0][1])
     assert tuple(page) == (200, None, True)
-    linked = await db.fetch("SELECT u.url FROM url_link l JOIN url u ON u.id = l.url_id "
-                            "WHERE l.refer_id = $1", keys[0][1])
+    linked = await db.fetch(f"SELECT u.url FROM {URL_LINK} JOIN url u ON u.id = url_link.url_id "
+                            "WHERE url_link.refer_id = $1", keys[0][1])
     assert [r["url"] for r in linked] == [SITE + "/next"]
     assert await db.fetchval("SELECT count(*) FROM url_extraction WHERE url_id = $1",
                              keys[0][1]) == 0
-    assert await db.fetchval("SELECT count(*) FROM job_result WHERE job_id = $1", job) == 0
+    assert await db.fetchval(f"SELECT count(*) FROM {JOB_RESULT} WHERE job_id = $1", job) == 0
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
     await until(lambda: zero(rig.unsettled()), what="message acked")
 

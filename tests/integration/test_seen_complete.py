@@ -29,12 +29,13 @@ async def graph(db: asyncpg.Connection) -> int:
             RETURNING id, url)
         SELECT substring(url FROM '/p(\\d+)$')::int AS i, id FROM u""", N)
     await db.execute("""
-        INSERT INTO url_link (refer_id, url_id)
-        SELECT DISTINCT a.id, b.id
+        INSERT INTO url_links (url_id, version, n, links)
+        SELECT a.id, 0, count(DISTINCT b.id), array_agg(DISTINCT b.id ORDER BY b.id)
         FROM g a CROSS JOIN LATERAL (VALUES (2 * a.i + 1), (2 * a.i + 2),
                                             ((7 * a.i + 3) % $1), (a.i / 2)) t(j)
         JOIN g b ON b.i = t.j
-        WHERE t.j < $1 AND t.j <> a.i""", N)
+        WHERE t.j < $1 AND t.j <> a.i
+        GROUP BY a.id""", N)
     await db.execute("UPDATE url SET crawled_on = now(), fetched_on = now(), status = 200")
     return int(await db.fetchval("SELECT id FROM g WHERE i = 0"))
 

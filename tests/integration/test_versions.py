@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.db import jobs, pages, visits
 from shared.jobspec import ruleset_of, validate_spec
 from shared.model import Extraction, FetchedPage, Yield
+from tests.results import JOB_RESULT, URL_LINK
 
 H = "http://h.example"
 SETTINGS = Settings(extractor_kinds=("test-title",), fetcher_kinds=("http", "static"))
@@ -151,7 +152,7 @@ async def test_a_rulesets_yields_are_stored_per_page_and_replaced_on_each_fetch(
     assert await stored_yields(db, a, r1) == [("item", 0, {"title": "new"})]
     assert await stored_yields(db, a, r2) == [("item", 0, {"title": "other"})]
     assert await extracted(db, a) == {r1: 2, r2: 2}
-    assert await db.fetchval("SELECT count(*) FROM url_link WHERE refer_id = $1", a) == 1
+    assert await db.fetchval(f"SELECT count(*) FROM {URL_LINK} WHERE refer_id = $1", a) == 1
     # A links-only fetch (rule set 0) makes a new version without touching the rule sets' rows.
     await record(db, (page(a), Extraction(links)))
     assert await extracted(db, a) == {r1: 2, r2: 2} and await version(db, a) == 3
@@ -268,7 +269,7 @@ async def test_links_only_jobs_still_use_a_cache_built_by_an_extracting_job(
     await process(db, extracting, p)
     assert (await planned(db, links_only, p)).cached
     await process(db, links_only, p, outcome="cached")
-    links = "SELECT url_id FROM job_result WHERE job_id = $1"
+    links = f"SELECT url_id FROM {JOB_RESULT} WHERE job_id = $1 ORDER BY 1"
     assert await db.fetch(links, links_only) == await db.fetch(links, extracting) != []
     assert await job_yields(db, links_only) == []
 
