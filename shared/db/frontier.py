@@ -353,13 +353,19 @@ class DueFrontier:
 # The pending rows of the keys ($1 job ids, $2 url ids), locked in key order before a multi-row
 # UPDATE writes them: two transactions putting back overlapping rows (a worker's deferrals, a
 # foreman's holds, a feeder's unclaim) then wait for each other in one order, never in a cycle
-# (an UPDATE ... FROM unnest locks rows in whatever order its join reads them).
+# (an UPDATE ... FROM unnest locks rows in whatever order its join reads them). Each row is
+# read by its primary key in a LATERAL subquery, in the keys' sorted order (a nested loop keeps
+# its outer order, so the locks are taken in it): as a plain join, the planner hashed the keys
+# against a sequential scan of job_pending whenever the keys were a fair share of the table, a
+# cost that grew with the frontier (bench/frontier_scale.py).
 _LOCK_KEYS = """
     SELECT p.job_id, p.url_id
-    FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id)
-    JOIN job_pending p ON p.job_id = u.job_id AND p.url_id = u.url_id
-    ORDER BY p.job_id, p.url_id
-    FOR NO KEY UPDATE OF p"""
+    FROM (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, url_id)
+          ORDER BY 1, 2) u
+    CROSS JOIN LATERAL (
+        SELECT p.job_id, p.url_id FROM job_pending p
+        WHERE p.job_id = u.job_id AND p.url_id = u.url_id
+        FOR NO KEY UPDATE OF p) p"""
 
 # A frontier row (``job_pending p``) the feeder may claim: unpublished, not held. Exactly the
 # predicate of the index job_pending_frontier (migration 0019), so the claims can use it.

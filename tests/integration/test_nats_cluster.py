@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import nats.errors
+import nats.js.errors
 import pytest
+from nats.js import JetStreamContext
 
 from harvester_ops.embedded import EmbeddedNatsCluster
 from shared import bus
@@ -27,6 +30,22 @@ def test_natsurl_takes_a_list_of_servers() -> None:
     assert bus.nats_servers("nats://a:1") == ["nats://a:1"]
     with pytest.raises(ConfigError):
         bus.nats_servers(" , ")
+
+
+async def new_leader(js: JetStreamContext, name: str, old: str, wait: float = 60) -> str | None:
+    """The stream's leader once it is another node than ``old`` (None if not within ``wait``
+    seconds); a JetStream request may time out while the cluster fails over: asked again."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            info = await js.stream_info(name)
+        except (nats.errors.TimeoutError, nats.js.errors.APIError):
+            await asyncio.sleep(0.5)
+            continue
+        if info.cluster is not None and info.cluster.leader not in (None, old):
+            return info.cluster.leader
+        await asyncio.sleep(0.5)
+    return None
 
 
 async def test_streams_are_r3_and_a_leaders_death_loses_nothing(
@@ -61,7 +80,6 @@ async def test_streams_are_r3_and_a_leaders_death_loses_nothing(
                 if len(set(got)) == len(keys):
                     break
             assert sorted(set(got)) == keys
-            after = await js.stream_info(name)
-            assert after.cluster is not None and after.cluster.leader not in (None, leader)
+            assert await new_leader(js, name, leader)
         finally:
             await asyncio.to_thread(cluster.node(leader).start)
