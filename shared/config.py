@@ -167,6 +167,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = "postgresql://harvester:harvester@localhost:5432/harvester"
+    # a streaming replica the web server reads finished jobs' results from (None: the primary)
+    database_read_url: str | None = None
     nats_url: str = "nats://localhost:4222"   # a comma-separated list for a cluster's nodes
     nats_replicas: int = Field(1, ge=1, le=5)  # copies of each stream (3 on a 3-node cluster)
     url_topic: str = "url_queue"
@@ -618,7 +620,8 @@ _SIMPLE_KEYS = {
     "userAgents": "user_agents", "hostHeaders": "host_headers",
     "robotsMaxFailures": "robots_max_failures",
     "maxRequeues": "max_requeues", "retries": "retries",
-    "databaseURL": "database_url", "natsURL": "nats_url", "natsReplicas": "nats_replicas",
+    "databaseURL": "database_url", "databaseReadURL": "database_read_url",
+    "natsURL": "nats_url", "natsReplicas": "nats_replicas",
     "fetcherKinds": "fetcher_kinds", "workerKinds": "worker_kinds",
     "extractorKinds": "extractor_kinds", "outputKinds": "output_kinds",
     "outputRoot": "output_root", "maxIdSetBytes": "max_idset_bytes",
@@ -667,6 +670,7 @@ _DURATION_KEYS = {
 }
 _ENV = {
     "HARVESTER_DATABASE_URL": "database_url", "HARVESTER_NATS_URL": "nats_url",
+    "HARVESTER_DATABASE_READ_URL": "database_read_url",
     "HARVESTER_URL_TOPIC": "url_topic", "HARVESTER_WORK_TOPIC": "work_topic",
     "HARVESTER_HTTP_ADDR": "http_addr", "HARVESTER_ROOT_PATH": "root_path",
     "HARVESTER_MAX_LEVEL": "max_level", "HARVESTER_MAX_DEPTH": "max_depth",

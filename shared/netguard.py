@@ -170,13 +170,15 @@ def service_endpoints(s: Settings) -> tuple[frozenset[tuple[IPAddress, int]], fr
     """The addresses and ports of this deployment's PostgreSQL, NATS and API (host names
     resolved once per process: every guard built from the same settings shares the lookup),
     and those ports (refused on any loopback address)."""
-    return _endpoints(s.database_url, s.nats_url, s.http_addr)
+    return _endpoints(s.database_url, s.nats_url, s.http_addr, s.database_read_url)
 
 
 @functools.lru_cache(maxsize=8)
-def _endpoints(database_url: str, nats_url: str, http_addr: str
+def _endpoints(database_url: str, nats_url: str, http_addr: str, read_url: str | None = None
                ) -> tuple[frozenset[tuple[IPAddress, int]], frozenset[int]]:
     wanted: list[tuple[str, int]] = _database_endpoints(database_url)
+    if read_url:
+        wanted += _database_endpoints(read_url)
     for url in nats_url.split(","):
         found = _host_port(url.strip(), 4222)
         if found is not None:

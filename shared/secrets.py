@@ -81,6 +81,7 @@ def secrets_of(settings: Settings, env: Mapping[str, str] | None = None) -> tupl
     env = os.environ if env is None else env
     found: list[str] = []
     found += _url_secrets(settings.database_url)
+    found += _url_secrets(settings.database_read_url or "")
     for url in settings.nats_url.split(","):  # a cluster's nodes, each with its credentials
         found += _url_secrets(url.strip())
     found += (getattr(settings, field) for _, field in SECRETS)

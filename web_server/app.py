@@ -9,6 +9,7 @@ NATS is away. Its port, though, must be free: taken, the process exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -56,9 +57,13 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Short timeouts: a request must not hang on a slow database.
-    async with open_pool(settings.database_url, min_size=0, max_size=POOL_SIZE, timeout=5,
-                         command_timeout=30) as pool:
-        deps = app[DEPS] = Deps(pool, settings.database_url)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(
+            settings.database_url, min_size=0, max_size=POOL_SIZE, timeout=5, command_timeout=30))
+        read_pool = None if not settings.database_read_url else await stack.enter_async_context(
+            open_pool(settings.database_read_url, min_size=0, max_size=POOL_SIZE, timeout=5,
+                      command_timeout=30))
+        deps = app[DEPS] = Deps(pool, settings.database_url, read_pool=read_pool)
         options = bus.NatsOptions.from_settings(settings)  # ConfigError now, not in the task
         connecting = asyncio.create_task(_connect_nats(settings, deps, options))
         hub = app[LIVE] = LiveHub(deps, settings,

@@ -1,11 +1,14 @@
-"""The web server's dependencies as they are right now: the pool, a connection of its own for
-``/healthz``, and JetStream once connected."""
+"""The web server's dependencies as they are right now: the pool (and a read replica's, if
+``databaseReadURL`` names one), a connection of its own for ``/healthz``, and JetStream once
+connected."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 from aiohttp import web
@@ -13,8 +16,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared.config import Settings
+from shared.db import jobs
 from shared.db.pool import RETRYABLE, SERVER_SETTINGS
 from shared.errors import DependencyUnavailable
+
+log = logging.getLogger(__name__)
 
 # How long a request waits for a pooled connection before it is answered 503: a pool held by
 # slow work (or a database that stopped answering) must not queue requests without end.
@@ -24,6 +30,10 @@ ACQUIRE_TIMEOUT = 5.0
 # this request deadline (or refuses connections, at once) makes it a 503.
 WRITE_ACQUIRE_TIMEOUT = 60.0
 PING_TIMEOUT = 5.0
+# How long GET /result waits for the read replica to replay up to the primary's position before
+# reading a finished job's result from the primary instead (streaming replication on one network
+# is usually milliseconds behind).
+REPLICA_WAIT = 0.2
 
 
 class Deps:
@@ -31,8 +41,10 @@ class Deps:
 
     def __init__(self, pool: asyncpg.Pool, database_url: str = "",
                  acquire_timeout: float | None = None,
-                 write_acquire_timeout: float | None = None) -> None:
+                 write_acquire_timeout: float | None = None,
+                 read_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.read_pool = read_pool  # a streaming replica's (``databaseReadURL``), or None
         self.nc: NATS | None = None
         self.jetstream: JetStreamContext | None = None  # set once the streams are there
         self._database_url = database_url
@@ -67,6 +79,48 @@ class Deps:
         finally:
             await self.pool.release(conn)
 
+    async def result_source(self, job_id: int, wait: float | None = None
+                            ) -> Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]:
+        """Where to read the job's result from: the replica (``read_pool``) when the job is
+        finished and the replica replays the primary's WAL up to where it stood when this saw
+        the job finished (within ``wait`` seconds, default ``REPLICA_WAIT``): then it holds
+        the whole result, the same as the primary's. Else the primary: a running job, a
+        replica further behind, or one that does not answer. A few short statements a
+        request, never one per chunk."""
+        if self.read_pool is None:
+            return self.acquire
+        async with self.acquire() as conn:
+            lsn = await jobs.finished_lsn(conn, job_id)
+        if lsn is None:
+            return self.acquire
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                conn = await self.read_pool.acquire()
+                try:
+                    caught_up = await _replays(conn, lsn, REPLICA_WAIT if wait is None else wait)
+                finally:
+                    await self.read_pool.release(conn)
+        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            log.info("the read replica did not answer (%s): the result comes from the primary",
+                     str(e) or type(e).__name__)
+            return self.acquire
+        return self.acquire_read if caught_up else self.acquire
+
+    @contextlib.asynccontextmanager
+    async def acquire_read(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the replica's pool (DependencyUnavailable as ``acquire``)."""
+        assert self.read_pool is not None
+        try:
+            conn = await self.read_pool.acquire(timeout=self._acquire_timeout)
+        except TimeoutError:
+            raise DependencyUnavailable(
+                "PostgreSQL replica", f"no free connection within {self._acquire_timeout:g}s"
+            ) from None
+        try:
+            yield conn
+        finally:
+            await self.read_pool.release(conn)
+
     async def ping_postgres(self) -> None:
         """``SELECT 1`` on a connection of its own, outside the pool: ``/healthz`` answers even
         when every pooled connection is busy. DependencyUnavailable when PostgreSQL does not."""
@@ -84,6 +138,16 @@ class Deps:
         conn, self._ping_conn = self._ping_conn, None
         if conn is not None:
             conn.terminate()
+
+
+async def _replays(conn: asyncpg.Connection, lsn: str, wait: float) -> bool:
+    """Whether the replica reaches ``lsn`` within ``wait`` seconds (asked every 10 ms)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while not await jobs.replayed(conn, lsn):
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 # The app's settings and dependencies (routes.py re-exports both).

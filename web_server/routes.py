@@ -370,6 +370,8 @@ async def result(request: web.Request) -> web.StreamResponse:
     async with deps.acquire() as conn:
         if not await jobs.job_exists(conn, job_id):
             raise NotFound(f"Failed to get job {job_id} result")
+    source = await deps.result_source(job_id)  # a finished job's: the replica, if caught up
+    async with source() as conn:
         chunk = await jobs.result_chunk(conn, job_id, (0, 0), mime)
     content_type = {"json": "application/json", "jsonl": "application/x-ndjson",
                     "csv": "text/csv; charset=utf-8"}[fmt]
@@ -380,7 +382,7 @@ async def result(request: web.Request) -> web.StreamResponse:
         while chunk is not None:
             await out.write(chunk.pages, chunk.continues)
             try:
-                async with deps.acquire() as conn:
+                async with source() as conn:
                     chunk = await jobs.result_chunk(conn, job_id, chunk.after, mime)
             except (*RETRYABLE, DependencyUnavailable, asyncpg.PostgresError) as e:
                 # Too late for a 503: cut the body short, so the client sees it is incomplete.

@@ -232,6 +232,26 @@ async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:
         "SELECT EXISTS (SELECT 1 FROM job WHERE id = $1 AND deleted_on IS NULL)", job_id))
 
 
+async def finished_lsn(conn: asyncpg.Connection, job_id: int) -> str | None:
+    """On the primary: its WAL position now if the job is finished (every job URL completed:
+    its results no longer change), else None. A replica that has replayed up to that position
+    has every row of the job's result (``replayed``). The insert position, not the write
+    position: with ``synchronous_commit=off`` (as ``harvester up`` runs it) a commit's record
+    may be inserted but not yet written when the job is seen finished."""
+    lsn: str | None = await conn.fetchval("""
+        SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM job_url
+                                     WHERE job_id = $1 AND completed_on IS NULL)
+                    THEN pg_current_wal_insert_lsn()::text END""", job_id)
+    return lsn
+
+
+async def replayed(conn: asyncpg.Connection, lsn: str) -> bool:
+    """On a replica: has it replayed the primary's WAL up to ``lsn``? (True for a server not
+    in recovery: a promoted replica has everything it will have.)"""
+    return bool(await conn.fetchval(
+        "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn))
+
+
 async def job_owner(conn: asyncpg.Connection, job_id: int) -> tuple[bool, str | None]:
     """Whether the job is there (not deleted) and its owner (None: made without
     authentication); one read by primary key, before every per-job route of a token."""
