@@ -9,7 +9,7 @@ import pytest
 
 from bench import capacity
 
-RUN = {"system": "harvester", "valid": True, "variant": "plain",
+RUN = {"system": "harvester", "valid": True, "variant": "plain", "cpu": 36.2,
        "cpu_by_kind": {"worker": 20.0, "postgres": 10.0, "foreman": 4.0, "nats-server": 2.0,
                        "web_server": 0.2},
        "footprint": {"pages": 10_000, "links": 250_000,
@@ -47,3 +47,10 @@ def test_the_command_prints_the_three_scenarios(tmp_path: Path,
     assert "1 billion in 30 days" in out and "| pages/s | 12 | 39 | 386 |" in out
     with pytest.raises(SystemExit):
         capacity.harvester_run({"runs": [{"system": "scrapy"}]})
+
+
+def test_the_run_of_median_cpu_per_page_is_the_one_used() -> None:
+    runs = [{**RUN, "cpu": cpu, "label": label} for cpu, label in ((50.0, "slow"),
+                                                                     (30.0, "fast"),
+                                                                     (40.0, "middle"))]
+    assert capacity.harvester_run({"runs": runs})["label"] == "middle"
