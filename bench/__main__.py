@@ -62,6 +62,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="Harvester job variants, comma-separated: plain, warc (save=warc), "
                         "extract (items by CSS/XPath), bloom (bloom: {}); each reported against "
                         "plain (plain,warc,extract; with --hosts plain,bloom)")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="Harvester nodes: 2.. each add a foreman and --workers workers (1)")
+    p.add_argument("--nats-cluster", type=int, default=1,
+                   help="harvester up --nats-cluster N: clustered nats-servers, streams R3 (1)")
     p.add_argument("--scaling", action="store_true",
                    help="also run Harvester with 1, 2, 4 workers and with 2 foremen")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
@@ -295,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, a.repeat + 1):
             for system, w, f, variant in configs:
                 label = f"w{w}-f{f}-r{rep}" if system == "harvester" else f"r{rep}"
+                if system == "harvester" and (a.nodes > 1 or a.nats_cluster > 1):
+                    label = f"n{a.nodes}-nats{a.nats_cluster}-" + label
                 label += "" if variant == "plain" else f"-{variant}"
                 print(f"bench: {system} {label} ...", flush=True)
                 browser = system in BROWSER_SYSTEMS
@@ -308,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                                             worker_concurrency=a.worker_concurrency
                                             or a.concurrency,
                                             timeout=a.timeout, keep_data=a.keep_data,
-                                            variant=variant)
+                                            variant=variant, nodes=a.nodes,
+                                            nats_cluster=a.nats_cluster)
                     if browser:
                         opts.browser_workers = a.browser_workers
                         opts.browser_pages = a.browser_pages

@@ -42,6 +42,8 @@ class HarvesterOptions:
     browser_workers: int = 0      # `harvester up --browser-workers` (issue 12)
     browser_pages: int = 4        # `--browser-pages`: tabs per browser worker
     browser_path: str = "/usr/bin/chromium"  # browserPath (the same Chromium as Crawlee's)
+    nats_cluster: int = 1         # `harvester up --nats-cluster` (issue 18): clustered, R3
+    nodes: int = 1                # issue 18: nodes 2.. each add a foreman and `workers` workers
 
 
 # The job spec keys of each bench variant (issue 11): the cost of saving WARC and of extracting
@@ -235,6 +237,8 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     up_args = [sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir", str(data_dir),
                "-addr", f"127.0.0.1:{api_port}", "--workers", str(opts.workers),
                "-config", str(config)]
+    if opts.nats_cluster > 1:
+        up_args += ["--nats-cluster", str(opts.nats_cluster)]
     if opts.browser_workers:
         up_args += ["--browser-workers", str(opts.browser_workers),
                     "--browser-pages", str(opts.browser_pages)]
@@ -247,6 +251,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     result: dict[str, object] = {"system": "harvester-browser" if opts.browser_workers
                                  else "harvester", "label": label, "workers": opts.workers,
                                  "foremen": opts.foremen, "valid": False,
+                                 "nodes": opts.nodes, "nats_cluster": opts.nats_cluster,
                                  "worker_concurrency": opts.worker_concurrency,
                                  "variant": opts.variant}
     if opts.browser_workers:
@@ -264,6 +269,7 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
             extra.append(subprocess.Popen([sys.executable, "-m", "foreman", "-config", str(config)],
                                           cwd=REPO, env=fenv, stdout=flog, stderr=flog,
                                           start_new_session=True))
+        extra += _other_nodes(opts, m["dsn"], m["nats"], config, data_dir)
         _await_healthz(api)
         # up + web_server + foreman + workers + postgres (>= 5 processes) + nats-server
         idle = _wait_idle([up.pid] + [p.pid for p in extra],
@@ -397,6 +403,29 @@ def _start_profile(up_pid: int, opts: HarvesterOptions) -> list[subprocess.Popen
     raw = subprocess.Popen(base + ["-f", "raw", "-o", str(opts.profile_out.with_suffix(".txt"))],
                            stdout=log, stderr=log)
     return [svg, raw]
+
+
+def _other_nodes(opts: HarvesterOptions, dsn: str, nats_url: str, config: Path,
+                 data_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """Nodes 2 .. ``opts.nodes`` (issue 18): each a foreman and ``opts.workers`` workers of its
+    own, sharing up's PostgreSQL and NATS (its NATS node first in its list; the job is posted
+    to node 1's web server, so theirs are left out). On one machine they share its cores: this
+    measures what distribution costs, not a speed-up."""
+    urls = nats_url.split(",")
+    procs: list[subprocess.Popen[bytes]] = []
+    for node in range(2, opts.nodes + 1):
+        k = (node - 1) % len(urls)
+        env = dict(os.environ, HARVESTER_DATABASE_URL=dsn,
+                   HARVESTER_NATS_URL=",".join(urls[k:] + urls[:k]),
+                   HARVESTER_ALLOW_NETWORKS="127.0.0.0/8")  # the bench site is on loopback
+        if len(urls) > 1:
+            env["HARVESTER_NATS_REPLICAS"] = str(min(len(urls), 3))
+        for tier in ("foreman", *(["worker"] * opts.workers)):
+            log = open(data_dir / f"node{node}-{tier}-{len(procs)}.log", "ab")  # noqa: SIM115
+            procs.append(subprocess.Popen([sys.executable, "-m", tier, "-config", str(config)],
+                                          cwd=REPO, env=env, stdout=log, stderr=log,
+                                          start_new_session=True))
+    return procs
 
 
 def _stop(up: subprocess.Popen[bytes], extra: list[subprocess.Popen[bytes]]) -> None:
