@@ -44,7 +44,7 @@ async def feed(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext, lim
         work: dict[str, list[Key]] = {}  # by fetcher kind, in claim order: usually http alone
         answers: list[Key] = []  # for the foreman
         for p in planned:
-            if route(p, known[p.job_id]) == "fetch":
+            if route(p, known[p.job_id]).to == "fetch":
                 work.setdefault(p.fetcher, []).append((p.job_id, p.url_id))
             else:
                 answers.append((p.job_id, p.url_id))

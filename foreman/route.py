@@ -6,7 +6,7 @@ foreman (``foreman/schedule.py`` ``Foreman._process``, which answers the rest)."
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from shared.db.visits import Planned
 from shared.scope import denied
@@ -22,6 +22,13 @@ Route = Literal["fetch", "store", "drop", "hold", "trap"]
 TRAPS_MAX = 10_000  # jobs whose trap limits a JobTraps keeps (then it starts afresh)
 
 
+class Routed(NamedTuple):
+    """A visit's route, and for a ``trap`` why it is one (``TrapLimits.check``'s reason)."""
+
+    to: Route
+    why: str | None = None
+
+
 def stale(p: Planned) -> Literal["drop", "hold"] | None:
     """What a visit whose job changed since it was queued gets instead of its work: ``drop``
     (its job cancelled, or its URL refused by the job's deny list now), ``hold`` (its job
@@ -31,17 +38,15 @@ def stale(p: Planned) -> Literal["drop", "hold"] | None:
     return "hold" if p.state == "paused" else None
 
 
-def route(p: Planned, limits: TrapLimits) -> Route:
+def route(p: Planned, limits: TrapLimits) -> Routed:
     """Where the visit ``p`` goes, its job's trap limits ``limits``: a changed job's visit
     (``stale``) first, then a link that is a trap (level above 0, not a re-expansion), then a
     stored answer, else a fetch."""
     if (p.state != "running" or p.deny) and (act := stale(p)):
-        return act
-    if p.level and not p.reexpand and limits.check(p.url, p.level):
-        return "trap"
-    if p.cached:
-        return "store"
-    return "fetch"
+        return Routed(act)
+    if p.level and not p.reexpand and (why := limits.check(p.url, p.level)):
+        return Routed("trap", why)
+    return Routed("store" if p.cached else "fetch")
 
 
 class JobTraps:

@@ -90,17 +90,15 @@ class Foreman:
         trapped: dict[Key, str] = {}  # a link that is a crawler trap: blocked, never fetched
         for k, p in planned.items():
             match route(p, limits[p.job_id]):
-                case "drop":
+                case ("drop", _):
                     dropped.append(k)
-                case "hold":
+                case ("hold", _):
                     held.append(k)
-                case "trap":
-                    why = limits[p.job_id].check(p.url, p.level)
-                    assert why is not None  # route found it a trap
+                case ("trap", str(why)):
                     trapped[k] = why
-                case "store":
+                case ("store", _):
                     cached.append(k)
-                case "fetch":
+                case ("fetch", _):
                     work.setdefault(p.fetcher, []).append(k)
         if dropped or held:
             await settle_stale(self.pool, self.frontier, dropped, held)

@@ -182,7 +182,7 @@ async def test_claim_planned_equals_plan(db: asyncpg.Connection) -> None:
     traps = JobTraps(UNCAPPED)
     known = traps.known()
     traps.learn(known, got)
-    routes = {(p.job_id, p.url_id): route(p, known[p.job_id]) for p in got}
+    routes = {(p.job_id, p.url_id): route(p, known[p.job_id]).to for p in got}
     assert routes[job, fresh] == routes[job, image] == routes[job, again] == "store"
     assert routes[job, expired] == routes[job, plain] == "fetch"
     assert routes[job, trap] == "trap"

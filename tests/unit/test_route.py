@@ -39,7 +39,10 @@ def visit(url: str = "http://h.example/p", **kw: object) -> Planned:
     (visit(state="cancelled", cached=True), "drop"),
 ])
 def test_each_route(p: Planned, want: Route) -> None:
-    assert route(p, LIMITS) == want
+    assert route(p, LIMITS).to == want
+    # a trap carries its reason (the foreman blocks it with that), nothing else does
+    assert (route(p, LIMITS).why == LIMITS.check(p.url, p.level)) if want == "trap" \
+        else route(p, LIMITS).why is None
 
 
 def test_stale_is_none_for_a_running_job_whose_deny_list_allows_the_url() -> None:
