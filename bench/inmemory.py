@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -131,15 +130,12 @@ def run_inmemory(site: Any, out: Path, label: str, concurrency: int,
                  timeout: float) -> dict[str, object]:
     """Run the crawler on ``site`` (a ``bench.site.Site``) in its own process and check it found
     every expected page (or, on an external site without them, count what it found)."""
-    from bench.others import run_peer
+    from bench.others import peer_args, run_peer
 
     found_file = out / f"inmemory-{label}.txt"
     found_file.unlink(missing_ok=True)
-    spec = site.spec
-    args = [sys.executable, "-m", "bench.inmemory", "--start", site.start_url,
-            "--allow", f"{spec.host_a}:{spec.port}", "--allow", f"{spec.host_b}:{spec.port}",
-            "--depth", str(site.harvester_depth), "--concurrency", str(concurrency),
-            "--out", str(found_file)]
+    args = peer_args("bench.inmemory", site, concurrency, found_file,
+                     "--depth", str(site.harvester_depth))
     result = run_peer("inmemory", label, args, out, timeout, {"depth": site.harvester_depth},
                       "the crawler")
     if "error" in result:

@@ -134,15 +134,21 @@ def _check_feed(result: dict[str, Any], feed: Path, expected: Sequence[str],
 def run_scrapy(site: Site, out: Path, label: str, concurrency: int, timeout: float) -> dict[str, object]:
     feed = out / f"scrapy-{label}.jsonl"
     feed.unlink(missing_ok=True)
-    spec = site.spec
-    args = [sys.executable, "-m", "bench.scrapy_crawl", "--start", site.start_url,
-            "--allow", f"{spec.host_a}:{spec.port}", "--allow", f"{spec.host_b}:{spec.port}",
-            "--depth-limit", str(site.scrapy_depth_limit), "--concurrency", str(concurrency),
-            "--out", str(feed)]
+    args = peer_args("bench.scrapy_crawl", site, concurrency, feed,
+                     "--depth-limit", str(site.scrapy_depth_limit))
     args += _loop_args()
     result = run_peer("scrapy", label, args, out, timeout,
                       {"depth_limit": site.scrapy_depth_limit}, "the spider")
     return result if "error" in result else _check_feed(result, feed, site.expected)
+
+
+def peer_args(module: str, site: Site, concurrency: int, out: Path, *depth: str) -> list[str]:
+    """The command line of a peer crawler's module over ``site``: start URL, the site's two
+    hosts allowed, ``depth`` (its own flag and value), concurrency, the file it writes."""
+    spec = site.spec
+    return [sys.executable, "-m", module, "--start", site.start_url,
+            "--allow", f"{spec.host_a}:{spec.port}", "--allow", f"{spec.host_b}:{spec.port}",
+            *depth, "--concurrency", str(concurrency), "--out", str(out)]
 
 
 def run_peer(system: str, label: str, args: list[str], out: Path, timeout: float,

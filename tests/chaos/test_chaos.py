@@ -44,13 +44,6 @@ REFETCH_BOUND_PER_FAULT = 2 * 16 + 16
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[GraphSite]:
-    s = await GraphSite().start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
 async def tiers(settings: Settings, tmp_path: Path) -> AsyncIterator[Tiers]:
     t = Tiers(settings, tmp_path)
     yield t
@@ -313,13 +306,6 @@ async def test_restart_nats_on_an_empty_store(own_nats: EmbeddedNats, tiers: Tie
     mine = settings.model_copy(update={"nats_url": own_nats.url})
     tiers.env["HARVESTER_NATS_URL"] = own_nats.url
     await run_with_fault(tiers, site, mine, restart(own_nats, empty_store=True))
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
-    """Three clustered NATS servers of the test's own (request it before ``tiers``)."""
-    with EmbeddedNatsCluster(tmp_path / "natscluster", 3) as cluster:
-        yield cluster
 
 
 async def test_sigkill_the_work_streams_leader_in_a_nats_cluster(

@@ -6,32 +6,20 @@ server is crawled by every node; SIGKILL of every process of a node mid-crawl lo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from harvester_ops.embedded import EmbeddedNatsCluster
 from shared.config import Settings
+from tests.chaos.conftest import CLUSTER_NODES
 from tests.chaos.procs import GraphSite, Tiers
 from tests.chaos.test_chaos import Watch, run_with_fault
 
 pytestmark = pytest.mark.chaos
 
-NODES = 3
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
-    with EmbeddedNatsCluster(tmp_path / "natscluster", NODES) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[GraphSite]:
-    s = await GraphSite().start()
-    yield s
-    await s.stop()
+NODES = CLUSTER_NODES  # a node per NATS node
 
 
 def node_tiers(settings: Settings, cluster: EmbeddedNatsCluster, tmp_path: Path, i: int) -> Tiers:

@@ -132,9 +132,9 @@ async def test_links_of_the_last_level_are_listed_not_followed(db: asyncpg.Conne
     assert (await counters(db, job))["completed"] is True
 
 
-async def test_a_shorter_path_lowers_a_processed_page_and_expands_it_again(
-        db: asyncpg.Connection) -> None:
-    # / -> a -> b -> c (level 3: its links are not followed at max_level 4); / -> s -> c later.
+async def chain_with_a_shortcut(db: asyncpg.Connection) -> int:
+    """A job (max_level 4) over / -> a -> b -> c -> d and / -> s -> c, with /, a, b and c
+    processed (c at level 3, so d is listed, not followed): s is left to process."""
     job, _ = await new_job(db, f"{H}/", max_level=4)
     await fetched(db, f"{H}/", f"{H}/a", f"{H}/s")
     await fetched(db, f"{H}/a", f"{H}/b")
@@ -143,6 +143,13 @@ async def test_a_shorter_path_lowers_a_processed_page_and_expands_it_again(
     await fetched(db, f"{H}/s", f"{H}/c")
     for url in ("/", "/a", "/b", "/c"):
         await process(db, job, H + url)
+    return job
+
+
+async def test_a_shorter_path_lowers_a_processed_page_and_expands_it_again(
+        db: asyncpg.Connection) -> None:
+    # / -> a -> b -> c (level 3: its links are not followed at max_level 4); / -> s -> c later.
+    job = await chain_with_a_shortcut(db)
     assert (await levels(db, job))[f"{H}/c"] == 3 and f"{H}/d" not in await levels(db, job)
     assert await process(db, job, f"{H}/s") == [(job, (await ids(db, f"{H}/c"))[0])]
     assert (await levels(db, job))[f"{H}/c"] == 2
@@ -283,14 +290,7 @@ async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
 async def test_a_reexpansion_uses_the_version_the_job_used(db: asyncpg.Connection) -> None:
     # / -> a -> b -> c, c lists d; c is fetched again (for another job) and lists e now; then
     # / -> s -> c lowers c: expanded again from the store, it follows and lists d, not e.
-    job, _ = await new_job(db, f"{H}/", max_level=4)
-    await fetched(db, f"{H}/", f"{H}/a", f"{H}/s")
-    await fetched(db, f"{H}/a", f"{H}/b")
-    await fetched(db, f"{H}/b", f"{H}/c")
-    await fetched(db, f"{H}/c", f"{H}/d")
-    await fetched(db, f"{H}/s", f"{H}/c")
-    for url in ("/", "/a", "/b", "/c"):
-        await process(db, job, H + url)
+    job = await chain_with_a_shortcut(db)
     (c,) = await ids(db, f"{H}/c")
     used = await db.fetchval("SELECT version FROM job_page WHERE job_id = $1 AND url_id = $2",
                              job, c)
