@@ -41,12 +41,16 @@ QUEUE_KEYS = {"connURL", "topic"}
 # --------------------------------------------------------------------------- helpers
 
 
+def yaml_mapping(path: Path) -> dict:
+    with path.open() as f:
+        doc = yaml.safe_load(f)
+    assert isinstance(doc, dict), f"{path.name} is not a mapping"
+    return doc
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    with COMPOSE.open() as f:
-        doc = yaml.safe_load(f)
-    assert isinstance(doc, dict), "docker-compose.yml is not a mapping"
-    return doc
+    return yaml_mapping(COMPOSE)
 
 
 @pytest.fixture(scope="module")
@@ -681,10 +685,7 @@ def test_k8s_cloudnativepg_cluster_has_a_replica_and_the_harvester_database() ->
 
 @pytest.fixture(scope="module")
 def nats_override() -> dict:
-    with COMPOSE_NATS_CLUSTER.open() as f:
-        doc = yaml.safe_load(f)
-    assert isinstance(doc, dict), "docker-compose.nats-cluster.yml is not a mapping"
-    return doc
+    return yaml_mapping(COMPOSE_NATS_CLUSTER)
 
 
 def merged_service(base: dict, override: dict) -> dict:
