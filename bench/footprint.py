@@ -32,9 +32,12 @@ async def _snapshot(dsn: str, nats_url: str) -> dict[str, Any]:
                       "JOIN pg_namespace n ON n.oid = c.relnamespace "
                       "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
                       "AND c.relname = ANY($1::text[])", list(TABLES))}
+        # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off (as the
+        # embedded server runs) a commit's record is written by the WAL writer up to 200 ms
+        # later, so the write position can still stand where it stood before the crawl.
         db = await conn.fetchrow(
             "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written, "
-            "pg_current_wal_lsn() - '0/0'::pg_lsn AS wal, pg_database_size(datname) AS size "
+            "pg_current_wal_insert_lsn() - '0/0'::pg_lsn AS wal, pg_database_size(datname) AS size "
             "FROM pg_stat_database WHERE datname = current_database()")
     finally:
         await conn.close()
