@@ -25,13 +25,19 @@ async def _snapshot(dsn: str, nats_url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("ANALYZE")  # reltuples for the row estimates below
-        tables = {r["name"]: {"rows": max(int(r["rows"]), 0), "bytes": int(r["bytes"])}
+        # A partitioned table (migration 0024) is the sum of its partitions (its leaves).
+        tables = {r["name"]: {"rows": int(r["rows"]), "bytes": int(r["bytes"])}
                   for r in await conn.fetch(
-                      "SELECT c.relname AS name, c.reltuples AS rows, "
-                      "pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
+                      "SELECT c.relname AS name, "
+                      "sum(greatest(l.reltuples, 0)) AS rows, "
+                      "sum(pg_total_relation_size(l.oid)) AS bytes FROM pg_class c "
                       "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                      "CROSS JOIN LATERAL (SELECT t.relid FROM pg_partition_tree(c.oid) t "
+                      "                    WHERE t.isleaf AND c.relkind = 'p' "
+                      "                    UNION ALL SELECT c.oid WHERE c.relkind = 'r') t "
+                      "JOIN pg_class l ON l.oid = t.relid "
                       "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
-                      "AND c.relname = ANY($1::text[])", list(TABLES))}
+                      "AND c.relname = ANY($1::text[]) GROUP BY c.relname", list(TABLES))}
         # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off (as the
         # embedded server runs) a commit's record is written by the WAL writer up to 200 ms
         # later, so the write position can still stand where it stood before the crawl.

@@ -38,21 +38,22 @@ CHUNK = 1_000_000
 
 
 async def grow(conn: asyncpg.Connection, job_id: int, origin: int, have: int, size: int,
-               hosts: int) -> None:
-    """Pending visits ``have + 1 .. size`` of the job, level 2, on ``hosts`` hosts."""
+               hosts: int, prefix: str = "h") -> None:
+    """Pending visits ``have + 1 .. size`` of the job, level 2, on ``hosts`` hosts (named
+    ``<prefix><n>.example``)."""
     for a in range(have + 1, size + 1, CHUNK):
         b = min(a + CHUNK - 1, size)
         await conn.execute("""
             WITH ins AS (
                 INSERT INTO url (url)
-                SELECT 'http://h' || (g % $3) || '.example/p/' || g
+                SELECT 'http://' || $6 || (g % $3) || '.example/p/' || g
                 FROM generate_series($1::bigint, $2::bigint) g
                 RETURNING id, url),
             v AS (INSERT INTO job_visit (job_id, url_id, level) SELECT $4, id, 2 FROM ins)
             INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
             SELECT $4, id, $5, split_part(url, '/p/', 1),
                    harvester_rank('bfs', 2, 0, nextval('job_pending_seq'))
-            FROM ins""", a, b, hosts, job_id, origin)
+            FROM ins""", a, b, hosts, job_id, origin, prefix)
     await conn.execute("ANALYZE url; ANALYZE job_visit; ANALYZE job_pending")
 
 

@@ -67,9 +67,23 @@ async def _gauges(conn: asyncpg.Connection) -> None:
 
 async def purge_once(settings: Settings, conn: asyncpg.Connection,
                      batch: int = PURGE_BATCH) -> int:
-    """Purge up to ``PURGE_JOBS`` jobs (deleted, or completed more than ``job_retention`` ago):
+    """Purge jobs (deleted, or completed more than ``job_retention`` ago). First every range
+    of job ids (``jobs.JOB_RANGE``) whose jobs are all purgeable, by dropping its partitions;
+    then up to ``PURGE_JOBS`` jobs one by one (a job purged before its range's neighbours):
     each table's rows in batches of ``batch``, a transaction each, the job row last. Returns
-    how many jobs went. A purge cut short resumes next round (the job row is still there)."""
+    how many jobs went. A purge cut short resumes next round (the job row is still there).
+    The partitions of the next ranges are made ahead first."""
+    await jobs.make_partitions_ahead(conn)
+    dropped = 0
+    for r in await jobs.purgeable_ranges(conn, settings.job_retention):
+        went = await jobs.drop_job_range(conn, r, settings.job_retention)
+        if went is None:
+            log.info("jobs %d-%d: partitions not dropped this round (busy)",
+                     r * jobs.JOB_RANGE, (r + 1) * jobs.JOB_RANGE - 1)
+        else:
+            log.info("jobs %d-%d purged: %d jobs, partitions dropped",
+                     r * jobs.JOB_RANGE, (r + 1) * jobs.JOB_RANGE - 1, went)
+            dropped += went
     async with conn.transaction():
         ids = await jobs.purge_candidates(conn, settings.job_retention, PURGE_JOBS)
     for job_id in ids:
@@ -82,4 +96,4 @@ async def purge_once(settings: Settings, conn: asyncpg.Connection,
                 if n < batch or table == "job":
                     break
         log.info("job %d purged (%d rows)", job_id, rows)
-    return len(ids)
+    return dropped + len(ids)

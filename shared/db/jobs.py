@@ -77,6 +77,7 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
         urls = [first]
     order = spec.get("order", DEFAULT_ORDER)
     bloom = spec.get("bloom")
+    await make_partitions_ahead(conn)  # a lookup of names but at a range's end
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
                          spec, fetcher, ruleset, follow, priority, queue_order, bloom_capacity,
@@ -133,8 +134,8 @@ async def drop_pages(conn: asyncpg.Connection, job_id: int, n: int | None = None
     cache answers from that one); returns how many ``job_page`` rows went. A job has one row
     per page, so another job's row is the only other use of a link set."""
     status = await conn.fetchval("""
-        WITH gone AS (
-            DELETE FROM job_page WHERE ctid = ANY(ARRAY(
+        WITH gone AS (  -- a ctid is a row's within its partition: job_id picks the partition
+            DELETE FROM job_page WHERE job_id = $1 AND ctid = ANY(ARRAY(
                 SELECT ctid FROM job_page WHERE job_id = $1 LIMIT $2))
             RETURNING url_id, version
         ), collected AS (
@@ -587,19 +588,93 @@ PURGE_TABLES = ("job_page", "job_result", "job_yield", "job_pending", "job_failu
                 "job_url")
 
 
+# A purgeable job (``j``; ``$1``: the retention in seconds): deleted, or (retention > 0)
+# completed and created more than the retention ago. A running job with open URLs is never one.
+_PURGEABLE = """(j.deleted_on IS NOT NULL
+           OR ($1 > 0 AND j.created_on < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT FROM job_url u
+                               WHERE u.job_id = j.id AND u.completed_on IS NULL)))"""
+
+
 async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: int) -> list[int]:
     """Jobs to purge: deleted ones, and (``retention`` > 0) completed ones created more than
     ``retention`` seconds ago; at most ``limit``, their rows locked (SKIP LOCKED: one
     housekeeper each). Run it in a transaction. A running job with open URLs is never one."""
-    rows = await conn.fetch("""
-        SELECT j.id FROM job j
-        WHERE j.deleted_on IS NOT NULL
-           OR ($1 > 0 AND j.created_on < now() - make_interval(secs => $1)
-               AND NOT EXISTS (SELECT FROM job_url u
-                               WHERE u.job_id = j.id AND u.completed_on IS NULL))
+    rows = await conn.fetch(f"""
+        SELECT j.id FROM job j WHERE {_PURGEABLE}
         ORDER BY j.id LIMIT $2
         FOR UPDATE SKIP LOCKED""", float(retention), limit)
     return [r["id"] for r in rows]
+
+
+# Partitions (migration 0024): the per-job tables are partitioned by RANGE of job ids,
+# JOB_RANGE ids each (``job_visit_r3`` holds jobs 3000-3999). A range whose every job is
+# purgeable, and in which no job can still be made, goes whole: ``drop_job_range``.
+JOB_RANGE = 1000
+PARTITIONED = ("job_url", "job_visit", "job_pending", "job_failure", "job_page", "job_result",
+               "job_yield")
+DROP_LOCK_TIMEOUT = "500ms"  # the longest a range's drop waits for a table lock (then later)
+
+
+async def make_partitions_ahead(conn: asyncpg.Connection) -> int:
+    """Make the partitions of the next job id's range and of the one after it, where missing;
+    returns how many partitions it made (0 but at a range's end). Housekeeping runs it every
+    round and ``create_job`` before each job, so a job's rows always have their partitions."""
+    return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
+
+
+async def purgeable_ranges(conn: asyncpg.Connection, retention: float) -> list[int]:
+    """The ranges (``job_id // JOB_RANGE``) that have partitions, whose every id has been
+    handed out (no job can be made in them any more) and whose every job there is purgeable
+    (or already purged); lowest first."""
+    rows = await conn.fetch(f"""
+        SELECT r FROM (
+            SELECT DISTINCT (regexp_match(c.relname, '_r([0-9]+)$'))[1]::bigint AS r
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = 'job_url'::regclass) p,
+            (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next
+             FROM job_id_seq) s
+        WHERE (p.r + 1) * {JOB_RANGE} <= s.next
+          AND NOT EXISTS (SELECT FROM job j WHERE j.id >= p.r * {JOB_RANGE}
+                          AND j.id < (p.r + 1) * {JOB_RANGE} AND NOT ({_PURGEABLE}))
+        ORDER BY r""", float(retention))
+    return [r["r"] for r in rows]
+
+
+async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> int | None:
+    """Purge every job of range ``r`` by dropping its partitions: the link sets only its jobs
+    used go (as ``drop_pages`` does row by row), then its partitions, then its job rows (their
+    cascades find nothing left). Returns how many jobs went, or None when the range is not
+    purgeable (any more) or a lock was not had within ``DROP_LOCK_TIMEOUT`` (try again later).
+
+    Two transactions. The first waits for every transaction that is writing a job row (a
+    SHARE lock on ``job``), so that a job made with an id in the range is committed, and
+    visible to the check, before the range can be judged; no later job can get an id there.
+    The second takes the tables' locks (DROP TABLE) with a bounded wait, judges the range
+    again and drops it."""
+    lo, hi = r * JOB_RANGE, (r + 1) * JOB_RANGE
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+            await conn.execute("LOCK TABLE job IN SHARE MODE")
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+            # DROP TABLE of a partition locks its parent so; taken up front, in one order.
+            await conn.execute(f"LOCK TABLE {', '.join(PARTITIONED)} IN ACCESS EXCLUSIVE MODE")
+            if r not in await purgeable_ranges(conn, retention):
+                return None
+            await conn.execute(f"""
+                DELETE FROM url_links l USING job_page_r{r} g, url u
+                WHERE l.url_id = g.url_id AND l.version = g.version
+                  AND u.id = g.url_id AND l.version < u.version
+                  AND NOT EXISTS (SELECT FROM job_page jp WHERE jp.url_id = l.url_id
+                                  AND jp.version = l.version
+                                  AND (jp.job_id < $1 OR jp.job_id >= $2))""", lo, hi)
+            await conn.execute("DROP TABLE " + ", ".join(f"{t}_r{r}" for t in PARTITIONED))
+            status = await conn.execute("DELETE FROM job WHERE id >= $1 AND id < $2", lo, hi)
+            return int(status.split()[-1])
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+        return None
 
 
 async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int = 5000) -> int:
@@ -612,7 +687,8 @@ async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int 
         raise ValueError(f"not a job table: {table!r}")
     if table == "job_page":
         return await drop_pages(conn, job_id, n)
+    # A ctid names a row within one partition: ``job_id = $1`` keeps the delete to the job's.
     status = await conn.execute(f"""
-        DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+        DELETE FROM {table} WHERE job_id = $1 AND ctid = ANY(ARRAY(
             SELECT ctid FROM {table} WHERE job_id = $1 LIMIT $2))""", job_id, n)
     return int(status.split()[-1])

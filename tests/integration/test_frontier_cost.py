@@ -7,6 +7,7 @@ take more. The plan's figures (EXPLAIN ANALYZE) are printed (``-s``), never asse
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import asyncpg
@@ -51,10 +52,18 @@ class Recorder:
 
 
 def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [plan]
+    """Every node of the plan; a partition's table and index named as its parent's
+    (``job_visit_r0`` as ``job_visit``, ``job_pending_frontier_r0`` as
+    ``job_pending_frontier``: migration 0024's names)."""
+    node = {k: _PARTITION.sub("", v) if k in ("Relation Name", "Index Name") else v
+            for k, v in plan.items() if k != "Plans"}
+    out = [node]
     for sub in plan.get("Plans", []):
         out += nodes(sub)
     return out
+
+
+_PARTITION = re.compile(r"_r[0-9]+(?=_pkey$|$)")
 
 
 def touched(plan: dict[str, Any]) -> float:
@@ -229,8 +238,10 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
         finally:
             await tr.rollback()
         plan = json.loads(raw)[0]
+        # The scans that ran: a partition pruned at run time (another job's) never does.
         scans = {(n.get("Relation Name"), n["Node Type"], n.get("Index Name"))
-                 for n in nodes(plan["Plan"]) if n.get("Relation Name") in ("job_visit", "url")}
+                 for n in nodes(plan["Plan"])
+                 if n.get("Relation Name") in ("job_visit", "url") and n["Actual Loops"]}
         assert scans == {("job_visit", "Index Scan", "job_visit_pkey"),
                          ("url", "Index Scan", "url_pkey")}, scans
         probes = [n for n in nodes(plan["Plan"]) if n.get("Index Name") == "url_pkey"]

@@ -450,3 +450,51 @@ async def test_0023_keeps_every_result_across_upgrade_and_downgrade(scratch_dsn:
         await run(migrate.upgrade, scratch_dsn, "head")
     finally:
         await conn.close()
+
+
+async def test_0024_moves_every_job_row_into_its_ranges_partition_and_back(
+        scratch_dsn: str) -> None:
+    """Rows of jobs in two ranges (and a job_page row of a job id with no job row) are in the
+    partitioned tables after the upgrade, each in its range's partition, and in the plain
+    tables again after the downgrade."""
+    await run(migrate.upgrade, scratch_dsn, "0023")
+    conn = await asyncpg.connect(scratch_dsn)
+    tables = ("job_url", "job_visit", "job_pending", "job_failure", "job_page", "job_yield")
+    try:
+        await conn.execute("INSERT INTO url (url) SELECT 'http://p.example/' || i "
+                           "FROM generate_series(1, 3) i")
+        await conn.execute("INSERT INTO job (id, max_level, force_crawl) "
+                           "VALUES (7, 2, false), (1500, 2, false)")
+        await conn.execute("SELECT setval('job_id_seq', 1500)")
+        await conn.execute("""
+            INSERT INTO job_url (job_id, url_id, pending) SELECT j, u, 1
+            FROM unnest('{7,1500}'::bigint[]) j, (SELECT min(id) AS u FROM url) u;
+            INSERT INTO job_visit (job_id, url_id, level) SELECT j, id, 0
+            FROM unnest('{7,1500}'::bigint[]) j, url;
+            INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+            SELECT 1500, id, id, 'http://p.example', id FROM url;
+            INSERT INTO job_failure (job_id, url_id, reason, attempts)
+            SELECT 7, min(id), 'HTTP 500', 3 FROM url;
+            INSERT INTO job_page (job_id, url_id, version)
+            SELECT j, id, 1 FROM unnest('{7,1500,2999}'::bigint[]) j, url;
+            INSERT INTO job_yield (job_id, url_id, kind, seq, value)
+            SELECT 7, min(id), 'item', 0, '{"a": 1}' FROM url""")
+
+        async def rows() -> dict[str, list[tuple[Any, ...]]]:
+            return {t: sorted(tuple(r) for r in await conn.fetch(f"SELECT * FROM {t}"))
+                    for t in tables}
+
+        before = await rows()
+        await run(migrate.upgrade, scratch_dsn, "0024")
+        assert await rows() == before
+        assert await conn.fetchval("SELECT count(*) FROM job_visit_r0") == 3
+        assert await conn.fetchval("SELECT count(*) FROM job_visit_r1") == 3
+        assert await conn.fetchval("SELECT count(*) FROM job_page_r2") == 3  # no job row
+        # The next id's range and the one after it are there for the jobs to come.
+        assert await conn.fetchval("SELECT to_regclass('job_url_r2')") is not None
+        await run(migrate.downgrade, scratch_dsn, "0023")
+        assert await rows() == before
+        assert await conn.fetchval("SELECT count(*) FROM pg_partitioned_table") == 0
+        await run(migrate.upgrade, scratch_dsn, "head")
+    finally:
+        await conn.close()
