@@ -15,9 +15,10 @@ partitions per table while a purge still frees whole tables.
   EXCLUSIVE on the parent, so the crawl's reads and writes go on), their indexes named after
   the parent's with the range as suffix (``job_pending_frontier_r0``) and 0006's statistics
   settings (a partitioned parent takes no storage parameters; autovacuum analyzes partitions).
-- ``harvester_job_partitions_ahead()``: the range of the next job id and the one after it;
-  housekeeping calls it every round and ``create_job`` before each job, so a job's rows always
-  have their partitions.
+- ``harvester_job_partitions_ahead()``: the range of the next job id, and the one after it once
+  the next id is within ``AHEAD`` ids of its range's end (not before: an empty partition is one
+  more for every plan to open and lock); housekeeping calls it every round and ``create_job``
+  before each job, so a job's rows always have their partitions.
 
 Keys, foreign keys, checks, defaults and indexes stay as they were, by name (on the partitioned
 parent). The rows move set-based; upgrades are stop-the-world (``harvester up`` migrates before
@@ -36,6 +37,9 @@ branch_labels = None
 depends_on = None
 
 JOB_RANGE = 1000  # job ids per partition (shared.db.jobs.JOB_RANGE reads the same number)
+# The next range is made once the next job id is this close to its range's end: not before,
+# as every partition, even empty, is one more for the statements' plans to open and lock.
+AHEAD = 100
 TABLES = ("job_url", "job_visit", "job_pending", "job_failure", "job_page", "job_result",
           "job_yield")
 # What 0006 and 0023 gave these tables as plain tables (the downgrade gives it back).
@@ -74,7 +78,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION harvester_job_partitions_ahead() RETURNS integer LANGUAGE sql AS $$
-    SELECT harvester_job_partitions(n) + harvester_job_partitions(n + {JOB_RANGE})
+    SELECT harvester_job_partitions(n)
+           + CASE WHEN n % {JOB_RANGE} >= {JOB_RANGE - AHEAD}
+                  THEN harvester_job_partitions(n + {JOB_RANGE}) ELSE 0 END
     FROM (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS n
           FROM job_id_seq) s $$;
 """

@@ -57,13 +57,17 @@ async def test_every_job_table_is_partitioned_and_a_jobs_rows_land_in_its_range(
 
 async def test_partitions_are_made_ahead_of_the_ids_handed_out(db: asyncpg.Connection) -> None:
     made = await partitions(db)
-    assert made["job_visit"] == ["job_visit_r0", "job_visit_r1"]  # the first id's, the next
-    await next_job_id(db, 4999)  # a range's last id: the next two ranges are made before it
+    assert all(made[t] == [f"{t}_r0"] for t in jobs.PARTITIONED)  # the first id's range only
+    await next_job_id(db, 4999)  # a range's last id: its range and the next are made before it
     job, _ = await new_job(db, f"{H}/")
     assert job == 4999
     made = await partitions(db)
-    assert all(made[t] == [f"{t}_r{r}" for r in (0, 1, 4, 5)] for t in jobs.PARTITIONED)
-    assert await jobs.make_partitions_ahead(db) == len(jobs.PARTITIONED)  # range 6: next after 5
+    assert all(made[t] == [f"{t}_r{r}" for r in (0, 4, 5)] for t in jobs.PARTITIONED)
+    assert await jobs.make_partitions_ahead(db) == 0  # the next id, 5000, has its range
+    await next_job_id(db, 5899)
+    assert await jobs.make_partitions_ahead(db) == 0  # 101 ids before the range's end: not yet
+    await next_job_id(db, 5900)
+    assert await jobs.make_partitions_ahead(db) == len(jobs.PARTITIONED)  # 100: range 6 now
     assert await jobs.make_partitions_ahead(db) == 0
     # A partition has its parent's indexes, named after them.
     assert "job_pending_frontier_r6" in await db.fetchval(
