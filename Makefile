@@ -17,8 +17,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/harvester up $(ARGS)
 
+# The suite in two runs: first the unit, integration and end-to-end tests in two processes
+# (each with its own PostgreSQL and NATS; a file's tests stay in one process), then, one at a
+# time, the chaos tests and the files marked serial (pytestmark = ... pytest.mark.serial: they
+# time what they see, and would measure the other process's load). Any failure fails.
+SERIAL := tests/chaos $(shell grep -l '^pytestmark.*pytest.mark.serial' tests/*/test_*.py)
+PARALLEL := tests/unit tests/integration tests/e2e $(addprefix --ignore=,$(filter-out tests/chaos,$(SERIAL)))
 test: lint browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) $(PARALLEL) || status=$$?; \
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) $(SERIAL) || status=$$?; \
+	exit $$status
 
 # Debian packages the suite drives through their paths (never a download): /usr/bin/chromium for
 # the browser workers and the dashboard test, and a PostgreSQL built with OpenSSL for

@@ -33,7 +33,7 @@ from worker.fetchers.browser import BrowserFetcher
 from worker.fetchers.http import HttpFetcher, html_2xx
 from worker.retry import RetryPolicy
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(120)]  # serial: leases timed in seconds
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) {} Safari/537.36"
 POOL = (UA.format("HeadlessChrome/156.0.0.0"), UA.format("Chrome/156.0.0.0"))

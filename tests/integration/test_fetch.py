@@ -25,6 +25,8 @@ from worker.fetchers.http import Validators, fetch, fetch_budget, open_session
 from worker.gate import HostGate
 from worker.retry import RetryPolicy
 
+pytestmark = pytest.mark.serial  # make test runs it alone: deadlines asserted to half a second
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[[dict[str, Handler]], Awaitable[str]]
 POLICY = RetryPolicy(retries=3, base=1.0, cap=60.0, max_pause=120.0)  # the rule, not the timing

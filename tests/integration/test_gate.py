@@ -26,6 +26,8 @@ from worker.extractors.sitemaps import SitemapReader
 from worker.fetchers.http import open_session
 from worker.gate import HostGate, _allowed, _parse_rules, guard_band
 
+pytestmark = pytest.mark.serial  # make test runs it alone: delays asserted to a tenth of a second
+
 
 @dataclass
 class Site:
