@@ -59,6 +59,18 @@ def nats_server(workdir: Path) -> Iterator[EmbeddedNats]:
 
 
 @pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A NATS server of the test's own, for a test that restarts it, empties its store or counts
+    every stream's messages (request it before ``tiers``: it stops after them)."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     name = f"t{next(_counter)}"
     conn = await asyncpg.connect(postgres.dsn)

@@ -647,20 +647,19 @@ async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> 
     cascades find nothing left). Returns how many jobs went, or None when the range is not
     purgeable (any more) or a lock was not had within ``DROP_LOCK_TIMEOUT`` (try again later).
 
-    Two transactions. The first waits for every transaction that is writing a job row (a
+    Three transactions. The first waits for every transaction that is writing a job row (a
     SHARE lock on ``job``), so that a job made with an id in the range is committed, and
-    visible to the check, before the range can be judged; no later job can get an id there.
-    The second takes the tables' locks (DROP TABLE) with a bounded wait, judges the range
-    again and drops it."""
+    visible to the checks, before the range is judged; no later job can get an id there. The
+    second judges the range and collects its link sets while the crawl goes on. The third
+    takes the parents' locks (ACCESS EXCLUSIVE, as DROP TABLE of a partition does; the other
+    partitions are not locked) with a bounded wait, judges the range again and drops it: a
+    few catalog changes, so the crawl waits milliseconds, or at most the lock timeout."""
     lo, hi = r * JOB_RANGE, (r + 1) * JOB_RANGE
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
             await conn.execute("LOCK TABLE job IN SHARE MODE")
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-            # DROP TABLE of a partition locks its parent so; taken up front, in one order.
-            await conn.execute(f"LOCK TABLE {', '.join(PARTITIONED)} IN ACCESS EXCLUSIVE MODE")
             if r not in await purgeable_ranges(conn, retention):
                 return None
             await conn.execute(f"""
@@ -670,6 +669,12 @@ async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> 
                   AND NOT EXISTS (SELECT FROM job_page jp WHERE jp.url_id = l.url_id
                                   AND jp.version = l.version
                                   AND (jp.job_id < $1 OR jp.job_id >= $2))""", lo, hi)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+            parents = ", ".join(f"ONLY {t}" for t in PARTITIONED)
+            await conn.execute(f"LOCK TABLE {parents} IN ACCESS EXCLUSIVE MODE")
+            if r not in await purgeable_ranges(conn, retention):
+                return None
             await conn.execute("DROP TABLE " + ", ".join(f"{t}_r{r}" for t in PARTITIONED))
             status = await conn.execute("DELETE FROM job WHERE id >= $1 AND id < $2", lo, hi)
             return int(status.split()[-1])

@@ -17,7 +17,7 @@ import sys
 import tarfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,15 +288,6 @@ def restart(server: EmbeddedNats | EmbeddedPostgres, *, empty_store: bool = Fals
 async def test_restart_nats(tiers: Tiers, site: GraphSite, settings: Settings,
                             nats_server: EmbeddedNats) -> None:
     await run_with_fault(tiers, site, settings, restart(nats_server))
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A NATS server of the test's own (request it before ``tiers``: it stops after them)."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_restart_nats_on_an_empty_store(own_nats: EmbeddedNats, tiers: Tiers,

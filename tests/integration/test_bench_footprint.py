@@ -13,7 +13,10 @@ from shared.config import Settings
 
 
 async def test_rows_bytes_wal_and_messages_per_page(database_url: str,
-                                                    nats_server: EmbeddedNats) -> None:
+                                                    own_nats: EmbeddedNats) -> None:
+    # Its own nats-server: the snapshot counts every stream's messages, and the suite's shared
+    # server may drop an earlier test's streams between the two snapshots.
+    nats_server = own_nats
     settings = Settings(nats_url=nats_server.url, url_topic="fp.url", work_topic="fp.work")
     before = await asyncio.to_thread(footprint.snapshot, database_url, nats_server.url)
     conn = await asyncpg.connect(database_url)

@@ -9,8 +9,7 @@ import logging
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import nats
@@ -132,16 +131,6 @@ async def test_a_failed_ack_is_a_warning(nats_server: EmbeddedNats,
     await nc.close()
     await bus.settle(msg, Settle(Verdict.ACK))  # never raises
     assert _warnings(caplog, "could not ack")
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "store")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def lose_store(server: EmbeddedNats) -> None:
