@@ -73,19 +73,24 @@ async def purge_once(settings: Settings, conn: asyncpg.Connection,
     each table's rows in batches of ``batch``, a transaction each, the job row last. Returns
     how many jobs went. A purge cut short resumes next round (the job row is still there).
     The partitions of the next ranges are made ahead first."""
-    await jobs.make_partitions_ahead(conn)
-    dropped = 0
+    try:
+        await jobs.make_partitions_ahead(conn, lock_timeout=jobs.DROP_LOCK_TIMEOUT)
+    except asyncpg.LockNotAvailableError:  # the crawl's writers held url or job: next round
+        log.info("housekeeping: the next partitions not made this round (busy)")
+    await jobs.collect_gone_pages(conn)  # a drop cut short before its last step
+    dropped, busy = 0, []
     for r in await jobs.purgeable_ranges(conn, settings.job_retention):
         went = await jobs.drop_job_range(conn, r, settings.job_retention)
         if went is None:
             log.info("jobs %d-%d: partitions not dropped this round (busy)",
                      r * jobs.JOB_RANGE, (r + 1) * jobs.JOB_RANGE - 1)
+            busy.append(r)  # not purged row by row meanwhile: its drop comes
         else:
             log.info("jobs %d-%d purged: %d jobs, partitions dropped",
                      r * jobs.JOB_RANGE, (r + 1) * jobs.JOB_RANGE - 1, went)
             dropped += went
     async with conn.transaction():
-        ids = await jobs.purge_candidates(conn, settings.job_retention, PURGE_JOBS)
+        ids = await jobs.purge_candidates(conn, settings.job_retention, PURGE_JOBS, skip=busy)
     for job_id in ids:
         rows = 0
         for table in (*jobs.PURGE_TABLES, "job"):

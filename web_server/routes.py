@@ -213,11 +213,14 @@ async def _create_job(deps: Deps, spec: JobSpec, owner: str | None = None) -> in
     while True:
         try:
             left = deadline - asyncio.get_running_loop().time()
-            async with deps.acquire(timeout=left) as conn, conn.transaction():
-                job_id, _ = await jobs.create_job(
-                    conn, spec.urls, spec.max_level, spec.force_crawl, spec.scope.as_scope(),
-                    spec.scope.max_pages, spec.sitemaps, spec.stored(), webhook=spec.webhook,
-                    owner=owner)
+            async with deps.acquire(timeout=left) as conn:
+                # At a range's end, its own short transaction: never inside the job's.
+                await jobs.make_partitions_ahead(conn)
+                async with conn.transaction():
+                    job_id, _ = await jobs.create_job(
+                        conn, spec.urls, spec.max_level, spec.force_crawl,
+                        spec.scope.as_scope(), spec.scope.max_pages, spec.sitemaps,
+                        spec.stored(), webhook=spec.webhook, owner=owner)
             return job_id
         except _CONFLICTS as e:
             attempt += 1

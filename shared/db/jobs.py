@@ -77,7 +77,7 @@ async def create_job(conn: asyncpg.Connection, urls: Sequence[str], max_level: i
         urls = [first]
     order = spec.get("order", DEFAULT_ORDER)
     bloom = spec.get("bloom")
-    await make_partitions_ahead(conn)  # a lookup of names but at a range's end
+    await make_partitions_ahead(conn)  # made already (routes._create_job, housekeeping): a lookup
     job_id = await conn.fetchval("""
         INSERT INTO job (max_level, force_crawl, scope, allow, deny, max_pages, sitemaps, visits,
                          spec, fetcher, ruleset, follow, priority, queue_order, bloom_capacity,
@@ -596,14 +596,17 @@ _PURGEABLE = """(j.deleted_on IS NOT NULL
                                WHERE u.job_id = j.id AND u.completed_on IS NULL)))"""
 
 
-async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: int) -> list[int]:
+async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: int,
+                           skip: Sequence[int] = ()) -> list[int]:
     """Jobs to purge: deleted ones, and (``retention`` > 0) completed ones created more than
     ``retention`` seconds ago; at most ``limit``, their rows locked (SKIP LOCKED: one
-    housekeeper each). Run it in a transaction. A running job with open URLs is never one."""
+    housekeeper each), none of the ranges ``skip`` (ranges to be dropped whole, later).
+    Run it in a transaction. A running job with open URLs is never one."""
     rows = await conn.fetch(f"""
         SELECT j.id FROM job j WHERE {_PURGEABLE}
+          AND NOT (j.id / {JOB_RANGE} = ANY($3::bigint[]))
         ORDER BY j.id LIMIT $2
-        FOR UPDATE SKIP LOCKED""", float(retention), limit)
+        FOR UPDATE SKIP LOCKED""", float(retention), limit, list(skip))
     return [r["id"] for r in rows]
 
 
@@ -613,14 +616,25 @@ async def purge_candidates(conn: asyncpg.Connection, retention: float, limit: in
 JOB_RANGE = 1000
 PARTITIONED = ("job_url", "job_visit", "job_pending", "job_failure", "job_page", "job_result",
                "job_yield")
-DROP_LOCK_TIMEOUT = "500ms"  # the longest a range's drop waits for a table lock (then later)
+# The longest a range's drop waits for a table lock (then it tries next round): below
+# PostgreSQL's deadlock_timeout (1 s; the tests' 100 ms), so that a crawl transaction queued
+# behind the drop never waits long enough to be the one a deadlock check aborts.
+DROP_LOCK_TIMEOUT = "50ms"
 
 
-async def make_partitions_ahead(conn: asyncpg.Connection) -> int:
-    """Make the partitions of the next job id's range and of the one after it, where missing;
-    returns how many partitions it made (0 but at a range's end). Housekeeping runs it every
-    round and ``create_job`` before each job, so a job's rows always have their partitions."""
-    return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
+async def make_partitions_ahead(conn: asyncpg.Connection, lock_timeout: str | None = None) -> int:
+    """Make the partitions of the next job id's range (and of the one after it near a range's
+    end), where missing; returns how many partitions it made (0 but at a range's end).
+    Housekeeping runs it every round, the web server before each job's transaction and
+    ``create_job`` in it, so a job's rows always have their partitions. Run it outside a
+    long transaction: ATTACH PARTITION clones ``job_url``'s foreign keys, which locks ``job``
+    and ``url`` against writes until the transaction ends. ``lock_timeout``: give up
+    (LockNotAvailableError) rather than wait longer for those locks."""
+    if lock_timeout is None:
+        return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+        return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
 
 
 async def purgeable_ranges(conn: asyncpg.Connection, retention: float) -> list[int]:
@@ -642,44 +656,59 @@ async def purgeable_ranges(conn: asyncpg.Connection, retention: float) -> list[i
 
 
 async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> int | None:
-    """Purge every job of range ``r`` by dropping its partitions: the link sets only its jobs
-    used go (as ``drop_pages`` does row by row), then its partitions, then its job rows (their
-    cascades find nothing left). Returns how many jobs went, or None when the range is not
-    purgeable (any more) or a lock was not had within ``DROP_LOCK_TIMEOUT`` (try again later).
+    """Purge every job of range ``r`` by dropping its partitions, then its job rows (their
+    cascades find nothing left), then the link sets only its jobs used (as ``drop_pages`` does
+    row by row). Returns how many jobs went, or None when the range is not purgeable (any more)
+    or a lock was not had within ``DROP_LOCK_TIMEOUT`` (try again later).
 
-    Three transactions. The first waits for every transaction that is writing a job row (a
-    SHARE lock on ``job``), so that a job made with an id in the range is committed, and
-    visible to the checks, before the range is judged; no later job can get an id there. The
-    second judges the range and collects its link sets while the crawl goes on. The third
-    takes the parents' locks (ACCESS EXCLUSIVE, as DROP TABLE of a partition does; the other
-    partitions are not locked) with a bounded wait, judges the range again and drops it: a
-    few catalog changes, so the crawl waits milliseconds, or at most the lock timeout."""
+    The first transaction waits for every transaction that is writing a job row (a SHARE lock
+    on ``job``), so that a job made with an id in the range is committed, and visible to the
+    check, before the range is judged; no later job can get an id there. The second takes the
+    parents' locks (ACCESS EXCLUSIVE, as DROP TABLE of a partition does; not their other
+    partitions') with a bounded wait, judges the range and drops its partitions but
+    ``job_page``'s, which it detaches as ``job_page_gone_r<r>``: catalog changes only, so the
+    crawl waits milliseconds. Last, ``collect_gone_pages`` deletes the link sets that table
+    names and no job uses any more, and drops it; a housekeeper that dies before that leaves
+    it to the next round's."""
     lo, hi = r * JOB_RANGE, (r + 1) * JOB_RANGE
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
             await conn.execute("LOCK TABLE job IN SHARE MODE")
         async with conn.transaction():
-            if r not in await purgeable_ranges(conn, retention):
-                return None
-            await conn.execute(f"""
-                DELETE FROM url_links l USING job_page_r{r} g, url u
-                WHERE l.url_id = g.url_id AND l.version = g.version
-                  AND u.id = g.url_id AND l.version < u.version
-                  AND NOT EXISTS (SELECT FROM job_page jp WHERE jp.url_id = l.url_id
-                                  AND jp.version = l.version
-                                  AND (jp.job_id < $1 OR jp.job_id >= $2))""", lo, hi)
-        async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
             parents = ", ".join(f"ONLY {t}" for t in PARTITIONED)
             await conn.execute(f"LOCK TABLE {parents} IN ACCESS EXCLUSIVE MODE")
             if r not in await purgeable_ranges(conn, retention):
                 return None
-            await conn.execute("DROP TABLE " + ", ".join(f"{t}_r{r}" for t in PARTITIONED))
+            await conn.execute(f"ALTER TABLE job_page DETACH PARTITION job_page_r{r}; "
+                               f"ALTER TABLE job_page_r{r} RENAME TO job_page_gone_r{r}")
+            await conn.execute("DROP TABLE " + ", ".join(
+                f"{t}_r{r}" for t in PARTITIONED if t != "job_page"))
             status = await conn.execute("DELETE FROM job WHERE id >= $1 AND id < $2", lo, hi)
-            return int(status.split()[-1])
     except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
         return None
+    await collect_gone_pages(conn)
+    return int(status.split()[-1])
+
+
+async def collect_gone_pages(conn: asyncpg.Connection) -> int:
+    """For each ``job_page`` partition a range's drop detached (``job_page_gone_r<r>``): delete
+    the link sets it names that no job's ``job_page`` row names and that are not their page's
+    current version, then drop it. Returns how many such tables went."""
+    gone = [r["name"] for r in await conn.fetch(
+        "SELECT relname AS name FROM pg_class WHERE relname ~ '^job_page_gone_r[0-9]+$' "
+        "AND relkind = 'r' ORDER BY relname")]
+    for name in gone:
+        async with conn.transaction():
+            await conn.execute(f"""
+                DELETE FROM url_links l USING {name} g, url u
+                WHERE l.url_id = g.url_id AND l.version = g.version
+                  AND u.id = g.url_id AND l.version < u.version
+                  AND NOT EXISTS (SELECT FROM job_page jp WHERE jp.url_id = l.url_id
+                                  AND jp.version = l.version)""")
+            await conn.execute(f"DROP TABLE {name}")
+    return len(gone)
 
 
 async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int = 5000) -> int:

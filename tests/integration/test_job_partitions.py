@@ -149,3 +149,42 @@ async def test_an_id_handed_out_to_a_job_not_yet_committed_keeps_its_range(
     assert await jobs.drop_job_range(db, 0, settings.job_retention) is None
     assert "job_visit_r0" in (await partitions(db))["job_visit"]
     assert await db.fetchval("SELECT count(*) FROM job_visit WHERE job_id = $1", late) == 1
+
+
+async def test_a_busy_range_waits_for_its_drop_and_is_not_purged_row_by_row(
+        db: asyncpg.Connection, settings: Settings) -> None:
+    """A reader holds job_visit (an open transaction that read it): the drop gives up after its
+    lock timeout, and the round leaves the range's jobs for the drop instead of deleting their
+    rows; once the reader is gone, the next round drops the range."""
+    gone, _ = await new_job(db, f"{H}/")
+    await jobs.mark_deleted(db, gone)
+    await next_job_id(db, 1000)
+    await new_job(db, f"{H}/")
+    reader = await asyncpg.connect(settings.database_url)
+    try:
+        async with reader.transaction():
+            await reader.fetchval("SELECT count(*) FROM job_visit")
+            assert await purge_once(settings, db) == 0
+            assert await db.fetchval("SELECT count(*) FROM job WHERE id = $1", gone) == 1
+            assert await db.fetchval("SELECT count(*) FROM job_url WHERE job_id = $1", gone) == 1
+    finally:
+        await reader.close()
+    assert await purge_once(settings, db) == 1
+    assert "job_visit_r0" not in (await partitions(db))["job_visit"]
+
+
+async def test_a_detached_page_partition_left_by_a_dead_housekeeper_is_collected(
+        db: asyncpg.Connection, settings: Settings) -> None:
+    """The drop's last step (collecting the link sets of the detached job_page partition) cut
+    short: the next round deletes the link sets no job uses and drops the table."""
+    job, _ = await new_job(db, f"{H}/")
+    await fetched(db, f"{H}/", f"{H}/a")
+    await process(db, job, f"{H}/")
+    await fetched(db, f"{H}/", f"{H}/b")  # version 2: the job's version 1 is old
+    root = await db.fetchval("SELECT id FROM url WHERE url = $1", f"{H}/")
+    await db.execute("CREATE TABLE job_page_gone_r7 AS SELECT url_id, version FROM job_page")
+    await db.execute("DELETE FROM job_page")  # as if its range's partitions were dropped
+    assert await purge_once(settings, db) == 0
+    assert await db.fetchval("SELECT to_regclass('job_page_gone_r7')") is None
+    assert await db.fetchval("SELECT array_agg(version) FROM url_links WHERE url_id = $1",
+                             root) == [2]
