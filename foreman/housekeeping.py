@@ -78,6 +78,9 @@ async def purge_once(settings: Settings, conn: asyncpg.Connection,
     except asyncpg.LockNotAvailableError:  # the crawl's writers held url or job: next round
         log.info("housekeeping: the next partitions not made this round (busy)")
     await jobs.collect_gone_pages(conn)  # a drop cut short before its last step
+    for r in await jobs.drop_finished_pending(conn):
+        log.info("jobs %d-%d finished: their job_pending partition dropped",
+                 r * jobs.JOB_RANGE, (r + 1) * jobs.JOB_RANGE - 1)
     dropped, busy = 0, []
     for r in await jobs.purgeable_ranges(conn, settings.job_retention):
         went = await jobs.drop_job_range(conn, r, settings.job_retention)

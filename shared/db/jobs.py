@@ -683,13 +683,59 @@ async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> 
                 return None
             await conn.execute(f"ALTER TABLE job_page DETACH PARTITION job_page_r{r}; "
                                f"ALTER TABLE job_page_r{r} RENAME TO job_page_gone_r{r}")
-            await conn.execute("DROP TABLE " + ", ".join(
-                f"{t}_r{r}" for t in PARTITIONED if t != "job_page"))
+            await conn.execute("DROP TABLE IF EXISTS " + ", ".join(  # job_pending's may
+                f"{t}_r{r}" for t in PARTITIONED if t != "job_page"))    # be gone already
             status = await conn.execute("DELETE FROM job WHERE id >= $1 AND id < $2", lo, hi)
     except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
         return None
     await collect_gone_pages(conn)
     return int(status.split()[-1])
+
+
+async def drop_finished_pending(conn: asyncpg.Connection) -> list[int]:
+    """Drop the ``job_pending`` partition of every range whose every id has been handed out and
+    whose jobs are all finished (no open ``job_url``; a finished job never has a pending visit
+    again: children are queued only by processing one of its pending visits). The feeder's
+    claim and the watchdog read ``job_pending`` across jobs, so a kept range then costs them
+    nothing. Returns the ranges whose partition went; a busy one waits for the next round.
+    The same three steps as ``drop_job_range``: wait for job creators, lock the parent (50 ms
+    at most), judge again (and the partition must be empty), drop."""
+    ranges = await _finished_ranges(conn)
+    if not ranges:
+        return []
+    dropped = []
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+            await conn.execute("LOCK TABLE job IN SHARE MODE")
+        for r in ranges:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+                await conn.execute("LOCK TABLE ONLY job_pending IN ACCESS EXCLUSIVE MODE")
+                if r not in await _finished_ranges(conn) or await conn.fetchval(
+                        f"SELECT EXISTS (SELECT FROM job_pending_r{r})"):
+                    continue
+                await conn.execute(f"DROP TABLE job_pending_r{r}")
+                dropped.append(r)
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+        pass
+    return dropped
+
+
+async def _finished_ranges(conn: asyncpg.Connection) -> list[int]:
+    """The ranges with a ``job_pending`` partition, every id handed out, no open job."""
+    rows = await conn.fetch(f"""
+        SELECT r FROM (
+            SELECT (regexp_match(c.relname, '_r([0-9]+)$'))[1]::bigint AS r
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = 'job_pending'::regclass) p,
+            (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next
+             FROM job_id_seq) s
+        WHERE (p.r + 1) * {JOB_RANGE} <= s.next
+          AND NOT EXISTS (SELECT FROM job_url u WHERE u.job_id >= p.r * {JOB_RANGE}
+                          AND u.job_id < (p.r + 1) * {JOB_RANGE} AND u.completed_on IS NULL)
+        ORDER BY r""")
+    return [r["r"] for r in rows]
 
 
 async def collect_gone_pages(conn: asyncpg.Connection) -> int:

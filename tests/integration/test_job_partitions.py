@@ -188,3 +188,29 @@ async def test_a_detached_page_partition_left_by_a_dead_housekeeper_is_collected
     assert await db.fetchval("SELECT to_regclass('job_page_gone_r7')") is None
     assert await db.fetchval("SELECT array_agg(version) FROM url_links WHERE url_id = $1",
                              root) == [2]
+
+
+async def test_a_finished_ranges_pending_partition_is_dropped_and_the_range_purged_later(
+        db: asyncpg.Connection, settings: Settings) -> None:
+    """Every job of range 0 finished (none purgeable: kept forever): its job_pending partition
+    goes, so the statements reading job_pending across jobs open one partition fewer; range 1
+    has a running job and keeps its own. Deleted later, range 0 is dropped whole."""
+    done, _ = await new_job(db, f"{H}/", max_level=0)
+    await process(db, done, f"{H}/")
+    await next_job_id(db, 1000)
+    running, _ = await new_job(db, f"{H}/r")
+    await next_job_id(db, 2000)
+    await new_job(db, f"{H}/s")
+    assert await jobs.drop_finished_pending(db) == [0]
+    assert await jobs.drop_finished_pending(db) == []
+    made = await partitions(db)
+    assert made["job_pending"] == ["job_pending_r1", "job_pending_r2"]
+    assert "job_visit_r0" in made["job_visit"]  # the finished jobs' other rows stay
+    assert await db.fetchval("SELECT count(*) FROM job_visit WHERE job_id = $1", done) == 1
+    # The feeder's claim over every job still works with the partition gone.
+    assert await db.fetchval("SELECT count(*) FROM job_pending") == 2
+    await jobs.mark_deleted(db, done)
+    assert await purge_once(settings, db) == 1
+    made = await partitions(db)
+    assert all(f"{t}_r0" not in made[t] for t in jobs.PARTITIONED), made
+    assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", running) == 1
