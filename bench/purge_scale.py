@@ -6,8 +6,8 @@ purged before its range's neighbours, against its range's partitions dropped
 
 A fresh embedded PostgreSQL (sized from the machine, as ``harvester up`` runs it, fsync off).
 For each size, twice: a job with that many visits, pending visits and pages (``grow``), then
-deleted. Once it is purged row by row (``jobs.purge_batch`` over ``jobs.PURGE_TABLES``, 5,000
-rows a transaction, as ``foreman.housekeeping.purge_once``), once its range is dropped. Time
+deleted. Once it is purged row by row (``jobs.purge_job``: 5,000 rows a transaction, as
+``foreman.housekeeping.purge_once``), once its range is dropped. Time
 and WAL written by each (the WAL is what a replica replays and a backup keeps)."""
 
 from __future__ import annotations
@@ -54,15 +54,7 @@ async def wal(conn: asyncpg.Connection) -> int:
 
 
 async def by_rows(conn: asyncpg.Connection, job_id: int) -> int:
-    rows = 0
-    for table in (*jobs.PURGE_TABLES, "job"):
-        while True:
-            async with conn.transaction():
-                n = await jobs.purge_batch(conn, table, job_id, PURGE_BATCH)
-            rows += n
-            if n < PURGE_BATCH or table == "job":
-                break
-    return rows
+    return await jobs.purge_job(conn, job_id, PURGE_BATCH)
 
 
 async def by_range(conn: asyncpg.Connection, job_id: int) -> int:

@@ -95,13 +95,5 @@ async def purge_once(settings: Settings, conn: asyncpg.Connection,
     async with conn.transaction():
         ids = await jobs.purge_candidates(conn, settings.job_retention, PURGE_JOBS, skip=busy)
     for job_id in ids:
-        rows = 0
-        for table in (*jobs.PURGE_TABLES, "job"):
-            while True:
-                async with conn.transaction():
-                    n = await jobs.purge_batch(conn, table, job_id, batch)
-                rows += n
-                if n < batch or table == "job":
-                    break
-        log.info("job %d purged (%d rows)", job_id, rows)
+        log.info("job %d purged (%d rows)", job_id, await jobs.purge_job(conn, job_id, batch))
     return dropped + len(ids)

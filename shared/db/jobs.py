@@ -641,18 +641,25 @@ async def purgeable_ranges(conn: asyncpg.Connection, retention: float) -> list[i
     """The ranges (``job_id // JOB_RANGE``) that have partitions, whose every id has been
     handed out (no job can be made in them any more) and whose every job there is purgeable
     (or already purged); lowest first."""
-    rows = await conn.fetch(f"""
+    rows = await conn.fetch(_closed_ranges("job_url", f"""
+        NOT EXISTS (SELECT FROM job j WHERE j.id >= p.r * {JOB_RANGE}
+                    AND j.id < (p.r + 1) * {JOB_RANGE} AND NOT ({_PURGEABLE}))"""),
+        float(retention))
+    return [r["r"] for r in rows]
+
+
+def _closed_ranges(parent: str, condition: str) -> str:
+    """The ranges (``p.r``) that have a partition of ``parent`` and whose every id has been
+    handed out (no job can be made in them any more), and meet ``condition``; lowest first."""
+    return f"""
         SELECT r FROM (
-            SELECT DISTINCT (regexp_match(c.relname, '_r([0-9]+)$'))[1]::bigint AS r
+            SELECT (regexp_match(c.relname, '_r([0-9]+)$'))[1]::bigint AS r
             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'job_url'::regclass) p,
+            WHERE i.inhparent = '{parent}'::regclass) p,
             (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next
              FROM job_id_seq) s
-        WHERE (p.r + 1) * {JOB_RANGE} <= s.next
-          AND NOT EXISTS (SELECT FROM job j WHERE j.id >= p.r * {JOB_RANGE}
-                          AND j.id < (p.r + 1) * {JOB_RANGE} AND NOT ({_PURGEABLE}))
-        ORDER BY r""", float(retention))
-    return [r["r"] for r in rows]
+        WHERE (p.r + 1) * {JOB_RANGE} <= s.next AND {condition}
+        ORDER BY r"""
 
 
 async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> int | None:
@@ -724,17 +731,9 @@ async def drop_finished_pending(conn: asyncpg.Connection) -> list[int]:
 
 async def _finished_ranges(conn: asyncpg.Connection) -> list[int]:
     """The ranges with a ``job_pending`` partition, every id handed out, no open job."""
-    rows = await conn.fetch(f"""
-        SELECT r FROM (
-            SELECT (regexp_match(c.relname, '_r([0-9]+)$'))[1]::bigint AS r
-            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'job_pending'::regclass) p,
-            (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next
-             FROM job_id_seq) s
-        WHERE (p.r + 1) * {JOB_RANGE} <= s.next
-          AND NOT EXISTS (SELECT FROM job_url u WHERE u.job_id >= p.r * {JOB_RANGE}
-                          AND u.job_id < (p.r + 1) * {JOB_RANGE} AND u.completed_on IS NULL)
-        ORDER BY r""")
+    rows = await conn.fetch(_closed_ranges("job_pending", f"""
+        NOT EXISTS (SELECT FROM job_url u WHERE u.job_id >= p.r * {JOB_RANGE}
+                    AND u.job_id < (p.r + 1) * {JOB_RANGE} AND u.completed_on IS NULL)"""))
     return [r["r"] for r in rows]
 
 
@@ -755,6 +754,22 @@ async def collect_gone_pages(conn: asyncpg.Connection) -> int:
                                   AND jp.version = l.version)""")
             await conn.execute(f"DROP TABLE {name}")
     return len(gone)
+
+
+async def purge_job(conn: asyncpg.Connection, job_id: int, n: int = 5000) -> int:
+    """Purge one job row by row: ``purge_batch`` over each of ``PURGE_TABLES`` until it is
+    empty, then the job row; returns how many rows went. Run it outside a transaction: each
+    batch is its own, so no transaction holds a big job's rows, and a purge cut short resumes
+    (the job row is still there)."""
+    rows = 0
+    for table in (*PURGE_TABLES, "job"):
+        while True:
+            async with conn.transaction():
+                went = await purge_batch(conn, table, job_id, n)
+            rows += went
+            if went < n or table == "job":
+                break
+    return rows
 
 
 async def purge_batch(conn: asyncpg.Connection, table: str, job_id: int, n: int = 5000) -> int:
