@@ -154,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--data-dir", type=Path, default=None)
     args = a.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False, sized=True)
-        with pg:
-            migrate.upgrade(pg.dsn_for("postgres"))
-            rows = asyncio.run(measure(pg.dsn_for("postgres"), sizes, args.hosts, args.calls))
+    rows = on_embedded(args.data_dir, lambda dsn: measure(dsn, sizes, args.hosts, args.calls))
     print("\n" + render(rows))
     return 0
+
+
+def on_embedded(data_dir: Path | None,
+                run: Callable[[str], Awaitable[list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """``run(dsn)`` on a fresh embedded PostgreSQL (under ``data_dir``; sized from the machine,
+    as ``harvester up`` runs it, fsync off) migrated to the head; what it returns."""
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp, \
+            EmbeddedPostgres(Path(tmp) / "pg", fsync=False, sized=True) as pg:
+        migrate.upgrade(pg.dsn_for("postgres"))
+        return asyncio.run(run(pg.dsn_for("postgres")))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,14 @@ and WAL written by each (the WAL is what a replica replays and a backup keeps)."
 from __future__ import annotations
 
 import argparse
-import asyncio
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.frontier_scale import grow
+from bench.frontier_scale import grow, on_embedded
 from foreman.housekeeping import PURGE_BATCH
-from harvester_ops import migrate
-from harvester_ops.embedded import EmbeddedPostgres
 from shared.db import jobs
 from shared.jobspec import stored_spec
 from shared.scope import Scope
@@ -98,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--data-dir", type=Path, default=None)
     args = a.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False, sized=True)
-        with pg:
-            migrate.upgrade(pg.dsn_for("postgres"))
-            rows = asyncio.run(measure(pg.dsn_for("postgres"), sizes))
+    rows = on_embedded(args.data_dir, lambda dsn: measure(dsn, sizes))
     print("\n" + render(rows))
     return 0
 

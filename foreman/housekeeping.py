@@ -74,7 +74,7 @@ async def purge_once(settings: Settings, conn: asyncpg.Connection,
     how many jobs went. A purge cut short resumes next round (the job row is still there).
     The partitions of the next ranges are made ahead first."""
     try:
-        await jobs.make_partitions_ahead(conn, lock_timeout=jobs.DROP_LOCK_TIMEOUT)
+        await jobs.make_partitions_ahead(conn, bounded=True)
     except asyncpg.LockNotAvailableError:  # the crawl's writers held url or job: next round
         log.info("housekeeping: the next partitions not made this round (busy)")
     await jobs.collect_gone_pages(conn)  # a drop cut short before its last step

@@ -50,24 +50,16 @@ def postgres(workdir: Path) -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="session")
 def nats_server(workdir: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(workdir / "nats")
-    server.start()
-    try:
+    with EmbeddedNats(workdir / "nats") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A NATS server of the test's own, for a test that restarts it, empties its store or counts
     every stream's messages (request it before ``tiers``: it stops after them)."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
+    with EmbeddedNats(tmp_path / "nats") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -69,15 +69,8 @@ class Deps:
         """A pooled connection, or DependencyUnavailable after ``timeout`` (by default
         ``acquire_timeout``)."""
         wait = self._acquire_timeout if timeout is None else max(0.0, timeout)
-        try:
-            conn = await self.pool.acquire(timeout=wait)
-        except TimeoutError:
-            raise DependencyUnavailable(
-                "PostgreSQL", f"no free connection within {wait:g}s") from None
-        try:
+        async with _pooled(self.pool, "PostgreSQL", wait) as conn:
             yield conn
-        finally:
-            await self.pool.release(conn)
 
     async def result_source(self, job_id: int, wait: float | None = None
                             ) -> Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]:
@@ -94,13 +87,10 @@ class Deps:
         if lsn is None:
             return self.acquire
         try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                conn = await self.read_pool.acquire()
-                try:
-                    caught_up = await _replays(conn, lsn, REPLICA_WAIT if wait is None else wait)
-                finally:
-                    await self.read_pool.release(conn)
-        except (*RETRYABLE, asyncpg.PostgresError) as e:
+            async with (asyncio.timeout(PING_TIMEOUT),
+                        _pooled(self.read_pool, "PostgreSQL replica", PING_TIMEOUT) as conn):
+                caught_up = await _replays(conn, lsn, REPLICA_WAIT if wait is None else wait)
+        except (*RETRYABLE, asyncpg.PostgresError, DependencyUnavailable) as e:
             log.info("the read replica did not answer (%s): the result comes from the primary",
                      str(e) or type(e).__name__)
             return self.acquire
@@ -110,16 +100,8 @@ class Deps:
     async def acquire_read(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection of the replica's pool (DependencyUnavailable as ``acquire``)."""
         assert self.read_pool is not None
-        try:
-            conn = await self.read_pool.acquire(timeout=self._acquire_timeout)
-        except TimeoutError:
-            raise DependencyUnavailable(
-                "PostgreSQL replica", f"no free connection within {self._acquire_timeout:g}s"
-            ) from None
-        try:
+        async with _pooled(self.read_pool, "PostgreSQL replica", self._acquire_timeout) as conn:
             yield conn
-        finally:
-            await self.read_pool.release(conn)
 
     async def ping_postgres(self) -> None:
         """``SELECT 1`` on a connection of its own, outside the pool: ``/healthz`` answers even
@@ -138,6 +120,20 @@ class Deps:
         conn, self._ping_conn = self._ping_conn, None
         if conn is not None:
             conn.terminate()
+
+
+@contextlib.asynccontextmanager
+async def _pooled(pool: asyncpg.Pool, what: str, wait: float
+                  ) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of ``pool``, or DependencyUnavailable (``what``) after ``wait`` seconds."""
+    try:
+        conn = await pool.acquire(timeout=wait)
+    except TimeoutError:
+        raise DependencyUnavailable(what, f"no free connection within {wait:g}s") from None
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 async def _replays(conn: asyncpg.Connection, lsn: str, wait: float) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -622,18 +623,35 @@ PARTITIONED = ("job_url", "job_visit", "job_pending", "job_failure", "job_page",
 DROP_LOCK_TIMEOUT = "50ms"
 
 
-async def make_partitions_ahead(conn: asyncpg.Connection, lock_timeout: str | None = None) -> int:
+@contextlib.asynccontextmanager
+async def _bounded(conn: asyncpg.Connection, lock: str | None = None) -> AsyncIterator[None]:
+    """A transaction whose lock waits last ``DROP_LOCK_TIMEOUT`` at most (then
+    LockNotAvailableError), first taking ``lock`` (``LOCK TABLE <lock>``) if given."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+        if lock is not None:
+            await conn.execute(f"LOCK TABLE {lock}")
+        yield
+
+
+async def _wait_for_creators(conn: asyncpg.Connection) -> None:
+    """Wait (bounded) for every transaction writing a ``job`` row: a job given an id of a range
+    is then committed, and seen by a judgement of the range that follows."""
+    async with _bounded(conn, "job IN SHARE MODE"):
+        pass
+
+
+async def make_partitions_ahead(conn: asyncpg.Connection, bounded: bool = False) -> int:
     """Make the partitions of the next job id's range (and of the one after it near a range's
     end), where missing; returns how many partitions it made (0 but at a range's end).
     Housekeeping runs it every round, the web server before each job's transaction and
     ``create_job`` in it, so a job's rows always have their partitions. Run it outside a
     long transaction: ATTACH PARTITION clones ``job_url``'s foreign keys, which locks ``job``
-    and ``url`` against writes until the transaction ends. ``lock_timeout``: give up
-    (LockNotAvailableError) rather than wait longer for those locks."""
-    if lock_timeout is None:
+    and ``url`` against writes until the transaction ends. ``bounded``: give up
+    (LockNotAvailableError) rather than wait longer than ``DROP_LOCK_TIMEOUT`` for them."""
+    if not bounded:
         return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+    async with _bounded(conn):
         return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
 
 
@@ -679,13 +697,9 @@ async def drop_job_range(conn: asyncpg.Connection, r: int, retention: float) -> 
     it to the next round's."""
     lo, hi = r * JOB_RANGE, (r + 1) * JOB_RANGE
     try:
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-            await conn.execute("LOCK TABLE job IN SHARE MODE")
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-            parents = ", ".join(f"ONLY {t}" for t in PARTITIONED)
-            await conn.execute(f"LOCK TABLE {parents} IN ACCESS EXCLUSIVE MODE")
+        await _wait_for_creators(conn)
+        parents = ", ".join(f"ONLY {t}" for t in PARTITIONED)
+        async with _bounded(conn, f"{parents} IN ACCESS EXCLUSIVE MODE"):
             if r not in await purgeable_ranges(conn, retention):
                 return None
             await conn.execute(f"ALTER TABLE job_page DETACH PARTITION job_page_r{r}; "
@@ -712,13 +726,9 @@ async def drop_finished_pending(conn: asyncpg.Connection) -> list[int]:
         return []
     dropped = []
     try:
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-            await conn.execute("LOCK TABLE job IN SHARE MODE")
+        await _wait_for_creators(conn)
         for r in ranges:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-                await conn.execute("LOCK TABLE ONLY job_pending IN ACCESS EXCLUSIVE MODE")
+            async with _bounded(conn, "ONLY job_pending IN ACCESS EXCLUSIVE MODE"):
                 if r not in await _finished_ranges(conn) or await conn.fetchval(
                         f"SELECT EXISTS (SELECT FROM job_pending_r{r})"):
                     continue

@@ -39,14 +39,10 @@ async def test_rows_bytes_wal_and_messages_per_page(database_url: str,
     assert f["links"] == 400 and f["pages"] == 100
 
 
-async def test_a_partitioned_table_counts_its_partitions(database_url: str,
+async def test_a_partitioned_table_counts_its_partitions(database_url: str, db: asyncpg.Connection,
                                                         nats_server: EmbeddedNats) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("INSERT INTO job_page (job_id, url_id, version) "
-                           "SELECT 1, g, 1 FROM generate_series(1, 500) g")
-    finally:
-        await conn.close()
+    await db.execute("INSERT INTO job_page (job_id, url_id, version) "
+                     "SELECT 1, g, 1 FROM generate_series(1, 500) g")
     snap = await asyncio.to_thread(footprint.snapshot, database_url, nats_server.url)
     assert snap["tables"]["job_page"]["rows"] == 500
     assert snap["tables"]["job_page"]["bytes"] > 8192
