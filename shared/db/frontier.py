@@ -20,6 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Collection, Container, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -100,6 +101,7 @@ class DueFrontier:
         self._pruned = -math.inf
         self._pairs: list[asyncpg.Record] = []  # the last scan of the pairs
         self._scanned = -math.inf  # when (each pair carries the newest job's id then: top)
+        self._since: Counter[tuple[str, int]] = Counter()  # rows claimed per pair since then
 
     def served(self, host: str, job_id: int, now: float) -> float:
         """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
@@ -108,6 +110,7 @@ class DueFrontier:
         return float(count * 0.5 ** ((now - at) / self._settings.fair_window))
 
     def _count(self, took: Mapping[tuple[str, int], int], now: float) -> None:
+        self._since.update(took)
         for (host, job_id), n in took.items():
             self._served[host, job_id] = (self.served(host, job_id, now) + n, now)
         if now - self._pruned > self._settings.fair_window:  # forget what decayed to nothing
@@ -213,6 +216,7 @@ class DueFrontier:
         else:
             self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
         self._pairs, self._scanned = pairs, now
+        self._since.clear()
         return pairs
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
@@ -220,10 +224,7 @@ class DueFrontier:
                            full_kinds: Collection[str]) -> tuple[list[asyncpg.Record], bool]:
         """The claim over ``pairs`` (but those of a kind in ``full_kinds``): the rows, and
         whether some pair with room had no row due."""
-        hosts: list[str] = []
-        job_ids: list[int] = []
-        weights: list[float] = []
-        served: list[float] = []
+        entries: list[_Pair] = []
         caps: dict[str, int] = {}
         full_kind = 0  # pairs left out for their kind's full work queue
         for p in pairs:
@@ -235,12 +236,17 @@ class DueFrontier:
                 continue  # backing off or waiting for robots.txt
             if cap is not None:
                 caps[p["host"]] = cap
-            hosts.append(p["host"])
-            job_ids.append(p["job_id"])
-            weights.append(2.0 ** p["priority"])
-            served.append(self.served(p["host"], p["job_id"], now))
-        if not hosts:  # every pair's host waits: dry, so a back-off's end is seen at once
+            key = (p["host"], p["job_id"])
+            entries.append(_Pair(p["host"], p["job_id"], 2.0 ** p["priority"],
+                                 self.served(*key, now), cap is not None,
+                                 p["backlog"] - self._since[key]))
+        if not entries:  # every pair's host waits: dry, so a back-off's end is seen at once
             return [], full_kind < len(pairs)  # (a full kind is not: its queue is read anew)
+        entries = _order(entries)
+        hosts = [e.host for e in entries]
+        job_ids = [e.job_id for e in entries]
+        weights = [e.weight for e in entries]
+        served = [e.served for e in entries]
         # the plan's cache age, and the jobs whose traps it reads (those not known yet)
         planning = None if plan is None else (
             plan[0], sorted({j for j in job_ids if j not in plan[1]}))
@@ -370,14 +376,22 @@ _LOCK_KEYS = """
 # A frontier row (``job_pending p``) the feeder may claim: unpublished, not held. Exactly the
 # predicate of the index job_pending_frontier (migration 0019), so the claims can use it.
 _UNPUBLISHED = "p.published_on IS NULL AND NOT p.held"
+# A pair's backlog is counted up to this many rows (``_PAIRS``): enough to tell the hosts that
+# would finish last from the others, at a bounded cost per pair however big the frontier.
+BACKLOG_CAP = 64
+# The pairs with room whose rows a claim of ``limit`` reads: LIVE_PER_ROW per row asked for
+# (LIVE_MIN at least), the first in the feeder's order (``DueFrontier._order``), so a claim of
+# 64 rows over 1,000 capped hosts locks and sorts a few hundred candidate rows, not 2,000.
+LIVE_PER_ROW = 2
+LIVE_MIN = 16
 # ... and due now.
 _DUE = _UNPUBLISHED + " AND p.due <= now()"
 
 # The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
 # only if this transaction gets the feed lock ($1), with the newest job's id (top); a job's (its
-# priority) and whether the host waits (backing off, or its robots.txt being fetched for the
+# priority), whether the host waits (backing off, or its robots.txt being fetched for the
 # first time: after a failed fetch the gate decides, deferring until the retry or, once given
-# up, refusing the visits).
+# up, refusing the visits) and the pair's backlog (its unpublished rows, BACKLOG_CAP at most).
 _PAIRS = f"""
     WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok,
                                              (SELECT max(id) FROM job) AS top),
@@ -392,7 +406,7 @@ _PAIRS = f"""
             WHERE {_UNPUBLISHED}
               AND (p.host, p.job_id) > (c.host, c.job_id)
             ORDER BY p.host, p.job_id LIMIT 1) n)
-    SELECT q.host, q.job_id, j.priority, j.fetcher, (SELECT top FROM l) AS top,
+    SELECT q.host, q.job_id, j.priority, j.fetcher, (SELECT top FROM l) AS top, b.backlog,
            coalesce(h.backoff_until > now()
                     OR (h.robots_fetched_on IS NULL AND h.robots_failures = 0
                         AND h.robots_fetching_until > now()),
@@ -400,27 +414,34 @@ _PAIRS = f"""
     FROM (SELECT host, job_id FROM pairs LIMIT $4) q
     JOIN job j ON j.id = q.job_id
     LEFT JOIN host h ON h.host = q.host
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS backlog FROM (
+            SELECT FROM job_pending p
+            WHERE p.host = q.host AND p.job_id = q.job_id AND {_UNPUBLISHED}
+            LIMIT {BACKLOG_CAP}) z) b
     ORDER BY q.host, q.job_id"""
 
 # The feed lock without a scan of the pairs, and the newest job's id (a new job: scan again).
 _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) AS top"
 
 # The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $8 their recent service on the
-# host), each taking $4 rows at most; caps: the capped hosts ($5) and their caps ($6); busy:
-# published rows per capped host, read once (grouped: the rows of every capped host in one
-# pass, hash-joined, never a rescan per host); room: what each capped host has left; live: the
-# pairs whose host has room (or no cap), the only ones whose pending rows are read. Per pair
-# its first rows by rank, as many as its host has room for; per capped host the room goes to
-# the rows with the least service before them (k: the pair's recent service plus the rows
-# before it in this claim, over the job's weight); then the limit ($7) to one row per capped
-# host first (a host's second would wait its delay in the gate, holding a worker's slot), and
-# to the least served jobs in this claim (their n-th row, over the weight). The caller sorts
-# the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL: whether
-# some pair with room had no row due (dry).
+# host) in the feeder's order of preference (n: ``_order``), each taking $4 rows at most; caps:
+# the capped hosts ($5) and their caps ($6); busy: published rows per capped host, read once
+# (grouped: the rows of every capped host in one pass, hash-joined, never a rescan per host);
+# room: what each capped host has left; roomy: the pairs whose host has room (or no cap);
+# live: the first $9 of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many as
+# its host has room for; per capped host the room goes to the rows with the least service
+# before them (k: the pair's recent service plus the rows before it in this claim, over the
+# job's weight); then the limit ($7) to one row per capped host first (a host's second would
+# wait its delay in the gate), and to the least served jobs in this claim (their n-th row, over
+# the weight; within a job the capped hosts' rows in the pairs' order, then the uncapped ones'
+# by rank). Levels stay exact in any order. The caller sorts the rows by (second, jk, rank):
+# RETURNING keeps no order. A last row, its url_id NULL: whether some pair with room had no
+# row due (dry).
 _CLAIM_WITH = f"""
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
-                      AS t(host, job_id, w, s)),
+                      WITH ORDINALITY AS t(host, job_id, w, s, n)),
     caps AS (
         SELECT * FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
     busy AS (
@@ -431,12 +452,14 @@ _CLAIM_WITH = f"""
     room AS (
         SELECT c.host, c.cap - coalesce(b.n, 0) AS room
         FROM caps c LEFT JOIN busy b ON b.host = c.host),
-    live AS MATERIALIZED (
-        SELECT pr.host, pr.job_id, pr.w, pr.s, r.room
+    roomy AS MATERIALIZED (
+        SELECT pr.host, pr.job_id, pr.w, pr.s, pr.n, r.room
         FROM pr LEFT JOIN room r ON r.host = pr.host
         WHERE r.room IS NULL OR r.room > 0),
+    live AS MATERIALIZED (
+        SELECT * FROM roomy ORDER BY n LIMIT $9),
     cand AS MATERIALIZED (
-        SELECT l.host, l.job_id, l.w, l.room, x.url_id, x.rank,
+        SELECT l.host, l.job_id, l.w, l.room, l.n, x.url_id, x.rank,
                l.s + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
         FROM live l
         CROSS JOIN LATERAL (
@@ -446,12 +469,13 @@ _CLAIM_WITH = f"""
             LIMIT CASE WHEN l.room IS NULL THEN $4::int ELSE least($4::int, l.room) END
             FOR UPDATE SKIP LOCKED) x),
     kept AS (
-        SELECT job_id, url_id, rank, w, room,
+        SELECT job_id, url_id, rank, w, room, n,
                row_number() OVER (PARTITION BY host ORDER BY k / w, rank) AS hn
         FROM cand),
     pick AS (
         SELECT job_id, url_id, rank,
-               row_number() OVER (PARTITION BY job_id ORDER BY rank) / w AS jk,
+               row_number() OVER (PARTITION BY job_id ORDER BY room IS NULL,
+                                  CASE WHEN room IS NOT NULL THEN n END, rank) / w AS jk,
                room IS NOT NULL AND hn > 1 AS second
         FROM kept WHERE room IS NULL OR hn <= room
         ORDER BY second, jk, rank
@@ -490,7 +514,37 @@ def _planning(max_age: str, traps_of: str) -> str:
 # _CLAIM, planned: the dry flag on every row (one row of NULLs but it when nothing was claimed).
 _CLAIM_PLANNED = _CLAIM_WITH.format(returning=", p.reexpand, p.attempts") + f"""
     SELECT d.dry, x.* FROM (SELECT {_CLAIM_DRY} AS dry) d
-    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$9", "$10")}) x ON true"""
+    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$10", "$11")}) x ON true"""
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    host: str
+    job_id: int
+    weight: float
+    served: float   # its recent service (``DueFrontier.served``)
+    capped: bool
+    backlog: int    # unpublished rows at the scan (BACKLOG_CAP at most), less those claimed since
+
+
+def _order(pairs: list[_Pair]) -> list[_Pair]:
+    """The claim's preference among the pairs (the first ``LIVE_PER_ROW`` x limit with room
+    are read). Per job: its capped hosts first, the longest backlog first (then the least
+    served), so that a politeness-bound host's turn is not left unused and the hosts that would
+    finish last go first (longest work first: no tail of a few hosts crawling alone at their
+    delay at the end); then its uncapped ones, least served first. The jobs interleaved by
+    weight (a job's i-th pair at (i + 1) / weight; on a tie the least served job first), so
+    every job has its share of the pairs read."""
+    by_job: dict[int, list[_Pair]] = {}
+    for p in pairs:
+        by_job.setdefault(p.job_id, []).append(p)
+    keyed: list[tuple[float, float, int, _Pair]] = []
+    for job_id, mine in by_job.items():
+        mine.sort(key=lambda p: (not p.capped, -p.backlog if p.capped else 0, p.served))
+        total = sum(p.served for p in mine)
+        keyed += [((i + 1) / p.weight, total, job_id, p) for i, p in enumerate(mine)]
+    keyed.sort(key=lambda k: k[:3])
+    return [k[3] for k in keyed]
+
 
 async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
                  weights: list[float], served: list[float], caps: dict[str, int],
@@ -512,7 +566,8 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
         return (sorted(rows, key=lambda r: r["rank"]), [],
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
-    args = (hosts, job_ids, weights, share, list(caps), list(caps.values()), limit, served)
+    args = (hosts, job_ids, weights, share, list(caps), list(caps.values()), limit, served,
+            max(LIVE_PER_ROW * limit, LIVE_MIN))
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
         rows = [r for r in got if r["url_id"] is not None]

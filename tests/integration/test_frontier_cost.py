@@ -229,7 +229,7 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
     for sql, args in ((frontier_module._CLAIM_ONE_PLANNED,
                        ("http://one.example", one, 1000, 3600.0, [one])),
                       (frontier_module._CLAIM_PLANNED,
-                       (hosts, [many] * 50, [1.0] * 50, 40, [], [], 1000, [0.0] * 50, 3600.0,
+                       (hosts, [many] * 50, [1.0] * 50, 40, [], [], 1000, [0.0] * 50, 2000, 3600.0,
                         [many]))):
         tr = db.transaction()
         await tr.start()
@@ -246,3 +246,21 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
                          ("url", "Index Scan", "url_pkey")}, scans
         probes = [n for n in nodes(plan["Plan"]) if n.get("Index Name") == "url_pkey"]
         assert [n["Actual Loops"] for n in probes] == [1000]
+
+
+async def test_a_short_claim_over_1000_hosts_with_room_reads_a_few_pairs(
+        db: asyncpg.Connection) -> None:
+    """Every one of 1,000 capped hosts has room: a claim of 10 reads the pending rows of
+    LIVE_PER_ROW x 10 pairs (LIVE_MIN at least), the first in the feeder's order, not of all
+    1,000 (locking and sorting 2,000 candidate rows for 10)."""
+    frontier = DueFrontier(Settings())
+    await new_job(db, [f"http://h{i}.example/{j}" for i in range(HOSTS) for j in range(3)])
+    await db.execute("ANALYZE job_pending")
+    rec = Recorder(db)
+    async with db.transaction():
+        got = await frontier.claim(rec, 10)  # type: ignore[arg-type]
+    assert len(got) == 10
+    _, plan = rec.plans
+    lateral = [n for n in nodes(plan["Plan"]) if n.get("Index Name") == "job_pending_frontier"]
+    read = max(frontier_module.LIVE_PER_ROW * 10, frontier_module.LIVE_MIN)
+    assert lateral and all(n["Actual Loops"] == read for n in lateral), lateral

@@ -260,3 +260,32 @@ async def test_sql_harvester_host_is_host_key(db: asyncpg.Connection, scheme: st
                                               host: str, port: str, rest: str) -> None:
     url = f"{scheme}://{user}{host}{port}{rest}"
     assert await db.fetchval("SELECT harvester_host($1)", url) == host_key(url)
+
+
+async def test_capped_hosts_with_the_longest_backlog_go_first(db: asyncpg.Connection) -> None:
+    """Longest work first: host i of 20 capped hosts has i + 1 pending visits, the small
+    hosts' visits found first (lowest rank). A claim of 5 takes one visit from each of the 5
+    hosts with the most left, not the 5 first found: those hosts would otherwise be crawled
+    alone at their delay at the end."""
+    frontier = DueFrontier(Settings())
+    assert frontier.cap("http://b0.example") == 2
+    await new_job(db, [f"http://b{i}.example/{j}" for i in range(20) for j in range(i + 1)])
+    got = await claim(frontier, db, limit=5)
+    hosts = await db.fetch("SELECT host FROM job_pending WHERE url_id = ANY($1::bigint[])",
+                           [u for _, u in got])
+    assert sorted(r["host"] for r in hosts) == [f"http://b{i}.example" for i in range(15, 20)]
+
+
+async def test_capped_hosts_go_before_uncapped_ones(db: asyncpg.Connection) -> None:
+    """Within a job a politeness-bound host's turn is not left unused while the queue is fed
+    from a host that could go faster: a short claim takes the capped hosts' visits first, and
+    the uncapped host's by rank after them."""
+    fast = "fast.example"
+    frontier = DueFrontier(Settings(host_limits={fast: {"delay": 0}}))
+    assert frontier.cap(f"http://{fast}") is None
+    await new_job(db, [f"http://{fast}/{j}" for j in range(10)]
+                  + [f"http://slow{i}.example/" for i in range(3)])
+    got = await claim(frontier, db, limit=5)
+    urls = [await db.fetchval("SELECT url FROM url WHERE id = $1", u) for _, u in got]
+    assert sorted(urls[:3]) == [f"http://slow{i}.example/" for i in range(3)]
+    assert urls[3:] == [f"http://{fast}/0", f"http://{fast}/1"]
