@@ -101,7 +101,8 @@ class DueFrontier:
         self._pruned = -math.inf
         self._pairs: list[asyncpg.Record] = []  # the last scan of the pairs
         self._scanned = -math.inf  # when (each pair carries the newest job's id then: top)
-        self._since: Counter[tuple[str, int]] = Counter()  # rows claimed per pair since then
+        # the last scan's pairs as the claims take them (``_batch``): (scan, full kinds, batch)
+        self._batched: tuple[Sequence[asyncpg.Record], frozenset[str], _Batch] | None = None
 
     def served(self, host: str, job_id: int, now: float) -> float:
         """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
@@ -110,7 +111,6 @@ class DueFrontier:
         return float(count * 0.5 ** ((now - at) / self._settings.fair_window))
 
     def _count(self, took: Mapping[tuple[str, int], int], now: float) -> None:
-        self._since.update(took)
         for (host, job_id), n in took.items():
             self._served[host, job_id] = (self.served(host, job_id, now) + n, now)
         if now - self._pruned > self._settings.fair_window:  # forget what decayed to nothing
@@ -216,7 +216,6 @@ class DueFrontier:
         else:
             self._cursor = (pairs[-1]["host"], pairs[-1]["job_id"])
         self._pairs, self._scanned = pairs, now
-        self._since.clear()
         return pairs
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
@@ -224,8 +223,37 @@ class DueFrontier:
                            full_kinds: Collection[str]) -> tuple[list[asyncpg.Record], bool]:
         """The claim over ``pairs`` (but those of a kind in ``full_kinds``): the rows, and
         whether some pair with room had no row due."""
+        batch = self._batch(pairs, frozenset(full_kinds), now)
+        if not batch.hosts:  # every pair's host waits: dry, so a back-off's end is seen at once
+            return [], batch.full_kind < len(pairs)  # (a full kind is not: its queue is read anew)
+        # the plan's cache age, and the jobs whose traps it reads (those not known yet)
+        planning = None if plan is None else (
+            plan[0], sorted({j for j in batch.job_ids if j not in plan[1]}))
+        rows, full, took, dry = await _claim(conn, batch, limit, planning)
+        if len(rows) < limit and full:
+            again = batch.subset(full)
+            again.served[:] = [s + took[h, j] for s, h, j
+                               in zip(again.served, again.hosts, again.job_ids, strict=True)]
+            more, _, more_took, _ = await _claim(conn, again, limit - len(rows), planning)
+            rows += more
+            took += more_took
+        self._count(took, now)
+        return rows, dry
+
+    def _batch(self, pairs: Sequence[asyncpg.Record], full_kinds: frozenset[str],
+               now: float) -> _Batch:
+        """The scanned ``pairs`` as a claim takes them: those whose host does not wait and
+        whose kind is not in ``full_kinds``, in the feeder's order (``_order``), built once
+        per scan (1,000 pairs cost about 2 ms of Python); only the recent service of the pairs
+        sharing a host with another job's is read anew for each claim (that of a host's only
+        pair orders nothing: its rows go by rank)."""
+        if self._batched is not None and self._batched[0] is pairs \
+                and self._batched[1] == full_kinds:
+            batch = self._batched[2]
+            for i in batch.shared:
+                batch.served[i] = self.served(batch.hosts[i], batch.job_ids[i], now)
+            return batch
         entries: list[_Pair] = []
-        caps: dict[str, int] = {}
         full_kind = 0  # pairs left out for their kind's full work queue
         for p in pairs:
             if full_kinds and p["fetcher"] in full_kinds:
@@ -234,34 +262,16 @@ class DueFrontier:
             cap = 0 if p["waiting"] else self.cap(p["host"])
             if cap == 0:
                 continue  # backing off or waiting for robots.txt
-            if cap is not None:
-                caps[p["host"]] = cap
-            key = (p["host"], p["job_id"])
             entries.append(_Pair(p["host"], p["job_id"], 2.0 ** p["priority"],
-                                 self.served(*key, now), cap is not None,
-                                 p["backlog"] - self._since[key]))
-        if not entries:  # every pair's host waits: dry, so a back-off's end is seen at once
-            return [], full_kind < len(pairs)  # (a full kind is not: its queue is read anew)
+                                 self.served(p["host"], p["job_id"], now), cap, p["backlog"]))
         entries = _order(entries)
-        hosts = [e.host for e in entries]
-        job_ids = [e.job_id for e in entries]
-        weights = [e.weight for e in entries]
-        served = [e.served for e in entries]
-        # the plan's cache age, and the jobs whose traps it reads (those not known yet)
-        planning = None if plan is None else (
-            plan[0], sorted({j for j in job_ids if j not in plan[1]}))
-        rows, full, took, dry = await _claim(conn, hosts, job_ids, weights, served, caps, limit,
-                                             planning)
-        if len(rows) < limit and full:
-            again = [hosts[i] for i in full]
-            more, _, more_took, _ = await _claim(
-                conn, again, [job_ids[i] for i in full], [weights[i] for i in full],
-                [served[i] + took[hosts[i], job_ids[i]] for i in full],
-                {h: caps[h] for h in again if h in caps}, limit - len(rows), planning)
-            rows += more
-            took += more_took
-        self._count(took, now)
-        return rows, dry
+        per_host = Counter(e.host for e in entries)
+        batch = _Batch([e.host for e in entries], [e.job_id for e in entries],
+                       [e.weight for e in entries], [e.cap for e in entries],
+                       [e.served for e in entries],
+                       [i for i, e in enumerate(entries) if per_host[e.host] > 1], full_kind)
+        self._batched = (pairs, full_kinds, batch)
+        return batch
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits unpublished (their publish failed): claimed again soon, due as
@@ -424,15 +434,15 @@ _PAIRS = f"""
 # The feed lock without a scan of the pairs, and the newest job's id (a new job: scan again).
 _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) AS top"
 
-# The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $8 their recent service on the
-# host) in the feeder's order of preference (n: ``_order``), each taking $4 rows at most; caps:
-# the capped hosts ($5) and their caps ($6); busy: published rows per capped host, read once
-# (grouped: the rows of every capped host in one pass, hash-joined, never a rescan per host);
-# room: what each capped host has left; roomy: the pairs whose host has room (or no cap);
-# live: the first $9 of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many as
-# its host has room for; per capped host the room goes to the rows with the least service
+# The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $7 their recent service on the
+# host, $5 their host's cap, NULL: uncapped) in the feeder's order of preference (n:
+# ``_order``), each taking $4 rows at most; busy: published rows per host, read once (grouped:
+# every published row in one pass, the feed-ahead budget's worth, hash-joined to the pairs,
+# never a rescan per host); roomy: the pairs whose host has room (or no cap); live: the first $8
+# of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many
+# as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
-# job's weight); then the limit ($7) to one row per capped host first (a host's second would
+# job's weight); then the limit ($6) to one row per capped host first (a host's second would
 # wait its delay in the gate), and to the least served jobs in this claim (their n-th row, over
 # the weight; within a job the capped hosts' rows in the pairs' order, then the uncapped ones'
 # by rank). Levels stay exact in any order. The caller sorts the rows by (second, jk, rank):
@@ -440,24 +450,19 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # row due (dry).
 _CLAIM_WITH = f"""
     WITH pr AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $8::float8[])
-                      WITH ORDINALITY AS t(host, job_id, w, s, n)),
-    caps AS (
-        SELECT * FROM unnest($5::text[], $6::int[]) AS c(host, cap)),
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $7::float8[], $5::int[])
+                      WITH ORDINALITY AS t(host, job_id, w, s, cap, n)),
     busy AS (
         SELECT p.host, count(*) AS n
-        FROM job_pending p JOIN caps c ON c.host = p.host
+        FROM job_pending p
         WHERE p.published_on IS NOT NULL
         GROUP BY p.host),
-    room AS (
-        SELECT c.host, c.cap - coalesce(b.n, 0) AS room
-        FROM caps c LEFT JOIN busy b ON b.host = c.host),
     roomy AS MATERIALIZED (
-        SELECT pr.host, pr.job_id, pr.w, pr.s, pr.n, r.room
-        FROM pr LEFT JOIN room r ON r.host = pr.host
-        WHERE r.room IS NULL OR r.room > 0),
+        SELECT pr.host, pr.job_id, pr.w, pr.s, pr.n, pr.cap - coalesce(b.n, 0) AS room
+        FROM pr LEFT JOIN busy b ON b.host = pr.host
+        WHERE pr.cap IS NULL OR pr.cap - coalesce(b.n, 0) > 0),
     live AS MATERIALIZED (
-        SELECT * FROM roomy ORDER BY n LIMIT $9),
+        SELECT * FROM roomy ORDER BY n LIMIT $8),
     cand AS MATERIALIZED (
         SELECT l.host, l.job_id, l.w, l.room, l.n, x.url_id, x.rank,
                l.s + row_number() OVER (PARTITION BY l.host, l.job_id ORDER BY x.rank) AS k
@@ -479,7 +484,7 @@ _CLAIM_WITH = f"""
                room IS NOT NULL AND hn > 1 AS second
         FROM kept WHERE room IS NULL OR hn <= room
         ORDER BY second, jk, rank
-        LIMIT $7),
+        LIMIT $6),
     upd AS (
         UPDATE job_pending p SET published_on = now()
         FROM pick
@@ -514,7 +519,7 @@ def _planning(max_age: str, traps_of: str) -> str:
 # _CLAIM, planned: the dry flag on every row (one row of NULLs but it when nothing was claimed).
 _CLAIM_PLANNED = _CLAIM_WITH.format(returning=", p.reexpand, p.attempts") + f"""
     SELECT d.dry, x.* FROM (SELECT {_CLAIM_DRY} AS dry) d
-    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$10", "$11")}) x ON true"""
+    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$9", "$10")}) x ON true"""
 
 @dataclass(frozen=True, slots=True)
 class _Pair:
@@ -522,8 +527,8 @@ class _Pair:
     job_id: int
     weight: float
     served: float   # its recent service (``DueFrontier.served``)
-    capped: bool
-    backlog: int    # unpublished rows at the scan (BACKLOG_CAP at most), less those claimed since
+    cap: int | None  # its host's (``DueFrontier.cap``); None: uncapped
+    backlog: int    # unpublished rows at the scan (BACKLOG_CAP at most)
 
 
 def _order(pairs: list[_Pair]) -> list[_Pair]:
@@ -539,26 +544,44 @@ def _order(pairs: list[_Pair]) -> list[_Pair]:
         by_job.setdefault(p.job_id, []).append(p)
     keyed: list[tuple[float, float, int, _Pair]] = []
     for job_id, mine in by_job.items():
-        mine.sort(key=lambda p: (not p.capped, -p.backlog if p.capped else 0, p.served))
+        mine.sort(key=lambda p: (p.cap is None, 0 if p.cap is None else -p.backlog, p.served))
         total = sum(p.served for p in mine)
         keyed += [((i + 1) / p.weight, total, job_id, p) for i, p in enumerate(mine)]
     keyed.sort(key=lambda k: k[:3])
     return [k[3] for k in keyed]
 
 
-async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
-                 weights: list[float], served: list[float], caps: dict[str, int],
-                 limit: int, plan: tuple[float, list[int]] | None = None,
+@dataclass(slots=True)
+class _Batch:
+    """Pairs as the claim's statement takes them (one array per column, in the feeder's
+    order)."""
+    hosts: list[str]
+    job_ids: list[int]
+    weights: list[float]
+    caps: list[int | None]
+    served: list[float]
+    shared: list[int]  # the pairs whose host has another job's pair too
+    full_kind: int = 0  # pairs left out for their kind's full work queue
+
+    def subset(self, index: list[int]) -> _Batch:
+        return _Batch([self.hosts[i] for i in index], [self.job_ids[i] for i in index],
+                      [self.weights[i] for i in index], [self.caps[i] for i in index],
+                      [self.served[i] for i in index], [])
+
+
+async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
+                 plan: tuple[float, list[int]] | None = None,
                  ) -> tuple[list[asyncpg.Record], list[int], Counter[tuple[str, int]], bool]:
-    """One claim over the pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their recent
-    service; ``caps``: of the capped hosts), each taking a share of ``limit`` (twice its even
+    """One claim over the ``batch`` of pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their
+    recent service; ``caps``: their host's cap), each taking a share of ``limit`` (twice its even
     part, 2 at least, so that pairs with fewer due rows leave room to the others): the keys in
     the order to publish them, which pairs took their whole share and whose host may take more
     (uncapped, or capped above the share: a pair capped at its share filled its host), how
     many rows each pair took, and whether some pair with room had no row due. The rows are
     planned (``_CLAIM_PLANNED``) when ``plan`` gives the cache age and the jobs whose traps
     to read."""
-    if len(hosts) == 1 and not caps:  # one job on one uncapped host (a bench): by rank
+    hosts, job_ids, caps = batch.hosts, batch.job_ids, batch.caps
+    if len(hosts) == 1 and caps[0] is None:  # one job on one uncapped host (a bench): by rank
         if plan is None:
             rows = await conn.fetch(_CLAIM_ONE, hosts[0], job_ids[0], limit)
         else:
@@ -566,7 +589,7 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
         return (sorted(rows, key=lambda r: r["rank"]), [],
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
-    args = (hosts, job_ids, weights, share, list(caps), list(caps.values()), limit, served,
+    args = (hosts, job_ids, batch.weights, share, caps, limit, batch.served,
             max(LIVE_PER_ROW * limit, LIVE_MIN))
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
@@ -577,8 +600,8 @@ async def _claim(conn: asyncpg.Connection, hosts: list[str], job_ids: list[int],
         rows = [r for r in got if r["url_id"] is not None]
         dry = bool(got and got[0]["dry"])
     took = Counter((r["host"], r["job_id"]) for r in rows)
-    full = [i for i, pair in enumerate(zip(hosts, job_ids, strict=True))
-            if took[pair] >= share and caps.get(pair[0], share + 1) > share]
+    full = [i for i, (pair, cap) in enumerate(zip(zip(hosts, job_ids), caps, strict=True))
+            if took[pair] >= share and (cap is None or cap > share)]
     rows = sorted(rows, key=lambda r: (r["second"], r["jk"], r["rank"]))
     return rows, full, took, dry
 

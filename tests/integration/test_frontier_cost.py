@@ -229,8 +229,8 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
     for sql, args in ((frontier_module._CLAIM_ONE_PLANNED,
                        ("http://one.example", one, 1000, 3600.0, [one])),
                       (frontier_module._CLAIM_PLANNED,
-                       (hosts, [many] * 50, [1.0] * 50, 40, [], [], 1000, [0.0] * 50, 2000, 3600.0,
-                        [many]))):
+                       (hosts, [many] * 50, [1.0] * 50, 40, [None] * 50, 1000, [0.0] * 50, 2000,
+                        3600.0, [many]))):
         tr = db.transaction()
         await tr.start()
         try:
