@@ -630,12 +630,12 @@ class Pipeline:
             return await self.gate.wait_start(slot)
         await self.waiting.acquire()  # free: returns at once
         hold.release()
-        try:
+        try:  # waiting until it has its slot again: at most WAITING_PER_SLOT x concurrency
             paused = await self.gate.wait_start(slot)
+            if paused is None:
+                await hold.acquire()
         finally:
             self.waiting.release()
-        if paused is None:
-            await hold.acquire()
         return paused
 
     async def _fetch(self, fetcher: Fetcher, req: FetchRequest, first: bool) -> FetchedPage:
