@@ -64,9 +64,8 @@ class Worker:
         self.committer = committer
         self.gate = gate
         self.plans = plans
-        self.pipeline = Pipeline(settings, pool, gate, frontier, committer,
-                                 concurrency or settings.concurrency, stats)
-        self.slots = self.pipeline.slots
+        self.slots = asyncio.Semaphore(concurrency or settings.concurrency)
+        self.pipeline = Pipeline(settings, pool, gate, frontier, committer, self.slots, stats)
         if health is not None and health.enabled:
             self.pipeline.health = health
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot

@@ -53,12 +53,6 @@ from worker.tasks import Context, RetryLater, Task
 log = logging.getLogger(__name__)
 
 NO_LANE_DELAY = timedelta(seconds=30)  # a page no parser process was free for waits this
-# A visit whose host slot starts this far ahead or more gives its concurrency slot to others
-# while it waits (``Pipeline._wait_start``): with many polite hosts most visits wait for their
-# host's turn, and the slots would go to sleeping visits instead of requests. At most
-# WAITING_PER_SLOT x concurrency visits of a worker wait so at once (more keep their slot).
-AWAY = 0.02
-WAITING_PER_SLOT = 4
 # An output's errors that may mend (a full disk, a lost NFS mount or PostgreSQL connection):
 # the visit is tried again later; those of NOT_MENDING are the job's pattern's (a file where a
 # directory must be), which another try does not mend.
@@ -333,20 +327,17 @@ class Visit:
 
 class Pipeline:
     """Runs visits through their job's steps, inline in each visit's task, holding one of the
-    worker's ``concurrency`` slots while it has a request to make or a page to commit (not
-    while it waits for its host's turn: up to ``WAITING_PER_SLOT`` times as many visits may
-    wait so)."""
+    worker's concurrency ``slots`` while it has a request to make."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, gate: HostGate,
-                 frontier: Frontier, committer: Committer, concurrency: int,
+                 frontier: Frontier, committer: Committer, slots: asyncio.Semaphore,
                  stats: WorkerStats | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.gate = gate
         self.frontier = frontier
         self.committer = committer
-        self.slots = asyncio.Semaphore(concurrency)
-        self.waiting = asyncio.Semaphore(WAITING_PER_SLOT * concurrency)
+        self.slots = slots
         self.retrying: Counter[str] = Counter()  # hosts with a retry waiting for a slot
         self.beat = settings.ack_wait / 3
         self.health: HealthMonitor | None = None  # set (``crawl.run``) when its thresholds are on
@@ -446,9 +437,9 @@ class Pipeline:
                            plan.fetch_options)
         while True:
             if plan.sessions is None:
-                answer = await self._request(v, req, slot, attempt, hold)
+                answer = await self._request(v, req, slot, attempt)
             else:
-                answer = await self._with_session(v, plan.sessions, req, slot, attempt, hold)
+                answer = await self._with_session(v, plan.sessions, req, slot, attempt)
             if answer is None:
                 return None
             page, decision = answer
@@ -554,7 +545,7 @@ class Pipeline:
         return None
 
     async def _with_session(self, v: Visit, rules: SessionRules, req: FetchRequest, slot: Slot,
-                            attempt: int, hold: _Hold) -> tuple[FetchedPage, RetryDecision] | None:
+                            attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
         """``_request`` with one session of the job's pool (none for the host: without one).
         None: no session was free (the visit went back to the frontier until one may be, its
         slot given back), or the host was paused. A block signal benches the session and asks
@@ -574,10 +565,10 @@ class Pipeline:
             await self._defer(v.key, v.msgs, lease)
             return None
         if lease is None:
-            return await self._request(v, req, slot, attempt, hold)
+            return await self._request(v, req, slot, attempt)
         sent = replace(req, headers={**req.headers, **self.sessions.headers(lease)})
         try:
-            answer = await self._request(v, sent, slot, attempt, hold)
+            answer = await self._request(v, sent, slot, attempt)
         except BaseException:
             self.sessions.give_back(lease)
             raise
@@ -597,14 +588,14 @@ class Pipeline:
         page = replace(page, error=f"blocked: {why} (session {lease.name})", body=None)
         return page, req.policy.blocked(decision, attempt)
 
-    async def _request(self, v: Visit, req: FetchRequest, slot: Slot, attempt: int,
-                       hold: _Hold) -> tuple[FetchedPage, RetryDecision] | None:
+    async def _request(self, v: Visit, req: FetchRequest, slot: Slot,
+                       attempt: int) -> tuple[FetchedPage, RetryDecision] | None:
         """Wait for the slot's start, fetch, give the slot back: the page and the retry
         policy's decision on it. None: the host was paused meanwhile, and the visit went back
         to the frontier until the pause ends."""
         try:
             async with _heartbeat(v.msgs, self.beat):
-                paused = await self._wait_start(slot, hold)
+                paused = await self.gate.wait_start(slot)
                 if paused is None:
                     page = await self._fetch(v.plan.fetcher, req, attempt == v.planned.attempts + 1)
         except BaseException:  # shutting down (or a bug): free the slot for others now
@@ -620,23 +611,6 @@ class Pipeline:
         decision = req.policy.decide(page, attempt)
         self.gate.release(slot, own and decision.trouble, decision.pause if own else None)
         return page, decision
-
-    async def _wait_start(self, slot: Slot, hold: _Hold) -> datetime | None:
-        """``HostGate.wait_start``. A wait of ``AWAY`` or more is made without the visit's
-        concurrency slot (taken again at the start, so requests in flight stay within
-        ``concurrency``) while fewer than ``WAITING_PER_SLOT`` x concurrency visits wait so;
-        a paused host's visit is not given it back (it makes no request)."""
-        if slot.wait < AWAY or self.waiting.locked():
-            return await self.gate.wait_start(slot)
-        await self.waiting.acquire()  # free: returns at once
-        hold.release()
-        try:  # waiting until it has its slot again: at most WAITING_PER_SLOT x concurrency
-            paused = await self.gate.wait_start(slot)
-            if paused is None:
-                await hold.acquire()
-        finally:
-            self.waiting.release()
-        return paused
 
     async def _fetch(self, fetcher: Fetcher, req: FetchRequest, first: bool) -> FetchedPage:
         """The fetcher's answer, marked with its kind. A fetcher that raises (only http

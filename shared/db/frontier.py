@@ -401,7 +401,7 @@ _DUE = _UNPUBLISHED + " AND p.due <= now()"
 # only if this transaction gets the feed lock ($1), with the newest job's id (top); a job's (its
 # priority), whether the host waits (backing off, or its robots.txt being fetched for the
 # first time: after a failed fetch the gate decides, deferring until the retry or, once given
-# up, refusing the visits) and the pair's backlog (its unpublished rows, BACKLOG_CAP at most).
+# up, refusing the visits) and the pair's backlog (its rows due now, BACKLOG_CAP at most).
 _PAIRS = f"""
     WITH RECURSIVE l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS ok,
                                              (SELECT max(id) FROM job) AS top),
@@ -427,7 +427,7 @@ _PAIRS = f"""
     CROSS JOIN LATERAL (
         SELECT count(*) AS backlog FROM (
             SELECT FROM job_pending p
-            WHERE p.host = q.host AND p.job_id = q.job_id AND {_UNPUBLISHED}
+            WHERE p.host = q.host AND p.job_id = q.job_id AND {_DUE}
             LIMIT {BACKLOG_CAP}) z) b
     ORDER BY q.host, q.job_id"""
 
@@ -443,7 +443,7 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
 # job's weight); then the limit ($6) to one row per capped host first (a host's second would
-# wait its delay in the gate), and to the least served jobs in this claim (their n-th row, over
+# wait its delay in the gate, holding a worker's slot), and to the least served jobs in this claim (their n-th row, over
 # the weight; within a job the capped hosts' rows in the pairs' order, then the uncapped ones'
 # by rank). Levels stay exact in any order. The caller sorts the rows by (second, jk, rank):
 # RETURNING keeps no order. A last row, its url_id NULL: whether some pair with room had no
@@ -528,7 +528,7 @@ class _Pair:
     weight: float
     served: float   # its recent service (``DueFrontier.served``)
     cap: int | None  # its host's (``DueFrontier.cap``); None: uncapped
-    backlog: int    # unpublished rows at the scan (BACKLOG_CAP at most)
+    backlog: int    # rows due at the scan (BACKLOG_CAP at most)
 
 
 def _order(pairs: list[_Pair]) -> list[_Pair]:
@@ -536,15 +536,19 @@ def _order(pairs: list[_Pair]) -> list[_Pair]:
     are read). Per job: its capped hosts first, the longest backlog first (then the least
     served), so that a politeness-bound host's turn is not left unused and the hosts that would
     finish last go first (longest work first: no tail of a few hosts crawling alone at their
-    delay at the end); then its uncapped ones, least served first. The jobs interleaved by
-    weight (a job's i-th pair at (i + 1) / weight; on a tie the least served job first), so
-    every job has its share of the pairs read."""
+    delay at the end); then its uncapped ones, least served first; last the pairs that had
+    nothing due at the scan (all deferred: a Crawl-delay, a rate limit), which would otherwise
+    take the places of pairs with work and, read every claim, find nothing (a rescan, which
+    orders them anew, follows a claim that met one). The jobs interleaved by weight (a job's
+    i-th pair at (i + 1) / weight; on a tie the least served job first), so every job has its
+    share of the pairs read."""
     by_job: dict[int, list[_Pair]] = {}
     for p in pairs:
         by_job.setdefault(p.job_id, []).append(p)
     keyed: list[tuple[float, float, int, _Pair]] = []
     for job_id, mine in by_job.items():
-        mine.sort(key=lambda p: (p.cap is None, 0 if p.cap is None else -p.backlog, p.served))
+        mine.sort(key=lambda p: (p.backlog == 0, p.cap is None,
+                                 0 if p.cap is None else -p.backlog, p.served))
         total = sum(p.served for p in mine)
         keyed += [((i + 1) / p.weight, total, job_id, p) for i, p in enumerate(mine)]
     keyed.sort(key=lambda k: k[:3])

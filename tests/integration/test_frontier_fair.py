@@ -289,3 +289,20 @@ async def test_capped_hosts_go_before_uncapped_ones(db: asyncpg.Connection) -> N
     urls = [await db.fetchval("SELECT url FROM url WHERE id = $1", u) for _, u in got]
     assert sorted(urls[:3]) == [f"http://slow{i}.example/" for i in range(3)]
     assert urls[3:] == [f"http://{fast}/0", f"http://{fast}/1"]
+
+
+async def test_pairs_with_nothing_due_do_not_take_the_places_of_pairs_with_work(
+        db: asyncpg.Connection) -> None:
+    """30 capped hosts whose visits are all deferred (a Crawl-delay, a rate limit), found
+    first and with the most left, and 5 with a visit due: a claim of 5 reads only its first
+    16 pairs with room, and those are the 5 with work, not 16 with nothing due (which would
+    starve the job's other hosts as long as they stay deferred)."""
+    frontier = DueFrontier(Settings())
+    await new_job(db, [f"http://late{i}.example/{j}" for i in range(30) for j in range(5)]
+                  + [f"http://now{i}.example/" for i in range(5)])
+    await db.execute("UPDATE job_pending SET due = now() + interval '1 hour' "
+                     "WHERE host LIKE 'http://late%'")
+    got = await claim(frontier, db, limit=5)
+    hosts = await db.fetch("SELECT host FROM job_pending WHERE url_id = ANY($1::bigint[])",
+                           [u for _, u in got])
+    assert sorted(r["host"] for r in hosts) == [f"http://now{i}.example" for i in range(5)]

@@ -4,6 +4,7 @@ stats (review 13, H1). A real failure (no answer) still counts."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shared.config import Settings
@@ -28,7 +29,7 @@ class Returns:
 
 def pipeline(settings: Settings) -> tuple[Pipeline, HealthMonitor, WorkerStats]:
     stats = WorkerStats()
-    p = Pipeline(settings, None, None, None, None, 1, stats)  # type: ignore[arg-type]
+    p = Pipeline(settings, None, None, None, None, asyncio.Semaphore(1), stats)  # type: ignore[arg-type]
     health = HealthMonitor(settings.model_copy(update={"worker_max_error_rate": 0.5,
                                                        "worker_health_window": 50}))
     p.health = health
