@@ -386,16 +386,16 @@ _LOCK_KEYS = """
 # A frontier row (``job_pending p``) the feeder may claim: unpublished, not held. Exactly the
 # predicate of the index job_pending_frontier (migration 0019), so the claims can use it.
 _UNPUBLISHED = "p.published_on IS NULL AND NOT p.held"
+# ... and due now.
+_DUE = _UNPUBLISHED + " AND p.due <= now()"
 # A pair's backlog is counted up to this many rows (``_PAIRS``): enough to tell the hosts that
 # would finish last from the others, at a bounded cost per pair however big the frontier.
 BACKLOG_CAP = 64
 # The pairs with room whose rows a claim of ``limit`` reads: LIVE_PER_ROW per row asked for
-# (LIVE_MIN at least), the first in the feeder's order (``DueFrontier._order``), so a claim of
+# (LIVE_MIN at least), the first in the feeder's order (``_order``), so a claim of
 # 64 rows over 1,000 capped hosts locks and sorts a few hundred candidate rows, not 2,000.
 LIVE_PER_ROW = 2
 LIVE_MIN = 16
-# ... and due now.
-_DUE = _UNPUBLISHED + " AND p.due <= now()"
 
 # The (host, job) pairs with unpublished, unheld rows, from the cursor ($2, $3) on, $4 at most,
 # only if this transaction gets the feed lock ($1), with the newest job's id (top); a job's (its
@@ -443,11 +443,11 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
 # job's weight); then the limit ($6) to one row per capped host first (a host's second would
-# wait its delay in the gate, holding a worker's slot), and to the least served jobs in this claim (their n-th row, over
-# the weight; within a job the capped hosts' rows in the pairs' order, then the uncapped ones'
-# by rank). Levels stay exact in any order. The caller sorts the rows by (second, jk, rank):
-# RETURNING keeps no order. A last row, its url_id NULL: whether some pair with room had no
-# row due (dry).
+# wait its delay in the gate, holding a worker's slot), and to the least served jobs in this
+# claim (their n-th row, over the weight; within a job the capped hosts' rows in the pairs'
+# order, then the uncapped ones' by rank). Levels stay exact in any order. The caller sorts
+# the rows by (second, jk, rank): RETURNING keeps no order. A last row, its url_id NULL:
+# whether some pair with room had no row due (dry).
 _CLAIM_WITH = f"""
     WITH pr AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $7::float8[], $5::int[])

@@ -649,9 +649,7 @@ async def make_partitions_ahead(conn: asyncpg.Connection, bounded: bool = False)
     long transaction: ATTACH PARTITION clones ``job_url``'s foreign keys, which locks ``job``
     and ``url`` against writes until the transaction ends. ``bounded``: give up
     (LockNotAvailableError) rather than wait longer than ``DROP_LOCK_TIMEOUT`` for them."""
-    if not bounded:
-        return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
-    async with _bounded(conn):
+    async with _bounded(conn) if bounded else contextlib.nullcontext():
         return int(await conn.fetchval("SELECT harvester_job_partitions_ahead()"))
 
 
