@@ -79,7 +79,8 @@ class DueFrontier:
     Inside a (host, job) pair visits go in ``rank`` order (the job's queue order, written by
     every writer of pending rows with ``harvester_rank``); a host with a cap (politeness delay
     above 0) gets at most ``cap(host)`` visits published at once, none while it backs off or
-    while its robots.txt is being fetched; the room a host has goes to the job this frontier
+    while its robots.txt is being fetched, and only as its starts come due (those within
+    ``host_start_window`` of its next start); the room a host has goes to the job this frontier
     served least there lately (``served``: its claims of the host, decayed with half-life
     ``fair_window``), weighted by ``2 ** job.priority``, so a new job takes every slot that
     frees on a host a big job has been crawling until it has caught up, and two jobs that stay
@@ -268,8 +269,11 @@ class DueFrontier:
         per_host = Counter(e.host for e in entries)
         batch = _Batch([e.host for e in entries], [e.job_id for e in entries],
                        [e.weight for e in entries], [e.cap for e in entries],
+                       [None if e.cap is None else self._settings.host_limit(e.host).delay
+                        for e in entries],
                        [e.served for e in entries],
-                       [i for i, e in enumerate(entries) if per_host[e.host] > 1], full_kind)
+                       [i for i, e in enumerate(entries) if per_host[e.host] > 1], full_kind,
+                       self._settings.host_start_window + self._settings.host_lookahead)
         self._batched = (pairs, full_kinds, batch)
         return batch
 
@@ -438,7 +442,11 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # host, $5 their host's cap, NULL: uncapped) in the feeder's order of preference (n:
 # ``_order``), each taking $4 rows at most; busy: published rows per host, read once (grouped:
 # every published row in one pass, the feed-ahead budget's worth, hash-joined to the pairs,
-# never a rescan per host); roomy: the pairs whose host has room (or no cap); live: the first $8
+# never a rescan per host); roomy: the pairs whose host has room (or no cap): the cap less its
+# published rows, and no more than its starts due within $10 seconds (host_start_window) of its
+# next start, the latest of the gate's last lease (next_start), the row published last plus the
+# delay ($9: published, not yet leased, it takes that start), a back-off's end and now (a visit
+# published sooner sleeps in a worker's slot until its start); live: the first $8
 # of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many
 # as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
@@ -450,17 +458,25 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # whether some pair with room had no row due (dry).
 _CLAIM_WITH = f"""
     WITH pr AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $7::float8[], $5::int[])
-                      WITH ORDINALITY AS t(host, job_id, w, s, cap, n)),
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $7::float8[], $5::int[],
+                             $9::float8[])
+                      WITH ORDINALITY AS t(host, job_id, w, s, cap, d, n)),
     busy AS (
-        SELECT p.host, count(*) AS n
+        SELECT p.host, count(*) AS n, max(p.published_on) AS last
         FROM job_pending p
         WHERE p.published_on IS NOT NULL
         GROUP BY p.host),
     roomy AS MATERIALIZED (
-        SELECT pr.host, pr.job_id, pr.w, pr.s, pr.n, pr.cap - coalesce(b.n, 0) AS room
+        SELECT pr.host, pr.job_id, pr.w, pr.s, pr.n, r.room
         FROM pr LEFT JOIN busy b ON b.host = pr.host
-        WHERE pr.cap IS NULL OR pr.cap - coalesce(b.n, 0) > 0),
+        LEFT JOIN host h ON h.host = pr.host AND pr.cap IS NOT NULL
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN pr.cap IS NOT NULL THEN least(
+                pr.cap - coalesce(b.n, 0),
+                1 + floor(($10::float8 - extract(epoch FROM greatest(
+                        h.next_start, h.backoff_until, b.last + make_interval(secs => pr.d),
+                        now()) - now())) / pr.d)::int) END AS room) r
+        WHERE pr.cap IS NULL OR r.room > 0),
     live AS MATERIALIZED (
         SELECT * FROM roomy ORDER BY n LIMIT $8),
     cand AS MATERIALIZED (
@@ -519,7 +535,7 @@ def _planning(max_age: str, traps_of: str) -> str:
 # _CLAIM, planned: the dry flag on every row (one row of NULLs but it when nothing was claimed).
 _CLAIM_PLANNED = _CLAIM_WITH.format(returning=", p.reexpand, p.attempts") + f"""
     SELECT d.dry, x.* FROM (SELECT {_CLAIM_DRY} AS dry) d
-    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$9", "$10")}) x ON true"""
+    LEFT JOIN (SELECT p.host, p.second, p.jk, p.rank, {_planning("$11", "$12")}) x ON true"""
 
 @dataclass(frozen=True, slots=True)
 class _Pair:
@@ -563,14 +579,17 @@ class _Batch:
     job_ids: list[int]
     weights: list[float]
     caps: list[int | None]
+    delays: list[float | None]  # their host's delay (None: uncapped)
     served: list[float]
     shared: list[int]  # the pairs whose host has another job's pair too
     full_kind: int = 0  # pairs left out for their kind's full work queue
+    window: float = 0.0  # a capped host's starts published: those due within this (seconds)
 
     def subset(self, index: list[int]) -> _Batch:
         return _Batch([self.hosts[i] for i in index], [self.job_ids[i] for i in index],
                       [self.weights[i] for i in index], [self.caps[i] for i in index],
-                      [self.served[i] for i in index], [])
+                      [self.delays[i] for i in index], [self.served[i] for i in index], [],
+                      window=self.window)
 
 
 async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
@@ -594,7 +613,7 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
     args = (hosts, job_ids, batch.weights, share, caps, limit, batch.served,
-            max(LIVE_PER_ROW * limit, LIVE_MIN))
+            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, batch.window)
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
         rows = [r for r in got if r["url_id"] is not None]

@@ -16,7 +16,7 @@ from shared.config import Settings
 from shared.db import frontier as frontier_module
 from shared.db.frontier import DueFrontier
 from shared.db.pages import upsert_urls
-from tests.integration.test_frontier_fair import claim, new_job
+from tests.integration.test_frontier_fair import UNTIMED, claim, new_job
 
 HOSTS = 1000
 
@@ -77,7 +77,7 @@ async def busy_hosts(db: asyncpg.Connection) -> tuple[DueFrontier, int, int]:
     """One job of 3 pages on each of 1,000 hosts capped at 2, every host filled (2 in flight),
     then one visit completed on each of 100 of them: (a new frontier, published, hosts with
     room)."""
-    frontier = DueFrontier(Settings())
+    frontier = DueFrontier(Settings(**UNTIMED))
     assert frontier.cap("http://h0.example") == 2
     await new_job(db, [f"http://h{i}.example/{j}" for i in range(HOSTS) for j in range(3)])
     while await claim(frontier, db, limit=1000):
@@ -90,7 +90,7 @@ async def busy_hosts(db: asyncpg.Connection) -> tuple[DueFrontier, int, int]:
             WHERE published_on IS NOT NULL ORDER BY host, url_id LIMIT 100) d
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""")
     await db.execute("ANALYZE job_pending")
-    return DueFrontier(Settings()), 2 * HOSTS - 100, 100  # a feeder that scans the pairs first
+    return DueFrontier(Settings(**UNTIMED)), 2 * HOSTS - 100, 100  # a feeder that scans the pairs first
 
 
 async def test_a_claim_over_1000_capped_hosts_reads_the_published_rows_once(
@@ -118,7 +118,7 @@ async def test_no_refill_of_pairs_whose_host_cap_is_the_share(db: asyncpg.Connec
     # 10 live hosts capped at 2 among 990 pairs with nothing due: each live pair takes its
     # share (2 = its cap), the claim falls short of its limit, but a refill could only find
     # the hosts at their cap again: no third statement.
-    frontier = DueFrontier(Settings())
+    frontier = DueFrontier(Settings(**UNTIMED))
     later, _ = await new_job(db, [f"http://later{i}.example/" for i in range(990)])
     await db.execute("UPDATE job_pending SET due = now() + interval '1 hour' WHERE job_id = $1",
                      later)
@@ -230,7 +230,7 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
                        ("http://one.example", one, 1000, 3600.0, [one])),
                       (frontier_module._CLAIM_PLANNED,
                        (hosts, [many] * 50, [1.0] * 50, 40, [None] * 50, 1000, [0.0] * 50, 2000,
-                        3600.0, [many]))):
+                        [None] * 50, 0.1, 3600.0, [many]))):
         tr = db.transaction()
         await tr.start()
         try:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings
-from shared.db import jobs
+from shared.db import hosts, jobs
 from shared.db.frontier import FEED_LOCK, DueFrontier
 from shared.db.pages import upsert_urls
 from shared.jobspec import stored_spec
@@ -22,6 +22,9 @@ from shared.scope import Scope
 from shared.urls import host_key
 
 H = "http://h.example"
+# The cap alone bounds a host's room: these tests lease no slot through the gate, so no host's
+# next start moves; the time gate (host_start_window) has tests of its own.
+UNTIMED: dict[str, Any] = {"host_start_window": 3600.0}
 Key = tuple[int, int]
 
 
@@ -88,7 +91,7 @@ async def picks(db: asyncpg.Connection, big: int, small: int) -> dict[str, int]:
     """Two jobs of 100 visits on one host capped at 10 (2 + 4 s / 0.5 s), priorities ``big``
     and ``small``: the host filled, then 50 rounds of one visit completing (the oldest in
     flight) and a claim. Which job each of the 50 claimed visits belonged to."""
-    frontier = DueFrontier(Settings(host_lookahead=4, politeness_horizon=5))
+    frontier = DueFrontier(Settings(host_lookahead=4, politeness_horizon=5, **UNTIMED))
     assert frontier.cap(H) == 10
     name = {(await new_job(db, [f"{H}/big/{i}" for i in range(100)], priority=big))[0]: "big"}
     name[(await new_job(db, [f"{H}/small/{i}" for i in range(100)], priority=small))[0]] = "small"
@@ -109,7 +112,7 @@ async def picks(db: asyncpg.Connection, big: int, small: int) -> dict[str, int]:
 async def test_a_new_job_gets_the_next_room_on_a_busy_host(db: asyncpg.Connection) -> None:
     # The issue's scenario in small: a big job fills its host; a 1-page job on that host
     # gets the first slot that frees, ahead of the big job's next thousand.
-    frontier = DueFrontier()
+    frontier = DueFrontier(Settings(**UNTIMED))
     big, _ = await new_job(db, [f"{H}/big/{i}" for i in range(1000)])
     flight = await claim(frontier, db, limit=1000)
     assert frontier.cap(H) == 2  # the host's concurrency
@@ -126,7 +129,7 @@ async def test_a_new_job_takes_every_freed_slot_until_it_has_caught_up(
     # on each arrives. Ordered by in flight, each job would keep one of a host's two slots and
     # the small job's pages would go one at a time; ordered by recent service, the small job,
     # served least there, takes every slot that frees until it is done.
-    frontier = DueFrontier()
+    frontier = DueFrontier(Settings(**UNTIMED))
     hosts = ["http://a.example", "http://b.example"]
     await new_job(db, [f"{h}/big/{i}" for h in hosts for i in range(200)])
     flight: deque[Key] = deque(await claim(frontier, db, limit=1000))
@@ -175,7 +178,7 @@ async def test_a_short_limit_goes_to_one_visit_per_capped_host_before_a_second(
 
 async def test_nothing_is_published_for_a_host_backing_off_or_waiting_for_robots(
         db: asyncpg.Connection) -> None:
-    frontier = DueFrontier()
+    frontier = DueFrontier(Settings(**UNTIMED))
     other = "http://other.example"
     job, _ = await new_job(db, [f"{H}/a", f"{other}/a"])
     await db.execute("""
@@ -306,3 +309,55 @@ async def test_pairs_with_nothing_due_do_not_take_the_places_of_pairs_with_work(
     hosts = await db.fetch("SELECT host FROM job_pending WHERE url_id = ANY($1::bigint[])",
                            [u for _, u in got])
     assert sorted(r["host"] for r in hosts) == [f"http://now{i}.example" for i in range(5)]
+
+
+async def test_a_capped_host_has_only_the_starts_due_within_the_window_published(
+        db: asyncpg.Connection) -> None:
+    """A host of 2 slots and 0.5 s between starts: one visit published at a time (a second
+    would wait 0.5 s in the gate, holding a worker's slot); none while the one published last
+    and not yet leased would take the next start, nor while the next start the gate leased is
+    further away than ``host_start_window``; the next one once it is within it, though the
+    first is still in flight; none at the cap however due the host is."""
+    frontier = DueFrontier(Settings(host_start_window=0.1))
+    assert frontier.cap(H) == 2
+    await new_job(db, [f"{H}/{i}" for i in range(5)])
+    assert len(await claim(frontier, db)) == 1
+    assert await claim(frontier, db) == []  # published, not leased: it takes the next start
+    # the gate leases its slot (the host's next start 0.5 s on); it was published a while ago
+    await hosts.acquire(db, {H: 1}, {H: 2}, {H: 0.5}, 60.0, 2.0)
+    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 second' "
+                     "WHERE published_on IS NOT NULL")
+    assert await claim(frontier, db) == []  # the next start is 0.5 s away
+    await db.execute("UPDATE host SET next_start = now() + interval '50 milliseconds'")
+    assert len(await claim(frontier, db)) == 1  # within the window: one, the cap allowing two
+    await db.execute("UPDATE host SET next_start = now() - interval '1 second'")
+    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 second' "
+                     "WHERE published_on IS NOT NULL")
+    assert await claim(frontier, db) == []  # two in flight: the host's cap
+    assert await db.fetchval("SELECT count(*) FROM job_pending "
+                             "WHERE published_on IS NOT NULL") == 2
+
+
+async def test_a_wider_start_window_publishes_the_starts_that_fit_up_to_the_cap(
+        db: asyncpg.Connection) -> None:
+    """A window of 0.6 s holds two starts 0.5 s apart: both of a free host's slots are
+    published at once."""
+    frontier = DueFrontier(Settings(host_start_window=0.6))
+    await new_job(db, [f"{H}/{i}" for i in range(5)])
+    assert len(await claim(frontier, db)) == 2
+
+
+async def test_a_host_that_starts_backing_off_between_scans_gets_nothing(
+        db: asyncpg.Connection) -> None:
+    """The pairs are scanned once a second; a back-off that began since (a 429 in a worker)
+    holds the host's visits back at the next claim, not at the next scan."""
+    frontier = DueFrontier(Settings())
+    other = "http://other.example"
+    await new_job(db, [f"{H}/{i}" for i in range(5)] + [f"{other}/{i}" for i in range(5)])
+    assert len(await claim(frontier, db)) == 2  # one each
+    await db.execute("DELETE FROM job_pending WHERE published_on IS NOT NULL")  # both done
+    await db.execute("INSERT INTO host (host, backoff_until) "
+                     "VALUES ($1, now() + interval '1 minute')", other)
+    got = await claim(frontier, db)  # the same scan's pairs
+    assert len(got) == 1
+    assert await db.fetchval("SELECT host FROM job_pending WHERE url_id = $1", got[0][1]) == H

@@ -452,8 +452,12 @@ def test_bad_github_settings(overrides: dict[str, object], fragment: str) -> Non
 
 
 def test_fair_feeder_keys(tmp_path: Path) -> None:
-    """Issue 14: hostLookahead (a duration), feedPairs, bloomJobs; their defaults."""
+    """Issue 14: hostLookahead and hostStartWindow (durations), feedPairs, bloomJobs; their
+    defaults."""
     assert (Settings().host_lookahead, Settings().feed_pairs, Settings().bloom_jobs) == (0, 5000, 64)
     s = load_settings(write(tmp_path, {"hostLookahead": "1500ms", "feedPairs": 10,
                                        "bloomJobs": 8}), env={})
     assert (s.host_lookahead, s.feed_pairs, s.bloom_jobs) == (1.5, 10, 8)
+    assert Settings().host_start_window == 0.1
+    assert load_settings(write(tmp_path, {"hostStartWindow": "250ms"}),
+                         env={}).host_start_window == 0.25
