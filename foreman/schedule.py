@@ -28,7 +28,7 @@ from shared import bus, metrics, ops_http
 from shared.bus import NatsOptions, Settle, Verdict
 from shared.config import Settings
 from shared.db import visits, workers
-from shared.db.frontier import DueFrontier, Frontier
+from shared.db.frontier import FEEDER_SETTINGS, DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.service import sleep_unless
 
@@ -358,7 +358,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the URL queue until ``stop`` is set; then finish the batches in hand and exit."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6))
+            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6,
+                      server_settings=FEEDER_SETTINGS))
         nc = await stack.enter_async_context(bus.connect(
             settings.nats_url, "harvester-foreman", options=NatsOptions.from_settings(settings)))
         await stack.enter_async_context(ops_http.serve(settings.metrics_addr,

@@ -68,6 +68,11 @@ class Frontier(Protocol):
         in ``served`` (no live worker serves it); returns how many."""
 
 
+# The feeder's connections plan each claim for its parameters and the table's size then
+# (``plan_cache_mode``): a plan cached while the frontier's partition was nearly empty (the
+# generic plan PostgreSQL keeps after five runs of a prepared statement, until the next
+# ANALYZE) read the whole partition per pair once it had grown, for seconds at a crawl's start.
+FEEDER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 FEED_LOCK = 0x4A52_4644  # pg advisory lock: one feeder in the cluster claims at a time
 PAIRS_TTL = 1.0  # seconds a scan of the (host, job) pairs serves the claims that follow
 _START: tuple[str, int] = ("", -1)  # before every (host, job) pair

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -51,12 +51,17 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 @asynccontextmanager
 async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                     retry_for: float | None = None, timeout: float = 10,
-                    command_timeout: float = 60) -> AsyncIterator[asyncpg.Pool]:
+                    command_timeout: float = 60,
+                    server_settings: Mapping[str, str] | None = None,
+                    ) -> AsyncIterator[asyncpg.Pool]:
     """Open a pool, retrying with backoff while PostgreSQL is unreachable (forever by default;
-    with ``min_size`` 0 nothing connects until the first use)."""
+    with ``min_size`` 0 nothing connects until the first use). ``server_settings``: the
+    sessions' settings beyond ``SERVER_SETTINGS``."""
     pool = await retrying(
         lambda: asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                    server_settings=SERVER_SETTINGS, reset=keep_session,
+                                    server_settings={**SERVER_SETTINGS,
+                                                     **(server_settings or {})},
+                                    reset=keep_session,
                                     timeout=timeout, command_timeout=command_timeout,
                                     max_inactive_connection_lifetime=60),
         "PostgreSQL", RETRYABLE, retry_for)

@@ -264,3 +264,43 @@ async def test_a_short_claim_over_1000_hosts_with_room_reads_a_few_pairs(
     lateral = [n for n in nodes(plan["Plan"]) if n.get("Index Name") == "job_pending_frontier"]
     read = max(frontier_module.LIVE_PER_ROW * 10, frontier_module.LIVE_MIN)
     assert lateral and all(n["Actual Loops"] == read for n in lateral), lateral
+
+
+async def test_a_frontier_grown_from_empty_is_claimed_by_index_not_by_a_stale_plan(
+        database_url: str) -> None:
+    """A crawl's first seconds: the frontier's partition was analyzed empty and grows to
+    thousands of rows before autovacuum analyzes it again. A plan cached while it was nearly
+    empty (PostgreSQL's generic plan after five runs of a prepared statement: sequential scans
+    everywhere) read the whole partition per pair: a pair scan took 4 s on the 1,000-host
+    bench, nothing was published meanwhile. The feeder's connections (``FEEDER_SETTINGS``, as
+    the foreman opens them) plan each claim for its parameters and the table's size now: the
+    pair scan and the claim run on the frontier's index, as ``auto_explain`` shows."""
+    conn = await asyncpg.connect(database_url, server_settings=frontier_module.FEEDER_SETTINGS)
+    try:
+        await conn.execute("ALTER TABLE job_pending_r0 SET (autovacuum_enabled = off)")
+        await conn.execute("ANALYZE job_pending")  # empty
+        await new_job(conn, [f"http://s{i}.example/" for i in range(5)])
+        for _ in range(8):  # past the five custom plans before a generic one
+            async with conn.transaction():
+                await DueFrontier(Settings(**UNTIMED)).claim(conn, 10)
+            await conn.execute("UPDATE job_pending SET published_on = NULL")
+        await new_job(conn, [f"http://h{i}.example/{j}" for i in range(HOSTS) for j in range(12)])
+        plans: list[dict[str, Any]] = []
+        conn.add_log_listener(
+            lambda _, msg: plans.append(json.loads(msg.message.split("plan:", 1)[1])))
+        await conn.execute("""LOAD 'auto_explain';
+                              SET auto_explain.log_min_duration = 0;
+                              SET auto_explain.log_analyze = on;
+                              SET auto_explain.log_format = 'json';
+                              SET auto_explain.log_level = 'notice'""")
+        async with conn.transaction():
+            got = await DueFrontier(Settings(**UNTIMED)).claim(conn, 64)
+        assert len(got) == 64
+    finally:
+        await conn.close()
+    ran = [p for p in plans if p["Query Text"].strip().startswith(("WITH RECURSIVE l", "WITH pr"))]
+    assert len(ran) == 2, [p["Query Text"][:40] for p in plans]
+    for plan in ran:  # no pass over the whole partition per pair (one, grouped, may be)
+        loops = [n["Actual Loops"] for n in nodes(plan["Plan"])
+                 if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "job_pending"]
+        assert all(n <= 1 for n in loops), (plan["Query Text"][:40], loops)
