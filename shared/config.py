@@ -230,7 +230,7 @@ class Settings(BaseModel):
     # the feeder keeps at most feed_ahead seconds of work published and unfinished (on the URL
     # queue and the http work queue together): that many seconds of the rows it claimed per
     # second lately, 256 at least; 0: only the queue limits bound it
-    feed_ahead: float = Field(1.0, ge=0)
+    feed_ahead: float = Field(0.3, ge=0)
     # a capped host's room goes to the job its feeder served least there lately: its claims
     # of the host, each decayed with this half-life, over the job's weight
     fair_window: float = Field(30.0, gt=0)

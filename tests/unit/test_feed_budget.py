@@ -46,7 +46,7 @@ def test_foremen_share_one_budget_from_the_url_streams_published_count() -> None
 
 
 def test_feed_ahead_key(tmp_path: Path) -> None:
-    assert Settings().feed_ahead == 1.0
+    assert Settings().feed_ahead == 0.3
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"feedAhead": "500ms", "fairWindow": "1m"}))
     s = load_settings(str(path), env={})
