@@ -358,7 +358,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the URL queue until ``stop`` is set; then finish the batches in hand and exit."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6,
+            open_pool(settings.database_url, min_size=1, max_size=LOOPS + 6))
+        # The feeder's claims on sessions of their own (``FEEDER_SETTINGS``: planned per call)
+        feed_pool = await stack.enter_async_context(
+            open_pool(settings.database_url, min_size=1, max_size=1,
                       server_settings=FEEDER_SETTINGS))
         nc = await stack.enter_async_context(bus.connect(
             settings.nats_url, "harvester-foreman", options=NatsOptions.from_settings(settings)))
@@ -376,7 +379,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                  ", ".join(bus.work_subject(settings, k) for k in settings.fetcher_kinds))
         tasks = [asyncio.create_task(_loop(foreman, sub, stop), name=f"pull-{i}")
                  for i, sub in enumerate(subs)]
-        tasks.append(asyncio.create_task(feeder(settings, pool, js, frontier, stop, traps,
+        tasks.append(asyncio.create_task(feeder(settings, feed_pool, js, frontier, stop, traps,
                                                 rooms), name="feeder"))
         tasks.append(asyncio.create_task(task_feeder(settings, pool, js, stop),
                                          name="task feeder"))

@@ -169,9 +169,8 @@ class DueFrontier:
         scanned again at once, and so has a claim in which some pair with room had no row due
         (it ran dry: a new host of a running job may be waiting), which then claims again over
         the new scan. So a pair missing from the scan (a new host of a job whose known pairs
-        all still have rows due) waits ``PAIRS_TTL`` at most, as do a host's new back-off (its
-        visits meanwhile are deferred by the gate, never over its cap) and a job's new
-        priority.
+        all still have rows due) waits ``PAIRS_TTL`` at most, as does a job's new priority; a
+        host's new back-off is read by every claim (``host.backoff_until``).
         """
         return [(r["job_id"], r["url_id"]) for r in await self._claim_rows(conn, limit, None, ())]
 
@@ -451,7 +450,8 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # published rows, and no more than its starts due within $10 seconds (host_start_window) of its
 # next start, the latest of the gate's last lease (next_start), the row published last plus the
 # delay ($9: published, not yet leased, it takes that start), a back-off's end and now (a visit
-# published sooner sleeps in a worker's slot until its start); live: the first $8
+# published sooner sleeps in a worker's slot until its start; the count is bounded before its
+# cast: a Retry-After years ahead must not overflow it); live: the first $8
 # of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many
 # as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
@@ -478,9 +478,9 @@ _CLAIM_WITH = f"""
         CROSS JOIN LATERAL (
             SELECT CASE WHEN pr.cap IS NOT NULL THEN least(
                 pr.cap - coalesce(b.n, 0),
-                1 + floor(($10::float8 - extract(epoch FROM greatest(
+                1 + greatest(-1, least(pr.cap, floor(($10::float8 - extract(epoch FROM greatest(
                         h.next_start, h.backoff_until, b.last + make_interval(secs => pr.d),
-                        now()) - now())) / pr.d)::int) END AS room) r
+                        now()) - now())) / pr.d)))::int) END AS room) r
         WHERE pr.cap IS NULL OR r.room > 0),
     live AS MATERIALIZED (
         SELECT * FROM roomy ORDER BY n LIMIT $8),

@@ -274,7 +274,8 @@ async def test_a_frontier_grown_from_empty_is_claimed_by_index_not_by_a_stale_pl
     everywhere) read the whole partition per pair: a pair scan took 4 s on the 1,000-host
     bench, nothing was published meanwhile. The feeder's connections (``FEEDER_SETTINGS``, as
     the foreman opens them) plan each claim for its parameters and the table's size now: the
-    pair scan and the claim run on the frontier's index, as ``auto_explain`` shows."""
+    pair scan and the feeder's (planned) claim run on the frontier's index, as
+    ``auto_explain`` shows."""
     conn = await asyncpg.connect(database_url, server_settings=frontier_module.FEEDER_SETTINGS)
     try:
         await conn.execute("ALTER TABLE job_pending_r0 SET (autovacuum_enabled = off)")
@@ -282,7 +283,8 @@ async def test_a_frontier_grown_from_empty_is_claimed_by_index_not_by_a_stale_pl
         await new_job(conn, [f"http://s{i}.example/" for i in range(5)])
         for _ in range(8):  # past the five custom plans before a generic one
             async with conn.transaction():
-                await DueFrontier(Settings(**UNTIMED)).claim(conn, 10)
+                await DueFrontier(Settings(**UNTIMED)).claim_planned(conn, 10,
+                                                                     cache_max_age=3600.0)
             await conn.execute("UPDATE job_pending SET published_on = NULL")
         await new_job(conn, [f"http://h{i}.example/{j}" for i in range(HOSTS) for j in range(12)])
         plans: list[dict[str, Any]] = []
@@ -294,7 +296,8 @@ async def test_a_frontier_grown_from_empty_is_claimed_by_index_not_by_a_stale_pl
                               SET auto_explain.log_format = 'json';
                               SET auto_explain.log_level = 'notice'""")
         async with conn.transaction():
-            got = await DueFrontier(Settings(**UNTIMED)).claim(conn, 64)
+            got = await DueFrontier(Settings(**UNTIMED)).claim_planned(conn, 64,
+                                                                       cache_max_age=3600.0)
         assert len(got) == 64
     finally:
         await conn.close()

@@ -313,25 +313,26 @@ async def test_pairs_with_nothing_due_do_not_take_the_places_of_pairs_with_work(
 
 async def test_a_capped_host_has_only_the_starts_due_within_the_window_published(
         db: asyncpg.Connection) -> None:
-    """A host of 2 slots and 0.5 s between starts: one visit published at a time (a second
-    would wait 0.5 s in the gate, holding a worker's slot); none while the one published last
-    and not yet leased would take the next start, nor while the next start the gate leased is
+    """A host of 2 slots and 30 s between starts (long enough that no step here depends on
+    how fast the statements run): one visit published, not both slots' (a second would wait
+    its delay in the gate, holding a worker's slot); none while the one published last and
+    not yet leased would take the next start, nor while the next start the gate leased is
     further away than ``host_start_window``; the next one once it is within it, though the
     first is still in flight; none at the cap however due the host is."""
-    frontier = DueFrontier(Settings(host_start_window=0.1))
+    frontier = DueFrontier(Settings(host_delay=30, host_start_window=0.1))
     assert frontier.cap(H) == 2
     await new_job(db, [f"{H}/{i}" for i in range(5)])
     assert len(await claim(frontier, db)) == 1
     assert await claim(frontier, db) == []  # published, not leased: it takes the next start
-    # the gate leases its slot (the host's next start 0.5 s on); it was published a while ago
-    await hosts.acquire(db, {H: 1}, {H: 2}, {H: 0.5}, 60.0, 2.0)
-    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 second' "
+    # the gate leases its slot (the host's next start 30 s on); it was published long ago
+    await hosts.acquire(db, {H: 1}, {H: 2}, {H: 30.0}, 60.0, 2.0)
+    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 minute' "
                      "WHERE published_on IS NOT NULL")
-    assert await claim(frontier, db) == []  # the next start is 0.5 s away
+    assert await claim(frontier, db) == []  # the next start is 30 s away
     await db.execute("UPDATE host SET next_start = now() + interval '50 milliseconds'")
-    assert len(await claim(frontier, db)) == 1  # within the window: one, the cap allowing two
-    await db.execute("UPDATE host SET next_start = now() - interval '1 second'")
-    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 second' "
+    assert len(await claim(frontier, db)) == 1  # within the window, the first in flight
+    await db.execute("UPDATE host SET next_start = now() - interval '1 minute'")
+    await db.execute("UPDATE job_pending SET published_on = now() - interval '1 minute' "
                      "WHERE published_on IS NOT NULL")
     assert await claim(frontier, db) == []  # two in flight: the host's cap
     assert await db.fetchval("SELECT count(*) FROM job_pending "
@@ -340,24 +341,26 @@ async def test_a_capped_host_has_only_the_starts_due_within_the_window_published
 
 async def test_a_wider_start_window_publishes_the_starts_that_fit_up_to_the_cap(
         db: asyncpg.Connection) -> None:
-    """A window of 0.6 s holds two starts 0.5 s apart: both of a free host's slots are
-    published at once."""
-    frontier = DueFrontier(Settings(host_start_window=0.6))
-    await new_job(db, [f"{H}/{i}" for i in range(5)])
+    """A host of 4 slots and 0.5 s between starts: a window of 0.6 s holds two starts, so
+    two of a free host's visits are published at once, not its cap's four."""
+    frontier = DueFrontier(Settings(host_concurrency=4, host_start_window=0.6))
+    assert frontier.cap(H) == 4
+    await new_job(db, [f"{H}/{i}" for i in range(8)])
     assert len(await claim(frontier, db)) == 2
 
 
 async def test_a_host_that_starts_backing_off_between_scans_gets_nothing(
         db: asyncpg.Connection) -> None:
     """The pairs are scanned once a second; a back-off that began since (a 429 in a worker)
-    holds the host's visits back at the next claim, not at the next scan."""
+    holds the host's visits back at the next claim, not at the next scan, however far ahead
+    it ends (a Retry-After of a thousand years, as a server may send)."""
     frontier = DueFrontier(Settings())
     other = "http://other.example"
     await new_job(db, [f"{H}/{i}" for i in range(5)] + [f"{other}/{i}" for i in range(5)])
     assert len(await claim(frontier, db)) == 2  # one each
     await db.execute("DELETE FROM job_pending WHERE published_on IS NOT NULL")  # both done
     await db.execute("INSERT INTO host (host, backoff_until) "
-                     "VALUES ($1, now() + interval '1 minute')", other)
+                     "VALUES ($1, now() + interval '1000 years')", other)
     got = await claim(frontier, db)  # the same scan's pairs
     assert len(got) == 1
     assert await db.fetchval("SELECT host FROM job_pending WHERE url_id = $1", got[0][1]) == H
