@@ -24,7 +24,7 @@ from shared.db.visits import Key
 
 async def feed(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext, limit: int,
                frontier: Frontier, traps: JobTraps, rooms: KindRooms,
-               full_kinds: frozenset[str] = frozenset()) -> tuple[int, int]:
+               full_kinds: frozenset[str] = frozenset(), lead: float = 0.0) -> tuple[int, int]:
     """Publish up to ``limit`` pending visits not yet published, as ``frontier`` picks them
     (none of a kind in ``full_kinds``): those to fetch to their kind's work queue, in claim
     order, as far as it has room (``rooms``), the others to the URL queue. Returns how many
@@ -32,12 +32,15 @@ async def feed(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext, lim
 
     The rows are marked in a transaction that commits only after JetStream stored the messages;
     rows whose publish failed, or whose kind's queue had no room left, are unmarked, so they
-    are tried again, never lost. ``traps``: each job's trap limits, the foreman's.
+    are tried again, never lost. ``traps``: each job's trap limits, the foreman's. ``lead``:
+    seconds a visit published now waits in the work queue (``schedule.transit``): a polite
+    host's visit is published that much before its turn.
     """
     async with pool.acquire() as conn, conn.transaction():
         known = traps.known()
         planned = await frontier.claim_planned(conn, limit, cache_max_age=settings.cache_max_age,
-                                               known_traps=known, full_kinds=full_kinds)
+                                               known_traps=known, full_kinds=full_kinds,
+                                               lead=lead)
         if not planned:
             return 0, 0
         traps.learn(known, planned)

@@ -39,6 +39,17 @@ class KindRooms:
             metrics.QUEUE_MESSAGES.labels(topic).set(depth)
         return depth, last_seq
 
+    async def waiting(self, kind: str) -> int:
+        """Visits on the kind's work queue not yet delivered to any worker (its consumer's
+        ``num_pending``: the queue in front of a visit published now, the visits the workers
+        hold not counted); 0 while it cannot be read (no worker bound the consumer yet)."""
+        try:
+            info = await self.js.consumer_info(
+                stream_name(bus.work_subject(self.settings, kind)), bus.worker_consumer(kind))
+        except bus.TRANSIENT:
+            return 0
+        return int(info.num_pending or 0)
+
     async def room(self, kind: str) -> int:
         """How many more visits the kind's work queue takes now; 0 while it cannot be read
         (warned of; tried again after ``MAX_AGE``)."""

@@ -181,6 +181,20 @@ FEED_FLOOR = 256  # the feed-ahead budget at least: 2 x the bench's 128 worker s
 FEED_RATE_TIME = 1.0  # seconds: the time constant of the claimed-rows rate
 FEED_BATCH = 64  # visits finished since the last claim that are worth a claim at once
 FEED_MAX_WAIT = 0.05  # seconds between claims at most while anything is published
+LEAD_MAX = 1.0  # seconds of the work queue's wait counted at most (``transit``)
+
+
+def transit(waiting: int, rate: float) -> float:
+    """Seconds a visit published now waits on a work queue with ``waiting`` visits not yet
+    delivered to a worker, which the workers take at ``rate`` a second (the rows claimed per
+    second lately: what they finish once the feed-ahead budget binds); ``LEAD_MAX`` at most,
+    0 with nothing waiting or nothing measured yet. The claim publishes a polite host's visit
+    that much earlier, so that it reaches the gate when the host's turn comes (counted from
+    the publish alone, a visit behind 0.2 s of queue came after its start, and the host lost
+    that much of each turn)."""
+    if waiting <= 0 or rate <= 0:
+        return 0.0
+    return min(waiting / rate, LEAD_MAX)
 
 
 class FeedBudget:
@@ -282,8 +296,9 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                 full_kinds = frozenset([k for k in settings.fetcher_kinds if k != bus.HTTP
                                         and await rooms.room(k) == 0])
                 t0 = loop.time()
+                lead = transit(await rooms.waiting(bus.HTTP), budget.rate())
                 to_url, to_work = await feed(settings, pool, js, ask, frontier, traps, rooms,
-                                             full_kinds)
+                                             full_kinds, lead)
                 sent = to_url + to_work
                 last, took, after = t0, loop.time() - t0, out + sent
                 full, claimed = 2 * sent >= ask, True

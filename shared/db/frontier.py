@@ -36,9 +36,11 @@ class Frontier(Protocol):
 
     async def claim_planned(self, conn: asyncpg.Connection, limit: int, *,
                             cache_max_age: float, known_traps: Container[int] = (),
-                            full_kinds: Collection[str] = ()) -> list[Planned]:
+                            full_kinds: Collection[str] = (), lead: float = 0.0,
+                            ) -> list[Planned]:
         """``claim``, each visit planned as ``visits.plan`` plans it (one statement), none of
-        a job whose fetcher kind is in ``full_kinds``."""
+        a job whose fetcher kind is in ``full_kinds``; ``lead``: seconds a visit published
+        now waits in the queue before a worker takes it."""
 
     async def unclaim(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
         """Mark claimed visits as unpublished again (their publish failed)."""
@@ -176,7 +178,8 @@ class DueFrontier:
 
     async def claim_planned(self, conn: asyncpg.Connection, limit: int, *,
                             cache_max_age: float, known_traps: Container[int] = (),
-                            full_kinds: Collection[str] = ()) -> list[Planned]:
+                            full_kinds: Collection[str] = (), lead: float = 0.0,
+                            ) -> list[Planned]:
         """``claim``, each visit planned in the same statement, with the select list
         ``visits.plan`` uses (``visits.plan_columns``: the two cannot decide differently), in
         the order to publish them; pairs whose job's fetcher kind is in ``full_kinds`` (its
@@ -184,14 +187,18 @@ class DueFrontier:
         being claimed, refused and put back. ``traps`` is read only for a job not in
         ``known_traps``. The claim's rows are planned by primary key (``job_visit``, ``job``,
         ``url``), ``limit`` at most: a claim's cost grows by what ``plan`` would cost for them.
+        ``lead``: seconds a visit published now waits in the queue before a worker takes it; a
+        capped host's starts due within that much longer are published, so that its visit
+        reaches the gate about when its turn comes.
         """
         rows = await self._claim_rows(conn, limit, (float(cache_max_age), known_traps),
-                                      full_kinds)
+                                      full_kinds, lead)
         return [planned(r) for r in rows]
 
     async def _claim_rows(self, conn: asyncpg.Connection, limit: int,
                           plan: tuple[float, Container[int]] | None,
-                          full_kinds: Collection[str]) -> list[asyncpg.Record]:
+                          full_kinds: Collection[str], lead: float = 0.0,
+                          ) -> list[asyncpg.Record]:
         """The claim's rows in the order to publish them: (job_id, url_id, ...), planned
         (``visits.plan_columns``) when ``plan`` gives (cache_max_age, known_traps)."""
         if limit <= 0:
@@ -205,10 +212,10 @@ class DueFrontier:
             cached = lock["top"] == self._pairs[0]["top"]
         rows, dry = await self._claim_pairs(
             conn, self._pairs if cached else await self._scan(conn, now), limit, now, plan,
-            full_kinds)
+            full_kinds, lead)
         if cached and dry and len(rows) < limit:
             more, _ = await self._claim_pairs(conn, await self._scan(conn, now),
-                                              limit - len(rows), now, plan, full_kinds)
+                                              limit - len(rows), now, plan, full_kinds, lead)
             rows += more
         return rows
 
@@ -225,7 +232,8 @@ class DueFrontier:
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
                            limit: int, now: float, plan: tuple[float, Container[int]] | None,
-                           full_kinds: Collection[str]) -> tuple[list[asyncpg.Record], bool]:
+                           full_kinds: Collection[str], lead: float,
+                           ) -> tuple[list[asyncpg.Record], bool]:
         """The claim over ``pairs`` (but those of a kind in ``full_kinds``): the rows, and
         whether some pair with room had no row due."""
         batch = self._batch(pairs, frozenset(full_kinds), now)
@@ -234,12 +242,12 @@ class DueFrontier:
         # the plan's cache age, and the jobs whose traps it reads (those not known yet)
         planning = None if plan is None else (
             plan[0], sorted({j for j in batch.job_ids if j not in plan[1]}))
-        rows, full, took, dry = await _claim(conn, batch, limit, planning)
+        rows, full, took, dry = await _claim(conn, batch, limit, planning, lead)
         if len(rows) < limit and full:
             again = batch.subset(full)
             again.served[:] = [s + took[h, j] for s, h, j
                                in zip(again.served, again.hosts, again.job_ids, strict=True)]
-            more, _, more_took, _ = await _claim(conn, again, limit - len(rows), planning)
+            more, _, more_took, _ = await _claim(conn, again, limit - len(rows), planning, lead)
             rows += more
             took += more_took
         self._count(took, now)
@@ -447,12 +455,13 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # ``_order``), each taking $4 rows at most; busy: published rows per host, read once (grouped:
 # every published row in one pass, the feed-ahead budget's worth, hash-joined to the pairs,
 # never a rescan per host); roomy: the pairs whose host has room (or no cap): the cap less its
-# published rows, and no more than its starts due within $10 seconds (host_start_window) of its
-# next start, the latest of the gate's last lease (next_start), the row published last plus the
-# delay ($9: published, not yet leased, it takes that start), a back-off's end and now (a visit
-# published sooner sleeps in a worker's slot until its start; the count is bounded before its
-# cast: a Retry-After years ahead must not overflow it); live: the first $8
-# of them, the only ones whose pending rows are read. Per pair its first rows by rank, as many
+# published rows, and no more than its starts due within $10 seconds (host_start_window, plus
+# the queue's wait in front of a visit published now: ``lead``) of its next start, the latest
+# of the gate's last lease (next_start), the row published last plus the delay ($9: published,
+# not yet leased, it takes that start), a back-off's end and now (a visit published sooner
+# sleeps in a worker's slot until its start; the count is bounded before its cast: a
+# Retry-After years ahead must not overflow it); live: the first $8 of them, the only ones
+# whose pending rows are read. Per pair its first rows by rank, as many
 # as its host has room for; per capped host the room goes to the rows with the least service
 # before them (k: the pair's recent service plus the rows before it in this claim, over the
 # job's weight); then the limit ($6) to one row per capped host first (a host's second would
@@ -598,7 +607,7 @@ class _Batch:
 
 
 async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
-                 plan: tuple[float, list[int]] | None = None,
+                 plan: tuple[float, list[int]] | None = None, lead: float = 0.0,
                  ) -> tuple[list[asyncpg.Record], list[int], Counter[tuple[str, int]], bool]:
     """One claim over the ``batch`` of pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their
     recent service; ``caps``: their host's cap), each taking a share of ``limit`` (twice its even
@@ -607,7 +616,7 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
     (uncapped, or capped above the share: a pair capped at its share filled its host), how
     many rows each pair took, and whether some pair with room had no row due. The rows are
     planned (``_CLAIM_PLANNED``) when ``plan`` gives the cache age and the jobs whose traps
-    to read."""
+    to read. ``lead``: seconds added to the batch's start window (the queue's wait)."""
     hosts, job_ids, caps = batch.hosts, batch.job_ids, batch.caps
     if len(hosts) == 1 and caps[0] is None:  # one job on one uncapped host (a bench): by rank
         if plan is None:
@@ -618,7 +627,7 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
     args = (hosts, job_ids, batch.weights, share, caps, limit, batch.served,
-            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, batch.window)
+            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, batch.window + lead)
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
         rows = [r for r in got if r["url_id"] is not None]

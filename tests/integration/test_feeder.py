@@ -47,10 +47,12 @@ class Counting(DueFrontier):
 
     async def claim_planned(self, conn: asyncpg.Connection, limit: int, *,
                             cache_max_age: float, known_traps: Container[int] = (),
-                            full_kinds: Collection[str] = ()) -> list[Planned]:
+                            full_kinds: Collection[str] = (), lead: float = 0.0,
+                            ) -> list[Planned]:
         self.claims += 1
         return await super().claim_planned(conn, limit, cache_max_age=cache_max_age,
-                                           known_traps=known_traps, full_kinds=full_kinds)
+                                           known_traps=known_traps, full_kinds=full_kinds,
+                                           lead=lead)
 
 
 @asynccontextmanager
@@ -279,3 +281,20 @@ async def test_a_failed_work_publish_leaves_its_rows_unpublished(
     rows = {r["url_id"]: r["published_on"] for r in await db.fetch(
         "SELECT url_id, published_on FROM job_pending WHERE job_id = $1", job)}
     assert rows[a] is None and rows[b] is not None  # a is claimed again, b went out
+
+
+async def test_the_queue_a_new_visit_waits_behind_is_the_undelivered_visits(
+        settings: Settings, db: asyncpg.Connection) -> None:
+    """``KindRooms.waiting``: the work queue's visits no worker has taken yet, not those the
+    workers hold (delivered, not acked); 0 before any worker bound the queue's consumer."""
+    keys = [(1, i) for i in range(10)]
+    async with nats_js(settings) as js:
+        rooms = KindRooms(settings, js)
+        assert await rooms.waiting(bus.HTTP) == 0  # no consumer yet
+        sub = await bus.pull_subscription(js, settings, settings.work_topic,
+                                          bus.worker_consumer(bus.HTTP))
+        assert await bus.publish_visits(js, settings.work_topic, keys) == []
+        assert await rooms.waiting(bus.HTTP) == 10
+        held = await bus.pull(sub, 4, 1.0)  # a worker holds 4, unacked
+        assert len(held) == 4
+        assert await rooms.waiting(bus.HTTP) == 6

@@ -339,6 +339,21 @@ async def test_a_capped_host_has_only_the_starts_due_within_the_window_published
                              "WHERE published_on IS NOT NULL") == 2
 
 
+async def test_a_host_s_visit_is_published_ahead_of_its_turn_by_the_queue_s_wait(
+        db: asyncpg.Connection) -> None:
+    """With ``lead`` seconds of queue in front of a visit published now, a capped host's
+    starts due within the window plus the lead are published: its visit reaches the gate
+    about when its turn comes, instead of that much after it."""
+    frontier = DueFrontier(Settings(host_delay=30, host_start_window=0.1))
+    await new_job(db, [f"{H}/{i}" for i in range(5)])
+    await db.execute("INSERT INTO host (host, next_start) "
+                     "VALUES ($1, now() + interval '20 seconds')", H)
+    for lead, published in ((0.0, 0), (25.0, 1)):
+        async with db.transaction():
+            got = await frontier.claim_planned(db, 10, cache_max_age=3600.0, lead=lead)
+        assert len(got) == published, lead
+
+
 async def test_a_wider_start_window_publishes_the_starts_that_fit_up_to_the_cap(
         db: asyncpg.Connection) -> None:
     """A host of 4 slots and 0.5 s between starts: a window of 0.6 s holds two starts, so

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from foreman.schedule import FEED_FLOOR, FeedBudget
+from foreman.schedule import FEED_FLOOR, LEAD_MAX, FeedBudget, transit
 from shared.config import Settings, load_settings
 from shared.db.frontier import DueFrontier
 
@@ -63,3 +63,13 @@ def test_recent_service_halves_every_fair_window() -> None:
     assert f.served("h", 2, now=130.0) == 0.0
     f._count({}, now=300.0)  # long decayed: forgotten
     assert f._served == {}
+
+
+def test_the_lead_is_the_undelivered_queue_over_the_rate() -> None:
+    """How long a visit published now waits before a worker takes it (``transit``): what
+    waits in front of it over the rate the workers take visits; nothing without either, and
+    ``LEAD_MAX`` at most (a stalled crawl's queue over a rate near 0)."""
+    assert transit(150, 500.0) == 0.3
+    assert transit(0, 500.0) == 0.0
+    assert transit(150, 0.0) == 0.0
+    assert transit(10**6, 1.0) == LEAD_MAX
