@@ -223,8 +223,9 @@ class Settings(BaseModel):
     # a visit published beyond them is deferred and only churns); feed_pairs (host, job) pairs
     # are looked at per claim (more are served in turns)
     host_lookahead: float = Field(0.0, ge=0)
-    # ... and only the starts due within host_start_window seconds (plus host_lookahead) from
-    # the host's next start: a visit published earlier would wait in the gate, holding a slot
+    # ... and only the starts due within host_start_window seconds (plus host_lookahead and
+    # the work queue's wait) from the host's next start: a visit published earlier would wait
+    # in the gate, holding a slot
     host_start_window: float = Field(0.1, ge=0)
     feed_pairs: int = Field(5000, gt=0)
     # the feeder keeps at most feed_ahead seconds of work published and unfinished (on the URL

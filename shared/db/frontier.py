@@ -104,7 +104,7 @@ class DueFrontier:
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
         self._cursor = _START  # where the next scan of (host, job) pairs starts (wraps)
-        self._caps: dict[str, int | None] = {}
+        self._paces: dict[str, tuple[int | None, float | None]] = {}  # host -> (cap, delay)
         self._served: dict[tuple[str, int], tuple[float, float]] = {}  # (count, as of when)
         self._pruned = -math.inf
         self._pairs: list[asyncpg.Record] = []  # the last scan of the pairs
@@ -132,21 +132,25 @@ class DueFrontier:
         that also puts other jobs' visits behind), plus ``host_lookahead`` seconds of starts
         (no more than fit in ``politeness_horizon``; 0 by default). None: uncapped (no delay:
         only the gate's concurrency paces the host; or a row written without its host)."""
+        return self._pace(host)[0]
+
+    def _pace(self, host: str) -> tuple[int | None, float | None]:
+        """``host``'s cap (``cap``) and, when capped, its delay (seconds between starts)."""
         try:
-            return self._caps[host]
+            return self._paces[host]
         except KeyError:
             pass
-        cap: int | None = None
+        pace: tuple[int | None, float | None] = (None, None)
         if host:
-            pace = self._settings.host_limit(host)
-            if pace.delay > 0:
-                ahead = min(math.ceil(self._settings.host_lookahead / pace.delay),
-                            math.floor(self._settings.politeness_horizon / pace.delay))
-                cap = pace.concurrency + ahead
-        if len(self._caps) >= 100_000:
-            self._caps.clear()
-        self._caps[host] = cap
-        return cap
+            limit = self._settings.host_limit(host)
+            if limit.delay > 0:
+                ahead = min(math.ceil(self._settings.host_lookahead / limit.delay),
+                            math.floor(self._settings.politeness_horizon / limit.delay))
+                pace = (limit.concurrency + ahead, limit.delay)
+        if len(self._paces) >= 100_000:
+            self._paces.clear()
+        self._paces[host] = pace
+        return pace
 
     async def claim(self, conn: asyncpg.Connection, limit: int) -> list[Key]:
         """Mark up to ``limit`` unpublished due visits as published and return them, in the
@@ -203,6 +207,8 @@ class DueFrontier:
         (``visits.plan_columns``) when ``plan`` gives (cache_max_age, known_traps)."""
         if limit <= 0:
             return []
+        # a capped host's starts published: those due within this many seconds of its next
+        window = self._settings.host_start_window + self._settings.host_lookahead + lead
         now = time.monotonic()
         cached = bool(self._pairs) and now - self._scanned < PAIRS_TTL
         if cached:
@@ -212,10 +218,10 @@ class DueFrontier:
             cached = lock["top"] == self._pairs[0]["top"]
         rows, dry = await self._claim_pairs(
             conn, self._pairs if cached else await self._scan(conn, now), limit, now, plan,
-            full_kinds, lead)
+            full_kinds, window)
         if cached and dry and len(rows) < limit:
             more, _ = await self._claim_pairs(conn, await self._scan(conn, now),
-                                              limit - len(rows), now, plan, full_kinds, lead)
+                                              limit - len(rows), now, plan, full_kinds, window)
             rows += more
         return rows
 
@@ -232,22 +238,23 @@ class DueFrontier:
 
     async def _claim_pairs(self, conn: asyncpg.Connection, pairs: Sequence[asyncpg.Record],
                            limit: int, now: float, plan: tuple[float, Container[int]] | None,
-                           full_kinds: Collection[str], lead: float,
+                           full_kinds: Collection[str], window: float,
                            ) -> tuple[list[asyncpg.Record], bool]:
-        """The claim over ``pairs`` (but those of a kind in ``full_kinds``): the rows, and
-        whether some pair with room had no row due."""
+        """The claim over ``pairs`` (but those of a kind in ``full_kinds``; ``window``: see
+        ``_claim``): the rows, and whether some pair with room had no row due."""
         batch = self._batch(pairs, frozenset(full_kinds), now)
         if not batch.hosts:  # every pair's host waits: dry, so a back-off's end is seen at once
             return [], batch.full_kind < len(pairs)  # (a full kind is not: its queue is read anew)
         # the plan's cache age, and the jobs whose traps it reads (those not known yet)
         planning = None if plan is None else (
             plan[0], sorted({j for j in batch.job_ids if j not in plan[1]}))
-        rows, full, took, dry = await _claim(conn, batch, limit, planning, lead)
+        rows, full, took, dry = await _claim(conn, batch, limit, window, planning)
         if len(rows) < limit and full:
             again = batch.subset(full)
             again.served[:] = [s + took[h, j] for s, h, j
                                in zip(again.served, again.hosts, again.job_ids, strict=True)]
-            more, _, more_took, _ = await _claim(conn, again, limit - len(rows), planning, lead)
+            more, _, more_took, _ = await _claim(conn, again, limit - len(rows), window,
+                                                 planning)
             rows += more
             took += more_took
         self._count(took, now)
@@ -272,20 +279,18 @@ class DueFrontier:
             if full_kinds and p["fetcher"] in full_kinds:
                 full_kind += 1
                 continue
-            cap = 0 if p["waiting"] else self.cap(p["host"])
-            if cap == 0:
+            if p["waiting"]:
                 continue  # backing off or waiting for robots.txt
+            cap, delay = self._pace(p["host"])
             entries.append(_Pair(p["host"], p["job_id"], 2.0 ** p["priority"],
-                                 self.served(p["host"], p["job_id"], now), cap, p["backlog"]))
+                                 self.served(p["host"], p["job_id"], now), cap, delay,
+                                 p["backlog"]))
         entries = _order(entries)
         per_host = Counter(e.host for e in entries)
         batch = _Batch([e.host for e in entries], [e.job_id for e in entries],
                        [e.weight for e in entries], [e.cap for e in entries],
-                       [None if e.cap is None else self._settings.host_limit(e.host).delay
-                        for e in entries],
-                       [e.served for e in entries],
-                       [i for i, e in enumerate(entries) if per_host[e.host] > 1], full_kind,
-                       self._settings.host_start_window + self._settings.host_lookahead)
+                       [e.delay for e in entries], [e.served for e in entries],
+                       [i for i, e in enumerate(entries) if per_host[e.host] > 1], full_kind)
         self._batched = (pairs, full_kinds, batch)
         return batch
 
@@ -558,6 +563,7 @@ class _Pair:
     weight: float
     served: float   # its recent service (``DueFrontier.served``)
     cap: int | None  # its host's (``DueFrontier.cap``); None: uncapped
+    delay: float | None  # its host's seconds between starts when capped
     backlog: int    # rows due at the scan (BACKLOG_CAP at most)
 
 
@@ -597,17 +603,15 @@ class _Batch:
     served: list[float]
     shared: list[int]  # the pairs whose host has another job's pair too
     full_kind: int = 0  # pairs left out for their kind's full work queue
-    window: float = 0.0  # a capped host's starts published: those due within this (seconds)
 
     def subset(self, index: list[int]) -> _Batch:
         return _Batch([self.hosts[i] for i in index], [self.job_ids[i] for i in index],
                       [self.weights[i] for i in index], [self.caps[i] for i in index],
-                      [self.delays[i] for i in index], [self.served[i] for i in index], [],
-                      window=self.window)
+                      [self.delays[i] for i in index], [self.served[i] for i in index], [])
 
 
-async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
-                 plan: tuple[float, list[int]] | None = None, lead: float = 0.0,
+async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int, window: float,
+                 plan: tuple[float, list[int]] | None = None,
                  ) -> tuple[list[asyncpg.Record], list[int], Counter[tuple[str, int]], bool]:
     """One claim over the ``batch`` of pairs (``hosts[i]``, ``job_ids[i]``) (``served``: their
     recent service; ``caps``: their host's cap), each taking a share of ``limit`` (twice its even
@@ -616,7 +620,8 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
     (uncapped, or capped above the share: a pair capped at its share filled its host), how
     many rows each pair took, and whether some pair with room had no row due. The rows are
     planned (``_CLAIM_PLANNED``) when ``plan`` gives the cache age and the jobs whose traps
-    to read. ``lead``: seconds added to the batch's start window (the queue's wait)."""
+    to read. ``window``: a capped host's starts due within this many seconds of its next start
+    are published (``host_start_window``, ``host_lookahead`` and the queue's wait)."""
     hosts, job_ids, caps = batch.hosts, batch.job_ids, batch.caps
     if len(hosts) == 1 and caps[0] is None:  # one job on one uncapped host (a bench): by rank
         if plan is None:
@@ -627,7 +632,7 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int,
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
     args = (hosts, job_ids, batch.weights, share, caps, limit, batch.served,
-            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, batch.window + lead)
+            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, window)
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
         rows = [r for r in got if r["url_id"] is not None]
