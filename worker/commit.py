@@ -53,6 +53,9 @@ class Committer:
         self.queue: asyncio.Queue[Done] = asyncio.Queue()
         # The Bloom filters of jobs with ``bloom`` (a job without one never touches them).
         self.seen = SeenFilter(settings.bloom_jobs)
+        # Ids of URLs linked before (their look-up was most of the commit's time in PostgreSQL);
+        # how long an id waits to be durable is read from the server at the first commit.
+        self.known = pages.KnownUrls(settings.url_id_cache)
 
     async def submit(self, done: Done) -> None:
         await self.queue.put(done)
@@ -143,19 +146,26 @@ class Committer:
         extra_urls = {d.key: d.extra for d in batch if d.extra}
         outcomes: dict[Key, visits.Outcome] = {d.key: _outcome(d) for d in batch}
 
-        async def work(conn: asyncpg.Connection) -> None:
+        async def work(conn: asyncpg.Connection) -> dict[str, int]:
+            if self.known.settle is None:
+                self.known.settle = await pages.durable_after(conn)
+            self.known.connected(conn.get_server_pid())
             locked = await visits.lock_pending(conn, keys)
             live = {p.key for p in locked}
-            await pages.record_fetches(conn, [f for k, f in fetched.items() if k in live])
+            linked = await pages.record_fetches(
+                conn, [f for k, f in fetched.items() if k in live], self.known)
             extra: dict[Key, list[int]] = {}
             if extra_urls:
                 ids = await pages.upsert_urls(
-                    conn, {u: guess_mime(u) for us in extra_urls.values() for u in us})
+                    conn, {u: guess_mime(u) for us in extra_urls.values() for u in us},
+                    self.known)
                 extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
+                linked.update(ids)
             await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
                                   extra=extra, seen=self.seen)
+            return linked
 
-        await in_transaction(self.pool, work)
+        self.known.committed(await in_transaction(self.pool, work))
 
 
 # Classes of SQLSTATE for errors in the data stored: data exceptions, integrity constraints,

@@ -262,3 +262,37 @@ async def test_two_visits_at_fault_in_both_halves_are_not_split_further(
     job = keys[0][0]
     assert await failures(db, job) == {}
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 4
+
+
+async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_same(
+        settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
+    # Issue 15: a worker keeps the ids of the URLs it has linked (pages.KnownUrls). The second
+    # batch links two URLs of the first and a new one: its pages' links are the same ids a
+    # look-up would give, and the known ones came from the cache (so the look-up was skipped).
+    keys = await new_job(db, 4, max_level=1)
+    msgs = await queue.messages(keys)
+    committer = Committer(settings, pool)
+    committer.known.settle = 0.0  # durable at commit, as with synchronous_commit on
+    runner = asyncio.create_task(committer.run())
+    try:
+        first = [fetched(k, msgs[k], "http://x.example/a", "http://x.example/b")
+                 for k in keys[:2]]
+        await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in first)), 30)
+        assert committer.known.split({"http://x.example/a": "", "http://x.example/b": ""})[1] == {}
+        second = [fetched(k, msgs[k], "http://x.example/b", "http://x.example/c",
+                          "http://x.example/a") for k in keys[2:]]
+        await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in second)), 30)
+    finally:
+        runner.cancel()
+    ids = {r["url"]: r["id"] for r in await db.fetch(
+        "SELECT id, url FROM url WHERE url LIKE 'http://x.example/%'")}
+    assert sorted(ids) == ["http://x.example/a", "http://x.example/b", "http://x.example/c"]
+    rows = await db.fetch(f"SELECT refer_id, url_id FROM {JOB_RESULT} WHERE job_id = $1",
+                          keys[0][0])
+    got: dict[int, set[int]] = {}
+    for r in rows:
+        got.setdefault(r["refer_id"], set()).add(r["url_id"])
+    a, b, c = ids["http://x.example/a"], ids["http://x.example/b"], ids["http://x.example/c"]
+    assert got == {keys[0][1]: {a, b}, keys[1][1]: {a, b}, keys[2][1]: {a, b, c},
+                   keys[3][1]: {a, b, c}}
+    assert committer.known.split({"http://x.example/c": ""})[0] == {"http://x.example/c": c}
