@@ -93,12 +93,12 @@ class KnownUrls:
 
 async def durable_after(conn: asyncpg.Connection) -> float:
     """Seconds after which a commit of this session is on disk: 0 unless ``synchronous_commit``
-    is off, else three times ``wal_writer_delay`` (PostgreSQL's bound), with a margin."""
+    is off, else three times ``wal_writer_delay`` (PostgreSQL's bound), and 100 ms more."""
     row = await conn.fetchrow("""
         SELECT current_setting('synchronous_commit') AS sync,
                (SELECT setting::float8 / 1000 FROM pg_settings
                 WHERE name = 'wal_writer_delay') AS delay""")
-    return 0.0 if row["sync"] != "off" else 3 * row["delay"] + 0.5
+    return 0.0 if row["sync"] != "off" else 3 * row["delay"] + 0.1
 
 
 async def record_fetches(conn: asyncpg.Connection,

@@ -32,7 +32,7 @@ async def test_durable_after_follows_synchronous_commit(db: asyncpg.Connection) 
     delay = await db.fetchval(
         "SELECT setting::float8 / 1000 FROM pg_settings WHERE name = 'wal_writer_delay'")
     await db.execute("SET synchronous_commit = off")
-    assert await pages.durable_after(db) == 3 * delay + 0.5
+    assert await pages.durable_after(db) == 3 * delay + 0.1
     await db.execute("SET synchronous_commit = local")
     assert await pages.durable_after(db) == 0.0
     await db.execute("RESET synchronous_commit")
