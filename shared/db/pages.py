@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,7 +37,8 @@ class KnownUrls:
     (``connected``; after a crash every connection is new) drops those kept aside.
 
     Bounded: two generations of at most ``size`` URLs each; a URL found in the older one moves
-    to the newer, the older is dropped when the newer fills. ``size`` 0 keeps nothing."""
+    to the newer, the older is dropped when the newer cannot take a batch more. ``size`` 0
+    keeps nothing."""
 
     def __init__(self, size: int, settle: float | None = None) -> None:
         self.size = size
@@ -51,18 +53,15 @@ class KnownUrls:
 
     def split(self, mime_by_url: Mapping[str, str]) -> tuple[dict[str, int], dict[str, str]]:
         """The ids known of these URLs, and the rest (with their MIME types)."""
-        found: dict[str, int] = {}
-        rest: dict[str, str] = {}
         new, old = self._new, self._old
-        for url, mime in mime_by_url.items():
-            i = new.get(url)
-            if i is None:
-                i = old.get(url)
-                if i is None:
-                    rest[url] = mime
-                    continue
-                self._keep(url, i)
-            found[url] = i
+        found = {u: new[u] for u in mime_by_url.keys() & new.keys()}
+        if len(found) == len(mime_by_url):
+            return found, {}
+        rest = {u: m for u, m in mime_by_url.items() if u not in found}
+        if old and (older := {u: old[u] for u in rest.keys() & old.keys()}):
+            self._keep(older)  # found in the older generation: into the newer
+            found |= older
+            rest = {u: m for u, m in rest.items() if u not in older}
         return found, rest
 
     def connected(self, backend: int) -> None:
@@ -80,15 +79,17 @@ class KnownUrls:
             self._staged.append((now, ids))
         staged = self._staged
         while staged and self.settle is not None and staged[0][0] <= now - self.settle:
-            for url, i in staged.popleft()[1].items():
-                self._keep(url, i)
+            ids = staged.popleft()[1]
+            self._keep({u: ids[u] for u in ids.keys() - self._new.keys()})
 
-    def _keep(self, url: str, i: int) -> None:
-        if len(self._new) >= self.size:
-            if not self.size:
-                return
+    def _keep(self, ids: Mapping[str, int]) -> None:
+        if not ids or not self.size:
+            return
+        if len(ids) > self.size:
+            ids = dict(itertools.islice(ids.items(), self.size))
+        if len(self._new) + len(ids) > self.size:
             self._old, self._new = self._new, {}
-        self._new[url] = i
+        self._new.update(ids)
 
 
 async def durable_after(conn: asyncpg.Connection) -> float:
