@@ -221,7 +221,7 @@ class EmbeddedPostgres:
                 "-c", "synchronous_commit=off", "-c", "log_min_messages=warning",
                 # An asynchronous commit is on disk within 3 times this (PostgreSQL's bound; the
                 # default 200ms): workers use the URL ids they read only after that
-                # (shared.db.pages.KnownUrls), so the sooner, the more links skip a look-up.
+                # (shared.db.known.Known), so the sooner, the more links skip a look-up.
                 "-c", "wal_writer_delay=20ms",
                 # Concurrent batches can deadlock on rare lock cycles (both retried at once);
                 # find them in 100 ms instead of the default second.

@@ -236,7 +236,8 @@ class Settings(BaseModel):
     # of the host, each decayed with this half-life, over the job's weight
     fair_window: float = Field(30.0, gt=0)
     bloom_jobs: int = Field(64, gt=0)            # Bloom filters a worker keeps (one per job, LRU)
-    url_id_cache: int = Field(50_000, ge=0)      # URL ids a worker keeps, two generations of this
+    # what a worker's commits keep known (URL ids; visits' levels): two generations of this each
+    commit_cache: int = Field(50_000, ge=0)
     stale_after: float = Field(900.0, gt=0)      # published and still pending this long: lost
     max_requeues: int = Field(3, ge=0)           # watchdog re-publishes before recording failure
     watchdog_interval: float = Field(5.0, gt=0)
@@ -640,7 +641,7 @@ _SIMPLE_KEYS = {
     "workerHealthWindow": "worker_health_window",
     "githubBaseUrl": "github_base_url", "githubTokenFiles": "github_token_files",
     "githubPerPage": "github_per_page", "githubTokenConcurrency": "github_token_concurrency",
-    "feedPairs": "feed_pairs", "bloomJobs": "bloom_jobs", "urlIdCache": "url_id_cache",
+    "feedPairs": "feed_pairs", "bloomJobs": "bloom_jobs", "commitCache": "commit_cache",
     "allowNetworks": "allow_networks", "allowHosts": "allow_hosts",
     "denyNetworks": "deny_networks", "maxURLLength": "max_url_length",
     "maxPathDepth": "max_path_depth", "maxSegmentRepeats": "max_segment_repeats",

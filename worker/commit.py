@@ -18,6 +18,7 @@ from shared import bus, metrics
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import pages, visits
+from shared.db.known import Known, durable_after
 from shared.db.pool import RETRYABLE, in_transaction
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage
@@ -53,9 +54,10 @@ class Committer:
         self.queue: asyncio.Queue[Done] = asyncio.Queue()
         # The Bloom filters of jobs with ``bloom`` (a job without one never touches them).
         self.seen = SeenFilter(settings.bloom_jobs)
-        # Ids of URLs linked before (their look-up was most of the commit's time in PostgreSQL);
-        # how long an id waits to be durable is read from the server at the first commit.
-        self.known = pages.KnownUrls(settings.url_id_cache)
+        # What the commits need not ask PostgreSQL again (known.Known): the ids of URLs, the
+        # levels of visits; how long a fact waits to be durable is read at the first commit.
+        self.urls: Known[str] = Known(settings.commit_cache)
+        self.visits: Known[Key] = Known(settings.commit_cache)
 
     async def submit(self, done: Done) -> None:
         await self.queue.put(done)
@@ -146,26 +148,27 @@ class Committer:
         extra_urls = {d.key: d.extra for d in batch if d.extra}
         outcomes: dict[Key, visits.Outcome] = {d.key: _outcome(d) for d in batch}
 
-        async def work(conn: asyncpg.Connection) -> dict[str, int]:
-            if self.known.settle is None:
-                self.known.settle = await pages.durable_after(conn)
-            self.known.connected(conn.get_server_pid())
+        async def work(conn: asyncpg.Connection) -> None:
+            if self.urls.settle is None:
+                self.urls.settle = self.visits.settle = await durable_after(conn)
+            self.urls.begin(conn.get_server_pid())
+            self.visits.begin(conn.get_server_pid())
             locked = await visits.lock_pending(conn, keys)
             live = {p.key for p in locked}
-            linked = await pages.record_fetches(
-                conn, [f for k, f in fetched.items() if k in live], self.known)
+            await pages.record_fetches(conn, [f for k, f in fetched.items() if k in live],
+                                       self.urls)
             extra: dict[Key, list[int]] = {}
             if extra_urls:
                 ids = await pages.upsert_urls(
                     conn, {u: guess_mime(u) for us in extra_urls.values() for u in us},
-                    self.known)
+                    self.urls)
                 extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
-                linked.update(ids)
             await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
-                                  extra=extra, seen=self.seen)
-            return linked
+                                  extra=extra, seen=self.seen, known=self.visits)
 
-        self.known.committed(await in_transaction(self.pool, work))
+        await in_transaction(self.pool, work)
+        self.urls.committed()
+        self.visits.committed()
 
 
 # Classes of SQLSTATE for errors in the data stored: data exceptions, integrity constraints,

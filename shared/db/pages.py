@@ -5,15 +5,13 @@ version (``url_links``: one row, written once) and, under a job's rule set, its 
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TypeVar
 
 import asyncpg
 
+from shared.db.known import Known
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage, Yield
 
@@ -22,89 +20,9 @@ TARGET_KINDS = frozenset({"link", "id"})  # yields naming a URL to follow (``url
 T = TypeVar("T")
 
 
-class KnownUrls:
-    """The ids of ``url`` rows by their URL, as this process has seen them committed and made
-    durable: a ``url`` row is never deleted and its text never changes, so a URL's id, once
-    durable, is its id for good, and a batch's links found here need no look-up
-    (``upsert_urls``, most of whose time went to links known already: most links of a page
-    were on pages before it).
-
-    Durable, not only committed: with ``synchronous_commit=off`` (``harvester up``'s embedded
-    PostgreSQL) a server crash loses the last commits, and the sequence may then hand a lost
-    row's id to another URL. So ids are learned from a committed transaction (``committed``),
-    kept aside for ``settle`` seconds (PostgreSQL's bound on an asynchronous commit's delay,
-    ``durable_after``; None: not known yet, kept aside until it is) and only then used; a transaction on a server process not seen before
-    (``connected``; after a crash every connection is new) drops those kept aside.
-
-    Bounded: two generations of at most ``size`` URLs each; a URL found in the older one moves
-    to the newer, the older is dropped when the newer cannot take a batch more. ``size`` 0
-    keeps nothing."""
-
-    def __init__(self, size: int, settle: float | None = None) -> None:
-        self.size = size
-        self.settle = settle
-        self._new: dict[str, int] = {}
-        self._old: dict[str, int] = {}
-        self._staged: collections.deque[tuple[float, Mapping[str, int]]] = collections.deque()
-        self._backends: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self._new) + len(self._old)
-
-    def split(self, mime_by_url: Mapping[str, str]) -> tuple[dict[str, int], dict[str, str]]:
-        """The ids known of these URLs, and the rest (with their MIME types)."""
-        new, old = self._new, self._old
-        found = {u: new[u] for u in mime_by_url.keys() & new.keys()}
-        if len(found) == len(mime_by_url):
-            return found, {}
-        rest = {u: m for u, m in mime_by_url.items() if u not in found}
-        if old and (older := {u: old[u] for u in rest.keys() & old.keys()}):
-            self._keep(older)  # found in the older generation: into the newer
-            found |= older
-            rest = {u: m for u, m in rest.items() if u not in older}
-        return found, rest
-
-    def connected(self, backend: int) -> None:
-        """A transaction runs on the server process ``backend`` (``get_server_pid()``)."""
-        if backend not in self._backends:
-            if len(self._backends) >= 1024:
-                self._backends.clear()
-            self._backends.add(backend)
-            self._staged.clear()
-
-    def committed(self, ids: Mapping[str, int], now: float | None = None) -> None:
-        """These ids were read or inserted by a transaction that has just committed."""
-        now = time.monotonic() if now is None else now
-        if self.size and ids:
-            self._staged.append((now, ids))
-        staged = self._staged
-        while staged and self.settle is not None and staged[0][0] <= now - self.settle:
-            ids = staged.popleft()[1]
-            self._keep({u: ids[u] for u in ids.keys() - self._new.keys()})
-
-    def _keep(self, ids: Mapping[str, int]) -> None:
-        if not ids or not self.size:
-            return
-        if len(ids) > self.size:
-            ids = dict(itertools.islice(ids.items(), self.size))
-        if len(self._new) + len(ids) > self.size:
-            self._old, self._new = self._new, {}
-        self._new.update(ids)
-
-
-async def durable_after(conn: asyncpg.Connection) -> float:
-    """Seconds after which a commit of this session is on disk: 0 unless ``synchronous_commit``
-    is off, else three times ``wal_writer_delay`` (PostgreSQL's bound), and 100 ms more."""
-    row = await conn.fetchrow("""
-        SELECT current_setting('synchronous_commit') AS sync,
-               (SELECT setting::float8 / 1000 FROM pg_settings
-                WHERE name = 'wal_writer_delay') AS delay""")
-    return 0.0 if row["sync"] != "off" else 3 * row["delay"] + 0.1
-
-
 async def record_fetches(conn: asyncpg.Connection,
                          fetched: Sequence[tuple[FetchedPage, Extraction]],
-                         known: KnownUrls | None = None) -> dict[str, int]:
+                         known: Known[str] | None = None) -> None:
     """Update the pages' ``url`` rows and record their links (``Extraction.links``); set-based,
     a few statements a batch.
 
@@ -119,10 +37,9 @@ async def record_fetches(conn: asyncpg.Connection,
     batches holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
     answer and its links once, and its yields per rule set.
 
-    Returns the ids of the URLs linked (for ``known``, once committed); links whose id is in
-    ``known`` are not looked up."""
+    Links whose id is in ``known`` are not looked up (``upsert_urls``)."""
     if not fetched:
-        return {}
+        return
     links = {p.url_id: x.links for p, x in fetched}
     by_id = {p.url_id: p for p, _ in fetched}  # the same URL fetched for two jobs: keep one answer
     fresh = sorted(i for i, p in by_id.items() if p.not_modified)
@@ -133,7 +50,7 @@ async def record_fetches(conn: asyncpg.Connection,
             FROM locked k WHERE url.id = k.id""", fresh)
     ids = sorted(i for i, p in by_id.items() if not p.not_modified)
     if not ids:
-        return {}
+        return
     ps = [by_id[i] for i in ids]
     await conn.execute(f"""
         WITH {_LOCK_URLS}
@@ -172,7 +89,6 @@ async def record_fetches(conn: asyncpg.Connection,
     await _record_links(conn, ps, links, ids_by_url)
     if extracted:
         await _record_yields(conn, extracted, ids_by_url)
-    return ids_by_url
 
 
 async def _record_links(conn: asyncpg.Connection, ps: Sequence[FetchedPage],
@@ -296,9 +212,9 @@ async def _chunks(items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
 
 
 async def upsert_urls(conn: asyncpg.Connection, mime_by_url: Mapping[str, str],
-                      known: KnownUrls | None = None) -> dict[str, int]:
+                      known: Known[str] | None = None) -> dict[str, int]:
     """Ids of these URLs, inserting the missing ones with the given MIME type (race-free);
-    those in ``known`` are taken from it.
+    those in ``known`` are taken from it, the others noted in it.
 
     Existing URLs are found by a plain read and only the rest go through ``INSERT ... ON
     CONFLICT``. Most links of a page are known already, and a read takes no lock: an insert
@@ -340,6 +256,8 @@ async def upsert_urls(conn: asyncpg.Connection, mime_by_url: Mapping[str, str],
                 SELECT u.id, u.url FROM unnest($1::text[]) AS i(url) JOIN url u ON {_SAME_URL}""",
                 rest):
             ids[r["url"]] = r["id"]
+    if known is not None:
+        known.note(ids)
     return found | ids if found else ids
 
 

@@ -33,6 +33,7 @@ from shared.scope import Scope
 from shared.urls import host_key
 
 if TYPE_CHECKING:
+    from shared.db.known import Known
     from shared.seen import SeenFilter
 
 Key = tuple[int, int]  # (job_id, url_id)
@@ -249,7 +250,8 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
                    reasons: dict[Key, str] | None = None,
                    extra: dict[Key, list[int]] | None = None,
                    seen: SeenFilter | None = None,
-                   versions: Mapping[Key, int] | None = None) -> list[Key]:
+                   versions: Mapping[Key, int] | None = None,
+                   known: Known[Key] | None = None) -> list[Key]:
     """Record locked visits as processed; return the visits newly queued.
 
     Must run inside the transaction that called ``lock_pending`` (and, for fetched pages, wrote
@@ -265,7 +267,9 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     ``extra`` gives URLs to follow from a page that are not links on it (its sitemaps). A job
     with a rule set also gets the page's yields under it (``job_yield``); for jobs of rule
     set 0 that costs no statement. ``seen``: the worker's Bloom filters, consulted for jobs
-    with ``bloom`` (``_insert_first``); a job without one never touches it.
+    with ``bloom`` (``_insert_first``); a job without one never touches it. ``known``: the
+    levels the worker knows its jobs' visits to have at most (``known.Known``): children known
+    visited at their level or nearer are no work; the visits processed and queued are noted.
     """
     if not pages:
         return []
@@ -289,7 +293,9 @@ async def complete(conn: asyncpg.Connection, pages: Sequence[Pending],
     if extra:  # URLs that are not links (sitemaps) are a level down: none from the last
         below = {p.key for p in parents if p.level + 1 < p.max_level}
         extra = {k: v for k, v in extra.items() if k in below}
-    queued = await _queue_children(conn, parents, extra or {}, seen)
+    if known is not None:
+        known.note({p.key: p.level for p in pages})
+    queued = await _queue_children(conn, parents, extra or {}, seen, known)
     await _count(conn, pages, outcomes, failed, queued)
     return [(j, u) for j, u, _ in queued]
 
@@ -361,7 +367,8 @@ async def _record_failures(conn: asyncpg.Connection, pages: Sequence[Pending],
 
 async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
                           extra: dict[Key, list[int]],
-                          seen: SeenFilter | None = None) -> list[tuple[int, int, int]]:
+                          seen: SeenFilter | None = None,
+                          known: Known[Key] | None = None) -> list[tuple[int, int, int]]:
     """Add the parents' children (their links, or for a job with follow rules or ids the links
     and ids its rules found: ``_children``; and ``extra`` URLs) as visits at level+1; returns
     (job, url, origin) newly pending.
@@ -385,7 +392,7 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
         if len(rows) <= CHUNK:
             if extra:  # a page a sitemap lists may be a link too: the nearest once
                 rows = _nearest(list(rows) + await _extra_children(conn, parents, extra))
-            return await _insert_first(conn, _in_scope(parents, rows), parents, seen)
+            return await _insert_first(conn, _in_scope(parents, rows), parents, seen, known)
     queued: list[tuple[int, int, int]] = []
     fresh: list[asyncpg.Record] = []
     async for children in _candidates(conn, parents, extra):
@@ -499,16 +506,25 @@ def _children(parents: Sequence[Pending]) -> tuple[str, list[list[int] | list[st
 
 async def _insert_first(conn: asyncpg.Connection, children: Sequence[asyncpg.Record],
                         parents: Sequence[Pending],
-                        seen: SeenFilter | None = None) -> list[tuple[int, int, int]]:
+                        seen: SeenFilter | None = None,
+                        known: Known[Key] | None = None) -> list[tuple[int, int, int]]:
     """Queue the children of jobs without ``max_pages`` (no job row to lock, no counter): insert
     them as visits, lower the level of those the job had visited already where this path is
     shorter, and queue the new and the lowered ones: three statements, no probe.
+
+    With ``known``, the children known visited at their level or nearer are left out (no
+    new visit, no shorter path: nothing to write), and the rest noted at their level: each is
+    the job's visit at that level or nearer once this commits.
 
     With ``seen`` (the worker's Bloom filters), the children of a job with ``bloom`` that its
     filter may have seen are looked up first (``_lower``: exact) and only those the job has
     not visited are inserted; the others (surely unseen) are inserted as without a filter. A
     false positive costs its share of one lookup, never a visit. A job without ``bloom`` (or
     no ``seen``) takes none of this path."""
+    if known is not None:
+        children = [c for c in children
+                    if (at := known.get(_key(c))) is None or at > c["level"]]
+        known.note({_key(c): c["level"] for c in children})
     if not children:
         return []
     lowered: set[Key] = set()

@@ -266,19 +266,19 @@ async def test_two_visits_at_fault_in_both_halves_are_not_split_further(
 
 async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_same(
         settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
-    # Issue 15: a worker keeps the ids of the URLs it has linked (pages.KnownUrls). The second
-    # batch links two URLs of the first and a new one: its pages' links are the same ids a
-    # look-up would give, and the known ones came from the cache (so the look-up was skipped).
-    keys = await new_job(db, 4, max_level=1)
+    # Issue 15: a worker keeps the ids of the URLs it has linked and the levels of its jobs'
+    # visits (shared.db.known). The second batch links two URLs of the first and a new one: its
+    # pages' links and visits are those without the cache, and the known ones came from it.
+    keys = await new_job(db, 4, max_level=2)
     msgs = await queue.messages(keys)
     committer = Committer(settings, pool)
-    committer.known.settle = 0.0  # durable at commit, as with synchronous_commit on
+    committer.urls.settle = committer.visits.settle = 0.0  # as with synchronous_commit on
     runner = asyncio.create_task(committer.run())
     try:
         first = [fetched(k, msgs[k], "http://x.example/a", "http://x.example/b")
                  for k in keys[:2]]
         await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in first)), 30)
-        assert committer.known.split({"http://x.example/a": "", "http://x.example/b": ""})[1] == {}
+        assert committer.urls.split({"http://x.example/a": "", "http://x.example/b": ""})[1] == {}
         second = [fetched(k, msgs[k], "http://x.example/b", "http://x.example/c",
                           "http://x.example/a") for k in keys[2:]]
         await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in second)), 30)
@@ -295,4 +295,7 @@ async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_s
     a, b, c = ids["http://x.example/a"], ids["http://x.example/b"], ids["http://x.example/c"]
     assert got == {keys[0][1]: {a, b}, keys[1][1]: {a, b}, keys[2][1]: {a, b, c},
                    keys[3][1]: {a, b, c}}
-    assert committer.known.split({"http://x.example/c": ""})[0] == {"http://x.example/c": c}
+    assert committer.urls.split({"http://x.example/c": ""})[0] == {"http://x.example/c": c}
+    assert {committer.visits.get((keys[0][0], u)) for u in (a, b, c)} == {1}
+    assert await db.fetchval("SELECT count(*) FROM job_visit WHERE job_id = $1 AND "
+                             "url_id = ANY($2::bigint[])", keys[0][0], [a, b, c]) == 3

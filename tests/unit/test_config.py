@@ -463,9 +463,9 @@ def test_fair_feeder_keys(tmp_path: Path) -> None:
                          env={}).host_start_window == 0.25
 
 
-def test_url_id_cache_key(tmp_path: Path) -> None:
-    """Issue 15: urlIdCache, the URL ids a worker keeps (0: none)."""
-    assert Settings().url_id_cache == 50_000
-    assert load_settings(write(tmp_path, {"urlIdCache": 0}), env={}).url_id_cache == 0
+def test_commit_cache_key(tmp_path: Path) -> None:
+    """Issue 15: commitCache, what a worker's commits keep known (0: nothing)."""
+    assert Settings().commit_cache == 50_000
+    assert load_settings(write(tmp_path, {"commitCache": 0}), env={}).commit_cache == 0
     with pytest.raises(ConfigError):
-        load_settings(write(tmp_path, {"urlIdCache": -1}), env={})
+        load_settings(write(tmp_path, {"commitCache": -1}), env={})
