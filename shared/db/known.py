@@ -54,12 +54,14 @@ class Known(Generic[K]):
 
     def split(self, keyed: Mapping[K, V]) -> tuple[dict[K, int], dict[K, V]]:
         """The numbers known of these keys, and the rest of ``keyed``."""
+        # comprehensions over the few keys asked: a set operation with a dict's keys() costs
+        # as much as the dict has keys
         new, old = self._new, self._old
-        found = {k: new[k] for k in keyed.keys() & new.keys()}
+        found = {k: new[k] for k in keyed if k in new}
         if len(found) == len(keyed):
             return found, {}
         rest = {k: v for k, v in keyed.items() if k not in found}
-        if old and (older := {k: old[k] for k in rest.keys() & old.keys()}):
+        if old and (older := {k: old[k] for k in rest if k in old}):
             self._keep(older)  # found in the older generation: into the newer
             found |= older
             rest = {k: v for k, v in rest.items() if k not in older}
@@ -92,8 +94,8 @@ class Known(Generic[K]):
             self._noted = {}
         staged = self._staged
         while staged and self.settle is not None and staged[0][0] <= now - self.settle:
-            facts = staged.popleft()[1]
-            self._keep({k: facts[k] for k in facts.keys() - self._new.keys()})
+            new = self._new
+            self._keep({k: v for k, v in staged.popleft()[1].items() if k not in new})
 
     def _keep(self, facts: Mapping[K, int]) -> None:
         if not facts or not self.size:
