@@ -220,8 +220,8 @@ class EmbeddedPostgres:
                 "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "shared_buffers=128MB",
                 "-c", "synchronous_commit=off", "-c", "log_min_messages=warning",
                 # An asynchronous commit is on disk within 3 times this (PostgreSQL's bound; the
-                # default 200ms): workers use the URL ids they read only after that
-                # (shared.db.known.Known), so the sooner, the more links skip a look-up.
+                # default 200ms): workers use what their commits learn (URL ids, visits'
+                # levels) only once it is (shared.db.known.Known): the sooner, the more hits.
                 "-c", "wal_writer_delay=20ms",
                 # Concurrent batches can deadlock on rare lock cycles (both retried at once);
                 # find them in 100 ms instead of the default second.

@@ -18,7 +18,7 @@ from shared import bus, metrics
 from shared.bus import Settle, Verdict
 from shared.config import Settings
 from shared.db import pages, visits
-from shared.db.known import Known, durable_after
+from shared.db.known import Facts
 from shared.db.pool import RETRYABLE, in_transaction
 from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage
@@ -54,10 +54,8 @@ class Committer:
         self.queue: asyncio.Queue[Done] = asyncio.Queue()
         # The Bloom filters of jobs with ``bloom`` (a job without one never touches them).
         self.seen = SeenFilter(settings.bloom_jobs)
-        # What the commits need not ask PostgreSQL again (known.Known): the ids of URLs, the
-        # levels of visits; how long a fact waits to be durable is read at the first commit.
-        self.urls: Known[str] = Known(settings.commit_cache)
-        self.visits: Known[Key] = Known(settings.commit_cache)
+        # What the commits need not ask PostgreSQL again: the ids of URLs, the levels of visits.
+        self.known = Facts(settings.commit_cache)
 
     async def submit(self, done: Done) -> None:
         await self.queue.put(done)
@@ -102,13 +100,14 @@ class Committer:
             verdict = Settle(Verdict.ACK)
         elif not _data_error(error):
             log.warning("commit of %d visits failed (%s); they will be redelivered",
-                        len(batch), describe(error), exc_info=not _known(error))
+                        len(batch), describe(error), exc_info=not _expected(error))
             verdict = Settle(Verdict.RETRY, 2.0)
         elif len(batch) == 1:
             verdict = await self._fail(batch[0], error)
         else:
             log.warning("commit of %d visits failed (%s); committing them in halves",
                         len(batch), describe(error))
+            self.known.clear()  # were it a fact known wrongly, it is not used again
             halves = (batch[:len(batch) // 2], batch[len(batch) // 2:])
             errors = [await self._attempt(h) for h in halves]
             if errors[0] is None or errors[1] is None:
@@ -149,26 +148,22 @@ class Committer:
         outcomes: dict[Key, visits.Outcome] = {d.key: _outcome(d) for d in batch}
 
         async def work(conn: asyncpg.Connection) -> None:
-            if self.urls.settle is None:
-                self.urls.settle = self.visits.settle = await durable_after(conn)
-            self.urls.begin(conn.get_server_pid())
-            self.visits.begin(conn.get_server_pid())
+            await self.known.begin(conn)
             locked = await visits.lock_pending(conn, keys)
             live = {p.key for p in locked}
             await pages.record_fetches(conn, [f for k, f in fetched.items() if k in live],
-                                       self.urls)
+                                       self.known.urls)
             extra: dict[Key, list[int]] = {}
             if extra_urls:
                 ids = await pages.upsert_urls(
                     conn, {u: guess_mime(u) for us in extra_urls.values() for u in us},
-                    self.urls)
+                    self.known.urls)
                 extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
             await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
-                                  extra=extra, seen=self.seen, known=self.visits)
+                                  extra=extra, seen=self.seen, known=self.known.visits)
 
         await in_transaction(self.pool, work)
-        self.urls.committed()
-        self.visits.committed()
+        self.known.committed()
 
 
 # Classes of SQLSTATE for errors in the data stored: data exceptions, integrity constraints,
@@ -201,7 +196,7 @@ def _in_json(e: Exception) -> bool:
 _JSON_DIR = Path(json.__file__).parent
 
 
-def _known(e: Exception) -> bool:
+def _expected(e: Exception) -> bool:
     """An error that is not a bug: no traceback in the log."""
     return isinstance(e, (*RETRYABLE, asyncpg.PostgresError))
 

@@ -1,18 +1,36 @@
-"""What a worker's commits know without asking PostgreSQL (``Known``), and when a commit is durable
-(``durable_after``)."""
+"""What a worker's commits know without asking PostgreSQL (``Known``, ``Facts``), and where in
+the server's WAL a transaction starts (``where``)."""
 
 from __future__ import annotations
 
 import collections
 import itertools
-import time
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import asyncpg
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Where a transaction starts: its server process and the WAL's positions then."""
+    backend: tuple[int, datetime]  # the process's pid and start: a pid may be reused
+    inserted: int                  # pg_current_wal_insert_lsn(), in bytes
+    flushed: int                   # pg_current_wal_flush_lsn(): on disk up to there
+
+
+async def where(conn: asyncpg.Connection) -> Server:
+    row = await conn.fetchrow("""
+        SELECT a.pid, a.backend_start,
+               (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint AS inserted,
+               (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint AS flushed
+        FROM pg_stat_get_activity(pg_backend_pid()) a""")
+    return Server((row["pid"], row["backend_start"]), row["inserted"], row["flushed"])
 
 
 class Known(Generic[K]):
@@ -29,25 +47,26 @@ class Known(Generic[K]):
 
     Durable, not only committed: with ``synchronous_commit=off`` (``harvester up``'s embedded
     PostgreSQL) a server crash loses the last commits; a lost row's id may then go to another
-    URL, a lost visit be missing. So a transaction's facts are noted (``note``; ``begin`` at
-    each attempt drops an earlier attempt's), kept aside once it has committed (``committed``)
-    for ``settle`` seconds (PostgreSQL's bound on an asynchronous commit's delay,
-    ``durable_after``; None: not known yet, kept aside until it is) and only then used. A
-    transaction on a server process not seen before (``connected``; after a crash every
-    connection is new) drops those kept aside.
+    URL, a lost visit be missing. So a transaction's facts are noted (``note``), kept aside once
+    it has committed (``committed``), and used only once the WAL is on disk past the point
+    where the next transaction started (``begin``, given ``where``: that point is past the
+    commit). An earlier attempt's notes are dropped at ``begin``; the facts kept aside are
+    dropped when a transaction runs on a server process not seen before (after a crash every
+    connection is new; so are the pool's replacements of idle ones, which costs hits only).
 
     Bounded: two generations of at most ``size`` keys each; a key found in the older one moves
     to the newer, the older is dropped when the newer cannot take a batch more. ``size`` 0
     keeps nothing."""
 
-    def __init__(self, size: int, settle: float | None = None) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
-        self.settle = settle
         self._new: dict[K, int] = {}
         self._old: dict[K, int] = {}
         self._noted: dict[K, int] = {}
-        self._staged: collections.deque[tuple[float, Mapping[K, int]]] = collections.deque()
-        self._backends: set[int] = set()
+        # (the WAL position past their commit, or None: not known yet; the facts)
+        self._staged: collections.deque[tuple[int | None, Mapping[K, int]]] = (
+            collections.deque())
+        self._backends: set[tuple[int, datetime]] = set()
 
     def __len__(self) -> int:
         return len(self._new) + len(self._old)
@@ -71,31 +90,38 @@ class Known(Generic[K]):
         found = self._new.get(key)
         return self._old.get(key) if found is None else found
 
-    def begin(self, backend: int) -> None:
-        """A transaction (or another attempt of one) starts on the server process ``backend``
-        (``get_server_pid()``)."""
+    def begin(self, server: Server) -> None:
+        """A transaction (or another attempt of one) starts there."""
         self._noted = {}
-        if backend not in self._backends:
+        staged = self._staged
+        if server.backend not in self._backends:
             if len(self._backends) >= 1024:
                 self._backends.clear()
-            self._backends.add(backend)
-            self._staged.clear()
+            self._backends.add(server.backend)
+            staged.clear()
+            return
+        for i, (at, facts) in enumerate(staged):
+            if at is None:  # committed before this transaction started: its commit is before
+                staged[i] = (server.inserted, facts)
+        while staged and (at := staged[0][0]) is not None and at <= server.flushed:
+            new = self._new
+            self._keep({k: v for k, v in staged.popleft()[1].items() if k not in new})
 
     def note(self, facts: Mapping[K, int]) -> None:
         """The transaction read or wrote these."""
         if self.size:
             self._noted.update(facts)
 
-    def committed(self, now: float | None = None) -> None:
+    def committed(self) -> None:
         """The transaction has committed: keep what it noted aside until it is durable."""
-        now = time.monotonic() if now is None else now
         if self._noted:
-            self._staged.append((now, self._noted))
+            self._staged.append((None, self._noted))
             self._noted = {}
-        staged = self._staged
-        while staged and self.settle is not None and staged[0][0] <= now - self.settle:
-            new = self._new
-            self._keep({k: v for k, v in staged.popleft()[1].items() if k not in new})
+
+    def clear(self) -> None:
+        """Forget everything (a batch failed on its data: perhaps on a fact)."""
+        self._new, self._old, self._noted = {}, {}, {}
+        self._staged.clear()
 
     def _keep(self, facts: Mapping[K, int]) -> None:
         if not facts or not self.size:
@@ -107,11 +133,23 @@ class Known(Generic[K]):
         self._new.update(facts)
 
 
-async def durable_after(conn: asyncpg.Connection) -> float:
-    """Seconds after which a commit of this session is on disk: 0 unless ``synchronous_commit``
-    is off, else three times ``wal_writer_delay`` (PostgreSQL's bound), and 100 ms more."""
-    row = await conn.fetchrow("""
-        SELECT current_setting('synchronous_commit') AS sync,
-               (SELECT setting::float8 / 1000 FROM pg_settings
-                WHERE name = 'wal_writer_delay') AS delay""")
-    return 0.0 if row["sync"] != "off" else 3 * row["delay"] + 0.1
+class Facts:
+    """A worker's two ``Known``: the ids of URLs and the levels of its jobs' visits, begun and
+    committed with each commit's transaction."""
+
+    def __init__(self, size: int) -> None:
+        self.urls: Known[str] = Known(size)
+        self.visits: Known[tuple[int, int]] = Known(size)
+
+    async def begin(self, conn: asyncpg.Connection) -> None:
+        server = await where(conn)
+        self.urls.begin(server)
+        self.visits.begin(server)
+
+    def committed(self) -> None:
+        self.urls.committed()
+        self.visits.committed()
+
+    def clear(self) -> None:
+        self.urls.clear()
+        self.visits.clear()

@@ -264,6 +264,19 @@ async def test_two_visits_at_fault_in_both_halves_are_not_split_further(
     assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 4
 
 
+async def durable(committer: Committer, pool: asyncpg.Pool) -> None:
+    """Make what the committer's transactions noted usable, as its next transactions would:
+    the WAL flushed past them (an asynchronous commit is on disk within three times
+    ``wal_writer_delay``). ``pool``: the committer's, of one connection (a new server process
+    would drop what is kept aside)."""
+    async with pool.acquire() as conn:
+        for _ in range(2):  # the first marks the commits before it, the second sees them flushed
+            await until(lambda: conn.fetchval(
+                "SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()"),
+                what="the WAL flushed")
+            await committer.known.begin(conn)
+
+
 async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_same(
         settings: Settings, pool: asyncpg.Pool, queue: Queue, db: asyncpg.Connection) -> None:
     # Issue 15: a worker keeps the ids of the URLs it has linked and the levels of its jobs'
@@ -271,19 +284,23 @@ async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_s
     # pages' links and visits are those without the cache, and the known ones came from it.
     keys = await new_job(db, 4, max_level=2)
     msgs = await queue.messages(keys)
-    committer = Committer(settings, pool)
-    committer.urls.settle = committer.visits.settle = 0.0  # as with synchronous_commit on
+    one = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    committer = Committer(settings, one)
     runner = asyncio.create_task(committer.run())
     try:
         first = [fetched(k, msgs[k], "http://x.example/a", "http://x.example/b")
                  for k in keys[:2]]
         await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in first)), 30)
-        assert committer.urls.split({"http://x.example/a": "", "http://x.example/b": ""})[1] == {}
+        await durable(committer, one)
+        assert committer.known.urls.split({"http://x.example/a": "",
+                                           "http://x.example/b": ""})[1] == {}
         second = [fetched(k, msgs[k], "http://x.example/b", "http://x.example/c",
                           "http://x.example/a") for k in keys[2:]]
         await asyncio.wait_for(asyncio.gather(*(committer.submit(d) for d in second)), 30)
+        await durable(committer, one)
     finally:
         runner.cancel()
+        await one.close()
     ids = {r["url"]: r["id"] for r in await db.fetch(
         "SELECT id, url FROM url WHERE url LIKE 'http://x.example/%'")}
     assert sorted(ids) == ["http://x.example/a", "http://x.example/b", "http://x.example/c"]
@@ -295,7 +312,7 @@ async def test_links_known_from_earlier_commits_are_not_looked_up_and_land_the_s
     a, b, c = ids["http://x.example/a"], ids["http://x.example/b"], ids["http://x.example/c"]
     assert got == {keys[0][1]: {a, b}, keys[1][1]: {a, b}, keys[2][1]: {a, b, c},
                    keys[3][1]: {a, b, c}}
-    assert committer.urls.split({"http://x.example/c": ""})[0] == {"http://x.example/c": c}
-    assert {committer.visits.get((keys[0][0], u)) for u in (a, b, c)} == {1}
+    assert committer.known.urls.split({"http://x.example/c": ""})[0] == {"http://x.example/c": c}
+    assert {committer.known.visits.get((keys[0][0], u)) for u in (a, b, c)} == {1}
     assert await db.fetchval("SELECT count(*) FROM job_visit WHERE job_id = $1 AND "
                              "url_id = ANY($2::bigint[])", keys[0][0], [a, b, c]) == 3

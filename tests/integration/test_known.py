@@ -1,28 +1,38 @@
 """What a worker's commits know without asking PostgreSQL (``shared.db.known``, issue 15), against
 real PostgreSQL: ``pages.upsert_urls`` takes the URL ids it knows and notes the rest,
 ``visits.complete`` leaves out the children it knows visited at their level or nearer and notes
-the others, and ``durable_after`` follows the server's ``synchronous_commit``."""
+the others, and ``where`` tells a transaction's server process and WAL positions."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 
 from shared.db import jobs, pages, visits
-from shared.db.known import Known, durable_after
+from shared.db.known import Known, Server, where
 from shared.model import Extraction, FetchedPage
 
 Key = tuple[int, int]
+
+
+def durable(known: Known[Any], facts: Mapping[Any, int], server: Server) -> None:
+    """Facts a committed transaction noted, made usable (the WAL flushed past them)."""
+    known.begin(server)
+    known.note(facts)
+    known.committed()
+    known.begin(Server(server.backend, server.inserted, server.inserted))
 
 
 async def test_known_urls_are_taken_from_the_cache_without_a_look_up(
         db: asyncpg.Connection) -> None:
     # The cache's id for a URL that is not in the table comes back as it is, and the URL is
     # not inserted: proof that nothing looked it up. The other URL is inserted and noted.
-    known: Known[str] = Known(10, settle=0.0)
-    known.begin(1)
-    known.note({"http://cached.example/": 987654321})
-    known.committed()
-    known.begin(1)
+    known: Known[str] = Known(10)
+    server = await where(db)
+    durable(known, {"http://cached.example/": 987654321}, server)
+    known.begin(server)
     async with db.transaction():
         ids = await pages.upsert_urls(
             db, {"http://cached.example/": "text/html", "http://new.example/": "text/html"},
@@ -31,8 +41,11 @@ async def test_known_urls_are_taken_from_the_cache_without_a_look_up(
     assert ids == {"http://cached.example/": 987654321, "http://new.example/": new}
     assert await db.fetchval(
         "SELECT count(*) FROM url WHERE url = 'http://cached.example/'") == 0
-    assert known.get("http://new.example/") is None  # noted, not yet committed
     known.committed()
+    assert known.get("http://new.example/") is None  # committed, not yet known durable
+    later = await where(db)
+    known.begin(later)
+    known.begin(Server(later.backend, later.inserted, later.inserted))
     assert known.get("http://new.example/") == new
     assert await pages.upsert_urls(db, {"http://new.example/": ""}, known) == {
         "http://new.example/": new}
@@ -40,8 +53,9 @@ async def test_known_urls_are_taken_from_the_cache_without_a_look_up(
 
 async def complete(db: asyncpg.Connection, keys: list[Key], known: Known[Key],
                    links: dict[int, list[str]]) -> None:
-    """One completion transaction of these visits, each page fetched with its links."""
-    known.begin(db.get_server_pid())
+    """One completion transaction of these visits, each page fetched with its links; what it
+    noted made usable."""
+    known.begin(await where(db))
     async with db.transaction():
         locked = await visits.lock_pending(db, keys)
         await pages.record_fetches(db, [(
@@ -50,6 +64,9 @@ async def complete(db: asyncpg.Connection, keys: list[Key], known: Known[Key],
         await visits.complete(db, locked, {k: "fetched" for k in keys},
                               attempts={k: 1 for k in keys}, known=known)
     known.committed()
+    server = await where(db)
+    known.begin(server)
+    known.begin(Server(server.backend, server.inserted, server.inserted))
 
 
 async def test_children_known_visited_are_left_out_and_the_rest_noted(
@@ -59,12 +76,10 @@ async def test_children_known_visited_are_left_out_and_the_rest_noted(
             db, ["http://k.example/a", "http://k.example/b"], 3, False)
     ids = await pages.upsert_urls(db, {f"http://k.example/{x}": "text/html" for x in "cde"})
     c, d, e = (ids[f"http://k.example/{x}"] for x in "cde")
-    known: Known[Key] = Known(100, settle=0.0)
+    known: Known[Key] = Known(100)
     # The worker believes d visited at level 1 (a fact the database does not have): the link
     # to d, a child at level 1, is left out, as no work; c is a new visit, noted at level 1.
-    known.begin(1)
-    known.note({(job, d): 1})
-    known.committed()
+    durable(known, {(job, d): 1}, await where(db))
     await complete(db, [(job, a)], known, {a: ["http://k.example/c", "http://k.example/d"]})
     visited = {r["url_id"]: r["level"] for r in await db.fetch(
         "SELECT url_id, level FROM job_visit WHERE job_id = $1", job)}
@@ -80,11 +95,15 @@ async def test_children_known_visited_are_left_out_and_the_rest_noted(
         job, [c, e]) == 2
 
 
-async def test_durable_after_follows_synchronous_commit(db: asyncpg.Connection) -> None:
-    delay = await db.fetchval(
-        "SELECT setting::float8 / 1000 FROM pg_settings WHERE name = 'wal_writer_delay'")
-    await db.execute("SET synchronous_commit = off")
-    assert await durable_after(db) == 3 * delay + 0.1
-    await db.execute("SET synchronous_commit = local")
-    assert await durable_after(db) == 0.0
-    await db.execute("RESET synchronous_commit")
+async def test_where_tells_the_server_process_and_the_wal(db: asyncpg.Connection,
+                                                          database_url: str) -> None:
+    first = await where(db)
+    assert first.flushed <= first.inserted
+    await db.execute("CREATE TEMP TABLE wal_grows (x int); INSERT INTO wal_grows VALUES (1)")
+    second = await where(db)
+    assert second.backend == first.backend and second.inserted > first.inserted
+    other = await asyncpg.connect(database_url)
+    try:
+        assert (await where(other)).backend != first.backend
+    finally:
+        await other.close()
