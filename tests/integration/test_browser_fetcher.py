@@ -269,7 +269,9 @@ async def test_a_page_leased_too_long_is_reclaimed(site: JsSite,
         # Every slot is leased: a fetch gets one only once the leases (0.5 s) are reclaimed.
         page = await browser.fetch(request(site.url(5), {"timeout": 8}), None)
         assert page.status == 200, page
-        assert one.is_closed() and two.is_closed()
+        # Reclaimed together, each tab is closed by a task of its own: the fetch that took the
+        # first slot freed may end before the second close has (seen once in CI, on 2 cores).
+        await until(lambda: one.is_closed() and two.is_closed(), 10, "both leases closed")
         with pytest.raises(Exception, match="closed"):
             await one.goto(site.url(6))
     # Given back after its reclaim, a lease frees nothing twice: two fetches still share 2 tabs.
