@@ -100,9 +100,11 @@ class Known(Generic[K]):
             self._backends.add(server.backend)
             staged.clear()
             return
-        for i, (at, facts) in enumerate(staged):
-            if at is None:  # committed before this transaction started: its commit is before
-                staged[i] = (server.inserted, facts)
+        # the latest commits (at the right end) are marked: they are before this start
+        for i in range(len(staged) - 1, -1, -1):
+            if staged[i][0] is not None:
+                break
+            staged[i] = (server.inserted, staged[i][1])
         while staged and (at := staged[0][0]) is not None and at <= server.flushed:
             new = self._new
             self._keep({k: v for k, v in staged.popleft()[1].items() if k not in new})

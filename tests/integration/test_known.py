@@ -17,12 +17,19 @@ from shared.model import Extraction, FetchedPage
 Key = tuple[int, int]
 
 
+def flushed(known: Known[Any], server: Server) -> None:
+    """The next transactions start at ``server``, then with the WAL flushed there: what
+    committed before is usable."""
+    known.begin(server)
+    known.begin(Server(server.backend, server.inserted, server.inserted))
+
+
 def durable(known: Known[Any], facts: Mapping[Any, int], server: Server) -> None:
-    """Facts a committed transaction noted, made usable (the WAL flushed past them)."""
+    """Facts a committed transaction noted, made usable."""
     known.begin(server)
     known.note(facts)
     known.committed()
-    known.begin(Server(server.backend, server.inserted, server.inserted))
+    flushed(known, server)
 
 
 async def test_known_urls_are_taken_from_the_cache_without_a_look_up(
@@ -43,9 +50,7 @@ async def test_known_urls_are_taken_from_the_cache_without_a_look_up(
         "SELECT count(*) FROM url WHERE url = 'http://cached.example/'") == 0
     known.committed()
     assert known.get("http://new.example/") is None  # committed, not yet known durable
-    later = await where(db)
-    known.begin(later)
-    known.begin(Server(later.backend, later.inserted, later.inserted))
+    flushed(known, await where(db))
     assert known.get("http://new.example/") == new
     assert await pages.upsert_urls(db, {"http://new.example/": ""}, known) == {
         "http://new.example/": new}
@@ -64,9 +69,7 @@ async def complete(db: asyncpg.Connection, keys: list[Key], known: Known[Key],
         await visits.complete(db, locked, {k: "fetched" for k in keys},
                               attempts={k: 1 for k in keys}, known=known)
     known.committed()
-    server = await where(db)
-    known.begin(server)
-    known.begin(Server(server.backend, server.inserted, server.inserted))
+    flushed(known, await where(db))
 
 
 async def test_children_known_visited_are_left_out_and_the_rest_noted(
