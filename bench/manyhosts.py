@@ -48,6 +48,7 @@ OTHER_HOST_LINKS = 6      # random links to pages of other hosts
 HOST_CONCURRENCY = 2      # the default politeness (shared/config.py), written explicitly
 HOST_DELAY = 0.5
 POLITE_HOSTS = 100        # up to this many hosts the politeness, not the CPU, is the limit
+START_CURVE = 20.0        # seconds of a crawl's start recorded at every poll ("start")
 SMALL_AT = 0.25           # the small job is submitted when the big one has processed this share
 
 
@@ -367,7 +368,8 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
     for r in runs:
         if st := r.get("pg_stats"):
             lines += ["", (f"## PostgreSQL statements: {r['label']} (pg_stat_statements, "
-                      f"the crawl; all statements {st['total_ms'] / 1000:,.1f} s)"), ""]
+                      f"the crawl; all statements {st['total_ms'] / 1000:,.1f} s, planning "
+                      f"{_f((st.get('plan_ms') or 0) / 1000, '{:,.1f}')} s more)"), ""]
             lines += statement_table(st["statements"], st["total_ms"])
     lines += ["", "## Details", ""]
     for r in runs:
@@ -398,6 +400,9 @@ def crawl_lines(r: dict[str, Any], pages: int) -> list[str]:
                    f"(`harvester_visits_from_store`: {_f(ratio(fs, pages), '{:.1%}')} of the "
                    f"pages); {_f(c.get('fetches'), '{:,.0f}')} fetches, "
                    f"{_f(c.get('visits_forwarded'), '{:,.0f}')} visits forwarded")
+    if p := r.get("progress"):
+        out.append(f"* progress ({r['label']}): seconds to each tenth of the pages processed "
+                   + ", ".join(f"{10 * (i + 1)}% {t}" for i, t in enumerate(p)))
     return out
 
 
@@ -420,13 +425,14 @@ def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
     of ``total_ms`` (every statement's time)."""
     if not stmts:
         return []
-    lines = ["| statement | calls | total ms | ms/call | rows | rows/call | share % |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| statement | calls | total ms | ms/call | plan ms/call | rows | rows/call | share % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in sorted(stmts, key=lambda s: -s["total_ms"]):
         calls = s["calls"] or 1
         q = s["query"][:140].replace("|", "/")
         lines.append(f"| `{q}` | {s['calls']:,} | {s['total_ms']:,.0f} | "
-                     f"{s['total_ms'] / calls:.2f} | {s['rows']:,} | {s['rows'] / calls:.1f} | "
+                     f"{s['total_ms'] / calls:.2f} | {(s.get('plan_ms') or 0) / calls:.2f} | "
+                     f"{s['rows']:,} | {s['rows'] / calls:.1f} | "
                      f"{_f(s['total_ms'] * 100 / total_ms if total_ms else None, '{:.1f}')} |")
     return lines
 
@@ -505,7 +511,8 @@ def make_server(site: HostsSite, run_dir: Path, kind: str, workers: int | None) 
 # Measuring a running cluster (informative: a failure is recorded, never fatal).
 
 _SPACE = re.compile(r"\s+")
-PG_STATS_SETTINGS = "shared_preload_libraries=pg_stat_statements pg_stat_statements.track=all"
+PG_STATS_SETTINGS = ("shared_preload_libraries=pg_stat_statements pg_stat_statements.track=all "
+                     "pg_stat_statements.track_planning=on")
 
 
 def free_port_run(n: int) -> int:
@@ -557,13 +564,15 @@ def pg_stats_reset(dsn: str) -> None:
 
 def pg_stats_top(dsn: str, top: int = 15) -> dict[str, Any]:
     """The top statements by total execution time since the reset (statements inside plpgsql
-    functions too: ``track=all``), and the time of all of them."""
+    functions too: ``track=all``), and the time of all of them; the planning time too
+    (``track_planning``: the feeder plans each claim for its parameters)."""
     rows = pg_query(dsn, """
-        SELECT query, calls, total_exec_time, rows FROM pg_stat_statements
+        SELECT query, calls, total_exec_time, rows, total_plan_time FROM pg_stat_statements
         WHERE query NOT ILIKE '%%pg_stat_statements%%' ORDER BY total_exec_time DESC""")
-    return {"total_ms": round(sum(r[2] for r in rows), 1), "statements": [
+    return {"total_ms": round(sum(r[2] for r in rows), 1),
+            "plan_ms": round(sum(r[4] for r in rows), 1), "statements": [
         {"query": _SPACE.sub(" ", q).strip()[:600], "calls": c, "total_ms": round(t, 1),
-         "rows": n} for q, c, t, n in rows[:top]]}
+         "rows": n, "plan_ms": round(pt, 1)} for q, c, t, n, pt in rows[:top]]}
 
 
 def snapshot(dsn: str, nats_url: str) -> dict[str, Any]:
@@ -683,10 +692,21 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
         job = post({"urls": [site.start_url], "depth": site.harvester_depth, **spec_extra})
         small_job = small_t0 = None
         status: dict[str, Any] = {}
+        # seconds to each tenth of the pages (the report's progress line); the first
+        # START_CURVE seconds at every poll, (seconds, processed) (the JSON's "start": a
+        # crawl's start is bound by politeness and by how soon new hosts are claimed)
+        progress: list[float] = []
+        start: list[tuple[float, int]] = []
+        result["progress"], result["start"] = progress, start
         while True:
             status = _get_json(f"{api}/status/{job}")  # type: ignore[assignment]
             now = time.monotonic()
             done = (status.get("pages") or {}).get("processed", 0)
+            if now - t0 < START_CURVE:
+                start.append((round(now - t0, 2), done))
+            reached = int(10 * done / len(site.expected))  # deciles reached (0..10)
+            while len(progress) < reached:  # the first poll that saw each decile
+                progress.append(round(now - t0, 1))
             if "at_small" not in result and done >= SMALL_AT * len(site.expected):
                 # the queues when the small job is submitted (or would be, without it)
                 result["at_small"] = {"t": round(now - t0, 1), "processed": done,

@@ -187,14 +187,15 @@ def test_metric_totals_sum_a_sample_over_processes_and_labels() -> None:
 
 def test_statement_table_ranks_by_total_time_with_per_call_figures() -> None:
     stmts = [{"query": "SELECT harvester_acquire($1, $2)", "calls": 4000, "total_ms": 800.0,
-              "rows": 4000},
+              "rows": 4000, "plan_ms": 40.0},
              {"query": "WITH pr AS (SELECT * FROM unnest($1::int[])) SELECT a | b", "calls": 200,
               "total_ms": 2000.0, "rows": 35000}]
     lines = mh.statement_table(stmts, total_ms=4000.0)
-    assert lines[0].startswith("| statement | calls | total ms | ms/call | rows | rows/call")
+    assert lines[0].startswith("| statement | calls | total ms | ms/call | plan ms/call | rows |")
     assert lines[2] == ("| `WITH pr AS (SELECT * FROM unnest($1::int[])) SELECT a / b` | 200 | "
-                        "2,000 | 10.00 | 35,000 | 175.0 | 50.0 |")
-    assert lines[3].startswith("| `SELECT harvester_acquire($1, $2)` | 4,000 | 800 | 0.20 | ")
+                        "2,000 | 10.00 | 0.00 | 35,000 | 175.0 | 50.0 |")  # planning not tracked
+    assert lines[3].startswith("| `SELECT harvester_acquire($1, $2)` | 4,000 | 800 | 0.20 | "
+                               "0.01 | ")
     assert mh.statement_table([], total_ms=0.0) == []
 
 
@@ -222,3 +223,5 @@ def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> 
         ("* re-expansions (x): — from-store visits (`harvester_visits_from_store`: — of the "
         "pages); — fetches, — visits forwarded")]
     assert mh.crawl_lines({"label": "scrapy"}, 10) == []
+    assert mh.crawl_lines({"label": "h", "progress": [6.9, 12.5]}, 10) == [
+        "* progress (h): seconds to each tenth of the pages processed 10% 6.9, 20% 12.5"]
