@@ -77,6 +77,11 @@ class Frontier(Protocol):
 FEEDER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 FEED_LOCK = 0x4A52_4644  # pg advisory lock: one feeder in the cluster claims at a time
 PAIRS_TTL = 1.0  # seconds a scan of the (host, job) pairs serves the claims that follow
+# ... but a claim that fell short of its limit scans them again once the last scan is older
+# than this many times what it cost: new hosts (a crawl's start, one level's links bringing
+# hundreds) are claimed within a few claims, and the scans stay a small share of the time
+# (at 1,000 pairs, about 25 ms: once a second, as PAIRS_TTL).
+SCAN_SPACING = 40
 _START: tuple[str, int] = ("", -1)  # before every (host, job) pair
 
 
@@ -111,6 +116,7 @@ class DueFrontier:
         self._scanned = -math.inf  # when (each pair carries the newest job's id then: top)
         # the last scan's pairs as the claims take them (``_batch``): (scan, full kinds, batch)
         self._batched: tuple[Sequence[asyncpg.Record], frozenset[str], _Batch] | None = None
+        self._scan_cost = 0.0  # seconds the last scan took
 
     def served(self, host: str, job_id: int, now: float) -> float:
         """The claims of ``host`` for ``job_id`` by this frontier, each decayed with half-life
@@ -173,10 +179,14 @@ class DueFrontier:
         the scan costs about what the claim does), with, instead of the scan, a cheaper
         statement that takes the lock and reads the newest job's id: a new job has the pairs
         scanned again at once, and so has a claim in which some pair with room had no row due
-        (it ran dry: a new host of a running job may be waiting), which then claims again over
-        the new scan. So a pair missing from the scan (a new host of a job whose known pairs
-        all still have rows due) waits ``PAIRS_TTL`` at most, as does a job's new priority; a
-        host's new back-off is read by every claim (``host.backoff_until``).
+        (it ran dry: a new host of a running job may be waiting), or that fell short of
+        ``limit`` once the last scan is older than ``SCAN_SPACING`` times what it cost (the
+        known hosts are at their cap: new ones may be waiting), which then claims again over
+        the new scan. So a pair missing from the scan waits for the next short claim after
+        that spacing (a few milliseconds at a crawl's start, when the pairs are few and each
+        level brings new hosts; about a second at 1,000 pairs), ``PAIRS_TTL`` at most, as does
+        a job's new priority; a host's new back-off is read by every claim
+        (``host.backoff_until``).
         """
         return [(r["job_id"], r["url_id"]) for r in await self._claim_rows(conn, limit, None, ())]
 
@@ -219,7 +229,8 @@ class DueFrontier:
         rows, dry = await self._claim_pairs(
             conn, self._pairs if cached else await self._scan(conn, now), limit, now, plan,
             full_kinds, window)
-        if cached and dry and len(rows) < limit:
+        if cached and len(rows) < limit and (
+                dry or now - self._scanned >= SCAN_SPACING * self._scan_cost):
             more, _ = await self._claim_pairs(conn, await self._scan(conn, now),
                                               limit - len(rows), now, plan, full_kinds, window)
             rows += more
@@ -227,8 +238,10 @@ class DueFrontier:
 
     async def _scan(self, conn: asyncpg.Connection, now: float) -> list[asyncpg.Record]:
         """The pairs from the cursor on (``_PAIRS``), kept for the claims that follow."""
+        t0 = time.perf_counter()
         pairs = list(await conn.fetch(_PAIRS, FEED_LOCK, *self._cursor,
                                       self._settings.feed_pairs))
+        self._scan_cost = time.perf_counter() - t0
         if len(pairs) < self._settings.feed_pairs:
             self._cursor = _START  # the end was reached: next time from the start
         else:

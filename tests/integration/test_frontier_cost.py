@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import asyncpg
+import pytest
 
 from shared.config import Settings
 from shared.db import frontier as frontier_module
@@ -154,7 +155,11 @@ async def complete_one_on(db: asyncpg.Connection, hosts: int) -> None:
         WHERE p.job_id = d.job_id AND p.url_id = d.url_id""", hosts)
 
 
-async def test_claims_within_a_second_reuse_the_pair_scan(db: asyncpg.Connection) -> None:
+async def test_claims_before_the_scan_spacing_reuse_the_pair_scan(
+        db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a short claim (hosts at their cap) scans again only once SCAN_SPACING times the last
+    # scan's cost has passed (PAIRS_TTL at most): here it has not
+    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 1e6)
     frontier, _, _ = await busy_hosts(db)
     first = Recorder(db)
     async with db.transaction():
@@ -193,6 +198,25 @@ async def test_a_new_host_of_a_running_job_is_claimed_when_its_known_pairs_run_d
                     harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""",
             job, child, root)
     assert await claim(frontier, db) == [(job, child)]
+
+
+async def test_a_new_host_is_claimed_by_a_short_claim_once_the_scan_spacing_passed(
+        db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crawl's start: the known host is at its cap with rows still due (not dry), and a page
+    # brought a link to a new host. Before the spacing the claim is served by the scan it has
+    # (nothing to claim); once it has passed, a short claim scans again and takes the new host.
+    frontier = DueFrontier(Settings(**UNTIMED))
+    job, ids = await new_job(db, [f"http://one.example/{i}" for i in range(5)])
+    assert len(await claim(frontier, db, limit=10)) == 2  # its cap: 3 rows still due
+    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
+    await db.execute("""
+        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+        VALUES ($1, $2, $3, 'http://two.example',
+                harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, ids[0])
+    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 1e6)
+    assert await claim(frontier, db, limit=10) == []
+    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 0)
+    assert await claim(frontier, db, limit=10) == [(job, child)]
 
 
 async def test_a_short_claim_of_one_uncapped_pair_with_rows_is_not_dry(
