@@ -14,6 +14,7 @@ from typing import Any, Literal
 from shared import secrets
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, StartupError
+from shared.heap import keep_heap
 from shared.logfmt import JsonFormatter
 
 
@@ -112,6 +113,7 @@ def main(prog: str, run: Callable[[Settings, asyncio.Event], Awaitable[None]],
     configure_logging(settings.log_level, settings.log_format)
     secrets.install(settings)  # every secret, and every URL's credentials, blanked from the log
     install_uvloop()
+    keep_heap()  # pages are allocated and freed over and over: keep the heap between them
     try:
         return asyncio.run(_run(run, settings))
     except ConfigError as e:

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any, Self
 
+from shared.heap import keep_heap
 from shared.mime import guess_mime
 from worker.extractors import ExtractFailed, ExtractLater, rules_core
 from worker.extractors.links_html import extract_links
@@ -271,6 +272,7 @@ def cap_memory(limit: int) -> None:
 
 
 if __name__ == "__main__":
+    keep_heap()  # a page's parse tree is freed and built again: keep the heap between them
     if len(sys.argv) > 1:
         die_with(int(sys.argv[1]))
     if len(sys.argv) > 2:
