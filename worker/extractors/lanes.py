@@ -272,9 +272,9 @@ def cap_memory(limit: int) -> None:
 
 
 if __name__ == "__main__":
-    keep_heap()  # a page's parse tree is freed and built again: keep the heap between them
     if len(sys.argv) > 1:
         die_with(int(sys.argv[1]))
+    keep_heap()  # a page's parse tree is freed and built again: keep the heap between them
     if len(sys.argv) > 2:
         cap_memory(int(sys.argv[2]))
     serve(sys.stdin.buffer, sys.stdout.buffer)
