@@ -78,9 +78,11 @@ FEEDER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 FEED_LOCK = 0x4A52_4644  # pg advisory lock: one feeder in the cluster claims at a time
 PAIRS_TTL = 1.0  # seconds a scan of the (host, job) pairs serves the claims that follow
 # ... but a claim that fell short of its limit scans them again once the last scan is older
-# than this many times what it cost: new hosts (a crawl's start, one level's links bringing
-# hundreds) are claimed within a few claims, and the scans stay a small share of the time
-# (at 1,000 pairs, about 25 ms: once a second, as PAIRS_TTL).
+# than this many times what it cost (its wall time: a busy loop only makes scans rarer): new
+# hosts (a crawl's start, one level's links bringing hundreds) are claimed within a few claims,
+# and the scans (each with the claim it is followed by) stay a small share of the time (at
+# 1,000 pairs, about 25 ms: once a second, as PAIRS_TTL). A claim short for another reason (a
+# fetcher kind's queue full, hosts at their cap) scans as often, to no gain, within that share.
 SCAN_SPACING = 40
 _START: tuple[str, int] = ("", -1)  # before every (host, job) pair
 
@@ -183,7 +185,7 @@ class DueFrontier:
         ``limit`` once the last scan is older than ``SCAN_SPACING`` times what it cost (the
         known hosts are at their cap: new ones may be waiting), which then claims again over
         the new scan. So a pair missing from the scan waits for the next short claim after
-        that spacing (a few milliseconds at a crawl's start, when the pairs are few and each
+        that spacing (tens of milliseconds at a crawl's start, when the pairs are few and each
         level brings new hosts; about a second at 1,000 pairs), ``PAIRS_TTL`` at most, as does
         a job's new priority; a host's new back-off is read by every claim
         (``host.backoff_until``).

@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.db import frontier as frontier_module
 from shared.db.frontier import DueFrontier
 from shared.db.pages import upsert_urls
-from tests.integration.test_frontier_fair import UNTIMED, claim, new_job
+from tests.integration.test_frontier_fair import UNTIMED, claim, keep_scan, new_job
 
 HOSTS = 1000
 
@@ -159,7 +159,7 @@ async def test_claims_before_the_scan_spacing_reuse_the_pair_scan(
         db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     # a short claim (hosts at their cap) scans again only once SCAN_SPACING times the last
     # scan's cost has passed (PAIRS_TTL at most): here it has not
-    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 1e6)
+    keep_scan(monkeypatch)
     frontier, _, _ = await busy_hosts(db)
     first = Recorder(db)
     async with db.transaction():
@@ -213,16 +213,69 @@ async def test_a_new_host_is_claimed_by_a_short_claim_once_the_scan_spacing_pass
         INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
         VALUES ($1, $2, $3, 'http://two.example',
                 harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, ids[0])
-    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 1e6)
+    keep_scan(monkeypatch)
     assert await claim(frontier, db, limit=10) == []
     monkeypatch.setattr(frontier_module, "SCAN_SPACING", 0)
     assert await claim(frontier, db, limit=10) == [(job, child)]
 
 
+class Clock:
+    """``time`` for the frontier: both clocks read ``now``, which the test sets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class SlowScan(Recorder):
+    """The real connection; each scan of the pairs takes ``cost`` seconds on ``clock``."""
+
+    def __init__(self, conn: asyncpg.Connection, clock: Clock, cost: float) -> None:
+        super().__init__(conn)
+        self.clock, self.cost = clock, cost
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        if sql is frontier_module._PAIRS:
+            self.clock.now += self.cost
+            return list(await self.conn.fetch(sql, *args))
+        return await super().fetch(sql, *args)
+
+
+async def test_a_short_claim_scans_again_once_40_times_the_scan_cost_has_passed(
+        db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the rule in seconds: a scan that cost 10 ms serves short claims for 0.4 s, then the next
+    # short claim scans again (and takes the new host)
+    clock = Clock()
+    monkeypatch.setattr(frontier_module, "time", clock)
+    conn = SlowScan(db, clock, 0.010)
+    frontier = DueFrontier(Settings(**UNTIMED))
+    job, ids = await new_job(db, [f"http://one.example/{i}" for i in range(5)])
+
+    async def claim_at(t: float) -> list[tuple[int, int]]:
+        clock.now = t
+        async with db.transaction():
+            return await frontier.claim(conn, 10)  # type: ignore[arg-type]
+
+    assert len(await claim_at(0.0)) == 2  # scanned at 0, for 10 ms; one.example at its cap
+    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
+    await db.execute("""
+        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+        VALUES ($1, $2, $3, 'http://two.example',
+                harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, ids[0])
+    assert await claim_at(0.39) == []  # 40 x 10 ms not passed: the scan of 0 serves it
+    assert await claim_at(0.41) == [(job, child)]  # passed: scanned again
+
+
 async def test_a_short_claim_of_one_uncapped_pair_with_rows_is_not_dry(
-        db: asyncpg.Connection) -> None:
+        db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     # One job on one uncapped host (_CLAIM_ONE): a claim that takes fewer rows than asked, but
     # some, did not run dry, so the pairs of a moment ago serve it: no rescan, one claim.
+    keep_scan(monkeypatch)
     frontier = DueFrontier(Settings(host_delay=0))
     job, (root,) = await new_job(db, ["http://one.example/"])
     assert await claim(frontier, db, limit=10) == [(job, root)]

@@ -10,10 +10,12 @@ from collections import Counter, deque
 from typing import Any
 
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings
+from shared.db import frontier as frontier_module
 from shared.db import hosts, jobs
 from shared.db.frontier import FEED_LOCK, DueFrontier
 from shared.db.pages import upsert_urls
@@ -26,6 +28,14 @@ H = "http://h.example"
 # next start moves; the time gate (host_start_window) has tests of its own.
 UNTIMED: dict[str, Any] = {"host_start_window": 3600.0}
 Key = tuple[int, int]
+
+
+def keep_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pairs scanned serve every later claim of the test but those that rescan for a new
+    job or a dry pair (no rescan by time: ``SCAN_SPACING``, ``PAIRS_TTL``), so a test of what
+    one scan serves does not depend on how fast the machine runs it."""
+    monkeypatch.setattr(frontier_module, "SCAN_SPACING", 1e9)
+    monkeypatch.setattr(frontier_module, "PAIRS_TTL", 1e9)
 
 
 async def new_job(db: asyncpg.Connection, urls: list[str], **spec: Any) -> tuple[int, list[int]]:
@@ -365,10 +375,11 @@ async def test_a_wider_start_window_publishes_the_starts_that_fit_up_to_the_cap(
 
 
 async def test_a_host_that_starts_backing_off_between_scans_gets_nothing(
-        db: asyncpg.Connection) -> None:
-    """The pairs are scanned once a second; a back-off that began since (a 429 in a worker)
+        db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pairs are scanned now and then; a back-off that began since (a 429 in a worker)
     holds the host's visits back at the next claim, not at the next scan, however far ahead
     it ends (a Retry-After of a thousand years, as a server may send)."""
+    keep_scan(monkeypatch)
     frontier = DueFrontier(Settings())
     other = "http://other.example"
     await new_job(db, [f"{H}/{i}" for i in range(5)] + [f"{other}/{i}" for i in range(5)])
