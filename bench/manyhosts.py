@@ -369,7 +369,7 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
         if st := r.get("pg_stats"):
             lines += ["", (f"## PostgreSQL statements: {r['label']} (pg_stat_statements, "
                       f"the crawl; all statements {st['total_ms'] / 1000:,.1f} s, planning "
-                      f"{_f((st.get('plan_ms') or 0) / 1000, '{:,.1f}')} s more)"), ""]
+                      f"{_f(_ms_to_s(st.get('plan_ms')), '{:,.1f}')} s more)"), ""]
             lines += statement_table(st["statements"], st["total_ms"])
     lines += ["", "## Details", ""]
     for r in runs:
@@ -420,6 +420,12 @@ def metric_totals(texts: list[str], names: tuple[str, ...]) -> dict[str, float |
     return out
 
 
+def _ms_to_s(ms: float | None) -> float | None:
+    """Milliseconds as seconds; None (not tracked: an older report, or no planning time at
+    all) stays None, printed as a dash."""
+    return ms / 1000 if ms else None
+
+
 def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
     """pg_stat_statements' top statements as a Markdown table, by total execution time; share
     of ``total_ms`` (every statement's time)."""
@@ -431,7 +437,8 @@ def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
         calls = s["calls"] or 1
         q = s["query"][:140].replace("|", "/")
         lines.append(f"| `{q}` | {s['calls']:,} | {s['total_ms']:,.0f} | "
-                     f"{s['total_ms'] / calls:.2f} | {(s.get('plan_ms') or 0) / calls:.2f} | "
+                     f"{s['total_ms'] / calls:.2f} | "
+                     f"{_f(None if not s.get('plan_ms') else s['plan_ms'] / calls)} | "
                      f"{s['rows']:,} | {s['rows'] / calls:.1f} | "
                      f"{_f(s['total_ms'] * 100 / total_ms if total_ms else None, '{:.1f}')} |")
     return lines
@@ -704,7 +711,7 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
             done = (status.get("pages") or {}).get("processed", 0)
             if now - t0 < START_CURVE:
                 start.append((round(now - t0, 2), done))
-            reached = int(10 * done / len(site.expected))  # deciles reached (0..10)
+            reached = min(10, int(10 * done / len(site.expected)))  # deciles reached
             while len(progress) < reached:  # the first poll that saw each decile
                 progress.append(round(now - t0, 1))
             if "at_small" not in result and done >= SMALL_AT * len(site.expected):

@@ -193,7 +193,7 @@ def test_statement_table_ranks_by_total_time_with_per_call_figures() -> None:
     lines = mh.statement_table(stmts, total_ms=4000.0)
     assert lines[0].startswith("| statement | calls | total ms | ms/call | plan ms/call | rows |")
     assert lines[2] == ("| `WITH pr AS (SELECT * FROM unnest($1::int[])) SELECT a / b` | 200 | "
-                        "2,000 | 10.00 | 0.00 | 35,000 | 175.0 | 50.0 |")  # planning not tracked
+                        "2,000 | 10.00 | — | 35,000 | 175.0 | 50.0 |")  # planning not tracked
     assert lines[3].startswith("| `SELECT harvester_acquire($1, $2)` | 4,000 | 800 | 0.20 | "
                                "0.01 | ")
     assert mh.statement_table([], total_ms=0.0) == []
