@@ -522,17 +522,31 @@ PG_STATS_SETTINGS = ("shared_preload_libraries=pg_stat_statements pg_stat_statem
                      "pg_stat_statements.track_planning=on")
 
 
-def free_port_run(n: int) -> int:
+def free_port_run(n: int, rng: random.Random | None = None) -> int:
     """The first of ``n`` consecutive ports free on 127.0.0.1 (``harvester up``'s metrics ports:
-    the foreman's, then the workers')."""
+    the foreman's, then the workers'), below the kernel's ephemeral range: they are bound only
+    once the tiers start, and a port from that range could meanwhile become the local end of
+    one of the many connections a crawl opens (a run failed to start so)."""
     from bench.server import port_free
-    from harvester_ops.embedded import free_port
 
-    for _ in range(50):
-        base = free_port()
-        if base + n <= 65535 and all(port_free(p, ("127.0.0.1",)) for p in range(base, base + n)):
+    low = ephemeral_low()
+    rng = rng or random.Random()
+    for _ in range(200):
+        base = rng.randrange(PORT_RUN_FLOOR, max(PORT_RUN_FLOOR + 1, low - n))
+        if all(port_free(p, ("127.0.0.1",)) for p in range(base, base + n)):
             return base
-    raise RuntimeError(f"no {n} consecutive free ports")
+    raise RuntimeError(f"no {n} consecutive free ports below {low}")
+
+
+PORT_RUN_FLOOR = 20000  # metrics ports are picked from here up to the ephemeral range
+
+
+def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port of the kernel's ephemeral range (32768, Linux's default, if unknown)."""
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def scrape(ports: list[int]) -> list[str]:

@@ -204,6 +204,15 @@ def test_free_port_run_is_consecutive_and_free() -> None:
 
     base = mh.free_port_run(4)
     assert all(port_free(p, ("127.0.0.1",)) for p in range(base, base + 4))
+    # below the ephemeral range, where no connection's local end can take them meanwhile
+    assert mh.PORT_RUN_FLOOR <= base and base + 4 <= mh.ephemeral_low()
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel(tmp_path: Path) -> None:
+    f = tmp_path / "range"
+    f.write_text("40000\t60999\n")
+    assert mh.ephemeral_low(str(f)) == 40000
+    assert mh.ephemeral_low(str(tmp_path / "absent")) == 32768
 
 
 def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> None:
