@@ -369,7 +369,7 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
         if st := r.get("pg_stats"):
             lines += ["", (f"## PostgreSQL statements: {r['label']} (pg_stat_statements, "
                       f"the crawl; all statements {st['total_ms'] / 1000:,.1f} s, planning "
-                      f"{_f(_ms_to_s(st.get('plan_ms')), '{:,.1f}')} s more)"), ""]
+                      f"{_f(_per(st.get('plan_ms'), 1000), '{:,.1f}')} s more)"), ""]
             lines += statement_table(st["statements"], st["total_ms"])
     lines += ["", "## Details", ""]
     for r in runs:
@@ -420,10 +420,10 @@ def metric_totals(texts: list[str], names: tuple[str, ...]) -> dict[str, float |
     return out
 
 
-def _ms_to_s(ms: float | None) -> float | None:
-    """Milliseconds as seconds; None (not tracked: an older report, or no planning time at
-    all) stays None, printed as a dash."""
-    return ms / 1000 if ms else None
+def _per(total: float | None, n: float) -> float | None:
+    """``total / n``; None when ``total`` is missing or 0 (planning not tracked: an older
+    report), printed as a dash."""
+    return total / n if total else None
 
 
 def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
@@ -438,7 +438,7 @@ def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
         q = s["query"][:140].replace("|", "/")
         lines.append(f"| `{q}` | {s['calls']:,} | {s['total_ms']:,.0f} | "
                      f"{s['total_ms'] / calls:.2f} | "
-                     f"{_f(None if not s.get('plan_ms') else s['plan_ms'] / calls)} | "
+                     f"{_f(_per(s.get('plan_ms'), calls))} | "
                      f"{s['rows']:,} | {s['rows'] / calls:.1f} | "
                      f"{_f(s['total_ms'] * 100 / total_ms if total_ms else None, '{:.1f}')} |")
     return lines
@@ -522,7 +522,7 @@ PG_STATS_SETTINGS = ("shared_preload_libraries=pg_stat_statements pg_stat_statem
                      "pg_stat_statements.track_planning=on")
 
 
-def free_port_run(n: int, rng: random.Random | None = None) -> int:
+def free_port_run(n: int) -> int:
     """The first of ``n`` consecutive ports free on 127.0.0.1 (``harvester up``'s metrics ports:
     the foreman's, then the workers'), below the kernel's ephemeral range: they are bound only
     once the tiers start, and a port from that range could meanwhile become the local end of
@@ -530,9 +530,8 @@ def free_port_run(n: int, rng: random.Random | None = None) -> int:
     from bench.server import port_free
 
     low = ephemeral_low()
-    rng = rng or random.Random()
     for _ in range(200):
-        base = rng.randrange(PORT_RUN_FLOOR, max(PORT_RUN_FLOOR + 1, low - n))
+        base = random.randrange(PORT_RUN_FLOOR, max(PORT_RUN_FLOOR + 1, low - n))
         if all(port_free(p, ("127.0.0.1",)) for p in range(base, base + n)):
             return base
     raise RuntimeError(f"no {n} consecutive free ports below {low}")

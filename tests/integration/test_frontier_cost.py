@@ -183,20 +183,26 @@ async def test_a_new_job_is_claimed_at_the_next_claim_whatever_the_pairs_scanned
     assert len(got) == 10 + 5
 
 
+async def new_host_row(db: asyncpg.Connection, job: int, origin: int) -> int:
+    """A pending visit of ``job`` on a host no scan has seen (``http://two.example/``, a link
+    of ``origin``'s page, level 1): its URL id."""
+    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
+    await db.execute("""
+        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
+        VALUES ($1, $2, $3, 'http://two.example',
+                harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, origin)
+    return int(child)
+
+
 async def test_a_new_host_of_a_running_job_is_claimed_when_its_known_pairs_run_dry(
         db: asyncpg.Connection) -> None:
     # the default job's shape: a page on one host, its child on another
     frontier = DueFrontier(Settings())
     job, (root,) = await new_job(db, ["http://one.example/"])
     assert await claim(frontier, db) == [(job, root)]
-    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
     async with db.transaction():
         await db.execute("DELETE FROM job_pending WHERE job_id = $1 AND url_id = $2", job, root)
-        await db.execute("""
-            INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
-            VALUES ($1, $2, $3, 'http://two.example',
-                    harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""",
-            job, child, root)
+        child = await new_host_row(db, job, root)
     assert await claim(frontier, db) == [(job, child)]
 
 
@@ -208,11 +214,7 @@ async def test_a_new_host_is_claimed_by_a_short_claim_once_the_scan_spacing_pass
     frontier = DueFrontier(Settings(**UNTIMED))
     job, ids = await new_job(db, [f"http://one.example/{i}" for i in range(5)])
     assert len(await claim(frontier, db, limit=10)) == 2  # its cap: 3 rows still due
-    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
-    await db.execute("""
-        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
-        VALUES ($1, $2, $3, 'http://two.example',
-                harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, ids[0])
+    child = await new_host_row(db, job, ids[0])
     keep_scan(monkeypatch)
     assert await claim(frontier, db, limit=10) == []
     monkeypatch.setattr(frontier_module, "SCAN_SPACING", 0)
@@ -262,11 +264,7 @@ async def test_a_short_claim_scans_again_once_40_times_the_scan_cost_has_passed(
             return await frontier.claim(conn, 10)  # type: ignore[arg-type]
 
     assert len(await claim_at(0.0)) == 2  # scanned at 0, for 10 ms; one.example at its cap
-    child = (await upsert_urls(db, {"http://two.example/": ""}))["http://two.example/"]
-    await db.execute("""
-        INSERT INTO job_pending (job_id, url_id, origin_id, host, rank)
-        VALUES ($1, $2, $3, 'http://two.example',
-                harvester_rank('bfs', 1, 0, nextval('job_pending_seq')))""", job, child, ids[0])
+    child = await new_host_row(db, job, ids[0])
     assert await claim_at(0.39) == []  # 40 x 10 ms not passed: the scan of 0 serves it
     assert await claim_at(0.41) == [(job, child)]  # passed: scanned again
 
