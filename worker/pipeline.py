@@ -729,22 +729,32 @@ class _Hold:
 
 
 class _heartbeat:
-    """Tell JetStream a long step is still alive, so its lease does not expire."""
+    """Tell JetStream a long step is still alive, so its lease does not expire: every
+    ``interval`` seconds, ``in_progress`` for each of the step's messages. A timer, not a task:
+    almost every step (a page's fetch, its parse, its commit) ends long before its first beat,
+    and a timer is armed and cancelled at a fraction of what a task costs to create and
+    cancel (two a page). At most one beat is in flight; leaving the step cancels it."""
 
     def __init__(self, msgs: list[Msg], interval: float) -> None:
         self.msgs, self.interval = msgs, interval
-        self.task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
 
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            for m in self.msgs:
-                with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
-                    await m.in_progress()
+    def _due(self) -> None:
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.ensure_future(self._tell())
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
+
+    async def _tell(self) -> None:
+        for m in self.msgs:
+            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                await m.in_progress()
 
     async def __aenter__(self) -> None:
-        self.task = asyncio.create_task(self._beat())
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.task:
-            self.task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
