@@ -277,6 +277,21 @@ class NetPolicy:
         return bool(self.allow_hosts) and host_allowed(host, self.allow_hosts)
 
 
+def _target(url: str) -> tuple[str, int, bool] | None:
+    """What ``check_url`` judges of ``url``: (the address, port, True) for an IP literal, (the
+    name, port, False) for a name, None for what it lets through (no host, not parseable)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+    ip = parse_ip(host)
+    return (host, port, False) if ip is None else (str(ip), port, True)
+
+
 def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> None:
     """Store ``key`` as the newest of a cache bounded to ``_CACHE_SIZE``, the oldest dropped."""
     cache[key] = value
@@ -294,6 +309,8 @@ class NetGuard:
         self._dns: OrderedDict[tuple[str, int], tuple[float, list[ResolveResult]]] = OrderedDict()
         self._pinned: OrderedDict[str, float] = OrderedDict()  # allowHosts addresses: expiry
         self._unresolved: OrderedDict[tuple[str, int], float] = OrderedDict()  # until
+        # check_url's parse of each origin asked for (``_target``)
+        self._targets: OrderedDict[str, tuple[str, int, bool] | None] = OrderedDict()
 
     @classmethod
     def from_settings(cls, s: Settings, extra_hosts: Iterable[str] = ()) -> NetGuard:
@@ -365,20 +382,32 @@ class NetGuard:
             raise AddressBlocked(first)
         return kept
 
+    def literal_refusal(self, origin: str) -> tuple[bool, str | None]:
+        """``check_url(origin + "/")`` when it needs no lookup, without a coroutine: (True, its
+        answer) for an IP literal (or what it lets through unparsed), (False, None) for a name,
+        which ``check_url`` resolves. The parse of each origin (``scheme://host[:port]``) is
+        kept: the host gate asks for every host of every batch of visits (at 1,000 hosts, as
+        often as it has visits), and the verdict on the address is read anew each time (an
+        ``allowHosts`` name's addresses are let through only while pinned)."""
+        try:
+            target = self._targets[origin]
+        except KeyError:
+            target = _target(origin + "/")
+            _remember(self._targets, origin, target)
+        if target is None:
+            return True, None
+        host, port, literal = target
+        return (True, self.refusal(host, port)) if literal else (False, None)
+
     async def check_url(self, url: str) -> str | None:
         """Why fetching ``url`` would be refused, None if it would not (or cannot be known:
         a name that does not resolve in time is left to the fetch, which says why)."""
-        try:
-            parts = urlsplit(url)
-            host, port = parts.hostname, parts.port
-        except ValueError:
+        target = _target(url)
+        if target is None:
             return None
-        if not host:
-            return None
-        port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
-        ip = parse_ip(host)
-        if ip is not None:
-            return self.refusal(str(ip), port)
+        host, port, literal = target
+        if literal:
+            return self.refusal(host, port)
         key = (host, port)
         if self._unresolved.get(key, 0.0) > time.monotonic():
             return None  # asked lately in vain: the fetch will say why, without a wait here

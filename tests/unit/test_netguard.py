@@ -147,6 +147,29 @@ async def test_check_url_on_literals_is_pure() -> None:
     assert await guard.check_url("http://[fd00::1]/") == BLOCKED_PRIVATE
 
 
+async def test_literal_refusal_answers_as_check_url_without_a_lookup() -> None:
+    # the host gate's fast path: every origin it could answer from the literal alone, the same
+    # verdict as check_url; a name is left to check_url (which resolves it)
+    guard = NetGuard(NetPolicy.from_settings(_settings(allow_networks=("127.0.0.1/32",))))
+    for origin in ("http://169.254.169.254", "http://[::ffff:a9fe:a9fe]", "http://127.0.0.2:8000",
+                   "http://127.0.0.1:8000", "http://127.0.0.1:8999", "https://[fd00::1]",
+                   "http://", "http://[::1"):
+        for _ in range(2):  # parsed once, then kept: the same answer
+            assert guard.literal_refusal(origin) == (True, await guard.check_url(origin + "/"))
+    assert guard.literal_refusal("http://intra.example") == (False, None)
+
+
+async def test_literal_refusal_reads_a_pinned_address_anew() -> None:
+    # an allowHosts name's address is let through while pinned (its lookup pins it), refused
+    # again once the pin lapses: the kept parse of the origin must not keep the verdict
+    guard = NetGuard(NetPolicy.from_settings(_settings()))
+    assert guard.literal_refusal("http://10.1.2.3") == (True, BLOCKED_PRIVATE)
+    guard._pin([{"host": "10.1.2.3", "port": 80}])  # type: ignore[list-item]
+    assert guard.literal_refusal("http://10.1.2.3") == (True, None)
+    guard._pinned.clear()
+    assert guard.literal_refusal("http://10.1.2.3") == (True, BLOCKED_PRIVATE)
+
+
 def test_allow_hosts_patterns() -> None:
     assert host_allowed("intra.example", ("intra.example",))
     assert host_allowed("a.b.example", ("*.example",))

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Self
 
 import aiohttp
+import yarl
 
 from shared.config import Settings
 from shared.mime import is_html, normalize_mime
@@ -27,6 +28,10 @@ from worker.fetchers.decode import BodyTooLarge, DecodeError, UnsupportedEncodin
 from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+# Hosts whose parse yarl keeps (its caches of host encodings, IP addresses and IDNA; 256-512 by
+# default): a crawl over more hosts than that encoded every request's host anew (the 1,000-host
+# bench: 4.2 -> 7.8 us a URL built); a few hundred bytes a host.
+YARL_HOSTS = 8192
 
 
 @asynccontextmanager
@@ -36,6 +41,8 @@ async def open_session(settings: Settings, concurrency: int | None = None,
     every connection through the SSRF guard (default: ``NetGuard.from_settings``): a refused
     address is never connected to (``AddressBlocked``, in a ``ClientConnectorError``)."""
     guard = guard if guard is not None else NetGuard.from_settings(settings)
+    yarl.cache_configure(idna_encode_size=YARL_HOSTS, idna_decode_size=YARL_HOSTS,
+                         encode_host_size=YARL_HOSTS)
     connector = guard.connector(limit=(concurrency or settings.concurrency) * 2,
                                 limit_per_host=8, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.connect_timeout + settings.read_timeout * 2,
