@@ -180,10 +180,11 @@ FEED_ASK = 1000  # visits one claim asks for at most
 FEED_FLOOR = 256  # the feed-ahead budget at least: 2 x the bench's 128 worker slots, say
 FEED_RATE_TIME = 1.0  # seconds: the time constant of the claimed-rows rate
 FEED_BATCH = 128  # visits finished since the last claim that are worth a claim at once
-FEED_MAX_WAIT = 0.1  # seconds between claims at most while anything is published: a polite
-# host's turn is still published before it comes (a claim publishes the starts due within
-# host_start_window, 0.1 s, of a host's next; plus the queue's wait), and at 1,000 hosts half
-# the claims of 50 ms (each weighs every (host, job) pair): 8-11 % less wall in the bench
+FEED_MAX_WAIT = 0.1  # seconds between claims at most while anything is published, no more
+# than host_start_window (a claim publishes the starts due within it of a host's next, plus the
+# queue's wait: a longer gap between claims would lose polite hosts' turns), 0.05 at least; at
+# 1,000 hosts half the claims of 50 ms (each weighs every (host, job) pair): 6-11 % less wall
+FEED_MIN_WAIT = 0.05
 LEAD_MAX = 1.0  # seconds of the work queue's wait counted at most (``transit``)
 
 
@@ -245,6 +246,12 @@ class FeedBudget:
         return max(FEED_FLOOR, math.ceil(self.feed_ahead * self.rate()))
 
 
+def max_feed_wait(settings: Settings) -> float:
+    """Seconds between two claims at most while anything is published: ``FEED_MAX_WAIT``, no
+    more than ``host_start_window``, ``FEED_MIN_WAIT`` at least."""
+    return max(FEED_MIN_WAIT, min(FEED_MAX_WAIT, settings.host_start_window))
+
+
 async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
                  frontier: Frontier, stop: asyncio.Event, traps: JobTraps | None = None,
                  rooms: KindRooms | None = None) -> None:
@@ -262,17 +269,18 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
     host at its cap gets its freed slot back at once). After a claim that filled its ask (at
     least half of it) the next follows as soon as the room to ask for (the queue's, the
     budget's) is worth it; after a shorter one (hosts at their cap, little due), as soon as
-    the visits finished since (out then less out now) are; or once ``FEED_MAX_WAIT`` has
+    the visits finished since (out then less out now) are; or once ``max_feed_wait`` has
     passed (rows come due, a new job's, another foreman's feeder). So with
     every host at its cap and nothing finishing the feeder claims 10 times a second, not in a
     tight loop, and at 1,000 busy hosts it claims once per batch of freed slots, however long a
     claim takes. With nothing out at all, it claims at once after a full claim, else looks
-    again after ``feed_interval`` (or after four times its last claim's time, ``FEED_MAX_WAIT``
+    again after ``feed_interval`` (or after four times its last claim's time, ``max_feed_wait``
     at most): a new job's first visits go out at once."""
     loop = asyncio.get_running_loop()
     traps = traps or JobTraps(settings)
     rooms = rooms or KindRooms(settings, js)
     budget = FeedBudget(settings.feed_ahead, loop.time())
+    max_wait = max_feed_wait(settings)
     last = -math.inf  # when the last claim was made
     after = 0  # out just after it
     took = 0.0  # its time
@@ -292,9 +300,9 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
             waited = loop.time() - last
             worth = max(1, min(FEED_BATCH, after // 4))
             if out == 0:  # all finished: at once after a full claim, else an idle look
-                due = full or waited >= min(max(settings.feed_interval, 4 * took), FEED_MAX_WAIT)
+                due = full or waited >= min(max(settings.feed_interval, 4 * took), max_wait)
             else:  # more rows likely wait (a full claim), or slots freed since, or time
-                due = ((ask if full else after - out) >= worth) or waited >= FEED_MAX_WAIT
+                due = ((ask if full else after - out) >= worth) or waited >= max_wait
             if ask > 0 and due:
                 full_kinds = frozenset([k for k in settings.fetcher_kinds if k != bus.HTTP
                                         and await rooms.room(k) == 0])

@@ -741,9 +741,9 @@ class _heartbeat:
         self._beat: asyncio.Task[None] | None = None
 
     def _due(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)  # first
         if self._beat is None or self._beat.done():
             self._beat = asyncio.ensure_future(self._tell())
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
 
     async def _tell(self) -> None:
         for m in self.msgs:

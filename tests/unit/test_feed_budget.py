@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from foreman.schedule import FEED_FLOOR, LEAD_MAX, FeedBudget, transit
+from foreman.schedule import FEED_FLOOR, LEAD_MAX, FeedBudget, max_feed_wait, transit
 from shared.config import Settings, load_settings
 from shared.db.frontier import DueFrontier
 
@@ -73,3 +73,13 @@ def test_the_lead_is_the_undelivered_queue_over_the_rate() -> None:
     assert transit(0, 500.0) == 0.0
     assert transit(150, 0.0) == 0.0
     assert transit(10**6, 1.0) == LEAD_MAX
+
+
+def test_the_claims_come_at_least_as_often_as_a_polite_hosts_start_window() -> None:
+    # a claim publishes the starts due within hostStartWindow of a host's next: a longer gap
+    # between claims would lose turns; a shorter window makes the claims more frequent, never
+    # a tight loop
+    assert max_feed_wait(Settings()) == 0.1
+    assert max_feed_wait(Settings(host_start_window=0.07)) == 0.07
+    assert max_feed_wait(Settings(host_start_window=0.0)) == 0.05
+    assert max_feed_wait(Settings(host_start_window=2.0)) == 0.1

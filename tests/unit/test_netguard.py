@@ -147,15 +147,30 @@ async def test_check_url_on_literals_is_pure() -> None:
     assert await guard.check_url("http://[fd00::1]/") == BLOCKED_PRIVATE
 
 
+class NoLookups:
+    """A resolver that must not be asked: the answers below need no lookup."""
+
+    async def resolve(self, host: str, port: int = 0, family: object = None) -> list[object]:
+        raise AssertionError(f"looked up {host}")
+
+    async def close(self) -> None:
+        pass
+
+
 async def test_literal_refusal_answers_as_check_url_without_a_lookup() -> None:
-    # the host gate's fast path: every origin it could answer from the literal alone, the same
-    # verdict as check_url; a name is left to check_url (which resolves it)
-    guard = NetGuard(NetPolicy.from_settings(_settings(allow_networks=("127.0.0.1/32",))))
-    for origin in ("http://169.254.169.254", "http://[::ffff:a9fe:a9fe]", "http://127.0.0.2:8000",
-                   "http://127.0.0.1:8000", "http://127.0.0.1:8999", "https://[fd00::1]",
-                   "http://", "http://[::1"):
+    # the host gate's fast path: every origin answerable from the literal alone, at once, with
+    # the verdict check_url gives; a name is left to check_url (which resolves it)
+    guard = NetGuard(NetPolicy.from_settings(_settings(allow_networks=("127.0.0.1/32",))),
+                     resolver=NoLookups())  # type: ignore[arg-type]
+    for origin, verdict in (("http://169.254.169.254", BLOCKED_METADATA),
+                            ("http://[::ffff:a9fe:a9fe]", BLOCKED_METADATA),
+                            ("http://127.0.0.2:8000", BLOCKED_LOOPBACK),
+                            ("http://127.0.0.1:8000", None), ("http://127.0.0.1:8999", BLOCKED_SERVICE),
+                            ("https://[fd00::1]", BLOCKED_PRIVATE),
+                            ("http://", None), ("http://[::1", None)):  # let through, unparsed
         for _ in range(2):  # parsed once, then kept: the same answer
-            assert guard.literal_refusal(origin) == (True, await guard.check_url(origin + "/"))
+            assert guard.literal_refusal(origin) == (True, verdict), origin
+        assert await guard.check_url(origin + "/") == verdict, origin
     assert guard.literal_refusal("http://intra.example") == (False, None)
 
 
@@ -164,7 +179,8 @@ async def test_literal_refusal_reads_a_pinned_address_anew() -> None:
     # again once the pin lapses: the kept parse of the origin must not keep the verdict
     guard = NetGuard(NetPolicy.from_settings(_settings()))
     assert guard.literal_refusal("http://10.1.2.3") == (True, BLOCKED_PRIVATE)
-    guard._pin([{"host": "10.1.2.3", "port": 80}])  # type: ignore[list-item]
+    guard._pin([{"hostname": "intra.example", "host": "10.1.2.3", "port": 80,
+                 "family": socket.AF_INET, "proto": 0, "flags": 0}])
     assert guard.literal_refusal("http://10.1.2.3") == (True, None)
     guard._pinned.clear()
     assert guard.literal_refusal("http://10.1.2.3") == (True, BLOCKED_PRIVATE)
