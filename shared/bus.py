@@ -18,6 +18,7 @@ with a count of the lines held back, so an outage does not flood the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -576,3 +577,36 @@ def _last_delivery(msg: Msg) -> bool:
         return False
     limit = _topology.max_deliver.get((meta.stream or "", meta.consumer or ""))
     return limit is not None and meta.num_delivered is not None and meta.num_delivered >= limit
+
+
+class KeepAlive:
+    """Tell JetStream a long step is still alive, so its messages' leases do not expire: every
+    ``interval`` seconds, ``in_progress`` for each of ``msgs`` (a worker's visit steps, a task
+    run). A timer, not a task: almost every step (a page's fetch, its parse, its commit) ends
+    long before its first beat, and a timer is armed and cancelled at a fraction of what a
+    task costs to create and cancel (two a page). At most one beat is in flight; leaving the
+    step cancels it."""
+
+    def __init__(self, msgs: list[Msg], interval: float) -> None:
+        self.msgs, self.interval = msgs, interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    def _due(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)  # first
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.ensure_future(self._tell())
+
+    async def _tell(self) -> None:
+        for m in self.msgs:
+            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                await m.in_progress()
+
+    async def __aenter__(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            self._beat.cancel()

@@ -7,7 +7,6 @@ committed (``worker.commit``), or back in the frontier, or redelivered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -396,7 +395,7 @@ class Pipeline:
             ctx = Context(v.key[0], v.key[1], v.url, attempt)
             if plan.task is not None:
                 try:
-                    async with _heartbeat(v.msgs, self.beat):
+                    async with bus.KeepAlive(v.msgs, self.beat):
                         ex = await plan.task(ctx, page, ex)
                 except RetryLater as e:
                     return await self._retry_later(v, attempt, e)
@@ -418,7 +417,7 @@ class Pipeline:
         p = v.planned
         if p.sitemaps and p.level == 0 and p.max_level > 1 and self.settings.robots \
                 and not page.failed:
-            async with _heartbeat(v.msgs, self.beat):
+            async with bus.KeepAlive(v.msgs, self.beat):
                 extra = tuple(await self.gate.sitemap_urls(host_key(v.url)))
         if page.body is not None or page.raw is not None:  # not kept while the batch gathers
             page = replace(page, body=None, raw=None)
@@ -473,7 +472,7 @@ class Pipeline:
         links: tuple[tuple[str, str], ...] = ()
         yields: tuple[Yield, ...] = ()
         try:
-            async with _heartbeat(v.msgs, self.beat):
+            async with bus.KeepAlive(v.msgs, self.beat):
                 for i, extractor in enumerate(plan.extractors):
                     if not extractor.accepts(page):
                         continue
@@ -505,7 +504,7 @@ class Pipeline:
         NFS mount, a lost PostgreSQL connection) raises ``RetryLater`` with the policy's
         backoff instead: the visit is tried again later, as a task's would be."""
         added: list[Yield] = []
-        async with _heartbeat(v.msgs, self.beat):
+        async with bus.KeepAlive(v.msgs, self.beat):
             for out in v.plan.outputs:
                 try:
                     added += await out.write(ctx, page, ex)
@@ -594,7 +593,7 @@ class Pipeline:
         policy's decision on it. None: the host was paused meanwhile, and the visit went back
         to the frontier until the pause ends."""
         try:
-            async with _heartbeat(v.msgs, self.beat):
+            async with bus.KeepAlive(v.msgs, self.beat):
                 paused = await self.gate.wait_start(slot)
                 if paused is None:
                     page = await self._fetch(v.plan.fetcher, req, attempt == v.planned.attempts + 1)
@@ -652,7 +651,7 @@ class Pipeline:
                         key, e)
             await bus.settle_all([msgs], Settle(Verdict.RETRY, delay))
             return None
-        async with _heartbeat(msgs, self.beat):
+        async with bus.KeepAlive(msgs, self.beat):
             hold.release()
             await asyncio.sleep(delay)
             await hold.acquire()
@@ -726,35 +725,3 @@ class _Hold:
     async def acquire(self) -> None:
         await self.slots.acquire()
         self.held = True
-
-
-class _heartbeat:
-    """Tell JetStream a long step is still alive, so its lease does not expire: every
-    ``interval`` seconds, ``in_progress`` for each of the step's messages. A timer, not a task:
-    almost every step (a page's fetch, its parse, its commit) ends long before its first beat,
-    and a timer is armed and cancelled at a fraction of what a task costs to create and
-    cancel (two a page). At most one beat is in flight; leaving the step cancels it."""
-
-    def __init__(self, msgs: list[Msg], interval: float) -> None:
-        self.msgs, self.interval = msgs, interval
-        self._timer: asyncio.TimerHandle | None = None
-        self._beat: asyncio.Task[None] | None = None
-
-    def _due(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)  # first
-        if self._beat is None or self._beat.done():
-            self._beat = asyncio.ensure_future(self._tell())
-
-    async def _tell(self) -> None:
-        for m in self.msgs:
-            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
-                await m.in_progress()
-
-    async def __aenter__(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._beat is not None:
-            self._beat.cancel()

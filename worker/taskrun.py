@@ -33,7 +33,6 @@ long is the user's code, and never makes a worker exit as degraded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -234,7 +233,7 @@ class TaskRunner:
                           self.settings, self.pool)
         thread: asyncio.Future[Any] | None = None
         try:
-            async with _keep_alive(msg, self.beat):
+            async with bus.KeepAlive([msg], self.beat):
                 outcome, thread = await self._call(run, ctx)
             await self._record(run, ctx, msg, outcome)
         finally:
@@ -327,24 +326,3 @@ def _redelivered(msg: Msg) -> bool:
         return (msg.metadata.num_delivered or 1) > 1
     except Exception:  # noqa: BLE001 - not a JetStream message: take it for a redelivery
         return True
-
-
-class _keep_alive:
-    """``in_progress`` every ``interval`` seconds while a task runs: its lease never ends."""
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self.msg, self.interval = msg, interval
-        self.task: asyncio.Task[None] | None = None
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
-                await self.msg.in_progress()
-
-    async def __aenter__(self) -> None:
-        self.task = asyncio.create_task(self._beat())
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.task:
-            self.task.cancel()

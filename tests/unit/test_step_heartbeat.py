@@ -1,13 +1,13 @@
-"""A pipeline step's heartbeat (``worker.pipeline._heartbeat``): JetStream hears ``in_progress``
-every interval while a step runs, nothing for a step shorter than one, and nothing once the
-step has ended (no beat left running or scheduled)."""
+"""A pipeline step's or a task run's heartbeat (``shared.bus.KeepAlive``): JetStream hears
+``in_progress`` every interval while a step runs, nothing for a step shorter than one, and
+nothing once the step has ended (no beat left running or scheduled)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from worker.pipeline import _heartbeat
+from shared.bus import KeepAlive
 
 
 class Told:
@@ -43,7 +43,7 @@ async def _beats(told: list[Told], n: int, timeout: float = 10.0) -> float:
 
 async def test_a_long_step_beats_every_interval_for_each_message() -> None:
     msgs = [Told(), Told()]
-    async with _heartbeat(msgs, 0.05):  # type: ignore[arg-type]
+    async with KeepAlive(msgs, 0.05):  # type: ignore[arg-type]
         took = await _beats(msgs, 4)
     assert took >= 4 * 0.05 - 0.01  # not sooner than every interval
     assert all(m.beats <= took / 0.05 + 1 for m in msgs), [m.beats for m in msgs]
@@ -51,7 +51,7 @@ async def test_a_long_step_beats_every_interval_for_each_message() -> None:
 
 async def test_a_short_step_beats_never_and_leaves_nothing_behind() -> None:
     told = Told()
-    beat = _heartbeat([told], 0.05)  # type: ignore[list-item]
+    beat = KeepAlive([told], 0.05)  # type: ignore[list-item]
     async with beat:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.15)
@@ -61,7 +61,7 @@ async def test_a_short_step_beats_never_and_leaves_nothing_behind() -> None:
 
 async def test_leaving_the_step_cancels_a_beat_in_flight_and_the_next() -> None:
     told = Told(slow=1.0)
-    async with _heartbeat([told], 0.02):  # type: ignore[list-item]
+    async with KeepAlive([told], 0.02):  # type: ignore[list-item]
         await asyncio.sleep(0.07)  # the first beat waits on its answer: no second one starts
     assert told.beats == 1 and told.answered == 0
     await asyncio.sleep(0.1)
@@ -70,5 +70,5 @@ async def test_leaving_the_step_cancels_a_beat_in_flight_and_the_next() -> None:
 
 async def test_a_failed_beat_neither_stops_the_next_nor_the_other_messages() -> None:
     broken, told = Broken(), Told()
-    async with _heartbeat([broken, told], 0.03):  # type: ignore[list-item]
+    async with KeepAlive([broken, told], 0.03):  # type: ignore[list-item]
         await _beats([broken, told], 3)
