@@ -386,8 +386,8 @@ class NetGuard:
         """``check_url(origin + "/")`` when it needs no lookup, without a coroutine: (True, its
         answer) for an IP literal (or what it lets through unparsed), (False, None) for a name,
         which ``check_url`` resolves. The parse of each origin (``scheme://host[:port]``) is
-        kept: the host gate asks for every host of every batch of visits (at 1,000 hosts, as
-        often as it has visits), and the verdict on the address is read anew each time (an
+        kept (``refusals`` asks for every host of every batch of visits: at 1,000 hosts, as
+        often as there are visits), and the verdict on the address is read anew each time (an
         ``allowHosts`` name's addresses are let through only while pinned)."""
         try:
             target = self._targets[origin]
@@ -398,6 +398,24 @@ class NetGuard:
             return True, None
         host, port, literal = target
         return (True, self.refusal(host, port)) if literal else (False, None)
+
+    async def refusals(self, origins: Iterable[str]) -> dict[str, str]:
+        """Why each of ``origins`` (``scheme://host[:port]``) the guard refuses is refused (those
+        it does not refuse are left out): IP literals at once (``literal_refusal``), names
+        resolved together (``check_url``, cached). The host gate asks this for every batch of
+        visits, every host in it."""
+        refused: dict[str, str] = {}
+        names: list[str] = []
+        for origin in origins:
+            literal, reason = self.literal_refusal(origin)
+            if not literal:
+                names.append(origin)
+            elif reason is not None:
+                refused[origin] = reason
+        if names:
+            verdicts = await asyncio.gather(*(self.check_url(n + "/") for n in names))
+            refused.update({n: r for n, r in zip(names, verdicts, strict=True) if r is not None})
+        return refused
 
     async def check_url(self, url: str) -> str | None:
         """Why fetching ``url`` would be refused, None if it would not (or cannot be known:

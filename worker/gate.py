@@ -140,19 +140,7 @@ class HostGate:
         for key, url in visits.items():
             by_host[host_key(url)].append(key)
         if self.guard is not None:  # IP literals: at once; names: resolved together (cached)
-            refused: dict[str, str] = {}
-            names = []
-            for host in by_host:
-                literal, reason = self.guard.literal_refusal(host)
-                if not literal:
-                    names.append(host)
-                elif reason is not None:
-                    refused[host] = reason
-            if names:
-                verdicts = await asyncio.gather(*(self.guard.check_url(h + "/") for h in names))
-                refused.update({h: r for h, r in zip(names, verdicts, strict=True)
-                                if r is not None})
-            for host, reason in refused.items():
+            for host, reason in (await self.guard.refusals(by_host)).items():
                 keys = by_host.pop(host)
                 out.blocked.update(dict.fromkeys(keys, reason))
                 metrics.count_blocked([reason] * len(keys))

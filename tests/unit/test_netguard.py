@@ -174,6 +174,34 @@ async def test_literal_refusal_answers_as_check_url_without_a_lookup() -> None:
     assert guard.literal_refusal("http://intra.example") == (False, None)
 
 
+class Answers:
+    """A resolver answering from a table, each name asked noted."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0, family: object = None) -> list[object]:
+        self.asked.append(host)
+        return [{"hostname": host, "host": self.table[host], "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_refusals_judge_a_batch_of_hosts_looking_up_only_the_names() -> None:
+    # the host gate's question for each batch of visits: literals at once, names resolved
+    answers = Answers({"intra.example": "10.1.1.1", "public.example": "93.184.216.34"})
+    guard = NetGuard(NetPolicy.from_settings(_settings()), resolver=answers)  # type: ignore[arg-type]
+    got = await guard.refusals(["http://127.0.0.1:8000", "http://10.0.0.1", "http://8.8.8.8",
+                                "http://intra.example", "http://public.example", "http://[::1"])
+    assert got == {"http://127.0.0.1:8000": BLOCKED_LOOPBACK, "http://10.0.0.1": BLOCKED_PRIVATE,
+                   "http://intra.example": BLOCKED_PRIVATE}
+    assert sorted(answers.asked) == ["intra.example", "public.example"]
+    assert await guard.refusals([]) == {}
+
+
 async def test_literal_refusal_reads_a_pinned_address_anew() -> None:
     # an allowHosts name's address is let through while pinned (its lookup pins it), refused
     # again once the pin lapses: the kept parse of the origin must not keep the verdict
