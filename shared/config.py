@@ -71,6 +71,8 @@ class HostPace:
     delay: float
 
 
+_NO_OVERRIDE = HostLimit()  # a host without an entry in hostLimits (made once: ~1 µs each)
+
 AUTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,}", re.ASCII)
 AUTH_TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}", re.ASCII)
 _ALLOW_HOST = re.compile(r"(?:\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
@@ -485,7 +487,7 @@ class Settings(BaseModel):
 
     def host_limit(self, host: str) -> HostPace:
         """Limits for ``scheme://host[:port]``: an override by host:port or host, else defaults."""
-        own = _per_host(self.host_limits, host) or HostLimit()
+        own = _per_host(self.host_limits, host) or _NO_OVERRIDE
         return HostPace(concurrency=own.concurrency or self.host_concurrency,
                         delay=self.host_delay if own.delay is None else own.delay)
 

@@ -471,7 +471,8 @@ _PAIRS = f"""
 _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) AS top"
 
 # The claim. pr: the pairs ($1 hosts, $2 jobs, $3 weights, $7 their recent service on the
-# host, $5 their host's cap, NULL: uncapped) in the feeder's order of preference (n:
+# host, $5 their host's cap, NULL: uncapped; each an array literal: ``_Batch.columns``) in the
+# feeder's order of preference (n:
 # ``_order``), each taking $4 rows at most; busy: published rows per host, read once (grouped:
 # every published row in one pass, the feed-ahead budget's worth, hash-joined to the pairs,
 # never a rescan per host); roomy: the pairs whose host has room (or no cap): the cap less its
@@ -492,8 +493,8 @@ _LOCK = "SELECT pg_try_advisory_xact_lock($1) AS ok, (SELECT max(id) FROM job) A
 # whether some pair with room had no row due (dry).
 _CLAIM_WITH = f"""
     WITH pr AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $7::float8[], $5::int[],
-                             $9::float8[])
+        SELECT * FROM unnest($1::text::text[], $2::text::bigint[], $3::text::float8[],
+                             $7::text::float8[], $5::text::int[], $9::text::float8[])
                       WITH ORDINALITY AS t(host, job_id, w, s, cap, d, n)),
     busy AS (
         SELECT p.host, count(*) AS n, max(p.published_on) AS last
@@ -619,10 +620,50 @@ class _Batch:
     shared: list[int]  # the pairs whose host has another job's pair too
     full_kind: int = 0  # pairs left out for their kind's full work queue
 
+    # the columns as array literals (``columns``), made at the first claim; ``served`` kept
+    # only while no pair shares its host (``_batch`` then updates it for every claim)
+    fixed: tuple[str, str, str, str, str] | None = None
+    served_literal: str | None = None
+    positions: dict[tuple[str, int], int] | None = None  # (host, job id) -> its index
+
+    def position(self, pair: tuple[str, int]) -> int:
+        """The index of the pair (host, job id) in the batch."""
+        if self.positions is None:
+            self.positions = {p: i for i, p in enumerate(zip(self.hosts, self.job_ids))}
+        return self.positions[pair]
+
     def subset(self, index: list[int]) -> _Batch:
         return _Batch([self.hosts[i] for i in index], [self.job_ids[i] for i in index],
                       [self.weights[i] for i in index], [self.caps[i] for i in index],
                       [self.delays[i] for i in index], [self.served[i] for i in index], [])
+
+    def columns(self) -> tuple[str, str, str, str, str, str]:
+        """hosts, job ids, weights, caps, delays and served as PostgreSQL array literals (the
+        claim casts each ``$n::text::T[]``). asyncpg encodes a list element by element (about
+        1.1 ms of the feeder's CPU a claim over 1,000 pairs' six columns, against 0.08 ms for
+        six strings); the literals of the columns that do not change between claims are made
+        once per scan, ``served`` anew when some pair shares its host (``_batch`` updates it)."""
+        if self.fixed is None:
+            self.fixed = (_literal(self.hosts), _literal(self.job_ids), _literal(self.weights),
+                          _literal(self.caps), _literal(self.delays))
+        if self.served_literal is None or self.shared:
+            self.served_literal = _literal(self.served)
+        return (*self.fixed, self.served_literal)
+
+
+def _element(value: str | float | None) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):  # quoted, so that any text (commas, braces, NULL) stays itself
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float) and abs(value) < 1e-300:  # a service decayed to nothing: 0
+        return "0"  # (PostgreSQL refuses a literal that underflows its double precision)
+    return repr(value)  # an int, or a float written exactly (repr round-trips)
+
+
+def _literal(values: Sequence[str | float | None]) -> str:
+    """A one-dimensional PostgreSQL array literal of ``values`` (None: NULL)."""
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
 async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int, window: float,
@@ -646,8 +687,9 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int, window: fl
         return (sorted(rows, key=lambda r: r["rank"]), [],
                 Counter({(hosts[0], job_ids[0]): len(rows)}), not rows)
     share = limit if len(hosts) == 1 else max(2, math.ceil(2 * limit / len(hosts)))
-    args = (hosts, job_ids, batch.weights, share, caps, limit, batch.served,
-            max(LIVE_PER_ROW * limit, LIVE_MIN), batch.delays, window)
+    hosts_, job_ids_, weights, caps_, delays, served = batch.columns()
+    args = (hosts_, job_ids_, weights, share, caps_, limit, served,
+            max(LIVE_PER_ROW * limit, LIVE_MIN), delays, window)
     if plan is None:
         got = await conn.fetch(_CLAIM, *args)
         rows = [r for r in got if r["url_id"] is not None]
@@ -657,8 +699,8 @@ async def _claim(conn: asyncpg.Connection, batch: _Batch, limit: int, window: fl
         rows = [r for r in got if r["url_id"] is not None]
         dry = bool(got and got[0]["dry"])
     took = Counter((r["host"], r["job_id"]) for r in rows)
-    full = [i for i, (pair, cap) in enumerate(zip(zip(hosts, job_ids), caps, strict=True))
-            if took[pair] >= share and (cap is None or cap > share)]
+    full = sorted(i for pair, n in took.items() if n >= share
+                  and ((cap := caps[i := batch.position(pair)]) is None or cap > share))
     rows = sorted(rows, key=lambda r: (r["second"], r["jk"], r["rank"]))
     return rows, full, took, dry
 

@@ -300,12 +300,14 @@ async def test_a_planned_claim_reads_visits_and_urls_by_primary_key(
     one, _ = await new_job(db, [f"http://one.example/{i}" for i in range(20000)])
     many, _ = await new_job(db, [f"http://many{i % 50}.example/{i}" for i in range(20000)])
     await db.execute("ANALYZE")
-    hosts = [f"http://many{i}.example" for i in range(50)]
+    hosts, jobs, weights, caps, delays, served = frontier_module._Batch(  # as _claim sends them
+        [f"http://many{i}.example" for i in range(50)], [many] * 50, [1.0] * 50, [None] * 50,
+        [None] * 50, [0.0] * 50, []).columns()
     for sql, args in ((frontier_module._CLAIM_ONE_PLANNED,
                        ("http://one.example", one, 1000, 3600.0, [one])),
                       (frontier_module._CLAIM_PLANNED,
-                       (hosts, [many] * 50, [1.0] * 50, 40, [None] * 50, 1000, [0.0] * 50, 2000,
-                        [None] * 50, 0.1, 3600.0, [many]))):
+                       (hosts, jobs, weights, 40, caps, 1000, served, 2000, delays, 0.1, 3600.0,
+                        [many]))):
         tr = db.transaction()
         await tr.start()
         try:
@@ -382,3 +384,32 @@ async def test_a_frontier_grown_from_empty_is_claimed_by_index_not_by_a_stale_pl
         loops = [n["Actual Loops"] for n in nodes(plan["Plan"])
                  if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "job_pending"]
         assert all(n <= 1 for n in loops), (plan["Query Text"][:40], loops)
+
+
+async def test_the_claims_columns_reach_postgresql_as_the_arrays_they_are(
+        db: asyncpg.Connection) -> None:
+    """The claim sends its pairs' columns as array literals (``_Batch.columns``, one string
+    each instead of asyncpg's encoding element by element): PostgreSQL reads each back as the
+    array asyncpg would have sent, whatever the text (quotes, backslashes, commas, braces, the
+    word NULL, spaces) and whichever float (exact to the bit); a service decayed below what a
+    double holds is 0."""
+    hosts = ["http://a.example", 'http://q"uote', "http://back\\slash", "http://c,o{m}ma",
+             "NULL", "http://sp ace", "", "http://ü.example:8080"]
+    floats = [0.0, 1.0, 0.1, 2.0 ** 10, 2.0 ** -10, 1 / 3, 123456.789e200, -0.5, 5e-324]
+    batch = frontier_module._Batch(
+        hosts, list(range(len(hosts))), floats[:len(hosts)], [2, None, 1, 64, None, 3, 2, 1],
+        [0.5, None, 0.05, 1.5, None, 0.0, 10.0, 0.25], floats[1:len(hosts) + 1], [])
+    cols = batch.columns()
+    types = ("text", "bigint", "float8", "int", "float8", "float8")
+    values = (batch.hosts, batch.job_ids, batch.weights, batch.caps, batch.delays,
+              batch.served)
+    for literal, pg_type, expected in zip(cols, types, values, strict=True):
+        got = await db.fetchval(f"SELECT $1::text::{pg_type}[]", literal)
+        sent = await db.fetchval(f"SELECT $1::{pg_type}[]", expected)  # asyncpg's encoding
+        assert got == [0.0 if isinstance(v, float) and abs(v) < 1e-300 else v
+                       for v in sent], pg_type
+    assert batch.columns() == cols  # made once per scan: the same strings at the next claim
+    batch.served[0] = 7.5  # a pair sharing its host: its service is read anew every claim
+    batch.shared.append(0)
+    assert batch.columns()[5] != cols[5]
+    assert await db.fetchval("SELECT ($1::text::float8[])[1]", batch.columns()[5]) == 7.5
