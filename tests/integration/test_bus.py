@@ -15,6 +15,7 @@ from typing import TypeVar
 import nats
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy
 
@@ -286,3 +287,45 @@ async def test_take_free_takes_one_slot_then_all_free_ones_up_to_most() -> None:
     slots.release()
     assert await bus.take_free(slots, 3) == 1
     assert slots.locked()
+
+
+async def test_a_publish_fails_only_the_messages_jetstream_did_not_store(
+        nats_server: EmbeddedNats) -> None:
+    """The publishes' answers (``bus._Acks``): a message whose answer does not come in time is
+    not stored as far as the publisher knows (a TimeoutError, retried later; a late answer
+    changes nothing), an unreadable answer or an error fails its message alone, a message no
+    stream listens for gets ``NoStreamResponseError``, and nothing is left waiting."""
+    settings = Settings(nats_url=nats_server.url, url_topic="acks.url", work_topic="acks.work")
+    async with bus.connect(nats_server.url, "test-acks") as nc:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        held: list[Msg] = []
+
+        async def answer(msg: Msg) -> None:
+            if msg.data == b"late":
+                held.append(msg)
+            elif msg.data == b"garbled":
+                await msg.respond(b"not json")
+            elif msg.data == b"refused":
+                await msg.respond(b'{"error": {"code": 400, "err_code": 10060, '
+                                  b'"description": "expected stream does not match"}}')
+            else:
+                await msg.respond(b'{"stream": "X", "seq": 1}')
+
+        await nc.subscribe("acks.fake", cb=answer)  # a responder that is not JetStream
+        acks = bus._Acks.of(js)
+        assert bus._Acks.of(nc.jetstream()) is acks  # one inbox per connection
+        got = await acks.publish("acks.fake", [b"ok", b"late", b"garbled", b"refused", b"ok"],
+                                 0.5)
+        assert got[0] is None and got[4] is None
+        assert isinstance(got[1], TimeoutError)
+        assert isinstance(got[2], nats.js.errors.Error)
+        assert isinstance(got[3], nats.js.errors.BadRequestError)
+        for m in held:  # answered after the publisher gave up: nothing waits for it
+            await m.respond(b'{"stream": "X", "seq": 2}')
+        await nc.flush()
+        (nowhere,) = await acks.publish("acks.nowhere", [b"x"], 5)
+        assert isinstance(nowhere, nats.js.errors.NoStreamResponseError)
+        assert await acks.publish(settings.work_topic, [b"a", b"b"], 5) == [None, None]
+        assert await _depth(js, settings.work_topic, 2) == 2
+        assert acks.waiting == {}
