@@ -40,7 +40,8 @@ SYSTEMS = ("ceiling", "ceiling+parse", "inmemory", "scrapy", "harvester", *BROWS
 # The fetch loops need the site's URL list, which an external site (--site) does not have.
 LIST_SYSTEMS = ("ceiling", "ceiling+parse")
 # --hosts N (bench/manyhosts.py): "single" is Harvester on the same pages on one host
-HOSTS_SYSTEMS = ("harvester", "scrapy", "single")
+HOSTS_SYSTEMS = ("harvester", "scrapy", "single", "unpaced")
+HOSTS_DEFAULT = "harvester,scrapy,single"  # unpaced only when asked for
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +58,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join(SYSTEMS)
                    + " (harvester,scrapy,inmemory,ceiling,ceiling+parse; with --site "
                    "harvester,scrapy,inmemory); with --hosts of: "
-                   + ", ".join(HOSTS_SYSTEMS) + " (all; up to 100 hosts harvester,scrapy)")
+                   + ", ".join(HOSTS_SYSTEMS) + f" ({HOSTS_DEFAULT}; up to 100 hosts "
+                   "harvester,scrapy)")
     p.add_argument("--variants", default=None,
                    help="Harvester job variants, comma-separated: plain, warc (save=warc), "
                         "extract (items by CSS/XPath), bloom (bloom: {}); each reported against "
@@ -131,7 +133,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if a.systems is None and 0 < a.hosts <= POLITE_HOSTS:
         a.systems = "harvester,scrapy"  # the politeness is the limit: no single-host target
     if a.systems is None:
-        a.systems = (",".join(HOSTS_SYSTEMS) if a.hosts else "harvester,scrapy,inmemory"
+        a.systems = (HOSTS_DEFAULT if a.hosts else "harvester,scrapy,inmemory"
                      if a.site else "harvester,scrapy,inmemory,ceiling,ceiling+parse")
     if a.variants is None:
         a.variants = "plain,bloom" if a.hosts else "plain,warc,extract"

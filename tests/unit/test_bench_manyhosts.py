@@ -234,3 +234,20 @@ def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> 
     assert mh.crawl_lines({"label": "scrapy"}, 10) == []
     assert mh.crawl_lines({"label": "h", "progress": [6.9, 12.5]}, 10) == [
         "* progress (h): seconds to each tenth of the pages processed 10% 6.9, 20% 12.5"]
+
+
+def test_the_unpaced_run_splits_the_gap_into_the_hosts_and_the_politeness(
+        tmp_path: Path) -> None:
+    """``unpaced``: the many hosts with the single-host reference's limits (as many requests
+    in flight as a worker has slots, no delay); its ratios are for information."""
+    cfg = json.loads(mh.write_config(tmp_path / "c.json", 64, unpaced=True).read_text())
+    assert (cfg["hostConcurrency"], cfg["hostDelay"]) == (64, "0s")
+    polite = json.loads(mh.write_config(tmp_path / "p.json", 64).read_text())
+    assert (polite["hostConcurrency"], polite["hostDelay"]) == (mh.HOST_CONCURRENCY,
+                                                                mh.HOST_DELAY)
+    runs = {"harvester": {"wall": 60.0, "valid": True}, "unpaced": {"wall": 48.0, "valid": True},
+            "single": {"wall": 40.0, "valid": True}}
+    v = {what: (round(x, 3), target) for what, x, target, _ in mh.verdicts(1000, 50_000, runs)}  # type: ignore[arg-type]
+    assert v == {"against the single-host rate": (0.667, 0.9),
+                 "against the unpaced rate (what the politeness costs)": (0.8, None),
+                 "unpaced against the single-host rate (what the hosts cost)": (0.833, None)}
