@@ -497,7 +497,8 @@ class _Acks:
     failing the publish when JetStream answers an error.)"""
 
     def __init__(self, nc: NATS) -> None:
-        self.nc = nc
+        # weak: _ACKS holds this by its connection, which must stay free to be collected
+        self._nc = weakref.ref(nc)
         self.inbox = nc.new_inbox() + "."
         self.waiting: dict[str, asyncio.Future[None]] = {}
         self.subscribed: asyncio.Task[Any] | None = None
@@ -512,11 +513,19 @@ class _Acks:
             acks = _ACKS[nc] = cls(nc)
         return acks
 
+    @property
+    def nc(self) -> NATS:
+        nc = self._nc()
+        if nc is None:  # (a caller holds the context, which holds the connection)
+            raise nats.errors.ConnectionClosedError
+        return nc
+
     async def publish(self, subject: str, payloads: Sequence[bytes],
                       timeout: float) -> list[BaseException | None]:
-        """Publish each payload, then wait up to ``timeout`` for every answer: per payload,
-        None (stored) or why not (JetStream's error; ``NoStreamResponseError``: no stream
-        listens; ``TimeoutError``: no answer in time, perhaps stored all the same)."""
+        """Publish each payload, then wait up to ``timeout`` (from the last one sent) for
+        every answer: per payload, None (stored) or why not (JetStream's error;
+        ``NoStreamResponseError``: no stream listens; ``TimeoutError``: no answer in time,
+        perhaps stored all the same; the client's refusal to send it)."""
         if self.subscribed is None or (self.subscribed.done() and (
                 self.subscribed.cancelled() or self.subscribed.exception() is not None)):
             self.subscribed = asyncio.ensure_future(
@@ -536,10 +545,13 @@ class _Acks:
                 sent[token] = n
                 try:
                     await self.nc.publish(subject, payload, reply=self.inbox + token)
-                except TRANSIENT as e:  # the connection is closed or its buffer full
-                    answers[n:] = [e] * (len(payloads) - n)
+                except TRANSIENT as e:
                     self.waiting.pop(token).cancel()
                     del sent[token]
+                    if not isinstance(e, _UNUSABLE):  # this message's fault (its size)
+                        answers[n] = e
+                        continue
+                    answers[n:] = [e] * (len(payloads) - n)  # nor will the others go
                     break
             futures = {self.waiting[t]: n for t, n in sent.items()}
             if futures:
@@ -565,18 +577,25 @@ class _Acks:
         try:
             answer = json.loads(msg.data)
         except ValueError:
-            future.set_exception(nats.js.errors.Error(f"unreadable answer {msg.data[:200]!r}"))
-            return
+            answer = None
         if isinstance(answer, dict) and "error" in answer:
             try:
                 nats.js.errors.APIError.from_error(answer["error"])  # raises its kind of error
             except nats.js.errors.APIError as e:
                 future.set_exception(e)
-            return
-        future.set_result(None)
+            except Exception:  # noqa: BLE001 - an error not in JetStream's form
+                future.set_exception(nats.js.errors.Error(f"error {answer['error']!r}"))
+        elif isinstance(answer, dict) and "seq" in answer:  # stored: its sequence number
+            future.set_result(None)
+        else:
+            future.set_exception(nats.js.errors.Error(f"unreadable answer {msg.data[:200]!r}"))
 
 
 _ACKS: weakref.WeakKeyDictionary[NATS, _Acks] = weakref.WeakKeyDictionary()
+# A publish refused for these reasons: the connection cannot send the chunk's other messages
+# either (a refusal for the message itself, its size, fails that message alone).
+_UNUSABLE = (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+             nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError)
 
 
 async def stream_depth(js: JetStreamContext, topic: str) -> int:

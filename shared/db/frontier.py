@@ -656,9 +656,7 @@ def _element(value: str | float | None) -> str:
         return "NULL"
     if isinstance(value, str):  # quoted, so that any text (commas, braces, NULL) stays itself
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float) and abs(value) < 1e-300:  # a service decayed to nothing: 0
-        return "0"  # (PostgreSQL refuses a literal that underflows its double precision)
-    return repr(value)  # an int, or a float written exactly (repr round-trips)
+    return repr(value)  # an int, or a float written exactly (repr round-trips, subnormals too)
 
 
 def _literal(values: Sequence[str | float | None]) -> str:

@@ -306,6 +306,10 @@ async def test_a_publish_fails_only_the_messages_jetstream_did_not_store(
                 held.append(msg)
             elif msg.data == b"garbled":
                 await msg.respond(b"not json")
+            elif msg.data == b"odd":  # JSON, but neither an ack nor an error
+                await msg.respond(b"null")
+            elif msg.data == b"odd error":  # an error not in JetStream's form
+                await msg.respond(b'{"error": "out of cheese"}')
             elif msg.data == b"refused":
                 await msg.respond(b'{"error": {"code": 400, "err_code": 10060, '
                                   b'"description": "expected stream does not match"}}')
@@ -315,12 +319,14 @@ async def test_a_publish_fails_only_the_messages_jetstream_did_not_store(
         await nc.subscribe("acks.fake", cb=answer)  # a responder that is not JetStream
         acks = bus._Acks.of(js)
         assert bus._Acks.of(nc.jetstream()) is acks  # one inbox per connection
-        got = await acks.publish("acks.fake", [b"ok", b"late", b"garbled", b"refused", b"ok"],
-                                 0.5)
+        got = await acks.publish("acks.fake", [b"ok", b"late", b"garbled", b"refused", b"ok",
+                                               b"odd", b"odd error"], 0.5)
         assert got[0] is None and got[4] is None
         assert isinstance(got[1], TimeoutError)
-        assert isinstance(got[2], nats.js.errors.Error)
+        assert type(got[2]) is nats.js.errors.Error and "unreadable" in str(got[2])
         assert isinstance(got[3], nats.js.errors.BadRequestError)
+        assert type(got[5]) is nats.js.errors.Error and "unreadable" in str(got[5])
+        assert type(got[6]) is nats.js.errors.Error and "out of cheese" in str(got[6])
         for m in held:  # answered after the publisher gave up: nothing waits for it
             await m.respond(b'{"stream": "X", "seq": 2}')
         await nc.flush()
@@ -329,3 +335,13 @@ async def test_a_publish_fails_only_the_messages_jetstream_did_not_store(
         assert await acks.publish(settings.work_topic, [b"a", b"b"], 5) == [None, None]
         assert await _depth(js, settings.work_topic, 2) == 2
         assert acks.waiting == {}
+        # A publisher cancelled while it waits leaves nothing waiting either.
+        waiting = asyncio.create_task(acks.publish("acks.fake", [b"late", b"late"], 30))
+        await _eventually(lambda: asyncio.sleep(0, len(held)), lambda n: n == 3)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert acks.waiting == {}
+    # On a closed connection no message goes: each fails with the client's refusal.
+    closed = await acks.publish(settings.work_topic, [b"a", b"b"], 5)
+    assert [type(e) for e in closed] == [nats.errors.ConnectionClosedError] * 2
