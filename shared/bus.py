@@ -74,6 +74,11 @@ PUBLISH_TIMEOUT = 5.0  # seconds a publish waits for JetStream to store its mess
 TRANSIENT = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ConnectionError,
              OSError)
 
+# A publish refused for these reasons: the connection cannot send the chunk's other messages
+# either (a refusal for the message itself, its size, fails that message alone).
+_UNUSABLE = (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+             nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError)
+
 # What a pull from a consumer the server does not have gets: a 503 "no responders" status
 # (nats-py raises ServiceUnavailableError; the others for safety). A publish no stream listens
 # to raises NoStreamResponseError; a stream query, NotFoundError.
@@ -479,9 +484,7 @@ async def _publish(js: JetStreamContext, subject: str, items: Sequence[T],
         chunk = items[i:i + PUBLISH_CHUNK]
         answers = await acks.publish(subject, [encode(item) for item in chunk], PUBLISH_TIMEOUT)
         for item, answer in zip(chunk, answers, strict=True):
-            if answer is not None:
-                if not isinstance(answer, TRANSIENT):
-                    raise answer
+            if answer is not None:  # (each a TRANSIENT error: kept, published again later)
                 failed.append(item)
                 error = error or answer
     return failed, error
@@ -501,7 +504,8 @@ class _Acks:
         self._nc = weakref.ref(nc)
         self.inbox = nc.new_inbox() + "."
         self.waiting: dict[str, asyncio.Future[None]] = {}
-        self.subscribed: asyncio.Task[Any] | None = None
+        self.subscribed = False
+        self._subscribing = asyncio.Lock()  # the first publishers subscribe once between them
         self.sent = 0
 
     @classmethod
@@ -526,12 +530,11 @@ class _Acks:
         every answer: per payload, None (stored) or why not (JetStream's error;
         ``NoStreamResponseError``: no stream listens; ``TimeoutError``: no answer in time,
         perhaps stored all the same; the client's refusal to send it)."""
-        if self.subscribed is None or (self.subscribed.done() and (
-                self.subscribed.cancelled() or self.subscribed.exception() is not None)):
-            self.subscribed = asyncio.ensure_future(
-                self.nc.subscribe(self.inbox + "*", cb=self._answer))
         try:
-            await asyncio.shield(self.subscribed)
+            async with self._subscribing:
+                if not self.subscribed:  # (nats-py subscribes again after a reconnect)
+                    await self.nc.subscribe(self.inbox + "*", cb=self._answer)
+                    self.subscribed = True
         except TRANSIENT as e:
             return [e] * len(payloads)
         loop = asyncio.get_running_loop()
@@ -592,10 +595,6 @@ class _Acks:
 
 
 _ACKS: weakref.WeakKeyDictionary[NATS, _Acks] = weakref.WeakKeyDictionary()
-# A publish refused for these reasons: the connection cannot send the chunk's other messages
-# either (a refusal for the message itself, its size, fails that message alone).
-_UNUSABLE = (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-             nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError)
 
 
 async def stream_depth(js: JetStreamContext, topic: str) -> int:
