@@ -52,6 +52,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="Harvester workers (2)")
     p.add_argument("--foremen", type=int, default=1, help="Harvester foremen (1)")
+    p.add_argument("--pg-stats", action="store_true",
+                   help="load pg_stat_statements in each Harvester run's PostgreSQL and report "
+                        "its top statements by total time over the crawl (lock waits "
+                        "included), and the rows each table wrote (HOT updates among them)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each system; medians reported, with their spread (min–max)")
     p.add_argument("--systems", default=None,
@@ -120,9 +124,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     h.add_argument("--small-hosts", type=int, default=10,
                    help="hosts the small job's pages are spread over (10)")
     h.add_argument("--no-fairness", action="store_true", help="skip the fairness case")
-    h.add_argument("--pg-stats", action="store_true",
-                   help="load pg_stat_statements in each Harvester run's PostgreSQL and report "
-                        "its top statements by total time over the crawl")
     h.add_argument("--single-rate", type=float, default=None, metavar="PAGES_PER_S",
                    help="the single-host rate to compare with (instead of the 'single' run)")
     a = p.parse_args(argv)
@@ -317,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                                             or a.concurrency,
                                             timeout=a.timeout, keep_data=a.keep_data,
                                             variant=variant, nodes=a.nodes,
-                                            nats_cluster=a.nats_cluster)
+                                            nats_cluster=a.nats_cluster,
+                                            pg_stats=a.pg_stats)
                     if browser:
                         opts.browser_workers = a.browser_workers
                         opts.browser_pages = a.browser_pages
@@ -486,6 +488,7 @@ def _markdown(a: argparse.Namespace, argv: list[str] | None, machine: dict[str, 
                        "25% less throughput), `extract` pulls items by CSS and XPath "
                        "(`bench/harvester.py` `VARIANTS`)."), "", *costs]
         lines += _eta_lines(runs)
+        lines += _pg_stats_lines(runs)
         if a.scaling:
             scaling.sort(key=lambda s: (s["foremen"], s["workers"]))
             lines += ["", "## Harvester scaling", "", report.scaling_table(scaling)]
@@ -570,6 +573,23 @@ def _browser_lines(a: argparse.Namespace, js_site: Site, rows: list[dict[str, An
          "so its shutdown is counted; `cpu_sampled` in the details is psutil's sampler over "
          "the whole Crawlee process's life, an upper bound."),
     ]
+
+
+def _pg_stats_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """``--pg-stats``: each Harvester run's top statements over the crawl and its tables' rows
+    written (bench/manyhosts.py's tables)."""
+    from bench.manyhosts import statement_table, table_writes
+
+    out: list[str] = []
+    for r in runs:
+        if not (st := r.get("pg_stats")):
+            continue
+        out += ["", (f"## PostgreSQL over the crawl: {r.get('label')} (pg_stat_statements: "
+                     f"{st['total_ms'] / 1000:,.1f} s in statements, lock waits included, and "
+                     f"{(st.get('plan_ms') or 0) / 1000:,.1f} s planning; pg_stat_user_tables)"),
+                "", *statement_table(st["statements"], st["total_ms"]), "",
+                *table_writes(st.get("tables") or [])]
+    return out
 
 
 def _eta_lines(runs: list[dict]) -> list[str]:

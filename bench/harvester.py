@@ -44,6 +44,7 @@ class HarvesterOptions:
     browser_path: str = "/usr/bin/chromium"  # browserPath (the same Chromium as Crawlee's)
     nats_cluster: int = 1         # `harvester up --nats-cluster` (issue 18): clustered, R3
     nodes: int = 1                # issue 18: nodes 2.. each add a foreman and `workers` workers
+    pg_stats: bool = False        # pg_stat_statements and the tables' writes over the crawl
 
 
 # The job spec keys of each bench variant (issue 11): the cost of saving WARC and of extracting
@@ -231,7 +232,10 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))
-    if opts.profile:
+    if opts.pg_stats:
+        from bench.manyhosts import PG_STATS_SETTINGS
+        env["HARVESTER_PG_SETTINGS"] = PG_STATS_SETTINGS
+    elif opts.profile:
         env["HARVESTER_PG_SETTINGS"] = ("shared_preload_libraries=pg_stat_statements "
                                         "pg_stat_statements.track=all")
     up_args = [sys.executable, "-m", "harvester_ops.cli", "up", "--data-dir", str(data_dir),
@@ -277,6 +281,9 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
         result["idle_cpu_per_s"] = None if idle is None else round(idle, 3)
 
         before = footprint.snapshot(m["dsn"], m["nats"])  # before the clock starts
+        if opts.pg_stats:
+            from bench.manyhosts import pg_stats_reset
+            pg_stats_reset(m["dsn"])
         monitor = TreeMonitor([up.pid] + [p.pid for p in extra])
         monitor.start()
         t0 = time.monotonic()
@@ -328,6 +335,9 @@ def run_harvester(site: Site, out: Path, label: str, opts: HarvesterOptions) -> 
                        "status": status.get("pages"), "elapsed_reported": status.get("elapsed"),
                        "timed_out": timed_out, "depth": site.harvester_depth,
                        "eta_error": eta.errors(samples, wall)})
+        if opts.pg_stats:  # the crawl's, before the result and the status are read
+            from bench.manyhosts import pg_stats_top
+            result["pg_stats"] = pg_stats_top(m["dsn"])
         if timed_out:
             result["error"] = f"not complete after {opts.timeout:.0f} s"
             result["found"] = (status.get("pages") or {}).get("processed", 0)

@@ -34,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -300,6 +301,33 @@ def verdicts(hosts: int, pages: int, runs: dict[str, dict[str, Any]]
     return out
 
 
+def by_repeat(runs: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """The runs of each repeat by name (``label``), repeats in order (a run without ``repeat``
+    is the first's)."""
+    groups: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(int(r.get("repeat") or 1), {})[r["label"]] = r
+    return [groups[k] for k in sorted(groups)]
+
+
+def median_verdicts(hosts: int, pages: int, runs: list[dict[str, Any]]
+                    ) -> list[tuple[str, float | None, float | None, bool | None,
+                                list[float | None]]]:
+    """``verdicts`` of each repeat (its runs compared with each other: the same minutes of
+    the machine), then per target (what, the median of the repeats that measured it, target,
+    met by the median, each repeat's value). A repeat with an invalid run has no value for
+    the ratios that need it; the median is over the others."""
+    per = [verdicts(hosts, pages, group) for group in by_repeat(runs)]
+    out = []
+    for i, (what, _, target, _) in enumerate(per[0] if per else []):
+        values = [p[i][1] if i < len(p) and p[i][0] == what else None for p in per]
+        measured = [v for v in values if v is not None]
+        med = statistics.median(measured) if measured else None
+        out.append((what, med, target, None if med is None or target is None else med >= target,
+                    values))
+    return out
+
+
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
@@ -313,7 +341,11 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
            machine: dict[str, Any], started: datetime.datetime,
            single: HostsSite | None = None) -> str:
     pages = len(site.expected)
-    by = {r["label"]: r for r in runs}
+    repeats = by_repeat(runs)
+    verdict_lines = median_verdicts(site.spec.hosts, pages, runs)
+    several = len(repeats) > 1
+    if several:  # each run named with its repeat below ("harvester r2")
+        runs = [{**r, "label": f"{r['label']} r{r.get('repeat') or 1}"} for r in runs]
     lines = [f"# Harvester many-host benchmark — {started:%Y-%m-%d %H:%M %Z}", "",
              f"`python -m bench {' '.join(a.argv)}`".replace("  ", " "), "",
              (f"* machine: {machine.get('cpus')} CPUs, load average at start "
@@ -343,9 +375,12 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
                      f"{_f(r.get('wall'), '{:.1f}')} | {_f(pr, '{:.0f}')} | "
                      f"{_f(cpu, '{:.1f}')} | {_f(cpu / n * 1000 if cpu else None, '{:.2f}')} | "
                      f"{_f((r.get('cpu_by_kind') or {}).get('postgres'), '{:.1f}')} |")
-    lines += ["", "Targets (issue 14):", ""]
-    for what, v, target, met in verdicts(site.spec.hosts, pages, by):
-        lines.append(f"* Harvester {what}: **{_f(v)}** " + (
+    lines += ["", "Targets (issue 14)" + (f", the median of {len(repeats)} repeats (each "
+                                          "repeat's runs compared with each other)"
+                                          if several else "") + ":", ""]
+    for what, v, target, met, values in verdict_lines:
+        spread = f"({', '.join(_f(x) for x in values)}) " if several else ""
+        lines.append(f"* Harvester {what}: **{_f(v)}** {spread}" + (
             "(for information" + (": the hosts are the limit)" if site.spec.hosts <= POLITE_HOSTS
                                   else ")") if target is None else
             f"(target >= {target}: "
@@ -359,12 +394,14 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
                      f"**{_f(r.get('small_during'), '{:.1f}')} s** against "
                      f"{_f(r.get('small_alone'), '{:.1f}')} s alone (after the crawl): "
                      f"x{_f(ratio(r.get('small_during'), r.get('small_alone')))}")
-    h = by.get("harvester") or {}
-    if "bloom" in by and h:
+    for rep, by in enumerate(repeats, 1):
+        h = by.get("harvester") or {}
+        if "bloom" not in by or not h:
+            continue
         s = bloom_saving(h, by["bloom"], pages)
         p0, p1 = s["cpu_ms_per_page"]
         g0, g1 = s["postgres_cpu_s"]
-        lines.append(f"* Bloom filter (`bloom: {{}}`): CPU {_f(p0)} -> {_f(p1)} ms/page "
+        lines.append(f"* Bloom filter (`bloom: {{}}`{f', r{rep}' if several else ''}): CPU {_f(p0)} -> {_f(p1)} ms/page "
                      f"(saved {_f(s['cpu_ms_per_page_saved'], '{:.1%}')}), PostgreSQL "
                      f"{_f(g0, '{:.1f}')} -> {_f(g1, '{:.1f}')} s (saved "
                      f"{_f(s['postgres_cpu_s_saved'], '{:.1%}')})")
@@ -381,6 +418,7 @@ def render(a: argparse.Namespace, site: HostsSite, runs: list[dict[str, Any]],
                       f"the crawl; all statements {st['total_ms'] / 1000:,.1f} s, planning "
                       f"{_f(_per(st.get('plan_ms'), 1000), '{:,.1f}')} s more)"), ""]
             lines += statement_table(st["statements"], st["total_ms"])
+            lines += ["", *table_writes(st.get("tables") or [])]
     lines += ["", "## Details", ""]
     for r in runs:
         keep = {k: v for k, v in r.items() if v not in (None, [], {}) and k != "pg_stats"}
@@ -434,6 +472,25 @@ def _per(total: float | None, n: float) -> float | None:
     """``total / n``; None when ``total`` is missing or 0 (planning not tracked: an older
     report), printed as a dash."""
     return total / n if total else None
+
+
+TABLE_WRITES = ("table", "inserted", "updated", "hot", "deleted", "autovacuums", "autoanalyzes")
+
+
+def table_writes(tables: list[dict[str, Any]]) -> list[str]:
+    """The tables' rows written over the crawl (``pg_stat_user_tables``) as a Markdown table:
+    an update that is not HOT (heap-only: in place, no index entry) writes every index of its
+    table again."""
+    if not tables:
+        return []
+    lines = ["| table | inserted | updated | of which HOT | deleted | autovacuums | autoanalyzes |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for t in tables:
+        hot = ratio(t["hot"], t["updated"])
+        lines.append(f"| {t['table']} | {t['inserted']:,} | {t['updated']:,} | {t['hot']:,}"
+                     f"{f' ({hot:.0%})' if hot is not None else ''} | {t['deleted']:,} | "
+                     f"{t['autovacuums']} | {t['autoanalyzes']} |")
+    return lines
 
 
 def statement_table(stmts: list[dict[str, Any]], total_ms: float) -> list[str]:
@@ -587,9 +644,11 @@ def pg_query(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, 
 
 
 def pg_stats_reset(dsn: str) -> None:
-    """Start pg_stat_statements afresh (the crawl only, not the start-up and migrations)."""
+    """Start pg_stat_statements and the tables' counters afresh (the crawl only, not the
+    start-up and migrations)."""
     pg_query(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     pg_query(dsn, "SELECT pg_stat_statements_reset()")
+    pg_query(dsn, "SELECT pg_stat_reset()")
 
 
 def pg_stats_top(dsn: str, top: int = 15) -> dict[str, Any]:
@@ -599,8 +658,14 @@ def pg_stats_top(dsn: str, top: int = 15) -> dict[str, Any]:
     rows = pg_query(dsn, """
         SELECT query, calls, total_exec_time, rows, total_plan_time FROM pg_stat_statements
         WHERE query NOT ILIKE '%%pg_stat_statements%%' ORDER BY total_exec_time DESC""")
+    tables = pg_query(dsn, """
+        SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count,
+               autoanalyze_count FROM pg_stat_user_tables
+        WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY n_tup_ins + n_tup_upd + n_tup_del DESC""")
     return {"total_ms": round(sum(r[2] for r in rows), 1),
-            "plan_ms": round(sum(r[4] for r in rows), 1), "statements": [
+            "plan_ms": round(sum(r[4] for r in rows), 1),
+            "tables": [dict(zip(TABLE_WRITES, (str(r[0]), *map(int, r[1:])), strict=True))
+                       for r in tables], "statements": [
         {"query": _SPACE.sub(" ", q).strip()[:600], "calls": c, "total_ms": round(t, 1),
          "rows": n, "plan_ms": round(pt, 1)} for q, c, t, n, pt in rows[:top]]}
 
@@ -842,9 +907,13 @@ def main(a: argparse.Namespace) -> int:
         "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                  capture_output=True, text=True, check=False).stdout.strip()}
-    for s, sub in ((site, "hosts-server"), (single_site, "single-server")):
-        if s is None:
-            continue
+    # Each repeat runs every system once, the many-host site's then the single host's (their
+    # servers share the port, so one at a time): a repeat's ratios compare runs minutes apart,
+    # in the same phase of the machine, and the report gives their median.
+    repeat = max(1, getattr(a, "repeat", 1) or 1)
+    sites = [(s, sub) for s, sub in ((site, "hosts-server"), (single_site, "single-server"))
+             if s is not None]
+    for rep, (s, sub) in ((rep, x) for rep in range(1, repeat + 1) for x in sites):
         server = make_server(s, out / sub, a.server, a.server_workers)
         try:
             server.start()
@@ -861,7 +930,7 @@ def main(a: argparse.Namespace) -> int:
                 if "scrapy" in a.systems:
                     todo.append(("scrapy", "scrapy"))
             for label, what in todo:
-                print(f"bench: {label} ...", flush=True)
+                print(f"bench: {label}" + (f" r{rep}" if repeat > 1 else "") + " ...", flush=True)
                 cpu0 = tree_cpu([server.pid])[1]
                 if what == "scrapy":
                     r = run_scrapy(s, out, label, a.timeout)
@@ -871,7 +940,7 @@ def main(a: argparse.Namespace) -> int:
                     single = s is single_site
                     r = run_harvester(s, out, label, a, dict(VARIANTS[what]), single=single,
                                       fairness=not single and not a.no_fairness)
-                r["label"] = label
+                r["label"], r["repeat"] = label, rep
                 r["server_cpu"] = round(tree_cpu([server.pid])[1] - cpu0, 2)
                 runs.append(r)
                 w = r.get("wall")
@@ -881,9 +950,10 @@ def main(a: argparse.Namespace) -> int:
                       + (f" — {r['error']}" if r.get("error") else ""), flush=True)
         finally:
             server.stop()
-    if a.single_rate:
-        runs.append({"system": "harvester", "label": "single", "valid": True,
-                     "wall": len(site.expected) / a.single_rate, "given": True})
+    if a.single_rate:  # one given rate, the reference of every repeat
+        runs += [{"system": "harvester", "label": "single", "valid": True, "repeat": rep,
+                  "wall": len(site.expected) / a.single_rate, "given": True}
+                 for rep in range(1, repeat + 1)]
     text = render(a, site, runs, machine, started, single_site)
     (out / f"hosts{a.hosts}.md").write_text(text)
     (out / f"hosts{a.hosts}.json").write_text(json.dumps(

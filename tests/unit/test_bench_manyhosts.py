@@ -251,3 +251,60 @@ def test_the_unpaced_run_splits_the_gap_into_the_hosts_and_the_politeness(
     assert v == {"against the single-host rate": (0.667, 0.9),
                  "against the unpaced rate (what the politeness costs)": (0.8, None),
                  "unpaced against the single-host rate (what the hosts cost)": (0.833, None)}
+
+
+def test_repeats_are_judged_on_the_median_of_each_repeats_own_ratio() -> None:
+    """``--repeat``: each repeat's runs are compared with each other (the same minutes of the
+    machine), and a target is judged on the median of those ratios; an invalid run leaves its
+    repeat out of the ratios that need it."""
+    runs = [{"label": "harvester", "repeat": 1, "wall": 100.0, "valid": True},
+            {"label": "single", "repeat": 1, "wall": 66.0, "valid": True},
+            {"label": "harvester", "repeat": 2, "wall": 80.0, "valid": True},
+            {"label": "single", "repeat": 2, "wall": 76.0, "valid": True},
+            {"label": "harvester", "repeat": 3, "wall": 90.0, "valid": False},
+            {"label": "single", "repeat": 3, "wall": 70.0, "valid": True},
+            {"label": "harvester", "repeat": 4, "wall": 90.0, "valid": True},
+            {"label": "single", "repeat": 4, "wall": 72.0, "valid": True}]
+    assert [sorted(g) for g in mh.by_repeat(runs)] == [["harvester", "single"]] * 4
+    [(what, median, target, met, values)] = mh.median_verdicts(1000, 50_000, runs)
+    assert (what, target) == ("against the single-host rate", 0.9)
+    assert values[2] is None and [round(v, 3) for v in values if v is not None] == [
+        0.66, 0.95, 0.8]
+    assert median == pytest.approx(0.8) and met is False  # not the pooled walls' 0.82
+    runs[0]["wall"] = 70.0  # repeat 1 at x0.943: the median of 0.943, 0.95, 0.8
+    assert mh.median_verdicts(1000, 50_000, runs)[0][1:4] == (pytest.approx(66 / 70), 0.9, True)
+    # one run (no "repeat"): the one repeat's ratio, as before
+    once = [{"label": "harvester", "wall": 100.0, "valid": True},
+            {"label": "single", "wall": 95.0, "valid": True}]
+    assert mh.median_verdicts(1000, 50_000, once)[0][1:] == (pytest.approx(0.95), 0.9, True,
+                                                            [pytest.approx(0.95)])
+
+
+def test_the_report_names_each_repeats_runs_and_gives_each_ratio(tmp_path: Path) -> None:
+    import argparse
+    import datetime
+
+    spec = mh.HostsSpec(pages=60, hosts=6, seed=1, port=18999, small_pages=4, small_hosts=2)
+    site = mh.generate(spec, tmp_path / "s")
+    n = len(site.expected)
+    runs = [{"label": "harvester", "repeat": r, "wall": w, "valid": True, "cpu": 1.0}
+            for r, w in ((1, n / 50), (2, n / 80))]
+    runs += [{"label": "single", "repeat": r, "wall": n / 100, "valid": True} for r in (1, 2)]
+    a = argparse.Namespace(argv=["--hosts", "6", "--repeat", "2"], workers=2, concurrency=64)
+    text = mh.render(a, site, runs, {}, datetime.datetime.now().astimezone())
+    assert "| harvester r1 | yes |" in text and "| single r2 | yes |" in text
+    assert "the median of 2 repeats" in text
+    # 6 hosts: the politeness bound's shape (the single-host rate for information)
+    assert "against the single-host rate: **0.65** (0.50, 0.80) (for information" in text
+    assert runs[0]["label"] == "harvester"  # the caller's runs are left as they were
+
+
+def test_table_writes_show_each_tables_rows_and_its_share_of_hot_updates() -> None:
+    rows = [{"table": "url", "inserted": 62130, "updated": 19300, "hot": 6236, "deleted": 0,
+             "autovacuums": 2, "autoanalyzes": 2},
+            {"table": "job", "inserted": 1, "updated": 0, "hot": 0, "deleted": 0,
+             "autovacuums": 0, "autoanalyzes": 0}]
+    lines = mh.table_writes(rows)
+    assert lines[2] == "| url | 62,130 | 19,300 | 6,236 (32%) | 0 | 2 | 2 |"
+    assert lines[3] == "| job | 1 | 0 | 0 | 0 | 0 | 0 |"  # no update: no share
+    assert mh.table_writes([]) == []
