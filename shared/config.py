@@ -325,6 +325,7 @@ class Settings(BaseModel):
     max_param_repeats: int = Field(4, gt=0)
     max_chain_level: int = Field(200, gt=0)       # links from the job URL, all jobs
     parse_memory: int = Field(1 << 30, ge=0)      # a parse lane's address space (RLIMIT_AS); 0 off
+    parse_inline_bytes: int = Field(32 << 10, ge=0)  # links of smaller pages: on the loop; 0 off
     # web server: a connection idle (or still sending its headers) this long is closed; a
     # request body not received within http_body_timeout is a 408
     http_idle_timeout: float = Field(15.0, gt=0)
@@ -649,6 +650,7 @@ _SIMPLE_KEYS = {
     "maxPathDepth": "max_path_depth", "maxSegmentRepeats": "max_segment_repeats",
     "maxQueryParams": "max_query_params", "maxParamRepeats": "max_param_repeats",
     "maxChainLevel": "max_chain_level", "parseMemory": "parse_memory",
+    "parseInlineBytes": "parse_inline_bytes",
     "authTokens": "auth_tokens", "authTokenFiles": "auth_token_files",
     "databasePasswordFile": "database_password_file", "natsUser": "nats_user",
     "natsPasswordFile": "nats_password_file", "natsTokenFile": "nats_token_file",
@@ -710,6 +712,7 @@ _ENV = {
     "HARVESTER_ALLOW_NETWORKS": "allow_networks",  # comma lists; "none" is the empty list
     "HARVESTER_ALLOW_HOSTS": "allow_hosts", "HARVESTER_DENY_NETWORKS": "deny_networks",
     "HARVESTER_PARSE_MEMORY": "parse_memory",
+    "HARVESTER_PARSE_INLINE_BYTES": "parse_inline_bytes",
     "HARVESTER_HTTP_IDLE_TIMEOUT": "http_idle_timeout",
     "HARVESTER_HTTP_BODY_TIMEOUT": "http_body_timeout",
     "HARVESTER_AUTH_TOKENS": "auth_tokens",  # name:token[:admin],...; hashed at load

@@ -234,8 +234,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         task_subs = {k: await bus.pull_subscription(js, settings, bus.task_subject(settings, k),
                                                     bus.task_consumer(k)) for k in kinds}
         # Last: its processes take a moment to start, and NATS and PostgreSQL come first.
-        parser = await stack.enter_async_context(Parser(settings.parse_timeout,
-                                                         memory=settings.parse_memory))
+        parser = await stack.enter_async_context(Parser(
+            settings.parse_timeout, memory=settings.parse_memory,
+            inline_bytes=settings.parse_inline_bytes))
         committer = Committer(settings, pool)
         commit_task = asyncio.create_task(committer.run(), name="committer")
         gate = HostGate(settings, pool, session, guard)

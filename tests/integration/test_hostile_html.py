@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.model import FetchedPage
 from shared.urls import canonicalize
 from worker.extractors import ExtractFailed
-from worker.extractors.lanes import ParseFailed, Parser
+from worker.extractors.lanes import INLINE_BYTES, ParseFailed, Parser
 from worker.extractors.rules import Follow, Items
 
 PARSE_TIMEOUT = 5.0  # the parseTimeout of this test (the default is 10 s)
@@ -116,8 +116,10 @@ async def test_every_hostile_page_is_parsed_or_failed_within_the_deadline(
         assert elapsed < PARSE_TIMEOUT + MARGIN, f"{page.name}: {elapsed:.1f}s ({outcome})"
         outcomes[page.name] = outcome
     print("\n".join(f"{k}: {v}" for k, v in outcomes.items()))  # the corpus's record, -s
-    # The deep pages took a lane each (killed at the deadline): both lanes serve again.
-    assert await asyncio.gather(*(parser.links(PLAIN, BASE, None) for _ in range(4))) == [
+    # The deep pages took a lane each (killed at the deadline): both lanes serve again (a page
+    # over parseInlineBytes: a smaller one is parsed on the event loop).
+    plain = PLAIN + b"<!--" + b"x" * INLINE_BYTES + b"-->"
+    assert await asyncio.gather(*(parser.links(plain, BASE, None) for _ in range(4))) == [
         [("http://h.example/plain", "text/html")]] * 4
 
 
@@ -126,7 +128,7 @@ async def test_a_page_over_the_lanes_memory_cap_fails_alone() -> None:
     # fails (MemoryError, or the lane dies and is replaced) and the next page is parsed; under
     # the default cap (parseMemory, 1 GiB) it is parsed whole.
     big = b"".join(b'<a href="/p/%d">x</a>' % i for i in range(200_000))
-    async with Parser(timeout=30, lanes=1, memory=128 << 20) as parser:
+    async with Parser(timeout=30, lanes=1, memory=128 << 20, inline_bytes=0) as parser:
         assert await parser.links(PLAIN, BASE, None)
         with pytest.raises(ParseFailed):
             await parser.links(big, BASE, None)

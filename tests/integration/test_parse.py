@@ -1,4 +1,7 @@
-"""The worker's HTML parser lanes (worker/extractors/lanes.py): real child processes, real pathological HTML."""
+"""The worker's HTML parser lanes (worker/extractors/lanes.py): real child processes, real pathological HTML.
+
+The lanes' own tests set ``inline_bytes=0`` (every page in a lane); the small pages parsed on the
+event loop have theirs at the end."""
 
 from __future__ import annotations
 
@@ -12,7 +15,16 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from shared.mime import guess_mime
-from worker.extractors.lanes import CHUNK, NoLane, ParseFailed, Parser, _Lane
+from worker.extractors.lanes import (
+    CHUNK,
+    INLINE_BYTES,
+    INLINE_TAGS,
+    LANE_FUNCTIONS,
+    NoLane,
+    ParseFailed,
+    Parser,
+    _Lane,
+)
 from worker.extractors.links_html import extract_links
 
 PAGE = b'<a href="a.html">a</a> <img src="i.png"> <a href="/b/?y=2&x=1#f">b</a>'
@@ -24,7 +36,7 @@ def nested_divs(depth: int) -> bytes:
 
 @pytest.fixture
 async def parser() -> AsyncIterator[Parser]:
-    async with Parser(timeout=2.0, lanes=2) as p:
+    async with Parser(timeout=2.0, lanes=2, inline_bytes=0) as p:
         yield p
 
 
@@ -60,7 +72,7 @@ async def test_a_page_over_the_deadline_fails_and_its_lane_is_replaced(parser: P
 async def test_other_pages_are_parsed_while_one_lane_is_stuck() -> None:
     # The stuck page takes about 30 s and may take 60: every other page is parsed meanwhile by
     # the other lane, however slow the machine is today.
-    async with Parser(timeout=60.0, lanes=2) as parser:
+    async with Parser(timeout=60.0, lanes=2, inline_bytes=0) as parser:
         stuck = asyncio.create_task(parser.links(nested_divs(100_000), "http://h/", None))
         await until_busy(parser)
         for _ in range(20):
@@ -86,7 +98,7 @@ async def test_a_10_mib_page_never_blocks_the_event_loop() -> None:
     # its lane (a pipe takes 64 KiB at a time) and of its links read back (CHUNK at a time).
     # How long a piece takes is for the benchmarks, not a timed test on a loaded machine.
     body = b"".join(b'<a href="/p/%d">x</a>' % i for i in range(500_000))[:10 << 20]
-    async with Parser(timeout=60, lanes=1) as parser:
+    async with Parser(timeout=60, lanes=1, inline_bytes=0) as parser:
         for _ in range(2):  # the first page with a fresh lane, the second with a used one
             task = asyncio.create_task(parser.links(body, "http://h/", None))
             turns = 0
@@ -99,7 +111,7 @@ async def test_a_10_mib_page_never_blocks_the_event_loop() -> None:
 
 
 async def test_lanes_stop_with_the_parser() -> None:
-    async with Parser(timeout=2.0, lanes=2) as p:
+    async with Parser(timeout=2.0, lanes=2, inline_bytes=0) as p:
         pids = lanes(p)
         stuck = asyncio.create_task(p.links(nested_divs(100_000), "http://h/", None))
         await until_busy(p)
@@ -140,7 +152,7 @@ async def test_a_lane_that_cannot_start_fails_the_start_not_every_page(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("worker.extractors.lanes.sys.executable", "/bin/false")
     with pytest.raises(OSError, match="did not start"):
-        async with Parser(timeout=2.0, lanes=1):
+        async with Parser(timeout=2.0, lanes=1, inline_bytes=0):
             pass
 
 
@@ -157,7 +169,7 @@ async def test_a_page_does_not_wait_forever_when_no_lane_can_be_had(
         starts += 1
         raise RuntimeError("cannot start")
 
-    async with Parser(timeout=2.0, lanes=1, lane_wait=0.5) as parser:
+    async with Parser(timeout=2.0, lanes=1, lane_wait=0.5, inline_bytes=0) as parser:
         monkeypatch.setattr(_Lane, "start", broken)
         os.kill(next(iter(lanes(parser))), signal.SIGKILL)
         with pytest.raises(ParseFailed, match="process died"):
@@ -176,7 +188,7 @@ async def test_lanes_die_with_a_worker_killed_outright() -> None:
     script = ("import asyncio, sys\n"
               "from worker.extractors.lanes import Parser\n"
               "async def main():\n"
-              "    async with Parser(timeout=60.0, lanes=2) as p:\n"
+              "    async with Parser(timeout=60.0, lanes=2, inline_bytes=0) as p:\n"
               "        deep = b'<div>' * 100_000 + b'</div>' * 100_000  # 30 s of parsing\n"
               "        busy = [asyncio.create_task(p.links(deep, 'http://h/', None))\n"
               "                for _ in range(2)]\n"
@@ -192,3 +204,54 @@ async def test_lanes_die_with_a_worker_killed_outright() -> None:
     worker.kill()
     await worker.wait()
     await until(lambda: not any(alive(p) for p in pids), "the lanes died with the worker")
+
+
+# Small pages: their links extracted on the event loop, not in a lane.
+
+def padded(page: bytes, size: int) -> bytes:
+    """``page`` with a comment making it ``size`` bytes long (the same links)."""
+    return page + b"<!--" + b"x" * (size - len(page) - 7) + b"-->"
+
+
+async def test_a_small_page_has_the_same_links_on_the_loop_as_in_a_lane() -> None:
+    pages = [PAGE, padded(PAGE, INLINE_BYTES), nested_divs(INLINE_TAGS // 2 - 1),
+             b'<base href="/x/"><a href="y#z">y</a><img srcset="a.png 1x, b.png 2x">', b""]
+    assert len(pages[1]) == INLINE_BYTES and pages[2].count(b"<") == INLINE_TAGS  # at the limits
+    async with Parser(timeout=5.0, lanes=1, inline_bytes=0) as in_lane:
+        expected = [await in_lane.links(p, "http://h/d/p.html", None, keep) for p in pages
+                    for keep in (False, True)]
+    async with Parser(timeout=60.0, lanes=1) as parser:
+        # The only lane is busy for 30 s: a page that needs it would wait for it.
+        stuck = asyncio.create_task(parser.links(nested_divs(100_000), "http://h/", None))
+        await until_busy(parser)
+        on_loop = [await asyncio.wait_for(parser.links(p, "http://h/d/p.html", None, keep), 1)
+                   for p in pages for keep in (False, True)]
+        assert on_loop == expected and ("http://h/x/y#z", "text/html") in on_loop[7]
+        # One byte or one tag more, or a rule set's function (a regex may backtrack for ever
+        # on any input): the page waits for the busy lane.
+        for page, function in ((padded(PAGE, INLINE_BYTES + 1), "links"),
+                               (nested_divs(INLINE_TAGS // 2), "links#"),
+                               (PAGE, "follow")):
+            waiting = asyncio.create_task(parser.run(function, page, "http://h/", None, {}))
+            await asyncio.sleep(0.2)
+            assert not waiting.done(), (len(page), function)
+            waiting.cancel()
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+
+
+async def test_a_small_page_over_the_deadline_or_failing_fails_as_in_a_lane(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = nested_divs(INLINE_TAGS // 2 - 1)  # about a millisecond of parsing, on the loop
+    async with Parser(timeout=1e-6, lanes=1) as parser:
+        with pytest.raises(ParseFailed, match=r"parsing took longer than 1e-06s"):
+            await parser.links(deep, "http://h/", None)
+
+    def broken(*_: object) -> list[object]:
+        raise ValueError("no")
+
+    async with Parser(timeout=5.0, lanes=1) as parser:
+        monkeypatch.setitem(LANE_FUNCTIONS, "links", broken)
+        with pytest.raises(ParseFailed, match="the HTML parser failed: ValueError: no"):
+            await parser.links(PAGE, "http://h/", None)

@@ -1,4 +1,4 @@
-"""Link extraction off the event loop, under a deadline.
+"""Link extraction off the event loop (but for small pages), under a deadline.
 
 HTML parsing is super-linear in nesting depth (lexbor: 30,000 nested ``<div>``s take about 2 s,
 300,000 about 4 minutes; 15 KB of ``<b id=n><p>x`` 0.2 s) and even a well-formed 10 MiB page takes
@@ -7,6 +7,21 @@ longer than the host gate's guard band. So a worker parses its pages in a few ch
 is killed and replaced: one pathological page costs at most the deadline on one lane, never the
 event loop, and it fails with a reason instead of coming back to every worker. (A thread would
 keep the loop responsive, as lexbor releases the GIL while it parses, but could not be stopped.)
+
+Small pages are the exception: a page's links (not the rule sets' functions, whose regexes can
+backtrack for ever on any input) are extracted on the event loop when the body is at most
+``inline_bytes`` (``parseInlineBytes``, 32 KiB by default; 0: every page in a lane) and has at
+most ``INLINE_TAGS`` ``<``. The lane's round trip (the body down a pipe, the lane and the worker
+woken, the links pickled back) costs ~0.1 ms of CPU a page on top of the extraction's ~0.17 on
+the bench's pages (in a crawl the workers' CPU fell by ~0.2 ms a page: bench/RESULTS.md), and
+such a page's parse tree takes a few MB at most (no ``parseMemory`` cap needed). Bounded so, the
+worst input found holds the loop for about 75 ms (one tag with ~6,500 attributes in 32 KB:
+lexbor checks each attribute against the tag's others; nesting, the other quadratic shape, is
+cut by the tag count: 1,000 nested ``<ul><li>`` take ~5 ms), against 0.1–1 ms for an ordinary
+page: ``python -m bench.parse_worst`` searches a corpus for the slowest. Such a page costs the
+same CPU in a lane; on the loop it delays the worker's other visits by that much, no more (a
+lane's deadline is for the pages that could take seconds). It meets the deadline as a lane's
+page does: one that took longer fails the same way.
 
 Frames on the pipes are a 4-byte length and a pickle: a page's (function name, base URL,
 encoding, body length, args) followed by the body in; the function's results in chunks, then an
@@ -31,6 +46,7 @@ import resource
 import signal
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, Any, Self
 
@@ -47,6 +63,8 @@ CHUNK = 10_000  # results (links) per frame: the loop never spends long unpickli
 READY = b"harvester-parse ready\n"  # a lane's first words, once its imports are done
 START_TIMEOUT = 60.0
 LANE_WAIT = 120.0  # a page waits at most this long for a free lane, then is tried again later
+INLINE_BYTES = 32 << 10  # a body at most this long (``parseInlineBytes``) ...
+INLINE_TAGS = 2_000  # ... with at most this many "<" has its links extracted on the loop
 _LENGTH = struct.Struct(">I")
 
 
@@ -63,14 +81,16 @@ class NoLane(ExtractLater):
 class Parser:
     """Extracts the links of HTML pages in ``lanes`` child processes, each page within
     ``timeout`` seconds, after waiting at most ``lane_wait`` seconds for a free lane, each lane
-    within ``memory`` bytes of address space (``parseMemory``; 0: no cap); an async context
-    manager (the lanes are stopped on exit)."""
+    within ``memory`` bytes of address space (``parseMemory``; 0: no cap); the links of a page
+    of at most ``inline_bytes`` and ``INLINE_TAGS`` tags on the event loop instead (see the
+    module); an async context manager (the lanes are stopped on exit)."""
 
     def __init__(self, timeout: float, lanes: int = LANES, lane_wait: float = LANE_WAIT,
-                 memory: int = 0) -> None:
+                 memory: int = 0, inline_bytes: int = INLINE_BYTES) -> None:
         self.timeout = timeout
         self.lane_wait = lane_wait
         self.memory = memory
+        self.inline_bytes = inline_bytes
         self._lanes = lanes
         self._idle: asyncio.Queue[_Lane] = asyncio.Queue()
         self._all: set[_Lane] = set()
@@ -112,6 +132,9 @@ class Parser:
                   args: Any = None) -> list[Any]:
         """The results of ``LANE_FUNCTIONS[function]`` on a page (with ``args``, picklable),
         as ``links`` says."""
+        if (function in _INLINE and len(body) <= self.inline_bytes
+                and body.count(b"<") <= INLINE_TAGS):
+            return self._inline(function, body, base_url, encoding, args)
         try:
             async with asyncio.timeout(self.lane_wait):
                 lane = await self._idle.get()
@@ -139,6 +162,18 @@ class Parser:
                 task.add_done_callback(self._replacing.discard)
         if error is not None:
             raise ParseFailed(f"the HTML parser failed: {error}")
+        return results
+
+    def _inline(self, function: str, body: bytes, base_url: str, encoding: str | None,
+                args: Any) -> list[Any]:
+        """``run`` for a small page, on the loop: the same results and the same failures."""
+        start = time.monotonic()
+        try:
+            results = LANE_FUNCTIONS[function](body, base_url, encoding, args)
+        except Exception as e:  # noqa: BLE001 - as a lane reports it
+            raise ParseFailed(f"the HTML parser failed: {type(e).__name__}: {e}") from None
+        if time.monotonic() - start > self.timeout:
+            raise ParseFailed(f"parsing took longer than {self.timeout:g}s")
         return results
 
     async def _replace(self, lane: _Lane) -> None:
@@ -248,6 +283,7 @@ def _links(body: bytes, base_url: str, encoding: str | None, args: Any,
 LANE_FUNCTIONS: dict[str, Callable[[bytes, str, str | None, Any], list[Any]]] = {
     "links": _links, "links#": functools.partial(_links, keep_fragments=True),
     "follow": rules_core.follow, "items": rules_core.items}
+_INLINE = frozenset({"links", "links#"})  # bounded by the page's size: may run on the loop
 
 
 def die_with(parent: int) -> None:
