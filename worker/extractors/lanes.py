@@ -13,7 +13,7 @@ backtrack for ever on any input) are extracted on the event loop when the body i
 ``inline_bytes`` (``parseInlineBytes``, 32 KiB by default; 0: every page in a lane) and has at
 most ``INLINE_TAGS`` ``<``. The lane's round trip (the body down a pipe, the lane and the worker
 woken, the links pickled back) costs ~0.1 ms of CPU a page on top of the extraction's ~0.17 on
-the bench's pages (in a crawl the workers' CPU fell by ~0.2 ms a page: bench/RESULTS.md), and
+the bench's pages (in a crawl: CPU −15 %, the workers' −0.27 ms a page: bench/RESULTS.md), and
 such a page's parse tree takes a few MB at most (no ``parseMemory`` cap needed). Bounded so, the
 worst input found holds the loop for about 75 ms (one tag with ~6,500 attributes in 32 KB:
 lexbor checks each attribute against the tag's others; nesting, the other quadratic shape, is
