@@ -16,7 +16,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from worker.extractors.lanes import INLINE_BYTES, INLINE_TAGS, LANE_FUNCTIONS
+from worker.extractors.lanes import INLINE_BYTES, INLINE_TAGS, LANE_FUNCTIONS, fits_inline
 
 _UNITS = [b"<div>", b"<ul><li>", b"<li><ol>", b"<dl><dt><dd>", b"<blockquote>", b"<span>",
           b"<b id=n><p>x", b"<table><b><tr><td>x", b"<a href=1><p><a href=2>",
@@ -28,18 +28,14 @@ _UNITS = [b"<div>", b"<ul><li>", b"<li><ol>", b"<dl><dt><dd>", b"<blockquote>", 
           b'<a class="a b c d e f g h" href=/x>']
 
 
-def _fits(body: bytes, inline_bytes: int) -> bool:
-    return len(body) <= inline_bytes and body.count(b"<") <= INLINE_TAGS
-
-
 def largest(make: Callable[[int], bytes], inline_bytes: int) -> bytes:
     """``make(n)`` for the largest ``n`` whose page is still parsed on the loop."""
     lo, hi = 1, 2
-    while _fits(make(hi), inline_bytes):
+    while fits_inline(make(hi), inline_bytes):
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _fits(make(mid), inline_bytes) else (lo, mid)
+        lo, hi = (mid, hi) if fits_inline(make(mid), inline_bytes) else (lo, mid)
     return make(lo)
 
 

@@ -18,6 +18,7 @@ import pytest
 from shared.config import Settings
 from shared.model import FetchedPage
 from shared.urls import canonicalize
+from tests.integration.test_parse import padded
 from worker.extractors import ExtractFailed
 from worker.extractors.lanes import INLINE_BYTES, ParseFailed, Parser
 from worker.extractors.rules import Follow, Items
@@ -118,7 +119,7 @@ async def test_every_hostile_page_is_parsed_or_failed_within_the_deadline(
     print("\n".join(f"{k}: {v}" for k, v in outcomes.items()))  # the corpus's record, -s
     # The deep pages took a lane each (killed at the deadline): both lanes serve again (a page
     # over parseInlineBytes: a smaller one is parsed on the event loop).
-    plain = PLAIN + b"<!--" + b"x" * INLINE_BYTES + b"-->"
+    plain = padded(PLAIN, INLINE_BYTES + 1)
     assert await asyncio.gather(*(parser.links(plain, BASE, None) for _ in range(4))) == [
         [("http://h.example/plain", "text/html")]] * 4
 

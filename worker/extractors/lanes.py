@@ -132,9 +132,21 @@ class Parser:
                   args: Any = None) -> list[Any]:
         """The results of ``LANE_FUNCTIONS[function]`` on a page (with ``args``, picklable),
         as ``links`` says."""
-        if (function in _INLINE and len(body) <= self.inline_bytes
-                and body.count(b"<") <= INLINE_TAGS):
-            return self._inline(function, body, base_url, encoding, args)
+        if function in _INLINE and fits_inline(body, self.inline_bytes):  # small: on the loop
+            start = time.monotonic()
+            results, error = _call(function, body, base_url, encoding, args)
+            if time.monotonic() - start > self.timeout:
+                raise self._too_slow()
+        else:
+            results, error = await self._in_lane(function, body, base_url, encoding, args)
+        if error is not None:
+            raise ParseFailed(f"the HTML parser failed: {error}")
+        return results
+
+    async def _in_lane(self, function: str, body: bytes, base_url: str, encoding: str | None,
+                       args: Any) -> tuple[list[Any], str | None]:
+        """``_Lane.call`` in a free lane, within the deadline; a lane that overran it, died or
+        was cancelled is replaced."""
         try:
             async with asyncio.timeout(self.lane_wait):
                 lane = await self._idle.get()
@@ -144,10 +156,10 @@ class Parser:
         healthy = False
         try:
             async with asyncio.timeout(self.timeout):
-                results, error = await lane.call(function, body, base_url, encoding, args)
+                answer = await lane.call(function, body, base_url, encoding, args)
             healthy = True
         except TimeoutError:
-            raise ParseFailed(f"parsing took longer than {self.timeout:g}s") from None
+            raise self._too_slow() from None
         except (EOFError, ConnectionError, asyncio.IncompleteReadError):
             raise ParseFailed("the HTML parser process died") from None
         finally:
@@ -160,21 +172,10 @@ class Parser:
                 task = asyncio.create_task(self._replace(lane), name="HTML parser lane")
                 self._replacing.add(task)
                 task.add_done_callback(self._replacing.discard)
-        if error is not None:
-            raise ParseFailed(f"the HTML parser failed: {error}")
-        return results
+        return answer
 
-    def _inline(self, function: str, body: bytes, base_url: str, encoding: str | None,
-                args: Any) -> list[Any]:
-        """``run`` for a small page, on the loop: the same results and the same failures."""
-        start = time.monotonic()
-        try:
-            results = LANE_FUNCTIONS[function](body, base_url, encoding, args)
-        except Exception as e:  # noqa: BLE001 - as a lane reports it
-            raise ParseFailed(f"the HTML parser failed: {type(e).__name__}: {e}") from None
-        if time.monotonic() - start > self.timeout:
-            raise ParseFailed(f"parsing took longer than {self.timeout:g}s")
-        return results
+    def _too_slow(self) -> ParseFailed:
+        return ParseFailed(f"parsing took longer than {self.timeout:g}s")
 
     async def _replace(self, lane: _Lane) -> None:
         """Let a killed lane end, then start another; while none can be started (out of
@@ -262,15 +263,30 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
         function, base_url, encoding, size, args = pickle.loads(
             reader.read(_LENGTH.unpack(head)[0]))
         body = reader.read(size)
-        try:
-            found = LANE_FUNCTIONS[function](body, base_url, encoding, args)
-        except Exception as e:  # noqa: BLE001 - reported to the worker, which fails the page
-            writer.write(_frame(("error", f"{type(e).__name__}: {e}")))
+        found, error = _call(function, body, base_url, encoding, args)
+        if error is not None:
+            writer.write(_frame(("error", error)))
         else:
             for i in range(0, len(found), CHUNK):
                 writer.write(_frame(("part", found[i:i + CHUNK])))
             writer.write(_frame(("end", None)))
         writer.flush()
+
+
+def fits_inline(body: bytes, inline_bytes: int) -> bool:
+    """Whether a page is small enough for its links to be extracted on the event loop (at most
+    ``inline_bytes`` and ``INLINE_TAGS`` "<": the module says why)."""
+    return len(body) <= inline_bytes and body.count(b"<") <= INLINE_TAGS
+
+
+def _call(function: str, body: bytes, base_url: str, encoding: str | None,
+          args: Any) -> tuple[list[Any], str | None]:
+    """``LANE_FUNCTIONS[function]`` on a page, in a lane or on the loop: its results, or what it
+    raised (the worker fails the page with it)."""
+    try:
+        return LANE_FUNCTIONS[function](body, base_url, encoding, args), None
+    except Exception as e:  # noqa: BLE001 - reported, the page fails
+        return [], f"{type(e).__name__}: {e}"
 
 
 def _links(body: bytes, base_url: str, encoding: str | None, args: Any,
