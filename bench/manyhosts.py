@@ -711,8 +711,11 @@ COUNTERS = ("harvester_visits_from_store_total", "harvester_visits_forwarded_tot
 # Running.
 
 def write_config(path: Path, worker_concurrency: int, single: HostsSite | None = None,
-                 unpaced: bool = False) -> Path:
-    cfg: dict[str, object] = {"robots": False, "concurrency": worker_concurrency,
+                 unpaced: bool = False, per_worker: int | None = None) -> Path:
+    """The tiers' config: ``worker_concurrency`` the host limit of the single-host and unpaced
+    runs and, unless ``per_worker`` (``--worker-concurrency``) says otherwise, each worker's
+    ``concurrency``."""
+    cfg: dict[str, object] = {"robots": False, "concurrency": per_worker or worker_concurrency,
                               "maxDepth": 40, "logLevel": "WARNING",
                               "hostConcurrency": HOST_CONCURRENCY, "hostDelay": HOST_DELAY,
                               "allowNetworks": ["127.0.0.0/8"]}  # 127.0.x.y hosts (SSRF guard)
@@ -744,7 +747,7 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     config = write_config(out / f"hosts-{label}.json", a.concurrency, site if single else None,
-                          unpaced)
+                          unpaced, a.worker_concurrency)
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", HARVESTER_OUTPUT_ROOT=str(data_dir / "output"))

@@ -36,7 +36,7 @@ from worker.extractors.lanes import Parser
 from worker.fetchers import FETCHERS, Fetcher
 from worker.fetchers.github import github_hosts
 from worker.fetchers.http import open_session
-from worker.gate import HostGate
+from worker.gate import SOON, HostGate, Slot
 from worker.health import HealthMonitor, WorkerDegraded
 from worker.heartbeat import heartbeat
 from worker.init import run_inits
@@ -131,6 +131,8 @@ class Worker:
                 except BaseException:  # the batch comes back: its slots are not used
                     for slot in admission.granted.values():
                         self.gate.give_back(slot)
+                    for queued in admission.queued.values():
+                        queued.cancel()
                     raise
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot dispatch %d visits (%s); they will be redelivered", len(by_key), e)
@@ -148,8 +150,31 @@ class Worker:
             else:
                 plan = plans[p.job_id]
                 assert isinstance(plan, JobPlan)
-                self._spawn(self.pipeline.visit(Visit(p, ms, admission.granted[key], plan)))
+                if key in admission.queued:
+                    self._spawn(self._when_free(p, ms, plan, admission.queued[key]))
+                else:
+                    self._spawn(self.pipeline.visit(Visit(p, ms, admission.granted[key], plan)))
         return len(by_key)
+
+    async def _when_free(self, p: visits.Planned, msgs: list[Msg], plan: JobPlan,
+                         waiting: asyncio.Future[Slot | None]) -> None:
+        """A visit queued for a slot of its host that this worker's requests hold
+        (``HostGate.take_queued``): run once it has one; back in the frontier, shortly, if
+        none comes within ``politeness_horizon``, or the host is in trouble."""
+        deadline = asyncio.get_running_loop().time() + self.settings.politeness_horizon
+        try:
+            slot = await self.gate.take_queued(host_key(p.url), waiting, deadline)
+        except BaseException:
+            self.slots.release()
+            raise
+        if slot is not None:
+            await self.pipeline.visit(Visit(p, msgs, slot, plan))
+            return
+        try:
+            await self.pipeline.put_back((p.job_id, p.url_id), msgs,
+                                         datetime.now().astimezone() + SOON)
+        finally:
+            self.slots.release()
 
     async def _settle_stale(self, conn: asyncpg.Connection, dropped: list[Key],
                             held: list[Key]) -> None:

@@ -447,7 +447,7 @@ class Pipeline:
             if decision.defer is not None:  # a rate limit: again once it resets, no attempt
                 log.info("fetch %s deferred %.0fs (%s), attempt %d not counted",
                          p.url, decision.defer, page.error or page.status, attempt)
-                await self._defer(v.key, v.msgs, datetime.now().astimezone()
+                await self.put_back(v.key, v.msgs, datetime.now().astimezone()
                                   + timedelta(seconds=decision.defer))
                 return None
             if not decision.retry:
@@ -492,7 +492,7 @@ class Pipeline:
         except ExtractLater as e:  # not the page's fault: fetched again later, attempt not counted
             log.warning("%s of %s not extracted now (%s); back in the frontier",
                         extractor.name, v.url, e)
-            await self._defer(v.key, v.msgs, datetime.now().astimezone() + NO_LANE_DELAY)
+            await self.put_back(v.key, v.msgs, datetime.now().astimezone() + NO_LANE_DELAY)
             return None
         return page, Extraction(links, yields, plan.ruleset)
 
@@ -561,7 +561,7 @@ class Pipeline:
             log.info("no session of pool %s free for %s; back in the frontier until %s",
                      rules.pool, req.url, lease.isoformat(timespec="milliseconds"))
             self.gate.give_back(slot)
-            await self._defer(v.key, v.msgs, lease)
+            await self.put_back(v.key, v.msgs, lease)
             return None
         if lease is None:
             return await self._request(v, req, slot, attempt)
@@ -602,7 +602,7 @@ class Pipeline:
             raise
         if paused is not None:  # the host was paused while this visit waited (a Retry-After)
             self.gate.give_back(slot)
-            await self._defer(v.key, v.msgs, paused)
+            await self.put_back(v.key, v.msgs, paused)
             return None
         # Back the page's host off only for its own answer: after a redirect elsewhere, the
         # other host's trouble was already reported with that hop's slot.
@@ -664,10 +664,10 @@ class Pipeline:
         if isinstance(admitted, Slot):
             return admitted
         log.info("retry of %s not made now (%s); back in the frontier", url, admitted)
-        await self._defer(key, msgs, datetime.now().astimezone())
+        await self.put_back(key, msgs, datetime.now().astimezone())
         return None
 
-    async def _defer(self, key: Key, msgs: list[Msg], due: datetime) -> None:
+    async def put_back(self, key: Key, msgs: list[Msg], due: datetime) -> None:
         """Back to the frontier until ``due``, the attempt not counted; the message is done with."""
         try:
             async with self.pool.acquire() as conn:

@@ -52,6 +52,23 @@ async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[st
                     for r in rows]
 
 
+async def renew(conn: asyncpg.Connection, host: str, token: datetime,
+                lease: float) -> datetime | None:
+    """Put a new lease, ``lease`` seconds from now, in place of the caller's ``token`` on
+    ``host`` (handed on from one request to the next: ``worker.gate``); returns its token. None,
+    and nothing changed, if the host is backing off, or the lease has expired (it may be
+    another's slot by now). One row, locked alone: no order to keep with other statements."""
+    renewed: datetime | None = await conn.fetchval("""
+        WITH t AS (SELECT clock_timestamp() + make_interval(secs => $3) AS token)
+        UPDATE host h SET leases = array_replace(h.leases, $2, t.token)
+        FROM t
+        WHERE h.host = $1 AND $2 = ANY(h.leases) AND $2 > clock_timestamp()
+          AND NOT t.token = ANY(h.leases)
+          AND (h.backoff_until IS NULL OR h.backoff_until <= clock_timestamp())
+        RETURNING t.token""", host, token, float(lease))
+    return renewed
+
+
 async def release(conn: asyncpg.Connection, releases: Sequence[Release], backoff_base: float,
                   backoff_cap: float) -> None:
     """Free the leases. A host in trouble backs off (Retry-After, else exponentially), never

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from shared.config import HostLimit, Settings
 from tests.e2e.stack import Stack
@@ -157,6 +158,28 @@ async def test_a_slow_host_does_not_stall_a_fast_one(
     assert slow_done >= 8.0  # 4 pages, 2 at a time, 4 s each: the slow host was not rushed
     assert slow.max_in_flight() <= 2
     assert fast.max_in_flight() <= 8
+
+
+async def test_visits_past_a_hosts_cap_wait_for_its_slots_in_the_worker(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    """No delay, a cap of 2, a worker with 4 slots: the visits past the cap wait in the worker
+    for the slots its own requests free (the lease handed on), rather than going back to the
+    frontier to be published again: each visit is sent to a worker once, and the cap holds."""
+    pages = {"/": page([f"/p{i}" for i in range(40)])}
+    pages |= {f"/p{i}": page(delay=0.02) for i in range(40)}
+    site = await LoggedSite("127.0.0.1", pages).start(cleanup)
+    polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.0,
+                                         "concurrency": 4})
+    before = forwarded()
+    stack, job = await crawl(cleanup, polite, [site.base + "/"])
+    assert len((await stack.result(job))[site.base + "/"]) == 40 and len(site.starts()) == 41
+    assert site.max_in_flight() == 2  # the limit, and reached
+    assert forwarded() - before == 41  # not one visit deferred and published again
+
+
+def forwarded() -> float:
+    """Visits the feeders sent to workers so far (the tiers of a Stack share this process)."""
+    return REGISTRY.get_sample_value("harvester_visits_forwarded_total") or 0.0
 
 
 ROBOTS = "User-agent: *\nDisallow: /private/\nCrawl-delay: 0.3\n\nUser-agent: OtherBot\nDisallow: /\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -316,29 +317,138 @@ async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: st
 
 # -- grants, spacing, pauses ------------------------------------------------------------------
 
-async def test_a_free_host_grants_at_once_then_defers_at_its_cap(
+async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
         polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
-    """C = 2, no delay: two of three visits start now, each with a lease that expires
-    ``fetch_lease`` after its start; the third is deferred (shortly: a slot frees when a
-    request ends) until a slot is given back."""
+    """C = 2, no delay: two of eight visits start now, each with a lease that expires
+    ``fetch_lease`` after its start. Before any request of this worker on the host has ended
+    the others are deferred (shortly: a slot frees when a request ends); once one has, four
+    wait in the worker (``queued``: two per lease it holds on the host), the rest deferred.
+    Another visit meanwhile is deferred too: the queue is full."""
     s = polite.model_copy(update={"robots": False, "host_concurrency": 2})
     gate = await gate_for(s)
     host = "http://127.0.0.1:9"
-    out = await gate.admit({(1, i): f"{host}/{i}" for i in range(3)})
-    assert len(out.granted) == 2 and len(out.deferred) == 1 and not out.blocked
+    first = await gate.admit({(0, 0): host + "/", (0, 1): host + "/1", (0, 2): host + "/2"})
+    assert len(first.granted) == 2 and len(first.deferred) == 1 and not first.queued
+    for slot in first.granted.values():
+        gate.release(slot, trouble=False, retry_after=None)
+
+    async def free() -> bool:
+        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+
+    await until(free)
+    out = await gate.admit({(1, i): f"{host}/{i}" for i in range(8)})
+    assert len(out.granted) == 2 and len(out.queued) == 4 and len(out.deferred) == 2
+    assert not out.blocked and list(out.queued) == [(1, 2), (1, 3), (1, 4), (1, 5)]
     assert all(slot.wait == 0 and slot.host == host for slot in out.granted.values())
     for slot in out.granted.values():
         assert abs((slot.token - slot.start).total_seconds() - s.fetch_lease) < 0.01
     db_now = await db.fetchval("SELECT clock_timestamp()")
-    (due,) = out.deferred.values()
-    assert timedelta(0) <= due - db_now < timedelta(seconds=0.1)
-    assert (await gate.admit({(2, 1): host + "/x"})).deferred  # still at the cap
-    gate.release(next(iter(out.granted.values())), trouble=False, retry_after=None)
+    for due in out.deferred.values():
+        assert timedelta(0) <= due - db_now < timedelta(seconds=0.1)
+    again = await gate.admit({(2, 1): host + "/x"})  # at the cap, its queue full
+    assert again.deferred and not again.queued
+    for waiting in out.queued.values():
+        waiting.cancel()  # given up: no slot handed to them
+    slot = next(iter(out.granted.values()))
+    gate.release(slot, trouble=False, retry_after=None)
 
     async def granted() -> bool:
         return bool((await gate.admit({(3, 1): host + "/y"})).granted)
 
     await until(granted)
+
+
+async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot of a request that ended goes to the first visit queued for its host, its lease
+    unchanged (no statement: the host row keeps both leases); trouble (a 429) sends the other
+    queued visits back to the frontier, and the lease back to PostgreSQL."""
+    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
+    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, i): f"{host}/{i}" for i in range(4)})
+    first, second = out.granted.values()
+    deadline = asyncio.get_running_loop().time() + 5
+    takes = [asyncio.ensure_future(gate.take_queued(host, w, deadline))
+             for w in out.queued.values()]
+    gate.release(first, trouble=False, retry_after=None)
+    handed = await asyncio.wait_for(takes[0], 1)
+    assert handed is not None and handed.token == first.token and handed.wait == 0
+    assert not takes[1].done()
+    await asyncio.sleep(0.1)  # the release loop's batch: nothing to write
+    leases = await db.fetchval("SELECT leases FROM host WHERE host = $1", host)
+    assert sorted(leases) == sorted([first.token, second.token])
+    gate.release(second, trouble=True, retry_after=None)
+    assert await asyncio.wait_for(takes[1], 1) is None  # back to the frontier
+    gate.release(handed, trouble=False, retry_after=None)  # nobody waits: back to PostgreSQL
+
+    async def freed() -> bool:
+        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+
+    await until(freed)
+
+
+async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paused(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease granted ``HANDOVER_AGE`` ago or more is renewed before the queued visit takes it:
+    a new token in its place (the host's lease count unchanged); while the host backs off (a
+    pause another worker set) the renewal is refused, the queued visit goes back (None) and
+    the lease is given back."""
+    monkeypatch.setattr("worker.gate.HANDOVER_AGE", 0.0)
+    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
+    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 1}))
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    (old,) = out.granted.values()
+    (waiting,) = out.queued.values()
+    deadline = asyncio.get_running_loop().time() + 5
+    take = asyncio.ensure_future(gate.take_queued(host, waiting, deadline))
+    gate.release(old, trouble=False, retry_after=None)
+    new = await asyncio.wait_for(take, 5)
+    assert new is not None and new.host == host and new.token > old.token
+    assert await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [new.token]
+    (waiting,) = (await gate.admit({(1, 3): host + "/c"})).queued.values()
+    await db.execute("UPDATE host SET backoff_until = now() + interval '1 hour' WHERE host = $1",
+                     host)
+    take = asyncio.ensure_future(gate.take_queued(host, waiting, deadline))
+    gate.release(new, trouble=False, retry_after=None)
+    assert await asyncio.wait_for(take, 5) is None
+
+    async def given_back() -> bool:
+        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+
+    await until(given_back)
+
+
+async def test_a_queued_visit_without_a_slot_in_time_goes_back(
+        polite: Settings, gate_for: GateFor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No request of the host ends within ``politeness_horizon``: the queued visit gives up
+    (None: back to the frontier), and a slot released after that goes back to PostgreSQL."""
+    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
+    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
+    gate = await gate_for(polite.model_copy(update={
+        "robots": False, "host_concurrency": 1, "politeness_horizon": 0.2}))
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    (waiting,) = out.queued.values()
+    t0 = time.monotonic()
+    assert await gate.take_queued(host, waiting, asyncio.get_running_loop().time() + 5) is None
+    assert 0.15 <= time.monotonic() - t0 < 2
+
+
+async def test_a_host_with_a_delay_defers_and_never_queues(
+        polite: Settings, gate_for: GateFor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delay-bound, the next start is the host's next turn, not a request of this worker
+    ending: the visits past the cap are deferred to their turns, none queued."""
+    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
+    gate = await gate_for(polite.model_copy(update={
+        "robots": False, "host_concurrency": 1, "host_delay": 0.3}))
+    out = await gate.admit({(1, i): f"http://127.0.0.1:9/{i}" for i in range(4)})
+    assert len(out.granted) == 1 and len(out.deferred) == 3 and not out.queued
 
 
 async def test_starts_are_spaced_by_the_delay_and_the_guard_band(

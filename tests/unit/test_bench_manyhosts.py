@@ -308,3 +308,14 @@ def test_table_writes_show_each_tables_rows_and_its_share_of_hot_updates() -> No
     assert lines[2] == "| url | 62,130 | 19,300 | 6,236 (32%) | 0 | 2 | 2 |"
     assert lines[3] == "| job | 1 | 0 | 0 | 0 | 0 | 0 |"  # no update: no share
     assert mh.table_writes([]) == []
+
+
+def test_worker_concurrency_sets_each_workers_slots_not_the_hosts_limits(
+        tmp_path: Path) -> None:
+    """``--worker-concurrency``: each worker's ``concurrency``; the single-host and unpaced
+    hosts' limits stay at ``--concurrency`` (the cluster's)."""
+    plain = json.loads(mh.write_config(tmp_path / "a.json", 64).read_text())
+    assert plain["concurrency"] == 64
+    cfg = json.loads(mh.write_config(tmp_path / "b.json", 64, unpaced=True,
+                                     per_worker=32).read_text())
+    assert (cfg["concurrency"], cfg["hostConcurrency"]) == (32, 64)
