@@ -71,11 +71,12 @@ PAUSE_LEAD = 0.5
 # (a 429 or 503 it met) is obeyed within this long, and the lease (``fetch_lease``: the fetch
 # budget and 5 s) outlives a fetch started before then.
 HANDOVER_AGE = 1.0
-# Visits are queued for a host's slots (``Admission.queued``) only while requests of this worker
-# on it end often: one ended within this long (a slow host's visits are deferred, not left
-# holding the worker's slots), and QUEUE_PER_LEASE of them per lease this worker holds on it.
-QUEUE_RECENT = 0.5
-QUEUE_PER_LEASE = 2
+# Visits queued for a host's slots (``Admission.queued``), while this worker holds a lease on
+# it: as many as its requests on the host, at the rate they ended in the last QUEUE_WINDOW
+# seconds (or the window before), free in half of ``politeness_horizon``. So a slow host's
+# visits, or a host none of whose requests ended lately, are deferred, not left holding the
+# worker's slots, while a fast one keeps every slot this worker has busy.
+QUEUE_WINDOW = 0.5
 # robots.txt bodies this long or longer are parsed and matched in a thread: about 13 ms to parse.
 OFF_LOOP_CHARS = 32 * 1024
 T = TypeVar("T")
@@ -173,7 +174,8 @@ class HostGate:
         self._held: Counter[str] = Counter()  # leases this worker holds, by host
         self._queued: dict[str, deque[asyncio.Future[Slot | None]]] = {}  # by host, in order
         self._seeking: Counter[str] = Counter()  # hosts a ``_wait_for_slot`` asks a lease of
-        self._ended: dict[str, float] = {}  # host -> when a request of this worker on it ended
+        # host -> [window's start, requests of this worker on it ended in it, in the one before]
+        self._ends: dict[str, list[float]] = {}
 
     async def admit(self, visits: dict[Key, str], unruled: Collection[Key] = ()) -> Admission:
         """Decide for each (visit -> url): start (after a wait), defer, block (the SSRF guard
@@ -223,10 +225,10 @@ class HostGate:
                                         start, now)
             self._held[g.host] += len(g.starts)
             rest = keys[len(g.starts):]
-            if rest and spacing[g.host] == 0 \
-                    and now - self._ended.get(g.host, -math.inf) <= QUEUE_RECENT:
-                # cap-bound, its requests ending often: queued for this worker's slots
-                room = max(0, QUEUE_PER_LEASE * self._held[g.host] - len(self._waiting(g.host)))
+            if rest and spacing[g.host] == 0 and self._held[g.host] > 0:
+                # cap-bound, holding leases there: queued for the slots they free soon
+                room = max(0, math.floor(self._ending(g.host, now) * self.settings.politeness_horizon
+                                         / 2 / QUEUE_WINDOW) - len(self._waiting(g.host)))
                 for key in rest[:room]:
                     out.queued[key] = self._queue(g.host)
                 rest = rest[room:]
@@ -394,10 +396,23 @@ class HostGate:
         """Lease up to ``wants[host]`` request slots per host (one round trip), starting
         within ``horizon`` seconds (None: ``politeness_horizon``)."""
         s = self.settings
-        async with self.pool.acquire() as conn:
-            return await hosts.acquire(
-                conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
-                s.fetch_lease, s.politeness_horizon if horizon is None else horizon)
+        # The slots this worker gave back and the release loop has not returned yet go first,
+        # on the same connection: a host whose requests of this worker just ended is seen with
+        # those slots free, not at its cap (whose visits would be deferred for nothing).
+        returning = []
+        while not self.releases.empty():
+            returning.append(self.releases.get_nowait())
+        try:
+            async with self.pool.acquire() as conn:
+                if returning:
+                    await hosts.release(conn, returning, s.host_backoff_base, s.host_backoff_cap)
+                    returning = []
+                return await hosts.acquire(
+                    conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
+                    s.fetch_lease, s.politeness_horizon if horizon is None else horizon)
+        finally:
+            for r in returning:  # not returned: the release loop tries again
+                self.releases.put_nowait(r)
 
     async def admit_hop(self, url: str, slot: bool, deadline: float, *,
                         horizon: float | None = None, robots: bool = True) -> Slot | str | None:
@@ -712,11 +727,26 @@ class HostGate:
         self._wake(slot.host, _RENEW)
 
     def _end(self, host: str) -> None:
-        """Note that a request of this worker on ``host`` ended now."""
-        if len(self._ended) >= 4096:  # forget the hosts not heard of lately
-            horizon = asyncio.get_running_loop().time() - QUEUE_RECENT
-            self._ended = {h: t for h, t in self._ended.items() if t > horizon}
-        self._ended[host] = asyncio.get_running_loop().time()
+        """Count a request of this worker on ``host`` that ended now (``_ending``)."""
+        now = asyncio.get_running_loop().time()
+        e = self._ends.get(host)
+        if e is None or now - e[0] >= 2 * QUEUE_WINDOW:
+            if len(self._ends) >= 4096:  # forget the hosts not heard of lately
+                self._ends = {h: x for h, x in self._ends.items()
+                              if now - x[0] < 2 * QUEUE_WINDOW}
+            self._ends[host] = [now, 1, 0]
+        elif now - e[0] >= QUEUE_WINDOW:
+            e[:] = [now, 1, e[1]]
+        else:
+            e[1] += 1
+
+    def _ending(self, host: str, now: float) -> float:
+        """Requests of this worker on ``host`` that ended in the last ``QUEUE_WINDOW`` seconds
+        (or the window before, the larger): the rate its slots free at."""
+        e = self._ends.get(host)
+        if e is None or now - e[0] >= 2 * QUEUE_WINDOW:
+            return 0
+        return e[1] if now - e[0] >= QUEUE_WINDOW else max(e[1], e[2])
 
     def _hand_on(self, slot: Slot) -> bool:
         """Hand the slot of a request that ended well to the first visit queued for its host

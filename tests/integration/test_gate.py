@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,6 +101,19 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
     while not await check():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def ended(gate: HostGate, db: asyncpg.Connection, host: str, times: int) -> None:
+    """Let ``times`` requests of the gate's worker on ``host`` end, one after the other (so
+    that visits past its cap are queued for its slots), their slots back in PostgreSQL."""
+    for i in range(times):
+        (slot,) = (await gate.admit({(0, i): f"{host}/ended{i}"})).granted.values()
+        gate.release(slot, trouble=False, retry_after=None)
+
+        async def free() -> bool:
+            return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+
+        await until(free)
 
 
 async def robots_fetched(db: asyncpg.Connection, host: str) -> bool:
@@ -322,7 +334,8 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
     """C = 2, no delay: two of eight visits start now, each with a lease that expires
     ``fetch_lease`` after its start. Before any request of this worker on the host has ended
     the others are deferred (shortly: a slot frees when a request ends); once one has, four
-    wait in the worker (``queued``: two per lease it holds on the host), the rest deferred.
+    wait in the worker (``queued``: as many as its requests on the host, at the rate they
+    ended, free in half of ``politeness_horizon``: two ended, 2 s), the rest deferred.
     Another visit meanwhile is deferred too: the queue is full."""
     s = polite.model_copy(update={"robots": False, "host_concurrency": 2})
     gate = await gate_for(s)
@@ -359,15 +372,13 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
 
 
 async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
-        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """The slot of a request that ended goes to the first visit queued for its host, its lease
     unchanged (no statement: the host row keeps both leases); trouble (a 429) sends the other
     queued visits back to the frontier, and the lease back to PostgreSQL."""
-    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
-    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
     gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
     host = "http://127.0.0.1:9"
+    await ended(gate, db, host, 2)
     out = await gate.admit({(1, i): f"{host}/{i}" for i in range(4)})
     first, second = out.granted.values()
     deadline = asyncio.get_running_loop().time() + 5
@@ -398,10 +409,9 @@ async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paus
     pause another worker set) the renewal is refused, the queued visit goes back (None) and
     the lease is given back."""
     monkeypatch.setattr("worker.gate.HANDOVER_AGE", 0.0)
-    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
-    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
     gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 1}))
     host = "http://127.0.0.1:9"
+    await ended(gate, db, host, 1)
     out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
     (old,) = out.granted.values()
     (waiting,) = out.queued.values()
@@ -425,28 +435,27 @@ async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paus
 
 
 async def test_a_queued_visit_without_a_slot_in_time_goes_back(
-        polite: Settings, gate_for: GateFor, monkeypatch: pytest.MonkeyPatch) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """No request of the host ends within ``politeness_horizon``: the queued visit gives up
     (None: back to the frontier), and a slot released after that goes back to PostgreSQL."""
-    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
-    monkeypatch.setattr("worker.gate.QUEUE_PER_LEASE", 1)
     gate = await gate_for(polite.model_copy(update={
-        "robots": False, "host_concurrency": 1, "politeness_horizon": 0.2}))
+        "robots": False, "host_concurrency": 1, "politeness_horizon": 0.5}))
     host = "http://127.0.0.1:9"
+    await ended(gate, db, host, 2)
     out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
     (waiting,) = out.queued.values()
     t0 = time.monotonic()
     assert await gate.take_queued(host, waiting, asyncio.get_running_loop().time() + 5) is None
-    assert 0.15 <= time.monotonic() - t0 < 2
+    assert 0.45 <= time.monotonic() - t0 < 3
 
 
 async def test_a_host_with_a_delay_defers_and_never_queues(
-        polite: Settings, gate_for: GateFor, monkeypatch: pytest.MonkeyPatch) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
     """Delay-bound, the next start is the host's next turn, not a request of this worker
     ending: the visits past the cap are deferred to their turns, none queued."""
-    monkeypatch.setattr("worker.gate.QUEUE_RECENT", math.inf)  # as if a request had ended
     gate = await gate_for(polite.model_copy(update={
         "robots": False, "host_concurrency": 1, "host_delay": 0.3}))
+    await ended(gate, db, "http://127.0.0.1:9", 1)
     out = await gate.admit({(1, i): f"http://127.0.0.1:9/{i}" for i in range(4)})
     assert len(out.granted) == 1 and len(out.deferred) == 3 and not out.queued
 
