@@ -129,10 +129,10 @@ class Worker:
                     async with self.pool.acquire() as conn:
                         await self.frontier.defer(conn, admission.deferred)
                 except BaseException:  # the batch comes back: its slots are not used
+                    for queued in admission.queued.values():
+                        self.gate.unqueue(queued)
                     for slot in admission.granted.values():
                         self.gate.give_back(slot)
-                    for queued in admission.queued.values():
-                        queued.cancel()
                     raise
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("cannot dispatch %d visits (%s); they will be redelivered", len(by_key), e)
@@ -163,7 +163,8 @@ class Worker:
         none comes within ``politeness_horizon``, or the host is in trouble."""
         deadline = asyncio.get_running_loop().time() + self.settings.politeness_horizon
         try:
-            slot = await self.gate.take_queued(host_key(p.url), waiting, deadline)
+            async with bus.KeepAlive(msgs, self.pipeline.beat):
+                slot = await self.gate.take_queued(host_key(p.url), waiting, deadline)
         except BaseException:
             self.slots.release()
             raise

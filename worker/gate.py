@@ -277,8 +277,7 @@ class HostGate:
         try:
             got = await waiting
         except asyncio.CancelledError:
-            if waiting.done() and not waiting.cancelled() and isinstance(waiting.result(), Slot):
-                self.give_back(waiting.result())  # type: ignore[arg-type]
+            self.unqueue(waiting)
             raise
         try:
             if isinstance(got, _Aged):
@@ -290,9 +289,20 @@ class HostGate:
             return None
         return got
 
+    def unqueue(self, waiting: asyncio.Future[Slot | None]) -> None:
+        """Give up a place in a host's queue (its visit is not run): a slot handed on to it
+        meanwhile goes back."""
+        if not waiting.done():
+            waiting.cancel()
+            return
+        got = None if waiting.cancelled() else waiting.result()
+        if isinstance(got, Slot | _Aged):
+            self.give_back(got if isinstance(got, Slot) else got.slot)
+
     async def _renew(self, slot: Slot) -> Slot | None:
         """The lease of ``slot``, handed on past ``HANDOVER_AGE``, renewed: a slot with a new
-        token; None (the lease given back) if the host backs off meanwhile or it expired."""
+        token; None (the lease given back) if the host backs off meanwhile or it expired: the
+        host's other queued visits then go back to the frontier too."""
         try:
             async with self.pool.acquire() as conn:
                 token = await hosts.renew(conn, slot.host, slot.token, self.settings.fetch_lease)
@@ -300,6 +310,7 @@ class HostGate:
             self.give_back(slot)
             raise
         if token is None:
+            self._wake(slot.host, None, every=True)
             self.give_back(slot)
             return None
         return Slot(slot.host, token, 0.0, datetime.now().astimezone(),
@@ -393,26 +404,28 @@ class HostGate:
 
     async def _lease(self, wants: dict[str, int], spacing: dict[str, float],
                      horizon: float | None = None) -> tuple[datetime, list[hosts.Grant]]:
-        """Lease up to ``wants[host]`` request slots per host (one round trip), starting
-        within ``horizon`` seconds (None: ``politeness_horizon``)."""
+        """Lease up to ``wants[host]`` request slots per host (one round trip; two when slots
+        this worker gave back are still to be returned), starting within ``horizon`` seconds
+        (None: ``politeness_horizon``)."""
         s = self.settings
         # The slots this worker gave back and the release loop has not returned yet go first,
         # on the same connection: a host whose requests of this worker just ended is seen with
         # those slots free, not at its cap (whose visits would be deferred for nothing).
-        returning = []
-        while not self.releases.empty():
-            returning.append(self.releases.get_nowait())
-        try:
-            async with self.pool.acquire() as conn:
-                if returning:
+        async with self.pool.acquire() as conn:
+            returning = []
+            while not self.releases.empty():
+                returning.append(self.releases.get_nowait())
+            if returning:
+                try:
                     await hosts.release(conn, returning, s.host_backoff_base, s.host_backoff_cap)
-                    returning = []
-                return await hosts.acquire(
-                    conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
-                    s.fetch_lease, s.politeness_horizon if horizon is None else horizon)
-        finally:
-            for r in returning:  # not returned: the release loop tries again
-                self.releases.put_nowait(r)
+                except (*RETRYABLE, asyncpg.PostgresError) as e:
+                    log.warning("could not release %d host leases (%s); trying again",
+                                len(returning), e)
+                    for r in returning:  # the release loop tries them again
+                        self.releases.put_nowait(r)
+            return await hosts.acquire(
+                conn, wants, {h: s.host_limit(h).concurrency for h in wants}, spacing,
+                s.fetch_lease, s.politeness_horizon if horizon is None else horizon)
 
     async def admit_hop(self, url: str, slot: bool, deadline: float, *,
                         horizon: float | None = None, robots: bool = True) -> Slot | str | None:

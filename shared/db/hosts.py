@@ -55,12 +55,13 @@ async def acquire(conn: asyncpg.Connection, wants: dict[str, int], caps: dict[st
 async def renew(conn: asyncpg.Connection, host: str, token: datetime,
                 lease: float) -> datetime | None:
     """Put a new lease, ``lease`` seconds from now, in place of the caller's ``token`` on
-    ``host`` (handed on from one request to the next: ``worker.gate``); returns its token. None,
+    ``host`` (its first copy) (handed on from one request to the next: ``worker.gate``); returns its token. None,
     and nothing changed, if the host is backing off, or the lease has expired (it may be
     another's slot by now). One row, locked alone: no order to keep with other statements."""
     renewed: datetime | None = await conn.fetchval("""
         WITH t AS (SELECT clock_timestamp() + make_interval(secs => $3) AS token)
-        UPDATE host h SET leases = array_replace(h.leases, $2, t.token)
+        UPDATE host h SET leases = h.leases[:array_position(h.leases, $2) - 1] || t.token
+                                   || h.leases[array_position(h.leases, $2) + 1:]
         FROM t
         WHERE h.host = $1 AND $2 = ANY(h.leases) AND $2 > clock_timestamp()
           AND NOT t.token = ANY(h.leases)

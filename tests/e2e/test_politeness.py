@@ -164,7 +164,8 @@ async def test_visits_past_a_hosts_cap_wait_for_its_slots_in_the_worker(
         cleanup: AsyncExitStack, settings: Settings) -> None:
     """No delay, a cap of 2, a worker with 4 slots: the visits past the cap wait in the worker
     for the slots its own requests free (the lease handed on), rather than going back to the
-    frontier to be published again: each visit is sent to a worker once, and the cap holds."""
+    frontier to be published again: each visit is sent to a worker about once, and the cap
+    holds."""
     pages = {"/": page([f"/p{i}" for i in range(40)])}
     pages |= {f"/p{i}": page(delay=0.02) for i in range(40)}
     site = await LoggedSite("127.0.0.1", pages).start(cleanup)
@@ -174,7 +175,10 @@ async def test_visits_past_a_hosts_cap_wait_for_its_slots_in_the_worker(
     stack, job = await crawl(cleanup, polite, [site.base + "/"])
     assert len((await stack.result(job))[site.base + "/"]) == 40 and len(site.starts()) == 41
     assert site.max_in_flight() == 2  # the limit, and reached
-    assert forwarded() - before == 41  # not one visit deferred and published again
+    # Every visit sent once, but for the first few when the machine is slow: visits are queued
+    # only once the host's requests of this worker have been ending within the last second.
+    # (Each visit past the cap deferred and sent round again, as before: 174.)
+    assert 41 <= forwarded() - before <= 51
 
 
 def forwarded() -> float:

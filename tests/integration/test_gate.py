@@ -24,7 +24,7 @@ from shared.db.pool import open_pool
 from tests.integration.conftest import StartServer
 from worker.extractors.sitemaps import SitemapReader
 from worker.fetchers.http import open_session
-from worker.gate import HostGate, _allowed, _parse_rules, guard_band
+from worker.gate import HostGate, Slot, _allowed, _parse_rules, guard_band
 
 pytestmark = pytest.mark.serial  # make test runs it alone: delays asserted to a tenth of a second
 
@@ -103,17 +103,11 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
         await asyncio.sleep(0.02)
 
 
-async def ended(gate: HostGate, db: asyncpg.Connection, host: str, times: int) -> None:
-    """Let ``times`` requests of the gate's worker on ``host`` end, one after the other (so
-    that visits past its cap are queued for its slots), their slots back in PostgreSQL."""
-    for i in range(times):
-        (slot,) = (await gate.admit({(0, i): f"{host}/ended{i}"})).granted.values()
-        gate.release(slot, trouble=False, retry_after=None)
-
-        async def free() -> bool:
-            return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
-
-        await until(free)
+def ended(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """As if ``times`` requests of the gate's worker on each host had ended in the last
+    ``QUEUE_WINDOW`` (so that visits past a host's cap are queued for its slots): the count
+    itself is tested in ``test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap``."""
+    monkeypatch.setattr(HostGate, "_ending", lambda self, host, now: times)
 
 
 async def robots_fetched(db: asyncpg.Connection, host: str) -> bool:
@@ -330,14 +324,17 @@ async def test_releases_and_grants_on_many_hosts_never_deadlock(database_url: st
 # -- grants, spacing, pauses ------------------------------------------------------------------
 
 async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
-        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """C = 2, no delay: two of eight visits start now, each with a lease that expires
     ``fetch_lease`` after its start. Before any request of this worker on the host has ended
     the others are deferred (shortly: a slot frees when a request ends); once one has, four
     wait in the worker (``queued``: as many as its requests on the host, at the rate they
-    ended, free in half of ``politeness_horizon``: two ended, 2 s), the rest deferred.
+    ended, free in half of ``politeness_horizon``: two in 5 s, 20 s), the rest deferred.
     Another visit meanwhile is deferred too: the queue is full."""
-    s = polite.model_copy(update={"robots": False, "host_concurrency": 2})
+    s = polite.model_copy(update={"robots": False, "host_concurrency": 2,
+                                  "politeness_horizon": 20.0})
+    monkeypatch.setattr("worker.gate.QUEUE_WINDOW", 5.0)  # a slow machine's 0.5 s: no matter
     gate = await gate_for(s)
     host = "http://127.0.0.1:9"
     first = await gate.admit({(0, 0): host + "/", (0, 1): host + "/1", (0, 2): host + "/2"})
@@ -346,7 +343,7 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
         gate.release(slot, trouble=False, retry_after=None)
 
     async def free() -> bool:
-        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
 
     await until(free)
     out = await gate.admit({(1, i): f"{host}/{i}" for i in range(8)})
@@ -372,13 +369,14 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
 
 
 async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
-        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The slot of a request that ended goes to the first visit queued for its host, its lease
     unchanged (no statement: the host row keeps both leases); trouble (a 429) sends the other
     queued visits back to the frontier, and the lease back to PostgreSQL."""
     gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
     host = "http://127.0.0.1:9"
-    await ended(gate, db, host, 2)
+    ended(monkeypatch, 2)
     out = await gate.admit({(1, i): f"{host}/{i}" for i in range(4)})
     first, second = out.granted.values()
     deadline = asyncio.get_running_loop().time() + 5
@@ -396,7 +394,59 @@ async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
     gate.release(handed, trouble=False, retry_after=None)  # nobody waits: back to PostgreSQL
 
     async def freed() -> bool:
-        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
+
+    await until(freed)
+
+
+@pytest.mark.parametrize("age", [1.0, 0.0], ids=["fresh", "to-renew"])
+async def test_a_queued_visit_cancelled_as_its_slot_arrives_gives_the_slot_back(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, age: float) -> None:
+    """A worker stopping: the queued visit's task is cancelled just after a request handed it
+    its slot (as it is, or to be renewed), before it ran. The slot goes back (the lease freed),
+    not leaked until it expires."""
+    monkeypatch.setattr("worker.gate.HANDOVER_AGE", age)
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 1}))
+    host = "http://127.0.0.1:9"
+    ended(monkeypatch, 1)
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
+    (slot,) = out.granted.values()
+    (waiting,) = out.queued.values()
+    take = asyncio.ensure_future(gate.take_queued(
+        host, waiting, asyncio.get_running_loop().time() + 5))
+    await asyncio.sleep(0)  # waiting for its slot
+    gate.release(slot, trouble=False, retry_after=None)  # handed on...
+    assert waiting.done() and not waiting.cancelled()
+    take.cancel()  # ...and cancelled before it took it
+    with pytest.raises(asyncio.CancelledError):
+        await take
+
+    async def freed() -> bool:
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
+
+    await until(freed)
+
+
+async def test_a_queued_visit_given_up_after_its_slot_arrived_gives_the_slot_back(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``unqueue`` (the dispatch failed after the admission: the batch comes back): a slot
+    handed to the queued visit meanwhile goes back; a place still waiting is given up."""
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 1}))
+    host = "http://127.0.0.1:9"
+    ended(monkeypatch, 1)
+    out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b", (1, 3): host + "/c"})
+    (slot,) = out.granted.values()
+    handed, waiting = out.queued.values()
+    gate.release(slot, trouble=False, retry_after=None)  # handed on to the first
+    assert isinstance(handed.result(), Slot) and not waiting.done()
+    gate.unqueue(handed)  # its slot back: the next place is told to ask PostgreSQL...
+    gate.unqueue(waiting)  # ...but is given up too (the same batch): nothing to give back
+    assert waiting.done()
+
+    async def freed() -> bool:
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
 
     await until(freed)
 
@@ -411,7 +461,7 @@ async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paus
     monkeypatch.setattr("worker.gate.HANDOVER_AGE", 0.0)
     gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 1}))
     host = "http://127.0.0.1:9"
-    await ended(gate, db, host, 1)
+    ended(monkeypatch, 1)
     out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
     (old,) = out.granted.values()
     (waiting,) = out.queued.values()
@@ -421,41 +471,50 @@ async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paus
     new = await asyncio.wait_for(take, 5)
     assert new is not None and new.host == host and new.token > old.token
     assert await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [new.token]
-    (waiting,) = (await gate.admit({(1, 3): host + "/c"})).queued.values()
+    waiting, other = (await gate.admit({(1, 3): host + "/c", (1, 4): host + "/d"})
+                      ).queued.values()
     await db.execute("UPDATE host SET backoff_until = now() + interval '1 hour' WHERE host = $1",
                      host)
     take = asyncio.ensure_future(gate.take_queued(host, waiting, deadline))
     gate.release(new, trouble=False, retry_after=None)
     assert await asyncio.wait_for(take, 5) is None
+    assert other.done() and other.result() is None  # the host's other queued visit: back too
 
     async def given_back() -> bool:
-        return await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == []
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
 
     await until(given_back)
 
 
 async def test_a_queued_visit_without_a_slot_in_time_goes_back(
-        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """No request of the host ends within ``politeness_horizon``: the queued visit gives up
     (None: back to the frontier), and a slot released after that goes back to PostgreSQL."""
     gate = await gate_for(polite.model_copy(update={
         "robots": False, "host_concurrency": 1, "politeness_horizon": 0.5}))
     host = "http://127.0.0.1:9"
-    await ended(gate, db, host, 2)
+    ended(monkeypatch, 2)
     out = await gate.admit({(1, 1): host + "/a", (1, 2): host + "/b"})
     (waiting,) = out.queued.values()
     t0 = time.monotonic()
     assert await gate.take_queued(host, waiting, asyncio.get_running_loop().time() + 5) is None
     assert 0.45 <= time.monotonic() - t0 < 3
+    gate.release(next(iter(out.granted.values())), trouble=False, retry_after=None)
+
+    async def freed() -> bool:  # nobody waits for it now: back to PostgreSQL
+        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
+
+    await until(freed)
 
 
 async def test_a_host_with_a_delay_defers_and_never_queues(
-        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+        polite: Settings, gate_for: GateFor, monkeypatch: pytest.MonkeyPatch) -> None:
     """Delay-bound, the next start is the host's next turn, not a request of this worker
     ending: the visits past the cap are deferred to their turns, none queued."""
     gate = await gate_for(polite.model_copy(update={
         "robots": False, "host_concurrency": 1, "host_delay": 0.3}))
-    await ended(gate, db, "http://127.0.0.1:9", 1)
+    ended(monkeypatch, 4)
     out = await gate.admit({(1, i): f"http://127.0.0.1:9/{i}" for i in range(4)})
     assert len(out.granted) == 1 and len(out.deferred) == 3 and not out.queued
 
