@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from shared import bus, ops_http
 from shared.bus import NatsOptions, Settle, Verdict
 from shared.config import Settings
-from shared.db import visits
+from shared.db import jobs, visits
 from shared.db.frontier import DueFrontier, Frontier
 from shared.db.pool import RETRYABLE, in_transaction, open_pool
 from shared.netguard import NetGuard
@@ -47,6 +47,9 @@ from worker.taskrun import TaskRunner
 log = logging.getLogger(__name__)
 
 UNSERVED_DELAY = timedelta(seconds=60)  # a job this worker cannot serve: published again then
+# A queued visit's job is read again before its fetch, at most this often per job: a cancel, a
+# pause or a narrower scope stops the visits queued at their host within this long.
+JOB_STATE_TTL = 0.1
 
 
 class Worker:
@@ -71,6 +74,8 @@ class Worker:
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot
         self.tasks: set[asyncio.Task[None]] = set()
         self._warned: dict[int, float] = {}  # job id -> when to warn again of not serving it
+        # job id -> (when read, state, deny patterns): for visits queued at their host
+        self._job_states: dict[int, tuple[float, str, tuple[str, ...]]] = {}
 
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -169,13 +174,48 @@ class Worker:
             self.slots.release()
             raise
         if slot is not None:
-            await self.pipeline.visit(Visit(p, msgs, slot, plan))
+            stale = await self._stale_now(p)
+            if stale is None:
+                await self.pipeline.visit(Visit(p, msgs, slot, plan))
+                return
+            self.gate.give_back(slot)  # its job was cancelled, paused or narrowed meanwhile
+            key = (p.job_id, p.url_id)
+            try:
+                await in_transaction(self.pool, lambda conn: self._settle_stale(
+                    conn, [key] if stale == "drop" else [], [key] if stale == "hold" else []))
+                verdict = Settle(Verdict.ACK)
+            except (*RETRYABLE, asyncpg.PostgresError) as e:
+                log.warning("cannot settle %s (%s); it will be redelivered", key, e)
+                verdict = Settle(Verdict.RETRY, 1.0)
+            finally:
+                self.slots.release()
+            await bus.settle_all([msgs], verdict)
             return
         try:
             await self.pipeline.put_back((p.job_id, p.url_id), msgs,
                                          datetime.now().astimezone() + SOON)
         finally:
             self.slots.release()
+
+    async def _stale_now(self, p: visits.Planned) -> str | None:
+        """What became of a queued visit's job while it waited (planned as running): "drop"
+        (cancelled, or its deny list now refuses the URL), "hold" (paused), or None. The job's
+        state is read at most every ``JOB_STATE_TTL`` seconds; a read that fails lets it run."""
+        now = time.monotonic()
+        known = self._job_states.get(p.job_id)
+        if known is None or now - known[0] >= JOB_STATE_TTL:
+            try:
+                async with self.pool.acquire() as conn:
+                    state, deny = await jobs.job_state(conn, p.job_id)
+            except (*RETRYABLE, asyncpg.PostgresError):
+                return None
+            if len(self._job_states) > 1024:
+                self._job_states.clear()
+            known = self._job_states[p.job_id] = (now, state, deny)
+        _, state, deny = known
+        if state == "cancelled" or (deny and denied(deny, p.url)):
+            return "drop"
+        return "hold" if state == "paused" else None
 
     async def _settle_stale(self, conn: asyncpg.Connection, dropped: list[Key],
                             held: list[Key]) -> None:

@@ -228,6 +228,13 @@ async def job_status(conn: asyncpg.Connection, job_id: int) -> JobStatus | None:
                      job["max_pages"], json.loads(job["spec"]), job["state"], job["state_on"])
 
 
+async def job_state(conn: asyncpg.Connection, job_id: int) -> tuple[str, tuple[str, ...]]:
+    """A job's state and deny patterns now (a visit planned earlier is checked against them
+    before its fetch: ``worker.crawl``); a job gone reads as cancelled."""
+    row = await conn.fetchrow("SELECT state, deny FROM job WHERE id = $1", job_id)
+    return ("cancelled", ()) if row is None else (row["state"], tuple(row["deny"] or ()))
+
+
 async def job_exists(conn: asyncpg.Connection, job_id: int) -> bool:
     """Is there such a job, not deleted (``mark_deleted``)?"""
     return bool(await conn.fetchval(

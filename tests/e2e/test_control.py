@@ -160,3 +160,27 @@ async def test_a_scope_change_drops_the_queued_visits_it_denies(
         assert st["pages"]["processed"] < 121
     finally:
         await stack.stop()
+
+
+async def test_a_cancel_drops_the_visits_queued_at_their_host_in_the_worker(
+        settings: Settings, db: asyncpg.Connection, slow: Callable[..., Awaitable[SlowSite]]
+) -> None:
+    """Visits past their host's cap wait in the worker for its slots (``HostGate.take_queued``),
+    planned while the job ran: a cancel meanwhile drops them when their slot comes, unfetched.
+    One request in flight on the host, the worker's 8 slots mostly queued visits: after the
+    cancel, only what was in flight and what got its slot before the job's state was read
+    again (``JOB_STATE_TTL``) is fetched."""
+    s = paced(settings, host_concurrency=1, concurrency=8)
+    site = await slow(60, 0.2)
+    stack = await Stack(s).start()
+    try:
+        job = await stack.post_job([site.base + "/"], depth="2")
+        await until(lambda: asyncio.sleep(0, site.fetched() >= 4))
+        assert await jobs.cancel_job(db, job) == "cancelled"
+        at_cancel = site.fetched() + site.in_flight
+        await stack.wait_complete(job)
+        await stack.wait_idle()
+        assert site.fetched() <= at_cancel + 1, site.hits
+        assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
+    finally:
+        await stack.stop()
