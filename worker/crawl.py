@@ -103,12 +103,10 @@ class Worker:
             await bus.settle_all([by_key.pop(k) for k in done], Settle(Verdict.ACK))
             dropped: list[Key] = []  # a cancelled job's, or a URL its deny list now refuses
             held: list[Key] = []  # a paused job's: back in the frontier, held
-            for k, p in planned.items():
-                if p.state != "running" or p.deny:  # its job changed since it was queued
-                    if p.state == "cancelled" or (p.deny and denied(p.deny, p.url)):
-                        dropped.append(k)
-                    elif p.state == "paused":
-                        held.append(k)
+            for k, p in planned.items():  # its job changed since it was queued
+                verdict = _staleness(p.state, p.deny, p.url)
+                if verdict is not None:
+                    (dropped if verdict == "drop" else held).append(k)
             if dropped or held:  # as the foreman does (services never import each other)
                 await in_transaction(self.pool, lambda conn: self._settle_stale(conn, dropped, held))
                 await bus.settle_all([by_key.pop(k) for k in (*dropped, *held)],
@@ -212,10 +210,7 @@ class Worker:
             if len(self._job_states) > 1024:
                 self._job_states.clear()
             known = self._job_states[p.job_id] = (now, state, deny)
-        _, state, deny = known
-        if state == "cancelled" or (deny and denied(deny, p.url)):
-            return "drop"
-        return "hold" if state == "paused" else None
+        return _staleness(known[1], known[2], p.url)
 
     async def _settle_stale(self, conn: asyncpg.Connection, dropped: list[Key],
                             held: list[Key]) -> None:
@@ -355,6 +350,15 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             release_task.cancel()
             await asyncio.gather(*serves, commit_task, release_task, beat, watch,
                                  return_exceptions=True)
+
+
+def _staleness(state: str, deny: tuple[str, ...], url: str) -> str | None:
+    """What to do with a visit planned while its job ran, given the job's ``state`` and
+    ``deny`` patterns now: "drop" (cancelled, or the URL now denied), "hold" (paused), or None
+    (fetch it)."""
+    if state == "cancelled" or (deny and denied(deny, url)):
+        return "drop"
+    return "hold" if state == "paused" else None
 
 
 async def _unhealthy(settings: Settings, why: str, stop: asyncio.Event) -> None:

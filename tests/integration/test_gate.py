@@ -110,6 +110,11 @@ def ended(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     monkeypatch.setattr(HostGate, "_ending", lambda self, host, now: times)
 
 
+async def no_leases(db: asyncpg.Connection, host: str) -> bool:
+    """Every slot on ``host`` back in PostgreSQL (its row holds no lease)."""
+    return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
+
+
 async def robots_fetched(db: asyncpg.Connection, host: str) -> bool:
     """robots.txt stored, and the slot its request took given back."""
     return bool(await db.fetchval("""
@@ -342,10 +347,7 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
     for slot in first.granted.values():
         gate.release(slot, trouble=False, retry_after=None)
 
-    async def free() -> bool:
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(free)
+    await until(lambda: no_leases(db, host))
     out = await gate.admit({(1, i): f"{host}/{i}" for i in range(8)})
     assert len(out.granted) == 2 and len(out.queued) == 4 and len(out.deferred) == 2
     assert not out.blocked and list(out.queued) == [(1, 2), (1, 3), (1, 4), (1, 5)]
@@ -393,10 +395,7 @@ async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
     assert await asyncio.wait_for(takes[1], 1) is None  # back to the frontier
     gate.release(handed, trouble=False, retry_after=None)  # nobody waits: back to PostgreSQL
 
-    async def freed() -> bool:
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(freed)
+    await until(lambda: no_leases(db, host))
 
 
 @pytest.mark.parametrize("age", [1.0, 0.0], ids=["fresh", "to-renew"])
@@ -422,10 +421,7 @@ async def test_a_queued_visit_cancelled_as_its_slot_arrives_gives_the_slot_back(
     with pytest.raises(asyncio.CancelledError):
         await take
 
-    async def freed() -> bool:
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(freed)
+    await until(lambda: no_leases(db, host))
 
 
 async def test_a_queued_visit_given_up_after_its_slot_arrived_gives_the_slot_back(
@@ -445,10 +441,7 @@ async def test_a_queued_visit_given_up_after_its_slot_arrived_gives_the_slot_bac
     gate.unqueue(waiting)  # ...but is given up too (the same batch): nothing to give back
     assert waiting.done()
 
-    async def freed() -> bool:
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(freed)
+    await until(lambda: no_leases(db, host))
 
 
 async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paused(
@@ -480,10 +473,7 @@ async def test_an_old_lease_is_renewed_before_it_is_handed_on_and_not_while_paus
     assert await asyncio.wait_for(take, 5) is None
     assert other.done() and other.result() is None  # the host's other queued visit: back too
 
-    async def given_back() -> bool:
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(given_back)
+    await until(lambda: no_leases(db, host))
 
 
 async def test_a_queued_visit_without_a_slot_in_time_goes_back(
@@ -502,10 +492,7 @@ async def test_a_queued_visit_without_a_slot_in_time_goes_back(
     assert 0.45 <= time.monotonic() - t0 < 3
     gate.release(next(iter(out.granted.values())), trouble=False, retry_after=None)
 
-    async def freed() -> bool:  # nobody waits for it now: back to PostgreSQL
-        return bool(await db.fetchval("SELECT leases FROM host WHERE host = $1", host) == [])
-
-    await until(freed)
+    await until(lambda: no_leases(db, host))  # nobody waits for it now: back to PostgreSQL
 
 
 async def test_a_host_with_a_delay_defers_and_never_queues(
