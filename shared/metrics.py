@@ -31,6 +31,12 @@ def count_blocked(reasons: Iterable[str]) -> None:
 
 
 HOST_BACKOFFS = Counter("harvester_host_backoffs", "Hosts put in backoff (429, 503, errors)")
+VISITS_DEFERRED = Counter("harvester_visits_deferred", "Visits a worker sent back to the frontier "
+                          "to wait for their host (its request cap or delay, its robots.txt, a retry of theirs first)")
+HOST_QUEUE = Counter("harvester_host_queue", "Visits queued in a worker for a slot of their host, "
+                     "by outcome: handed (the slot of one of its requests that ended), leased "
+                     "(asked PostgreSQL anew), back (none in time, or the host in trouble: to the "
+                     "frontier)", ["outcome"])
 COMMIT_BATCH = Histogram("harvester_commit_batch_size", "Visits per commit transaction",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 COMMIT_SECONDS = Histogram("harvester_commit_seconds", "Time of a commit transaction")

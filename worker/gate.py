@@ -279,14 +279,17 @@ class HostGate:
         except asyncio.CancelledError:
             self.unqueue(waiting)
             raise
+        outcome = "handed"
         try:
             if isinstance(got, _Aged):
-                return await self._renew(got.slot)
-            if got is _RENEW:
-                return await self._wait_for_slot(host, None, deadline)
+                got = await self._renew(got.slot)
+            elif got is _RENEW:
+                outcome = "leased"
+                got = await self._wait_for_slot(host, None, deadline)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             log.warning("no slot on %s for a queued visit (%s)", host, e)
-            return None
+            got = None
+        metrics.HOST_QUEUE.labels("back" if got is None else outcome).inc()
         return got
 
     def unqueue(self, waiting: asyncio.Future[Slot | None]) -> None:

@@ -164,26 +164,36 @@ async def test_visits_past_a_hosts_cap_wait_for_its_slots_in_the_worker(
         cleanup: AsyncExitStack, settings: Settings) -> None:
     """No delay, a cap of 2, a worker with 4 slots: the visits past the cap wait in the worker
     for the slots its own requests free (the lease handed on), rather than going back to the
-    frontier to be published again: each visit is sent to a worker about once, and the cap
-    holds."""
+    frontier to be published again, and the cap holds. Counted by the gate's own metrics: the
+    visits forwarded (in the message when it fails) also count the publishes a feeder tries
+    again after a NATS time-out, and CI once counted 71 where 41 is usual."""
     pages = {"/": page([f"/p{i}" for i in range(40)])}
     pages |= {f"/p{i}": page(delay=0.02) for i in range(40)}
     site = await LoggedSite("127.0.0.1", pages).start(cleanup)
     polite = settings.model_copy(update={"host_concurrency": 2, "host_delay": 0.0,
                                          "concurrency": 4})
-    before = forwarded()
+    before = counts()
     stack, job = await crawl(cleanup, polite, [site.base + "/"])
     assert len((await stack.result(job))[site.base + "/"]) == 40 and len(site.starts()) == 41
     assert site.max_in_flight() == 2  # the limit, and reached
-    # Every visit sent once, but for the first few when the machine is slow: visits are queued
-    # only once the host's requests of this worker have been ending within the last second.
-    # (Each visit past the cap deferred and sent round again, as before: 174.)
-    assert 41 <= forwarded() - before <= 51
+    c = {k: v - before[k] for k, v in counts().items()}
+    # Most of the 39 visits past the cap waited in the worker and ran on the slot of a request
+    # that ended. Visits are queued only while this worker's requests on the host have been
+    # ending within the last second, so a slow machine defers the first few (or a few after a
+    # stall) as before; each deferral sends its visit round again. (Without the queue: no
+    # slot handed on, and 174 visits forwarded for 41 pages.)
+    assert c["handed"] >= 25, c
+    assert c["deferred"] + c["back"] < c["handed"], c
 
 
-def forwarded() -> float:
-    """Visits the feeders sent to workers so far (the tiers of a Stack share this process)."""
-    return REGISTRY.get_sample_value("harvester_visits_forwarded_total") or 0.0
+def counts() -> dict[str, float]:
+    """Visits forwarded, deferred at their host, and queued there by outcome, so far (the tiers
+    of a Stack share this process)."""
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    return {"forwarded": value("harvester_visits_forwarded_total"), "deferred": value("harvester_visits_deferred_total"),
+            "handed": value("harvester_host_queue_total", outcome="handed"),
+            "back": value("harvester_host_queue_total", outcome="back")}
 
 
 ROBOTS = "User-agent: *\nDisallow: /private/\nCrawl-delay: 0.3\n\nUser-agent: OtherBot\nDisallow: /\n"
