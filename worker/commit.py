@@ -20,7 +20,6 @@ from shared.config import Settings
 from shared.db import pages, visits
 from shared.db.known import Facts
 from shared.db.pool import RETRYABLE, in_transaction
-from shared.mime import guess_mime
 from shared.model import Extraction, FetchedPage
 from shared.seen import SeenFilter
 
@@ -149,16 +148,16 @@ class Committer:
 
         async def work(conn: asyncpg.Connection) -> None:
             await self.known.begin(conn)
+            # Every URL the batch names, before a visit is locked (``pages.link_ids``): then
+            # the commit waits for another's new URL holding no visit that one may wait for.
+            ids = await pages.link_ids(conn, fetched.values(),
+                                       (u for us in extra_urls.values() for u in us),
+                                       self.known.urls)
             locked = await visits.lock_pending(conn, keys)
             live = {p.key for p in locked}
             await pages.record_fetches(conn, [f for k, f in fetched.items() if k in live],
-                                       self.known.urls)
-            extra: dict[Key, list[int]] = {}
-            if extra_urls:
-                ids = await pages.upsert_urls(
-                    conn, {u: guess_mime(u) for us in extra_urls.values() for u in us},
-                    self.known.urls)
-                extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
+                                       ids_by_url=ids)
+            extra = {k: [ids[u] for u in us] for k, us in extra_urls.items()}
             await visits.complete(conn, locked, outcomes, attempts=tries, reasons=reasons,
                                   extra=extra, seen=self.seen, known=self.known.visits)
 

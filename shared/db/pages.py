@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 async def record_fetches(conn: asyncpg.Connection,
                          fetched: Sequence[tuple[FetchedPage, Extraction]],
-                         known: Known[str] | None = None) -> None:
+                         known: Known[str] | None = None,
+                         ids_by_url: Mapping[str, int] | None = None) -> None:
     """Update the pages' ``url`` rows and record their links (``Extraction.links``); set-based,
     a few statements a batch.
 
@@ -37,7 +38,9 @@ async def record_fetches(conn: asyncpg.Connection,
     batches holding such pages pay for it. A page fetched for two rule sets in one batch keeps one
     answer and its links once, and its yields per rule set.
 
-    Links whose id is in ``known`` are not looked up (``upsert_urls``)."""
+    ``ids_by_url``: the ids of the links and of the yields' URLs, from ``link_ids`` earlier in
+    the transaction (the worker's commit upserts them before it locks its visits); without it
+    they are upserted here, links whose id is in ``known`` not looked up."""
     if not fetched:
         return
     links = {p.url_id: x.links for p, x in fetched}
@@ -71,29 +74,50 @@ async def record_fetches(conn: asyncpg.Connection,
         [p.cacheable for p in ps], [p.final_url for p in ps],
         ["\n".join(p.redirects) for p in ps], [p.etag for p in ps],
         [p.last_modified for p in ps], [None if p.fetcher == "http" else p.fetcher for p in ps])
-    # A page may have hundreds of thousands of links (a 10 MiB body): the work goes in chunks,
-    # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.
-    link_mime: dict[str, str] = {}
-    for p in ps:
-        async for chunk in _chunks(links[p.url_id]):
-            link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
-    extracted = {(p.url_id, x.ruleset): x for p, x in fetched if x.ruleset and not p.not_modified}
-    for x in extracted.values():  # the URLs of link and id yields: upserted with the links
-        for u in _targets(x.yields):
-            if u is not None and u not in link_mime:
-                link_mime[u] = guess_mime(u)
-    urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
-    ids_by_url: dict[str, int] = {}
-    async for some in _chunks(urls):
-        ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in some}, known))
+    if ids_by_url is None:
+        ids_by_url = await link_ids(conn, fetched, known=known)
     await _record_links(conn, ps, links, ids_by_url)
+    extracted = {(p.url_id, x.ruleset): x for p, x in fetched if x.ruleset and not p.not_modified}
     if extracted:
         await _record_yields(conn, extracted, ids_by_url)
 
 
+async def link_ids(conn: asyncpg.Connection,
+                   fetched: Iterable[tuple[FetchedPage, Extraction]],
+                   also: Iterable[str] = (), known: Known[str] | None = None) -> dict[str, int]:
+    """The ids of the links of these pages (a 304's excepted: it writes none), of the URLs
+    their link and id yields name, and of ``also`` (MIME type guessed), the missing ones
+    inserted: every URL in one sorted order, a chunk a statement (``upsert_urls``).
+
+    The worker's commit calls it before it locks any visit (``visits.lock_pending``): the
+    insert of a new URL waits for another transaction inserting the same one, and were that
+    wait taken while holding a visit the other transaction is waiting for (to lower its
+    level), the two would deadlock."""
+    # A page may have hundreds of thousands of links (a 10 MiB body): the work goes in chunks,
+    # each statement a few milliseconds of the event loop, URLs in one sorted order throughout.
+    link_mime: dict[str, str] = {}
+    for p, x in fetched:
+        if p.not_modified:
+            continue
+        async for chunk in _chunks(x.links):
+            link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
+        if x.ruleset:  # the URLs of link and id yields: upserted with the links
+            for u in _targets(x.yields):
+                if u is not None and u not in link_mime:
+                    link_mime[u] = guess_mime(u)
+    for u in also:
+        if u not in link_mime:
+            link_mime[u] = guess_mime(u)
+    urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
+    ids_by_url: dict[str, int] = {}
+    async for some in _chunks(urls):
+        ids_by_url.update(await upsert_urls(conn, {u: link_mime[u] for u in some}, known))
+    return ids_by_url
+
+
 async def _record_links(conn: asyncpg.Connection, ps: Sequence[FetchedPage],
                         links: Mapping[int, Sequence[tuple[str, str]]],
-                        ids_by_url: dict[str, int]) -> None:
+                        ids_by_url: Mapping[str, int]) -> None:
     """One ``url_links`` row per page at its new version (``'{}'`` for a page without links, a
     failure: so a version without one is none that was fetched). Pages go whole into one
     statement of at most ``CHUNK`` links (usually the whole batch: one statement); a page of
@@ -157,7 +181,7 @@ def _targets(yields: Sequence[Yield]) -> list[str | None]:
 
 async def _record_yields(conn: asyncpg.Connection,
                          extracted: dict[tuple[int, int], Extraction],
-                         ids_by_url: dict[str, int]) -> None:
+                         ids_by_url: Mapping[str, int]) -> None:
     """Replace the ``url_yield`` rows of these (page, rule set)s with the extractions' yields
     (numbered in document order within each kind) and record each page as extracted under its
     rule set at its current version (bumped by the caller in this transaction). The caller's

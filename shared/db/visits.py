@@ -375,8 +375,11 @@ async def _queue_children(conn: asyncpg.Connection, parents: Sequence[Pending],
 
     Locks are taken in this order: first the visits already in the job (their level lowered
     where this path is shorter, and queued to be expanded again), then, for a job with
-    ``max_pages``, the job row (``_cap_pages``), then new rows. That avoids the common lock
-    cycle of a capped job, but not every one: a transaction holding the job row that inserts
+    ``max_pages``, the job row (``_cap_pages``), then new rows. The URLs were upserted before
+    any visit was locked (``pages.link_ids``). That avoids the common lock cycles (of a page
+    lowered while its own commit runs, of a capped job), but not every one: the visits another
+    transaction inserted between ``_lower`` and the insert are lowered after it, and a
+    transaction holding the job row that inserts
     a visit another has just lowered (``ON CONFLICT DO NOTHING`` waits for it) while that one
     waits for the job row is a deadlock; PostgreSQL detects it after ``deadlock_timeout`` and
     ``in_transaction`` runs the aborted transaction again (about a second lost, no visit).
@@ -508,9 +511,14 @@ async def _insert_first(conn: asyncpg.Connection, children: Sequence[asyncpg.Rec
                         parents: Sequence[Pending],
                         seen: SeenFilter | None = None,
                         known: Known[Key] | None = None) -> list[tuple[int, int, int]]:
-    """Queue the children of jobs without ``max_pages`` (no job row to lock, no counter): insert
-    them as visits, lower the level of those the job had visited already where this path is
-    shorter, and queue the new and the lowered ones: three statements, no probe.
+    """Queue the children of jobs without ``max_pages`` (no job row to lock, no counter): lower
+    the level of those the job has visited already where this path is shorter (``_lower``),
+    insert the others as visits, and queue the new and the lowered ones: three statements (a
+    fourth for the children another transaction visited in between).
+
+    Lowering comes first because it may wait: for the commit of the very page it lowers,
+    which holds that visit (``lock_pending``). Were this transaction to insert its new visits
+    first, that commit could be inserting one of them too, and wait for this one: a deadlock.
 
     With ``known``, the children known visited at their level or nearer are left out (no
     new visit, no shorter path: nothing to write), and the rest noted at their level: each is
@@ -527,28 +535,20 @@ async def _insert_first(conn: asyncpg.Connection, children: Sequence[asyncpg.Rec
         known.note({_key(c): c["level"] for c in children})
     if not children:
         return []
-    lowered: set[Key] = set()
-    insert = children
     if seen is not None and any(p.bloom for p in parents):
         insert, lowered = await _filtered(conn, children, parents, seen)
+    else:
+        visited, lowered = await _lower(conn, children)
+        insert = [c for c in children if _key(c) not in visited]
     new = {_key(r) for r in await conn.fetch("""
         INSERT INTO job_visit (job_id, url_id, level)
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[]) ORDER BY 1, 2
         ON CONFLICT DO NOTHING RETURNING job_id, url_id""",
         [c["job_id"] for c in insert], [c["url_id"] for c in insert],
         [c["level"] for c in insert])} if insert else set()
-    old = [c for c in insert if _key(c) not in new]
-    if old:
-        lowered |= {_key(r) for r in await conn.fetch(f"""
-            WITH c AS (
-                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[])
-                    AS c(job_id, url_id, level)
-            ), {_LOCK_LOWER}
-            UPDATE job_visit v SET level = c.level
-            FROM c JOIN locked k ON k.job_id = c.job_id AND k.url_id = c.url_id
-            WHERE v.job_id = c.job_id AND v.url_id = c.url_id AND v.level > c.level
-            RETURNING v.job_id, v.url_id""",
-            [c["job_id"] for c in old], [c["url_id"] for c in old], [c["level"] for c in old])}
+    if raced := [c for c in insert if _key(c) not in new]:
+        # Visited by a transaction that committed since _lower looked: perhaps by a longer path.
+        lowered |= (await _lower(conn, raced))[1]
     return await _add_pending(
         conn, [c for c in children if _key(c) in new or _key(c) in lowered], lowered, parents)
 

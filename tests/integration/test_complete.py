@@ -262,10 +262,11 @@ async def waiting_on_a_lock(db: asyncpg.Connection, conn: asyncpg.Connection,
         await asyncio.sleep(0.01)
 
 
-async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
+async def test_a_page_of_a_job_without_a_cap_lowers_then_inserts_its_links(
         db: asyncpg.Connection) -> None:
-    # The hot path: no job row, no probe of the visited set before inserting into it, no
-    # cursor; one read of the links and three statements, as before chunking.
+    # The hot path: no job row, no cursor; one read of the links and three statements, as
+    # before chunking: the visited children lowered first (a wait for another commit must not
+    # be taken holding new visits that commit may be inserting too), then the rest inserted.
     job, _ = await new_job(db, f"{H}/")
     await fetched(db, f"{H}/", f"{H}/a", f"{H}/b")
     queries: list[str] = []
@@ -282,7 +283,8 @@ async def test_a_page_of_a_job_without_a_cap_queues_its_links_insert_first(
         finally:
             db.remove_query_logger(log)
     visiting = [q for q in queries if "job_visit" in q and "url_link" not in q]
-    assert visiting and visiting[0].startswith("INSERT INTO job_visit"), visiting
+    assert len(visiting) == 2 and "UPDATE job_visit" in visiting[0], visiting
+    assert visiting[1].startswith("INSERT INTO job_visit"), visiting
     assert not any("FOR UPDATE" in q for q in queries if "FROM job " in q)
     assert await levels(db, job) == {f"{H}/": 0, f"{H}/a": 1, f"{H}/b": 1}
 
