@@ -447,7 +447,9 @@ def crawl_lines(r: dict[str, Any], pages: int) -> list[str]:
         out.append(f"* re-expansions ({r['label']}): {_f(fs, '{:,.0f}')} from-store visits "
                    f"(`harvester_visits_from_store`: {_f(ratio(fs, pages), '{:.1%}')} of the "
                    f"pages); {_f(c.get('fetches'), '{:,.0f}')} fetches, "
-                   f"{_f(c.get('visits_forwarded'), '{:,.0f}')} visits forwarded")
+                   f"{_f(c.get('visits_forwarded'), '{:,.0f}')} visits forwarded, "
+                   f"{_f(c.get('visits_deferred'), '{:,.0f}')} deferred at their host by a "
+                   f"worker, {_f(c.get('host_queue'), '{:,.0f}')} queued in one for its slot")
     if p := r.get("progress"):
         out.append(f"* progress ({r['label']}): seconds to each tenth of the pages processed "
                    + ", ".join(f"{10 * (i + 1)}% {t}" for i, t in enumerate(p)))
@@ -704,7 +706,8 @@ def snapshot(dsn: str, nats_url: str) -> dict[str, Any]:
 # the job used (job_page, url_links), no fetch).
 COUNTERS = ("harvester_visits_from_store_total", "harvester_visits_forwarded_total",
             "harvester_visits_dropped_total", "harvester_visits_held_total",
-            "harvester_fetches_total", "harvester_retries_total")
+            "harvester_fetches_total", "harvester_retries_total",
+            "harvester_visits_deferred_total", "harvester_host_queue_total")
 
 
 # ---------------------------------------------------------------------------------------------

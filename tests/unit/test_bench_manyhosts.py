@@ -221,16 +221,19 @@ def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> 
         "streams": {"HARVESTER_URL_QUEUE": 150, "HARVESTER_WORK_QUEUE": 1_750},
         "pending_by_job": {"1": {"pending": 30_000, "published": 1_900}}},
         "counters": {"visits_from_store": 2_500.0, "fetches": 50_100.0,
-                     "visits_forwarded": 50_100.0}}
+                     "visits_forwarded": 53_100.0, "visits_deferred": 3_000.0,
+                     "host_queue": 11_000.0}}
     lines = mh.crawl_lines(run, 50_000)
     assert lines == [
         ("* queues at 25% (harvester, 17.8 s, 12,500 processed): URL stream 150, work stream "
         "1,750; in PostgreSQL job 1: 30,000 pending, 1,900 published"),
         ("* re-expansions (harvester): 2,500 from-store visits (`harvester_visits_from_store`: "
-        "5.0% of the pages); 50,100 fetches, 50,100 visits forwarded")]
+        "5.0% of the pages); 50,100 fetches, 53,100 visits forwarded, 3,000 deferred at their "
+        "host by a worker, 11,000 queued in one for its slot")]
     assert mh.crawl_lines({"label": "x", "counters": {"visits_from_store": None}}, 10) == [
         ("* re-expansions (x): — from-store visits (`harvester_visits_from_store`: — of the "
-        "pages); — fetches, — visits forwarded")]
+        "pages); — fetches, — visits forwarded, — deferred at their host by a worker, — queued "
+        "in one for its slot")]
     assert mh.crawl_lines({"label": "scrapy"}, 10) == []
     assert mh.crawl_lines({"label": "h", "progress": [6.9, 12.5]}, 10) == [
         "* progress (h): seconds to each tenth of the pages processed 10% 6.9, 20% 12.5"]
