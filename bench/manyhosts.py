@@ -449,7 +449,9 @@ def crawl_lines(r: dict[str, Any], pages: int) -> list[str]:
                    f"pages); {_f(c.get('fetches'), '{:,.0f}')} fetches, "
                    f"{_f(c.get('visits_forwarded'), '{:,.0f}')} visits forwarded, "
                    f"{_f(c.get('visits_deferred'), '{:,.0f}')} deferred at their host by a "
-                   f"worker, {_f(c.get('host_queue'), '{:,.0f}')} queued in one for its slot")
+                   f"worker, {_f(c.get('host_queue'), '{:,.0f}')} queued in one for its slot"
+                   + (" (deferred: " + ", ".join(f"{w} {n:,.0f}" for w, n in sorted(why.items()))
+                      + ")" if (why := r.get("deferred_by_why")) else ""))
     if p := r.get("progress"):
         out.append(f"* progress ({r['label']}): seconds to each tenth of the pages processed "
                    + ", ".join(f"{10 * (i + 1)}% {t}" for i, t in enumerate(p)))
@@ -467,6 +469,18 @@ def metric_totals(texts: list[str], names: tuple[str, ...]) -> dict[str, float |
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in out:
                 out[name] = (out[name] or 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def metric_by_label(texts: list[str], name: str, label: str) -> dict[str, float]:
+    """One metric's samples summed over processes, by the value of its ``label``."""
+    out: dict[str, float] = {}
+    key = f'{label}="'
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and key in line:
+                value = line.split(key, 1)[1].split('"', 1)[0]
+                out[value] = out.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -830,8 +844,11 @@ def run_harvester(site: HostsSite, out: Path, label: str, a: argparse.Namespace,
                        "status": status.get("pages"), **monitor.memory()})
         result.pop("samples", None)
         # at the crawl's end, before the result is read and the small job runs alone
+        texts = scrape(metrics_ports)
         result["counters"] = {k.removeprefix("harvester_").removesuffix("_total"): v
-                              for k, v in metric_totals(scrape(metrics_ports), COUNTERS).items()}
+                              for k, v in metric_totals(texts, COUNTERS).items()}
+        result["deferred_by_why"] = metric_by_label(texts, "harvester_visits_deferred_total",
+                                                    "why")
         if a.pg_stats and "pg_stats_error" not in result:
             try:
                 result["pg_stats"] = pg_stats_top(dsn)

@@ -32,7 +32,11 @@ def count_blocked(reasons: Iterable[str]) -> None:
 
 HOST_BACKOFFS = Counter("harvester_host_backoffs", "Hosts put in backoff (429, 503, errors)")
 VISITS_DEFERRED = Counter("harvester_visits_deferred", "Visits a worker sent back to the frontier "
-                          "to wait for their host (its request cap or delay, its robots.txt, a retry of theirs first)")
+                          "to wait for their host, by why: robots (its robots.txt not known "
+                          "yet), retry (a retry of theirs first), paused (backing off), delay "
+                          "(its next starts booked), cap (at its request cap, this worker "
+                          "holding no lease there), cap_idle (none of its requests here ended "
+                          "lately), cap_queue (its queue here full)", ["why"])
 HOST_QUEUE = Counter("harvester_host_queue", "Visits queued in a worker for a slot of their host, "
                      "by outcome: handed (the slot of one of its requests that ended), leased "
                      "(asked PostgreSQL anew), back (none in time, or the host in trouble: to the "

@@ -125,14 +125,16 @@ class Worker:
                 {k: u for k, u in asking.items() if k not in waiting},
                 {k for k in asking if k[0] in unruled} if unruled else ())
             admission.deferred.update(waiting)
-            for_host = len(admission.deferred)
+            if waiting:
+                admission.why["retry"] += len(waiting)
             if unserved:  # another worker (another version, in a rolling upgrade) will serve it
                 admission.deferred.update(self._unserved(unserved))
             if admission.deferred:  # back in the frontier until the host is free
                 try:
                     async with self.pool.acquire() as conn:
                         await self.frontier.defer(conn, admission.deferred)
-                    metrics.VISITS_DEFERRED.inc(for_host)
+                    for why, n in admission.why.items():
+                        metrics.VISITS_DEFERRED.labels(why).inc(n)
                 except BaseException:  # the batch comes back: its slots are not used
                     for queued in admission.queued.values():
                         self.gate.unqueue(queued)

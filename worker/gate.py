@@ -99,6 +99,11 @@ class Admission:
     failed: dict[Key, str] = field(default_factory=dict)  # no server to ask (the error)
     # waiting in this worker for the slot of one of its requests on the host (``take_queued``)
     queued: dict[Key, asyncio.Future[Slot | None]] = field(default_factory=dict)
+    # why the deferred ones were (``harvester_visits_deferred_total{why}``): robots (its
+    # robots.txt not known yet), paused (the host backing off), delay (its next starts are
+    # booked), cap (at its request cap, this worker holding no lease on it), cap_idle (... none
+    # of its requests of this worker ended lately), cap_queue (... its queue here full)
+    why: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -218,6 +223,7 @@ class HostGate:
         spacing = {h: self._spacing(h, rules.get(h)) for h in wants}
         db_now, grants = await self._lease(wants, spacing)
         now = asyncio.get_running_loop().time()
+        horizon = timedelta(seconds=self.settings.politeness_horizon)
         for g in grants:
             keys = by_host[g.host]
             for key, start, token in zip(keys, g.starts, g.tokens):
@@ -225,13 +231,22 @@ class HostGate:
                                         start, now)
             self._held[g.host] += len(g.starts)
             rest = keys[len(g.starts):]
-            if rest and spacing[g.host] == 0 and self._held[g.host] > 0:
+            if not rest:
+                continue
+            why = "delay" if spacing[g.host] else "cap"
+            if why == "cap" and g.next_free - db_now > horizon:
+                why = "paused"  # backing off
+            elif why == "cap" and self._held[g.host] > 0:
                 # cap-bound, holding leases there: queued for the slots they free soon
-                room = max(0, math.floor(self._ending(g.host, now) * self.settings.politeness_horizon
-                                         / 2 / QUEUE_WINDOW) - len(self._waiting(g.host)))
+                ending = self._ending(g.host, now)
+                room = max(0, math.floor(ending * self.settings.politeness_horizon / 2
+                                         / QUEUE_WINDOW) - len(self._waiting(g.host)))
                 for key in rest[:room]:
                     out.queued[key] = self._queue(g.host)
                 rest = rest[room:]
+                why = "cap_queue" if ending else "cap_idle"
+            if rest:
+                out.why[why] += len(rest)
             # Delay-bound: the i-th waiting visit gets the i-th next start. Cap-bound (no delay):
             # a slot frees when any request ends, so all of them ask again soon.
             gap = timedelta(seconds=spacing[g.host])
@@ -553,6 +568,7 @@ class HostGate:
                              else FIRST_ROBOTS_WAIT)
                 for key in by_host[host]:
                     out.deferred[key] = due
+                out.why["robots"] += len(by_host[host])
                 by_host[host] = []
         return rules
 

@@ -344,12 +344,14 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
     host = "http://127.0.0.1:9"
     first = await gate.admit({(0, 0): host + "/", (0, 1): host + "/1", (0, 2): host + "/2"})
     assert len(first.granted) == 2 and len(first.deferred) == 1 and not first.queued
+    assert first.why == {"cap_idle": 1}  # none of its requests on the host has ended yet
     for slot in first.granted.values():
         gate.release(slot, trouble=False, retry_after=None)
 
     await until(lambda: no_leases(db, host))
     out = await gate.admit({(1, i): f"{host}/{i}" for i in range(8)})
     assert len(out.granted) == 2 and len(out.queued) == 4 and len(out.deferred) == 2
+    assert out.why == {"cap_queue": 2}
     assert not out.blocked and list(out.queued) == [(1, 2), (1, 3), (1, 4), (1, 5)]
     assert all(slot.wait == 0 and slot.host == host for slot in out.granted.values())
     for slot in out.granted.values():
@@ -358,7 +360,7 @@ async def test_a_free_host_grants_at_once_then_queues_and_defers_at_its_cap(
     for due in out.deferred.values():
         assert timedelta(0) <= due - db_now < timedelta(seconds=0.1)
     again = await gate.admit({(2, 1): host + "/x"})  # at the cap, its queue full
-    assert again.deferred and not again.queued
+    assert again.deferred and not again.queued and again.why == {"cap_queue": 1}
     for waiting in out.queued.values():
         waiting.cancel()  # given up: no slot handed to them
     slot = next(iter(out.granted.values()))
@@ -504,6 +506,7 @@ async def test_a_host_with_a_delay_defers_and_never_queues(
     ended(monkeypatch, 4)
     out = await gate.admit({(1, i): f"http://127.0.0.1:9/{i}" for i in range(4)})
     assert len(out.granted) == 1 and len(out.deferred) == 3 and not out.queued
+    assert out.why == {"delay": 3}
 
 
 async def test_starts_are_spaced_by_the_delay_and_the_guard_band(
@@ -530,6 +533,7 @@ async def test_robots_txt_blocks_disallowed_urls_and_its_crawl_delay_spaces_star
               (1, 3): site.base + "/b"}
     out = await gate.admit(visits)
     assert set(out.deferred) == set(visits) and not out.granted  # robots.txt not known yet
+    assert out.why == {"robots": 3}
     await until(lambda: robots_fetched(db, site.base))
     out = await gate.admit(visits)
     assert out.blocked == {(1, 1): "blocked by robots.txt"}
@@ -656,6 +660,17 @@ async def test_a_retry_on_a_host_paused_past_its_deadline_gives_up_at_once(
     hop = await gate.admit_hop(host + "/a", True, loop.time() + 1.5, horizon=1.5)
     assert hop == "no free slot on the host"
     assert counting.taken == 1, f"asked {counting.taken} times"
+
+
+async def test_a_paused_host_defers_its_visits_as_paused(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection) -> None:
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 2}))
+    host = "http://127.0.0.1:9"
+    out = await gate.admit({(1, 1): host + "/a"})
+    gate.release(out.granted[(1, 1)], trouble=True, retry_after=60.0)
+    await until(lambda: no_leases(db, host))  # the trouble is recorded
+    paused = await gate.admit({(1, 2): host + "/b"})
+    assert list(paused.deferred) == [(1, 2)] and paused.why == {"paused": 1}
 
 
 async def test_a_good_answer_does_not_cut_a_pause_short(

@@ -230,6 +230,14 @@ def test_crawl_lines_report_the_queues_at_submission_and_the_re_expansions() -> 
         ("* re-expansions (harvester): 2,500 from-store visits (`harvester_visits_from_store`: "
         "5.0% of the pages); 50,100 fetches, 53,100 visits forwarded, 3,000 deferred at their "
         "host by a worker, 11,000 queued in one for its slot")]
+    run["deferred_by_why"] = {"cap_idle": 2_000.0, "cap": 1_000.0}
+    assert mh.crawl_lines(run, 50_000)[1].endswith(
+        "11,000 queued in one for its slot (deferred: cap 1,000, cap_idle 2,000)")
+    assert mh.metric_by_label([
+        ('# HELP x\nharvester_visits_deferred_total{why="cap"} 3.0\n'
+         'harvester_visits_deferred_total{why="delay"} 1.0\n'),
+        'harvester_visits_deferred_total{why="cap"} 2.0\n'],
+        "harvester_visits_deferred_total", "why") == {"cap": 5.0, "delay": 1.0}
     assert mh.crawl_lines({"label": "x", "counters": {"visits_from_store": None}}, 10) == [
         ("* re-expansions (x): — from-store visits (`harvester_visits_from_store`: — of the "
         "pages); — fetches, — visits forwarded, — deferred at their host by a worker, — queued "
