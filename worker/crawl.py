@@ -321,7 +321,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         serves += [asyncio.create_task(r.serve(task_subs[k], stop), name=f"tasks {k}")
                    for r, k in zip(runners, kinds, strict=True)]
         beat = asyncio.create_task(heartbeat(settings, pool, list(kinds), stop,
-                                             on_beat=sdnotify.watchdog, stats=stats.snapshot),
+                                             on_beat=sdnotify.watchdog, stats=stats.snapshot,
+                                             live=gate.live_workers),
                                    name="heartbeat")
         idle = asyncio.create_task(plans.run_idle_close(), name="output idle close")
         watch = asyncio.create_task(health.watch(), name="health")

@@ -177,6 +177,9 @@ class HostGate:
         self._pause_batch: _PauseBatch | None = None  # pause checks being gathered
         self._pause_checks: set[asyncio.Task[None]] = set()
         self._held: Counter[str] = Counter()  # leases this worker holds, by host
+        # Live workers in the cluster (the heartbeat's count; 1 until it is known): a no-delay
+        # host's cap is shared among them (``_share``).
+        self.workers = 1
         self._queued: dict[str, deque[asyncio.Future[Slot | None]]] = {}  # by host, in order
         self._seeking: Counter[str] = Counter()  # hosts a ``_wait_for_slot`` asks a lease of
         # host -> [window's start, requests of this worker on it ended in it, in the one before]
@@ -217,42 +220,64 @@ class HostGate:
                         keys.remove(key)
             if free is not None:
                 by_host = {h: ruled[h] + free[h] for h in by_host}
-        wants = {h: len(ks) for h, ks in by_host.items() if ks}
-        if not wants:
+        spacing = {h: self._spacing(h, rules.get(h)) for h, ks in by_host.items() if ks}
+        if not spacing:
             return out
-        spacing = {h: self._spacing(h, rules.get(h)) for h in wants}
-        db_now, grants = await self._lease(wants, spacing)
+        # A no-delay host's slots are asked for up to this worker's share of its cap: the
+        # visits past it wait here for the slots its requests free (or are deferred).
+        wants = {h: n for h in spacing
+                 if (n := len(by_host[h]) if spacing[h] else
+                     min(len(by_host[h]), self._share(h) - self._held[h])) > 0}
+        if wants:
+            db_now, grants = await self._lease(wants, {h: spacing[h] for h in wants})
+        else:
+            db_now, grants = datetime.now().astimezone(), []
         now = asyncio.get_running_loop().time()
         horizon = timedelta(seconds=self.settings.politeness_horizon)
-        for g in grants:
-            keys = by_host[g.host]
-            for key, start, token in zip(keys, g.starts, g.tokens):
-                out.granted[key] = Slot(g.host, token, max(0.0, (start - db_now).total_seconds()),
-                                        start, now)
-            self._held[g.host] += len(g.starts)
-            rest = keys[len(g.starts):]
+        granted = {g.host: g for g in grants}
+        for host, space in spacing.items():
+            keys = by_host[host]
+            g = granted.get(host)
+            starts = g.starts if g is not None else []
+            if g is not None:
+                for key, start, token in zip(keys, g.starts, g.tokens):
+                    out.granted[key] = Slot(host, token, max(0.0, (start - db_now).total_seconds()),
+                                            start, now)
+                self._held[host] += len(g.starts)
+            rest = keys[len(starts):]
             if not rest:
                 continue
-            why = "delay" if spacing[g.host] else "cap"
-            if why == "cap" and g.next_free - db_now > horizon:
+            next_free = g.next_free if g is not None else db_now
+            why = "delay" if space else "cap"
+            if why == "cap" and next_free - db_now > horizon:
                 why = "paused"  # backing off
-            elif why == "cap" and self._held[g.host] > 0:
+            elif why == "cap" and self._held[host] > 0:
                 # cap-bound, holding leases there: queued for the slots they free soon
-                ending = self._ending(g.host, now)
+                ending = self._ending(host, now)
                 room = max(0, math.floor(ending * self.settings.politeness_horizon / 2
-                                         / QUEUE_WINDOW) - len(self._waiting(g.host)))
+                                         / QUEUE_WINDOW) - len(self._waiting(host)))
                 for key in rest[:room]:
-                    out.queued[key] = self._queue(g.host)
+                    out.queued[key] = self._queue(host)
                 rest = rest[room:]
                 why = "cap_queue" if ending else "cap_idle"
             if rest:
                 out.why[why] += len(rest)
             # Delay-bound: the i-th waiting visit gets the i-th next start. Cap-bound (no delay):
             # a slot frees when any request ends, so all of them ask again soon.
-            gap = timedelta(seconds=spacing[g.host])
+            gap = timedelta(seconds=space)
             for i, key in enumerate(rest):
-                out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
+                out.deferred[key] = max(next_free + i * gap, db_now + SOON)
         return out
+
+    def live_workers(self, n: int) -> None:
+        """The heartbeat's count of live workers (this one among them)."""
+        self.workers = max(1, n)
+
+    def _share(self, host: str) -> int:
+        """The leases on ``host`` this worker keeps for its own visits (``admit``, ``release``):
+        its cap shared by the live workers (``workers``, from the heartbeat), so one worker
+        handing its slots on to its queued visits does not keep the others from the host."""
+        return -(-self.settings.host_limit(host).concurrency // max(1, self.workers))
 
     def _waiting(self, host: str) -> deque[asyncio.Future[Slot | None]]:
         """The visits queued for ``host`` still waiting (those done or given up dropped)."""
@@ -737,11 +762,13 @@ class HostGate:
         then it goes back and that visit asks for a new one. Trouble sends every visit queued for the host back to the
         frontier: it may be backing off."""
         self._end(slot.host)
-        if not trouble and self._hand_on(slot):
+        over = self._held[slot.host] > self._share(slot.host)  # the others may want it
+        if not trouble and not over and self._hand_on(slot):
             return
         self._held -= Counter({slot.host: 1})
         self.releases.put_nowait(Release(slot.host, slot.token, trouble, retry_after))
-        self._wake(slot.host, None if trouble else _RENEW, every=trouble)
+        if trouble or not over:  # (over its share: the queued visits wait for the next one)
+            self._wake(slot.host, None if trouble else _RENEW, every=trouble)
         if trouble:
             metrics.HOST_BACKOFFS.inc()
         if trouble and retry_after:

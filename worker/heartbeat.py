@@ -24,6 +24,7 @@ from shared.service import sleep_unless
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 1.0  # seconds before a failed beat is tried again (at most heartbeatInterval)
+FIRST_AGAIN = 1.0  # seconds from the first beat to the second (at most heartbeatInterval)
 
 
 def version() -> str:
@@ -36,16 +37,19 @@ def version() -> str:
 async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str],
                     stop: asyncio.Event, health: str | None = None,
                     on_beat: Callable[[], object] | None = None,
-                    stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                    stats: Callable[[], Mapping[str, Any]] | None = None,
+                    live: Callable[[int], object] | None = None) -> None:
     """Beat until ``stop`` is set, then forget this process. A PostgreSQL error is logged once
     (and its end once) and the beat tried again; it never ends the heartbeat. Start it once the
     worker serves its kinds (it looks at ``stop`` at once), run it under ``bus.supervise``.
     ``health``: why this worker cannot work (then ``kinds`` is empty); ``on_beat`` is called
     at each beat, reached PostgreSQL or not (the systemd watchdog's keep-alive: it says the
     event loop runs; PostgreSQL being away is not the worker's fault). ``stats`` (the
-    process's ``WorkerStats.snapshot``) is read at each beat and stored with it."""
+    process's ``WorkerStats.snapshot``) is read at each beat and stored with it. ``live`` is
+    told the number of live workers serving a kind after each beat that reached PostgreSQL
+    (the host gate shares a host's cap among them)."""
     me, host, pid, ver = uuid.uuid4(), socket.gethostname(), os.getpid(), version()
-    failing = False
+    failing = beaten = False
     if health is None:
         log.info("worker %s (%s pid %d) serves %s", me, host, pid, ", ".join(kinds))
     else:
@@ -55,8 +59,11 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
             on_beat()
         try:
             async with pool.acquire() as conn:
-                await workers.beat(conn, me, kinds, host, pid, ver, health,
-                                   None if stats is None else stats())
+                n = await workers.beat(conn, me, kinds, host, pid, ver, health,
+                                       None if stats is None else stats(),
+                                       settings.worker_timeout)
+            if live is not None:
+                live(n)
         except (*RETRYABLE, asyncpg.PostgresError) as e:
             if not failing:
                 log.warning("heartbeat failed (%s: %s); retrying, the worker may be shown as "
@@ -67,7 +74,11 @@ async def heartbeat(settings: Settings, pool: asyncpg.Pool, kinds: Sequence[str]
         if failing:
             log.info("heartbeat beats again")
             failing = False
-        await sleep_unless(stop, settings.heartbeat_interval)
+        # The second beat comes a second after the first: workers started together (the
+        # first to beat counts itself alone) learn of each other at once (``live``).
+        await sleep_unless(stop, settings.heartbeat_interval if beaten
+                           else min(FIRST_AGAIN, settings.heartbeat_interval))
+        beaten = True
     try:
         async with pool.acquire() as conn:
             await workers.forget(conn, me)

@@ -35,21 +35,27 @@ class WorkerProcess:
 
 async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], hostname: str,
                pid: int, version: str, health: str | None = None,
-               stats: Mapping[str, Any] | None = None) -> None:
+               stats: Mapping[str, Any] | None = None, timeout: float = 15.0) -> int:
     """Say that worker ``id`` is alive now (its row is made on the first beat) with its kinds,
     ``health`` (None: healthy, else why not) and ``stats`` (None: none reported), and delete
     the rows of other workers unseen for a day (killed without a clean stop), in one
-    statement."""
-    await conn.execute(f"""
+    statement. Returns how many workers serving a kind are live (seen within ``timeout``
+    seconds), this one included if it serves one."""
+    others: int = await conn.fetchval(f"""
         WITH pruned AS (
             DELETE FROM worker_process
-            WHERE seen_on < now() - interval '{PRUNE_AFTER}' AND id <> $1)
-        INSERT INTO worker_process (id, kinds, hostname, pid, version, health, stats)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-        ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, health = EXCLUDED.health,
-                                       stats = EXCLUDED.stats, seen_on = now()""",
+            WHERE seen_on < now() - interval '{PRUNE_AFTER}' AND id <> $1),
+        beaten AS (
+            INSERT INTO worker_process (id, kinds, hostname, pid, version, health, stats)
+            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+            ON CONFLICT (id) DO UPDATE SET kinds = EXCLUDED.kinds, health = EXCLUDED.health,
+                                           stats = EXCLUDED.stats, seen_on = now())
+        SELECT count(*) FROM worker_process
+        WHERE id <> $1 AND seen_on > now() - make_interval(secs => $8)
+          AND cardinality(kinds) > 0""",
         id, list(kinds), hostname, pid, version, health,
-        None if stats is None else json.dumps(stats, separators=(",", ":")))
+        None if stats is None else json.dumps(stats, separators=(",", ":")), float(timeout))
+    return int(others) + (1 if kinds else 0)
 
 
 async def forget(conn: asyncpg.Connection, id: uuid.UUID) -> None:

@@ -400,6 +400,41 @@ async def test_a_request_that_ends_well_hands_its_lease_to_a_queued_visit(
     await until(lambda: no_leases(db, host))
 
 
+async def test_a_worker_keeps_its_share_of_a_hosts_cap_for_its_queue(
+        polite: Settings, gate_for: GateFor, db: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two live workers, a cap of 4: a worker asks for 2 slots (its share) and queues the rest
+    for them; holding more (granted before the other worker was heard of), a slot freed over
+    its share goes back to PostgreSQL, for the other worker, not to its queue."""
+    gate = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 4}))
+    host = "http://127.0.0.1:9"
+    ended(monkeypatch, 4)
+    held = list((await gate.admit({(1, i): f"{host}/{i}" for i in range(3)})).granted.values())
+    assert len(held) == 3  # one worker known: the whole cap is its share
+    gate.live_workers(2)
+    out = await gate.admit({(2, i): f"{host}/{i}" for i in range(2)})
+    assert not out.granted and len(out.queued) == 2 and not out.deferred  # none asked for
+    deadline = asyncio.get_running_loop().time() + 5
+    takes = [asyncio.ensure_future(gate.take_queued(host, w, deadline))
+             for w in out.queued.values()]
+
+    async def leases(n: int) -> bool:
+        return bool(await db.fetchval(
+            "SELECT cardinality(leases) = $2 FROM host WHERE host = $1", host, n))
+
+    gate.release(held[0], trouble=False, retry_after=None)  # 3 held, share 2: back
+    await until(lambda: leases(2))
+    assert not any(t.done() for t in takes)
+    gate.release(held[1], trouble=False, retry_after=None)  # 2 held: handed on
+    handed = await asyncio.wait_for(takes[0], 1)
+    assert handed is not None and handed.token == held[1].token
+    other = await gate_for(polite.model_copy(update={"robots": False, "host_concurrency": 4}))
+    other.live_workers(2)
+    assert len((await other.admit({(3, i): f"{host}/{i}" for i in range(3)})).granted) == 2
+    for t in takes[1:]:
+        t.cancel()
+
+
 @pytest.mark.parametrize("age", [1.0, 0.0], ids=["fresh", "to-renew"])
 async def test_a_queued_visit_cancelled_as_its_slot_arrives_gives_the_slot_back(
         polite: Settings, gate_for: GateFor, db: asyncpg.Connection,

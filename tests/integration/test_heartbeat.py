@@ -47,10 +47,13 @@ async def _beats(db: asyncpg.Connection) -> int:
 async def test_a_beating_worker_is_live_for_its_kinds_only(
         settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(heartbeat(settings, pool, ["http", "static"], stop))
+    counts: list[int] = []
+    task = asyncio.create_task(heartbeat(settings, pool, ["http", "static"], stop,
+                                         live=counts.append))
     try:
         await _eventually(lambda: workers.live(db, "static", settings.worker_timeout),
                           lambda n: n == 1)
+        assert counts and set(counts) == {1}  # told after each beat: itself alone
         assert await workers.live(db, "http", settings.worker_timeout) == 1
         assert await workers.live(db, "browser", settings.worker_timeout) == 0
         (row,) = await workers.live_workers(db, settings.worker_timeout)
@@ -75,6 +78,18 @@ async def test_a_worker_that_stops_beating_drops_out_after_the_timeout(
     assert await workers.live(db, "http", 20.0) == 2, "within a longer timeout it still counts"
     await workers.beat(db, other, ["http"], "h", 2, "dev")  # beating again: live again
     assert await workers.live(db, "http", 15.0) == 2
+
+
+async def test_a_beat_counts_the_live_workers_serving_a_kind(db: asyncpg.Connection) -> None:
+    me, other, sick, gone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await workers.beat(db, me, ["http"], "h", 1, "dev") == 1  # itself
+    assert await workers.beat(db, other, ["browser"], "h", 2, "dev") == 2
+    assert await workers.beat(db, sick, [], "h", 3, "dev", health="init failed") == 2
+    await workers.beat(db, gone, ["http"], "h", 4, "dev")
+    await db.execute("UPDATE worker_process SET seen_on = now() - interval '16 seconds' "
+                     "WHERE id = $1", gone)
+    assert await workers.beat(db, me, ["http"], "h", 1, "dev", timeout=15.0) == 2
+    assert await workers.beat(db, me, ["http"], "h", 1, "dev", timeout=20.0) == 3
 
 
 async def test_a_row_unseen_for_a_day_is_pruned_by_the_next_beat(db: asyncpg.Connection) -> None:
