@@ -177,8 +177,8 @@ class HostGate:
         self._pause_batch: _PauseBatch | None = None  # pause checks being gathered
         self._pause_checks: set[asyncio.Task[None]] = set()
         self._held: Counter[str] = Counter()  # leases this worker holds, by host
-        # Live workers in the cluster (the heartbeat's count; 1 until it is known): a no-delay
-        # host's cap is shared among them (``_share``).
+        # Live workers serving a kind of this one's (the heartbeat's count; 1 until it is
+        # known): a no-delay host's cap is shared among them (``_share``).
         self.workers = 1
         self._queued: dict[str, deque[asyncio.Future[Slot | None]]] = {}  # by host, in order
         self._seeking: Counter[str] = Counter()  # hosts a ``_wait_for_slot`` asks a lease of
@@ -270,7 +270,8 @@ class HostGate:
         return out
 
     def live_workers(self, n: int) -> None:
-        """The heartbeat's count of live workers (this one among them)."""
+        """The heartbeat's count of live workers serving a kind of this one's (this one
+        among them)."""
         self.workers = max(1, n)
 
     def _share(self, host: str) -> int:

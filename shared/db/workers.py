@@ -39,8 +39,8 @@ async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], ho
     """Say that worker ``id`` is alive now (its row is made on the first beat) with its kinds,
     ``health`` (None: healthy, else why not) and ``stats`` (None: none reported), and delete
     the rows of other workers unseen for a day (killed without a clean stop), in one
-    statement. Returns how many workers serving a kind are live (seen within ``timeout``
-    seconds), this one included if it serves one."""
+    statement. Returns how many live workers (seen within ``timeout`` seconds) serve one of
+    its kinds, this one included (none if it serves none)."""
     others: int = await conn.fetchval(f"""
         WITH pruned AS (
             DELETE FROM worker_process
@@ -52,10 +52,10 @@ async def beat(conn: asyncpg.Connection, id: uuid.UUID, kinds: Sequence[str], ho
                                            stats = EXCLUDED.stats, seen_on = now())
         SELECT count(*) FROM worker_process
         WHERE id <> $1 AND seen_on > now() - make_interval(secs => $8)
-          AND cardinality(kinds) > 0""",
+          AND kinds && $2::text[]""",
         id, list(kinds), hostname, pid, version, health,
         None if stats is None else json.dumps(stats, separators=(",", ":")), float(timeout))
-    return int(others) + (1 if kinds else 0)
+    return int(others) + 1 if kinds else 0
 
 
 async def forget(conn: asyncpg.Connection, id: uuid.UUID) -> None:

@@ -80,12 +80,13 @@ async def test_a_worker_that_stops_beating_drops_out_after_the_timeout(
     assert await workers.live(db, "http", 15.0) == 2
 
 
-async def test_a_beat_counts_the_live_workers_serving_a_kind(db: asyncpg.Connection) -> None:
-    me, other, sick, gone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+async def test_a_beat_counts_the_live_workers_serving_its_kinds(db: asyncpg.Connection) -> None:
+    me, other, browser, sick, gone = (uuid.uuid4() for _ in range(5))
     assert await workers.beat(db, me, ["http"], "h", 1, "dev") == 1  # itself
-    assert await workers.beat(db, other, ["browser"], "h", 2, "dev") == 2
-    assert await workers.beat(db, sick, [], "h", 3, "dev", health="init failed") == 2
-    await workers.beat(db, gone, ["http"], "h", 4, "dev")
+    assert await workers.beat(db, other, ["http", "static"], "h", 2, "dev") == 2
+    assert await workers.beat(db, browser, ["browser"], "h", 3, "dev") == 1  # no kind shared
+    assert await workers.beat(db, sick, [], "h", 4, "dev", health="init failed") == 0
+    await workers.beat(db, gone, ["http"], "h", 5, "dev")
     await db.execute("UPDATE worker_process SET seen_on = now() - interval '16 seconds' "
                      "WHERE id = $1", gone)
     assert await workers.beat(db, me, ["http"], "h", 1, "dev", timeout=15.0) == 2
