@@ -134,6 +134,20 @@ async def test_limits_hold_across_three_workers(
     assert site.max_in_flight() == 2  # the limit, and reached: the slots were used
 
 
+async def test_a_worker_reaches_a_host_cap_above_eight(
+        cleanup: AsyncExitStack, settings: Settings) -> None:
+    # The host gate's cap is the only one: the HTTP session adds none per host (aiohttp's
+    # default 8 held the ninth request on, its slot taken, in the connection pool).
+    pages = {"/": page([f"/p{i}" for i in range(24)])}
+    pages |= {f"/p{i}": page(delay=0.4) for i in range(24)}
+    site = await LoggedSite("127.0.0.1", pages).start(cleanup)
+    polite = settings.model_copy(update={"host_concurrency": 12, "host_delay": 0.0,
+                                         "concurrency": 16})
+    stack, job = await crawl(cleanup, polite, [site.base + "/"])
+    assert len((await stack.result(job))[site.base + "/"]) == 24 and len(site.starts()) == 25
+    assert site.max_in_flight() == 12  # the cap, reached by one worker (8 before)
+
+
 async def test_a_slow_host_does_not_stall_a_fast_one(
         cleanup: AsyncExitStack, settings: Settings) -> None:
     slow = await LoggedSite("127.0.0.2",

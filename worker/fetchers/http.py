@@ -44,8 +44,11 @@ async def open_session(settings: Settings, concurrency: int | None = None,
     every connection through the SSRF guard (default: ``NetGuard.from_settings``): a refused
     address is never connected to (``AddressBlocked``, in a ``ClientConnectorError``)."""
     guard = guard if guard is not None else NetGuard.from_settings(settings)
+    # No cap per host here: the host gate's (cluster-wide, ``hostConcurrency``) is the one. A
+    # lower one here (aiohttp's 8 of old) left the visits past it holding their host slots
+    # while they waited in the pool, their time-out running.
     connector = guard.connector(limit=(concurrency or settings.concurrency) * 2,
-                                limit_per_host=8, enable_cleanup_closed=True)
+                                limit_per_host=0, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=settings.connect_timeout + settings.read_timeout * 2,
                                     sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
