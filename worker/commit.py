@@ -150,7 +150,7 @@ class Committer:
             await self.known.begin(conn)
             # Every URL the batch names, before a visit is locked (``pages.link_ids``): then
             # the commit waits for another's new URL holding no visit that one may wait for.
-            ids = await pages.link_ids(conn, fetched.values(),
+            ids = await pages.link_ids(conn, list(fetched.values()),
                                        (u for us in extra_urls.values() for u in us),
                                        self.known.urls)
             locked = await visits.lock_pending(conn, keys)

@@ -99,10 +99,7 @@ class Admission:
     failed: dict[Key, str] = field(default_factory=dict)  # no server to ask (the error)
     # waiting in this worker for the slot of one of its requests on the host (``take_queued``)
     queued: dict[Key, asyncio.Future[Slot | None]] = field(default_factory=dict)
-    # why the deferred ones were (``harvester_visits_deferred_total{why}``): robots (its
-    # robots.txt not known yet), paused (the host backing off), delay (its next starts are
-    # booked), cap (at its request cap, this worker holding no lease on it), cap_idle (... none
-    # of its requests of this worker ended lately), cap_queue (... its queue here full)
+    # how many were deferred, by why (the reasons of ``harvester_visits_deferred_total{why}``)
     why: Counter[str] = field(default_factory=Counter)
 
 
@@ -237,19 +234,16 @@ class HostGate:
         granted = {g.host: g for g in grants}
         for host, space in spacing.items():
             keys = by_host[host]
-            g = granted.get(host)
-            starts = g.starts if g is not None else []
-            if g is not None:
-                for key, start, token in zip(keys, g.starts, g.tokens):
-                    out.granted[key] = Slot(host, token, max(0.0, (start - db_now).total_seconds()),
-                                            start, now)
-                self._held[host] += len(g.starts)
-            rest = keys[len(starts):]
+            g = granted.get(host) or hosts.Grant(host, [], [], db_now)  # not asked: its share held
+            for key, start, token in zip(keys, g.starts, g.tokens):
+                out.granted[key] = Slot(host, token, max(0.0, (start - db_now).total_seconds()),
+                                        start, now)
+            self._held[host] += len(g.starts)
+            rest = keys[len(g.starts):]
             if not rest:
                 continue
-            next_free = g.next_free if g is not None else db_now
             why = "delay" if space else "cap"
-            if why == "cap" and next_free - db_now > horizon:
+            if why == "cap" and g.next_free - db_now > horizon:
                 why = "paused"  # backing off
             elif why == "cap" and self._held[host] > 0:
                 # cap-bound, holding leases there: queued for the slots they free soon
@@ -266,7 +260,7 @@ class HostGate:
             # a slot frees when any request ends, so all of them ask again soon.
             gap = timedelta(seconds=space)
             for i, key in enumerate(rest):
-                out.deferred[key] = max(next_free + i * gap, db_now + SOON)
+                out.deferred[key] = max(g.next_free + i * gap, db_now + SOON)
         return out
 
     def live_workers(self, n: int) -> None:
@@ -278,7 +272,7 @@ class HostGate:
         """The leases on ``host`` this worker keeps for its own visits (``admit``, ``release``):
         its cap shared by the live workers (``workers``, from the heartbeat), so one worker
         handing its slots on to its queued visits does not keep the others from the host."""
-        return -(-self.settings.host_limit(host).concurrency // max(1, self.workers))
+        return -(-self.settings.host_limit(host).concurrency // self.workers)
 
     def _waiting(self, host: str) -> deque[asyncio.Future[Slot | None]]:
         """The visits queued for ``host`` still waiting (those done or given up dropped)."""

@@ -5,6 +5,7 @@ version (``url_links``: one row, written once) and, under a job's rule set, its 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TypeVar
@@ -83,7 +84,7 @@ async def record_fetches(conn: asyncpg.Connection,
 
 
 async def link_ids(conn: asyncpg.Connection,
-                   fetched: Iterable[tuple[FetchedPage, Extraction]],
+                   fetched: Sequence[tuple[FetchedPage, Extraction]],
                    also: Iterable[str] = (), known: Known[str] | None = None) -> dict[str, int]:
     """The ids of the links of these pages (a 304's excepted: it writes none), of the URLs
     their link and id yields name, and of ``also`` (MIME type guessed), the missing ones
@@ -101,12 +102,10 @@ async def link_ids(conn: asyncpg.Connection,
             continue
         async for chunk in _chunks(x.links):
             link_mime.update(chunk)  # the type is guessed from the URL: the same for each page
-        if x.ruleset:  # the URLs of link and id yields: upserted with the links
-            for u in _targets(x.yields):
-                if u is not None and u not in link_mime:
-                    link_mime[u] = guess_mime(u)
-    for u in also:
-        if u not in link_mime:
+    named = (u for p, x in fetched if x.ruleset and not p.not_modified
+             for u in _targets(x.yields))  # the URLs of link and id yields
+    for u in itertools.chain(named, also):
+        if u is not None and u not in link_mime:
             link_mime[u] = guess_mime(u)
     urls = sorted(link_mime)  # fast: a page's links come sorted (worker.extractors.lanes)
     ids_by_url: dict[str, int] = {}

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -113,6 +114,18 @@ async def test_a_paused_job_fetches_nothing_across_a_restart_and_completes_after
         await stack.stop()
 
 
+@asynccontextmanager
+async def crawling(s: Settings, site: SlowSite, fetched: int) -> AsyncIterator[tuple[Stack, int]]:
+    """A stack crawling ``site`` two levels deep, once it has fetched ``fetched`` pages."""
+    stack = await Stack(s).start()
+    try:
+        job = await stack.post_job([site.base + "/"], depth="2")
+        await until(lambda: asyncio.sleep(0, site.fetched() >= fetched))
+        yield stack, job
+    finally:
+        await stack.stop()
+
+
 async def _ge(value: Awaitable[int], n: int) -> bool:
     return await value >= n
 
@@ -122,10 +135,7 @@ async def test_cancel_drops_queued_visits_unfetched_and_keeps_results(
 ) -> None:
     s = paced(settings)
     site = await slow(200, 0.1)
-    stack = await Stack(s).start()
-    try:
-        job = await stack.post_job([site.base + "/"], depth="2")
-        await until(lambda: asyncio.sleep(0, site.fetched() >= 3))
+    async with crawling(s, site, fetched=3) as (stack, job):
         assert await jobs.cancel_job(db, job) == "cancelled"
         at_cancel = site.fetched() + site.in_flight
         st = await stack.wait_complete(job)
@@ -139,8 +149,6 @@ async def test_cancel_drops_queued_visits_unfetched_and_keeps_results(
         assert st["pages"]["fetched"] >= 3
         await stack.wait_idle()
         assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
-    finally:
-        await stack.stop()
 
 
 async def test_a_scope_change_drops_the_queued_visits_it_denies(
@@ -148,18 +156,13 @@ async def test_a_scope_change_drops_the_queued_visits_it_denies(
 ) -> None:
     s = paced(settings)
     site = await slow(20, 0.05, denied=100)
-    stack = await Stack(s).start()
-    try:
-        job = await stack.post_job([site.base + "/"], depth="2")
-        await until(lambda: asyncio.sleep(0, site.fetched() >= 2))
+    async with crawling(s, site, fetched=2) as (stack, job):
         await jobs.change_scope(db, job, [r"/d\d+$"])
         at_change = site.fetched("/d") + site.in_flight
         st = await stack.wait_complete(job)
         assert site.fetched("/p") == 20  # the rest of the job runs as before
         assert site.fetched("/d") <= at_change + s.host_concurrency + s.batch_size, site.hits
         assert st["pages"]["processed"] < 121
-    finally:
-        await stack.stop()
 
 
 async def test_a_cancel_drops_the_visits_queued_at_their_host_in_the_worker(
@@ -172,15 +175,10 @@ async def test_a_cancel_drops_the_visits_queued_at_their_host_in_the_worker(
     again (``JOB_STATE_TTL``) is fetched."""
     s = paced(settings, host_concurrency=1, concurrency=8)
     site = await slow(60, 0.2)
-    stack = await Stack(s).start()
-    try:
-        job = await stack.post_job([site.base + "/"], depth="2")
-        await until(lambda: asyncio.sleep(0, site.fetched() >= 4))
+    async with crawling(s, site, fetched=4) as (stack, job):
         assert await jobs.cancel_job(db, job) == "cancelled"
         at_cancel = site.fetched() + site.in_flight
         await stack.wait_complete(job)
         await stack.wait_idle()
         assert site.fetched() <= at_cancel + 1, site.hits
         assert await db.fetchval("SELECT count(*) FROM job_pending WHERE job_id = $1", job) == 0
-    finally:
-        await stack.stop()
