@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
@@ -74,8 +75,7 @@ class Worker:
         self.retrying = self.pipeline.retrying  # hosts with a retry waiting for a slot
         self.tasks: set[asyncio.Task[None]] = set()
         self._warned: dict[int, float] = {}  # job id -> when to warn again of not serving it
-        # job id -> (when read, state, deny patterns): for visits queued at their host
-        self._job_states: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+        self._job_states = JobStates(self._read_job_state)  # for visits queued at their host
 
     async def serve(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -202,19 +202,17 @@ class Worker:
     async def _stale_now(self, p: visits.Planned) -> str | None:
         """What became of a queued visit's job while it waited (planned as running): "drop"
         (cancelled, or its deny list now refuses the URL), "hold" (paused), or None. The job's
-        state is read at most every ``JOB_STATE_TTL`` seconds; a read that fails lets it run."""
-        now = time.monotonic()
-        known = self._job_states.get(p.job_id)
-        if known is None or now - known[0] >= JOB_STATE_TTL:
-            try:
-                async with self.pool.acquire() as conn:
-                    state, deny = await jobs.job_state(conn, p.job_id)
-            except (*RETRYABLE, asyncpg.PostgresError):
-                return None
-            if len(self._job_states) > 1024:
-                self._job_states.clear()
-            known = self._job_states[p.job_id] = (now, state, deny)
-        return _staleness(known[1], known[2], p.url)
+        state is read at most every ``JOB_STATE_TTL`` seconds (``JobStates``); a read that fails
+        lets it run."""
+        known = await self._job_states.get(p.job_id)
+        return None if known is None else _staleness(*known, p.url)
+
+    async def _read_job_state(self, job_id: int) -> tuple[str, tuple[str, ...]] | None:
+        try:
+            async with self.pool.acquire() as conn:
+                return await jobs.job_state(conn, job_id)
+        except (*RETRYABLE, asyncpg.PostgresError):
+            return None
 
     async def _settle_stale(self, conn: asyncpg.Connection, dropped: list[Key],
                             held: list[Key]) -> None:
@@ -355,6 +353,43 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             release_task.cancel()
             await asyncio.gather(*serves, commit_task, release_task, beat, watch,
                                  return_exceptions=True)
+
+
+JobState = tuple[str, tuple[str, ...]]  # a job's state and deny patterns (``jobs.job_state``)
+
+
+class JobStates:
+    """Jobs' states as ``read`` gave them, each read again once ``JOB_STATE_TTL`` old. One read
+    per job at a time: the visits that find a job's state due while it is read wait for that
+    read (as many as a worker has queued at one host, 64 by default, find it due at once: each
+    read its own before, some 200 reads a second a worker on the bench's job for 10 meant). A
+    read that gives None (it failed) is not kept."""
+
+    def __init__(self, read: Callable[[int], Awaitable[JobState | None]]) -> None:
+        self._read = read
+        self._known: dict[int, tuple[float, JobState]] = {}  # job id -> (when read, state)
+        self._reading: dict[int, asyncio.Future[JobState | None]] = {}
+
+    async def get(self, job_id: int) -> JobState | None:
+        known = self._known.get(job_id)
+        if known is not None and time.monotonic() - known[0] < JOB_STATE_TTL:
+            return known[1]
+        reading = self._reading.get(job_id)
+        if reading is None:
+            reading = self._reading[job_id] = asyncio.ensure_future(self._fresh(job_id))
+        return await asyncio.shield(reading)  # one waiter cancelled: the read goes on
+
+    async def _fresh(self, job_id: int) -> JobState | None:
+        started = time.monotonic()
+        try:
+            state = await self._read(job_id)
+        finally:
+            del self._reading[job_id]
+        if state is not None:
+            if len(self._known) > 1024:
+                self._known.clear()
+            self._known[job_id] = (started, state)
+        return state
 
 
 def _staleness(state: str, deny: tuple[str, ...], url: str) -> str | None:
