@@ -114,6 +114,29 @@ async def test_the_published_and_unfinished_visits_stay_within_the_budget(
     assert max(out) >= schedule.FEED_FLOOR // 2  # the floor is used: the workers are fed
 
 
+async def test_an_idle_feeder_looks_less_often_and_a_new_job_still_goes_out_soon(
+        settings: Settings, db: asyncpg.Connection) -> None:
+    # Nothing pending anywhere: each look (two JetStream reads and a claim) that finds nothing
+    # doubles the pause before the next, up to half max_feed_wait (every feed_interval, 5 ms
+    # here, before). A job made meanwhile is still published within about that pause.
+    frontier = Counting(settings)
+    pause = schedule.max_feed_wait(settings) / 2
+    async with running_feeder(settings, frontier) as (_, js):
+        await until(lambda: frontier.claims > 0, what="the first claim")
+        await asyncio.sleep(0.5)  # the pauses have grown to their longest
+        claims, t0 = frontier.claims, time.monotonic()
+        await asyncio.sleep(1.0)
+        claims, elapsed = frontier.claims - claims, time.monotonic() - t0
+        assert elapsed / pause / 2 <= claims <= elapsed / pause + 2, claims  # looking, slowly
+        sub = await bus.pull_subscription(js, settings, settings.work_topic, "test-consumer")
+        await new_job(db, ["http://idle.example/first"])
+        t0 = time.monotonic()
+        msgs = await bus.pull(sub, 1, 5.0)
+        took = time.monotonic() - t0
+        assert [m.subject for m in msgs] == [bus.work_subject(settings, bus.HTTP)], msgs
+        assert took < pause + 0.5, took
+
+
 async def test_with_every_host_at_its_cap_the_feeder_does_not_spin(
         settings: Settings, db: asyncpg.Connection) -> None:
     # 20 hosts capped at 2, 5 visits each, nobody finishing any: once 40 are out, every claim
