@@ -305,7 +305,7 @@ async def feeder(settings: Settings, pool: asyncpg.Pool, js: JetStreamContext,
             waited = loop.time() - last
             worth = max(1, min(FEED_BATCH, after // 4))
             if out == 0:  # all finished: at once after a full claim, else an idle look
-                due = full or waited >= min(max(idle, 4 * took), max_wait)
+                due = full or waited >= min(max(settings.feed_interval, 4 * took), max_wait)
             else:  # more rows likely wait (a full claim), or slots freed since, or time
                 due = ((ask if full else after - out) >= worth) or waited >= max_wait
             if ask > 0 and due:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -34,24 +35,12 @@ _LAST_SEGMENT_RE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1 << 15)  # a crawl's pages share most of their links
 def guess_mime(url: str) -> str:
     """Guess a MIME type from the extension of the URL path's last segment.
 
     No extension means "text/html"; an extension outside the table means "" (unknown).
-    A process keeps its last guesses: a crawl's pages share most of their links.
     """
-    if (mime := _GUESSED.get(url)) is None:
-        if len(_GUESSED) >= _GUESSED_MAX:
-            _GUESSED.clear()
-        mime = _GUESSED[url] = _guess(url)
-    return mime
-
-
-_GUESSED: dict[str, str] = {}
-_GUESSED_MAX = 1 << 15  # then emptied
-
-
-def _guess(url: str) -> str:
     match = _LAST_SEGMENT_RE.fullmatch(url)
     if match is None:
         return _guess_from_path(unquote(_path(url)))
